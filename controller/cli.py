@@ -1,0 +1,123 @@
+"""The `codeb` command.
+
+codeb up              start the local control plane, install the CRDs, apply the
+                      local example and run the operator (the embedded default)
+codeb operator        run the operator against the current kubeconfig
+codeb generate        regenerate the CRD and docs from the models (--check: fail on drift)
+codeb validate FILE…  check manifests the way the operator does
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from controller.localcluster import REPO_ROOT, LocalCluster, cache_dir
+from controller.status import format_validation_error
+from schemas.crd import project_crd, render_yaml
+from schemas.docs import render_markdown
+from schemas.project import KIND, ProjectSpec
+
+CRD_PATH = REPO_ROOT / "manifests" / "crd" / "projects.codeb.dev.yaml"
+DOCS_PATH = REPO_ROOT / "docs" / "manifest.md"
+LOCAL_EXAMPLE = REPO_ROOT / "manifests" / "examples" / "hello-local.yaml"
+
+
+def generated_files() -> dict[Path, str]:
+    return {CRD_PATH: render_yaml(project_crd()), DOCS_PATH: render_markdown()}
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    stale = [path for path, text in generated_files().items() if not path.exists() or path.read_text() != text]
+    if args.check:
+        for path in stale:
+            print(f"{_shown(path)} is out of date: run `codeb generate`", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in generated_files().items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {_shown(path)}")
+    return 0
+
+
+def validate_documents(text: str) -> list[str]:
+    """Problems found in every Project document of a YAML stream."""
+    problems = []
+    for doc in yaml.safe_load_all(text):
+        if not isinstance(doc, dict) or doc.get("kind") != KIND:
+            continue
+        name = (doc.get("metadata") or {}).get("name", "<unnamed>")
+        try:
+            ProjectSpec.model_validate(doc.get("spec") or {})
+        except ValidationError as exc:
+            problems.append(f"{name}: {format_validation_error(exc)}")
+    return problems
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    problems = [f"{path}: {p}" for path in args.files for p in validate_documents(Path(path).read_text())]
+    print("\n".join(problems) or "all manifests valid")
+    return 1 if problems else 0
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import kopf
+
+    import controller.operator  # noqa: F401  (registers the handlers)
+
+    asyncio.run(kopf.operator(clusterwide=True))
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    cluster = LocalCluster(cache_dir() / "local", fast_storage=False)
+    started = time.monotonic()
+    cluster.start()
+    print(f"control plane ready in {time.monotonic() - started:.1f}s; kubeconfig: {cluster.kubeconfig}")
+    try:
+        cluster.kubectl("apply", "--server-side", "-f", str(CRD_PATH.parent))
+        cluster.kubectl("wait", "--for=condition=Established", "crd/projects.codeb.dev", "--timeout=60s")
+        cluster.kubectl("apply", "-f", str(LOCAL_EXAMPLE))
+        print(f"applied {_shown(LOCAL_EXAMPLE)}")
+        print(f"try: KUBECONFIG={cluster.kubeconfig} kubectl get projects -A")
+        os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
+        return cmd_operator(args)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        cluster.stop()
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="codeb", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = root.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="local control plane + CRDs + example + operator").set_defaults(func=cmd_up)
+    sub.add_parser("operator", help="run the operator (current kubeconfig)").set_defaults(func=cmd_operator)
+    gen = sub.add_parser("generate", help="regenerate CRD and docs from the models")
+    gen.add_argument("--check", action="store_true", help="exit 1 if the checked-in files differ")
+    gen.set_defaults(func=cmd_generate)
+    val = sub.add_parser("validate", help="validate Project manifests")
+    val.add_argument("files", nargs="+")
+    val.set_defaults(func=cmd_validate)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,595 @@
+"""The `Project` manifest (codeb.dev/v1alpha1): one declaration of a web application.
+
+A Project has seven sections, mirroring the hand-run manifest it replaces:
+``project``, ``environment``, ``servers``, ``resources``, ``features``,
+``monitoring`` and ``backup``; plus two policies that govern the operator itself
+(``deletionPolicy``, ``managementPolicy``). The status is typed too, so the operator
+writes only what the CRD declares and ``kubectl get projects`` can print it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from schemas.base import (
+    CONTAINER_IMAGE,
+    CPU_QUANTITY,
+    CRON,
+    DNS_LABEL,
+    DOMAIN,
+    ENV_VAR_NAME,
+    HTTP_PATH,
+    MEMORY_QUANTITY,
+    CodebModel,
+    Rule,
+    matches,
+)
+
+API_GROUP = "codeb.dev"
+API_VERSION = "v1alpha1"
+KIND = "Project"
+PLURAL = "projects"
+
+# Long enough for real names, short enough that "<slug>_<env>_pr<N>_user" stays
+# within PostgreSQL's 63-byte identifier limit and bucket names within 63 chars.
+SLUG_MAX_LENGTH = 30
+
+DomainName = Annotated[str, Field(pattern=DOMAIN, max_length=253)]
+EnvVarName = Annotated[str, Field(pattern=ENV_VAR_NAME, max_length=128)]
+PortNumber = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Template(StrEnum):
+    nextjs = "nextjs"
+    node = "node"
+    static = "static"
+    container = "container"
+
+
+class EnvironmentType(StrEnum):
+    production = "production"
+    staging = "staging"
+    preview = "preview"
+
+
+class Provider(StrEnum):
+    vultr = "vultr"
+    lightsail = "lightsail"
+    existing = "existing"
+    local = "local"
+
+
+class Runtime(StrEnum):
+    quadlet = "quadlet"
+    kubernetes = "kubernetes"
+    local = "local"
+
+
+class DeletionPolicy(StrEnum):
+    Retain = "Retain"
+    Delete = "Delete"
+
+
+class ManagementPolicy(StrEnum):
+    Manage = "Manage"
+    ObserveOnly = "ObserveOnly"
+
+
+class RedisIsolation(StrEnum):
+    acl = "acl"
+    db_index = "dbIndex"
+
+
+class BackupTarget(StrEnum):
+    database = "database"
+    storage = "storage"
+    redis = "redis"
+
+
+class Phase(StrEnum):
+    Pending = "Pending"
+    Provisioning = "Provisioning"
+    Deploying = "Deploying"
+    Ready = "Ready"
+    Degraded = "Degraded"
+    Failed = "Failed"
+    Deleting = "Deleting"
+
+
+# Ports each environment may use, inclusive; the allocator draws from these too.
+PORT_RANGES: dict[EnvironmentType, tuple[int, int]] = {
+    EnvironmentType.production: (4000, 4499),
+    EnvironmentType.staging: (4500, 4999),
+    EnvironmentType.preview: (5000, 5999),
+}
+
+
+# ---------------------------------------------------------------- project
+
+
+class GitSource(CodebModel):
+    url: str = Field(
+        description="Git repository to build from, https:// or ssh (git@host:org/repo.git).",
+        pattern=r"^(https://|ssh://|git@)[^\s]+$",
+        max_length=512,
+    )
+    ref: str = Field(
+        "main",
+        description="Branch, tag or commit to build.",
+        pattern=r"^[A-Za-z0-9._/-]+$",
+        max_length=255,
+    )
+
+
+class Source(CodebModel):
+    rules = (
+        Rule(
+            cel="has(self.image) != has(self.git)",
+            message="set exactly one of source.image or source.git",
+            field_path="",
+            check=lambda s: (s.image is None) != (s.git is None),
+        ),
+    )
+
+    image: str | None = Field(
+        None,
+        description="Container image to run, e.g. ghcr.io/acme/shop:1.4.2. Exclusive with git.",
+        pattern=CONTAINER_IMAGE,
+        max_length=512,
+    )
+    git: GitSource | None = Field(None, description="Git source to build. Exclusive with image.")
+
+
+class ProjectInfo(CodebModel):
+    slug: str = Field(
+        description=(
+            "Short DNS-label name of the application (lowercase letters, digits, '-'). "
+            "PostgreSQL, Redis and bucket names are derived from it, "
+            f"so it is at most {SLUG_MAX_LENGTH} characters."
+        ),
+        pattern=DNS_LABEL,
+        min_length=2,
+        max_length=SLUG_MAX_LENGTH,
+    )
+    display_name: str | None = Field(None, description="Human-readable name.", max_length=128)
+    team: str | None = Field(
+        None, description="Owning team (DNS label), for grouping and alerts.", pattern=DNS_LABEL, max_length=63
+    )
+    template: Template = Field(Template.container, description="How the application is built and run.")
+    source: Source = Field(description="Where the application comes from: a container image or a git repository.")
+    revision: str | None = Field(
+        None,
+        description="Revision to deploy (image tag, commit or release name); changing it starts a new deploy.",
+        max_length=128,
+    )
+
+
+# ---------------------------------------------------------------- environment
+
+
+class SecretReference(CodebModel):
+    name: str = Field(description="Name of a Secret in the Project's namespace.", pattern=DNS_LABEL, max_length=253)
+    optional: bool = Field(False, description="Deploy even when the Secret does not exist.")
+
+
+class Environment(CodebModel):
+    rules = (
+        Rule(
+            cel="self.type != 'preview' || has(self.pullRequest)",
+            message="a preview environment needs pullRequest (the PR number it previews)",
+            field_path=".pullRequest",
+            check=lambda e: e.type != EnvironmentType.preview or e.pull_request is not None,
+        ),
+        Rule(
+            cel="self.type == 'preview' || !has(self.pullRequest)",
+            message="pullRequest is only allowed when type is preview",
+            field_path=".pullRequest",
+            check=lambda e: e.type == EnvironmentType.preview or e.pull_request is None,
+        ),
+        Rule(
+            cel="!has(self.variables) || self.variables.all(k, k.matches('" + ENV_VAR_NAME + "'))",
+            message="variable names must match [A-Za-z_][A-Za-z0-9_]* (letters, digits, underscore)",
+            field_path=".variables",
+            check=lambda e: all(matches(ENV_VAR_NAME, k) for k in e.variables),
+        ),
+    )
+
+    type: EnvironmentType = Field(
+        description=(
+            "Environment kind; selects the port range (production 4000-4499, staging 4500-4999, preview 5000-5999)."
+        )
+    )
+    domains: list[DomainName] = Field(
+        default_factory=list,
+        description="Public hostnames routed to the application (HTTPS certificates are issued automatically).",
+        max_length=20,
+    )
+    pull_request: int | None = Field(None, description="Pull request number; required for preview.", ge=1)
+    variables: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=dict,
+        description="Plain environment variables for the application. Put credentials in secretRefs instead.",
+        max_length=200,
+    )
+    secret_refs: list[SecretReference] = Field(
+        default_factory=list,
+        description="Secrets whose keys are exposed to the application as environment variables.",
+        max_length=20,
+    )
+
+
+# ---------------------------------------------------------------- servers
+
+
+class HealthCheck(CodebModel):
+    rules = (
+        Rule(
+            cel="self.timeoutSeconds < self.intervalSeconds",
+            message="timeoutSeconds must be shorter than intervalSeconds",
+            field_path=".timeoutSeconds",
+            check=lambda h: h.timeout_seconds < h.interval_seconds,
+        ),
+    )
+
+    path: str = Field(
+        "/api/health", description="HTTP path the load balancer probes.", pattern=HTTP_PATH, max_length=256
+    )
+    interval_seconds: int = Field(15, description="Seconds between probes.", ge=5, le=300)
+    timeout_seconds: int = Field(5, description="Seconds before a probe counts as failed.", ge=1, le=120)
+    healthy_threshold: int = Field(2, description="Consecutive successes before a host takes traffic.", ge=1, le=10)
+    unhealthy_threshold: int = Field(3, description="Consecutive failures before a host is taken out.", ge=1, le=10)
+
+
+class LoadBalancer(CodebModel):
+    enabled: bool = Field(False, description="Put a provider load balancer in front of the hosts.")
+    health_check: HealthCheck = Field(default_factory=HealthCheck, description="Load balancer health check.")
+
+
+class Firewall(CodebModel):
+    ports: list[PortNumber] = Field(
+        default_factory=lambda: [22, 80, 443],
+        description="TCP ports open to the internet on each host.",
+        max_length=32,
+    )
+    allowed_cidrs: list[Annotated[str, Field(pattern=r"^[0-9a-fA-F:.]+/[0-9]{1,3}$", max_length=64)]] = Field(
+        default_factory=lambda: ["0.0.0.0/0"],
+        description="Source networks allowed through the firewall.",
+        max_length=32,
+    )
+
+
+class Servers(CodebModel):
+    rules = (
+        Rule(
+            cel="!(has(self.count) && (has(self.min) || has(self.max)))",
+            message="set either count or min/max, not both",
+            field_path=".count",
+            check=lambda s: not (s.count is not None and (s.min is not None or s.max is not None)),
+        ),
+        Rule(
+            cel="has(self.min) == has(self.max)",
+            message="min and max go together",
+            field_path=".max",
+            check=lambda s: (s.min is None) == (s.max is None),
+        ),
+        Rule(
+            cel="!has(self.min) || !has(self.max) || self.min <= self.max",
+            message="min must be less than or equal to max",
+            field_path=".min",
+            check=lambda s: s.min is None or s.max is None or s.min <= s.max,
+        ),
+        Rule(
+            cel="(self.provider == 'local') == (self.runtime == 'local')",
+            message="runtime local goes with provider local (and only with it)",
+            field_path=".runtime",
+            check=lambda s: (s.provider == Provider.local) == (s.runtime == Runtime.local),
+        ),
+        Rule(
+            cel="self.provider != 'lightsail' || self.runtime != 'kubernetes'",
+            message="Lightsail has no managed Kubernetes: use runtime quadlet",
+            field_path=".runtime",
+            check=lambda s: not (s.provider == Provider.lightsail and s.runtime == Runtime.kubernetes),
+        ),
+        Rule(
+            cel="self.provider != 'existing' || size(self.hosts) > 0",
+            message="provider existing needs hosts (the machines to deploy to)",
+            field_path=".hosts",
+            check=lambda s: s.provider != Provider.existing or len(s.hosts) > 0,
+        ),
+        Rule(
+            cel="!(self.provider in ['vultr', 'lightsail']) || has(self.region)",
+            message="a cloud provider needs a region (e.g. icn for Vultr Seoul, ap-northeast-2 for Lightsail)",
+            field_path=".region",
+            check=lambda s: s.provider not in (Provider.vultr, Provider.lightsail) or s.region is not None,
+        ),
+    )
+
+    provider: Provider = Field(
+        description="Where hosts come from: a cloud (vultr, lightsail), existing machines, or local."
+    )
+    region: str | None = Field(
+        None,
+        description="Provider region, e.g. icn (Vultr Seoul) or ap-northeast-2.",
+        pattern=r"^[a-z0-9-]+$",
+        max_length=32,
+    )
+    plan: str | None = Field(
+        None,
+        description="Host size: a Vultr plan (vc2-2c-4gb) or Lightsail bundle (medium_3_0).",
+        pattern=r"^[a-z0-9_.-]+$",
+        max_length=64,
+    )
+    count: int | None = Field(None, description="Fixed number of hosts. Exclusive with min/max.", ge=1, le=100)
+    min: int | None = Field(None, description="Fewest hosts when autoscaling.", ge=1, le=100)
+    max: int | None = Field(None, description="Most hosts when autoscaling.", ge=1, le=100)
+    runtime: Runtime = Field(
+        description="How the workload runs: Podman Quadlet units, Kubernetes pods, or local processes."
+    )
+    hosts: list[Annotated[str, Field(max_length=253)]] = Field(
+        default_factory=list, description="Hostnames or addresses, for provider existing.", max_length=100
+    )
+    load_balancer: LoadBalancer = Field(default_factory=LoadBalancer, description="Provider load balancer.")
+    firewall: Firewall = Field(default_factory=Firewall, description="Host firewall.")
+
+
+# ---------------------------------------------------------------- resources
+
+
+class Resources(CodebModel):
+    port: int | None = Field(
+        None,
+        description=(
+            "Host port of the application. Omit it to have one allocated from the environment's range "
+            "(production 4000-4499, staging 4500-4999, preview 5000-5999); a pinned port must lie in that range."
+        ),
+        ge=1024,
+        le=65535,
+    )
+    container_port: PortNumber = Field(3000, description="Port the application listens on inside its container.")
+    cpu: str = Field("500m", description="CPU limit per replica, e.g. 500m or 2.", pattern=CPU_QUANTITY, max_length=16)
+    memory: str = Field(
+        "512Mi", description="Memory limit per replica, e.g. 512Mi or 2Gi.", pattern=MEMORY_QUANTITY, max_length=16
+    )
+    replicas: int = Field(
+        1, description="Application instances per host (Quadlet) or in total (Kubernetes).", ge=1, le=50
+    )
+
+
+# ---------------------------------------------------------------- features
+
+
+class Database(CodebModel):
+    enabled: bool = Field(True, description="Create a PostgreSQL database and owner role for the project.")
+    version: str = Field("16", description="PostgreSQL major version.", pattern=r"^(13|14|15|16|17)$", max_length=2)
+    extensions: list[Annotated[str, Field(pattern=r"^[a-z0-9_]+$", max_length=63)]] = Field(
+        default_factory=list,
+        description="Extensions to create in the database, e.g. pg_trgm, uuid-ossp as uuid_ossp.",
+        max_length=20,
+    )
+    connection_limit: int = Field(
+        20, description="Most concurrent connections the project's role may open.", ge=1, le=1000
+    )
+
+
+class Redis(CodebModel):
+    enabled: bool = Field(True, description="Allocate Redis for the project.")
+    isolation: RedisIsolation = Field(
+        RedisIsolation.acl,
+        description=(
+            "acl: an ACL user limited to the key prefix '<project>:' (no project cap); "
+            "dbIndex: a numbered database (legacy)."
+        ),
+    )
+
+
+class ObjectStorage(CodebModel):
+    enabled: bool = Field(True, description="Create an S3 (MinIO) bucket with a user limited to it.")
+    bucket: str | None = Field(
+        None,
+        description="Bucket name; defaults to '<slug>-uploads' (with the environment for non-production).",
+        pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+        max_length=63,
+    )
+    versioning: bool = Field(False, description="Keep old versions of objects.")
+    expire_after_days: int | None = Field(None, description="Delete objects older than this many days.", ge=1, le=3650)
+
+
+class App(CodebModel):
+    name: str = Field(description="App to install, e.g. forum, shop, crowdfunding.", pattern=DNS_LABEL, max_length=63)
+    version: str | None = Field(None, description="App version; latest when omitted.", max_length=64)
+    settings: dict[str, Annotated[str, Field(max_length=1024)]] = Field(
+        default_factory=dict, description="App-specific settings.", max_length=50
+    )
+
+
+class Hook(CodebModel):
+    name: str = Field(description="Hook name, unique in the project.", pattern=DNS_LABEL, max_length=63)
+    command: list[Annotated[str, Field(max_length=1024)]] = Field(
+        description="Command run in the new release's container, e.g. [npm, run, migrate].", min_length=1, max_length=32
+    )
+    timeout_seconds: int = Field(300, description="Seconds before the hook fails the deploy.", ge=1, le=3600)
+
+
+class Features(CodebModel):
+    database: Database | None = Field(None, description="PostgreSQL database for the project.")
+    redis: Redis | None = Field(None, description="Redis allocation for the project.")
+    storage: ObjectStorage | None = Field(None, description="S3-compatible bucket for the project.")
+    apps: list[App] = Field(default_factory=list, description="Apps installed after the first deploy.", max_length=50)
+    post_deploy_hooks: list[Hook] = Field(
+        default_factory=list,
+        description="Commands run after each deploy, before traffic switches (migrations, CMS initial pages).",
+        max_length=20,
+    )
+
+
+# ---------------------------------------------------------------- monitoring
+
+
+class Alerts(CodebModel):
+    error_rate_percent: float = Field(
+        5.0, description="Alert when more than this percent of requests fail.", ge=0, le=100
+    )
+    latency_p95_ms: int = Field(
+        1000, description="Alert when the 95th percentile latency exceeds this.", ge=1, le=600000
+    )
+
+
+class Monitoring(CodebModel):
+    health_path: str = Field(
+        "/api/health",
+        description="HTTP path that answers 200 when the application is healthy.",
+        pattern=HTTP_PATH,
+        max_length=256,
+    )
+    probe_interval_seconds: int = Field(15, description="Seconds between health probes.", ge=5, le=3600)
+    metrics_path: str | None = Field(
+        None, description="Prometheus metrics path, if the application exposes one.", pattern=HTTP_PATH, max_length=256
+    )
+    alerts: Alerts = Field(default_factory=Alerts, description="Alert thresholds.")
+
+
+# ---------------------------------------------------------------- backup
+
+
+class Backup(CodebModel):
+    rules = (
+        Rule(
+            cel="!self.walArchiving || 'database' in self.include",
+            message="walArchiving needs 'database' in include",
+            field_path=".walArchiving",
+            check=lambda b: not b.wal_archiving or BackupTarget.database in b.include,
+        ),
+    )
+
+    enabled: bool = Field(True, description="Take scheduled backups.")
+    schedule: str = Field(
+        "0 3 * * *",
+        description="When to back up: a 5-field cron expression (minute hour day month weekday) or @daily-style macro.",
+        pattern=CRON,
+        max_length=128,
+    )
+    retention_days: int = Field(7, description="Days backups are kept.", ge=1, le=3650)
+    include: list[BackupTarget] = Field(
+        default_factory=lambda: [BackupTarget.database], description="What to back up.", max_length=3
+    )
+    wal_archiving: bool = Field(False, description="Archive PostgreSQL WAL for point-in-time recovery.")
+
+
+# ---------------------------------------------------------------- spec
+
+
+def _port_in_range(spec: ProjectSpec) -> bool:
+    if spec.resources.port is None:
+        return True
+    low, high = PORT_RANGES[spec.environment.type]
+    return low <= spec.resources.port <= high
+
+
+def _port_range_cel() -> str:
+    clauses = [
+        f"(self.environment.type == '{env.value}' && self.resources.port >= {low} && self.resources.port <= {high})"
+        for env, (low, high) in PORT_RANGES.items()
+    ]
+    return "!has(self.resources) || !has(self.resources.port) || " + " || ".join(clauses)
+
+
+class ProjectSpec(CodebModel):
+    rules = (
+        Rule(
+            cel=_port_range_cel(),
+            message=(
+                "resources.port must lie in the environment's range: production 4000-4499, "
+                "staging 4500-4999, preview 5000-5999 (or omit it to have one allocated)"
+            ),
+            field_path=".resources.port",
+            check=_port_in_range,
+        ),
+    )
+
+    project: ProjectInfo = Field(description="What the application is and where its code comes from.")
+    environment: Environment = Field(description="Which environment this is, its domains and its variables.")
+    servers: Servers = Field(description="Where the application runs.")
+    resources: Resources = Field(default_factory=Resources, description="Port, CPU, memory and replicas.")
+    features: Features = Field(default_factory=Features, description="Database, Redis, bucket, apps and hooks.")
+    monitoring: Monitoring = Field(default_factory=Monitoring, description="Health checks, metrics and alerts.")
+    backup: Backup = Field(default_factory=Backup, description="Backup schedule and retention.")
+    deletion_policy: DeletionPolicy = Field(
+        DeletionPolicy.Retain,
+        description=(
+            "What happens to data (database, bucket, backups) when the Project is deleted: "
+            "Retain keeps it, Delete removes it."
+        ),
+    )
+    management_policy: ManagementPolicy = Field(
+        ManagementPolicy.Manage,
+        description="Manage converges the world to this spec; ObserveOnly reports drift and changes nothing.",
+    )
+
+
+# ---------------------------------------------------------------- status
+
+
+class ConditionStatus(StrEnum):
+    true = "True"
+    false = "False"
+    unknown = "Unknown"
+
+
+class Condition(CodebModel):
+    type: str = Field(description="Condition type, e.g. Ready, Synced, DatabaseReady.", max_length=64)
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(description="CamelCase reason for the last transition.", max_length=128)
+    message: str = Field("", description="Human-readable detail.", max_length=4096)
+    last_transition_time: datetime = Field(description="When status last changed.")
+    observed_generation: int | None = Field(None, description="Generation the condition was computed for.")
+
+
+class Allocations(CodebModel):
+    port: int | None = Field(None, description="Host port allocated to the application.")
+    database: str | None = Field(None, description="PostgreSQL database name.")
+    database_role: str | None = Field(None, description="PostgreSQL role owning the database.")
+    redis_prefix: str | None = Field(None, description="Key prefix the project's Redis user may touch.")
+    redis_user: str | None = Field(None, description="Redis ACL user.")
+    redis_db_index: int | None = Field(None, description="Redis database number, in dbIndex isolation.")
+    bucket: str | None = Field(None, description="S3 bucket name.")
+    connection_secret: str | None = Field(None, description="Secret holding the project's connection settings.")
+
+
+class Endpoints(CodebModel):
+    url: str | None = Field(None, description="Public URL of the application.")
+    internal: list[str] = Field(
+        default_factory=list, description="Upstream addresses (host:port) serving the application."
+    )
+
+
+class DeploymentRecord(CodebModel):
+    revision: str = Field(description="Revision deployed.")
+    image: str | None = Field(None, description="Image deployed.")
+    started_at: datetime = Field(description="When the deploy started.")
+    finished_at: datetime | None = Field(None, description="When it finished.")
+    result: str = Field(description="Succeeded, Failed or RolledBack.")
+    message: str = Field("", description="Detail.")
+
+
+class ProjectStatus(CodebModel):
+    model_config = CodebModel.model_config | {"extra": "ignore"}
+
+    phase: Phase = Field(Phase.Pending, description="Lifecycle phase.")
+    observed_generation: int | None = Field(None, description="metadata.generation the status describes.")
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, Synced and one per component.")
+    allocations: Allocations = Field(
+        default_factory=Allocations, description="Names and numbers allocated to the project."
+    )
+    endpoints: Endpoints = Field(default_factory=Endpoints, description="Where the application answers.")
+    deployments: list[DeploymentRecord] = Field(
+        default_factory=list, description="Recent deploys, newest first.", max_length=20
+    )
+    last_error: str | None = Field(None, description="The last error, when the last reconcile failed.")
+
+
+def spec_from_body(body: dict[str, Any]) -> ProjectSpec:
+    """Validate a Project object's spec (raises pydantic.ValidationError)."""
+    return ProjectSpec.model_validate(body.get("spec") or {})

@@ -1,0 +1,126 @@
+"""The bad-manifest corpus: each entry breaks one rule and names the field it breaks.
+
+Every case is asserted twice: refused by the real API server at `kubectl apply` time
+(with a message naming the field) and refused by the operator's own validation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tests.factories import project
+
+Mutation = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class BadManifest:
+    id: str
+    mutate: Mutation
+    field: str  # path the API server's and the operator's messages must name
+
+    def build(self, namespace: str | None = None) -> dict[str, Any]:
+        doc = project(name="bad", namespace=namespace)
+        self.mutate(doc["spec"])
+        return doc
+
+
+def _set(path: str, value: Any) -> Mutation:
+    def mutate(spec: dict[str, Any]) -> None:
+        *parents, leaf = path.split(".")
+        node = spec
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+
+    return mutate
+
+
+def _all(*mutations: Mutation) -> Mutation:
+    def mutate(spec: dict[str, Any]) -> None:
+        for m in mutations:
+            m(spec)
+
+    return mutate
+
+
+def _drop(path: str) -> Mutation:
+    def mutate(spec: dict[str, Any]) -> None:
+        *parents, leaf = path.split(".")
+        node = spec
+        for key in parents:
+            node = node[key]
+        del node[leaf]
+
+    return mutate
+
+
+CORPUS = [
+    BadManifest("wrong-environment-enum", _set("environment.type", "prod"), "spec.environment.type"),
+    BadManifest("wrong-provider-enum", _set("servers.provider", "digitalocean"), "spec.servers.provider"),
+    BadManifest("wrong-runtime-enum", _set("servers.runtime", "docker"), "spec.servers.runtime"),
+    BadManifest("port-outside-staging-range", _set("resources.port", 4100), "spec.resources.port"),
+    BadManifest(
+        "port-outside-production-range",
+        _all(_set("environment.type", "production"), _set("resources.port", 5500)),
+        "spec.resources.port",
+    ),
+    BadManifest("port-below-1024", _set("resources.port", 80), "spec.resources.port"),
+    BadManifest("invalid-domain", _set("environment.domains", ["shop_example.com"]), "spec.environment.domains[0]"),
+    BadManifest("domain-without-dot", _set("environment.domains", ["localhost"]), "spec.environment.domains[0]"),
+    BadManifest("invalid-cron-words", _set("backup.schedule", "every day at 3"), "spec.backup.schedule"),
+    BadManifest("invalid-cron-minute", _set("backup.schedule", "61 3 * * *"), "spec.backup.schedule"),
+    BadManifest(
+        "min-greater-than-max",
+        _all(_set("servers.min", 5), _set("servers.max", 2)),
+        "spec.servers.min",
+    ),
+    BadManifest(
+        "count-and-min-max",
+        _all(_set("servers.count", 2), _set("servers.min", 1), _set("servers.max", 3)),
+        "spec.servers.count",
+    ),
+    BadManifest("unknown-field", _set("project.colour", "blue"), "spec.project.colour"),
+    BadManifest("unknown-section", _set("scaling", {"enabled": True}), "spec.scaling"),
+    BadManifest("slug-too-long", _set("project.slug", "a-very-long-project-slug-name-x1"), "spec.project.slug"),
+    BadManifest("slug-not-dns-label", _set("project.slug", "Food_Delivery"), "spec.project.slug"),
+    BadManifest(
+        "preview-without-pr",
+        _set("environment.type", "preview"),
+        "spec.environment.pullRequest",
+    ),
+    BadManifest("pr-outside-preview", _set("environment.pullRequest", 12), "spec.environment.pullRequest"),
+    BadManifest(
+        "image-and-git", _set("project.source.git", {"url": "https://github.com/acme/shop.git"}), "spec.project.source"
+    ),
+    BadManifest("missing-source", _drop("project.source"), "spec.project.source"),
+    BadManifest("bad-env-var-name", _set("environment.variables", {"1ST": "x"}), "spec.environment.variables"),
+    BadManifest("bad-memory-quantity", _set("resources.memory", "lots"), "spec.resources.memory"),
+    BadManifest(
+        "lightsail-kubernetes",
+        _all(
+            _set("servers.provider", "lightsail"),
+            _set("servers.region", "ap-northeast-2"),
+            _set("servers.runtime", "kubernetes"),
+        ),
+        "spec.servers.runtime",
+    ),
+    BadManifest(
+        "cloud-without-region",
+        _all(_set("servers.provider", "vultr"), _set("servers.runtime", "quadlet")),
+        "spec.servers.region",
+    ),
+    BadManifest(
+        "health-timeout-not-below-interval",
+        _set("servers.loadBalancer", {"healthCheck": {"intervalSeconds": 10, "timeoutSeconds": 10}}),
+        "spec.servers.loadBalancer.healthCheck.timeoutSeconds",
+    ),
+    BadManifest(
+        "wal-without-database",
+        _set("backup", {"include": ["storage"], "walArchiving": True}),
+        "spec.backup.walArchiving",
+    ),
+    BadManifest("wrong-deletion-policy", _set("deletionPolicy", "Orphan"), "spec.deletionPolicy"),
+]

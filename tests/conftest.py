@@ -1,0 +1,37 @@
+"""Shared fixtures. The real control plane starts once per session, on demand."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controller.cli import CRD_PATH
+from controller.localcluster import LocalCluster
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A real etcd + kube-apiserver with the CodeB CRDs installed."""
+    local = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
+    try:
+        local.kubectl("apply", "--server-side", "-f", str(CRD_PATH.parent))
+        local.kubectl("wait", "--for=condition=Established", "crd/projects.codeb.dev", "--timeout=60s")
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture()
+def namespace(cluster: LocalCluster) -> str:
+    """A fresh namespace per test; no controller-manager runs, so it is never reaped."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    cluster.kubectl("create", "namespace", name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]

@@ -1,0 +1,32 @@
+"""Factories for test objects: valid by default, overridden per test."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from schemas.project import API_GROUP, API_VERSION, KIND
+
+
+def project_spec(slug: str = "shop", env: str = "staging", **sections: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "project": {"slug": slug, "source": {"image": "ghcr.io/acme/shop:1.0.0"}},
+        "environment": {"type": env, "domains": [f"{slug}.example.com"]},
+        "servers": {"provider": "local", "runtime": "local"},
+    }
+    if env == "preview":
+        spec["environment"]["pullRequest"] = 7
+    spec.update(copy.deepcopy(sections))
+    return spec
+
+
+def project(name: str = "shop", namespace: str | None = None, **spec_args: Any) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name}
+    if namespace:
+        metadata["namespace"] = namespace
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": KIND,
+        "metadata": metadata,
+        "spec": project_spec(**({"slug": name} | spec_args)),
+    }
