@@ -72,12 +72,37 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_operator(args: argparse.Namespace) -> int:
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     import kopf
 
-    import controller.operator  # noqa: F401  (registers the handlers)
+    from controller.claims import ClaimStore
+    from controller.config import ConfigError, load_config
+    from controller.drivers.local import local_drivers
+    from controller.kube import KubeClient, api_client_from_environment
+    from controller.logs import configure_logging
+    from controller.metrics import Metrics
+    from controller.operator import Runtime, build_registry
+    from controller.reconcile import Reconciler
 
-    asyncio.run(kopf.operator(clusterwide=True))
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        print(f"invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_format)
+    kopf.configure(verbose=os.environ.get("CODEB_DEBUG") == "1", log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.PLAIN)
+    kube = KubeClient(api_client_from_environment(), ThreadPoolExecutor(config.max_workers))
+    claims = ClaimStore(kube, config.claims_namespace, config.reserved_ports)
+    runtime = Runtime(config, Reconciler(local_drivers(), claims), Metrics())
+    asyncio.run(
+        kopf.operator(
+            registry=build_registry(runtime),
+            clusterwide=True,
+            standalone=config.peering is None,
+            peering_name=config.peering,
+        )
+    )
     return 0
 
 

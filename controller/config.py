@@ -1,0 +1,59 @@
+"""Operator configuration: read once at start-up from the environment into a typed object."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+
+class OperatorConfig(BaseModel):
+    """Every knob, with its environment variable in the description."""
+
+    model_config = {"frozen": True}
+
+    drift_interval_seconds: float = Field(
+        180.0, ge=1, description="CODEB_DRIFT_INTERVAL: seconds between drift checks."
+    )
+    claims_namespace: str = Field("codeb-system", description="CODEB_CLAIMS_NAMESPACE: where allocation claims live.")
+    reserved_ports: frozenset[int] = Field(
+        frozenset(), description="CODEB_RESERVED_PORTS: comma-separated ports never allocated."
+    )
+    metrics_port: int = Field(0, ge=0, le=65535, description="CODEB_METRICS_PORT: Prometheus port; 0 disables.")
+    peering: str | None = Field(
+        None, description="CODEB_PEERING: kopf peering name; unset runs standalone (a single replica)."
+    )
+    max_workers: int = Field(32, ge=1, description="CODEB_MAX_WORKERS: threads for blocking driver calls.")
+    log_format: str = Field("json", pattern="^(json|console)$", description="CODEB_LOG_FORMAT: json or console.")
+
+    @field_validator("reserved_ports", mode="before")
+    @classmethod
+    def _parse_ports(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(int(p) for p in value.split(",") if p.strip())
+        return value
+
+
+_ENV = {
+    "drift_interval_seconds": "CODEB_DRIFT_INTERVAL",
+    "claims_namespace": "CODEB_CLAIMS_NAMESPACE",
+    "reserved_ports": "CODEB_RESERVED_PORTS",
+    "metrics_port": "CODEB_METRICS_PORT",
+    "peering": "CODEB_PEERING",
+    "max_workers": "CODEB_MAX_WORKERS",
+    "log_format": "CODEB_LOG_FORMAT",
+}
+
+
+class ConfigError(ValueError):
+    """The operator's environment is invalid; the message names the variable."""
+
+
+def load_config(environ: Mapping[str, str] = os.environ) -> OperatorConfig:
+    values = {field: environ[var] for field, var in _ENV.items() if var in environ}
+    try:
+        return OperatorConfig.model_validate(values)
+    except ValidationError as exc:
+        problems = [f"{_ENV[str(e['loc'][0])]}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError("; ".join(problems)) from None

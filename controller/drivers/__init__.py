@@ -1,0 +1,37 @@
+"""Drivers: one per external system, each with the same small shape.
+
+``observe`` reports what exists, ``apply`` makes it match a desired state,
+``delete`` removes it (or, with ``retain``, stops managing it and keeps the data).
+All three are idempotent and safe to repeat after a crash at any line. Drivers
+raise `controller.errors` types only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from controller.naming import ProjectKey
+from controller.planner import Component, Observation, State
+from schemas.project import Allocations
+
+
+@dataclass(frozen=True)
+class DriverContext:
+    key: ProjectKey
+    instance: str
+    allocations: Allocations
+
+
+class Driver(Protocol):
+    component: Component
+
+    async def observe(self, ctx: DriverContext) -> Observation: ...
+
+    async def apply(self, ctx: DriverContext, desired: State) -> None: ...
+
+    async def delete(self, ctx: DriverContext, retain: bool) -> None: ...
+
+
+Drivers = Mapping[Component, Driver]

@@ -1,0 +1,36 @@
+"""Prometheus metrics, on a registry passed in (not the process-global one)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from schemas.project import Phase
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.reconcile_seconds = Histogram(
+            "codeb_reconcile_duration_seconds", "Time spent in one reconcile.", ["trigger"], registry=self.registry
+        )
+        self.actions = Counter(
+            "codeb_actions_total", "Driver actions by component, verb and result.",
+            ["component", "verb", "result"], registry=self.registry,
+        )  # fmt: skip
+        self.drift_repairs = Counter(
+            "codeb_drift_repairs_total", "Actions taken by the drift timer.", ["component"], registry=self.registry
+        )
+        self.projects = Gauge("codeb_projects", "Projects by phase.", ["phase"], registry=self.registry)
+        self._phases: dict[str, Phase] = {}
+
+    def set_phase(self, uid: str, phase: Phase | None) -> None:
+        if phase is None:
+            self._phases.pop(uid, None)
+        else:
+            self._phases[uid] = phase
+        for each in Phase:
+            self.projects.labels(each.value).set(sum(1 for p in self._phases.values() if p is each))
+
+    def serve(self, port: int) -> None:
+        if port:
+            start_http_server(port, addr="0.0.0.0", registry=self.registry)

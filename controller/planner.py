@@ -1,0 +1,228 @@
+"""The pure core: what the world should look like, and how to get there.
+
+`desired_state` turns a validated spec plus its allocations into one plain-data
+state per component. `plan` compares that with what the drivers observed and
+returns the ordered actions that converge them; `plan_deletion` does the same in
+reverse. Neither does I/O, so both are tested with plain data, including the
+half-finished worlds a crash leaves behind.
+
+Ordering follows dependencies: hosts before data services, data services before
+the workload (it needs their credentials), the route only once the workload is
+healthy, backups once there is data to back up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from controller import naming
+from schemas.project import Allocations, BackupTarget, ProjectSpec, Provider
+
+State = Mapping[str, Any]
+
+
+class Component(StrEnum):
+    infrastructure = "Infrastructure"
+    database = "Database"
+    cache = "Cache"
+    storage = "Storage"
+    workload = "Workload"
+    route = "Route"
+    backup = "Backup"
+
+    @property
+    def condition(self) -> str:
+        return f"{self.value}Ready"
+
+
+DEPENDS_ON: dict[Component, tuple[Component, ...]] = {
+    Component.infrastructure: (),
+    Component.database: (Component.infrastructure,),
+    Component.cache: (Component.infrastructure,),
+    Component.storage: (Component.infrastructure,),
+    Component.workload: (Component.infrastructure, Component.database, Component.cache, Component.storage),
+    Component.route: (Component.workload,),
+    Component.backup: (Component.database, Component.storage),
+}
+# Declaration order above is a valid topological order.
+ORDER: tuple[Component, ...] = tuple(DEPENDS_ON)
+# Components holding user data: deletionPolicy decides whether they are destroyed.
+DATA_COMPONENTS = frozenset({Component.database, Component.cache, Component.storage, Component.backup})
+
+
+class Verb(StrEnum):
+    create = "create"
+    update = "update"
+    delete = "delete"
+    release = "release"  # stop managing, keep the data (deletionPolicy: Retain)
+
+
+@dataclass(frozen=True)
+class Action:
+    component: Component
+    verb: Verb
+    reason: str
+    desired: State | None = None
+    # Components that must be observed healthy before this action may run.
+    requires_healthy: tuple[Component, ...] = ()
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a driver saw: the component's state (None: absent), its health, or why it could not look."""
+
+    state: State | None = None
+    healthy: bool = True
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: list[Action] = field(default_factory=list)
+    # Components that cannot be planned now, with the reason (e.g. a dependency is unobservable).
+    blocked: dict[Component, str] = field(default_factory=dict)
+
+
+def desired_state(spec: ProjectSpec, allocations: Allocations) -> dict[Component, State]:
+    """One plain-data state per enabled component."""
+    features = spec.features
+    states: dict[Component, State] = {Component.infrastructure: _infrastructure(spec)}
+    if features.database is not None and features.database.enabled:
+        states[Component.database] = {
+            "name": allocations.database,
+            "role": allocations.database_role,
+            "version": features.database.version,
+            "extensions": sorted(features.database.extensions),
+            "connectionLimit": features.database.connection_limit,
+        }
+    if features.redis is not None and features.redis.enabled:
+        states[Component.cache] = {
+            "user": allocations.redis_user,
+            "prefix": allocations.redis_prefix,
+            "isolation": features.redis.isolation.value,
+            "dbIndex": allocations.redis_db_index,
+        }
+    if features.storage is not None and features.storage.enabled:
+        states[Component.storage] = {
+            "bucket": allocations.bucket,
+            "versioning": features.storage.versioning,
+            "expireAfterDays": features.storage.expire_after_days,
+        }
+    states[Component.workload] = _workload(spec, allocations)
+    states[Component.route] = {
+        "domains": list(spec.environment.domains),
+        "upstreams": _upstreams(spec, allocations),
+    }
+    if spec.backup.enabled:
+        states[Component.backup] = {
+            "schedule": spec.backup.schedule,
+            "retentionDays": spec.backup.retention_days,
+            "include": sorted(t.value for t in spec.backup.include if _backs_up(t, states)),
+            "walArchiving": spec.backup.wal_archiving,
+        }
+    return states
+
+
+def _backs_up(target: BackupTarget, states: Mapping[Component, State]) -> bool:
+    component = {BackupTarget.database: Component.database, BackupTarget.storage: Component.storage}
+    return component.get(target, Component.cache) in states
+
+
+def _infrastructure(spec: ProjectSpec) -> State:
+    servers = spec.servers
+    return {
+        "provider": servers.provider.value,
+        "region": servers.region,
+        "plan": servers.plan,
+        "count": servers.count if servers.count is not None else (servers.min or 1),
+        "max": servers.max,
+        "hosts": list(servers.hosts),
+        "firewall": {"ports": sorted(servers.firewall.ports), "allowedCidrs": sorted(servers.firewall.allowed_cidrs)},
+        "loadBalancer": servers.load_balancer.model_dump(mode="json", by_alias=True),
+    }
+
+
+def _workload(spec: ProjectSpec, allocations: Allocations) -> State:
+    source = spec.project.source
+    return {
+        "instance": naming.instance_name(spec),
+        "runtime": spec.servers.runtime.value,
+        "image": source.image,
+        "git": source.git.model_dump(mode="json") if source.git else None,
+        "revision": spec.project.revision,
+        "port": allocations.port,
+        "containerPort": spec.resources.container_port,
+        "replicas": spec.resources.replicas,
+        "cpu": spec.resources.cpu,
+        "memory": spec.resources.memory,
+        "variables": dict(sorted(spec.environment.variables.items())),
+        "secretRefs": sorted(ref.name for ref in spec.environment.secret_refs),
+        "connectionSecret": allocations.connection_secret,
+        "healthPath": spec.monitoring.health_path,
+    }
+
+
+def _upstreams(spec: ProjectSpec, allocations: Allocations) -> list[str]:
+    if spec.servers.provider in (Provider.local, Provider.existing) and not spec.servers.hosts:
+        return [f"127.0.0.1:{allocations.port}"]
+    return [f"{host}:{allocations.port}" for host in spec.servers.hosts]
+
+
+def _changed_keys(desired: State, observed: State) -> list[str]:
+    return sorted(k for k in desired.keys() | observed.keys() if desired.get(k) != observed.get(k))
+
+
+def plan(
+    desired: Mapping[Component, State],
+    observed: Mapping[Component, Observation],
+    retain_data: bool = True,
+) -> Plan:
+    """Ordered actions converging ``observed`` to ``desired``."""
+    actions: list[Action] = []
+    blocked: dict[Component, str] = {}
+    # Components no longer wanted go first, dependents before what they depend on.
+    for component in reversed(ORDER):
+        seen = observed.get(component)
+        if component not in desired and seen is not None and seen.state is not None:
+            verb = Verb.release if retain_data and component in DATA_COMPONENTS else Verb.delete
+            actions.append(Action(component, verb, "no longer requested"))
+    for component in ORDER:
+        if component not in desired:
+            continue
+        seen = observed.get(component, Observation())
+        stuck = [d for d in DEPENDS_ON[component] if d in blocked]
+        if seen.error is not None:
+            blocked[component] = seen.error
+            continue
+        if stuck:
+            blocked[component] = f"waiting for {', '.join(stuck)}"
+            continue
+        action = _converge(component, desired[component], seen)
+        if action is not None:
+            actions.append(action)
+    return Plan(actions, blocked)
+
+
+def _converge(component: Component, want: State, seen: Observation) -> Action | None:
+    gate = (Component.workload,) if component is Component.route else ()
+    if seen.state is None:
+        return Action(component, Verb.create, "missing", want, gate)
+    changed = _changed_keys(want, seen.state)
+    if changed:
+        return Action(component, Verb.update, "differs in " + ", ".join(changed), want, gate)
+    return None
+
+
+def plan_deletion(observed: Mapping[Component, Observation], retain_data: bool) -> Plan:
+    """Tear down in reverse dependency order; data survives unless ``retain_data`` is False."""
+    actions = []
+    for component in reversed(ORDER):
+        seen = observed.get(component)
+        if seen is None or (seen.state is None and seen.error is None):
+            continue
+        verb = Verb.release if retain_data and component in DATA_COMPONENTS else Verb.delete
+        actions.append(Action(component, verb, "project deleted"))
+    return Plan(actions)

@@ -1,0 +1,277 @@
+"""One level-based reconcile for every trigger: read the world, converge, report.
+
+`Reconciler.reconcile` never trusts the event that woke it: it claims allocations,
+observes every component, asks the planner what to do, does it through the
+drivers (unless paused or observe-only), and returns an `Outcome`: the status
+to write, the Events to post, and whether to retry. The kopf layer maps the
+Outcome to kopf; this module knows nothing of kopf.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import structlog
+
+from controller import naming
+from controller.claims import ClaimStore
+from controller.drivers import DriverContext, Drivers
+from controller.errors import CodebError, PermanentError, RetryableError
+from controller.naming import ProjectKey
+from controller.planner import (
+    DEPENDS_ON,
+    Action,
+    Component,
+    Observation,
+    Plan,
+    State,
+    Verb,
+    desired_state,
+    plan,
+    plan_deletion,
+)
+from controller.status import set_condition
+from schemas.project import Allocations, DeletionPolicy, Endpoints, ManagementPolicy, Phase, ProjectSpec, ProjectStatus
+
+log = structlog.get_logger("codeb.reconcile")
+
+PAUSED_ANNOTATION = "codeb.dev/paused"
+# How soon to look again while waiting for something that is progressing (e.g. health).
+PROGRESS_RECHECK_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class ProjectInput:
+    key: ProjectKey
+    generation: int
+    spec: ProjectSpec
+    status: ProjectStatus
+    paused: bool = False
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Outcome:
+    status: ProjectStatus
+    events: list[Event] = field(default_factory=list)
+    retry_after: float | None = None
+    permanent_error: str | None = None
+    results: list[tuple[Action, str]] = field(default_factory=list)  # (action, "ok" | "error")
+    drift: list[Action] = field(default_factory=list)
+
+
+@dataclass
+class _Pass:
+    """Mutable bookkeeping of one reconcile pass."""
+
+    observed: dict[Component, Observation]
+    failed: dict[Component, CodebError] = field(default_factory=dict)
+    waiting: dict[Component, str] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    results: list[tuple[Action, str]] = field(default_factory=list)
+
+
+class Reconciler:
+    def __init__(self, drivers: Drivers, claims: ClaimStore) -> None:
+        self.drivers = drivers
+        self.claims = claims
+
+    async def reconcile(self, project: ProjectInput, trigger: str = "event") -> Outcome:
+        spec = project.spec
+        try:
+            allocations = await self.claims.ensure(project.key, spec)
+        except CodebError as exc:
+            return self._allocation_failed(project, exc)
+        ctx = DriverContext(project.key, naming.instance_name(spec), allocations)
+        desired = desired_state(spec, allocations)
+        work = _Pass(observed=await self._observe(ctx))
+        steps = plan(desired, work.observed, retain_data=spec.deletion_policy is DeletionPolicy.Retain)
+        acting = not project.paused and spec.management_policy is ManagementPolicy.Manage
+        if acting:
+            await self._execute(ctx, steps, work, trigger)
+        status = summarize(project, allocations, desired, steps, work, acting)
+        return Outcome(
+            status=status,
+            events=work.events,
+            retry_after=_retry_after(work, steps),
+            permanent_error=next((e.message for e in work.failed.values() if isinstance(e, PermanentError)), None),
+            results=work.results,
+            drift=[] if acting else steps.actions,
+        )
+
+    async def finalize(self, project: ProjectInput) -> Outcome:
+        """Tear down in reverse order; release claims only when everything is gone."""
+        spec = project.spec
+        allocations = self.claims.allocations_held(spec, await self.claims.held(project.key))
+        ctx = DriverContext(project.key, naming.instance_name(spec), allocations)
+        work = _Pass(observed=await self._observe(ctx))
+        steps = plan_deletion(work.observed, retain_data=spec.deletion_policy is DeletionPolicy.Retain)
+        await self._execute(ctx, steps, work, "delete")
+        status = project.status.model_copy(deep=True)
+        status.phase = Phase.Deleting
+        blocked = {**{c: e.message for c, e in work.failed.items()}, **work.waiting}
+        if blocked:
+            message = "; ".join(f"{c.value}: {m}" for c, m in blocked.items())
+            status.conditions = set_condition(
+                status.conditions, "Synced", False, "DeleteBlocked", message, project.generation
+            )
+            return Outcome(status, work.events, retry_after=_retry_after(work, steps), results=work.results)
+        released = await self.claims.release_all(project.key)
+        work.events.append(Event("Normal", "Deleted", f"torn down; released {released} claims"))
+        return Outcome(status, work.events, results=work.results)
+
+    async def _observe(self, ctx: DriverContext) -> dict[Component, Observation]:
+        observed = {}
+        for component, driver in self.drivers.items():
+            try:
+                observed[component] = await driver.observe(ctx)
+            except CodebError as exc:
+                observed[component] = Observation(error=exc.message)
+        return observed
+
+    async def _execute(self, ctx: DriverContext, steps: Plan, work: _Pass, trigger: str) -> None:
+        for action in steps.actions:
+            component = action.component
+            stuck = [d for d in DEPENDS_ON[component] if d in work.failed or d in work.waiting]
+            unhealthy = [d for d in action.requires_healthy if not work.observed.get(d, Observation()).healthy]
+            if stuck or unhealthy:
+                work.waiting[component] = f"waiting for {', '.join(stuck + unhealthy)}"
+                continue
+            try:
+                await self._run(ctx, action)
+                work.observed[component] = await self.drivers[component].observe(ctx)
+            except CodebError as exc:
+                work.failed[component] = exc
+                work.results.append((action, "error"))
+                work.events.append(Event("Warning", f"{action.verb.value.capitalize()}Failed", _describe(action, exc)))
+                log.warning("action failed", component=component.value, verb=action.verb.value, error=exc.message)
+                continue
+            work.results.append((action, "ok"))
+            reason = "DriftRepaired" if trigger == "timer" else action.verb.value.capitalize() + "d"
+            work.events.append(Event("Normal", reason, f"{component.value} {action.verb.value}: {action.reason}"))
+            log.info("action done", component=component.value, verb=action.verb.value, reason=action.reason)
+
+    async def _run(self, ctx: DriverContext, action: Action) -> None:
+        driver = self.drivers[action.component]
+        if action.verb in (Verb.create, Verb.update):
+            assert action.desired is not None
+            await driver.apply(ctx, action.desired)
+        else:
+            await driver.delete(ctx, retain=action.verb is Verb.release)
+
+    def _allocation_failed(self, project: ProjectInput, exc: CodebError) -> Outcome:
+        status = project.status.model_copy(deep=True)
+        status.observed_generation = project.generation
+        status.last_error = exc.message
+        gen = project.generation
+        status.conditions = set_condition(status.conditions, "Synced", False, exc.reason, exc.message, gen)
+        status.conditions = set_condition(status.conditions, "Ready", False, exc.reason, exc.message, gen)
+        event = Event("Warning", exc.reason, exc.message)
+        if isinstance(exc, RetryableError):
+            return Outcome(status, [event], retry_after=exc.delay)
+        status.phase = Phase.Failed
+        return Outcome(status, [event], permanent_error=exc.message)
+
+
+def _describe(action: Action, exc: CodebError) -> str:
+    return f"{action.component.value} {action.verb.value} failed: {exc.message}"
+
+
+def _retry_after(work: _Pass, steps: Plan) -> float | None:
+    delays = [e.delay for e in work.failed.values() if isinstance(e, RetryableError)]
+    if work.waiting or steps.blocked:
+        delays.append(PROGRESS_RECHECK_SECONDS)
+    return min(delays) if delays else None
+
+
+def summarize(
+    project: ProjectInput,
+    allocations: Allocations,
+    desired: Mapping[Component, State],
+    steps: Plan,
+    work: _Pass,
+    acting: bool,
+) -> ProjectStatus:
+    """The status after a pass, pure: one condition per component, then Synced, Ready and phase."""
+    gen = project.generation
+    status = project.status.model_copy(deep=True)
+    status.observed_generation = gen
+    status.allocations = allocations
+    conditions = [c for c in status.conditions if c.type in ("Ready", "Synced") or _is_wanted(c.type, desired)]
+    component_ok: dict[Component, bool] = {}
+    for component, want in desired.items():
+        seen = work.observed.get(component, Observation())
+        ok, reason, message = _component_condition(component, want, seen, work, steps)
+        component_ok[component] = ok
+        conditions = set_condition(conditions, component.condition, ok, reason, message, gen)
+    ready = all(component_ok.values())
+    errors = [f"{c.value}: {e.message}" for c, e in work.failed.items()]
+    status.last_error = "; ".join(errors) or None
+    if not acting:
+        reason = "Paused" if project.paused else "ObserveOnly"
+        drift = ", ".join(f"{a.component.value} {a.verb.value}" for a in steps.actions)
+        message = f"not acting ({reason}); drift: {drift}" if drift else f"not acting ({reason}); no drift"
+        conditions = set_condition(conditions, "Synced", not steps.actions, reason, message, gen)
+    elif errors:
+        conditions = set_condition(conditions, "Synced", False, "ReconcileError", status.last_error or "", gen)
+    elif work.waiting or steps.blocked:
+        waiting = "; ".join(f"{c.value}: {m}" for c, m in {**steps.blocked, **work.waiting}.items())
+        conditions = set_condition(conditions, "Synced", False, "Progressing", waiting, gen)
+    else:
+        conditions = set_condition(conditions, "Synced", True, "Converged", "all components match the spec", gen)
+    not_ready = [c.value for c, ok in component_ok.items() if not ok]
+    ready_message = "all components ready" if ready else "not ready: " + ", ".join(not_ready)
+    conditions = set_condition(conditions, "Ready", ready, "AllComponentsReady" if ready else "ComponentsNotReady",
+                               ready_message, gen)  # fmt: skip
+    status.conditions = conditions
+    status.endpoints = Endpoints(url=naming.primary_url(project.spec), internal=_internal(desired))
+    status.phase = _phase(project, component_ok, work)
+    return status
+
+
+def _is_wanted(condition_type: str, desired: Mapping[Component, State]) -> bool:
+    return any(component.condition == condition_type for component in desired)
+
+
+def _component_condition(
+    component: Component, want: State, seen: Observation, work: _Pass, steps: Plan
+) -> tuple[bool, str, str]:
+    if component in work.failed:
+        exc = work.failed[component]
+        return False, exc.reason, exc.message
+    if seen.error is not None:
+        return False, "ObserveFailed", seen.error
+    if component in steps.blocked or component in work.waiting:
+        return False, "Waiting", steps.blocked.get(component) or work.waiting[component]
+    if seen.state is None:
+        return False, "Missing", f"{component.value} does not exist"
+    if dict(seen.state) != dict(want):
+        return False, "Drifted", f"{component.value} differs from the spec"
+    if not seen.healthy:
+        return False, "Unhealthy", f"{component.value} is not healthy"
+    return True, "Ready", f"{component.value} matches the spec"
+
+
+def _internal(desired: Mapping[Component, State]) -> list[str]:
+    route = desired.get(Component.route)
+    return list(route["upstreams"]) if route else []
+
+
+def _phase(project: ProjectInput, component_ok: Mapping[Component, bool], work: _Pass) -> Phase:
+    if any(isinstance(e, PermanentError) for e in work.failed.values()):
+        return Phase.Failed
+    if all(component_ok.values()):
+        return Phase.Ready
+    if project.status.phase in (Phase.Ready, Phase.Degraded):
+        return Phase.Degraded
+    data = (Component.infrastructure, Component.database, Component.cache, Component.storage)
+    if all(ok for c, ok in component_ok.items() if c in data):
+        return Phase.Deploying
+    return Phase.Provisioning
