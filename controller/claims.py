@@ -10,6 +10,7 @@ Project's holdings are found again after any crash, and released on deletion.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -67,6 +68,24 @@ def port_candidates(spec: ProjectSpec, reserved: Iterable[int], uid: str) -> lis
     return ports[start:] + ports[:start]
 
 
+def allocations_for(spec: ProjectSpec, port: int | None, redis_db: int | None) -> Allocations:
+    """The full set of allocated names for a spec, given its claimed numbers (pure)."""
+    features = spec.features
+    database = features.database is not None and features.database.enabled
+    cache = features.redis is not None and features.redis.enabled
+    storage = features.storage is not None and features.storage.enabled
+    return Allocations(
+        port=port,
+        database=naming.database_name(spec) if database else None,
+        database_role=naming.database_role(spec) if database else None,
+        redis_user=naming.redis_user(spec) if cache else None,
+        redis_prefix=naming.redis_prefix(spec) if cache else None,
+        redis_db_index=redis_db,
+        bucket=naming.bucket_name(spec) if storage else None,
+        connection_secret=naming.connection_secret_name(spec),
+    )
+
+
 def _number(lease: LeaseInfo, kind: str) -> int:
     return int(lease.name.removeprefix(f"{kind}-"))
 
@@ -83,21 +102,25 @@ class ClaimStore:
     async def held(self, key: ProjectKey) -> list[LeaseInfo]:
         return await self._kube.list_leases(self._namespace, f"{LABEL_UID}={key.uid}")
 
-    async def ensure(self, key: ProjectKey, spec: ProjectSpec, held: list[LeaseInfo] | None = None) -> Allocations:
-        """Claim everything the spec needs (reusing what the Project already holds)."""
+    async def ensure(
+        self, key: ProjectKey, spec: ProjectSpec, held: list[LeaseInfo] | None = None, current_port: int | None = None
+    ) -> Allocations:
+        """Claim everything the spec needs, reusing what the Project holds (``current_port`` first)."""
         held = await self.held(key) if held is None else held
         by_kind: dict[str, list[LeaseInfo]] = {}
         for lease in held:
             by_kind.setdefault(lease.labels.get(LABEL_KIND, ""), []).append(lease)
         wanted = named_claims(spec)
-        for claim in wanted:
-            if not any(lease.name == claim.lease_name for lease in by_kind.get(claim.kind, [])):
-                await self._claim_name(key, claim)
-        port = await self._ensure_port(key, spec, by_kind.get("port", []))
-        redis_db = await self._ensure_redis_db(key, spec, by_kind.get("redis-db", []))
+        held_names = {lease.name for lease in held}
+        # Independent claims go out together: a new Project pays one round trip, not four.
+        port, redis_db, *_ = await asyncio.gather(
+            self._ensure_port(key, spec, by_kind.get("port", []), current_port),
+            self._ensure_redis_db(key, spec, by_kind.get("redis-db", [])),
+            *[self._claim_name(key, claim) for claim in wanted if claim.lease_name not in held_names],
+        )
         chosen = {f"port-{port}"} | ({f"redis-db-{redis_db}"} if redis_db is not None else set())
         await self._release_stale(spec, by_kind, {c.lease_name for c in wanted}, chosen)
-        return self._allocations(spec, port, redis_db)
+        return allocations_for(spec, port, redis_db)
 
     async def release_all(self, key: ProjectKey) -> int:
         leases = await self.held(key)
@@ -111,23 +134,7 @@ class ClaimStore:
         def lowest(kind: str) -> int | None:
             return min((_number(lease, kind) for lease in held if lease.labels.get(LABEL_KIND) == kind), default=None)
 
-        return self._allocations(spec, lowest("port"), lowest("redis-db"))
-
-    def _allocations(self, spec: ProjectSpec, port: int | None, redis_db: int | None) -> Allocations:
-        features = spec.features
-        database = features.database is not None and features.database.enabled
-        cache = features.redis is not None and features.redis.enabled
-        storage = features.storage is not None and features.storage.enabled
-        return Allocations(
-            port=port,
-            database=naming.database_name(spec) if database else None,
-            database_role=naming.database_role(spec) if database else None,
-            redis_user=naming.redis_user(spec) if cache else None,
-            redis_prefix=naming.redis_prefix(spec) if cache else None,
-            redis_db_index=redis_db,
-            bucket=naming.bucket_name(spec) if storage else None,
-            connection_secret=naming.connection_secret_name(spec),
-        )
+        return allocations_for(spec, lowest("port"), lowest("redis-db"))
 
     async def _create(self, key: ProjectKey, kind: str, name: str) -> bool:
         """True if we now hold ``name`` (created it, or already held it); False if someone else does."""
@@ -151,7 +158,9 @@ class ClaimStore:
                 f"change {claim.field} (or the environment) so the derived name is unique"
             )
 
-    async def _ensure_port(self, key: ProjectKey, spec: ProjectSpec, held: list[LeaseInfo]) -> int:
+    async def _ensure_port(
+        self, key: ProjectKey, spec: ProjectSpec, held: list[LeaseInfo], current: int | None = None
+    ) -> int:
         pinned = spec.resources.port
         low, high = PORT_RANGES[spec.environment.type]
         mine = sorted(_number(lease, "port") for lease in held)
@@ -165,7 +174,8 @@ class ClaimStore:
             return pinned
         usable = [p for p in mine if low <= p <= high and p not in self._reserved]
         if usable:
-            return usable[0]
+            # The port in status is the one the running app uses; never switch it silently.
+            return current if current in usable else usable[0]
         return await self._allocate_number(key, "port", port_candidates(spec, self._reserved, key.uid))
 
     async def _ensure_redis_db(self, key: ProjectKey, spec: ProjectSpec, held: list[LeaseInfo]) -> int | None:
@@ -184,8 +194,12 @@ class ClaimStore:
             if await self._create(key, kind, f"{kind}-{number}"):
                 return number
             if taken is None:
-                # First collision: learn what is taken instead of probing one by one.
+                # First collision: learn what is taken instead of probing one by one,
+                # and notice a number an interrupted earlier attempt already won for us.
                 leases = await self._kube.list_leases(self._namespace, f"{LABEL_KIND}={kind}")
+                ours = sorted(_number(lease, kind) for lease in leases if lease.holder == key.uid)
+                if ours:
+                    return ours[0]
                 taken = {_number(lease, kind) for lease in leases}
         raise AllocationConflict(f"no free {kind} left; free one or widen the range", reason="Exhausted")
 

@@ -20,17 +20,22 @@ from pydantic import ValidationError
 
 from controller.localcluster import REPO_ROOT, LocalCluster, cache_dir
 from controller.status import format_validation_error
-from schemas.crd import project_crd, render_yaml
+from schemas.crd import platform_crd, project_crd, render_yaml
 from schemas.docs import render_markdown
 from schemas.project import KIND, ProjectSpec
 
 CRD_PATH = REPO_ROOT / "manifests" / "crd" / "projects.codeb.dev.yaml"
+PLATFORM_CRD_PATH = REPO_ROOT / "manifests" / "crd" / "platforms.codeb.dev.yaml"
 DOCS_PATH = REPO_ROOT / "docs" / "manifest.md"
 LOCAL_EXAMPLE = REPO_ROOT / "manifests" / "examples" / "hello-local.yaml"
 
 
 def generated_files() -> dict[Path, str]:
-    return {CRD_PATH: render_yaml(project_crd()), DOCS_PATH: render_markdown()}
+    return {
+        CRD_PATH: render_yaml(project_crd()),
+        PLATFORM_CRD_PATH: render_yaml(platform_crd()),
+        DOCS_PATH: render_markdown(),
+    }
 
 
 def _shown(path: Path) -> str:
@@ -83,6 +88,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
     from controller.logs import configure_logging
     from controller.metrics import Metrics
     from controller.operator import Runtime, build_registry
+    from controller.platforms import PlatformDrivers
     from controller.reconcile import Reconciler
 
     try:
@@ -91,10 +97,14 @@ def cmd_operator(args: argparse.Namespace) -> int:
         print(f"invalid configuration: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_format)
-    kopf.configure(verbose=os.environ.get("CODEB_DEBUG") == "1", log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.PLAIN)
-    kube = KubeClient(api_client_from_environment(), ThreadPoolExecutor(config.max_workers))
+    kopf.configure(
+        verbose=os.environ.get("CODEB_DEBUG") == "1",
+        log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.PLAIN,
+    )
+    kube = KubeClient(api_client_from_environment(config.max_workers), ThreadPoolExecutor(config.max_workers))
     claims = ClaimStore(kube, config.claims_namespace, config.reserved_ports)
-    runtime = Runtime(config, Reconciler(local_drivers(), claims), Metrics())
+    drivers = PlatformDrivers(kube, local_drivers())
+    runtime = Runtime(config, Reconciler(drivers, claims), Metrics(), kube)
     asyncio.run(
         kopf.operator(
             registry=build_registry(runtime),

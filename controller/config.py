@@ -24,6 +24,11 @@ class OperatorConfig(BaseModel):
     peering: str | None = Field(
         None, description="CODEB_PEERING: kopf peering name; unset runs standalone (a single replica)."
     )
+    peering_priority: int | None = Field(
+        None,
+        ge=0,
+        description="CODEB_PEERING_PRIORITY: highest priority acts, others stand by; random when unset.",
+    )
     max_workers: int = Field(32, ge=1, description="CODEB_MAX_WORKERS: threads for blocking driver calls.")
     log_format: str = Field("json", pattern="^(json|console)$", description="CODEB_LOG_FORMAT: json or console.")
 
@@ -41,6 +46,7 @@ _ENV = {
     "reserved_ports": "CODEB_RESERVED_PORTS",
     "metrics_port": "CODEB_METRICS_PORT",
     "peering": "CODEB_PEERING",
+    "peering_priority": "CODEB_PEERING_PRIORITY",
     "max_workers": "CODEB_MAX_WORKERS",
     "log_format": "CODEB_LOG_FORMAT",
 }

@@ -8,13 +8,14 @@ pool; its ApiException is translated into our errors here and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import kubernetes.client
 import kubernetes.config
@@ -38,14 +39,20 @@ class LeaseInfo:
     annotations: dict[str, str]
 
 
-def api_client_from_environment() -> kubernetes.client.ApiClient:
+def api_client_from_environment(pool_size: int = 32, config_file: str | None = None) -> kubernetes.client.ApiClient:
     """In-cluster service account if there is one, else KUBECONFIG (read now, not at import)."""
+    configuration = kubernetes.client.Configuration()
     try:
-        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
-        return kubernetes.client.ApiClient()
+        if config_file is not None:
+            raise kubernetes.config.ConfigException("explicit kubeconfig")
+        kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
-        config_file = os.environ.get("KUBECONFIG")
-        return kubernetes.config.new_client_from_config(config_file=config_file)  # type: ignore[no-untyped-call,no-any-return]
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=config_file or os.environ.get("KUBECONFIG"), client_configuration=configuration
+        )
+    # One connection per worker thread, or urllib3 discards and reconnects under load.
+    configuration.connection_pool_maxsize = pool_size
+    return kubernetes.client.ApiClient(configuration)
 
 
 def _translate(exc: ApiException, what: str) -> Exception:
@@ -60,6 +67,7 @@ class KubeClient:
     def __init__(self, api: kubernetes.client.ApiClient, executor: ThreadPoolExecutor) -> None:
         self._core = kubernetes.client.CoreV1Api(api)
         self._coordination = kubernetes.client.CoordinationV1Api(api)
+        self._custom = kubernetes.client.CustomObjectsApi(api)
         self._executor = executor
 
     async def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -101,12 +109,63 @@ class KubeClient:
         )
         return [_lease_info(item) for item in result.items]
 
+    async def read_platform(self, name: str) -> dict[str, Any] | None:
+        try:
+            found = await self._call(
+                f"platform {name}", self._custom.get_cluster_custom_object, "codeb.dev", "v1alpha1", "platforms", name
+            )
+        except PermanentError as exc:
+            if "404" in exc.message:
+                return None
+            raise
+        return cast(dict[str, Any], found)
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            secret = await self._call(f"secret {namespace}/{name}", self._core.read_namespaced_secret, name, namespace)
+        except PermanentError as exc:
+            if "404" in exc.message:
+                return None
+            raise
+        return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+
+    async def merge_secret(self, namespace: str, name: str, data: dict[str, str]) -> None:
+        """Set these keys, creating the Secret if needed; other keys are kept."""
+        body = {"metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "codeb"}}, "stringData": data}
+        try:
+            await self._call(f"secret {namespace}/{name}", self._core.patch_namespaced_secret, name, namespace, body)
+        except PermanentError as exc:
+            if "404" not in exc.message:
+                raise
+            await self._call(f"secret {namespace}/{name}", self._core.create_namespaced_secret, namespace,
+                             {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", **body})  # fmt: skip
+
+    async def delete_secret(self, namespace: str, name: str) -> None:
+        try:
+            await self._call(f"secret {namespace}/{name}", self._core.delete_namespaced_secret, name, namespace)
+        except PermanentError as exc:
+            if "404" not in exc.message:
+                raise
+
     async def delete_lease(self, namespace: str, name: str) -> None:
         try:
             await self._call(f"claim {name}", self._coordination.delete_namespaced_lease, name, namespace)
         except PermanentError as exc:
             if "404" not in exc.message:
                 raise
+
+
+class KubeSecrets:
+    """The SecretStore on the API server: one connection Secret per Project."""
+
+    def __init__(self, kube: KubeClient) -> None:
+        self._kube = kube
+
+    async def read(self, namespace: str, name: str) -> dict[str, str] | None:
+        return await self._kube.read_secret(namespace, name)
+
+    async def merge(self, namespace: str, name: str, data: dict[str, str]) -> None:
+        await self._kube.merge_secret(namespace, name, data)
 
 
 def _lease_info(lease: Any) -> LeaseInfo:

@@ -10,6 +10,7 @@ than living in module globals.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -20,14 +21,16 @@ import structlog
 from pydantic import ValidationError
 
 from controller.config import OperatorConfig
+from controller.kube import KubeClient
 from controller.metrics import Metrics
-from controller.naming import ProjectKey
+from controller.naming import ProjectKey, connection_secret_name
 from controller.reconcile import PAUSED_ANNOTATION, Outcome, ProjectInput, Reconciler
 from controller.status import format_validation_error, load_status, set_condition, status_patch
-from schemas.project import API_GROUP, API_VERSION, PLURAL, Phase, ProjectSpec, ProjectStatus
+from schemas.project import API_GROUP, API_VERSION, PLURAL, DeletionPolicy, Phase, ProjectSpec, ProjectStatus
 
 RESOURCE = (API_GROUP, API_VERSION, PLURAL)
 FINALIZER = f"{API_GROUP}/finalizer"
+KOPF_PREFIX = f"kopf.{API_GROUP}"
 log = structlog.get_logger("codeb.operator")
 
 
@@ -36,6 +39,7 @@ class Runtime:
     config: OperatorConfig
     reconciler: Reconciler
     metrics: Metrics
+    kube: KubeClient | None = None
     # One reconcile at a time per Project: kopf runs timers beside event handlers.
     locks: defaultdict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
 
@@ -64,16 +68,21 @@ def project_input(body: kopf.Body) -> ProjectInput:
     return ProjectInput(key, generation, spec, status, paused)
 
 
-def write_status(body: kopf.Body, patch: kopf.Patch, status: ProjectStatus) -> None:
+def write_status(body: kopf.Body, patch: kopf.Patch, status: ProjectStatus) -> bool:
+    """Stage a status patch if anything changed; True if it did."""
     changes = status_patch(dict(body.get("status") or {}), status)
     if changes:
         patch.status.update(changes)
+    return changes is not None
 
 
 def apply_outcome(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, outcome: Outcome, trigger: str) -> None:
-    write_status(body, patch, outcome.status)
+    changed = write_status(body, patch, outcome.status)
     for event in outcome.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        # A failure that repeats unchanged on every retry or drift tick was already
+        # said once; repeating it would be a write per tick for nothing new.
+        if event.type == "Normal" or changed:
+            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     for action, result in outcome.results:
         runtime.metrics.actions.labels(action.component.value, action.verb.value, result).inc()
         if trigger == "timer" and result == "ok":
@@ -116,6 +125,10 @@ async def run_finalize(runtime: Runtime, body: kopf.Body, patch: kopf.Patch) -> 
             raise kopf.TemporaryError(
                 f"deletion blocked: {outcome.status.last_error or 'waiting'}", delay=outcome.retry_after
             )
+        if project.spec.deletion_policy is DeletionPolicy.Delete and runtime.kube is not None:
+            # Retained data keeps its credentials; destroyed data needs none.
+            secret = outcome.status.allocations.connection_secret or connection_secret_name(project.spec)
+            await runtime.kube.delete_secret(project.key.namespace, secret)
         runtime.metrics.set_phase(project.key.uid, None)
         runtime.locks.pop(project.key.uid, None)
 
@@ -133,16 +146,22 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         # Progress and diff-base live in annotations: the status schema is ours and
-        # structural, so anything kopf wrote there would be pruned.
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+        # structural, so anything kopf wrote there would be pruned. NOTE: kopf hides every
+        # annotation under its storage prefix from change detection, so the prefix must
+        # not be codeb.dev, or the codeb.dev/paused annotation would never trigger.
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=API_GROUP, key="last-handled-configuration"
+            prefix=KOPF_PREFIX, key="last-handled-configuration"
         )
         settings.persistence.finalizer = FINALIZER
         settings.execution.max_workers = config.max_workers
         if config.peering:
             settings.peering.name = config.peering
             settings.peering.mandatory = True
+            # Equal priorities make kopf pause every replica; distinct ones make the
+            # highest act while the others stand by until its keep-alive lapses.
+            priority = config.peering_priority
+            settings.peering.priority = priority if priority is not None else random.randint(1, 1_000_000)
         runtime.metrics.serve(config.metrics_port)
         await runtime.reconciler.claims.setup()
 

@@ -97,6 +97,10 @@ def desired_state(spec: ProjectSpec, allocations: Allocations) -> dict[Component
             "version": features.database.version,
             "extensions": sorted(features.database.extensions),
             "connectionLimit": features.database.connection_limit,
+            # Isolation and a working login are part of the desired state, so losing
+            # either (a GRANT by hand, a password changed) is drift the driver repairs.
+            "publicConnectRevoked": True,
+            "loginWorks": True,
         }
     if features.redis is not None and features.redis.enabled:
         states[Component.cache] = {
@@ -104,17 +108,22 @@ def desired_state(spec: ProjectSpec, allocations: Allocations) -> dict[Component
             "prefix": allocations.redis_prefix,
             "isolation": features.redis.isolation.value,
             "dbIndex": allocations.redis_db_index,
+            "aclMatches": True,
+            "loginWorks": True,
         }
     if features.storage is not None and features.storage.enabled:
         states[Component.storage] = {
             "bucket": allocations.bucket,
             "versioning": features.storage.versioning,
             "expireAfterDays": features.storage.expire_after_days,
+            "policyMatches": True,
+            "loginWorks": True,
         }
     states[Component.workload] = _workload(spec, allocations)
     states[Component.route] = {
         "domains": list(spec.environment.domains),
         "upstreams": _upstreams(spec, allocations),
+        "routeMatches": True,  # headers, compression, TLS: the whole rendered route
     }
     if spec.backup.enabled:
         states[Component.backup] = {
@@ -183,12 +192,6 @@ def plan(
     """Ordered actions converging ``observed`` to ``desired``."""
     actions: list[Action] = []
     blocked: dict[Component, str] = {}
-    # Components no longer wanted go first, dependents before what they depend on.
-    for component in reversed(ORDER):
-        seen = observed.get(component)
-        if component not in desired and seen is not None and seen.state is not None:
-            verb = Verb.release if retain_data and component in DATA_COMPONENTS else Verb.delete
-            actions.append(Action(component, verb, "no longer requested"))
     for component in ORDER:
         if component not in desired:
             continue
@@ -203,6 +206,13 @@ def plan(
         action = _converge(component, desired[component], seen)
         if action is not None:
             actions.append(action)
+    # Components no longer wanted go last, once their dependents have been updated
+    # to stop using them, and dependents before what they depend on.
+    for component in reversed(ORDER):
+        leftover = observed.get(component)
+        if component not in desired and leftover is not None and leftover.state is not None:
+            verb = Verb.release if retain_data and component in DATA_COMPONENTS else Verb.delete
+            actions.append(Action(component, verb, "no longer requested"))
     return Plan(actions, blocked)
 
 

@@ -9,14 +9,14 @@ Outcome to kopf; this module knows nothing of kopf.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import structlog
 
 from controller import naming
 from controller.claims import ClaimStore
-from controller.drivers import DriverContext, Drivers
+from controller.drivers import Driver, DriverContext, Drivers
 from controller.errors import CodebError, PermanentError, RetryableError
 from controller.naming import ProjectKey
 from controller.planner import (
@@ -78,24 +78,34 @@ class _Pass:
     results: list[tuple[Action, str]] = field(default_factory=list)
 
 
+DriverSource = Callable[[ProjectSpec], Awaitable[Drivers]]
+
+
 class Reconciler:
-    def __init__(self, drivers: Drivers, claims: ClaimStore) -> None:
-        self.drivers = drivers
+    def __init__(self, drivers: Drivers | DriverSource, claims: ClaimStore) -> None:
+        self._drivers_for: DriverSource = drivers if callable(drivers) else _static(drivers)
         self.claims = claims
 
     async def reconcile(self, project: ProjectInput, trigger: str = "event") -> Outcome:
         spec = project.spec
         try:
-            allocations = await self.claims.ensure(project.key, spec)
+            # A Project never allocated before holds nothing worth listing: its claim
+            # creations recognise anything a crashed earlier attempt left as its own.
+            current = project.status.allocations.port
+            allocations = await self.claims.ensure(project.key, spec, [] if current is None else None, current)
         except CodebError as exc:
             return self._allocation_failed(project, exc)
         ctx = DriverContext(project.key, naming.instance_name(spec), allocations)
         desired = desired_state(spec, allocations)
-        work = _Pass(observed=await self._observe(ctx))
+        try:
+            drivers = await self._drivers_for(spec)
+        except CodebError as exc:
+            return self._allocation_failed(project, exc)
+        work = _Pass(observed=await self._observe(drivers, ctx))
         steps = plan(desired, work.observed, retain_data=spec.deletion_policy is DeletionPolicy.Retain)
         acting = not project.paused and spec.management_policy is ManagementPolicy.Manage
         if acting:
-            await self._execute(ctx, steps, work, trigger)
+            await self._execute(drivers, ctx, steps, work, trigger)
         status = summarize(project, allocations, desired, steps, work, acting)
         return Outcome(
             status=status,
@@ -111,9 +121,10 @@ class Reconciler:
         spec = project.spec
         allocations = self.claims.allocations_held(spec, await self.claims.held(project.key))
         ctx = DriverContext(project.key, naming.instance_name(spec), allocations)
-        work = _Pass(observed=await self._observe(ctx))
+        drivers = await self._drivers_for(spec)
+        work = _Pass(observed=await self._observe(drivers, ctx))
         steps = plan_deletion(work.observed, retain_data=spec.deletion_policy is DeletionPolicy.Retain)
-        await self._execute(ctx, steps, work, "delete")
+        await self._execute(drivers, ctx, steps, work, "delete")
         status = project.status.model_copy(deep=True)
         status.phase = Phase.Deleting
         blocked = {**{c: e.message for c, e in work.failed.items()}, **work.waiting}
@@ -127,16 +138,16 @@ class Reconciler:
         work.events.append(Event("Normal", "Deleted", f"torn down; released {released} claims"))
         return Outcome(status, work.events, results=work.results)
 
-    async def _observe(self, ctx: DriverContext) -> dict[Component, Observation]:
+    async def _observe(self, drivers: Drivers, ctx: DriverContext) -> dict[Component, Observation]:
         observed = {}
-        for component, driver in self.drivers.items():
+        for component, driver in drivers.items():
             try:
                 observed[component] = await driver.observe(ctx)
             except CodebError as exc:
                 observed[component] = Observation(error=exc.message)
         return observed
 
-    async def _execute(self, ctx: DriverContext, steps: Plan, work: _Pass, trigger: str) -> None:
+    async def _execute(self, drivers: Drivers, ctx: DriverContext, steps: Plan, work: _Pass, trigger: str) -> None:
         for action in steps.actions:
             component = action.component
             stuck = [d for d in DEPENDS_ON[component] if d in work.failed or d in work.waiting]
@@ -145,8 +156,8 @@ class Reconciler:
                 work.waiting[component] = f"waiting for {', '.join(stuck + unhealthy)}"
                 continue
             try:
-                await self._run(ctx, action)
-                work.observed[component] = await self.drivers[component].observe(ctx)
+                await self._run(drivers[component], action, ctx)
+                work.observed[component] = await drivers[component].observe(ctx)
             except CodebError as exc:
                 work.failed[component] = exc
                 work.results.append((action, "error"))
@@ -154,12 +165,14 @@ class Reconciler:
                 log.warning("action failed", component=component.value, verb=action.verb.value, error=exc.message)
                 continue
             work.results.append((action, "ok"))
-            reason = "DriftRepaired" if trigger == "timer" else action.verb.value.capitalize() + "d"
-            work.events.append(Event("Normal", reason, f"{component.value} {action.verb.value}: {action.reason}"))
-            log.info("action done", component=component.value, verb=action.verb.value, reason=action.reason)
+            log.debug("action done", component=component.value, verb=action.verb.value, reason=action.reason)
+        work.events.extend(_success_events(work.results, trigger))
+        if work.results:
+            log.info(
+                "reconciled", trigger=trigger, actions=[f"{a.component.value} {a.verb.value}" for a, _ in work.results]
+            )
 
-    async def _run(self, ctx: DriverContext, action: Action) -> None:
-        driver = self.drivers[action.component]
+    async def _run(self, driver: Driver, action: Action, ctx: DriverContext) -> None:
         if action.verb in (Verb.create, Verb.update):
             assert action.desired is not None
             await driver.apply(ctx, action.desired)
@@ -178,6 +191,27 @@ class Reconciler:
             return Outcome(status, [event], retry_after=exc.delay)
         status.phase = Phase.Failed
         return Outcome(status, [event], permanent_error=exc.message)
+
+
+def _success_events(results: list[tuple[Action, str]], trigger: str) -> list[Event]:
+    """One Normal Event per reason per pass, naming every action it covers.
+
+    NOTE: a new Project takes up to seven actions; one Event each would make Events
+    the bulk of the operator's API traffic, for what reads better as one line.
+    """
+    grouped: dict[str, list[str]] = {}
+    for action, result in results:
+        if result == "ok":
+            reason = "DriftRepaired" if trigger == "timer" else action.verb.value.capitalize() + "d"
+            grouped.setdefault(reason, []).append(f"{action.component.value} {action.verb.value}: {action.reason}")
+    return [Event("Normal", reason, "; ".join(lines)) for reason, lines in grouped.items()]
+
+
+def _static(drivers: Drivers) -> DriverSource:
+    async def source(spec: ProjectSpec) -> Drivers:
+        return drivers
+
+    return source
 
 
 def _describe(action: Action, exc: CodebError) -> str:

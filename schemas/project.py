@@ -328,6 +328,15 @@ class Servers(CodebModel):
     runtime: Runtime = Field(
         description="How the workload runs: Podman Quadlet units, Kubernetes pods, or local processes."
     )
+    platform: str | None = Field(
+        None,
+        description=(
+            "Name of the Platform (cluster-scoped) whose PostgreSQL, Redis, MinIO and Caddy this Project uses; "
+            "omit it to use the operator's built-in local drivers."
+        ),
+        pattern=DNS_LABEL,
+        max_length=63,
+    )
     hosts: list[Annotated[str, Field(max_length=253)]] = Field(
         default_factory=list, description="Hostnames or addresses, for provider existing.", max_length=100
     )

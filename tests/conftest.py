@@ -12,16 +12,24 @@ from controller.cli import CRD_PATH
 from controller.localcluster import LocalCluster
 
 
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+def start_cluster(root: Path, audit_policy: str | None = None) -> LocalCluster:
     """A real etcd + kube-apiserver with the CodeB CRDs installed."""
-    local = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
+    local = LocalCluster(root, audit_policy=audit_policy).start()
     try:
         local.kubectl("apply", "--server-side", "-f", str(CRD_PATH.parent))
         local.kubectl("wait", "--for=condition=Established", "crd/projects.codeb.dev", "--timeout=60s")
-        yield local
-    finally:
+    except BaseException:
         local.stop()
+        raise
+    return local
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """Shared by tests that need no operator; tests that run one get a cluster of their own."""
+    local = start_cluster(tmp_path_factory.mktemp("cluster"))
+    yield local
+    local.stop()
 
 
 @pytest.fixture()

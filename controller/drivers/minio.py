@@ -1,0 +1,183 @@
+"""MinIO (S3): a bucket per Project, and a user whose policy reaches only that bucket.
+
+Buckets the operator creates are tagged with the Project's uid; a bucket of the
+same name without that tag is never touched (``NotOwned``). The policy is compared
+statement by statement with the rendered one, so a policy widened by hand is drift.
+The MinIO clients are blocking; calls run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import urllib3
+from minio import Minio
+from minio.commonconfig import ENABLED, Filter, Tags
+from minio.credentials.providers import StaticProvider
+from minio.error import MinioAdminException, S3Error
+from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
+from minio.minioadmin import MinioAdmin
+from minio.versioningconfig import SUSPENDED, VersioningConfig
+
+from controller.drivers import DriverContext
+from controller.errors import PermanentError, RetryableError
+from controller.planner import Component, Observation, State
+from controller.secrets import SecretStore, ensure_password
+
+SECRET_KEY = "S3_SECRET_KEY"
+UID_TAG = "codeb.dev/project-uid"
+T = TypeVar("T")
+
+
+def bucket_policy(bucket: str) -> dict[str, Any]:
+    """Read, write and list this bucket only (pure)."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": ["s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads"],
+             "Resource": [f"arn:aws:s3:::{bucket}"]},
+            {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject",
+                                           "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
+             "Resource": [f"arn:aws:s3:::{bucket}/*"]},
+        ],
+    }  # fmt: skip
+
+
+def _canonical(policy: dict[str, Any]) -> set[tuple[str, tuple[str, ...], tuple[str, ...]]]:
+    def listed(value: Any) -> tuple[str, ...]:
+        return tuple(sorted([value] if isinstance(value, str) else value or []))
+
+    return {(s.get("Effect", ""), listed(s.get("Action")), listed(s.get("Resource"))) for s in policy["Statement"]}
+
+
+def access_key(bucket: str) -> str:
+    return f"codeb-{bucket}"
+
+
+class MinioDriver:
+    component = Component.storage
+
+    def __init__(self, endpoint: str, root_user: str, root_password: str, secrets: SecretStore,
+                 secure: bool = False) -> None:  # fmt: skip
+        self._endpoint, self._secure = endpoint, secure
+        # Fail fast on an outage instead of urllib3's default retries.
+        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=3, read=10), retries=urllib3.Retry(total=0))
+        self._s3 = Minio(endpoint, access_key=root_user, secret_key=root_password, secure=secure, http_client=http)
+        self._admin = MinioAdmin(endpoint=endpoint, credentials=StaticProvider(root_user, root_password),
+                                 secure=secure, http_client=http)  # fmt: skip
+        self._secrets = secrets
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except (urllib3.exceptions.HTTPError, OSError):
+            raise RetryableError(f"MinIO at {self._endpoint} is unreachable", reason="StorageUnavailable") from None
+
+    async def observe(self, ctx: DriverContext) -> Observation:
+        bucket = ctx.allocations.bucket
+        if bucket is None or not await self._call(self._s3.bucket_exists, bucket):
+            return Observation()
+        await self._check_owner(ctx, bucket)
+        versioning = await self._call(self._s3.get_bucket_versioning, bucket)
+        lifecycle = await self._call(self._s3.get_bucket_lifecycle, bucket)
+        days = lifecycle.rules[0].expiration.days if lifecycle and lifecycle.rules[0].expiration else None
+        return Observation(
+            state={
+                "bucket": bucket,
+                "versioning": versioning.status == ENABLED,
+                "expireAfterDays": days,
+                "policyMatches": await self._policy_matches(bucket),
+                "loginWorks": await self._login_works(ctx, bucket),
+            }
+        )
+
+    async def _check_owner(self, ctx: DriverContext, bucket: str) -> None:
+        if await self._owner_tag(bucket) != ctx.key.uid:
+            raise PermanentError(
+                f"bucket {bucket} exists but was not created by the operator for this Project; "
+                "set spec.features.storage.bucket to another name",
+                reason="NotOwned",
+            )
+
+    async def _owner_tag(self, bucket: str) -> str | None:
+        tags: dict[str, str] = dict(await self._call(self._s3.get_bucket_tags, bucket) or {})
+        return tags.get(UID_TAG)
+
+    async def _policy_matches(self, bucket: str) -> bool:
+        try:
+            info = json.loads(await self._call(self._admin.policy_info, access_key(bucket)))
+            user = json.loads(await self._call(self._admin.user_info, access_key(bucket)))
+        except MinioAdminException:
+            return False
+        policy = info.get("Policy", info)
+        attached = access_key(bucket) in str(user.get("policyName", "")).split(",")
+        return attached and user.get("status") == "enabled" and _canonical(policy) == _canonical(bucket_policy(bucket))
+
+    async def _login_works(self, ctx: DriverContext, bucket: str) -> bool:
+        secret = await self._secrets.read(ctx.key.namespace, ctx.allocations.connection_secret or "") or {}
+        if not secret.get(SECRET_KEY):
+            return False
+        client = Minio(
+            self._endpoint, access_key=access_key(bucket), secret_key=secret[SECRET_KEY], secure=self._secure
+        )
+        try:
+            await self._call(lambda: list(client.list_objects(bucket, prefix="codeb-probe/")))
+        except S3Error:
+            return False
+        return True
+
+    async def apply(self, ctx: DriverContext, desired: State) -> None:
+        bucket = str(desired["bucket"])
+        secret_name = ctx.allocations.connection_secret or ""
+        # The Secret first: a crash after this line leaves a key the user will get.
+        password = await ensure_password(self._secrets, ctx.key.namespace, secret_name, SECRET_KEY)
+        if not await self._call(self._s3.bucket_exists, bucket):
+            await self._call(self._s3.make_bucket, bucket)
+            tags = Tags.new_bucket_tags()
+            tags[UID_TAG] = ctx.key.uid
+            await self._call(self._s3.set_bucket_tags, bucket, tags)
+        await self._check_owner(ctx, bucket)
+        status = ENABLED if desired["versioning"] else SUSPENDED
+        await self._call(self._s3.set_bucket_versioning, bucket, VersioningConfig(status))
+        await self._apply_lifecycle(bucket, desired["expireAfterDays"])
+        await self._call(self._admin.policy_add, access_key(bucket), policy=bucket_policy(bucket))
+        await self._call(self._admin.user_add, access_key(bucket), password)
+        try:
+            await self._call(self._admin.attach_policy, [access_key(bucket)], user=access_key(bucket))
+        except MinioAdminException as exc:
+            if "already" not in str(exc).lower():
+                raise RetryableError("MinIO refused to attach the bucket policy", reason="StorageUnavailable") from None
+        await self._secrets.merge(ctx.key.namespace, secret_name, {
+            "S3_ENDPOINT": f"{'https' if self._secure else 'http'}://{self._endpoint}",
+            "S3_BUCKET": bucket, "S3_ACCESS_KEY": access_key(bucket),
+        })  # fmt: skip
+
+    async def _apply_lifecycle(self, bucket: str, days: Any) -> None:
+        if days is None:
+            await self._call(self._s3.delete_bucket_lifecycle, bucket)
+            return
+        rule = Rule(
+            ENABLED, rule_filter=Filter(prefix=""), rule_id="codeb-expire", expiration=Expiration(days=int(days))
+        )
+        await self._call(self._s3.set_bucket_lifecycle, bucket, LifecycleConfig([rule]))
+
+    async def delete(self, ctx: DriverContext, retain: bool) -> None:
+        bucket = ctx.allocations.bucket
+        if retain or bucket is None:
+            return
+        if await self._call(self._s3.bucket_exists, bucket):
+            if await self._owner_tag(bucket) != ctx.key.uid:
+                return  # not ours: never deleted
+            objects = await self._call(
+                lambda: list(self._s3.list_objects(bucket, recursive=True, include_version=True))
+            )
+            for obj in objects:
+                await self._call(self._s3.remove_object, bucket, obj.object_name, version_id=obj.version_id)
+            await self._call(self._s3.remove_bucket, bucket)
+        for step in (self._admin.user_remove, self._admin.policy_remove):
+            with contextlib.suppress(MinioAdminException):  # already gone
+                await self._call(step, access_key(bucket))

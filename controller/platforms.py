@@ -1,0 +1,119 @@
+"""Which drivers serve a Project: the local ones, or those of the Platform it names.
+
+A Project without ``spec.servers.platform`` runs on the built-in local drivers.
+One that names a Platform gets real drivers for each service the Platform
+declares (PostgreSQL, Redis, MinIO, Caddy), built with admin credentials read from
+the referenced Secrets and cached until the Platform object changes. A requested
+service the Platform does not declare is a permanent error naming both fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from controller.drivers import Driver, DriverContext, Drivers
+from controller.drivers.caddy import CaddyDriver
+from controller.drivers.minio import MinioDriver
+from controller.drivers.postgres import PostgresDriver
+from controller.drivers.redis import RedisDriver
+from controller.errors import PermanentError, RetryableError
+from controller.kube import KubeClient, KubeSecrets
+from controller.planner import Component, Observation, State
+from controller.status import format_validation_error
+from schemas.platform import PlatformSpec, SecretKeyReference
+from schemas.project import ProjectSpec
+
+_FIELDS = {
+    Component.database: ("postgres", "spec.features.database"),
+    Component.cache: ("redis", "spec.features.redis"),
+    Component.storage: ("objectStorage", "spec.features.storage"),
+    Component.route: ("caddy", "spec.environment.domains"),
+}
+
+
+@dataclass
+class MissingService:
+    """Stands in for a service the Platform does not declare."""
+
+    component: Component
+    platform: str
+
+    def _error(self) -> PermanentError:
+        service, feature = _FIELDS[self.component]
+        return PermanentError(
+            f"Platform {self.platform} declares no {service}; add spec.{service} to the Platform "
+            f"or turn off {feature} in the Project",
+            reason="ServiceNotOnPlatform",
+        )
+
+    async def observe(self, ctx: DriverContext) -> Observation:
+        return Observation(error=self._error().message)
+
+    async def apply(self, ctx: DriverContext, desired: State) -> None:
+        raise self._error()
+
+    async def delete(self, ctx: DriverContext, retain: bool) -> None:
+        return None
+
+
+class PlatformDrivers:
+    def __init__(self, kube: KubeClient, local: Drivers) -> None:
+        self._kube = kube
+        self._local = local
+        self._secrets = KubeSecrets(kube)
+        self._cache: dict[str, tuple[str, Drivers]] = {}
+
+    async def __call__(self, spec: ProjectSpec) -> Drivers:
+        name = spec.servers.platform
+        if name is None:
+            return self._local
+        body = await self._kube.read_platform(name)
+        if body is None:
+            raise RetryableError(
+                f"Platform {name} does not exist; create it or change spec.servers.platform",
+                reason="PlatformNotFound",
+                delay=30,
+            )
+        version = str(body["metadata"]["resourceVersion"])
+        cached = self._cache.get(name)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        try:
+            platform = PlatformSpec.model_validate(body.get("spec") or {})
+        except ValidationError as exc:
+            raise PermanentError(
+                f"Platform {name} is invalid: {format_validation_error(exc)}", reason="PlatformInvalid"
+            ) from None
+        drivers = await self._build(name, platform)
+        self._cache[name] = (version, drivers)
+        return drivers
+
+    async def _admin(self, ref: SecretKeyReference, *keys: str) -> list[str]:
+        data = await self._kube.read_secret(ref.namespace, ref.name) or {}
+        missing = [k for k in keys if not data.get(k)]
+        if missing:
+            raise RetryableError(
+                f"Secret {ref.namespace}/{ref.name} lacks {', '.join(missing)}", reason="PlatformCredentialsMissing"
+            )
+        return [data[k] for k in keys]
+
+    async def _build(self, name: str, platform: PlatformSpec) -> Drivers:
+        drivers: dict[Component, Driver] = dict(self._local)
+        for component in _FIELDS:
+            drivers[component] = MissingService(component, name)
+        if platform.postgres is not None:
+            pg = platform.postgres
+            user, password = await self._admin(pg.admin_secret_ref, "username", "password")
+            drivers[Component.database] = PostgresDriver(pg.host, pg.port, user, password, self._secrets)
+        if platform.redis is not None:
+            (password,) = await self._admin(platform.redis.admin_secret_ref, "password")
+            drivers[Component.cache] = RedisDriver(platform.redis.host, platform.redis.port, password, self._secrets)
+        if platform.object_storage is not None:
+            s3 = platform.object_storage
+            access, secret = await self._admin(s3.admin_secret_ref, "accessKey", "secretKey")
+            drivers[Component.storage] = MinioDriver(s3.endpoint, access, secret, self._secrets, secure=s3.secure)
+        if platform.caddy is not None:
+            drivers[Component.route] = CaddyDriver(platform.caddy.admin_url, platform.caddy.listen)
+        return drivers

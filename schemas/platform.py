@@ -1,0 +1,64 @@
+"""The `Platform` resource (cluster-scoped): shared infrastructure, declared once.
+
+Many Projects land on the same PostgreSQL, Redis, MinIO and Caddy (the seeds'
+storage server and edge). A Platform says where they are; admin credentials are
+only ever referenced by Secret, never written into the Platform itself. Projects
+name it in ``spec.servers.platform``.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from schemas.base import DNS_LABEL, CodebModel
+
+PLATFORM_KIND = "Platform"
+PLATFORM_PLURAL = "platforms"
+HOST = r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$"
+
+
+class SecretKeyReference(CodebModel):
+    namespace: str = Field(description="Namespace of the Secret.", pattern=DNS_LABEL, max_length=63)
+    name: str = Field(description="Name of the Secret.", pattern=DNS_LABEL, max_length=253)
+
+
+class PostgresEndpoint(CodebModel):
+    host: str = Field(description="PostgreSQL host name or address.", pattern=HOST, max_length=253)
+    port: int = Field(5432, description="PostgreSQL port.", ge=1, le=65535)
+    admin_secret_ref: SecretKeyReference = Field(
+        description="Secret with keys username and password of a role that may create roles and databases."
+    )
+
+
+class RedisEndpoint(CodebModel):
+    host: str = Field(description="Redis host name or address.", pattern=HOST, max_length=253)
+    port: int = Field(6379, description="Redis port.", ge=1, le=65535)
+    admin_secret_ref: SecretKeyReference = Field(
+        description="Secret with key password of the Redis default user (allowed to run ACL SETUSER)."
+    )
+
+
+class ObjectStorageEndpoint(CodebModel):
+    endpoint: str = Field(
+        description="MinIO endpoint as host:port.", pattern=r"^[A-Za-z0-9.-]+:[0-9]{1,5}$", max_length=260
+    )
+    secure: bool = Field(True, description="Use HTTPS to reach MinIO.")
+    admin_secret_ref: SecretKeyReference = Field(
+        description="Secret with keys accessKey and secretKey of a MinIO admin."
+    )
+
+
+class CaddyEndpoint(CodebModel):
+    admin_url: str = Field(
+        description="Caddy admin API URL, e.g. http://10.0.0.2:2019.", pattern=r"^https?://[^\s/]+/?$", max_length=260
+    )
+    listen: list[str] = Field(
+        default_factory=lambda: [":443"], description="Addresses the Projects' HTTPS server listens on.", max_length=8
+    )
+
+
+class PlatformSpec(CodebModel):
+    postgres: PostgresEndpoint | None = Field(None, description="Shared PostgreSQL for Project databases.")
+    redis: RedisEndpoint | None = Field(None, description="Shared Redis for Project caches.")
+    object_storage: ObjectStorageEndpoint | None = Field(None, description="Shared MinIO for Project buckets.")
+    caddy: CaddyEndpoint | None = Field(None, description="Caddy instance that routes the Projects' domains.")

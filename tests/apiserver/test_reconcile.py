@@ -1,0 +1,186 @@
+"""The reconciler with local drivers and real claims: what it does, and what it reports."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from controller.claims import ClaimStore
+from controller.drivers import DriverContext
+from controller.drivers.local import LocalDriver, local_drivers
+from controller.errors import PermanentError, RetryableError
+from controller.kube import KubeClient, api_client_from_environment
+from controller.localcluster import LocalCluster
+from controller.naming import ProjectKey
+from controller.planner import ORDER, Component, State
+from controller.reconcile import ProjectInput, Reconciler
+from controller.status import condition
+from schemas.project import Phase, ProjectSpec, ProjectStatus
+from tests.factories import project_spec
+
+
+class FlakyDriver(LocalDriver):
+    """A local driver whose apply fails with a chosen error until told otherwise."""
+
+    def __init__(self, component: Component, error: Exception | None) -> None:
+        super().__init__(component)
+        self.error = error
+
+    async def apply(self, ctx: DriverContext, desired: State) -> None:
+        if self.error is not None:
+            raise self.error
+        await super().apply(ctx, desired)
+
+
+@pytest.fixture()
+def kube(cluster: LocalCluster) -> Iterator[KubeClient]:
+    with ThreadPoolExecutor(8) as pool:
+        yield KubeClient(api_client_from_environment(8, str(cluster.kubeconfig)), pool)
+
+
+@pytest.fixture()
+async def claims(kube: KubeClient) -> AsyncIterator[ClaimStore]:
+    store = ClaimStore(kube, f"claims-{uuid.uuid4().hex[:8]}")
+    await store.setup()
+    yield store
+
+
+def project(
+    status: ProjectStatus | None = None, paused: bool = False, generation: int = 1, **sections: Any
+) -> ProjectInput:
+    sections = {"features": {"database": {}, "redis": {}, "storage": {}}} | sections
+    spec = ProjectSpec.model_validate(project_spec(slug="shop", **sections))
+    return ProjectInput(ProjectKey("ns", "shop", "uid-1"), generation, spec, status or ProjectStatus(), paused)
+
+
+def cond(status: ProjectStatus, type_: str) -> tuple[str, str]:
+    c = condition(status, type_)
+    assert c is not None, f"no {type_} condition"
+    return c.status.value, c.reason
+
+
+async def test_fresh_project_converges_to_ready(claims: ClaimStore) -> None:
+    drivers = local_drivers()
+    outcome = await Reconciler(drivers, claims).reconcile(project())
+    status = outcome.status
+    assert status.phase is Phase.Ready and status.observed_generation == 1
+    assert cond(status, "Ready") == ("True", "AllComponentsReady")
+    assert cond(status, "Synced") == ("True", "Converged")
+    assert cond(status, "DatabaseReady") == ("True", "Ready")
+    assert status.allocations.database == "shop_staging_db" and 4500 <= (status.allocations.port or 0) <= 4999
+    assert status.endpoints.url == "https://shop.example.com"
+    [event] = outcome.events
+    assert (event.type, event.reason) == ("Normal", "Created")
+    assert event.message.split("; ") == [f"{c.value} create: missing" for c in ORDER]
+    assert outcome.retry_after is None
+
+
+async def test_second_pass_does_nothing(claims: ClaimStore) -> None:
+    reconciler = Reconciler(local_drivers(), claims)
+    first = await reconciler.reconcile(project())
+    second = await reconciler.reconcile(project(status=first.status))
+    assert second.events == [] and second.results == []
+    assert second.status == first.status  # nothing to write
+
+
+async def test_drift_is_repaired_and_said(claims: ClaimStore) -> None:
+    drivers = local_drivers()
+    reconciler = Reconciler(drivers, claims)
+    first = await reconciler.reconcile(project())
+    drivers[Component.route].world.clear()  # someone deleted the route by hand
+    repaired = await reconciler.reconcile(project(status=first.status), trigger="timer")
+    assert [(e.reason, e.message) for e in repaired.events] == [("DriftRepaired", "Route create: missing")]
+    assert repaired.status.phase is Phase.Ready
+
+
+@pytest.mark.parametrize(
+    ("paused", "policy", "reason"), [(True, "Manage", "Paused"), (False, "ObserveOnly", "ObserveOnly")]
+)
+async def test_paused_or_observe_only_reports_drift_and_changes_nothing(
+    claims: ClaimStore, paused: bool, policy: str, reason: str
+) -> None:
+    drivers = local_drivers()
+    outcome = await Reconciler(drivers, claims).reconcile(project(paused=paused, managementPolicy=policy))
+    assert all(d.calls == [] for d in drivers.values())
+    assert len(outcome.drift) == 7
+    assert cond(outcome.status, "Synced") == ("False", reason)
+    assert "drift: Infrastructure create" in (condition(outcome.status, "Synced").message)  # type: ignore[union-attr]
+
+
+async def test_retryable_failure_backs_off_and_blocks_dependents(claims: ClaimStore) -> None:
+    drivers: dict[Component, Any] = local_drivers()
+    drivers[Component.database] = FlakyDriver(Component.database, RetryableError("connection refused", delay=7))
+    reconciler = Reconciler(drivers, claims)
+    outcome = await reconciler.reconcile(project())
+    assert outcome.retry_after == 5.0  # progress recheck beats the driver's 7 s
+    assert cond(outcome.status, "DatabaseReady") == ("False", "Unavailable")
+    assert cond(outcome.status, "WorkloadReady") == ("False", "Waiting")
+    assert cond(outcome.status, "CacheReady") == ("True", "Ready")  # independent work went on
+    assert outcome.status.phase is Phase.Provisioning
+    assert any(e.type == "Warning" and e.reason == "CreateFailed" for e in outcome.events)
+    drivers[Component.database].error = None  # the database came back
+    recovered = await reconciler.reconcile(project(status=outcome.status))
+    assert recovered.status.phase is Phase.Ready and recovered.status.last_error is None
+
+
+async def test_permanent_failure_sets_failed_with_the_fix(claims: ClaimStore) -> None:
+    drivers: dict[Component, Any] = local_drivers()
+    drivers[Component.storage] = FlakyDriver(
+        Component.storage, PermanentError("bucket exists and belongs to someone else; set features.storage.bucket")
+    )
+    outcome = await Reconciler(drivers, claims).reconcile(project())
+    assert outcome.status.phase is Phase.Failed
+    assert outcome.permanent_error is not None and "features.storage.bucket" in outcome.permanent_error
+
+
+async def test_ready_project_that_loses_a_component_is_degraded(claims: ClaimStore) -> None:
+    drivers: dict[Component, Any] = local_drivers()
+    reconciler = Reconciler(drivers, claims)
+    ready = await reconciler.reconcile(project())
+    drivers[Component.workload].world.clear()
+    drivers[Component.workload] = FlakyDriver(Component.workload, RetryableError("host unreachable"))
+    degraded = await reconciler.reconcile(project(status=ready.status))
+    assert degraded.status.phase is Phase.Degraded
+
+
+async def test_spec_change_updates_and_bumps_observed_generation(claims: ClaimStore) -> None:
+    reconciler = Reconciler(local_drivers(), claims)
+    first = await reconciler.reconcile(project())
+    second = await reconciler.reconcile(project(status=first.status, generation=2, resources={"replicas": 3}))
+    assert [e.message for e in second.events] == ["Workload update: differs in replicas"]
+    assert second.status.observed_generation == 2
+
+
+@pytest.mark.parametrize(("policy", "verb"), [("Retain", "release"), ("Delete", "delete")])
+async def test_deletion_follows_policy_and_releases_claims(claims: ClaimStore, policy: str, verb: str) -> None:
+    drivers = local_drivers()
+    reconciler = Reconciler(drivers, claims)
+    created = await reconciler.reconcile(project(deletionPolicy=policy))
+    done = await reconciler.finalize(project(status=created.status, deletionPolicy=policy))
+    assert done.retry_after is None and done.status.phase is Phase.Deleting
+    assert drivers[Component.database].calls[-1] == (verb, "uid-1")
+    assert drivers[Component.workload].calls[-1] == ("delete", "uid-1")
+    assert await claims.held(project().key) == []
+
+
+async def test_blocked_deletion_says_why_and_keeps_claims(claims: ClaimStore) -> None:
+    drivers: dict[Component, Any] = local_drivers()
+    reconciler = Reconciler(drivers, claims)
+    created = await reconciler.reconcile(project())
+
+    class Stuck(LocalDriver):
+        async def delete(self, ctx: DriverContext, retain: bool) -> None:
+            raise RetryableError("Caddy admin API unreachable")
+
+    stuck = Stuck(Component.route)
+    stuck.world = drivers[Component.route].world
+    drivers[Component.route] = stuck
+    blocked = await reconciler.finalize(project(status=created.status))
+    assert blocked.retry_after is not None
+    assert cond(blocked.status, "Synced") == ("False", "DeleteBlocked")
+    assert "Caddy admin API unreachable" in condition(blocked.status, "Synced").message  # type: ignore[union-attr]
+    assert await claims.held(project().key) != []

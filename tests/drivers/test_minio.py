@@ -1,0 +1,125 @@
+"""The MinIO driver against a real MinIO server (built from the Go module proxy) on loopback."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from minio import Minio
+from minio.credentials import StaticProvider
+from minio.error import S3Error
+from minio.minioadmin import MinioAdmin
+
+from controller.drivers import DriverContext
+from controller.drivers.minio import SECRET_KEY, MinioDriver, access_key
+from controller.errors import PermanentError, RetryableError
+from controller.planner import Component, desired_state
+from controller.secrets import MemorySecrets
+from schemas.project import ProjectSpec
+from tests.drivers_common import context
+from tests.servers import MinioServer, start_minio
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[MinioServer]:
+    srv = start_minio()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture()
+def secrets() -> MemorySecrets:
+    return MemorySecrets()
+
+
+@pytest.fixture()
+def driver(server: MinioServer, secrets: MemorySecrets) -> MinioDriver:
+    return MinioDriver(server.endpoint, server.root_user, server.root_password, secrets)
+
+
+def want(ctx: DriverContext, spec: ProjectSpec) -> Any:
+    return desired_state(spec, ctx.allocations)[Component.storage]
+
+
+def project(slug: str, **storage: Any) -> tuple[DriverContext, ProjectSpec]:
+    return context(slug, features={"storage": storage})
+
+
+async def converge(driver: MinioDriver, ctx: DriverContext, spec: ProjectSpec) -> None:
+    await driver.apply(ctx, want(ctx, spec))
+    assert (await driver.observe(ctx)).state == want(ctx, spec)
+
+
+async def user_client(secrets: MemorySecrets, ctx: DriverContext, server: MinioServer) -> Minio:
+    secret = await secrets.read("team", ctx.allocations.connection_secret or "") or {}
+    return Minio(server.endpoint, access_key=secret["S3_ACCESS_KEY"], secret_key=secret[SECRET_KEY], secure=False)
+
+
+def root(server: MinioServer) -> Minio:
+    return Minio(server.endpoint, access_key=server.root_user, secret_key=server.root_password, secure=False)
+
+
+async def test_bucket_user_and_isolation(driver: MinioDriver, secrets: MemorySecrets, server: MinioServer) -> None:
+    a, a_spec = project("photos", versioning=True, expireAfterDays=30)
+    b, b_spec = project("docs")
+    await converge(driver, a, a_spec)
+    await converge(driver, b, b_spec)
+    photos = await user_client(secrets, a, server)
+    photos.put_object("photos-staging-uploads", "cat.jpg", io.BytesIO(b"meow"), 4)
+    assert photos.get_object("photos-staging-uploads", "cat.jpg").read() == b"meow"
+    with pytest.raises(S3Error, match="AccessDenied"):
+        photos.put_object("docs-staging-uploads", "x", io.BytesIO(b"x"), 1)  # B's bucket refused
+    with pytest.raises(S3Error, match="AccessDenied"):
+        list(photos.list_objects("docs-staging-uploads"))
+    secret = await secrets.read("team", "photos-staging-connection") or {}
+    assert secret["S3_BUCKET"] == "photos-staging-uploads" and secret["S3_ENDPOINT"] == f"http://{server.endpoint}"
+
+
+async def test_widened_policy_is_drift_and_repaired(driver: MinioDriver, server: MinioServer) -> None:
+    ctx, spec = project("wide")
+    await converge(driver, ctx, spec)
+    admin = MinioAdmin(endpoint=server.endpoint, credentials=StaticProvider(server.root_user, server.root_password),
+                       secure=False)  # fmt: skip
+    everything = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": ["s3:*"], "Resource": ["arn:aws:s3:::*"]}],
+    }
+    admin.policy_add(access_key("wide-staging-uploads"), policy=everything)
+    assert (await driver.observe(ctx)).state["policyMatches"] is False  # type: ignore[index]
+    await converge(driver, ctx, spec)
+    info = json.loads(admin.policy_info(access_key("wide-staging-uploads")))
+    assert "arn:aws:s3:::*" not in json.dumps(info)
+
+
+async def test_foreign_bucket_is_never_touched(driver: MinioDriver, server: MinioServer) -> None:
+    ctx, spec = project("legacy")
+    root(server).make_bucket("legacy-staging-uploads")
+    root(server).put_object("legacy-staging-uploads", "keep", io.BytesIO(b"1"), 1)
+    with pytest.raises(PermanentError, match=r"spec\.features.storage.bucket"):
+        await driver.observe(ctx)
+    with pytest.raises(PermanentError):
+        await driver.apply(ctx, want(ctx, spec))
+    await driver.delete(ctx, retain=False)
+    assert root(server).bucket_exists("legacy-staging-uploads")
+
+
+@pytest.mark.parametrize("retain", [True, False])
+async def test_delete_follows_policy(
+    driver: MinioDriver, secrets: MemorySecrets, server: MinioServer, retain: bool
+) -> None:
+    ctx, spec = project(f"bye{int(retain)}", versioning=True)
+    await converge(driver, ctx, spec)
+    (await user_client(secrets, ctx, server)).put_object(ctx.allocations.bucket or "", "f", io.BytesIO(b"x"), 1)
+    await driver.delete(ctx, retain=retain)
+    assert root(server).bucket_exists(ctx.allocations.bucket or "") is retain
+
+
+async def test_outage_is_retryable(server: MinioServer, secrets: MemorySecrets) -> None:
+    ctx, _ = project("down")
+    dead = MinioDriver("127.0.0.1:1", server.root_user, server.root_password, secrets)
+    with pytest.raises(RetryableError) as exc:
+        await dead.observe(ctx)
+    assert exc.value.reason == "StorageUnavailable" and server.root_password not in exc.value.message

@@ -1,0 +1,70 @@
+"""Helpers for tests against the real control plane."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from controller.localcluster import LocalCluster, find_binary
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 60.0, interval: float = 0.25, what: str = "") -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not met within {timeout}s: {what or predicate}")
+        time.sleep(interval)
+
+
+def get_json(cluster: LocalCluster, *args: str) -> Any:
+    return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
+
+
+def projects(cluster: LocalCluster, namespace: str) -> list[dict[str, Any]]:
+    return list(get_json(cluster, "projects", "-n", namespace)["items"])
+
+
+def leases(cluster: LocalCluster, namespace: str) -> list[dict[str, Any]]:
+    return list(get_json(cluster, "leases", "-n", namespace)["items"])
+
+
+class OperatorProcess:
+    """`codeb operator` as a real process: started, SIGKILLed and restarted by tests."""
+
+    def __init__(self, cluster: LocalCluster, log_path: Path, **env: str) -> None:
+        self.cluster = cluster
+        self.log_path = log_path
+        self.env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), **env}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen([find_binary("codeb"), "operator"], env=self.env, stdout=log, stderr=log)
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")

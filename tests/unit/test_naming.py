@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from controller import naming
+from controller.claims import lease_name, named_claims, port_candidates
+from schemas.project import ProjectSpec
+from tests.factories import project_spec
+
+
+def spec(slug: str, env: str = "production", **sections: object) -> ProjectSpec:
+    return ProjectSpec.model_validate(project_spec(slug=slug, env=env, **sections))
+
+
+def test_production_names_follow_the_seeds() -> None:
+    s = spec("food-delivery-app")
+    assert naming.database_name(s) == "food_delivery_db"
+    assert naming.database_role(s) == "food_delivery_user"
+    assert naming.bucket_name(s) == "food-delivery-uploads"
+    assert naming.redis_prefix(s) == "food-delivery-app:"
+
+
+def test_other_environments_never_share_names_with_production() -> None:
+    names = {
+        (naming.database_name(s), naming.bucket_name(s), naming.redis_user(s))
+        for s in (spec("shop"), spec("shop", "staging"), spec("shop", "preview"))
+    }
+    assert len(names) == 3
+    assert naming.database_name(spec("shop", "preview")) == "shop_pr7_db"
+
+
+def test_longest_slug_fits_postgres_identifier_limit() -> None:
+    s = spec("a" * 30, "preview")
+    assert len(naming.database_role(s)) <= 63
+
+
+def test_lease_names_are_injective_for_database_names() -> None:
+    assert lease_name("database", "food_delivery_db") == "database-food-delivery-db"
+
+
+def test_named_claims_follow_features() -> None:
+    s = spec("shop", features={"database": {}, "storage": {"bucket": "my-bucket"}})
+    assert [(c.kind, c.value) for c in named_claims(s)] == [("database", "shop_db"), ("bucket", "my-bucket")]
+
+
+def test_port_candidates_cover_the_range_minus_reserved() -> None:
+    candidates = port_candidates(spec("shop", "staging"), reserved={4500, 4501}, uid="abc")
+    assert sorted(candidates) == list(range(4502, 5000))
+    other = port_candidates(spec("shop", "staging"), reserved=(), uid="xyz")
+    assert candidates[0] != other[0]

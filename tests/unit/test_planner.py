@@ -1,0 +1,179 @@
+"""The planner on plain data: create, update, partial failure, crash leftovers, pause-style
+drift reporting, feature removal and deletion."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from controller.planner import (
+    ORDER,
+    Component,
+    Observation,
+    Verb,
+    desired_state,
+    plan,
+    plan_deletion,
+)
+from schemas.project import Allocations, ProjectSpec
+from tests.factories import project_spec
+
+ALLOC = Allocations(
+    port=4512,
+    database="shop_staging_db",
+    database_role="shop_staging_user",
+    redis_user="shop-staging",
+    redis_prefix="shop-staging:",
+    bucket="shop-staging-uploads",
+    connection_secret="shop-staging-connection",
+)
+ALL_FEATURES = {"features": {"database": {}, "redis": {}, "storage": {}}}
+
+
+def desired(**sections: Any) -> dict[Component, Any]:
+    return desired_state(ProjectSpec.model_validate(project_spec(**(ALL_FEATURES | sections))), ALLOC)
+
+
+def converged(want: dict[Component, Any]) -> dict[Component, Observation]:
+    return {c: Observation(state=dict(s)) for c, s in want.items()}
+
+
+def verbs(p: Any) -> list[tuple[Component, Verb]]:
+    return [(a.component, a.verb) for a in p.actions]
+
+
+def test_fresh_project_creates_everything_in_dependency_order() -> None:
+    want = desired()
+    assert verbs(plan(want, {})) == [(c, Verb.create) for c in ORDER]
+
+
+def test_converged_world_plans_nothing() -> None:
+    want = desired()
+    result = plan(want, converged(want))
+    assert result.actions == [] and result.blocked == {}
+
+
+def test_disabled_features_are_not_desired() -> None:
+    want = desired_state(ProjectSpec.model_validate(project_spec()), ALLOC)
+    assert Component.database not in want and Component.storage not in want
+    assert Component.workload in want and Component.route in want
+
+
+def test_update_names_what_differs() -> None:
+    want = desired()
+    seen = converged(want)
+    seen[Component.workload] = Observation(state={**want[Component.workload], "replicas": 3})
+    [action] = plan(want, seen).actions
+    assert (action.component, action.verb) == (Component.workload, Verb.update)
+    assert action.reason == "differs in replicas"
+    assert action.desired == want[Component.workload]
+
+
+def test_spec_change_updates_only_affected_components() -> None:
+    before = desired()
+    after = desired(resources={"replicas": 2}, backup={"retentionDays": 30})
+    assert verbs(plan(after, converged(before))) == [
+        (Component.workload, Verb.update),
+        (Component.backup, Verb.update),
+    ]
+
+
+def test_crash_leftovers_resume_where_they_stopped() -> None:
+    # The operator died after the data services were created, before the workload.
+    want = desired()
+    seen = {c: Observation(state=dict(want[c])) for c in (Component.infrastructure, Component.database)}
+    seen[Component.cache] = Observation(state={**want[Component.cache], "prefix": None})  # half-written
+    assert verbs(plan(want, seen)) == [
+        (Component.cache, Verb.update),
+        (Component.storage, Verb.create),
+        (Component.workload, Verb.create),
+        (Component.route, Verb.create),
+        (Component.backup, Verb.create),
+    ]
+
+
+def test_unobservable_component_blocks_its_dependents_only() -> None:
+    want = desired()
+    seen = converged(want)
+    seen[Component.database] = Observation(error="connection refused")
+    seen[Component.storage] = Observation(state=None)
+    seen[Component.workload] = Observation(state=None)
+    result = plan(want, seen)
+    assert result.blocked[Component.database] == "connection refused"
+    assert "Database" in result.blocked[Component.workload]
+    assert "Workload" in result.blocked[Component.route]
+    assert "Database" in result.blocked[Component.backup]
+    assert verbs(result) == [(Component.storage, Verb.create)]
+
+
+def test_route_waits_for_workload_health() -> None:
+    want = desired()
+    [route] = [a for a in plan(want, {}).actions if a.component is Component.route]
+    assert route.requires_healthy == (Component.workload,)
+
+
+@pytest.mark.parametrize(("retain", "verb"), [(True, Verb.release), (False, Verb.delete)])
+def test_removed_feature_follows_deletion_policy(retain: bool, verb: Verb) -> None:
+    before = desired()
+    after = desired(features={"redis": {}, "storage": {}})
+    result = plan(after, converged(before), retain_data=retain)
+    # The backup stops covering the database first; then the database goes.
+    assert verbs(result) == [(Component.backup, Verb.update), (Component.database, verb)]
+
+
+def test_removed_stateless_component_is_deleted_even_when_retaining() -> None:
+    want = desired(backup={"enabled": False})
+    seen = converged(desired())
+    assert verbs(plan(want, seen, retain_data=True)) == [(Component.backup, Verb.release)]
+    want = desired()
+    seen = converged(want)
+    del want[Component.route]
+    assert verbs(plan(want, seen, retain_data=True)) == [(Component.route, Verb.delete)]
+
+
+def test_deletion_runs_in_reverse_order_and_retains_data() -> None:
+    seen = converged(desired())
+    assert verbs(plan_deletion(seen, retain_data=True)) == [
+        (Component.backup, Verb.release),
+        (Component.route, Verb.delete),
+        (Component.workload, Verb.delete),
+        (Component.storage, Verb.release),
+        (Component.cache, Verb.release),
+        (Component.database, Verb.release),
+        (Component.infrastructure, Verb.delete),
+    ]
+
+
+def test_deletion_with_delete_policy_destroys_data() -> None:
+    seen = converged(desired())
+    assert all(a.verb is Verb.delete for a in plan_deletion(seen, retain_data=False).actions)
+
+
+def test_deletion_skips_what_never_existed_but_retries_what_it_cannot_see() -> None:
+    seen = {Component.workload: Observation(state=None), Component.database: Observation(error="timeout")}
+    assert verbs(plan_deletion(seen, retain_data=False)) == [(Component.database, Verb.delete)]
+
+
+def test_observed_drift_is_reported_as_actions_for_observe_only() -> None:
+    # ObserveOnly and paused Projects report plan(...).actions as drift instead of running them.
+    want = desired()
+    seen = converged(want)
+    seen[Component.route] = Observation(state=None)
+    assert verbs(plan(want, seen)) == [(Component.route, Verb.create)]
+
+
+def test_local_upstream_uses_allocated_port() -> None:
+    want = desired()
+    assert want[Component.route]["upstreams"] == ["127.0.0.1:4512"]
+    assert want[Component.workload]["port"] == 4512
+
+
+def test_existing_hosts_become_upstreams() -> None:
+    want = desired(servers={"provider": "existing", "runtime": "quadlet", "hosts": ["10.0.0.5", "10.0.0.6"]})
+    assert want[Component.route]["upstreams"] == ["10.0.0.5:4512", "10.0.0.6:4512"]
+
+
+def test_backup_covers_only_enabled_data() -> None:
+    want = desired(features={"database": {}}, backup={"include": ["database", "storage"]})
+    assert want[Component.backup]["include"] == ["database"]

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from controller.config import ConfigError, load_config
+from controller.status import dump_status, set_condition, status_patch
+from schemas.project import Phase, ProjectStatus
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_transition_time_moves_only_when_status_flips() -> None:
+    conds = set_condition([], "Ready", False, "Pending", at=T0)
+    conds = set_condition(conds, "Ready", False, "StillPending", "x", at=T0 + timedelta(hours=1))
+    assert conds[0].last_transition_time == T0 and conds[0].reason == "StillPending"
+    conds = set_condition(conds, "Ready", True, "Ok", at=T0 + timedelta(hours=2))
+    assert conds[0].last_transition_time == T0 + timedelta(hours=2)
+
+
+def test_unchanged_status_needs_no_patch() -> None:
+    status = ProjectStatus(phase=Phase.Ready, conditions=set_condition([], "Ready", True, "Ok", at=T0))
+    assert status_patch(dump_status(status), status) is None
+
+
+def test_patch_carries_only_changes_and_removals() -> None:
+    old = ProjectStatus(phase=Phase.Failed, last_error="boom")
+    new = ProjectStatus(phase=Phase.Ready)
+    assert status_patch(dump_status(old), new) == {"phase": "Ready", "lastError": None}
+
+
+def test_config_errors_name_the_variable() -> None:
+    try:
+        load_config({"CODEB_DRIFT_INTERVAL": "soon"})
+    except ConfigError as exc:
+        assert "CODEB_DRIFT_INTERVAL" in str(exc)
+    else:
+        raise AssertionError("accepted an invalid interval")
+    assert load_config({"CODEB_RESERVED_PORTS": "4000,4001"}).reserved_ports == {4000, 4001}
