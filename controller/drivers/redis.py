@@ -11,6 +11,7 @@ normalises ACL rules.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -64,9 +65,13 @@ class RedisDriver:
         """How this Redis reports a rule set, learned once from a disabled probe user."""
         key = " ".join(rules)
         if key not in self._canonical:
-            await self._call("ACL", "SETUSER", PROBE_USER, "reset", "off", *rules)
-            self._canonical[key] = _rules_of(await self._call("ACL", "GETUSER", PROBE_USER))
-            await self._call("ACL", "DELUSER", PROBE_USER)
+            # A probe of its own per call: concurrent passes must not read each other's rules.
+            probe = f"{PROBE_USER}-{uuid.uuid4().hex[:12]}"
+            try:
+                await self._call("ACL", "SETUSER", probe, "reset", "off", *rules)
+                self._canonical[key] = _rules_of(await self._call("ACL", "GETUSER", probe))
+            finally:
+                await self._call("ACL", "DELUSER", probe)
         return self._canonical[key]
 
     async def observe(self, ctx: DriverContext) -> Observation:

@@ -125,3 +125,12 @@ async def test_outage_is_retryable(server: RedisServer, secrets: MemorySecrets) 
     with pytest.raises(RetryableError) as exc:
         await dead.observe(ctx)
     assert exc.value.reason == "CacheUnavailable" and server.password not in exc.value.message
+
+
+async def test_concurrent_projects_each_converge(driver: RedisDriver) -> None:
+    import asyncio
+
+    projects = [context(f"many{i}", features={"redis": {}}) for i in range(8)]
+    await asyncio.gather(*[driver.apply(ctx, want(ctx, spec)) for ctx, spec in projects])
+    seen = await asyncio.gather(*[driver.observe(ctx) for ctx, _ in projects])
+    assert [s.state for s in seen] == [want(ctx, spec) for ctx, spec in projects]
