@@ -103,17 +103,20 @@ class PlatformDrivers:
         drivers: dict[Component, Driver] = dict(self._local)
         for component in _FIELDS:
             drivers[component] = MissingService(component, name)
-        if platform.postgres is not None:
-            pg = platform.postgres
-            user, password = await self._admin(pg.admin_secret_ref, "username", "password")
-            drivers[Component.database] = PostgresDriver(pg.host, pg.port, user, password, self._secrets)
-        if platform.redis is not None:
-            (password,) = await self._admin(platform.redis.admin_secret_ref, "password")
-            drivers[Component.cache] = RedisDriver(platform.redis.host, platform.redis.port, password, self._secrets)
+        storage: MinioDriver | None = None
         if platform.object_storage is not None:
             s3 = platform.object_storage
             access, secret = await self._admin(s3.admin_secret_ref, "accessKey", "secretKey")
-            drivers[Component.storage] = MinioDriver(s3.endpoint, access, secret, self._secrets, secure=s3.secure)
+            storage = MinioDriver(s3.endpoint, access, secret, self._secrets, secure=s3.secure)
+            drivers[Component.storage] = storage
+        if platform.postgres is not None:
+            pg = platform.postgres
+            user, password = await self._admin(pg.admin_secret_ref, "username", "password")
+            sink = storage.store_final_dump if storage is not None else None
+            drivers[Component.database] = PostgresDriver(pg.host, pg.port, user, password, self._secrets, sink)
+        if platform.redis is not None:
+            (password,) = await self._admin(platform.redis.admin_secret_ref, "password")
+            drivers[Component.cache] = RedisDriver(platform.redis.host, platform.redis.port, password, self._secrets)
         if platform.caddy is not None:
             drivers[Component.route] = CaddyDriver(platform.caddy.admin_url, platform.caddy.listen)
         return drivers

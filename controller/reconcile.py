@@ -32,13 +32,23 @@ from controller.planner import (
     plan_deletion,
 )
 from controller.status import set_condition
-from schemas.project import Allocations, DeletionPolicy, Endpoints, ManagementPolicy, Phase, ProjectSpec, ProjectStatus
+from schemas.project import (
+    Allocations,
+    BackupTarget,
+    DeletionPolicy,
+    Endpoints,
+    ManagementPolicy,
+    Phase,
+    ProjectSpec,
+    ProjectStatus,
+)
 
 log = structlog.get_logger("codeb.reconcile")
 
 PAUSED_ANNOTATION = "codeb.dev/paused"
 # How soon to look again while waiting for something that is progressing (e.g. health).
 PROGRESS_RECHECK_SECONDS = 5.0
+BLOCKED_DELETE_RECHECK_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -120,7 +130,7 @@ class Reconciler:
         """Tear down in reverse order; release claims only when everything is gone."""
         spec = project.spec
         allocations = self.claims.allocations_held(spec, await self.claims.held(project.key))
-        ctx = DriverContext(project.key, naming.instance_name(spec), allocations)
+        ctx = DriverContext(project.key, naming.instance_name(spec), allocations, final_dump=_wants_final_dump(spec))
         drivers = await self._drivers_for(spec)
         work = _Pass(observed=await self._observe(drivers, ctx))
         steps = plan_deletion(work.observed, retain_data=spec.deletion_policy is DeletionPolicy.Retain)
@@ -133,7 +143,9 @@ class Reconciler:
             status.conditions = set_condition(
                 status.conditions, "Synced", False, "DeleteBlocked", message, project.generation
             )
-            return Outcome(status, work.events, retry_after=_retry_after(work, steps), results=work.results)
+            # Even a permanent error must keep the finalizer: retry slowly, the condition says why.
+            retry = _retry_after(work, steps) or BLOCKED_DELETE_RECHECK_SECONDS
+            return Outcome(status, work.events, retry_after=retry, results=work.results)
         released = await self.claims.release_all(project.key)
         work.events.append(Event("Normal", "Deleted", f"torn down; released {released} claims"))
         return Outcome(status, work.events, results=work.results)
@@ -205,6 +217,10 @@ def _success_events(results: list[tuple[Action, str]], trigger: str) -> list[Eve
             reason = "DriftRepaired" if trigger == "timer" else action.verb.value.capitalize() + "d"
             grouped.setdefault(reason, []).append(f"{action.component.value} {action.verb.value}: {action.reason}")
     return [Event("Normal", reason, "; ".join(lines)) for reason, lines in grouped.items()]
+
+
+def _wants_final_dump(spec: ProjectSpec) -> bool:
+    return spec.backup.enabled and BackupTarget.database in spec.backup.include
 
 
 def _static(drivers: Drivers) -> DriverSource:

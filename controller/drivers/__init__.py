@@ -8,8 +8,9 @@ raise `controller.errors` types only.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from controller.naming import ProjectKey
@@ -22,6 +23,8 @@ class DriverContext:
     key: ProjectKey
     instance: str
     allocations: Allocations
+    # Destroying data must first keep a last copy of it (backups on, deletionPolicy Delete).
+    final_dump: bool = False
 
 
 class Driver(Protocol):
@@ -35,3 +38,5 @@ class Driver(Protocol):
 
 
 Drivers = Mapping[Component, Driver]
+# Stores a final dump file under a name; returns where it went (for the Event).
+DumpSink = Callable[[str, Path], Awaitable[str]]

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import urllib3
@@ -30,6 +31,7 @@ from controller.secrets import SecretStore, ensure_password
 
 SECRET_KEY = "S3_SECRET_KEY"
 UID_TAG = "codeb.dev/project-uid"
+FINAL_DUMPS_BUCKET = "codeb-final-dumps"
 T = TypeVar("T")
 
 
@@ -76,6 +78,13 @@ class MinioDriver:
             return await asyncio.to_thread(fn, *args, **kwargs)
         except (urllib3.exceptions.HTTPError, OSError):
             raise RetryableError(f"MinIO at {self._endpoint} is unreachable", reason="StorageUnavailable") from None
+
+    async def store_final_dump(self, object_name: str, path: Path) -> str:
+        """Keep a final database dump in the backups bucket; the DumpSink for PostgreSQL."""
+        if not await self._call(self._s3.bucket_exists, FINAL_DUMPS_BUCKET):
+            await self._call(self._s3.make_bucket, FINAL_DUMPS_BUCKET)
+        await self._call(self._s3.fput_object, FINAL_DUMPS_BUCKET, object_name, str(path))
+        return f"s3://{FINAL_DUMPS_BUCKET}/{object_name}"
 
     async def observe(self, ctx: DriverContext) -> Observation:
         bucket = ctx.allocations.bucket

@@ -10,15 +10,20 @@ are neither reported as drift nor dropped.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from controller.drivers import DriverContext
+from controller.drivers import DriverContext, DumpSink
 from controller.errors import PermanentError, RetryableError
 from controller.planner import Component, Observation, State
 from controller.secrets import SecretStore, ensure_password
@@ -29,10 +34,19 @@ PASSWORD_KEY = "DATABASE_PASSWORD"
 class PostgresDriver:
     component = Component.database
 
-    def __init__(self, host: str, port: int, admin_user: str, admin_password: str, secrets: SecretStore) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        admin_user: str,
+        admin_password: str,
+        secrets: SecretStore,
+        dump_sink: DumpSink | None = None,
+    ) -> None:
         self._host, self._port = host, port
         self._admin = (admin_user, admin_password)
         self._secrets = secrets
+        self._dump_sink = dump_sink
 
     # ------------------------------------------------------------------ edges
 
@@ -192,6 +206,20 @@ class PostgresDriver:
 
     # ------------------------------------------------------------------ delete
 
+    async def _final_dump(self, ctx: DriverContext, name: str) -> None:
+        if self._dump_sink is None:
+            raise PermanentError(
+                f"backups are on, so {name} is dumped before it is dropped, but the Platform has no "
+                "objectStorage to keep the dump; add spec.objectStorage to the Platform, or set "
+                "spec.backup.enabled: false in the Project to drop without a final dump",
+                reason="NoPlaceForFinalDump",
+            )
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp) / f"{name}.dump"
+            await _run_pg_dump(self._host, self._port, *self._admin, name, target)
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            await self._dump_sink(f"{ctx.key.namespace}/{ctx.key.name}/{name}-{stamp}.dump", target)
+
     async def delete(self, ctx: DriverContext, retain: bool) -> None:
         name, role = ctx.allocations.database, ctx.allocations.database_role
         if retain or name is None or role is None:
@@ -203,8 +231,22 @@ class PostgresDriver:
             if row is not None:
                 if _marker(row[0]).get("uid") != ctx.key.uid:
                     return  # not ours: never dropped
+                if ctx.final_dump:
+                    await self._final_dump(ctx, name)
                 await conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
             await conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+async def _run_pg_dump(host: str, port: int, user: str, password: str, dbname: str, target: Path) -> None:
+    # The password goes through the environment, never the command line (visible in ps).
+    proc = await asyncio.create_subprocess_exec(
+        "pg_dump", "--format=custom", f"--file={target}", f"--host={host}", f"--port={port}",
+        f"--username={user}", "--no-password", dbname,
+        env={**os.environ, "PGPASSWORD": password}, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    await proc.communicate()
+    if proc.returncode != 0:
+        raise RetryableError(f"pg_dump of {dbname} failed (exit {proc.returncode})", reason="FinalDumpFailed")
 
 
 def _public_can_connect(acl: list[str] | None) -> bool:

@@ -184,3 +184,21 @@ async def test_blocked_deletion_says_why_and_keeps_claims(claims: ClaimStore) ->
     assert cond(blocked.status, "Synced") == ("False", "DeleteBlocked")
     assert "Caddy admin API unreachable" in condition(blocked.status, "Synced").message  # type: ignore[union-attr]
     assert await claims.held(project().key) != []
+
+
+async def test_permanent_teardown_error_still_keeps_the_finalizer(claims: ClaimStore) -> None:
+    drivers: dict[Component, Any] = local_drivers()
+    reconciler = Reconciler(drivers, claims)
+    created = await reconciler.reconcile(project(deletionPolicy="Delete"))
+
+    class Refuses(LocalDriver):
+        async def delete(self, ctx: DriverContext, retain: bool) -> None:
+            raise PermanentError("no place for the final dump; add spec.objectStorage to the Platform")
+
+    refuses = Refuses(Component.database)
+    refuses.world = drivers[Component.database].world
+    drivers[Component.database] = refuses
+    blocked = await reconciler.finalize(project(status=created.status, deletionPolicy="Delete"))
+    assert blocked.retry_after is not None  # a retry is what keeps kopf's finalizer in place
+    assert cond(blocked.status, "Synced") == ("False", "DeleteBlocked")
+    assert await claims.held(project().key) != []

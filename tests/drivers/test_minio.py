@@ -123,3 +123,11 @@ async def test_outage_is_retryable(server: MinioServer, secrets: MemorySecrets) 
     with pytest.raises(RetryableError) as exc:
         await dead.observe(ctx)
     assert exc.value.reason == "StorageUnavailable" and server.root_password not in exc.value.message
+
+
+async def test_final_dumps_go_to_the_backups_bucket(driver: MinioDriver, server: MinioServer, tmp_path: Any) -> None:
+    dump = tmp_path / "shop_db.dump"
+    dump.write_bytes(b"PGDMP...")
+    where = await driver.store_final_dump("team/shop/shop_db-20261122.dump", dump)
+    assert where == "s3://codeb-final-dumps/team/shop/shop_db-20261122.dump"
+    assert root(server).get_object("codeb-final-dumps", "team/shop/shop_db-20261122.dump").read() == b"PGDMP..."

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -180,3 +183,37 @@ async def test_outage_is_retryable_and_recovers(driver: PostgresDriver, server: 
     finally:
         server.start()
     await converge(driver, ctx, spec)
+
+
+async def test_final_dump_is_taken_before_drop(server: PostgresServer, secrets: MemorySecrets, tmp_path: Path) -> None:
+    kept: dict[str, Path] = {}
+
+    async def sink(name: str, path: Path) -> str:
+        kept[name] = tmp_path / path.name
+        shutil.copy(path, kept[name])
+        return f"file://{kept[name]}"
+
+    driver = PostgresDriver(server.host, server.port, server.admin_user, server.admin_password, secrets, sink)
+    ctx, spec = project("dumped")
+    await converge(driver, ctx, spec)
+    password = (await secrets.read("team", "dumped-staging-connection") or {})[PASSWORD_KEY]
+    with connect(server, "dumped_staging_user", password, "dumped_staging_db") as conn:
+        conn.execute("CREATE TABLE menu (dish text)")
+        conn.execute("INSERT INTO menu VALUES ('bibimbap')")
+        conn.commit()
+    await driver.delete(DriverContext(ctx.key, ctx.instance, ctx.allocations, final_dump=True), retain=False)
+    [(name, dump)] = kept.items()
+    assert name.startswith("team/dumped/dumped_staging_db-")
+    listing = subprocess.run(["pg_restore", "--list", str(dump)], capture_output=True, text=True, check=True).stdout
+    assert "TABLE public menu" in listing
+    with admin(server) as conn:
+        assert conn.execute("SELECT 1 FROM pg_database WHERE datname='dumped_staging_db'").fetchone() is None
+
+
+async def test_no_place_for_final_dump_blocks_the_drop(driver: PostgresDriver, server: PostgresServer) -> None:
+    ctx, spec = project("nodump")
+    await converge(driver, ctx, spec)
+    with pytest.raises(PermanentError, match="spec.backup.enabled: false"):
+        await driver.delete(DriverContext(ctx.key, ctx.instance, ctx.allocations, final_dump=True), retain=False)
+    with admin(server) as conn:
+        assert conn.execute("SELECT 1 FROM pg_database WHERE datname='nodump_staging_db'").fetchone()

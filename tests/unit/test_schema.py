@@ -14,6 +14,7 @@ from controller.cli import generated_files, validate_documents
 from controller.status import format_validation_error
 from schemas.base import CRON, matches
 from schemas.crd import SchemaTranslationError, project_crd, to_structural
+from schemas.platform import PlatformSpec
 from schemas.project import ProjectSpec, ProjectStatus
 from tests.bad_manifests import CORPUS, BadManifest
 from tests.factories import project_spec
@@ -35,7 +36,10 @@ def _walk_types(annotation: Any) -> list[Any]:
     return [annotation, *[t for a in args for t in _walk_types(a)]]
 
 
-@pytest.mark.parametrize("model", sorted(_models(ProjectSpec) | _models(ProjectStatus), key=lambda m: m.__name__))
+ALL_MODELS = _models(ProjectSpec) | _models(ProjectStatus) | _models(PlatformSpec)
+
+
+@pytest.mark.parametrize("model", sorted(ALL_MODELS, key=lambda m: m.__name__))
 def test_every_field_has_a_description(model: type[BaseModel]) -> None:
     missing = [name for name, field in model.model_fields.items() if not field.description]
     assert missing == []
