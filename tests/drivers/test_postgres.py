@@ -213,7 +213,7 @@ async def test_final_dump_is_taken_before_drop(server: PostgresServer, secrets: 
 async def test_no_place_for_final_dump_blocks_the_drop(driver: PostgresDriver, server: PostgresServer) -> None:
     ctx, spec = project("nodump")
     await converge(driver, ctx, spec)
-    with pytest.raises(PermanentError, match="spec.backup.enabled: false"):
+    with pytest.raises(PermanentError, match=r"spec\.backup\.enabled: false"):
         await driver.delete(DriverContext(ctx.key, ctx.instance, ctx.allocations, final_dump=True), retain=False)
     with admin(server) as conn:
         assert conn.execute("SELECT 1 FROM pg_database WHERE datname='nodump_staging_db'").fetchone()
