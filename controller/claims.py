@@ -95,6 +95,9 @@ class ClaimStore:
         self._kube = kube
         self._namespace = namespace
         self._reserved = frozenset(reserved_ports)
+        # Numbers believed taken, per kind: only a hint to skip likely collisions. The
+        # API server still decides, atomically, and a wrong hint costs one extra probe.
+        self._taken_hint: dict[str, set[int]] = {}
 
     async def setup(self) -> None:
         await self._kube.ensure_namespace(self._namespace)
@@ -125,8 +128,14 @@ class ClaimStore:
     async def release_all(self, key: ProjectKey) -> int:
         leases = await self.held(key)
         for lease in leases:
-            await self._kube.delete_lease(self._namespace, lease.name)
+            await self._release(lease)
         return len(leases)
+
+    async def _release(self, lease: LeaseInfo) -> None:
+        await self._kube.delete_lease(self._namespace, lease.name)
+        kind = lease.labels.get(LABEL_KIND, "")
+        if kind in self._taken_hint:
+            self._taken_hint[kind].discard(_number(lease, kind))
 
     def allocations_held(self, spec: ProjectSpec, held: list[LeaseInfo]) -> Allocations:
         """Allocations as currently claimed, without claiming anything (for teardown)."""
@@ -187,20 +196,29 @@ class ClaimStore:
         return await self._allocate_number(key, "redis-db", list(REDIS_DB_INDEXES))
 
     async def _allocate_number(self, key: ProjectKey, kind: str, candidates: list[int]) -> int:
-        taken: set[int] | None = None
+        hint = self._taken_hint.setdefault(kind, set())
+        refreshed = False
         for number in candidates:
-            if taken is not None and number in taken:
+            if number in hint:
                 continue
             if await self._create(key, kind, f"{kind}-{number}"):
+                hint.add(number)
                 return number
-            if taken is None:
+            hint.add(number)
+            if not refreshed:
                 # First collision: learn what is taken instead of probing one by one,
                 # and notice a number an interrupted earlier attempt already won for us.
+                refreshed = True
                 leases = await self._kube.list_leases(self._namespace, f"{LABEL_KIND}={kind}")
                 ours = sorted(_number(lease, kind) for lease in leases if lease.holder == key.uid)
                 if ours:
                     return ours[0]
-                taken = {_number(lease, kind) for lease in leases}
+                hint.clear()
+                hint.update(_number(lease, kind) for lease in leases)
+        if not refreshed and hint:
+            # Every candidate looked taken only by the hint: check with the API server once.
+            self._taken_hint[kind] = set()
+            return await self._allocate_number(key, kind, candidates)
         raise AllocationConflict(f"no free {kind} left; free one or widen the range", reason="Exhausted")
 
     async def _release_stale(
@@ -219,4 +237,4 @@ class ClaimStore:
                 renamed = any(name.startswith(f"{kind}-") for name in wanted)
                 stale = [lease for lease in leases if lease.name not in wanted and (renamed or dropped)]
             for lease in stale:
-                await self._kube.delete_lease(self._namespace, lease.name)
+                await self._release(lease)

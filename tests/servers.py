@@ -76,12 +76,9 @@ class RedisServer:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RedisServer:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--requirepass", self.password,
-             "--save", "", "--appendonly", "no", "--dir", str(self.root)],
-            stdout=(self.root / "log").open("ab"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        _wait_port(self.port)
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--requirepass", self.password,
+                "--save", "", "--appendonly", "no", "--dir", str(self.root)]  # fmt: skip
+        self.proc = _spawn(args, self.root, self.port)
         return self
 
     def stop(self) -> None:
@@ -94,6 +91,13 @@ def start_redis() -> RedisServer:
     if shutil.which("redis-server") is None:
         raise RuntimeError("redis-server not installed: run deploy/dev test (apt-get install redis-server)")
     return RedisServer(Path(tempfile.mkdtemp(prefix="codeb-redis-")), free_port(), secrets.token_urlsafe(16)).start()
+
+
+def _spawn(args: list[str], root: Path, port: int, env: dict[str, str] | None = None,
+           timeout: float = 20.0) -> subprocess.Popen[bytes]:  # fmt: skip
+    proc = subprocess.Popen(args, stdout=(root / "log").open("ab"), stderr=subprocess.STDOUT, env=env)
+    _wait_port(port, timeout)
+    return proc
 
 
 def _wait_port(port: int, timeout: float = 20.0) -> None:
@@ -127,11 +131,8 @@ class CaddyServer:
             }
         (self.root / "caddy.json").write_text(json.dumps(config))
         env = {**os.environ, "XDG_DATA_HOME": str(self.root / "data"), "XDG_CONFIG_HOME": str(self.root / "cfg")}
-        self.proc = subprocess.Popen(
-            [find_binary("caddy"), "run", "--config", str(self.root / "caddy.json")],
-            stdout=(self.root / "log").open("ab"), stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-        _wait_port(self.admin_port)
+        self.proc = _spawn([find_binary("caddy"), "run", "--config", str(self.root / "caddy.json")], self.root,
+                           self.admin_port, env)  # fmt: skip
         return self
 
     def stop(self) -> None:
@@ -161,11 +162,8 @@ class MinioServer:
                                 capture_output=True, text=True).stdout.strip()  # fmt: skip
         env = {**os.environ, "MINIO_ROOT_USER": self.root_user, "MINIO_ROOT_PASSWORD": self.root_password,
                "MINIO_BROWSER": "off", "MINIO_UPDATE": "off"}  # fmt: skip
-        self.proc = subprocess.Popen(
-            [binary, "server", str(self.root / "data"), "--address", self.endpoint, "--quiet"],
-            stdout=(self.root / "log").open("ab"), stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-        _wait_port(self.port, timeout=60)
+        args = [binary, "server", str(self.root / "data"), "--address", self.endpoint, "--quiet"]
+        self.proc = _spawn(args, self.root, self.port, env, timeout=60)
         return self
 
     def stop(self) -> None:

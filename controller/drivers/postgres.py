@@ -101,11 +101,7 @@ class PostgresDriver:
             owner, comment, acl = row
             marker = _marker(comment)
             if marker.get("uid") != ctx.key.uid:
-                raise PermanentError(
-                    f"database {name} exists but was not created by the operator for this Project; "
-                    "rename the project (spec.project.slug) or drop that database by hand",
-                    reason="NotOwned",
-                )
+                raise _not_owned(name)
             role_row = await (await conn.execute(
                 "SELECT rolconnlimit FROM pg_roles WHERE rolname = %s", (role,)
             )).fetchone()  # fmt: skip
@@ -167,11 +163,7 @@ class PostgresDriver:
             )
             await self._mark(conn, ctx, name, [])
         elif _marker(row[0]).get("uid") != ctx.key.uid:
-            raise PermanentError(
-                f"database {name} exists but was not created by the operator for this Project; "
-                "rename the project (spec.project.slug) or drop that database by hand",
-                reason="NotOwned",
-            )
+            raise _not_owned(name)
         ident = sql.Identifier(name)
         await conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(ident, sql.Identifier(role)))
         await conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(ident))
@@ -247,6 +239,14 @@ async def _run_pg_dump(host: str, port: int, user: str, password: str, dbname: s
     await proc.communicate()
     if proc.returncode != 0:
         raise RetryableError(f"pg_dump of {dbname} failed (exit {proc.returncode})", reason="FinalDumpFailed")
+
+
+def _not_owned(name: str) -> PermanentError:
+    return PermanentError(
+        f"database {name} exists but was not created by the operator for this Project; "
+        "rename the project (spec.project.slug) or drop that database by hand",
+        reason="NotOwned",
+    )
 
 
 def _public_can_connect(acl: list[str] | None) -> bool:

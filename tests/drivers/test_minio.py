@@ -31,11 +31,6 @@ def server() -> Iterator[MinioServer]:
 
 
 @pytest.fixture()
-def secrets() -> MemorySecrets:
-    return MemorySecrets()
-
-
-@pytest.fixture()
 def driver(server: MinioServer, secrets: MemorySecrets) -> MinioDriver:
     return MinioDriver(server.endpoint, server.root_user, server.root_password, secrets)
 

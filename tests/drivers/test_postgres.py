@@ -29,11 +29,6 @@ def server() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture()
-def secrets() -> MemorySecrets:
-    return MemorySecrets()
-
-
-@pytest.fixture()
 def driver(server: PostgresServer, secrets: MemorySecrets) -> PostgresDriver:
     return PostgresDriver(server.host, server.port, server.admin_user, server.admin_password, secrets)
 

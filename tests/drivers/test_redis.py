@@ -27,11 +27,6 @@ def server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture()
-def secrets() -> MemorySecrets:
-    return MemorySecrets()
-
-
-@pytest.fixture()
 def driver(server: RedisServer, secrets: MemorySecrets) -> RedisDriver:
     return RedisDriver(server.host, server.port, server.password, secrets)
 

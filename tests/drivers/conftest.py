@@ -1,0 +1,11 @@
+from __future__ import annotations
+
+import pytest
+
+from controller.secrets import MemorySecrets
+
+
+@pytest.fixture()
+def secrets() -> MemorySecrets:
+    """Where drivers keep credentials in these tests: the SecretStore in memory."""
+    return MemorySecrets()
