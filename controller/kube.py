@@ -32,6 +32,10 @@ class AlreadyExists(Exception):
     """The object exists: for claims, someone holds that value."""
 
 
+class NotFound(Exception):
+    """The object does not exist (any more)."""
+
+
 @dataclass(frozen=True)
 class LeaseInfo:
     name: str
@@ -59,6 +63,8 @@ def api_client_from_environment(pool_size: int = 32, config_file: str | None = N
 def _translate(exc: ApiException, what: str) -> Exception:
     if exc.status == 409:
         return AlreadyExists(what)
+    if exc.status == 404:
+        return NotFound(what)
     if exc.status in (429, 500, 502, 503, 504) or exc.status is None:
         return RetryableError(f"{what}: API server answered {exc.status} {exc.reason}", reason="APIUnavailable")
     return PermanentError(f"{what}: API server refused ({exc.status} {exc.reason})", reason="APIRefused")
@@ -100,8 +106,8 @@ class KubeClient:
     async def read_lease(self, namespace: str, name: str) -> LeaseInfo | None:
         try:
             lease = await self._call(f"claim {name}", self._coordination.read_namespaced_lease, name, namespace)
-        except PermanentError:
-            return None  # 404: released meanwhile
+        except NotFound:
+            return None  # released meanwhile
         return _lease_info(lease)
 
     async def list_leases(self, namespace: str, selector: str) -> list[LeaseInfo]:
@@ -126,19 +132,15 @@ class KubeClient:
             found = await self._call(
                 f"platform {name}", self._custom.get_cluster_custom_object, "codeb.dev", "v1alpha1", "platforms", name
             )
-        except PermanentError as exc:
-            if "404" in exc.message:
-                return None
-            raise
+        except NotFound:
+            return None
         return cast(dict[str, Any], found)
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
         try:
             secret = await self._call(f"secret {namespace}/{name}", self._core.read_namespaced_secret, name, namespace)
-        except PermanentError as exc:
-            if "404" in exc.message:
-                return None
-            raise
+        except NotFound:
+            return None
         return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
 
     async def merge_secret(self, namespace: str, name: str, data: dict[str, str]) -> None:
@@ -146,25 +148,17 @@ class KubeClient:
         body = {"metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "codeb"}}, "stringData": data}
         try:
             await self._call(f"secret {namespace}/{name}", self._core.patch_namespaced_secret, name, namespace, body)
-        except PermanentError as exc:
-            if "404" not in exc.message:
-                raise
+        except NotFound:
             await self._call(f"secret {namespace}/{name}", self._core.create_namespaced_secret, namespace,
                              {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", **body})  # fmt: skip
 
     async def delete_secret(self, namespace: str, name: str) -> None:
-        try:
+        with contextlib.suppress(NotFound):  # already gone
             await self._call(f"secret {namespace}/{name}", self._core.delete_namespaced_secret, name, namespace)
-        except PermanentError as exc:
-            if "404" not in exc.message:
-                raise
 
     async def delete_lease(self, namespace: str, name: str) -> None:
-        try:
+        with contextlib.suppress(NotFound):  # already gone
             await self._call(f"claim {name}", self._coordination.delete_namespaced_lease, name, namespace)
-        except PermanentError as exc:
-            if "404" not in exc.message:
-                raise
 
 
 class KubeSecrets:
