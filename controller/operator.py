@@ -21,10 +21,11 @@ import structlog
 from pydantic import ValidationError
 
 from controller.config import OperatorConfig
+from controller.errors import CodebError, RetryableError
 from controller.kube import KubeClient
 from controller.metrics import Metrics
 from controller.naming import ProjectKey, connection_secret_name
-from controller.reconcile import PAUSED_ANNOTATION, Outcome, ProjectInput, Reconciler
+from controller.reconcile import BLOCKED_DELETE_RECHECK_SECONDS, PAUSED_ANNOTATION, Outcome, ProjectInput, Reconciler
 from controller.status import format_validation_error, load_status, set_condition, status_patch
 from schemas.project import API_GROUP, API_VERSION, PLURAL, DeletionPolicy, Phase, ProjectSpec, ProjectStatus
 
@@ -119,7 +120,12 @@ async def run_finalize(runtime: Runtime, body: kopf.Body, patch: kopf.Patch) -> 
             await runtime.reconciler.claims.release_all(key)
             return
         async with runtime.locks[project.key.uid]:
-            outcome = await runtime.reconciler.finalize(project)
+            try:
+                outcome = await runtime.reconciler.finalize(project)
+            except CodebError as exc:
+                # Whatever the error, the finalizer stays until teardown has really finished.
+                delay = exc.delay if isinstance(exc, RetryableError) else BLOCKED_DELETE_RECHECK_SECONDS
+                raise kopf.TemporaryError(f"deletion blocked: {exc.message}", delay=delay) from None
         apply_outcome(runtime, body, patch, outcome, "delete")
         if outcome.retry_after is not None:
             raise kopf.TemporaryError(

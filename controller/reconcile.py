@@ -104,13 +104,13 @@ class Reconciler:
             current = project.status.allocations.port
             allocations = await self.claims.ensure(project.key, spec, [] if current is None else None, current)
         except CodebError as exc:
-            return self._allocation_failed(project, exc)
+            return self._failed_before_acting(project, exc)
         ctx = DriverContext(project.key, naming.instance_name(spec), allocations)
         desired = desired_state(spec, allocations)
         try:
             drivers = await self._drivers_for(spec)
         except CodebError as exc:
-            return self._allocation_failed(project, exc)
+            return self._failed_before_acting(project, exc)
         work = _Pass(observed=await self._observe(drivers, ctx))
         steps = plan(desired, work.observed, retain_data=spec.deletion_policy is DeletionPolicy.Retain)
         acting = not project.paused and spec.management_policy is ManagementPolicy.Manage
@@ -191,7 +191,7 @@ class Reconciler:
         else:
             await driver.delete(ctx, retain=action.verb is Verb.release)
 
-    def _allocation_failed(self, project: ProjectInput, exc: CodebError) -> Outcome:
+    def _failed_before_acting(self, project: ProjectInput, exc: CodebError) -> Outcome:
         status = project.status.model_copy(deep=True)
         status.observed_generation = project.generation
         status.last_error = exc.message

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,23 +68,29 @@ def start_postgres() -> PostgresServer:
 
 
 @dataclass
-class RedisServer:
+class _Spawned:
+    """A server this harness started as a child process."""
+
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@dataclass
+class RedisServer(_Spawned):
     root: Path
     port: int
     password: str
     host: str = "127.0.0.1"
-    proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RedisServer:
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--requirepass", self.password,
                 "--save", "", "--appendonly", "no", "--dir", str(self.root)]  # fmt: skip
         self.proc = _spawn(args, self.root, self.port)
         return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def start_redis() -> RedisServer:
@@ -111,11 +117,10 @@ def _wait_port(port: int, timeout: float = 20.0) -> None:
 
 
 @dataclass
-class CaddyServer:
+class CaddyServer(_Spawned):
     root: Path
     admin_port: int
     https_port: int
-    proc: subprocess.Popen[bytes] | None = None
 
     @property
     def admin_url(self) -> str:
@@ -135,23 +140,17 @@ class CaddyServer:
                            self.admin_port, env)  # fmt: skip
         return self
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-
 
 def start_caddy() -> CaddyServer:
     return CaddyServer(Path(tempfile.mkdtemp(prefix="codeb-caddy-")), free_port(), free_port()).start()
 
 
 @dataclass
-class MinioServer:
+class MinioServer(_Spawned):
     root: Path
     port: int
     root_user: str = "codeb-root"
     root_password: str = ""
-    proc: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
@@ -165,11 +164,6 @@ class MinioServer:
         args = [binary, "server", str(self.root / "data"), "--address", self.endpoint, "--quiet"]
         self.proc = _spawn(args, self.root, self.port, env, timeout=60)
         return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def start_minio() -> MinioServer:

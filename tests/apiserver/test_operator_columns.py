@@ -38,9 +38,11 @@ def status_of(cluster: LocalCluster, namespace: str, name: str) -> dict:  # type
 def test_examples_show_real_columns(cluster: LocalCluster, namespace: str, operator: OperatorProcess) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES))
     count = len(list(EXAMPLES.glob("*.yaml")))
-    wait_for(lambda: [p for p in projects(cluster, namespace) if p.get("status", {}).get("phase") == "Ready"] and
-             len([p for p in projects(cluster, namespace) if p.get("status", {}).get("phase") == "Ready"]) == count,
-             timeout=60, what="examples Ready")  # fmt: skip
+
+    def ready() -> int:
+        return sum(p.get("status", {}).get("phase") == "Ready" for p in projects(cluster, namespace))
+
+    wait_for(lambda: ready() == count, timeout=60, what="examples Ready")
     rows = {r.split()[0]: r.split() for r in cluster.kubectl("get", "projects", "-n", namespace).stdout.splitlines()}
     assert rows["NAME"] == ["NAME", "ENV", "RUNTIME", "PHASE", "READY", "URL", "AGE"]
     assert rows["food-delivery"][1:6] == [
