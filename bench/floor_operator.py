@@ -1,7 +1,14 @@
-"""The floor for bench/converge.py: a bare kopf operator that only patches status."""
+"""The floor for bench/converge.py: a bare kopf operator that only patches status.
+
+``CODEB_FLOOR_STORAGE=annotations`` (the default) keeps kopf's bookkeeping where kopf
+keeps it by default, in annotations: a status patch plus an annotation patch per
+Project. ``status`` puts it in status.kopf as CodeB does: one status patch per Project,
+the least any kopf operator can write.
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import kopf
@@ -14,8 +21,12 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.codeb.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kopf.codeb.dev")
+    if os.environ.get("CODEB_FLOOR_STORAGE", "annotations") == "status":
+        settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
+        settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.lastHandledConfiguration")
+    else:
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.codeb.dev")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kopf.codeb.dev")
 
 
 @kopf.on.resume("codeb.dev", "v1alpha1", "projects")

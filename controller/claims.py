@@ -1,71 +1,225 @@
 """Allocations, with the API server as the only source of truth.
 
-Every allocated value (a port, a database name, a bucket, a Redis user) is a
-claim: a ``coordination.k8s.io`` Lease in the operator's namespace whose *name is
-the value* (``port-4512``, ``database-shop-db``). Creating an object is atomic, so
-two replicas, two workers or a restarted operator can never hold the same value:
-the loser gets 409 and moves on. Claims carry the Project's uid as a label, so a
-Project's holdings are found again after any crash, and released on deletion.
+Every allocated value (a port, a database name, a Redis user, a bucket) is an entry
+in an *allocation ledger*: one ConfigMap per pool in the operator's namespace
+(``ledger-port``, ``ledger-database``, ...), mapping the value to the Project that
+holds it (``"4512": "<uid> shop/web"``). This is the pattern Kubernetes itself used
+for Service IP ranges: every write replaces the whole ledger guarded by its
+``resourceVersion``, so two replicas, two workers or a restarted operator can never
+hand out one value twice; the loser of a race re-reads and decides again.
+
+Deciding is pure (`NumberRequest`, `NameRequest`, `ReleaseRequest` turn a `Ledger`
+into changes) and tested with plain data. Writing is a group commit per pool: the
+requests that arrive while a write is in flight go out together in the next one, so
+a burst of new Projects costs a handful of writes instead of one per value. The
+ledger is cached between writes; a read older than `CACHE_SECONDS` is refreshed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import zlib
-from collections.abc import Iterable
-from dataclasses import dataclass
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from controller import naming
-from controller.errors import AllocationConflict
-from controller.kube import AlreadyExists, KubeClient, LeaseInfo
+from controller.errors import AllocationConflict, RetryableError
+from controller.kube import Conflict, KubeClient
 from controller.naming import ProjectKey
 from schemas.project import PORT_RANGES, Allocations, DeletionPolicy, ProjectSpec, RedisIsolation
 
-LABEL_UID = "codeb.dev/project-uid"
-LABEL_KIND = "codeb.dev/claim"
-ANNOTATION_OWNER = "codeb.dev/owner"
+LEDGER_LABEL = "codeb.dev/ledger"
 REDIS_DB_INDEXES = range(1, 16)  # 0 stays the shared default database
+NUMBER_POOLS = ("port", "redis-db")
+NAME_POOLS = ("database", "cache", "bucket")
+POOLS = NUMBER_POOLS + NAME_POOLS
+# A cached ledger older than this is read again before it is trusted.
+CACHE_SECONDS = 30.0
+# Least time between two writes of one ledger. A request after a quiet spell is written
+# at once; during a burst, everything that arrives in this window shares one write, so a
+# thousand new Projects cost a few dozen ledger writes rather than a thousand.
+COMMIT_INTERVAL_SECONDS = 0.25
+COMMIT_ATTEMPTS = 8
 
 
 @dataclass(frozen=True)
-class NamedClaim:
-    kind: str
+class Holder:
+    uid: str
+    owner: str  # namespace/name, for messages
+
+    def encode(self) -> str:
+        return f"{self.uid} {self.owner}"
+
+    @classmethod
+    def decode(cls, raw: str) -> Holder:
+        uid, _, owner = raw.partition(" ")
+        return cls(uid, owner or "another project")
+
+
+@dataclass(frozen=True)
+class Claim:
+    pool: str
     value: str
-    field: str  # manifest field the value comes from, for conflict messages
-
-    @property
-    def lease_name(self) -> str:
-        return lease_name(self.kind, self.value)
 
 
-def lease_name(kind: str, value: str) -> str:
-    # Database names use '_' where the slug had '-', and never contain '-'.
-    return f"{kind}-{value.replace('_', '-')}"
+Changes = dict[str, Holder | None]  # value -> new holder, or None to release it
 
 
-def named_claims(spec: ProjectSpec) -> list[NamedClaim]:
-    """The unique names this spec needs, pure."""
-    features = spec.features
-    claims = []
-    if features.database is not None and features.database.enabled:
-        claims.append(NamedClaim("database", naming.database_name(spec), "spec.project.slug"))
-    if features.redis is not None and features.redis.enabled:
-        claims.append(NamedClaim("cache", naming.redis_user(spec), "spec.project.slug"))
-    if features.storage is not None and features.storage.enabled:
-        claims.append(NamedClaim("bucket", naming.bucket_name(spec), "spec.features.storage.bucket"))
-    return claims
+@dataclass
+class Ledger:
+    """One pool's entries, indexed by holder uid.
 
-
-def port_candidates(spec: ProjectSpec, reserved: Iterable[int], uid: str) -> list[int]:
-    """Free-port search order: the whole range, starting at a uid-derived offset.
-
-    Starting points spread by uid mean concurrent allocations rarely probe the same
-    port first, so most claims succeed on the first create without listing anything.
+    The per-uid sets are never changed in place, only replaced, so `copy` is two
+    shallow dict copies: a commit decides on a copy and keeps it only once written.
     """
+
+    entries: dict[str, Holder] = field(default_factory=dict)
+    by_uid: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, str]) -> Ledger:
+        ledger = cls()
+        ledger.apply({value: Holder.decode(raw) for value, raw in data.items()})
+        return ledger
+
+    def to_data(self) -> dict[str, str]:
+        return {value: holder.encode() for value, holder in self.entries.items()}
+
+    def held_by(self, uid: str) -> frozenset[str]:
+        return self.by_uid.get(uid, frozenset())
+
+    def holder(self, value: str) -> Holder | None:
+        return self.entries.get(value)
+
+    def apply(self, changes: Changes) -> None:
+        for value, holder in changes.items():
+            old = self.entries.pop(value, None)
+            if old is not None:
+                self.by_uid[old.uid] = self.held_by(old.uid) - {value}
+            if holder is not None:
+                self.entries[value] = holder
+                self.by_uid[holder.uid] = self.held_by(holder.uid) | {value}
+
+    def copy(self) -> Ledger:
+        return Ledger(dict(self.entries), dict(self.by_uid))
+
+
+class Request(Protocol):
+    def decide(self, ledger: Ledger) -> tuple[str | int | None, Changes]:
+        """The value this request ends up with and the changes that takes; raises AllocationConflict."""
+        ...
+
+
+@dataclass(frozen=True)
+class NumberRequest:
+    """Exactly one number from a range for this holder (a port, a Redis database index)."""
+
+    holder: Holder
+    pool: str
+    candidates: tuple[int, ...]  # the usable numbers, in preference order
+    pinned: int | None = None
+    keep: int | None = None  # the number in use now: never switched silently
+    range_text: str = ""
+    pinned_field: str = "resources.port"
+
+    def decide(self, ledger: Ledger) -> tuple[int, Changes]:
+        mine = sorted(int(v) for v in ledger.held_by(self.holder.uid))
+        chosen = self.pinned if self.pinned is not None else self._free_or_held(ledger, mine)
+        if self.pinned is not None:
+            taken = ledger.holder(str(self.pinned))
+            if taken is not None and taken.uid != self.holder.uid:
+                raise AllocationConflict(
+                    f"{self.pinned_field} {self.pinned} is already used by {taken.owner}; choose another "
+                    f"{self.pool} in {self.range_text} or omit {self.pinned_field} to have one allocated"
+                )
+        changes: Changes = {str(n): None for n in mine if n != chosen}
+        if chosen not in mine:
+            changes[str(chosen)] = self.holder
+        return chosen, changes
+
+    def _free_or_held(self, ledger: Ledger, mine: list[int]) -> int:
+        usable = set(self.candidates)
+        held = [n for n in mine if n in usable]
+        if held:
+            return self.keep if self.keep in held else held[0]
+        free = next((n for n in self.candidates if ledger.holder(str(n)) is None), None)
+        if free is None:
+            raise AllocationConflict(f"no free {self.pool} left; free one or widen the range", reason="Exhausted")
+        return free
+
+
+@dataclass(frozen=True)
+class NameRequest:
+    """A derived name for this holder; ``name=None`` means the feature is off.
+
+    Names no longer wanted are released when the feature was renamed, or when the
+    data goes with the Project (``drop_unwanted``). A disabled feature's name stays
+    held while its data is retained, so no other Project can take over a database or
+    bucket that still holds this one's data.
+    """
+
+    holder: Holder
+    pool: str
+    name: str | None
+    field_path: str
+    drop_unwanted: bool = False
+
+    def decide(self, ledger: Ledger) -> tuple[str | None, Changes]:
+        mine = ledger.held_by(self.holder.uid)
+        changes: Changes = {}
+        if self.name is not None:
+            taken = ledger.holder(self.name)
+            if taken is not None and taken.uid != self.holder.uid:
+                raise AllocationConflict(
+                    f"{self.pool} name {self.name!r} is already used by {taken.owner}; "
+                    f"change {self.field_path} (or the environment) so the derived name is unique"
+                )
+            if self.name not in mine:
+                changes[self.name] = self.holder
+        if self.name is not None or self.drop_unwanted:
+            changes.update({value: None for value in mine if value != self.name})
+        return self.name, changes
+
+
+@dataclass(frozen=True)
+class ReleaseRequest:
+    uid: str
+
+    def decide(self, ledger: Ledger) -> tuple[int, Changes]:
+        mine = ledger.held_by(self.uid)
+        return len(mine), dict.fromkeys(mine)
+
+
+def port_candidates(spec: ProjectSpec, reserved: Iterable[int]) -> tuple[int, ...]:
     low, high = PORT_RANGES[spec.environment.type]
-    ports = [p for p in range(low, high + 1) if p not in set(reserved)]
-    start = zlib.crc32(uid.encode()) % len(ports)
-    return ports[start:] + ports[:start]
+    skip = set(reserved)
+    return tuple(p for p in range(low, high + 1) if p not in skip)
+
+
+def requests_for(
+    key: ProjectKey, spec: ProjectSpec, reserved_ports: Iterable[int] = (), current_port: int | None = None
+) -> dict[str, Request]:
+    """What this spec asks of each pool (pure)."""
+    holder = Holder(key.uid, str(key))
+    features = spec.features
+    low, high = PORT_RANGES[spec.environment.type]
+    requests: dict[str, Request] = {
+        "port": NumberRequest(
+            holder, "port", port_candidates(spec, reserved_ports), spec.resources.port, current_port, f"{low}-{high}"
+        )
+    }
+    redis = features.redis
+    by_index = redis is not None and redis.enabled and redis.isolation is RedisIsolation.db_index
+    requests["redis-db"] = (
+        NumberRequest(holder, "redis-db", tuple(REDIS_DB_INDEXES)) if by_index else ReleaseRequest(key.uid)
+    )
+    allocations = allocations_for(spec, None, None)
+    drop = spec.deletion_policy is DeletionPolicy.Delete
+    requests["database"] = NameRequest(holder, "database", allocations.database, "spec.project.slug", drop)
+    requests["cache"] = NameRequest(holder, "cache", allocations.redis_user, "spec.project.slug", drop)
+    requests["bucket"] = NameRequest(holder, "bucket", allocations.bucket, "spec.features.storage.bucket", drop)
+    return requests
 
 
 def allocations_for(spec: ProjectSpec, port: int | None, redis_db: int | None) -> Allocations:
@@ -86,8 +240,114 @@ def allocations_for(spec: ProjectSpec, port: int | None, redis_db: int | None) -
     )
 
 
-def _number(lease: LeaseInfo, kind: str) -> int:
-    return int(lease.name.removeprefix(f"{kind}-"))
+Outcome = str | int | None | AllocationConflict
+
+
+def decide_batch(ledger: Ledger, requests: list[Request]) -> tuple[Ledger, list[Outcome]]:
+    """Decide requests in order, each seeing the ones before it; a refused one changes nothing."""
+    work = ledger.copy()
+    outcomes: list[Outcome] = []
+    for request in requests:
+        try:
+            result, changes = request.decide(work)
+        except AllocationConflict as exc:
+            outcomes.append(exc)
+            continue
+        work.apply(changes)
+        outcomes.append(result)
+    return work, outcomes
+
+
+@dataclass
+class _Waiting:
+    request: Request
+    result: asyncio.Future[str | int | None]
+
+
+class _Pool:
+    """One ledger on the API server: cached, and written by group commit."""
+
+    def __init__(self, kube: KubeClient, namespace: str, pool: str) -> None:
+        self._kube, self._namespace, self.pool = kube, namespace, pool
+        self._name = f"ledger-{pool}"
+        self._ledger: Ledger | None = None
+        self._version: str | None = None
+        self._read_at = 0.0
+        self._queue: list[_Waiting] = []
+        self._committer: asyncio.Task[None] | None = None
+        self._reading: asyncio.Future[None] | None = None
+        self._committed_at = 0.0
+
+    async def current(self, fresh: bool = False) -> Ledger:
+        if fresh or self._ledger is None or time.monotonic() - self._read_at > CACHE_SECONDS:
+            # One read in flight per ledger: a burst of new Projects shares it.
+            if self._reading is None or self._reading.done():
+                self._reading = asyncio.ensure_future(self._read())
+            await asyncio.shield(self._reading)
+        assert self._ledger is not None
+        return self._ledger
+
+    async def _read(self) -> None:
+        stored = await self._kube.read_config_map(self._namespace, self._name)
+        self._version = stored.resource_version if stored else None
+        self._ledger = Ledger.from_data(stored.data if stored else {})
+        self._read_at = time.monotonic()
+
+    async def run(self, request: Request) -> str | int | None:
+        try:
+            result, changes = request.decide(await self.current())
+            if not changes:
+                return result  # already so: nothing to write
+        except AllocationConflict:
+            pass  # decided again below, against the ledger as stored
+        waiting = _Waiting(request, asyncio.get_running_loop().create_future())
+        self._queue.append(waiting)
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_queued())
+        return await waiting.result
+
+    async def _commit_queued(self) -> None:
+        while self._queue:
+            await asyncio.sleep(max(0.0, self._committed_at + COMMIT_INTERVAL_SECONDS - time.monotonic()))
+            self._committed_at = time.monotonic()
+            batch, self._queue = self._queue, []
+            try:
+                await self._commit(batch)
+            except Exception as exc:  # every waiter learns of it; the committer lives on
+                for waiting in batch:
+                    if not waiting.result.done():
+                        waiting.result.set_exception(exc)
+
+    async def _commit(self, batch: list[_Waiting]) -> None:
+        read_now = False
+        for _ in range(COMMIT_ATTEMPTS):
+            ledger = await self.current(fresh=read_now)
+            work, outcomes = decide_batch(ledger, [waiting.request for waiting in batch])
+            if not read_now and any(isinstance(o, AllocationConflict) for o in outcomes):
+                read_now = True  # a refusal is only final against the ledger as stored now
+                continue
+            if work.entries != ledger.entries:
+                try:
+                    self._version = await self._kube.write_config_map(
+                        self._namespace, self._name, work.to_data(), {LEDGER_LABEL: self.pool}, self._version
+                    )
+                except Conflict:
+                    read_now = True  # someone else wrote first: read and decide again
+                    continue
+                self._ledger, self._read_at = work, time.monotonic()
+            for waiting, outcome in zip(batch, outcomes, strict=True):
+                if waiting.result.done():
+                    continue
+                if isinstance(outcome, AllocationConflict):
+                    waiting.result.set_exception(outcome)
+                else:
+                    waiting.result.set_result(outcome)
+            return
+        raise RetryableError(f"allocation ledger {self._name} kept changing; will retry", reason="LedgerContention")
+
+
+def _as_number(value: object) -> int | None:
+    return value if isinstance(value, int) else None
 
 
 class ClaimStore:
@@ -95,146 +355,41 @@ class ClaimStore:
         self._kube = kube
         self._namespace = namespace
         self._reserved = frozenset(reserved_ports)
-        # Numbers believed taken, per kind: only a hint to skip likely collisions. The
-        # API server still decides, atomically, and a wrong hint costs one extra probe.
-        self._taken_hint: dict[str, set[int]] = {}
+        self._pools = {pool: _Pool(kube, namespace, pool) for pool in POOLS}
 
     async def setup(self) -> None:
         await self._kube.ensure_namespace(self._namespace)
 
-    async def held(self, key: ProjectKey) -> list[LeaseInfo]:
-        return await self._kube.list_leases(self._namespace, f"{LABEL_UID}={key.uid}")
+    async def held(self, key: ProjectKey) -> list[Claim]:
+        ledgers = await asyncio.gather(*[pool.current() for pool in self._pools.values()])
+        return [
+            Claim(pool, value)
+            for pool, ledger in zip(self._pools, ledgers, strict=True)
+            for value in sorted(ledger.held_by(key.uid))
+        ]
 
-    async def ensure(
-        self, key: ProjectKey, spec: ProjectSpec, held: list[LeaseInfo] | None = None, current_port: int | None = None
-    ) -> Allocations:
-        """Claim everything the spec needs, reusing what the Project holds (``current_port`` first)."""
-        held = await self.held(key) if held is None else held
-        by_kind: dict[str, list[LeaseInfo]] = {}
-        for lease in held:
-            by_kind.setdefault(lease.labels.get(LABEL_KIND, ""), []).append(lease)
-        wanted = named_claims(spec)
-        held_names = {lease.name for lease in held}
-        # Independent claims go out together: a new Project pays one round trip, not four.
-        port, redis_db, *_ = await asyncio.gather(
-            self._ensure_port(key, spec, by_kind.get("port", []), current_port),
-            self._ensure_redis_db(key, spec, by_kind.get("redis-db", [])),
-            *[self._claim_name(key, claim) for claim in wanted if claim.lease_name not in held_names],
+    async def ensure(self, key: ProjectKey, spec: ProjectSpec, current_port: int | None = None) -> Allocations:
+        """Claim everything the spec needs and release what it no longer does."""
+        requests = requests_for(key, spec, self._reserved, current_port)
+        # Pools are independent: a new Project waits for one round of writes, not five.
+        results = await asyncio.gather(
+            *[self._pools[pool].run(request) for pool, request in requests.items()], return_exceptions=True
         )
-        chosen = {f"port-{port}"} | ({f"redis-db-{redis_db}"} if redis_db is not None else set())
-        await self._release_stale(spec, by_kind, {c.lease_name for c in wanted}, chosen)
-        return allocations_for(spec, port, redis_db)
+        for outcome in results:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        decided = dict(zip(requests, results, strict=True))
+        redis_db = decided["redis-db"] if isinstance(requests["redis-db"], NumberRequest) else None
+        return allocations_for(spec, _as_number(decided["port"]), _as_number(redis_db))
 
     async def release_all(self, key: ProjectKey) -> int:
-        leases = await self.held(key)
-        for lease in leases:
-            await self._release(lease)
-        return len(leases)
+        released = await asyncio.gather(*[pool.run(ReleaseRequest(key.uid)) for pool in self._pools.values()])
+        return sum(int(n or 0) for n in released)
 
-    async def _release(self, lease: LeaseInfo) -> None:
-        await self._kube.delete_lease(self._namespace, lease.name)
-        kind = lease.labels.get(LABEL_KIND, "")
-        if kind in self._taken_hint:
-            self._taken_hint[kind].discard(_number(lease, kind))
-
-    def allocations_held(self, spec: ProjectSpec, held: list[LeaseInfo]) -> Allocations:
+    def allocations_held(self, spec: ProjectSpec, held: list[Claim]) -> Allocations:
         """Allocations as currently claimed, without claiming anything (for teardown)."""
 
-        def lowest(kind: str) -> int | None:
-            return min((_number(lease, kind) for lease in held if lease.labels.get(LABEL_KIND) == kind), default=None)
+        def lowest(pool: str) -> int | None:
+            return min((int(c.value) for c in held if c.pool == pool), default=None)
 
         return allocations_for(spec, lowest("port"), lowest("redis-db"))
-
-    async def _create(self, key: ProjectKey, kind: str, name: str) -> bool:
-        """True if we now hold ``name`` (created it, or already held it); False if someone else does."""
-        labels = {LABEL_UID: key.uid, LABEL_KIND: kind}
-        try:
-            await self._kube.create_lease(self._namespace, name, key.uid, labels, {ANNOTATION_OWNER: str(key)})
-            return True
-        except AlreadyExists:
-            holder = await self._kube.read_lease(self._namespace, name)
-            return holder is not None and holder.holder == key.uid
-
-    async def _owner_of(self, name: str) -> str:
-        lease = await self._kube.read_lease(self._namespace, name)
-        return lease.annotations.get(ANNOTATION_OWNER, "another project") if lease else "another project"
-
-    async def _claim_name(self, key: ProjectKey, claim: NamedClaim) -> None:
-        if not await self._create(key, claim.kind, claim.lease_name):
-            owner = await self._owner_of(claim.lease_name)
-            raise AllocationConflict(
-                f"{claim.kind} name {claim.value!r} is already used by {owner}; "
-                f"change {claim.field} (or the environment) so the derived name is unique"
-            )
-
-    async def _ensure_port(
-        self, key: ProjectKey, spec: ProjectSpec, held: list[LeaseInfo], current: int | None = None
-    ) -> int:
-        pinned = spec.resources.port
-        low, high = PORT_RANGES[spec.environment.type]
-        mine = sorted(_number(lease, "port") for lease in held)
-        if pinned is not None:
-            if pinned not in mine and not await self._create(key, "port", f"port-{pinned}"):
-                owner = await self._owner_of(f"port-{pinned}")
-                raise AllocationConflict(
-                    f"resources.port {pinned} is already used by {owner}; choose another port in {low}-{high} "
-                    "or omit resources.port to have one allocated"
-                )
-            return pinned
-        usable = [p for p in mine if low <= p <= high and p not in self._reserved]
-        if usable:
-            # The port in status is the one the running app uses; never switch it silently.
-            return current if current in usable else usable[0]
-        return await self._allocate_number(key, "port", port_candidates(spec, self._reserved, key.uid))
-
-    async def _ensure_redis_db(self, key: ProjectKey, spec: ProjectSpec, held: list[LeaseInfo]) -> int | None:
-        redis = spec.features.redis
-        if redis is None or not redis.enabled or redis.isolation is not RedisIsolation.db_index:
-            return None
-        if held:
-            return min(_number(lease, "redis-db") for lease in held)
-        return await self._allocate_number(key, "redis-db", list(REDIS_DB_INDEXES))
-
-    async def _allocate_number(self, key: ProjectKey, kind: str, candidates: list[int]) -> int:
-        hint = self._taken_hint.setdefault(kind, set())
-        refreshed = False
-        for number in candidates:
-            if number in hint:
-                continue
-            if await self._create(key, kind, f"{kind}-{number}"):
-                hint.add(number)
-                return number
-            hint.add(number)
-            if not refreshed:
-                # First collision: learn what is taken instead of probing one by one,
-                # and notice a number an interrupted earlier attempt already won for us.
-                refreshed = True
-                leases = await self._kube.list_leases(self._namespace, f"{LABEL_KIND}={kind}")
-                ours = sorted(_number(lease, kind) for lease in leases if lease.holder == key.uid)
-                if ours:
-                    return ours[0]
-                hint.clear()
-                hint.update(_number(lease, kind) for lease in leases)
-        if not refreshed and hint:
-            # Every candidate looked taken only by the hint: check with the API server once.
-            self._taken_hint[kind] = set()
-            return await self._allocate_number(key, kind, candidates)
-        raise AllocationConflict(f"no free {kind} left; free one or widen the range", reason="Exhausted")
-
-    async def _release_stale(
-        self, spec: ProjectSpec, by_kind: dict[str, list[LeaseInfo]], wanted: set[str], chosen: set[str]
-    ) -> None:
-        """Release claims the spec no longer needs: an old port, a renamed bucket, or extras a crash left.
-
-        A disabled feature's name stays claimed while its data is retained, so no other
-        project can take over a database or bucket that still holds this one's data.
-        """
-        dropped = spec.deletion_policy is DeletionPolicy.Delete
-        for kind, leases in by_kind.items():
-            if kind in ("port", "redis-db"):
-                stale = [lease for lease in leases if lease.name not in chosen]
-            else:
-                renamed = any(name.startswith(f"{kind}-") for name in wanted)
-                stale = [lease for lease in leases if lease.name not in wanted and (renamed or dropped)]
-            for lease in stale:
-                await self._release(lease)

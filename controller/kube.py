@@ -28,8 +28,8 @@ from controller.errors import PermanentError, RetryableError
 T = TypeVar("T")
 
 
-class AlreadyExists(Exception):
-    """The object exists: for claims, someone holds that value."""
+class Conflict(Exception):
+    """409: the name is taken, or the resourceVersion we wrote against is stale."""
 
 
 class NotFound(Exception):
@@ -37,11 +37,9 @@ class NotFound(Exception):
 
 
 @dataclass(frozen=True)
-class LeaseInfo:
-    name: str
-    holder: str
-    labels: dict[str, str]
-    annotations: dict[str, str]
+class StoredConfigMap:
+    resource_version: str
+    data: dict[str, str]
 
 
 def api_client_from_environment(pool_size: int = 32, config_file: str | None = None) -> kubernetes.client.ApiClient:
@@ -62,7 +60,7 @@ def api_client_from_environment(pool_size: int = 32, config_file: str | None = N
 
 def _translate(exc: ApiException, what: str) -> Exception:
     if exc.status == 409:
-        return AlreadyExists(what)
+        return Conflict(what)
     if exc.status == 404:
         return NotFound(what)
     if exc.status in (429, 500, 502, 503, 504) or exc.status is None:
@@ -73,7 +71,6 @@ def _translate(exc: ApiException, what: str) -> Exception:
 class KubeClient:
     def __init__(self, api: kubernetes.client.ApiClient, executor: ThreadPoolExecutor) -> None:
         self._core = kubernetes.client.CoreV1Api(api)
-        self._coordination = kubernetes.client.CoordinationV1Api(api)
         self._custom = kubernetes.client.CustomObjectsApi(api)
         self._executor = executor
 
@@ -88,44 +85,40 @@ class KubeClient:
 
     async def ensure_namespace(self, name: str) -> None:
         body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
-        with contextlib.suppress(AlreadyExists):
+        with contextlib.suppress(Conflict):
             await self._call(f"namespace {name}", self._core.create_namespace, body)
 
-    async def create_lease(
-        self, namespace: str, name: str, holder: str, labels: dict[str, str], annotations: dict[str, str]
-    ) -> None:
-        """Create the lease; raises AlreadyExists when the name is taken (the atomic claim)."""
-        body = {
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": {"name": name, "labels": labels, "annotations": annotations},
-            "spec": {"holderIdentity": holder},
-        }
-        await self._call(f"claim {name}", self._coordination.create_namespaced_lease, namespace, body)
-
-    async def read_lease(self, namespace: str, name: str) -> LeaseInfo | None:
+    async def read_config_map(self, namespace: str, name: str) -> StoredConfigMap | None:
         try:
-            lease = await self._call(f"claim {name}", self._coordination.read_namespaced_lease, name, namespace)
+            # Raw JSON: the client's model deserialisation costs more than the request itself.
+            response = await self._call(
+                f"configmap {namespace}/{name}", self._core.read_namespaced_config_map, name, namespace,
+                _preload_content=False,
+            )  # fmt: skip
         except NotFound:
-            return None  # released meanwhile
-        return _lease_info(lease)
+            return None
+        return _stored_config_map(response)
 
-    async def list_leases(self, namespace: str, selector: str) -> list[LeaseInfo]:
-        # Raw JSON: the client's model deserialisation costs more than the request itself.
-        response = await self._call(
-            "claims", self._coordination.list_namespaced_lease, namespace, label_selector=selector,
-            _preload_content=False,
-        )  # fmt: skip
-        items = json.loads(response.data)["items"]  # type: ignore[attr-defined]
-        return [
-            LeaseInfo(
-                name=item["metadata"]["name"],
-                holder=(item.get("spec") or {}).get("holderIdentity") or "",
-                labels=dict(item["metadata"].get("labels") or {}),
-                annotations=dict(item["metadata"].get("annotations") or {}),
+    async def write_config_map(
+        self, namespace: str, name: str, data: dict[str, str], labels: dict[str, str], resource_version: str | None
+    ) -> str:
+        """Create (no version) or replace (at that version); Conflict if someone wrote first. The new version."""
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "labels": labels, "resourceVersion": resource_version},
+            "data": data,
+        }
+        what = f"configmap {namespace}/{name}"
+        if resource_version is None:
+            response = await self._call(
+                what, self._core.create_namespaced_config_map, namespace, body, _preload_content=False
             )
-            for item in items
-        ]
+        else:
+            response = await self._call(
+                what, self._core.replace_namespaced_config_map, name, namespace, body, _preload_content=False
+            )
+        return _stored_config_map(response).resource_version
 
     async def read_platform(self, name: str) -> dict[str, Any] | None:
         try:
@@ -156,10 +149,6 @@ class KubeClient:
         with contextlib.suppress(NotFound):  # already gone
             await self._call(f"secret {namespace}/{name}", self._core.delete_namespaced_secret, name, namespace)
 
-    async def delete_lease(self, namespace: str, name: str) -> None:
-        with contextlib.suppress(NotFound):  # already gone
-            await self._call(f"claim {name}", self._coordination.delete_namespaced_lease, name, namespace)
-
 
 class KubeSecrets:
     """The SecretStore on the API server: one connection Secret per Project."""
@@ -174,11 +163,6 @@ class KubeSecrets:
         await self._kube.merge_secret(namespace, name, data)
 
 
-def _lease_info(lease: Any) -> LeaseInfo:
-    meta = lease.metadata
-    return LeaseInfo(
-        name=meta.name,
-        holder=(lease.spec.holder_identity if lease.spec else "") or "",
-        labels=dict(meta.labels or {}),
-        annotations=dict(meta.annotations or {}),
-    )
+def _stored_config_map(response: Any) -> StoredConfigMap:
+    raw = json.loads(response.data)
+    return StoredConfigMap(raw["metadata"]["resourceVersion"], dict(raw.get("data") or {}))

@@ -99,10 +99,7 @@ class Reconciler:
     async def reconcile(self, project: ProjectInput, trigger: str = "event") -> Outcome:
         spec = project.spec
         try:
-            # A Project never allocated before holds nothing worth listing: its claim
-            # creations recognise anything a crashed earlier attempt left as its own.
-            current = project.status.allocations.port
-            allocations = await self.claims.ensure(project.key, spec, [] if current is None else None, current)
+            allocations = await self.claims.ensure(project.key, spec, project.status.allocations.port)
         except CodebError as exc:
             return self._failed_before_acting(project, exc)
         ctx = DriverContext(project.key, naming.instance_name(spec), allocations)

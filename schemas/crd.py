@@ -18,7 +18,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
 from schemas.platform import PLATFORM_KIND, PLATFORM_PLURAL, PlatformSpec
-from schemas.project import API_GROUP, API_VERSION, KIND, PLURAL, ProjectSpec, ProjectStatus
+from schemas.project import API_GROUP, API_VERSION, KIND, KOPF_STATUS_FIELD, PLURAL, ProjectSpec, ProjectStatus
 
 # JSON Schema keywords that carry over to OpenAPI v3 unchanged.
 _KEPT = {
@@ -141,6 +141,13 @@ def _status_schema() -> Schema:
     conditions = schema["properties"]["conditions"]
     conditions["x-kubernetes-list-type"] = "map"
     conditions["x-kubernetes-list-map-keys"] = ["type"]
+    # kopf keeps its handler bookkeeping (retry progress, the last handled spec) here,
+    # beside our status, so that one status write carries both.
+    schema["properties"][KOPF_STATUS_FIELD] = {
+        "type": "object",
+        "description": "kopf's handler bookkeeping (retry progress, last handled spec); not an API.",
+        "x-kubernetes-preserve-unknown-fields": True,
+    }
     return schema
 
 

@@ -33,6 +33,8 @@ API_GROUP = "codeb.dev"
 API_VERSION = "v1alpha1"
 KIND = "Project"
 PLURAL = "projects"
+# status.<this> holds kopf's bookkeeping, not ours: the status model leaves it alone.
+KOPF_STATUS_FIELD = "kopf"
 
 # Long enough for real names, short enough that "<slug>_<env>_pr<N>_user" stays
 # within PostgreSQL's 63-byte identifier limit and bucket names within 63 chars.

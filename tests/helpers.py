@@ -35,8 +35,10 @@ def projects(cluster: LocalCluster, namespace: str) -> list[dict[str, Any]]:
     return list(get_json(cluster, "projects", "-n", namespace)["items"])
 
 
-def leases(cluster: LocalCluster, namespace: str) -> list[dict[str, Any]]:
-    return list(get_json(cluster, "leases", "-n", namespace)["items"])
+def ledger_entries(cluster: LocalCluster, namespace: str) -> dict[str, dict[str, str]]:
+    """Every allocation ledger in ``namespace``: pool -> {value: "<uid> <owner>"}."""
+    ledgers = get_json(cluster, "configmaps", "-n", namespace, "-l", "codeb.dev/ledger")["items"]
+    return {item["metadata"]["labels"]["codeb.dev/ledger"]: dict(item.get("data") or {}) for item in ledgers}
 
 
 class OperatorProcess:

@@ -1,4 +1,4 @@
-"""Claims against the real API server: atomic, restart-safe, released on deletion."""
+"""Allocation ledgers against the real API server: race-free, restart-safe, released on deletion."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from controller.claims import LABEL_KIND, LABEL_UID, ClaimStore
+from controller.claims import LEDGER_LABEL, ClaimStore, Holder
 from controller.errors import AllocationConflict
 from controller.kube import KubeClient, api_client_from_environment
 from controller.localcluster import LocalCluster
 from controller.naming import ProjectKey
 from schemas.project import ProjectSpec
 from tests.factories import project_spec
-from tests.helpers import leases
+from tests.helpers import ledger_entries
 
 
 @pytest.fixture()
@@ -28,8 +28,13 @@ def kube(cluster: LocalCluster) -> Iterator[KubeClient]:
 
 
 @pytest.fixture()
-async def store(kube: KubeClient) -> AsyncIterator[ClaimStore]:
-    claims = ClaimStore(kube, f"claims-{uuid.uuid4().hex[:8]}", reserved_ports={4500})
+def namespace() -> str:
+    return f"claims-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture()
+async def store(kube: KubeClient, namespace: str) -> AsyncIterator[ClaimStore]:
+    claims = ClaimStore(kube, namespace, reserved_ports={4500})
     await claims.setup()
     yield claims
 
@@ -42,25 +47,29 @@ def spec(slug: str, **sections: object) -> ProjectSpec:
     return ProjectSpec.model_validate(project_spec(slug=slug, **sections))
 
 
-async def test_concurrent_allocations_never_share_a_port(store: ClaimStore) -> None:
+async def test_two_replicas_allocating_at_once_never_share_a_port(
+    cluster: LocalCluster, kube: KubeClient, store: ClaimStore, namespace: str
+) -> None:
+    # A second store is a second replica: its own cache, the same ledgers. Every write
+    # races the other's, so resourceVersion conflicts really happen and are resolved.
+    other = ClaimStore(kube, namespace, reserved_ports={4500})
     keys = [key(f"p{i}") for i in range(60)]
-    # Two "replicas" allocating for every project at once.
-    results = await asyncio.gather(*[store.ensure(k, spec(k.name)) for k in keys for _ in range(2)])
+    results = await asyncio.gather(*[s.ensure(k, spec(k.name)) for k in keys for s in (store, other)])
     ports_by_project: dict[str, set[int | None]] = {}
     for k, alloc in zip([k for k in keys for _ in range(2)], results, strict=True):
         ports_by_project.setdefault(k.uid, set()).add(alloc.port)
     assert all(len(p) == 1 for p in ports_by_project.values()), "one project got two ports"
     ports = [next(iter(p)) for p in ports_by_project.values()]
     assert len(set(ports)) == 60 and all(p is not None and 4501 <= p <= 4999 for p in ports)
-    held = [await store.held(k) for k in keys]
-    assert all(len([x for x in h if x.labels[LABEL_KIND] == "port"]) == 1 for h in held)
+    stored = ledger_entries(cluster, namespace)["port"]
+    assert sorted(int(p) for p in stored) == sorted(p for p in ports if p is not None)
 
 
-async def test_allocation_is_stable_across_restarts(kube: KubeClient, store: ClaimStore) -> None:
+async def test_allocation_is_stable_across_restarts(kube: KubeClient, store: ClaimStore, namespace: str) -> None:
     k = key("stable")
     first = await store.ensure(k, spec("stable"))
     # A new store object is what a restarted operator has: nothing in memory.
-    again = await ClaimStore(kube, store._namespace, {4500}).ensure(k, spec("stable"))
+    again = await ClaimStore(kube, namespace, {4500}).ensure(k, spec("stable"))
     assert again == first
 
 
@@ -69,6 +78,18 @@ async def test_pinned_port_taken_is_refused_with_the_owner(store: ClaimStore) ->
     await store.ensure(owner, spec("owner", resources={"port": 4600}))
     with pytest.raises(AllocationConflict, match=r"resources.port 4600 is already used by ns/owner"):
         await store.ensure(key("late"), spec("late", resources={"port": 4600}))
+
+
+async def test_a_conflict_seen_by_a_stale_replica_is_checked_against_the_stored_ledger(
+    kube: KubeClient, store: ClaimStore, namespace: str
+) -> None:
+    first = key("first")
+    await store.ensure(first, spec("first", resources={"port": 4650}))
+    stale = ClaimStore(kube, namespace, {4500})
+    await stale.ensure(key("warm-up"), spec("warm-up"))  # its cache now shows 4650 taken
+    await store.release_all(first)
+    # The stale replica still believes 4650 taken; a refusal is only final against the stored ledger.
+    assert (await stale.ensure(key("second"), spec("second", resources={"port": 4650}))).port == 4650
 
 
 async def test_derived_name_conflict_names_the_field(store: ClaimStore) -> None:
@@ -81,32 +102,33 @@ async def test_changing_a_pinned_port_releases_the_old_one(cluster: LocalCluster
     k = key("mover")
     await store.ensure(k, spec("mover", resources={"port": 4700}))
     await store.ensure(k, spec("mover", resources={"port": 4701}))
-    names = {lease.name for lease in await store.held(k)}
-    assert "port-4701" in names and "port-4700" not in names
+    assert [c.value for c in await store.held(k) if c.pool == "port"] == ["4701"]
 
 
-async def test_crash_leftover_duplicate_port_is_released(kube: KubeClient, store: ClaimStore) -> None:
+async def test_crash_leftover_duplicate_port_is_released(kube: KubeClient, store: ClaimStore, namespace: str) -> None:
     k = key("dup")
     alloc = await store.ensure(k, spec("dup"))
-    # Simulate a crash between two allocations: an extra port claim for the same project.
-    extra = 4999 if alloc.port != 4999 else 4998
-    labels = {LABEL_UID: k.uid, LABEL_KIND: "port"}
-    await kube.create_lease(store._namespace, f"port-{extra}", k.uid, labels, {})
-    assert (await store.ensure(k, spec("dup"))).port == min(alloc.port or 0, extra)
-    assert len([x for x in await store.held(k) if x.labels[LABEL_KIND] == "port"]) == 1
+    # Two replicas racing could leave a second port for one project: write one in by hand.
+    stored = await kube.read_config_map(namespace, "ledger-port")
+    assert stored is not None and alloc.port is not None
+    extra = str(4999 if alloc.port != 4999 else 4998)
+    data = {**stored.data, extra: Holder(k.uid, str(k)).encode()}
+    await kube.write_config_map(namespace, "ledger-port", data, {LEDGER_LABEL: "port"}, stored.resource_version)
+    fresh = ClaimStore(kube, namespace, {4500})
+    assert (await fresh.ensure(k, spec("dup"), current_port=alloc.port)).port == alloc.port
+    assert [c.value for c in await fresh.held(k) if c.pool == "port"] == [str(alloc.port)]
 
 
-async def test_release_all_leaves_nothing(cluster: LocalCluster, store: ClaimStore) -> None:
+async def test_release_all_leaves_nothing(cluster: LocalCluster, store: ClaimStore, namespace: str) -> None:
     k = key("gone")
     await store.ensure(k, spec("gone", features={"database": {}, "redis": {"isolation": "dbIndex"}, "storage": {}}))
-    assert len(await store.held(k)) == 5  # port, database, cache, bucket, redis-db
+    assert {c.pool for c in await store.held(k)} == {"port", "database", "cache", "bucket", "redis-db"}
     assert await store.release_all(k) == 5
-    assert leases(cluster, store._namespace) == []
+    assert all(entries == {} for entries in ledger_entries(cluster, namespace).values())
 
 
 async def test_full_range_is_reported_not_looped(store: ClaimStore) -> None:
-    low_taker = key("xx")
-    # Preview has 1000 ports; staging has 499 after the reserved one. Fill staging quickly by pinning.
+    # Staging has 499 ports after the reserved one: fill them all by pinning.
     await asyncio.gather(*[store.ensure(key(f"f{p}"), spec(f"f{p}", resources={"port": p})) for p in range(4501, 5000)])
     with pytest.raises(AllocationConflict, match="no free port"):
-        await store.ensure(low_taker, spec("xx"))
+        await store.ensure(key("xx"), spec("xx"))

@@ -20,7 +20,7 @@ import pytest
 from controller.localcluster import LocalCluster
 from tests.conftest import start_cluster
 from tests.factories import project
-from tests.helpers import OperatorProcess, get_json, leases, projects, wait_for
+from tests.helpers import OperatorProcess, get_json, ledger_entries, projects, wait_for
 
 CLAIMS_NS = "codeb-system"
 AUDIT_WRITES = """apiVersion: audit.k8s.io/v1
@@ -63,23 +63,24 @@ def all_ready(cluster: LocalCluster, namespace: str, count: int) -> bool:
 
 def assert_claims_consistent(cluster: LocalCluster, namespace: str) -> None:
     items = projects(cluster, namespace)
-    held = leases(cluster, CLAIMS_NS)
     uids = {i["metadata"]["uid"]: i for i in items}
-    by_owner: dict[str, list[str]] = {}
-    for lease in held:
-        by_owner.setdefault(lease["metadata"]["labels"]["codeb.dev/project-uid"], []).append(lease["metadata"]["name"])
+    by_owner: dict[str, list[tuple[str, str]]] = {}
+    for pool, entries in ledger_entries(cluster, CLAIMS_NS).items():
+        for value, holder in entries.items():
+            by_owner.setdefault(holder.split(" ", 1)[0], []).append((pool, value))
     assert set(by_owner) <= set(uids), "a claim outlived its Project (leak)"
     ports = []
     for uid, item in uids.items():
-        names = by_owner.get(uid, [])
-        port_claims = [n for n in names if n.startswith("port-")]
-        assert len(port_claims) == 1, f"{item['metadata']['name']} holds {port_claims}"
+        held = by_owner.get(uid, [])
+        port_claims = [value for pool, value in held if pool == "port"]
         port = item["status"]["allocations"]["port"]
-        assert port_claims == [f"port-{port}"], "status disagrees with the claim"
+        assert port_claims == [str(port)], f"{item['metadata']['name']} holds ports {port_claims}, status says {port}"
         ports.append(port)
         expected = 4 if item["spec"]["features"].get("database") else 1
-        assert len(names) == expected, f"{item['metadata']['name']} holds {names}"
-    assert len(ports) == len(set(ports)), "two Projects share a port"
+        assert len(held) == expected, f"{item['metadata']['name']} holds {held}"
+    # A ledger maps each value to one holder, so sharing is impossible by construction;
+    # what remains to check is that status never reports a port the ledger gave elsewhere.
+    assert len(ports) == len(set(ports)), "two Projects report the same port"
 
 
 def operator_writes(cluster: LocalCluster, since: int) -> Counter[str]:
@@ -121,7 +122,7 @@ def test_fleet_converges_through_sigkills_stays_quiet_and_cleans_up(audited: Loc
 
         cluster.kubectl("delete", "projects", "--all", "-n", namespace, "--wait=false")
         wait_for(lambda: projects(cluster, namespace) == [], timeout=180, what="all Projects deleted")
-        assert leases(cluster, CLAIMS_NS) == []
+        assert all(entries == {} for entries in ledger_entries(cluster, CLAIMS_NS).values())
     finally:
         operator.stop()
 

@@ -1,0 +1,119 @@
+"""Allocation decisions on plain data: what each request does to a ledger."""
+
+from __future__ import annotations
+
+import pytest
+
+from controller.claims import (
+    Holder,
+    Ledger,
+    NameRequest,
+    NumberRequest,
+    ReleaseRequest,
+    decide_batch,
+    requests_for,
+)
+from controller.errors import AllocationConflict
+from controller.naming import ProjectKey
+from schemas.project import ProjectSpec
+from tests.factories import project_spec
+
+A = Holder("uid-a", "shop/a")
+B = Holder("uid-b", "shop/b")
+
+
+def ledger(**entries: Holder) -> Ledger:
+    result = Ledger()
+    result.apply({value.removeprefix("_"): holder for value, holder in entries.items()})
+    return result
+
+
+def ports(holder: Holder, pinned: int | None = None, keep: int | None = None) -> NumberRequest:
+    return NumberRequest(holder, "port", (4500, 4501, 4502), pinned, keep, "4500-4502")
+
+
+def test_a_new_holder_gets_the_lowest_free_number() -> None:
+    assert ports(A).decide(ledger(_4500=B)) == (4501, {"4501": A})
+
+
+def test_a_held_number_is_kept_without_change() -> None:
+    assert ports(A).decide(ledger(_4502=A)) == (4502, {})
+
+
+def test_the_number_in_use_wins_over_crash_leftovers() -> None:
+    # Two numbers for one holder (left by two replicas racing): keep the one in status.
+    number, changes = ports(A, keep=4502).decide(ledger(_4500=A, _4502=A))
+    assert number == 4502 and changes == {"4500": None}
+
+
+def test_a_number_outside_the_range_is_exchanged() -> None:
+    # The environment changed: the old production port goes, a staging one comes.
+    number, changes = ports(A).decide(ledger(_4000=A))
+    assert number == 4500 and changes == {"4000": None, "4500": A}
+
+
+def test_a_pinned_number_held_by_another_is_refused_with_the_owner_and_the_fix() -> None:
+    with pytest.raises(AllocationConflict, match=r"resources.port 4501 is already used by shop/b; choose another"):
+        ports(A, pinned=4501).decide(ledger(_4501=B))
+
+
+def test_moving_a_pinned_number_releases_the_old_one() -> None:
+    assert ports(A, pinned=4501).decide(ledger(_4500=A)) == (4501, {"4500": None, "4501": A})
+
+
+def test_a_full_range_says_so() -> None:
+    with pytest.raises(AllocationConflict, match="no free port left") as info:
+        ports(A).decide(ledger(_4500=B, _4501=B, _4502=B))
+    assert info.value.reason == "Exhausted"
+
+
+def test_a_taken_name_is_refused_naming_the_field() -> None:
+    request = NameRequest(A, "database", "shop_db", "spec.project.slug")
+    with pytest.raises(AllocationConflict, match=r"database name 'shop_db' is already used by shop/b; change spec"):
+        request.decide(ledger(shop_db=B))
+
+
+def test_a_renamed_bucket_releases_the_old_name() -> None:
+    request = NameRequest(A, "bucket", "new", "spec.features.storage.bucket")
+    assert request.decide(ledger(old=A)) == ("new", {"new": A, "old": None})
+
+
+@pytest.mark.parametrize(("drop", "changes"), [(False, {}), (True, {"shop_db": None})])
+def test_a_disabled_feature_keeps_its_name_while_data_is_retained(drop: bool, changes: dict[str, None]) -> None:
+    assert NameRequest(A, "database", None, "spec.project.slug", drop).decide(ledger(shop_db=A)) == (None, changes)
+
+
+def test_release_drops_only_the_holders_entries() -> None:
+    count, changes = ReleaseRequest(A.uid).decide(ledger(_4500=A, _4501=B, shop_db=A))
+    assert count == 2 and changes == {"4500": None, "shop_db": None}
+
+
+def test_a_batch_decides_in_order_so_two_new_holders_never_share() -> None:
+    work, outcomes = decide_batch(Ledger(), [ports(A), ports(B)])
+    assert outcomes == [4500, 4501]
+    assert work.to_data() == {"4500": "uid-a shop/a", "4501": "uid-b shop/b"}
+
+
+def test_a_refused_request_changes_nothing_and_the_rest_go_ahead() -> None:
+    before = ledger(_4501=B)
+    work, outcomes = decide_batch(before, [ports(A, pinned=4501), ports(Holder("uid-c", "shop/c"))])
+    assert isinstance(outcomes[0], AllocationConflict) and outcomes[1] == 4500
+    assert work.holder("4501") == B and before.holder("4500") is None  # the input ledger is untouched
+
+
+def test_the_stored_form_round_trips() -> None:
+    original = ledger(_4500=A, shop_db=B)
+    assert Ledger.from_data(original.to_data()) == original
+
+
+def test_requests_follow_the_spec() -> None:
+    spec = ProjectSpec.model_validate(
+        project_spec(slug="shop", env="staging", features={"database": {}, "redis": {"isolation": "dbIndex"}})
+    )
+    requests = requests_for(ProjectKey("ns", "shop", "uid"), spec, reserved_ports={4500}, current_port=4600)
+    port = requests["port"]
+    assert isinstance(port, NumberRequest) and port.keep == 4600 and 4500 not in port.candidates
+    assert isinstance(requests["redis-db"], NumberRequest)
+    database, bucket = requests["database"], requests["bucket"]
+    assert isinstance(database, NameRequest) and database.name == "shop_staging_db"
+    assert isinstance(bucket, NameRequest) and bucket.name is None
