@@ -150,7 +150,7 @@ def main() -> None:
                     rss.append(peak)
         codeb, floor, strict = (statistics.median(seconds[kind]) for kind in kinds)
         print(
-            f"{size:>6} {codeb:>8.1f} {floor:>8.1f} {strict:>9.1f} {codeb / floor:>6.2f}x {codeb / strict:>9.2f}x "
+            f"{size:>6} {codeb:>8.2f} {floor:>8.2f} {strict:>9.2f} {codeb / floor:>6.2f}x {codeb / strict:>9.2f}x "
             f"{max(rss):>13.0f}",
             flush=True,
         )

@@ -359,6 +359,8 @@ class ClaimStore:
 
     async def setup(self) -> None:
         await self._kube.ensure_namespace(self._namespace)
+        # Read every ledger now, not in the first Project's reconcile.
+        await asyncio.gather(*[pool.current() for pool in self._pools.values()])
 
     async def held(self, key: ProjectKey) -> list[Claim]:
         ledgers = await asyncio.gather(*[pool.current() for pool in self._pools.values()])
