@@ -13,6 +13,9 @@ into changes) and tested with plain data. Writing is a group commit per pool: th
 requests that arrive while a write is in flight go out together in the next one, so
 a burst of new Projects costs a handful of writes instead of one per value. The
 ledger is cached between writes; a read older than `CACHE_SECONDS` is refreshed.
+
+Size: an entry is about 60 bytes, a Project holds at most one per pool, and there are
+2,000 ports in all, so a ledger stays near 120 KB, well inside a ConfigMap's 1 MiB.
 """
 
 from __future__ import annotations
