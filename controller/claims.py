@@ -146,6 +146,8 @@ class NumberRequest:
         held = [n for n in mine if n in usable]
         if held:
             return self.keep if self.keep in held else held[0]
+        if self.keep in usable and ledger.holder(str(self.keep)) is None:
+            return self.keep  # in use but not recorded (a lost ledger): keep the app where it is
         free = next((n for n in self.candidates if ledger.holder(str(n)) is None), None)
         if free is None:
             raise AllocationConflict(f"no free {self.pool} left; free one or widen the range", reason="Exhausted")

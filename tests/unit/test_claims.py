@@ -46,6 +46,12 @@ def test_the_number_in_use_wins_over_crash_leftovers() -> None:
     assert number == 4502 and changes == {"4500": None}
 
 
+def test_the_number_in_use_is_taken_back_when_the_ledger_lost_it() -> None:
+    assert ports(A, keep=4502).decide(ledger(_4500=B)) == (4502, {"4502": A})
+    # ...unless someone else holds it by now.
+    assert ports(A, keep=4502).decide(ledger(_4502=B)) == (4500, {"4500": A})
+
+
 def test_a_number_outside_the_range_is_exchanged() -> None:
     # The environment changed: the old production port goes, a staging one comes.
     number, changes = ports(A).decide(ledger(_4000=A))
