@@ -51,12 +51,8 @@ class ReadyWatch:
         api = api_client_from_environment(pool_size=1, config_file=str(cluster.kubeconfig))
         self._custom = kubernetes.client.CustomObjectsApi(api)
         self._namespace = namespace
-        self._version = self._list()["metadata"]["resourceVersion"]
-
-    def _list(self, **kwargs: Any) -> dict[str, Any]:
-        return self._custom.list_namespaced_custom_object(  # type: ignore[no-any-return]
-            API_GROUP, API_VERSION, self._namespace, PLURAL, **kwargs
-        )
+        listed: dict[str, Any] = self._custom.list_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL)
+        self._version = listed["metadata"]["resourceVersion"]
 
     def wait(self, size: int, operator: subprocess.Popen[bytes]) -> None:
         ready: set[str] = set()

@@ -21,6 +21,7 @@ Size: an entry is about 60 bytes, a Project holds at most one per pool, and ther
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -30,13 +31,11 @@ from controller import naming
 from controller.errors import AllocationConflict, RetryableError
 from controller.kube import Conflict, KubeClient
 from controller.naming import ProjectKey
-from schemas.project import PORT_RANGES, Allocations, DeletionPolicy, ProjectSpec, RedisIsolation
+from schemas.project import PORT_RANGES, Allocations, DeletionPolicy, EnvironmentType, ProjectSpec, RedisIsolation
 
 LEDGER_LABEL = "codeb.dev/ledger"
 REDIS_DB_INDEXES = range(1, 16)  # 0 stays the shared default database
-NUMBER_POOLS = ("port", "redis-db")
-NAME_POOLS = ("database", "cache", "bucket")
-POOLS = NUMBER_POOLS + NAME_POOLS
+POOLS = ("port", "redis-db", "database", "cache", "bucket")
 # A cached ledger older than this is read again before it is trusted.
 CACHE_SECONDS = 30.0
 # Least time between two writes of one ledger. A request after a quiet spell is written
@@ -142,11 +141,10 @@ class NumberRequest:
         return chosen, changes
 
     def _free_or_held(self, ledger: Ledger, mine: list[int]) -> int:
-        usable = set(self.candidates)
-        held = [n for n in mine if n in usable]
+        held = [n for n in mine if n in self.candidates]
         if held:
             return self.keep if self.keep in held else held[0]
-        if self.keep in usable and ledger.holder(str(self.keep)) is None:
+        if self.keep in self.candidates and ledger.holder(str(self.keep)) is None:
             return self.keep  # in use but not recorded (a lost ledger): keep the app where it is
         free = next((n for n in self.candidates if ledger.holder(str(n)) is None), None)
         if free is None:
@@ -197,9 +195,14 @@ class ReleaseRequest:
 
 
 def port_candidates(spec: ProjectSpec, reserved: Iterable[int]) -> tuple[int, ...]:
-    low, high = PORT_RANGES[spec.environment.type]
-    skip = set(reserved)
-    return tuple(p for p in range(low, high + 1) if p not in skip)
+    return _port_range(spec.environment.type, frozenset(reserved))
+
+
+@functools.cache
+def _port_range(environment: EnvironmentType, reserved: frozenset[int]) -> tuple[int, ...]:
+    # Every reconcile asks, drift ticks included; the answer only depends on these two.
+    low, high = PORT_RANGES[environment]
+    return tuple(p for p in range(low, high + 1) if p not in reserved)
 
 
 def requests_for(

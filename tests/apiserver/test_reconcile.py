@@ -167,18 +167,23 @@ async def test_deletion_follows_policy_and_releases_claims(claims: ClaimStore, p
     assert await claims.held(project().key) == []
 
 
+def fail_teardown(drivers: dict[Component, Any], component: Component, error: Exception) -> None:
+    """Swap in a driver over the same world whose delete raises ``error``."""
+
+    class FailingDelete(LocalDriver):
+        async def delete(self, ctx: DriverContext, retain: bool) -> None:
+            raise error
+
+    failing = FailingDelete(component)
+    failing.world = drivers[component].world
+    drivers[component] = failing
+
+
 async def test_blocked_deletion_says_why_and_keeps_claims(claims: ClaimStore) -> None:
     drivers: dict[Component, Any] = local_drivers()
     reconciler = Reconciler(drivers, claims)
     created = await reconciler.reconcile(project())
-
-    class Stuck(LocalDriver):
-        async def delete(self, ctx: DriverContext, retain: bool) -> None:
-            raise RetryableError("Caddy admin API unreachable")
-
-    stuck = Stuck(Component.route)
-    stuck.world = drivers[Component.route].world
-    drivers[Component.route] = stuck
+    fail_teardown(drivers, Component.route, RetryableError("Caddy admin API unreachable"))
     blocked = await reconciler.finalize(project(status=created.status))
     assert blocked.retry_after is not None
     assert cond(blocked.status, "Synced") == ("False", "DeleteBlocked")
@@ -190,14 +195,8 @@ async def test_permanent_teardown_error_still_keeps_the_finalizer(claims: ClaimS
     drivers: dict[Component, Any] = local_drivers()
     reconciler = Reconciler(drivers, claims)
     created = await reconciler.reconcile(project(deletionPolicy="Delete"))
-
-    class Refuses(LocalDriver):
-        async def delete(self, ctx: DriverContext, retain: bool) -> None:
-            raise PermanentError("no place for the final dump; add spec.objectStorage to the Platform")
-
-    refuses = Refuses(Component.database)
-    refuses.world = drivers[Component.database].world
-    drivers[Component.database] = refuses
+    error = PermanentError("no place for the final dump; add spec.objectStorage to the Platform")
+    fail_teardown(drivers, Component.database, error)
     blocked = await reconciler.finalize(project(status=created.status, deletionPolicy="Delete"))
     assert blocked.retry_after is not None  # a retry is what keeps kopf's finalizer in place
     assert cond(blocked.status, "Synced") == ("False", "DeleteBlocked")
