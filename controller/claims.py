@@ -14,8 +14,12 @@ requests that arrive while a write is in flight go out together in the next one,
 a burst of new Projects costs a handful of writes instead of one per value. The
 ledger is cached between writes; a read older than `CACHE_SECONDS` is refreshed.
 
-Size: an entry is about 60 bytes, a Project holds at most one per pool, and there are
-2,000 ports in all, so a ledger stays near 120 KB, well inside a ConfigMap's 1 MiB.
+Domains are a pool too, cluster-wide: a domain routes to one Project, and a second
+Project naming it gets ``RouteReady=False DomainTaken`` while the first keeps serving.
+
+Size: an entry is about 60 bytes, a Project holds at most one per pool (a few domains),
+and there are 2,000 ports in all, so a ledger stays near 120 KB, well inside a
+ConfigMap's 1 MiB.
 """
 
 from __future__ import annotations
@@ -31,11 +35,10 @@ from controller import naming
 from controller.errors import AllocationConflict, RetryableError
 from controller.kube import Conflict, KubeClient
 from controller.naming import ProjectKey
-from schemas.project import PORT_RANGES, Allocations, DeletionPolicy, EnvironmentType, ProjectSpec, RedisIsolation
+from schemas.project import PORT_RANGES, Allocations, DeletionPolicy, EnvironmentType, ProjectSpec
 
 LEDGER_LABEL = "codeb.dev/ledger"
-REDIS_DB_INDEXES = range(1, 16)  # 0 stays the shared default database
-POOLS = ("port", "redis-db", "database", "cache", "bucket")
+POOLS = ("port", "database", "cache", "bucket", "domain")
 # A cached ledger older than this is read again before it is trusted.
 CACHE_SECONDS = 30.0
 # Least time between two writes of one ledger. A request after a quiet spell is written
@@ -186,6 +189,48 @@ class NameRequest:
 
 
 @dataclass(frozen=True)
+class NameSetRequest:
+    """All of these names for this holder, or none new; releases the ones no longer listed.
+
+    A refusal does not raise: the value is a message naming the holder, for the one
+    component that needs the names (a route serves all its domains or is not touched).
+    """
+
+    holder: Holder
+    pool: str
+    names: tuple[str, ...]
+
+    def decide(self, ledger: Ledger) -> tuple[str | None, Changes]:
+        taken = [(n, h) for n in self.names if (h := ledger.holder(n)) is not None and h.uid != self.holder.uid]
+        if taken:
+            return "; ".join(f"{decode_domain(n)} is already routed by {h.owner}" for n, h in taken), {}
+        mine = ledger.held_by(self.holder.uid)
+        changes: Changes = {n: self.holder for n in self.names if n not in mine}
+        changes.update({value: None for value in mine if value not in self.names})
+        return None, changes
+
+
+@dataclass(frozen=True)
+class KeepOnlyRequest:
+    """Release what this holder took beyond ``keep`` (undoing half of a failed allocation)."""
+
+    uid: str
+    keep: frozenset[str]
+
+    def decide(self, ledger: Ledger) -> tuple[None, Changes]:
+        return None, {value: None for value in ledger.held_by(self.uid) if value not in self.keep}
+
+
+def encode_domain(domain: str) -> str:
+    # ConfigMap keys allow [-._a-zA-Z0-9]; "_" never occurs in a domain, so "*" maps to it.
+    return domain.replace("*", "_")
+
+
+def decode_domain(key: str) -> str:
+    return key.replace("_", "*")
+
+
+@dataclass(frozen=True)
 class ReleaseRequest:
     uid: str
 
@@ -210,27 +255,22 @@ def requests_for(
 ) -> dict[str, Request]:
     """What this spec asks of each pool (pure)."""
     holder = Holder(key.uid, str(key))
-    features = spec.features
     low, high = PORT_RANGES[spec.environment.type]
     requests: dict[str, Request] = {
         "port": NumberRequest(
             holder, "port", port_candidates(spec, reserved_ports), spec.resources.port, current_port, f"{low}-{high}"
         )
     }
-    redis = features.redis
-    by_index = redis is not None and redis.enabled and redis.isolation is RedisIsolation.db_index
-    requests["redis-db"] = (
-        NumberRequest(holder, "redis-db", tuple(REDIS_DB_INDEXES)) if by_index else ReleaseRequest(key.uid)
-    )
-    allocations = allocations_for(spec, None, None)
+    allocations = allocations_for(spec, None)
     drop = spec.deletion_policy is DeletionPolicy.Delete
     requests["database"] = NameRequest(holder, "database", allocations.database, "spec.project.slug", drop)
     requests["cache"] = NameRequest(holder, "cache", allocations.redis_user, "spec.project.slug", drop)
     requests["bucket"] = NameRequest(holder, "bucket", allocations.bucket, "spec.features.storage.bucket", drop)
+    requests["domain"] = NameSetRequest(holder, "domain", tuple(encode_domain(d) for d in spec.environment.domains))
     return requests
 
 
-def allocations_for(spec: ProjectSpec, port: int | None, redis_db: int | None) -> Allocations:
+def allocations_for(spec: ProjectSpec, port: int | None) -> Allocations:
     """The full set of allocated names for a spec, given its claimed numbers (pure)."""
     features = spec.features
     database = features.database is not None and features.database.enabled
@@ -242,7 +282,6 @@ def allocations_for(spec: ProjectSpec, port: int | None, redis_db: int | None) -
         database_role=naming.database_role(spec) if database else None,
         redis_user=naming.redis_user(spec) if cache else None,
         redis_prefix=naming.redis_prefix(spec) if cache else None,
-        redis_db_index=redis_db,
         bucket=naming.bucket_name(spec) if storage else None,
         connection_secret=naming.connection_secret_name(spec),
     )
@@ -354,6 +393,13 @@ class _Pool:
         raise RetryableError(f"allocation ledger {self._name} kept changing; will retry", reason="LedgerContention")
 
 
+@dataclass(frozen=True)
+class Claimed:
+    allocations: Allocations
+    # Why the route may not have its domains (another Project holds one), if so.
+    domain_conflict: str | None = None
+
+
 def _as_number(value: object) -> int | None:
     return value if isinstance(value, int) else None
 
@@ -378,19 +424,30 @@ class ClaimStore:
             for value in sorted(ledger.held_by(key.uid))
         ]
 
-    async def ensure(self, key: ProjectKey, spec: ProjectSpec, current_port: int | None = None) -> Allocations:
-        """Claim everything the spec needs and release what it no longer does."""
+    async def ensure(self, key: ProjectKey, spec: ProjectSpec, current_port: int | None = None) -> Claimed:
+        """Claim everything the spec needs and release what it no longer does.
+
+        All or nothing: when one pool refuses, what the others newly took is given back,
+        so a Project whose allocation failed holds no more than before.
+        """
+        before = {claim.pool: claim.value for claim in await self.held(key)}
         requests = requests_for(key, spec, self._reserved, current_port)
         # Pools are independent: a new Project waits for one round of writes, not five.
         results = await asyncio.gather(
             *[self._pools[pool].run(request) for pool, request in requests.items()], return_exceptions=True
         )
-        for outcome in results:
-            if isinstance(outcome, BaseException):
-                raise outcome
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        if failure is not None:
+            undo = [
+                self._pools[pool].run(KeepOnlyRequest(key.uid, frozenset(v for p, v in before.items() if p == pool)))
+                for pool, result in zip(requests, results, strict=True)
+                if not isinstance(result, BaseException)
+            ]
+            await asyncio.gather(*undo, return_exceptions=True)
+            raise failure
         decided = dict(zip(requests, results, strict=True))
-        redis_db = decided["redis-db"] if isinstance(requests["redis-db"], NumberRequest) else None
-        return allocations_for(spec, _as_number(decided["port"]), _as_number(redis_db))
+        domain_conflict = decided["domain"] if isinstance(decided["domain"], str) else None
+        return Claimed(allocations_for(spec, _as_number(decided["port"])), domain_conflict)
 
     async def release_all(self, key: ProjectKey) -> int:
         released = await asyncio.gather(*[pool.run(ReleaseRequest(key.uid)) for pool in self._pools.values()])
@@ -398,8 +455,5 @@ class ClaimStore:
 
     def allocations_held(self, spec: ProjectSpec, held: list[Claim]) -> Allocations:
         """Allocations as currently claimed, without claiming anything (for teardown)."""
-
-        def lowest(pool: str) -> int | None:
-            return min((int(c.value) for c in held if c.pool == pool), default=None)
-
-        return allocations_for(spec, lowest("port"), lowest("redis-db"))
+        ports = [int(c.value) for c in held if c.pool == "port"]
+        return allocations_for(spec, min(ports, default=None))

@@ -13,7 +13,9 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 from pydantic import ValidationError
@@ -23,6 +25,10 @@ from controller.status import format_validation_error
 from schemas.crd import platform_crd, project_crd, render_yaml
 from schemas.docs import render_markdown
 from schemas.project import KIND, ProjectSpec
+
+if TYPE_CHECKING:
+    from controller.kube import KubeClient
+    from controller.reconcile import DriverSource
 
 CRD_PATH = REPO_ROOT / "manifests" / "crd" / "projects.codeb.dev.yaml"
 PLATFORM_CRD_PATH = REPO_ROOT / "manifests" / "crd" / "platforms.codeb.dev.yaml"
@@ -76,6 +82,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
+    from controller.drivers.registry import DriverRegistry
+    from controller.platforms import PlatformDrivers
+
+    return run_operator(lambda kube: DriverRegistry(platforms=PlatformDrivers(kube)))
+
+
+def run_operator(make_drivers: Callable[[KubeClient], DriverSource]) -> int:
+    """Run the operator against the current kubeconfig with the drivers ``make_drivers`` picks."""
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
@@ -83,12 +97,10 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
     from controller.claims import ClaimStore
     from controller.config import ConfigError, load_config
-    from controller.drivers.local import local_drivers
-    from controller.kube import KubeClient, api_client_from_environment
+    from controller.kube import api_client_from_environment
     from controller.logs import configure_logging
     from controller.metrics import Metrics
     from controller.operator import Runtime, build_registry
-    from controller.platforms import PlatformDrivers
     from controller.reconcile import Reconciler
 
     try:
@@ -103,8 +115,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
     )
     kube = KubeClient(api_client_from_environment(config.max_workers), ThreadPoolExecutor(config.max_workers))
     claims = ClaimStore(kube, config.claims_namespace, config.reserved_ports)
-    drivers = PlatformDrivers(kube, local_drivers())
-    runtime = Runtime(config, Reconciler(drivers, claims), Metrics(), kube)
+    runtime = Runtime(config, Reconciler(make_drivers(kube), claims), Metrics(), kube)
     asyncio.run(
         kopf.operator(
             registry=build_registry(runtime),

@@ -72,11 +72,16 @@ class Action:
 
 @dataclass(frozen=True)
 class Observation:
-    """What a driver saw: the component's state (None: absent), its health, or why it could not look."""
+    """What a driver saw: the component's state (None: absent), its health, or why it could not look.
+
+    ``unsupported`` says that no real driver exists for this component on this
+    provider / runtime: nothing was observed, so it can never count as ready.
+    """
 
     state: State | None = None
     healthy: bool = True
     error: str | None = None
+    unsupported: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,17 @@ class Plan:
     actions: list[Action] = field(default_factory=list)
     # Components that cannot be planned now, with the reason (e.g. a dependency is unobservable).
     blocked: dict[Component, str] = field(default_factory=dict)
+    # Components with no real driver (NotImplemented), with what is missing.
+    unsupported: dict[Component, str] = field(default_factory=dict)
+    # Blocked only behind unsupported components: nothing will change by waiting, so no retry.
+    parked: frozenset[Component] = frozenset()
+    # Components the reconciler holds back, with (reason, message): e.g. a domain another Project routes.
+    refused: dict[Component, tuple[str, str]] = field(default_factory=dict)
+
+    @property
+    def progressing(self) -> bool:
+        """Something is blocked that may clear by itself (worth looking again soon)."""
+        return any(c not in self.parked for c in self.blocked)
 
 
 def desired_state(spec: ProjectSpec, allocations: Allocations) -> dict[Component, State]:
@@ -106,8 +122,6 @@ def desired_state(spec: ProjectSpec, allocations: Allocations) -> dict[Component
         states[Component.cache] = {
             "user": allocations.redis_user,
             "prefix": allocations.redis_prefix,
-            "isolation": features.redis.isolation.value,
-            "dbIndex": allocations.redis_db_index,
             "aclMatches": True,
             "loginWorks": True,
         }
@@ -142,6 +156,9 @@ def _backs_up(target: BackupTarget, states: Mapping[Component, State]) -> bool:
 
 def _infrastructure(spec: ProjectSpec) -> State:
     servers = spec.servers
+    if servers.provider is Provider.local:
+        # The operator's own machine: nothing to size, firewall or balance.
+        return {"provider": Provider.local.value}
     return {
         "provider": servers.provider.value,
         "region": servers.region,
@@ -188,20 +205,33 @@ def plan(
     desired: Mapping[Component, State],
     observed: Mapping[Component, Observation],
     retain_data: bool = True,
+    refused: Mapping[Component, tuple[str, str]] | None = None,
 ) -> Plan:
-    """Ordered actions converging ``observed`` to ``desired``."""
+    """Ordered actions converging ``observed`` to ``desired``.
+
+    A ``refused`` component is left exactly as it is (not created, changed or removed).
+    """
+    refused = dict(refused or {})
     actions: list[Action] = []
     blocked: dict[Component, str] = {}
+    unsupported: dict[Component, str] = {}
+    parked: set[Component] = set()
     for component in ORDER:
-        if component not in desired:
+        if component not in desired or component in refused:
             continue
         seen = observed.get(component, Observation())
-        stuck = [d for d in DEPENDS_ON[component] if d in blocked]
+        if seen.unsupported is not None:
+            unsupported[component] = seen.unsupported
+            continue
+        stuck = [d for d in DEPENDS_ON[component] if d in blocked or d in unsupported or d in refused]
         if seen.error is not None:
             blocked[component] = seen.error
             continue
         if stuck:
             blocked[component] = f"waiting for {', '.join(stuck)}"
+            if all(d in unsupported or d in parked or d in refused for d in stuck):
+                parked.add(component)
+                blocked[component] += " (no driver yet)"
             continue
         action = _converge(component, desired[component], seen)
         if action is not None:
@@ -210,10 +240,10 @@ def plan(
     # to stop using them, and dependents before what they depend on.
     for component in reversed(ORDER):
         leftover = observed.get(component)
-        if component not in desired and leftover is not None and leftover.state is not None:
+        if component not in desired and component not in refused and leftover is not None and leftover.state:
             verb = Verb.release if retain_data and component in DATA_COMPONENTS else Verb.delete
             actions.append(Action(component, verb, "no longer requested"))
-    return Plan(actions, blocked)
+    return Plan(actions, blocked, unsupported, frozenset(parked), refused)
 
 
 def _converge(component: Component, want: State, seen: Observation) -> Action | None:

@@ -1,10 +1,10 @@
-"""Which drivers serve a Project: the local ones, or those of the Platform it names.
+"""The shared services of a Platform: real drivers for PostgreSQL, Redis, MinIO and Caddy.
 
-A Project without ``spec.servers.platform`` runs on the built-in local drivers.
-One that names a Platform gets real drivers for each service the Platform
-declares (PostgreSQL, Redis, MinIO, Caddy), built with admin credentials read from
-the referenced Secrets and cached until the Platform object changes. A requested
-service the Platform does not declare is a permanent error naming both fields.
+A Project that names a Platform (``spec.servers.platform``) gets a driver for each
+service the Platform declares, built with admin credentials read from the referenced
+Secrets and cached until the Platform object changes. A requested service the
+Platform does not declare is a permanent error naming both fields. Which components
+come from here at all is the registry's business (`controller.drivers.registry`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from controller.kube import KubeClient, KubeSecrets
 from controller.planner import Component, Observation, State
 from controller.status import format_validation_error
 from schemas.platform import PlatformSpec, SecretKeyReference
-from schemas.project import ProjectSpec
 
 _FIELDS = {
     Component.database: ("postgres", "spec.features.database"),
@@ -59,16 +58,12 @@ class MissingService:
 
 
 class PlatformDrivers:
-    def __init__(self, kube: KubeClient, local: Drivers) -> None:
+    def __init__(self, kube: KubeClient) -> None:
         self._kube = kube
-        self._local = local
         self._secrets = KubeSecrets(kube)
         self._cache: dict[str, tuple[str, Drivers]] = {}
 
-    async def __call__(self, spec: ProjectSpec) -> Drivers:
-        name = spec.servers.platform
-        if name is None:
-            return self._local
+    async def __call__(self, name: str) -> Drivers:
         body = await self._kube.read_platform(name)
         if body is None:
             raise RetryableError(
@@ -100,9 +95,7 @@ class PlatformDrivers:
         return [data[k] for k in keys]
 
     async def _build(self, name: str, platform: PlatformSpec) -> Drivers:
-        drivers: dict[Component, Driver] = dict(self._local)
-        for component in _FIELDS:
-            drivers[component] = MissingService(component, name)
+        drivers: dict[Component, Driver] = {component: MissingService(component, name) for component in _FIELDS}
         storage: MinioDriver | None = None
         if platform.object_storage is not None:
             s3 = platform.object_storage

@@ -99,9 +99,11 @@ class Reconciler:
     async def reconcile(self, project: ProjectInput, trigger: str = "event") -> Outcome:
         spec = project.spec
         try:
-            allocations = await self.claims.ensure(project.key, spec, project.status.allocations.port)
+            claimed = await self.claims.ensure(project.key, spec, project.status.allocations.port)
         except CodebError as exc:
             return self._failed_before_acting(project, exc)
+        allocations = claimed.allocations
+        refused = {Component.route: ("DomainTaken", claimed.domain_conflict)} if claimed.domain_conflict else {}
         ctx = DriverContext(project.key, naming.instance_name(spec), allocations)
         desired = desired_state(spec, allocations)
         try:
@@ -109,7 +111,7 @@ class Reconciler:
         except CodebError as exc:
             return self._failed_before_acting(project, exc)
         work = _Pass(observed=await self._observe(drivers, ctx))
-        steps = plan(desired, work.observed, retain_data=spec.deletion_policy is DeletionPolicy.Retain)
+        steps = plan(desired, work.observed, spec.deletion_policy is DeletionPolicy.Retain, refused)
         acting = not project.paused and spec.management_policy is ManagementPolicy.Manage
         if acting:
             await self._execute(drivers, ctx, steps, work, trigger)
@@ -233,7 +235,8 @@ def _describe(action: Action, exc: CodebError) -> str:
 
 def _retry_after(work: _Pass, steps: Plan) -> float | None:
     delays = [e.delay for e in work.failed.values() if isinstance(e, RetryableError)]
-    if work.waiting or steps.blocked:
+    # Waiting behind a component with no driver changes nothing: the drift timer is enough.
+    if work.waiting or steps.progressing:
         delays.append(PROGRESS_RECHECK_SECONDS)
     return min(delays) if delays else None
 
@@ -258,7 +261,6 @@ def summarize(
         ok, reason, message = _component_condition(component, want, seen, work, steps)
         component_ok[component] = ok
         conditions = set_condition(conditions, component.condition, ok, reason, message, gen)
-    ready = all(component_ok.values())
     errors = [f"{c.value}: {e.message}" for c, e in work.failed.items()]
     status.last_error = "; ".join(errors) or None
     if not acting:
@@ -268,19 +270,32 @@ def summarize(
         conditions = set_condition(conditions, "Synced", not steps.actions, reason, message, gen)
     elif errors:
         conditions = set_condition(conditions, "Synced", False, "ReconcileError", status.last_error or "", gen)
-    elif work.waiting or steps.blocked:
+    elif work.waiting or steps.progressing:
         waiting = "; ".join(f"{c.value}: {m}" for c, m in {**steps.blocked, **work.waiting}.items())
         conditions = set_condition(conditions, "Synced", False, "Progressing", waiting, gen)
+    elif steps.unsupported:
+        conditions = set_condition(conditions, "Synced", False, "NotImplemented", _unsupported(steps), gen)
     else:
         conditions = set_condition(conditions, "Synced", True, "Converged", "all components match the spec", gen)
-    not_ready = [c.value for c, ok in component_ok.items() if not ok]
-    ready_message = "all components ready" if ready else "not ready: " + ", ".join(not_ready)
-    conditions = set_condition(conditions, "Ready", ready, "AllComponentsReady" if ready else "ComponentsNotReady",
-                               ready_message, gen)  # fmt: skip
+    conditions = set_condition(conditions, "Ready", *_readiness(component_ok, steps), gen)
     status.conditions = conditions
-    status.endpoints = Endpoints(url=naming.primary_url(project.spec), internal=_internal(desired))
+    status.endpoints = _endpoints(project.spec, work.observed, component_ok)
     status.phase = _phase(project, component_ok, work)
     return status
+
+
+def _unsupported(steps: Plan) -> str:
+    return "; ".join(f"{c.value}: {m}" for c, m in steps.unsupported.items())
+
+
+def _readiness(component_ok: Mapping[Component, bool], steps: Plan) -> tuple[bool, str, str]:
+    not_ready = [c for c, ok in component_ok.items() if not ok]
+    if not not_ready:
+        return True, "AllComponentsReady", "all components ready"
+    message = "not ready: " + ", ".join(c.value for c in not_ready)
+    if all(c in steps.unsupported or c in steps.parked for c in not_ready):
+        return False, "NotImplemented", f"{message}; no driver yet for {_unsupported(steps)}"
+    return False, "ComponentsNotReady", message
 
 
 def _is_wanted(condition_type: str, desired: Mapping[Component, State]) -> bool:
@@ -290,6 +305,10 @@ def _is_wanted(condition_type: str, desired: Mapping[Component, State]) -> bool:
 def _component_condition(
     component: Component, want: State, seen: Observation, work: _Pass, steps: Plan
 ) -> tuple[bool, str, str]:
+    if component in steps.refused:
+        return (False, *steps.refused[component])
+    if seen.unsupported is not None:
+        return False, "NotImplemented", seen.unsupported
     if component in work.failed:
         exc = work.failed[component]
         return False, exc.reason, exc.message
@@ -306,9 +325,14 @@ def _component_condition(
     return True, "Ready", f"{component.value} matches the spec"
 
 
-def _internal(desired: Mapping[Component, State]) -> list[str]:
-    route = desired.get(Component.route)
-    return list(route["upstreams"]) if route else []
+def _endpoints(
+    spec: ProjectSpec, observed: Mapping[Component, Observation], component_ok: Mapping[Component, bool]
+) -> Endpoints:
+    """Only what was observed serving: a URL whose route is not ready would be a promise, not a fact."""
+    if not component_ok.get(Component.route):
+        return Endpoints()
+    route = observed[Component.route].state or {}
+    return Endpoints(url=naming.primary_url(spec), internal=list(route.get("upstreams", [])))
 
 
 def _phase(project: ProjectInput, component_ok: Mapping[Component, bool], work: _Pass) -> Phase:

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from schemas.base import RuleViolation
+from schemas.base import PATTERN_HINTS, RuleViolation
 from schemas.project import Condition, ConditionStatus, ProjectStatus
 
 
@@ -81,6 +81,9 @@ def format_validation_error(exc: ValidationError, prefix: str = "spec") -> str:
     for err in exc.errors():
         path = prefix + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
         message = err["msg"].removeprefix("Value error, ")
+        pattern = (err.get("ctx") or {}).get("pattern")
+        if err["type"] == "string_pattern_mismatch" and pattern in PATTERN_HINTS:
+            message = PATTERN_HINTS[pattern]
         cause = (err.get("ctx") or {}).get("error")
         if isinstance(cause, RuleViolation):
             path, message = path + cause.field_path, cause.message

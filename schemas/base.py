@@ -29,6 +29,29 @@ CPU_QUANTITY = r"^([0-9]+m|[0-9]+(\.[0-9]{1,3})?)$"
 MEMORY_QUANTITY = r"^[0-9]+(Ki|Mi|Gi|Ti|K|M|G|T)?$"
 HTTP_PATH = r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$"
 CONTAINER_IMAGE = r"^[a-z0-9]+([._/:@-][A-Za-z0-9_.-]+)*$"
+# Docker's own limit on a whole reference.
+CONTAINER_IMAGE_MAX_LENGTH = 255
+# A host name (RFC 1123 labels) or an IPv4 / IPv6 address: what a route's upstream,
+# an SSH target or a Terraform input can take without quoting.
+HOST = (
+    r"^(([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*"
+    r"|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*)$"
+)
+# A revision or version: an image tag, a commit, a release name (Docker's tag shape).
+REVISION = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"
+# Text that ends up in a file on a host (environment files, units): no control
+# characters, so no value can start a new line or smuggle a terminal escape.
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+
+# What a pattern means, for error messages people read instead of the expression.
+PATTERN_HINTS = {
+    PRINTABLE: "must not contain control characters (newline, tab, escape)",
+    HOST: "must be a host name (letters, digits, '-', dot-separated) or an IP address",
+    REVISION: "must be letters, digits, '.', '_' or '-' (at most 128), starting with a letter, digit or '_'",
+    CONTAINER_IMAGE: "must be an image reference such as registry.example.com/team/app:1.2.3",
+    DNS_LABEL: "must be a DNS label: lowercase letters, digits and '-', starting and ending alphanumeric",
+    DOMAIN: "must be a lowercase domain name with at least two labels, e.g. shop.example.com",
+}
 
 
 def _cron_field(number: str) -> str:

@@ -8,13 +8,16 @@ name it in ``spec.servers.platform``.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field
 
-from schemas.base import DNS_LABEL, CodebModel
+from schemas.base import DNS_LABEL, HOST, CodebModel
 
 PLATFORM_KIND = "Platform"
 PLATFORM_PLURAL = "platforms"
-HOST = r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$"
+# A Caddy listener: [host]:port.
+LISTEN_ADDRESS = r"^[A-Za-z0-9.:\[\]-]*:[0-9]{1,5}$"
 
 
 class SecretKeyReference(CodebModel):
@@ -52,7 +55,7 @@ class CaddyEndpoint(CodebModel):
     admin_url: str = Field(
         description="Caddy admin API URL, e.g. http://10.0.0.2:2019.", pattern=r"^https?://[^\s/]+/?$", max_length=260
     )
-    listen: list[str] = Field(
+    listen: list[Annotated[str, Field(pattern=LISTEN_ADDRESS, max_length=260)]] = Field(
         default_factory=lambda: [":443"], description="Addresses the Projects' HTTPS server listens on.", max_length=8
     )
 

@@ -17,13 +17,17 @@ from pydantic import Field
 
 from schemas.base import (
     CONTAINER_IMAGE,
+    CONTAINER_IMAGE_MAX_LENGTH,
     CPU_QUANTITY,
     CRON,
     DNS_LABEL,
     DOMAIN,
     ENV_VAR_NAME,
+    HOST,
     HTTP_PATH,
     MEMORY_QUANTITY,
+    PRINTABLE,
+    REVISION,
     CodebModel,
     Rule,
     matches,
@@ -39,9 +43,13 @@ KOPF_STATUS_FIELD = "kopf"
 # Long enough for real names, short enough that "<slug>_<env>_pr<N>_user" stays
 # within PostgreSQL's 63-byte identifier limit and bucket names within 63 chars.
 SLUG_MAX_LENGTH = 30
+# Seven digits keep "<slug>-pr<N>" a DNS label and "<slug>_pr<N>_user" a PostgreSQL identifier.
+PULL_REQUEST_MAX = 9_999_999
 
 DomainName = Annotated[str, Field(pattern=DOMAIN, max_length=253)]
 EnvVarName = Annotated[str, Field(pattern=ENV_VAR_NAME, max_length=128)]
+# A value rendered into a file on a host (environment files, units).
+FileText = Annotated[str, Field(pattern=PRINTABLE, max_length=4096)]
 PortNumber = Annotated[int, Field(ge=1, le=65535)]
 
 
@@ -82,8 +90,8 @@ class ManagementPolicy(StrEnum):
 
 
 class RedisIsolation(StrEnum):
+    # No "dbIndex": Redis ACLs cannot keep a user inside one numbered database.
     acl = "acl"
-    db_index = "dbIndex"
 
 
 class BackupTarget(StrEnum):
@@ -116,7 +124,7 @@ PORT_RANGES: dict[EnvironmentType, tuple[int, int]] = {
 class GitSource(CodebModel):
     url: str = Field(
         description="Git repository to build from, https:// or ssh (git@host:org/repo.git).",
-        pattern=r"^(https://|ssh://|git@)[^\s]+$",
+        pattern=r"^(https://|ssh://|git@)[^\s\x00-\x1f\x7f]+$",
         max_length=512,
     )
     ref: str = Field(
@@ -141,7 +149,7 @@ class Source(CodebModel):
         None,
         description="Container image to run, e.g. ghcr.io/acme/shop:1.4.2. Exclusive with git.",
         pattern=CONTAINER_IMAGE,
-        max_length=512,
+        max_length=CONTAINER_IMAGE_MAX_LENGTH,
     )
     git: GitSource | None = Field(None, description="Git source to build. Exclusive with image.")
 
@@ -157,7 +165,7 @@ class ProjectInfo(CodebModel):
         min_length=2,
         max_length=SLUG_MAX_LENGTH,
     )
-    display_name: str | None = Field(None, description="Human-readable name.", max_length=128)
+    display_name: str | None = Field(None, description="Human-readable name.", pattern=PRINTABLE, max_length=128)
     team: str | None = Field(
         None, description="Owning team (DNS label), for grouping and alerts.", pattern=DNS_LABEL, max_length=63
     )
@@ -165,7 +173,11 @@ class ProjectInfo(CodebModel):
     source: Source = Field(description="Where the application comes from: a container image or a git repository.")
     revision: str | None = Field(
         None,
-        description="Revision to deploy (image tag, commit or release name); changing it starts a new deploy.",
+        description=(
+            "Revision to deploy (image tag, commit or release name: letters, digits, '.', '_', '-'); "
+            "changing it starts a new deploy."
+        ),
+        pattern=REVISION,
         max_length=128,
     )
 
@@ -210,10 +222,15 @@ class Environment(CodebModel):
         description="Public hostnames routed to the application (HTTPS certificates are issued automatically).",
         max_length=20,
     )
-    pull_request: int | None = Field(None, description="Pull request number; required for preview.", ge=1)
-    variables: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
+    pull_request: int | None = Field(
+        None, description="Pull request number; required for preview.", ge=1, le=PULL_REQUEST_MAX
+    )
+    variables: dict[str, FileText] = Field(
         default_factory=dict,
-        description="Plain environment variables for the application. Put credentials in secretRefs instead.",
+        description=(
+            "Plain environment variables for the application (no control characters: they are written to an "
+            "environment file). Put credentials in secretRefs instead."
+        ),
         max_length=200,
     )
     secret_refs: list[SecretReference] = Field(
@@ -339,8 +356,10 @@ class Servers(CodebModel):
         pattern=DNS_LABEL,
         max_length=63,
     )
-    hosts: list[Annotated[str, Field(max_length=253)]] = Field(
-        default_factory=list, description="Hostnames or addresses, for provider existing.", max_length=100
+    hosts: list[Annotated[str, Field(pattern=HOST, min_length=1, max_length=253)]] = Field(
+        default_factory=list,
+        description="Host names or IP addresses, for provider existing.",
+        max_length=100,
     )
     load_balancer: LoadBalancer = Field(default_factory=LoadBalancer, description="Provider load balancer.")
     firewall: Firewall = Field(default_factory=Firewall, description="Host firewall.")
@@ -390,8 +409,9 @@ class Redis(CodebModel):
     isolation: RedisIsolation = Field(
         RedisIsolation.acl,
         description=(
-            "acl: an ACL user limited to the key prefix '<project>:' (no project cap); "
-            "dbIndex: a numbered database (legacy)."
+            "acl (the only mode): an ACL user limited to the key prefix '<project>:' and channel prefix, with no "
+            "command that lists keys or channels or reaches another database. Numbered databases (dbIndex) are "
+            "not offered: Redis ACLs cannot confine a user to one."
         ),
     )
 
@@ -410,16 +430,24 @@ class ObjectStorage(CodebModel):
 
 class App(CodebModel):
     name: str = Field(description="App to install, e.g. forum, shop, crowdfunding.", pattern=DNS_LABEL, max_length=63)
-    version: str | None = Field(None, description="App version; latest when omitted.", max_length=64)
-    settings: dict[str, Annotated[str, Field(max_length=1024)]] = Field(
+    version: str | None = Field(
+        None, description="App version (letters, digits, '.', '_', '-'); latest when omitted.", pattern=REVISION,
+        max_length=64,
+    )  # fmt: skip
+    settings: dict[str, Annotated[str, Field(pattern=PRINTABLE, max_length=1024)]] = Field(
         default_factory=dict, description="App-specific settings.", max_length=50
     )
 
 
 class Hook(CodebModel):
     name: str = Field(description="Hook name, unique in the project.", pattern=DNS_LABEL, max_length=63)
-    command: list[Annotated[str, Field(max_length=1024)]] = Field(
-        description="Command run in the new release's container, e.g. [npm, run, migrate].", min_length=1, max_length=32
+    command: list[Annotated[str, Field(pattern=PRINTABLE, min_length=1, max_length=1024)]] = Field(
+        description=(
+            "Command run in the new release's container, e.g. [npm, run, migrate]: a program and its arguments, "
+            "none empty, no control characters."
+        ),
+        min_length=1,
+        max_length=32,
     )
     timeout_seconds: int = Field(300, description="Seconds before the hook fails the deploy.", ge=1, le=3600)
 
@@ -564,7 +592,6 @@ class Allocations(CodebModel):
     database_role: str | None = Field(None, description="PostgreSQL role owning the database.")
     redis_prefix: str | None = Field(None, description="Key prefix the project's Redis user may touch.")
     redis_user: str | None = Field(None, description="Redis ACL user.")
-    redis_db_index: int | None = Field(None, description="Redis database number, in dbIndex isolation.")
     bucket: str | None = Field(None, description="S3 bucket name.")
     connection_secret: str | None = Field(None, description="Secret holding the project's connection settings.")
 

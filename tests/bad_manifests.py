@@ -123,4 +123,40 @@ CORPUS = [
         "spec.backup.walArchiving",
     ),
     BadManifest("wrong-deletion-policy", _set("deletionPolicy", "Orphan"), "spec.deletionPolicy"),
+    # Values that would reach a route, a file, a command line or a unit on a host.
+    *[
+        BadManifest(
+            f"host-{label}",
+            _set("servers", {"provider": "existing", "runtime": "quadlet", "hosts": [host]}),
+            "spec.servers.hosts[0]",
+        )
+        for label, host in (("empty", ""), ("newline", "a\nb"), ("sql", "'; DROP TABLE x; --"), ("port", "a:b:c d"))
+    ],
+    BadManifest("revision-newline", _set("project.revision", "v1\nExecStart=/bin/sh"), "spec.project.revision"),
+    BadManifest("revision-space", _set("project.revision", "v1 beta"), "spec.project.revision"),
+    BadManifest("variable-value-newline", _set("environment.variables", {"A": "x\nB=y"}), "spec.environment.variables"),
+    BadManifest(
+        "app-version-newline",
+        _set("features.apps", [{"name": "forum", "version": "1\n2"}]),
+        "spec.features.apps[0].version",
+    ),
+    BadManifest(
+        "hook-empty-command",
+        _set("features.postDeployHooks", [{"name": "migrate", "command": [""]}]),
+        "spec.features.postDeployHooks[0].command[0]",
+    ),
+    BadManifest(
+        "hook-no-command",
+        _set("features.postDeployHooks", [{"name": "migrate", "command": []}]),
+        "spec.features.postDeployHooks[0].command",
+    ),
+    BadManifest(
+        "image-too-long", _set("project.source.image", "ghcr.io/acme/" + "a" * 290), "spec.project.source.image"
+    ),
+    BadManifest(
+        "pull-request-huge",
+        _all(_set("environment.type", "preview"), _set("environment.pullRequest", 1_000_000_000_000)),
+        "spec.environment.pullRequest",
+    ),
+    BadManifest("redis-db-index", _set("features.redis", {"isolation": "dbIndex"}), "spec.features.redis.isolation"),
 ]

@@ -16,4 +16,4 @@ def context(slug: str, port: int = 4600, **sections: object) -> tuple[DriverCont
     """A driver context as the reconciler builds it, without claiming anything."""
     spec = ProjectSpec.model_validate(project_spec(slug=slug, **sections))
     key = ProjectKey("team", slug, str(uuid.uuid4()))
-    return DriverContext(key, naming.instance_name(spec), allocations_for(spec, port, None)), spec
+    return DriverContext(key, naming.instance_name(spec), allocations_for(spec, port)), spec

@@ -1,7 +1,10 @@
 """Caddy: one HTTPS route per Project through the admin API.
 
-Each route carries ``@id: codeb-<namespace>-<name>``, so the driver reads and
-replaces exactly its own routes and never touches others. The route is rendered
+Each route carries ``@id: codeb.<namespace>.<name>``, so the driver reads and
+replaces exactly its own routes and never touches others. A namespace has no dot,
+so no two Projects share an id (``a-b/c`` and ``a/b-c`` did with a dash). Which
+Project may route a domain is decided cluster-wide by the domain ledger
+(`controller.claims`), before this driver is asked. The route is rendered
 by a pure function (`render_route`) and compared whole with what Caddy holds: a
 route edited or deleted by hand, or lost in a Caddy restart, is drift and is
 rewritten. Every change is one admin-API request, which Caddy applies atomically.
@@ -27,7 +30,7 @@ SECURITY_HEADERS = {
 
 
 def route_id(ctx: DriverContext) -> str:
-    return f"codeb-{ctx.key.namespace}-{ctx.key.name}"
+    return f"codeb.{ctx.key.namespace}.{ctx.key.name}"
 
 
 def render_route(ctx: DriverContext, desired: State) -> dict[str, Any]:

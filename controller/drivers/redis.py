@@ -1,8 +1,16 @@
 """Redis: an ACL user per Project, confined to its key prefix and a safe command set.
 
 ACL isolation has no cap on the number of Projects (the seeds' DB-index scheme
-stops at 14). The legacy ``dbIndex`` mode is kept for existing setups: the user
-may then touch every key, but only in its own numbered database.
+stops at 14). There is no numbered-database mode: Redis ACLs cannot confine a user
+to one database (SELECT is all or nothing), so such a user could read every other
+tenant's database.
+
+What a tenant cannot do, proven by attack in `tests/drivers/test_redis.py`: read,
+write or delete keys outside its prefix; list key names at all (SCAN, KEYS,
+RANDOMKEY, DBSIZE; so it cannot SCAN its own keys either); switch or copy into other
+databases (SELECT, MOVE, COPY, SWAPDB); subscribe or publish outside its channel
+prefix, or list channels (PUBSUB); act on the whole server (FLUSHALL, FLUSHDB,
+FUNCTION, CONFIG, CLIENT LIST/KILL, broadcast key tracking, scripts).
 
 Drift is judged against what Redis itself reports for the rule set, learned once
 from a probe user, so the comparison does not depend on how a Redis version
@@ -18,48 +26,56 @@ import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from controller.drivers import DriverContext
-from controller.errors import RetryableError
+from controller.errors import PermanentError, RetryableError
 from controller.planner import Component, Observation, State
 from controller.secrets import SecretStore, ensure_password
 
 PASSWORD_KEY = "REDIS_PASSWORD"
-# Data commands only: no FLUSHALL, KEYS, CONFIG, DEBUG, ACL, MODULE, SHUTDOWN, ...
+# Data commands on the tenant's own keys only. The categories grant the bulk; the
+# second line takes back what they include that reaches past the prefix or the database.
 SAFE_COMMANDS = ["-@all", "+@read", "+@write", "+@keyspace", "+@transaction", "+@connection", "+@pubsub",
-                 "-@dangerous"]  # fmt: skip
+                 "-@dangerous",
+                 "-scan", "-keys", "-randomkey", "-dbsize", "-select", "-move", "-copy", "-swapdb", "-function",
+                 "-pubsub", "-client|tracking"]  # fmt: skip
 PROBE_USER = "codeb-acl-probe"
+TIMEOUT_SECONDS = 5.0
+POOL_SIZE = 8
 
 
-def acl_rules(desired: State) -> list[str]:
-    if desired["isolation"] == "dbIndex":
-        return ["resetkeys", "~*", "resetchannels", "&*", *SAFE_COMMANDS, "+select"]
-    prefix = str(desired["prefix"])
+def acl_rules(prefix: str) -> list[str]:
     return ["resetkeys", f"~{prefix}*", "resetchannels", f"&{prefix}*", *SAFE_COMMANDS]
 
 
 class RedisDriver:
     component = Component.cache
 
-    def __init__(self, host: str, port: int, admin_password: str | None, secrets: SecretStore) -> None:
-        self._host, self._port, self._password = host, port, admin_password
+    def __init__(self, host: str, port: int, admin_password: str | None, secrets: SecretStore,
+                 timeout: float = TIMEOUT_SECONDS, pool_size: int = POOL_SIZE) -> None:  # fmt: skip
+        self._host, self._port, self._timeout = host, port, timeout
         self._secrets = secrets
         self._canonical: dict[str, Any] = {}
+        # One pool for every Project's admin calls, bounded: N Projects do not mean N connections.
+        pool = aioredis.BlockingConnectionPool(
+            host=host, port=port, password=admin_password, socket_timeout=timeout, socket_connect_timeout=timeout,
+            max_connections=pool_size, timeout=timeout, decode_responses=True,
+        )  # fmt: skip
+        self._admin = aioredis.Redis(connection_pool=pool)
 
-    def _admin(self) -> aioredis.Redis:
-        return aioredis.Redis(host=self._host, port=self._port, password=self._password, socket_timeout=5,
-                              decode_responses=True)  # fmt: skip
+    def _unreachable(self) -> RetryableError:
+        return RetryableError(f"Redis at {self._host}:{self._port} is unreachable", reason="CacheUnavailable")
 
     async def _call(self, *args: Any) -> Any:
-        client = self._admin()
+        """The one translation for this transport: no Redis text reaches our errors.
+
+        Redis echoes ACL SETUSER modifiers, passwords included, in its error replies.
+        """
         try:
-            return await client.execute_command(*args)  # type: ignore[no-untyped-call]
-        except (ConnectionError, OSError, RedisError) as exc:
-            if isinstance(exc, ResponseError):
-                raise
-            raise RetryableError(
-                f"Redis at {self._host}:{self._port} is unreachable", reason="CacheUnavailable"
-            ) from None
-        finally:
-            await client.aclose()
+            return await self._admin.execute_command(*args)  # type: ignore[no-untyped-call]
+        except ResponseError:
+            raise PermanentError(f"Redis refused {args[0]} {args[1] if len(args) > 1 else ''}".strip(),
+                                 reason="CacheRefused") from None  # fmt: skip
+        except (RedisError, OSError):
+            raise self._unreachable() from None
 
     async def _canonical_commands(self, rules: list[str]) -> Any:
         """How this Redis reports a rule set, learned once from a disabled probe user."""
@@ -75,23 +91,19 @@ class RedisDriver:
         return self._canonical[key]
 
     async def observe(self, ctx: DriverContext) -> Observation:
-        user = ctx.allocations.redis_user
-        if user is None:
+        user, prefix = ctx.allocations.redis_user, ctx.allocations.redis_prefix
+        if user is None or prefix is None:
             return Observation()
         found = await self._call("ACL", "GETUSER", user)
         if found is None:
             return Observation()
         seen = _rules_of(found)
-        desired_like = {"isolation": "dbIndex" if ctx.allocations.redis_db_index is not None else "acl",
-                        "prefix": ctx.allocations.redis_prefix}  # fmt: skip
-        expected = await self._canonical_commands(acl_rules(desired_like))
+        expected = await self._canonical_commands(acl_rules(prefix))
         return Observation(
             state={
                 "user": user,
-                "prefix": ctx.allocations.redis_prefix,
-                "isolation": desired_like["isolation"],
-                "dbIndex": ctx.allocations.redis_db_index,
-                "aclMatches": seen == expected,
+                "prefix": prefix,
+                "aclMatches": seen == expected and "on" in _flags(found),
                 "loginWorks": await self._login_works(ctx, user),
             }
         )
@@ -101,38 +113,42 @@ class RedisDriver:
         if not secret.get(PASSWORD_KEY):
             return False
         client = aioredis.Redis(host=self._host, port=self._port, username=user, password=secret[PASSWORD_KEY],
-                                socket_timeout=5)  # fmt: skip
+                                socket_timeout=self._timeout, socket_connect_timeout=self._timeout)  # fmt: skip
         try:
             return bool(await client.ping())
         except (AuthenticationError, ResponseError):
             return False
-        except (ConnectionError, OSError, RedisError):
-            raise RetryableError(
-                f"Redis at {self._host}:{self._port} is unreachable", reason="CacheUnavailable"
-            ) from None
+        except (RedisError, OSError):
+            raise self._unreachable() from None
         finally:
             await client.aclose()
 
     async def apply(self, ctx: DriverContext, desired: State) -> None:
-        user = str(desired["user"])
+        user, prefix = str(desired["user"]), str(desired["prefix"])
         secret_name = ctx.allocations.connection_secret or ""
         # The Secret first: a crash after this line leaves a password the user will get.
         password = await ensure_password(self._secrets, ctx.key.namespace, secret_name, PASSWORD_KEY)
-        await self._call("ACL", "SETUSER", user, "reset", "on", f">{password}", *acl_rules(desired))
-        db = desired["dbIndex"] if desired["isolation"] == "dbIndex" else 0
+        await self._call("ACL", "SETUSER", user, "reset", "on", f">{password}", *acl_rules(prefix))
         await self._secrets.merge(ctx.key.namespace, secret_name, {
-            "REDIS_URL": f"redis://{user}:{password}@{self._host}:{self._port}/{db}",
+            # No database number: the user may not SELECT, and stays in database 0.
+            "REDIS_URL": f"redis://{user}:{password}@{self._host}:{self._port}",
             "REDIS_USER": user,
-            "REDIS_PREFIX": str(desired["prefix"]) if desired["isolation"] == "acl" else "",
+            "REDIS_PREFIX": prefix,
         })  # fmt: skip
 
     async def delete(self, ctx: DriverContext, retain: bool) -> None:
+        """Lock the user out, delete its keys, then the user: a crash at any step is resumed.
+
+        Deleting the user first would orphan the keys if the scan were interrupted: the
+        next pass would find no user and never look for them again.
+        """
         user, prefix = ctx.allocations.redis_user, ctx.allocations.redis_prefix
-        if retain or user is None:
+        if retain or user is None or prefix is None:
             return  # released: the user and its keys stay, unmanaged
-        await self._call("ACL", "DELUSER", user)
-        if prefix is None or ctx.allocations.redis_db_index is not None:
+        if await self._call("ACL", "GETUSER", user) is None:
             return
+        await self._call("ACL", "SETUSER", user, "off")
+        await self._call("CLIENT", "KILL", "USER", user)
         cursor: Any = 0
         while True:
             cursor, keys = await self._call("SCAN", cursor, "MATCH", f"{prefix}*", "COUNT", 500)
@@ -140,10 +156,20 @@ class RedisDriver:
                 await self._call("UNLINK", *keys)
             if int(cursor) == 0:
                 break
+        await self._call("ACL", "DELUSER", user)
+
+
+def _as_dict(getuser: Any) -> dict[str, Any]:
+    if isinstance(getuser, list):  # RESP2 returns a flat list
+        return dict(zip(getuser[::2], getuser[1::2], strict=True))
+    return dict(getuser)
 
 
 def _rules_of(getuser: Any) -> dict[str, Any]:
     """The parts of ACL GETUSER that define what a user may do."""
-    if isinstance(getuser, list):  # RESP2 returns a flat list
-        getuser = dict(zip(getuser[::2], getuser[1::2], strict=True))
-    return {k: getuser.get(k) for k in ("commands", "keys", "channels") if k in getuser}
+    found = _as_dict(getuser)
+    return {k: found.get(k) for k in ("commands", "keys", "channels") if k in found}
+
+
+def _flags(getuser: Any) -> list[str]:
+    return list(_as_dict(getuser).get("flags") or [])

@@ -57,7 +57,7 @@ async def test_two_replicas_allocating_at_once_never_share_a_port(
     results = await asyncio.gather(*[s.ensure(k, spec(k.name)) for k in keys for s in (store, other)])
     ports_by_project: dict[str, set[int | None]] = {}
     for k, alloc in zip([k for k in keys for _ in range(2)], results, strict=True):
-        ports_by_project.setdefault(k.uid, set()).add(alloc.port)
+        ports_by_project.setdefault(k.uid, set()).add(alloc.allocations.port)
     assert all(len(p) == 1 for p in ports_by_project.values()), "one project got two ports"
     ports = [next(iter(p)) for p in ports_by_project.values()]
     assert len(set(ports)) == 60 and all(p is not None and 4501 <= p <= 4999 for p in ports)
@@ -89,7 +89,7 @@ async def test_a_conflict_seen_by_a_stale_replica_is_checked_against_the_stored_
     await stale.ensure(key("warm-up"), spec("warm-up"))  # its cache now shows 4650 taken
     await store.release_all(first)
     # The stale replica still believes 4650 taken; a refusal is only final against the stored ledger.
-    assert (await stale.ensure(key("second"), spec("second", resources={"port": 4650}))).port == 4650
+    assert (await stale.ensure(key("second"), spec("second", resources={"port": 4650}))).allocations.port == 4650
 
 
 async def test_derived_name_conflict_names_the_field(store: ClaimStore) -> None:
@@ -107,7 +107,7 @@ async def test_changing_a_pinned_port_releases_the_old_one(cluster: LocalCluster
 
 async def test_crash_leftover_duplicate_port_is_released(kube: KubeClient, store: ClaimStore, namespace: str) -> None:
     k = key("dup")
-    alloc = await store.ensure(k, spec("dup"))
+    alloc = (await store.ensure(k, spec("dup"))).allocations
     # Two replicas racing could leave a second port for one project: write one in by hand.
     stored = await kube.read_config_map(namespace, "ledger-port")
     assert stored is not None and alloc.port is not None
@@ -115,16 +115,46 @@ async def test_crash_leftover_duplicate_port_is_released(kube: KubeClient, store
     data = {**stored.data, extra: Holder(k.uid, str(k)).encode()}
     await kube.write_config_map(namespace, "ledger-port", data, {LEDGER_LABEL: "port"}, stored.resource_version)
     fresh = ClaimStore(kube, namespace, {4500})
-    assert (await fresh.ensure(k, spec("dup"), current_port=alloc.port)).port == alloc.port
+    assert (await fresh.ensure(k, spec("dup"), current_port=alloc.port)).allocations.port == alloc.port
     assert [c.value for c in await fresh.held(k) if c.pool == "port"] == [str(alloc.port)]
 
 
 async def test_release_all_leaves_nothing(cluster: LocalCluster, store: ClaimStore, namespace: str) -> None:
     k = key("gone")
-    await store.ensure(k, spec("gone", features={"database": {}, "redis": {"isolation": "dbIndex"}, "storage": {}}))
-    assert {c.pool for c in await store.held(k)} == {"port", "database", "cache", "bucket", "redis-db"}
+    await store.ensure(k, spec("gone", features={"database": {}, "redis": {}, "storage": {}}))
+    assert {c.pool for c in await store.held(k)} == {"port", "database", "cache", "bucket", "domain"}
     assert await store.release_all(k) == 5
     assert all(entries == {} for entries in ledger_entries(cluster, namespace).values())
+
+
+async def test_failed_allocation_gives_back_what_it_took(
+    cluster: LocalCluster, store: ClaimStore, namespace: str
+) -> None:
+    await store.ensure(key("a"), spec("shop", features={"database": {}}))
+    late = key("b")
+    with pytest.raises(AllocationConflict):
+        await store.ensure(late, spec("shop", features={"database": {}}))  # same derived database name
+    assert await store.held(late) == []  # no port, no domain kept behind a failure
+    holders = {h.split(" ", 1)[0] for entries in ledger_entries(cluster, namespace).values() for h in entries.values()}
+    assert late.uid not in holders
+
+
+async def test_a_domain_routes_to_one_project(store: ClaimStore) -> None:
+    first, second = key("first"), key("second")
+    domains = {"environment": {"type": "staging", "domains": ["shop.example.com", "*.shop.example.com"]}}
+    assert (await store.ensure(first, spec("first", **domains))).domain_conflict is None
+    taken = await store.ensure(second, spec("second", **domains))
+    assert (
+        taken.domain_conflict is not None and "shop.example.com is already routed by ns/first" in taken.domain_conflict
+    )
+    assert taken.allocations.port is not None  # everything else is still allocated
+    assert {c.value for c in await store.held(second) if c.pool == "domain"} == set()
+    await store.release_all(first)
+    assert (await store.ensure(second, spec("second", **domains))).domain_conflict is None
+    assert {c.value for c in await store.held(second) if c.pool == "domain"} == {
+        "shop.example.com",
+        "_.shop.example.com",
+    }
 
 
 async def test_full_range_is_reported_not_looped(store: ClaimStore) -> None:

@@ -35,42 +35,47 @@ def status_of(cluster: LocalCluster, namespace: str, name: str) -> dict:  # type
     return dict(get_json(cluster, "project", name, "-n", namespace).get("status", {}))
 
 
-def test_examples_show_real_columns(cluster: LocalCluster, namespace: str, operator: OperatorProcess) -> None:
+def condition_of(cluster: LocalCluster, namespace: str, name: str, type_: str) -> dict:  # type: ignore[type-arg]
+    return next((c for c in status_of(cluster, namespace, name).get("conditions", []) if c["type"] == type_), {})
+
+
+def reconciled(cluster: LocalCluster, namespace: str, name: str, generation: int = 1) -> bool:
+    return bool(status_of(cluster, namespace, name).get("observedGeneration") == generation)
+
+
+def test_examples_show_honest_columns(cluster: LocalCluster, namespace: str, operator: OperatorProcess) -> None:
+    """No example has real drivers for all it asks, so none may say Ready."""
     cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES))
-    count = len(list(EXAMPLES.glob("*.yaml")))
-
-    def ready() -> int:
-        return sum(p.get("status", {}).get("phase") == "Ready" for p in projects(cluster, namespace))
-
-    wait_for(lambda: ready() == count, timeout=60, what="examples Ready")
+    names = [p["metadata"]["name"] for p in projects(cluster, namespace)]
+    wait_for(lambda: all(reconciled(cluster, namespace, n) for n in names), timeout=60, what="examples reconciled")
     rows = {r.split()[0]: r.split() for r in cluster.kubectl("get", "projects", "-n", namespace).stdout.splitlines()}
     assert rows["NAME"] == ["NAME", "ENV", "RUNTIME", "PHASE", "READY", "URL", "AGE"]
-    assert rows["food-delivery"][1:6] == [
-        "production",
-        "quadlet",
-        "Ready",
-        "True",
-        "https://food-delivery.leocompany.com",
-    ]
-    assert rows["hello"][1:5] == ["staging", "local", "Ready", "True"]
+    assert all(row[4] == "False" for name, row in rows.items() if name != "NAME"), rows
+    # No URL is shown for a route nobody observed serving.
+    assert all(not row[5].startswith("https://") for name, row in rows.items() if name != "NAME"), rows
+    infra = condition_of(cluster, namespace, "food-delivery", "InfrastructureReady")
+    assert (infra["status"], infra["reason"]) == ("False", "NotImplemented")
+    assert "provider vultr" in infra["message"]
+    assert condition_of(cluster, namespace, "hello", "InfrastructureReady")["status"] == "True"
+    assert condition_of(cluster, namespace, "hello", "WorkloadReady")["reason"] == "NotImplemented"
 
 
 def test_generation_bump_is_observed(cluster: LocalCluster, namespace: str, operator: OperatorProcess) -> None:
     doc = project("blog", namespace)
     cluster.kubectl("apply", "-f", "-", input_text=json.dumps(doc))
-    wait_for(lambda: status_of(cluster, namespace, "blog").get("observedGeneration") == 1, what="generation 1")
+    wait_for(lambda: reconciled(cluster, namespace, "blog"), what="generation 1")
     doc["spec"]["resources"] = {"replicas": 2}
     cluster.kubectl("apply", "-f", "-", input_text=json.dumps(doc))
-    wait_for(lambda: status_of(cluster, namespace, "blog").get("observedGeneration") == 2, what="generation 2")
-    events = get_json(cluster, "events", "-n", namespace)["items"]
-    assert any(e["message"] == "Workload update: differs in replicas" for e in events)
+    wait_for(lambda: reconciled(cluster, namespace, "blog", 2), what="generation 2")
+    ready = condition_of(cluster, namespace, "blog", "Ready")
+    assert ready["observedGeneration"] == 2 and ready["status"] == "False"
 
 
 def test_pinned_port_conflict_is_reported(cluster: LocalCluster, namespace: str, operator: OperatorProcess) -> None:
     first = project("first", namespace, resources={"port": 4777})
     second = project("second", namespace, resources={"port": 4777})
     cluster.kubectl("apply", "-f", "-", input_text=json.dumps(first))
-    wait_for(lambda: status_of(cluster, namespace, "first").get("phase") == "Ready", what="first Ready")
+    wait_for(lambda: status_of(cluster, namespace, "first").get("allocations", {}).get("port") == 4777, what="first")
     cluster.kubectl("apply", "-f", "-", input_text=json.dumps(second))
     status = wait_for(lambda: (s := status_of(cluster, namespace, "second")).get("phase") == "Failed" and s)
     synced = next(c for c in status["conditions"] if c["type"] == "Synced")
@@ -80,15 +85,15 @@ def test_pinned_port_conflict_is_reported(cluster: LocalCluster, namespace: str,
     cluster.kubectl("delete", "project", "first", "-n", namespace)
     second["spec"]["resources"]["replicas"] = 2
     cluster.kubectl("apply", "-f", "-", input_text=json.dumps(second))
-    wait_for(lambda: status_of(cluster, namespace, "second").get("phase") == "Ready", what="second Ready")
+    wait_for(lambda: status_of(cluster, namespace, "second").get("allocations", {}).get("port") == 4777, what="second")
 
 
 def test_pause_annotation_stops_acting(cluster: LocalCluster, namespace: str, operator: OperatorProcess) -> None:
     doc = project("quiet", namespace)
     doc["metadata"]["annotations"] = {"codeb.dev/paused": "true"}
     cluster.kubectl("apply", "-f", "-", input_text=json.dumps(doc))
-    status = wait_for(lambda: status_of(cluster, namespace, "quiet").get("conditions"), what="conditions")
-    synced = next(c for c in status if c["type"] == "Synced")
-    assert synced["reason"] == "Paused" and "drift: Infrastructure create" in synced["message"]
+    synced = wait_for(lambda: condition_of(cluster, namespace, "quiet", "Synced"), what="conditions")
+    assert synced["reason"] == "Paused"
     cluster.kubectl("annotate", "project", "quiet", "-n", namespace, "codeb.dev/paused-")
-    wait_for(lambda: status_of(cluster, namespace, "quiet").get("phase") == "Ready", what="Ready after unpause")
+    wait_for(lambda: condition_of(cluster, namespace, "quiet", "Synced").get("reason") == "NotImplemented",
+             what="acting again after unpause")  # fmt: skip

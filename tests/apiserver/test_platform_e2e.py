@@ -90,6 +90,12 @@ def condition(cluster: LocalCluster, name: str, type_: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
 
 
+def data_ready(cluster: LocalCluster, name: str) -> bool:
+    return all(
+        condition(cluster, name, t).get("status") == "True" for t in ("DatabaseReady", "CacheReady", "StorageReady")
+    )
+
+
 def test_projects_on_a_shared_platform(world: dict[str, Any], tmp_path: Path) -> None:
     cluster: LocalCluster = world["cluster"]
     pg, rd, s3, caddy = world["pg"], world["redis"], world["s3"], world["caddy"]
@@ -99,7 +105,11 @@ def test_projects_on_a_shared_platform(world: dict[str, Any], tmp_path: Path) ->
         cluster.kubectl("apply", "-f", "-", input_text=json.dumps(app("alpha")))
         cluster.kubectl("apply", "-f", "-", input_text=json.dumps(app("bravo", deletionPolicy="Delete")))
         for name in ("alpha", "bravo"):
-            wait_for(lambda n=name: condition(cluster, n, "Ready").get("status") == "True", timeout=90, what=f"{name}")
+            wait_for(lambda n=name: data_ready(cluster, n), timeout=90, what=f"{name} data services")
+        # Honest about the rest: no workload driver yet, so no route and no Ready.
+        assert condition(cluster, "alpha", "WorkloadReady")["reason"] == "NotImplemented"
+        assert condition(cluster, "alpha", "RouteReady")["status"] == "False"
+        assert condition(cluster, "alpha", "Ready")["status"] == "False"
         a = secret_data(cluster, NS, "alpha-staging-connection")
         b = secret_data(cluster, NS, "bravo-staging-connection")
         for key in ("DATABASE_URL", "REDIS_URL", "REDIS_PREFIX", "S3_ENDPOINT", "S3_BUCKET", "S3_ACCESS_KEY",
@@ -138,7 +148,7 @@ def test_projects_on_a_shared_platform(world: dict[str, Any], tmp_path: Path) ->
             assert "unreachable" in condition(cluster, "alpha", "DatabaseReady")["message"]
         finally:
             pg.start()
-        wait_for(lambda: condition(cluster, "alpha", "Ready").get("status") == "True", timeout=60, what="recovered")
+        wait_for(lambda: data_ready(cluster, "alpha"), timeout=60, what="recovered")
 
         # Deletion with deletionPolicy: Delete drops data and credentials.
         cluster.kubectl("delete", "project", "bravo", "-n", NS, "--timeout=60s")

@@ -11,7 +11,7 @@ import pytest
 
 from controller.claims import ClaimStore
 from controller.drivers import DriverContext
-from controller.drivers.local import LocalDriver, local_drivers
+from controller.drivers.registry import DriverRegistry
 from controller.errors import PermanentError, RetryableError
 from controller.kube import KubeClient, api_client_from_environment
 from controller.localcluster import LocalCluster
@@ -21,9 +21,10 @@ from controller.reconcile import ProjectInput, Reconciler
 from controller.status import condition
 from schemas.project import Phase, ProjectSpec, ProjectStatus
 from tests.factories import project_spec
+from tests.memory_drivers import MemoryDriver, memory_drivers
 
 
-class FlakyDriver(LocalDriver):
+class FlakyDriver(MemoryDriver):
     """A local driver whose apply fails with a chosen error until told otherwise."""
 
     def __init__(self, component: Component, error: Exception | None) -> None:
@@ -64,7 +65,7 @@ def cond(status: ProjectStatus, type_: str) -> tuple[str, str]:
 
 
 async def test_fresh_project_converges_to_ready(claims: ClaimStore) -> None:
-    drivers = local_drivers()
+    drivers = memory_drivers()
     outcome = await Reconciler(drivers, claims).reconcile(project())
     status = outcome.status
     assert status.phase is Phase.Ready and status.observed_generation == 1
@@ -80,7 +81,7 @@ async def test_fresh_project_converges_to_ready(claims: ClaimStore) -> None:
 
 
 async def test_second_pass_does_nothing(claims: ClaimStore) -> None:
-    reconciler = Reconciler(local_drivers(), claims)
+    reconciler = Reconciler(memory_drivers(), claims)
     first = await reconciler.reconcile(project())
     second = await reconciler.reconcile(project(status=first.status))
     assert second.events == [] and second.results == []
@@ -88,7 +89,7 @@ async def test_second_pass_does_nothing(claims: ClaimStore) -> None:
 
 
 async def test_drift_is_repaired_and_said(claims: ClaimStore) -> None:
-    drivers = local_drivers()
+    drivers = memory_drivers()
     reconciler = Reconciler(drivers, claims)
     first = await reconciler.reconcile(project())
     drivers[Component.route].world.clear()  # someone deleted the route by hand
@@ -103,7 +104,7 @@ async def test_drift_is_repaired_and_said(claims: ClaimStore) -> None:
 async def test_paused_or_observe_only_reports_drift_and_changes_nothing(
     claims: ClaimStore, paused: bool, policy: str, reason: str
 ) -> None:
-    drivers = local_drivers()
+    drivers = memory_drivers()
     outcome = await Reconciler(drivers, claims).reconcile(project(paused=paused, managementPolicy=policy))
     assert all(d.calls == [] for d in drivers.values())
     assert len(outcome.drift) == 7
@@ -112,7 +113,7 @@ async def test_paused_or_observe_only_reports_drift_and_changes_nothing(
 
 
 async def test_retryable_failure_backs_off_and_blocks_dependents(claims: ClaimStore) -> None:
-    drivers: dict[Component, Any] = local_drivers()
+    drivers: dict[Component, Any] = memory_drivers()
     drivers[Component.database] = FlakyDriver(Component.database, RetryableError("connection refused", delay=7))
     reconciler = Reconciler(drivers, claims)
     outcome = await reconciler.reconcile(project())
@@ -128,7 +129,7 @@ async def test_retryable_failure_backs_off_and_blocks_dependents(claims: ClaimSt
 
 
 async def test_permanent_failure_sets_failed_with_the_fix(claims: ClaimStore) -> None:
-    drivers: dict[Component, Any] = local_drivers()
+    drivers: dict[Component, Any] = memory_drivers()
     drivers[Component.storage] = FlakyDriver(
         Component.storage, PermanentError("bucket exists and belongs to someone else; set features.storage.bucket")
     )
@@ -138,7 +139,7 @@ async def test_permanent_failure_sets_failed_with_the_fix(claims: ClaimStore) ->
 
 
 async def test_ready_project_that_loses_a_component_is_degraded(claims: ClaimStore) -> None:
-    drivers: dict[Component, Any] = local_drivers()
+    drivers: dict[Component, Any] = memory_drivers()
     reconciler = Reconciler(drivers, claims)
     ready = await reconciler.reconcile(project())
     drivers[Component.workload].world.clear()
@@ -148,7 +149,7 @@ async def test_ready_project_that_loses_a_component_is_degraded(claims: ClaimSto
 
 
 async def test_spec_change_updates_and_bumps_observed_generation(claims: ClaimStore) -> None:
-    reconciler = Reconciler(local_drivers(), claims)
+    reconciler = Reconciler(memory_drivers(), claims)
     first = await reconciler.reconcile(project())
     second = await reconciler.reconcile(project(status=first.status, generation=2, resources={"replicas": 3}))
     assert [e.message for e in second.events] == ["Workload update: differs in replicas"]
@@ -157,7 +158,7 @@ async def test_spec_change_updates_and_bumps_observed_generation(claims: ClaimSt
 
 @pytest.mark.parametrize(("policy", "verb"), [("Retain", "release"), ("Delete", "delete")])
 async def test_deletion_follows_policy_and_releases_claims(claims: ClaimStore, policy: str, verb: str) -> None:
-    drivers = local_drivers()
+    drivers = memory_drivers()
     reconciler = Reconciler(drivers, claims)
     created = await reconciler.reconcile(project(deletionPolicy=policy))
     done = await reconciler.finalize(project(status=created.status, deletionPolicy=policy))
@@ -170,7 +171,7 @@ async def test_deletion_follows_policy_and_releases_claims(claims: ClaimStore, p
 def fail_teardown(drivers: dict[Component, Any], component: Component, error: Exception) -> None:
     """Swap in a driver over the same world whose delete raises ``error``."""
 
-    class FailingDelete(LocalDriver):
+    class FailingDelete(MemoryDriver):
         async def delete(self, ctx: DriverContext, retain: bool) -> None:
             raise error
 
@@ -180,7 +181,7 @@ def fail_teardown(drivers: dict[Component, Any], component: Component, error: Ex
 
 
 async def test_blocked_deletion_says_why_and_keeps_claims(claims: ClaimStore) -> None:
-    drivers: dict[Component, Any] = local_drivers()
+    drivers: dict[Component, Any] = memory_drivers()
     reconciler = Reconciler(drivers, claims)
     created = await reconciler.reconcile(project())
     fail_teardown(drivers, Component.route, RetryableError("Caddy admin API unreachable"))
@@ -192,7 +193,7 @@ async def test_blocked_deletion_says_why_and_keeps_claims(claims: ClaimStore) ->
 
 
 async def test_permanent_teardown_error_still_keeps_the_finalizer(claims: ClaimStore) -> None:
-    drivers: dict[Component, Any] = local_drivers()
+    drivers: dict[Component, Any] = memory_drivers()
     reconciler = Reconciler(drivers, claims)
     created = await reconciler.reconcile(project(deletionPolicy="Delete"))
     error = PermanentError("no place for the final dump; add spec.objectStorage to the Platform")
@@ -201,3 +202,29 @@ async def test_permanent_teardown_error_still_keeps_the_finalizer(claims: ClaimS
     assert blocked.retry_after is not None  # a retry is what keeps kopf's finalizer in place
     assert cond(blocked.status, "Synced") == ("False", "DeleteBlocked")
     assert await claims.held(project().key) != []
+
+
+async def test_real_registry_reports_no_driver_as_not_implemented(claims: ClaimStore) -> None:
+    """The running operator's registry: what has no real driver is never Ready, and no retry loops on it."""
+    outcome = await Reconciler(DriverRegistry(), claims).reconcile(project())
+    status = outcome.status
+    assert cond(status, "InfrastructureReady") == ("True", "Ready")  # the operator's own machine
+    for type_ in ("DatabaseReady", "CacheReady", "StorageReady", "WorkloadReady", "BackupReady"):
+        assert cond(status, type_) == ("False", "NotImplemented"), type_
+    assert "spec.servers.platform" in condition(status, "DatabaseReady").message  # type: ignore[union-attr]
+    assert cond(status, "RouteReady") == ("False", "NotImplemented")
+    assert cond(status, "Ready") == ("False", "NotImplemented")
+    assert cond(status, "Synced") == ("False", "NotImplemented")
+    assert status.phase is not Phase.Ready and status.endpoints.url is None and status.endpoints.internal == []
+    assert outcome.retry_after is None and outcome.permanent_error is None
+
+
+async def test_cloud_hosts_without_a_driver_are_not_ready(claims: ClaimStore) -> None:
+    servers = {"provider": "vultr", "region": "icn", "runtime": "quadlet", "count": 3}
+    outcome = await Reconciler(DriverRegistry(), claims).reconcile(project(servers=servers))
+    infra = condition(outcome.status, "InfrastructureReady")
+    assert infra is not None and (infra.status.value, infra.reason) == ("False", "NotImplemented")
+    assert "provider vultr" in infra.message
+    # The data services wait behind hosts that do not exist: parked, not retried.
+    assert cond(outcome.status, "DatabaseReady") == ("False", "NotImplemented")
+    assert outcome.retry_after is None

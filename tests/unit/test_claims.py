@@ -6,8 +6,10 @@ import pytest
 
 from controller.claims import (
     Holder,
+    KeepOnlyRequest,
     Ledger,
     NameRequest,
+    NameSetRequest,
     NumberRequest,
     ReleaseRequest,
     decide_batch,
@@ -113,13 +115,24 @@ def test_the_stored_form_round_trips() -> None:
 
 
 def test_requests_follow_the_spec() -> None:
-    spec = ProjectSpec.model_validate(
-        project_spec(slug="shop", env="staging", features={"database": {}, "redis": {"isolation": "dbIndex"}})
-    )
+    spec = ProjectSpec.model_validate(project_spec(slug="shop", env="staging", features={"database": {}, "redis": {}}))
     requests = requests_for(ProjectKey("ns", "shop", "uid"), spec, reserved_ports={4500}, current_port=4600)
     port = requests["port"]
     assert isinstance(port, NumberRequest) and port.keep == 4600 and 4500 not in port.candidates
-    assert isinstance(requests["redis-db"], NumberRequest)
+    assert isinstance(requests["domain"], NameSetRequest) and requests["domain"].names == ("shop.example.com",)
     database, bucket = requests["database"], requests["bucket"]
     assert isinstance(database, NameRequest) and database.name == "shop_staging_db"
     assert isinstance(bucket, NameRequest) and bucket.name is None
+
+
+def test_a_domain_set_is_all_or_nothing_and_names_the_holder() -> None:
+    before = ledger(**{"shop.example.com": B, "old.example.com": A})
+    message, changes = NameSetRequest(A, "domain", ("shop.example.com", "new.example.com")).decide(before)
+    assert message == "shop.example.com is already routed by shop/b" and changes == {}
+    message, changes = NameSetRequest(A, "domain", ("new.example.com", "_.example.com")).decide(before)
+    assert message is None and changes == {"new.example.com": A, "_.example.com": A, "old.example.com": None}
+
+
+def test_keep_only_undoes_what_a_failed_allocation_took() -> None:
+    work = ledger(_4500=A, _4501=A, shop_db=B)
+    assert KeepOnlyRequest(A.uid, frozenset({"4500"})).decide(work) == (None, {"4501": None})

@@ -177,3 +177,29 @@ def test_existing_hosts_become_upstreams() -> None:
 def test_backup_covers_only_enabled_data() -> None:
     want = desired(features={"database": {}}, backup={"include": ["database", "storage"]})
     assert want[Component.backup]["include"] == ["database"]
+
+
+def test_unsupported_component_is_never_planned_and_parks_its_dependents() -> None:
+    want = desired()
+    seen = converged(want)
+    seen[Component.workload] = Observation(unsupported="runtime local has no workload driver yet")
+    del seen[Component.route]
+    result = plan(want, seen)
+    assert verbs(result) == []  # nothing acts on a component no driver can observe
+    assert result.unsupported == {Component.workload: "runtime local has no workload driver yet"}
+    assert result.blocked[Component.route] == "waiting for Workload (no driver yet)"
+    assert result.parked == {Component.route} and not result.progressing
+
+
+def test_blocked_behind_an_unobservable_component_keeps_progressing() -> None:
+    want = desired()
+    seen = converged(want)
+    seen[Component.workload] = Observation(error="host unreachable")
+    result = plan(want, seen)
+    assert Component.route in result.blocked and result.parked == frozenset() and result.progressing
+
+
+def test_local_infrastructure_is_only_the_provider() -> None:
+    assert desired()[Component.infrastructure] == {"provider": "local"}
+    cloud = desired(servers={"provider": "vultr", "region": "icn", "runtime": "quadlet", "count": 2})
+    assert cloud[Component.infrastructure]["count"] == 2

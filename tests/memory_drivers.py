@@ -1,21 +1,19 @@
-"""Local drivers: every component converges in this process's memory.
+"""In-memory stand-ins for drivers: every component "converges" in this process's memory.
 
-They let the whole loop run end to end with no external system (the embedded
-local default, and the reconciler's own tests). State lives only as long as the
-process: after a restart the world looks empty and is re-created, which is what a
-crash-safe reconciler must cope with anyway. Real drivers replace them one
-component at a time behind the same interface.
+For unit tests of the reconciler and for the control-loop benchmark only. They store
+the desired state and report it back as observed, so they prove nothing about the
+world; the running operator never uses them (`controller.drivers.registry`).
 """
 
 from __future__ import annotations
 
 import copy
 
-from controller.drivers import DriverContext, Drivers
+from controller.drivers import DriverContext
 from controller.planner import ORDER, Component, Observation, State
 
 
-class LocalDriver:
+class MemoryDriver:
     def __init__(self, component: Component) -> None:
         self.component = component
         self.world: dict[str, State] = {}
@@ -33,8 +31,5 @@ class LocalDriver:
         self.world.pop(ctx.key.uid, None)
 
 
-def local_drivers() -> dict[Component, LocalDriver]:
-    return {component: LocalDriver(component) for component in ORDER}
-
-
-__all__ = ["Drivers", "LocalDriver", "local_drivers"]
+def memory_drivers() -> dict[Component, MemoryDriver]:
+    return {component: MemoryDriver(component) for component in ORDER}

@@ -1,0 +1,114 @@
+"""Which driver serves a component, keyed by component × provider / runtime.
+
+The running operator gets real drivers only. Where none exists yet, the component
+gets a `NotImplementedDriver`, which observes nothing and so can never be reported
+ready: its condition says ``NotImplemented`` and names what is missing. In-memory
+stand-ins live under ``tests/`` and are passed in by tests and the control-loop
+benchmark, never by ``codeb operator``.
+
+Data services and the route come from the Platform the Project names
+(`controller.platforms`); hosts from the provider; the workload from the runtime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from controller.drivers import Driver, DriverContext, Drivers
+from controller.errors import PermanentError
+from controller.planner import ORDER, Component, Observation, State
+from schemas.project import ProjectSpec, Provider, Runtime
+
+# Served by a Platform's shared services, whichever provider the hosts come from.
+PLATFORM_COMPONENTS = (Component.database, Component.cache, Component.storage, Component.route)
+
+
+@dataclass
+class NotImplementedDriver:
+    """Stands in, honestly, for a driver that does not exist yet."""
+
+    component: Component
+    missing: str
+
+    async def observe(self, ctx: DriverContext) -> Observation:
+        return Observation(unsupported=self.missing)
+
+    async def apply(self, ctx: DriverContext, desired: State) -> None:
+        # The planner never acts on an unsupported component; reaching here is a bug.
+        raise PermanentError(self.missing, reason="NotImplemented")
+
+    async def delete(self, ctx: DriverContext, retain: bool) -> None:
+        return None  # nothing was ever made
+
+
+class LocalMachine:
+    """Infrastructure for provider ``local``: the operator's own machine, which exists.
+
+    There is nothing to create, size or firewall, so the only state is the provider.
+    """
+
+    component = Component.infrastructure
+
+    async def observe(self, ctx: DriverContext) -> Observation:
+        return Observation(state={"provider": Provider.local.value})
+
+    async def apply(self, ctx: DriverContext, desired: State) -> None:
+        return None
+
+    async def delete(self, ctx: DriverContext, retain: bool) -> None:
+        return None
+
+
+class PlatformServices(Protocol):
+    """Drivers for the shared services of the named Platform (`controller.platforms`)."""
+
+    async def __call__(self, name: str) -> Drivers: ...
+
+
+@dataclass
+class DriverRegistry:
+    """The driver for every component of a spec; missing entries are NotImplemented."""
+
+    platforms: PlatformServices | None = None
+    infrastructure: Mapping[Provider, Driver] = field(default_factory=lambda: {Provider.local: LocalMachine()})
+    workload: Mapping[Runtime, Driver] = field(default_factory=dict)
+    backup: Mapping[Provider, Driver] = field(default_factory=dict)
+
+    async def __call__(self, spec: ProjectSpec) -> Drivers:
+        provider, runtime = spec.servers.provider, spec.servers.runtime
+        drivers: dict[Component, Driver] = {
+            Component.infrastructure: self.infrastructure.get(provider)
+            or NotImplementedDriver(Component.infrastructure, _missing_hosts(provider)),
+            Component.workload: self.workload.get(runtime)
+            or NotImplementedDriver(Component.workload, f"runtime {runtime.value} has no workload driver yet"),
+            Component.backup: self.backup.get(provider)
+            or NotImplementedDriver(Component.backup, "scheduled backups are not built yet"),
+        }
+        drivers.update(await self._shared(spec))
+        return {component: drivers[component] for component in ORDER}
+
+    async def _shared(self, spec: ProjectSpec) -> Drivers:
+        name = spec.servers.platform
+        if name is None or self.platforms is None:
+            return {c: NotImplementedDriver(c, _no_platform(c)) for c in PLATFORM_COMPONENTS}
+        return await self.platforms(name)
+
+
+def _missing_hosts(provider: Provider) -> str:
+    if provider is Provider.existing:
+        return "provider existing: hosts are not observed yet (no SSH driver)"
+    return f"provider {provider.value}: hosts are not provisioned yet (no Terraform driver)"
+
+
+_SERVICE = {
+    Component.database: "PostgreSQL",
+    Component.cache: "Redis",
+    Component.storage: "object storage",
+    Component.route: "Caddy route",
+}
+
+
+def _no_platform(component: Component) -> str:
+    return f"no built-in {_SERVICE[component]}: name a Platform that declares it in spec.servers.platform"
