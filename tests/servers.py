@@ -52,13 +52,17 @@ class PostgresServer:
         return self.start()
 
     def start(self) -> PostgresServer:
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        # Every statement is logged, so tests can prove no password ever reaches the log.
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c log_statement=all"
         self._as_postgres(str(_postgres_bin() / "pg_ctl"), "-D", str(self.root / "data"), "-o", options,
                           "-l", str(self.root / "log"), "-w", "start")  # fmt: skip
         return self
 
     def stop(self) -> None:
         self._as_postgres(str(_postgres_bin() / "pg_ctl"), "-D", str(self.root / "data"), "-m", "immediate", "stop")
+
+    def log(self) -> str:
+        return (self.root / "log").read_text(errors="replace")
 
 
 def start_postgres() -> PostgresServer:

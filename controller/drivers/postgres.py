@@ -1,16 +1,30 @@
 """PostgreSQL: one database and one owner role per Project, isolated from the others.
 
-Ownership is explicit: every database the operator creates carries a comment
-``{"managedBy": "codeb", "uid": ..., "extensions": [...]}``. A database of the same
-name without that marker (or with another Project's uid) is never touched; the
-driver reports it as a permanent ``NotOwned`` error instead. The marker also
-records which extensions the operator created, so extensions a DBA added by hand
-are neither reported as drift nor dropped.
+Ownership is explicit. The role is created together with its marker comment
+``{"managedBy": "codeb", "project": "<namespace>/<name>", "uid": ...}`` in one
+transaction, so no crash leaves an unmarked role behind. The database is created
+owned by that role and then gets the same marker (plus the extensions the operator
+made, so extensions a DBA added by hand are neither drift nor dropped); a database
+that lacks its marker but is owned by our marked role is ours (a crash between
+the two statements), and is marked on the next pass. A database or role of that
+name with another Project's marker, or none, is never touched (``NotOwned``).
+
+Ownership follows the Project's namespace/name, not its uid, so data retained by
+``deletionPolicy: Retain`` is re-adopted by a Project re-created under the same
+name (the ordinary GitOps delete-and-apply), and refused to anyone else.
+
+Passwords reach the server only as SCRAM-SHA-256 verifiers computed here: the
+statement log, ``pg_stat_activity`` and error messages never carry the plaintext.
+Deletion locks the role out first, then drops the database, then the role: a crash
+at any step leaves nothing that can still log in.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import json
 import os
 import tempfile
@@ -29,6 +43,26 @@ from controller.planner import Component, Observation, State
 from controller.secrets import SecretStore, ensure_password
 
 PASSWORD_KEY = "DATABASE_PASSWORD"
+CONNECT_TIMEOUT_SECONDS = 5
+STATEMENT_TIMEOUT_SECONDS = 30.0
+DUMP_TIMEOUT_SECONDS = 1800.0
+# Most admin sessions open at once: resuming 1,000 Projects must not open 3,000.
+CONCURRENCY = 8
+SCRAM_ITERATIONS = 4096
+
+
+def scram_verifier(password: str, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5802, RFC 7677)."""
+    salt = salt if salt is not None else os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
 class PostgresDriver:
@@ -42,33 +76,51 @@ class PostgresDriver:
         admin_password: str,
         secrets: SecretStore,
         dump_sink: DumpSink | None = None,
+        statement_timeout: float = STATEMENT_TIMEOUT_SECONDS,
+        concurrency: int = CONCURRENCY,
     ) -> None:
         self._host, self._port = host, port
         self._admin = (admin_user, admin_password)
         self._secrets = secrets
         self._dump_sink = dump_sink
+        self._statement_timeout_ms = int(statement_timeout * 1000)
+        self._slots = asyncio.Semaphore(concurrency)
 
     # ------------------------------------------------------------------ edges
 
     @asynccontextmanager
     async def _connect(self, dbname: str = "postgres", user: str | None = None, password: str | None = None
                        ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:  # fmt: skip
+        """A session, and the one translation of this transport's errors into ours.
+
+        No psycopg text is kept: server messages can quote the statement that failed.
+        """
         user, password = (user, password) if user else self._admin
-        try:
-            conn = await psycopg.AsyncConnection.connect(
-                host=self._host, port=self._port, dbname=dbname, user=user, password=password,
-                autocommit=True, connect_timeout=5,
-            )  # fmt: skip
-        except psycopg.OperationalError:
-            # Not chained: the driver's message may echo connection parameters.
-            raise RetryableError(
-                f"PostgreSQL at {self._host}:{self._port} is unreachable or refused the login",
-                reason="DatabaseUnavailable",
-            ) from None
-        try:
-            yield conn
-        finally:
-            await conn.close()
+        async with self._slots:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    host=self._host, port=self._port, dbname=dbname, user=user, password=password,
+                    autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                    options=f"-c statement_timeout={self._statement_timeout_ms}",
+                )  # fmt: skip
+            except psycopg.Error:
+                raise RetryableError(
+                    f"PostgreSQL at {self._host}:{self._port} is unreachable or refused the login",
+                    reason="DatabaseUnavailable",
+                ) from None
+            try:
+                yield conn
+            except (psycopg.OperationalError, psycopg.errors.QueryCanceled):
+                raise RetryableError(
+                    f"PostgreSQL at {self._host}:{self._port} dropped the session or timed out",
+                    reason="DatabaseUnavailable",
+                ) from None
+            except psycopg.Error as exc:
+                raise PermanentError(
+                    f"PostgreSQL refused a statement (SQLSTATE {exc.sqlstate or 'unknown'})", reason="DatabaseRefused"
+                ) from None
+            finally:
+                await conn.close()
 
     async def _password(self, ctx: DriverContext) -> str | None:
         secret = await self._secrets.read(ctx.key.namespace, ctx.allocations.connection_secret or "")
@@ -91,19 +143,14 @@ class PostgresDriver:
         if name is None or role is None:
             return Observation()
         async with self._connect() as conn:
-            version = (await (await conn.execute("SHOW server_version_num")).fetchone() or ("0",))[0]
-            row = await (await conn.execute(
-                "SELECT pg_get_userbyid(d.datdba), shobj_description(d.oid, 'pg_database'), d.datacl::text[] "
-                "FROM pg_database d WHERE d.datname = %s", (name,),
-            )).fetchone()  # fmt: skip
-            if row is None:
+            version = await _server_major(conn)
+            found = await _database(conn, name)
+            if found is None:
                 return Observation()
-            owner, comment, acl = row
-            marker = _marker(comment)
-            if marker.get("uid") != ctx.key.uid:
-                raise _not_owned(name)
+            owner, comment, acl, owner_comment = found
+            marker = _owned_marker(ctx, name, comment, owner_comment)
             role_row = await (await conn.execute(
-                "SELECT rolconnlimit FROM pg_roles WHERE rolname = %s", (role,)
+                "SELECT rolconnlimit, shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s", (role,)
             )).fetchone()  # fmt: skip
         async with self._connect(name) as conn:
             installed = {r[0] for r in await (await conn.execute("SELECT extname FROM pg_extension")).fetchall()}
@@ -112,11 +159,12 @@ class PostgresDriver:
             state={
                 "name": name,
                 "role": role if role_row is not None and owner == role else None,
-                "version": str(int(version) // 10000),
+                "version": str(version),
                 "extensions": sorted(set(marker.get("extensions", [])) & installed),
                 "connectionLimit": role_row[0] if role_row else None,
                 "publicConnectRevoked": not _public_can_connect(acl),
-                "loginWorks": login,
+                # A marker written for an earlier Project of this name: re-adopted on apply.
+                "loginWorks": login and marker.get("uid") == ctx.key.uid,
             }
         )
 
@@ -129,72 +177,67 @@ class PostgresDriver:
             self._secrets, ctx.key.namespace, ctx.allocations.connection_secret or "", PASSWORD_KEY
         )
         async with self._connect() as conn:
-            major = int((await (await conn.execute("SHOW server_version_num")).fetchone() or ("0",))[0]) // 10000
+            major = await _server_major(conn)
             if str(major) != desired["version"]:
                 raise PermanentError(
                     f"the shared PostgreSQL runs version {major}; set spec.features.database.version to {major}",
                     reason="VersionMismatch",
                 )
-            await self._ensure_role(conn, role, password, int(desired["connectionLimit"]))
-            await self._ensure_database(conn, ctx, name, role, list(desired["extensions"]))
+            await self._ensure_role(conn, ctx, role, password, int(desired["connectionLimit"]))
+            await self._ensure_database(conn, ctx, name, role)
         async with self._connect(name) as conn:
-            await self._ensure_extensions(conn, ctx, name, list(desired["extensions"]))
+            await self._ensure_extensions(conn, name, list(desired["extensions"]))
+        async with self._connect() as conn:
+            await _comment(conn, "DATABASE", name, _new_marker(ctx, list(desired["extensions"])))
         await self._secrets.merge(ctx.key.namespace, ctx.allocations.connection_secret or "", {
             "DATABASE_URL": f"postgresql://{role}:{password}@{self._host}:{self._port}/{name}",
             "DATABASE_NAME": name, "DATABASE_USER": role,
         })  # fmt: skip
 
-    async def _ensure_role(self, conn: psycopg.AsyncConnection[Any], role: str, password: str, limit: int) -> None:
-        exists = await (await conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))).fetchone()
-        verb = "ALTER" if exists else "CREATE"
-        # Passwords cannot be bound parameters in utility statements; sql.Literal quotes safely.
-        await conn.execute(sql.SQL("{} ROLE {} LOGIN PASSWORD {} CONNECTION LIMIT {}").format(
-            sql.SQL(verb), sql.Identifier(role), sql.Literal(password), sql.Literal(limit)))  # fmt: skip
-
-    async def _ensure_database(
-        self, conn: psycopg.AsyncConnection[Any], ctx: DriverContext, name: str, role: str, extensions: list[str]
+    async def _ensure_role(
+        self, conn: psycopg.AsyncConnection[Any], ctx: DriverContext, role: str, password: str, limit: int
     ) -> None:
         row = await (await conn.execute(
-            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (name,)
+            "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s", (role,)
         )).fetchone()  # fmt: skip
+        settings = sql.SQL("LOGIN PASSWORD {} CONNECTION LIMIT {}").format(
+            sql.Literal(scram_verifier(password)), sql.Literal(limit)
+        )
         if row is None:
-            await conn.execute(
-                sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(role))
-            )
-            await self._mark(conn, ctx, name, [])
-        elif _marker(row[0]).get("uid") != ctx.key.uid:
-            raise _not_owned(name)
+            # The marker is part of the create: both commit, or neither.
+            async with conn.transaction():
+                await conn.execute(sql.SQL("CREATE ROLE {} {}").format(sql.Identifier(role), settings))
+                await _comment(conn, "ROLE", role, _new_marker(ctx))
+            return
+        _check_owner(ctx, "role", role, _marker(row[0]))
+        async with conn.transaction():
+            await conn.execute(sql.SQL("ALTER ROLE {} {}").format(sql.Identifier(role), settings))
+            await _comment(conn, "ROLE", role, _new_marker(ctx))
+
+    async def _ensure_database(self, conn: psycopg.AsyncConnection[Any], ctx: DriverContext, name: str,
+                               role: str) -> None:  # fmt: skip
+        found = await _database(conn, name)
         ident = sql.Identifier(name)
+        if found is None:
+            # Owned by our marked role from the first moment: that is the marker until
+            # the comment is written (a crash in between is recognised, not refused).
+            await conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(ident, sql.Identifier(role)))
+        else:
+            _owned_marker(ctx, name, found[1], found[3])
         await conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(ident, sql.Identifier(role)))
         await conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(ident))
         await conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(ident, sql.Identifier(role)))
 
-    async def _ensure_extensions(
-        self, conn: psycopg.AsyncConnection[Any], ctx: DriverContext, name: str, wanted: list[str]
-    ) -> None:
+    async def _ensure_extensions(self, conn: psycopg.AsyncConnection[Any], name: str, wanted: list[str]) -> None:
         for extension in wanted:
             try:
                 await conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(sql.Identifier(extension)))
-            except psycopg.errors.FeatureNotSupported:
+            except (psycopg.errors.FeatureNotSupported, psycopg.errors.UndefinedFile):
                 raise PermanentError(
                     f"extension {extension} is not available on the shared PostgreSQL; "
                     "remove it from spec.features.database.extensions",
                     reason="ExtensionUnavailable",
                 ) from None
-            except psycopg.errors.UndefinedFile:
-                raise PermanentError(
-                    f"extension {extension} is not installed on the shared PostgreSQL; "
-                    "remove it from spec.features.database.extensions",
-                    reason="ExtensionUnavailable",
-                ) from None
-        async with self._connect() as admin:
-            await self._mark(admin, ctx, name, wanted)
-
-    async def _mark(
-        self, conn: psycopg.AsyncConnection[Any], ctx: DriverContext, name: str, extensions: list[str]
-    ) -> None:
-        marker = json.dumps({"managedBy": "codeb", "uid": ctx.key.uid, "extensions": sorted(extensions)})
-        await conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(marker)))
 
     # ------------------------------------------------------------------ delete
 
@@ -213,20 +256,45 @@ class PostgresDriver:
             await self._dump_sink(f"{ctx.key.namespace}/{ctx.key.name}/{name}-{stamp}.dump", target)
 
     async def delete(self, ctx: DriverContext, retain: bool) -> None:
+        """Lock the role out, keep a final dump if asked, drop the database, drop the role."""
         name, role = ctx.allocations.database, ctx.allocations.database_role
         if retain or name is None or role is None:
-            return
+            return  # released: data, role and markers stay for a Project of the same name
         async with self._connect() as conn:
-            row = await (await conn.execute(
-                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (name,)
+            role_row = await (await conn.execute(
+                "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s", (role,)
             )).fetchone()  # fmt: skip
-            if row is not None:
-                if _marker(row[0]).get("uid") != ctx.key.uid:
-                    return  # not ours: never dropped
+            role_ours = role_row is not None and _marker(role_row[0]).get("project") == str(ctx.key)
+            found = await _database(conn, name)
+            database_ours = found is not None and _is_ours(ctx, found[1], found[3])
+            if found is not None and not database_ours:
+                return  # not ours: never dropped, and neither is a role of that name
+            if role_ours:
+                await conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(sql.Identifier(role)))
+            if database_ours:
                 if ctx.final_dump:
                     await self._final_dump(ctx, name)
-                await conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-            await conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+                await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            if role_ours:
+                await conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+async def _server_major(conn: psycopg.AsyncConnection[Any]) -> int:
+    return int((await (await conn.execute("SHOW server_version_num")).fetchone() or ("0",))[0]) // 10000
+
+
+async def _database(conn: psycopg.AsyncConnection[Any], name: str) -> tuple[str, str | None, Any, str | None] | None:
+    """(owner, marker comment, acl, owner role's marker comment) of a database, or None."""
+    row = await (await conn.execute(
+        "SELECT pg_get_userbyid(d.datdba), shobj_description(d.oid, 'pg_database'), d.datacl::text[], "
+        "shobj_description(d.datdba, 'pg_authid') FROM pg_database d WHERE d.datname = %s", (name,),
+    )).fetchone()  # fmt: skip
+    return None if row is None else (row[0], row[1], row[2], row[3])
+
+
+async def _comment(conn: psycopg.AsyncConnection[Any], kind: str, name: str, marker: dict[str, Any]) -> None:
+    await conn.execute(sql.SQL("COMMENT ON {} {} IS {}").format(
+        sql.SQL(kind), sql.Identifier(name), sql.Literal(json.dumps(marker, sort_keys=True))))  # fmt: skip
 
 
 async def _run_pg_dump(host: str, port: int, user: str, password: str, dbname: str, target: Path) -> None:
@@ -234,17 +302,46 @@ async def _run_pg_dump(host: str, port: int, user: str, password: str, dbname: s
     proc = await asyncio.create_subprocess_exec(
         "pg_dump", "--format=custom", f"--file={target}", f"--host={host}", f"--port={port}",
         f"--username={user}", "--no-password", dbname,
-        env={**os.environ, "PGPASSWORD": password}, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PGPASSWORD": password, "PGCONNECT_TIMEOUT": str(CONNECT_TIMEOUT_SECONDS)},
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
-    await proc.communicate()
+    try:
+        await asyncio.wait_for(proc.wait(), DUMP_TIMEOUT_SECONDS)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise RetryableError(f"pg_dump of {dbname} took longer than {DUMP_TIMEOUT_SECONDS:.0f}s",
+                             reason="FinalDumpFailed") from None  # fmt: skip
     if proc.returncode != 0:
         raise RetryableError(f"pg_dump of {dbname} failed (exit {proc.returncode})", reason="FinalDumpFailed")
 
 
-def _not_owned(name: str) -> PermanentError:
-    return PermanentError(
-        f"database {name} exists but was not created by the operator for this Project; "
-        "rename the project (spec.project.slug) or drop that database by hand",
+def _new_marker(ctx: DriverContext, extensions: list[str] | None = None) -> dict[str, Any]:
+    marker: dict[str, Any] = {"managedBy": "codeb", "project": str(ctx.key), "uid": ctx.key.uid}
+    if extensions is not None:
+        marker["extensions"] = sorted(extensions)
+    return marker
+
+
+def _is_ours(ctx: DriverContext, comment: str | None, owner_comment: str | None) -> bool:
+    marker = _marker(comment) or _marker(owner_comment)  # unmarked but owned by our role: a crash in between
+    return marker.get("project") == str(ctx.key)
+
+
+def _owned_marker(ctx: DriverContext, name: str, comment: str | None, owner_comment: str | None) -> dict[str, Any]:
+    """The database's marker if it is ours; raises NotOwned otherwise."""
+    marker = _marker(comment) or _marker(owner_comment)
+    _check_owner(ctx, "database", name, marker)
+    return _marker(comment)
+
+
+def _check_owner(ctx: DriverContext, kind: str, name: str, marker: dict[str, Any]) -> None:
+    holder = marker.get("project")
+    if holder == str(ctx.key):
+        return
+    whose = f"it holds data of Project {holder}" if holder else "it was not created by the operator"
+    raise PermanentError(
+        f"{kind} {name} exists but {whose}; rename the project (spec.project.slug) or remove that {kind} by hand",
         reason="NotOwned",
     )
 

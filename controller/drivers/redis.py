@@ -145,10 +145,9 @@ class RedisDriver:
         user, prefix = ctx.allocations.redis_user, ctx.allocations.redis_prefix
         if retain or user is None or prefix is None:
             return  # released: the user and its keys stay, unmanaged
-        if await self._call("ACL", "GETUSER", user) is None:
-            return
-        await self._call("ACL", "SETUSER", user, "off")
-        await self._call("CLIENT", "KILL", "USER", user)
+        if await self._call("ACL", "GETUSER", user) is not None:
+            await self._call("ACL", "SETUSER", user, "off")
+            await self._call("CLIENT", "KILL", "USER", user)
         cursor: Any = 0
         while True:
             cursor, keys = await self._call("SCAN", cursor, "MATCH", f"{prefix}*", "COUNT", 500)

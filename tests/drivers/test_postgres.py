@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -12,8 +13,9 @@ import psycopg
 import pytest
 
 from controller.drivers import DriverContext
-from controller.drivers.postgres import PASSWORD_KEY, PostgresDriver
+from controller.drivers.postgres import PASSWORD_KEY, PostgresDriver, _new_marker, scram_verifier
 from controller.errors import PermanentError, RetryableError
+from controller.naming import ProjectKey
 from controller.planner import Component, desired_state, plan
 from controller.secrets import MemorySecrets
 from schemas.project import ProjectSpec
@@ -114,9 +116,10 @@ async def test_widened_connect_grant_is_repaired(driver: PostgresDriver, server:
 async def test_crash_between_role_and_secret_converges(driver: PostgresDriver, secrets: MemorySecrets,
                                                        server: PostgresServer) -> None:  # fmt: skip
     ctx, spec = project("crashy")
-    # The world a crash can leave: a role whose password nobody recorded, no Secret.
+    # The world a crash can leave: our marked role, a password nobody recorded, no Secret, no database.
     with admin(server) as conn:
         conn.execute("CREATE ROLE crashy_staging_user LOGIN PASSWORD 'lost-forever'")
+        conn.execute(f"COMMENT ON ROLE crashy_staging_user IS '{json.dumps(_new_marker(ctx))}'")
     seen = await driver.observe(ctx)
     assert seen.state is None  # no database yet: the whole component is (re)applied
     await converge(driver, ctx, spec)
@@ -126,6 +129,151 @@ async def test_crash_between_role_and_secret_converges(driver: PostgresDriver, s
     with admin(server) as conn:
         roles = conn.execute("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'crashy%'").fetchone()
     assert roles == (1,)
+
+
+async def test_crash_between_create_database_and_marker_converges(
+    driver: PostgresDriver, server: PostgresServer
+) -> None:
+    ctx, spec = project("unmarked")
+    await converge(driver, ctx, spec)
+    with admin(server) as conn:  # the world a crash right after CREATE DATABASE leaves
+        conn.execute("COMMENT ON DATABASE unmarked_staging_db IS NULL")
+    seen = await driver.observe(ctx)  # owned by our marked role: ours, not NotOwned
+    assert seen.state is not None and seen.state["loginWorks"] is False  # so it is re-applied (re-marked)
+    await converge(driver, ctx, spec)
+
+
+async def test_foreign_role_is_never_taken_over(driver: PostgresDriver, server: PostgresServer) -> None:
+    ctx, spec = project("dba")
+    with admin(server) as conn:
+        conn.execute("CREATE ROLE dba_staging_user LOGIN PASSWORD 'the-dba-knows'")
+    with pytest.raises(PermanentError, match="role dba_staging_user exists but it was not created") as exc:
+        await driver.apply(ctx, want(ctx, spec))
+    assert exc.value.reason == "NotOwned"
+    with connect(server, "dba_staging_user", "the-dba-knows", "postgres"):
+        pass  # its password was not changed
+    await driver.delete(ctx, retain=False)
+    with connect(server, "dba_staging_user", "the-dba-knows", "postgres"):
+        pass  # nor was it dropped
+
+
+async def test_retained_data_is_readopted_by_the_same_name_only(
+    driver: PostgresDriver, secrets: MemorySecrets, server: PostgresServer
+) -> None:
+    ctx, spec = project("kept")
+    await converge(driver, ctx, spec)
+    password = (await secrets.read("team", "kept-staging-connection") or {})[PASSWORD_KEY]
+    with connect(server, "kept_staging_user", password, "kept_staging_db") as conn:
+        conn.execute("CREATE TABLE orders (id int)")
+        conn.commit()
+    await driver.delete(ctx, retain=True)
+    # Same namespace and name, new uid: the GitOps delete-and-apply.
+    again = DriverContext(ProjectKey("team", "kept", "a-new-uid"), ctx.instance, ctx.allocations)
+    await converge(driver, again, spec)
+    with connect(server, "kept_staging_user", password, "kept_staging_db") as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (0,)  # the same data
+    # Another Project deriving the same names is refused, naming the holder.
+    stranger = DriverContext(ProjectKey("other", "kept", "uid-x"), ctx.instance, ctx.allocations)
+    with pytest.raises(PermanentError, match="holds data of Project team/kept"):
+        await driver.observe(stranger)
+
+
+async def test_a_crash_during_deletion_leaves_no_working_login(server: PostgresServer, secrets: MemorySecrets) -> None:
+    """Crash after the lock-out, before the drop (the dump sink fails), then finish."""
+
+    async def crashing_sink(name: str, path: Path) -> str:
+        raise RetryableError("the process died here")
+
+    driver = PostgresDriver(server.host, server.port, server.admin_user, server.admin_password, secrets,
+                            crashing_sink)  # fmt: skip
+    ctx, spec = project("dying")
+    await converge(driver, ctx, spec)
+    password = (await secrets.read("team", "dying-staging-connection") or {})[PASSWORD_KEY]
+    dumping = DriverContext(ctx.key, ctx.instance, ctx.allocations, final_dump=True)
+    with pytest.raises(RetryableError):
+        await driver.delete(dumping, retain=False)
+    with pytest.raises(psycopg.OperationalError):
+        connect(server, "dying_staging_user", password, "dying_staging_db")  # locked out already
+    await driver.delete(ctx, retain=False)  # the next pass (here without a dump) finishes
+    with admin(server) as conn:
+        assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname='dying_staging_user'").fetchone() is None
+        assert conn.execute("SELECT 1 FROM pg_database WHERE datname='dying_staging_db'").fetchone() is None
+
+
+# What tenant A tries against tenant B and the server, logged in with A's own credentials.
+ATTACKS = [
+    "SELECT pg_read_file('/etc/passwd')",
+    "SELECT pg_ls_dir('.')",
+    "COPY (SELECT 1) TO PROGRAM 'true'",
+    "SELECT * FROM pg_authid",
+    "SET ROLE bob_staging_user",
+    "GRANT bob_staging_user TO alice_staging_user",
+    "CREATE ROLE intruder",
+    "CREATE DATABASE intruder",
+    "ALTER ROLE bob_staging_user PASSWORD 'mine'",
+    "DROP DATABASE bob_staging_db",
+    "CREATE EXTENSION dblink",
+]
+
+
+async def test_isolation_holds_against_every_attack(
+    driver: PostgresDriver, secrets: MemorySecrets, server: PostgresServer
+) -> None:
+    a, a_spec = project("alice")
+    b, b_spec = project("bob")
+    await converge(driver, a, a_spec)
+    await converge(driver, b, b_spec)
+    a_password = (await secrets.read("team", "alice-staging-connection") or {})[PASSWORD_KEY]
+    b_password = (await secrets.read("team", "bob-staging-connection") or {})[PASSWORD_KEY]
+    with connect(server, "bob_staging_user", b_password, "bob_staging_db") as conn:
+        conn.execute("CREATE TABLE secrets (v text)")
+        conn.execute("INSERT INTO secrets VALUES ('bob-only')")
+        conn.commit()
+    with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+        connect(server, "alice_staging_user", a_password, "bob_staging_db")  # \c to B's database
+    bob = connect(server, "bob_staging_user", b_password, "bob_staging_db")  # a live session to attack
+    bob_pid = bob.info.backend_pid
+    succeeded = []
+    for attack in [*ATTACKS, f"SELECT pg_terminate_backend({bob_pid})", f"SELECT pg_cancel_backend({bob_pid})"]:
+        with connect(server, "alice_staging_user", a_password, "alice_staging_db") as conn:
+            try:
+                conn.execute(attack)
+            except psycopg.errors.InsufficientPrivilege:
+                continue
+            except psycopg.Error:
+                continue  # refused for another reason (e.g. the extension is not installed): still refused
+            succeeded.append(attack)
+    assert succeeded == [], f"{len(succeeded)} attacks got through: {succeeded}"
+    with bob:
+        assert bob.execute("SELECT v FROM secrets").fetchone() == ("bob-only",)  # still alive, data intact
+
+
+async def test_passwords_never_reach_the_server_log(
+    driver: PostgresDriver, secrets: MemorySecrets, server: PostgresServer
+) -> None:
+    ctx, spec = project("logged")
+    await converge(driver, ctx, spec)
+    with admin(server) as conn:
+        conn.execute("ALTER ROLE logged_staging_user PASSWORD 'drifted'")
+    await converge(driver, ctx, spec)  # repaired: the password is set a second time
+    password = (await secrets.read("team", "logged-staging-connection") or {})[PASSWORD_KEY]
+    log = server.log()
+    assert "ALTER ROLE" in log and "SCRAM-SHA-256$" in log  # statements are logged, as verifiers
+    assert password not in log
+
+
+def test_scram_verifier_matches_postgres(server: PostgresServer) -> None:
+    verifier = scram_verifier("correct horse", salt=b"0123456789abcdef")
+    with admin(server) as conn:
+        conn.execute(f"CREATE ROLE scram_probe LOGIN PASSWORD '{verifier}'")
+    try:
+        with connect(server, "scram_probe", "correct horse", "postgres"):
+            pass
+        with pytest.raises(psycopg.OperationalError):
+            connect(server, "scram_probe", "wrong horse", "postgres")
+    finally:
+        with admin(server) as conn:
+            conn.execute("DROP ROLE scram_probe")
 
 
 async def test_changed_password_in_server_is_repaired(driver: PostgresDriver, server: PostgresServer) -> None:

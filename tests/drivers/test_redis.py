@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
-from redis.exceptions import AuthenticationError, NoPermissionError
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
 from controller.drivers import DriverContext
 from controller.drivers.redis import PASSWORD_KEY, RedisDriver
-from controller.errors import RetryableError
+from controller.errors import PermanentError, RetryableError
 from controller.planner import Component, desired_state
 from controller.secrets import MemorySecrets
 from schemas.project import ProjectSpec
@@ -87,15 +88,117 @@ async def test_lost_user_after_restart_is_recreated_with_the_same_password(
     assert await secrets.read("team", "lost-staging-connection") == before
 
 
-async def test_db_index_mode(driver: RedisDriver, secrets: MemorySecrets, server: RedisServer) -> None:
-    spec = ProjectSpec.model_validate(
-        {**context("legacy", features={"redis": {"isolation": "dbIndex"}})[1].model_dump(by_alias=True)}
-    )
-    ctx, _ = context("legacy", features={"redis": {"isolation": "dbIndex"}})
-    ctx = DriverContext(ctx.key, ctx.instance, ctx.allocations.model_copy(update={"redis_db_index": 3}))
+# What tenant A tries against tenant B ("auth-staging:") and the server, with A's own credentials.
+ATTACKS: list[tuple[str, ...]] = [
+    ("GET", "auth-staging:session:1"),
+    ("SET", "auth-staging:session:1", "stolen"),
+    ("DEL", "auth-staging:session:1"),
+    ("EXISTS", "auth-staging:session:1"),
+    ("OBJECT", "ENCODING", "auth-staging:session:1"),
+    ("WATCH", "auth-staging:session:1"),
+    ("RENAME", "cart-staging:basket:1", "auth-staging:session:1"),
+    ("COPY", "cart-staging:basket:1", "auth-staging:copy"),
+    ("COPY", "cart-staging:basket:1", "cart-staging:copy", "DB", "1"),
+    ("MOVE", "cart-staging:basket:1", "1"),
+    ("SORT", "cart-staging:list", "BY", "auth-staging:*"),
+    ("SELECT", "1"),
+    ("SWAPDB", "0", "1"),
+    ("SCAN", "0"),
+    ("SCAN", "0", "MATCH", "auth-staging:*"),
+    ("KEYS", "*"),
+    ("RANDOMKEY",),
+    ("DBSIZE",),
+    ("SUBSCRIBE", "auth-staging:events"),
+    ("PSUBSCRIBE", "*"),
+    ("PUBLISH", "auth-staging:events", "x"),
+    ("PUBSUB", "CHANNELS"),
+    ("FLUSHDB",),
+    ("FLUSHALL",),
+    ("FUNCTION", "FLUSH"),
+    ("FUNCTION", "DELETE", "lib"),
+    ("EVAL", "return redis.call('GET', 'auth-staging:session:1')", "0"),
+    ("CONFIG", "GET", "requirepass"),
+    ("ACL", "LIST"),
+    ("INFO", "keyspace"),
+    ("CLIENT", "LIST"),
+    ("CLIENT", "KILL", "USER", "auth-staging"),
+    ("CLIENT", "TRACKING", "ON", "BCAST"),
+    ("MIGRATE", "127.0.0.1", "1", "auth-staging:session:1", "0", "100"),
+]
+
+
+async def test_isolation_holds_against_every_attack(
+    driver: RedisDriver, secrets: MemorySecrets, server: RedisServer
+) -> None:
+    a, a_spec = context("cart", features={"redis": {}})
+    b, b_spec = context("auth", features={"redis": {}})
+    await converge(driver, a, a_spec)
+    await converge(driver, b, b_spec)
+    victim = await client_for(secrets, b, server)
+    victim.set("auth-staging:session:1", "secret-value")
+    attacker = await client_for(secrets, a, server)
+    attacker.set("cart-staging:basket:1", "3")  # its own keys work (the control)
+    attacker.rpush("cart-staging:list", "1")
+    attacker.publish("cart-staging:events", "ok")
+    succeeded = []
+    for attack in ATTACKS:
+        fresh = await client_for(secrets, a, server)  # a refused SUBSCRIBE must not taint the next try
+        try:
+            fresh.execute_command(*attack)
+        except NoPermissionError:
+            continue  # refused by the ACL
+        except ResponseError:
+            pass  # the ACL let it run; the command itself then failed
+        finally:
+            fresh.close()
+        succeeded.append(" ".join(attack))
+    assert succeeded == [], f"{len(succeeded)} of {len(ATTACKS)} attacks got through: {succeeded}"
+    assert victim.get("auth-staging:session:1") == b"secret-value"
+    assert attacker.get("cart-staging:basket:1") == b"3"  # nothing moved or copied away
+
+
+async def test_secret_url_needs_no_database_switch(
+    driver: RedisDriver, secrets: MemorySecrets, server: RedisServer
+) -> None:
+    ctx, spec = context("url", features={"redis": {}})
     await converge(driver, ctx, spec)
-    secret = await secrets.read("team", "legacy-staging-connection") or {}
-    assert secret["REDIS_URL"].endswith("/3")
+    secret = await secrets.read("team", "url-staging-connection") or {}
+    client = redis.Redis.from_url(secret["REDIS_URL"])
+    client.set("url-staging:k", "v")  # the URL as an application uses it: no SELECT needed
+    assert client.get("url-staging:k") == b"v"
+
+
+async def test_delete_resumes_after_a_crash_mid_scan(
+    driver: RedisDriver, secrets: MemorySecrets, server: RedisServer
+) -> None:
+    """The world a crash leaves mid-delete: the user locked out, some of its keys still there."""
+    ctx, spec = context("half", features={"redis": {}})
+    await converge(driver, ctx, spec)
+    (await client_for(secrets, ctx, server)).mset({f"half-staging:{i}": i for i in range(1200)})
+    admin = redis.Redis(host=server.host, port=server.port, password=server.password)
+    admin.execute_command("ACL", "SETUSER", "half-staging", "off")
+    admin.delete(*[f"half-staging:{i}" for i in range(600)])
+    with pytest.raises(AuthenticationError):
+        (await client_for(secrets, ctx, server)).ping()  # locked out while its keys go
+    await driver.delete(ctx, retain=False)
+    assert admin.keys("half-staging:*") == [] and admin.execute_command("ACL", "GETUSER", "half-staging") is None
+    # And keys whose user is already gone are still found.
+    admin.set("half-staging:orphan", "1")
+    await driver.delete(ctx, retain=False)
+    assert admin.get("half-staging:orphan") is None
+
+
+async def test_refusal_text_never_reaches_our_errors(
+    driver: RedisDriver, secrets: MemorySecrets, server: RedisServer
+) -> None:
+    """Redis echoes a bad ACL modifier, password and all; our error must not."""
+    ctx, spec = context("echo", features={"redis": {}})
+    await converge(driver, ctx, spec)
+    password = (await secrets.read("team", "echo-staging-connection") or {})[PASSWORD_KEY]
+    with pytest.raises(PermanentError) as exc:
+        await driver._call("ACL", "SETUSER", "echo-staging", f"?{password}")  # an invalid modifier
+    assert password not in str(exc.value)
+    assert password not in "".join(traceback.format_exception(exc.value))  # what a log line would print
 
 
 async def test_delete_removes_user_and_keys_unless_retained(
