@@ -97,7 +97,7 @@ def run_operator(make_drivers: Callable[[KubeClient], DriverSource]) -> int:
 
     from controller.claims import ClaimStore
     from controller.config import ConfigError, load_config
-    from controller.kube import api_client_from_environment
+    from controller.kube import KubeClient, api_client_from_environment
     from controller.logs import configure_logging
     from controller.metrics import Metrics
     from controller.operator import Runtime, build_registry

@@ -23,7 +23,9 @@ import kubernetes.config
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from controller.drivers import DriverContext
 from controller.errors import PermanentError, RetryableError
+from controller.secrets import OWNER_LABEL, not_owned
 
 T = TypeVar("T")
 
@@ -130,24 +132,47 @@ class KubeClient:
         return cast(dict[str, Any], found)
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        found = await self._read_secret(namespace, name)
+        return None if found is None else _decoded(found)
+
+    async def _read_secret(self, namespace: str, name: str) -> Any:
         try:
-            secret = await self._call(f"secret {namespace}/{name}", self._core.read_namespaced_secret, name, namespace)
+            return await self._call(f"secret {namespace}/{name}", self._core.read_namespaced_secret, name, namespace)
         except NotFound:
             return None
-        return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
 
-    async def merge_secret(self, namespace: str, name: str, data: dict[str, str]) -> None:
-        """Set these keys, creating the Secret if needed; other keys are kept."""
-        body = {"metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "codeb"}}, "stringData": data}
+    async def merge_secret(self, namespace: str, name: str, data: dict[str, str], owner: str) -> None:
+        """Set these keys in the Secret ``owner`` owns, creating it if needed; other keys are kept.
+
+        A Secret of that name that another Project, or a person, made is never taken over.
+        """
+        existing = await self._read_secret(namespace, name)
+        labels = {"app.kubernetes.io/managed-by": "codeb", OWNER_LABEL: owner}
+        what = f"secret {namespace}/{name}"
+        if existing is None:
+            body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                    "metadata": {"name": name, "labels": labels}, "stringData": data}  # fmt: skip
+            await self._call(what, self._core.create_namespaced_secret, namespace, body)
+            return
+        if (existing.metadata.labels or {}).get(OWNER_LABEL) != owner:
+            raise not_owned(namespace, name)
+        # Guarded by the version we checked: an owner swapped in between makes this fail, not overwrite.
+        patch = {"metadata": {"resourceVersion": existing.metadata.resource_version}, "stringData": data}
         try:
-            await self._call(f"secret {namespace}/{name}", self._core.patch_namespaced_secret, name, namespace, body)
-        except NotFound:
-            await self._call(f"secret {namespace}/{name}", self._core.create_namespaced_secret, namespace,
-                             {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", **body})  # fmt: skip
+            await self._call(what, self._core.patch_namespaced_secret, name, namespace, patch)
+        except Conflict:
+            raise RetryableError(f"{what} changed while being updated", reason="APIConflict", delay=1) from None
 
-    async def delete_secret(self, namespace: str, name: str) -> None:
+    async def delete_secret(self, namespace: str, name: str, owner: str) -> bool:
+        """Delete the Secret if ``owner`` owns it; False when it is absent or someone else's."""
+        existing = await self._read_secret(namespace, name)
+        if existing is None or (existing.metadata.labels or {}).get(OWNER_LABEL) != owner:
+            return False
+        options = {"preconditions": {"uid": existing.metadata.uid}}
         with contextlib.suppress(NotFound):  # already gone
-            await self._call(f"secret {namespace}/{name}", self._core.delete_namespaced_secret, name, namespace)
+            await self._call(f"secret {namespace}/{name}", self._core.delete_namespaced_secret, name, namespace,
+                             body=options)  # fmt: skip
+        return True
 
 
 class KubeSecrets:
@@ -156,11 +181,15 @@ class KubeSecrets:
     def __init__(self, kube: KubeClient) -> None:
         self._kube = kube
 
-    async def read(self, namespace: str, name: str) -> dict[str, str] | None:
-        return await self._kube.read_secret(namespace, name)
+    async def read(self, ctx: DriverContext) -> dict[str, str] | None:
+        return await self._kube.read_secret(ctx.key.namespace, ctx.allocations.connection_secret or "")
 
-    async def merge(self, namespace: str, name: str, data: dict[str, str]) -> None:
-        await self._kube.merge_secret(namespace, name, data)
+    async def merge(self, ctx: DriverContext, data: dict[str, str]) -> None:
+        await self._kube.merge_secret(ctx.key.namespace, ctx.allocations.connection_secret or "", data, ctx.key.name)
+
+
+def _decoded(secret: Any) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
 
 
 def _stored_config_map(response: Any) -> StoredConfigMap:

@@ -160,7 +160,7 @@ async def run_finalize(runtime: Runtime, body: kopf.Body, patch: kopf.Patch) -> 
         if project.spec.deletion_policy is DeletionPolicy.Delete and runtime.kube is not None:
             # Retained data keeps its credentials; destroyed data needs none.
             secret = outcome.status.allocations.connection_secret or connection_secret_name(project.spec)
-            await runtime.kube.delete_secret(project.key.namespace, secret)
+            await runtime.kube.delete_secret(project.key.namespace, secret, project.key.name)
         runtime.metrics.set_phase(project.key.uid, None)
         runtime.locks.pop(project.key.uid, None)
 

@@ -127,7 +127,7 @@ class MinioDriver:
         return attached and user.get("status") == "enabled" and _canonical(policy) == _canonical(bucket_policy(bucket))
 
     async def _login_works(self, ctx: DriverContext, bucket: str) -> bool:
-        secret = await self._secrets.read(ctx.key.namespace, ctx.allocations.connection_secret or "") or {}
+        secret = await self._secrets.read(ctx) or {}
         if not secret.get(SECRET_KEY):
             return False
         client = Minio(
@@ -141,9 +141,8 @@ class MinioDriver:
 
     async def apply(self, ctx: DriverContext, desired: State) -> None:
         bucket = str(desired["bucket"])
-        secret_name = ctx.allocations.connection_secret or ""
         # The Secret first: a crash after this line leaves a key the user will get.
-        password = await ensure_password(self._secrets, ctx.key.namespace, secret_name, SECRET_KEY)
+        password = await ensure_password(self._secrets, ctx, SECRET_KEY)
         if not await self._call(self._s3.bucket_exists, bucket):
             await self._call(self._s3.make_bucket, bucket)
             tags = Tags.new_bucket_tags()
@@ -160,7 +159,7 @@ class MinioDriver:
         except MinioAdminException as exc:
             if "already" not in str(exc).lower():
                 raise RetryableError("MinIO refused to attach the bucket policy", reason="StorageUnavailable") from None
-        await self._secrets.merge(ctx.key.namespace, secret_name, {
+        await self._secrets.merge(ctx, {
             "S3_ENDPOINT": f"{'https' if self._secure else 'http'}://{self._endpoint}",
             "S3_BUCKET": bucket, "S3_ACCESS_KEY": access_key(bucket),
         })  # fmt: skip

@@ -123,7 +123,7 @@ class PostgresDriver:
                 await conn.close()
 
     async def _password(self, ctx: DriverContext) -> str | None:
-        secret = await self._secrets.read(ctx.key.namespace, ctx.allocations.connection_secret or "")
+        secret = await self._secrets.read(ctx)
         return (secret or {}).get(PASSWORD_KEY)
 
     async def _login_works(self, ctx: DriverContext, role: str, dbname: str) -> bool:
@@ -173,9 +173,7 @@ class PostgresDriver:
     async def apply(self, ctx: DriverContext, desired: State) -> None:
         name, role = str(desired["name"]), str(desired["role"])
         # The Secret first: a crash after this line leaves a password the role will get.
-        password = await ensure_password(
-            self._secrets, ctx.key.namespace, ctx.allocations.connection_secret or "", PASSWORD_KEY
-        )
+        password = await ensure_password(self._secrets, ctx, PASSWORD_KEY)
         async with self._connect() as conn:
             major = await _server_major(conn)
             if str(major) != desired["version"]:
@@ -189,7 +187,7 @@ class PostgresDriver:
             await self._ensure_extensions(conn, name, list(desired["extensions"]))
         async with self._connect() as conn:
             await _comment(conn, "DATABASE", name, _new_marker(ctx, list(desired["extensions"])))
-        await self._secrets.merge(ctx.key.namespace, ctx.allocations.connection_secret or "", {
+        await self._secrets.merge(ctx, {
             "DATABASE_URL": f"postgresql://{role}:{password}@{self._host}:{self._port}/{name}",
             "DATABASE_NAME": name, "DATABASE_USER": role,
         })  # fmt: skip

@@ -109,7 +109,7 @@ class RedisDriver:
         )
 
     async def _login_works(self, ctx: DriverContext, user: str) -> bool:
-        secret = await self._secrets.read(ctx.key.namespace, ctx.allocations.connection_secret or "") or {}
+        secret = await self._secrets.read(ctx) or {}
         if not secret.get(PASSWORD_KEY):
             return False
         client = aioredis.Redis(host=self._host, port=self._port, username=user, password=secret[PASSWORD_KEY],
@@ -125,11 +125,10 @@ class RedisDriver:
 
     async def apply(self, ctx: DriverContext, desired: State) -> None:
         user, prefix = str(desired["user"]), str(desired["prefix"])
-        secret_name = ctx.allocations.connection_secret or ""
         # The Secret first: a crash after this line leaves a password the user will get.
-        password = await ensure_password(self._secrets, ctx.key.namespace, secret_name, PASSWORD_KEY)
+        password = await ensure_password(self._secrets, ctx, PASSWORD_KEY)
         await self._call("ACL", "SETUSER", user, "reset", "on", f">{password}", *acl_rules(prefix))
-        await self._secrets.merge(ctx.key.namespace, secret_name, {
+        await self._secrets.merge(ctx, {
             # No database number: the user may not SELECT, and stays in database 0.
             "REDIS_URL": f"redis://{user}:{password}@{self._host}:{self._port}",
             "REDIS_USER": user,

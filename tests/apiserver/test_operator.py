@@ -86,7 +86,8 @@ def assert_claims_consistent(cluster: LocalCluster, namespace: str) -> None:
         port = item["status"]["allocations"]["port"]
         assert port_claims == [str(port)], f"{item['metadata']['name']} holds ports {port_claims}, status says {port}"
         ports.append(port)
-        expected = 4 if item["spec"]["features"].get("database") else 1
+        # port and domain always; database, Redis user and bucket with the data features.
+        expected = 5 if item["spec"]["features"].get("database") else 2
         assert len(held) == expected, f"{item['metadata']['name']} holds {held}"
     # A ledger maps each value to one holder, so sharing is impossible by construction;
     # what remains to check is that status never reports a port the ledger gave elsewhere.

@@ -49,7 +49,7 @@ async def converge(driver: MinioDriver, ctx: DriverContext, spec: ProjectSpec) -
 
 
 async def user_client(secrets: MemorySecrets, ctx: DriverContext, server: MinioServer) -> Minio:
-    secret = await secrets.read("team", ctx.allocations.connection_secret or "") or {}
+    secret = secrets.stored("team", ctx.allocations.connection_secret or "") or {}
     return Minio(server.endpoint, access_key=secret["S3_ACCESS_KEY"], secret_key=secret[SECRET_KEY], secure=False)
 
 
@@ -69,7 +69,7 @@ async def test_bucket_user_and_isolation(driver: MinioDriver, secrets: MemorySec
         photos.put_object("docs-staging-uploads", "x", io.BytesIO(b"x"), 1)  # B's bucket refused
     with pytest.raises(S3Error, match="AccessDenied"):
         list(photos.list_objects("docs-staging-uploads"))
-    secret = await secrets.read("team", "photos-staging-connection") or {}
+    secret = secrets.stored("team", "photos-staging-connection") or {}
     assert secret["S3_BUCKET"] == "photos-staging-uploads" and secret["S3_ENDPOINT"] == f"http://{server.endpoint}"
 
 

@@ -64,7 +64,7 @@ async def test_creates_database_role_and_extensions(driver: PostgresDriver, secr
     ctx, spec = project("menu", extensions=["pg_trgm"], connectionLimit=7)
     assert (await driver.observe(ctx)).state is None
     await converge(driver, ctx, spec)
-    secret = await secrets.read("team", "menu-staging-connection")
+    secret = secrets.stored("team", "menu-staging-connection")
     assert secret is not None and secret["DATABASE_URL"].endswith("/menu_staging_db")
     with connect(server, "menu_staging_user", secret[PASSWORD_KEY], "menu_staging_db") as conn:
         assert conn.execute("SELECT current_user").fetchone() == ("menu_staging_user",)
@@ -76,9 +76,9 @@ async def test_creates_database_role_and_extensions(driver: PostgresDriver, secr
 async def test_apply_is_idempotent(driver: PostgresDriver, secrets: MemorySecrets) -> None:
     ctx, spec = project("twice")
     await converge(driver, ctx, spec)
-    first = await secrets.read("team", "twice-staging-connection")
+    first = secrets.stored("team", "twice-staging-connection")
     await converge(driver, ctx, spec)
-    assert await secrets.read("team", "twice-staging-connection") == first  # same password kept
+    assert secrets.stored("team", "twice-staging-connection") == first  # same password kept
 
 
 async def test_projects_are_isolated(driver: PostgresDriver, secrets: MemorySecrets, server: PostgresServer) -> None:
@@ -86,7 +86,7 @@ async def test_projects_are_isolated(driver: PostgresDriver, secrets: MemorySecr
     b, b_spec = project("bravo")
     await converge(driver, a, a_spec)
     await converge(driver, b, b_spec)
-    a_password = (await secrets.read("team", "alpha-staging-connection") or {})[PASSWORD_KEY]
+    a_password = (secrets.stored("team", "alpha-staging-connection") or {})[PASSWORD_KEY]
     with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
         connect(server, "alpha_staging_user", a_password, "bravo_staging_db")
 
@@ -123,7 +123,7 @@ async def test_crash_between_role_and_secret_converges(driver: PostgresDriver, s
     seen = await driver.observe(ctx)
     assert seen.state is None  # no database yet: the whole component is (re)applied
     await converge(driver, ctx, spec)
-    password = (await secrets.read("team", "crashy-staging-connection") or {})[PASSWORD_KEY]
+    password = (secrets.stored("team", "crashy-staging-connection") or {})[PASSWORD_KEY]
     with connect(server, "crashy_staging_user", password, "crashy_staging_db"):
         pass
     with admin(server) as conn:
@@ -162,7 +162,7 @@ async def test_retained_data_is_readopted_by_the_same_name_only(
 ) -> None:
     ctx, spec = project("kept")
     await converge(driver, ctx, spec)
-    password = (await secrets.read("team", "kept-staging-connection") or {})[PASSWORD_KEY]
+    password = (secrets.stored("team", "kept-staging-connection") or {})[PASSWORD_KEY]
     with connect(server, "kept_staging_user", password, "kept_staging_db") as conn:
         conn.execute("CREATE TABLE orders (id int)")
         conn.commit()
@@ -188,7 +188,7 @@ async def test_a_crash_during_deletion_leaves_no_working_login(server: PostgresS
                             crashing_sink)  # fmt: skip
     ctx, spec = project("dying")
     await converge(driver, ctx, spec)
-    password = (await secrets.read("team", "dying-staging-connection") or {})[PASSWORD_KEY]
+    password = (secrets.stored("team", "dying-staging-connection") or {})[PASSWORD_KEY]
     dumping = DriverContext(ctx.key, ctx.instance, ctx.allocations, final_dump=True)
     with pytest.raises(RetryableError):
         await driver.delete(dumping, retain=False)
@@ -223,8 +223,8 @@ async def test_isolation_holds_against_every_attack(
     b, b_spec = project("bob")
     await converge(driver, a, a_spec)
     await converge(driver, b, b_spec)
-    a_password = (await secrets.read("team", "alice-staging-connection") or {})[PASSWORD_KEY]
-    b_password = (await secrets.read("team", "bob-staging-connection") or {})[PASSWORD_KEY]
+    a_password = (secrets.stored("team", "alice-staging-connection") or {})[PASSWORD_KEY]
+    b_password = (secrets.stored("team", "bob-staging-connection") or {})[PASSWORD_KEY]
     with connect(server, "bob_staging_user", b_password, "bob_staging_db") as conn:
         conn.execute("CREATE TABLE secrets (v text)")
         conn.execute("INSERT INTO secrets VALUES ('bob-only')")
@@ -256,7 +256,7 @@ async def test_passwords_never_reach_the_server_log(
     with admin(server) as conn:
         conn.execute("ALTER ROLE logged_staging_user PASSWORD 'drifted'")
     await converge(driver, ctx, spec)  # repaired: the password is set a second time
-    password = (await secrets.read("team", "logged-staging-connection") or {})[PASSWORD_KEY]
+    password = (secrets.stored("team", "logged-staging-connection") or {})[PASSWORD_KEY]
     log = server.log()
     assert "ALTER ROLE" in log and "SCRAM-SHA-256$" in log  # statements are logged, as verifiers
     assert password not in log
@@ -339,7 +339,7 @@ async def test_final_dump_is_taken_before_drop(server: PostgresServer, secrets: 
     driver = PostgresDriver(server.host, server.port, server.admin_user, server.admin_password, secrets, sink)
     ctx, spec = project("dumped")
     await converge(driver, ctx, spec)
-    password = (await secrets.read("team", "dumped-staging-connection") or {})[PASSWORD_KEY]
+    password = (secrets.stored("team", "dumped-staging-connection") or {})[PASSWORD_KEY]
     with connect(server, "dumped_staging_user", password, "dumped_staging_db") as conn:
         conn.execute("CREATE TABLE menu (dish text)")
         conn.execute("INSERT INTO menu VALUES ('bibimbap')")

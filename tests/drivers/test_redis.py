@@ -42,7 +42,7 @@ async def converge(driver: RedisDriver, ctx: DriverContext, spec: ProjectSpec) -
 
 
 async def client_for(secrets: MemorySecrets, ctx: DriverContext, server: RedisServer) -> redis.Redis:
-    secret = await secrets.read("team", ctx.allocations.connection_secret or "") or {}
+    secret = secrets.stored("team", ctx.allocations.connection_secret or "") or {}
     return redis.Redis(host=server.host, port=server.port, username=ctx.allocations.redis_user,
                        password=secret[PASSWORD_KEY])  # fmt: skip
 
@@ -61,7 +61,7 @@ async def test_user_is_confined_to_its_prefix(driver: RedisDriver, secrets: Memo
         cart.flushall()  # and so are dangerous commands
     with pytest.raises(NoPermissionError):
         cart.keys("*")
-    secret = await secrets.read("team", "cart-staging-connection") or {}
+    secret = secrets.stored("team", "cart-staging-connection") or {}
     assert secret["REDIS_PREFIX"] == "cart-staging:" and secret["REDIS_URL"].startswith("redis://cart-staging:")
 
 
@@ -79,13 +79,13 @@ async def test_lost_user_after_restart_is_recreated_with_the_same_password(
 ) -> None:
     ctx, spec = context("lost", features={"redis": {}})
     await converge(driver, ctx, spec)
-    before = await secrets.read("team", "lost-staging-connection")
+    before = secrets.stored("team", "lost-staging-connection")
     redis.Redis(host=server.host, port=server.port, password=server.password).execute_command(
         "ACL", "DELUSER", "lost-staging"
     )
     assert (await driver.observe(ctx)).state is None
     await converge(driver, ctx, spec)
-    assert await secrets.read("team", "lost-staging-connection") == before
+    assert secrets.stored("team", "lost-staging-connection") == before
 
 
 # What tenant A tries against tenant B ("auth-staging:") and the server, with A's own credentials.
@@ -162,7 +162,7 @@ async def test_secret_url_needs_no_database_switch(
 ) -> None:
     ctx, spec = context("url", features={"redis": {}})
     await converge(driver, ctx, spec)
-    secret = await secrets.read("team", "url-staging-connection") or {}
+    secret = secrets.stored("team", "url-staging-connection") or {}
     client = redis.Redis.from_url(secret["REDIS_URL"])
     client.set("url-staging:k", "v")  # the URL as an application uses it: no SELECT needed
     assert client.get("url-staging:k") == b"v"
@@ -194,7 +194,7 @@ async def test_refusal_text_never_reaches_our_errors(
     """Redis echoes a bad ACL modifier, password and all; our error must not."""
     ctx, spec = context("echo", features={"redis": {}})
     await converge(driver, ctx, spec)
-    password = (await secrets.read("team", "echo-staging-connection") or {})[PASSWORD_KEY]
+    password = (secrets.stored("team", "echo-staging-connection") or {})[PASSWORD_KEY]
     with pytest.raises(PermanentError) as exc:
         await driver._call("ACL", "SETUSER", "echo-staging", f"?{password}")  # an invalid modifier
     assert password not in str(exc.value)
