@@ -17,4 +17,4 @@ from tests.memory_drivers import memory_drivers
 
 if __name__ == "__main__":
     print("control-loop benchmark operator: in-memory stand-in drivers, not a real deployment", file=sys.stderr)
-    sys.exit(run_operator(lambda kube: memory_drivers()))
+    sys.exit(run_operator(lambda kube, config: memory_drivers()))

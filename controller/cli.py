@@ -27,6 +27,7 @@ from schemas.docs import render_markdown
 from schemas.project import KIND, ProjectSpec
 
 if TYPE_CHECKING:
+    from controller.config import OperatorConfig
     from controller.kube import KubeClient
     from controller.reconcile import DriverSource
 
@@ -85,10 +86,14 @@ def cmd_operator(args: argparse.Namespace) -> int:
     from controller.drivers.registry import DriverRegistry
     from controller.platforms import PlatformDrivers
 
-    return run_operator(lambda kube: DriverRegistry(platforms=PlatformDrivers(kube)))
+    def registry(kube: KubeClient, config: OperatorConfig) -> DriverSource:
+        platforms = PlatformDrivers(kube, config.service_timeout_seconds, config.service_concurrency)
+        return DriverRegistry(platforms=platforms)
+
+    return run_operator(registry)
 
 
-def run_operator(make_drivers: Callable[[KubeClient], DriverSource]) -> int:
+def run_operator(make_drivers: Callable[[KubeClient, OperatorConfig], DriverSource]) -> int:
     """Run the operator against the current kubeconfig with the drivers ``make_drivers`` picks."""
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
@@ -102,6 +107,7 @@ def run_operator(make_drivers: Callable[[KubeClient], DriverSource]) -> int:
     from controller.metrics import Metrics
     from controller.operator import Runtime, build_registry
     from controller.reconcile import Reconciler
+    from controller.retries import Backoff, Retries
 
     try:
         config = load_config()
@@ -113,9 +119,11 @@ def run_operator(make_drivers: Callable[[KubeClient], DriverSource]) -> int:
         verbose=os.environ.get("CODEB_DEBUG") == "1",
         log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.PLAIN,
     )
-    kube = KubeClient(api_client_from_environment(config.max_workers), ThreadPoolExecutor(config.max_workers))
+    kube = KubeClient(api_client_from_environment(config.max_workers), ThreadPoolExecutor(config.max_workers),
+                      config.api_timeout_seconds)  # fmt: skip
     claims = ClaimStore(kube, config.claims_namespace, config.reserved_ports)
-    runtime = Runtime(config, Reconciler(make_drivers(kube), claims), Metrics(), kube)
+    retries = Retries(Backoff(cap=config.retry_max_seconds))
+    runtime = Runtime(config, Reconciler(make_drivers(kube, config), claims), Metrics(), kube, retries)
     asyncio.run(
         kopf.operator(
             registry=build_registry(runtime),

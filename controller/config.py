@@ -31,6 +31,23 @@ class OperatorConfig(BaseModel):
     )
     max_workers: int = Field(32, ge=1, description="CODEB_MAX_WORKERS: threads for blocking driver calls.")
     log_format: str = Field("json", pattern="^(json|console)$", description="CODEB_LOG_FORMAT: json or console.")
+    retry_max_seconds: float = Field(
+        300.0, ge=1, description="CODEB_RETRY_MAX: longest wait between retries of a failing Project (backoff cap)."
+    )
+    api_timeout_seconds: float = Field(
+        30.0, gt=0, description="CODEB_API_TIMEOUT: seconds before a Kubernetes API call is given up."
+    )
+    service_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="CODEB_SERVICE_TIMEOUT: seconds before a call to PostgreSQL, Redis, MinIO or Caddy is given up.",
+    )
+    service_concurrency: int = Field(
+        8, ge=1, description="CODEB_SERVICE_CONCURRENCY: most calls in flight at once to each shared service."
+    )
+    reconcile_timeout_seconds: float = Field(
+        300.0, gt=0, description="CODEB_RECONCILE_TIMEOUT: seconds before one reconcile pass is abandoned and retried."
+    )
 
     @field_validator("reserved_ports", mode="before")
     @classmethod
@@ -49,6 +66,11 @@ _ENV = {
     "peering_priority": "CODEB_PEERING_PRIORITY",
     "max_workers": "CODEB_MAX_WORKERS",
     "log_format": "CODEB_LOG_FORMAT",
+    "retry_max_seconds": "CODEB_RETRY_MAX",
+    "api_timeout_seconds": "CODEB_API_TIMEOUT",
+    "service_timeout_seconds": "CODEB_SERVICE_TIMEOUT",
+    "service_concurrency": "CODEB_SERVICE_CONCURRENCY",
+    "reconcile_timeout_seconds": "CODEB_RECONCILE_TIMEOUT",
 }
 
 

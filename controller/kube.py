@@ -71,24 +71,49 @@ def _translate(exc: ApiException, what: str) -> Exception:
 
 
 class KubeClient:
-    def __init__(self, api: kubernetes.client.ApiClient, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, api: kubernetes.client.ApiClient, executor: ThreadPoolExecutor, timeout: float = 30.0) -> None:
         self._core = kubernetes.client.CoreV1Api(api)
         self._custom = kubernetes.client.CustomObjectsApi(api)
         self._executor = executor
+        self._timeout = timeout
 
     async def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """The one translation for this transport, with a timeout on every request."""
+        kwargs.setdefault("_request_timeout", self._timeout)
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
         except ApiException as exc:
             raise _translate(exc, what) from exc
-        except HTTPError as exc:
-            raise RetryableError(f"{what}: API server unreachable", reason="APIUnavailable") from exc
+        except HTTPError:
+            raise RetryableError(f"{what}: API server unreachable or slow", reason="APIUnavailable") from None
 
     async def ensure_namespace(self, name: str) -> None:
+        """Create the namespace if it is missing; an operator allowed to read but not create it still starts."""
+        with contextlib.suppress(NotFound):
+            await self._call(f"namespace {name}", self._core.read_namespace, name, _preload_content=False)
+            return
         body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
         with contextlib.suppress(Conflict):
             await self._call(f"namespace {name}", self._core.create_namespace, body)
+
+    async def read_project(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            response = await self._call(
+                f"project {namespace}/{name}", self._custom.get_namespaced_custom_object,
+                "codeb.dev", "v1alpha1", namespace, "projects", name, _preload_content=False,
+            )  # fmt: skip
+        except NotFound:
+            return None
+        return cast(dict[str, Any], json.loads(cast(Any, response).data))
+
+    async def patch_project_status(self, namespace: str, name: str, changes: dict[str, Any]) -> None:
+        """A merge patch of status (the same shape kopf sends): only the keys that changed."""
+        with contextlib.suppress(NotFound):  # deleted meanwhile: nothing to report on
+            await self._call(
+                f"project {namespace}/{name}", self._custom.patch_namespaced_custom_object_status,
+                "codeb.dev", "v1alpha1", namespace, "projects", name, {"status": changes}, _preload_content=False,
+            )  # fmt: skip
 
     async def read_config_map(self, namespace: str, name: str) -> StoredConfigMap | None:
         try:

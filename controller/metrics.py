@@ -22,6 +22,7 @@ class Metrics:
         )
         self.projects = Gauge("codeb_projects", "Projects by phase.", ["phase"], registry=self.registry)
         self._phases: dict[str, Phase] = {}
+        self._serving = False
 
     def set_phase(self, uid: str, phase: Phase | None) -> None:
         if phase is None:
@@ -32,5 +33,7 @@ class Metrics:
             self.projects.labels(each.value).set(sum(1 for p in self._phases.values() if p is each))
 
     def serve(self, port: int) -> None:
-        if port:
+        """Serve on ``port`` (0: not at all); a second call is a no-op, not EADDRINUSE."""
+        if port and not self._serving:
             start_http_server(port, addr="0.0.0.0", registry=self.registry)
+            self._serving = True

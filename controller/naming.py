@@ -68,8 +68,11 @@ def redis_prefix(spec: ProjectSpec) -> str:
     return f"{instance_name(spec)}:"
 
 
+CONNECTION_SECRET_SUFFIX = "-connection"
+
+
 def connection_secret_name(spec: ProjectSpec) -> str:
-    return f"{instance_name(spec)}-connection"
+    return instance_name(spec) + CONNECTION_SECRET_SUFFIX
 
 
 def primary_url(spec: ProjectSpec) -> str | None:

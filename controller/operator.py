@@ -1,10 +1,13 @@
 """kopf handlers: thin shells around the reconciler.
 
 Each handler validates the body into the model, awaits the same reconcile, and
-maps the Outcome to kopf — this is the one place where our errors become
-``kopf.TemporaryError`` / ``kopf.PermanentError``. Handlers are registered on a
-registry built from a `Runtime`, so clients and configuration are passed in rather
-than living in module globals.
+writes the status it reports. A Project's own failures are never raised to kopf:
+they are in its status, and a retryable one is retried by this process with
+backoff and jitter (`controller.retries`), so a retry costs no write unless what it
+reports changed. This is the one place where our errors become kopf's, for the two
+paths where kopf must retry: start-up and a blocked deletion (the finalizer stays).
+Handlers are registered on a registry built from a `Runtime`, so clients and
+configuration are passed in rather than living in module globals.
 """
 
 from __future__ import annotations
@@ -22,22 +25,35 @@ import structlog
 from pydantic import ValidationError
 
 from controller.config import OperatorConfig
-from controller.errors import CodebError, RetryableError
+from controller.drivers import Placement
+from controller.errors import CodebError, PermanentError, RetryableError
 from controller.kube import KubeClient
 from controller.metrics import Metrics
 from controller.naming import ProjectKey, connection_secret_name
-from controller.reconcile import BLOCKED_DELETE_RECHECK_SECONDS, PAUSED_ANNOTATION, Outcome, ProjectInput, Reconciler
+from controller.reconcile import (
+    BLOCKED_DELETE_RECHECK_SECONDS,
+    PAUSED_ANNOTATION,
+    PROGRESS_RECHECK_SECONDS,
+    Outcome,
+    ProjectInput,
+    Reconciler,
+    Teardown,
+)
+from controller.retries import Backoff, Retries
 from controller.status import format_validation_error, load_status, set_condition, status_patch
 from schemas.project import (
     API_GROUP,
     API_VERSION,
     KOPF_STATUS_FIELD,
     PLURAL,
+    BackupTarget,
     DeletionPolicy,
     Phase,
     ProjectSpec,
     ProjectStatus,
+    Provider,
 )
+from schemas.project import Runtime as Runtime_
 
 RESOURCE = (API_GROUP, API_VERSION, PLURAL)
 FINALIZER = f"{API_GROUP}/finalizer"
@@ -50,8 +66,12 @@ class Runtime:
     reconciler: Reconciler
     metrics: Metrics
     kube: KubeClient | None = None
-    # One reconcile at a time per Project: kopf runs timers beside event handlers.
+    retries: Retries = field(default_factory=lambda: Retries(Backoff()))
+    # One reconcile at a time per Project: kopf runs timers beside event handlers, and retries run beside both.
     locks: defaultdict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
+    # When each Project's next drift check is due: spread, so a restart does not fire them all at once.
+    drift_due: dict[str, float] = field(default_factory=dict)
+    rng: random.Random = field(default_factory=random.Random)
 
 
 class StatusDiffBase(kopf.StatusDiffBaseStorage):
@@ -90,25 +110,46 @@ def project_input(body: kopf.Body) -> ProjectInput:
         status.conditions = set_condition(status.conditions, "Synced", False, "InvalidSpec", message, generation)
         status.conditions = set_condition(status.conditions, "Ready", False, "InvalidSpec", message, generation)
         raise InvalidSpec(status, message) from None
-    key = ProjectKey(body.metadata.namespace or "", body.metadata.name or "", body.metadata.uid or "")
     paused = (body.metadata.annotations or {}).get(PAUSED_ANNOTATION) == "true"
-    return ProjectInput(key, generation, spec, status, paused)
+    return ProjectInput(_key(body), generation, spec, status, paused)
 
 
-def write_status(body: kopf.Body, patch: kopf.Patch, status: ProjectStatus) -> bool:
-    """Stage a status patch if anything changed; True if it did."""
-    changes = status_patch(dict(body.get("status") or {}), status)
-    if changes:
-        patch.status.update(changes)
-    return changes is not None
+def recorded_teardown(body: kopf.Body) -> Teardown:
+    """Teardown for a Project whose spec no longer validates: from status and the fields teardown reads."""
+    raw = dict(body.spec)
+    servers, backup = _section(raw, "servers"), _section(raw, "backup")
+    try:
+        placement = Placement(Provider(str(servers.get("provider"))), Runtime_(str(servers.get("runtime"))),
+                              str(servers["platform"]) if servers.get("platform") else None)  # fmt: skip
+        retain = DeletionPolicy(raw.get("deletionPolicy", DeletionPolicy.Retain.value)) is DeletionPolicy.Retain
+    except ValueError:
+        raise PermanentError(
+            "the stored spec is invalid and names no valid servers.provider, servers.runtime or deletionPolicy, "
+            "so what to tear down is unknown; fix those fields (or remove the finalizer by hand)",
+            reason="InvalidSpec",
+        ) from None
+    include = backup.get("include") or [BackupTarget.database.value]
+    status = load_status(dict(body.get("status") or {}))
+    key = _key(body)
+    final_dump = backup.get("enabled", True) is not False and BackupTarget.database.value in include
+    return Teardown(key, int(body.metadata.get("generation") or 0), status, placement, status.allocations,
+                    retain, final_dump)  # fmt: skip
 
 
-def apply_outcome(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, outcome: Outcome, trigger: str) -> None:
-    changed = write_status(body, patch, outcome.status)
+def _section(spec: dict[str, Any], name: str) -> dict[str, Any]:
+    value = spec.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def _key(body: kopf.Body) -> ProjectKey:
+    return ProjectKey(body.metadata.namespace or "", body.metadata.name or "", body.metadata.uid or "")
+
+
+def post_events(runtime: Runtime, body: kopf.Body, outcome: Outcome, status_changed: bool, trigger: str) -> None:
     for event in outcome.events:
         # A failure that repeats unchanged on every retry or drift tick was already
         # said once; repeating it would be a write per tick for nothing new.
-        if event.type == "Normal" or changed:
+        if event.type == "Normal" or status_changed:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     for action, result in outcome.results:
         runtime.metrics.actions.labels(action.component.value, action.verb.value, result).inc()
@@ -117,52 +158,144 @@ def apply_outcome(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, outcome:
     runtime.metrics.set_phase(body.metadata.uid or "", outcome.status.phase)
 
 
-async def run_reconcile(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, trigger: str) -> None:
+async def reconcile_body(runtime: Runtime, body: kopf.Body, trigger: str) -> dict[str, Any] | None:
+    """One reconcile of this body; the status changes to write (None: nothing changed).
+
+    Never raises for the Project's own failures: they are in the status, and a
+    retryable one schedules our own retry (`controller.retries`), not kopf's.
+    """
+    uid = body.metadata.uid or ""
+    stored = dict(body.get("status") or {})
     with structlog.contextvars.bound_contextvars(namespace=body.metadata.namespace, project=body.metadata.name):
         try:
             project = project_input(body)
         except InvalidSpec as exc:
-            write_status(body, patch, exc.status)
-            raise kopf.PermanentError(exc.message) from None
+            runtime.retries.reset(uid)
+            changes = status_patch(stored, exc.status)
+            if changes:
+                kopf.event(body, type="Warning", reason="InvalidSpec", message=exc.message)
+            return changes
         started = time.perf_counter()
-        async with runtime.locks[project.key.uid]:
-            outcome = await runtime.reconciler.reconcile(project, trigger)
-        runtime.metrics.reconcile_seconds.labels(trigger).observe(time.perf_counter() - started)
-        apply_outcome(runtime, body, patch, outcome, trigger)
-        if outcome.permanent_error and trigger != "timer":
-            # A timer must keep ticking: the conflict may clear when another Project goes.
-            raise kopf.PermanentError(outcome.permanent_error)
-        if outcome.retry_after is not None:
-            raise kopf.TemporaryError(outcome.status.last_error or "waiting", delay=outcome.retry_after)
-
-
-async def run_finalize(runtime: Runtime, body: kopf.Body, patch: kopf.Patch) -> None:
-    with structlog.contextvars.bound_contextvars(namespace=body.metadata.namespace, project=body.metadata.name):
-        try:
-            project = project_input(body)
-        except InvalidSpec:
-            # Nothing valid was ever converged for it: only its claims can exist.
-            key = ProjectKey(body.metadata.namespace or "", body.metadata.name or "", body.metadata.uid or "")
-            await runtime.reconciler.claims.release_all(key)
-            return
-        async with runtime.locks[project.key.uid]:
+        async with runtime.locks[uid]:
             try:
-                outcome = await runtime.reconciler.finalize(project)
+                outcome = await asyncio.wait_for(
+                    runtime.reconciler.reconcile(project, trigger), runtime.config.reconcile_timeout_seconds
+                )
+            except TimeoutError:
+                # Every step is safe to cut at any line; the next pass picks up where this one stopped.
+                log.warning("reconcile timed out", seconds=runtime.config.reconcile_timeout_seconds)
+                if runtime.kube is not None:
+                    runtime.retries.schedule(uid, PROGRESS_RECHECK_SECONDS, lambda: retry(runtime, project.key))
+                return None
+        runtime.metrics.reconcile_seconds.labels(trigger).observe(time.perf_counter() - started)
+        changes = status_patch(stored, outcome.status)
+        post_events(runtime, body, outcome, changes is not None, trigger)
+        if outcome.retry_after is None:
+            runtime.retries.reset(uid)
+        elif runtime.kube is not None:
+            key = project.key
+            delay = runtime.retries.schedule(uid, outcome.retry_after, lambda: retry(runtime, key))
+            log.info("retry scheduled", delay=round(delay, 1), reason=outcome.status.last_error or "waiting")
+        return changes
+
+
+async def retry(runtime: Runtime, key: ProjectKey) -> None:
+    """A scheduled retry: read the Project as it is now, reconcile, write status only if it changed."""
+    assert runtime.kube is not None
+    try:
+        raw = await runtime.kube.read_project(key.namespace, key.name)
+        if raw is None or raw["metadata"].get("uid") != key.uid or raw["metadata"].get("deletionTimestamp"):
+            runtime.retries.reset(key.uid)
+            return  # gone, replaced or being deleted: the delete handler owns it now
+        body = kopf.Body(cast(kopf.RawBody, raw))
+        changes = await reconcile_body(runtime, body, "retry")
+        if changes:
+            await runtime.kube.patch_project_status(key.namespace, key.name, changes)
+    except CodebError as exc:
+        # The API server itself is unavailable: look again later, on the same schedule.
+        log.warning("retry failed", project=str(key), error=exc.message)
+        runtime.retries.schedule(key.uid, 5.0, lambda: retry(runtime, key))
+
+
+async def run_reconcile(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, trigger: str) -> None:
+    changes = await reconcile_body(runtime, body, trigger)
+    if changes:
+        patch.status.update(changes)
+
+
+async def run_finalize(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, retry: int = 0) -> None:
+    uid = body.metadata.uid or ""
+    runtime.retries.reset(uid)
+    with structlog.contextvars.bound_contextvars(namespace=body.metadata.namespace, project=body.metadata.name):
+        async with runtime.locks[uid]:
+            try:
+                try:
+                    project: ProjectInput | None = project_input(body)
+                except InvalidSpec:
+                    project = None  # teardown from what status recorded
+                teardown = Teardown.of(project) if project is not None else recorded_teardown(body)
+                outcome = await runtime.reconciler.finalize(teardown)
             except CodebError as exc:
                 # Whatever the error, the finalizer stays until teardown has really finished.
-                delay = exc.delay if isinstance(exc, RetryableError) else BLOCKED_DELETE_RECHECK_SECONDS
+                floor = exc.delay if isinstance(exc, RetryableError) else BLOCKED_DELETE_RECHECK_SECONDS
+                delay = runtime.retries.backoff.delay(retry, floor, runtime.rng)
                 raise kopf.TemporaryError(f"deletion blocked: {exc.message}", delay=delay) from None
-        apply_outcome(runtime, body, patch, outcome, "delete")
+        changes = status_patch(dict(body.get("status") or {}), outcome.status)
+        if changes:
+            patch.status.update(changes)
+        post_events(runtime, body, outcome, changes is not None, "delete")
         if outcome.retry_after is not None:
-            raise kopf.TemporaryError(
-                f"deletion blocked: {outcome.status.last_error or 'waiting'}", delay=outcome.retry_after
-            )
-        if project.spec.deletion_policy is DeletionPolicy.Delete and runtime.kube is not None:
+            delay = runtime.retries.backoff.delay(retry, outcome.retry_after, runtime.rng)
+            raise kopf.TemporaryError(f"deletion blocked: {outcome.status.last_error or 'waiting'}", delay=delay)
+        if not teardown.retain_data and runtime.kube is not None:
             # Retained data keeps its credentials; destroyed data needs none.
-            secret = outcome.status.allocations.connection_secret or connection_secret_name(project.spec)
-            await runtime.kube.delete_secret(project.key.namespace, secret, project.key.name)
-        runtime.metrics.set_phase(project.key.uid, None)
-        runtime.locks.pop(project.key.uid, None)
+            secret = teardown.status.allocations.connection_secret
+            if project is not None:
+                secret = secret or connection_secret_name(project.spec)
+            if secret:
+                await runtime.kube.delete_secret(teardown.key.namespace, secret, teardown.key.name)
+        runtime.metrics.set_phase(uid, None)
+        runtime.locks.pop(uid, None)
+        runtime.drift_due.pop(uid, None)
+
+
+def drift_due(runtime: Runtime, uid: str, now: float) -> bool:
+    """Whether this Project's drift check is due; the first one lands anywhere in the first interval."""
+    interval = runtime.config.drift_interval_seconds
+    due = runtime.drift_due.setdefault(uid, now + runtime.rng.uniform(0, interval))
+    if now < due:
+        return False
+    runtime.drift_due[uid] = now + interval * runtime.rng.uniform(0.9, 1.1)
+    return True
+
+
+async def start_up(runtime: Runtime, settings: kopf.OperatorSettings) -> None:
+    """kopf's start-up handler; safe to run again when kopf retries it after a failure."""
+    config = runtime.config
+    # Progress and diff-base live in status (the CRD preserves status.kopf), so the
+    # status patch after a reconcile carries them: one write, not a second one for
+    # annotations on the object itself.
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(field=f"status.{KOPF_STATUS_FIELD}.progress")
+    settings.persistence.diffbase_storage = StatusDiffBase(field=f"status.{KOPF_STATUS_FIELD}.lastHandledConfiguration")
+    settings.persistence.finalizer = FINALIZER
+    # kopf would post its own log lines (each retry, each failure) as Events: a write
+    # each. Our Events say what happened, once.
+    settings.posting.enabled = False
+    settings.execution.max_workers = config.max_workers
+    if config.peering:
+        settings.peering.name = config.peering
+        settings.peering.mandatory = True
+        # Equal priorities make kopf pause every replica; distinct ones make the
+        # highest act while the others stand by until its keep-alive lapses.
+        priority = config.peering_priority
+        settings.peering.priority = priority if priority is not None else random.randint(1, 1_000_000)
+    runtime.metrics.serve(config.metrics_port)  # binds once, however often this runs
+    try:
+        await runtime.reconciler.claims.setup()
+    except RetryableError as exc:
+        raise kopf.TemporaryError(exc.message, delay=exc.delay) from None
+    except PermanentError as exc:
+        raise kopf.PermanentError(exc.message) from None
 
 
 def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
@@ -177,24 +310,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        # Progress and diff-base live in status (the CRD preserves status.kopf), so the
-        # status patch after a reconcile carries them: one write, not a second one for
-        # annotations on the object itself.
-        settings.persistence.progress_storage = kopf.StatusProgressStorage(field=f"status.{KOPF_STATUS_FIELD}.progress")
-        settings.persistence.diffbase_storage = StatusDiffBase(
-            field=f"status.{KOPF_STATUS_FIELD}.lastHandledConfiguration"
-        )
-        settings.persistence.finalizer = FINALIZER
-        settings.execution.max_workers = config.max_workers
-        if config.peering:
-            settings.peering.name = config.peering
-            settings.peering.mandatory = True
-            # Equal priorities make kopf pause every replica; distinct ones make the
-            # highest act while the others stand by until its keep-alive lapses.
-            priority = config.peering_priority
-            settings.peering.priority = priority if priority is not None else random.randint(1, 1_000_000)
-        runtime.metrics.serve(config.metrics_port)
-        await runtime.reconciler.claims.setup()
+        await start_up(runtime, settings)
 
     @kopf.on.resume(*RESOURCE, registry=registry)
     @kopf.on.create(*RESOURCE, registry=registry)
@@ -202,13 +318,16 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     async def changed(body: kopf.Body, patch: kopf.Patch, reason: str, **_: Any) -> None:
         await run_reconcile(runtime, body, patch, reason)
 
-    @kopf.timer(*RESOURCE, interval=config.drift_interval_seconds, initial_delay=config.drift_interval_seconds,
-                registry=registry)  # fmt: skip
+    # Ticks four times per drift interval; each Project acts only when its own, jittered turn is due.
+    tick = max(1.0, config.drift_interval_seconds / 4)
+
+    @kopf.timer(*RESOURCE, interval=tick, initial_delay=tick, registry=registry)
     async def drift(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        await run_reconcile(runtime, body, patch, "timer")
+        if drift_due(runtime, body.metadata.uid or "", time.monotonic()):
+            await run_reconcile(runtime, body, patch, "timer")
 
     @kopf.on.delete(*RESOURCE, registry=registry)
-    async def deleted(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        await run_finalize(runtime, body, patch)
+    async def deleted(body: kopf.Body, patch: kopf.Patch, retry: int, **_: Any) -> None:
+        await run_finalize(runtime, body, patch, retry)
 
     return registry

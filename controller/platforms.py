@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import httpx
 from pydantic import ValidationError
 
 from controller.drivers import Driver, DriverContext, Drivers
@@ -58,8 +59,9 @@ class MissingService:
 
 
 class PlatformDrivers:
-    def __init__(self, kube: KubeClient) -> None:
+    def __init__(self, kube: KubeClient, timeout: float = 30.0, concurrency: int = 8) -> None:
         self._kube = kube
+        self._timeout, self._concurrency = timeout, concurrency
         self._secrets = KubeSecrets(kube)
         self._cache: dict[str, tuple[str, Drivers]] = {}
 
@@ -100,16 +102,19 @@ class PlatformDrivers:
         if platform.object_storage is not None:
             s3 = platform.object_storage
             access, secret = await self._admin(s3.admin_secret_ref, "accessKey", "secretKey")
-            storage = MinioDriver(s3.endpoint, access, secret, self._secrets, secure=s3.secure)
+            storage = MinioDriver(s3.endpoint, access, secret, self._secrets, secure=s3.secure, timeout=self._timeout)
             drivers[Component.storage] = storage
         if platform.postgres is not None:
             pg = platform.postgres
             user, password = await self._admin(pg.admin_secret_ref, "username", "password")
             sink = storage.store_final_dump if storage is not None else None
-            drivers[Component.database] = PostgresDriver(pg.host, pg.port, user, password, self._secrets, sink)
+            drivers[Component.database] = PostgresDriver(pg.host, pg.port, user, password, self._secrets, sink,
+                                                         self._timeout, self._concurrency)  # fmt: skip
         if platform.redis is not None:
             (password,) = await self._admin(platform.redis.admin_secret_ref, "password")
-            drivers[Component.cache] = RedisDriver(platform.redis.host, platform.redis.port, password, self._secrets)
+            drivers[Component.cache] = RedisDriver(platform.redis.host, platform.redis.port, password, self._secrets,
+                                                   self._timeout, self._concurrency)  # fmt: skip
         if platform.caddy is not None:
-            drivers[Component.route] = CaddyDriver(platform.caddy.admin_url, platform.caddy.listen)
+            drivers[Component.route] = CaddyDriver(platform.caddy.admin_url, platform.caddy.listen,
+                                                   httpx.AsyncClient(timeout=self._timeout))  # fmt: skip
         return drivers

@@ -16,7 +16,7 @@ import structlog
 
 from controller import naming
 from controller.claims import ClaimStore
-from controller.drivers import Driver, DriverContext, Drivers
+from controller.drivers import Driver, DriverContext, Drivers, Placement
 from controller.errors import CodebError, PermanentError, RetryableError
 from controller.naming import ProjectKey
 from controller.planner import (
@@ -61,6 +61,36 @@ class ProjectInput:
 
 
 @dataclass(frozen=True)
+class Teardown:
+    """What deleting a Project needs.
+
+    From the spec when it validates; otherwise (an upgrade tightened a rule, say) from
+    what status recorded and the few spec fields teardown reads, so the data is still
+    torn down or released as the policy says, never just forgotten.
+    """
+
+    key: ProjectKey
+    generation: int
+    status: ProjectStatus
+    placement: Placement
+    allocations: Allocations | None  # None: derive from the spec and the claims held
+    retain_data: bool
+    final_dump: bool
+    spec: ProjectSpec | None = None
+
+    def instance(self, allocations: Allocations) -> str:
+        if self.spec is not None:
+            return naming.instance_name(self.spec)
+        return (allocations.connection_secret or "").removesuffix(naming.CONNECTION_SECRET_SUFFIX)
+
+    @classmethod
+    def of(cls, project: ProjectInput) -> Teardown:
+        spec = project.spec
+        return cls(project.key, project.generation, project.status, Placement.of(spec), None,
+                   spec.deletion_policy is DeletionPolicy.Retain, _wants_final_dump(spec), spec)  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Event:
     type: str  # Normal | Warning
     reason: str
@@ -88,7 +118,7 @@ class _Pass:
     results: list[tuple[Action, str]] = field(default_factory=list)
 
 
-DriverSource = Callable[[ProjectSpec], Awaitable[Drivers]]
+DriverSource = Callable[[Placement], Awaitable[Drivers]]
 
 
 class Reconciler:
@@ -107,7 +137,7 @@ class Reconciler:
         ctx = DriverContext(project.key, naming.instance_name(spec), allocations)
         desired = desired_state(spec, allocations)
         try:
-            drivers = await self._drivers_for(spec)
+            drivers = await self._drivers_for(Placement.of(spec))
         except CodebError as exc:
             return self._failed_before_acting(project, exc)
         work = _Pass(observed=await self._observe(drivers, ctx))
@@ -125,27 +155,29 @@ class Reconciler:
             drift=[] if acting else steps.actions,
         )
 
-    async def finalize(self, project: ProjectInput) -> Outcome:
+    async def finalize(self, teardown: Teardown) -> Outcome:
         """Tear down in reverse order; release claims only when everything is gone."""
-        spec = project.spec
-        allocations = self.claims.allocations_held(spec, await self.claims.held(project.key))
-        ctx = DriverContext(project.key, naming.instance_name(spec), allocations, final_dump=_wants_final_dump(spec))
-        drivers = await self._drivers_for(spec)
+        allocations = teardown.allocations
+        if allocations is None:
+            assert teardown.spec is not None
+            allocations = self.claims.allocations_held(teardown.spec, await self.claims.held(teardown.key))
+        ctx = DriverContext(teardown.key, teardown.instance(allocations), allocations, teardown.final_dump)
+        drivers = await self._drivers_for(teardown.placement)
         work = _Pass(observed=await self._observe(drivers, ctx))
-        steps = plan_deletion(work.observed, retain_data=spec.deletion_policy is DeletionPolicy.Retain)
+        steps = plan_deletion(work.observed, retain_data=teardown.retain_data)
         await self._execute(drivers, ctx, steps, work, "delete")
-        status = project.status.model_copy(deep=True)
+        status = teardown.status.model_copy(deep=True)
         status.phase = Phase.Deleting
         blocked = {**{c: e.message for c, e in work.failed.items()}, **work.waiting}
         if blocked:
             message = "; ".join(f"{c.value}: {m}" for c, m in blocked.items())
             status.conditions = set_condition(
-                status.conditions, "Synced", False, "DeleteBlocked", message, project.generation
+                status.conditions, "Synced", False, "DeleteBlocked", message, teardown.generation
             )
             # Even a permanent error must keep the finalizer: retry slowly, the condition says why.
             retry = _retry_after(work, steps) or BLOCKED_DELETE_RECHECK_SECONDS
             return Outcome(status, work.events, retry_after=retry, results=work.results)
-        released = await self.claims.release_all(project.key)
+        released = await self.claims.release_all(teardown.key)
         work.events.append(Event("Normal", "Deleted", f"torn down; released {released} claims"))
         return Outcome(status, work.events, results=work.results)
 
@@ -223,7 +255,7 @@ def _wants_final_dump(spec: ProjectSpec) -> bool:
 
 
 def _static(drivers: Drivers) -> DriverSource:
-    async def source(spec: ProjectSpec) -> Drivers:
+    async def source(placement: Placement) -> Drivers:
         return drivers
 
     return source

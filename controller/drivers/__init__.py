@@ -15,7 +15,7 @@ from typing import Protocol
 
 from controller.naming import ProjectKey
 from controller.planner import Component, Observation, State
-from schemas.project import Allocations
+from schemas.project import Allocations, ProjectSpec, Provider, Runtime
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,19 @@ class DriverContext:
     allocations: Allocations
     # Destroying data must first keep a last copy of it (backups on, deletionPolicy Delete).
     final_dump: bool = False
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a Project runs: what drivers are chosen by (`controller.drivers.registry`)."""
+
+    provider: Provider
+    runtime: Runtime
+    platform: str | None = None
+
+    @classmethod
+    def of(cls, spec: ProjectSpec) -> Placement:
+        return cls(spec.servers.provider, spec.servers.runtime, spec.servers.platform)
 
 
 class Driver(Protocol):

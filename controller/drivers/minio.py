@@ -1,7 +1,11 @@
 """MinIO (S3): a bucket per Project, and a user whose policy reaches only that bucket.
 
-Buckets the operator creates are tagged with the Project's uid; a bucket of the
-same name without that tag is never touched (``NotOwned``). The policy is compared
+Buckets the operator creates are tagged with the Project's namespace/name, so data
+kept by ``deletionPolicy: Retain`` is re-adopted by a Project re-created under the
+same name and refused to anyone else. The bucket's user is created before the
+bucket, with the key already in the Project's Secret: an untagged bucket that this
+user can open is ours (a crash between creating and tagging) and is tagged on the
+next pass; any other bucket of that name is never touched (``NotOwned``). The policy is compared
 statement by statement with the rendered one, so a policy widened by hand is drift.
 The MinIO clients are blocking; calls run in a worker thread.
 """
@@ -30,7 +34,7 @@ from controller.planner import Component, Observation, State
 from controller.secrets import SecretStore, ensure_password
 
 SECRET_KEY = "S3_SECRET_KEY"
-UID_TAG = "codeb.dev/project-uid"
+OWNER_TAG = "codeb.dev/project"
 FINAL_DUMPS_BUCKET = "codeb-final-dumps"
 T = TypeVar("T")
 
@@ -64,20 +68,28 @@ class MinioDriver:
     component = Component.storage
 
     def __init__(self, endpoint: str, root_user: str, root_password: str, secrets: SecretStore,
-                 secure: bool = False) -> None:  # fmt: skip
+                 secure: bool = False, timeout: float = 10.0) -> None:  # fmt: skip
         self._endpoint, self._secure = endpoint, secure
-        # Fail fast on an outage instead of urllib3's default retries.
-        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=3, read=10), retries=urllib3.Retry(total=0))
-        self._s3 = Minio(endpoint, access_key=root_user, secret_key=root_password, secure=secure, http_client=http)
+        # Fail fast on an outage instead of urllib3's default retries; one pool for every client here.
+        self._http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=min(3.0, timeout), read=timeout),
+                                         retries=urllib3.Retry(total=0), maxsize=8)  # fmt: skip
+        self._s3 = Minio(endpoint, access_key=root_user, secret_key=root_password, secure=secure,
+                         http_client=self._http)  # fmt: skip
         self._admin = MinioAdmin(endpoint=endpoint, credentials=StaticProvider(root_user, root_password),
-                                 secure=secure, http_client=http)  # fmt: skip
+                                 secure=secure, http_client=self._http)  # fmt: skip
         self._secrets = secrets
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """The one translation for this transport: codes only, never MinIO's text (it can echo requests)."""
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
         except (urllib3.exceptions.HTTPError, OSError):
             raise RetryableError(f"MinIO at {self._endpoint} is unreachable", reason="StorageUnavailable") from None
+        except S3Error as exc:
+            raise PermanentError(f"MinIO refused the request ({exc.code})", reason="StorageRefused") from None
+        except MinioAdminException as exc:
+            raise PermanentError(f"MinIO admin API refused the request ({exc._code})",
+                                 reason="StorageRefused") from None  # fmt: skip
 
     async def store_final_dump(self, object_name: str, path: Path) -> str:
         """Keep a final database dump in the backups bucket; the DumpSink for PostgreSQL."""
@@ -90,7 +102,7 @@ class MinioDriver:
         bucket = ctx.allocations.bucket
         if bucket is None or not await self._call(self._s3.bucket_exists, bucket):
             return Observation()
-        await self._check_owner(ctx, bucket)
+        tagged = await self._check_owner(ctx, bucket)
         versioning = await self._call(self._s3.get_bucket_versioning, bucket)
         lifecycle = await self._call(self._s3.get_bucket_lifecycle, bucket)
         days = lifecycle.rules[0].expiration.days if lifecycle and lifecycle.rules[0].expiration else None
@@ -99,29 +111,34 @@ class MinioDriver:
                 "bucket": bucket,
                 "versioning": versioning.status == ENABLED,
                 "expireAfterDays": days,
-                "policyMatches": await self._policy_matches(bucket),
+                "policyMatches": tagged and await self._policy_matches(bucket),
                 "loginWorks": await self._login_works(ctx, bucket),
             }
         )
 
-    async def _check_owner(self, ctx: DriverContext, bucket: str) -> None:
-        if await self._owner_tag(bucket) != ctx.key.uid:
-            raise PermanentError(
-                f"bucket {bucket} exists but was not created by the operator for this Project; "
-                "set spec.features.storage.bucket to another name",
-                reason="NotOwned",
-            )
+    async def _check_owner(self, ctx: DriverContext, bucket: str) -> bool:
+        """Whether the bucket carries our tag; raises NotOwned unless it is ours."""
+        owner = await self._owner_tag(bucket)
+        if owner == str(ctx.key):
+            return True
+        if owner is None and await self._login_works(ctx, bucket):
+            return False  # created, not yet tagged: a crash in between
+        whose = f"it holds data of Project {owner}" if owner else "it was not created by the operator"
+        raise PermanentError(
+            f"bucket {bucket} exists but {whose}; set spec.features.storage.bucket to another name",
+            reason="NotOwned",
+        )
 
     async def _owner_tag(self, bucket: str) -> str | None:
         tags: dict[str, str] = dict(await self._call(self._s3.get_bucket_tags, bucket) or {})
-        return tags.get(UID_TAG)
+        return tags.get(OWNER_TAG)
 
     async def _policy_matches(self, bucket: str) -> bool:
         try:
             info = json.loads(await self._call(self._admin.policy_info, access_key(bucket)))
             user = json.loads(await self._call(self._admin.user_info, access_key(bucket)))
-        except MinioAdminException:
-            return False
+        except PermanentError:
+            return False  # no such policy or user
         policy = info.get("Policy", info)
         attached = access_key(bucket) in str(user.get("policyName", "")).split(",")
         return attached and user.get("status") == "enabled" and _canonical(policy) == _canonical(bucket_policy(bucket))
@@ -130,12 +147,11 @@ class MinioDriver:
         secret = await self._secrets.read(ctx) or {}
         if not secret.get(SECRET_KEY):
             return False
-        client = Minio(
-            self._endpoint, access_key=access_key(bucket), secret_key=secret[SECRET_KEY], secure=self._secure
-        )
+        client = Minio(self._endpoint, access_key=access_key(bucket), secret_key=secret[SECRET_KEY],
+                       secure=self._secure, http_client=self._http)  # fmt: skip
         try:
             await self._call(lambda: list(client.list_objects(bucket, prefix="codeb-probe/")))
-        except S3Error:
+        except PermanentError:
             return False
         return True
 
@@ -143,22 +159,26 @@ class MinioDriver:
         bucket = str(desired["bucket"])
         # The Secret first: a crash after this line leaves a key the user will get.
         password = await ensure_password(self._secrets, ctx, SECRET_KEY)
-        if not await self._call(self._s3.bucket_exists, bucket):
-            await self._call(self._s3.make_bucket, bucket)
-            tags = Tags.new_bucket_tags()
-            tags[UID_TAG] = ctx.key.uid
-            await self._call(self._s3.set_bucket_tags, bucket, tags)
-        await self._check_owner(ctx, bucket)
-        status = ENABLED if desired["versioning"] else SUSPENDED
-        await self._call(self._s3.set_bucket_versioning, bucket, VersioningConfig(status))
-        await self._apply_lifecycle(bucket, desired["expireAfterDays"])
+        exists = await self._call(self._s3.bucket_exists, bucket)
+        if exists:
+            await self._check_owner(ctx, bucket)  # before touching a user that may be someone else's
+        # The user before the bucket: it is how an untagged bucket is known to be ours.
         await self._call(self._admin.policy_add, access_key(bucket), policy=bucket_policy(bucket))
         await self._call(self._admin.user_add, access_key(bucket), password)
         try:
             await self._call(self._admin.attach_policy, [access_key(bucket)], user=access_key(bucket))
-        except MinioAdminException as exc:
-            if "already" not in str(exc).lower():
-                raise RetryableError("MinIO refused to attach the bucket policy", reason="StorageUnavailable") from None
+        except PermanentError:
+            # MinIO refuses to attach a policy twice; any other refusal leaves it unattached.
+            if not await self._policy_matches(bucket):
+                raise
+        if not exists:
+            await self._call(self._s3.make_bucket, bucket)
+        tags = Tags.new_bucket_tags()
+        tags[OWNER_TAG] = str(ctx.key)
+        await self._call(self._s3.set_bucket_tags, bucket, tags)
+        status = ENABLED if desired["versioning"] else SUSPENDED
+        await self._call(self._s3.set_bucket_versioning, bucket, VersioningConfig(status))
+        await self._apply_lifecycle(bucket, desired["expireAfterDays"])
         await self._secrets.merge(ctx, {
             "S3_ENDPOINT": f"{'https' if self._secure else 'http'}://{self._endpoint}",
             "S3_BUCKET": bucket, "S3_ACCESS_KEY": access_key(bucket),
@@ -178,8 +198,10 @@ class MinioDriver:
         if retain or bucket is None:
             return
         if await self._call(self._s3.bucket_exists, bucket):
-            if await self._owner_tag(bucket) != ctx.key.uid:
-                return  # not ours: never deleted
+            try:
+                await self._check_owner(ctx, bucket)
+            except PermanentError:
+                return  # not ours: never deleted, and neither is its user
             objects = await self._call(
                 lambda: list(self._s3.list_objects(bucket, recursive=True, include_version=True))
             )
@@ -187,5 +209,5 @@ class MinioDriver:
                 await self._call(self._s3.remove_object, bucket, obj.object_name, version_id=obj.version_id)
             await self._call(self._s3.remove_bucket, bucket)
         for step in (self._admin.user_remove, self._admin.policy_remove):
-            with contextlib.suppress(MinioAdminException):  # already gone
+            with contextlib.suppress(PermanentError):  # already gone
                 await self._call(step, access_key(bucket))

@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from controller.drivers import Driver, DriverContext, Drivers
+from controller.drivers import Driver, DriverContext, Drivers, Placement
 from controller.errors import PermanentError
 from controller.planner import ORDER, Component, Observation, State
-from schemas.project import ProjectSpec, Provider, Runtime
+from schemas.project import Provider, Runtime
 
 # Served by a Platform's shared services, whichever provider the hosts come from.
 PLATFORM_COMPONENTS = (Component.database, Component.cache, Component.storage, Component.route)
@@ -76,8 +76,8 @@ class DriverRegistry:
     workload: Mapping[Runtime, Driver] = field(default_factory=dict)
     backup: Mapping[Provider, Driver] = field(default_factory=dict)
 
-    async def __call__(self, spec: ProjectSpec) -> Drivers:
-        provider, runtime = spec.servers.provider, spec.servers.runtime
+    async def __call__(self, placement: Placement) -> Drivers:
+        provider, runtime = placement.provider, placement.runtime
         drivers: dict[Component, Driver] = {
             Component.infrastructure: self.infrastructure.get(provider)
             or NotImplementedDriver(Component.infrastructure, _missing_hosts(provider)),
@@ -86,11 +86,10 @@ class DriverRegistry:
             Component.backup: self.backup.get(provider)
             or NotImplementedDriver(Component.backup, "scheduled backups are not built yet"),
         }
-        drivers.update(await self._shared(spec))
+        drivers.update(await self._shared(placement.platform))
         return {component: drivers[component] for component in ORDER}
 
-    async def _shared(self, spec: ProjectSpec) -> Drivers:
-        name = spec.servers.platform
+    async def _shared(self, name: str | None) -> Drivers:
         if name is None or self.platforms is None:
             return {c: NotImplementedDriver(c, _no_platform(c)) for c in PLATFORM_COMPONENTS}
         return await self.platforms(name)

@@ -17,7 +17,7 @@ from controller.kube import KubeClient, api_client_from_environment
 from controller.localcluster import LocalCluster
 from controller.naming import ProjectKey
 from controller.planner import ORDER, Component, State
-from controller.reconcile import ProjectInput, Reconciler
+from controller.reconcile import ProjectInput, Reconciler, Teardown
 from controller.status import condition
 from schemas.project import Phase, ProjectSpec, ProjectStatus
 from tests.factories import project_spec
@@ -161,7 +161,7 @@ async def test_deletion_follows_policy_and_releases_claims(claims: ClaimStore, p
     drivers = memory_drivers()
     reconciler = Reconciler(drivers, claims)
     created = await reconciler.reconcile(project(deletionPolicy=policy))
-    done = await reconciler.finalize(project(status=created.status, deletionPolicy=policy))
+    done = await reconciler.finalize(Teardown.of(project(status=created.status, deletionPolicy=policy)))
     assert done.retry_after is None and done.status.phase is Phase.Deleting
     assert drivers[Component.database].calls[-1] == (verb, "uid-1")
     assert drivers[Component.workload].calls[-1] == ("delete", "uid-1")
@@ -185,7 +185,7 @@ async def test_blocked_deletion_says_why_and_keeps_claims(claims: ClaimStore) ->
     reconciler = Reconciler(drivers, claims)
     created = await reconciler.reconcile(project())
     fail_teardown(drivers, Component.route, RetryableError("Caddy admin API unreachable"))
-    blocked = await reconciler.finalize(project(status=created.status))
+    blocked = await reconciler.finalize(Teardown.of(project(status=created.status)))
     assert blocked.retry_after is not None
     assert cond(blocked.status, "Synced") == ("False", "DeleteBlocked")
     assert "Caddy admin API unreachable" in condition(blocked.status, "Synced").message  # type: ignore[union-attr]
@@ -198,7 +198,7 @@ async def test_permanent_teardown_error_still_keeps_the_finalizer(claims: ClaimS
     created = await reconciler.reconcile(project(deletionPolicy="Delete"))
     error = PermanentError("no place for the final dump; add spec.objectStorage to the Platform")
     fail_teardown(drivers, Component.database, error)
-    blocked = await reconciler.finalize(project(status=created.status, deletionPolicy="Delete"))
+    blocked = await reconciler.finalize(Teardown.of(project(status=created.status, deletionPolicy="Delete")))
     assert blocked.retry_after is not None  # a retry is what keeps kopf's finalizer in place
     assert cond(blocked.status, "Synced") == ("False", "DeleteBlocked")
     assert await claims.held(project().key) != []

@@ -16,6 +16,7 @@ from minio.minioadmin import MinioAdmin
 from controller.drivers import DriverContext
 from controller.drivers.minio import SECRET_KEY, MinioDriver, access_key
 from controller.errors import PermanentError, RetryableError
+from controller.naming import ProjectKey
 from controller.planner import Component, desired_state
 from controller.secrets import MemorySecrets
 from schemas.project import ProjectSpec
@@ -71,6 +72,66 @@ async def test_bucket_user_and_isolation(driver: MinioDriver, secrets: MemorySec
         list(photos.list_objects("docs-staging-uploads"))
     secret = secrets.stored("team", "photos-staging-connection") or {}
     assert secret["S3_BUCKET"] == "photos-staging-uploads" and secret["S3_ENDPOINT"] == f"http://{server.endpoint}"
+
+
+async def test_isolation_holds_against_every_attack(
+    driver: MinioDriver, secrets: MemorySecrets, server: MinioServer
+) -> None:
+    a, a_spec = project("thief")
+    b, b_spec = project("vault")
+    await converge(driver, a, a_spec)
+    await converge(driver, b, b_spec)
+    (await user_client(secrets, b, server)).put_object("vault-staging-uploads", "gold", io.BytesIO(b"au"), 2)
+    thief = await user_client(secrets, a, server)
+    attacks = {
+        "list B's objects": lambda: list(thief.list_objects("vault-staging-uploads")),
+        "get B's object": lambda: thief.get_object("vault-staging-uploads", "gold").read(),
+        "stat B's object": lambda: thief.stat_object("vault-staging-uploads", "gold"),
+        "put into B's bucket": lambda: thief.put_object("vault-staging-uploads", "x", io.BytesIO(b"x"), 1),
+        "delete B's object": lambda: thief.remove_object("vault-staging-uploads", "gold"),
+        "read B's bucket policy": lambda: thief.get_bucket_policy("vault-staging-uploads"),
+        "open B's bucket to all": lambda: thief.set_bucket_policy("vault-staging-uploads", json.dumps({})),
+        "delete B's bucket": lambda: thief.remove_bucket("vault-staging-uploads"),
+        "make a bucket": lambda: thief.make_bucket("thief-extra"),
+        "tag its bucket as B's": lambda: thief.delete_bucket_tags("thief-staging-uploads"),
+    }
+    succeeded = []
+    for name, attack in attacks.items():
+        try:
+            attack()
+        except S3Error as exc:
+            assert exc.code in ("AccessDenied", "NoSuchBucketPolicy"), (name, exc.code)
+            continue
+        succeeded.append(name)
+    assert succeeded == [], f"{len(succeeded)} of {len(attacks)} attacks got through: {succeeded}"
+    assert root(server).get_object("vault-staging-uploads", "gold").read() == b"au"
+    # Listing buckets answers, but names only what the user may open: no other tenant's name.
+    assert [b.name for b in thief.list_buckets()] == ["thief-staging-uploads"]
+
+
+async def test_crash_between_create_and_tag_converges(driver: MinioDriver, server: MinioServer) -> None:
+    ctx, spec = project("untagged")
+    await converge(driver, ctx, spec)
+    root(server).delete_bucket_tags("untagged-staging-uploads")  # the world a crash before tagging leaves
+    seen = await driver.observe(ctx)  # our user opens it: ours, and re-applied rather than refused
+    assert seen.state is not None and seen.state["policyMatches"] is False
+    await converge(driver, ctx, spec)
+    assert root(server).get_bucket_tags("untagged-staging-uploads") == {"codeb.dev/project": "team/untagged"}
+
+
+async def test_retained_bucket_is_readopted_by_the_same_name_only(
+    driver: MinioDriver, secrets: MemorySecrets, server: MinioServer
+) -> None:
+    ctx, spec = project("kept")
+    await converge(driver, ctx, spec)
+    (await user_client(secrets, ctx, server)).put_object("kept-staging-uploads", "f", io.BytesIO(b"1"), 1)
+    await driver.delete(ctx, retain=True)
+    again = DriverContext(ProjectKey("team", "kept", "a-new-uid"), ctx.instance, ctx.allocations)
+    await converge(driver, again, spec)
+    assert (await user_client(secrets, again, server)).get_object("kept-staging-uploads", "f").read() == b"1"
+    stranger = DriverContext(ProjectKey("other", "kept", "uid-x"), ctx.instance, ctx.allocations)
+    with pytest.raises(PermanentError, match="holds data of Project team/kept"):
+        await driver.observe(stranger)
 
 
 async def test_widened_policy_is_drift_and_repaired(driver: MinioDriver, server: MinioServer) -> None:
