@@ -279,8 +279,8 @@ async def start_up(runtime: Runtime, settings: kopf.OperatorSettings) -> None:
     settings.persistence.diffbase_storage = StatusDiffBase(field=f"status.{KOPF_STATUS_FIELD}.lastHandledConfiguration")
     settings.persistence.finalizer = FINALIZER
     # kopf would post its own log lines (each retry, each failure) as Events: a write
-    # each. Our Events say what happened, once.
-    settings.posting.enabled = False
+    # each. Our Events say what happened, once. (posting.enabled would silence ours too.)
+    settings.posting.loggers = False
     settings.execution.max_workers = config.max_workers
     if config.peering:
         settings.peering.name = config.peering

@@ -351,7 +351,7 @@ class Servers(CodebModel):
         None,
         description=(
             "Name of the Platform (cluster-scoped) whose PostgreSQL, Redis, MinIO and Caddy this Project uses; "
-            "omit it to use the operator's built-in local drivers."
+            "without one, those components report NotImplemented (the operator has no built-in services)."
         ),
         pattern=DNS_LABEL,
         max_length=63,

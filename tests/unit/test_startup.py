@@ -43,7 +43,7 @@ async def test_a_failed_first_ledger_read_is_retried_without_rebinding() -> None
         await start_up(operator, settings)
     assert exc.value.delay == 2
     await start_up(operator, settings)  # kopf's retry: no EADDRINUSE, the ledgers read this time
-    assert claims.reads == 2 and settings.posting.enabled is False
+    assert claims.reads == 2 and settings.posting.loggers is False and settings.posting.enabled
     metrics = httpx.get(f"http://127.0.0.1:{port}/metrics")
     assert metrics.status_code == 200 and "codeb_reconcile_duration_seconds" in metrics.text
 
