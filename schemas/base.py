@@ -93,6 +93,16 @@ class Rule:
         return entry
 
 
+def immutable(field: str, why: str) -> Rule:
+    """A transition rule: ``field`` may not change once set (or be set or unset later).
+
+    Only the API server can enforce it, on update, where ``oldSelf`` exists; the
+    operator's own check always passes, as a spec alone has no past.
+    """
+    cel = f"has(self.{field}) == has(oldSelf.{field}) && (!has(self.{field}) || self.{field} == oldSelf.{field})"
+    return Rule(cel=cel, message=f"{field} is immutable: {why}", field_path=f".{field}", check=lambda _: True)
+
+
 class RuleViolation(ValueError):
     """A cross-field rule failed; carries the offending field's path within its model."""
 

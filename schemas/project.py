@@ -30,7 +30,14 @@ from schemas.base import (
     REVISION,
     CodebModel,
     Rule,
+    immutable,
     matches,
+)
+
+# Why identity fields cannot change: every name the data lives under is derived from them.
+RENAME_WHY = (
+    "the database, Redis user, bucket and Secret are named after it; create a new Project "
+    "for the new name (deletionPolicy Retain keeps the old data)"
 )
 
 API_GROUP = "codeb.dev"
@@ -155,6 +162,8 @@ class Source(CodebModel):
 
 
 class ProjectInfo(CodebModel):
+    rules = (immutable("slug", RENAME_WHY),)
+
     slug: str = Field(
         description=(
             "Short DNS-label name of the application (lowercase letters, digits, '-'). "
@@ -192,6 +201,8 @@ class SecretReference(CodebModel):
 
 class Environment(CodebModel):
     rules = (
+        immutable("type", RENAME_WHY),
+        immutable("pullRequest", RENAME_WHY),
         Rule(
             cel="self.type != 'preview' || has(self.pullRequest)",
             message="a preview environment needs pullRequest (the PR number it previews)",
@@ -417,6 +428,8 @@ class Redis(CodebModel):
 
 
 class ObjectStorage(CodebModel):
+    rules = (immutable("bucket", RENAME_WHY),)
+
     enabled: bool = Field(True, description="Create an S3 (MinIO) bucket with a user limited to it.")
     bucket: str | None = Field(
         None,

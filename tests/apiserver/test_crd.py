@@ -11,6 +11,7 @@ import yaml
 
 from controller.localcluster import LocalCluster
 from tests.bad_manifests import CORPUS, BadManifest
+from tests.factories import project
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "manifests" / "examples").glob("*.yaml"))
 
@@ -62,3 +63,28 @@ def test_short_names_and_printer_columns(cluster: LocalCluster, namespace: str) 
     cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES[0]))
     header = cluster.kubectl("get", "proj", "-n", namespace).stdout.splitlines()[0].split()
     assert header == ["NAME", "ENV", "RUNTIME", "PHASE", "READY", "URL", "AGE"]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (("project", "slug"), "renamed", "spec.project.slug"),
+        (("environment", "type"), "production", "spec.environment.type"),
+        (("features", "storage", "bucket"), "another-bucket", "spec.features.storage.bucket"),
+    ],
+)
+def test_identity_fields_are_immutable(
+    cluster: LocalCluster, namespace: str, path: tuple[str, ...], value: str, field: str
+) -> None:
+    doc = project("ident", namespace, features={"storage": {}})
+    cluster.kubectl("apply", "-f", "-", input_text=json.dumps(doc))
+    node = doc["spec"]
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = value
+    result = cluster.kubectl("apply", "-f", "-", input_text=json.dumps(doc), check=False)
+    assert result.returncode != 0, f"{field} was changed"
+    assert field in result.stderr and "is immutable" in result.stderr, result.stderr
+    # Other fields still change freely.
+    doc = project("ident", namespace, features={"storage": {}}, resources={"replicas": 3})
+    cluster.kubectl("apply", "-f", "-", input_text=json.dumps(doc))
