@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -35,7 +36,7 @@ from controller import naming
 from controller.errors import AllocationConflict, RetryableError
 from controller.kube import Conflict, KubeClient
 from controller.naming import ProjectKey
-from schemas.project import PORT_RANGES, Allocations, DeletionPolicy, EnvironmentType, ProjectSpec
+from schemas.project import PORT_RANGES, Allocations, DeletionPolicy, EnvironmentType, ProjectSpec, Provider
 
 LEDGER_LABEL = "codeb.dev/ledger"
 POOLS = ("port", "database", "cache", "bucket", "domain")
@@ -127,6 +128,8 @@ class NumberRequest:
     keep: int | None = None  # the number in use now: never switched silently
     range_text: str = ""
     pinned_field: str = "resources.port"
+    # Whether a number nobody holds may be handed out (e.g. no other process listens on the port).
+    usable: Callable[[int], bool] | None = None
 
     def decide(self, ledger: Ledger) -> tuple[int, Changes]:
         mine = sorted(int(v) for v in ledger.held_by(self.holder.uid))
@@ -149,7 +152,8 @@ class NumberRequest:
             return self.keep if self.keep in held else held[0]
         if self.keep in self.candidates and ledger.holder(str(self.keep)) is None:
             return self.keep  # in use but not recorded (a lost ledger): keep the app where it is
-        free = next((n for n in self.candidates if ledger.holder(str(n)) is None), None)
+        usable = self.usable or (lambda _: True)
+        free = next((n for n in self.candidates if ledger.holder(str(n)) is None and usable(n)), None)
         if free is None:
             raise AllocationConflict(f"no free {self.pool} left; free one or widen the range", reason="Exhausted")
         return free
@@ -251,14 +255,19 @@ def _port_range(environment: EnvironmentType, reserved: frozenset[int]) -> tuple
 
 
 def requests_for(
-    key: ProjectKey, spec: ProjectSpec, reserved_ports: Iterable[int] = (), current_port: int | None = None
+    key: ProjectKey,
+    spec: ProjectSpec,
+    reserved_ports: Iterable[int] = (),
+    current_port: int | None = None,
+    port_free: Callable[[int], bool] | None = None,
 ) -> dict[str, Request]:
-    """What this spec asks of each pool (pure)."""
+    """What this spec asks of each pool (pure, given ``port_free``)."""
     holder = Holder(key.uid, str(key))
     low, high = PORT_RANGES[spec.environment.type]
+    candidates = port_candidates(spec, reserved_ports)
     requests: dict[str, Request] = {
         "port": NumberRequest(
-            holder, "port", port_candidates(spec, reserved_ports), spec.resources.port, current_port, f"{low}-{high}"
+            holder, "port", candidates, spec.resources.port, current_port, f"{low}-{high}", usable=port_free
         )
     }
     allocations = allocations_for(spec, None)
@@ -404,11 +413,29 @@ def _as_number(value: object) -> int | None:
     return value if isinstance(value, int) else None
 
 
+def local_port_free(port: int) -> bool:
+    """Whether no process on this machine listens on ``port`` (any address)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
 class ClaimStore:
-    def __init__(self, kube: KubeClient, namespace: str, reserved_ports: Iterable[int] = ()) -> None:
+    def __init__(
+        self,
+        kube: KubeClient,
+        namespace: str,
+        reserved_ports: Iterable[int] = (),
+        local_port_free: Callable[[int], bool] | None = None,
+    ) -> None:
         self._kube = kube
         self._namespace = namespace
         self._reserved = frozenset(reserved_ports)
+        # Provider local runs on this machine: a port another process holds is not handed out.
+        self._local_port_free = local_port_free
         self._pools = {pool: _Pool(kube, namespace, pool) for pool in POOLS}
 
     async def setup(self) -> None:
@@ -431,7 +458,8 @@ class ClaimStore:
         so a Project whose allocation failed holds no more than before.
         """
         before = {claim.pool: claim.value for claim in await self.held(key)}
-        requests = requests_for(key, spec, self._reserved, current_port)
+        port_free = self._local_port_free if spec.servers.provider is Provider.local else None
+        requests = requests_for(key, spec, self._reserved, current_port, port_free)
         # Pools are independent: a new Project waits for one round of writes, not five.
         results = await asyncio.gather(
             *[self._pools[pool].run(request) for pool, request in requests.items()], return_exceptions=True

@@ -100,7 +100,7 @@ def run_operator(make_drivers: Callable[[KubeClient, OperatorConfig], DriverSour
 
     import kopf
 
-    from controller.claims import ClaimStore
+    from controller.claims import ClaimStore, local_port_free
     from controller.config import ConfigError, load_config
     from controller.kube import KubeClient, api_client_from_environment
     from controller.logs import configure_logging
@@ -121,7 +121,7 @@ def run_operator(make_drivers: Callable[[KubeClient, OperatorConfig], DriverSour
     )
     kube = KubeClient(api_client_from_environment(config.max_workers), ThreadPoolExecutor(config.max_workers),
                       config.api_timeout_seconds)  # fmt: skip
-    claims = ClaimStore(kube, config.claims_namespace, config.reserved_ports)
+    claims = ClaimStore(kube, config.claims_namespace, config.reserved_ports, local_port_free)
     retries = Retries(Backoff(cap=config.retry_max_seconds))
     runtime = Runtime(config, Reconciler(make_drivers(kube, config), claims), Metrics(), kube, retries)
     asyncio.run(

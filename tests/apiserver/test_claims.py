@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from controller.claims import LEDGER_LABEL, ClaimStore, Holder
+from controller.claims import LEDGER_LABEL, ClaimStore, Holder, local_port_free
 from controller.errors import AllocationConflict
 from controller.kube import KubeClient, api_client_from_environment
 from controller.localcluster import LocalCluster
@@ -162,3 +163,14 @@ async def test_full_range_is_reported_not_looped(store: ClaimStore) -> None:
     await asyncio.gather(*[store.ensure(key(f"f{p}"), spec(f"f{p}", resources={"port": p})) for p in range(4501, 5000)])
     with pytest.raises(AllocationConflict, match="no free port"):
         await store.ensure(key("xx"), spec("xx"))
+
+
+async def test_a_port_in_use_on_this_machine_is_not_handed_out(kube: KubeClient, namespace: str) -> None:
+    store = ClaimStore(kube, namespace, reserved_ports={4500}, local_port_free=local_port_free)
+    await store.setup()
+    first = next(p for p in range(4501, 5000) if local_port_free(p))
+    with socket.socket() as listener:  # another process's server on the first free port
+        listener.bind(("127.0.0.1", first))
+        listener.listen()
+        claimed = await store.ensure(key("busy"), spec("busy"))
+    assert claimed.allocations.port is not None and claimed.allocations.port > first

@@ -136,3 +136,11 @@ def test_a_domain_set_is_all_or_nothing_and_names_the_holder() -> None:
 def test_keep_only_undoes_what_a_failed_allocation_took() -> None:
     work = ledger(_4500=A, _4501=A, shop_db=B)
     assert KeepOnlyRequest(A.uid, frozenset({"4500"})).decide(work) == (None, {"4501": None})
+
+
+def test_a_port_another_process_holds_is_skipped_but_a_held_one_is_kept() -> None:
+    busy = {4500, 4502}
+    request = NumberRequest(A, "port", (4500, 4501, 4502), usable=lambda p: p not in busy)
+    assert request.decide(ledger()) == (4501, {"4501": A})
+    # Our own application listening on its port is "in use" too: it keeps it.
+    assert request.decide(ledger(_4500=A)) == (4500, {})
