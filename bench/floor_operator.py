@@ -1,5 +1,9 @@
 """The floor for bench/converge.py: a bare kopf operator that only patches status.
 
+It registers what CodeB registers (a delete handler, so kopf adds the finalizer, and a
+timer at CodeB's drift tick) and logs at the same level, so the floor is the least any
+kopf operator with teardown can do: finalizer, status, nothing else.
+
 ``CODEB_FLOOR_STORAGE=annotations`` (the default) keeps kopf's bookkeeping where kopf
 keeps it by default, in annotations: a status patch plus an annotation patch per
 Project. ``status`` puts it in status.kopf as CodeB does: one status patch per Project,
@@ -34,3 +38,14 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 def ready(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     patch.status["phase"] = "Ready"
     patch.status["observedGeneration"] = body.metadata["generation"]
+
+
+# CodeB's drift tick with its default interval (180 s / 4): it never fires during a run.
+@kopf.timer("codeb.dev", "v1alpha1", "projects", interval=45, initial_delay=45)
+def drift(**_: Any) -> None:
+    return None
+
+
+@kopf.on.delete("codeb.dev", "v1alpha1", "projects")
+def deleted(**_: Any) -> None:
+    return None

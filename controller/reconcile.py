@@ -240,8 +240,12 @@ def _success_events(results: list[tuple[Action, str]], trigger: str) -> list[Eve
     """One Normal Event per reason per pass, naming every action it covers.
 
     NOTE: a new Project takes up to seven actions; one Event each would make Events
-    the bulk of the operator's API traffic, for what reads better as one line.
+    the bulk of the operator's API traffic, for what reads better as one line. A first
+    converge with no failure posts none at all: its status says the same, and at a
+    thousand new Projects the Events would be a third of all writes.
     """
+    if trigger == "create" and all(result == "ok" for _, result in results):
+        return []
     grouped: dict[str, list[str]] = {}
     for action, result in results:
         if result == "ok":

@@ -80,6 +80,11 @@ async def test_fresh_project_converges_to_ready(claims: ClaimStore) -> None:
     assert outcome.retry_after is None
 
 
+async def test_a_first_clean_converge_posts_no_event(claims: ClaimStore) -> None:
+    outcome = await Reconciler(memory_drivers(), claims).reconcile(project(), trigger="create")
+    assert outcome.status.phase is Phase.Ready and len(outcome.results) == 7 and outcome.events == []
+
+
 async def test_second_pass_does_nothing(claims: ClaimStore) -> None:
     reconciler = Reconciler(memory_drivers(), claims)
     first = await reconciler.reconcile(project())
