@@ -223,7 +223,7 @@ async def run_reconcile(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, tr
         patch.status.update(changes)
 
 
-async def run_finalize(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, retry: int = 0) -> None:
+async def run_finalize(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, attempt: int = 0) -> None:
     uid = body.metadata.uid or ""
     runtime.retries.reset(uid)
     with structlog.contextvars.bound_contextvars(namespace=body.metadata.namespace, project=body.metadata.name):
@@ -238,14 +238,14 @@ async def run_finalize(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, ret
             except CodebError as exc:
                 # Whatever the error, the finalizer stays until teardown has really finished.
                 floor = exc.delay if isinstance(exc, RetryableError) else BLOCKED_DELETE_RECHECK_SECONDS
-                delay = runtime.retries.backoff.delay(retry, floor, runtime.rng)
+                delay = runtime.retries.backoff.delay(attempt, floor, runtime.rng)
                 raise kopf.TemporaryError(f"deletion blocked: {exc.message}", delay=delay) from None
         changes = status_patch(dict(body.get("status") or {}), outcome.status)
         if changes:
             patch.status.update(changes)
         post_events(runtime, body, outcome, changes is not None, "delete")
         if outcome.retry_after is not None:
-            delay = runtime.retries.backoff.delay(retry, outcome.retry_after, runtime.rng)
+            delay = runtime.retries.backoff.delay(attempt, outcome.retry_after, runtime.rng)
             raise kopf.TemporaryError(f"deletion blocked: {outcome.status.last_error or 'waiting'}", delay=delay)
         if not teardown.retain_data and runtime.kube is not None:
             # Retained data keeps its credentials; destroyed data needs none.

@@ -12,6 +12,11 @@ databases (SELECT, MOVE, COPY, SWAPDB); subscribe or publish outside its channel
 prefix, or list channels (PUBSUB); act on the whole server (FLUSHALL, FLUSHDB,
 FUNCTION, CONFIG, CLIENT LIST/KILL, broadcast key tracking, scripts).
 
+Redis has no comment on a user, so ownership is an admin-only key outside every
+tenant's prefix, ``codeb:owner:<user>`` = ``<namespace>/<name>``, written before the
+user exists and deleted after it is gone: a retained user and its keys are re-adopted
+by a Project of the same namespace and name and refused to anyone else.
+
 Drift is judged against what Redis itself reports for the rule set, learned once
 from a probe user, so the comparison does not depend on how a Redis version
 normalises ACL rules.
@@ -38,6 +43,7 @@ SAFE_COMMANDS = ["-@all", "+@read", "+@write", "+@keyspace", "+@transaction", "+
                  "-scan", "-keys", "-randomkey", "-dbsize", "-select", "-move", "-copy", "-swapdb", "-function",
                  "-pubsub", "-client|tracking"]  # fmt: skip
 PROBE_USER = "codeb-acl-probe"
+OWNER_KEY = "codeb:owner:{user}"
 TIMEOUT_SECONDS = 5.0
 POOL_SIZE = 8
 
@@ -97,6 +103,7 @@ class RedisDriver:
         found = await self._call("ACL", "GETUSER", user)
         if found is None:
             return Observation()
+        await self._check_owner(ctx, user)
         seen = _rules_of(found)
         expected = await self._canonical_commands(acl_rules(prefix))
         return Observation(
@@ -127,6 +134,8 @@ class RedisDriver:
         user, prefix = str(desired["user"]), str(desired["prefix"])
         # The Secret first: a crash after this line leaves a password the user will get.
         password = await ensure_password(self._secrets, ctx, PASSWORD_KEY)
+        # The marker before the user: a crash in between leaves a claim, never an unowned user.
+        await self._check_owner(ctx, user, claim=True)
         await self._call("ACL", "SETUSER", user, "reset", "on", f">{password}", *acl_rules(prefix))
         await self._secrets.merge(ctx, {
             # No database number: the user may not SELECT, and stays in database 0.
@@ -143,7 +152,10 @@ class RedisDriver:
         """
         user, prefix = ctx.allocations.redis_user, ctx.allocations.redis_prefix
         if retain or user is None or prefix is None:
-            return  # released: the user and its keys stay, unmanaged
+            return  # released: the user, its keys and its marker stay for a Project of the same name
+        owner = await self._call("GET", OWNER_KEY.format(user=user))
+        if owner is not None and owner != str(ctx.key):
+            return  # someone else's: never touched
         if await self._call("ACL", "GETUSER", user) is not None:
             await self._call("ACL", "SETUSER", user, "off")
             await self._call("CLIENT", "KILL", "USER", user)
@@ -155,6 +167,30 @@ class RedisDriver:
             if int(cursor) == 0:
                 break
         await self._call("ACL", "DELUSER", user)
+        await self._call("DEL", OWNER_KEY.format(user=user))
+
+    async def _check_owner(self, ctx: DriverContext, user: str, claim: bool = False) -> None:
+        """Raise NotOwned unless this Project owns the user; ``claim`` writes the marker if there is none.
+
+        The marker is always written before the user is made, so a user without one
+        was made by someone else.
+        """
+        key = OWNER_KEY.format(user=user)
+        owner = await self._call("GET", key)
+        if owner is None:
+            if await self._call("ACL", "GETUSER", user) is not None:
+                raise _not_owned(user, "was not created by the operator")
+            if not claim:
+                return
+            owner = await self._call("SET", key, str(ctx.key), "NX", "GET")  # None: ours now
+            if owner is None:
+                return
+        if owner != str(ctx.key):
+            raise _not_owned(user, f"holds data of Project {owner}")
+
+
+def _not_owned(user: str, whose: str) -> PermanentError:
+    return PermanentError(f"Redis user {user} exists but {whose}; change spec.project.slug", reason="NotOwned")
 
 
 def _as_dict(getuser: Any) -> dict[str, Any]:

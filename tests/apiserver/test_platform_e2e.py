@@ -166,7 +166,8 @@ def test_projects_on_a_shared_platform(world: dict[str, Any], tmp_path: Path) ->
     exposed = {
         "operator log": operator.log(),
         "events": json.dumps(get_json(cluster, "events", "-A")),
-        "status": json.dumps(get_json(cluster, "projects", "-A")),
+        "status": json.dumps(get_json(cluster, "projects", "-A")),  # status.kopf included
+        "postgres statement log": pg.log(),  # every statement, password changes included
     }
     for where, text in exposed.items():
         leaked = [c[:4] + "…" for c in credentials if c in text]

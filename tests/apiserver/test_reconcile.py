@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import kopf
 import pytest
 
 from controller.claims import ClaimStore
@@ -16,6 +17,7 @@ from controller.errors import PermanentError, RetryableError
 from controller.kube import KubeClient, api_client_from_environment
 from controller.localcluster import LocalCluster
 from controller.naming import ProjectKey
+from controller.operator import InvalidSpec, project_input, recorded_teardown
 from controller.planner import ORDER, Component, State
 from controller.reconcile import ProjectInput, Reconciler, Teardown
 from controller.status import condition
@@ -233,3 +235,30 @@ async def test_cloud_hosts_without_a_driver_are_not_ready(claims: ClaimStore) ->
     # The data services wait behind hosts that do not exist: parked, not retried.
     assert cond(outcome.status, "DatabaseReady") == ("False", "NotImplemented")
     assert outcome.retry_after is None
+
+
+async def test_a_spec_that_no_longer_validates_is_torn_down_from_status(claims: ClaimStore) -> None:
+    """An upgrade tightened a rule: the stored spec fails validation, yet deletion still tears down."""
+    drivers = memory_drivers()
+    reconciler = Reconciler(drivers, claims)
+    created = await reconciler.reconcile(project(deletionPolicy="Delete"))
+    raw = {
+        "apiVersion": "codeb.dev/v1alpha1",
+        "kind": "Project",
+        "metadata": {"name": "shop", "namespace": "ns", "uid": "uid-1", "generation": 3},
+        "spec": {
+            **project_spec(slug="shop"),
+            "deletionPolicy": "Delete",
+            "servers": {"provider": "local", "runtime": "local", "hosts": ["not a host"]},
+        },  # invalid now
+        "status": created.status.model_dump(mode="json", by_alias=True, exclude_none=True),
+    }
+    with pytest.raises(InvalidSpec):
+        project_input(kopf.Body(raw))  # type: ignore[arg-type]
+    teardown = recorded_teardown(kopf.Body(raw))  # type: ignore[arg-type]
+    assert teardown.allocations == created.status.allocations and not teardown.retain_data
+    done = await reconciler.finalize(teardown)
+    assert done.retry_after is None
+    assert all(d.world == {} for d in drivers.values())  # everything torn down, data included
+    assert drivers[Component.database].calls[-1] == ("delete", "uid-1")
+    assert await claims.held(ProjectKey("ns", "shop", "uid-1")) == []

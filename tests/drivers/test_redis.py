@@ -13,6 +13,7 @@ from redis.exceptions import AuthenticationError, NoPermissionError, ResponseErr
 from controller.drivers import DriverContext
 from controller.drivers.redis import PASSWORD_KEY, RedisDriver
 from controller.errors import PermanentError, RetryableError
+from controller.naming import ProjectKey
 from controller.planner import Component, desired_state
 from controller.secrets import MemorySecrets
 from schemas.project import ProjectSpec
@@ -232,3 +233,30 @@ async def test_concurrent_projects_each_converge(driver: RedisDriver) -> None:
     await asyncio.gather(*[driver.apply(ctx, want(ctx, spec)) for ctx, spec in projects])
     seen = await asyncio.gather(*[driver.observe(ctx) for ctx, _ in projects])
     assert [s.state for s in seen] == [want(ctx, spec) for ctx, spec in projects]
+
+
+async def test_retained_user_is_readopted_by_the_same_name_only(
+    driver: RedisDriver, secrets: MemorySecrets, server: RedisServer
+) -> None:
+    ctx, spec = context("kept", features={"redis": {}})
+    await converge(driver, ctx, spec)
+    (await client_for(secrets, ctx, server)).set("kept-staging:cart", "3")
+    await driver.delete(ctx, retain=True)
+    again = DriverContext(ProjectKey("team", "kept", "a-new-uid"), ctx.instance, ctx.allocations)
+    await converge(driver, again, spec)
+    assert (await client_for(secrets, again, server)).get("kept-staging:cart") == b"3"
+    stranger = DriverContext(ProjectKey("other", "kept", "uid-x"), ctx.instance, ctx.allocations)
+    with pytest.raises(PermanentError, match="holds data of Project team/kept"):
+        await driver.apply(stranger, want(stranger, spec))
+    await driver.delete(stranger, retain=False)  # and cannot delete it either
+    assert (await client_for(secrets, again, server)).get("kept-staging:cart") == b"3"
+
+
+async def test_foreign_user_is_never_taken_over(driver: RedisDriver, server: RedisServer) -> None:
+    ctx, spec = context("ops", features={"redis": {}})
+    admin = redis.Redis(host=server.host, port=server.port, password=server.password)
+    admin.execute_command("ACL", "SETUSER", "ops-staging", "on", ">the-ops-team", "~*", "+@all")
+    with pytest.raises(PermanentError, match="was not created by the operator") as exc:
+        await driver.apply(ctx, want(ctx, spec))
+    assert exc.value.reason == "NotOwned"
+    assert redis.Redis(host=server.host, port=server.port, username="ops-staging", password="the-ops-team").ping()
