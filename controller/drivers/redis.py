@@ -28,7 +28,10 @@ import uuid
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from controller.drivers import DriverContext
 from controller.errors import PermanentError, RetryableError
@@ -64,6 +67,8 @@ class RedisDriver:
         pool = aioredis.BlockingConnectionPool(
             host=host, port=port, password=admin_password, socket_timeout=timeout, socket_connect_timeout=timeout,
             max_connections=pool_size, timeout=timeout, decode_responses=True,
+            # A pooled connection that Redis closed (a restart) is reconnected once, not reported as an outage.
+            retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError],
         )  # fmt: skip
         self._admin = aioredis.Redis(connection_pool=pool)
 
@@ -200,9 +205,13 @@ def _as_dict(getuser: Any) -> dict[str, Any]:
 
 
 def _rules_of(getuser: Any) -> dict[str, Any]:
-    """The parts of ACL GETUSER that define what a user may do."""
+    """The parts of ACL GETUSER that define what a user may do, as sets of rules.
+
+    Redis renders the command exceptions in its own hash order, which changes when it
+    restarts; the same permissions must compare equal, so the order is not kept.
+    """
     found = _as_dict(getuser)
-    return {k: found.get(k) for k in ("commands", "keys", "channels") if k in found}
+    return {k: frozenset(str(found[k]).split()) for k in ("commands", "keys", "channels") if k in found}
 
 
 def _flags(getuser: Any) -> list[str]:

@@ -260,3 +260,18 @@ async def test_foreign_user_is_never_taken_over(driver: RedisDriver, server: Red
         await driver.apply(ctx, want(ctx, spec))
     assert exc.value.reason == "NotOwned"
     assert redis.Redis(host=server.host, port=server.port, username="ops-staging", password="the-ops-team").ping()
+
+
+async def test_a_restarted_redis_is_not_drift_forever(secrets: MemorySecrets) -> None:
+    """Redis lists a user's rules in hash order, which a restart reshuffles: still the same rules."""
+    own = start_redis()
+    try:
+        driver = RedisDriver(own.host, own.port, own.password, secrets)
+        ctx, spec = context("restart", features={"redis": {}})
+        await converge(driver, ctx, spec)  # learns how this Redis renders the rules
+        own.stop()
+        own.start()  # no persistence: the user is gone and must be made again
+        assert (await driver.observe(ctx)).state is None
+        await converge(driver, ctx, spec)  # and then it matches, not "differs in aclMatches"
+    finally:
+        own.stop()
