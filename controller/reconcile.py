@@ -330,7 +330,8 @@ def _readiness(component_ok: Mapping[Component, bool], steps: Plan) -> tuple[boo
         return True, "AllComponentsReady", "all components ready"
     message = "not ready: " + ", ".join(c.value for c in not_ready)
     if all(c in steps.unsupported or c in steps.parked for c in not_ready):
-        return False, "NotImplemented", f"{message}; no driver yet for {_unsupported(steps)}"
+        missing = ", ".join(c.value for c in steps.unsupported)
+        return False, "NotImplemented", f"{message}; no driver yet for {missing} (see their conditions)"
     return False, "ComponentsNotReady", message
 
 
