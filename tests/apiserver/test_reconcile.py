@@ -262,3 +262,24 @@ async def test_a_spec_that_no_longer_validates_is_torn_down_from_status(claims: 
     assert all(d.world == {} for d in drivers.values())  # everything torn down, data included
     assert drivers[Component.database].calls[-1] == ("delete", "uid-1")
     assert await claims.held(ProjectKey("ns", "shop", "uid-1")) == []
+
+
+async def test_a_taken_domain_holds_back_only_the_route(claims: ClaimStore) -> None:
+    drivers = memory_drivers()
+    reconciler = Reconciler(drivers, claims)
+    first = await reconciler.reconcile(project())
+    route_before = dict(drivers[Component.route].world["uid-1"])
+    spec = ProjectSpec.model_validate(
+        project_spec(
+            slug="copycat", features={"database": {}}, environment={"type": "staging", "domains": ["shop.example.com"]}
+        )
+    )
+    second = ProjectInput(ProjectKey("other", "copycat", "uid-2"), 1, spec, ProjectStatus())
+    taken = await reconciler.reconcile(second)
+    route = condition(taken.status, "RouteReady")
+    assert route is not None and (route.status.value, route.reason) == ("False", "DomainTaken")
+    assert "shop.example.com is already routed by ns/shop" in route.message
+    assert cond(taken.status, "DatabaseReady") == ("True", "Ready")  # everything else converged
+    assert "uid-2" not in drivers[Component.route].world  # no route made for the second
+    assert drivers[Component.route].world["uid-1"] == route_before  # the first keeps serving, untouched
+    assert first.status.phase is Phase.Ready and taken.retry_after is None  # no retry loop: the drift check looks
