@@ -457,7 +457,9 @@ class ClaimStore:
         All or nothing: when one pool refuses, what the others newly took is given back,
         so a Project whose allocation failed holds no more than before.
         """
-        before = {claim.pool: claim.value for claim in await self.held(key)}
+        before: dict[str, set[str]] = {}
+        for claim in await self.held(key):  # a pool may hold several values (domains)
+            before.setdefault(claim.pool, set()).add(claim.value)
         port_free = self._local_port_free if spec.servers.provider is Provider.local else None
         requests = requests_for(key, spec, self._reserved, current_port, port_free)
         # Pools are independent: a new Project waits for one round of writes, not five.
@@ -467,7 +469,7 @@ class ClaimStore:
         failure = next((r for r in results if isinstance(r, BaseException)), None)
         if failure is not None:
             undo = [
-                self._pools[pool].run(KeepOnlyRequest(key.uid, frozenset(v for p, v in before.items() if p == pool)))
+                self._pools[pool].run(KeepOnlyRequest(key.uid, frozenset(before.get(pool, ()))))
                 for pool, result in zip(requests, results, strict=True)
                 if not isinstance(result, BaseException)
             ]

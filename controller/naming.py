@@ -68,11 +68,8 @@ def redis_prefix(spec: ProjectSpec) -> str:
     return f"{instance_name(spec)}:"
 
 
-CONNECTION_SECRET_SUFFIX = "-connection"
-
-
 def connection_secret_name(spec: ProjectSpec) -> str:
-    return instance_name(spec) + CONNECTION_SECRET_SUFFIX
+    return f"{instance_name(spec)}-connection"
 
 
 def primary_url(spec: ProjectSpec) -> str | None:

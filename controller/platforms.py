@@ -25,11 +25,20 @@ from controller.planner import Component, Observation, State
 from controller.status import format_validation_error
 from schemas.platform import PlatformSpec, SecretKeyReference
 
-_FIELDS = {
-    Component.database: ("postgres", "spec.features.database"),
-    Component.cache: ("redis", "spec.features.redis"),
-    Component.storage: ("objectStorage", "spec.features.storage"),
-    Component.route: ("caddy", "spec.environment.domains"),
+
+@dataclass(frozen=True)
+class Service:
+    platform_field: str  # where the Platform declares it
+    project_field: str  # what in the Project asks for it
+    label: str
+
+
+# The components a Platform's shared services serve, whatever the provider of the hosts.
+SERVICES = {
+    Component.database: Service("postgres", "spec.features.database", "PostgreSQL"),
+    Component.cache: Service("redis", "spec.features.redis", "Redis"),
+    Component.storage: Service("objectStorage", "spec.features.storage", "object storage"),
+    Component.route: Service("caddy", "spec.environment.domains", "Caddy route"),
 }
 
 
@@ -41,10 +50,10 @@ class MissingService:
     platform: str
 
     def _error(self) -> PermanentError:
-        service, feature = _FIELDS[self.component]
+        service = SERVICES[self.component]
         return PermanentError(
-            f"Platform {self.platform} declares no {service}; add spec.{service} to the Platform "
-            f"or turn off {feature} in the Project",
+            f"Platform {self.platform} declares no {service.platform_field}; add spec.{service.platform_field} "
+            f"to the Platform or turn off {service.project_field} in the Project",
             reason="ServiceNotOnPlatform",
         )
 
@@ -97,7 +106,7 @@ class PlatformDrivers:
         return [data[k] for k in keys]
 
     async def _build(self, name: str, platform: PlatformSpec) -> Drivers:
-        drivers: dict[Component, Driver] = {component: MissingService(component, name) for component in _FIELDS}
+        drivers: dict[Component, Driver] = {component: MissingService(component, name) for component in SERVICES}
         storage: MinioDriver | None = None
         if platform.object_storage is not None:
             s3 = platform.object_storage

@@ -78,11 +78,6 @@ class Teardown:
     final_dump: bool
     spec: ProjectSpec | None = None
 
-    def instance(self, allocations: Allocations) -> str:
-        if self.spec is not None:
-            return naming.instance_name(self.spec)
-        return (allocations.connection_secret or "").removesuffix(naming.CONNECTION_SECRET_SUFFIX)
-
     @classmethod
     def of(cls, project: ProjectInput) -> Teardown:
         spec = project.spec
@@ -134,7 +129,7 @@ class Reconciler:
             return self._failed_before_acting(project, exc)
         allocations = claimed.allocations
         refused = {Component.route: ("DomainTaken", claimed.domain_conflict)} if claimed.domain_conflict else {}
-        ctx = DriverContext(project.key, naming.instance_name(spec), allocations)
+        ctx = DriverContext(project.key, allocations)
         desired = desired_state(spec, allocations)
         try:
             drivers = await self._drivers_for(Placement.of(spec))
@@ -161,7 +156,7 @@ class Reconciler:
         if allocations is None:
             assert teardown.spec is not None
             allocations = self.claims.allocations_held(teardown.spec, await self.claims.held(teardown.key))
-        ctx = DriverContext(teardown.key, teardown.instance(allocations), allocations, teardown.final_dump)
+        ctx = DriverContext(teardown.key, allocations, teardown.final_dump)
         drivers = await self._drivers_for(teardown.placement)
         work = _Pass(observed=await self._observe(drivers, ctx))
         steps = plan_deletion(work.observed, retain_data=teardown.retain_data)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 
-from controller import naming
 from controller.claims import allocations_for
 from controller.drivers import DriverContext
 from controller.naming import ProjectKey
@@ -16,4 +15,4 @@ def context(slug: str, port: int = 4600, **sections: object) -> tuple[DriverCont
     """A driver context as the reconciler builds it, without claiming anything."""
     spec = ProjectSpec.model_validate(project_spec(slug=slug, **sections))
     key = ProjectKey("team", slug, str(uuid.uuid4()))
-    return DriverContext(key, naming.instance_name(spec), allocations_for(spec, port)), spec
+    return DriverContext(key, allocations_for(spec, port)), spec

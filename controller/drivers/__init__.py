@@ -21,7 +21,6 @@ from schemas.project import Allocations, ProjectSpec, Provider, Runtime
 @dataclass(frozen=True)
 class DriverContext:
     key: ProjectKey
-    instance: str
     allocations: Allocations
     # Destroying data must first keep a last copy of it (backups on, deletionPolicy Delete).
     final_dump: bool = False

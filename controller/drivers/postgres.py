@@ -147,10 +147,11 @@ class PostgresDriver:
             found = await _database(conn, name)
             if found is None:
                 return Observation()
-            owner, comment, acl, owner_comment = found
-            marker = _owned_marker(ctx, name, comment, owner_comment)
+            owner, comment, acl, _ = found
+            _check_owner(ctx, "database", name, _database_marker(found))
+            marker = _marker(comment)
             role_row = await (await conn.execute(
-                "SELECT rolconnlimit, shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s", (role,)
+                "SELECT rolconnlimit FROM pg_roles WHERE rolname = %s", (role,)
             )).fetchone()  # fmt: skip
         async with self._connect(name) as conn:
             installed = {r[0] for r in await (await conn.execute("SELECT extname FROM pg_extension")).fetchall()}
@@ -195,19 +196,17 @@ class PostgresDriver:
     async def _ensure_role(
         self, conn: psycopg.AsyncConnection[Any], ctx: DriverContext, role: str, password: str, limit: int
     ) -> None:
-        row = await (await conn.execute(
-            "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s", (role,)
-        )).fetchone()  # fmt: skip
+        marker = await _role_marker(conn, role)
         settings = sql.SQL("LOGIN PASSWORD {} CONNECTION LIMIT {}").format(
             sql.Literal(scram_verifier(password)), sql.Literal(limit)
         )
-        if row is None:
+        if marker is None:
             # The marker is part of the create: both commit, or neither.
             async with conn.transaction():
                 await conn.execute(sql.SQL("CREATE ROLE {} {}").format(sql.Identifier(role), settings))
                 await _comment(conn, "ROLE", role, _new_marker(ctx))
             return
-        _check_owner(ctx, "role", role, _marker(row[0]))
+        _check_owner(ctx, "role", role, marker)
         async with conn.transaction():
             await conn.execute(sql.SQL("ALTER ROLE {} {}").format(sql.Identifier(role), settings))
             await _comment(conn, "ROLE", role, _new_marker(ctx))
@@ -221,7 +220,7 @@ class PostgresDriver:
             # the comment is written (a crash in between is recognised, not refused).
             await conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(ident, sql.Identifier(role)))
         else:
-            _owned_marker(ctx, name, found[1], found[3])
+            _check_owner(ctx, "database", name, _database_marker(found))
         await conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(ident, sql.Identifier(role)))
         await conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(ident))
         await conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(ident, sql.Identifier(role)))
@@ -259,12 +258,9 @@ class PostgresDriver:
         if retain or name is None or role is None:
             return  # released: data, role and markers stay for a Project of the same name
         async with self._connect() as conn:
-            role_row = await (await conn.execute(
-                "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s", (role,)
-            )).fetchone()  # fmt: skip
-            role_ours = role_row is not None and _marker(role_row[0]).get("project") == str(ctx.key)
+            role_ours = _is_ours(ctx, await _role_marker(conn, role) or {})
             found = await _database(conn, name)
-            database_ours = found is not None and _is_ours(ctx, found[1], found[3])
+            database_ours = found is not None and _is_ours(ctx, _database_marker(found))
             if found is not None and not database_ours:
                 return  # not ours: never dropped, and neither is a role of that name
             if role_ours:
@@ -321,22 +317,28 @@ def _new_marker(ctx: DriverContext, extensions: list[str] | None = None) -> dict
     return marker
 
 
-def _is_ours(ctx: DriverContext, comment: str | None, owner_comment: str | None) -> bool:
-    marker = _marker(comment) or _marker(owner_comment)  # unmarked but owned by our role: a crash in between
+async def _role_marker(conn: psycopg.AsyncConnection[Any], role: str) -> dict[str, Any] | None:
+    """The role's marker ({} when unmarked), or None when there is no such role."""
+    row = await (await conn.execute(
+        "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s", (role,)
+    )).fetchone()  # fmt: skip
+    return None if row is None else _marker(row[0])
+
+
+def _database_marker(found: tuple[str, str | None, Any, str | None]) -> dict[str, Any]:
+    """A database's own marker, else its owner role's: unmarked but owned by our role is a crash in between."""
+    _, comment, _, owner_comment = found
+    return _marker(comment) or _marker(owner_comment)
+
+
+def _is_ours(ctx: DriverContext, marker: dict[str, Any]) -> bool:
     return marker.get("project") == str(ctx.key)
 
 
-def _owned_marker(ctx: DriverContext, name: str, comment: str | None, owner_comment: str | None) -> dict[str, Any]:
-    """The database's marker if it is ours; raises NotOwned otherwise."""
-    marker = _marker(comment) or _marker(owner_comment)
-    _check_owner(ctx, "database", name, marker)
-    return _marker(comment)
-
-
 def _check_owner(ctx: DriverContext, kind: str, name: str, marker: dict[str, Any]) -> None:
-    holder = marker.get("project")
-    if holder == str(ctx.key):
+    if _is_ours(ctx, marker):
         return
+    holder = marker.get("project")
     whose = f"it holds data of Project {holder}" if holder else "it was not created by the operator"
     raise PermanentError(
         f"{kind} {name} exists but {whose}; rename the project (spec.project.slug) or remove that {kind} by hand",

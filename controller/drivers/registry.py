@@ -19,10 +19,8 @@ from typing import Protocol
 from controller.drivers import Driver, DriverContext, Drivers, Placement
 from controller.errors import PermanentError
 from controller.planner import ORDER, Component, Observation, State
+from controller.platforms import SERVICES
 from schemas.project import Provider, Runtime
-
-# Served by a Platform's shared services, whichever provider the hosts come from.
-PLATFORM_COMPONENTS = (Component.database, Component.cache, Component.storage, Component.route)
 
 
 @dataclass
@@ -91,7 +89,7 @@ class DriverRegistry:
 
     async def _shared(self, name: str | None) -> Drivers:
         if name is None or self.platforms is None:
-            return {c: NotImplementedDriver(c, _no_platform(c)) for c in PLATFORM_COMPONENTS}
+            return {c: NotImplementedDriver(c, _no_platform(s.label)) for c, s in SERVICES.items()}
         return await self.platforms(name)
 
 
@@ -101,13 +99,5 @@ def _missing_hosts(provider: Provider) -> str:
     return f"provider {provider.value}: hosts are not provisioned yet (no Terraform driver)"
 
 
-_SERVICE = {
-    Component.database: "PostgreSQL",
-    Component.cache: "Redis",
-    Component.storage: "object storage",
-    Component.route: "Caddy route",
-}
-
-
-def _no_platform(component: Component) -> str:
-    return f"no built-in {_SERVICE[component]}: name a Platform that declares it in spec.servers.platform"
+def _no_platform(service: str) -> str:
+    return f"no built-in {service}: name a Platform that declares it in spec.servers.platform"

@@ -174,3 +174,15 @@ async def test_a_port_in_use_on_this_machine_is_not_handed_out(kube: KubeClient,
         listener.listen()
         claimed = await store.ensure(key("busy"), spec("busy"))
     assert claimed.allocations.port is not None and claimed.allocations.port > first
+
+
+async def test_an_undo_keeps_every_value_held_before(cluster: LocalCluster, store: ClaimStore, namespace: str) -> None:
+    """A pool can hold several values for one Project (domains): a failed change keeps all of them."""
+    two = {"environment": {"type": "staging", "domains": ["a.example.com", "b.example.com"]}}
+    mover = key("mover")
+    await store.ensure(mover, spec("mover", **two))
+    await store.ensure(key("owner"), spec("taken", features={"database": {}}))
+    with pytest.raises(AllocationConflict):  # the change fails: its database name is someone else's
+        await store.ensure(mover, spec("taken", features={"database": {}}, **two))
+    held = {c.value for c in await store.held(mover) if c.pool == "domain"}
+    assert held == {"a.example.com", "b.example.com"}

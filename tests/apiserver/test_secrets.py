@@ -25,7 +25,7 @@ def kube(cluster: LocalCluster) -> Iterator[KubeClient]:
 
 def ctx(namespace: str, project: str, secret: str = "shop-staging-connection") -> DriverContext:
     key = ProjectKey(namespace, project, str(uuid.uuid4()))
-    return DriverContext(key, "shop-staging", Allocations(connection_secret=secret))
+    return DriverContext(key, Allocations(connection_secret=secret))
 
 
 async def test_a_foreign_secret_is_never_taken_over_or_deleted(

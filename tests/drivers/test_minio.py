@@ -126,10 +126,10 @@ async def test_retained_bucket_is_readopted_by_the_same_name_only(
     await converge(driver, ctx, spec)
     (await user_client(secrets, ctx, server)).put_object("kept-staging-uploads", "f", io.BytesIO(b"1"), 1)
     await driver.delete(ctx, retain=True)
-    again = DriverContext(ProjectKey("team", "kept", "a-new-uid"), ctx.instance, ctx.allocations)
+    again = DriverContext(ProjectKey("team", "kept", "a-new-uid"), ctx.allocations)
     await converge(driver, again, spec)
     assert (await user_client(secrets, again, server)).get_object("kept-staging-uploads", "f").read() == b"1"
-    stranger = DriverContext(ProjectKey("other", "kept", "uid-x"), ctx.instance, ctx.allocations)
+    stranger = DriverContext(ProjectKey("other", "kept", "uid-x"), ctx.allocations)
     with pytest.raises(PermanentError, match="holds data of Project team/kept"):
         await driver.observe(stranger)
 

@@ -168,12 +168,12 @@ async def test_retained_data_is_readopted_by_the_same_name_only(
         conn.commit()
     await driver.delete(ctx, retain=True)
     # Same namespace and name, new uid: the GitOps delete-and-apply.
-    again = DriverContext(ProjectKey("team", "kept", "a-new-uid"), ctx.instance, ctx.allocations)
+    again = DriverContext(ProjectKey("team", "kept", "a-new-uid"), ctx.allocations)
     await converge(driver, again, spec)
     with connect(server, "kept_staging_user", password, "kept_staging_db") as conn:
         assert conn.execute("SELECT count(*) FROM orders").fetchone() == (0,)  # the same data
     # Another Project deriving the same names is refused, naming the holder.
-    stranger = DriverContext(ProjectKey("other", "kept", "uid-x"), ctx.instance, ctx.allocations)
+    stranger = DriverContext(ProjectKey("other", "kept", "uid-x"), ctx.allocations)
     with pytest.raises(PermanentError, match="holds data of Project team/kept"):
         await driver.observe(stranger)
 
@@ -189,7 +189,7 @@ async def test_a_crash_during_deletion_leaves_no_working_login(server: PostgresS
     ctx, spec = project("dying")
     await converge(driver, ctx, spec)
     password = (secrets.stored("team", "dying-staging-connection") or {})[PASSWORD_KEY]
-    dumping = DriverContext(ctx.key, ctx.instance, ctx.allocations, final_dump=True)
+    dumping = DriverContext(ctx.key, ctx.allocations, final_dump=True)
     with pytest.raises(RetryableError):
         await driver.delete(dumping, retain=False)
     with pytest.raises(psycopg.OperationalError):
@@ -344,7 +344,7 @@ async def test_final_dump_is_taken_before_drop(server: PostgresServer, secrets: 
         conn.execute("CREATE TABLE menu (dish text)")
         conn.execute("INSERT INTO menu VALUES ('bibimbap')")
         conn.commit()
-    await driver.delete(DriverContext(ctx.key, ctx.instance, ctx.allocations, final_dump=True), retain=False)
+    await driver.delete(DriverContext(ctx.key, ctx.allocations, final_dump=True), retain=False)
     [(name, dump)] = kept.items()
     assert name.startswith("team/dumped/dumped_staging_db-")
     listing = subprocess.run(["pg_restore", "--list", str(dump)], capture_output=True, text=True, check=True).stdout
@@ -357,6 +357,6 @@ async def test_no_place_for_final_dump_blocks_the_drop(driver: PostgresDriver, s
     ctx, spec = project("nodump")
     await converge(driver, ctx, spec)
     with pytest.raises(PermanentError, match=r"spec\.backup\.enabled: false"):
-        await driver.delete(DriverContext(ctx.key, ctx.instance, ctx.allocations, final_dump=True), retain=False)
+        await driver.delete(DriverContext(ctx.key, ctx.allocations, final_dump=True), retain=False)
     with admin(server) as conn:
         assert conn.execute("SELECT 1 FROM pg_database WHERE datname='nodump_staging_db'").fetchone()

@@ -242,10 +242,10 @@ async def test_retained_user_is_readopted_by_the_same_name_only(
     await converge(driver, ctx, spec)
     (await client_for(secrets, ctx, server)).set("kept-staging:cart", "3")
     await driver.delete(ctx, retain=True)
-    again = DriverContext(ProjectKey("team", "kept", "a-new-uid"), ctx.instance, ctx.allocations)
+    again = DriverContext(ProjectKey("team", "kept", "a-new-uid"), ctx.allocations)
     await converge(driver, again, spec)
     assert (await client_for(secrets, again, server)).get("kept-staging:cart") == b"3"
-    stranger = DriverContext(ProjectKey("other", "kept", "uid-x"), ctx.instance, ctx.allocations)
+    stranger = DriverContext(ProjectKey("other", "kept", "uid-x"), ctx.allocations)
     with pytest.raises(PermanentError, match="holds data of Project team/kept"):
         await driver.apply(stranger, want(stranger, spec))
     await driver.delete(stranger, retain=False)  # and cannot delete it either
