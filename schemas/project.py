@@ -145,20 +145,45 @@ class GitSource(CodebModel):
 class Source(CodebModel):
     rules = (
         Rule(
-            cel="has(self.image) != has(self.git)",
-            message="set exactly one of source.image or source.git",
+            cel="[has(self.image), has(self.git), has(self.command)].filter(x, x).size() == 1",
+            message="set exactly one of source.image, source.git or source.command",
             field_path="",
-            check=lambda s: (s.image is None) != (s.git is None),
+            check=lambda s: [s.image is not None, s.git is not None, s.command is not None].count(True) == 1,
+        ),
+        Rule(
+            cel="!has(self.workingDir) || has(self.command)",
+            message="workingDir goes with command (the directory the command runs in)",
+            field_path=".workingDir",
+            check=lambda s: s.working_dir is None or s.command is not None,
         ),
     )
 
     image: str | None = Field(
         None,
-        description="Container image to run, e.g. ghcr.io/acme/shop:1.4.2. Exclusive with git.",
+        description="Container image to run, e.g. ghcr.io/acme/shop:1.4.2 (runtimes quadlet and kubernetes).",
         pattern=CONTAINER_IMAGE,
         max_length=CONTAINER_IMAGE_MAX_LENGTH,
     )
-    git: GitSource | None = Field(None, description="Git source to build. Exclusive with image.")
+    git: GitSource | None = Field(None, description="Git source to build. Exclusive with image and command.")
+    command: list[Annotated[str, Field(pattern=PRINTABLE, min_length=1, max_length=1024)]] | None = Field(
+        None,
+        description=(
+            "Program and arguments run as a supervised process on the operator's machine (runtime local), "
+            "e.g. [python3, app.py]. It receives the connection Secret as environment and PORT to listen on."
+        ),
+        min_length=1,
+        max_length=64,
+    )
+    working_dir: str | None = Field(
+        None,
+        description=(
+            "Directory the command runs in; a relative path is taken from the operator's local root "
+            "(CODEB_LOCAL_ROOT, by default the directory the operator started in)."
+        ),
+        pattern=PRINTABLE,
+        min_length=1,
+        max_length=1024,
+    )
 
 
 class ProjectInfo(CodebModel):
@@ -558,6 +583,15 @@ class ProjectSpec(CodebModel):
             ),
             field_path=".resources.port",
             check=_port_in_range,
+        ),
+        Rule(
+            cel="(self.servers.runtime == 'local') == has(self.project.source.command)",
+            message=(
+                "runtime local runs project.source.command on the operator's machine, and only it does: "
+                "use source.command with runtime local, source.image with quadlet or kubernetes"
+            ),
+            field_path=".project.source.command",
+            check=lambda s: (s.servers.runtime is Runtime.local) == (s.project.source.command is not None),
         ),
     )
 

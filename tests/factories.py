@@ -10,7 +10,7 @@ from schemas.project import API_GROUP, API_VERSION, KIND
 
 def project_spec(slug: str = "shop", env: str = "staging", **sections: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {
-        "project": {"slug": slug, "source": {"image": "ghcr.io/acme/shop:1.0.0"}},
+        "project": {"slug": slug, "source": {"command": ["python3", "app.py"]}},
         "environment": {"type": env, "domains": [f"{slug}.example.com"]},
         "servers": {"provider": "local", "runtime": "local"},
     }
