@@ -24,10 +24,11 @@ from controller.localcluster import REPO_ROOT, LocalCluster, cache_dir
 from controller.status import format_validation_error
 from schemas.crd import platform_crd, project_crd, render_yaml
 from schemas.docs import render_markdown
-from schemas.project import KIND, ProjectSpec
+from schemas.project import KIND, ProjectSpec, Runtime
 
 if TYPE_CHECKING:
     from controller.config import OperatorConfig
+    from controller.drivers import Driver
     from controller.kube import KubeClient
     from controller.reconcile import DriverSource
 
@@ -88,9 +89,18 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
     def registry(kube: KubeClient, config: OperatorConfig) -> DriverSource:
         platforms = PlatformDrivers(kube, config.service_timeout_seconds, config.service_concurrency)
-        return DriverRegistry(platforms=platforms)
+        return DriverRegistry(platforms=platforms, workload=workload_drivers(kube, config))
 
     return run_operator(registry)
+
+
+def workload_drivers(kube: KubeClient, config: OperatorConfig) -> dict[Runtime, Driver]:
+    """The runtimes this operator may run workloads on; local only where it was switched on."""
+    from controller.drivers.processes import LocalProcesses
+
+    if not config.local_runtime:
+        return {}
+    return {Runtime.local: LocalProcesses(kube.read_secret, config.local_root, config.state_dir)}
 
 
 def run_operator(make_drivers: Callable[[KubeClient, OperatorConfig], DriverSource]) -> int:

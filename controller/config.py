@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
@@ -49,6 +50,22 @@ class OperatorConfig(BaseModel):
         300.0, gt=0, description="CODEB_RECONCILE_TIMEOUT: seconds before one reconcile pass is abandoned and retried."
     )
 
+    local_runtime: bool = Field(
+        False,
+        description=(
+            "CODEB_LOCAL_RUNTIME: 1 lets Projects with runtime local run their source.command on this machine, as "
+            "the operator's user. Only for a machine whose every Project author is trusted (codeb up sets it)."
+        ),
+    )
+    local_root: Path = Field(
+        default_factory=Path.cwd,
+        description="CODEB_LOCAL_ROOT: directory a relative source.workingDir is taken from (default: current).",
+    )
+    state_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".local" / "state" / "codeb",
+        description="CODEB_STATE_DIR: where local workloads keep their logs and runtime state.",
+    )
+
     @field_validator("reserved_ports", mode="before")
     @classmethod
     def _parse_ports(cls, value: object) -> object:
@@ -71,6 +88,9 @@ _ENV = {
     "service_timeout_seconds": "CODEB_SERVICE_TIMEOUT",
     "service_concurrency": "CODEB_SERVICE_CONCURRENCY",
     "reconcile_timeout_seconds": "CODEB_RECONCILE_TIMEOUT",
+    "local_runtime": "CODEB_LOCAL_RUNTIME",
+    "local_root": "CODEB_LOCAL_ROOT",
+    "state_dir": "CODEB_STATE_DIR",
 }
 
 

@@ -19,7 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 from controller import naming
-from schemas.project import Allocations, BackupTarget, ProjectSpec, Provider
+from schemas.project import Allocations, BackupTarget, ProjectSpec, Provider, Runtime
 
 State = Mapping[str, Any]
 
@@ -76,12 +76,18 @@ class Observation:
 
     ``unsupported`` says that no real driver exists for this component on this
     provider / runtime: nothing was observed, so it can never count as ready.
+    ``outputs`` carry what dependents need (addresses, endpoints) one way: from what a
+    driver observed, through `desired_state`, to the dependents' actions.
     """
 
     state: State | None = None
     healthy: bool = True
     error: str | None = None
     unsupported: str | None = None
+    # Why it is unhealthy, in words a person can act on (health output, exit code).
+    detail: str | None = None
+    # What later components read from this one (the workload's endpoints), never compared.
+    outputs: State = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -102,8 +108,16 @@ class Plan:
         return any(c not in self.parked for c in self.blocked)
 
 
-def desired_state(spec: ProjectSpec, allocations: Allocations) -> dict[Component, State]:
-    """One plain-data state per enabled component."""
+def desired_state(
+    spec: ProjectSpec, allocations: Allocations, outputs: Mapping[Component, State] | None = None
+) -> dict[Component, State]:
+    """One plain-data state per enabled component.
+
+    ``outputs`` are what drivers observed components producing (`Observation.outputs`):
+    the route sends traffic to the endpoints the workload was seen serving, never to
+    addresses predicted from the spec.
+    """
+    outputs = outputs or {}
     features = spec.features
     states: dict[Component, State] = {Component.infrastructure: _infrastructure(spec)}
     if features.database is not None and features.database.enabled:
@@ -136,7 +150,7 @@ def desired_state(spec: ProjectSpec, allocations: Allocations) -> dict[Component
     states[Component.workload] = _workload(spec, allocations)
     states[Component.route] = {
         "domains": list(spec.environment.domains),
-        "upstreams": _upstreams(spec, allocations),
+        "upstreams": list(outputs.get(Component.workload, {}).get("endpoints", [])),
         "routeMatches": True,  # headers, compression, TLS: the whole rendered route
     }
     if spec.backup.enabled:
@@ -172,6 +186,8 @@ def _infrastructure(spec: ProjectSpec) -> State:
 
 
 def _workload(spec: ProjectSpec, allocations: Allocations) -> State:
+    if spec.servers.runtime is Runtime.local:
+        return _local_workload(spec, allocations)
     source = spec.project.source
     return {
         "instance": naming.instance_name(spec),
@@ -191,10 +207,28 @@ def _workload(spec: ProjectSpec, allocations: Allocations) -> State:
     }
 
 
-def _upstreams(spec: ProjectSpec, allocations: Allocations) -> list[str]:
-    if spec.servers.provider in (Provider.local, Provider.existing) and not spec.servers.hosts:
-        return [f"127.0.0.1:{allocations.port}"]
-    return [f"{host}:{allocations.port}" for host in spec.servers.hosts]
+def _local_workload(spec: ProjectSpec, allocations: Allocations) -> State:
+    """One supervised process on the operator's machine (`controller.drivers.processes`).
+
+    cpu, memory and replicas are not here: a local process is neither limited nor
+    replicated, and a state that listed them would claim what nobody enforces.
+    """
+    source = spec.project.source
+    return {
+        "instance": naming.instance_name(spec),
+        "runtime": Runtime.local.value,
+        "command": list(source.command or []),
+        "workingDir": source.working_dir,
+        "revision": spec.project.revision,
+        "port": allocations.port,
+        "variables": dict(sorted(spec.environment.variables.items())),
+        "secretRefs": sorted(ref.name for ref in spec.environment.secret_refs),
+        "optionalSecretRefs": sorted(ref.name for ref in spec.environment.secret_refs if ref.optional),
+        "connectionSecret": allocations.connection_secret,
+        "healthPath": spec.monitoring.health_path,
+        # The process runs with the credentials the Secrets hold now: a rotation is drift.
+        "environmentCurrent": True,
+    }
 
 
 def _changed_keys(desired: State, observed: State) -> list[str]:

@@ -10,7 +10,7 @@ Outcome to kopf; this module knows nothing of kopf.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -130,16 +130,21 @@ class Reconciler:
         allocations = claimed.allocations
         refused = {Component.route: ("DomainTaken", claimed.domain_conflict)} if claimed.domain_conflict else {}
         ctx = DriverContext(project.key, allocations)
-        desired = desired_state(spec, allocations)
         try:
             drivers = await self._drivers_for(Placement.of(spec))
         except CodebError as exc:
             return self._failed_before_acting(project, exc)
         work = _Pass(observed=await self._observe(drivers, ctx))
+
+        def desire(observed: Mapping[Component, Observation]) -> dict[Component, State]:
+            return desired_state(spec, allocations, {c: o.outputs for c, o in observed.items()})
+
+        desired = desire(work.observed)
         steps = plan(desired, work.observed, spec.deletion_policy is DeletionPolicy.Retain, refused)
         acting = not project.paused and spec.management_policy is ManagementPolicy.Manage
         if acting:
-            await self._execute(drivers, ctx, steps, work, trigger)
+            await self._execute(drivers, ctx, steps, work, trigger, desire)
+            desired = desire(work.observed)
         status = summarize(project, allocations, desired, steps, work, acting)
         return Outcome(
             status=status,
@@ -185,13 +190,18 @@ class Reconciler:
                 observed[component] = Observation(error=exc.message)
         return observed
 
-    async def _execute(self, drivers: Drivers, ctx: DriverContext, steps: Plan, work: _Pass, trigger: str) -> None:
-        for action in steps.actions:
-            component = action.component
+    async def _execute(
+        self, drivers: Drivers, ctx: DriverContext, steps: Plan, work: _Pass, trigger: str, desire: Desire = None
+    ) -> None:
+        for planned in steps.actions:
+            component = planned.component
             stuck = [d for d in DEPENDS_ON[component] if d in work.failed or d in work.waiting]
-            unhealthy = [d for d in action.requires_healthy if not work.observed.get(d, Observation()).healthy]
+            unhealthy = [d for d in planned.requires_healthy if not _serving(work.observed.get(d))]
             if stuck or unhealthy:
                 work.waiting[component] = f"waiting for {', '.join(stuck + unhealthy)}"
+                continue
+            action = _refreshed(planned, desire, work)
+            if action is None:
                 continue
             try:
                 await self._run(drivers[component], action, ctx)
@@ -229,6 +239,32 @@ class Reconciler:
             return Outcome(status, [event], retry_after=exc.delay)
         status.phase = Phase.Failed
         return Outcome(status, [event], permanent_error=exc.message)
+
+
+# Recomputes desired states from what has been observed so far in this pass.
+Desire = Callable[[Mapping[Component, Observation]], Mapping[Component, State]] | None
+
+
+def _serving(seen: Observation | None) -> bool:
+    return seen is not None and seen.state is not None and seen.healthy
+
+
+def _refreshed(action: Action, desire: Desire, work: _Pass) -> Action | None:
+    """The action with its desired state recomputed from outputs observed earlier in this pass.
+
+    A dependent (the route) acts on the endpoints its dependency was just seen serving,
+    not on the ones planned before that dependency changed; if that already matches
+    what is there, nothing is left to do.
+    """
+    if desire is None or action.desired is None:
+        return action
+    want = desire(work.observed).get(action.component)
+    if want is None:
+        return action
+    seen = work.observed.get(action.component)
+    if seen is not None and seen.state is not None and dict(seen.state) == dict(want):
+        return None
+    return replace(action, desired=want)
 
 
 def _success_events(results: list[tuple[Action, str]], trigger: str) -> list[Event]:
@@ -353,7 +389,7 @@ def _component_condition(
     if dict(seen.state) != dict(want):
         return False, "Drifted", f"{component.value} differs from the spec"
     if not seen.healthy:
-        return False, "Unhealthy", f"{component.value} is not healthy"
+        return False, "Unhealthy", seen.detail or f"{component.value} is not healthy"
     return True, "Ready", f"{component.value} matches the spec"
 
 

@@ -593,6 +593,14 @@ class ProjectSpec(CodebModel):
             field_path=".project.source.command",
             check=lambda s: (s.servers.runtime is Runtime.local) == (s.project.source.command is not None),
         ),
+        Rule(
+            cel="self.servers.runtime != 'local' || !has(self.resources) || !has(self.resources.replicas) "
+            "|| self.resources.replicas == 1",
+            message="runtime local runs one process on one port: set resources.replicas to 1, or use quadlet or "
+            "kubernetes for more",
+            field_path=".resources.replicas",
+            check=lambda s: s.servers.runtime is not Runtime.local or s.resources.replicas == 1,
+        ),
     )
 
     project: ProjectInfo = Field(description="What the application is and where its code comes from.")

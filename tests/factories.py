@@ -17,6 +17,9 @@ def project_spec(slug: str = "shop", env: str = "staging", **sections: Any) -> d
     if env == "preview":
         spec["environment"]["pullRequest"] = 7
     spec.update(copy.deepcopy(sections))
+    if "project" not in sections and spec["servers"].get("runtime") != "local":
+        # Containers run images; only runtime local runs a command.
+        spec["project"]["source"] = {"image": "ghcr.io/acme/shop:1.0.0"}
     return spec
 
 

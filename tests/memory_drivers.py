@@ -20,7 +20,10 @@ class MemoryDriver:
         self.calls: list[tuple[str, str]] = []
 
     async def observe(self, ctx: DriverContext) -> Observation:
-        return Observation(state=copy.deepcopy(self.world.get(ctx.key.uid)))
+        state = copy.deepcopy(self.world.get(ctx.key.uid))
+        if self.component is Component.workload and state is not None:
+            return Observation(state=state, outputs={"endpoints": [f"127.0.0.1:{state['port']}"]})
+        return Observation(state=state)
 
     async def apply(self, ctx: DriverContext, desired: State) -> None:
         self.calls.append(("apply", ctx.key.uid))

@@ -80,7 +80,7 @@ class DriverRegistry:
             Component.infrastructure: self.infrastructure.get(provider)
             or NotImplementedDriver(Component.infrastructure, _missing_hosts(provider)),
             Component.workload: self.workload.get(runtime)
-            or NotImplementedDriver(Component.workload, f"runtime {runtime.value} has no workload driver yet"),
+            or NotImplementedDriver(Component.workload, _missing_runtime(runtime)),
             Component.backup: self.backup.get(provider)
             or NotImplementedDriver(Component.backup, "scheduled backups are not built yet"),
         }
@@ -97,6 +97,15 @@ def _missing_hosts(provider: Provider) -> str:
     if provider is Provider.existing:
         return "provider existing: hosts are not observed yet (no SSH driver)"
     return f"provider {provider.value}: hosts are not provisioned yet (no Terraform driver)"
+
+
+def _missing_runtime(runtime: Runtime) -> str:
+    if runtime is Runtime.local:
+        return (
+            "runtime local is off in this operator: it runs source.command on the operator's own machine; "
+            "set CODEB_LOCAL_RUNTIME=1 where every Project author is trusted (codeb up does)"
+        )
+    return f"runtime {runtime.value} has no workload driver yet"
 
 
 def _no_platform(service: str) -> str:

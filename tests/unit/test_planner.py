@@ -72,7 +72,8 @@ def test_update_names_what_differs() -> None:
 
 def test_spec_change_updates_only_affected_components() -> None:
     before = desired()
-    after = desired(resources={"replicas": 2}, backup={"retentionDays": 30})
+    environment = {"type": "staging", "domains": ["shop.example.com"], "variables": {"A": "1"}}
+    after = desired(environment=environment, backup={"retentionDays": 30})
     assert verbs(plan(after, converged(before))) == [
         (Component.workload, Verb.update),
         (Component.backup, Verb.update),
@@ -163,15 +164,21 @@ def test_observed_drift_is_reported_as_actions_for_observe_only() -> None:
     assert verbs(plan(want, seen)) == [(Component.route, Verb.create)]
 
 
-def test_local_upstream_uses_allocated_port() -> None:
-    want = desired()
-    assert want[Component.route]["upstreams"] == ["127.0.0.1:4512"]
-    assert want[Component.workload]["port"] == 4512
+def test_route_sends_traffic_only_to_endpoints_the_workload_was_seen_serving() -> None:
+    spec = ProjectSpec.model_validate(project_spec(**ALL_FEATURES))
+    assert desired_state(spec, ALLOC)[Component.route]["upstreams"] == []
+    served = {Component.workload: {"endpoints": ["10.0.0.5:4512", "10.0.0.6:4512"]}}
+    assert desired_state(spec, ALLOC, served)[Component.route]["upstreams"] == ["10.0.0.5:4512", "10.0.0.6:4512"]
+    assert desired_state(spec, ALLOC, served)[Component.workload]["port"] == 4512
 
 
-def test_existing_hosts_become_upstreams() -> None:
-    want = desired(servers={"provider": "existing", "runtime": "quadlet", "hosts": ["10.0.0.5", "10.0.0.6"]})
-    assert want[Component.route]["upstreams"] == ["10.0.0.5:4512", "10.0.0.6:4512"]
+def test_local_workload_states_only_what_a_local_process_has() -> None:
+    want = desired(project={"slug": "shop", "source": {"command": ["python3", "app.py"], "workingDir": "deploy/hello"}})
+    workload = want[Component.workload]
+    assert workload["command"] == ["python3", "app.py"] and workload["workingDir"] == "deploy/hello"
+    # Nothing limits or replicates a local process, so the state does not pretend to.
+    assert not {"cpu", "memory", "replicas", "image"} & set(workload)
+    assert workload["environmentCurrent"] is True
 
 
 def test_backup_covers_only_enabled_data() -> None:

@@ -1,0 +1,389 @@
+"""Runtime ``local``: the workload as a supervised process on the operator's machine.
+
+Each Project's ``source.command`` runs under `controller.supervise`, started in a
+session of its own so it outlives the operator. The driver keeps no record of its
+own: it finds a Project's processes again in ``/proc`` by the supervisor's command
+line (``--workload <namespace>/<name>``), so a restarted operator adopts what runs
+instead of starting it twice. What a process was launched with (its non-secret
+settings and a digest of its credentials) travels in its own environment, which
+cannot change while it lives; the driver compares that with the spec and with the
+Secrets as they are now, so an edited variable or a rotated password is drift and
+the process is replaced.
+
+Health is observed, not assumed: the port must be held by this Project's process
+(a foreign listener on it is named, never probed in its place) and
+``monitoring.healthPath`` must answer 2xx. The route reads the endpoint from this
+observation's outputs.
+
+Processes are not colour-blind: each runs as a colour (``blue`` until blue-green
+deploys start the other beside it), with its log and runtime state under
+``<state dir>/workloads/<namespace>/<name>/<colour>.{log,json}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from controller.drivers import DriverContext
+from controller.errors import PermanentError, RetryableError
+from controller.naming import ProjectKey
+from controller.planner import Component, Observation, State
+
+SUPERVISOR = Path(__file__).resolve().parents[1] / "supervise.py"
+COLOUR = "blue"
+LAUNCH_ENV = "CODEB_LAUNCH"
+LISTEN_HOST = "127.0.0.1"
+# Handed to the application from the operator's own environment; nothing else leaks in.
+INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "PYTHONPATH")
+STOP_SECONDS = 15.0
+OUTPUT_LINES = 3
+
+SecretReader = Callable[[str, str], Awaitable[dict[str, str] | None]]
+
+
+@dataclass(frozen=True)
+class Supervised:
+    """One supervisor found in /proc, with what it was launched with."""
+
+    pid: int
+    colour: str
+    directory: Path
+    launch: Mapping[str, Any]
+
+    @property
+    def port(self) -> int:
+        return int(self.launch["state"]["port"])
+
+
+@dataclass(frozen=True)
+class Environment:
+    values: dict[str, str]
+    digest: str  # of the credentials only: what a rotation changes
+    secret_values: frozenset[str]
+
+
+class LocalProcesses:
+    component = Component.workload
+
+    def __init__(
+        self,
+        read_secret: SecretReader,
+        root: Path,
+        state_dir: Path,
+        health_timeout: float = 5.0,
+        start_timeout: float = 15.0,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._read_secret = read_secret
+        self._root = root
+        self._state_dir = state_dir / "workloads"
+        self._start_timeout = start_timeout
+        # One pool for every health probe; probes never follow redirects.
+        self._client = client or httpx.AsyncClient(timeout=health_timeout)
+        self._children: dict[int, subprocess.Popen[bytes]] = {}  # supervisors this process started, to reap
+
+    # ------------------------------------------------------------ observe
+
+    async def observe(self, ctx: DriverContext) -> Observation:
+        found = self._find(ctx.key)
+        if not found:
+            return Observation()
+        current = found[-1]
+        launched = dict(current.launch["state"])
+        environment = await self._environment(ctx, launched, missing_ok=True)
+        state = {**launched, "environmentCurrent": len(found) == 1 and environment.digest == current.launch["digest"]}
+        healthy, detail = await self._health(current, environment.secret_values)
+        endpoint = f"{LISTEN_HOST}:{current.port}"
+        return Observation(state=state, healthy=healthy, detail=detail, outputs={"endpoints": [endpoint]})
+
+    async def _health(self, process: Supervised, secret_values: frozenset[str]) -> tuple[bool, str | None]:
+        child = _child_state(process)
+        if child.get("pid") is None or not _alive(int(child["pid"])):
+            return False, _exited(process, child, secret_values)
+        holders = _listeners(process.port)
+        if holders and not any(_group_of(pid) == child["pid"] for pid in holders):
+            holder = f" (pid {min(holders)})" if min(holders) > 0 else ""
+            return False, f"port {process.port} is held by another process{holder}, not this Project's"
+        path = process.launch["state"]["healthPath"]
+        target = f"GET {path} on {LISTEN_HOST}:{process.port}"
+        try:
+            response = await self._client.get(f"http://{LISTEN_HOST}:{process.port}{path}")
+        except httpx.TimeoutException:
+            return False, f"{target} timed out"
+        except httpx.TransportError:
+            return False, f"{target} was refused: the process is not listening on its port"
+        if response.is_success:
+            return True, None
+        body = _redact(response.text[:200].strip(), secret_values)
+        return False, f"{target} answered {response.status_code}: {body}"
+
+    # ------------------------------------------------------------ apply
+
+    async def apply(self, ctx: DriverContext, desired: State) -> None:
+        wanted = {k: v for k, v in desired.items() if k != "environmentCurrent"}
+        environment = await self._environment(ctx, wanted, missing_ok=False)
+        launch = {"state": wanted, "digest": environment.digest}
+        found = self._find(ctx.key)
+        if len(found) == 1 and dict(found[0].launch) == launch:
+            return
+        cwd, program = self._resolve(wanted)
+        await asyncio.to_thread(self._stop_all, found)
+        port = int(wanted["port"])
+        if _listeners(port):
+            raise RetryableError(
+                f"port {port} is held by another process on this machine; stop it or set spec.resources.port",
+                reason="PortTaken",
+                delay=30,
+            )
+        env = {**environment.values, LAUNCH_ENV: json.dumps(launch)}
+        self._spawn(ctx.key, cwd, [program, *wanted["command"][1:]], env)
+        await self._wait_started(ctx.key)
+
+    def _resolve(self, wanted: State) -> tuple[Path, str]:
+        cwd = self._root / (wanted["workingDir"] or ".")
+        if not cwd.is_dir():
+            raise PermanentError(
+                f"spec.project.source.workingDir: {cwd} is not a directory on the operator's machine",
+                reason="WorkingDirMissing",
+            )
+        name = wanted["command"][0]
+        program = shutil.which(name, path=os.environ.get("PATH")) if "/" not in name else str(cwd / name)
+        if program is None or not os.access(program, os.X_OK):
+            raise PermanentError(
+                f"spec.project.source.command: {name} is not an executable program on the operator's machine",
+                reason="CommandNotFound",
+            )
+        return cwd, program
+
+    def _spawn(self, key: ProjectKey, cwd: Path, command: list[str], env: dict[str, str]) -> None:
+        directory = self._directory(key)
+        directory.mkdir(parents=True, exist_ok=True)
+        args = [sys.executable, str(SUPERVISOR), "--workload", f"{key.namespace}/{key.name}", "--colour", COLOUR,
+                "--dir", str(directory), "--cwd", str(cwd), "--", *command]  # fmt: skip
+        process = subprocess.Popen(args, env=env, start_new_session=True, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        self._children[process.pid] = process
+
+    async def _wait_started(self, key: ProjectKey) -> None:
+        """Until the new process listens (or gives up): the first observation is then worth reading."""
+        deadline = time.monotonic() + self._start_timeout
+        while time.monotonic() < deadline:
+            found = self._find(key)
+            if found:
+                child = _child_state(found[-1])
+                if child.get("lastExit") is not None or (child.get("pid") and _listeners(found[-1].port)):
+                    return
+            await asyncio.sleep(0.1)
+
+    # ------------------------------------------------------------ delete
+
+    async def delete(self, ctx: DriverContext, retain: bool) -> None:
+        await asyncio.to_thread(self._stop_all, self._find(ctx.key))
+        shutil.rmtree(self._directory(ctx.key), ignore_errors=True)
+
+    def _stop_all(self, processes: Iterable[Supervised]) -> None:
+        processes = list(processes)
+        for process in processes:
+            _signal(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_SECONDS
+        while any(self._running(p.pid) for p in processes) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for process in processes:
+            if self._running(process.pid):
+                child = _child_state(process).get("pid")
+                if child:
+                    _signal_group(int(child), signal.SIGKILL)
+                _signal(process.pid, signal.SIGKILL)
+
+    def _running(self, pid: int) -> bool:
+        spawned = self._children.get(pid)
+        if spawned is not None and spawned.poll() is not None:
+            del self._children[pid]
+            return False
+        return _alive(pid)
+
+    # ------------------------------------------------------------ the environment
+
+    async def _environment(self, ctx: DriverContext, wanted: State, missing_ok: bool) -> Environment:
+        """What the process gets: inherited basics, credentials, variables, PORT and HOST (in that order)."""
+        namespace = ctx.key.namespace
+        credentials: dict[str, str] = {}
+        sources: list[tuple[str | None, bool]] = [(wanted.get("connectionSecret"), False)]
+        sources += [(name, name in wanted.get("optionalSecretRefs", [])) for name in wanted.get("secretRefs", [])]
+        for name, optional in sources:
+            if not name:
+                continue
+            data = await self._read_secret(namespace, name)
+            if data is None and not (optional or missing_ok or name == wanted.get("connectionSecret")):
+                raise RetryableError(
+                    f"Secret {namespace}/{name} (spec.environment.secretRefs) does not exist; create it or mark it "
+                    "optional",
+                    reason="SecretMissing",
+                    delay=30,
+                )
+            credentials.update(data or {})
+        digest = hashlib.sha256(json.dumps(credentials, sort_keys=True).encode()).hexdigest()[:32]
+        inherited = {k: os.environ[k] for k in INHERITED if k in os.environ}
+        values = {**inherited, **credentials, **wanted.get("variables", {})}
+        values |= {"PORT": str(wanted["port"]), "HOST": LISTEN_HOST, "CODEB_REVISION": wanted.get("revision") or ""}
+        return Environment(values, digest, frozenset(v for v in credentials.values() if len(v) >= 6))
+
+    # ------------------------------------------------------------ finding processes
+
+    def _directory(self, key: ProjectKey) -> Path:
+        return self._state_dir / key.namespace / key.name
+
+    def _find(self, key: ProjectKey) -> list[Supervised]:
+        """This Project's supervisors, oldest first."""
+        workload = f"{key.namespace}/{key.name}"
+        found = []
+        for pid, argv in _supervisors():
+            options = _options(argv)
+            if options.get("--workload") != workload:
+                continue
+            launch = _launch_record(pid)
+            if launch is None:  # not ours to read: another user's process
+                continue
+            found.append((_started(pid), Supervised(pid, options["--colour"], Path(options["--dir"]), launch)))
+        return [s for _, s in sorted(found, key=lambda item: item[0])]
+
+
+# ---------------------------------------------------------------- /proc
+
+
+def _supervisors() -> Iterable[tuple[int, list[str]]]:
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = Path(entry.path, "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 2 and argv[1].endswith(b"supervise.py") and b"--workload" in argv:
+            yield int(entry.name), [a.decode(errors="replace") for a in argv]
+
+
+def _options(argv: list[str]) -> dict[str, str]:
+    end = argv.index("--") if "--" in argv else len(argv)
+    head = argv[2:end]
+    return {head[i]: head[i + 1] for i in range(0, len(head) - 1, 2) if head[i].startswith("--")}
+
+
+def _launch_record(pid: int) -> Mapping[str, Any] | None:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    prefix = LAUNCH_ENV.encode() + b"="
+    for item in environ:
+        if item.startswith(prefix):
+            record: Mapping[str, Any] = json.loads(item[len(prefix) :])
+            return record
+    return None
+
+
+def _started(pid: int) -> int:
+    """Start time in clock ticks since boot (field 22 of /proc/<pid>/stat): orders processes."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _group_of(pid: int) -> int | None:
+    if pid <= 0:  # a listener nobody here may look at
+        return None
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _listeners(port: int) -> set[int]:
+    """Pids holding a listening TCP socket on ``port`` (any address), from /proc/net/tcp{,6}."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(fields[9])
+    if not inodes:
+        return set()
+    targets = {f"socket:[{inode}]" for inode in inodes}
+    holders = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fds = os.scandir(f"/proc/{entry.name}/fd")
+            if any(os.readlink(fd.path) in targets for fd in fds):
+                holders.add(int(entry.name))
+        except OSError:
+            continue
+    # A listener we cannot attribute (another user's) still holds the port.
+    return holders or {-1}
+
+
+def _child_state(process: Supervised) -> dict[str, Any]:
+    try:
+        state: dict[str, Any] = json.loads((process.directory / f"{process.colour}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return state
+
+
+def _exited(process: Supervised, child: Mapping[str, Any], secret_values: frozenset[str]) -> str:
+    code = child.get("lastExit")
+    if code is None:
+        return "the process is starting"
+    restarts = child.get("restarts", 0)
+    try:
+        lines = (process.directory / f"{process.colour}.log").read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    output = _redact(" | ".join(lines[-OUTPUT_LINES:])[-400:], secret_values)
+    return f"the process exited with code {code} (restarted {restarts} times); last output: {output or '(none)'}"
+
+
+def _redact(text: str, secret_values: frozenset[str]) -> str:
+    for value in secret_values:
+        text = text.replace(value, "***")
+    return text
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)

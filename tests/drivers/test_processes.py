@@ -1,0 +1,268 @@
+"""Runtime local against real processes: start, adopt after a restart, replace on drift,
+name every failure, stop on delete."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from controller.drivers import DriverContext
+from controller.drivers.processes import LocalProcesses
+from controller.errors import PermanentError, RetryableError
+from controller.planner import Component, Observation, desired_state
+from tests.drivers_common import context
+from tests.servers import free_port
+
+ECHO_APP = """
+import json, os, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        answers = {"/api/health": (200, "ok"), "/env": (200, json.dumps(dict(os.environ))),
+                   "/pid": (200, str(os.getpid()))}
+        code, body = answers.get(self.path, (404, "no such page"))
+        self.send_response(code)
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args):
+        pass
+
+print("starting", flush=True)
+HTTPServer((os.environ["HOST"], int(os.environ["PORT"])), Handler).serve_forever()
+"""
+
+CRASHING_APP = """
+import os, sys
+print("connecting with " + os.environ.get("DATABASE_PASSWORD", "?"), flush=True)
+print("boom: cannot reach the database", flush=True)
+sys.exit(3)
+"""
+
+
+class Secrets:
+    def __init__(self) -> None:
+        self.data: dict[tuple[str, str], dict[str, str]] = {}
+
+    async def read(self, namespace: str, name: str) -> dict[str, str] | None:
+        found = self.data.get((namespace, name))
+        return dict(found) if found is not None else None
+
+
+@pytest.fixture()
+def root(tmp_path: Path) -> Path:
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "echo.py").write_text(ECHO_APP)
+    (tmp_path / "app" / "crash.py").write_text(CRASHING_APP)
+    (tmp_path / "app" / "sleepy.py").write_text("import time\ntime.sleep(3600)\n")
+    return tmp_path
+
+
+@pytest.fixture()
+def store() -> Secrets:
+    return Secrets()
+
+
+@pytest.fixture()
+async def driver(root: Path, store: Secrets) -> AsyncIterator[LocalProcesses]:
+    made = LocalProcesses(store.read, root, root / "state", health_timeout=2.0, start_timeout=3.0)
+    made.contexts = []  # type: ignore[attr-defined]
+    yield made
+    for ctx in made.contexts:  # type: ignore[attr-defined]
+        await made.delete(ctx, retain=False)
+
+
+def workload(driver: LocalProcesses, store: Secrets, script: str = "echo.py", **env: Any) -> tuple[DriverContext, Any]:
+    slug = f"app{len(driver.contexts)}"  # type: ignore[attr-defined]
+    ctx, spec = context(
+        slug,
+        port=free_port(),
+        project={"slug": slug, "source": {"command": [sys.executable, script], "workingDir": "app"}},
+        environment={"type": "staging", "variables": {"GREETING": "hello"}, **env},
+    )
+    driver.contexts.append(ctx)  # type: ignore[attr-defined]
+    store.data[("team", ctx.allocations.connection_secret or "")] = {"DATABASE_PASSWORD": "s3cret-password-1"}
+    return ctx, desired_state(spec, ctx.allocations)[Component.workload]
+
+
+async def fetch(ctx: DriverContext, path: str) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=5) as client:
+        return await client.get(f"http://127.0.0.1:{ctx.allocations.port}{path}")
+
+
+async def observe_until(driver: LocalProcesses, ctx: DriverContext, check: Any, timeout: float = 20) -> Observation:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        seen = await driver.observe(ctx)
+        if check(seen) or asyncio.get_running_loop().time() > deadline:
+            return seen
+        await asyncio.sleep(0.2)
+
+
+async def test_runs_the_command_with_its_credentials_variables_and_port(driver: LocalProcesses, store: Secrets) -> None:
+    ctx, want = workload(driver, store)
+    assert (await driver.observe(ctx)).state is None
+    await driver.apply(ctx, want)
+    seen = await observe_until(driver, ctx, lambda s: s.healthy)
+    assert seen.state == want and seen.healthy
+    assert seen.outputs == {"endpoints": [f"127.0.0.1:{ctx.allocations.port}"]}
+    env = (await fetch(ctx, "/env")).json()
+    assert env["DATABASE_PASSWORD"] == "s3cret-password-1" and env["GREETING"] == "hello"
+    assert env["PORT"] == str(ctx.allocations.port) and env["HOST"] == "127.0.0.1"
+    # Nothing of the operator's own environment reaches the application.
+    assert not {k for k in env if k.startswith("KUBE")} and "PYTEST_CURRENT_TEST" not in env
+    # Command lines are world-readable: the supervisor's names the Project, never a credential.
+    app = int((await fetch(ctx, "/pid")).text)
+    supervisor = Path(f"/proc/{app}/stat").read_text().rsplit(")", 1)[1].split()[1]
+    cmdline = Path(f"/proc/{supervisor}/cmdline").read_bytes()
+    assert b"supervise.py" in cmdline and b"s3cret" not in cmdline
+
+
+async def test_a_restarted_operator_adopts_the_process_instead_of_starting_another(
+    driver: LocalProcesses, store: Secrets, root: Path
+) -> None:
+    ctx, want = workload(driver, store)
+    await driver.apply(ctx, want)
+    await observe_until(driver, ctx, lambda s: s.healthy)
+    pid = (await fetch(ctx, "/pid")).text
+    restarted = LocalProcesses(store.read, root, root / "state")
+    seen = await restarted.observe(ctx)
+    assert seen.state == want and seen.healthy
+    await restarted.apply(ctx, want)
+    assert (await fetch(ctx, "/pid")).text == pid
+
+
+async def test_a_rotated_password_or_changed_variable_replaces_the_process(
+    driver: LocalProcesses, store: Secrets
+) -> None:
+    ctx, want = workload(driver, store)
+    await driver.apply(ctx, want)
+    await observe_until(driver, ctx, lambda s: s.healthy)
+    pid = (await fetch(ctx, "/pid")).text
+    store.data[("team", ctx.allocations.connection_secret or "")]["DATABASE_PASSWORD"] = "rotated-password-2"
+    seen = await driver.observe(ctx)
+    assert seen.state is not None and seen.state["environmentCurrent"] is False
+    await driver.apply(ctx, want)
+    await observe_until(driver, ctx, lambda s: s.healthy)
+    assert (await fetch(ctx, "/env")).json()["DATABASE_PASSWORD"] == "rotated-password-2"
+    assert (await fetch(ctx, "/pid")).text != pid
+    changed = {**want, "variables": {"GREETING": "bonjour"}}
+    await driver.apply(ctx, changed)
+    seen = await observe_until(driver, ctx, lambda s: s.healthy)
+    assert seen.state == changed and (await fetch(ctx, "/env")).json()["GREETING"] == "bonjour"
+
+
+async def test_a_port_another_process_holds_is_refused_and_named(driver: LocalProcesses, store: Secrets) -> None:
+    ctx, want = workload(driver, store)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", ctx.allocations.port or 0))
+        squatter.listen()
+        with pytest.raises(RetryableError) as caught:
+            await driver.apply(ctx, want)
+        assert caught.value.reason == "PortTaken" and str(ctx.allocations.port) in caught.value.message
+    assert (await driver.observe(ctx)).state is None
+
+
+async def test_a_stranger_on_the_port_is_named_not_probed_in_our_place(driver: LocalProcesses, store: Secrets) -> None:
+    ctx, want = workload(driver, store, script="sleepy.py")
+    await driver.apply(ctx, want)  # the application runs but never listens
+    stranger = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(ctx.allocations.port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        seen = await observe_until(driver, ctx, lambda s: s.detail and "held by another process" in s.detail)
+        # The stranger answers 200 on every path; the driver never mistakes it for the application.
+        assert not seen.healthy
+        assert seen.detail == (
+            f"port {ctx.allocations.port} is held by another process (pid {stranger.pid}), not this Project's"
+        )
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+async def test_a_health_path_that_never_answers_is_unhealthy_with_what_it_said(
+    driver: LocalProcesses, store: Secrets, root: Path
+) -> None:
+    ctx, spec = context(
+        "unanswered",
+        port=free_port(),
+        project={"slug": "unanswered", "source": {"command": [sys.executable, "echo.py"], "workingDir": "app"}},
+        monitoring={"healthPath": "/healthz"},
+    )
+    driver.contexts.append(ctx)  # type: ignore[attr-defined]
+    want = desired_state(spec, ctx.allocations)[Component.workload]
+    await driver.apply(ctx, want)
+    seen = await observe_until(driver, ctx, lambda s: s.detail and "answered" in s.detail)
+    assert seen.state == want and not seen.healthy
+    assert seen.detail == f"GET /healthz on 127.0.0.1:{ctx.allocations.port} answered 404: no such page"
+
+
+async def test_a_crashing_program_is_restarted_and_explained_without_its_secrets(
+    driver: LocalProcesses, store: Secrets
+) -> None:
+    ctx, want = workload(driver, store, script="crash.py")
+    await driver.apply(ctx, want)
+    seen = await observe_until(driver, ctx, lambda s: s.detail and "restarted 1 times" in s.detail)
+    assert not seen.healthy and seen.detail is not None
+    assert "exited with code 3" in seen.detail and "boom: cannot reach the database" in seen.detail
+    assert "s3cret-password-1" not in seen.detail and "connecting with ***" in seen.detail
+
+
+async def test_a_killed_application_is_restarted_by_its_supervisor(driver: LocalProcesses, store: Secrets) -> None:
+    ctx, want = workload(driver, store)
+    await driver.apply(ctx, want)
+    await observe_until(driver, ctx, lambda s: s.healthy)
+    pid = int((await fetch(ctx, "/pid")).text)
+    os.kill(pid, signal.SIGKILL)
+    await asyncio.sleep(0.5)
+    seen = await observe_until(driver, ctx, lambda s: s.healthy)
+    assert seen.healthy and int((await fetch(ctx, "/pid")).text) != pid
+
+
+@pytest.mark.parametrize(
+    ("source", "reason", "field"),
+    [
+        ({"command": ["no-such-program-xyz"], "workingDir": "app"}, "CommandNotFound", "source.command"),
+        ({"command": ["python3"], "workingDir": "missing/dir"}, "WorkingDirMissing", "source.workingDir"),
+    ],
+)
+async def test_a_program_or_directory_that_does_not_exist_is_named(
+    driver: LocalProcesses, store: Secrets, source: dict[str, Any], reason: str, field: str
+) -> None:
+    ctx, spec = context("broken", port=free_port(), project={"slug": "broken", "source": source})
+    with pytest.raises(PermanentError) as caught:
+        await driver.apply(ctx, desired_state(spec, ctx.allocations)[Component.workload])
+    assert caught.value.reason == reason and field in caught.value.message
+
+
+async def test_a_missing_secret_ref_is_named(driver: LocalProcesses, store: Secrets) -> None:
+    ctx, want = workload(driver, store, secretRefs=[{"name": "payments"}])
+    with pytest.raises(RetryableError) as caught:
+        await driver.apply(ctx, want)
+    assert caught.value.reason == "SecretMissing" and "team/payments" in caught.value.message
+
+
+async def test_delete_stops_the_supervisor_and_the_application(
+    driver: LocalProcesses, store: Secrets, root: Path
+) -> None:
+    ctx, want = workload(driver, store)
+    await driver.apply(ctx, want)
+    await observe_until(driver, ctx, lambda s: s.healthy)
+    app_pid = int((await fetch(ctx, "/pid")).text)
+    await driver.delete(ctx, retain=False)
+    assert (await driver.observe(ctx)).state is None
+    assert not Path(f"/proc/{app_pid}").exists() or "Z" in Path(f"/proc/{app_pid}/stat").read_text().split()[2]
+    assert not (root / "state" / "workloads" / "team" / ctx.key.name).exists()
+    with pytest.raises(httpx.TransportError):
+        await fetch(ctx, "/pid")
