@@ -145,6 +145,13 @@ class CaddyServer(_Spawned):
         return self
 
 
+def https_get(caddy: CaddyServer, host: str, *extra: str, path: str = "/") -> subprocess.CompletedProcess[str]:
+    """Through Caddy's TLS listener with the right SNI (curl --resolve), trusting its internal CA."""
+    url = f"https://{host}:{caddy.https_port}{path}"
+    return subprocess.run(["curl", "-sk", "--max-time", "10", "--resolve", f"{host}:{caddy.https_port}:127.0.0.1",
+                           *extra, url], capture_output=True, text=True)  # fmt: skip
+
+
 def start_caddy() -> CaddyServer:
     return CaddyServer(Path(tempfile.mkdtemp(prefix="codeb-caddy-")), free_port(), free_port()).start()
 

@@ -173,6 +173,8 @@ class LocalProcesses:
     def _spawn(self, key: ProjectKey, cwd: Path, command: list[str], env: dict[str, str]) -> None:
         directory = self._directory(key)
         directory.mkdir(parents=True, exist_ok=True)
+        # The last run's exit code must not be read as the new run's.
+        (directory / f"{COLOUR}.json").unlink(missing_ok=True)
         args = [sys.executable, str(SUPERVISOR), "--workload", f"{key.namespace}/{key.name}", "--colour", COLOUR,
                 "--dir", str(directory), "--cwd", str(cwd), "--", *command]  # fmt: skip
         process = subprocess.Popen(args, env=env, start_new_session=True, stdin=subprocess.DEVNULL,

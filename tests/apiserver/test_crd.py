@@ -86,5 +86,6 @@ def test_identity_fields_are_immutable(
     assert result.returncode != 0, f"{field} was changed"
     assert field in result.stderr and "is immutable" in result.stderr, result.stderr
     # Other fields still change freely.
-    doc = project("ident", namespace, features={"storage": {}}, resources={"replicas": 3})
+    changed = {"type": "staging", "variables": {"CHANGED": "yes"}}
+    doc = project("ident", namespace, features={"storage": {}}, environment=changed)
     cluster.kubectl("apply", "-f", "-", input_text=json.dumps(doc))

@@ -64,7 +64,7 @@ def test_generation_bump_is_observed(cluster: LocalCluster, namespace: str, oper
     doc = project("blog", namespace)
     cluster.kubectl("apply", "-f", "-", input_text=json.dumps(doc))
     wait_for(lambda: reconciled(cluster, namespace, "blog"), what="generation 1")
-    doc["spec"]["resources"] = {"replicas": 2}
+    doc["spec"]["environment"]["variables"] = {"CHANGED": "yes"}
     cluster.kubectl("apply", "-f", "-", input_text=json.dumps(doc))
     wait_for(lambda: reconciled(cluster, namespace, "blog", 2), what="generation 2")
     ready = condition_of(cluster, namespace, "blog", "Ready")
@@ -83,7 +83,7 @@ def test_pinned_port_conflict_is_reported(cluster: LocalCluster, namespace: str,
     assert f"resources.port 4777 is already used by {namespace}/first" in synced["message"]
     # Freeing the port lets the second one through (the drift timer or a spec change retries).
     cluster.kubectl("delete", "project", "first", "-n", namespace)
-    second["spec"]["resources"]["replicas"] = 2
+    second["spec"]["environment"]["variables"] = {"CHANGED": "yes"}
     cluster.kubectl("apply", "-f", "-", input_text=json.dumps(second))
     wait_for(lambda: status_of(cluster, namespace, "second").get("allocations", {}).get("port") == 4777, what="second")
 

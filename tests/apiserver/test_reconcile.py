@@ -158,8 +158,9 @@ async def test_ready_project_that_loses_a_component_is_degraded(claims: ClaimSto
 async def test_spec_change_updates_and_bumps_observed_generation(claims: ClaimStore) -> None:
     reconciler = Reconciler(memory_drivers(), claims)
     first = await reconciler.reconcile(project())
-    second = await reconciler.reconcile(project(status=first.status, generation=2, resources={"replicas": 3}))
-    assert [e.message for e in second.events] == ["Workload update: differs in replicas"]
+    changed = {"type": "staging", "domains": ["shop.example.com"], "variables": {"CHANGED": "yes"}}
+    second = await reconciler.reconcile(project(status=first.status, generation=2, environment=changed))
+    assert [e.message for e in second.events] == ["Workload update: differs in variables"]
     assert second.status.observed_generation == 2
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,7 +16,7 @@ from controller.errors import RetryableError
 from controller.planner import Component, desired_state
 from schemas.project import ProjectSpec
 from tests.drivers_common import context
-from tests.servers import CaddyServer, start_caddy
+from tests.servers import CaddyServer, https_get, start_caddy
 
 
 class Hello(BaseHTTPRequestHandler):
@@ -54,14 +53,8 @@ def driver(caddy: CaddyServer) -> CaddyDriver:
 
 def project(slug: str, port: int) -> tuple[DriverContext, ProjectSpec, Any]:
     ctx, spec = context(slug, port=port)
-    return ctx, spec, desired_state(spec, ctx.allocations)[Component.route]
-
-
-def https_get(caddy: CaddyServer, host: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    """Through Caddy's TLS listener with the right SNI (curl --resolve), trusting its internal CA."""
-    url = f"https://{host}:{caddy.https_port}/"
-    return subprocess.run(["curl", "-sk", "--max-time", "10", "--resolve", f"{host}:{caddy.https_port}:127.0.0.1",
-                           *extra, url], capture_output=True, text=True)  # fmt: skip
+    served = {Component.workload: {"endpoints": [f"127.0.0.1:{port}"]}}
+    return ctx, spec, desired_state(spec, ctx.allocations, served)[Component.route]
 
 
 async def test_route_serves_https_with_headers(driver: CaddyDriver, caddy: CaddyServer, backend: int) -> None:

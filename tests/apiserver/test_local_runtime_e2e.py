@@ -1,0 +1,152 @@
+"""End to end on runtime local: `kubectl apply` of the shipped example ends in the example
+application serving through the real Caddy, writing to its real database, Redis user and
+bucket; the process outlives an operator restart, an unhealthy revision makes the Project
+Degraded with what the health check said, and deleting the Project stops it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+import yaml
+from minio import Minio
+
+from controller.localcluster import REPO_ROOT, LocalCluster
+from tests.apiserver.test_platform_e2e import NS, install_platform, secret_data
+from tests.conftest import start_cluster
+from tests.helpers import OperatorProcess, get_json, wait_for
+from tests.servers import https_get, start_caddy, start_minio, start_postgres, start_redis
+
+EXAMPLE = REPO_ROOT / "manifests" / "examples" / "hello-local.yaml"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    pg, rd, s3, caddy = start_postgres(), start_redis(), start_minio(), start_caddy()
+    cluster = start_cluster(tmp_path_factory.mktemp("local-runtime"))
+    try:
+        yield {"pg": pg, "redis": rd, "s3": s3, "caddy": caddy, "cluster": cluster}
+    finally:
+        _stop_supervisors(f"{NS}/")
+        cluster.stop()
+        for server in (caddy, s3, rd, pg):
+            server.stop()
+
+
+def hello(**spec_changes: Any) -> dict[str, Any]:
+    """The shipped example, on the test's Platform (whose PostgreSQL is Debian's 15)."""
+    doc: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    doc["metadata"]["namespace"] = NS
+    doc["spec"]["servers"]["platform"] = "shared"
+    doc["spec"]["features"]["database"] = {"version": "15"}
+    doc["spec"].update(spec_changes)
+    return doc
+
+
+def status(cluster: LocalCluster) -> dict[str, Any]:
+    found: dict[str, Any] = get_json(cluster, "project", "hello", "-n", NS).get("status", {})
+    return found
+
+
+def condition(cluster: LocalCluster, type_: str) -> dict[str, Any]:
+    return next((c for c in status(cluster).get("conditions", []) if c["type"] == type_), {})
+
+
+def supervisors(workload: str) -> dict[int, int | None]:
+    """Supervisor pid → its application's pid, for the local workloads of ``workload``."""
+    found: dict[int, int | None] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(a.endswith(b"supervise.py") for a in argv[:2]) and workload.encode() in argv:
+            directory = Path(argv[argv.index(b"--dir") + 1].decode())
+            state = json.loads((directory / "blue.json").read_text()) if (directory / "blue.json").exists() else {}
+            found[int(entry.name)] = state.get("pid")
+    return found
+
+
+def gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie nobody has reaped yet."""
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) == "Z"
+    except OSError:
+        return True
+
+
+def _stop_supervisors(prefix: str) -> None:
+    for pid in supervisors(prefix):
+        os.kill(pid, signal.SIGTERM)
+
+
+def test_the_example_serves_through_caddy_on_its_real_services(world: dict[str, Any], tmp_path: Path) -> None:
+    cluster: LocalCluster = world["cluster"]
+    pg, rd, s3, caddy = world["pg"], world["redis"], world["s3"], world["caddy"]
+    install_platform(cluster, pg, rd, s3, caddy)
+    env = {"CODEB_LOCAL_RUNTIME": "1", "CODEB_LOCAL_ROOT": str(REPO_ROOT), "CODEB_STATE_DIR": str(tmp_path / "state"),
+           "CODEB_DRIFT_INTERVAL": "3"}  # fmt: skip
+    operator = OperatorProcess(cluster, tmp_path / "operator.log", **env).start()
+    try:
+        started = time.monotonic()
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(hello()))
+        wait_for(lambda: condition(cluster, "Ready").get("status") == "True", timeout=120, what="hello Ready")
+        print(f"runtime local: apply to Ready in {time.monotonic() - started:.1f} s")
+        port = status(cluster)["allocations"]["port"]
+        assert status(cluster)["endpoints"] == {"url": "https://hello.localhost", "internal": [f"127.0.0.1:{port}"]}
+        assert status(cluster)["phase"] == "Ready"
+
+        # The page, through Caddy's TLS listener, used all three services.
+        page = https_get(caddy, "hello.localhost")
+        assert "Hello, CodeB" in page.stdout and page.stdout.count("<td>works</td>") == 3, page.stdout
+        visit = json.loads(https_get(caddy, "hello.localhost", path="/api/visit").stdout)
+        assert visit["database"]["visits"] >= 2 and visit["redis"]["hits"] >= 2 and visit["bucket"]["readBack"]
+        # ...and the services say so too, asked as their administrators.
+        with psycopg.connect(host=pg.host, port=pg.port, user=pg.admin_user, password=pg.admin_password,
+                             dbname="hello_staging_db") as admin:  # fmt: skip
+            row = admin.execute("SELECT count(*) FROM visits").fetchone()
+            assert row is not None and row[0] == visit["database"]["visits"]
+        cache = redis.Redis(host=rd.host, port=rd.port, password=rd.password)
+        assert int(cache.get("hello-staging:hits") or 0) == visit["redis"]["hits"]
+        credentials = secret_data(cluster, NS, "hello-staging-connection")
+        admin_s3 = Minio(s3.endpoint, access_key=s3.root_user, secret_key=s3.root_password, secure=False)
+        assert admin_s3.stat_object(credentials["S3_BUCKET"], "hello/last-visit.txt").size > 0
+
+        # An operator restart adopts the running process; it is not started again.
+        before = supervisors(f"{NS}/hello")
+        assert len(before) == 1 and None not in before.values()
+        operator.kill()
+        operator.start()
+        time.sleep(8)  # two drift intervals of the new operator
+        assert supervisors(f"{NS}/hello") == before
+        assert condition(cluster, "Ready")["status"] == "True"
+
+        # A revision whose health check fails: Degraded, with what the check answered.
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(hello(monitoring={"healthPath": "/healthz"})))
+        workload = wait_for(lambda: (c := condition(cluster, "WorkloadReady")).get("reason") == "Unhealthy" and c,
+                            timeout=60, what="WorkloadReady Unhealthy")  # fmt: skip
+        assert workload["message"] == f"GET /healthz on 127.0.0.1:{port} answered 404: not found"
+        assert condition(cluster, "Ready")["status"] == "False" and status(cluster)["phase"] == "Degraded"
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(hello()))
+        wait_for(lambda: condition(cluster, "Ready").get("status") == "True", timeout=60, what="Ready again")
+
+        # Deleting the Project stops the process and removes the route; the data is retained.
+        pids = supervisors(f"{NS}/hello")
+        cluster.kubectl("delete", "project", "hello", "-n", NS, "--timeout=60s")
+        assert supervisors(f"{NS}/hello") == {}
+        assert all(gone(pid) for pid in pids)
+        assert "Hello, CodeB" not in https_get(caddy, "hello.localhost").stdout
+        log = operator.log()
+        assert all(secret not in log for secret in credentials.values() if len(secret) >= 12)
+    finally:
+        operator.stop()
