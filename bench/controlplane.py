@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from controller.localcluster import LocalCluster, ensure_kube_apiserver
+from controller.localcluster import LocalCluster, ensure_kube_binary
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     if args.cold:
         os.environ["CODEB_CACHE"] = tempfile.mkdtemp(prefix="codeb-cold-cache-")
         started = time.monotonic()
-        ensure_kube_apiserver()
+        ensure_kube_binary()
         print(f"cold build of kube-apiserver: {time.monotonic() - started:.1f}s")
     times = []
     for _ in range(args.runs):

@@ -96,11 +96,13 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
 def workload_drivers(kube: KubeClient, config: OperatorConfig) -> dict[Runtime, Driver]:
     """The runtimes this operator may run workloads on; local only where it was switched on."""
+    from controller.drivers.kubernetes import KubernetesWorkload
     from controller.drivers.processes import LocalProcesses
 
-    if not config.local_runtime:
-        return {}
-    return {Runtime.local: LocalProcesses(kube.read_secret, config.local_root, config.state_dir)}
+    drivers: dict[Runtime, Driver] = {Runtime.kubernetes: KubernetesWorkload(kube)}
+    if config.local_runtime:
+        drivers[Runtime.local] = LocalProcesses(kube.read_secret, config.local_root, config.state_dir)
+    return drivers
 
 
 def run_operator(make_drivers: Callable[[KubeClient, OperatorConfig], DriverSource]) -> int:

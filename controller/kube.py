@@ -72,6 +72,7 @@ def _translate(exc: ApiException, what: str) -> Exception:
 
 class KubeClient:
     def __init__(self, api: kubernetes.client.ApiClient, executor: ThreadPoolExecutor, timeout: float = 30.0) -> None:
+        self._api = api
         self._core = kubernetes.client.CoreV1Api(api)
         self._custom = kubernetes.client.CustomObjectsApi(api)
         self._executor = executor
@@ -87,6 +88,36 @@ class KubeClient:
             raise _translate(exc, what) from exc
         except HTTPError:
             raise RetryableError(f"{what}: API server unreachable or slow", reason="APIUnavailable") from None
+
+    async def request(
+        self, method: str, path: str, body: Any = None, *, content_type: str = "application/json", **query: str
+    ) -> dict[str, Any] | None:
+        """Any API path, JSON in and out; None for 404 on a read.
+
+        For the workload's objects (apps/v1, autoscaling/v2, policy/v1): one generic path
+        instead of four typed clients whose models we would only turn back into dicts.
+        Server-side apply sends ``application/apply-patch+yaml`` (JSON is YAML).
+        """
+
+        def send(_request_timeout: float) -> dict[str, Any] | None:
+            data = json.dumps(body) if body is not None else None
+            headers = {"Content-Type": content_type, "Accept": "application/json"}
+            prepared = self._api.param_serialize(
+                method, path, query_params=list(query.items()), header_params=headers, body=data,
+                auth_settings=["BearerToken"],
+            )  # fmt: skip
+            response = self._api.call_api(*prepared, _request_timeout=_request_timeout)
+            response.read()  # type: ignore[no-untyped-call]
+            if response.status >= 400:
+                raise ApiException(status=response.status, reason=response.reason)
+            return cast(dict[str, Any], json.loads(response.data)) if response.data else None
+
+        try:
+            return await self._call(f"{method} {path}", send)
+        except NotFound:
+            if method == "GET" or method == "DELETE":
+                return None
+            raise
 
     async def ensure_namespace(self, name: str) -> None:
         """Create the namespace if it is missing; an operator allowed to read but not create it still starts."""

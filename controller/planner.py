@@ -188,6 +188,12 @@ def _infrastructure(spec: ProjectSpec) -> State:
 def _workload(spec: ProjectSpec, allocations: Allocations) -> State:
     if spec.servers.runtime is Runtime.local:
         return _local_workload(spec, allocations)
+    if spec.servers.runtime is Runtime.kubernetes:
+        return _kubernetes_workload(spec, allocations)
+    return _container_workload(spec, allocations)
+
+
+def _container_workload(spec: ProjectSpec, allocations: Allocations) -> State:
     source = spec.project.source
     return {
         "instance": naming.instance_name(spec),
@@ -204,6 +210,27 @@ def _workload(spec: ProjectSpec, allocations: Allocations) -> State:
         "secretRefs": sorted(ref.name for ref in spec.environment.secret_refs),
         "connectionSecret": allocations.connection_secret,
         "healthPath": spec.monitoring.health_path,
+    }
+
+
+def _kubernetes_workload(spec: ProjectSpec, allocations: Allocations) -> State:
+    """A Deployment, Service, PodDisruptionBudget and (with servers.min/max) an autoscaler.
+
+    With an autoscaler the replica count is its business, so the state does not fix one.
+    """
+    servers, features = spec.servers, spec.features
+    autoscaling = {"min": servers.min, "max": servers.max} if servers.min is not None else None
+    uses_services = any(f is not None and f.enabled for f in (features.database, features.redis, features.storage))
+    return {
+        **_container_workload(spec, allocations),
+        "replicas": None if autoscaling else spec.resources.replicas,
+        "autoscaling": autoscaling,
+        "optionalSecretRefs": sorted(ref.name for ref in spec.environment.secret_refs if ref.optional),
+        # No data service, no connection Secret: Pods must not wait for one that never comes.
+        "connectionSecret": allocations.connection_secret if uses_services else None,
+        "probeIntervalSeconds": spec.monitoring.probe_interval_seconds,
+        "environmentCurrent": True,
+        "objectsMatch": True,
     }
 
 

@@ -12,9 +12,9 @@ from controller.cli import CRD_PATH
 from controller.localcluster import LocalCluster
 
 
-def start_cluster(root: Path, audit_policy: str | None = None) -> LocalCluster:
-    """A real etcd + kube-apiserver with the CodeB CRDs installed."""
-    local = LocalCluster(root, audit_policy=audit_policy).start()
+def start_cluster(root: Path, audit_policy: str | None = None, controllers: bool = False) -> LocalCluster:
+    """A real etcd + kube-apiserver (and kube-controller-manager) with the CodeB CRDs installed."""
+    local = LocalCluster(root, audit_policy=audit_policy, controllers=controllers).start()
     try:
         local.kubectl("apply", "--server-side", "-f", str(CRD_PATH.parent))
         local.kubectl("wait", "--for=condition=Established", "crd/projects.codeb.dev", "--timeout=60s")

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver from the Go module proxy and caches the binary.
+# Builds a Kubernetes component (kube-apiserver by default, or kube-controller-manager)
+# from the Go module proxy and caches the binary: build-kube.sh [COMPONENT].
 #
 # k8s.io/kubernetes is not meant to be consumed as a module: its go.mod points the
 # k8s.io/* staging modules at ./staging/..., which does not exist in the module zip.
@@ -7,9 +8,14 @@
 # pins every staging module to the matching published v0.x tag.
 set -euo pipefail
 
+component="${1:-kube-apiserver}"
+case "$component" in
+  kube-apiserver|kube-controller-manager) ;;
+  *) echo "build-kube.sh: unknown component $component" >&2; exit 2 ;;
+esac
 version="${KUBE_VERSION:-v1.36.3}"
 cache="${CODEB_CACHE:-$HOME/.cache/codeb}"
-out="$cache/bin/kube-apiserver-$version"
+out="$cache/bin/$component-$version"
 
 if [[ -x "$out" ]]; then
   echo "$out"
@@ -17,7 +23,8 @@ if [[ -x "$out" ]]; then
 fi
 
 staging_version="v0.${version#v1.}"
-workdir="$cache/build/kube-apiserver-$version"
+# One build module for every component: the dependency graph is resolved once.
+workdir="$cache/build/kube-$version"
 mkdir -p "$workdir" "$cache/bin"
 cd "$workdir"
 
@@ -25,7 +32,7 @@ kube_mod="$(go mod download -json "k8s.io/kubernetes@$version" | python3 -c 'imp
 go_directive="$(awk '/^go /{print $2; exit}' "$kube_mod")"
 
 {
-  echo "module codeb.dev/localcluster/kubeapiserver"
+  echo "module codeb.dev/localcluster/kube"
   echo
   echo "go $go_directive"
   echo
@@ -41,12 +48,15 @@ cat > tools.go <<'GO'
 
 package tools
 
-import _ "k8s.io/kubernetes/cmd/kube-apiserver"
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+)
 GO
 
 # Resolve the full dependency graph against the pinned versions.
 go mod tidy -e >/dev/null 2>&1 || true
-go get "k8s.io/kubernetes/cmd/kube-apiserver@$version"
+go get "k8s.io/kubernetes/cmd/$component@$version"
 
 ldflags="-s -w"
 ldflags+=" -X k8s.io/component-base/version.gitVersion=$version"
@@ -54,6 +64,6 @@ ldflags+=" -X k8s.io/component-base/version.gitMajor=1"
 ldflags+=" -X k8s.io/component-base/version.gitMinor=$(echo "$version" | cut -d. -f2)"
 ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
 
-CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out.tmp" k8s.io/kubernetes/cmd/kube-apiserver
+CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out.tmp" "k8s.io/kubernetes/cmd/$component"
 mv "$out.tmp" "$out"
 echo "$out"

@@ -1,0 +1,272 @@
+"""Runtime ``kubernetes``: a Deployment, Service, PodDisruptionBudget and autoscaler per Project.
+
+The objects live in the Project's own namespace of the operator's cluster, are rendered
+by pure functions (`render_objects`) and written with server-side apply (field manager
+``codeb``), so fields others own (an HPA's replica count, kubectl annotations) are left
+alone. Observation reads them back: the workload state is rebuilt from the live
+Deployment and Service, so ``kubectl edit`` of an image or a limit is drift and is put
+back. Each object carries the digest of its rendering; an object deleted or edited by
+hand no longer matches it (``objectsMatch``).
+
+Health is the Deployment's own: every desired replica updated and available. Without
+that, the detail names what the Pods are waiting on (ErrImagePull, CrashLoopBackOff…)
+as their kubelet reported it. Credentials reach Pods through ``envFrom`` the
+connection Secret; the digest of the Secrets' contents is a Pod-template annotation,
+so a rotated password rolls the Pods.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from controller.drivers import DriverContext
+from controller.errors import PermanentError
+from controller.kube import KubeClient
+from controller.planner import Component, Observation, State
+from controller.secrets import OWNER_LABEL
+
+MANAGER = "codeb"
+DIGEST = "codeb.dev/rendered-digest"
+CREDENTIALS = "codeb.dev/credentials-digest"
+REVISION = "codeb.dev/revision"
+# Pods restart when the credentials change; the autoscaler aims at this CPU use.
+TARGET_CPU_PERCENT = 70
+
+Object = dict[str, Any]
+KINDS = {  # kind: (API path prefix, plural)
+    "Deployment": ("/apis/apps/v1", "deployments"),
+    "Service": ("/api/v1", "services"),
+    "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
+    "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
+}
+
+
+def labels(ctx: DriverContext, desired: State) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": str(desired["instance"]),
+        "app.kubernetes.io/managed-by": MANAGER,
+        OWNER_LABEL: ctx.key.name,
+    }
+
+
+def render_objects(ctx: DriverContext, desired: State, credentials_digest: str) -> list[Object]:
+    """Every object of the workload, in apply order (pure)."""
+    objects = [_deployment(ctx, desired, credentials_digest), _service(ctx, desired), _disruption_budget(ctx, desired)]
+    if desired.get("autoscaling"):
+        objects.append(_autoscaler(ctx, desired))
+    for obj in objects:
+        obj["metadata"].setdefault("annotations", {})[DIGEST] = _digest(obj)
+    return objects
+
+
+def _metadata(ctx: DriverContext, desired: State, **extra: Any) -> dict[str, Any]:
+    return {"name": desired["instance"], "namespace": ctx.key.namespace, "labels": labels(ctx, desired), **extra}
+
+
+def _deployment(ctx: DriverContext, desired: State, credentials_digest: str) -> Object:
+    selector = {"app.kubernetes.io/name": desired["instance"]}
+    probe = {
+        "httpGet": {"path": desired["healthPath"], "port": desired["containerPort"]},
+        "periodSeconds": desired["probeIntervalSeconds"],
+        "timeoutSeconds": 5,
+    }
+    env_from = [{"secretRef": {"name": desired["connectionSecret"]}}] if desired["connectionSecret"] else []
+    optional = set(desired["optionalSecretRefs"])
+    env_from += [{"secretRef": {"name": name, "optional": name in optional}} for name in desired["secretRefs"]]
+    limits = {"cpu": desired["cpu"], "memory": desired["memory"]}
+    container = {
+        "name": "app",
+        "image": desired["image"],
+        "ports": [{"name": "http", "containerPort": desired["containerPort"]}],
+        "env": [{"name": k, "value": v} for k, v in desired["variables"].items()]
+        + [{"name": "PORT", "value": str(desired["containerPort"])}],
+        "envFrom": env_from,
+        "resources": {"limits": limits, "requests": limits},
+        "readinessProbe": probe,
+        "livenessProbe": {**probe, "failureThreshold": 3, "initialDelaySeconds": 10},
+    }
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector},
+        # Health-gated rolling update: a new Pod must be ready before an old one goes.
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "template": {
+            "metadata": {"labels": {**labels(ctx, desired)}, "annotations": {CREDENTIALS: credentials_digest}},
+            "spec": {"containers": [container], "enableServiceLinks": False},
+        },
+    }
+    if desired["replicas"] is not None:
+        spec["replicas"] = desired["replicas"]
+    annotations = {REVISION: desired["revision"] or ""}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _metadata(ctx, desired, annotations=annotations),
+            "spec": spec}  # fmt: skip
+
+
+def _service(ctx: DriverContext, desired: State) -> Object:
+    port = {"name": "http", "port": desired["port"], "targetPort": "http"}
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(ctx, desired),
+            "spec": {"selector": {"app.kubernetes.io/name": desired["instance"]}, "ports": [port]}}  # fmt: skip
+
+
+def _disruption_budget(ctx: DriverContext, desired: State) -> Object:
+    # At most one Pod away at a time for a drain; never blocks a drain of a single replica.
+    selector = {"matchLabels": {"app.kubernetes.io/name": desired["instance"]}}
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _metadata(ctx, desired),
+            "spec": {"maxUnavailable": 1, "selector": selector}}  # fmt: skip
+
+
+def _autoscaler(ctx: DriverContext, desired: State) -> Object:
+    scaling = desired["autoscaling"]
+    target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": desired["instance"]}
+    utilization = {"type": "Utilization", "averageUtilization": TARGET_CPU_PERCENT}
+    cpu = {"type": "Resource", "resource": {"name": "cpu", "target": utilization}}
+    return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": _metadata(ctx, desired),
+            "spec": {"scaleTargetRef": target, "minReplicas": scaling["min"], "maxReplicas": scaling["max"],
+                     "metrics": [cpu]}}  # fmt: skip
+
+
+def _digest(obj: Object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _path(kind: str, namespace: str, name: str | None = None) -> str:
+    prefix, plural = KINDS[kind]
+    return f"{prefix}/namespaces/{namespace}/{plural}" + (f"/{name}" if name else "")
+
+
+class KubernetesWorkload:
+    component = Component.workload
+
+    def __init__(self, kube: KubeClient) -> None:
+        self._kube = kube
+
+    # ------------------------------------------------------------ observe
+
+    async def observe(self, ctx: DriverContext) -> Observation:
+        live = {kind: await self._read(kind, ctx.key.namespace, _instance(ctx)) for kind in KINDS}
+        deployment, service = live["Deployment"], live["Service"]
+        if deployment is None or not _ours(ctx, deployment):
+            return Observation()
+        state = _state_of(deployment, service, live["HorizontalPodAutoscaler"])
+        credentials = await self._credentials_digest(ctx, state)
+        launched_with = deployment["spec"]["template"]["metadata"].get("annotations", {}).get(CREDENTIALS, "")
+        rendered = render_objects(ctx, state, launched_with)
+        expected = {o["kind"]: o["metadata"]["annotations"][DIGEST] for o in rendered}
+        matches = all(
+            (live[kind] or {}).get("metadata", {}).get("annotations", {}).get(DIGEST) == expected.get(kind)
+            for kind in KINDS
+        )
+        state |= {"environmentCurrent": launched_with == credentials, "objectsMatch": matches}
+        healthy, detail = await self._health(ctx, deployment)
+        endpoint = f"{state['instance']}.{ctx.key.namespace}.svc.cluster.local:{state['port']}"
+        return Observation(state=state, healthy=healthy, detail=detail, outputs={"endpoints": [endpoint]})
+
+    async def _read(self, kind: str, namespace: str, name: str) -> Object | None:
+        return await self._kube.request("GET", _path(kind, namespace, name))
+
+    async def _health(self, ctx: DriverContext, deployment: Object) -> tuple[bool, str | None]:
+        spec, status = deployment["spec"], deployment.get("status", {})
+        want = spec.get("replicas", 1)
+        current = status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
+        available, updated = status.get("availableReplicas", 0), status.get("updatedReplicas", 0)
+        if current and available >= want and updated >= want and not status.get("unavailableReplicas"):
+            return True, None
+        name = deployment["metadata"]["name"]
+        waiting = await self._pod_problems(ctx.key.namespace, name)
+        stalled = next((c["message"] for c in status.get("conditions", [])
+                        if c.get("reason") == "ProgressDeadlineExceeded"), None)  # fmt: skip
+        detail = f"Deployment {name}: {available} of {want} replicas available"
+        return False, detail + "".join(f"; {p}" for p in [*waiting, *([stalled] if stalled else [])])
+
+    async def _pod_problems(self, namespace: str, instance: str) -> list[str]:
+        pods = await self._kube.request(
+            "GET", f"/api/v1/namespaces/{namespace}/pods", labelSelector=f"app.kubernetes.io/name={instance}"
+        )
+        problems = []
+        for pod in (pods or {}).get("items", []):
+            for container in pod.get("status", {}).get("containerStatuses", []):
+                waiting = container.get("state", {}).get("waiting")
+                if waiting and waiting.get("reason") not in (None, "ContainerCreating"):
+                    message = f": {waiting['message'][:200]}" if waiting.get("message") else ""
+                    problems.append(f"Pod {pod['metadata']['name']} {waiting['reason']}{message}")
+        return sorted(set(problems))[:3]
+
+    async def _credentials_digest(self, ctx: DriverContext, state: State) -> str:
+        names = [state["connectionSecret"], *state["secretRefs"]]
+        contents = {n: await self._kube.read_secret(ctx.key.namespace, n) for n in names if n}
+        return hashlib.sha256(json.dumps(contents, sort_keys=True).encode()).hexdigest()[:16]
+
+    # ------------------------------------------------------------ apply / delete
+
+    async def apply(self, ctx: DriverContext, desired: State) -> None:
+        if not desired.get("image"):
+            raise PermanentError(
+                "spec.project.source.git: building from git is not supported yet on runtime kubernetes; "
+                "set spec.project.source.image",
+                reason="SourceNotBuildable",
+            )
+        existing = await self._read("Deployment", ctx.key.namespace, desired["instance"])
+        if existing is not None and not _ours(ctx, existing):
+            raise PermanentError(
+                f"Deployment {ctx.key.namespace}/{desired['instance']} exists and is not this Project's "
+                f"(no {OWNER_LABEL}={ctx.key.name} label); rename it or change spec.project.slug",
+                reason="NotOwned",
+            )
+        objects = render_objects(ctx, desired, await self._credentials_digest(ctx, desired))
+        for obj in objects:
+            await self._kube.request("PATCH", _path(obj["kind"], ctx.key.namespace, desired["instance"]), obj,
+                                     content_type="application/apply-patch+yaml", fieldManager=MANAGER,
+                                     force="true")  # fmt: skip
+        if not desired.get("autoscaling"):
+            await self._delete_if_ours(ctx, "HorizontalPodAutoscaler", desired["instance"])
+
+    async def delete(self, ctx: DriverContext, retain: bool) -> None:
+        for kind in reversed(list(KINDS)):
+            await self._delete_if_ours(ctx, kind, _instance(ctx))
+
+    async def _delete_if_ours(self, ctx: DriverContext, kind: str, name: str) -> None:
+        live = await self._read(kind, ctx.key.namespace, name)
+        if live is not None and _ours(ctx, live):
+            await self._kube.request("DELETE", _path(kind, ctx.key.namespace, name), propagationPolicy="Background")
+
+
+def _instance(ctx: DriverContext) -> str:
+    # The connection Secret is "<instance>-connection": the one place the instance name reaches a context.
+    return (ctx.allocations.connection_secret or "").removesuffix("-connection")
+
+
+def _ours(ctx: DriverContext, obj: Object) -> bool:
+    return bool(obj.get("metadata", {}).get("labels", {}).get(OWNER_LABEL) == ctx.key.name)
+
+
+def _state_of(deployment: Object, service: Object | None, autoscaler: Object | None) -> dict[str, Any]:
+    """The workload state as the live objects say it is."""
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env_from = [e["secretRef"] for e in container.get("envFrom", []) if "secretRef" in e]
+    # The connection Secret is rendered without "optional"; secretRefs always say it.
+    connection = next((e["name"] for e in env_from if "optional" not in e), None)
+    refs = [e for e in env_from if "optional" in e]
+    probe = container.get("readinessProbe", {})
+    limits = container.get("resources", {}).get("limits", {})
+    scaling = autoscaler["spec"] if autoscaler else None
+    return {
+        "instance": deployment["metadata"]["name"],
+        "runtime": "kubernetes",
+        "image": container.get("image"),
+        "git": None,
+        "revision": deployment["metadata"].get("annotations", {}).get(REVISION) or None,
+        "port": ((service or {}).get("spec", {}).get("ports") or [{}])[0].get("port"),
+        "containerPort": (container.get("ports") or [{}])[0].get("containerPort"),
+        "replicas": None if scaling else deployment["spec"].get("replicas"),
+        "autoscaling": {"min": scaling.get("minReplicas"), "max": scaling["maxReplicas"]} if scaling else None,
+        "cpu": limits.get("cpu"),
+        "memory": limits.get("memory"),
+        "variables": {e["name"]: e.get("value", "") for e in container.get("env", []) if e["name"] != "PORT"},
+        "secretRefs": sorted(e["name"] for e in refs),
+        "optionalSecretRefs": sorted(e["name"] for e in refs if e.get("optional")),
+        "connectionSecret": connection,
+        "healthPath": probe.get("httpGet", {}).get("path"),
+        "probeIntervalSeconds": probe.get("periodSeconds"),
+    }

@@ -1,0 +1,183 @@
+"""Runtime kubernetes on the real API server with the real kube-controller-manager.
+
+Deployments make ReplicaSets and ReplicaSets make Pods through the real controllers.
+No kubelet runs here, so where a kubelet would report a Pod ready (or an image that
+cannot be pulled), the test writes that Pod status itself, and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.drivers import DriverContext
+from controller.drivers.kubernetes import KubernetesWorkload
+from controller.errors import PermanentError
+from controller.kube import KubeClient, api_client_from_environment
+from controller.localcluster import LocalCluster
+from controller.naming import ProjectKey
+from controller.planner import Component, Observation, desired_state
+from schemas.project import Allocations, ProjectSpec
+from tests.conftest import start_cluster
+from tests.factories import project_spec
+from tests.helpers import get_json
+
+ON_VKE = {"provider": "vultr", "region": "icn", "runtime": "kubernetes"}
+
+
+@pytest.fixture(scope="module")
+def controlled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    local = start_cluster(tmp_path_factory.mktemp("controllers"), controllers=True)
+    yield local
+    local.stop()
+
+
+@pytest.fixture()
+async def kube(controlled: LocalCluster) -> AsyncIterator[KubeClient]:
+    executor = ThreadPoolExecutor(4)
+    yield KubeClient(api_client_from_environment(config_file=str(controlled.kubeconfig)), executor)
+    executor.shutdown()
+
+
+def workload(cluster: LocalCluster, **sections: Any) -> tuple[DriverContext, dict[str, Any]]:
+    namespace = f"k-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", namespace)
+    servers = {**ON_VKE, **sections.pop("servers", {})}
+    spec = ProjectSpec.model_validate(project_spec(servers=servers, features={"database": {}}, **sections))
+    allocations = Allocations(port=4512, connection_secret="shop-staging-connection", database="shop_staging_db")
+    cluster.kubectl("create", "secret", "generic", "shop-staging-connection", "-n", namespace,
+                    "--from-literal=DATABASE_PASSWORD=first")  # fmt: skip
+    ctx = DriverContext(ProjectKey(namespace, "shop", "uid-1"), allocations)
+    return ctx, dict(desired_state(spec, allocations)[Component.workload])
+
+
+def pods(cluster: LocalCluster, namespace: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = get_json(cluster, "pods", "-n", namespace)["items"]
+    return [p for p in found if not p["metadata"].get("deletionTimestamp")]
+
+
+def kubelet_reports(cluster: LocalCluster, namespace: str, pod: str, ready: bool, waiting: str | None = None) -> None:
+    """What a kubelet would write to a Pod's status (none runs here)."""
+    state = {"waiting": {"reason": waiting, "message": "pull access denied"}} if waiting else {"running": {}}
+    status = {
+        "phase": "Running" if ready else "Pending",
+        "conditions": [{"type": t, "status": "True" if ready else "False"} for t in ("Ready", "ContainersReady")],
+        "containerStatuses": [{"name": "app", "ready": ready, "restartCount": 0, "image": "x", "imageID": "",
+                               "state": state}],
+    }  # fmt: skip
+    cluster.kubectl("patch", "pod", pod, "-n", namespace, "--subresource=status", "--type=merge",
+                    "-p", json.dumps({"status": status}))  # fmt: skip
+
+
+async def until(driver: KubernetesWorkload, ctx: DriverContext, check: Any, timeout: float = 60) -> Observation:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        seen = await driver.observe(ctx)
+        if check(seen) or asyncio.get_running_loop().time() > deadline:
+            return seen
+        await asyncio.sleep(0.3)
+
+
+async def wait_pods(cluster: LocalCluster, namespace: str, count: int, timeout: float = 60) -> list[dict[str, Any]]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while len(found := pods(cluster, namespace)) != count and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.3)
+    return found
+
+
+async def test_a_deployment_becomes_pods_and_is_healthy_once_they_are_ready(
+    controlled: LocalCluster, kube: KubeClient
+) -> None:
+    driver = KubernetesWorkload(kube)
+    ctx, want = workload(controlled, resources={"replicas": 2})
+    assert (await driver.observe(ctx)).state is None
+    await driver.apply(ctx, want)
+    made = await wait_pods(controlled, ctx.key.namespace, 2)  # by the real ReplicaSet controller
+    assert len(made) == 2
+    seen = await driver.observe(ctx)
+    assert seen.state == want and not seen.healthy
+    assert seen.detail == "Deployment shop-staging: 0 of 2 replicas available"
+    kubelet_reports(controlled, ctx.key.namespace, made[0]["metadata"]["name"], ready=False, waiting="ErrImagePull")
+    seen = await until(driver, ctx, lambda s: s.detail and "ErrImagePull" in s.detail)
+    assert f"Pod {made[0]['metadata']['name']} ErrImagePull: pull access denied" in (seen.detail or "")
+    for pod in made:
+        kubelet_reports(controlled, ctx.key.namespace, pod["metadata"]["name"], ready=True)
+    seen = await until(driver, ctx, lambda s: s.healthy)
+    assert seen.healthy and seen.state == want
+    assert seen.outputs == {"endpoints": [f"shop-staging.{ctx.key.namespace}.svc.cluster.local:4512"]}
+    env_from = get_json(controlled, "deployment", "shop-staging", "-n", ctx.key.namespace)["spec"]["template"]["spec"]
+    assert env_from["containers"][0]["envFrom"] == [{"secretRef": {"name": "shop-staging-connection"}}]
+
+
+async def test_hand_edits_and_rotations_are_drift_and_put_back(controlled: LocalCluster, kube: KubeClient) -> None:
+    driver = KubernetesWorkload(kube)
+    ctx, want = workload(controlled)
+    ns = ctx.key.namespace
+    await driver.apply(ctx, want)
+    controlled.kubectl("set", "image", "deployment/shop-staging", "app=evil/miner:latest", "-n", ns)
+    controlled.kubectl("delete", "pdb", "shop-staging", "-n", ns)
+    seen = await driver.observe(ctx)
+    assert seen.state is not None and seen.state["image"] == "evil/miner:latest" and not seen.state["objectsMatch"]
+    await driver.apply(ctx, want)
+    assert (await driver.observe(ctx)).state == want
+    # A rotated password is drift too: applying rolls the Pods onto a new template.
+    before = get_json(controlled, "deployment", "shop-staging", "-n", ns)["spec"]["template"]["metadata"]
+    controlled.kubectl("patch", "secret", "shop-staging-connection", "-n", ns, "--type=merge",
+                       "-p", json.dumps({"stringData": {"DATABASE_PASSWORD": "rotated"}}))  # fmt: skip
+    seen = await driver.observe(ctx)
+    assert seen.state is not None and seen.state["environmentCurrent"] is False
+    await driver.apply(ctx, want)
+    after = get_json(controlled, "deployment", "shop-staging", "-n", ns)["spec"]["template"]["metadata"]
+    assert after["annotations"] != before["annotations"]
+    assert (await driver.observe(ctx)).state == want
+
+
+async def test_min_max_makes_an_autoscaler_and_a_fixed_count_removes_it(
+    controlled: LocalCluster, kube: KubeClient
+) -> None:
+    driver = KubernetesWorkload(kube)
+    ctx, scaled = workload(controlled, servers={"min": 2, "max": 5})
+    await driver.apply(ctx, scaled)
+    hpa = get_json(controlled, "hpa", "shop-staging", "-n", ctx.key.namespace)["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 5)
+    assert (await driver.observe(ctx)).state == scaled
+    fixed = {**scaled, "autoscaling": None, "replicas": 3}
+    await driver.apply(ctx, fixed)
+    assert controlled.kubectl("get", "hpa", "-n", ctx.key.namespace, "-o", "name").stdout.strip() == ""
+    assert (await driver.observe(ctx)).state == fixed
+
+
+async def test_a_foreign_deployment_of_the_same_name_is_refused_and_left_alone(
+    controlled: LocalCluster, kube: KubeClient
+) -> None:
+    driver = KubernetesWorkload(kube)
+    ctx, want = workload(controlled)
+    controlled.kubectl("create", "deployment", "shop-staging", "--image=theirs:1", "-n", ctx.key.namespace)
+    assert (await driver.observe(ctx)).state is None
+    with pytest.raises(PermanentError) as caught:
+        await driver.apply(ctx, want)
+    assert caught.value.reason == "NotOwned"
+    await driver.delete(ctx, retain=False)
+    image = get_json(controlled, "deployment", "shop-staging", "-n", ctx.key.namespace)
+    assert image["spec"]["template"]["spec"]["containers"][0]["image"] == "theirs:1"
+
+
+async def test_delete_removes_the_objects_and_the_garbage_collector_the_pods(
+    controlled: LocalCluster, kube: KubeClient, tmp_path: Path
+) -> None:
+    driver = KubernetesWorkload(kube)
+    ctx, want = workload(controlled)
+    await driver.apply(ctx, want)
+    assert len(await wait_pods(controlled, ctx.key.namespace, 1)) == 1
+    await driver.delete(ctx, retain=False)
+    assert (await driver.observe(ctx)).state is None
+    for kind in ("deployment", "service", "pdb", "hpa"):
+        assert controlled.kubectl("get", kind, "-n", ctx.key.namespace, "-o", "name").stdout.strip() == ""
+    assert await wait_pods(controlled, ctx.key.namespace, 0) == []

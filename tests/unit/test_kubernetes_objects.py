@@ -1,0 +1,113 @@
+"""The Kubernetes workload's objects, rendered from plain data and compared whole."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller.drivers import DriverContext
+from controller.drivers.kubernetes import DIGEST, render_objects
+from controller.naming import ProjectKey
+from controller.planner import Component, desired_state
+from schemas.project import Allocations, ProjectSpec
+from tests.factories import project_spec
+
+ON_VKE = {"provider": "vultr", "region": "icn", "runtime": "kubernetes"}
+CTX = DriverContext(
+    ProjectKey("shop-team", "shop", "uid-1"), Allocations(port=4512, connection_secret="shop-staging-connection")
+)
+LABELS = {
+    "app.kubernetes.io/name": "shop-staging",
+    "app.kubernetes.io/managed-by": "codeb",
+    "codeb.dev/project": "shop",
+}
+
+
+def objects(**sections: Any) -> dict[str, dict[str, Any]]:
+    spec = ProjectSpec.model_validate(
+        project_spec(
+            servers={**ON_VKE, **sections.pop("servers", {})},
+            features={"database": {}},
+            **sections,
+        )
+    )
+    allocations = Allocations(port=4512, connection_secret="shop-staging-connection", database="shop_staging_db")
+    desired = desired_state(spec, allocations)[Component.workload]
+    rendered = render_objects(CTX, desired, "cafe")
+    for obj in rendered:
+        assert len(obj["metadata"]["annotations"].pop(DIGEST)) == 16
+    return {o["kind"]: o for o in rendered}
+
+
+def test_deployment_carries_image_probes_limits_and_credentials_from_the_secret() -> None:
+    deployment = objects(
+        resources={"replicas": 2, "cpu": "250m", "memory": "256Mi", "containerPort": 8080},
+        environment={
+            "type": "staging",
+            "variables": {"MODE": "web"},
+            "secretRefs": [{"name": "stripe", "optional": True}],
+        },
+        monitoring={"healthPath": "/healthz", "probeIntervalSeconds": 10},
+    )["Deployment"]
+    probe = {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 10, "timeoutSeconds": 5}
+    limits = {"cpu": "250m", "memory": "256Mi"}
+    assert deployment == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "shop-staging", "namespace": "shop-team", "labels": LABELS,
+                     "annotations": {"codeb.dev/revision": ""}},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app.kubernetes.io/name": "shop-staging"}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": LABELS, "annotations": {"codeb.dev/credentials-digest": "cafe"}},
+                "spec": {
+                    "enableServiceLinks": False,
+                    "containers": [{
+                        "name": "app",
+                        "image": "ghcr.io/acme/shop:1.0.0",
+                        "ports": [{"name": "http", "containerPort": 8080}],
+                        "env": [{"name": "MODE", "value": "web"}, {"name": "PORT", "value": "8080"}],
+                        "envFrom": [{"secretRef": {"name": "shop-staging-connection"}},
+                                    {"secretRef": {"name": "stripe", "optional": True}}],
+                        "resources": {"limits": limits, "requests": limits},
+                        "readinessProbe": probe,
+                        "livenessProbe": {**probe, "failureThreshold": 3, "initialDelaySeconds": 10},
+                    }],
+                },
+            },
+        },
+    }  # fmt: skip
+
+
+def test_service_and_disruption_budget() -> None:
+    rendered = objects()
+    assert rendered["Service"]["spec"] == {
+        "selector": {"app.kubernetes.io/name": "shop-staging"},
+        "ports": [{"name": "http", "port": 4512, "targetPort": "http"}],
+    }
+    assert rendered["PodDisruptionBudget"]["spec"] == {
+        "maxUnavailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": "shop-staging"}}
+    }  # fmt: skip
+    assert "HorizontalPodAutoscaler" not in rendered
+
+
+def test_min_and_max_hand_the_replica_count_to_an_autoscaler() -> None:
+    rendered = objects(servers={"min": 2, "max": 6})
+    assert "replicas" not in rendered["Deployment"]["spec"]
+    assert rendered["HorizontalPodAutoscaler"]["spec"] == {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "shop-staging"},
+        "minReplicas": 2,
+        "maxReplicas": 6,
+        "metrics": [{"type": "Resource",
+                     "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}],
+    }  # fmt: skip
+
+
+def test_a_project_without_data_services_waits_for_no_connection_secret() -> None:
+    spec = ProjectSpec.model_validate(
+        project_spec(servers={"provider": "vultr", "region": "icn", "runtime": "kubernetes"})
+    )
+    desired = desired_state(spec, Allocations(port=4512, connection_secret="shop-staging-connection"))
+    container = render_objects(CTX, desired[Component.workload], "x")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert container["envFrom"] == []
