@@ -1,7 +1,8 @@
 """The `codeb` command.
 
-codeb up              start the local control plane, install the CRDs, apply the
-                      local example and run the operator (the embedded default)
+codeb up              start the local control plane and a local Platform (PostgreSQL,
+                      Redis, MinIO, Caddy), run the operator and serve the example
+                      application at a URL (the embedded default); Ctrl-C stops all
 codeb operator        run the operator against the current kubeconfig
 codeb generate        regenerate the CRD and docs from the models (--check: fail on drift)
 codeb validate FILE…  check manifests the way the operator does
@@ -10,7 +11,11 @@ codeb validate FILE…  check manifests the way the operator does
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import socket
+import ssl
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -30,6 +35,7 @@ if TYPE_CHECKING:
     from controller.config import OperatorConfig
     from controller.drivers import Driver
     from controller.kube import KubeClient
+    from controller.localplatform import LocalPlatform
     from controller.reconcile import DriverSource
 
 CRD_PATH = REPO_ROOT / "manifests" / "crd" / "projects.codeb.dev.yaml"
@@ -148,22 +154,130 @@ def run_operator(make_drivers: Callable[[KubeClient, OperatorConfig], DriverSour
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    cluster = LocalCluster(cache_dir() / "local", fast_storage=False)
+    """The embedded local default, to a URL: control plane, local Platform, operator, the example."""
+    from controller.localplatform import LocalPlatform
+
     started = time.monotonic()
-    cluster.start()
-    print(f"control plane ready in {time.monotonic() - started:.1f}s; kubeconfig: {cluster.kubeconfig}")
+
+    def step(message: str) -> None:
+        print(f"[{time.monotonic() - started:5.1f}s] {message}", flush=True)
+
+    home = cache_dir() / "local"
+    cluster = LocalCluster(home, fast_storage=False)
+    platform = LocalPlatform.open(home / "platform")
+    operator: subprocess.Popen[bytes] | None = None
     try:
-        cluster.kubectl("apply", "--server-side", "-f", str(CRD_PATH.parent))
-        cluster.kubectl("wait", "--for=condition=Established", "crd/projects.codeb.dev", "--timeout=60s")
-        cluster.kubectl("apply", "-f", str(LOCAL_EXAMPLE))
-        print(f"applied {_shown(LOCAL_EXAMPLE)}")
-        print(f"try: KUBECONFIG={cluster.kubeconfig} kubectl get projects -A")
-        os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
-        return cmd_operator(args)
+        step("starting the control plane (etcd, kube-apiserver)")
+        cluster.start()
+        step("starting the local Platform (PostgreSQL, Redis, MinIO, Caddy)")
+        platform.start()
+        step("installing the CRDs, the Platform and the example Project")
+        _install(cluster, platform)
+        step(f"starting the operator (log: {home / 'operator.log'})")
+        operator = _start_operator(cluster, home)
+        step("waiting for the example to serve")
+        if not _wait_serving(cluster, operator, platform.https_port, step):
+            return 1
+        url = f"https://hello.localhost:{platform.https_port}/"
+        step(f"serving: {url}")
+        print(f"  open it (Caddy's local CA: accept the warning), or: curl -k {url}")
+        print(f"  kubectl: export KUBECONFIG={cluster.kubeconfig}; kubectl get projects -A")
+        print("  Ctrl-C stops everything; the next `codeb up` finds the same data.")
+        operator.wait()
+        return 0
     except KeyboardInterrupt:
         return 0
     finally:
+        _stop_operator(operator)
+        _stop_local_workloads(home / "state")
+        platform.stop()
         cluster.stop()
+
+
+def _install(cluster: LocalCluster, platform: LocalPlatform) -> None:
+    from controller.localplatform import ADMIN_NAMESPACE, PLATFORM_NAME
+
+    cluster.kubectl("apply", "--server-side", "-f", str(CRD_PATH.parent))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/projects.codeb.dev", "--timeout=60s")
+    documents: list[dict[str, object]] = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ADMIN_NAMESPACE}}
+    ]
+    for name, data in platform.admin_secrets().items():
+        metadata = {"name": name, "namespace": ADMIN_NAMESPACE}
+        documents.append({"apiVersion": "v1", "kind": "Secret", "metadata": metadata, "stringData": data})
+    documents.append(platform.platform_object())
+    example = yaml.safe_load(LOCAL_EXAMPLE.read_text())
+    example["spec"]["servers"]["platform"] = PLATFORM_NAME
+    # The shared server's version is whatever Debian ships here.
+    example["spec"]["features"]["database"] = {"version": platform.postgres_major()}
+    documents.append(example)
+    cluster.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(documents))
+
+
+def _start_operator(cluster: LocalCluster, home: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "CODEB_LOCAL_RUNTIME": "1",
+           "CODEB_LOCAL_ROOT": str(REPO_ROOT), "CODEB_STATE_DIR": str(home / "state"), "CODEB_DRIFT_INTERVAL": "30",
+           "CODEB_LOG_FORMAT": "console"}  # fmt: skip
+    log = (home / "operator.log").open("ab")
+    return subprocess.Popen([sys.executable, "-m", "controller", "operator"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+
+def _wait_serving(
+    cluster: LocalCluster, operator: subprocess.Popen[bytes], https_port: int, step: Callable[[str], None]
+) -> bool:
+    """Until the example is Ready and its page really answers through Caddy (a status left from the
+    last run says Ready before this operator has looked), printing each change of what it waits for."""
+    deadline, last = time.monotonic() + 300, ""
+    while time.monotonic() < deadline:
+        if operator.poll() is not None:
+            step(f"the operator exited with {operator.returncode}; see its log")
+            return False
+        found = cluster.kubectl("get", "project", "hello", "-o", "json", check=False)
+        status = json.loads(found.stdout).get("status", {}) if found.returncode == 0 else {}
+        ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), None)
+        if ready and ready["status"] == "True" and _answers(https_port, "hello.localhost", "/api/health"):
+            return True
+        now = f"{status.get('phase', 'Pending')}: {ready['message'] if ready else 'not reconciled yet'}"
+        if now != last:
+            step(f"  hello is {now}")
+            last = now
+        time.sleep(0.5)
+    step("hello did not serve within 5 minutes: kubectl describe project hello")
+    return False
+
+
+def _answers(port: int, host: str, path: str) -> bool:
+    """GET ``path`` through Caddy's TLS listener with the right SNI; Caddy's local CA is not checked."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            return tls.recv(16).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+def _stop_operator(operator: subprocess.Popen[bytes] | None) -> None:
+    if operator is None or operator.poll() is not None:
+        return
+    operator.terminate()
+    try:
+        operator.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        operator.kill()
+        operator.wait()
+
+
+def _stop_local_workloads(state_dir: Path) -> None:
+    """The example's processes outlive an operator by design; they do not outlive `up`."""
+    from controller.drivers.processes import stop_everything_under
+
+    stop_everything_under(state_dir)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -199,18 +199,7 @@ class LocalProcesses:
         shutil.rmtree(self._directory(ctx.key), ignore_errors=True)
 
     def _stop_all(self, processes: Iterable[Supervised]) -> None:
-        processes = list(processes)
-        for process in processes:
-            _signal(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_SECONDS
-        while any(self._running(p.pid) for p in processes) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for process in processes:
-            if self._running(process.pid):
-                child = _child_state(process).get("pid")
-                if child:
-                    _signal_group(int(child), signal.SIGKILL)
-                _signal(process.pid, signal.SIGKILL)
+        _stop(list(processes), self._running)
 
     def _running(self, pid: int) -> bool:
         spawned = self._children.get(pid)
@@ -263,6 +252,32 @@ class LocalProcesses:
                 continue
             found.append((_started(pid), Supervised(pid, options["--colour"], Path(options["--dir"]), launch)))
         return [s for _, s in sorted(found, key=lambda item: item[0])]
+
+
+def stop_everything_under(state_dir: Path) -> None:
+    """Stop every local workload whose state lives under ``state_dir`` (``codeb up`` on its way out)."""
+    root = str((state_dir / "workloads").resolve()) + "/"
+    found = []
+    for pid, argv in _supervisors():
+        options = _options(argv)
+        if options.get("--dir", "").startswith(root):
+            found.append(Supervised(pid, options["--colour"], Path(options["--dir"]), {}))
+    _stop(found, _alive)
+
+
+def _stop(processes: list[Supervised], running: Callable[[int], bool]) -> None:
+    """SIGTERM each supervisor (it stops its application's group); SIGKILL what outlives the grace."""
+    for process in processes:
+        _signal(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_SECONDS
+    while any(running(p.pid) for p in processes) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for process in processes:
+        if running(process.pid):
+            child = _child_state(process).get("pid")
+            if child:
+                _signal_group(int(child), signal.SIGKILL)
+            _signal(process.pid, signal.SIGKILL)
 
 
 # ---------------------------------------------------------------- /proc

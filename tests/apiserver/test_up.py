@@ -1,0 +1,98 @@
+"""`codeb up`, the README's first command, as a newcomer runs it: it ends with a URL whose page is
+served through Caddy by the example application on its real database, Redis and bucket;
+Ctrl-C leaves no process behind; a second `up` finds the same data."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from controller.localcluster import REPO_ROOT, cache_dir, find_binary
+from controller.localplatform import LocalPlatform
+
+# Processes `up` starts; none may outlive it.
+EXAMPLE_APP = REPO_ROOT / "deploy" / "hello"
+STARTED = ("supervise.py", "kube-apiserver", "etcd", "redis-server", "minio", "caddy", "postgres", "app.py")
+
+
+def isolated_cache(tmp_path: Path) -> Path:
+    """A new, empty state; only the slow builds are borrowed from the real cache."""
+    cache = tmp_path / "cache"
+    (cache / "bin").mkdir(parents=True)
+    for binary in (cache_dir() / "bin").iterdir():
+        (cache / "bin" / binary.name).symlink_to(binary)
+    return cache
+
+
+def up(cache: Path, log: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "CODEB_CACHE": str(cache)}
+    return subprocess.Popen([find_binary("codeb"), "up"], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            text=True)  # fmt: skip
+
+
+def wait_url(process: subprocess.Popen[str], log: Path, timeout: float = 240) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(r"serving: (https://\S+)", log.read_text())
+        if found:
+            return found.group(1)
+        assert process.poll() is None, log.read_text()
+        time.sleep(0.5)
+    raise AssertionError(f"no URL after {timeout}s:\n{log.read_text()}")
+
+
+def fetch(url: str, path: str = "/") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["curl", "-sk", "--max-time", "10", url.rstrip("/") + path], capture_output=True, text=True)
+
+
+def left_behind(cache: Path) -> list[str]:
+    """Processes `up` started that still run: each names its state directory, or runs in the example's."""
+    roots = (str(cache), str(LocalPlatform(cache / "local" / "platform").postgres_home))
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                cwd = os.readlink(entry / "cwd")
+            except OSError:
+                continue
+            names_state = any(root in argv for root in roots) and any(name in argv for name in STARTED)
+            if names_state or (cwd == str(EXAMPLE_APP) and "app.py" in argv):
+                found.append(argv)
+    return found
+
+
+def stop(process: subprocess.Popen[str]) -> float:
+    started = time.monotonic()
+    process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    process.wait(timeout=60)
+    return time.monotonic() - started
+
+
+def test_up_serves_the_example_stops_cleanly_and_keeps_its_data(tmp_path: Path) -> None:
+    cache = isolated_cache(tmp_path)
+    first = up(cache, tmp_path / "up1.log")
+    try:
+        url = wait_url(first, tmp_path / "up1.log")
+        assert re.fullmatch(r"https://hello\.localhost:\d+/", url)
+        page = fetch(url)
+        assert "Hello, CodeB" in page.stdout and page.stdout.count("<td>works</td>") == 3, page.stdout
+        visits = json.loads(fetch(url, "/api/visit").stdout)["database"]["visits"]
+    finally:
+        took = stop(first)
+    print(f"codeb up: stopped in {took:.1f}s")
+    assert left_behind(cache) == []
+
+    second = up(cache, tmp_path / "up2.log")
+    try:
+        url = wait_url(second, tmp_path / "up2.log")
+        again = json.loads(fetch(url, "/api/visit").stdout)
+        assert again["database"]["visits"] == visits + 1 and again["bucket"]["readBack"], again
+    finally:
+        stop(second)
+    assert left_behind(cache) == []
