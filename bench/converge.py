@@ -98,8 +98,7 @@ def run(kind: str, size: int) -> tuple[float, float, float]:
     with tempfile.TemporaryDirectory() as root:
         cluster = LocalCluster(Path(root), audit_policy=AUDIT_WRITES).start()
         try:
-            cluster.kubectl("apply", "--server-side", "-f", str(CRD_PATH.parent))
-            cluster.kubectl("wait", "--for=condition=Established", "crd/projects.codeb.dev")
+            cluster.install_crds(CRD_PATH.parent)
             cluster.kubectl("create", "namespace", "bench")
             env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "CODEB_LOG_FORMAT": "json"}
             env["CODEB_FLOOR_STORAGE"] = "status" if kind == "strict" else "annotations"

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import yaml
 from pydantic import ValidationError
 
-from controller.localcluster import REPO_ROOT, LocalCluster, cache_dir
+from controller.localcluster import REPO_ROOT, LocalCluster, cache_dir, stop_process
 from controller.status import format_validation_error
 from schemas.crd import platform_crd, project_crd, render_yaml
 from schemas.docs import render_markdown
@@ -197,8 +197,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 def _install(cluster: LocalCluster, platform: LocalPlatform) -> None:
     from controller.localplatform import ADMIN_NAMESPACE, PLATFORM_NAME
 
-    cluster.kubectl("apply", "--server-side", "-f", str(CRD_PATH.parent))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/projects.codeb.dev", "--timeout=60s")
+    cluster.install_crds(CRD_PATH.parent)
     documents: list[dict[str, object]] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ADMIN_NAMESPACE}}
     ]
@@ -263,14 +262,8 @@ def _answers(port: int, host: str, path: str) -> bool:
 
 
 def _stop_operator(operator: subprocess.Popen[bytes] | None) -> None:
-    if operator is None or operator.poll() is not None:
-        return
-    operator.terminate()
-    try:
-        operator.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        operator.kill()
-        operator.wait()
+    if operator is not None:
+        stop_process(operator, 20)
 
 
 def _stop_local_workloads(state_dir: Path) -> None:

@@ -25,6 +25,7 @@ import sysconfig
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -64,6 +65,18 @@ def ensure_kube_binary(component: str = "kube-apiserver", version: str = KUBE_VE
     if result.returncode != 0 or not cached.exists():
         raise LocalClusterError(f"building {component} failed (exit {result.returncode}); see the output above")
     return cached
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float) -> None:
+    """SIGTERM, then SIGKILL once ``grace`` seconds have passed; reaped either way."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def free_port() -> int:
@@ -221,13 +234,24 @@ class LocalCluster:
         """Dependents first, one at a time: an API server whose etcd is already gone waits out its
         whole shutdown timeout."""
         for proc in reversed(self.processes):
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, 15)
         self.processes.clear()
+
+    def install_crds(self, directory: Path, timeout: float = 60.0) -> None:
+        """Apply every CRD in ``directory`` and wait until the API server serves them.
+
+        Not ``kubectl wait --for=condition=Established``: it fails at once, instead of
+        waiting, while a fresh CRD has no conditions at all.
+        """
+        self.kubectl("apply", "--server-side", "-f", str(directory))
+        deadline = time.monotonic() + timeout
+        query = '{range .items[*]}{.status.conditions[?(@.type=="Established")].status}{","}{end}'
+        while time.monotonic() < deadline:
+            states = self.kubectl("get", "crd", "-o", f"jsonpath={query}", check=False).stdout.strip(",").split(",")
+            if states and all(state == "True" for state in states):
+                return
+            time.sleep(0.2)
+        raise LocalClusterError(f"CRDs from {directory} not established after {timeout:.0f}s")
 
     def kubectl(
         self, *args: str, input_text: str | None = None, check: bool = True

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.localcluster import REPO_ROOT, LocalClusterError, find_binary, free_port
+from controller.localcluster import REPO_ROOT, LocalClusterError, find_binary, free_port, stop_process
 
 MINIO_BUILD = REPO_ROOT / "deploy" / "localcluster" / "build-minio.sh"
 PLATFORM_NAME = "local"
@@ -50,7 +50,7 @@ def _wait_port(port: int, what: str, timeout: float = 60.0) -> None:
     raise LocalClusterError(f"{what} is not listening on 127.0.0.1:{port} after {timeout:.0f}s")
 
 
-def _postgres_bin() -> Path:
+def postgres_bin() -> Path:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not found:
         raise LocalClusterError("PostgreSQL is not installed: run deploy/dev up (or apt-get install postgresql)")
@@ -97,15 +97,10 @@ class LocalPlatform:
 
     def stop(self) -> None:
         for proc in reversed(self.processes):
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, 10)
         self.processes.clear()
         if (self.postgres_home / "data" / "postmaster.pid").exists():
-            self._as_postgres(str(_postgres_bin() / "pg_ctl"), "-D", str(self.postgres_home / "data"),
+            self._as_postgres(str(postgres_bin() / "pg_ctl"), "-D", str(self.postgres_home / "data"),
                               "-m", "fast", "stop", check=False)  # fmt: skip
 
     # ------------------------------------------------------------ the servers
@@ -133,11 +128,11 @@ class LocalPlatform:
             if os.geteuid() == 0:
                 shutil.chown(home, "postgres")
                 shutil.chown(pwfile, "postgres")
-            self._as_postgres(str(_postgres_bin() / "initdb"), "-D", str(home / "data"), "-U", pg["user"],
+            self._as_postgres(str(postgres_bin() / "initdb"), "-D", str(home / "data"), "-U", pg["user"],
                               f"--pwfile={pwfile}", "--auth=scram-sha-256")  # fmt: skip
             pwfile.unlink()
         options = f"-p {pg['port']} -k {home} -c listen_addresses=127.0.0.1"
-        self._as_postgres(str(_postgres_bin() / "pg_ctl"), "-D", str(home / "data"), "-o", options,
+        self._as_postgres(str(postgres_bin() / "pg_ctl"), "-D", str(home / "data"), "-o", options,
                           "-l", str(home / "log"), "-w", "start")  # fmt: skip
 
     def _spawn(self, name: str, args: list[str], port: int, env: dict[str, str] | None = None) -> None:

@@ -16,8 +16,7 @@ def start_cluster(root: Path, audit_policy: str | None = None, controllers: bool
     """A real etcd + kube-apiserver (and kube-controller-manager) with the CodeB CRDs installed."""
     local = LocalCluster(root, audit_policy=audit_policy, controllers=controllers).start()
     try:
-        local.kubectl("apply", "--server-side", "-f", str(CRD_PATH.parent))
-        local.kubectl("wait", "--for=condition=Established", "crd/projects.codeb.dev", "--timeout=60s")
+        local.install_crds(CRD_PATH.parent)
     except BaseException:
         local.stop()
         raise

