@@ -60,6 +60,11 @@ def condition(cluster: LocalCluster, type_: str) -> dict[str, Any]:
     return next((c for c in status(cluster).get("conditions", []) if c["type"] == type_), {})
 
 
+def route_refused(cluster: LocalCluster, namespace: str, name: str) -> dict[str, Any] | None:
+    conditions = get_json(cluster, "project", name, "-n", namespace).get("status", {}).get("conditions", [])
+    return next((c for c in conditions if c["type"] == "RouteReady" and c["reason"] == "DomainTaken"), None)
+
+
 def supervisors(workload: str) -> dict[int, int | None]:
     """Supervisor pid → its application's pid, for the local workloads of ``workload``."""
     found: dict[int, int | None] = {}
@@ -130,6 +135,18 @@ def test_the_example_serves_through_caddy_on_its_real_services(world: dict[str, 
         time.sleep(8)  # two drift intervals of the new operator
         assert supervisors(f"{NS}/hello") == before
         assert condition(cluster, "Ready")["status"] == "True"
+
+        # Another namespace's Project naming the same domain: refused, and the first keeps serving.
+        cluster.kubectl("create", "namespace", "rivals")
+        rival = hello()
+        rival["metadata"] = {"name": "rival", "namespace": "rivals"}
+        rival["spec"]["project"]["slug"] = "rival"
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(rival))
+        refused = wait_for(lambda: route_refused(cluster, "rivals", "rival"), timeout=60, what="DomainTaken")
+        assert f"{NS}/hello" in refused["message"]
+        served = json.loads(https_get(caddy, "hello.localhost", path="/api/visit").stdout)
+        assert served["database"]["visits"] > visit["database"]["visits"]  # hello's own database, still
+        cluster.kubectl("delete", "project", "rival", "-n", "rivals", "--timeout=60s")
 
         # A revision whose health check fails: Degraded, with what the check answered.
         cluster.kubectl("apply", "-f", "-", input_text=json.dumps(hello(monitoring={"healthPath": "/healthz"})))
