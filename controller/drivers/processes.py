@@ -142,14 +142,16 @@ class LocalProcesses:
         if len(found) == 1 and dict(found[0].launch) == launch:
             return
         cwd, program = self._resolve(wanted)
-        await asyncio.to_thread(self._stop_all, found)
+        # Checked before the running process is stopped: a refused change leaves it serving.
         port = int(wanted["port"])
-        if _listeners(port):
+        own_groups = {_child_state(p).get("pid") for p in found}
+        if any(_group_of(pid) not in own_groups for pid in _listeners(port)):
             raise RetryableError(
                 f"port {port} is held by another process on this machine; stop it or set spec.resources.port",
                 reason="PortTaken",
                 delay=30,
             )
+        await asyncio.to_thread(self._stop_all, found)
         env = {**environment.values, LAUNCH_ENV: json.dumps(launch)}
         self._spawn(ctx.key, cwd, [program, *wanted["command"][1:]], env)
         await self._wait_started(ctx.key)

@@ -174,6 +174,24 @@ async def test_a_port_another_process_holds_is_refused_and_named(driver: LocalPr
     assert (await driver.observe(ctx)).state is None
 
 
+async def test_a_change_to_a_taken_port_is_refused_and_the_running_process_keeps_serving(
+    driver: LocalProcesses, store: Secrets
+) -> None:
+    ctx, want = workload(driver, store)
+    await driver.apply(ctx, want)
+    await observe_until(driver, ctx, lambda s: s.healthy)
+    pid = (await fetch(ctx, "/pid")).text
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        with pytest.raises(RetryableError) as caught:
+            await driver.apply(ctx, {**want, "port": taken})
+        assert caught.value.reason == "PortTaken"
+    assert (await fetch(ctx, "/pid")).text == pid
+    assert (await driver.observe(ctx)).state == want
+
+
 async def test_a_stranger_on_the_port_is_named_not_probed_in_our_place(driver: LocalProcesses, store: Secrets) -> None:
     ctx, want = workload(driver, store, script="sleepy.py")
     await driver.apply(ctx, want)  # the application runs but never listens
