@@ -155,6 +155,7 @@ def run_operator(make_drivers: Callable[[KubeClient, OperatorConfig], DriverSour
 
 def cmd_up(args: argparse.Namespace) -> int:
     """The embedded local default, to a URL: control plane, local Platform, operator, the example."""
+    from controller.drivers.processes import stop_everything_under
     from controller.localplatform import LocalPlatform
 
     started = time.monotonic()
@@ -189,7 +190,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 0
     finally:
         _stop_operator(operator)
-        _stop_local_workloads(home / "state")
+        # The example's processes outlive an operator by design; they do not outlive `up`.
+        stop_everything_under(home / "state")
         platform.stop()
         cluster.stop()
 
@@ -264,13 +266,6 @@ def _answers(port: int, host: str, path: str) -> bool:
 def _stop_operator(operator: subprocess.Popen[bytes] | None) -> None:
     if operator is not None:
         stop_process(operator, 20)
-
-
-def _stop_local_workloads(state_dir: Path) -> None:
-    """The example's processes outlive an operator by design; they do not outlive `up`."""
-    from controller.drivers.processes import stop_everything_under
-
-    stop_everything_under(state_dir)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -40,7 +40,7 @@ def _port(preferred: int) -> int:
     return free_port()
 
 
-def _wait_port(port: int, what: str, timeout: float = 60.0) -> None:
+def wait_port(port: int, what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as sock:
@@ -141,7 +141,7 @@ class LocalPlatform:
         log = (home / "log").open("ab")
         self.processes.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=home,
                                                start_new_session=True))  # fmt: skip
-        _wait_port(port, name)
+        wait_port(port, name)
 
     def _redis(self) -> None:
         rd, home = self.settings["redis"], self.root / "redis"

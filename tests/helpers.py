@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -11,7 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from controller.drivers import Driver, DriverContext
 from controller.localcluster import LocalCluster, find_binary
+from controller.planner import Observation
 
 T = TypeVar("T")
 
@@ -25,6 +28,18 @@ def wait_for(predicate: Callable[[], T], timeout: float = 60.0, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"not met within {timeout}s: {what or predicate}")
         time.sleep(interval)
+
+
+async def observe_until(
+    driver: Driver, ctx: DriverContext, check: Callable[[Observation], object], timeout: float = 30.0
+) -> Observation:
+    """The driver's observation once ``check`` holds, or the last one at ``timeout`` (the test's asserts say why)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = await driver.observe(ctx)
+        if check(seen) or time.monotonic() > deadline:
+            return seen
+        await asyncio.sleep(0.2)
 
 
 def get_json(cluster: LocalCluster, *args: str) -> Any:

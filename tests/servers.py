@@ -10,16 +10,14 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from controller.localcluster import find_binary, free_port
-from controller.localplatform import postgres_bin
+from controller.localplatform import postgres_bin, wait_port
 
 
 @dataclass
@@ -99,18 +97,8 @@ def start_redis() -> RedisServer:
 def _spawn(args: list[str], root: Path, port: int, env: dict[str, str] | None = None,
            timeout: float = 20.0) -> subprocess.Popen[bytes]:  # fmt: skip
     proc = subprocess.Popen(args, stdout=(root / "log").open("ab"), stderr=subprocess.STDOUT, env=env)
-    _wait_port(port, timeout)
+    wait_port(port, Path(args[0]).name, timeout)
     return proc
-
-
-def _wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
 @dataclass

@@ -23,11 +23,11 @@ from controller.errors import PermanentError
 from controller.kube import KubeClient, api_client_from_environment
 from controller.localcluster import LocalCluster
 from controller.naming import ProjectKey
-from controller.planner import Component, Observation, desired_state
+from controller.planner import Component, desired_state
 from schemas.project import Allocations, ProjectSpec
 from tests.conftest import start_cluster
 from tests.factories import project_spec
-from tests.helpers import get_json
+from tests.helpers import get_json, observe_until
 
 ON_VKE = {"provider": "vultr", "region": "icn", "runtime": "kubernetes"}
 
@@ -76,15 +76,6 @@ def kubelet_reports(cluster: LocalCluster, namespace: str, pod: str, ready: bool
                     "-p", json.dumps({"status": status}))  # fmt: skip
 
 
-async def until(driver: KubernetesWorkload, ctx: DriverContext, check: Any, timeout: float = 60) -> Observation:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        seen = await driver.observe(ctx)
-        if check(seen) or asyncio.get_running_loop().time() > deadline:
-            return seen
-        await asyncio.sleep(0.3)
-
-
 async def wait_pods(cluster: LocalCluster, namespace: str, count: int, timeout: float = 60) -> list[dict[str, Any]]:
     deadline = asyncio.get_running_loop().time() + timeout
     while len(found := pods(cluster, namespace)) != count and asyncio.get_running_loop().time() < deadline:
@@ -105,11 +96,11 @@ async def test_a_deployment_becomes_pods_and_is_healthy_once_they_are_ready(
     assert seen.state == want and not seen.healthy
     assert seen.detail == "Deployment shop-staging: 0 of 2 replicas available"
     kubelet_reports(controlled, ctx.key.namespace, made[0]["metadata"]["name"], ready=False, waiting="ErrImagePull")
-    seen = await until(driver, ctx, lambda s: s.detail and "ErrImagePull" in s.detail)
+    seen = await observe_until(driver, ctx, lambda s: s.detail and "ErrImagePull" in s.detail)
     assert f"Pod {made[0]['metadata']['name']} ErrImagePull: pull access denied" in (seen.detail or "")
     for pod in made:
         kubelet_reports(controlled, ctx.key.namespace, pod["metadata"]["name"], ready=True)
-    seen = await until(driver, ctx, lambda s: s.healthy)
+    seen = await observe_until(driver, ctx, lambda s: s.healthy)
     assert seen.healthy and seen.state == want
     assert seen.outputs == {"endpoints": [f"shop-staging.{ctx.key.namespace}.svc.cluster.local:4512"]}
     env_from = get_json(controlled, "deployment", "shop-staging", "-n", ctx.key.namespace)["spec"]["template"]["spec"]

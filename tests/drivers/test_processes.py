@@ -19,8 +19,9 @@ import pytest
 from controller.drivers import DriverContext
 from controller.drivers.processes import LocalProcesses
 from controller.errors import PermanentError, RetryableError
-from controller.planner import Component, Observation, desired_state
+from controller.planner import Component, desired_state
 from tests.drivers_common import context
+from tests.helpers import observe_until
 from tests.servers import free_port
 
 ECHO_APP = """
@@ -101,13 +102,12 @@ async def fetch(ctx: DriverContext, path: str) -> httpx.Response:
         return await client.get(f"http://127.0.0.1:{ctx.allocations.port}{path}")
 
 
-async def observe_until(driver: LocalProcesses, ctx: DriverContext, check: Any, timeout: float = 20) -> Observation:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        seen = await driver.observe(ctx)
-        if check(seen) or asyncio.get_running_loop().time() > deadline:
-            return seen
-        await asyncio.sleep(0.2)
+async def started(driver: LocalProcesses, store: Secrets) -> tuple[DriverContext, Any, str]:
+    """A healthy echo workload, and its application's pid."""
+    ctx, want = workload(driver, store)
+    await driver.apply(ctx, want)
+    await observe_until(driver, ctx, lambda s: s.healthy)
+    return ctx, want, (await fetch(ctx, "/pid")).text
 
 
 async def test_runs_the_command_with_its_credentials_variables_and_port(driver: LocalProcesses, store: Secrets) -> None:
@@ -132,10 +132,7 @@ async def test_runs_the_command_with_its_credentials_variables_and_port(driver: 
 async def test_a_restarted_operator_adopts_the_process_instead_of_starting_another(
     driver: LocalProcesses, store: Secrets, root: Path
 ) -> None:
-    ctx, want = workload(driver, store)
-    await driver.apply(ctx, want)
-    await observe_until(driver, ctx, lambda s: s.healthy)
-    pid = (await fetch(ctx, "/pid")).text
+    ctx, want, pid = await started(driver, store)
     restarted = LocalProcesses(store.read, root, root / "state")
     seen = await restarted.observe(ctx)
     assert seen.state == want and seen.healthy
@@ -146,10 +143,7 @@ async def test_a_restarted_operator_adopts_the_process_instead_of_starting_anoth
 async def test_a_rotated_password_or_changed_variable_replaces_the_process(
     driver: LocalProcesses, store: Secrets
 ) -> None:
-    ctx, want = workload(driver, store)
-    await driver.apply(ctx, want)
-    await observe_until(driver, ctx, lambda s: s.healthy)
-    pid = (await fetch(ctx, "/pid")).text
+    ctx, want, pid = await started(driver, store)
     store.data[("team", ctx.allocations.connection_secret or "")]["DATABASE_PASSWORD"] = "rotated-password-2"
     seen = await driver.observe(ctx)
     assert seen.state is not None and seen.state["environmentCurrent"] is False
@@ -177,10 +171,7 @@ async def test_a_port_another_process_holds_is_refused_and_named(driver: LocalPr
 async def test_a_change_to_a_taken_port_is_refused_and_the_running_process_keeps_serving(
     driver: LocalProcesses, store: Secrets
 ) -> None:
-    ctx, want = workload(driver, store)
-    await driver.apply(ctx, want)
-    await observe_until(driver, ctx, lambda s: s.healthy)
-    pid = (await fetch(ctx, "/pid")).text
+    ctx, want, pid = await started(driver, store)
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
@@ -238,10 +229,8 @@ async def test_a_crashing_program_is_restarted_and_explained_without_its_secrets
 
 
 async def test_a_killed_application_is_restarted_by_its_supervisor(driver: LocalProcesses, store: Secrets) -> None:
-    ctx, want = workload(driver, store)
-    await driver.apply(ctx, want)
-    await observe_until(driver, ctx, lambda s: s.healthy)
-    pid = int((await fetch(ctx, "/pid")).text)
+    ctx, _, started_pid = await started(driver, store)
+    pid = int(started_pid)
     os.kill(pid, signal.SIGKILL)
     await asyncio.sleep(0.5)
     seen = await observe_until(driver, ctx, lambda s: s.healthy)
@@ -274,10 +263,8 @@ async def test_a_missing_secret_ref_is_named(driver: LocalProcesses, store: Secr
 async def test_delete_stops_the_supervisor_and_the_application(
     driver: LocalProcesses, store: Secrets, root: Path
 ) -> None:
-    ctx, want = workload(driver, store)
-    await driver.apply(ctx, want)
-    await observe_until(driver, ctx, lambda s: s.healthy)
-    app_pid = int((await fetch(ctx, "/pid")).text)
+    ctx, _, started_pid = await started(driver, store)
+    app_pid = int(started_pid)
     await driver.delete(ctx, retain=False)
     assert (await driver.observe(ctx)).state is None
     assert not Path(f"/proc/{app_pid}").exists() or "Z" in Path(f"/proc/{app_pid}/stat").read_text().split()[2]
