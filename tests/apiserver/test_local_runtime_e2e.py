@@ -20,25 +20,19 @@ import yaml
 from minio import Minio
 
 from controller.localcluster import REPO_ROOT, LocalCluster
-from tests.apiserver.test_platform_e2e import NS, install_platform, secret_data
-from tests.conftest import start_cluster
+from tests.apiserver.test_platform_e2e import NS, install_platform, running_world, secret_data
 from tests.helpers import OperatorProcess, get_json, wait_for
-from tests.servers import https_get, start_caddy, start_minio, start_postgres, start_redis
+from tests.servers import https_get
 
 EXAMPLE = REPO_ROOT / "manifests" / "examples" / "hello-local.yaml"
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    pg, rd, s3, caddy = start_postgres(), start_redis(), start_minio(), start_caddy()
-    cluster = start_cluster(tmp_path_factory.mktemp("local-runtime"))
     try:
-        yield {"pg": pg, "redis": rd, "s3": s3, "caddy": caddy, "cluster": cluster}
+        yield from running_world(tmp_path_factory.mktemp("local-runtime"))
     finally:
         _stop_supervisors(f"{NS}/")
-        cluster.stop()
-        for server in (caddy, s3, rd, pg):
-            server.stop()
 
 
 def hello(**spec_changes: Any) -> dict[str, Any]:

@@ -36,16 +36,21 @@ from tests.servers import (
 NS = "apps"
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def running_world(root: Path) -> Iterator[dict[str, Any]]:
+    """Real PostgreSQL, Redis, MinIO and Caddy beside a control plane, stopped afterwards."""
     pg, rd, s3, caddy = start_postgres(), start_redis(), start_minio(), start_caddy()
-    cluster = start_cluster(tmp_path_factory.mktemp("platform"))
+    cluster = start_cluster(root)
     try:
         yield {"pg": pg, "redis": rd, "s3": s3, "caddy": caddy, "cluster": cluster}
     finally:
         cluster.stop()
         for server in (caddy, s3, rd, pg):
             server.stop()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    yield from running_world(tmp_path_factory.mktemp("platform"))
 
 
 def secret_data(cluster: LocalCluster, namespace: str, name: str) -> dict[str, str]:
