@@ -29,7 +29,7 @@ from controller.localcluster import REPO_ROOT, LocalCluster, cache_dir, stop_pro
 from controller.status import format_validation_error
 from schemas.crd import platform_crd, project_crd, render_yaml
 from schemas.docs import render_markdown
-from schemas.project import KIND, ProjectSpec, Runtime
+from schemas.project import KIND, ProjectSpec, Provider, Runtime
 
 if TYPE_CHECKING:
     from controller.config import OperatorConfig
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from controller.kube import KubeClient
     from controller.localplatform import LocalPlatform
     from controller.reconcile import DriverSource
+    from controller.ssh import SshPool
 
 CRD_PATH = REPO_ROOT / "manifests" / "crd" / "projects.codeb.dev.yaml"
 PLATFORM_CRD_PATH = REPO_ROOT / "manifests" / "crd" / "platforms.codeb.dev.yaml"
@@ -92,20 +93,38 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_operator(args: argparse.Namespace) -> int:
     from controller.drivers.registry import DriverRegistry
     from controller.platforms import PlatformDrivers
+    from controller.ssh import SshPool
 
     def registry(kube: KubeClient, config: OperatorConfig) -> DriverSource:
         platforms = PlatformDrivers(kube, config.service_timeout_seconds, config.service_concurrency)
-        return DriverRegistry(platforms=platforms, workload=workload_drivers(kube, config))
+        ssh = SshPool()
+        return DriverRegistry(
+            platforms=platforms,
+            infrastructure=infrastructure_drivers(kube, ssh),
+            workload=workload_drivers(kube, config, ssh),
+        )
 
     return run_operator(registry)
 
 
-def workload_drivers(kube: KubeClient, config: OperatorConfig) -> dict[Runtime, Driver]:
+def infrastructure_drivers(kube: KubeClient, ssh: SshPool) -> dict[Provider, Driver]:
+    """The providers whose hosts this operator can find: its own machine, and existing hosts over SSH."""
+    from controller.drivers.hosts import ExistingHosts
+    from controller.drivers.registry import LocalMachine
+
+    return {Provider.local: LocalMachine(), Provider.existing: ExistingHosts(kube.read_secret, ssh)}
+
+
+def workload_drivers(kube: KubeClient, config: OperatorConfig, ssh: SshPool) -> dict[Runtime, Driver]:
     """The runtimes this operator may run workloads on; local only where it was switched on."""
     from controller.drivers.kubernetes import KubernetesWorkload
     from controller.drivers.processes import LocalProcesses
+    from controller.drivers.quadlet import QuadletUnits
 
-    drivers: dict[Runtime, Driver] = {Runtime.kubernetes: KubernetesWorkload(kube)}
+    drivers: dict[Runtime, Driver] = {
+        Runtime.kubernetes: KubernetesWorkload(kube),
+        Runtime.quadlet: QuadletUnits(kube.read_secret, ssh),
+    }
     if config.local_runtime:
         drivers[Runtime.local] = LocalProcesses(kube.read_secret, config.local_root, config.state_dir)
     return drivers

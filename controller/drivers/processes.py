@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -32,7 +31,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from typing import Any
 import httpx
 
 from controller.drivers import DriverContext
+from controller.drivers.workloads import SecretReader, probe_http, read_credentials, redact
 from controller.errors import PermanentError, RetryableError
 from controller.naming import ProjectKey
 from controller.planner import Component, Observation, State
@@ -52,8 +52,6 @@ LISTEN_HOST = "127.0.0.1"
 INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "PYTHONPATH")
 STOP_SECONDS = 15.0
 OUTPUT_LINES = 3
-
-SecretReader = Callable[[str, str], Awaitable[dict[str, str] | None]]
 
 
 @dataclass(frozen=True)
@@ -120,17 +118,7 @@ class LocalProcesses:
             holder = f" (pid {min(holders)})" if min(holders) > 0 else ""
             return False, f"port {process.port} is held by another process{holder}, not this Project's"
         path = process.launch["state"]["healthPath"]
-        target = f"GET {path} on {LISTEN_HOST}:{process.port}"
-        try:
-            response = await self._client.get(f"http://{LISTEN_HOST}:{process.port}{path}")
-        except httpx.TimeoutException:
-            return False, f"{target} timed out"
-        except httpx.TransportError:
-            return False, f"{target} was refused: the process is not listening on its port"
-        if response.is_success:
-            return True, None
-        body = _redact(response.text[:200].strip(), secret_values)
-        return False, f"{target} answered {response.status_code}: {body}"
+        return await probe_http(self._client, LISTEN_HOST, process.port, path, secret_values)
 
     # ------------------------------------------------------------ apply
 
@@ -214,27 +202,11 @@ class LocalProcesses:
 
     async def _environment(self, ctx: DriverContext, wanted: State, missing_ok: bool) -> Environment:
         """What the process gets: inherited basics, credentials, variables, PORT and HOST (in that order)."""
-        namespace = ctx.key.namespace
-        credentials: dict[str, str] = {}
-        sources: list[tuple[str | None, bool]] = [(wanted.get("connectionSecret"), False)]
-        sources += [(name, name in wanted.get("optionalSecretRefs", [])) for name in wanted.get("secretRefs", [])]
-        for name, optional in sources:
-            if not name:
-                continue
-            data = await self._read_secret(namespace, name)
-            if data is None and not (optional or missing_ok or name == wanted.get("connectionSecret")):
-                raise RetryableError(
-                    f"Secret {namespace}/{name} (spec.environment.secretRefs) does not exist; create it or mark it "
-                    "optional",
-                    reason="SecretMissing",
-                    delay=30,
-                )
-            credentials.update(data or {})
-        digest = hashlib.sha256(json.dumps(credentials, sort_keys=True).encode()).hexdigest()[:32]
+        credentials = await read_credentials(self._read_secret, ctx.key.namespace, wanted, missing_ok)
         inherited = {k: os.environ[k] for k in INHERITED if k in os.environ}
-        values = {**inherited, **credentials, **wanted.get("variables", {})}
+        values = {**inherited, **credentials.values, **wanted.get("variables", {})}
         values |= {"PORT": str(wanted["port"]), "HOST": LISTEN_HOST, "CODEB_REVISION": wanted.get("revision") or ""}
-        return Environment(values, digest, frozenset(v for v in credentials.values() if len(v) >= 6))
+        return Environment(values, credentials.digest, credentials.secret_values)
 
     # ------------------------------------------------------------ finding processes
 
@@ -388,14 +360,8 @@ def _exited(process: Supervised, child: Mapping[str, Any], secret_values: frozen
         lines = (process.directory / f"{process.colour}.log").read_text(errors="replace").splitlines()
     except OSError:
         lines = []
-    output = _redact(" | ".join(lines[-OUTPUT_LINES:])[-400:], secret_values)
+    output = redact(" | ".join(lines[-OUTPUT_LINES:])[-400:], secret_values)
     return f"the process exited with code {code} (restarted {restarts} times); last output: {output or '(none)'}"
-
-
-def _redact(text: str, secret_values: frozenset[str]) -> str:
-    for value in secret_values:
-        text = text.replace(value, "***")
-    return text
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:

@@ -36,9 +36,10 @@ from tests.servers import (
 NS = "apps"
 
 
-def running_world(root: Path) -> Iterator[dict[str, Any]]:
-    """Real PostgreSQL, Redis, MinIO and Caddy beside a control plane, stopped afterwards."""
-    pg, rd, s3, caddy = start_postgres(), start_redis(), start_minio(), start_caddy()
+def running_world(root: Path, services_host: str = "127.0.0.1") -> Iterator[dict[str, Any]]:
+    """Real PostgreSQL, Redis, MinIO (on ``services_host``) and Caddy beside a control plane, stopped afterwards."""
+    pg, rd, s3 = start_postgres(services_host), start_redis(services_host), start_minio(services_host)
+    caddy = start_caddy()
     cluster = start_cluster(root)
     try:
         yield {"pg": pg, "redis": rd, "s3": s3, "caddy": caddy, "cluster": cluster}

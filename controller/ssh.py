@@ -1,0 +1,168 @@
+"""SSH to a Project's hosts: the one place that connects, times out, pools and translates errors.
+
+Every host driver (`controller.drivers.hosts`, `controller.drivers.quadlet`) talks to
+hosts through `SshPool`: one connection per host and key, reused across reconciles,
+opened again when it dropped. Failures become `controller.errors` types with a reason
+a person can act on (``HostUnreachable``, ``SSHAuthFailed``, ``HostKeyMismatch``);
+the private key never appears in one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shlex
+from dataclasses import dataclass, field
+
+import asyncssh
+
+from controller.errors import RetryableError
+
+CONNECT_SECONDS = 10.0
+COMMAND_SECONDS = 120.0
+
+
+@dataclass(frozen=True)
+class HostAccess:
+    """How to log in to one host. The key is a secret: it is left out of repr and messages."""
+
+    address: str
+    user: str = "root"
+    port: int = 22
+    private_key: str = field(default="", repr=False)
+    # OpenSSH known_hosts lines; empty: the host key is not verified (a fresh cloud host's is unknown).
+    known_hosts: str = field(default="", repr=False)
+    # Where the key came from, for messages: "Secret shop/deploy-key".
+    key_source: str = "the SSH key"
+
+    @property
+    def target(self) -> str:
+        return f"{self.user}@{self.address}:{self.port}"
+
+    @property
+    def pool_key(self) -> tuple[str, int, str, str]:
+        digest = hashlib.sha256((self.private_key + "\0" + self.known_hosts).encode()).hexdigest()
+        return self.address, self.port, self.user, digest
+
+
+@dataclass(frozen=True)
+class Result:
+    exit_status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+
+class SshPool:
+    def __init__(self, connect_timeout: float = CONNECT_SECONDS, command_timeout: float = COMMAND_SECONDS) -> None:
+        self._connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
+        self._connections: dict[tuple[str, int, str, str], asyncssh.SSHClientConnection] = {}
+        self._locks: dict[tuple[str, int, str, str], asyncio.Lock] = {}
+
+    async def run(self, host: HostAccess, command: str, stdin: str | None = None) -> Result:
+        """Runs ``command`` (a shell line) on the host; a non-zero exit is returned, not raised."""
+        connection = await self._connection(host)
+        try:
+            completed = await asyncio.wait_for(
+                connection.run(command, input=stdin, check=False), timeout=self._command_timeout
+            )
+        except TimeoutError as exc:
+            raise RetryableError(
+                f"{host.target}: command did not finish within {self._command_timeout:.0f}s",
+                reason="HostTimeout",
+                delay=30,
+            ) from exc
+        except (OSError, asyncssh.Error) as exc:
+            self._forget(host)
+            raise RetryableError(f"{host.target}: connection lost ({_why(exc)})", reason="HostUnreachable") from exc
+        return Result(completed.exit_status or 0, _text(completed.stdout), _text(completed.stderr))
+
+    async def write_file(self, host: HostAccess, path: str, content: str, mode: str = "0600") -> None:
+        """Writes a file atomically (temporary file, then rename), created with ``mode`` from the start."""
+        quoted, temporary = shlex.quote(path), shlex.quote(path + ".codeb-tmp")
+        line = (
+            f"umask 077 && mkdir -p $(dirname {quoted}) && cat > {temporary} && chmod {mode} {temporary} "
+            f"&& mv -f {temporary} {quoted}"
+        )
+        result = await self.run(host, line, stdin=content)
+        if not result.ok:
+            raise RetryableError(f"{host.target}: could not write {path}: {result.stderr.strip()[:300]}")
+
+    async def close(self) -> None:
+        for connection in self._connections.values():
+            connection.close()
+        self._connections.clear()
+
+    async def _connection(self, host: HostAccess) -> asyncssh.SSHClientConnection:
+        key = host.pool_key
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            existing = self._connections.get(key)
+            if existing is not None and not existing.is_closed():
+                return existing
+            connection = await self._connect(host)
+            self._connections[key] = connection
+            return connection
+
+    async def _connect(self, host: HostAccess) -> asyncssh.SSHClientConnection:
+        try:
+            client_key = asyncssh.import_private_key(host.private_key)
+        except (asyncssh.KeyImportError, ValueError):
+            # from None: nothing of the key's text may ride along in a traceback.
+            raise RetryableError(
+                f"{host.key_source}: privateKey is not an OpenSSH or PEM private key without passphrase",
+                reason="SSHKeyInvalid",
+                delay=60,
+            ) from None
+        known_hosts = asyncssh.import_known_hosts(host.known_hosts) if host.known_hosts else None
+        try:
+            return await asyncio.wait_for(
+                asyncssh.connect(
+                    host.address,
+                    port=host.port,
+                    username=host.user,
+                    client_keys=[client_key],
+                    known_hosts=known_hosts,
+                    agent_path=None,
+                    config=[],
+                    keepalive_interval=30,
+                ),
+                timeout=self._connect_timeout,
+            )
+        except asyncssh.PermissionDenied as exc:
+            raise RetryableError(
+                f"{host.target}: {host.key_source} was refused (is its public key in the host's authorized_keys?)",
+                reason="SSHAuthFailed",
+                delay=60,
+            ) from exc
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise RetryableError(
+                f"{host.target}: host key does not match knownHosts in {host.key_source}",
+                reason="HostKeyMismatch",
+                delay=60,
+            ) from exc
+        except (TimeoutError, OSError, asyncssh.Error) as exc:
+            raise RetryableError(
+                f"{host.target}: unreachable over SSH ({_why(exc)})", reason="HostUnreachable", delay=30
+            ) from exc
+
+    def _forget(self, host: HostAccess) -> None:
+        connection = self._connections.pop(host.pool_key, None)
+        if connection is not None:
+            connection.close()
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc).strip() or type(exc).__name__
+
+
+def _text(output: str | bytes | None) -> str:
+    if output is None:
+        return ""
+    return output.decode(errors="replace") if isinstance(output, bytes) else output

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Builds, once, the Debian rootfs the quadlet tests boot as hosts with `systemd-nspawn -b`
+# (systemd, podman, runc, openssh-server and the quadlet generator), and the example
+# application's image made from Debian packages (no registry). Prints the cache directory.
+#
+# Both come from the mirror apt already uses, so they build wherever `apt-get install` works.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+cache="${CODEB_CACHE:-$HOME/.cache/codeb}/testhost"
+version=4  # bump when the packages or the configuration below change
+rootfs="$cache/rootfs-v$version"
+# Named by the application's content: a changed app.py is a new image.
+image="$cache/hello-image-$(sha256sum "$here/../hello/app.py" | cut -c1-12).tar"
+mkdir -p "$cache"
+
+mirror() {
+  # The first deb URI of apt's sources (deb822 or one-line format).
+  local uri
+  uri="$(grep -hE '^(URIs:|deb )' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
+    | grep -v security | head -1 | awk '{print ($1 == "deb") ? $2 : $2}')"
+  echo "${uri:-http://deb.debian.org/debian}"
+}
+
+suite() { . /etc/os-release && echo "${VERSION_CODENAME:-bookworm}"; }
+
+need() {
+  local missing=()
+  for tool in debootstrap systemd-nspawn; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+  if ((${#missing[@]})); then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap systemd-container >/dev/null
+  fi
+}
+
+build_rootfs() {
+  [[ -f "$rootfs/.codeb-ready" ]] && return
+  local tmp="$rootfs.tmp"
+  rm -rf "$tmp"
+  debootstrap --variant=minbase \
+    --include=systemd,systemd-sysv,dbus,openssh-server,podman,runc,conmon,netavark,aardvark-dns,iptables,iproute2,catatonit,curl,ca-certificates \
+    "$(suite)" "$tmp" "$(mirror)" >"$cache/debootstrap-rootfs.log" 2>&1
+  bash "$here/configure-rootfs.sh" "$tmp" "$(go_quadlet)"
+  touch "$tmp/.codeb-ready"
+  rm -rf "$rootfs" && mv "$tmp" "$rootfs"
+}
+
+go_quadlet() {
+  # Debian's podman 4.3 has no quadlet generator: build cmd/quadlet from podman v5.
+  local out="$cache/quadlet-v5.4.2"
+  if [[ ! -x "$out" ]]; then
+    local work="$cache/build-quadlet"
+    mkdir -p "$work" && cd "$work"
+    [[ -f go.mod ]] || go mod init codeb.dev/testhost/quadlet >/dev/null 2>&1
+    GOFLAGS=-mod=mod go get github.com/containers/podman/v5@v5.4.2 >/dev/null 2>&1
+    CGO_ENABLED=0 GOFLAGS=-mod=mod go build -tags "remote exclude_graphdriver_btrfs containers_image_openpgp" \
+      -o "$out" github.com/containers/podman/v5/cmd/quadlet
+    cd - >/dev/null
+  fi
+  echo "$out"
+}
+
+build_image() {
+  # The example application's image: python3 from Debian and deploy/hello/app.py.
+  [[ -f "$image" ]] && return
+  local tmp="$cache/hello-rootfs.tmp"
+  rm -rf "$tmp"
+  debootstrap --variant=minbase --include=python3 "$(suite)" "$tmp" "$(mirror)" \
+    >"$cache/debootstrap-image.log" 2>&1
+  rm -rf "$tmp"/var/cache/apt/archives/*.deb "$tmp"/var/lib/apt/lists/*
+  mkdir -p "$tmp/app"
+  cp "$here/../hello/app.py" "$tmp/app/app.py"
+  tar -C "$tmp" -cf "$image.tmp" . && mv "$image.tmp" "$image"
+  rm -rf "$tmp"
+}
+
+need
+build_rootfs
+build_image
+echo "$cache"
