@@ -96,7 +96,7 @@ def render_unit(key: ProjectKey, colour: str, launch: Mapping[str, Any], host: H
         project=f"{key.namespace}/{key.name}",
         colour=colour,
         unit=unit_name(key, colour),
-        launch=_escape(record),
+        launch=record,  # a comment: systemd expands no specifiers there
         image=launch["image"],
         address=host.address,
         port=launch["port"],
@@ -117,7 +117,7 @@ def launch_of(unit_text: str) -> dict[str, Any] | None:
     for line in unit_text.splitlines():
         if line.startswith(LAUNCH_PREFIX):
             try:
-                record = json.loads(line[len(LAUNCH_PREFIX) :].replace("%%", "%"))
+                record = json.loads(line[len(LAUNCH_PREFIX) :])
             except ValueError:
                 return None
             return record if isinstance(record, dict) else None
@@ -127,10 +127,11 @@ def launch_of(unit_text: str) -> dict[str, Any] | None:
 def health_command(container_port: int, path: str) -> str:
     """A shell line run inside the container: whichever HTTP client the image has (curl, wget or python3).
 
-    The path is percent-encoded down to characters neither the shell nor systemd treats
-    specially (``$`` would be expanded by systemd, ``'`` ends a shell word).
+    The URL is one single-quoted shell word; of the characters a path may hold, only the
+    two that would escape it are percent-encoded: ``'`` (ends the word) and ``$`` (systemd
+    expands it in the command line quadlet writes).
     """
-    url = f"http://127.0.0.1:{container_port}{urllib.parse.quote(path, safe='/%:@._~-')}"
+    url = "'http://127.0.0.1:{}{}'".format(container_port, urllib.parse.quote(path, safe="/%:@._~-!&()*+,;="))
     python = "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=4)"
     return f"curl -fsS -o /dev/null {url} || wget -q -O /dev/null {url} || python3 -c '{python}' {url}"
 

@@ -43,7 +43,7 @@ BOOT_SECONDS = 90.0
 
 
 @dataclass
-class TestHost:
+class BootedHost:
     index: int
     directory: Path
     process: subprocess.Popen[bytes]
@@ -67,12 +67,12 @@ class TestHost:
 
 
 @dataclass
-class TestHosts:
-    hosts: list[TestHost]
+class BootedHosts:
+    hosts: list[BootedHost]
     private_key: str
     key_file: Path
 
-    def ssh(self, host: TestHost, command: str, check: bool = True) -> str:
+    def ssh(self, host: BootedHost, command: str, check: bool = True) -> str:
         return host.ssh(self.key_file, command, check)
 
 
@@ -88,7 +88,7 @@ def quadlet_binary() -> Path:
 
 
 @contextlib.contextmanager
-def booted(count: int) -> Iterator[TestHosts]:
+def booted(count: int) -> Iterator[BootedHosts]:
     """``count`` hosts, booted and reachable over SSH with a fresh key; all gone afterwards."""
     assert 1 <= count <= MAX_HOSTS
     cache = build_cache()
@@ -101,7 +101,7 @@ def booted(count: int) -> Iterator[TestHosts]:
     key_file.chmod(0o600)
     _clean_leftovers()
     _run("ip", "addr", "add", f"{SERVICES_ADDRESS}/32", "dev", "lo")
-    hosts: list[TestHost] = []
+    hosts: list[BootedHost] = []
     try:
         for index in range(1, count + 1):
             hosts.append(_boot(index, work, rootfs, cache, key.export_public_key().decode()))
@@ -110,7 +110,7 @@ def booted(count: int) -> Iterator[TestHosts]:
             host.ssh(key_file, f"podman image exists {HELLO_IMAGE} || podman import --change "
                                f"'CMD [\"python3\", \"/app/app.py\"]' --change WORKDIR=/app /codeb-cache/{image.name} "
                                f"{HELLO_IMAGE} >/dev/null")  # fmt: skip
-        yield TestHosts(hosts, key.export_private_key().decode(), key_file)
+        yield BootedHosts(hosts, key.export_private_key().decode(), key_file)
     finally:
         for host in hosts:
             _shutdown(host)
@@ -120,7 +120,7 @@ def booted(count: int) -> Iterator[TestHosts]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _boot(index: int, work: Path, rootfs: Path, cache: Path, public_key: str) -> TestHost:
+def _boot(index: int, work: Path, rootfs: Path, cache: Path, public_key: str) -> BootedHost:
     directory = work / f"host{index}"
     for sub in ("upper", "work", "merged", "containers"):
         (directory / sub).mkdir(parents=True)
@@ -145,10 +145,10 @@ def _boot(index: int, work: Path, rootfs: Path, cache: Path, public_key: str) ->
     log = (directory / "console.log").open("wb")
     process = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True)  # fmt: skip
-    return TestHost(index, directory, process)
+    return BootedHost(index, directory, process)
 
 
-def _wait_ssh(host: TestHost) -> None:
+def _wait_ssh(host: BootedHost) -> None:
     deadline = time.monotonic() + BOOT_SECONDS
     while time.monotonic() < deadline:
         if host.process.poll() is not None:
@@ -168,11 +168,11 @@ def _banner(sock: socket.socket) -> bytes:
         return b""
 
 
-def _console(host: TestHost) -> str:
+def _console(host: BootedHost) -> str:
     return (host.directory / "console.log").read_text(errors="replace")[-1500:]
 
 
-def _shutdown(host: TestHost) -> None:
+def _shutdown(host: BootedHost) -> None:
     # SIGTERM asks nspawn to power the machine off; stop_process escalates if it hangs.
     stop_process(host.process, grace=20.0)
     with contextlib.suppress(subprocess.CalledProcessError):

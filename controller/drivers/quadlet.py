@@ -135,12 +135,16 @@ class QuadletUnits:
                 f"(result {service.get('Result', '?')}, {restarts} restarts); last output: "
                 f"{credentials.redact(lines) or '(none)'}"
             )
-        if view.container_health not in ("healthy", "", "<nil>"):
-            return False, f"podman reports the container {view.container_health}"
         state = view.launch["state"]  # type: ignore[index]
-        return await probe_http(
+        answered, why = await probe_http(
             self._client, view.facts.address, int(state["port"]), state["healthPath"], credentials.secret_values
         )
+        if not answered:
+            return False, why
+        # podman's own check runs inside the container; "starting" is its grace period, not a failure.
+        if view.container_health == "unhealthy":
+            return False, "podman's health check inside the container reports it unhealthy"
+        return True, None
 
     # ------------------------------------------------------------ apply
 

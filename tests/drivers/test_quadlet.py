@@ -1,0 +1,237 @@
+"""The quadlet driver and the existing-hosts driver against real hosts: two Debian machines booted with
+systemd-nspawn, each in its own network namespace, reached over real SSH (`tests.testhosts`).
+
+The application is the repository's example, in an image made from Debian packages
+and imported on the hosts: nothing comes from a registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncssh
+import httpx
+import pytest
+
+from controller.drivers import DriverContext
+from controller.drivers.hosts import ExistingHosts
+from controller.drivers.quadlet import QuadletUnits
+from controller.errors import RetryableError
+from controller.naming import ProjectKey
+from controller.planner import Component, Observation, desired_state
+from controller.ssh import SshPool
+from schemas.project import Allocations, ProjectSpec
+from tests.factories import project_spec
+from tests.helpers import observe_until
+from tests.testhosts import HELLO_IMAGE, BootedHosts, booted
+
+NS = "shop"
+CREDENTIAL = "pa55-word-that-must-stay-on-the-host"
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[BootedHosts]:
+    with booted(2) as made:
+        yield made
+
+
+class Secrets:
+    """The Secrets the drivers read, as the API server would hand them over."""
+
+    def __init__(self, hosts: BootedHosts) -> None:
+        self.data: dict[tuple[str, str], dict[str, str]] = {
+            (NS, "deploy-key"): {"privateKey": hosts.private_key},
+            (NS, "web-conn"): {"APP_SECRET": CREDENTIAL},
+        }
+
+    async def read(self, namespace: str, name: str) -> dict[str, str] | None:
+        return self.data.get((namespace, name))
+
+
+@pytest.fixture()
+async def world(hosts: BootedHosts) -> AsyncIterator[dict[str, Any]]:
+    secrets, pool = Secrets(hosts), SshPool(connect_timeout=3)
+    infrastructure = ExistingHosts(secrets.read, pool)
+    workload = QuadletUnits(secrets.read, pool, healthy_timeout=12)
+    yield {"secrets": secrets, "infrastructure": infrastructure, "workload": workload, "hosts": hosts}
+    # Whatever a test left running goes, so the next starts from bare hosts.
+    ctx = await context(infrastructure, spec(hosts))
+    await workload.delete(ctx, retain=False)
+    await pool.close()
+
+
+def spec(hosts: BootedHosts, addresses: list[str] | None = None, **changes: Any) -> ProjectSpec:
+    servers = {"provider": "existing", "runtime": "quadlet", "hosts": addresses or [h.address for h in hosts.hosts],
+               "ssh": {"secretRef": "deploy-key"}}  # fmt: skip
+    fields = {"project": {"slug": "web", "source": {"image": HELLO_IMAGE}}, "servers": servers,
+              "backup": {"enabled": False}, "resources": {"port": 4510}, **changes}  # fmt: skip
+    return ProjectSpec.model_validate(project_spec("web", **fields))
+
+
+ALLOCATIONS = Allocations(port=4510, connection_secret="web-conn")
+
+
+async def context(infrastructure: ExistingHosts, project: ProjectSpec) -> DriverContext:
+    ctx = DriverContext(ProjectKey(NS, "web", "uid-web"), ALLOCATIONS, servers=project.servers)
+    seen = await infrastructure.observe(ctx)
+    return ctx.given({Component.infrastructure: seen})
+
+
+def wanted(ctx: DriverContext, project: ProjectSpec) -> dict[str, Any]:
+    outputs = {Component.infrastructure: ctx.inputs[Component.infrastructure]}
+    return dict(desired_state(project, ALLOCATIONS, outputs)[Component.workload])
+
+
+def container_id(hosts: BootedHosts, index: int) -> str:
+    return hosts.ssh(hosts.hosts[index], "podman inspect --format '{{.Id}}' codeb-shop-web-blue", check=False).strip()
+
+
+async def converged(world: dict[str, Any], project: ProjectSpec) -> tuple[DriverContext, Observation]:
+    ctx = await context(world["infrastructure"], project)
+    await world["workload"].apply(ctx, wanted(ctx, project))
+    return ctx, await world["workload"].observe(ctx)
+
+
+async def test_existing_hosts_report_what_they_support(world: dict[str, Any]) -> None:
+    hosts = world["hosts"]
+    ctx = DriverContext(ProjectKey(NS, "web", "u"), ALLOCATIONS, servers=spec(hosts).servers)
+    seen = await world["infrastructure"].observe(ctx)
+    assert seen.healthy and seen.state == {"provider": "existing", "hosts": [h.address for h in hosts.hosts],
+                                           "usable": True}  # fmt: skip
+    assert [h["address"] for h in seen.outputs["hosts"]] == [h.address for h in hosts.hosts]
+    assert all(h["podman"].startswith("4.3") for h in seen.outputs["hosts"])
+
+
+async def test_an_unreachable_host_and_a_refused_key_are_named(world: dict[str, Any]) -> None:
+    hosts, infrastructure = world["hosts"], world["infrastructure"]
+    ghost = spec(hosts, [hosts.hosts[0].address, "10.213.9.2"])
+    ctx = DriverContext(ProjectKey(NS, "web", "u"), ALLOCATIONS, servers=ghost.servers)
+    seen = await infrastructure.observe(ctx)
+    assert not seen.healthy and seen.state is not None and seen.state["usable"] is False
+    assert "10.213.9.2" in (seen.detail or "") and "unreachable" in (seen.detail or "")
+    assert [h["address"] for h in seen.outputs["hosts"]] == [hosts.hosts[0].address]
+    with pytest.raises(RetryableError) as unreachable:
+        await infrastructure.apply(ctx, {})
+    assert unreachable.value.reason == "HostUnreachable"
+
+    world["secrets"].data[(NS, "deploy-key")] = {"privateKey": _other_key()}
+    ctx = DriverContext(ProjectKey(NS, "web", "u"), ALLOCATIONS, servers=spec(hosts).servers)
+    with pytest.raises(RetryableError) as refused:
+        await infrastructure.apply(ctx, {})
+    assert refused.value.reason == "SSHAuthFailed"
+    assert "Secret shop/deploy-key" in refused.value.message and "BEGIN" not in refused.value.message
+
+
+async def test_the_application_runs_on_both_hosts_with_its_credentials_in_a_root_only_file(
+    world: dict[str, Any],
+) -> None:
+    hosts, project = world["hosts"], spec(world["hosts"])
+    ctx, seen = await converged(world, project)
+    assert seen.healthy, seen.detail
+    assert seen.state == wanted(ctx, project)
+    assert seen.outputs["endpoints"] == [f"{h.address}:4510" for h in hosts.hosts]
+    async with httpx.AsyncClient() as client:
+        for host in hosts.hosts:
+            page = await client.get(f"http://{host.address}:4510/api/health")
+            assert page.status_code == 200
+    first = hosts.hosts[0]
+    assert hosts.ssh(first, "stat -c '%a %U' /etc/codeb/env/codeb-shop-web-blue.env").split() == ["600", "root"]
+    assert f"APP_SECRET={CREDENTIAL}" in hosts.ssh(first, "cat /etc/codeb/env/codeb-shop-web-blue.env")
+    unit = hosts.ssh(first, "cat /etc/containers/systemd/codeb-shop-web-blue.container")
+    assert CREDENTIAL not in unit and "EnvironmentFile=/etc/codeb/env/codeb-shop-web-blue.env" in unit
+    assert hosts.ssh(first, "systemctl is-active codeb-shop-web-blue.service").strip() == "active"
+    # Applying the same state again touches nothing.
+    before = container_id(hosts, 0)
+    await world["workload"].apply(ctx, wanted(ctx, project))
+    assert container_id(hosts, 0) == before
+
+
+async def test_a_hand_edited_unit_is_drift_and_is_put_back(world: dict[str, Any]) -> None:
+    hosts, project = world["hosts"], spec(world["hosts"])
+    ctx, _ = await converged(world, project)
+    hosts.ssh(hosts.hosts[1], "sed -i 's/^HealthRetries=3/HealthRetries=9/' "
+                              "/etc/containers/systemd/codeb-shop-web-blue.container")  # fmt: skip
+    seen = await world["workload"].observe(ctx)
+    assert seen.state is not None and seen.state["unitsMatch"] is False
+    await world["workload"].apply(ctx, wanted(ctx, project))
+    seen = await world["workload"].observe(ctx)
+    assert seen.state == wanted(ctx, project) and seen.healthy
+
+
+async def test_a_rotated_credential_restarts_the_containers_with_it(world: dict[str, Any]) -> None:
+    hosts, project = world["hosts"], spec(world["hosts"])
+    ctx, _ = await converged(world, project)
+    before = [container_id(hosts, i) for i in range(2)]
+    world["secrets"].data[(NS, "web-conn")] = {"APP_SECRET": "rotated-" + CREDENTIAL}
+    seen = await world["workload"].observe(ctx)
+    assert seen.state is not None and seen.state["environmentCurrent"] is False
+    await world["workload"].apply(ctx, wanted(ctx, project))
+    after = [container_id(hosts, i) for i in range(2)]
+    assert all(a and a != b for a, b in zip(after, before, strict=True))
+    env = hosts.ssh(hosts.hosts[1], "podman exec codeb-shop-web-blue printenv APP_SECRET").strip()
+    assert env == "rotated-" + CREDENTIAL
+    assert (await world["workload"].observe(ctx)).state["environmentCurrent"] is True
+
+
+async def test_an_image_that_does_not_exist_is_refused_and_the_running_one_keeps_serving(
+    world: dict[str, Any],
+) -> None:
+    hosts = world["hosts"]
+    ctx, _ = await converged(world, spec(hosts))
+    before = container_id(hosts, 0)
+    broken = spec(hosts, project={"slug": "web", "source": {"image": "localhost/does-not-exist:9"}})
+    with pytest.raises(RetryableError) as refused:
+        await world["workload"].apply(ctx, wanted(ctx, broken))
+    assert refused.value.reason == "ImagePullFailed" and "localhost/does-not-exist:9" in refused.value.message
+    assert container_id(hosts, 0) == before
+    seen = await world["workload"].observe(ctx)
+    assert seen.healthy and seen.state is not None and seen.state["image"] == HELLO_IMAGE
+
+
+async def test_a_revision_that_never_gets_healthy_stops_the_roll_at_the_first_host(world: dict[str, Any]) -> None:
+    hosts = world["hosts"]
+    ctx, _ = await converged(world, spec(hosts))
+    second = container_id(hosts, 1)
+    sick = spec(hosts, monitoring={"healthPath": "/never-answers"})
+    with pytest.raises(RetryableError) as failed:
+        await world["workload"].apply(ctx, wanted(ctx, sick))
+    assert failed.value.reason == "Unhealthy" and hosts.hosts[0].address in failed.value.message
+    assert "answered 404" in failed.value.message
+    assert container_id(hosts, 1) == second  # the other host was left serving the old revision
+    seen = await world["workload"].observe(ctx)
+    assert not seen.healthy and seen.outputs["endpoints"] == [f"{hosts.hosts[1].address}:4510"]
+    assert f"{hosts.hosts[0].address}: GET /never-answers" in (seen.detail or "")
+
+
+async def test_a_port_held_by_another_process_is_refused_before_anything_starts(world: dict[str, Any]) -> None:
+    hosts = world["hosts"]
+    first = hosts.hosts[0]
+    hosts.ssh(first, "systemd-run --unit=squatter systemd-socket-activate -l 4511 /bin/cat")
+    try:
+        ctx = await context(world["infrastructure"], spec(hosts))
+        taken = spec(hosts, resources={"port": 4511})
+        want = {**wanted(ctx, taken), "port": 4511}
+        with pytest.raises(RetryableError) as refused:
+            await world["workload"].apply(ctx, want)
+        assert refused.value.reason == "PortTaken" and first.address in refused.value.message
+        assert hosts.ssh(first, "ls /etc/containers/systemd/").strip() == ""
+    finally:
+        hosts.ssh(first, "systemctl stop squatter", check=False)
+
+
+async def test_deleting_stops_and_removes_units_files_and_containers(world: dict[str, Any]) -> None:
+    hosts = world["hosts"]
+    ctx, _ = await converged(world, spec(hosts))
+    await world["workload"].delete(ctx, retain=False)
+    for host in hosts.hosts:
+        assert hosts.ssh(host, "ls /etc/containers/systemd/ /etc/codeb/env/").split() == [
+            "/etc/codeb/env/:",
+            "/etc/containers/systemd/:",
+        ]
+        assert hosts.ssh(host, "podman ps -a --format '{{.Names}}'").strip() == ""
+    assert (await observe_until(world["workload"], ctx, lambda o: o.state is None)).state is None
+
+
+def _other_key() -> str:
+    return str(asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode())
