@@ -22,3 +22,5 @@ def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(level),
         cache_logger_on_first_use=True,
     )
+    # Every SSH channel (a dozen per host per reconcile) at INFO would drown the operator's own lines.
+    logging.getLogger("asyncssh").setLevel(max(level, logging.WARNING))

@@ -43,6 +43,10 @@ class PostgresServer:
         self._as_postgres(str(postgres_bin() / "initdb"), "-D", str(self.root / "data"), "-U", self.admin_user,
                           f"--pwfile={pwfile}", "--auth=scram-sha-256")  # fmt: skip
         pwfile.unlink()
+        if self.host != "127.0.0.1":
+            # initdb lets in loopback only; the test's hosts come from their own networks.
+            with (self.root / "data" / "pg_hba.conf").open("a") as hba:
+                hba.write("host all all 0.0.0.0/0 scram-sha-256\n")
         return self.start()
 
     def start(self) -> PostgresServer:
