@@ -95,7 +95,7 @@ class DriverRegistry:
 
 def _missing_hosts(provider: Provider) -> str:
     if provider is Provider.existing:
-        return "provider existing: hosts are not observed yet (no SSH driver)"
+        return "provider existing: this registry has no SSH driver for hosts"
     return f"provider {provider.value}: hosts are not provisioned yet (no Terraform driver)"
 
 
