@@ -619,20 +619,12 @@ class ProjectSpec(CodebModel):
             check=lambda s: (s.servers.runtime is Runtime.local) == (s.project.source.command is not None),
         ),
         Rule(
-            cel="self.servers.runtime != 'local' || !has(self.resources) || !has(self.resources.replicas) "
-            "|| self.resources.replicas == 1",
-            message="runtime local runs one process on one port: set resources.replicas to 1, or use quadlet or "
-            "kubernetes for more",
+            cel="!(self.servers.runtime in ['local', 'quadlet']) || !has(self.resources) "
+            "|| !has(self.resources.replicas) || self.resources.replicas == 1",
+            message="runtimes local and quadlet run one instance per host on the allocated port: set "
+            "resources.replicas to 1 (scale quadlet with servers.count, or use kubernetes for replicas)",
             field_path=".resources.replicas",
-            check=lambda s: s.servers.runtime is not Runtime.local or s.resources.replicas == 1,
-        ),
-        Rule(
-            cel="self.servers.runtime != 'quadlet' || !has(self.resources) || !has(self.resources.replicas) "
-            "|| self.resources.replicas == 1",
-            message="runtime quadlet runs one container per host on the allocated port: set resources.replicas "
-            "to 1 and scale with servers.count",
-            field_path=".resources.replicas",
-            check=lambda s: s.servers.runtime is not Runtime.quadlet or s.resources.replicas == 1,
+            check=lambda s: s.servers.runtime not in (Runtime.local, Runtime.quadlet) or s.resources.replicas == 1,
         ),
     )
 
