@@ -97,7 +97,10 @@ class QuadletUnits:
             return Observation()
         launched = dict(present[0].launch["state"])  # type: ignore[index]
         credentials = await read_credentials(self._read_secret, ctx.key.namespace, launched, missing_ok=True)
-        current_env = env_digest(self._env(ctx.key, launched, credentials))
+        try:
+            current_env: str | None = env_digest(self._env(ctx.key, launched, credentials))
+        except ValueError:
+            current_env = None  # the Secrets now hold what no env file can carry: apply names it
         state = {
             **launched,
             "hosts": sorted(v.facts.address for v in present),

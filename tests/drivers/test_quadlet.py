@@ -174,6 +174,22 @@ async def test_a_rotated_credential_restarts_the_containers_with_it(world: dict[
     assert (await world["workload"].observe(ctx)).state["environmentCurrent"] is True
 
 
+async def test_a_secret_no_environment_file_can_carry_is_named_and_the_containers_keep_running(
+    world: dict[str, Any],
+) -> None:
+    hosts, project = world["hosts"], spec(world["hosts"])
+    ctx, _ = await converged(world, project)
+    before = container_id(hosts, 0)
+    world["secrets"].data[(NS, "web-conn")] = {"APP_SECRET": CREDENTIAL, "TLS_KEY": "-----BEGIN KEY-----\nabc-secret"}
+    seen = await world["workload"].observe(ctx)
+    assert seen.state is not None and seen.state["environmentCurrent"] is False and seen.healthy
+    with pytest.raises(RetryableError) as refused:
+        await world["workload"].apply(ctx, wanted(ctx, project))
+    assert refused.value.reason == "SecretInvalid" and "TLS_KEY spans lines" in refused.value.message
+    assert "abc-secret" not in refused.value.message and CREDENTIAL not in refused.value.message
+    assert container_id(hosts, 0) == before
+
+
 async def test_an_image_that_does_not_exist_is_refused_and_the_running_one_keeps_serving(
     world: dict[str, Any],
 ) -> None:
