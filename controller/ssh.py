@@ -46,6 +46,20 @@ class HostAccess:
 
 
 @dataclass(frozen=True)
+class Login:
+    """How to log in to a Project's hosts, read once per pass and used for each address."""
+
+    user: str
+    port: int
+    private_key: str = field(repr=False)
+    known_hosts: str = field(repr=False)
+    key_source: str
+
+    def at(self, address: str) -> HostAccess:
+        return HostAccess(address, self.user, self.port, self.private_key, self.known_hosts, self.key_source)
+
+
+@dataclass(frozen=True)
 class Result:
     exit_status: int
     stdout: str

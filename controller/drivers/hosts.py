@@ -4,7 +4,8 @@ The operator creates nothing here. It checks that it can use each host in
 ``servers.hosts``: logs in with the key from ``servers.ssh.secretRef``, finds podman
 with its quadlet generator, and reads what the host supports (podman's version, the
 cgroup controllers that can enforce limits). Those facts, for the usable hosts only,
-are this component's outputs: the quadlet driver renders each host's unit from them.
+are this component's outputs: the quadlet driver renders each host's unit from them
+and logs in the same way (`login_for`).
 
 A host that cannot be used makes the component unhealthy with the host and the
 cause named; nothing running on any host is touched.
@@ -21,8 +22,8 @@ from controller.drivers import DriverContext
 from controller.drivers.workloads import SecretReader
 from controller.errors import CodebError, RetryableError
 from controller.planner import Component, Observation, State
-from controller.ssh import HostAccess, SshPool
-from schemas.project import Provider, Servers
+from controller.ssh import HostAccess, Login, SshPool
+from schemas.project import Provider, Servers, SshAccess
 
 GENERATOR = "/usr/lib/systemd/system-generators/podman-system-generator"
 # One round trip: podman's version, the cgroup controllers (v2 list, or v1 hierarchy names), quadlet.
@@ -43,11 +44,8 @@ class HostCheck:
     reason: str | None = None
 
 
-async def access_to(read_secret: SecretReader, namespace: str, servers: Servers, address: str) -> HostAccess:
-    """How to log in to ``address``, with the key from the Project's SSH Secret."""
-    ssh = servers.ssh
-    if ssh is None:
-        raise RetryableError("spec.servers.ssh: no SSH Secret is named for the hosts", reason="SSHKeyMissing", delay=60)
+async def login_for(read_secret: SecretReader, namespace: str, ssh: SshAccess) -> Login:
+    """The key from the Project's SSH Secret, with the user and port to log in with."""
     source = f"Secret {namespace}/{ssh.secret_ref}"
     data = await read_secret(namespace, ssh.secret_ref)
     if not data or not data.get("privateKey"):
@@ -56,7 +54,7 @@ async def access_to(read_secret: SecretReader, namespace: str, servers: Servers,
             reason="SSHKeyMissing",
             delay=30,
         )
-    return HostAccess(address, ssh.user, ssh.port, data["privateKey"], data.get("knownHosts", ""), source)
+    return Login(ssh.user, ssh.port, data["privateKey"], data.get("knownHosts", ""), source)
 
 
 class ExistingHosts:
@@ -67,22 +65,19 @@ class ExistingHosts:
         self._ssh = ssh
 
     async def observe(self, ctx: DriverContext) -> Observation:
-        servers = servers_of(ctx)
-        checks = await self._check_all(ctx, servers)
+        checks = await self._check_all(ctx)
         problems = [c.problem or c.address for c in checks if c.facts is None]
         usable = [dict(c.facts) for c in checks if c.facts is not None]
-        ssh = servers.ssh
-        assert ssh is not None  # _check_all refused otherwise
         return Observation(
             state={"provider": Provider.existing.value, "hosts": [c.address for c in checks], "usable": not problems},
             healthy=not problems,
             detail="; ".join(problems) or None,
-            outputs={"hosts": usable, "access": {"user": ssh.user, "port": ssh.port, "secretRef": ssh.secret_ref}},
+            outputs={"hosts": usable},
         )
 
     async def apply(self, ctx: DriverContext, desired: State) -> None:
         """Nothing can be created on hosts we do not own: name what keeps each one unusable."""
-        checks = await self._check_all(ctx, servers_of(ctx))
+        checks = await self._check_all(ctx)
         bad = [c for c in checks if c.facts is None]
         if bad:
             message = "; ".join(c.problem or c.address for c in bad)
@@ -93,18 +88,20 @@ class ExistingHosts:
         if ctx.servers is not None:
             await self.apply(ctx, {})
 
-    async def _check_all(self, ctx: DriverContext, servers: Servers) -> list[HostCheck]:
+    async def _check_all(self, ctx: DriverContext) -> list[HostCheck]:
+        servers, ssh = servers_of(ctx)
+        login = await login_for(self._read_secret, ctx.key.namespace, ssh)
         gate = asyncio.Semaphore(PROBES_AT_ONCE)
 
         async def check(address: str) -> HostCheck:
             async with gate:
-                return await self._check(ctx.key.namespace, servers, address)
+                return await self._check(login.at(address))
 
         return list(await asyncio.gather(*(check(address) for address in servers.hosts)))
 
-    async def _check(self, namespace: str, servers: Servers, address: str) -> HostCheck:
+    async def _check(self, access: HostAccess) -> HostCheck:
+        address = access.address
         try:
-            access = await access_to(self._read_secret, namespace, servers, address)
             result = await self._ssh.run(access, PROBE)
         except CodebError as exc:
             return HostCheck(address, problem=exc.message, reason=exc.reason)
@@ -122,7 +119,8 @@ class ExistingHosts:
         return HostCheck(address, facts=facts)
 
 
-def servers_of(ctx: DriverContext) -> Servers:
+def servers_of(ctx: DriverContext) -> tuple[Servers, SshAccess]:
+    """The hosts' section of the spec, and how to log in to them."""
     if ctx.servers is None:
         raise RetryableError(
             "the stored spec does not validate, so its servers.hosts are unknown; fix the spec",
@@ -131,4 +129,4 @@ def servers_of(ctx: DriverContext) -> Servers:
         )
     if ctx.servers.ssh is None:
         raise RetryableError("spec.servers.ssh: name the Secret with the hosts' SSH key", reason="SSHKeyMissing")
-    return ctx.servers
+    return ctx.servers, ctx.servers.ssh

@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 
 from controller.drivers import DriverContext
-from controller.drivers.hosts import access_to, servers_of
+from controller.drivers.hosts import login_for, servers_of
 from controller.drivers.workloads import Credentials, SecretReader, probe_http, read_credentials
 from controller.errors import PermanentError, RetryableError
 from controller.naming import ProjectKey
@@ -45,7 +45,7 @@ from controller.quadlet import (
     unit_name,
     unit_path,
 )
-from controller.ssh import HostAccess, SshPool
+from controller.ssh import HostAccess, Login, SshPool
 
 COLOUR = "blue"
 # Fields of the workload state that are judged, not launched: never part of a unit's record.
@@ -91,7 +91,8 @@ class QuadletUnits:
         hosts = _hosts(ctx)
         if hosts is None:
             return Observation()  # no infrastructure observed: nowhere to look
-        views = await asyncio.gather(*(self._view(ctx, facts) for facts in hosts))
+        login = await self._login(ctx)
+        views = await asyncio.gather(*(self._view(ctx.key, login.at(facts.address), facts) for facts in hosts))
         present = [v for v in views if v.launch is not None]
         if not present:
             return Observation()
@@ -114,9 +115,8 @@ class QuadletUnits:
             state=state, healthy=not problems, detail="; ".join(problems) or None, outputs={"endpoints": endpoints}
         )
 
-    async def _view(self, ctx: DriverContext, facts: HostFacts) -> HostView:
-        access = await self._access(ctx, facts.address)
-        result = await self._ssh.run(access, _view_script(ctx.key))
+    async def _view(self, key: ProjectKey, access: HostAccess, facts: HostFacts) -> HostView:
+        result = await self._ssh.run(access, _view_script(key))
         sections = _sections(result.stdout)
         view = HostView(facts)
         if sections.get("unit"):
@@ -168,17 +168,23 @@ class QuadletUnits:
                 reason="SecretInvalid",
                 delay=60,
             ) from None
+        login = await self._login(ctx)
         for address in desired.get("hosts", []):
             if address in hosts:
-                await self._converge_host(ctx, hosts[address], launch, env_text, credentials)
+                await self._converge_host(ctx.key, login.at(address), hosts[address], launch, env_text, credentials)
 
     async def _converge_host(
-        self, ctx: DriverContext, facts: HostFacts, launch: State, env_text: str, credentials: Credentials
+        self,
+        key: ProjectKey,
+        access: HostAccess,
+        facts: HostFacts,
+        launch: State,
+        env_text: str,
+        credentials: Credentials,
     ) -> None:
-        key, access = ctx.key, await self._access(ctx, facts.address)
         env_sha = env_digest(env_text)
         unit_text = render_unit(key, COLOUR, launch, facts, env_sha)
-        view = await self._view(ctx, facts)
+        view = await self._view(key, access, facts)
         if view.unit_text == unit_text and view.env_sha == env_sha and view.service.get("ActiveState") == "active":
             return
         await self._refuse_taken_port(access, view, int(launch["port"]))
@@ -191,10 +197,10 @@ class QuadletUnits:
             f"systemctl daemon-reload && systemctl reset-failed {service} 2>/dev/null; systemctl restart {service}",
         )
         if not started.ok:
-            view = await self._view(ctx, facts)
+            view = await self._view(key, access, facts)
             _, why = await self._health(view, credentials)
             raise RetryableError(f"{facts.address}: the unit did not start: {why}", reason="StartFailed", delay=30)
-        await self._wait_healthy(ctx, facts, credentials)
+        await self._wait_healthy(key, access, facts, credentials)
 
     async def _refuse_taken_port(self, access: HostAccess, view: HostView, port: int) -> None:
         """Before anything is stopped: a port held by something that is not this unit is refused."""
@@ -221,12 +227,14 @@ class QuadletUnits:
                 delay=60,
             )
 
-    async def _wait_healthy(self, ctx: DriverContext, facts: HostFacts, credentials: Credentials) -> None:
+    async def _wait_healthy(
+        self, key: ProjectKey, access: HostAccess, facts: HostFacts, credentials: Credentials
+    ) -> None:
         """The roll goes on to the next host only once this one serves."""
         deadline = time.monotonic() + self._healthy_timeout
         why: str | None = None
         while time.monotonic() < deadline:
-            view = await self._view(ctx, facts)
+            view = await self._view(key, access, facts)
             healthy, why = await self._health(view, credentials)
             if healthy:
                 return
@@ -249,16 +257,20 @@ class QuadletUnits:
             f"{shlex.quote(env_path(key, COLOUR))}; systemctl daemon-reload; "
             f"podman rm -f -i {shlex.quote(unit_name(key, COLOUR))} >/dev/null"
         )
-        for facts in _hosts(ctx) or []:
-            access = await self._access(ctx, facts.address)
-            result = await self._ssh.run(access, line)
+        hosts = _hosts(ctx)
+        if not hosts:
+            return  # no host observed: nothing of ours can be reached (infrastructure keeps the finalizer)
+        login = await self._login(ctx)
+        for facts in hosts:
+            result = await self._ssh.run(login.at(facts.address), line)
             if not result.ok:
                 raise RetryableError(f"{facts.address}: could not remove the unit: {result.stderr.strip()[:300]}")
 
     # ------------------------------------------------------------ helpers
 
-    async def _access(self, ctx: DriverContext, address: str) -> HostAccess:
-        return await access_to(self._read_secret, ctx.key.namespace, servers_of(ctx), address)
+    async def _login(self, ctx: DriverContext) -> Login:
+        _, ssh = servers_of(ctx)
+        return await login_for(self._read_secret, ctx.key.namespace, ssh)
 
     def _env(self, key: ProjectKey, launch: State, credentials: Credentials) -> str:
         values = {**credentials.values, **launch.get("variables", {})}
