@@ -92,7 +92,7 @@ def render_unit(key: ProjectKey, colour: str, launch: Mapping[str, Any], host: H
     enforced = [flag for controller, flag in limits.items() if controller in host.controllers]
     unenforced = [controller for controller in limits if controller not in host.controllers]
     record = json.dumps({"state": dict(launch), "env": env_sha}, sort_keys=True, separators=(",", ":"))
-    text = _templates.get_template("quadlet.container.j2").render(
+    return _templates.get_template("quadlet.container.j2").render(
         project=f"{key.namespace}/{key.name}",
         colour=colour,
         unit=unit_name(key, colour),
@@ -109,7 +109,6 @@ def render_unit(key: ProjectKey, colour: str, launch: Mapping[str, Any], host: H
         unenforced=unenforced,
         unenforced_limits=", ".join(f"{c} {launch[c]}" for c in unenforced),
     )
-    return text
 
 
 def launch_of(unit_text: str) -> dict[str, Any] | None:
