@@ -34,6 +34,8 @@ from schemas.project import KIND, ProjectSpec, Provider, Runtime
 if TYPE_CHECKING:
     from controller.config import OperatorConfig
     from controller.drivers import Driver
+    from controller.drivers.clusters import TargetClusters
+    from controller.drivers.registry import InfrastructureDrivers
     from controller.kube import KubeClient
     from controller.localplatform import LocalPlatform
     from controller.reconcile import DriverSource
@@ -91,38 +93,46 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
+    from controller.drivers.clusters import TargetClusters
     from controller.drivers.registry import DriverRegistry
     from controller.platforms import PlatformDrivers
     from controller.ssh import SshPool
 
     def registry(kube: KubeClient, config: OperatorConfig) -> DriverSource:
         platforms = PlatformDrivers(kube, config.service_timeout_seconds, config.service_concurrency)
-        ssh = SshPool()
+        ssh, clusters = SshPool(), TargetClusters(kube)
         return DriverRegistry(
             platforms=platforms,
-            infrastructure=infrastructure_drivers(kube, ssh),
-            workload=workload_drivers(kube, config, ssh),
+            infrastructure=infrastructure_drivers(kube, ssh, clusters),
+            workload=workload_drivers(kube, config, ssh, clusters),
         )
 
     return run_operator(registry)
 
 
-def infrastructure_drivers(kube: KubeClient, ssh: SshPool) -> dict[Provider, Driver]:
-    """The providers whose hosts this operator can find: its own machine, and existing hosts over SSH."""
+def infrastructure_drivers(kube: KubeClient, ssh: SshPool, clusters: TargetClusters) -> InfrastructureDrivers:
+    """What this operator can find to run on: its own machine, existing hosts over SSH, existing clusters."""
+    from controller.drivers.clusters import ExistingCluster
     from controller.drivers.hosts import ExistingHosts
     from controller.drivers.registry import LocalMachine
 
-    return {Provider.local: LocalMachine(), Provider.existing: ExistingHosts(kube.read_secret, ssh)}
+    return {
+        Provider.local: LocalMachine(),
+        Provider.existing: ExistingHosts(kube.read_secret, ssh),
+        (Provider.existing, Runtime.kubernetes): ExistingCluster(clusters),
+    }
 
 
-def workload_drivers(kube: KubeClient, config: OperatorConfig, ssh: SshPool) -> dict[Runtime, Driver]:
+def workload_drivers(
+    kube: KubeClient, config: OperatorConfig, ssh: SshPool, clusters: TargetClusters
+) -> dict[Runtime, Driver]:
     """The runtimes this operator may run workloads on; local only where it was switched on."""
     from controller.drivers.kubernetes import KubernetesWorkload
     from controller.drivers.processes import LocalProcesses
     from controller.drivers.quadlet import QuadletUnits
 
     drivers: dict[Runtime, Driver] = {
-        Runtime.kubernetes: KubernetesWorkload(kube),
+        Runtime.kubernetes: KubernetesWorkload(clusters),
         Runtime.quadlet: QuadletUnits(kube.read_secret, ssh),
     }
     if config.local_runtime:

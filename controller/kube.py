@@ -20,6 +20,7 @@ from typing import Any, TypeVar, cast
 
 import kubernetes.client
 import kubernetes.config
+import yaml
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
@@ -60,6 +61,62 @@ def api_client_from_environment(pool_size: int = 32, config_file: str | None = N
     return kubernetes.client.ApiClient(configuration)
 
 
+def api_client_from_kubeconfig(text: str, source: str, pool_size: int = 8) -> kubernetes.client.ApiClient:
+    """A client for a cluster named by a kubeconfig that a Project supplied (`check_kubeconfig`)."""
+    configuration = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_kube_config_from_dict(  # type: ignore[no-untyped-call]
+            check_kubeconfig(text, source), client_configuration=configuration, persist_config=False
+        )
+    except (kubernetes.config.ConfigException, ValueError, TypeError, KeyError):
+        # The loader's messages can quote the document; name the problem without it.
+        raise PermanentError(
+            f"{source}: the kubeconfig has no usable current context (a cluster with a server, and a user)",
+            reason="KubeconfigInvalid",
+        ) from None
+    configuration.connection_pool_maxsize = pool_size
+    return kubernetes.client.ApiClient(configuration)
+
+
+# Keys that make the client run a program or read a file of the operator's machine.
+FORBIDDEN_KUBECONFIG_KEYS = {
+    "exec": "runs a program",
+    "auth-provider": "runs a provider plugin",
+    "certificate-authority": "reads a file",
+    "client-certificate": "reads a file",
+    "client-key": "reads a file",
+    "tokenFile": "reads a file",
+}
+
+
+def check_kubeconfig(text: str, source: str) -> dict[str, Any]:
+    """The kubeconfig as a document, refusing what would act on the operator's own machine.
+
+    It comes from a Project author's Secret: an exec plugin would run their command in
+    the operator, a file path would read the operator's files as credentials.
+    """
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise PermanentError(f"{source}: key kubeconfig is not a kubeconfig document", reason="KubeconfigInvalid")
+    found = [
+        f"{section}[{item.get('name', '?')}].{entry}.{key} {FORBIDDEN_KUBECONFIG_KEYS[key]}"
+        for section, entry in (("users", "user"), ("clusters", "cluster"))
+        for item in doc.get(section) or []
+        if isinstance(item, dict) and isinstance(item.get(entry), dict)
+        for key in sorted(set(item[entry]) & set(FORBIDDEN_KUBECONFIG_KEYS))
+    ]
+    if found:
+        raise PermanentError(
+            f"{source}: {found[0]} on the operator's machine; give the credentials inline "
+            "(kubectl config view --raw --flatten --minify)",
+            reason="KubeconfigInvalid",
+        )
+    return doc
+
+
 def _translate(exc: ApiException, what: str) -> Exception:
     if exc.status == 409:
         return Conflict(what)
@@ -71,16 +128,33 @@ def _translate(exc: ApiException, what: str) -> Exception:
 
 
 class KubeClient:
-    def __init__(self, api: kubernetes.client.ApiClient, executor: ThreadPoolExecutor, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        api: kubernetes.client.ApiClient,
+        executor: ThreadPoolExecutor,
+        timeout: float = 30.0,
+        cluster: str | None = None,
+    ) -> None:
+        """``cluster`` names a cluster other than the operator's own in every error message."""
         self._api = api
+        self._cluster = cluster
         self._core = kubernetes.client.CoreV1Api(api)
         self._custom = kubernetes.client.CustomObjectsApi(api)
         self._executor = executor
         self._timeout = timeout
 
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        return self._executor
+
+    def close(self) -> None:
+        self._api.close()  # type: ignore[no-untyped-call]
+
     async def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """The one translation for this transport, with a timeout on every request."""
         kwargs.setdefault("_request_timeout", self._timeout)
+        if self._cluster:
+            what = f"{self._cluster}: {what}"
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))

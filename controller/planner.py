@@ -173,6 +173,10 @@ def _infrastructure(spec: ProjectSpec) -> State:
     if servers.provider is Provider.local:
         # The operator's own machine: nothing to size, firewall or balance.
         return {"provider": Provider.local.value}
+    if servers.provider is Provider.existing and servers.runtime is Runtime.kubernetes:
+        # A cluster someone else made (None: the operator's own): the operator only checks it gets in.
+        cluster = servers.cluster.kubeconfig_secret_ref if servers.cluster else None
+        return {"provider": Provider.existing.value, "cluster": cluster, "reachable": True}
     if servers.provider is Provider.existing:
         # Machines someone else made: the operator only checks it can use them.
         return {"provider": Provider.existing.value, "hosts": list(servers.hosts), "usable": True}

@@ -331,6 +331,18 @@ class SshAccess(CodebModel):
     )
 
 
+class KubernetesCluster(CodebModel):
+    kubeconfig_secret_ref: str = Field(
+        description=(
+            "Secret in the Project's namespace whose key kubeconfig holds a self-contained kubeconfig for the "
+            "target cluster (certificates and token inline: kubectl config view --raw --flatten --minify); "
+            "exec and auth-provider plugins and file paths are refused."
+        ),
+        pattern=DNS_LABEL,
+        max_length=253,
+    )
+
+
 class Servers(CodebModel):
     rules = (
         Rule(
@@ -364,16 +376,28 @@ class Servers(CodebModel):
             check=lambda s: not (s.provider == Provider.lightsail and s.runtime == Runtime.kubernetes),
         ),
         Rule(
-            cel="self.provider != 'existing' || size(self.hosts) > 0",
-            message="provider existing needs hosts (the machines to deploy to)",
+            cel="self.provider != 'existing' || self.runtime != 'quadlet' || size(self.hosts) > 0",
+            message="provider existing with runtime quadlet needs hosts (the machines to deploy to)",
             field_path=".hosts",
-            check=lambda s: s.provider != Provider.existing or len(s.hosts) > 0,
+            check=lambda s: s.provider != Provider.existing or s.runtime != Runtime.quadlet or len(s.hosts) > 0,
         ),
         Rule(
-            cel="self.provider != 'existing' || has(self.ssh)",
-            message="provider existing needs ssh.secretRef: a Secret with the privateKey that logs in to the hosts",
+            cel="self.provider != 'existing' || self.runtime != 'quadlet' || has(self.ssh)",
+            message=(
+                "provider existing with runtime quadlet needs ssh.secretRef: "
+                "a Secret with the privateKey that logs in to the hosts"
+            ),
             field_path=".ssh",
-            check=lambda s: s.provider != Provider.existing or s.ssh is not None,
+            check=lambda s: s.provider != Provider.existing or s.runtime != Runtime.quadlet or s.ssh is not None,
+        ),
+        Rule(
+            cel="!has(self.cluster) || (self.provider == 'existing' && self.runtime == 'kubernetes')",
+            message=(
+                "cluster names an existing Kubernetes cluster: it goes with provider existing and runtime "
+                "kubernetes (remove it, or set those two)"
+            ),
+            field_path=".cluster",
+            check=lambda s: s.cluster is None or (s.provider == Provider.existing and s.runtime == Runtime.kubernetes),
         ),
         Rule(
             cel="!(self.provider in ['vultr', 'lightsail']) || has(self.region)",
@@ -415,10 +439,17 @@ class Servers(CodebModel):
     )
     hosts: list[Annotated[str, Field(pattern=HOST, min_length=1, max_length=253)]] = Field(
         default_factory=list,
-        description="Host names or IP addresses, for provider existing.",
+        description="Host names or IP addresses, for provider existing with runtime quadlet.",
         max_length=100,
     )
     ssh: SshAccess | None = Field(None, description="How the operator logs in to the hosts (quadlet units).")
+    cluster: KubernetesCluster | None = Field(
+        None,
+        description=(
+            "For provider existing and runtime kubernetes: the cluster to deploy to. "
+            "Omit it to deploy into the operator's own cluster."
+        ),
+    )
     load_balancer: LoadBalancer = Field(default_factory=LoadBalancer, description="Provider load balancer.")
     firewall: Firewall = Field(default_factory=Firewall, description="Host firewall.")
 

@@ -128,6 +128,25 @@ CORPUS = [
         "spec.servers.ssh",
     ),
     BadManifest(
+        "cluster-with-quadlet",
+        _set(
+            "servers",
+            {
+                "provider": "existing",
+                "runtime": "quadlet",
+                "hosts": ["10.0.0.5"],
+                "ssh": {"secretRef": "k"},
+                "cluster": {"kubeconfigSecretRef": "target"},
+            },
+        ),
+        "spec.servers.cluster",
+    ),
+    BadManifest(
+        "cluster-secret-not-a-name",
+        _set("servers", {"provider": "existing", "runtime": "kubernetes", "cluster": {"kubeconfigSecretRef": "../x"}}),
+        "spec.servers.cluster.kubeconfigSecretRef",
+    ),
+    BadManifest(
         "quadlet-replicas",
         _all(
             _set("servers", {"provider": "vultr", "region": "icn", "runtime": "quadlet"}),

@@ -1,6 +1,9 @@
 """Runtime ``kubernetes``: a Deployment, Service, PodDisruptionBudget and autoscaler per Project.
 
-The objects live in the Project's own namespace of the operator's cluster, are rendered
+The objects live in the Project's namespace of the operator's own cluster, or of the
+cluster ``servers.cluster`` names (`controller.drivers.clusters`); there the namespace is
+made if missing and the Secrets the Pods read are copied in (the operator's are the
+truth: a copy that differs is drift, and is copied again). They are rendered
 by pure functions (`render_objects`) and written with server-side apply (field manager
 ``codeb``), so fields others own (an HPA's replica count, kubectl annotations) are left
 alone. Observation reads them back: the workload state is rebuilt from the live
@@ -17,11 +20,13 @@ so a rotated password rolls the Pods.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from typing import Any
 
 from controller.drivers import DriverContext
+from controller.drivers.clusters import Target, TargetClusters
 from controller.errors import PermanentError
 from controller.kube import KubeClient
 from controller.planner import Component, Observation, State
@@ -35,12 +40,13 @@ REVISION = "codeb.dev/revision"
 TARGET_CPU_PERCENT = 70
 
 Object = dict[str, Any]
-KINDS = {  # kind: (API path prefix, plural)
+KINDS = {  # kind: (API path prefix, plural), the workload's own objects
     "Deployment": ("/apis/apps/v1", "deployments"),
     "Service": ("/api/v1", "services"),
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
     "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
 }
+PATHS = {**KINDS, "Secret": ("/api/v1", "secrets")}  # and the Secrets copied into another cluster
 
 
 def labels(ctx: DriverContext, desired: State) -> dict[str, str]:
@@ -131,25 +137,28 @@ def _digest(obj: Object) -> str:
 
 
 def _path(kind: str, namespace: str, name: str | None = None) -> str:
-    prefix, plural = KINDS[kind]
+    prefix, plural = PATHS[kind]
     return f"{prefix}/namespaces/{namespace}/{plural}" + (f"/{name}" if name else "")
 
 
 class KubernetesWorkload:
     component = Component.workload
 
-    def __init__(self, kube: KubeClient) -> None:
-        self._kube = kube
+    def __init__(self, clusters: TargetClusters) -> None:
+        self._clusters = clusters
 
     # ------------------------------------------------------------ observe
 
     async def observe(self, ctx: DriverContext) -> Observation:
-        live = {kind: await self._read(kind, ctx.key.namespace, _instance(ctx)) for kind in KINDS}
+        target = await self._clusters.of(ctx)
+        live = {kind: await _read(target, kind, ctx.key.namespace, _instance(ctx)) for kind in KINDS}
         deployment, service = live["Deployment"], live["Service"]
         if deployment is None or not _ours(ctx, deployment):
             return Observation()
         state = _state_of(deployment, service, live["HorizontalPodAutoscaler"])
-        credentials = await self._credentials_digest(ctx, state)
+        credentials = await _credentials_digest(self._clusters.own, ctx, state)
+        if target.remote and await _credentials_digest(target.kube, ctx, state) != credentials:
+            credentials = "copies-differ"  # what the Pods get is not what the Secrets say: copy again
         launched_with = deployment["spec"]["template"]["metadata"].get("annotations", {}).get(CREDENTIALS, "")
         rendered = render_objects(ctx, state, launched_with)
         expected = {o["kind"]: o["metadata"]["annotations"][DIGEST] for o in rendered}
@@ -158,44 +167,9 @@ class KubernetesWorkload:
             for kind in KINDS
         )
         state |= {"environmentCurrent": launched_with == credentials, "objectsMatch": matches}
-        healthy, detail = await self._health(ctx, deployment)
+        healthy, detail = await _health(target, ctx, deployment)
         endpoint = f"{state['instance']}.{ctx.key.namespace}.svc.cluster.local:{state['port']}"
         return Observation(state=state, healthy=healthy, detail=detail, outputs={"endpoints": [endpoint]})
-
-    async def _read(self, kind: str, namespace: str, name: str) -> Object | None:
-        return await self._kube.request("GET", _path(kind, namespace, name))
-
-    async def _health(self, ctx: DriverContext, deployment: Object) -> tuple[bool, str | None]:
-        spec, status = deployment["spec"], deployment.get("status", {})
-        want = spec.get("replicas", 1)
-        current = status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
-        available, updated = status.get("availableReplicas", 0), status.get("updatedReplicas", 0)
-        if current and available >= want and updated >= want and not status.get("unavailableReplicas"):
-            return True, None
-        name = deployment["metadata"]["name"]
-        waiting = await self._pod_problems(ctx.key.namespace, name)
-        stalled = next((c["message"] for c in status.get("conditions", [])
-                        if c.get("reason") == "ProgressDeadlineExceeded"), None)  # fmt: skip
-        detail = f"Deployment {name}: {available} of {want} replicas available"
-        return False, detail + "".join(f"; {p}" for p in [*waiting, *([stalled] if stalled else [])])
-
-    async def _pod_problems(self, namespace: str, instance: str) -> list[str]:
-        pods = await self._kube.request(
-            "GET", f"/api/v1/namespaces/{namespace}/pods", labelSelector=f"app.kubernetes.io/name={instance}"
-        )
-        problems = []
-        for pod in (pods or {}).get("items", []):
-            for container in pod.get("status", {}).get("containerStatuses", []):
-                waiting = container.get("state", {}).get("waiting")
-                if waiting and waiting.get("reason") not in (None, "ContainerCreating"):
-                    message = f": {waiting['message'][:200]}" if waiting.get("message") else ""
-                    problems.append(f"Pod {pod['metadata']['name']} {waiting['reason']}{message}")
-        return sorted(set(problems))[:3]
-
-    async def _credentials_digest(self, ctx: DriverContext, state: State) -> str:
-        names = [state["connectionSecret"], *state["secretRefs"]]
-        contents = {n: await self._kube.read_secret(ctx.key.namespace, n) for n in names if n}
-        return hashlib.sha256(json.dumps(contents, sort_keys=True).encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------ apply / delete
 
@@ -206,29 +180,107 @@ class KubernetesWorkload:
                 "set spec.project.source.image",
                 reason="SourceNotBuildable",
             )
-        existing = await self._read("Deployment", ctx.key.namespace, desired["instance"])
+        target = await self._clusters.of(ctx)
+        existing = await _read(target, "Deployment", ctx.key.namespace, desired["instance"])
         if existing is not None and not _ours(ctx, existing):
             raise PermanentError(
-                f"Deployment {ctx.key.namespace}/{desired['instance']} exists and is not this Project's "
-                f"(no {OWNER_LABEL}={ctx.key.name} label); rename it or change spec.project.slug",
+                f"Deployment {ctx.key.namespace}/{desired['instance']} in {target.name} exists and is not this "
+                f"Project's (no {OWNER_LABEL}={ctx.key.name} label); rename it or change spec.project.slug",
                 reason="NotOwned",
             )
-        objects = render_objects(ctx, desired, await self._credentials_digest(ctx, desired))
+        if target.remote:
+            await target.kube.ensure_namespace(ctx.key.namespace)
+            await self._copy_secrets(target, ctx, desired)
+        objects = render_objects(ctx, desired, await _credentials_digest(self._clusters.own, ctx, desired))
         for obj in objects:
-            await self._kube.request("PATCH", _path(obj["kind"], ctx.key.namespace, desired["instance"]), obj,
-                                     content_type="application/apply-patch+yaml", fieldManager=MANAGER,
-                                     force="true")  # fmt: skip
+            await _apply(target, obj)
         if not desired.get("autoscaling"):
-            await self._delete_if_ours(ctx, "HorizontalPodAutoscaler", desired["instance"])
+            await _delete_if_ours(target, ctx, "HorizontalPodAutoscaler", desired["instance"])
+
+    async def _copy_secrets(self, target: Target, ctx: DriverContext, desired: State) -> None:
+        """The Secrets the Pods read, copied into the other cluster (the source stays the truth)."""
+        for name in _secret_names(desired):
+            data = await self._clusters.own.read_secret(ctx.key.namespace, name)
+            copied = await _read(target, "Secret", ctx.key.namespace, name)
+            if copied is not None and not _ours(ctx, copied):
+                raise PermanentError(
+                    f"Secret {ctx.key.namespace}/{name} in {target.name} exists and is not this Project's copy "
+                    f"(no {OWNER_LABEL}={ctx.key.name} label); remove it or rename the Secret",
+                    reason="NotOwned",
+                )
+            if data is None:  # an optional Secret that is absent: so is its copy
+                await _delete_if_ours(target, ctx, "Secret", name)
+                continue
+            encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+            metadata = {"name": name, "namespace": ctx.key.namespace, "labels": labels(ctx, desired)}
+            await _apply(target, {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": metadata,
+                                  "data": encoded})  # fmt: skip
 
     async def delete(self, ctx: DriverContext, retain: bool) -> None:
+        target = await self._clusters.of(ctx)
         for kind in reversed(list(KINDS)):
-            await self._delete_if_ours(ctx, kind, _instance(ctx))
+            await _delete_if_ours(target, ctx, kind, _instance(ctx))
+        if target.remote:
+            copies = await target.kube.request(
+                "GET", f"/api/v1/namespaces/{ctx.key.namespace}/secrets", labelSelector=f"{OWNER_LABEL}={ctx.key.name}"
+            )
+            for secret in (copies or {}).get("items", []):
+                await _delete_if_ours(target, ctx, "Secret", secret["metadata"]["name"])
 
-    async def _delete_if_ours(self, ctx: DriverContext, kind: str, name: str) -> None:
-        live = await self._read(kind, ctx.key.namespace, name)
-        if live is not None and _ours(ctx, live):
-            await self._kube.request("DELETE", _path(kind, ctx.key.namespace, name), propagationPolicy="Background")
+
+async def _read(target: Target, kind: str, namespace: str, name: str) -> Object | None:
+    return await target.kube.request("GET", _path(kind, namespace, name))
+
+
+async def _apply(target: Target, obj: Object) -> None:
+    path = _path(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+    await target.kube.request("PATCH", path, obj, content_type="application/apply-patch+yaml", fieldManager=MANAGER,
+                              force="true")  # fmt: skip
+
+
+async def _delete_if_ours(target: Target, ctx: DriverContext, kind: str, name: str) -> None:
+    live = await _read(target, kind, ctx.key.namespace, name)
+    if live is not None and _ours(ctx, live):
+        await target.kube.request("DELETE", _path(kind, ctx.key.namespace, name), propagationPolicy="Background")
+
+
+async def _health(target: Target, ctx: DriverContext, deployment: Object) -> tuple[bool, str | None]:
+    spec, status = deployment["spec"], deployment.get("status", {})
+    want = spec.get("replicas", 1)
+    current = status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
+    available, updated = status.get("availableReplicas", 0), status.get("updatedReplicas", 0)
+    if current and available >= want and updated >= want and not status.get("unavailableReplicas"):
+        return True, None
+    name = deployment["metadata"]["name"]
+    waiting = await _pod_problems(target, ctx.key.namespace, name)
+    stalled = next((c["message"] for c in status.get("conditions", [])
+                    if c.get("reason") == "ProgressDeadlineExceeded"), None)  # fmt: skip
+    detail = f"Deployment {name}: {available} of {want} replicas available"
+    return False, detail + "".join(f"; {p}" for p in [*waiting, *([stalled] if stalled else [])])
+
+
+async def _pod_problems(target: Target, namespace: str, instance: str) -> list[str]:
+    pods = await target.kube.request(
+        "GET", f"/api/v1/namespaces/{namespace}/pods", labelSelector=f"app.kubernetes.io/name={instance}"
+    )
+    problems = []
+    for pod in (pods or {}).get("items", []):
+        for container in pod.get("status", {}).get("containerStatuses", []):
+            waiting = container.get("state", {}).get("waiting")
+            if waiting and waiting.get("reason") not in (None, "ContainerCreating"):
+                message = f": {waiting['message'][:200]}" if waiting.get("message") else ""
+                problems.append(f"Pod {pod['metadata']['name']} {waiting['reason']}{message}")
+    return sorted(set(problems))[:3]
+
+
+def _secret_names(state: State) -> list[str]:
+    return [n for n in [state["connectionSecret"], *state["secretRefs"]] if n]
+
+
+async def _credentials_digest(kube: KubeClient, ctx: DriverContext, state: State) -> str:
+    """A digest of the Secrets' contents as ``kube``'s cluster has them."""
+    contents = {n: await kube.read_secret(ctx.key.namespace, n) for n in _secret_names(state)}
+    return hashlib.sha256(json.dumps(contents, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _instance(ctx: DriverContext) -> str:

@@ -65,19 +65,25 @@ class PlatformServices(Protocol):
     async def __call__(self, name: str) -> Drivers: ...
 
 
+# Infrastructure by provider, or by provider and runtime where the runtime decides what
+# there is to find (existing hosts for quadlet, an existing cluster for kubernetes).
+InfrastructureDrivers = Mapping[Provider | tuple[Provider, Runtime], Driver]
+
+
 @dataclass
 class DriverRegistry:
     """The driver for every component of a spec; missing entries are NotImplemented."""
 
     platforms: PlatformServices | None = None
-    infrastructure: Mapping[Provider, Driver] = field(default_factory=lambda: {Provider.local: LocalMachine()})
+    infrastructure: InfrastructureDrivers = field(default_factory=lambda: {Provider.local: LocalMachine()})
     workload: Mapping[Runtime, Driver] = field(default_factory=dict)
     backup: Mapping[Provider, Driver] = field(default_factory=dict)
 
     async def __call__(self, placement: Placement) -> Drivers:
         provider, runtime = placement.provider, placement.runtime
         drivers: dict[Component, Driver] = {
-            Component.infrastructure: self.infrastructure.get(provider)
+            Component.infrastructure: self.infrastructure.get((provider, runtime))
+            or self.infrastructure.get(provider)
             or NotImplementedDriver(Component.infrastructure, _missing_hosts(provider)),
             Component.workload: self.workload.get(runtime)
             or NotImplementedDriver(Component.workload, _missing_runtime(runtime)),

@@ -8,18 +8,22 @@ cannot be pulled), the test writes that Pod status itself, and says so.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from controller.drivers import DriverContext
+from controller.drivers.clusters import ExistingCluster, TargetClusters
 from controller.drivers.kubernetes import KubernetesWorkload
-from controller.errors import PermanentError
+from controller.errors import PermanentError, RetryableError
 from controller.kube import KubeClient, api_client_from_environment
 from controller.localcluster import LocalCluster
 from controller.naming import ProjectKey
@@ -46,6 +50,14 @@ async def kube(controlled: LocalCluster) -> AsyncIterator[KubeClient]:
     executor.shutdown()
 
 
+@pytest.fixture()
+async def own_kube(cluster: LocalCluster) -> AsyncIterator[KubeClient]:
+    """The operator's own cluster, for tests whose workload runs in another one (``controlled``)."""
+    executor = ThreadPoolExecutor(4)
+    yield KubeClient(api_client_from_environment(config_file=str(cluster.kubeconfig)), executor)
+    executor.shutdown()
+
+
 def workload(cluster: LocalCluster, **sections: Any) -> tuple[DriverContext, dict[str, Any]]:
     namespace = f"k-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", namespace)
@@ -54,8 +66,21 @@ def workload(cluster: LocalCluster, **sections: Any) -> tuple[DriverContext, dic
     allocations = Allocations(port=4512, connection_secret="shop-staging-connection", database="shop_staging_db")
     cluster.kubectl("create", "secret", "generic", "shop-staging-connection", "-n", namespace,
                     "--from-literal=DATABASE_PASSWORD=first")  # fmt: skip
-    ctx = DriverContext(ProjectKey(namespace, "shop", "uid-1"), allocations)
+    ctx = DriverContext(ProjectKey(namespace, "shop", "uid-1"), allocations, servers=spec.servers)
     return ctx, dict(desired_state(spec, allocations)[Component.workload])
+
+
+def flat_kubeconfig(cluster: LocalCluster) -> str:
+    """The cluster's kubeconfig with its certificates inline, as a user would put it in a Secret."""
+    return cluster.kubectl("config", "view", "--raw", "--flatten", "--minify").stdout
+
+
+def in_target(own: LocalCluster, target: LocalCluster) -> tuple[DriverContext, dict[str, Any]]:
+    """A Project in ``own`` whose workload runs in ``target``, named by a kubeconfig Secret."""
+    ctx, want = workload(own, servers={"provider": "existing", "cluster": {"kubeconfigSecretRef": "target"}})
+    own.kubectl("create", "secret", "generic", "target", "-n", ctx.key.namespace,
+                f"--from-literal=kubeconfig={flat_kubeconfig(target)}")  # fmt: skip
+    return ctx, want
 
 
 def pods(cluster: LocalCluster, namespace: str) -> list[dict[str, Any]]:
@@ -86,7 +111,7 @@ async def wait_pods(cluster: LocalCluster, namespace: str, count: int, timeout: 
 async def test_a_deployment_becomes_pods_and_is_healthy_once_they_are_ready(
     controlled: LocalCluster, kube: KubeClient
 ) -> None:
-    driver = KubernetesWorkload(kube)
+    driver = KubernetesWorkload(TargetClusters(kube))
     ctx, want = workload(controlled, resources={"replicas": 2})
     assert (await driver.observe(ctx)).state is None
     await driver.apply(ctx, want)
@@ -108,7 +133,7 @@ async def test_a_deployment_becomes_pods_and_is_healthy_once_they_are_ready(
 
 
 async def test_hand_edits_and_rotations_are_drift_and_put_back(controlled: LocalCluster, kube: KubeClient) -> None:
-    driver = KubernetesWorkload(kube)
+    driver = KubernetesWorkload(TargetClusters(kube))
     ctx, want = workload(controlled)
     ns = ctx.key.namespace
     await driver.apply(ctx, want)
@@ -133,7 +158,7 @@ async def test_hand_edits_and_rotations_are_drift_and_put_back(controlled: Local
 async def test_min_max_makes_an_autoscaler_and_a_fixed_count_removes_it(
     controlled: LocalCluster, kube: KubeClient
 ) -> None:
-    driver = KubernetesWorkload(kube)
+    driver = KubernetesWorkload(TargetClusters(kube))
     ctx, scaled = workload(controlled, servers={"min": 2, "max": 5})
     await driver.apply(ctx, scaled)
     hpa = get_json(controlled, "hpa", "shop-staging", "-n", ctx.key.namespace)["spec"]
@@ -148,7 +173,7 @@ async def test_min_max_makes_an_autoscaler_and_a_fixed_count_removes_it(
 async def test_a_foreign_deployment_of_the_same_name_is_refused_and_left_alone(
     controlled: LocalCluster, kube: KubeClient
 ) -> None:
-    driver = KubernetesWorkload(kube)
+    driver = KubernetesWorkload(TargetClusters(kube))
     ctx, want = workload(controlled)
     controlled.kubectl("create", "deployment", "shop-staging", "--image=theirs:1", "-n", ctx.key.namespace)
     assert (await driver.observe(ctx)).state is None
@@ -163,7 +188,7 @@ async def test_a_foreign_deployment_of_the_same_name_is_refused_and_left_alone(
 async def test_delete_removes_the_objects_and_the_garbage_collector_the_pods(
     controlled: LocalCluster, kube: KubeClient, tmp_path: Path
 ) -> None:
-    driver = KubernetesWorkload(kube)
+    driver = KubernetesWorkload(TargetClusters(kube))
     ctx, want = workload(controlled)
     await driver.apply(ctx, want)
     assert len(await wait_pods(controlled, ctx.key.namespace, 1)) == 1
@@ -172,3 +197,124 @@ async def test_delete_removes_the_objects_and_the_garbage_collector_the_pods(
     for kind in ("deployment", "service", "pdb", "hpa"):
         assert controlled.kubectl("get", kind, "-n", ctx.key.namespace, "-o", "name").stdout.strip() == ""
     assert await wait_pods(controlled, ctx.key.namespace, 0) == []
+
+
+async def test_a_target_cluster_gets_the_namespace_the_secret_copies_and_the_workload(
+    cluster: LocalCluster, controlled: LocalCluster, own_kube: KubeClient
+) -> None:
+    driver = KubernetesWorkload(TargetClusters(own_kube))
+    ctx, want = in_target(cluster, controlled)
+    ns = ctx.key.namespace
+    assert controlled.kubectl("get", "namespace", ns, check=False).returncode != 0
+    await driver.apply(ctx, want)
+    # In the target: the namespace, the copy of the connection Secret, the Pods (by its own controllers).
+    copied = get_json(controlled, "secret", "shop-staging-connection", "-n", ns)
+    assert copied["metadata"]["labels"]["codeb.dev/project"] == "shop"
+    assert copied["data"] == get_json(cluster, "secret", "shop-staging-connection", "-n", ns)["data"]
+    made = await wait_pods(controlled, ns, 1)
+    assert cluster.kubectl("get", "deployment", "-n", ns, "-o", "name").stdout.strip() == ""
+    kubelet_reports(controlled, ns, made[0]["metadata"]["name"], ready=True)
+    seen = await observe_until(driver, ctx, lambda s: s.healthy)
+    assert seen.state == want
+
+    # The operator's Secret is the truth: a rotation there, or a copy edited there, is drift.
+    cluster.kubectl("patch", "secret", "shop-staging-connection", "-n", ns, "--type=merge",
+                    "-p", json.dumps({"stringData": {"DATABASE_PASSWORD": "rotated"}}))  # fmt: skip
+    seen = await driver.observe(ctx)
+    assert seen.state is not None and seen.state["environmentCurrent"] is False
+    await driver.apply(ctx, want)
+    assert secret_value(controlled, ns, "shop-staging-connection", "DATABASE_PASSWORD") == "rotated"
+    assert (await driver.observe(ctx)).state == want
+    controlled.kubectl("patch", "secret", "shop-staging-connection", "-n", ns, "--type=merge",
+                       "-p", json.dumps({"stringData": {"DATABASE_PASSWORD": "tampered"}}))  # fmt: skip
+    seen = await driver.observe(ctx)
+    assert seen.state is not None and seen.state["environmentCurrent"] is False
+    await driver.apply(ctx, want)
+    assert secret_value(controlled, ns, "shop-staging-connection", "DATABASE_PASSWORD") == "rotated"
+
+    # Deleting removes what the operator put in the target; its own Secret stays where it was.
+    await driver.delete(ctx, retain=False)
+    for kind in ("deployment", "service", "pdb", "secret"):
+        assert controlled.kubectl("get", kind, "-n", ns, "-o", "name").stdout.strip() == ""
+    assert secret_value(cluster, ns, "shop-staging-connection", "DATABASE_PASSWORD") == "rotated"
+
+
+async def test_a_secret_of_the_same_name_in_the_target_is_not_taken_over(
+    cluster: LocalCluster, controlled: LocalCluster, own_kube: KubeClient
+) -> None:
+    driver = KubernetesWorkload(TargetClusters(own_kube))
+    ctx, want = in_target(cluster, controlled)
+    controlled.kubectl("create", "namespace", ctx.key.namespace)
+    controlled.kubectl("create", "secret", "generic", "shop-staging-connection", "-n", ctx.key.namespace,
+                       "--from-literal=THEIRS=1")  # fmt: skip
+    with pytest.raises(PermanentError) as caught:
+        await driver.apply(ctx, want)
+    assert caught.value.reason == "NotOwned" and "is not this Project's copy" in caught.value.message
+    assert secret_value(controlled, ctx.key.namespace, "shop-staging-connection", "THEIRS") == "1"
+    assert controlled.kubectl("get", "deployment", "-n", ctx.key.namespace, "-o", "name").stdout.strip() == ""
+
+
+def with_user(kubeconfig: str, user: dict[str, Any]) -> str:
+    doc = yaml.safe_load(kubeconfig)
+    doc["users"][0]["user"] = user
+    return yaml.safe_dump(doc)
+
+
+def with_server(kubeconfig: str, server: str) -> str:
+    doc = yaml.safe_load(kubeconfig)
+    doc["clusters"][0]["cluster"]["server"] = server
+    return yaml.safe_dump(doc)
+
+
+@pytest.mark.parametrize(
+    ("broken", "reason", "named"),
+    [
+        (
+            lambda k: with_user(k, {"exec": {"command": "/bin/sh", "apiVersion": "client.authentication.k8s.io/v1"}}),
+            "KubeconfigInvalid",
+            "users[codeb-admin].user.exec runs a program",
+        ),
+        (lambda k: with_user(k, {"token": "not-a-token-of-this-cluster"}), "ClusterRefused", "401"),
+        (lambda k: with_server(k, f"https://127.0.0.1:{free_port()}"), "ClusterUnreachable", "unreachable"),
+        (lambda k: "just: [text", "KubeconfigInvalid", "not a kubeconfig document"),
+        (None, "KubeconfigMissing", "does not exist or has no key kubeconfig"),
+    ],
+    ids=["exec-plugin", "wrong-token", "nothing-listens", "not-yaml", "no-secret"],
+)
+async def test_an_unusable_target_cluster_is_named_with_its_cause(
+    cluster: LocalCluster,
+    controlled: LocalCluster,
+    own_kube: KubeClient,
+    broken: Callable[[str], str] | None,
+    reason: str,
+    named: str,
+) -> None:
+    infrastructure = ExistingCluster(TargetClusters(own_kube))
+    ctx, _ = in_target(cluster, controlled)
+    good = await infrastructure.observe(ctx)
+    assert good.healthy and good.state == {"provider": "existing", "cluster": "target", "reachable": True}
+    if broken is None:
+        cluster.kubectl("delete", "secret", "target", "-n", ctx.key.namespace)
+    else:
+        bad = broken(flat_kubeconfig(controlled))
+        cluster.kubectl("delete", "secret", "target", "-n", ctx.key.namespace)
+        cluster.kubectl("create", "secret", "generic", "target", "-n", ctx.key.namespace,
+                        f"--from-literal=kubeconfig={bad}")  # fmt: skip
+    seen = await infrastructure.observe(ctx)
+    assert not seen.healthy and seen.state is not None and seen.state["reachable"] is False
+    assert named in (seen.detail or ""), seen.detail
+    with pytest.raises(RetryableError) as caught:
+        await infrastructure.apply(ctx, {})
+    assert caught.value.reason == reason
+    key = yaml.safe_load(flat_kubeconfig(controlled))["users"][0]["user"]["client-key-data"]
+    assert key[:40] not in caught.value.message and key[:40] not in (seen.detail or "")
+
+
+def secret_value(cluster: LocalCluster, namespace: str, name: str, key: str) -> str:
+    return base64.b64decode(get_json(cluster, "secret", name, "-n", namespace)["data"][key]).decode()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

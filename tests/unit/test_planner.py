@@ -210,3 +210,13 @@ def test_local_infrastructure_is_only_the_provider() -> None:
     assert desired()[Component.infrastructure] == {"provider": "local"}
     cloud = desired(servers={"provider": "vultr", "region": "icn", "runtime": "quadlet", "count": 2})
     assert cloud[Component.infrastructure]["count"] == 2
+
+
+def test_existing_infrastructure_is_hosts_for_quadlet_and_a_cluster_for_kubernetes() -> None:
+    ssh = {"secretRef": "deploy-key"}
+    hosts = desired(servers={"provider": "existing", "runtime": "quadlet", "hosts": ["10.0.0.5"], "ssh": ssh})
+    assert hosts[Component.infrastructure] == {"provider": "existing", "hosts": ["10.0.0.5"], "usable": True}
+    own = desired(servers={"provider": "existing", "runtime": "kubernetes"})
+    assert own[Component.infrastructure] == {"provider": "existing", "cluster": None, "reachable": True}
+    other = desired(servers={"provider": "existing", "runtime": "kubernetes", "cluster": {"kubeconfigSecretRef": "k"}})
+    assert other[Component.infrastructure] == {"provider": "existing", "cluster": "k", "reachable": True}

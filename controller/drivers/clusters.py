@@ -1,0 +1,108 @@
+"""Kubernetes clusters a workload runs in: the operator's own, or one a Project names.
+
+With ``servers.cluster.kubeconfigSecretRef`` the runtime ``kubernetes`` deploys to
+another cluster, reached with the kubeconfig in that Secret (`TargetClusters`); the
+client is made once per kubeconfig and made again when the Secret changes. Without
+it, the operator's own cluster is the target.
+
+`ExistingCluster` is the infrastructure of provider ``existing`` with runtime
+``kubernetes``: a cluster someone else made. The operator creates nothing here; it
+checks that it can reach the cluster and is let in, and names the cause when not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from controller.drivers import DriverContext
+from controller.errors import CodebError, RetryableError
+from controller.kube import KubeClient, api_client_from_kubeconfig
+from controller.planner import Component, Observation, State
+from schemas.project import Provider
+
+OWN_CLUSTER = "the operator's own cluster"
+# Requests to another cluster fail fast: it may be far away or gone.
+TARGET_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Target:
+    kube: KubeClient
+    name: str  # for messages: which cluster
+    remote: bool  # not the operator's own: Secrets must be copied, the namespace may be missing
+
+
+class TargetClusters:
+    def __init__(self, own: KubeClient) -> None:
+        self._own = Target(own, OWN_CLUSTER, remote=False)
+        self._clients: dict[tuple[str, str], tuple[str, Target]] = {}  # (namespace, Secret): (digest, target)
+
+    @property
+    def own(self) -> KubeClient:
+        return self._own.kube
+
+    async def of(self, ctx: DriverContext) -> Target:
+        """The cluster this Project's workload runs in (a stored spec that no longer validates: the own one)."""
+        cluster = ctx.servers.cluster if ctx.servers is not None else None
+        if cluster is None:
+            return self._own
+        namespace, secret = ctx.key.namespace, cluster.kubeconfig_secret_ref
+        source = f"Secret {namespace}/{secret} (spec.servers.cluster.kubeconfigSecretRef)"
+        data = await self._own.kube.read_secret(namespace, secret)
+        if not data or not data.get("kubeconfig"):
+            raise RetryableError(f"{source} does not exist or has no key kubeconfig", reason="KubeconfigMissing",
+                                 delay=30)  # fmt: skip
+        digest = hashlib.sha256(data["kubeconfig"].encode()).hexdigest()
+        cached = self._clients.get((namespace, secret))
+        if cached is not None and cached[0] == digest:
+            return cached[1]
+        own = self._own.kube
+        name = f"the cluster of Secret {namespace}/{secret}"
+        api = api_client_from_kubeconfig(data["kubeconfig"], source)
+        target = Target(KubeClient(api, own.executor, TARGET_TIMEOUT_SECONDS, cluster=name), name, remote=True)
+        if cached is not None:
+            cached[1].kube.close()  # the Secret changed: its old connections go
+        self._clients[(namespace, secret)] = (digest, target)
+        return target
+
+
+class ExistingCluster:
+    component = Component.infrastructure
+
+    def __init__(self, clusters: TargetClusters) -> None:
+        self._clusters = clusters
+
+    async def observe(self, ctx: DriverContext) -> Observation:
+        problem = await self._problem(ctx)
+        state = {"provider": Provider.existing.value, "cluster": _secret_of(ctx), "reachable": problem is None}
+        return Observation(state=state, healthy=problem is None, detail=problem[0] if problem else None)
+
+    async def apply(self, ctx: DriverContext, desired: State) -> None:
+        """Nothing can be created in a cluster we do not own: name what keeps it out of reach."""
+        problem = await self._problem(ctx)
+        if problem is not None:
+            raise RetryableError(problem[0], reason=problem[1], delay=30)
+
+    async def delete(self, ctx: DriverContext, retain: bool) -> None:
+        return None  # the cluster stays; the workload driver removes what it put there
+
+    async def _problem(self, ctx: DriverContext) -> tuple[str, str] | None:
+        """(message, reason) when the cluster cannot be used."""
+        try:
+            target = await self._clusters.of(ctx)
+        except CodebError as exc:
+            return exc.message, exc.reason
+        try:
+            # Reaching the API and being let into the Project's namespace: a 404 there is fine.
+            await target.kube.request("GET", "/version")
+            await target.kube.request("GET", f"/api/v1/namespaces/{ctx.key.namespace}")
+        except CodebError as exc:
+            reason = "ClusterUnreachable" if isinstance(exc, RetryableError) else "ClusterRefused"
+            return exc.message, reason
+        return None
+
+
+def _secret_of(ctx: DriverContext) -> str | None:
+    cluster = ctx.servers.cluster if ctx.servers is not None else None
+    return cluster.kubeconfig_secret_ref if cluster is not None else None
