@@ -37,6 +37,7 @@ from schemas.project import (
     BackupTarget,
     DeletionPolicy,
     Endpoints,
+    HostReport,
     ManagementPolicy,
     Phase,
     ProjectSpec,
@@ -348,6 +349,7 @@ def summarize(
     conditions = set_condition(conditions, "Ready", *_readiness(component_ok, steps), gen)
     status.conditions = conditions
     status.endpoints = _endpoints(project.spec, work.observed, component_ok)
+    status.hosts = _hosts(work.observed, status.hosts)
     status.phase = _phase(project, component_ok, work)
     return status
 
@@ -402,6 +404,14 @@ def _endpoints(
         return Endpoints()
     route = observed[Component.route].state or {}
     return Endpoints(url=naming.primary_url(spec), internal=list(route.get("upstreams", [])))
+
+
+def _hosts(observed: Mapping[Component, Observation], before: list[HostReport]) -> list[HostReport]:
+    """The hosts as the infrastructure last reported them (kept while it could not look)."""
+    seen = observed.get(Component.infrastructure)
+    if seen is None or seen.error is not None or seen.unsupported is not None:
+        return before
+    return [HostReport.model_validate(host) for host in seen.outputs.get("report", [])]
 
 
 def _phase(project: ProjectInput, component_ok: Mapping[Component, bool], work: _Pass) -> Phase:

@@ -714,6 +714,14 @@ class Endpoints(CodebModel):
     )
 
 
+class HostReport(CodebModel):
+    address: str = Field(description="The host, as servers.hosts names it.")
+    usable: bool = Field(description="Reachable over SSH, with podman and its quadlet generator.")
+    podman: str | None = Field(None, description="podman's version on the host.")
+    reason: str | None = Field(None, description="Why the host cannot be used, e.g. HostUnreachable or PodmanMissing.")
+    message: str | None = Field(None, description="What was found, in words.")
+
+
 class DeploymentRecord(CodebModel):
     revision: str = Field(description="Revision deployed.")
     image: str | None = Field(None, description="Image deployed.")
@@ -733,6 +741,9 @@ class ProjectStatus(CodebModel):
         default_factory=Allocations, description="Names and numbers allocated to the project."
     )
     endpoints: Endpoints = Field(default_factory=Endpoints, description="Where the application answers.")
+    hosts: list[HostReport] = Field(
+        default_factory=list, description="Each host the workload runs on, as last checked.", max_length=100
+    )
     deployments: list[DeploymentRecord] = Field(
         default_factory=list, description="Recent deploys, newest first.", max_length=20
     )

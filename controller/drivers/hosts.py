@@ -72,7 +72,7 @@ class ExistingHosts:
             state={"provider": Provider.existing.value, "hosts": [c.address for c in checks], "usable": not problems},
             healthy=not problems,
             detail="; ".join(problems) or None,
-            outputs={"hosts": usable},
+            outputs={"hosts": usable, "report": [_report(c) for c in checks]},
         )
 
     async def apply(self, ctx: DriverContext, desired: State) -> None:
@@ -117,6 +117,13 @@ class ExistingHosts:
             )
         facts = {"address": address, "podman": lines[0], "controllers": sorted(set(lines[1].split()))}
         return HostCheck(address, facts=facts)
+
+
+def _report(check: HostCheck) -> dict[str, Any]:
+    """One host as `status.hosts` shows it."""
+    if check.facts is not None:
+        return {"address": check.address, "usable": True, "podman": check.facts["podman"]}
+    return {"address": check.address, "usable": False, "reason": check.reason, "message": check.problem}
 
 
 def servers_of(ctx: DriverContext) -> tuple[Servers, SshAccess]:

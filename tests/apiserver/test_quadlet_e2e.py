@@ -82,6 +82,8 @@ def test_a_project_on_two_quadlet_hosts_serves_through_caddy_and_is_removed_on_d
         port = status["allocations"]["port"]
         assert sorted(status["endpoints"]["internal"]) == [f"{h.address}:{port}" for h in hosts.hosts]
         assert condition(cluster, "InfrastructureReady")["status"] == "True"
+        reported = [(h["address"], h["usable"], h["podman"][:3]) for h in status["hosts"]]
+        assert reported == [(h.address, True, "4.3") for h in hosts.hosts]
 
         # Through Caddy's TLS listener: the page used all three services...
         page = https_get(caddy, DOMAIN)

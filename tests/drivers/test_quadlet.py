@@ -111,6 +111,11 @@ async def test_an_unreachable_host_and_a_refused_key_are_named(world: dict[str, 
     assert not seen.healthy and seen.state is not None and seen.state["usable"] is False
     assert "10.213.9.2" in (seen.detail or "") and "unreachable" in (seen.detail or "")
     assert [h["address"] for h in seen.outputs["hosts"]] == [hosts.hosts[0].address]
+    # status.hosts reports every host: the usable one with its podman, the other with why not.
+    usable, ghost_report = seen.outputs["report"]
+    assert usable["usable"] and usable["podman"].startswith("4.3")
+    assert ghost_report["address"] == "10.213.9.2" and ghost_report["usable"] is False
+    assert ghost_report["reason"] == "HostUnreachable" and "10.213.9.2" in ghost_report["message"]
     with pytest.raises(RetryableError) as unreachable:
         await infrastructure.apply(ctx, {})
     assert unreachable.value.reason == "HostUnreachable"
