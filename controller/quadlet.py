@@ -20,27 +20,16 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-import jinja2
-
 from controller.naming import ProjectKey
+from controller.rendering import templates
 
 UNIT_DIR = "/etc/containers/systemd"
 ENV_DIR = "/etc/codeb/env"
 NOTIFY_HEALTHY_SINCE = (4, 7)
 LAUNCH_PREFIX = "# codeb-launch: "
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-_templates = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-    autoescape=False,  # systemd units and env files, not HTML
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=True,
-    undefined=jinja2.StrictUndefined,
-)
 
 
 @dataclass(frozen=True)
@@ -79,7 +68,7 @@ def render_env(key: ProjectKey, values: Sequence[tuple[str, str]]) -> str:
             raise ValueError(f"{name!r} is not a valid environment variable name")
         if "\n" in value or "\r" in value:
             raise ValueError(f"the value of {name} spans lines, which an environment file cannot carry")
-    return _templates.get_template("app.env.j2").render(project=f"{key.namespace}/{key.name}", values=values)
+    return templates.get_template("app.env.j2").render(project=f"{key.namespace}/{key.name}", values=values)
 
 
 def env_digest(content: str) -> str:
@@ -92,7 +81,7 @@ def render_unit(key: ProjectKey, colour: str, launch: Mapping[str, Any], host: H
     enforced = [flag for controller, flag in limits.items() if controller in host.controllers]
     unenforced = [controller for controller in limits if controller not in host.controllers]
     record = json.dumps({"state": dict(launch), "env": env_sha}, sort_keys=True, separators=(",", ":"))
-    return _templates.get_template("quadlet.container.j2").render(
+    return templates.get_template("quadlet.container.j2").render(
         project=f"{key.namespace}/{key.name}",
         colour=colour,
         unit=unit_name(key, colour),
