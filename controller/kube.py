@@ -68,7 +68,7 @@ def api_client_from_kubeconfig(text: str, source: str, pool_size: int = 8) -> ku
         kubernetes.config.load_kube_config_from_dict(  # type: ignore[no-untyped-call]
             check_kubeconfig(text, source), client_configuration=configuration, persist_config=False
         )
-    except (kubernetes.config.ConfigException, ValueError, TypeError, KeyError):
+    except (kubernetes.config.ConfigException, ValueError, TypeError, KeyError, AttributeError):
         # The loader's messages can quote the document; name the problem without it.
         raise PermanentError(
             f"{source}: the kubeconfig has no usable current context (a cluster with a server, and a user)",

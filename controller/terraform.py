@@ -23,6 +23,7 @@ from schemas.project import Allocations, ProjectSpec, Provider
 MODULES = Path(__file__).resolve().parents[1] / "terraform"
 VULTR_UBUNTU_24_04 = 2284  # Vultr's os_id
 LIGHTSAIL_UBUNTU_24_04 = "ubuntu_24_04"  # Lightsail's blueprint_id
+OUTPUTS = ("public_addresses", "private_addresses", "load_balancer_address")  # every module's
 DEFAULT_PLAN = {Provider.vultr: "vc2-1c-2gb", Provider.lightsail: "small_3_0"}
 
 
@@ -115,6 +116,3 @@ def root_module(provider: Provider, region: str, inputs: dict[str, Any], source:
     module = {"source": str(source or module_dir(provider)), **inputs}
     outputs = {name: {"value": f"${{module.project.{name}}}"} for name in OUTPUTS}
     return {"provider": configured, "module": {"project": module}, "output": outputs}
-
-
-OUTPUTS = ("public_addresses", "private_addresses", "load_balancer_address")

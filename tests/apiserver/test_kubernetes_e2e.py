@@ -23,7 +23,7 @@ import yaml
 
 from controller.localcluster import LocalCluster
 from tests.apiserver.test_kubernetes_runtime import flat_kubeconfig, kubelet_reports, pods
-from tests.apiserver.test_platform_e2e import NS, install_platform, running_world, secret_data
+from tests.apiserver.test_platform_e2e import NS, condition, install_platform, running_world, secret_data
 from tests.conftest import start_cluster
 from tests.factories import project
 from tests.helpers import OperatorProcess, get_json, wait_for
@@ -58,11 +58,6 @@ def shop() -> dict[str, Any]:
     )
 
 
-def condition(cluster: LocalCluster, type_: str) -> dict[str, Any]:
-    status = get_json(cluster, "project", "shop", "-n", NS).get("status", {})
-    return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
-
-
 def test_a_project_in_a_target_cluster_is_ready_once_its_pods_are_and_is_removed_on_delete(
     world: dict[str, Any], target: LocalCluster, tmp_path: Path
 ) -> None:
@@ -76,9 +71,9 @@ def test_a_project_in_a_target_cluster_is_ready_once_its_pods_are_and_is_removed
         cluster.kubectl("apply", "-f", "-", input_text=json.dumps(shop()))
         # The real ReplicaSet controller of the target makes the Pods; until they are ready, not Ready.
         made = wait_for(lambda: pods(target, NS) if len(pods(target, NS)) == 2 else None, timeout=90, what="pods")
-        workload = condition(cluster, "WorkloadReady")
-        assert workload.get("status") != "True" and condition(cluster, "Ready").get("status") != "True"
-        wait_for(lambda: "replicas available" in condition(cluster, "WorkloadReady").get("message", ""),
+        workload = condition(cluster, "shop", "WorkloadReady")
+        assert workload.get("status") != "True" and condition(cluster, "shop", "Ready").get("status") != "True"
+        wait_for(lambda: "replicas available" in condition(cluster, "shop", "WorkloadReady").get("message", ""),
                  timeout=30, what="WorkloadReady names the replicas")  # fmt: skip
         container = made[0]["spec"]["containers"][0]
         assert container["envFrom"][0] == {"secretRef": {"name": "shop-staging-connection"}}
@@ -89,7 +84,7 @@ def test_a_project_in_a_target_cluster_is_ready_once_its_pods_are_and_is_removed
         for pod in made:  # what a kubelet would report
             kubelet_reports(target, NS, pod["metadata"]["name"], ready=True)
         try:
-            wait_for(lambda: condition(cluster, "Ready").get("status") == "True", timeout=60, what="shop Ready")
+            wait_for(lambda: condition(cluster, "shop", "Ready").get("status") == "True", timeout=60, what="shop Ready")
         except AssertionError:
             conditions = get_json(cluster, "project", "shop", "-n", NS).get("status", {}).get("conditions", [])
             raise AssertionError(json.dumps(conditions, indent=1) + operator.log()[-3000:]) from None
@@ -98,7 +93,7 @@ def test_a_project_in_a_target_cluster_is_ready_once_its_pods_are_and_is_removed
         port = status["allocations"]["port"]
         upstream = f"shop-staging.{NS}.svc.cluster.local:{port}"
         assert status["endpoints"]["internal"] == [upstream]
-        assert condition(cluster, "InfrastructureReady")["status"] == "True"
+        assert condition(cluster, "shop", "InfrastructureReady")["status"] == "True"
         routes = httpx.get(f"{world['caddy'].admin_url}/config/apps/http/servers", timeout=10).text
         assert upstream in routes
         assert cluster.kubectl("get", "deployments", "-n", NS, "-o", "name").stdout.strip() == ""

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import pytest
+import yaml
 
 from controller.naming import ProjectKey
 from controller.terraform import module_dir, module_inputs
@@ -95,8 +96,12 @@ def test_inputs_follow_the_spec() -> None:
         "443-2001-db8---32": {"port": "443", "ip_type": "v6", "subnet": "2001:db8::", "subnet_size": 32},
     }
     assert inputs["health_check"] == {"path": "/up", "interval": 15, "timeout": 5, "healthy": 2, "unhealthy": 3}
-    assert f"      - {PUBLIC_KEY}\n" in inputs["user_data"] and "  - podman\n" in inputs["user_data"]
+    assert f"      - {json.dumps(PUBLIC_KEY)}\n" in inputs["user_data"] and "  - podman\n" in inputs["user_data"]
     assert module_inputs(KEY, spec(), Allocations(port=4512), PUBLIC_KEY)["load_balancer_count"] == 0
+    # cloud-init reads the key back whole, even with characters YAML would otherwise take as syntax.
+    odd = PUBLIC_KEY + " ops #1: key"
+    config = yaml.safe_load(module_inputs(KEY, spec(), Allocations(port=4512), odd)["user_data"])
+    assert config["users"] == [{"name": "root", "ssh_authorized_keys": [odd]}] and config["packages"] == ["podman"]
 
 
 def test_a_public_key_that_spans_lines_never_reaches_cloud_init() -> None:
