@@ -19,7 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 from controller import naming
-from schemas.project import Allocations, BackupTarget, ProjectSpec, Provider, Runtime
+from schemas.project import Allocations, BackupTarget, ProjectSpec, Provider, Runtime, Servers
 
 State = Mapping[str, Any]
 
@@ -184,12 +184,17 @@ def _infrastructure(spec: ProjectSpec) -> State:
         "provider": servers.provider.value,
         "region": servers.region,
         "plan": servers.plan,
-        "count": servers.count if servers.count is not None else (servers.min or 1),
+        "count": host_count(servers),
         "max": servers.max,
         "hosts": list(servers.hosts),
         "firewall": {"ports": sorted(servers.firewall.ports), "allowedCidrs": sorted(servers.firewall.allowed_cidrs)},
         "loadBalancer": servers.load_balancer.model_dump(mode="json", by_alias=True),
     }
+
+
+def host_count(servers: Servers) -> int:
+    """Hosts to make: the fixed count, or the fewest when autoscaling."""
+    return servers.count if servers.count is not None else (servers.min or 1)
 
 
 def _workload(spec: ProjectSpec, allocations: Allocations, infrastructure: State) -> State:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.naming import ProjectKey
+from controller.planner import host_count
 from controller.rendering import templates
 from schemas.project import Allocations, ProjectSpec, Provider
 
@@ -49,7 +50,7 @@ def module_inputs(key: ProjectKey, spec: ProjectSpec, allocations: Allocations, 
     servers = spec.servers
     common = {
         "name": resource_name(key),
-        "host_count": servers.count if servers.count is not None else (servers.min or 1),
+        "host_count": host_count(servers),
         "ssh_public_key": ssh_public_key.strip(),
         "user_data": cloud_init(key, ssh_public_key),
         "load_balancer_count": 1 if servers.load_balancer.enabled else 0,

@@ -85,3 +85,18 @@ class OperatorProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, namespace: str, name: str, timeout: float) -> None:
+        """Until the Project is Ready; otherwise fail with its conditions and the operator's last lines."""
+
+        def conditions() -> list[dict[str, Any]]:
+            status = get_json(self.cluster, "project", name, "-n", namespace).get("status", {})
+            return list(status.get("conditions", []))
+
+        def ready() -> bool:
+            return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions())
+
+        try:
+            wait_for(ready, timeout=timeout, what=f"{name} Ready")
+        except AssertionError:
+            raise AssertionError(json.dumps(conditions(), indent=1) + self.log()[-3000:]) from None

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-MIRROR_GLOB = "registry.terraform.io"
+MIRROR_DIR = "registry.terraform.io"
 
 
 def terraform_binary() -> str:
@@ -23,7 +23,7 @@ def provider_mirror() -> Path:
     for top in sorted(Path("/").iterdir()):
         if not top.is_dir() or top.name in ("proc", "sys", "dev"):
             continue
-        for candidate in [top / MIRROR_GLOB, *(p / MIRROR_GLOB for p in _subdirs(top))]:
+        for candidate in [top / MIRROR_DIR, *(p / MIRROR_DIR for p in _subdirs(top))]:
             if candidate.is_dir():
                 return candidate.parent
     raise AssertionError("no Terraform provider mirror (a registry.terraform.io directory within 3 levels of /)")

@@ -83,11 +83,7 @@ def test_a_project_in_a_target_cluster_is_ready_once_its_pods_are_and_is_removed
         assert secret_data(target, NS, "shop-staging-connection") == source
         for pod in made:  # what a kubelet would report
             kubelet_reports(target, NS, pod["metadata"]["name"], ready=True)
-        try:
-            wait_for(lambda: condition(cluster, "shop", "Ready").get("status") == "True", timeout=60, what="shop Ready")
-        except AssertionError:
-            conditions = get_json(cluster, "project", "shop", "-n", NS).get("status", {}).get("conditions", [])
-            raise AssertionError(json.dumps(conditions, indent=1) + operator.log()[-3000:]) from None
+        operator.wait_ready(NS, "shop", timeout=60)
         print(f"runtime kubernetes (target cluster, 2 replicas): apply to Ready in {time.monotonic() - started:.1f} s")
         status = get_json(cluster, "project", "shop", "-n", NS)["status"]
         port = status["allocations"]["port"]

@@ -218,19 +218,14 @@ async def test_a_target_cluster_gets_the_namespace_the_secret_copies_and_the_wor
     assert seen.state == want
 
     # The operator's Secret is the truth: a rotation there, or a copy edited there, is drift.
-    cluster.kubectl("patch", "secret", "shop-staging-connection", "-n", ns, "--type=merge",
-                    "-p", json.dumps({"stringData": {"DATABASE_PASSWORD": "rotated"}}))  # fmt: skip
-    seen = await driver.observe(ctx)
-    assert seen.state is not None and seen.state["environmentCurrent"] is False
-    await driver.apply(ctx, want)
-    assert secret_value(controlled, ns, "shop-staging-connection", "DATABASE_PASSWORD") == "rotated"
-    assert (await driver.observe(ctx)).state == want
-    controlled.kubectl("patch", "secret", "shop-staging-connection", "-n", ns, "--type=merge",
-                       "-p", json.dumps({"stringData": {"DATABASE_PASSWORD": "tampered"}}))  # fmt: skip
-    seen = await driver.observe(ctx)
-    assert seen.state is not None and seen.state["environmentCurrent"] is False
-    await driver.apply(ctx, want)
-    assert secret_value(controlled, ns, "shop-staging-connection", "DATABASE_PASSWORD") == "rotated"
+    for edited, value in ((cluster, "rotated"), (controlled, "tampered")):
+        edited.kubectl("patch", "secret", "shop-staging-connection", "-n", ns, "--type=merge",
+                       "-p", json.dumps({"stringData": {"DATABASE_PASSWORD": value}}))  # fmt: skip
+        seen = await driver.observe(ctx)
+        assert seen.state is not None and seen.state["environmentCurrent"] is False
+        await driver.apply(ctx, want)
+        assert secret_value(controlled, ns, "shop-staging-connection", "DATABASE_PASSWORD") == "rotated"
+        assert (await driver.observe(ctx)).state == want
 
     # Deleting removes what the operator put in the target; its own Secret stays where it was.
     await driver.delete(ctx, retain=False)

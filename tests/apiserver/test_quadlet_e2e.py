@@ -22,7 +22,7 @@ import pytest
 from controller.localcluster import LocalCluster
 from tests.apiserver.test_platform_e2e import NS, install_platform, running_world, secret_data
 from tests.factories import project
-from tests.helpers import OperatorProcess, get_json, wait_for
+from tests.helpers import OperatorProcess, get_json
 from tests.servers import https_get
 from tests.testhosts import HELLO_IMAGE, SERVICES_ADDRESS, BootedHosts, booted
 
@@ -72,11 +72,7 @@ def test_a_project_on_two_quadlet_hosts_serves_through_caddy_and_is_removed_on_d
     try:
         started = time.monotonic()
         cluster.kubectl("apply", "-f", "-", input_text=json.dumps(shop(hosts)))
-        try:
-            wait_for(lambda: condition(cluster, "Ready").get("status") == "True", timeout=90, what="shop Ready")
-        except AssertionError:
-            conditions = get_json(cluster, "project", "shop", "-n", NS).get("status", {}).get("conditions", [])
-            raise AssertionError(json.dumps(conditions, indent=1) + operator.log()[-3000:]) from None
+        operator.wait_ready(NS, "shop", timeout=90)
         print(f"runtime quadlet (2 hosts): apply to Ready in {time.monotonic() - started:.1f} s")
         status = get_json(cluster, "project", "shop", "-n", NS)["status"]
         port = status["allocations"]["port"]
