@@ -96,6 +96,12 @@ class ManagementPolicy(StrEnum):
     ObserveOnly = "ObserveOnly"
 
 
+class ApplyMode(StrEnum):
+    auto = "auto"
+    approve = "approve"
+    observe = "observe"
+
+
 class RedisIsolation(StrEnum):
     # No "dbIndex": Redis ACLs cannot keep a user inside one numbered database.
     acl = "acl"
@@ -400,6 +406,32 @@ class Servers(CodebModel):
             check=lambda s: s.cluster is None or (s.provider == Provider.existing and s.runtime == Runtime.kubernetes),
         ),
         Rule(
+            cel="!(self.provider in ['vultr', 'lightsail']) || has(self.credentialsSecretRef)",
+            message=(
+                "a cloud provider needs credentialsSecretRef: a Secret with apiKey (Vultr) or accessKeyId and "
+                "secretAccessKey (Lightsail)"
+            ),
+            field_path=".credentialsSecretRef",
+            check=lambda s: s.provider not in (Provider.vultr, Provider.lightsail) or s.credentials_secret_ref,
+        ),
+        Rule(
+            cel="!(self.provider in ['vultr', 'lightsail']) || self.runtime != 'quadlet' || has(self.ssh)",
+            message=(
+                "hosts a cloud provider makes for runtime quadlet need ssh.secretRef: the operator's key, which "
+                "the hosts are given at creation and the operator logs in with"
+            ),
+            field_path=".ssh",
+            check=lambda s: s.provider not in (Provider.vultr, Provider.lightsail)
+            or s.runtime != Runtime.quadlet
+            or s.ssh is not None,
+        ),
+        Rule(
+            cel="!has(self.approvedPlan) || self.apply == 'approve'",
+            message="approvedPlan goes with apply: approve",
+            field_path=".approvedPlan",
+            check=lambda s: s.approved_plan is None or s.apply is ApplyMode.approve,
+        ),
+        Rule(
             cel="!(self.provider in ['vultr', 'lightsail']) || has(self.region)",
             message="a cloud provider needs a region (e.g. icn for Vultr Seoul, ap-northeast-2 for Lightsail)",
             field_path=".region",
@@ -452,6 +484,30 @@ class Servers(CodebModel):
     )
     load_balancer: LoadBalancer = Field(default_factory=LoadBalancer, description="Provider load balancer.")
     firewall: Firewall = Field(default_factory=Firewall, description="Host firewall.")
+    credentials_secret_ref: str | None = Field(
+        None,
+        description=(
+            "For vultr and lightsail: Secret in the Project's namespace with the provider's credentials, "
+            "key apiKey (Vultr) or keys accessKeyId and secretAccessKey (Lightsail). They reach Terraform as "
+            "environment variables only."
+        ),
+        pattern=DNS_LABEL,
+        max_length=253,
+    )
+    apply: ApplyMode = Field(
+        ApplyMode.auto,
+        description=(
+            "For vultr and lightsail, how Terraform changes reach the cloud: auto applies them; approve plans "
+            "and waits until approvedPlan names that plan (status.infrastructure.plan.id); observe plans and "
+            "reports drift, and never applies."
+        ),
+    )
+    approved_plan: str | None = Field(
+        None,
+        description="With apply approve: the id of the plan to apply, as status.infrastructure.plan.id shows it.",
+        pattern=r"^[0-9a-f]{12}$",
+        max_length=12,
+    )
 
 
 # ---------------------------------------------------------------- resources
@@ -722,6 +778,53 @@ class HostReport(CodebModel):
     message: str | None = Field(None, description="What was found, in words.")
 
 
+class InfrastructureOutputs(CodebModel):
+    public_addresses: list[str] = Field(default_factory=list, description="Public IP of each host.", max_length=100)
+    private_addresses: list[str] = Field(
+        default_factory=list, description="Private IP of each host, where the provider gives one.", max_length=100
+    )
+    load_balancer_address: str | None = Field(None, description="The load balancer's address, when there is one.")
+
+
+class ResourceChange(CodebModel):
+    address: str = Field(description="Terraform resource address, e.g. vultr_instance.hosts[1].")
+    action: str = Field(description="create, update, delete or replace.")
+
+
+class PlanSummary(CodebModel):
+    id: str = Field(description="Names exactly these changes: set spec.servers.approvedPlan to it to apply them.")
+    add: int = Field(0, description="Resources to create.")
+    change: int = Field(0, description="Resources to update in place.")
+    destroy: int = Field(0, description="Resources to destroy (a replacement counts here and in add).")
+    resources: list[ResourceChange] = Field(
+        default_factory=list, description="Every change, by resource.", max_length=500
+    )
+    config_hash: str = Field(description="The module and inputs the plan was made from.")
+    planned_at: datetime = Field(description="When the plan was made.")
+
+
+class TerraformRun(CodebModel):
+    operation: str = Field(description="plan, apply or destroy.")
+    result: str = Field(description="Running, Succeeded or Failed.")
+    started_at: datetime = Field(description="When the run started.")
+    finished_at: datetime | None = Field(None, description="When it ended.")
+    message: str = Field("", description="What Terraform said, when it failed.", max_length=4096)
+
+
+class InfrastructureStatus(CodebModel):
+    applied_hash: str | None = Field(
+        None, description="Hash of the module and inputs last applied: unchanged, no Terraform runs."
+    )
+    applied_at: datetime | None = Field(None, description="When they were applied.")
+    outputs: InfrastructureOutputs = Field(
+        default_factory=InfrastructureOutputs, description="What the last apply made: addresses of hosts and LB."
+    )
+    plan: PlanSummary | None = Field(
+        None, description="The last plan with changes not applied (apply approve or observe), by resource."
+    )
+    last_run: TerraformRun | None = Field(None, description="The last Terraform run, or the one in progress.")
+
+
 class DeploymentRecord(CodebModel):
     revision: str = Field(description="Revision deployed.")
     image: str | None = Field(None, description="Image deployed.")
@@ -743,6 +846,9 @@ class ProjectStatus(CodebModel):
     endpoints: Endpoints = Field(default_factory=Endpoints, description="Where the application answers.")
     hosts: list[HostReport] = Field(
         default_factory=list, description="Each host the workload runs on, as last checked.", max_length=100
+    )
+    infrastructure: InfrastructureStatus | None = Field(
+        None, description="Hosts made by Terraform (vultr, lightsail): what was applied, the pending plan, runs."
     )
     deployments: list[DeploymentRecord] = Field(
         default_factory=list, description="Recent deploys, newest first.", max_length=20

@@ -104,13 +104,61 @@ CORPUS = [
             _set("servers.provider", "lightsail"),
             _set("servers.region", "ap-northeast-2"),
             _set("servers.runtime", "kubernetes"),
+            _set("servers.credentialsSecretRef", "keys"),
         ),
         "spec.servers.runtime",
     ),
     BadManifest(
         "cloud-without-region",
-        _all(_set("servers.provider", "vultr"), _set("servers.runtime", "quadlet")),
+        _set(
+            "servers",
+            {"provider": "vultr", "runtime": "quadlet", "credentialsSecretRef": "keys", "ssh": {"secretRef": "k"}},
+        ),
         "spec.servers.region",
+    ),
+    BadManifest(
+        "cloud-without-credentials",
+        _set(
+            "servers",
+            {"provider": "lightsail", "region": "ap-northeast-2", "runtime": "quadlet", "ssh": {"secretRef": "k"}},
+        ),
+        "spec.servers.credentialsSecretRef",
+    ),
+    BadManifest(
+        "cloud-quadlet-without-ssh",
+        _set("servers", {"provider": "vultr", "region": "icn", "runtime": "quadlet", "credentialsSecretRef": "keys"}),
+        "spec.servers.ssh",
+    ),
+    BadManifest(
+        "approved-plan-without-approve",
+        _set(
+            "servers",
+            {
+                "provider": "vultr",
+                "region": "icn",
+                "runtime": "quadlet",
+                "credentialsSecretRef": "keys",
+                "ssh": {"secretRef": "k"},
+                "approvedPlan": "0123456789ab",
+            },
+        ),
+        "spec.servers.approvedPlan",
+    ),
+    BadManifest(
+        "approved-plan-not-an-id",
+        _set(
+            "servers",
+            {
+                "provider": "vultr",
+                "region": "icn",
+                "runtime": "quadlet",
+                "credentialsSecretRef": "keys",
+                "ssh": {"secretRef": "k"},
+                "apply": "approve",
+                "approvedPlan": "yes",
+            },
+        ),
+        "spec.servers.approvedPlan",
     ),
     BadManifest(
         "health-timeout-not-below-interval",
@@ -149,7 +197,16 @@ CORPUS = [
     BadManifest(
         "quadlet-replicas",
         _all(
-            _set("servers", {"provider": "vultr", "region": "icn", "runtime": "quadlet"}),
+            _set(
+                "servers",
+                {
+                    "provider": "vultr",
+                    "region": "icn",
+                    "runtime": "quadlet",
+                    "credentialsSecretRef": "keys",
+                    "ssh": {"secretRef": "k"},
+                },
+            ),
             _set("project.source", {"image": "ghcr.io/acme/shop:1"}),
             _set("resources.replicas", 2),
         ),

@@ -17,6 +17,12 @@ def project_spec(slug: str = "shop", env: str = "staging", **sections: Any) -> d
     if env == "preview":
         spec["environment"]["pullRequest"] = 7
     spec.update(copy.deepcopy(sections))
+    servers = spec["servers"]
+    if servers.get("provider") in ("vultr", "lightsail"):
+        # What every cloud Project needs (tests that leave them out delete them).
+        servers.setdefault("credentialsSecretRef", "cloud-credentials")
+        if servers.get("runtime") == "quadlet":
+            servers.setdefault("ssh", {"secretRef": "deploy-key"})
     if "project" not in sections and spec["servers"].get("runtime") != "local":
         # Containers run images; only runtime local runs a command.
         spec["project"]["source"] = {"image": "ghcr.io/acme/shop:1.0.0"}

@@ -1,5 +1,5 @@
 # Hosts and a load balancer for one Project on AWS Lightsail. Inputs: controller/terraform.py.
-# The provider (region, credentials) is configured by the root that calls this module.
+# Credentials reach the provider as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY only.
 
 terraform {
   required_version = ">= 1.5.0"
@@ -11,6 +11,11 @@ terraform {
   }
 }
 
+provider "aws" {
+  region = var.region
+}
+
+variable "region" { type = string }
 variable "name" {
   type        = string
   description = "Prefix of every name: codeb-<namespace>-<project>."

@@ -8,14 +8,15 @@ credentials or look up the account; what it would create is read from the plan i
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from controller.naming import ProjectKey
-from controller.terraform import module_inputs, root_module
-from schemas.project import Allocations, ProjectSpec, Provider
+from controller.terraform import module_dir, module_inputs, root_module
+from schemas.project import ProjectSpec, Provider
 from tests.factories import project_spec
 from tests.terraform_tools import offline_environment, planned, terraform
 
@@ -28,11 +29,13 @@ OFFLINE = {"skip_credentials_validation": True, "skip_requesting_account_id": Tr
 def workspace(root: Path, **servers: Any) -> tuple[Path, dict[str, str]]:
     on_lightsail = {"provider": "lightsail", "region": "ap-northeast-2", "runtime": "quadlet"} | servers
     spec = ProjectSpec.model_validate(project_spec(slug="o4o", servers=on_lightsail))
-    inputs = module_inputs(KEY, spec, Allocations(port=4100), PUBLIC_KEY)
-    config = root_module(Provider.lightsail, "ap-northeast-2", inputs)
-    config["provider"]["aws"] |= OFFLINE  # planning offline only: a real run validates its credentials
+    inputs = module_inputs(KEY, spec.servers, 4100, PUBLIC_KEY)
     root.mkdir(parents=True, exist_ok=True)
-    (root / "main.tf.json").write_text(json.dumps(config, indent=2))
+    shutil.copytree(module_dir(Provider.lightsail), root / "module")
+    # Planning offline only (a real run validates its credentials): Terraform's override file merges into the
+    # module's own provider block.
+    (root / "module" / "offline_override.tf.json").write_text(json.dumps({"provider": {"aws": OFFLINE}}))
+    (root / "main.tf.json").write_text(json.dumps(root_module(inputs, backend=None), indent=2))
     env = offline_environment(root)
     terraform(root, "init", "-input=false", "-backend=false", env=env)
     return root, env

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from controller.naming import ProjectKey
-from controller.terraform import module_dir, module_inputs
-from schemas.project import Allocations, ProjectSpec, Provider
+from controller.terraform import InputError, module_dir, module_inputs
+from schemas.project import ProjectSpec, Provider
 from tests.factories import project_spec
 from tests.terraform_schema import ModuleChecker, conforms, parse_type
 
@@ -77,7 +77,7 @@ def test_the_inputs_fill_every_variable_with_its_declared_type() -> None:
     declared = {name: parse_type(v["type"]) for name, v in module()["variable"].items()}
     for servers in ({}, {"count": None, "min": 1, "max": 3, "loadBalancer": {"enabled": True}},
                     {"firewall": {"ports": [22, 443], "allowedCidrs": ["10.0.0.0/8", "2001:db8::/32"]}}):  # fmt: skip
-        inputs = module_inputs(KEY, spec(**servers), Allocations(port=4512), PUBLIC_KEY)
+        inputs = module_inputs(KEY, spec(**servers).servers, 4512, PUBLIC_KEY)
         assert inputs.keys() == declared.keys()
         wrong = [name for name, value in inputs.items() if not conforms(value, declared[name])]
         assert wrong == []
@@ -86,7 +86,7 @@ def test_the_inputs_fill_every_variable_with_its_declared_type() -> None:
 def test_inputs_follow_the_spec() -> None:
     servers = {"plan": "vc2-2c-4gb", "loadBalancer": {"enabled": True, "healthCheck": {"path": "/up"}},
                "firewall": {"ports": [443], "allowedCidrs": ["10.0.0.0/8", "2001:db8::/32"]}}  # fmt: skip
-    inputs = module_inputs(KEY, spec(**servers), Allocations(port=4512), PUBLIC_KEY)
+    inputs = module_inputs(KEY, spec(**servers).servers, 4512, PUBLIC_KEY)
     assert {k: inputs[k] for k in ("name", "region", "plan", "host_count", "load_balancer_count", "app_port")} == {
         "name": "codeb-apps-shop", "region": "icn", "plan": "vc2-2c-4gb", "host_count": 2,
         "load_balancer_count": 1, "app_port": 4512,
@@ -97,13 +97,29 @@ def test_inputs_follow_the_spec() -> None:
     }
     assert inputs["health_check"] == {"path": "/up", "interval": 15, "timeout": 5, "healthy": 2, "unhealthy": 3}
     assert f"      - {json.dumps(PUBLIC_KEY)}\n" in inputs["user_data"] and "  - podman\n" in inputs["user_data"]
-    assert module_inputs(KEY, spec(), Allocations(port=4512), PUBLIC_KEY)["load_balancer_count"] == 0
+    assert module_inputs(KEY, spec().servers, 4512, PUBLIC_KEY)["load_balancer_count"] == 0
     # cloud-init reads the key back whole, even with characters YAML would otherwise take as syntax.
     odd = PUBLIC_KEY + " ops #1: key"
-    config = yaml.safe_load(module_inputs(KEY, spec(), Allocations(port=4512), odd)["user_data"])
+    config = yaml.safe_load(module_inputs(KEY, spec().servers, 4512, odd)["user_data"])
     assert config["users"] == [{"name": "root", "ssh_authorized_keys": [odd]}] and config["packages"] == ["podman"]
 
 
 def test_a_public_key_that_spans_lines_never_reaches_cloud_init() -> None:
     with pytest.raises(ValueError, match="spans lines"):
-        module_inputs(KEY, spec(), Allocations(port=4512), PUBLIC_KEY + "\nruncmd: [reboot]")
+        module_inputs(KEY, spec().servers, 4512, PUBLIC_KEY + "\nruncmd: [reboot]")
+
+
+@pytest.mark.parametrize(
+    ("servers", "field", "reason"),
+    [
+        ({"region": "seoul"}, "spec.servers.region", "InvalidRegion"),
+        ({"plan": "medium_3_0"}, "spec.servers.plan", "InvalidPlan"),
+    ],
+)
+def test_a_region_or_size_the_provider_lacks_is_refused_naming_the_field(
+    servers: dict[str, Any], field: str, reason: str
+) -> None:
+    with pytest.raises(InputError, match=f"^{field}: ") as caught:
+        module_inputs(KEY, spec(**servers).servers, 4512, PUBLIC_KEY)
+    assert caught.value.reason == reason
+    assert "icn" in str(caught.value) if reason == "InvalidRegion" else "vc2-1c-2gb" in str(caught.value)
