@@ -103,23 +103,35 @@ def cmd_operator(args: argparse.Namespace) -> int:
         ssh, clusters = SshPool(), TargetClusters(kube)
         return DriverRegistry(
             platforms=platforms,
-            infrastructure=infrastructure_drivers(kube, ssh, clusters),
+            infrastructure=infrastructure_drivers(kube, ssh, clusters, config),
             workload=workload_drivers(kube, config, ssh, clusters),
         )
 
     return run_operator(registry)
 
 
-def infrastructure_drivers(kube: KubeClient, ssh: SshPool, clusters: TargetClusters) -> InfrastructureDrivers:
-    """What this operator can find to run on: its own machine, existing hosts over SSH, existing clusters."""
+def infrastructure_drivers(
+    kube: KubeClient, ssh: SshPool, clusters: TargetClusters, config: OperatorConfig
+) -> InfrastructureDrivers:
+    """Where this operator can run things: its own machine, existing hosts over SSH, existing clusters,
+    and hosts it makes with Terraform."""
     from controller.drivers.clusters import ExistingCluster
     from controller.drivers.hosts import ExistingHosts
-    from controller.drivers.registry import LocalMachine
+    from controller.drivers.registry import LocalMachine, NotImplementedDriver
+    from controller.drivers.terraform import TerraformHosts, TerraformRunner, terraform_settings
+    from controller.planner import Component
 
+    hosts = ExistingHosts(kube.read_secret, ssh)
+    runner = TerraformRunner(terraform_settings(config))
     return {
         Provider.local: LocalMachine(),
-        Provider.existing: ExistingHosts(kube.read_secret, ssh),
+        Provider.existing: hosts,
         (Provider.existing, Runtime.kubernetes): ExistingCluster(clusters),
+        Provider.vultr: TerraformHosts(Provider.vultr, runner, kube.read_secret, kube, hosts),
+        Provider.lightsail: TerraformHosts(Provider.lightsail, runner, kube.read_secret, kube, hosts),
+        (Provider.vultr, Runtime.kubernetes): NotImplementedDriver(
+            Component.infrastructure, "provider vultr with runtime kubernetes: VKE clusters are not made yet"
+        ),
     }
 
 

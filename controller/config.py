@@ -66,6 +66,38 @@ class OperatorConfig(BaseModel):
         description="CODEB_STATE_DIR: where local workloads keep their logs and runtime state.",
     )
 
+    terraform_binary: str = Field(
+        "terraform", description="CODEB_TERRAFORM: the Terraform binary (1.5 or later; tested with 1.11.4)."
+    )
+    terraform_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".cache" / "codeb" / "terraform",
+        description="CODEB_TERRAFORM_DIR: one workspace per Project (a cache: state lives in the cluster).",
+    )
+    terraform_modules: Path = Field(
+        default_factory=lambda: Path(__file__).resolve().parents[1] / "terraform",
+        description="CODEB_TERRAFORM_MODULES: directory with one module per provider (vultr/, lightsail/).",
+    )
+    terraform_plugins: Path | None = Field(
+        None,
+        description=(
+            "CODEB_TERRAFORM_PLUGINS: providers installed once (a filesystem mirror, as `terraform providers "
+            "mirror` makes); every init reads them and none downloads. Unset: downloads go through a shared cache, "
+            "one init at a time."
+        ),
+    )
+    terraform_concurrency: int = Field(
+        4, ge=1, description="CODEB_TERRAFORM_CONCURRENCY: most Terraform runs at once, across Projects."
+    )
+    terraform_timeout_seconds: float = Field(
+        3600.0, ge=60, description="CODEB_TERRAFORM_TIMEOUT: seconds before a run is interrupted (it saves its state)."
+    )
+    terraform_wait_seconds: float = Field(
+        20.0, ge=0, description="CODEB_TERRAFORM_WAIT: seconds a reconcile waits for a run before reporting it running."
+    )
+    terraform_plan_interval_seconds: float = Field(
+        3600.0, ge=60, description="CODEB_TERRAFORM_PLAN_INTERVAL: with apply observe, seconds between drift plans."
+    )
+
     @field_validator("reserved_ports", mode="before")
     @classmethod
     def _parse_ports(cls, value: object) -> object:
@@ -91,6 +123,14 @@ _ENV = {
     "local_runtime": "CODEB_LOCAL_RUNTIME",
     "local_root": "CODEB_LOCAL_ROOT",
     "state_dir": "CODEB_STATE_DIR",
+    "terraform_binary": "CODEB_TERRAFORM",
+    "terraform_dir": "CODEB_TERRAFORM_DIR",
+    "terraform_modules": "CODEB_TERRAFORM_MODULES",
+    "terraform_plugins": "CODEB_TERRAFORM_PLUGINS",
+    "terraform_concurrency": "CODEB_TERRAFORM_CONCURRENCY",
+    "terraform_timeout_seconds": "CODEB_TERRAFORM_TIMEOUT",
+    "terraform_wait_seconds": "CODEB_TERRAFORM_WAIT",
+    "terraform_plan_interval_seconds": "CODEB_TERRAFORM_PLAN_INTERVAL",
 }
 
 

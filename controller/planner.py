@@ -51,6 +51,8 @@ DEPENDS_ON: dict[Component, tuple[Component, ...]] = {
 ORDER: tuple[Component, ...] = tuple(DEPENDS_ON)
 # Components holding user data: deletionPolicy decides whether they are destroyed.
 DATA_COMPONENTS = frozenset({Component.database, Component.cache, Component.storage, Component.backup})
+# What deletionPolicy Retain keeps when the Project goes: the data, and the hosts made for it.
+RETAINED_ON_DELETE = DATA_COMPONENTS | {Component.infrastructure}
 
 
 class Verb(StrEnum):
@@ -119,7 +121,7 @@ def desired_state(
     """
     outputs = outputs or {}
     features = spec.features
-    states: dict[Component, State] = {Component.infrastructure: _infrastructure(spec)}
+    states: dict[Component, State] = {Component.infrastructure: infrastructure_state(spec.servers)}
     if features.database is not None and features.database.enabled:
         states[Component.database] = {
             "name": allocations.database,
@@ -168,8 +170,8 @@ def _backs_up(target: BackupTarget, states: Mapping[Component, State]) -> bool:
     return component.get(target, Component.cache) in states
 
 
-def _infrastructure(spec: ProjectSpec) -> State:
-    servers = spec.servers
+def infrastructure_state(servers: Servers) -> State:
+    """The hosts a spec asks for; for a cloud, ``converged`` says Terraform has made them so."""
     if servers.provider is Provider.local:
         # The operator's own machine: nothing to size, firewall or balance.
         return {"provider": Provider.local.value}
@@ -189,6 +191,7 @@ def _infrastructure(spec: ProjectSpec) -> State:
         "hosts": list(servers.hosts),
         "firewall": {"ports": sorted(servers.firewall.ports), "allowedCidrs": sorted(servers.firewall.allowed_cidrs)},
         "loadBalancer": servers.load_balancer.model_dump(mode="json", by_alias=True),
+        "converged": True,
     }
 
 
@@ -353,6 +356,6 @@ def plan_deletion(observed: Mapping[Component, Observation], retain_data: bool) 
         seen = observed.get(component)
         if seen is None or (seen.state is None and seen.error is None):
             continue
-        verb = Verb.release if retain_data and component in DATA_COMPONENTS else Verb.delete
+        verb = Verb.release if retain_data and component in RETAINED_ON_DELETE else Verb.delete
         actions.append(Action(component, verb, "project deleted"))
     return Plan(actions)

@@ -16,7 +16,7 @@ import structlog
 
 from controller import naming
 from controller.claims import ClaimStore
-from controller.drivers import Driver, DriverContext, Drivers, Placement
+from controller.drivers import Driver, DriverContext, Drivers, Notify, Placement
 from controller.errors import CodebError, PermanentError, RetryableError
 from controller.naming import ProjectKey
 from controller.planner import (
@@ -38,6 +38,7 @@ from schemas.project import (
     DeletionPolicy,
     Endpoints,
     HostReport,
+    InfrastructureStatus,
     ManagementPolicy,
     Phase,
     ProjectSpec,
@@ -130,12 +131,14 @@ class Reconciler:
             return self._failed_before_acting(project, exc)
         allocations = claimed.allocations
         refused = {Component.route: ("DomainTaken", claimed.domain_conflict)} if claimed.domain_conflict else {}
-        ctx = DriverContext(project.key, allocations, servers=spec.servers)
+        notices: list[Event] = []
+        ctx = DriverContext(project.key, allocations, servers=spec.servers, recorded=project.status.infrastructure,
+                            notify=_collect(notices))  # fmt: skip
         try:
             drivers = await self._drivers_for(Placement.of(spec))
         except CodebError as exc:
             return self._failed_before_acting(project, exc)
-        work = _Pass(observed=await self._observe(drivers, ctx))
+        work = _Pass(observed=await self._observe(drivers, ctx), events=notices)
 
         def desire(observed: Mapping[Component, Observation]) -> dict[Component, State]:
             return desired_state(spec, allocations, {c: o.outputs for c, o in observed.items()})
@@ -162,10 +165,12 @@ class Reconciler:
         if allocations is None:
             assert teardown.spec is not None
             allocations = self.claims.allocations_held(teardown.spec, await self.claims.held(teardown.key))
+        notices: list[Event] = []
         ctx = DriverContext(teardown.key, allocations, teardown.final_dump,
-                            servers=teardown.spec.servers if teardown.spec else None)  # fmt: skip
+                            servers=teardown.spec.servers if teardown.spec else None,
+                            recorded=teardown.status.infrastructure, notify=_collect(notices))  # fmt: skip
         drivers = await self._drivers_for(teardown.placement)
-        work = _Pass(observed=await self._observe(drivers, ctx))
+        work = _Pass(observed=await self._observe(drivers, ctx), events=notices)
         steps = plan_deletion(work.observed, retain_data=teardown.retain_data)
         await self._execute(drivers, ctx, steps, work, "delete")
         status = teardown.status.model_copy(deep=True)
@@ -291,6 +296,13 @@ def _wants_final_dump(spec: ProjectSpec) -> bool:
     return spec.backup.enabled and BackupTarget.database in spec.backup.include
 
 
+def _collect(events: list[Event]) -> Notify:
+    def notify(reason: str, message: str) -> None:
+        events.append(Event("Warning", reason, message))
+
+    return notify
+
+
 def _static(drivers: Drivers) -> DriverSource:
     async def source(placement: Placement) -> Drivers:
         return drivers
@@ -350,6 +362,7 @@ def summarize(
     status.conditions = conditions
     status.endpoints = _endpoints(project.spec, work.observed, component_ok)
     status.hosts = _hosts(work.observed, status.hosts)
+    status.infrastructure = _infrastructure(work.observed, status.infrastructure)
     status.phase = _phase(project, component_ok, work)
     return status
 
@@ -412,6 +425,15 @@ def _hosts(observed: Mapping[Component, Observation], before: list[HostReport]) 
     if seen is None or seen.error is not None or seen.unsupported is not None:
         return before
     return [HostReport.model_validate(host) for host in seen.outputs.get("report", [])]
+
+
+def _infrastructure(
+    observed: Mapping[Component, Observation], before: InfrastructureStatus | None
+) -> InfrastructureStatus | None:
+    """What Terraform applied, planned and ran, as the infrastructure driver last recorded it."""
+    seen = observed.get(Component.infrastructure)
+    record = seen.outputs.get("terraform") if seen is not None else None
+    return InfrastructureStatus.model_validate(record) if record is not None else before
 
 
 def _phase(project: ProjectInput, component_ok: Mapping[Component, bool], work: _Pass) -> Phase:

@@ -232,7 +232,9 @@ def diagnostics(json_lines: Iterable[str], limit: int = 3) -> str:
         diagnostic = message.get("diagnostic") or {}
         text = diagnostic.get("summary") or message.get("@message", "")
         detail = " ".join(str(diagnostic.get("detail", "")).split())
-        where = diagnostic.get("address") or (diagnostic.get("range") or {}).get("filename")
+        span = diagnostic.get("range") or {}
+        where = diagnostic.get("address") or (f"{span['filename']}:{span.get('start', {}).get('line', '?')}"
+                                              if span.get("filename") else None)  # fmt: skip
         entry = text + (f": {detail}" if detail else "") + (f" (at {where})" if where else "")
         if entry and entry not in found:
             found.append(entry)

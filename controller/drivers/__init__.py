@@ -15,7 +15,15 @@ from typing import Protocol
 
 from controller.naming import ProjectKey
 from controller.planner import Component, Observation, State
-from schemas.project import Allocations, ProjectSpec, Provider, Runtime, Servers
+from schemas.project import Allocations, InfrastructureStatus, ProjectSpec, Provider, Runtime, Servers
+
+# Posts a Warning Event on the Project: (reason, message). For what a driver did on its own
+# account that a person should hear of (a stale lock released), not for failures.
+Notify = Callable[[str, str], None]
+
+
+def _ignore(reason: str, message: str) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,9 @@ class DriverContext:
     # What the components observed before this one produced (`Observation.outputs`): the
     # workload driver finds its hosts, and how to reach them, in the infrastructure's.
     inputs: Mapping[Component, State] = field(default_factory=dict)
+    # status.infrastructure as last written: what Terraform applied, planned and ran.
+    recorded: InfrastructureStatus | None = None
+    notify: Notify = _ignore
 
     def given(self, observed: Mapping[Component, Observation]) -> DriverContext:
         return replace(self, inputs={c: o.outputs for c, o in observed.items()})

@@ -168,6 +168,12 @@ class QuadletUnits:
                 reason="SecretInvalid",
                 delay=60,
             ) from None
+        if not desired.get("hosts"):
+            raise RetryableError(
+                "no usable host yet: waiting for the infrastructure's hosts to answer over SSH (see status.hosts)",
+                reason="WaitingForHosts",
+                delay=15,
+            )
         login = await self._login(ctx)
         for address in desired.get("hosts", []):
             if address in hosts:

@@ -133,7 +133,7 @@ def test_removed_stateless_component_is_deleted_even_when_retaining() -> None:
     assert verbs(plan(want, seen, retain_data=True)) == [(Component.route, Verb.delete)]
 
 
-def test_deletion_runs_in_reverse_order_and_retains_data() -> None:
+def test_deletion_runs_in_reverse_order_and_retains_data_and_hosts() -> None:
     seen = converged(desired())
     assert verbs(plan_deletion(seen, retain_data=True)) == [
         (Component.backup, Verb.release),
@@ -142,7 +142,7 @@ def test_deletion_runs_in_reverse_order_and_retains_data() -> None:
         (Component.storage, Verb.release),
         (Component.cache, Verb.release),
         (Component.database, Verb.release),
-        (Component.infrastructure, Verb.delete),
+        (Component.infrastructure, Verb.release),  # hosts Terraform made stay, out of management
     ]
 
 
