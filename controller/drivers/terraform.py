@@ -628,10 +628,11 @@ class TerraformHosts:
     async def _workspace(self, ctx: DriverContext) -> Workspace:
         servers = _servers(ctx)
         try:
-            public_key = await self._public_key(ctx, servers)
-            inputs = tf.module_inputs(ctx.key, servers, ctx.allocations.port, public_key)
+            tf.check_servers(servers)  # before any Secret is read: the spec alone is wrong
         except tf.InputError as exc:
             raise PermanentError(str(exc), reason=exc.reason) from None
+        credentials = await self._credentials(ctx, servers)
+        inputs = tf.module_inputs(ctx.key, servers, ctx.allocations.port, await self._public_key(ctx, servers))
         directory = self._settings.work_root / tf.state_suffix(ctx.key)
         backend = tf.backend_settings(self._settings.state_namespace, tf.state_suffix(ctx.key),
                                       self._settings.kubeconfig)  # fmt: skip
@@ -640,7 +641,6 @@ class TerraformHosts:
         for path in sorted(module.iterdir()):
             if path.name.endswith((".tf", ".tf.json")):
                 files[f"{MODULE_DIR}/{path.name}"] = path.read_bytes()
-        credentials = await self._credentials(ctx, servers)
         secrets = frozenset(v for v in credentials.values() if len(v) >= 6)
         return Workspace(directory, files, tf.config_hash(files), self._runner.environment(credentials), secrets,
                          servers.apply, servers)  # fmt: skip

@@ -54,8 +54,10 @@ def test_examples_show_honest_columns(cluster: LocalCluster, namespace: str, ope
     # No URL is shown for a route nobody observed serving.
     assert all(not row[5].startswith("https://") for name, row in rows.items() if name != "NAME"), rows
     infra = condition_of(cluster, namespace, "food-delivery", "InfrastructureReady")
-    assert (infra["status"], infra["reason"]) == ("False", "NotImplemented")
-    assert "provider vultr" in infra["message"]
+    assert infra["status"] == "False" and "vultr-api (spec.servers.credentialsSecretRef) does not exist" in infra[
+        "message"]  # fmt: skip
+    vke = condition_of(cluster, namespace, "food-delivery-pr-42", "InfrastructureReady")
+    assert (vke["status"], vke["reason"]) == ("False", "NotImplemented") and "VKE" in vke["message"]
     assert condition_of(cluster, namespace, "hello", "InfrastructureReady")["status"] == "True"
     assert condition_of(cluster, namespace, "hello", "WorkloadReady")["reason"] == "NotImplemented"
 
