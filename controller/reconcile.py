@@ -9,6 +9,7 @@ Outcome to kopf; this module knows nothing of kopf.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -216,6 +217,7 @@ class Reconciler:
             except CodebError as exc:
                 work.failed[component] = exc
                 work.results.append((action, "error"))
+                await self._look_again(drivers[component], ctx, work, component)
                 work.events.append(Event("Warning", f"{action.verb.value.capitalize()}Failed", _describe(action, exc)))
                 log.warning("action failed", component=component.value, verb=action.verb.value, error=exc.message)
                 continue
@@ -226,6 +228,11 @@ class Reconciler:
             log.info(
                 "reconciled", trigger=trigger, actions=[f"{a.component.value} {a.verb.value}" for a, _ in work.results]
             )
+
+    async def _look_again(self, driver: Driver, ctx: DriverContext, work: _Pass, component: Component) -> None:
+        """What a failed action left (a plan awaiting approval, a failed run's output) goes to status too."""
+        with contextlib.suppress(CodebError):
+            work.observed[component] = await driver.observe(ctx.given(work.observed))
 
     async def _run(self, driver: Driver, action: Action, ctx: DriverContext) -> None:
         if action.verb in (Verb.create, Verb.update):

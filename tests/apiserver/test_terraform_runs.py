@@ -125,7 +125,7 @@ async def test_apply_records_outputs_then_an_unchanged_project_starts_no_terrafo
     seen = await converge(world.driver(), world.ctx(count=2, loadBalancer={"enabled": True}))
     record = recorded(seen)
     assert seen.healthy and seen.state is not None and seen.state["converged"] is True
-    assert record.outputs.public_addresses == ["192.0.2.10", "192.0.2.11"]
+    assert record.outputs.public_addresses == ["127.0.1.10", "127.0.1.11"]
     assert record.outputs.load_balancer_address == "198.51.100.1"
     assert record.applied_hash and record.last_run and record.last_run.result == "Succeeded"
     assert sorted(world.ledger()) == ["made codeb-" + f"{world.namespace}-shop-{i}" for i in (0, 1)]
@@ -147,14 +147,14 @@ async def test_three_hosts_from_one_make_exactly_two_and_back_to_one_destroys_th
     record = recorded(await converge(driver, world.ctx(count=1)))
     first = world.state()["resources"][0]["instances"][0]["attributes"]["id"]
     seen = await converge(driver, world.ctx(count=3, recorded=record))
-    assert recorded(seen).outputs.public_addresses == ["192.0.2.10", "192.0.2.11", "192.0.2.12"]
+    assert recorded(seen).outputs.public_addresses == ["127.0.1.10", "127.0.1.11", "127.0.1.12"]
     assert len(world.ledger()) == 3  # one for the first apply, two for the second
     assert world.state()["resources"][0]["instances"][0]["attributes"]["id"] == first  # not made again
     seen = await converge(driver, world.ctx(count=1, recorded=recorded(seen)))
-    assert world.ledger()[3:] == ["destroyed 192.0.2.11", "destroyed 192.0.2.12"] or sorted(
+    assert world.ledger()[3:] == ["destroyed 127.0.1.11", "destroyed 127.0.1.12"] or sorted(
         world.ledger()[3:]
-    ) == ["destroyed 192.0.2.11", "destroyed 192.0.2.12"]
-    assert recorded(seen).outputs.public_addresses == ["192.0.2.10"]
+    ) == ["destroyed 127.0.1.11", "destroyed 127.0.1.12"]
+    assert recorded(seen).outputs.public_addresses == ["127.0.1.10"]
 
 
 async def test_deletion_destroys_and_drops_the_state_or_retains_both(world: World) -> None:

@@ -19,7 +19,7 @@ variable "tags" { type = map(string) }
 
 resource "terraform_data" "hosts" {
   count = var.host_count
-  input = "192.0.2.${count.index + 10}"
+  input = "127.0.1.${count.index + 10}"
 
   provisioner "local-exec" {
     command = "sleep $(cat ../delay 2>/dev/null || echo 0); echo \"made ${var.name}-${count.index}\" >> ../ledger"
