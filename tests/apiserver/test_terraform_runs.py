@@ -151,9 +151,10 @@ async def test_three_hosts_from_one_make_exactly_two_and_back_to_one_destroys_th
     assert len(world.ledger()) == 3  # one for the first apply, two for the second
     assert world.state()["resources"][0]["instances"][0]["attributes"]["id"] == first  # not made again
     seen = await converge(driver, world.ctx(count=1, recorded=recorded(seen)))
-    assert world.ledger()[3:] == ["destroyed 127.0.1.11", "destroyed 127.0.1.12"] or sorted(
-        world.ledger()[3:]
-    ) == ["destroyed 127.0.1.11", "destroyed 127.0.1.12"]
+    assert world.ledger()[3:] == ["destroyed 127.0.1.11", "destroyed 127.0.1.12"] or sorted(world.ledger()[3:]) == [
+        "destroyed 127.0.1.11",
+        "destroyed 127.0.1.12",
+    ]
     assert recorded(seen).outputs.public_addresses == ["127.0.1.10"]
 
 
