@@ -85,6 +85,7 @@ class Observation:
     state: State | None = None
     healthy: bool = True
     error: str | None = None
+    error_reason: str | None = None  # the error's own reason (InvalidRegion, CredentialsMissing…)
     unsupported: str | None = None
     # Why it is unhealthy, in words a person can act on (health output, exit code).
     detail: str | None = None

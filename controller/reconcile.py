@@ -195,7 +195,7 @@ class Reconciler:
             try:
                 observed[component] = await driver.observe(ctx.given(observed))
             except CodebError as exc:
-                observed[component] = Observation(error=exc.message)
+                observed[component] = Observation(error=exc.message, error_reason=exc.reason)
         return observed
 
     async def _execute(
@@ -404,7 +404,7 @@ def _component_condition(
         exc = work.failed[component]
         return False, exc.reason, exc.message
     if seen.error is not None:
-        return False, "ObserveFailed", seen.error
+        return False, seen.error_reason or "ObserveFailed", seen.error
     if component in steps.blocked or component in work.waiting:
         return False, "Waiting", steps.blocked.get(component) or work.waiting[component]
     if seen.state is None:

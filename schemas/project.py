@@ -421,9 +421,11 @@ class Servers(CodebModel):
                 "the hosts are given at creation and the operator logs in with"
             ),
             field_path=".ssh",
-            check=lambda s: s.provider not in (Provider.vultr, Provider.lightsail)
-            or s.runtime != Runtime.quadlet
-            or s.ssh is not None,
+            check=lambda s: (
+                s.provider not in (Provider.vultr, Provider.lightsail)
+                or s.runtime != Runtime.quadlet
+                or s.ssh is not None
+            ),
         ),
         Rule(
             cel="!has(self.approvedPlan) || self.apply == 'approve'",

@@ -158,7 +158,7 @@ class TerraformRunner:
         self.settings = settings
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._watchers: set[asyncio.Task[None]] = set()
-        self._cache_lock = asyncio.Lock()  # only without a plugin dir: a shared download cache is not safe
+        self._mirror_lock = asyncio.Lock()  # one provider download per module version, never per init
 
     def argv(self, workspace: Path, command: str, *args: str, **flags: Any) -> list[str]:
         cli = Terraform(working_dir=str(workspace), terraform_bin_path=self.settings.binary,
@@ -170,10 +170,6 @@ class TerraformRunner:
         config = os.environ.get("TF_CLI_CONFIG_FILE")
         if config and Path(config).is_file():
             keep["TF_CLI_CONFIG_FILE"] = config
-        if self.settings.plugin_dir is None:
-            cache = self.settings.work_root / "plugin-cache"
-            cache.mkdir(parents=True, exist_ok=True)
-            keep["TF_PLUGIN_CACHE_DIR"] = str(cache)
         return keep | {"TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1", **credentials}
 
     async def run(self, workspace: Path, argv: list[str], env: Mapping[str, str], timeout: float = 120.0) -> Done:
@@ -195,12 +191,31 @@ class TerraformRunner:
         return Done(proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace"))
 
     async def init(self, workspace: Path, env: Mapping[str, str]) -> Done:
-        flags: dict[str, Any] = {"input": False, "reconfigure": IsFlagged}
+        """``init`` from a plugin directory only: no download, so any number run at once."""
+        plugins = await self.plugin_dir(workspace, env)
+        flags: dict[str, Any] = {"input": False, "reconfigure": IsFlagged, "plugin_dir": str(plugins)}
+        return await self.run(workspace, self.argv(workspace, "init", **flags), env, timeout=300)
+
+    async def plugin_dir(self, workspace: Path, env: Mapping[str, str]) -> Path:
+        """The configured plugin directory; else this module's providers, mirrored once into the work directory.
+
+        Terraform's shared plugin cache is not safe for concurrent inits (which is why other
+        controllers serialize ``init``); a mirror made once per module version is only read.
+        """
         if self.settings.plugin_dir is not None:
-            flags["plugin_dir"] = str(self.settings.plugin_dir)
-            return await self.run(workspace, self.argv(workspace, "init", **flags), env, timeout=300)
-        async with self._cache_lock:
-            return await self.run(workspace, self.argv(workspace, "init", **flags), env, timeout=600)
+            return self.settings.plugin_dir
+        module = workspace / MODULE_DIR
+        files = {p.name: p.read_bytes() for p in module.iterdir() if p.name.endswith((".tf", ".tf.json"))}
+        target = self.settings.work_root / "providers" / tf.config_hash(files)[:16]
+        async with self._mirror_lock:
+            if not (target / ".complete").is_file():
+                target.mkdir(parents=True, exist_ok=True)
+                done = await self.run(module, self.argv(module, "providers mirror", str(target)), env, timeout=900)
+                if done.code != 0:
+                    raise RetryableError(f"terraform providers mirror failed: {_tail(done.stderr)}",
+                                         reason="TerraformFailed", delay=60)  # fmt: skip
+                (target / ".complete").write_text("")
+        return target
 
     async def start(self, workspace: Path, operation: str, argv: list[str], env: Mapping[str, str],
                     config_hash: str, plan_id: str | None = None) -> Run:  # fmt: skip

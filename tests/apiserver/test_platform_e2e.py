@@ -149,7 +149,7 @@ def test_projects_on_a_shared_platform(world: dict[str, Any], tmp_path: Path) ->
         # Outage: PostgreSQL down -> DatabaseReady=False with a reason; back -> Ready.
         pg.stop()
         try:
-            wait_for(lambda: condition(cluster, "alpha", "DatabaseReady").get("reason") == "ObserveFailed",
+            wait_for(lambda: condition(cluster, "alpha", "DatabaseReady").get("reason") == "DatabaseUnavailable",
                      timeout=30, what="DatabaseReady=False")  # fmt: skip
             assert "unreachable" in condition(cluster, "alpha", "DatabaseReady")["message"]
         finally:
