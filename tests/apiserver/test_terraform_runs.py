@@ -220,7 +220,10 @@ async def test_bad_input_names_the_field_and_starts_nothing(world: World) -> Non
     assert world.ran() == []
 
 
-async def test_a_failing_plan_is_shown_readably_and_without_credentials(world: World, tmp_path: Path) -> None:
+async def test_a_failing_change_is_shown_readably_without_credentials_and_the_hosts_stay(
+    world: World, tmp_path: Path
+) -> None:
+    serving = recorded(await converge(world.driver(), world.ctx(count=1)))
     broken = tmp_path / "broken"
     (broken / "lightsail").mkdir(parents=True)
     text = (MODULES / "lightsail" / "main.tf").read_text()
@@ -228,11 +231,15 @@ async def test_a_failing_plan_is_shown_readably_and_without_credentials(world: W
                                                                ).replace('10}"\n', '10}")\n', 1))  # fmt: skip
     driver = world.driver(modules=broken)
     with pytest.raises(CodebError) as failed:
-        await driver.apply(world.ctx(), {})
-    seen = await driver.observe(world.ctx())
+        await driver.apply(world.ctx(count=2, recorded=serving), {})
+    seen = await driver.observe(world.ctx(count=2, recorded=serving))
     assert "no_such_function" in failed.value.message and not seen.healthy
     text = json.dumps(seen.outputs) + failed.value.message
     assert all(value not in text for value in CREDENTIALS.values())
+    # What was made still is, and status still says where.
+    after = recorded(seen)
+    assert after.outputs.public_addresses == ["127.0.1.10"] and after.applied_hash == serving.applied_hash
+    assert len(world.state()["resources"][0]["instances"]) == 1 and len(world.ledger()) == 1
 
 
 async def test_runs_across_projects_never_exceed_the_limit(world: World) -> None:
