@@ -32,7 +32,7 @@ import signal
 import socket
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -244,7 +244,10 @@ class TerraformRunner:
         timeout = str(int(self.settings.run_timeout))
         # Terraform is interrupted (SIGINT: it stops cleanly, saves state, unlocks) at the timeout;
         # the exit status lands in a file, atomically, for whoever looks next.
-        script = (f'timeout -s INT -k 120 {timeout} "$@" >{RUN_DIR}/stdout 2>{RUN_DIR}/stderr; '
+        # Terraform starts only once run.json names it: an operator that dies before writing it
+        # leaves no Terraform (and no lock) that nobody knows of; the shell gives up after 10 s.
+        script = (f"i=0; until [ -f {RUN_DIR}/run.json ]; do i=$((i+1)); [ $i -gt 200 ] && exit 1; sleep 0.05; done; "
+                  f'timeout -s INT -k 120 {timeout} "$@" >{RUN_DIR}/stdout 2>{RUN_DIR}/stderr; '
                   f"echo $? >{RUN_DIR}/exit.tmp && mv {RUN_DIR}/exit.tmp {RUN_DIR}/exit")  # fmt: skip
         proc = await asyncio.create_subprocess_exec(
             "sh", "-c", script, "sh", *argv, cwd=workspace, env=dict(env), stdin=asyncio.subprocess.DEVNULL,
@@ -328,8 +331,8 @@ class Workspace:
     directory: Path
     files: Mapping[str, bytes]
     config_hash: str
-    env: Mapping[str, str]
-    secret_values: frozenset[str]
+    env: Mapping[str, str] = field(repr=False)  # holds the credentials
+    secret_values: frozenset[str] = field(repr=False)
     mode: ApplyMode
     servers: Servers
 
@@ -404,7 +407,6 @@ class TerraformHosts:
 
     def _observation(self, space: Workspace, record: InfrastructureStatus, running: bool) -> Observation:
         outputs: State = {"terraform": record.model_dump(mode="json", by_alias=True)}
-        outputs = {**outputs, "addresses": list(record.outputs.public_addresses)}
         last = record.last_run
         failed = last is not None and last.result == "Failed"
         detail = _run_detail(last)
@@ -606,14 +608,22 @@ class TerraformHosts:
 
     async def delete(self, ctx: DriverContext, retain: bool) -> None:
         """Retain: stop managing (the hosts and their state Secret stay). Delete: destroy, then drop the state."""
-        space = await self._workspace(ctx)
+        directory = self._settings.work_root / tf.state_suffix(ctx.key)
+        run = self._runner.find(directory)
+        if run is not None and run.alive():
+            raise _still_running(run)  # what it is making is part of what is kept or destroyed
+        if not retain:
+            await self._destroy(ctx)
+        shutil.rmtree(directory, ignore_errors=True)
+        self._records.pop(_id(ctx.key), None)
+
+    async def _destroy(self, ctx: DriverContext) -> None:
+        space = await self._workspace(ctx)  # the provider's credentials are needed to destroy
         record = self._record(ctx)
         run = self._runner.find(space.directory)
-        if run is not None and run.alive():
-            raise _still_running(run)
         if run is not None:
             record = await self._harvest(ctx, space, run, record)
-        if not retain and not _destroyed(record):
+        if not _destroyed(record):
             await self._release_stale_lock(ctx, space)
             await self._prepare(space)
             argv = self._runner.argv(space.directory, "apply", input=False, destroy=IsFlagged,
@@ -623,10 +633,7 @@ class TerraformHosts:
                 raise _still_running(run)
             record = await self._harvest(ctx, space, run, record)
             self._raise_unless_done(space, record)
-        if not retain:
-            await self._drop_state(ctx.key)
-        shutil.rmtree(space.directory, ignore_errors=True)
-        self._records.pop(_id(ctx.key), None)
+        await self._drop_state(ctx.key)
 
     async def _drop_state(self, key: ProjectKey) -> None:
         namespace, suffix = self._settings.state_namespace, tf.state_suffix(key)
