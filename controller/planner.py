@@ -14,7 +14,7 @@ healthy, backups once there is data to back up.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -330,6 +330,7 @@ def plan(
         action = _converge(component, desired[component], seen)
         if action is not None:
             actions.append(action)
+    actions = _shrink_last(actions, desired, observed)
     # Components no longer wanted go last, once their dependents have been updated
     # to stop using them, and dependents before what they depend on.
     for component in reversed(ORDER):
@@ -338,6 +339,26 @@ def plan(
             verb = Verb.release if retain_data and component in DATA_COMPONENTS else Verb.delete
             actions.append(Action(component, verb, "no longer requested"))
     return Plan(actions, blocked, unsupported, frozenset(parked), refused)
+
+
+def _shrink_last(
+    actions: list[Action], desired: Mapping[Component, State], observed: Mapping[Component, Observation]
+) -> list[Action]:
+    """Fewer hosts: the workload leaves the departing ones, and the route stops sending there, first.
+
+    So the infrastructure's update goes after every other create and update, and only once
+    the workload is seen healthy (on the hosts that stay).
+    """
+    seen = observed.get(Component.infrastructure, Observation()).state or {}
+    want = desired.get(Component.infrastructure, {})
+    if not isinstance(seen.get("count"), int) or not isinstance(want.get("count"), int):
+        return actions
+    if seen["count"] <= want["count"]:
+        return actions
+    shrink = [a for a in actions if a.component is Component.infrastructure]
+    rest = [a for a in actions if a.component is not Component.infrastructure]
+    gate = (Component.workload,) if Component.workload in desired else ()
+    return rest + [replace(a, requires_healthy=gate, reason=f"{a.reason}; after the workload left") for a in shrink]
 
 
 def _converge(component: Component, want: State, seen: Observation) -> Action | None:

@@ -203,7 +203,9 @@ class Reconciler:
     ) -> None:
         for planned in steps.actions:
             component = planned.component
-            stuck = [d for d in DEPENDS_ON[component] if d in work.failed or d in work.waiting]
+            # What it depends on, and what it must wait for (a shrink waits for the workload), did not fail.
+            after = (*DEPENDS_ON[component], *planned.requires_healthy)
+            stuck = [d for d in after if d in work.failed or d in work.waiting]
             unhealthy = [d for d in planned.requires_healthy if not _serving(work.observed.get(d))]
             if stuck or unhealthy:
                 work.waiting[component] = f"waiting for {', '.join(stuck + unhealthy)}"

@@ -92,10 +92,15 @@ class QuadletUnits:
         if hosts is None:
             return Observation()  # no infrastructure observed: nowhere to look
         login = await self._login(ctx)
-        views = await asyncio.gather(*(self._view(ctx.key, login.at(facts.address), facts) for facts in hosts))
-        present = [v for v in views if v.launch is not None]
-        if not present:
+        looked = [*hosts, *_departing(ctx)]
+        views = await asyncio.gather(*(self._view(ctx.key, login.at(facts.address), facts) for facts in looked))
+        leaving = [v for v in views[len(hosts) :] if v.launch is not None]
+        present = [v for v in views[: len(hosts)] if v.launch is not None]
+        if not present and not leaving:
             return Observation()
+        if not present:
+            # Only on hosts being taken away: what runs there is to be removed, not served.
+            return Observation(state={"hosts": sorted(v.facts.address for v in leaving)}, healthy=False)
         launched = dict(present[0].launch["state"])  # type: ignore[index]
         credentials = await read_credentials(self._read_secret, ctx.key.namespace, launched, missing_ok=True)
         try:
@@ -104,7 +109,7 @@ class QuadletUnits:
             current_env = None  # the Secrets now hold what no env file can carry: apply names it
         state = {
             **launched,
-            "hosts": sorted(v.facts.address for v in present),
+            "hosts": sorted(v.facts.address for v in [*present, *leaving]),
             "environmentCurrent": all(v.env_sha == current_env == v.launch["env"] for v in present),  # type: ignore[index]
             "unitsMatch": all(_unit_matches(ctx.key, v, launched) for v in present),
         }
@@ -178,6 +183,8 @@ class QuadletUnits:
         for address in desired.get("hosts", []):
             if address in hosts:
                 await self._converge_host(ctx.key, login.at(address), hosts[address], launch, env_text, credentials)
+        # Hosts being taken away (a scale-down) lose the unit once the others serve, before they go.
+        await self._remove_from(ctx.key, login, _departing(ctx))
 
     async def _converge_host(
         self,
@@ -256,17 +263,18 @@ class QuadletUnits:
     # ------------------------------------------------------------ delete
 
     async def delete(self, ctx: DriverContext, retain: bool) -> None:
-        key = ctx.key
+        hosts = [*(_hosts(ctx) or []), *_departing(ctx)]
+        if not hosts:
+            return  # no host observed: nothing of ours can be reached (infrastructure keeps the finalizer)
+        await self._remove_from(ctx.key, await self._login(ctx), hosts)
+
+    async def _remove_from(self, key: ProjectKey, login: Login, hosts: list[HostFacts]) -> None:
         service = shlex.quote(unit_name(key, COLOUR) + ".service")
         line = (
             f"systemctl stop {service} 2>/dev/null; rm -f {shlex.quote(unit_path(key, COLOUR))} "
             f"{shlex.quote(env_path(key, COLOUR))}; systemctl daemon-reload; "
             f"podman rm -f -i {shlex.quote(unit_name(key, COLOUR))} >/dev/null"
         )
-        hosts = _hosts(ctx)
-        if not hosts:
-            return  # no host observed: nothing of ours can be reached (infrastructure keeps the finalizer)
-        login = await self._login(ctx)
         for facts in hosts:
             result = await self._ssh.run(login.at(facts.address), line)
             if not result.ok:
@@ -293,6 +301,11 @@ def _hosts(ctx: DriverContext) -> list[HostFacts] | None:
     if "hosts" not in infrastructure:
         return None
     return [HostFacts.of(host) for host in infrastructure["hosts"]]
+
+
+def _departing(ctx: DriverContext) -> list[HostFacts]:
+    """Hosts the infrastructure is about to take away (a scale-down): the workload leaves them first."""
+    return [HostFacts.of(host) for host in ctx.inputs.get(Component.infrastructure, {}).get("departing", [])]
 
 
 def _unit_matches(key: ProjectKey, view: HostView, launched: Mapping[str, Any]) -> bool:

@@ -49,7 +49,7 @@ from controller.drivers.workloads import SecretReader, redact
 from controller.errors import PermanentError, RetryableError
 from controller.kube import KubeClient
 from controller.naming import ProjectKey
-from controller.planner import Component, Observation, State, infrastructure_state
+from controller.planner import Component, Observation, State, host_count, infrastructure_state
 from schemas.project import (
     ApplyMode,
     InfrastructureOutputs,
@@ -402,7 +402,12 @@ class TerraformHosts:
             return seen
         made = replace(ctx, servers=space.servers.model_copy(update={"hosts": addresses}))
         checked = await self._hosts.observe(made)
-        outputs = {**seen.outputs, "hosts": checked.outputs["hosts"], "report": checked.outputs["report"]}
+        # Terraform takes away the highest-numbered hosts: those past the count the spec asks for.
+        staying = set(addresses[: host_count(space.servers)])
+        usable = checked.outputs["hosts"]
+        outputs = {**seen.outputs, "report": checked.outputs["report"],
+                   "hosts": [h for h in usable if h["address"] in staying],
+                   "departing": [h for h in usable if h["address"] not in staying]}  # fmt: skip
         return replace(seen, outputs=outputs)
 
     def _observation(self, space: Workspace, record: InfrastructureStatus, running: bool) -> Observation:
@@ -413,6 +418,8 @@ class TerraformHosts:
         if record.applied_hash is None and record.plan is None:
             return Observation(state=None, healthy=not running and not failed, detail=detail, outputs=outputs)
         state = {**infrastructure_state(space.servers), "converged": self._converged(space, record)}
+        if record.applied_hash is not None:
+            state["count"] = len(record.outputs.public_addresses)  # what is there, for the planner to order by
         made = record.applied_hash is not None or space.mode is ApplyMode.observe
         return Observation(state=state, healthy=made and not running and not failed, detail=detail, outputs=outputs)
 

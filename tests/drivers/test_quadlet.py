@@ -254,5 +254,24 @@ async def test_deleting_stops_and_removes_units_files_and_containers(world: dict
     assert (await observe_until(world["workload"], ctx, lambda o: o.state is None)).state is None
 
 
+async def test_a_departing_host_loses_the_unit_once_the_staying_one_serves(world: dict[str, Any]) -> None:
+    """A scale-down: the infrastructure names the host it is about to take away; the workload leaves it."""
+    hosts = world["hosts"]
+    both, _ = await converged(world, spec(hosts))
+    staying = container_id(hosts, 0)
+    made = both.inputs[Component.infrastructure]["hosts"]
+    shrinking = both.given({Component.infrastructure: Observation(outputs={"hosts": made[:1], "departing": made[1:]})})
+    seen = await world["workload"].observe(shrinking)
+    want = wanted(shrinking, spec(hosts, [hosts.hosts[0].address]))
+    assert seen.state is not None and seen.state["hosts"] == [h.address for h in hosts.hosts] != want["hosts"]
+    assert seen.outputs["endpoints"] == [f"{hosts.hosts[0].address}:4510"]  # the departing host gets no traffic
+    await world["workload"].apply(shrinking, want)
+    assert hosts.ssh(hosts.hosts[1], "ls /etc/containers/systemd/").strip() == ""
+    assert hosts.ssh(hosts.hosts[1], "podman ps -a --format '{{.Names}}'").strip() == ""
+    assert container_id(hosts, 0) == staying  # the staying host was not touched
+    after = await world["workload"].observe(shrinking)
+    assert after.healthy and after.state is not None and after.state["hosts"] == want["hosts"]
+
+
 def _other_key() -> str:
     return str(asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode())

@@ -220,3 +220,24 @@ def test_existing_infrastructure_is_hosts_for_quadlet_and_a_cluster_for_kubernet
     assert own[Component.infrastructure] == {"provider": "existing", "cluster": None, "reachable": True}
     other = desired(servers={"provider": "existing", "runtime": "kubernetes", "cluster": {"kubeconfigSecretRef": "k"}})
     assert other[Component.infrastructure] == {"provider": "existing", "cluster": "k", "reachable": True}
+
+
+def test_fewer_hosts_wait_for_the_workload_to_leave_them_more_hosts_come_first() -> None:
+    def on_vultr(count: int) -> dict[Component, Any]:
+        servers = {"provider": "vultr", "region": "icn", "runtime": "quadlet", "count": count}
+        return desired(servers=servers, project={"slug": "shop", "source": {"image": "ghcr.io/acme/shop:1"}})
+
+    three, one = on_vultr(3), on_vultr(1)
+    seen = converged(three)
+    seen[Component.infrastructure] = Observation(state={**three[Component.infrastructure], "converged": False})
+    seen[Component.workload] = Observation(state={**three[Component.workload], "hosts": ["a", "b", "c"]})
+    one[Component.workload] = {**one[Component.workload], "hosts": ["a"]}
+    shrink = plan(one, seen)
+    assert verbs(shrink) == [(Component.workload, Verb.update), (Component.infrastructure, Verb.update)]
+    assert shrink.actions[-1].requires_healthy == (Component.workload,)
+    # Growing: the hosts first, then the workload onto them.
+    seen = converged(one)
+    seen[Component.infrastructure] = Observation(state={**one[Component.infrastructure], "converged": False})
+    seen[Component.workload] = Observation(state=dict(one[Component.workload]))
+    grow = plan(three, seen)
+    assert verbs(grow)[0] == (Component.infrastructure, Verb.update) and grow.actions[0].requires_healthy == ()
