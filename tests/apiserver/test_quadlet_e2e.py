@@ -21,8 +21,9 @@ import pytest
 
 from controller.localcluster import LocalCluster
 from tests.apiserver.test_platform_e2e import NS, install_platform, running_world, secret_data
+from tests.apiserver.test_terraform_runs import CREDENTIALS, MODULES, counting_terraform
 from tests.factories import project
-from tests.helpers import OperatorProcess, get_json
+from tests.helpers import OperatorProcess, get_json, wait_for
 from tests.servers import https_get
 from tests.testhosts import HELLO_IMAGE, SERVICES_ADDRESS, BootedHosts, booted
 
@@ -38,6 +39,16 @@ def hosts() -> Iterator[BootedHosts]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, hosts: BootedHosts) -> Iterator[dict[str, Any]]:
     yield from running_world(tmp_path_factory.mktemp("quadlet"), services_host=SERVICES_ADDRESS)
+
+
+@pytest.fixture(scope="module")
+def installed(world: dict[str, Any], hosts: BootedHosts) -> dict[str, Any]:
+    """The Platform, and the key the hosts take, installed once for the module's tests."""
+    cluster: LocalCluster = world["cluster"]
+    install_platform(cluster, world["pg"], world["redis"], world["s3"], world["caddy"])
+    cluster.kubectl("create", "secret", "generic", "deploy-key", "-n", NS,
+                    f"--from-literal=privateKey={hosts.private_key}")  # fmt: skip
+    return world
 
 
 def shop(hosts: BootedHosts) -> dict[str, Any]:
@@ -61,13 +72,11 @@ def condition(cluster: LocalCluster, type_: str) -> dict[str, Any]:
 
 
 def test_a_project_on_two_quadlet_hosts_serves_through_caddy_and_is_removed_on_delete(
-    world: dict[str, Any], hosts: BootedHosts, tmp_path: Path
+    installed: dict[str, Any], hosts: BootedHosts, tmp_path: Path
 ) -> None:
+    world = installed
     cluster: LocalCluster = world["cluster"]
     pg, caddy = world["pg"], world["caddy"]
-    install_platform(cluster, pg, world["redis"], world["s3"], caddy)
-    cluster.kubectl("create", "secret", "generic", "deploy-key", "-n", NS,
-                    f"--from-literal=privateKey={hosts.private_key}")  # fmt: skip
     operator = OperatorProcess(cluster, tmp_path / "operator.log", CODEB_DRIFT_INTERVAL="5").start()
     try:
         started = time.monotonic()
@@ -109,5 +118,63 @@ def test_a_project_on_two_quadlet_hosts_serves_through_caddy_and_is_removed_on_d
         log = operator.log()
         assert all(secret not in log for secret in credentials.values() if len(secret) >= 12)
         assert hosts.private_key.splitlines()[1] not in log
+    finally:
+        operator.stop()
+
+
+def test_hosts_terraform_makes_take_the_workload_and_a_scale_down_drains_them_first(
+    installed: dict[str, Any], hosts: BootedHosts, tmp_path: Path
+) -> None:
+    """Provider lightsail with the Terraform stand-in module, whose hosts are the two booted machines:
+    the workload lands on the hosts Terraform made; count 2 -> 1 takes it off the second host,
+    and the route with it, before Terraform destroys that host."""
+    cluster: LocalCluster = installed["cluster"]
+    caddy = installed["caddy"]
+    cluster.kubectl("create", "secret", "generic", "cloud-credentials", "-n", NS,
+                    *(f"--from-literal={k}={v}" for k, v in CREDENTIALS.items()))  # fmt: skip
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "addresses").write_text(" ".join(h.address for h in hosts.hosts))
+    binary, _ = counting_terraform(tmp_path)
+    terraform = {"CODEB_TERRAFORM": str(binary), "CODEB_TERRAFORM_DIR": str(work),
+                 "CODEB_TERRAFORM_MODULES": str(MODULES), "CODEB_TERRAFORM_WAIT": "5"}  # fmt: skip
+    operator = OperatorProcess(cluster, tmp_path / "operator.log", CODEB_DRIFT_INTERVAL="5", **terraform).start()
+    doc = shop(hosts)
+    doc["metadata"]["name"] = "site"
+    doc["spec"]["project"]["slug"] = "site"
+    doc["spec"]["environment"]["domains"] = ["site.quadlet.localhost"]
+    doc["spec"]["servers"] = {"provider": "lightsail", "region": "ap-northeast-2", "runtime": "quadlet", "count": 2,
+                              "ssh": {"secretRef": "deploy-key"}, "credentialsSecretRef": "cloud-credentials",
+                              "platform": "shared"}  # fmt: skip
+    doc["spec"]["features"] = {}
+    try:
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(doc))
+        operator.wait_ready(NS, "site", timeout=120)
+        status = get_json(cluster, "project", "site", "-n", NS)["status"]
+        port = status["allocations"]["port"]
+        made = status["infrastructure"]["outputs"]["publicAddresses"]
+        assert made == [h.address for h in hosts.hosts]
+        assert sorted(status["endpoints"]["internal"]) == sorted(f"{a}:{port}" for a in made)
+        assert "Hello, CodeB" in https_get(caddy, "site.quadlet.localhost").stdout
+
+        doc["spec"]["servers"]["count"] = 1
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(doc))
+        wait_for(lambda: get_json(cluster, "project", "site", "-n", NS)["status"]["infrastructure"]["outputs"][
+            "publicAddresses"] == made[:1], timeout=120, what="one host left")  # fmt: skip
+        operator.wait_ready(NS, "site", timeout=60)
+        status = get_json(cluster, "project", "site", "-n", NS)["status"]
+        assert status["endpoints"]["internal"] == [f"{made[0]}:{port}"]
+        assert hosts.ssh(hosts.hosts[1], "ls -A /etc/containers/systemd/ | grep '^codeb-'", check=False).strip() == ""
+        assert f"destroyed {made[1]}" in (work / "ledger").read_text()
+        # One pass did it, in this order: the workload left, the route followed, then Terraform.
+        passes = [json.loads(line) for line in operator.log().splitlines() if '"reconciled"' in line]
+        shrink = next(p["actions"] for p in passes if "Infrastructure update" in p["actions"] and
+                      "Workload update" in p["actions"])  # fmt: skip
+        assert shrink.index("Workload update") < shrink.index("Route update") < shrink.index("Infrastructure update")
+        assert "Hello, CodeB" in https_get(caddy, "site.quadlet.localhost").stdout
+        cluster.kubectl("delete", "project", "site", "-n", NS, "--timeout=120s")
+        assert hosts.ssh(hosts.hosts[0], "ls -A /etc/containers/systemd/ | grep '^codeb-'", check=False).strip() == ""
+    except AssertionError:
+        raise AssertionError(operator.log()[-4000:]) from None
     finally:
         operator.stop()
