@@ -227,8 +227,9 @@ async def test_a_failing_change_is_shown_readably_without_credentials_and_the_ho
     broken = tmp_path / "broken"
     (broken / "lightsail").mkdir(parents=True)
     text = (MODULES / "lightsail" / "main.tf").read_text()
-    (broken / "lightsail" / "main.tf").write_text(text.replace('input = "127', 'input = no_such_function("127'
-                                                               ).replace('10}"\n', '10}")\n', 1))  # fmt: skip
+    broken_text = text.replace("input = local.addresses[count.index]", "input = no_such_function(count.index)")
+    assert broken_text != text
+    (broken / "lightsail" / "main.tf").write_text(broken_text)
     driver = world.driver(modules=broken)
     with pytest.raises(CodebError) as failed:
         await driver.apply(world.ctx(count=2, recorded=serving), {})
