@@ -57,6 +57,13 @@ def _drop(path: str) -> Mutation:
     return mutate
 
 
+def _on_vultr(**changes: Any) -> dict[str, Any]:
+    """Servers on Vultr with all a cloud needs, changed as given (None removes a field)."""
+    servers = {"provider": "vultr", "region": "icn", "runtime": "quadlet", "credentialsSecretRef": "keys",
+               "ssh": {"secretRef": "k"}} | changes  # fmt: skip
+    return {k: v for k, v in servers.items() if v is not None}
+
+
 CORPUS = [
     BadManifest("wrong-environment-enum", _set("environment.type", "prod"), "spec.environment.type"),
     BadManifest("wrong-provider-enum", _set("servers.provider", "digitalocean"), "spec.servers.provider"),
@@ -108,56 +115,21 @@ CORPUS = [
         ),
         "spec.servers.runtime",
     ),
-    BadManifest(
-        "cloud-without-region",
-        _set(
-            "servers",
-            {"provider": "vultr", "runtime": "quadlet", "credentialsSecretRef": "keys", "ssh": {"secretRef": "k"}},
-        ),
-        "spec.servers.region",
-    ),
+    BadManifest("cloud-without-region", _set("servers", _on_vultr(region=None)), "spec.servers.region"),
     BadManifest(
         "cloud-without-credentials",
-        _set(
-            "servers",
-            {"provider": "lightsail", "region": "ap-northeast-2", "runtime": "quadlet", "ssh": {"secretRef": "k"}},
-        ),
+        _set("servers", _on_vultr(provider="lightsail", region="ap-northeast-2", credentialsSecretRef=None)),
         "spec.servers.credentialsSecretRef",
     ),
-    BadManifest(
-        "cloud-quadlet-without-ssh",
-        _set("servers", {"provider": "vultr", "region": "icn", "runtime": "quadlet", "credentialsSecretRef": "keys"}),
-        "spec.servers.ssh",
-    ),
+    BadManifest("cloud-quadlet-without-ssh", _set("servers", _on_vultr(ssh=None)), "spec.servers.ssh"),
     BadManifest(
         "approved-plan-without-approve",
-        _set(
-            "servers",
-            {
-                "provider": "vultr",
-                "region": "icn",
-                "runtime": "quadlet",
-                "credentialsSecretRef": "keys",
-                "ssh": {"secretRef": "k"},
-                "approvedPlan": "0123456789ab",
-            },
-        ),
+        _set("servers", _on_vultr(approvedPlan="0123456789ab")),
         "spec.servers.approvedPlan",
     ),
     BadManifest(
         "approved-plan-not-an-id",
-        _set(
-            "servers",
-            {
-                "provider": "vultr",
-                "region": "icn",
-                "runtime": "quadlet",
-                "credentialsSecretRef": "keys",
-                "ssh": {"secretRef": "k"},
-                "apply": "approve",
-                "approvedPlan": "yes",
-            },
-        ),
+        _set("servers", _on_vultr(apply="approve", approvedPlan="yes")),
         "spec.servers.approvedPlan",
     ),
     BadManifest(
@@ -197,16 +169,7 @@ CORPUS = [
     BadManifest(
         "quadlet-replicas",
         _all(
-            _set(
-                "servers",
-                {
-                    "provider": "vultr",
-                    "region": "icn",
-                    "runtime": "quadlet",
-                    "credentialsSecretRef": "keys",
-                    "ssh": {"secretRef": "k"},
-                },
-            ),
+            _set("servers", _on_vultr()),
             _set("project.source", {"image": "ghcr.io/acme/shop:1"}),
             _set("resources.replicas", 2),
         ),
