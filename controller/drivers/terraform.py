@@ -174,10 +174,14 @@ class TerraformRunner:
 
     async def run(self, workspace: Path, argv: list[str], env: Mapping[str, str], timeout: float = 120.0) -> Done:
         """A short command (init, show, output, force-unlock), waited for; killed on timeout or cancellation."""
-        proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=workspace, env=dict(env), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )  # fmt: skip
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, cwd=workspace, env=dict(env), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )  # fmt: skip
+        except OSError as exc:
+            raise RetryableError(f"cannot run {argv[0]} (CODEB_TERRAFORM): {exc.strerror}", reason="TerraformMissing",
+                                 delay=60) from None  # fmt: skip
         try:
             out, err = await asyncio.wait_for(proc.communicate(), timeout)
         except (TimeoutError, asyncio.CancelledError):

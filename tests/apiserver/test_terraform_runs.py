@@ -218,6 +218,12 @@ async def test_bad_input_names_the_field_and_starts_nothing(world: World) -> Non
     with pytest.raises(RetryableError, match=r"spec\.servers\.credentialsSecretRef\) does not exist"):
         await driver.observe(world.ctx())
     assert world.ran() == []
+    missing = world.driver(binary="/nonexistent/terraform")
+    world.cluster.kubectl("create", "secret", "generic", "cloud-credentials", "-n", world.namespace,
+                          *(f"--from-literal={k}={v}" for k, v in CREDENTIALS.items()))  # fmt: skip
+    with pytest.raises(RetryableError, match="cannot run /nonexistent/terraform") as absent:
+        await missing.apply(world.ctx(), {})
+    assert absent.value.reason == "TerraformMissing"
 
 
 async def test_a_failing_change_is_shown_readably_without_credentials_and_the_hosts_stay(
