@@ -97,7 +97,8 @@ def test_a_project_on_two_quadlet_hosts_serves_through_caddy_and_is_removed_on_d
         visits = []
         for host in hosts.hosts:
             answer = httpx.get(f"http://{host.address}:{port}/api/visit", timeout=10).json()
-            assert answer["bucket"]["readBack"] and answer["redis"]["hits"] >= 1
+            assert answer["bucket"]["readBack"] and answer["redis"]["hits"] >= 1, answer
+            assert "visits" in answer["database"], answer
             visits.append(answer["database"]["visits"])
         assert visits[1] == visits[0] + 1
         with psycopg.connect(host=pg.host, port=pg.port, user=pg.admin_user, password=pg.admin_password,
@@ -164,7 +165,7 @@ def test_hosts_terraform_makes_take_the_workload_and_a_scale_down_drains_them_fi
         operator.wait_ready(NS, "site", timeout=60)
         status = get_json(cluster, "project", "site", "-n", NS)["status"]
         assert status["endpoints"]["internal"] == [f"{made[0]}:{port}"]
-        assert hosts.ssh(hosts.hosts[1], "ls -A /etc/containers/systemd/ | grep '^codeb-'", check=False).strip() == ""
+        assert hosts.ssh(hosts.hosts[1], "ls -A /etc/containers/systemd/ | grep '^codeb-apps-site-'", check=False) == ""
         assert f"destroyed {made[1]}" in (work / "ledger").read_text()
         # One pass did it, in this order: the workload left, the route followed, then Terraform.
         passes = [json.loads(line) for line in operator.log().splitlines() if '"reconciled"' in line]
@@ -173,8 +174,8 @@ def test_hosts_terraform_makes_take_the_workload_and_a_scale_down_drains_them_fi
         assert shrink.index("Workload update") < shrink.index("Route update") < shrink.index("Infrastructure update")
         assert "Hello, CodeB" in https_get(caddy, "site.quadlet.localhost").stdout
         cluster.kubectl("delete", "project", "site", "-n", NS, "--timeout=120s")
-        assert hosts.ssh(hosts.hosts[0], "ls -A /etc/containers/systemd/ | grep '^codeb-'", check=False).strip() == ""
-    except AssertionError:
-        raise AssertionError(operator.log()[-4000:]) from None
+        assert hosts.ssh(hosts.hosts[0], "ls -A /etc/containers/systemd/ | grep '^codeb-apps-site-'", check=False) == ""
+    except AssertionError as failed:
+        raise AssertionError(f"{failed}\n{operator.log()[-4000:]}") from None
     finally:
         operator.stop()
