@@ -151,7 +151,7 @@ class TerraformRunner:
     operator: it blocks a thread in ``Popen.communicate`` with no timeout and no way to
     cancel, passes either the operator's whole environment or none (credentials per
     Project would have to go through ``os.environ``, shared by concurrent runs), and runs
-    Terraform as a child that dies with the operator, mid-apply.
+    Terraform in the operator's process group, so what stops the operator stops it mid-apply.
     """
 
     def __init__(self, settings: TerraformSettings) -> None:
