@@ -8,6 +8,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from controller.terraform import MODULES
+
 
 class OperatorConfig(BaseModel):
     """Every knob, with its environment variable in the description."""
@@ -74,7 +76,7 @@ class OperatorConfig(BaseModel):
         description="CODEB_TERRAFORM_DIR: one workspace per Project (a cache: state lives in the cluster).",
     )
     terraform_modules: Path = Field(
-        default_factory=lambda: Path(__file__).resolve().parents[1] / "terraform",
+        default_factory=lambda: MODULES,
         description="CODEB_TERRAFORM_MODULES: directory with one module per provider (vultr/, lightsail/).",
     )
     terraform_plugins: Path | None = Field(

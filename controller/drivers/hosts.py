@@ -72,7 +72,7 @@ class ExistingHosts:
             state={"provider": Provider.existing.value, "hosts": [c.address for c in checks], "usable": not problems},
             healthy=not problems,
             detail="; ".join(problems) or None,
-            outputs={"hosts": usable, "report": [_report(c) for c in checks]},
+            outputs={"hosts": usable, "report": [report(c) for c in checks]},
         )
 
     async def apply(self, ctx: DriverContext, desired: State) -> None:
@@ -90,14 +90,17 @@ class ExistingHosts:
 
     async def _check_all(self, ctx: DriverContext) -> list[HostCheck]:
         servers, ssh = servers_of(ctx)
-        login = await login_for(self._read_secret, ctx.key.namespace, ssh)
+        return await self.check(await login_for(self._read_secret, ctx.key.namespace, ssh), servers.hosts)
+
+    async def check(self, login: Login, addresses: list[str]) -> list[HostCheck]:
+        """Each address as the workload needs it (reachable, podman with quadlet), a few at a time."""
         gate = asyncio.Semaphore(PROBES_AT_ONCE)
 
         async def check(address: str) -> HostCheck:
             async with gate:
                 return await self._check(login.at(address))
 
-        return list(await asyncio.gather(*(check(address) for address in servers.hosts)))
+        return list(await asyncio.gather(*(check(address) for address in addresses)))
 
     async def _check(self, access: HostAccess) -> HostCheck:
         address = access.address
@@ -119,7 +122,7 @@ class ExistingHosts:
         return HostCheck(address, facts=facts)
 
 
-def _report(check: HostCheck) -> dict[str, Any]:
+def report(check: HostCheck) -> dict[str, Any]:
     """One host as `status.hosts` shows it."""
     if check.facts is not None:
         return {"address": check.address, "usable": True, "podman": check.facts["podman"]}

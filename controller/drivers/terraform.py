@@ -44,12 +44,13 @@ from python_terraform import IsFlagged, Terraform
 from controller import terraform as tf
 from controller.config import OperatorConfig
 from controller.drivers import DriverContext
-from controller.drivers.hosts import ExistingHosts, login_for
+from controller.drivers.hosts import ExistingHosts, login_for, report
 from controller.drivers.workloads import SecretReader, redact
 from controller.errors import PermanentError, RetryableError
 from controller.kube import KubeClient
 from controller.naming import ProjectKey
 from controller.planner import Component, Observation, State, host_count, infrastructure_state
+from controller.ssh import Login
 from schemas.project import (
     ApplyMode,
     InfrastructureOutputs,
@@ -339,23 +340,19 @@ class Workspace:
     secret_values: frozenset[str] = field(repr=False)
     mode: ApplyMode
     servers: Servers
+    login: Login = field(repr=False)  # the operator's key: the hosts get it, and it logs in to them
 
-    def write(self) -> bool:
-        """Bring the files on disk in line (a module file no longer shipped goes); True when any changed."""
-        changed = False
+    def write(self) -> None:
+        """Bring the files on disk in line (a module file no longer shipped goes)."""
         module = self.directory / MODULE_DIR
         for path in module.iterdir() if module.is_dir() else ():
             if f"{MODULE_DIR}/{path.name}" not in self.files:
                 path.unlink()
-                changed = True
         for name, content in self.files.items():
             path = self.directory / name
-            if path.is_file() and path.read_bytes() == content:
-                continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(content)
-            changed = True
-        return changed
+            if not path.is_file() or path.read_bytes() != content:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(content)
 
     def redact(self, text: str) -> str:
         return redact(text, self.secret_values)
@@ -380,6 +377,7 @@ class TerraformHosts:
         self._kube = kube
         # What runs this process saw end, newer than status until status is written.
         self._records: dict[tuple[str, str], InfrastructureStatus] = {}
+        self._module: dict[str, bytes] | None = None  # the provider's module files, read once
 
     # -- observe
 
@@ -404,12 +402,11 @@ class TerraformHosts:
         addresses = list(record.outputs.public_addresses)
         if self._hosts is None or not addresses or space.servers.runtime is not Runtime.quadlet:
             return seen
-        made = replace(ctx, servers=space.servers.model_copy(update={"hosts": addresses}))
-        checked = await self._hosts.observe(made)
+        checks = await self._hosts.check(space.login, addresses)
         # Terraform takes away the highest-numbered hosts: those past the count the spec asks for.
         staying = set(addresses[: host_count(space.servers)])
-        usable = checked.outputs["hosts"]
-        outputs = {**seen.outputs, "report": checked.outputs["report"],
+        usable = [dict(c.facts) for c in checks if c.facts is not None]
+        outputs = {**seen.outputs, "report": [report(c) for c in checks],
                    "hosts": [h for h in usable if h["address"] in staying],
                    "departing": [h for h in usable if h["address"] not in staying]}  # fmt: skip
         return replace(seen, outputs=outputs)
@@ -451,10 +448,16 @@ class TerraformHosts:
         if run is not None:
             record = await self._harvest(ctx, space, run, record)
         step = self._next_step(space, record)
-        if step is None:
-            return
-        await self._release_stale_lock(ctx, space)
+        if step is not None:
+            await self._carry_out(ctx, space, record, step)
+
+    async def _carry_out(
+        self, ctx: DriverContext, space: Workspace, record: InfrastructureStatus, step: TerraformHosts._Step
+    ) -> None:
+        """Start the run (once the workspace is ready and no stale lock stands in the way) and see it end,
+        or say that it is still running."""
         await self._prepare(space)
+        await self._release_stale_lock(ctx, space)
         run = await self._runner.start(space.directory, step.operation, step.argv, space.env, space.config_hash,
                                        step.plan_id)  # fmt: skip
         if not await self._runner.wait(run, self._settings.wait):
@@ -576,7 +579,9 @@ class TerraformHosts:
     # -- locks
 
     async def _release_stale_lock(self, ctx: DriverContext, space: Workspace) -> None:
-        """A lock with no live run of ours behind it: released if its holder is gone, else waited for."""
+        """A lock with no live run of ours behind it: released if its holder is gone, else waited for.
+
+        The workspace must be initialised (``force-unlock`` goes through its backend)."""
         suffix = tf.state_suffix(ctx.key)
         lease = await self._kube.request(
             "GET", f"/apis/coordination.k8s.io/v1/namespaces/{self._settings.state_namespace}/leases/"
@@ -589,7 +594,6 @@ class TerraformHosts:
             raise RetryableError(f"the state is locked by {lock.who} for {lock.operation} since {lock.created}; "
                                  "waiting for that run", reason="TerraformLocked", delay=15)  # fmt: skip
         argv = self._runner.argv(space.directory, "force-unlock", lock.id, force=IsFlagged)
-        await self._prepare(space)
         done = await self._runner.run(space.directory, argv, space.env)
         if done.code != 0:
             why = space.redact(_tail(done.stderr))
@@ -635,15 +639,9 @@ class TerraformHosts:
         if run is not None:
             record = await self._harvest(ctx, space, run, record)
         if not _destroyed(record):
-            await self._release_stale_lock(ctx, space)
-            await self._prepare(space)
             argv = self._runner.argv(space.directory, "apply", input=False, destroy=IsFlagged,
                                      auto_approve=IsFlagged, json=IsFlagged)  # fmt: skip
-            run = await self._runner.start(space.directory, "destroy", argv, space.env, space.config_hash)
-            if not await self._runner.wait(run, self._settings.wait):
-                raise _still_running(run)
-            record = await self._harvest(ctx, space, run, record)
-            self._raise_unless_done(space, record)
+            await self._carry_out(ctx, space, record, self._Step("destroy", argv))
         await self._drop_state(ctx.key)
 
     async def _drop_state(self, key: ProjectKey) -> None:
@@ -665,30 +663,28 @@ class TerraformHosts:
         except tf.InputError as exc:
             raise PermanentError(str(exc), reason=exc.reason) from None
         credentials = await self._credentials(ctx, servers)
-        inputs = tf.module_inputs(ctx.key, servers, ctx.allocations.port, await self._public_key(ctx, servers))
+        login = await self._login(ctx, servers)
+        inputs = tf.module_inputs(ctx.key, servers, ctx.allocations.port, _public_key(login))
         directory = self._settings.work_root / tf.state_suffix(ctx.key)
         backend = tf.backend_settings(self._settings.state_namespace, tf.state_suffix(ctx.key),
                                       self._settings.kubeconfig)  # fmt: skip
-        files = {"main.tf.json": json.dumps(tf.root_module(inputs, backend), indent=2, sort_keys=True).encode()}
-        module = self._settings.modules / self.provider.value
-        for path in sorted(module.iterdir()):
-            if path.name.endswith((".tf", ".tf.json")):
-                files[f"{MODULE_DIR}/{path.name}"] = path.read_bytes()
+        root = json.dumps(tf.root_module(inputs, backend), indent=2, sort_keys=True).encode()
+        files = {"main.tf.json": root, **self._module_files()}
         secrets = frozenset(v for v in credentials.values() if len(v) >= 6)
         return Workspace(directory, files, tf.config_hash(files), self._runner.environment(credentials), secrets,
-                         servers.apply, servers)  # fmt: skip
+                         servers.apply, servers, login)  # fmt: skip
 
-    async def _public_key(self, ctx: DriverContext, servers: Servers) -> str:
+    def _module_files(self) -> dict[str, bytes]:
+        if self._module is None:
+            module = self._settings.modules / self.provider.value
+            self._module = {f"{MODULE_DIR}/{path.name}": path.read_bytes() for path in sorted(module.iterdir())
+                            if path.name.endswith((".tf", ".tf.json"))}  # fmt: skip
+        return self._module
+
+    async def _login(self, ctx: DriverContext, servers: Servers) -> Login:
         if servers.ssh is None:
             raise PermanentError("spec.servers.ssh: name the Secret with the key the hosts get", reason="SSHKeyMissing")
-        login = await login_for(self._read_secret, ctx.key.namespace, servers.ssh)
-        try:
-            key = asyncssh.import_private_key(login.private_key)
-        except (asyncssh.KeyImportError, ValueError):
-            why = "privateKey is not an OpenSSH private key without passphrase"
-            raise RetryableError(f"{login.key_source} (spec.servers.ssh.secretRef): {why}", reason="SSHKeyInvalid",
-                                 delay=30) from None  # fmt: skip
-        return str(key.export_public_key("openssh").decode()).strip()
+        return await login_for(self._read_secret, ctx.key.namespace, servers.ssh)
 
     async def _credentials(self, ctx: DriverContext, servers: Servers) -> dict[str, str]:
         name = servers.credentials_secret_ref or ""
@@ -714,6 +710,17 @@ def _servers(ctx: DriverContext) -> Servers:
         raise RetryableError("the stored spec does not validate, so its servers are unknown; fix the spec",
                              reason="SpecInvalid", delay=60)  # fmt: skip
     return ctx.servers
+
+
+def _public_key(login: Login) -> str:
+    """What cloud-init puts in the hosts' authorized_keys, derived from the key the operator logs in with."""
+    try:
+        key = asyncssh.import_private_key(login.private_key)
+    except (asyncssh.KeyImportError, ValueError):
+        why = "privateKey is not an OpenSSH private key without passphrase"
+        raise RetryableError(f"{login.key_source} (spec.servers.ssh.secretRef): {why}", reason="SSHKeyInvalid",
+                             delay=30) from None  # fmt: skip
+    return str(key.export_public_key("openssh").decode()).strip()
 
 
 def _id(key: ProjectKey) -> tuple[str, str]:
