@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from controller.cli import CRD_PATH
+from controller.kube import KubeClient, api_client_from_environment
 from controller.localcluster import LocalCluster
 
 
@@ -29,6 +31,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     local = start_cluster(tmp_path_factory.mktemp("cluster"))
     yield local
     local.stop()
+
+
+@pytest.fixture()
+def kube(cluster: LocalCluster) -> Iterator[KubeClient]:
+    """The operator's client for the shared cluster."""
+    with ThreadPoolExecutor(8) as pool:
+        yield KubeClient(api_client_from_environment(8, str(cluster.kubeconfig)), pool)
 
 
 @pytest.fixture()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import os
 import shutil
@@ -57,3 +59,9 @@ def planned(workdir: Path, env: dict[str, str]) -> dict[str, Any]:
     terraform(workdir, "plan", "-input=false", "-lock=false", "-out=plan.bin", env=env)
     shown: dict[str, Any] = json.loads(terraform(workdir, "show", "-json", "plan.bin", env=env).stdout)
     return shown
+
+
+def stored_state(secret: dict[str, Any]) -> dict[str, Any]:
+    """The Terraform state the ``kubernetes`` backend keeps in a Secret (gzip, then base64)."""
+    state: dict[str, Any] = json.loads(gzip.decompress(base64.b64decode(secret["data"]["tfstate"])))
+    return state

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 from typing import Any
 
 import kopf
@@ -14,8 +13,7 @@ from controller.claims import ClaimStore
 from controller.drivers import DriverContext
 from controller.drivers.registry import DriverRegistry
 from controller.errors import PermanentError, RetryableError
-from controller.kube import KubeClient, api_client_from_environment
-from controller.localcluster import LocalCluster
+from controller.kube import KubeClient
 from controller.naming import ProjectKey
 from controller.operator import InvalidSpec, project_input, recorded_teardown
 from controller.planner import ORDER, Component, State
@@ -37,12 +35,6 @@ class FlakyDriver(MemoryDriver):
         if self.error is not None:
             raise self.error
         await super().apply(ctx, desired)
-
-
-@pytest.fixture()
-def kube(cluster: LocalCluster) -> Iterator[KubeClient]:
-    with ThreadPoolExecutor(8) as pool:
-        yield KubeClient(api_client_from_environment(8, str(cluster.kubeconfig)), pool)
 
 
 @pytest.fixture()

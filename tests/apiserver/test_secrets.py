@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from controller.drivers import DriverContext
 from controller.errors import PermanentError
-from controller.kube import KubeClient, KubeSecrets, api_client_from_environment
+from controller.kube import KubeClient, KubeSecrets
 from controller.localcluster import LocalCluster
 from controller.naming import ProjectKey
 from controller.secrets import ensure_password
 from schemas.project import Allocations
-
-
-@pytest.fixture()
-def kube(cluster: LocalCluster) -> Iterator[KubeClient]:
-    with ThreadPoolExecutor(4) as pool:
-        yield KubeClient(api_client_from_environment(4, str(cluster.kubeconfig)), pool)
 
 
 def ctx(namespace: str, project: str, secret: str = "shop-staging-connection") -> DriverContext:

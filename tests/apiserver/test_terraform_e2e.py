@@ -28,6 +28,7 @@ from tests.apiserver.test_terraform_runs import CREDENTIALS, MODULES, counting_t
 from tests.conftest import start_cluster
 from tests.factories import project
 from tests.helpers import OperatorProcess, get_json, wait_for
+from tests.terraform_tools import stored_state
 
 pytestmark = pytest.mark.apiserver
 
@@ -87,12 +88,8 @@ class Site:
         return dict(json.loads((self.work / f"{NS}.{self.name}" / "run" / "run.json").read_text()))
 
     def state_ids(self) -> list[str]:
-        import base64
-        import gzip
-
         secret = get_json(self.cluster, "secret", f"tfstate-default-{NS}.{self.name}", "-n", STATE_NS)
-        state = json.loads(gzip.decompress(base64.b64decode(secret["data"]["tfstate"])))
-        return [i["attributes"]["id"] for r in state["resources"] for i in r["instances"]]
+        return [i["attributes"]["id"] for r in stored_state(secret)["resources"] for i in r["instances"]]
 
     def lock_holder(self) -> str | None:
         lease = get_json(self.cluster, "lease", f"lock-tfstate-default-{NS}.{self.name}", "-n", STATE_NS)

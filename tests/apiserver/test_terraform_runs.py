@@ -10,10 +10,8 @@ is counted by a wrapper that logs its command before running the real binary.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,13 +22,13 @@ import pytest
 from controller.drivers import DriverContext
 from controller.drivers.terraform import TerraformHosts, TerraformRunner, TerraformSettings
 from controller.errors import CodebError, PermanentError, RetryableError
-from controller.kube import KubeClient, api_client_from_environment
+from controller.kube import KubeClient
 from controller.localcluster import LocalCluster
 from controller.naming import ProjectKey
 from controller.planner import Observation
 from schemas.project import Allocations, InfrastructureStatus, ProjectSpec, Provider
 from tests.factories import project_spec
-from tests.terraform_tools import terraform_binary
+from tests.terraform_tools import stored_state, terraform_binary
 
 pytestmark = pytest.mark.apiserver
 
@@ -78,18 +76,9 @@ class World:
         return json.loads(found.stdout) if found.returncode == 0 else None
 
     def state(self, name: str = "shop") -> dict[str, Any]:
-        import gzip
-
         secret = self.state_secret(name)
         assert secret is not None
-        loaded: dict[str, Any] = json.loads(gzip.decompress(base64.b64decode(secret["data"]["tfstate"])))
-        return loaded
-
-
-@pytest.fixture()
-def kube(cluster: LocalCluster) -> Iterator[KubeClient]:
-    with ThreadPoolExecutor(4) as pool:
-        yield KubeClient(api_client_from_environment(4, str(cluster.kubeconfig)), pool)
+        return stored_state(secret)
 
 
 @pytest.fixture()
