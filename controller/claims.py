@@ -36,7 +36,15 @@ from controller import naming
 from controller.errors import AllocationConflict, RetryableError
 from controller.kube import Conflict, KubeClient
 from controller.naming import ProjectKey
-from schemas.project import PORT_RANGES, Allocations, DeletionPolicy, EnvironmentType, ProjectSpec, Provider
+from controller.rollout import blue_green
+from schemas.project import (
+    PORT_RANGES,
+    Allocations,
+    DeletionPolicy,
+    EnvironmentType,
+    ProjectSpec,
+    Provider,
+)
 
 LEDGER_LABEL = "codeb.dev/ledger"
 POOLS = ("port", "database", "cache", "bucket", "domain")
@@ -111,8 +119,12 @@ class Ledger:
         return Ledger(dict(self.entries), dict(self.by_uid))
 
 
+# What a request decides: a name, a number, a pair of ports, or nothing.
+Value = str | int | tuple[int, int] | None
+
+
 class Request(Protocol):
-    def decide(self, ledger: Ledger) -> tuple[str | int | None, Changes]:
+    def decide(self, ledger: Ledger) -> tuple[Value, Changes]:
         """The value this request ends up with and the changes that takes; raises AllocationConflict."""
         ...
 
@@ -156,6 +168,46 @@ class NumberRequest:
         free = next((n for n in self.candidates if ledger.holder(str(n)) is None and usable(n)), None)
         if free is None:
             raise AllocationConflict(f"no free {self.pool} left; free one or widen the range", reason="Exhausted")
+        return free
+
+
+@dataclass(frozen=True)
+class PortPairRequest:
+    """The application's port and a second one beside it: the other colour of a blue-green deploy.
+
+    The primary is decided exactly as a lone port is (`NumberRequest`); the alternate is
+    the other number this holder already has, else a free one. Both stay held while the
+    runtime runs two colours, so no other Project can take the port a deploy starts on.
+    """
+
+    primary: NumberRequest
+    keep_alternate: int | None = None
+
+    def decide(self, ledger: Ledger) -> tuple[tuple[int, int], Changes]:
+        holder = self.primary.holder
+        mine = sorted(int(v) for v in ledger.held_by(holder.uid))
+        port, changes = self.primary.decide(ledger)
+        alternate = self._alternate(ledger, mine, port)
+        changes.pop(str(alternate), None)
+        if alternate not in mine:
+            changes[str(alternate)] = holder
+        return (port, alternate), changes
+
+    def _alternate(self, ledger: Ledger, mine: list[int], port: int) -> int:
+        candidates = self.primary.candidates
+        held = [n for n in mine if n != port and n in candidates]
+        if held:
+            return self.keep_alternate if self.keep_alternate in held else held[0]
+        keep = self.keep_alternate
+        if keep is not None and keep != port and keep in candidates and ledger.holder(str(keep)) is None:
+            return keep
+        usable = self.primary.usable or (lambda _: True)
+        free = next((n for n in candidates if n != port and ledger.holder(str(n)) is None and usable(n)), None)
+        if free is None:
+            raise AllocationConflict(
+                f"no free port left for a second colour in {self.primary.range_text}; free one or widen the range",
+                reason="Exhausted",
+            )
         return free
 
 
@@ -260,16 +312,15 @@ def requests_for(
     reserved_ports: Iterable[int] = (),
     current_port: int | None = None,
     port_free: Callable[[int], bool] | None = None,
+    current_alternate: int | None = None,
 ) -> dict[str, Request]:
     """What this spec asks of each pool (pure, given ``port_free``)."""
     holder = Holder(key.uid, str(key))
     low, high = PORT_RANGES[spec.environment.type]
     candidates = port_candidates(spec, reserved_ports)
-    requests: dict[str, Request] = {
-        "port": NumberRequest(
-            holder, "port", candidates, spec.resources.port, current_port, f"{low}-{high}", usable=port_free
-        )
-    }
+    port = NumberRequest(holder, "port", candidates, spec.resources.port, current_port, f"{low}-{high}",
+                         usable=port_free)  # fmt: skip
+    requests: dict[str, Request] = {"port": PortPairRequest(port, current_alternate) if blue_green(spec) else port}
     allocations = allocations_for(spec, None)
     drop = spec.deletion_policy is DeletionPolicy.Delete
     requests["database"] = NameRequest(holder, "database", allocations.database, "spec.project.slug", drop)
@@ -279,7 +330,7 @@ def requests_for(
     return requests
 
 
-def allocations_for(spec: ProjectSpec, port: int | None) -> Allocations:
+def allocations_for(spec: ProjectSpec, port: int | None, alternate_port: int | None = None) -> Allocations:
     """The full set of allocated names for a spec, given its claimed numbers (pure)."""
     features = spec.features
     database = features.database is not None and features.database.enabled
@@ -287,6 +338,7 @@ def allocations_for(spec: ProjectSpec, port: int | None) -> Allocations:
     storage = features.storage is not None and features.storage.enabled
     return Allocations(
         port=port,
+        alternate_port=alternate_port if blue_green(spec) else None,
         database=naming.database_name(spec) if database else None,
         database_role=naming.database_role(spec) if database else None,
         redis_user=naming.redis_user(spec) if cache else None,
@@ -296,7 +348,7 @@ def allocations_for(spec: ProjectSpec, port: int | None) -> Allocations:
     )
 
 
-Outcome = str | int | None | AllocationConflict
+Outcome = Value | AllocationConflict
 
 
 def decide_batch(ledger: Ledger, requests: list[Request]) -> tuple[Ledger, list[Outcome]]:
@@ -317,7 +369,7 @@ def decide_batch(ledger: Ledger, requests: list[Request]) -> tuple[Ledger, list[
 @dataclass
 class _Waiting:
     request: Request
-    result: asyncio.Future[str | int | None]
+    result: asyncio.Future[Value]
 
 
 class _Pool:
@@ -349,7 +401,7 @@ class _Pool:
         self._ledger = Ledger.from_data(stored.data if stored else {})
         self._read_at = time.monotonic()
 
-    async def run(self, request: Request) -> str | int | None:
+    async def run(self, request: Request) -> Value:
         try:
             result, changes = request.decide(await self.current())
             if not changes:
@@ -409,8 +461,10 @@ class Claimed:
     domain_conflict: str | None = None
 
 
-def _as_number(value: object) -> int | None:
-    return value if isinstance(value, int) else None
+def _as_ports(value: object) -> tuple[int | None, int | None]:
+    if isinstance(value, tuple):
+        return value[0], value[1]
+    return (value if isinstance(value, int) else None), None
 
 
 def local_port_free(port: int) -> bool:
@@ -451,7 +505,9 @@ class ClaimStore:
             for value in sorted(ledger.held_by(key.uid))
         ]
 
-    async def ensure(self, key: ProjectKey, spec: ProjectSpec, current_port: int | None = None) -> Claimed:
+    async def ensure(
+        self, key: ProjectKey, spec: ProjectSpec, current_port: int | None = None, current_alternate: int | None = None
+    ) -> Claimed:
         """Claim everything the spec needs and release what it no longer does.
 
         All or nothing: when one pool refuses, what the others newly took is given back,
@@ -461,7 +517,7 @@ class ClaimStore:
         for claim in await self.held(key):  # a pool may hold several values (domains)
             before.setdefault(claim.pool, set()).add(claim.value)
         port_free = self._local_port_free if spec.servers.provider is Provider.local else None
-        requests = requests_for(key, spec, self._reserved, current_port, port_free)
+        requests = requests_for(key, spec, self._reserved, current_port, port_free, current_alternate)
         # Pools are independent: a new Project waits for one round of writes, not five.
         results = await asyncio.gather(
             *[self._pools[pool].run(request) for pool, request in requests.items()], return_exceptions=True
@@ -477,13 +533,19 @@ class ClaimStore:
             raise failure
         decided = dict(zip(requests, results, strict=True))
         domain_conflict = decided["domain"] if isinstance(decided["domain"], str) else None
-        return Claimed(allocations_for(spec, _as_number(decided["port"])), domain_conflict)
+        return Claimed(allocations_for(spec, *_as_ports(decided["port"])), domain_conflict)
 
     async def release_all(self, key: ProjectKey) -> int:
         released = await asyncio.gather(*[pool.run(ReleaseRequest(key.uid)) for pool in self._pools.values()])
-        return sum(int(n or 0) for n in released)
+        return sum(n for n in released if isinstance(n, int))
 
-    def allocations_held(self, spec: ProjectSpec, held: list[Claim]) -> Allocations:
-        """Allocations as currently claimed, without claiming anything (for teardown)."""
-        ports = [int(c.value) for c in held if c.pool == "port"]
-        return allocations_for(spec, min(ports, default=None))
+    @staticmethod
+    def allocations_held(spec: ProjectSpec, held: list[Claim], port: int | None = None) -> Allocations:
+        """Allocations as currently claimed, without claiming anything (for teardown).
+
+        ``port`` is the primary as status last recorded it; the other held port is the alternate.
+        """
+        ports = sorted(int(c.value) for c in held if c.pool == "port")
+        primary = port if port in ports else min(ports, default=None)
+        alternate = next((p for p in ports if p != primary), None)
+        return allocations_for(spec, primary, alternate)

@@ -20,6 +20,17 @@ class Metrics:
         self.drift_repairs = Counter(
             "codeb_drift_repairs_total", "Actions taken by the drift timer.", ["component"], registry=self.registry
         )
+        self.rollout_seconds = Histogram(
+            "codeb_rollout_duration_seconds", "From a rollout's start to its end, by result.", ["result"],
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600), registry=self.registry,
+        )  # fmt: skip
+        self.rollouts = Counter(
+            "codeb_rollouts_total", "Rollouts ended, by result.", ["result"], registry=self.registry
+        )
+        self.health_checks = Counter(
+            "codeb_rollout_health_checks_total", "Health checks of a new colour, by result.", ["result"],
+            registry=self.registry,
+        )  # fmt: skip
         self.projects = Gauge("codeb_projects", "Projects by phase.", ["phase"], registry=self.registry)
         self._phases: dict[str, Phase] = {}
         self._serving = False
@@ -31,6 +42,14 @@ class Metrics:
             self._phases[uid] = phase
         for each in Phase:
             self.projects.labels(each.value).set(sum(1 for p in self._phases.values() if p is each))
+
+    def record_rollout(self, checks: list[bool], finished: tuple[str, float] | None) -> None:
+        for healthy in checks:
+            self.health_checks.labels("healthy" if healthy else "unhealthy").inc()
+        if finished is not None:
+            result, seconds = finished
+            self.rollouts.labels(result).inc()
+            self.rollout_seconds.labels(result).observe(seconds)
 
     def serve(self, port: int) -> None:
         """Serve on ``port`` (0: not at all); a second call is a no-op, not EADDRINUSE."""

@@ -34,6 +34,7 @@ from controller.reconcile import (
     BLOCKED_DELETE_RECHECK_SECONDS,
     PAUSED_ANNOTATION,
     PROGRESS_RECHECK_SECONDS,
+    RETRY_ROLLOUT_ANNOTATION,
     Outcome,
     ProjectInput,
     Reconciler,
@@ -110,8 +111,9 @@ def project_input(body: kopf.Body) -> ProjectInput:
         status.conditions = set_condition(status.conditions, "Synced", False, "InvalidSpec", message, generation)
         status.conditions = set_condition(status.conditions, "Ready", False, "InvalidSpec", message, generation)
         raise InvalidSpec(status, message) from None
-    paused = (body.metadata.annotations or {}).get(PAUSED_ANNOTATION) == "true"
-    return ProjectInput(_key(body), generation, spec, status, paused)
+    annotations = body.metadata.annotations or {}
+    paused = annotations.get(PAUSED_ANNOTATION) == "true"
+    return ProjectInput(_key(body), generation, spec, status, paused, annotations.get(RETRY_ROLLOUT_ANNOTATION))
 
 
 def recorded_teardown(body: kopf.Body) -> Teardown:
@@ -153,6 +155,8 @@ def post_events(runtime: Runtime, body: kopf.Body, outcome: Outcome, status_chan
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     for action, result in outcome.results:
         runtime.metrics.actions.labels(action.component.value, action.verb.value, result).inc()
+    if outcome.rollout is not None:
+        runtime.metrics.record_rollout(outcome.rollout.checks, outcome.rollout.finished)
         if trigger == "timer" and result == "ok":
             runtime.metrics.drift_repairs.labels(action.component.value).inc()
     runtime.metrics.set_phase(body.metadata.uid or "", outcome.status.phase)
@@ -190,13 +194,22 @@ async def reconcile_body(runtime: Runtime, body: kopf.Body, trigger: str) -> dic
         runtime.metrics.reconcile_seconds.labels(trigger).observe(time.perf_counter() - started)
         changes = status_patch(stored, outcome.status)
         post_events(runtime, body, outcome, changes is not None, trigger)
-        if outcome.retry_after is None:
-            runtime.retries.reset(uid)
-        elif runtime.kube is not None:
-            key = project.key
-            delay = runtime.retries.schedule(uid, outcome.retry_after, lambda: retry(runtime, key))
-            log.info("retry scheduled", delay=round(delay, 1), reason=outcome.status.last_error or "waiting")
+        schedule_next(runtime, project.key, outcome)
         return changes
+
+
+def schedule_next(runtime: Runtime, key: ProjectKey, outcome: Outcome) -> None:
+    """A timed step (the next health check) at its time; a failure or a wait with backoff; else nothing."""
+    uid = key.uid
+    if outcome.retry_after is None and outcome.wake_after is None:
+        runtime.retries.reset(uid)
+    elif runtime.kube is None:
+        return
+    elif outcome.wake_after is not None and (outcome.retry_after is None or outcome.wake_after <= outcome.retry_after):
+        runtime.retries.wake(uid, outcome.wake_after, lambda: retry(runtime, key))
+    elif outcome.retry_after is not None:
+        delay = runtime.retries.schedule(uid, outcome.retry_after, lambda: retry(runtime, key))
+        log.info("retry scheduled", delay=round(delay, 1), reason=outcome.status.last_error or "waiting")
 
 
 async def retry(runtime: Runtime, key: ProjectKey) -> None:

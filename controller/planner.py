@@ -365,10 +365,26 @@ def _converge(component: Component, want: State, seen: Observation) -> Action | 
     gate = (Component.workload,) if component is Component.route else ()
     if seen.state is None:
         return Action(component, Verb.create, "missing", want, gate)
+    if "colours" in want:
+        colours = _colour_changes(want["colours"], seen.state.get("colours", {}))
+        return Action(component, Verb.update, "; ".join(colours), want, gate) if colours else None
     changed = _changed_keys(want, seen.state)
     if changed:
         return Action(component, Verb.update, "differs in " + ", ".join(changed), want, gate)
     return None
+
+
+def _colour_changes(want: State, seen: State) -> list[str]:
+    """What a blue-green workload's update does, colour by colour (`controller.rollout`)."""
+    changes = []
+    for colour in sorted(want.keys() | seen.keys()):
+        if colour not in want:
+            changes.append(f"stop {colour}")
+        elif colour not in seen:
+            changes.append(f"start {colour}")
+        elif changed := _changed_keys(want[colour], seen[colour]):
+            changes.append(f"restart {colour}: differs in {', '.join(changed)}")
+    return changes
 
 
 def plan_deletion(observed: Mapping[Component, Observation], retain_data: bool) -> Plan:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 
 import structlog
 
-from controller import naming
+from controller import naming, rollout
 from controller.claims import ClaimStore
-from controller.drivers import Driver, DriverContext, Drivers, Notify, Placement
+from controller.drivers import Driver, DriverContext, Drivers, HookRunner, Notify, Placement
 from controller.errors import CodebError, PermanentError, RetryableError
 from controller.naming import ProjectKey
 from controller.planner import (
@@ -36,6 +37,7 @@ from controller.status import set_condition
 from schemas.project import (
     Allocations,
     BackupTarget,
+    Condition,
     DeletionPolicy,
     Endpoints,
     HostReport,
@@ -49,6 +51,8 @@ from schemas.project import (
 log = structlog.get_logger("codeb.reconcile")
 
 PAUSED_ANNOTATION = "codeb.dev/paused"
+# A new value starts the failed rollout of the same release again.
+RETRY_ROLLOUT_ANNOTATION = "codeb.dev/retry-rollout"
 # How soon to look again while waiting for something that is progressing (e.g. health).
 PROGRESS_RECHECK_SECONDS = 5.0
 BLOCKED_DELETE_RECHECK_SECONDS = 60.0
@@ -61,6 +65,7 @@ class ProjectInput:
     spec: ProjectSpec
     status: ProjectStatus
     paused: bool = False
+    retry_rollout: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,9 @@ class Outcome:
     permanent_error: str | None = None
     results: list[tuple[Action, str]] = field(default_factory=list)  # (action, "ok" | "error")
     drift: list[Action] = field(default_factory=list)
+    # Exactly when to look again for a timed step (the next health check, the end of a drain): no backoff.
+    wake_after: float | None = None
+    rollout: rollout.Decision | None = None
 
 
 @dataclass
@@ -114,6 +122,27 @@ class _Pass:
     waiting: dict[Component, str] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     results: list[tuple[Action, str]] = field(default_factory=list)
+    # Blue-green: this pass's rollout decision, its facts, and the workload as its driver reported it.
+    rolling: rollout.Decision | None = None
+    facts: rollout.Facts | None = None
+    raw_workload: Observation | None = None
+
+    def saw(self, component: Component, seen: Observation) -> None:
+        """Record an observation. A new look at the workload moves the rollout on (a colour that just
+        started may pass its check, so the route can switch in this same pass), and the workload is
+        seen through it: healthy and reachable as the serving colour is."""
+        if component is Component.workload and self.rolling is not None:
+            self.raw_workload = seen
+            self.advance()
+            seen = rollout.view(seen, self.rolling)
+        self.observed[component] = seen
+
+    def advance(self) -> None:
+        if self.rolling is None or self.facts is None or self.raw_workload is None:
+            return
+        route = self.observed.get(Component.route)
+        facts = rollout.refresh(self.facts, self.rolling, self.raw_workload, route, datetime.now(UTC))
+        self.rolling = rollout.merge(self.rolling, rollout.advance(facts))
 
 
 DriverSource = Callable[[Placement], Awaitable[Drivers]]
@@ -127,7 +156,8 @@ class Reconciler:
     async def reconcile(self, project: ProjectInput, trigger: str = "event") -> Outcome:
         spec = project.spec
         try:
-            claimed = await self.claims.ensure(project.key, spec, project.status.allocations.port)
+            recorded = project.status.allocations
+            claimed = await self.claims.ensure(project.key, spec, recorded.port, recorded.alternate_port)
         except CodebError as exc:
             return self._failed_before_acting(project, exc)
         allocations = claimed.allocations
@@ -140,15 +170,21 @@ class Reconciler:
         except CodebError as exc:
             return self._failed_before_acting(project, exc)
         work = _Pass(observed=await self._observe(drivers, ctx), events=notices)
+        acting = not project.paused and spec.management_policy is ManagementPolicy.Manage
 
         def desire(observed: Mapping[Component, Observation]) -> dict[Component, State]:
-            return desired_state(spec, allocations, {c: o.outputs for c, o in observed.items()})
+            states = desired_state(spec, allocations, {c: o.outputs for c, o in observed.items()})
+            if work.rolling is not None:
+                states[Component.workload] = rollout.desired(work.rolling)
+            return states
 
+        if rollout.blue_green(spec):
+            await self._decide_rollout(project, allocations, drivers, ctx, work, acting)
         desired = desire(work.observed)
         steps = plan(desired, work.observed, spec.deletion_policy is DeletionPolicy.Retain, refused)
-        acting = not project.paused and spec.management_policy is ManagementPolicy.Manage
         if acting:
             await self._execute(drivers, ctx, steps, work, trigger, desire)
+            self._record_rollout(work)
             desired = desire(work.observed)
         status = summarize(project, allocations, desired, steps, work, acting)
         return Outcome(
@@ -158,14 +194,63 @@ class Reconciler:
             permanent_error=next((e.message for e in work.failed.values() if isinstance(e, PermanentError)), None),
             results=work.results,
             drift=[] if acting else steps.actions,
+            wake_after=work.rolling.wake_after if work.rolling is not None and acting else None,
+            rollout=work.rolling if acting else None,
         )
+
+    async def _decide_rollout(
+        self,
+        project: ProjectInput,
+        allocations: Allocations,
+        drivers: Drivers,
+        ctx: DriverContext,
+        work: _Pass,
+        acting: bool,
+    ) -> None:
+        """Where the rollout stands, from what the colours and the route were seen doing; hooks that are due run."""
+        raw = work.observed.get(Component.workload)
+        if raw is None or raw.error is not None or raw.unsupported is not None or allocations.alternate_port is None:
+            return
+        spec = project.spec
+        release = desired_state(spec, allocations, {c: o.outputs for c, o in work.observed.items()})[Component.workload]
+        facts = rollout.facts_for(spec, project.status, allocations, release, raw, work.observed.get(Component.route),
+                                  datetime.now(UTC), project.retry_rollout)  # fmt: skip
+        decision = rollout.advance(facts)
+        runner = drivers[Component.workload]
+        while acting and decision.run_hooks and decision.rollout is not None and isinstance(runner, HookRunner):
+            record = decision.rollout
+            seen = facts.seen[record.colour]
+            for name in decision.run_hooks:
+                run = await runner.run_hook(ctx.given(work.observed), seen.state, seen.endpoints,
+                                            rollout.hook_named(spec, name))  # fmt: skip
+                kind, reason = ("Normal", "HookSucceeded") if run.result == "Succeeded" else ("Warning", "HookFailed")
+                work.events.append(
+                    Event(kind, reason, f"{name} on {record.colour.value}: {run.message or 'no output'}")
+                )
+                record = rollout.hook_result(record, run)
+                if run.result != "Succeeded":
+                    break
+            again = replace(facts, rollout=record, serving=decision.serving, history=tuple(decision.history))
+            decision = rollout.merge(decision, rollout.advance(again))
+        work.facts, work.rolling, work.raw_workload = facts, decision, raw
+        work.observed[Component.workload] = rollout.view(raw, decision)
+
+    def _record_rollout(self, work: _Pass) -> None:
+        """After acting: what the route and the colours do now moves the rollout on (a switch seen is a switch)."""
+        if work.rolling is None or work.raw_workload is None:
+            return
+        work.advance()
+        assert work.rolling is not None
+        work.observed[Component.workload] = rollout.view(work.raw_workload, work.rolling)
+        work.events.extend(Event(n.type, n.reason, n.message) for n in work.rolling.notices)
 
     async def finalize(self, teardown: Teardown) -> Outcome:
         """Tear down in reverse order; release claims only when everything is gone."""
         allocations = teardown.allocations
         if allocations is None:
             assert teardown.spec is not None
-            allocations = self.claims.allocations_held(teardown.spec, await self.claims.held(teardown.key))
+            held = await self.claims.held(teardown.key)
+            allocations = self.claims.allocations_held(teardown.spec, held, teardown.status.allocations.port)
         notices: list[Event] = []
         ctx = DriverContext(teardown.key, allocations, teardown.final_dump,
                             servers=teardown.spec.servers if teardown.spec else None,
@@ -215,7 +300,7 @@ class Reconciler:
                 continue
             try:
                 await self._run(drivers[component], action, ctx.given(work.observed))
-                work.observed[component] = await drivers[component].observe(ctx.given(work.observed))
+                work.saw(component, await drivers[component].observe(ctx.given(work.observed)))
             except CodebError as exc:
                 work.failed[component] = exc
                 work.results.append((action, "error"))
@@ -234,7 +319,7 @@ class Reconciler:
     async def _look_again(self, driver: Driver, ctx: DriverContext, work: _Pass, component: Component) -> None:
         """What a failed action left (a plan awaiting approval, a failed run's output) goes to status too."""
         with contextlib.suppress(CodebError):
-            work.observed[component] = await driver.observe(ctx.given(work.observed))
+            work.saw(component, await driver.observe(ctx.given(work.observed)))
 
     async def _run(self, driver: Driver, action: Action, ctx: DriverContext) -> None:
         if action.verb in (Verb.create, Verb.update):
@@ -344,7 +429,9 @@ def summarize(
     status = project.status.model_copy(deep=True)
     status.observed_generation = gen
     status.allocations = allocations
-    conditions = [c for c in status.conditions if c.type in ("Ready", "Synced") or _is_wanted(c.type, desired)]
+    conditions = [
+        c for c in status.conditions if c.type in ("Ready", "Synced", "Serving") or _is_wanted(c.type, desired)
+    ]
     component_ok: dict[Component, bool] = {}
     for component, want in desired.items():
         seen = work.observed.get(component, Observation())
@@ -363,11 +450,18 @@ def summarize(
     elif work.waiting or steps.progressing:
         waiting = "; ".join(f"{c.value}: {m}" for c, m in {**steps.blocked, **work.waiting}.items())
         conditions = set_condition(conditions, "Synced", False, "Progressing", waiting, gen)
+    elif work.rolling is not None and work.rolling.rollout is not None and work.rolling.rollout.step in rollout.ACTIVE:
+        conditions = set_condition(conditions, "Synced", False, "Progressing", rollout.describe(work.rolling), gen)
     elif steps.unsupported:
         conditions = set_condition(conditions, "Synced", False, "NotImplemented", _unsupported(steps), gen)
     else:
         conditions = set_condition(conditions, "Synced", True, "Converged", "all components match the spec", gen)
-    conditions = set_condition(conditions, "Ready", *_readiness(component_ok, steps), gen)
+    conditions = set_condition(conditions, "Ready", *_readiness(component_ok, steps, work.rolling), gen)
+    if work.rolling is not None:
+        conditions = _serving_condition(conditions, work.rolling, gen)
+        if acting:
+            status.rollout, status.serving = work.rolling.rollout, work.rolling.serving
+            status.deployments = work.rolling.history
     status.conditions = conditions
     status.endpoints = _endpoints(project.spec, work.observed, component_ok)
     status.hosts = _hosts(work.observed, status.hosts)
@@ -380,11 +474,17 @@ def _unsupported(steps: Plan) -> str:
     return "; ".join(f"{c.value}: {m}" for c, m in steps.unsupported.items())
 
 
-def _readiness(component_ok: Mapping[Component, bool], steps: Plan) -> tuple[bool, str, str]:
+def _readiness(
+    component_ok: Mapping[Component, bool], steps: Plan, rolling: rollout.Decision | None = None
+) -> tuple[bool, str, str]:
     not_ready = [c for c, ok in component_ok.items() if not ok]
     if not not_ready:
         return True, "AllComponentsReady", "all components ready"
     message = "not ready: " + ", ".join(c.value for c in not_ready)
+    failed = rolling.held_back if rolling is not None else None
+    if failed is not None and not_ready == [Component.workload]:
+        # The old colour may well serve: what is not ready is the revision the spec asks for.
+        return False, "RolloutFailed", f"{message}; {failed.message}"
     if all(c in steps.unsupported or c in steps.parked for c in not_ready):
         missing = ", ".join(c.value for c in steps.unsupported)
         return False, "NotImplemented", f"{message}; no driver yet for {missing} (see their conditions)"
@@ -409,6 +509,8 @@ def _component_condition(
         return False, seen.error_reason or "ObserveFailed", seen.error
     if component in steps.blocked or component in work.waiting:
         return False, "Waiting", steps.blocked.get(component) or work.waiting[component]
+    if component is Component.workload and work.rolling is not None:
+        return _rolling_condition(work.rolling, seen)
     if seen.state is None:
         return False, "Missing", f"{component.value} does not exist"
     if dict(seen.state) != dict(want):
@@ -416,6 +518,31 @@ def _component_condition(
     if not seen.healthy:
         return False, "Unhealthy", seen.detail or f"{component.value} is not healthy"
     return True, "Ready", f"{component.value} matches the spec"
+
+
+def _rolling_condition(decision: rollout.Decision, seen: Observation) -> tuple[bool, str, str]:
+    """The workload under blue-green: ready when the serving colour runs the spec's release, healthy."""
+    failed = decision.held_back
+    if failed is not None:
+        reason = next((d.reason for d in decision.history if d.release == failed.release and d.reason), "RolloutFailed")
+        return False, reason, failed.message
+    if decision.serve is None:
+        return False, "Deploying", rollout.describe(decision)
+    if not seen.healthy:
+        return False, "Unhealthy", seen.detail or f"the {decision.serve.value} colour is not healthy"
+    record = decision.rollout
+    if record is not None and record.step in rollout.BEFORE_SWITCH:
+        return True, "RollingOut", rollout.describe(decision)
+    return True, "Ready", rollout.describe(decision)
+
+
+def _serving_condition(conditions: list[Condition], decision: rollout.Decision, gen: int) -> list[Condition]:
+    """Which colour takes the traffic, by name (reason Blue or Green), and what runs warm beside it."""
+    if decision.serve is None:
+        return set_condition(conditions, "Serving", False, "NothingServes", rollout.describe(decision), gen)
+    return set_condition(
+        conditions, "Serving", True, decision.serve.value.capitalize(), rollout.describe(decision), gen
+    )
 
 
 def _endpoints(

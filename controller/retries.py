@@ -47,6 +47,12 @@ class Retries:
         self._pending[uid] = asyncio.create_task(self._later(uid, delay, run))
         return delay
 
+    def wake(self, uid: str, delay: float, run: Callable[[], Awaitable[None]]) -> None:
+        """Run ``run`` after exactly ``delay`` (a step that is due then, not a failure): no backoff."""
+        self._attempts.pop(uid, None)
+        self._cancel(uid)
+        self._pending[uid] = asyncio.create_task(self._later(uid, delay, run))
+
     def reset(self, uid: str) -> None:
         """The Project converged, failed for good, or went away: no retry, and start over next time."""
         self._attempts.pop(uid, None)

@@ -192,6 +192,49 @@ class Source(CodebModel):
     )
 
 
+class HealthGate(CodebModel):
+    rules = (
+        Rule(
+            cel="self.timeoutSeconds <= self.intervalSeconds",
+            message="timeoutSeconds must not be longer than intervalSeconds",
+            field_path=".timeoutSeconds",
+            check=lambda h: h.timeout_seconds <= h.interval_seconds,
+        ),
+    )
+
+    interval_seconds: float = Field(15, description="Seconds between health checks of a new colour.", ge=0.1, le=300)
+    timeout_seconds: float = Field(5, description="Seconds before a check counts as failed.", ge=0.1, le=120)
+    healthy_threshold: int = Field(
+        2, description="Consecutive healthy checks before the new colour takes traffic.", ge=1, le=20
+    )
+    unhealthy_threshold: int = Field(
+        3, description="Consecutive failed checks (after the first answer) that fail the deploy.", ge=1, le=20
+    )
+
+
+class Rollout(CodebModel):
+    health_check: HealthGate = Field(
+        default_factory=HealthGate,
+        description="The gate a new colour passes before the switch; it probes monitoring.healthPath.",
+    )
+    start_timeout_seconds: float = Field(
+        300, description="Seconds the new colour has to pass the gate before the deploy fails.", ge=1, le=3600
+    )
+    drain_seconds: float = Field(
+        30, description="Seconds the old colour keeps running after the switch, for requests in flight.", ge=0,
+        le=3600,
+    )  # fmt: skip
+    keep_warm_seconds: float = Field(
+        3600,
+        description=(
+            "Seconds the old colour stays running after the switch (at least drainSeconds): setting revision "
+            "back within them switches back without a new start. 0 stops it once drained."
+        ),
+        ge=0,
+        le=7 * 24 * 3600,
+    )
+
+
 class ProjectInfo(CodebModel):
     rules = (immutable("slug", RENAME_WHY),)
 
@@ -219,6 +262,13 @@ class ProjectInfo(CodebModel):
         ),
         pattern=REVISION,
         max_length=128,
+    )
+    rollout: Rollout = Field(
+        default_factory=Rollout,
+        description=(
+            "How a new revision replaces the running one (runtimes local and quadlet): it starts as the other "
+            "colour on its own port, passes the health gate and the post-deploy hooks, then takes the traffic."
+        ),
     )
 
 
@@ -756,7 +806,10 @@ class Condition(CodebModel):
 
 
 class Allocations(CodebModel):
-    port: int | None = Field(None, description="Host port allocated to the application.")
+    port: int | None = Field(None, description="Host port allocated to the application (its blue colour).")
+    alternate_port: int | None = Field(
+        None, description="Host port of the green colour (runtimes local and quadlet): where a new release starts."
+    )
     database: str | None = Field(None, description="PostgreSQL database name.")
     database_role: str | None = Field(None, description="PostgreSQL role owning the database.")
     redis_prefix: str | None = Field(None, description="Key prefix the project's Redis user may touch.")
@@ -827,13 +880,73 @@ class InfrastructureStatus(CodebModel):
     last_run: TerraformRun | None = Field(None, description="The last Terraform run, or the one in progress.")
 
 
+class Colour(StrEnum):
+    blue = "blue"
+    green = "green"
+
+    @property
+    def other(self) -> Colour:
+        return Colour.green if self is Colour.blue else Colour.blue
+
+
+class RolloutStep(StrEnum):
+    checking = "Checking"  # the new colour runs; counting consecutive healthy checks
+    hooks = "Hooks"  # the gate passed; post-deploy hooks run against the new colour
+    switching = "Switching"  # the route is being pointed at the new colour
+    draining = "Draining"  # the new colour serves; the old one finishes its requests
+    succeeded = "Succeeded"
+    failed = "Failed"
+    superseded = "Superseded"  # the spec changed again before the switch
+
+
+class HookRun(CodebModel):
+    name: str = Field(description="The hook (features.postDeployHooks) or app (app-<name>).")
+    result: str = Field(description="Succeeded or Failed.")
+    finished_at: datetime = Field(description="When it ended.")
+    message: str = Field("", description="Its last output lines (secrets redacted).", max_length=2048)
+
+
+class RolloutStatus(CodebModel):
+    release: str = Field(description="Digest of everything the new colour runs with (revision, image, settings).")
+    revision: str | None = Field(None, description="project.revision being rolled out.")
+    image: str | None = Field(None, description="Image being rolled out (quadlet).")
+    colour: Colour = Field(description="The colour the new release runs as.")
+    previous: Colour | None = Field(None, description="The colour that served before (None on a first deploy).")
+    step: RolloutStep = Field(description="Where the rollout is.")
+    started_at: datetime = Field(description="When it started.")
+    checked_at: datetime | None = Field(None, description="When the new colour was last checked.")
+    switched_at: datetime | None = Field(None, description="When traffic moved to the new colour.")
+    finished_at: datetime | None = Field(None, description="When it succeeded or failed.")
+    healthy_checks: int = Field(0, description="Consecutive healthy checks so far.")
+    unhealthy_checks: int = Field(0, description="Consecutive failed checks since the first answer.")
+    answered: bool = Field(False, description="Whether the new colour has answered a check at all.")
+    hooks: list[HookRun] = Field(default_factory=list, description="Hooks run for this release.", max_length=80)
+    retry: str | None = Field(None, description="The codeb.dev/retry-rollout value this attempt answers.")
+    message: str = Field("", description="The last check's result, or why it failed.", max_length=4096)
+
+
+class ServingStatus(CodebModel):
+    colour: Colour = Field(description="The colour the route sends traffic to.")
+    release: str = Field(description="Digest of what that colour runs.")
+    revision: str | None = Field(None, description="Its project.revision.")
+    since: datetime = Field(description="When it started serving.")
+    warm: Colour | None = Field(None, description="The previous colour, still running for an instant rollback.")
+    warm_release: str | None = Field(None, description="Digest of what the warm colour runs.")
+    warm_revision: str | None = Field(None, description="Its project.revision.")
+    warm_until: datetime | None = Field(None, description="When the warm colour is stopped.")
+
+
 class DeploymentRecord(CodebModel):
-    revision: str = Field(description="Revision deployed.")
+    revision: str | None = Field(None, description="Revision deployed.")
     image: str | None = Field(None, description="Image deployed.")
+    release: str = Field(description="Digest of everything the release runs with.")
+    colour: Colour = Field(description="The colour it ran as.")
     started_at: datetime = Field(description="When the deploy started.")
+    switched_at: datetime | None = Field(None, description="When it took the traffic.")
     finished_at: datetime | None = Field(None, description="When it finished.")
-    result: str = Field(description="Succeeded, Failed or RolledBack.")
-    message: str = Field("", description="Detail.")
+    result: str = Field(description="Progressing, Succeeded, Failed or Superseded.")
+    reason: str = Field("", description="Why it failed (RolloutFailed, HookFailed…) or what changed.")
+    message: str = Field("", description="Detail.", max_length=2048)
 
 
 class ProjectStatus(CodebModel):
@@ -852,6 +965,8 @@ class ProjectStatus(CodebModel):
     infrastructure: InfrastructureStatus | None = Field(
         None, description="Hosts made by Terraform (vultr, lightsail): what was applied, the pending plan, runs."
     )
+    rollout: RolloutStatus | None = Field(None, description="The last rollout, or the one in progress.")
+    serving: ServingStatus | None = Field(None, description="Which colour takes the traffic, and which is warm.")
     deployments: list[DeploymentRecord] = Field(
         default_factory=list, description="Recent deploys, newest first.", max_length=20
     )

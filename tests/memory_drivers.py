@@ -21,6 +21,11 @@ class MemoryDriver:
 
     async def observe(self, ctx: DriverContext) -> Observation:
         state = copy.deepcopy(self.world.get(ctx.key.uid))
+        if self.component is Component.workload and state is not None and "colours" in state:
+            # Blue-green runtimes: each colour runs on its own port and is healthy at once.
+            colours = {name: {"healthy": True, "endpoints": [f"127.0.0.1:{colour['port']}"]}
+                       for name, colour in state["colours"].items()}  # fmt: skip
+            return Observation(state=state, outputs={"colours": colours})
         if self.component is Component.workload and state is not None:
             return Observation(state=state, outputs={"endpoints": [f"127.0.0.1:{state['port']}"]})
         return Observation(state=state)

@@ -11,11 +11,21 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from controller.naming import ProjectKey
 from controller.planner import Component, Observation, State
-from schemas.project import Allocations, InfrastructureStatus, ProjectSpec, Provider, Runtime, Servers
+from schemas.project import (
+    Allocations,
+    App,
+    Hook,
+    HookRun,
+    InfrastructureStatus,
+    ProjectSpec,
+    Provider,
+    Runtime,
+    Servers,
+)
 
 # Posts a Warning Event on the Project: (reason, message). For what a driver did on its own
 # account that a person should hear of (a stale lock released), not for failures.
@@ -67,6 +77,15 @@ class Driver(Protocol):
     async def apply(self, ctx: DriverContext, desired: State) -> None: ...
 
     async def delete(self, ctx: DriverContext, retain: bool) -> None: ...
+
+
+@runtime_checkable
+class HookRunner(Protocol):
+    """A workload driver that can run post-deploy hooks against one colour before it takes traffic."""
+
+    async def run_hook(self, ctx: DriverContext, state: State, endpoints: tuple[str, ...], hook: Hook | App) -> HookRun:
+        """Run ``hook`` against the colour started with ``state``; the outcome, output redacted. Never raises."""
+        ...
 
 
 Drivers = Mapping[Component, Driver]

@@ -5,12 +5,15 @@ from __future__ import annotations
 import pytest
 
 from controller.claims import (
+    Claim,
+    ClaimStore,
     Holder,
     KeepOnlyRequest,
     Ledger,
     NameRequest,
     NameSetRequest,
     NumberRequest,
+    PortPairRequest,
     ReleaseRequest,
     decide_batch,
     requests_for,
@@ -116,13 +119,34 @@ def test_the_stored_form_round_trips() -> None:
 
 def test_requests_follow_the_spec() -> None:
     spec = ProjectSpec.model_validate(project_spec(slug="shop", env="staging", features={"database": {}, "redis": {}}))
-    requests = requests_for(ProjectKey("ns", "shop", "uid"), spec, reserved_ports={4500}, current_port=4600)
-    port = requests["port"]
+    requests = requests_for(ProjectKey("ns", "shop", "uid"), spec, {4500}, 4600, current_alternate=4601)
+    pair = requests["port"]
+    assert spec.servers.runtime.value == "local"  # two colours, so two ports
+    assert isinstance(pair, PortPairRequest) and pair.keep_alternate == 4601
+    port = pair.primary
     assert isinstance(port, NumberRequest) and port.keep == 4600 and 4500 not in port.candidates
     assert isinstance(requests["domain"], NameSetRequest) and requests["domain"].names == ("shop.example.com",)
     database, bucket = requests["database"], requests["bucket"]
     assert isinstance(database, NameRequest) and database.name == "shop_staging_db"
     assert isinstance(bucket, NameRequest) and bucket.name is None
+
+
+def test_a_port_pair_keeps_both_ports_and_takes_a_free_second_one() -> None:
+    pair = PortPairRequest(ports(A))
+    assert pair.decide(ledger(_4500=B)) == ((4501, 4502), {"4501": A, "4502": A})
+    # Both held: both kept, whichever order they were taken in.
+    assert PortPairRequest(ports(A, keep=4502), 4500).decide(ledger(_4500=A, _4502=A)) == ((4502, 4500), {})
+    # A pinned primary that was the alternate: the other held one becomes the alternate; nothing is lost.
+    assert PortPairRequest(ports(A, pinned=4501), 4501).decide(ledger(_4500=A, _4501=A)) == ((4501, 4500), {})
+    with pytest.raises(AllocationConflict, match="second colour"):
+        pair.decide(ledger(_4500=B, _4501=B))
+
+
+def test_teardown_reads_the_primary_port_from_status() -> None:
+    spec = ProjectSpec.model_validate(project_spec(slug="shop", env="staging"))
+    held = [Claim("port", "4500"), Claim("port", "4501")]
+    allocations = ClaimStore.allocations_held(spec, held, port=4501)
+    assert (allocations.port, allocations.alternate_port) == (4501, 4500)
 
 
 def test_a_domain_set_is_all_or_nothing_and_names_the_holder() -> None:
