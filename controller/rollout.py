@@ -354,9 +354,9 @@ class _Draft:
         facts = self.facts
         record = record.model_copy(update={"step": RolloutStep.draining, "switched_at": facts.now})
         self._update_history(record, switched_at=facts.now)
-        drain = facts.settings.drain_seconds
-        self.notice("Normal", "TrafficSwitched", f"{record.colour.value} serves {_label(record)}; "
-                    f"{record.previous.value if record.previous else 'nothing'} drains for {drain:g} s", record)  # fmt: skip
+        drain, old = facts.settings.drain_seconds, record.previous.value if record.previous else "nothing"
+        message = f"{record.colour.value} serves {_label(record)}; {old} drains for {drain:g} s"
+        self.notice("Normal", "TrafficSwitched", message, record)
         self._now_serving(record.colour, since=facts.now, release=record.release, revision=record.revision)
         return record
 

@@ -39,13 +39,21 @@ from typing import Any
 import httpx
 
 from controller.drivers import DriverContext
-from controller.drivers.workloads import SecretReader, probe_http, read_credentials, redact
+from controller.drivers.workloads import (
+    Probe,
+    SecretReader,
+    hook_run,
+    install_app,
+    probe_http,
+    read_credentials,
+    redact,
+)
 from controller.errors import PermanentError, RetryableError
 from controller.naming import ProjectKey
 from controller.planner import Component, Observation, State
+from schemas.project import App, Hook, HookRun
 
 SUPERVISOR = Path(__file__).resolve().parents[1] / "supervise.py"
-COLOUR = "blue"
 LAUNCH_ENV = "CODEB_LAUNCH"
 LISTEN_HOST = "127.0.0.1"
 # Handed to the application from the operator's own environment; nothing else leaks in.
@@ -98,37 +106,62 @@ class LocalProcesses:
     # ------------------------------------------------------------ observe
 
     async def observe(self, ctx: DriverContext) -> Observation:
+        """Each colour's launched state, and its health in ``outputs["colours"]`` (`controller.rollout`)."""
         found = self._find(ctx.key)
         if not found:
             return Observation()
-        current = found[-1]
+        looks = await asyncio.gather(*[self._look(ctx, colour, found) for colour in _colours(found)])
+        states = {colour: state for colour, state, _ in looks}
+        health = {colour: probe for colour, _, probe in looks}
+        unhealthy = [f"{colour}: {probe['detail']}" for colour, probe in health.items() if not probe["healthy"]]
+        return Observation(state={"colours": states}, healthy=not unhealthy, detail="; ".join(unhealthy) or None,
+                           outputs={"colours": health})  # fmt: skip
+
+    async def _look(self, ctx: DriverContext, colour: str, found: list[Supervised]) -> tuple[str, State, State]:
+        mine = [p for p in found if p.colour == colour]
+        current = mine[-1]
         launched = dict(current.launch["state"])
         environment = await self._environment(ctx, launched, missing_ok=True)
-        state = {**launched, "environmentCurrent": len(found) == 1 and environment.digest == current.launch["digest"]}
-        healthy, detail = await self._health(current, environment.secret_values)
+        # Two supervisors of one colour (a crash mid-replacement) is not what anyone asked for.
+        current_env = len(mine) == 1 and environment.digest == current.launch["digest"]
+        probe = await self._health(current, environment.secret_values)
         endpoint = f"{LISTEN_HOST}:{current.port}"
-        return Observation(state=state, healthy=healthy, detail=detail, outputs={"endpoints": [endpoint]})
+        health = {"healthy": probe.healthy, "detail": probe.detail, "answered": probe.answered, "endpoints": [endpoint]}
+        return colour, {**launched, "environmentCurrent": current_env}, health
 
-    async def _health(self, process: Supervised, secret_values: frozenset[str]) -> tuple[bool, str | None]:
+    async def _health(self, process: Supervised, secret_values: frozenset[str]) -> Probe:
         child = _child_state(process)
         if child.get("pid") is None or not _alive(int(child["pid"])):
-            return False, _exited(process, child, secret_values)
+            exited = child.get("lastExit") is not None
+            return Probe(False, _exited(process, child, secret_values), answered=exited)
         holders = _listeners(process.port)
         if holders and not any(_group_of(pid) == child["pid"] for pid in holders):
             holder = f" (pid {min(holders)})" if min(holders) > 0 else ""
-            return False, f"port {process.port} is held by another process{holder}, not this Project's"
+            return Probe(False, f"port {process.port} is held by another process{holder}, not this Project's")
         path = process.launch["state"]["healthPath"]
         return await probe_http(self._client, LISTEN_HOST, process.port, path, secret_values)
 
     # ------------------------------------------------------------ apply
 
     async def apply(self, ctx: DriverContext, desired: State) -> None:
-        wanted = {k: v for k, v in desired.items() if k != "environmentCurrent"}
+        """Each colour made to run exactly its target; a colour with none is stopped. One colour's
+        change never touches the other, so the serving colour keeps serving while the new one starts."""
+        targets: Mapping[str, State] = desired["colours"]
+        found = self._find(ctx.key)
+        stale = [p for p in found if p.colour not in targets]
+        if stale:
+            await asyncio.to_thread(self._stop_all, stale)
+        for colour, target in sorted(targets.items()):
+            await self._converge_colour(ctx, colour, target, [p for p in found if p.colour == colour])
+
+    async def _converge_colour(self, ctx: DriverContext, colour: str, target: State, found: list[Supervised]) -> None:
+        wanted = {k: v for k, v in target.items() if k != "environmentCurrent"}
         environment = await self._environment(ctx, wanted, missing_ok=False)
         launch = {"state": wanted, "digest": environment.digest}
-        found = self._find(ctx.key)
         if len(found) == 1 and dict(found[0].launch) == launch:
             return
+        if target.get("environmentCurrent") is False and len(found) == 1 and found[0].launch["state"] == wanted:
+            return  # kept exactly as it runs (the old colour during a rollout), stale credentials and all
         cwd, program = self._resolve(wanted)
         # Checked before the running process is stopped: a refused change leaves it serving.
         port = int(wanted["port"])
@@ -141,8 +174,8 @@ class LocalProcesses:
             )
         await asyncio.to_thread(self._stop_all, found)
         env = {**environment.values, LAUNCH_ENV: json.dumps(launch)}
-        self._spawn(ctx.key, cwd, [program, *wanted["command"][1:]], env)
-        await self._wait_started(ctx.key)
+        self._spawn(ctx.key, colour, cwd, [program, *wanted["command"][1:]], env)
+        await self._wait_started(ctx.key, colour)
 
     def _resolve(self, wanted: State) -> tuple[Path, str]:
         cwd = self._root / (wanted["workingDir"] or ".")
@@ -160,27 +193,53 @@ class LocalProcesses:
             )
         return cwd, program
 
-    def _spawn(self, key: ProjectKey, cwd: Path, command: list[str], env: dict[str, str]) -> None:
+    def _spawn(self, key: ProjectKey, colour: str, cwd: Path, command: list[str], env: dict[str, str]) -> None:
         directory = self._directory(key)
         directory.mkdir(parents=True, exist_ok=True)
         # The last run's exit code must not be read as the new run's.
-        (directory / f"{COLOUR}.json").unlink(missing_ok=True)
-        args = [sys.executable, str(SUPERVISOR), "--workload", f"{key.namespace}/{key.name}", "--colour", COLOUR,
+        (directory / f"{colour}.json").unlink(missing_ok=True)
+        args = [sys.executable, str(SUPERVISOR), "--workload", f"{key.namespace}/{key.name}", "--colour", colour,
                 "--dir", str(directory), "--cwd", str(cwd), "--", *command]  # fmt: skip
         process = subprocess.Popen(args, env=env, start_new_session=True, stdin=subprocess.DEVNULL,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         self._children[process.pid] = process
 
-    async def _wait_started(self, key: ProjectKey) -> None:
+    async def _wait_started(self, key: ProjectKey, colour: str) -> None:
         """Until the new process listens (or gives up): the first observation is then worth reading."""
         deadline = time.monotonic() + self._start_timeout
         while time.monotonic() < deadline:
-            found = self._find(key)
+            found = [p for p in self._find(key) if p.colour == colour]
             if found:
                 child = _child_state(found[-1])
                 if child.get("lastExit") is not None or (child.get("pid") and _listeners(found[-1].port)):
                     return
             await asyncio.sleep(0.1)
+
+    # ------------------------------------------------------------ hooks
+
+    async def run_hook(self, ctx: DriverContext, state: State, endpoints: tuple[str, ...], hook: Hook | App) -> HookRun:
+        """A hook runs beside the new colour, as it does: same directory, same environment."""
+        wanted = {k: v for k, v in state.items() if k != "environmentCurrent"}
+        environment = await self._environment(ctx, wanted, missing_ok=True)
+        if isinstance(hook, App):
+            return await install_app(self._client, endpoints[0], hook, environment.secret_values)
+        cwd, _ = self._resolve(wanted)
+        name = hook.command[0]
+        program = shutil.which(name, path=environment.values.get("PATH")) if "/" not in name else str(cwd / name)
+        if program is None:
+            return hook_run(hook.name, False, f"{name}: no such program on the operator's machine", frozenset())
+        process = await asyncio.create_subprocess_exec(
+            program, *hook.command[1:], cwd=cwd, env=environment.values, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            output, _ = await asyncio.wait_for(process.communicate(), hook.timeout_seconds)
+        except TimeoutError:
+            _signal_group(process.pid, signal.SIGKILL)
+            await process.wait()
+            return hook_run(hook.name, False, f"timed out after {hook.timeout_seconds} s", frozenset())
+        text = output.decode(errors="replace").rstrip() + f"\n(exit code {process.returncode})"
+        return hook_run(hook.name, process.returncode == 0, text, environment.secret_values)
 
     # ------------------------------------------------------------ delete
 
@@ -226,6 +285,10 @@ class LocalProcesses:
                 continue
             found.append((_started(pid), Supervised(pid, options["--colour"], Path(options["--dir"]), launch)))
         return [s for _, s in sorted(found, key=lambda item: item[0])]
+
+
+def _colours(found: list[Supervised]) -> list[str]:
+    return sorted({p.colour for p in found})
 
 
 def stop_everything_under(state_dir: Path) -> None:

@@ -144,11 +144,11 @@ class QuadletUnits:
                 f"{credentials.redact(lines) or '(none)'}"
             )
         state = view.launch["state"]  # type: ignore[index]
-        answered, why = await probe_http(
+        probe = await probe_http(
             self._client, view.facts.address, int(state["port"]), state["healthPath"], credentials.secret_values
         )
-        if not answered:
-            return False, why
+        if not probe.healthy:
+            return False, probe.detail
         # podman's own check runs inside the container; "starting" is its grace period, not a failure.
         if view.container_health == "unhealthy":
             return False, "podman's health check inside the container reports it unhealthy"

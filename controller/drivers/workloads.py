@@ -12,11 +12,13 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import httpx
 
 from controller.errors import RetryableError
 from controller.planner import State
+from schemas.project import App, HookRun
 
 SecretReader = Callable[[str, str], Awaitable[dict[str, str] | None]]
 # Shorter values are too common to redact without mangling unrelated text.
@@ -64,18 +66,53 @@ def redact(text: str, secret_values: frozenset[str]) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class Probe:
+    """One health probe: healthy, why not in words, and whether the application answered at all."""
+
+    healthy: bool
+    detail: str | None = None
+    # An HTTP status came back (or the process exited). False: refused or timed out, i.e. still starting.
+    answered: bool = True
+
+
 async def probe_http(
     client: httpx.AsyncClient, address: str, port: int, path: str, secret_values: frozenset[str]
-) -> tuple[bool, str | None]:
+) -> Probe:
     """GET ``path`` (no redirects followed): healthy on 2xx, otherwise why not, in words."""
     target = f"GET {path} on {address}:{port}"
     try:
         response = await client.get(f"http://{address}:{port}{path}")
     except httpx.TimeoutException:
-        return False, f"{target} timed out"
+        return Probe(False, f"{target} timed out", answered=False)
     except httpx.TransportError:
-        return False, f"{target} was refused: nothing listens on the port"
+        return Probe(False, f"{target} was refused: nothing listens on the port", answered=False)
     if response.is_success:
-        return True, None
+        return Probe(True)
     body = redact(response.text[:200].strip(), secret_values)
-    return False, f"{target} answered {response.status_code}: {body}"
+    return Probe(False, f"{target} answered {response.status_code}: {body}")
+
+
+# Where an app from features.apps is installed: the application's own app-store endpoint.
+APPS_PATH = "/api/apps/install"
+OUTPUT_CHARS = 1500
+
+
+def hook_run(name: str, ok: bool, output: str, secret_values: frozenset[str]) -> HookRun:
+    """A hook's outcome with the tail of its output, credentials redacted."""
+    tail = redact(output.strip(), secret_values)[-OUTPUT_CHARS:]
+    return HookRun(name=name, result="Succeeded" if ok else "Failed", finished_at=datetime.now(UTC), message=tail)
+
+
+async def install_app(
+    client: httpx.AsyncClient, endpoint: str, app: App, secret_values: frozenset[str], timeout: float = 300
+) -> HookRun:
+    """POST the app to the new colour's ``/api/apps/install``; 2xx installed it (idempotent: the app's to ensure)."""
+    name = f"app-{app.name}"
+    body = {"name": app.name, "version": app.version, "settings": app.settings}
+    try:
+        response = await client.post(f"http://{endpoint}{APPS_PATH}", json=body, timeout=timeout)
+    except httpx.HTTPError as exc:
+        return hook_run(name, False, f"POST {APPS_PATH} on {endpoint} failed: {type(exc).__name__}", secret_values)
+    said = f"POST {APPS_PATH} on {endpoint} answered {response.status_code}: {response.text[:500]}"
+    return hook_run(name, response.is_success, said, secret_values)

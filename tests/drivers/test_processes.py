@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ import pytest
 from controller.drivers import DriverContext
 from controller.drivers.processes import LocalProcesses
 from controller.errors import PermanentError, RetryableError
-from controller.planner import Component, desired_state
+from controller.planner import Component, State, desired_state
+from schemas.project import App, Hook
 from tests.drivers_common import context
 from tests.helpers import observe_until
 from tests.servers import free_port
@@ -37,6 +39,12 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body.encode())
 
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(201 if self.path == "/api/apps/install" else 404)
+        self.end_headers()
+        self.wfile.write(b"installed " + body)
+
     def log_message(self, *args):
         pass
 
@@ -49,6 +57,13 @@ import os, sys
 print("connecting with " + os.environ.get("DATABASE_PASSWORD", "?"), flush=True)
 print("boom: cannot reach the database", flush=True)
 sys.exit(3)
+"""
+
+
+HOOK = """
+import os, sys
+print("migrating with " + os.environ["DATABASE_PASSWORD"] + ", greeting " + os.environ["GREETING"], flush=True)
+sys.exit(int(sys.argv[1]))
 """
 
 
@@ -67,6 +82,7 @@ def root(tmp_path: Path) -> Path:
     (tmp_path / "app" / "echo.py").write_text(ECHO_APP)
     (tmp_path / "app" / "crash.py").write_text(CRASHING_APP)
     (tmp_path / "app" / "sleepy.py").write_text("import time\ntime.sleep(3600)\n")
+    (tmp_path / "app" / "hook.py").write_text(HOOK)
     return tmp_path
 
 
@@ -97,6 +113,11 @@ def workload(driver: LocalProcesses, store: Secrets, script: str = "echo.py", **
     return ctx, desired_state(spec, ctx.allocations)[Component.workload]
 
 
+def blue(state: State) -> State:
+    """A workload with one colour, blue, running ``state``: what the rollout asks of the driver."""
+    return {"colours": {"blue": state}}
+
+
 async def fetch(ctx: DriverContext, path: str) -> httpx.Response:
     async with httpx.AsyncClient(timeout=5) as client:
         return await client.get(f"http://127.0.0.1:{ctx.allocations.port}{path}")
@@ -105,7 +126,7 @@ async def fetch(ctx: DriverContext, path: str) -> httpx.Response:
 async def started(driver: LocalProcesses, store: Secrets) -> tuple[DriverContext, Any, str]:
     """A healthy echo workload, and its application's pid."""
     ctx, want = workload(driver, store)
-    await driver.apply(ctx, want)
+    await driver.apply(ctx, blue(want))
     await observe_until(driver, ctx, lambda s: s.healthy)
     return ctx, want, (await fetch(ctx, "/pid")).text
 
@@ -113,10 +134,11 @@ async def started(driver: LocalProcesses, store: Secrets) -> tuple[DriverContext
 async def test_runs_the_command_with_its_credentials_variables_and_port(driver: LocalProcesses, store: Secrets) -> None:
     ctx, want = workload(driver, store)
     assert (await driver.observe(ctx)).state is None
-    await driver.apply(ctx, want)
+    await driver.apply(ctx, blue(want))
     seen = await observe_until(driver, ctx, lambda s: s.healthy)
-    assert seen.state == want and seen.healthy
-    assert seen.outputs == {"endpoints": [f"127.0.0.1:{ctx.allocations.port}"]}
+    assert seen.state == blue(want) and seen.healthy
+    health = {"healthy": True, "detail": None, "answered": True, "endpoints": [f"127.0.0.1:{ctx.allocations.port}"]}
+    assert seen.outputs == {"colours": {"blue": health}}
     env = (await fetch(ctx, "/env")).json()
     assert env["DATABASE_PASSWORD"] == "s3cret-password-1" and env["GREETING"] == "hello"
     assert env["PORT"] == str(ctx.allocations.port) and env["HOST"] == "127.0.0.1"
@@ -135,8 +157,8 @@ async def test_a_restarted_operator_adopts_the_process_instead_of_starting_anoth
     ctx, want, pid = await started(driver, store)
     restarted = LocalProcesses(store.read, root, root / "state")
     seen = await restarted.observe(ctx)
-    assert seen.state == want and seen.healthy
-    await restarted.apply(ctx, want)
+    assert seen.state == blue(want) and seen.healthy
+    await restarted.apply(ctx, blue(want))
     assert (await fetch(ctx, "/pid")).text == pid
 
 
@@ -146,15 +168,15 @@ async def test_a_rotated_password_or_changed_variable_replaces_the_process(
     ctx, want, pid = await started(driver, store)
     store.data[("team", ctx.allocations.connection_secret or "")]["DATABASE_PASSWORD"] = "rotated-password-2"
     seen = await driver.observe(ctx)
-    assert seen.state is not None and seen.state["environmentCurrent"] is False
-    await driver.apply(ctx, want)
+    assert seen.state is not None and seen.state["colours"]["blue"]["environmentCurrent"] is False
+    await driver.apply(ctx, blue(want))
     await observe_until(driver, ctx, lambda s: s.healthy)
     assert (await fetch(ctx, "/env")).json()["DATABASE_PASSWORD"] == "rotated-password-2"
     assert (await fetch(ctx, "/pid")).text != pid
     changed = {**want, "variables": {"GREETING": "bonjour"}}
-    await driver.apply(ctx, changed)
+    await driver.apply(ctx, blue(changed))
     seen = await observe_until(driver, ctx, lambda s: s.healthy)
-    assert seen.state == changed and (await fetch(ctx, "/env")).json()["GREETING"] == "bonjour"
+    assert seen.state == blue(changed) and (await fetch(ctx, "/env")).json()["GREETING"] == "bonjour"
 
 
 async def test_a_port_another_process_holds_is_refused_and_named(driver: LocalProcesses, store: Secrets) -> None:
@@ -163,7 +185,7 @@ async def test_a_port_another_process_holds_is_refused_and_named(driver: LocalPr
         squatter.bind(("127.0.0.1", ctx.allocations.port or 0))
         squatter.listen()
         with pytest.raises(RetryableError) as caught:
-            await driver.apply(ctx, want)
+            await driver.apply(ctx, blue(want))
         assert caught.value.reason == "PortTaken" and str(ctx.allocations.port) in caught.value.message
     assert (await driver.observe(ctx)).state is None
 
@@ -177,15 +199,15 @@ async def test_a_change_to_a_taken_port_is_refused_and_the_running_process_keeps
         squatter.listen()
         taken = squatter.getsockname()[1]
         with pytest.raises(RetryableError) as caught:
-            await driver.apply(ctx, {**want, "port": taken})
+            await driver.apply(ctx, blue({**want, "port": taken}))
         assert caught.value.reason == "PortTaken"
     assert (await fetch(ctx, "/pid")).text == pid
-    assert (await driver.observe(ctx)).state == want
+    assert (await driver.observe(ctx)).state == blue(want)
 
 
 async def test_a_stranger_on_the_port_is_named_not_probed_in_our_place(driver: LocalProcesses, store: Secrets) -> None:
     ctx, want = workload(driver, store, script="sleepy.py")
-    await driver.apply(ctx, want)  # the application runs but never listens
+    await driver.apply(ctx, blue(want))  # the application runs but never listens
     stranger = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(ctx.allocations.port)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
@@ -193,7 +215,7 @@ async def test_a_stranger_on_the_port_is_named_not_probed_in_our_place(driver: L
         # The stranger answers 200 on every path; the driver never mistakes it for the application.
         assert not seen.healthy
         assert seen.detail == (
-            f"port {ctx.allocations.port} is held by another process (pid {stranger.pid}), not this Project's"
+            f"blue: port {ctx.allocations.port} is held by another process (pid {stranger.pid}), not this Project's"
         )
     finally:
         stranger.kill()
@@ -211,17 +233,17 @@ async def test_a_health_path_that_never_answers_is_unhealthy_with_what_it_said(
     )
     driver.contexts.append(ctx)  # type: ignore[attr-defined]
     want = desired_state(spec, ctx.allocations)[Component.workload]
-    await driver.apply(ctx, want)
+    await driver.apply(ctx, blue(want))
     seen = await observe_until(driver, ctx, lambda s: s.detail and "answered" in s.detail)
-    assert seen.state == want and not seen.healthy
-    assert seen.detail == f"GET /healthz on 127.0.0.1:{ctx.allocations.port} answered 404: no such page"
+    assert seen.state == blue(want) and not seen.healthy
+    assert seen.detail == f"blue: GET /healthz on 127.0.0.1:{ctx.allocations.port} answered 404: no such page"
 
 
 async def test_a_crashing_program_is_restarted_and_explained_without_its_secrets(
     driver: LocalProcesses, store: Secrets
 ) -> None:
     ctx, want = workload(driver, store, script="crash.py")
-    await driver.apply(ctx, want)
+    await driver.apply(ctx, blue(want))
     seen = await observe_until(driver, ctx, lambda s: s.detail and "restarted 1 times" in s.detail)
     assert not seen.healthy and seen.detail is not None
     assert "exited with code 3" in seen.detail and "boom: cannot reach the database" in seen.detail
@@ -249,14 +271,14 @@ async def test_a_program_or_directory_that_does_not_exist_is_named(
 ) -> None:
     ctx, spec = context("broken", port=free_port(), project={"slug": "broken", "source": source})
     with pytest.raises(PermanentError) as caught:
-        await driver.apply(ctx, desired_state(spec, ctx.allocations)[Component.workload])
+        await driver.apply(ctx, blue(desired_state(spec, ctx.allocations)[Component.workload]))
     assert caught.value.reason == reason and field in caught.value.message
 
 
 async def test_a_missing_secret_ref_is_named(driver: LocalProcesses, store: Secrets) -> None:
     ctx, want = workload(driver, store, secretRefs=[{"name": "payments"}])
     with pytest.raises(RetryableError) as caught:
-        await driver.apply(ctx, want)
+        await driver.apply(ctx, blue(want))
     assert caught.value.reason == "SecretMissing" and "team/payments" in caught.value.message
 
 
@@ -271,3 +293,56 @@ async def test_delete_stops_the_supervisor_and_the_application(
     assert not (root / "state" / "workloads" / "team" / ctx.key.name).exists()
     with pytest.raises(httpx.TransportError):
         await fetch(ctx, "/pid")
+
+
+async def test_two_colours_run_side_by_side_and_one_changes_without_touching_the_other(
+    driver: LocalProcesses, store: Secrets
+) -> None:
+    ctx, want, blue_pid = await started(driver, store)
+    green_port = free_port()
+    green = {**want, "port": green_port, "variables": {"GREETING": "bonjour"}}
+    await driver.apply(ctx, {"colours": {"blue": want, "green": green}})
+    seen = await observe_until(driver, ctx, lambda s: s.healthy and len(s.state["colours"]) == 2)
+    assert seen.state == {"colours": {"blue": want, "green": green}}
+    assert seen.outputs["colours"]["green"]["endpoints"] == [f"127.0.0.1:{green_port}"]
+    assert (await fetch(ctx, "/pid")).text == blue_pid  # blue never stopped
+    async with httpx.AsyncClient(timeout=5) as client:
+        answer = (await client.get(f"http://127.0.0.1:{green_port}/env")).json()
+    assert answer["GREETING"] == "bonjour" and answer["PORT"] == str(green_port)
+        green_pid = (await client.get(f"http://127.0.0.1:{green_port}/pid")).text
+    # Blue is stopped by leaving it out; green goes on as it was.
+    await driver.apply(ctx, {"colours": {"green": green}})
+    assert (await driver.observe(ctx)).state == {"colours": {"green": green}}
+    with pytest.raises(httpx.TransportError):
+        await fetch(ctx, "/pid")
+    async with httpx.AsyncClient(timeout=5) as client:
+        assert (await client.get(f"http://127.0.0.1:{green_port}/pid")).text == green_pid
+
+
+async def test_a_hook_runs_with_the_colours_environment_its_output_redacted(
+    driver: LocalProcesses, store: Secrets
+) -> None:
+    ctx, want = workload(driver, store)
+    ok = await driver.run_hook(ctx, want, (), Hook(name="migrate", command=[sys.executable, "hook.py", "0"]))
+    assert ok.result == "Succeeded" and ok.name == "migrate"
+    assert ok.message == "migrating with ***, greeting hello\n(exit code 0)"
+    failed = await driver.run_hook(ctx, want, (), Hook(name="migrate", command=[sys.executable, "hook.py", "4"]))
+    assert failed.result == "Failed" and failed.message.endswith("(exit code 4)")
+    slow = Hook(name="slow", command=[sys.executable, "sleepy.py"], timeoutSeconds=1)
+    started_at = time.monotonic()
+    timed_out = await driver.run_hook(ctx, want, (), slow)
+    assert timed_out.result == "Failed" and timed_out.message == "timed out after 1 s"
+    assert time.monotonic() - started_at < 5
+
+
+async def test_an_app_is_installed_through_the_new_colours_endpoint(driver: LocalProcesses, store: Secrets) -> None:
+    ctx, want, _ = await started(driver, store)
+    endpoint = f"127.0.0.1:{ctx.allocations.port}"
+    run = await driver.run_hook(ctx, want, (endpoint,), App(name="forum", version="1.2", settings={"theme": "dark"}))
+    assert run.result == "Succeeded" and run.name == "app-forum"
+    assert run.message == (
+        f"POST /api/apps/install on {endpoint} answered 201: installed "
+        '{"name":"forum","version":"1.2","settings":{"theme":"dark"}}'
+    )
+    nowhere = await driver.run_hook(ctx, want, (f"127.0.0.1:{free_port()}",), App(name="forum"))
+    assert nowhere.result == "Failed" and "ConnectError" in nowhere.message
