@@ -308,8 +308,8 @@ async def test_two_colours_run_side_by_side_and_one_changes_without_touching_the
     assert (await fetch(ctx, "/pid")).text == blue_pid  # blue never stopped
     async with httpx.AsyncClient(timeout=5) as client:
         answer = (await client.get(f"http://127.0.0.1:{green_port}/env")).json()
-    assert answer["GREETING"] == "bonjour" and answer["PORT"] == str(green_port)
         green_pid = (await client.get(f"http://127.0.0.1:{green_port}/pid")).text
+    assert answer["GREETING"] == "bonjour" and answer["PORT"] == str(green_port)
     # Blue is stopped by leaving it out; green goes on as it was.
     await driver.apply(ctx, {"colours": {"green": green}})
     assert (await driver.observe(ctx)).state == {"colours": {"green": green}}
