@@ -178,6 +178,9 @@ class LocalPlatform:
                 "http": {"https_port": caddy["httpsPort"], "http_port": caddy["httpPort"], "servers": {}},
                 # Certificates from Caddy's own CA: no ACME for *.localhost.
                 "tls": {"automation": {"policies": [{"issuers": [{"module": "internal"}]}]}},
+                # Not into the machine's trust store: that is the user's call, and Caddy would
+                # redo it (1-2 s) on every route change.
+                "pki": {"certificate_authorities": {"local": {"install_trust": False}}},
             },
         }
         (home / "caddy.json").write_text(json.dumps(config))

@@ -155,10 +155,10 @@ def post_events(runtime: Runtime, body: kopf.Body, outcome: Outcome, status_chan
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     for action, result in outcome.results:
         runtime.metrics.actions.labels(action.component.value, action.verb.value, result).inc()
-    if outcome.rollout is not None:
-        runtime.metrics.record_rollout(outcome.rollout.checks, outcome.rollout.finished)
         if trigger == "timer" and result == "ok":
             runtime.metrics.drift_repairs.labels(action.component.value).inc()
+    if outcome.rollout is not None:
+        runtime.metrics.record_rollout(outcome.rollout.checks, outcome.rollout.finished)
     runtime.metrics.set_phase(body.metadata.uid or "", outcome.status.phase)
 
 

@@ -126,6 +126,8 @@ class CaddyServer(_Spawned):
             config["apps"] = {
                 "http": {"https_port": self.https_port, "http_port": free_port(), "servers": {}},
                 "tls": {"automation": {"policies": [{"issuers": [{"module": "internal"}]}]}},
+                # Not into this machine's trust store (and not again, 1-2 s, on every route change).
+                "pki": {"certificate_authorities": {"local": {"install_trust": False}}},
             }
         (self.root / "caddy.json").write_text(json.dumps(config))
         env = {**os.environ, "XDG_DATA_HOME": str(self.root / "data"), "XDG_CONFIG_HOME": str(self.root / "cfg")}
