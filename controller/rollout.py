@@ -121,12 +121,13 @@ class Decision:
     wake_after: float | None = None  # when the next step is due (a check, the end of the drain)
     checks: list[bool] = field(default_factory=list)  # health checks counted in this pass
     finished: tuple[str, float] | None = None  # (result, seconds) of a rollout that ended in this pass
+    wanted: str = ""  # the release the spec asks for
 
     @property
     def held_back(self) -> RolloutStatus | None:
         """The failed rollout of the release the spec still asks for: what Degraded reports."""
         r = self.rollout
-        return r if r is not None and r.step is RolloutStep.failed else None
+        return r if r is not None and r.step is RolloutStep.failed and r.release == self.wanted else None
 
 
 def advance(facts: Facts) -> Decision:
@@ -470,7 +471,7 @@ class _Draft:
     def _decision(self, targets: dict[Colour, State], serve: Colour | None, record: RolloutStatus | None,
                   run_hooks: tuple[str, ...] = (), wake: float | None = None) -> Decision:  # fmt: skip
         return Decision(targets, serve, record, self.serving, self.history, self.notices, run_hooks, wake,
-                        self.checks, self.finished)  # fmt: skip
+                        self.checks, self.finished, self.facts.release)  # fmt: skip
 
 
 def hook_result(record: RolloutStatus, run: HookRun) -> RolloutStatus:
@@ -487,8 +488,13 @@ def _seconds(later: datetime, earlier: datetime) -> float:
 
 
 def blue_green(spec: ProjectSpec) -> bool:
-    """Runtimes whose colours run side by side on two host ports (kubernetes rolls Pods instead)."""
-    return spec.servers.runtime in (Runtime.local, Runtime.quadlet)
+    """Runtimes whose colours run side by side on two ports.
+
+    Only runtime local so far. Quadlet still rolls one unit per host in place, host by
+    host, each waiting for health before the next (`controller.drivers.quadlet`); its
+    colours are the next step. Kubernetes rolls Pods behind one Service.
+    """
+    return spec.servers.runtime is Runtime.local
 
 
 def hook_names(spec: ProjectSpec) -> tuple[str, ...]:

@@ -266,8 +266,9 @@ class ProjectInfo(CodebModel):
     rollout: Rollout = Field(
         default_factory=Rollout,
         description=(
-            "How a new revision replaces the running one (runtimes local and quadlet): it starts as the other "
-            "colour on its own port, passes the health gate and the post-deploy hooks, then takes the traffic."
+            "How a new revision replaces the running one (runtime local; quadlet and kubernetes still roll in "
+            "place): it starts as the other colour on its own port, passes the health gate and the post-deploy "
+            "hooks, then takes the traffic."
         ),
     )
 
@@ -808,7 +809,7 @@ class Condition(CodebModel):
 class Allocations(CodebModel):
     port: int | None = Field(None, description="Host port allocated to the application (its blue colour).")
     alternate_port: int | None = Field(
-        None, description="Host port of the green colour (runtimes local and quadlet): where a new release starts."
+        None, description="Port of the green colour (runtime local): where a new release starts beside the blue."
     )
     database: str | None = Field(None, description="PostgreSQL database name.")
     database_role: str | None = Field(None, description="PostgreSQL role owning the database.")

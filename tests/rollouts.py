@@ -52,7 +52,7 @@ def rollout_project(name: str, revision: str, count_dir: Path, mode: str = "ok",
                 "type": "staging",
                 "domains": [f"{name}.localhost"],
                 "variables": {"MODE": mode, "COUNT_DIR": str(count_dir)},
-            },  # fmt: skip
+            },
             "servers": {"provider": "local", "runtime": "local", "platform": "edge"},
             "backup": {"enabled": False},
         },
@@ -113,8 +113,9 @@ def rollout_world(root: Path, drift_interval: float = 30) -> Iterator[RolloutWor
     operator = OperatorProcess(cluster, root / "operator.log", **env)
     try:
         cluster.kubectl("create", "namespace", NS)
+        listen = [f"127.0.0.1:{caddy.https_port}"]
         edge = {"apiVersion": "codeb.dev/v1alpha1", "kind": "Platform", "metadata": {"name": "edge"},
-                "spec": {"caddy": {"adminUrl": caddy.admin_url, "listen": [f"127.0.0.1:{caddy.https_port}"]}}}  # fmt: skip
+                "spec": {"caddy": {"adminUrl": caddy.admin_url, "listen": listen}}}  # fmt: skip
         cluster.kubectl("apply", "-f", "-", input_text=json.dumps(edge))
         operator.start()
         yield RolloutWorld(cluster, caddy, operator, root)

@@ -22,6 +22,7 @@ from minio import Minio
 from controller.localcluster import REPO_ROOT, LocalCluster
 from tests.apiserver.test_platform_e2e import NS, install_platform, running_world, secret_data
 from tests.helpers import OperatorProcess, get_json, wait_for
+from tests.rollouts import FAST
 from tests.servers import https_get
 
 EXAMPLE = REPO_ROOT / "manifests" / "examples" / "hello-local.yaml"
@@ -142,12 +143,18 @@ def test_the_example_serves_through_caddy_on_its_real_services(world: dict[str, 
         assert served["database"]["visits"] > visit["database"]["visits"]  # hello's own database, still
         cluster.kubectl("delete", "project", "rival", "-n", "rivals", "--timeout=60s")
 
-        # A revision whose health check fails: Degraded, with what the check answered.
-        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(hello(monitoring={"healthPath": "/healthz"})))
-        workload = wait_for(lambda: (c := condition(cluster, "WorkloadReady")).get("reason") == "Unhealthy" and c,
-                            timeout=60, what="WorkloadReady Unhealthy")  # fmt: skip
-        assert workload["message"] == f"GET /healthz on 127.0.0.1:{port} answered 404: not found"
+        # A revision whose health check fails never takes traffic: Degraded, with what the check answered.
+        broken = hello(monitoring={"healthPath": "/healthz"})
+        broken["spec"]["project"]["rollout"] = FAST
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(broken))
+        workload = wait_for(lambda: (c := condition(cluster, "WorkloadReady")).get("reason") == "RolloutFailed" and c,
+                            timeout=60, what="WorkloadReady RolloutFailed")  # fmt: skip
+        green = status(cluster)["allocations"]["alternatePort"]
+        assert workload["message"] == (
+            f"green failed 3 consecutive health checks: GET /healthz on 127.0.0.1:{green} answered 404: not found"
+        )
         assert condition(cluster, "Ready")["status"] == "False" and status(cluster)["phase"] == "Degraded"
+        assert "Hello, CodeB" in https_get(caddy, "hello.localhost").stdout  # blue serves on
         cluster.kubectl("apply", "-f", "-", input_text=json.dumps(hello()))
         wait_for(lambda: condition(cluster, "Ready").get("status") == "True", timeout=60, what="Ready again")
 

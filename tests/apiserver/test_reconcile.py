@@ -152,10 +152,11 @@ async def test_spec_change_updates_and_bumps_observed_generation(claims: ClaimSt
     first = await reconciler.reconcile(project())
     changed = {"type": "staging", "domains": ["shop.example.com"], "variables": {"CHANGED": "yes"}}
     second = await reconciler.reconcile(project(status=first.status, generation=2, environment=changed))
+    assert second.status.rollout is not None
+    release = second.status.rollout.release
     assert [e.message for e in second.events] == [
         "Workload update: start green",
-        f"release {second.status.rollout.release[:8]} starts as green on port {second.status.allocations.alternate_port}: "
-        "differs in variables",
+        f"release {release[:8]} starts as green on port {second.status.allocations.alternate_port}: differs in variables",
     ]
     assert second.status.observed_generation == 2
 

@@ -37,7 +37,8 @@ class World:
         found = {}
         for colour, state in self.colours.items():
             healthy = self.health.get(state["revision"], True)
-            found[colour] = ColourSeen(state=state, healthy=bool(healthy), detail=None if healthy else "answered 503",
+            detail = None if healthy else "answered 503"
+            found[colour] = ColourSeen(state=state, healthy=bool(healthy), detail=detail,
                                        endpoints=(f"127.0.0.1:{state['port']}",), answered=healthy is not None)  # fmt: skip
         return found
 
@@ -119,6 +120,8 @@ def test_a_broken_revision_never_takes_traffic_and_is_not_retried_in_a_loop() ->
     d = world.pass_("bad", d, seconds=100)
     assert set(world.colours) == {BLUE} and d.rollout is not None and d.rollout.step is RolloutStep.failed
     # The retry annotation starts it once more; so does a new spec.
+    # Set back to the serving release: healthy again, the failure is history.
+    assert world.pass_("r1", d).held_back is None
     d = world.pass_("bad", d, retry="2026-11-24T12:05")
     assert d.rollout is not None and d.rollout.step is RolloutStep.checking and GREEN in world.colours
 
