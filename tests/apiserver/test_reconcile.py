@@ -153,10 +153,10 @@ async def test_spec_change_updates_and_bumps_observed_generation(claims: ClaimSt
     changed = {"type": "staging", "domains": ["shop.example.com"], "variables": {"CHANGED": "yes"}}
     second = await reconciler.reconcile(project(status=first.status, generation=2, environment=changed))
     assert second.status.rollout is not None
-    release = second.status.rollout.release
+    release, green = second.status.rollout.release, second.status.allocations.alternate_port
     assert [e.message for e in second.events] == [
         "Workload update: start green",
-        f"release {release[:8]} starts as green on port {second.status.allocations.alternate_port}: differs in variables",
+        f"release {release[:8]} starts as green on port {green}: differs in variables",
     ]
     assert second.status.observed_generation == 2
 

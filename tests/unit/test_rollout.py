@@ -37,9 +37,9 @@ class World:
         found = {}
         for colour, state in self.colours.items():
             healthy = self.health.get(state["revision"], True)
-            detail = None if healthy else "answered 503"
-            found[colour] = ColourSeen(state=state, healthy=bool(healthy), detail=detail,
-                                       endpoints=(f"127.0.0.1:{state['port']}",), answered=healthy is not None)  # fmt: skip
+            detail, endpoint = None if healthy else "answered 503", f"127.0.0.1:{state['port']}"
+            found[colour] = ColourSeen(state=state, healthy=bool(healthy), detail=detail, endpoints=(endpoint,),
+                                       answered=healthy is not None)  # fmt: skip
         return found
 
     def look(self, wanted: str, decision: Decision | None = None, **changes: Any) -> Facts:
