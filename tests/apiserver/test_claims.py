@@ -45,7 +45,12 @@ def key(name: str) -> ProjectKey:
 
 
 def spec(slug: str, **sections: object) -> ProjectSpec:
+    """One port per Project (runtime kubernetes), unless ``servers`` says otherwise."""
+    sections.setdefault("servers", {"provider": "existing", "runtime": "kubernetes"})
     return ProjectSpec.model_validate(project_spec(slug=slug, **sections))
+
+
+LOCAL = {"provider": "local", "runtime": "local"}  # two colours: a pair of ports
 
 
 async def test_two_replicas_allocating_at_once_never_share_a_port(
@@ -55,13 +60,14 @@ async def test_two_replicas_allocating_at_once_never_share_a_port(
     # races the other's, so resourceVersion conflicts really happen and are resolved.
     other = ClaimStore(kube, namespace, reserved_ports={4500})
     keys = [key(f"p{i}") for i in range(60)]
-    results = await asyncio.gather(*[s.ensure(k, spec(k.name)) for k in keys for s in (store, other)])
-    ports_by_project: dict[str, set[int | None]] = {}
+    results = await asyncio.gather(*[s.ensure(k, spec(k.name, servers=LOCAL)) for k in keys for s in (store, other)])
+    # Runtime local: each Project holds a pair (blue's port and green's), and both replicas agree on it.
+    pairs_by_project: dict[str, set[tuple[int | None, int | None]]] = {}
     for k, alloc in zip([k for k in keys for _ in range(2)], results, strict=True):
-        ports_by_project.setdefault(k.uid, set()).add(alloc.allocations.port)
-    assert all(len(p) == 1 for p in ports_by_project.values()), "one project got two ports"
-    ports = [next(iter(p)) for p in ports_by_project.values()]
-    assert len(set(ports)) == 60 and all(p is not None and 4501 <= p <= 4999 for p in ports)
+        pairs_by_project.setdefault(k.uid, set()).add((alloc.allocations.port, alloc.allocations.alternate_port))
+    assert all(len(p) == 1 for p in pairs_by_project.values()), "one project got two different pairs"
+    ports = [port for pairs in pairs_by_project.values() for port in next(iter(pairs))]
+    assert len(set(ports)) == 120 and all(p is not None and 4501 <= p <= 4999 for p in ports)
     stored = ledger_entries(cluster, namespace)["port"]
     assert sorted(int(p) for p in stored) == sorted(p for p in ports if p is not None)
 
@@ -172,8 +178,9 @@ async def test_a_port_in_use_on_this_machine_is_not_handed_out(kube: KubeClient,
     with socket.socket() as listener:  # another process's server on the first free port
         listener.bind(("127.0.0.1", first))
         listener.listen()
-        claimed = await store.ensure(key("busy"), spec("busy"))
-    assert claimed.allocations.port is not None and claimed.allocations.port > first
+        claimed = await store.ensure(key("busy"), spec("busy", servers=LOCAL))
+    blue, green = claimed.allocations.port, claimed.allocations.alternate_port
+    assert blue is not None and green is not None and blue > first and green > first and blue != green
 
 
 async def test_an_undo_keeps_every_value_held_before(cluster: LocalCluster, store: ClaimStore, namespace: str) -> None:
