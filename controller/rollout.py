@@ -462,8 +462,12 @@ class _Draft:
 
     def _next_check(self, record: RolloutStatus) -> float:
         interval = self.facts.settings.health_check.interval_seconds
-        if record.step is not RolloutStep.checking:
-            return 0.05  # hooks to run or a route to switch: due now
+        if record.step is RolloutStep.hooks:
+            return min(interval, 1.0)  # hooks found due after acting run at the start of the next pass
+        if record.step is RolloutStep.switching:
+            # The switch happens in the pass that decides it; one still pending waits on the route
+            # (refused, Caddy down), whose own retry comes sooner: look again at the next check.
+            return interval
         if record.checked_at is None:
             return min(interval, 1.0)
         return max(0.05, interval - _seconds(self.facts.now, record.checked_at))
