@@ -20,16 +20,19 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
+import kubernetes.client
 import yaml
 from pydantic import ValidationError
 
+from controller import rollout
+from controller.kube import api_client_from_environment
 from controller.localcluster import REPO_ROOT, LocalCluster, cache_dir, stop_process
-from controller.status import format_validation_error
+from controller.status import format_validation_error, load_status
 from schemas.crd import platform_crd, project_crd, render_yaml
 from schemas.docs import render_markdown
-from schemas.project import KIND, ProjectSpec, Provider, Runtime
+from schemas.project import API_GROUP, API_VERSION, KIND, PLURAL, ProjectSpec, Provider, Runtime
 
 if TYPE_CHECKING:
     from controller.config import OperatorConfig
@@ -309,6 +312,41 @@ def _stop_operator(operator: subprocess.Popen[bytes] | None) -> None:
         stop_process(operator, 20)
 
 
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Set a Project's revision back to one that succeeded before; the operator does the switch.
+
+    Exit codes: 0 done, 1 the Project cannot be read or patched, 2 no such revision to go back to.
+    """
+    api = kubernetes.client.CustomObjectsApi(api_client_from_environment(pool_size=1))
+    try:
+        found = api.get_namespaced_custom_object(API_GROUP, API_VERSION, args.namespace, PLURAL, args.project)
+    except kubernetes.client.ApiException as exc:
+        print(f"codeb rollback: cannot read project {args.namespace}/{args.project}: {exc.reason}", file=sys.stderr)
+        return 1
+    body = cast(dict[str, Any], found)
+    status = load_status(body.get("status") or {})
+    current = (body.get("spec") or {}).get("project", {}).get("revision")
+    try:
+        target = rollout.rollback_target(status.deployments, current, args.to)
+    except ValueError as exc:
+        print(f"codeb rollback: {exc}", file=sys.stderr)
+        return 2
+    project: dict[str, Any] = {"revision": target.revision}
+    if target.image:
+        project["source"] = {"image": target.image}
+    api.patch_namespaced_custom_object(API_GROUP, API_VERSION, args.namespace, PLURAL, args.project,
+                                       {"spec": {"project": project}})  # fmt: skip
+    warm = status.serving is not None and status.serving.warm_release == target.release
+    result = {"project": f"{args.namespace}/{args.project}", "from": current, "to": target.revision,
+              "image": target.image, "warm": warm}  # fmt: skip
+    if args.output == "json":
+        print(json.dumps(result))
+    else:
+        how = "its colour is still warm: traffic switches back at once" if result["warm"] else "a new rollout starts"
+        print(f"{result['project']}: revision {current} -> {target.revision} ({how})")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="codeb", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = root.add_subparsers(dest="command", required=True)
@@ -320,6 +358,12 @@ def parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="validate Project manifests")
     val.add_argument("files", nargs="+")
     val.set_defaults(func=cmd_validate)
+    back = sub.add_parser("rollback", help="set a Project back to a revision that succeeded before")
+    back.add_argument("project")
+    back.add_argument("-n", "--namespace", default="default")
+    back.add_argument("--to", help="the revision (default: the newest success before the current one)")
+    back.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    back.set_defaults(func=cmd_rollback)
     return root
 
 

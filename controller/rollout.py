@@ -582,3 +582,21 @@ def _progress(record: RolloutStatus) -> str:
 
 def _revision(revision: str | None, release: str) -> str:
     return f"revision {revision}" if revision else f"release {release[:8]}"
+
+
+def rollback_target(history: list[DeploymentRecord], serving: str | None, to: str | None) -> DeploymentRecord:
+    """The deploy to go back to: ``to`` if it ever succeeded, else the newest success before what serves.
+
+    Raises ValueError saying what the history holds when there is none.
+    """
+    succeeded = [d for d in history if d.result == "Succeeded" and d.revision]
+    if to is not None:
+        found = next((d for d in succeeded if d.revision == to), None)
+        if found is None:
+            known = ", ".join(sorted({d.revision for d in succeeded if d.revision})) or "none"
+            raise ValueError(f"revision {to} never deployed successfully here (succeeded: {known})")
+        return found
+    older = [d for d in succeeded if d.revision != serving]
+    if not older:
+        raise ValueError(f"no earlier successful revision than {serving} in status.deployments")
+    return older[0]
