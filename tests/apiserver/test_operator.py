@@ -82,12 +82,16 @@ def assert_claims_consistent(cluster: LocalCluster, namespace: str) -> None:
     ports = []
     for uid, item in uids.items():
         held = by_owner.get(uid, [])
-        port_claims = [value for pool, value in held if pool == "port"]
-        port = item["status"]["allocations"]["port"]
-        assert port_claims == [str(port)], f"{item['metadata']['name']} holds ports {port_claims}, status says {port}"
-        ports.append(port)
-        # port and domain always; database, Redis user and bucket with the data features.
-        expected = 5 if item["spec"]["features"].get("database") else 2
+        port_claims = sorted(value for pool, value in held if pool == "port")
+        allocations = item["status"]["allocations"]
+        # Runtime local holds a pair: blue's port and green's.
+        mine = [allocations["port"], *([allocations["alternatePort"]] if "alternatePort" in allocations else [])]
+        assert port_claims == sorted(str(p) for p in mine), (
+            f"{item['metadata']['name']} holds {port_claims}, not {mine}"
+        )
+        ports.extend(mine)
+        # ports and domain always; database, Redis user and bucket with the data features.
+        expected = len(mine) + (4 if item["spec"]["features"].get("database") else 1)
         assert len(held) == expected, f"{item['metadata']['name']} holds {held}"
     # A ledger maps each value to one holder, so sharing is impossible by construction;
     # what remains to check is that status never reports a port the ledger gave elsewhere.

@@ -16,6 +16,7 @@ from controller.errors import RetryableError
 from controller.planner import Component, desired_state
 from schemas.project import ProjectSpec
 from tests.drivers_common import context
+from tests.helpers import wait_for
 from tests.servers import CaddyServer, https_get, start_caddy
 
 
@@ -62,7 +63,9 @@ async def test_route_serves_https_with_headers(driver: CaddyDriver, caddy: Caddy
     assert (await driver.observe(ctx)).state is None
     await driver.apply(ctx, want)
     assert (await driver.observe(ctx)).state == want
-    result = https_get(caddy, "shop.example.com", "-D", "-")
+    # Caddy's internal CA issues the certificate in the background, moments after the route lands.
+    result = wait_for(lambda: (r := https_get(caddy, "shop.example.com", "-D", "-")).returncode == 0 and r,
+                      timeout=15, what="a TLS answer")  # fmt: skip
     assert "hello via https for shop.example.com" in result.stdout
     headers = result.stdout.lower()
     assert "strict-transport-security: max-age=31536000" in headers
