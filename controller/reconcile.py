@@ -164,7 +164,8 @@ class Reconciler:
         refused = {Component.route: ("DomainTaken", claimed.domain_conflict)} if claimed.domain_conflict else {}
         notices: list[Event] = []
         ctx = DriverContext(project.key, allocations, servers=spec.servers, recorded=project.status.infrastructure,
-                            notify=_collect(notices))  # fmt: skip
+                            notify=_collect(notices),
+                            health_timeout=spec.project.rollout.health_check.timeout_seconds)  # fmt: skip
         try:
             drivers = await self._drivers_for(Placement.of(spec))
         except CodebError as exc:

@@ -51,6 +51,8 @@ class DriverContext:
     # status.infrastructure as last written: what Terraform applied, planned and ran.
     recorded: InfrastructureStatus | None = None
     notify: Notify = _ignore
+    # Seconds before a health probe counts as failed (project.rollout.healthCheck.timeoutSeconds).
+    health_timeout: float | None = None
 
     def given(self, observed: Mapping[Component, Observation]) -> DriverContext:
         return replace(self, inputs={c: o.outputs for c, o in observed.items()})

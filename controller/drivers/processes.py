@@ -124,12 +124,12 @@ class LocalProcesses:
         environment = await self._environment(ctx, launched, missing_ok=True)
         # Two supervisors of one colour (a crash mid-replacement) is not what anyone asked for.
         current_env = len(mine) == 1 and environment.digest == current.launch["digest"]
-        probe = await self._health(current, environment.secret_values)
+        probe = await self._health(current, environment.secret_values, ctx.health_timeout)
         endpoint = f"{LISTEN_HOST}:{current.port}"
         health = {"healthy": probe.healthy, "detail": probe.detail, "answered": probe.answered, "endpoints": [endpoint]}
         return colour, {**launched, "environmentCurrent": current_env}, health
 
-    async def _health(self, process: Supervised, secret_values: frozenset[str]) -> Probe:
+    async def _health(self, process: Supervised, secret_values: frozenset[str], timeout: float | None) -> Probe:
         child = _child_state(process)
         if child.get("pid") is None or not _alive(int(child["pid"])):
             exited = child.get("lastExit") is not None
@@ -139,7 +139,7 @@ class LocalProcesses:
             holder = f" (pid {min(holders)})" if min(holders) > 0 else ""
             return Probe(False, f"port {process.port} is held by another process{holder}, not this Project's")
         path = process.launch["state"]["healthPath"]
-        return await probe_http(self._client, LISTEN_HOST, process.port, path, secret_values)
+        return await probe_http(self._client, LISTEN_HOST, process.port, path, secret_values, timeout)
 
     # ------------------------------------------------------------ apply
 

@@ -77,12 +77,21 @@ class Probe:
 
 
 async def probe_http(
-    client: httpx.AsyncClient, address: str, port: int, path: str, secret_values: frozenset[str]
+    client: httpx.AsyncClient,
+    address: str,
+    port: int,
+    path: str,
+    secret_values: frozenset[str],
+    timeout: float | None = None,
 ) -> Probe:
-    """GET ``path`` (no redirects followed): healthy on 2xx, otherwise why not, in words."""
+    """GET ``path`` (no redirects followed): healthy on 2xx, otherwise why not, in words.
+
+    ``timeout`` overrides the client's own (the Project's healthCheck.timeoutSeconds).
+    """
     target = f"GET {path} on {address}:{port}"
     try:
-        response = await client.get(f"http://{address}:{port}{path}")
+        url = f"http://{address}:{port}{path}"
+        response = await (client.get(url, timeout=timeout) if timeout is not None else client.get(url))
     except httpx.TimeoutException:
         return Probe(False, f"{target} timed out", answered=False)
     except httpx.TransportError:

@@ -19,6 +19,7 @@ import pytest
 
 from controller.drivers import DriverContext
 from controller.drivers.processes import LocalProcesses
+from controller.drivers.workloads import Probe, probe_http
 from controller.errors import PermanentError, RetryableError
 from controller.planner import Component, State, desired_state
 from schemas.project import App, Hook
@@ -346,3 +347,15 @@ async def test_an_app_is_installed_through_the_new_colours_endpoint(driver: Loca
     )
     nowhere = await driver.run_hook(ctx, want, (f"127.0.0.1:{free_port()}",), App(name="forum"))
     assert nowhere.result == "Failed" and "ConnectError" in nowhere.message
+
+
+async def test_a_probe_gives_up_after_the_projects_health_timeout() -> None:
+    with socket.socket() as silent:  # accepts connections (the backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        async with httpx.AsyncClient(timeout=30) as client:
+            started = time.monotonic()
+            probe = await probe_http(client, "127.0.0.1", port, "/api/health", frozenset(), timeout=0.3)
+    assert time.monotonic() - started < 3
+    assert probe == Probe(False, f"GET /api/health on 127.0.0.1:{port} timed out", answered=False)
