@@ -430,9 +430,8 @@ def summarize(
     status = project.status.model_copy(deep=True)
     status.observed_generation = gen
     status.allocations = allocations
-    conditions = [
-        c for c in status.conditions if c.type in ("Ready", "Synced", "Serving") or _is_wanted(c.type, desired)
-    ]
+    kept = ("Ready", "Synced", "Serving") if work.rolling is not None else ("Ready", "Synced")
+    conditions = [c for c in status.conditions if c.type in kept or _is_wanted(c.type, desired)]
     component_ok: dict[Component, bool] = {}
     for component, want in desired.items():
         seen = work.observed.get(component, Observation())
