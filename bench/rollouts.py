@@ -35,7 +35,7 @@ def main() -> int:
         load = Load(world.caddy, "shop.localhost", limit=args.requests).start()
         windows, durations = [], []
         deploys = 0
-        while deploys < args.deploys or any(w.is_alive() for w in load._workers):
+        while deploys < args.deploys or load.running:
             revision = f"r{deploys + 2}"
             started = time.monotonic()
             world.apply("shop", revision)

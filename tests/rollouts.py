@@ -148,6 +148,10 @@ class Load:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
+    def running(self) -> bool:
+        return any(worker.is_alive() for worker in self._workers)
+
+    @property
     def sent(self) -> int:
         return len(self.latencies) + len(self.failures)
 
@@ -166,7 +170,7 @@ class Load:
 
     def wait_done(self, timeout: float) -> Load:
         deadline = time.monotonic() + timeout
-        while any(w.is_alive() for w in self._workers) and time.monotonic() < deadline:
+        while self.running and time.monotonic() < deadline:
             time.sleep(0.1)
         return self.stop()
 
