@@ -240,9 +240,8 @@ class Reconciler:
         """After acting: what the route and the colours do now moves the rollout on (a switch seen is a switch)."""
         if work.rolling is None or work.raw_workload is None:
             return
-        work.advance()
+        work.saw(Component.workload, work.raw_workload)
         assert work.rolling is not None
-        work.observed[Component.workload] = rollout.view(work.raw_workload, work.rolling)
         work.events.extend(Event(n.type, n.reason, n.message) for n in work.rolling.notices)
 
     async def finalize(self, teardown: Teardown) -> Outcome:

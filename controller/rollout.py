@@ -47,6 +47,8 @@ from schemas.project import (
 ACTIVE = frozenset({RolloutStep.checking, RolloutStep.hooks, RolloutStep.switching, RolloutStep.draining})
 BEFORE_SWITCH = frozenset({RolloutStep.checking, RolloutStep.hooks, RolloutStep.switching})
 HISTORY = 20
+# What status.serving says of the warm colour.
+WARM_FIELDS = ("warm", "warm_release", "warm_revision", "warm_until")
 # Keys of a colour's state that are where it runs, not what it runs.
 PLACEMENT_KEYS = frozenset({"port"})
 # A check counts when at least this share of the interval has passed since the last one
@@ -175,9 +177,10 @@ def seen_colours(raw: Observation) -> dict[Colour, ColourSeen]:
 
 
 def routed_colour(
-    upstreams: list[str], seen: Mapping[Colour, ColourSeen], ports: Mapping[Colour, int]
+    route: Observation | None, seen: Mapping[Colour, ColourSeen], ports: Mapping[Colour, int]
 ) -> Colour | None:
-    """The colour whose endpoints the route sends to: by its observed endpoints, else by port."""
+    """The colour whose endpoints the route was seen sending to: by its observed endpoints, else by port."""
+    upstreams = list((route.state or {}).get("upstreams", [])) if route is not None else []
     if not upstreams:
         return None
     for colour, looked in seen.items():
@@ -241,8 +244,7 @@ class _Draft:
                     _seconds(self.serving.warm_until, facts.now) if self.serving and self.serving.warm_until else None
                 )
             elif self.serving is not None and self.serving.warm is not None:
-                self.serving = self.serving.model_copy(update={"warm": None, "warm_release": None,
-                                                               "warm_revision": None, "warm_until": None})  # fmt: skip
+                self.serving = self.serving.model_copy(update=dict.fromkeys(WARM_FIELDS))
         return self._decision(targets, serving, self.closed, wake=wake)
 
     def _warm(self, serving: Colour) -> Colour | None:
@@ -407,9 +409,6 @@ class _Draft:
     def _steady_after_failure(self, record: RolloutStatus) -> Decision:
         facts = self.facts
         serving = record.previous if record.previous in facts.seen else None
-        if self.serving is not None and self.serving.warm is record.colour:
-            self.serving = self.serving.model_copy(update={"warm": None, "warm_release": None,
-                                                           "warm_revision": None, "warm_until": None})  # fmt: skip
         keep = facts.seen[serving].state if serving is not None else None
         return self._steady(serving, keep)
 
@@ -430,10 +429,8 @@ class _Draft:
             revision = seen.state.get("revision")
         if record is not None and record.colour is colour and record.release == release and since is None:
             return
-        warm = {} if record is None else {k: getattr(record, k) for k in ("warm", "warm_release", "warm_revision",
-                                                                           "warm_until")}  # fmt: skip
-        if since is not None:
-            warm = {}
+        # A new colour serving starts with nothing warm; the same one keeps what it had.
+        warm = {} if record is None or since is not None else {k: getattr(record, k) for k in WARM_FIELDS}
         self.serving = ServingStatus(colour=colour, release=release, revision=revision, since=since or facts.now,
                                      **warm)  # fmt: skip
 
@@ -524,14 +521,14 @@ def facts_for(
     retry: str | None,
 ) -> Facts:
     """The facts of one pass, from the spec, the status as stored and what the drivers saw (pure)."""
-    ports = {Colour.blue: allocations.port, Colour.green: allocations.alternate_port}
+    allocated = {Colour.blue: allocations.port, Colour.green: allocations.alternate_port}
+    ports = {colour: port for colour, port in allocated.items() if port is not None}
     seen = seen_colours(raw)
-    upstreams = list((route.state or {}).get("upstreams", [])) if route is not None else []
     return Facts(
         wanted={k: v for k, v in release.items() if k not in PLACEMENT_KEYS},
-        ports={colour: port for colour, port in ports.items() if port is not None},
+        ports=ports,
         seen=seen,
-        routed=routed_colour(upstreams, seen, {c: p for c, p in ports.items() if p is not None}),
+        routed=routed_colour(route, seen, ports),
         settings=spec.project.rollout,
         now=now,
         rollout=status.rollout,
@@ -545,8 +542,7 @@ def facts_for(
 def refresh(facts: Facts, decision: Decision, raw: Observation, route: Observation | None, now: datetime) -> Facts:
     """The facts after this pass acted: what the colours and the route are now, and the decision's record."""
     seen = seen_colours(raw)
-    upstreams = list((route.state or {}).get("upstreams", [])) if route is not None else []
-    return replace(facts, seen=seen, routed=routed_colour(upstreams, seen, facts.ports), rollout=decision.rollout,
+    return replace(facts, seen=seen, routed=routed_colour(route, seen, facts.ports), rollout=decision.rollout,
                    serving=decision.serving, history=tuple(decision.history), now=now)  # fmt: skip
 
 

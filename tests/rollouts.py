@@ -141,7 +141,6 @@ class Load:
     limit: int | None = None  # stop by itself after this many requests
     latencies: list[tuple[float, float]] = field(default_factory=list)  # (when, seconds)
     failures: list[str] = field(default_factory=list)
-    failed_at: list[float] = field(default_factory=list)  # wall-clock time of each failure
     revisions: dict[str, int] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _workers: list[threading.Thread] = field(default_factory=list)
@@ -195,7 +194,6 @@ class Load:
                         self.revisions[str(revision)] = self.revisions.get(str(revision), 0) + 1
                     else:
                         self.failures.append(outcome)
-                        self.failed_at.append(time.time())
 
     def p99(self, windows: list[tuple[float, float]] | None = None) -> float:
         """The 99th percentile latency in seconds, of all requests or of those started in ``windows``."""
