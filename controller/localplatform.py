@@ -216,6 +216,8 @@ class LocalPlatform:
                 "objectStorage": {"endpoint": f"127.0.0.1:{s3['port']}", "secure": False,
                                   "adminSecretRef": ref("local-minio-admin")},
                 "caddy": {"adminUrl": f"http://127.0.0.1:{caddy['adminPort']}",
-                          "listen": [f"127.0.0.1:{caddy['httpsPort']}"]},
+                          "listen": [f"127.0.0.1:{caddy['httpsPort']}"],
+                          # Caddy runs here, beside the operator: switches without reloads.
+                          "upstreamDir": str(self.root / "caddy" / "upstreams")},
             },
         }  # fmt: skip

@@ -10,6 +10,7 @@ come from here at all is the registry's business (`controller.drivers.registry`)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 from pydantic import ValidationError
@@ -124,6 +125,8 @@ class PlatformDrivers:
             drivers[Component.cache] = RedisDriver(platform.redis.host, platform.redis.port, password, self._secrets,
                                                    self._timeout, self._concurrency)  # fmt: skip
         if platform.caddy is not None:
-            drivers[Component.route] = CaddyDriver(platform.caddy.admin_url, platform.caddy.listen,
-                                                   httpx.AsyncClient(timeout=self._timeout))  # fmt: skip
+            caddy = platform.caddy
+            upstream_dir = Path(caddy.upstream_dir) if caddy.upstream_dir else None
+            client = httpx.AsyncClient(timeout=self._timeout)
+            drivers[Component.route] = CaddyDriver(caddy.admin_url, caddy.listen, client, upstream_dir)
         return drivers

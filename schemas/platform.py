@@ -58,6 +58,17 @@ class CaddyEndpoint(CodebModel):
     listen: list[Annotated[str, Field(pattern=LISTEN_ADDRESS, max_length=260)]] = Field(
         default_factory=lambda: [":443"], description="Addresses the Projects' HTTPS server listens on.", max_length=8
     )
+    upstream_dir: str | None = Field(
+        None,
+        description=(
+            "A directory on the machine that runs both Caddy and the operator, which the operator writes and Caddy"
+            " reads. When set, each route's upstreams live in files there (Caddy's {file.*} placeholder, read per"
+            " request), so a blue-green switch is one file rename instead of a config reload: a reload rebinds"
+            " Caddy's listeners and resets a few connections that are just arriving."
+        ),
+        pattern=r"^/[^{}\s]*$",
+        max_length=200,
+    )
 
 
 class PlatformSpec(CodebModel):

@@ -23,7 +23,7 @@ from controller.drivers.processes import stop_everything_under
 from controller.localcluster import REPO_ROOT, LocalCluster
 from tests.conftest import start_cluster
 from tests.helpers import OperatorProcess, get_json, wait_for
-from tests.servers import CaddyServer, start_caddy
+from tests.servers import CaddyServer, https_get, start_caddy
 
 NS = "rollouts"
 APP_DIR = Path(__file__).resolve().parent / "apps"
@@ -115,7 +115,8 @@ def rollout_world(root: Path, drift_interval: float = 30) -> Iterator[RolloutWor
         cluster.kubectl("create", "namespace", NS)
         listen = [f"127.0.0.1:{caddy.https_port}"]
         edge = {"apiVersion": "codeb.dev/v1alpha1", "kind": "Platform", "metadata": {"name": "edge"},
-                "spec": {"caddy": {"adminUrl": caddy.admin_url, "listen": listen}}}  # fmt: skip
+                "spec": {"caddy": {"adminUrl": caddy.admin_url, "listen": listen,
+                                   "upstreamDir": str(caddy.root / "upstreams")}}}  # fmt: skip
         cluster.kubectl("apply", "-f", "-", input_text=json.dumps(edge))
         operator.start()
         yield RolloutWorld(cluster, caddy, operator, root)
@@ -145,6 +146,7 @@ class Load:
     _stop: threading.Event = field(default_factory=threading.Event)
     _workers: list[threading.Thread] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _began: float = 0.0
 
     @property
     def running(self) -> bool:
@@ -155,6 +157,11 @@ class Load:
         return len(self.latencies) + len(self.failures)
 
     def start(self) -> Load:
+        # Caddy's internal CA issues a new domain's certificate moments after its route lands:
+        # the load counts what deploys do to requests, not that first wait.
+        wait_for(lambda: https_get(self.caddy, self.host, path="/api/health").returncode == 0, timeout=30,
+                 what=f"{self.host} answering over TLS")  # fmt: skip
+        self._began = time.monotonic()
         for _ in range(self.threads):
             worker = threading.Thread(target=self._run, daemon=True)
             worker.start()
@@ -193,7 +200,7 @@ class Load:
                         self.latencies.append((started, time.monotonic() - started))
                         self.revisions[str(revision)] = self.revisions.get(str(revision), 0) + 1
                     else:
-                        self.failures.append(outcome)
+                        self.failures.append(f"{outcome} (at {started - self._began:.1f} s)")
 
     def p99(self, windows: list[tuple[float, float]] | None = None) -> float:
         """The 99th percentile latency in seconds, of all requests or of those started in ``windows``."""

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from controller.drivers.caddy import UpstreamFiles
 from tests.helpers import wait_for
 from tests.rollouts import NS, Load, RolloutWorld, rollout_world
 from tests.servers import https_get
@@ -38,8 +39,10 @@ def served(world: RolloutWorld, name: str) -> dict[str, Any]:
 
 
 def routed(world: RolloutWorld, name: str) -> list[str]:
+    """Where the route sends requests now: its upstreams, read through their files."""
     route = json.loads(admin_get(world, f"/id/codeb.{NS}.{name}"))
-    return [u["dial"] for h in route["handle"][0]["routes"][0]["handle"] if h["handler"] == "reverse_proxy"
+    files = UpstreamFiles(world.caddy.root / "upstreams")
+    return [files.read(u["dial"]) for h in route["handle"][0]["routes"][0]["handle"] if h["handler"] == "reverse_proxy"
             for u in h["upstreams"]]  # fmt: skip
 
 

@@ -110,3 +110,50 @@ async def test_restart_that_lost_config_is_repaired(driver: CaddyDriver, caddy: 
     assert (await driver.observe(ctx)).state is None
     await driver.apply(ctx, want)
     assert (await driver.observe(ctx)).state == want
+
+
+def named_backend(name: str) -> ThreadingHTTPServer:
+    class Named(Hello):
+        def do_GET(self) -> None:
+            body = name.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Named)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+async def test_switch_through_upstream_files_reloads_nothing(caddy: CaddyServer, tmp_path: Any) -> None:
+    """With an upstream directory, moving a route to another address is a file rename: Caddy's config
+    (and so its listeners) stays exactly as it was, and the next request goes to the new address."""
+    blue, green = named_backend("blue"), named_backend("green")
+    driver = CaddyDriver(caddy.admin_url, [f"127.0.0.1:{caddy.https_port}"], upstream_dir=tmp_path / "up")
+    try:
+        ctx, _, want = project("files", blue.server_address[1])
+        await driver.apply(ctx, want)
+        assert (await driver.observe(ctx)).state == want
+        wait_for(lambda: https_get(caddy, "files.example.com").stdout == "blue", timeout=15, what="blue serving")
+        config = httpx.get(f"{caddy.admin_url}/config/").json()
+
+        switched = {**want, "upstreams": [f"127.0.0.1:{green.server_address[1]}"]}
+        await driver.apply(ctx, switched)
+        assert https_get(caddy, "files.example.com").stdout == "green"
+        assert httpx.get(f"{caddy.admin_url}/config/").json() == config, "a switch must not reload Caddy"
+        assert (await driver.observe(ctx)).state == switched
+
+        (tmp_path / "up" / f"{route_id(ctx)}.0").write_text("127.0.0.1:1")  # edited by hand
+        assert (await driver.observe(ctx)).state["upstreams"] == ["127.0.0.1:1"]  # type: ignore[index]
+        (tmp_path / "up" / f"{route_id(ctx)}.0").unlink()  # or lost
+        assert (await driver.observe(ctx)).state["routeMatches"] is False  # type: ignore[index]
+        await driver.apply(ctx, switched)
+        assert https_get(caddy, "files.example.com").stdout == "green"
+
+        await driver.delete(ctx, retain=False)
+        assert (await driver.observe(ctx)).state is None
+        assert list((tmp_path / "up").iterdir()) == []
+    finally:
+        blue.shutdown()
+        green.shutdown()
