@@ -467,6 +467,11 @@ def _as_ports(value: object) -> tuple[int | None, int | None]:
     return (value if isinstance(value, int) else None), None
 
 
+def _claimed(spec: ProjectSpec, decided: Mapping[str, object]) -> Claimed:
+    domain_conflict = decided["domain"] if isinstance(decided["domain"], str) else None
+    return Claimed(allocations_for(spec, *_as_ports(decided["port"])), domain_conflict)
+
+
 def local_port_free(port: int) -> bool:
     """Whether no process on this machine listens on ``port`` (any address)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -531,9 +536,7 @@ class ClaimStore:
             ]
             await asyncio.gather(*undo, return_exceptions=True)
             raise failure
-        decided = dict(zip(requests, results, strict=True))
-        domain_conflict = decided["domain"] if isinstance(decided["domain"], str) else None
-        return Claimed(allocations_for(spec, *_as_ports(decided["port"])), domain_conflict)
+        return _claimed(spec, dict(zip(requests, results, strict=True)))
 
     async def release_all(self, key: ProjectKey) -> int:
         released = await asyncio.gather(*[pool.run(ReleaseRequest(key.uid)) for pool in self._pools.values()])
@@ -549,3 +552,16 @@ class ClaimStore:
         primary = port if port in ports else min(ports, default=None)
         alternate = next((p for p in ports if p != primary), None)
         return allocations_for(spec, primary, alternate)
+
+
+class ClaimPreview(ClaimStore):
+    """What `ClaimStore.ensure` would decide, against the ledgers as stored, writing nothing (`codeb diff`)."""
+
+    async def ensure(
+        self, key: ProjectKey, spec: ProjectSpec, current_port: int | None = None, current_alternate: int | None = None
+    ) -> Claimed:
+        port_free = self._local_port_free if spec.servers.provider is Provider.local else None
+        requests = requests_for(key, spec, self._reserved, current_port, port_free, current_alternate)
+        decided = {pool: request.decide(await self._pools[pool].current(fresh=True))[0]
+                   for pool, request in requests.items()}  # fmt: skip
+        return _claimed(spec, decided)

@@ -1,11 +1,8 @@
-"""The `codeb` command.
+"""codeb: one Project manifest to a served application.
 
-codeb up              start the local control plane and a local Platform (PostgreSQL,
-                      Redis, MinIO, Caddy), run the operator and serve the example
-                      application at a URL (the embedded default); Ctrl-C stops all
-codeb operator        run the operator against the current kubeconfig
-codeb generate        regenerate the CRD and docs from the models (--check: fail on drift)
-codeb validate FILE…  check manifests the way the operator does
+`codeb up` runs everything on this machine and ends with a URL; the other commands read,
+explain and change the Projects of the current cluster (KUBECONFIG, else ~/.kube/config,
+else the one `codeb up` runs). Each takes --output json for scripts.
 """
 
 from __future__ import annotations
@@ -13,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -20,15 +18,31 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-import kubernetes.client
 import yaml
 from pydantic import ValidationError
 
 from controller import rollout
+from controller.commands import (
+    EXIT_CODES,
+    EXIT_DIFFERS,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandError,
+    api_errors,
+    cmd_diff,
+    cmd_init,
+    cmd_logs,
+    cmd_status,
+    local_home,
+    local_operator_env,
+    projects_api,
+    read_project,
+    run,
+)
 from controller.kube import api_client_from_environment
-from controller.localcluster import REPO_ROOT, LocalCluster, cache_dir, stop_process
+from controller.localcluster import REPO_ROOT, LocalCluster, stop_process
 from controller.status import format_validation_error, load_status
 from schemas.crd import platform_crd, project_crd, render_yaml
 from schemas.docs import render_markdown
@@ -47,6 +61,7 @@ if TYPE_CHECKING:
 CRD_PATH = REPO_ROOT / "manifests" / "crd" / "projects.codeb.dev.yaml"
 PLATFORM_CRD_PATH = REPO_ROOT / "manifests" / "crd" / "platforms.codeb.dev.yaml"
 DOCS_PATH = REPO_ROOT / "docs" / "manifest.md"
+CLI_DOCS = REPO_ROOT / "docs" / "cli"
 LOCAL_EXAMPLE = REPO_ROOT / "manifests" / "examples" / "hello-local.yaml"
 
 
@@ -55,7 +70,27 @@ def generated_files() -> dict[Path, str]:
         CRD_PATH: render_yaml(project_crd()),
         PLATFORM_CRD_PATH: render_yaml(platform_crd()),
         DOCS_PATH: render_markdown(),
+        **cli_docs(),
     }
+
+
+def cli_docs() -> dict[Path, str]:
+    """A page per command, from the parser itself, and an index."""
+    pages = {}
+    commands = _subcommands(parser())
+    index = ["# The `codeb` command", "", "Generated from the CLI (`codeb generate`); a test fails when it drifts.", "",
+             "```", parser().format_help().rstrip(), "```", "", "| command | what it does |", "|---|---|"]  # fmt: skip
+    for name, (summary, sub) in commands.items():
+        pages[CLI_DOCS / f"{name}.md"] = f"# codeb {name}\n\n{summary}.\n\n```\n{sub.format_help().rstrip()}\n```\n"
+        index.append(f"| [`codeb {name}`]({name}.md) | {summary} |")
+    pages[CLI_DOCS / "README.md"] = "\n".join(index) + "\n"
+    return pages
+
+
+def _subcommands(root: argparse.ArgumentParser) -> dict[str, tuple[str, argparse.ArgumentParser]]:
+    action = next(a for a in root._actions if isinstance(a, argparse._SubParsersAction))
+    summaries = {choice.dest: choice.help or "" for choice in action._choices_actions}
+    return {name: (summaries[name], sub) for name, sub in action.choices.items()}
 
 
 def _shown(path: Path) -> str:
@@ -63,16 +98,19 @@ def _shown(path: Path) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    stale = [path for path, text in generated_files().items() if not path.exists() or path.read_text() != text]
-    if args.check:
+    """Write the CRDs, the manifest reference and the CLI pages from their one source (--check: only compare)."""
+    files = generated_files()
+    stale = [path for path, text in files.items() if not path.exists() or path.read_text() != text]
+    if not args.check:
         for path in stale:
-            print(f"{_shown(path)} is out of date: run `codeb generate`", file=sys.stderr)
-        return 1 if stale else 0
-    for path, text in generated_files().items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        print(f"wrote {_shown(path)}")
-    return 0
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(files[path])
+    if args.output == "json":
+        print(json.dumps({"checked": args.check, "stale" if args.check else "wrote": [_shown(p) for p in stale]}))
+    for path in stale if args.output == "text" else []:
+        print(f"{_shown(path)} is out of date: run `codeb generate`" if args.check else f"wrote {_shown(path)}",
+              file=sys.stderr if args.check else sys.stdout)  # fmt: skip
+    return EXIT_DIFFERS if args.check and stale else EXIT_OK
 
 
 def validate_documents(text: str) -> list[str]:
@@ -90,27 +128,42 @@ def validate_documents(text: str) -> list[str]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    problems = [f"{path}: {p}" for path in args.files for p in validate_documents(Path(path).read_text())]
-    print("\n".join(problems) or "all manifests valid")
-    return 1 if problems else 0
+    """Check every Project in the files as the API server and the operator would, without a cluster."""
+    problems = []
+    for name in args.files:
+        try:
+            text = Path(name).read_text()
+        except OSError as exc:
+            raise CommandError(f"cannot read {name}: {exc.strerror}", EXIT_USAGE) from None
+        try:
+            problems += [f"{name}: {p}" for p in validate_documents(text)]
+        except yaml.YAMLError as exc:
+            problems.append(f"{name}: not YAML: {str(exc).splitlines()[0]}")
+    if args.output == "json":
+        print(json.dumps({"valid": not problems, "problems": problems}))
+    else:
+        print("\n".join(problems) or "all manifests valid")
+    return EXIT_DIFFERS if problems else EXIT_OK
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
+    return run_operator(operator_drivers)
+
+
+def operator_drivers(kube: KubeClient, config: OperatorConfig) -> DriverSource:
+    """The drivers the operator runs with, and `codeb diff` and `logs` look with."""
     from controller.drivers.clusters import TargetClusters
     from controller.drivers.registry import DriverRegistry
     from controller.platforms import PlatformDrivers
     from controller.ssh import SshPool
 
-    def registry(kube: KubeClient, config: OperatorConfig) -> DriverSource:
-        platforms = PlatformDrivers(kube, config.service_timeout_seconds, config.service_concurrency)
-        ssh, clusters = SshPool(), TargetClusters(kube)
-        return DriverRegistry(
-            platforms=platforms,
-            infrastructure=infrastructure_drivers(kube, ssh, clusters, config),
-            workload=workload_drivers(kube, config, ssh, clusters),
-        )
-
-    return run_operator(registry)
+    platforms = PlatformDrivers(kube, config.service_timeout_seconds, config.service_concurrency)
+    ssh, clusters = SshPool(), TargetClusters(kube)
+    return DriverRegistry(
+        platforms=platforms,
+        infrastructure=infrastructure_drivers(kube, ssh, clusters, config),
+        workload=workload_drivers(kube, config, ssh, clusters),
+    )
 
 
 def infrastructure_drivers(
@@ -164,7 +217,7 @@ def run_operator(make_drivers: Callable[[KubeClient, OperatorConfig], DriverSour
 
     from controller.claims import ClaimStore, local_port_free
     from controller.config import ConfigError, load_config
-    from controller.kube import KubeClient, api_client_from_environment
+    from controller.kube import KubeClient
     from controller.logs import configure_logging
     from controller.metrics import Metrics
     from controller.operator import Runtime, build_registry
@@ -203,11 +256,21 @@ def cmd_up(args: argparse.Namespace) -> int:
     from controller.localplatform import LocalPlatform
 
     started = time.monotonic()
+    # With --output json, progress goes to stderr and stdout carries one JSON line once it serves.
+    progress = sys.stderr if args.output == "json" else sys.stdout
 
     def step(message: str) -> None:
-        print(f"[{time.monotonic() - started:5.1f}s] {message}", flush=True)
+        print(f"[{time.monotonic() - started:5.1f}s] {message}", file=progress, flush=True)
 
-    home = cache_dir() / "local"
+    home = local_home()
+    running = _up_running(home)
+    if running is not None:
+        print(f"codeb up: already running (pid {running}); `codeb down` stops it", file=sys.stderr)
+        return 1
+    home.mkdir(parents=True, exist_ok=True)
+    (home / UP_PID).write_text(str(os.getpid()))
+    # `kill` (and `codeb down`) stop everything as Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     cluster = LocalCluster(home, fast_storage=False)
     platform = LocalPlatform.open(home / "platform")
     operator: subprocess.Popen[bytes] | None = None
@@ -219,15 +282,18 @@ def cmd_up(args: argparse.Namespace) -> int:
         step("installing the CRDs, the Platform and the example Project")
         _install(cluster, platform)
         step(f"starting the operator (log: {home / 'operator.log'})")
-        operator = _start_operator(cluster, home)
+        operator = _start_operator(home)
         step("waiting for the example to serve")
         if not _wait_serving(cluster, operator, platform.https_port, step):
             return 1
         url = f"https://hello.localhost:{platform.https_port}/"
         step(f"serving: {url}")
         print(f"  open it (Caddy's local CA: accept the warning), or: curl -k {url}")
+        print(
+            "  in another shell: codeb status hello; codeb logs hello; codeb diff manifests/examples/hello-local.yaml"
+        )
         print(f"  kubectl: export KUBECONFIG={cluster.kubeconfig}; kubectl get projects -A")
-        print("  Ctrl-C stops everything; the next `codeb up` finds the same data.")
+        print("  Ctrl-C (or `codeb down`) stops everything; the next `codeb up` finds the same data.")
         operator.wait()
         return 0
     except KeyboardInterrupt:
@@ -238,6 +304,47 @@ def cmd_up(args: argparse.Namespace) -> int:
         stop_everything_under(home / "state")
         platform.stop()
         cluster.stop()
+        (home / UP_PID).unlink(missing_ok=True)
+
+
+UP_PID = "up.pid"
+
+
+def _up_running(home: Path) -> int | None:
+    """The pid of a `codeb up` running on ``home``, if one is."""
+    try:
+        pid = int((home / UP_PID).read_text())
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"up" in argv.split(b"\0") else None
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    """Stop a running `codeb up` as Ctrl-C would, and wait until everything it started has stopped.
+
+    Exit codes: 0 stopped (or nothing was running), 1 it did not stop within a minute.
+    """
+    pid = _up_running(local_home())
+    started = time.monotonic()
+    if pid is not None:
+        os.kill(pid, signal.SIGINT)
+        while _up_running(local_home()) == pid and time.monotonic() - started < 60:
+            time.sleep(0.1)
+    stopped = pid is None or _up_running(local_home()) != pid
+    result = {
+        "running": pid is not None,
+        "pid": pid,
+        "stopped": stopped,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    if args.output == "json":
+        print(json.dumps(result))
+    elif pid is None:
+        print("codeb down: nothing running")
+    else:
+        print(f"codeb down: stopped pid {pid} in {result['seconds']} s" if stopped else f"pid {pid} is still stopping")
+    return EXIT_OK if stopped else EXIT_DIFFERS
 
 
 def _install(cluster: LocalCluster, platform: LocalPlatform) -> None:
@@ -259,10 +366,8 @@ def _install(cluster: LocalCluster, platform: LocalPlatform) -> None:
     cluster.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(documents))
 
 
-def _start_operator(cluster: LocalCluster, home: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "CODEB_LOCAL_RUNTIME": "1",
-           "CODEB_LOCAL_ROOT": str(REPO_ROOT), "CODEB_STATE_DIR": str(home / "state"), "CODEB_DRIFT_INTERVAL": "30",
-           "CODEB_LOG_FORMAT": "console"}  # fmt: skip
+def _start_operator(home: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **local_operator_env(home)}
     log = (home / "operator.log").open("ab")
     return subprocess.Popen([sys.executable, "-m", "controller", "operator"], env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
@@ -313,29 +418,21 @@ def _stop_operator(operator: subprocess.Popen[bytes] | None) -> None:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    """Set a Project's revision back to one that succeeded before; the operator does the switch.
-
-    Exit codes: 0 done, 1 the Project cannot be read or patched, 2 no such revision to go back to.
-    """
-    api = kubernetes.client.CustomObjectsApi(api_client_from_environment(pool_size=1))
-    try:
-        found = api.get_namespaced_custom_object(API_GROUP, API_VERSION, args.namespace, PLURAL, args.project)
-    except kubernetes.client.ApiException as exc:
-        print(f"codeb rollback: cannot read project {args.namespace}/{args.project}: {exc.reason}", file=sys.stderr)
-        return 1
-    body = cast(dict[str, Any], found)
+    """Set a Project's revision back to one that succeeded before; the operator does the switch."""
+    api = projects_api()
+    body = read_project(api, args.namespace, args.project)
     status = load_status(body.get("status") or {})
     current = (body.get("spec") or {}).get("project", {}).get("revision")
     try:
         target = rollout.rollback_target(status.deployments, current, args.to)
     except ValueError as exc:
-        print(f"codeb rollback: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(str(exc), EXIT_USAGE) from None
     project: dict[str, Any] = {"revision": target.revision}
     if target.image:
         project["source"] = {"image": target.image}
-    api.patch_namespaced_custom_object(API_GROUP, API_VERSION, args.namespace, PLURAL, args.project,
-                                       {"spec": {"project": project}})  # fmt: skip
+    with api_errors(f"project {args.namespace}/{args.project}"):
+        api.patch_namespaced_custom_object(API_GROUP, API_VERSION, args.namespace, PLURAL, args.project,
+                                           {"spec": {"project": project}})  # fmt: skip
     warm = status.serving is not None and status.serving.warm_release == target.release
     result = {"project": f"{args.namespace}/{args.project}", "from": current, "to": target.revision,
               "image": target.image, "warm": warm}  # fmt: skip
@@ -344,32 +441,92 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     else:
         how = "its colour is still warm: traffic switches back at once" if result["warm"] else "a new rollout starts"
         print(f"{result['project']}: revision {current} -> {target.revision} ({how})")
-    return 0
+    return EXIT_OK
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """One width everywhere, so the generated CLI pages do not depend on the terminal that made them."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=100)
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="codeb", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    sub = root.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="local control plane + CRDs + example + operator").set_defaults(func=cmd_up)
-    sub.add_parser("operator", help="run the operator (current kubeconfig)").set_defaults(func=cmd_operator)
-    gen = sub.add_parser("generate", help="regenerate CRD and docs from the models")
-    gen.add_argument("--check", action="store_true", help="exit 1 if the checked-in files differ")
-    gen.set_defaults(func=cmd_generate)
-    val = sub.add_parser("validate", help="validate Project manifests")
-    val.add_argument("files", nargs="+")
-    val.set_defaults(func=cmd_validate)
-    back = sub.add_parser("rollback", help="set a Project back to a revision that succeeded before")
-    back.add_argument("project")
-    back.add_argument("-n", "--namespace", default="default")
-    back.add_argument("--to", help="the revision (default: the newest success before the current one)")
-    back.add_argument("-o", "--output", choices=("text", "json"), default="text")
-    back.set_defaults(func=cmd_rollback)
+    root = argparse.ArgumentParser(prog="codeb", description=__doc__, epilog=_exit_codes(), formatter_class=_Help)
+    sub = root.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
+
+    def command(name: str, func: Callable[[argparse.Namespace], int], summary: str) -> argparse.ArgumentParser:
+        doc = (func.__doc__ or summary).strip()
+        found = sub.add_parser(name, help=summary, description=doc, epilog=_exit_codes(), formatter_class=_Help)
+        found.set_defaults(func=func)
+        return found
+
+    def output(found: argparse.ArgumentParser) -> None:
+        found.add_argument("-o", "--output", choices=("text", "json"), default="text", help="text, or JSON for scripts")
+
+    def one_project(found: argparse.ArgumentParser, required: bool = True) -> None:
+        found.add_argument("project", nargs=None if required else "?", help="the Project's name")
+        found.add_argument("-n", "--namespace", default="default", help="its namespace (default: default)")
+
+    output(command("up", cmd_up, "start the local control plane, Platform, operator and example; serve it at a URL"))
+    output(command("down", cmd_down, "stop what `codeb up` started (its data stays for the next `up`)"))
+    init = command("init", cmd_init, "write a new Project manifest, valid by construction")
+    init.add_argument("name", nargs="?", help="the Project's name and slug (asked for in a terminal when left out)")
+    init.add_argument("-n", "--namespace", help="metadata.namespace (default: none, kubectl's current)")
+    init.add_argument("--type", default="staging", choices=("production", "staging", "preview", "development"),
+                      help="environment.type (default: staging)")  # fmt: skip
+    init.add_argument("--domain", action="append", help="a domain to route (repeatable; default: NAME.localhost)")
+    init.add_argument("--runtime", default="local", choices=("local", "quadlet", "kubernetes"))
+    init.add_argument("--provider", choices=("local", "existing", "vultr", "lightsail"),
+                      help="default: local for runtime local, else existing")  # fmt: skip
+    init.add_argument("--image", help="the image to run (runtimes quadlet and kubernetes)")
+    init.add_argument("--command", nargs="+", help="the command to run (runtime local; default: python3 app.py)")
+    init.add_argument("--working-dir", help="where the command runs, relative to the operator's root")
+    init.add_argument("--host", action="append", help="servers.hosts: an existing host (repeatable)")
+    init.add_argument("--ssh-secret", help="servers.ssh.secretRef: the Secret whose privateKey logs in to the hosts")
+    init.add_argument("--platform", help="servers.platform: the Platform whose services it uses")
+    init.add_argument("--revision", help="project.revision")
+    for feature in ("database", "redis", "storage"):
+        init.add_argument(f"--{feature}", action="store_true", help=f"features.{feature}: on")
+    init.add_argument("-f", "--file", help="write here instead of to stdout")
+    init.add_argument("--force", action="store_true", help="replace --file if it exists")
+    init.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml", help="manifest format")
+    validate = command("validate", cmd_validate, "check manifests the way the operator does, offline")
+    validate.add_argument("files", nargs="+", help="YAML files; every Project document in them is checked")
+    output(validate)
+    diff = command("diff", cmd_diff, "what the operator would change, per component")
+    one_project(diff, required=False)
+    diff.add_argument("-f", "--file", help="a manifest: compare its Projects (new or live) with the world")
+    output(diff)
+    status = command("status", cmd_status, "Projects in a table, or everything about one")
+    one_project(status, required=False)
+    status.add_argument("-A", "--all-namespaces", action="store_true", help="list every namespace's Projects")
+    output(status)
+    logs = command("logs", cmd_logs, "the operator's lines about a Project and the application's own output")
+    one_project(logs)
+    logs.add_argument("--operator", action="store_true", help="only the operator's lines")
+    logs.add_argument("--workload", action="store_true", help="only the application's output")
+    logs.add_argument("--operator-log", help="the operator's log file (default: the one `codeb up` writes)")
+    logs.add_argument("--tail", type=int, default=100, help="lines of each (default: 100)")
+    output(logs)
+    rollback = command("rollback", cmd_rollback, "set a Project back to a revision that succeeded before")
+    one_project(rollback)
+    rollback.add_argument("--to", help="the revision (default: the newest success before the current one)")
+    output(rollback)
+    generate = command("generate", cmd_generate, "regenerate the CRDs and docs from the models and the CLI")
+    generate.add_argument("--check", action="store_true", help="change nothing; exit 1 if a checked-in file differs")
+    output(generate)
+    command("operator", cmd_operator, "run the operator against the current kubeconfig (logs: CODEB_LOG_FORMAT)")
     return root
+
+
+def _exit_codes() -> str:
+    return "exit codes:\n" + "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_CODES.items())
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return int(args.func(args))
+    return run(args.func, args)
 
 
 if __name__ == "__main__":

@@ -175,16 +175,8 @@ class KubeClient:
 
         def send(_request_timeout: float) -> dict[str, Any] | None:
             data = json.dumps(body) if body is not None else None
-            headers = {"Content-Type": content_type, "Accept": "application/json"}
-            prepared = self._api.param_serialize(
-                method, path, query_params=list(query.items()), header_params=headers, body=data,
-                auth_settings=["BearerToken"],
-            )  # fmt: skip
-            response = self._api.call_api(*prepared, _request_timeout=_request_timeout)
-            response.read()  # type: ignore[no-untyped-call]
-            if response.status >= 400:
-                raise ApiException(status=response.status, reason=response.reason)
-            return cast(dict[str, Any], json.loads(response.data)) if response.data else None
+            raw = self._send(method, path, data, content_type, "application/json", query, _request_timeout)
+            return cast(dict[str, Any], json.loads(raw)) if raw else None
 
         try:
             return await self._call(f"{method} {path}", send)
@@ -192,6 +184,30 @@ class KubeClient:
             if method == "GET" or method == "DELETE":
                 return None
             raise
+
+    async def read_text(self, path: str, **query: str) -> str | None:
+        """A GET whose answer is text, not JSON (a Pod's log); None for 404."""
+
+        def send(_request_timeout: float) -> str:
+            return self._send("GET", path, None, "application/json", "text/plain", query, _request_timeout).decode(
+                errors="replace"
+            )
+
+        try:
+            return await self._call(f"GET {path}", send)
+        except NotFound:
+            return None
+
+    def _send(self, method: str, path: str, data: str | None, content_type: str, accept: str,
+              query: dict[str, str], request_timeout: float) -> bytes:  # fmt: skip
+        headers = {"Content-Type": content_type, "Accept": accept}
+        prepared = self._api.param_serialize(method, path, query_params=list(query.items()), header_params=headers,
+                                             body=data, auth_settings=["BearerToken"])  # fmt: skip
+        response = self._api.call_api(*prepared, _request_timeout=request_timeout)
+        response.read()  # type: ignore[no-untyped-call]
+        if response.status >= 400:
+            raise ApiException(status=response.status, reason=response.reason)
+        return response.data or b""
 
     async def ensure_namespace(self, name: str) -> None:
         """Create the namespace if it is missing; an operator allowed to read but not create it still starts."""

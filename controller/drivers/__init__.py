@@ -90,6 +90,15 @@ class HookRunner(Protocol):
         ...
 
 
+@runtime_checkable
+class WorkloadLogs(Protocol):
+    """A workload driver that can show what the application itself wrote (`codeb logs`)."""
+
+    async def logs(self, ctx: DriverContext, tail: int) -> dict[str, list[str]]:
+        """The last ``tail`` lines of each running instance, by where they came from (a colour, a host, a Pod)."""
+        ...
+
+
 Drivers = Mapping[Component, Driver]
 # Stores a final dump file under a name; returns where it went (for the Event).
 DumpSink = Callable[[str, Path], Awaitable[str]]

@@ -171,6 +171,18 @@ class KubernetesWorkload:
         endpoint = f"{state['instance']}.{ctx.key.namespace}.svc.cluster.local:{state['port']}"
         return Observation(state=state, healthy=healthy, detail=detail, outputs={"endpoints": [endpoint]})
 
+    async def logs(self, ctx: DriverContext, tail: int) -> dict[str, list[str]]:
+        """Each of the Deployment's Pods' log, from the cluster the workload runs in."""
+        target, namespace = await self._clusters.of(ctx), ctx.key.namespace
+        pods = await target.kube.request("GET", f"/api/v1/namespaces/{namespace}/pods",
+                                         labelSelector=f"app.kubernetes.io/name={_instance(ctx)}")  # fmt: skip
+        found = {}
+        for pod in (pods or {}).get("items", []):
+            name = pod["metadata"]["name"]
+            text = await target.kube.read_text(f"/api/v1/namespaces/{namespace}/pods/{name}/log", tailLines=str(tail))
+            found[f"pod/{name}"] = (text or "").splitlines()
+        return found
+
     # ------------------------------------------------------------ apply / delete
 
     async def apply(self, ctx: DriverContext, desired: State) -> None:

@@ -267,6 +267,16 @@ class LocalProcesses:
         values |= {"PORT": str(wanted["port"]), "HOST": LISTEN_HOST, "CODEB_REVISION": wanted.get("revision") or ""}
         return Environment(values, credentials.digest, credentials.secret_values)
 
+    async def logs(self, ctx: DriverContext, tail: int) -> dict[str, list[str]]:
+        """Each colour's output (its log beside its state), credentials redacted."""
+        wanted = {"connectionSecret": ctx.allocations.connection_secret}
+        credentials = await read_credentials(self._read_secret, ctx.key.namespace, wanted, missing_ok=True)
+        found = {}
+        for path in sorted(self._directory(ctx.key).glob("*.log")):
+            lines = path.read_text(errors="replace").splitlines()[-tail:]
+            found[path.stem] = [credentials.redact(line) for line in lines]
+        return found
+
     # ------------------------------------------------------------ finding processes
 
     def _directory(self, key: ProjectKey) -> Path:

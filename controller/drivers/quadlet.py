@@ -120,6 +120,19 @@ class QuadletUnits:
             state=state, healthy=not problems, detail="; ".join(problems) or None, outputs={"endpoints": endpoints}
         )
 
+    async def logs(self, ctx: DriverContext, tail: int) -> dict[str, list[str]]:
+        """The unit's journal on each host, credentials redacted."""
+        login = await self._login(ctx)
+        unit = f"{unit_name(ctx.key, COLOUR)}.service"
+        hosts = _hosts(ctx) or []
+        journals = await asyncio.gather(*(self._ssh.run(login.at(facts.address),
+                                                        f"journalctl -u {unit} -n {int(tail)} --no-pager -o cat")
+                                          for facts in hosts))  # fmt: skip
+        wanted = {"connectionSecret": ctx.allocations.connection_secret}
+        credentials = await read_credentials(self._read_secret, ctx.key.namespace, wanted, missing_ok=True)
+        return {facts.address: credentials.redact(result.stdout).splitlines() for facts, result in
+                zip(hosts, journals, strict=True)}  # fmt: skip
+
     async def _view(self, key: ProjectKey, access: HostAccess, facts: HostFacts) -> HostView:
         result = await self._ssh.run(access, _view_script(key))
         sections = _sections(result.stdout)

@@ -40,5 +40,5 @@ def test_rollback_goes_to_the_last_success_and_names_what_it_cannot(
 
     assert main(["rollback", "shop", "-n", namespace, "--to", "r9"]) == 2
     assert "revision r9 never deployed successfully here (succeeded: r1, r2)" in capsys.readouterr().err
-    assert main(["rollback", "nothing", "-n", namespace]) == 1
-    assert f"cannot read project {namespace}/nothing: Not Found" in capsys.readouterr().err
+    assert main(["rollback", "nothing", "-n", namespace]) == 3
+    assert f"project {namespace}/nothing: not found" in capsys.readouterr().err
