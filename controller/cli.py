@@ -288,12 +288,16 @@ def cmd_up(args: argparse.Namespace) -> int:
             return 1
         url = f"https://hello.localhost:{platform.https_port}/"
         step(f"serving: {url}")
-        print(f"  open it (Caddy's local CA: accept the warning), or: curl -k {url}")
-        print(
-            "  in another shell: codeb status hello; codeb logs hello; codeb diff manifests/examples/hello-local.yaml"
-        )
-        print(f"  kubectl: export KUBECONFIG={cluster.kubeconfig}; kubectl get projects -A")
-        print("  Ctrl-C (or `codeb down`) stops everything; the next `codeb up` finds the same data.")
+        if args.output == "json":
+            serving = {"url": url, "kubeconfig": str(cluster.kubeconfig), "operatorLog": str(home / "operator.log"),
+                       "seconds": round(time.monotonic() - started, 1)}  # fmt: skip
+            print(json.dumps(serving), flush=True)
+        hints = (f"open it (Caddy's local CA: accept the warning), or: curl -k {url}",
+                 "in another shell: codeb status hello; codeb logs hello; codeb diff hello; codeb down",
+                 f"kubectl: export KUBECONFIG={cluster.kubeconfig}; kubectl get projects -A",
+                 "Ctrl-C (or `codeb down`) stops everything; the next `codeb up` finds the same data.")  # fmt: skip
+        for hint in hints:
+            print(f"  {hint}", file=progress, flush=True)
         operator.wait()
         return 0
     except KeyboardInterrupt:

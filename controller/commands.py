@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -385,12 +386,17 @@ def operator_lines(path: Path, namespace: str, name: str, tail: int) -> list[str
     if not path.exists():
         raise CommandError(f"no operator log at {path}: give --operator-log, or `kubectl logs` the operator's Pod",
                            EXIT_USAGE)  # fmt: skip
-    marks = (f"[{namespace}/{name}]", f"namespace={namespace} project={name}", f"{namespace}/{name}")
     found = []
-    for line in path.read_text(errors="replace").splitlines():
-        if any(mark in line for mark in marks) or _json_about(line, namespace, name):
+    for raw in path.read_text(errors="replace").splitlines():
+        line = ANSI_ESCAPE.sub("", raw)
+        words = set(line.split())
+        console = {f"namespace={namespace}", f"project={name}"} <= words
+        if console or f"[{namespace}/{name}]" in words or _json_about(line, namespace, name):
             found.append(line)
     return found[-tail:]
+
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _json_about(line: str, namespace: str, name: str) -> bool:

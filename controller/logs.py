@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import structlog
 
 
 def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        # Colours only for a person at a terminal: a log file (`codeb up` writes one) stays greppable.
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     structlog.configure(
         processors=[
@@ -24,3 +28,5 @@ def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
     )
     # Every SSH channel (a dozen per host per reconcile) at INFO would drown the operator's own lines.
     logging.getLogger("asyncssh").setLevel(max(level, logging.WARNING))
+    # Nor every Caddy admin request and health probe.
+    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))

@@ -29,10 +29,10 @@ def isolated_cache(tmp_path: Path) -> Path:
     return cache
 
 
-def up(cache: Path, log: Path) -> subprocess.Popen[str]:
+def up(cache: Path, log: Path, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "CODEB_CACHE": str(cache)}
-    return subprocess.Popen([find_binary("codeb"), "up"], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            text=True)  # fmt: skip
+    return subprocess.Popen([find_binary("codeb"), "up", *args], env=env, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 
 def wait_url(process: subprocess.Popen[str], log: Path, timeout: float = 240) -> str:
@@ -88,11 +88,43 @@ def test_up_serves_the_example_stops_cleanly_and_keeps_its_data(tmp_path: Path) 
     print(f"codeb up: stopped in {took:.1f}s")
     assert left_behind(cache) == []
 
-    second = up(cache, tmp_path / "up2.log")
+    second = up(cache, tmp_path / "up2.log", "--output", "json")
     try:
         url = wait_url(second, tmp_path / "up2.log")
+        said = json.loads(next(line for line in (tmp_path / "up2.log").read_text().splitlines() if line[:1] == "{"))
+        assert said["url"] == url and Path(said["kubeconfig"]).exists() and said["seconds"] > 0
         again = json.loads(fetch(url, "/api/visit").stdout)
         assert again["database"]["visits"] == visits + 1 and again["bucket"]["readBack"], again
+        the_cli_reads_what_up_serves(cache, url)
+        down = codeb(cache, "down", "-o", "json")
+        assert down.returncode == 0 and json.loads(down.stdout)["stopped"] is True, down.stderr
+        print(f"codeb down: stopped in {json.loads(down.stdout)['seconds']}s")
+        assert second.wait(timeout=5) == 0
     finally:
-        stop(second)
+        if second.poll() is None:
+            stop(second)
     assert left_behind(cache) == []
+
+
+def codeb(cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """A `codeb` command in another shell: no KUBECONFIG, so it finds the cluster `codeb up` runs."""
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"} | {"CODEB_CACHE": str(cache)}
+    return subprocess.run([find_binary("codeb"), *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def the_cli_reads_what_up_serves(cache: Path, url: str) -> None:
+    status = codeb(cache, "status", "hello", "-o", "json")
+    assert status.returncode == 0, status.stderr
+    shown = json.loads(status.stdout)
+    assert shown["ready"] == "True" and shown["serving"].startswith("blue"), shown
+    assert shown["allocations"]["database"] and shown["endpoints"]["internal"]
+
+    logs = codeb(cache, "logs", "hello", "-o", "json")
+    assert logs.returncode == 0, logs.stderr
+    found = json.loads(logs.stdout)
+    assert any("hello" in line for line in found["operator"]), found["operator"][-5:]
+    assert set(found["workload"]) == {"blue"}  # the example's own output, per colour
+
+    diff = codeb(cache, "diff", "hello")
+    assert diff.returncode == 0, diff.stdout + diff.stderr
+    assert "default/hello: in sync, nothing would change" in diff.stdout
