@@ -13,6 +13,7 @@ healthy, backups once there is data to back up.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -262,8 +263,26 @@ def _kubernetes_workload(spec: ProjectSpec, allocations: Allocations) -> State:
         # No data service, no connection Secret: Pods must not wait for one that never comes.
         "connectionSecret": allocations.connection_secret if uses_services else None,
         "probeIntervalSeconds": spec.monitoring.probe_interval_seconds,
+        **_kubernetes_gate(spec),
         "environmentCurrent": True,
         "objectsMatch": True,
+    }
+
+
+def _kubernetes_gate(spec: ProjectSpec) -> State:
+    """The rollout's health gate as the Deployment's rolling update enforces it: a new Pod takes traffic
+    (is ready) after healthyThreshold passing checks, and a rollout that is not done within
+    startTimeoutSeconds is reported failed. Kubernetes counts whole seconds, at least one."""
+    rollout = spec.project.rollout
+    gate = rollout.health_check
+    return {
+        "readinessGate": {
+            "periodSeconds": max(1, math.ceil(gate.interval_seconds)),
+            "timeoutSeconds": max(1, math.ceil(gate.timeout_seconds)),
+            "successThreshold": gate.healthy_threshold,
+            "failureThreshold": gate.unhealthy_threshold,
+        },
+        "progressDeadlineSeconds": max(1, math.ceil(rollout.start_timeout_seconds)),
     }
 
 

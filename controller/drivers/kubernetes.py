@@ -57,6 +57,9 @@ def labels(ctx: DriverContext, desired: State) -> dict[str, str]:
     }
 
 
+GATE_FIELDS = ("periodSeconds", "timeoutSeconds", "successThreshold", "failureThreshold")
+
+
 def render_objects(ctx: DriverContext, desired: State, credentials_digest: str) -> list[Object]:
     """Every object of the workload, in apply order (pure)."""
     objects = [_deployment(ctx, desired, credentials_digest), _service(ctx, desired), _disruption_budget(ctx, desired)]
@@ -73,11 +76,8 @@ def _metadata(ctx: DriverContext, desired: State, **extra: Any) -> dict[str, Any
 
 def _deployment(ctx: DriverContext, desired: State, credentials_digest: str) -> Object:
     selector = {"app.kubernetes.io/name": desired["instance"]}
-    probe = {
-        "httpGet": {"path": desired["healthPath"], "port": desired["containerPort"]},
-        "periodSeconds": desired["probeIntervalSeconds"],
-        "timeoutSeconds": 5,
-    }
+    check = {"httpGet": {"path": desired["healthPath"], "port": desired["containerPort"]}}
+    liveness = {**check, "periodSeconds": desired["probeIntervalSeconds"], "timeoutSeconds": 5}
     env_from = [{"secretRef": {"name": desired["connectionSecret"]}}] if desired["connectionSecret"] else []
     optional = set(desired["optionalSecretRefs"])
     env_from += [{"secretRef": {"name": name, "optional": name in optional}} for name in desired["secretRefs"]]
@@ -90,13 +90,15 @@ def _deployment(ctx: DriverContext, desired: State, credentials_digest: str) -> 
         + [{"name": "PORT", "value": str(desired["containerPort"])}],
         "envFrom": env_from,
         "resources": {"limits": limits, "requests": limits},
-        "readinessProbe": probe,
-        "livenessProbe": {**probe, "failureThreshold": 3, "initialDelaySeconds": 10},
+        # Readiness is the rollout's health gate: no traffic to a Pod before it passes.
+        "readinessProbe": {**check, **desired["readinessGate"]},
+        "livenessProbe": {**liveness, "failureThreshold": 3, "initialDelaySeconds": 10},
     }
     spec: dict[str, Any] = {
         "selector": {"matchLabels": selector},
         # Health-gated rolling update: a new Pod must be ready before an old one goes.
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "progressDeadlineSeconds": desired["progressDeadlineSeconds"],
         "template": {
             "metadata": {"labels": {**labels(ctx, desired)}, "annotations": {CREDENTIALS: credentials_digest}},
             "spec": {"containers": [container], "enableServiceLinks": False},
@@ -313,6 +315,7 @@ def _state_of(deployment: Object, service: Object | None, autoscaler: Object | N
     connection = next((e["name"] for e in env_from if "optional" not in e), None)
     refs = [e for e in env_from if "optional" in e]
     probe = container.get("readinessProbe", {})
+    liveness = container.get("livenessProbe", {})
     limits = container.get("resources", {}).get("limits", {})
     scaling = autoscaler["spec"] if autoscaler else None
     return {
@@ -332,5 +335,7 @@ def _state_of(deployment: Object, service: Object | None, autoscaler: Object | N
         "optionalSecretRefs": sorted(e["name"] for e in refs if e.get("optional")),
         "connectionSecret": connection,
         "healthPath": probe.get("httpGet", {}).get("path"),
-        "probeIntervalSeconds": probe.get("periodSeconds"),
+        "probeIntervalSeconds": liveness.get("periodSeconds"),
+        "readinessGate": {k: probe.get(k) for k in GATE_FIELDS},
+        "progressDeadlineSeconds": deployment["spec"].get("progressDeadlineSeconds"),
     }

@@ -47,8 +47,23 @@ def test_deployment_carries_image_probes_limits_and_credentials_from_the_secret(
             "secretRefs": [{"name": "stripe", "optional": True}],
         },
         monitoring={"healthPath": "/healthz", "probeIntervalSeconds": 10},
+        project={
+            "slug": "shop",
+            "source": {"image": "ghcr.io/acme/shop:1.0.0"},
+            "rollout": {
+                "healthCheck": {
+                    "intervalSeconds": 2.5,
+                    "timeoutSeconds": 0.5,
+                    "healthyThreshold": 3,
+                    "unhealthyThreshold": 4,
+                },
+                "startTimeoutSeconds": 120,
+            },
+        },
     )["Deployment"]
-    probe = {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 10, "timeoutSeconds": 5}
+    check = {"httpGet": {"path": "/healthz", "port": 8080}}
+    # The rollout's gate, in the whole seconds Kubernetes counts: 2.5 s -> 3, 0.5 s -> 1.
+    gate = {"periodSeconds": 3, "timeoutSeconds": 1, "successThreshold": 3, "failureThreshold": 4}
     limits = {"cpu": "250m", "memory": "256Mi"}
     assert deployment == {
         "apiVersion": "apps/v1",
@@ -59,6 +74,7 @@ def test_deployment_carries_image_probes_limits_and_credentials_from_the_secret(
             "replicas": 2,
             "selector": {"matchLabels": {"app.kubernetes.io/name": "shop-staging"}},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "progressDeadlineSeconds": 120,
             "template": {
                 "metadata": {"labels": LABELS, "annotations": {"codeb.dev/credentials-digest": "cafe"}},
                 "spec": {
@@ -71,8 +87,9 @@ def test_deployment_carries_image_probes_limits_and_credentials_from_the_secret(
                         "envFrom": [{"secretRef": {"name": "shop-staging-connection"}},
                                     {"secretRef": {"name": "stripe", "optional": True}}],
                         "resources": {"limits": limits, "requests": limits},
-                        "readinessProbe": probe,
-                        "livenessProbe": {**probe, "failureThreshold": 3, "initialDelaySeconds": 10},
+                        "readinessProbe": {**check, **gate},
+                        "livenessProbe": {**check, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3,
+                                          "initialDelaySeconds": 10},
                     }],
                 },
             },
