@@ -13,6 +13,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -95,9 +96,9 @@ def api_errors(what: str) -> Iterator[None]:
         if exc.status == 404:
             raise CommandError(f"{what}: not found (`codeb status -A` lists the Projects)", EXIT_NOT_FOUND) from None
         raise CommandError(f"{what}: the API server answered {exc.status} {exc.reason}", EXIT_UNREACHABLE) from None
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
-        host = kubernetes.client.Configuration.get_default_copy().host
-        raise CommandError(f"{what}: cannot reach the API server ({type(exc).__name__}; {host}): is it running? "
+    except (urllib3.exceptions.HTTPError, OSError):
+        kubeconfig = os.environ.get("KUBECONFIG") or "~/.kube/config"
+        raise CommandError(f"{what}: cannot reach the API server that {kubeconfig} names: is it running? "
                            "(`codeb up` starts the local one)", EXIT_UNREACHABLE) from None  # fmt: skip
 
 
@@ -314,10 +315,11 @@ def _wanted(args: argparse.Namespace, api: kubernetes.client.CustomObjectsApi) -
 
 def cmd_diff(args: argparse.Namespace) -> int:
     """What the operator would change, per component: the real drivers look, the operator's planner decides."""
-    api = projects_api()
     if (args.file is None) == (args.project is None):
         raise CommandError("give a Project name or -f FILE (one of them)", EXIT_USAGE)
-    results = asyncio.run(_preview_all(_wanted(args, api)))
+    api = projects_api()
+    with tempfile.TemporaryDirectory(prefix="codeb-diff-") as scratch:
+        results = asyncio.run(_preview_all(_wanted(args, api), Path(scratch)))
     if args.output == "json":
         print(json.dumps({"projects": results}, indent=2))
     else:
@@ -325,7 +327,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return EXIT_DIFFERS if any(r["changes"] for r in results) else EXIT_OK
 
 
-async def _preview_all(wanted: list[tuple[dict[str, Any], bool]]) -> list[dict[str, Any]]:
+async def _preview_all(wanted: list[tuple[dict[str, Any], bool]], scratch: Path) -> list[dict[str, Any]]:
     from concurrent.futures import ThreadPoolExecutor
 
     from controller.claims import ClaimPreview, local_port_free
@@ -339,6 +341,8 @@ async def _preview_all(wanted: list[tuple[dict[str, Any], bool]]) -> list[dict[s
         config = load_config()
     except ConfigError as exc:
         raise CommandError(f"invalid configuration: {exc}", EXIT_USAGE) from None
+    # Terraform looks in a directory of its own: an operator's runs on this machine are never touched.
+    config = config.model_copy(update={"terraform_dir": scratch})
     kube = KubeClient(api_client_from_environment(4), ThreadPoolExecutor(4), config.api_timeout_seconds)
     claims = ClaimPreview(kube, config.claims_namespace, config.reserved_ports, local_port_free)
     reconciler = Reconciler(operator_drivers(kube, config), claims)
