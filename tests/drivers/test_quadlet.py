@@ -150,6 +150,10 @@ async def test_the_application_runs_on_both_hosts_with_its_credentials_in_a_root
     before = container_id(hosts, 0)
     await world["workload"].apply(ctx, wanted(ctx, project))
     assert container_id(hosts, 0) == before
+    # `codeb logs`: the unit's journal from each host, the health checks among its lines.
+    journals = await world["workload"].logs(ctx, 50)
+    assert set(journals) == {h.address for h in hosts.hosts}
+    assert all(any("/api/health" in line for line in lines) for lines in journals.values()), journals
 
 
 async def test_a_hand_edited_unit_is_drift_and_is_put_back(world: dict[str, Any]) -> None:
