@@ -265,8 +265,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     home = local_home()
     running = _up_running(home)
     if running is not None:
-        print(f"codeb up: already running (pid {running}); `codeb down` stops it", file=sys.stderr)
-        return 1
+        raise CommandError(f"already running (pid {running}); `codeb down` stops it", EXIT_USAGE)
     home.mkdir(parents=True, exist_ok=True)
     (home / UP_PID).write_text(str(os.getpid()))
     # `kill` (and `codeb down`) stop everything as Ctrl-C does.
@@ -285,7 +284,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         operator = _start_operator(home)
         step("waiting for the example to serve")
         if not _wait_serving(cluster, operator, platform.https_port, step):
-            return 1
+            return EXIT_DIFFERS
         url = f"https://hello.localhost:{platform.https_port}/"
         step(f"serving: {url}")
         if args.output == "json":

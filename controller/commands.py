@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import kubernetes.client
 import urllib3
@@ -29,6 +29,9 @@ from controller.localcluster import REPO_ROOT, cache_dir
 from controller.status import format_validation_error, load_status
 from schemas.project import API_GROUP, API_VERSION, KIND, PLURAL, ProjectSpec, ProjectStatus
 
+if TYPE_CHECKING:
+    from controller.config import OperatorConfig
+
 EXIT_OK = 0
 EXIT_DIFFERS = 1  # the answer is no: diff found changes, validate problems, generate --check drift
 EXIT_USAGE = 2  # the command cannot do what it was asked: a bad flag, an invalid manifest, no such revision
@@ -38,7 +41,7 @@ EXIT_UNREACHABLE = 4  # no cluster to talk to, or it refused
 EXIT_CODES = {
     EXIT_OK: "done (diff: nothing would change)",
     EXIT_DIFFERS: "the answer is no: diff found changes, validate problems, generate --check drift;"
-    " down: `up` did not stop within a minute",
+    " up: the example did not serve (its log says why); down: `up` did not stop within a minute",
     EXIT_USAGE: "the command cannot do what it was asked (a flag, a manifest, a revision): the message says which",
     EXIT_NOT_FOUND: "no such Project",
     EXIT_UNREACHABLE: "no cluster to talk to, or the API server refused: the message says which",
@@ -127,6 +130,16 @@ def run(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
             print(json.dumps({"error": exc.message, "exitCode": exc.code}))
         print(f"codeb {args.subcommand}: {exc.message}", file=sys.stderr)
         return exc.code
+
+
+def operator_config() -> OperatorConfig:
+    """The operator's configuration from the environment, as the operator reads it."""
+    from controller.config import ConfigError, load_config
+
+    try:
+        return load_config()
+    except ConfigError as exc:
+        raise CommandError(f"invalid configuration: {exc}", EXIT_USAGE) from None
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -332,15 +345,11 @@ async def _preview_all(wanted: list[tuple[dict[str, Any], bool]], scratch: Path)
 
     from controller.claims import ClaimPreview, local_port_free
     from controller.cli import operator_drivers
-    from controller.config import ConfigError, load_config
     from controller.kube import KubeClient
     from controller.naming import ProjectKey
     from controller.reconcile import ProjectInput, Reconciler
 
-    try:
-        config = load_config()
-    except ConfigError as exc:
-        raise CommandError(f"invalid configuration: {exc}", EXIT_USAGE) from None
+    config = operator_config()
     # Terraform looks in a directory of its own: an operator's runs on this machine are never touched.
     config = config.model_copy(update={"terraform_dir": scratch})
     kube = KubeClient(api_client_from_environment(4), ThreadPoolExecutor(4), config.api_timeout_seconds)
@@ -438,21 +447,24 @@ async def _workload_logs(body: dict[str, Any], tail: int) -> dict[str, list[str]
     from concurrent.futures import ThreadPoolExecutor
 
     from controller.cli import operator_drivers
-    from controller.config import load_config
     from controller.drivers import DriverContext, Placement, WorkloadLogs
     from controller.kube import KubeClient
     from controller.naming import ProjectKey
     from controller.planner import Component
 
-    config = load_config()
-    spec = ProjectSpec.model_validate(body.get("spec") or {})
+    config = operator_config()
+    meta = body["metadata"]
+    try:
+        spec = ProjectSpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        raise CommandError(f"{meta['namespace']}/{meta['name']}: {format_validation_error(exc)}", EXIT_USAGE) from None
     status = load_status(body.get("status"))
     kube = KubeClient(api_client_from_environment(4), ThreadPoolExecutor(4), config.api_timeout_seconds)
     drivers = await operator_drivers(kube, config)(Placement.of(spec))
     driver = drivers.get(Component.workload)
     if not isinstance(driver, WorkloadLogs):
-        raise CommandError(f"runtime {spec.servers.runtime.value} cannot show its workload's logs here yet", EXIT_USAGE)
-    meta = body["metadata"]
+        raise CommandError(f"no workload driver for runtime {spec.servers.runtime.value} in this configuration "
+                           "(runtime local needs CODEB_LOCAL_RUNTIME=1)", EXIT_USAGE)  # fmt: skip
     ctx = DriverContext(ProjectKey(meta["namespace"], meta["name"], meta["uid"]), status.allocations,
                         servers=spec.servers, recorded=status.infrastructure)  # fmt: skip
     # Where the workload runs comes from the infrastructure, as in a reconcile.
