@@ -130,6 +130,11 @@ def test_init_writes_what_the_api_server_accepts(cli: LocalCluster, namespace: s
     assert "spec.project.source" in capsys.readouterr().err
 
 
+def test_generate_check_reports_in_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["generate", "--check", "-o", "json"]) == EXIT_OK
+    assert said(capsys) == {"checked": True, "stale": []}
+
+
 def test_validate_names_each_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = project("shop")
     bad["spec"]["environment"]["type"] = "prod"

@@ -75,6 +75,7 @@ def stop(process: subprocess.Popen[str]) -> float:
 
 
 def test_up_serves_the_example_stops_cleanly_and_keeps_its_data(tmp_path: Path) -> None:
+    """up, `codeb down`, up again: the data is still there; Ctrl-C leaves no process behind."""
     cache = isolated_cache(tmp_path)
     first = up(cache, tmp_path / "up1.log")
     try:
@@ -83,9 +84,14 @@ def test_up_serves_the_example_stops_cleanly_and_keeps_its_data(tmp_path: Path) 
         page = fetch(url)
         assert "Hello, CodeB" in page.stdout and page.stdout.count("<td>works</td>") == 3, page.stdout
         visits = json.loads(fetch(url, "/api/visit").stdout)["database"]["visits"]
+        the_cli_reads_what_up_serves(cache, url)
+        down = codeb(cache, "down", "-o", "json")
+        assert down.returncode == 0 and json.loads(down.stdout)["stopped"] is True, down.stderr
+        print(f"codeb down: stopped in {json.loads(down.stdout)['seconds']}s")
+        assert first.wait(timeout=5) == 0
     finally:
-        took = stop(first)
-    print(f"codeb up: stopped in {took:.1f}s")
+        if first.poll() is None:
+            stop(first)
     assert left_behind(cache) == []
 
     second = up(cache, tmp_path / "up2.log", "--output", "json")
@@ -95,14 +101,9 @@ def test_up_serves_the_example_stops_cleanly_and_keeps_its_data(tmp_path: Path) 
         assert said["url"] == url and Path(said["kubeconfig"]).exists() and said["seconds"] > 0
         again = json.loads(fetch(url, "/api/visit").stdout)
         assert again["database"]["visits"] == visits + 1 and again["bucket"]["readBack"], again
-        the_cli_reads_what_up_serves(cache, url)
-        down = codeb(cache, "down", "-o", "json")
-        assert down.returncode == 0 and json.loads(down.stdout)["stopped"] is True, down.stderr
-        print(f"codeb down: stopped in {json.loads(down.stdout)['seconds']}s")
-        assert second.wait(timeout=5) == 0
     finally:
-        if second.poll() is None:
-            stop(second)
+        took = stop(second)
+    print(f"codeb up: stopped by Ctrl-C in {took:.1f}s")
     assert left_behind(cache) == []
 
 
