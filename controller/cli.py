@@ -268,8 +268,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise CommandError(f"already running (pid {running}); `codeb down` stops it", EXIT_USAGE)
     home.mkdir(parents=True, exist_ok=True)
     (home / UP_PID).write_text(str(os.getpid()))
-    # `kill` (and `codeb down`) stop everything as Ctrl-C does.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Ctrl-C, `kill` and `codeb down` all stop everything the same way; SIGINT explicitly too, since a
+    # shell starting `up` in the background (`&` without job control) leaves it ignored.
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, signal.default_int_handler)
     cluster = LocalCluster(home, fast_storage=False)
     platform = LocalPlatform.open(home / "platform")
     operator: subprocess.Popen[bytes] | None = None
@@ -324,14 +326,14 @@ def _up_running(home: Path) -> int | None:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    """Stop a running `codeb up` as Ctrl-C would, and wait until everything it started has stopped.
+    """Stop a running `codeb up` as Ctrl-C would (SIGTERM), and wait until everything it started has stopped.
 
     Exit codes: 0 stopped (or nothing was running), 1 it did not stop within a minute.
     """
     pid = _up_running(local_home())
     started = time.monotonic()
     if pid is not None:
-        os.kill(pid, signal.SIGINT)
+        os.kill(pid, signal.SIGTERM)
         while _up_running(local_home()) == pid and time.monotonic() - started < 60:
             time.sleep(0.1)
     stopped = pid is None or _up_running(local_home()) != pid

@@ -29,10 +29,12 @@ def isolated_cache(tmp_path: Path) -> Path:
     return cache
 
 
-def up(cache: Path, log: Path, *args: str) -> subprocess.Popen[str]:
+def up(cache: Path, log: Path, *args: str, background: bool = False) -> subprocess.Popen[str]:
+    """`codeb up`; ``background``: as a shell's `&` without job control starts it, SIGINT ignored."""
     env = {**os.environ, "CODEB_CACHE": str(cache)}
+    ignore_sigint = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if background else None
     return subprocess.Popen([find_binary("codeb"), "up", *args], env=env, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=ignore_sigint)  # fmt: skip
 
 
 def wait_url(process: subprocess.Popen[str], log: Path, timeout: float = 240) -> str:
@@ -77,7 +79,7 @@ def stop(process: subprocess.Popen[str]) -> float:
 def test_up_serves_the_example_stops_cleanly_and_keeps_its_data(tmp_path: Path) -> None:
     """up, `codeb down`, up again: the data is still there; Ctrl-C leaves no process behind."""
     cache = isolated_cache(tmp_path)
-    first = up(cache, tmp_path / "up1.log")
+    first = up(cache, tmp_path / "up1.log", background=True)
     try:
         url = wait_url(first, tmp_path / "up1.log")
         assert re.fullmatch(r"https://hello\.localhost:\d+/", url)
