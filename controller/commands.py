@@ -72,10 +72,17 @@ def local_operator_env(home: Path) -> dict[str, str]:
 
 
 def target_environment() -> None:
-    """Point this process at a cluster: the environment's, else ~/.kube/config, else `codeb up`'s."""
-    if os.environ.get("KUBECONFIG") or (Path.home() / ".kube" / "config").exists():
-        return
+    """Point this process at a cluster: the environment's, else ~/.kube/config, else `codeb up`'s.
+
+    On `codeb up`'s cluster (found, or named by KUBECONFIG) the operator's settings come with it:
+    runtime local on, its state directory, so `diff` and `logs` see what its operator sees.
+    """
     home = local_home()
+    named = os.environ.get("KUBECONFIG")
+    if named and Path(named).resolve() != (home / "kubeconfig").resolve():
+        return
+    if not named and (Path.home() / ".kube" / "config").exists():
+        return
     if not (home / "kubeconfig").exists():
         raise CommandError("no cluster to talk to: set KUBECONFIG, or start the local one with `codeb up`",
                            EXIT_UNREACHABLE)  # fmt: skip

@@ -109,9 +109,10 @@ def test_up_serves_the_example_stops_cleanly_and_keeps_its_data(tmp_path: Path) 
     assert left_behind(cache) == []
 
 
-def codeb(cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """A `codeb` command in another shell: no KUBECONFIG, so it finds the cluster `codeb up` runs."""
+def codeb(cache: Path, *args: str, kubeconfig: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """A `codeb` command in another shell: without KUBECONFIG it finds the cluster `codeb up` runs."""
     env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"} | {"CODEB_CACHE": str(cache)}
+    env |= {"KUBECONFIG": str(kubeconfig)} if kubeconfig else {}
     return subprocess.run([find_binary("codeb"), *args], env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -131,3 +132,6 @@ def the_cli_reads_what_up_serves(cache: Path, url: str) -> None:
     diff = codeb(cache, "diff", "hello")
     assert diff.returncode == 0, diff.stdout + diff.stderr
     assert "default/hello: in sync, nothing would change" in diff.stdout
+    # The same with KUBECONFIG exported as `up` suggests: its operator's settings come along.
+    named = codeb(cache, "diff", "hello", kubeconfig=cache / "local" / "kubeconfig")
+    assert named.returncode == 0 and "in sync" in named.stdout, named.stdout + named.stderr
