@@ -521,8 +521,7 @@ class ClaimStore:
         before: dict[str, set[str]] = {}
         for claim in await self.held(key):  # a pool may hold several values (domains)
             before.setdefault(claim.pool, set()).add(claim.value)
-        port_free = self._local_port_free if spec.servers.provider is Provider.local else None
-        requests = requests_for(key, spec, self._reserved, current_port, port_free, current_alternate)
+        requests = self._requests(key, spec, current_port, current_alternate)
         # Pools are independent: a new Project waits for one round of writes, not five.
         results = await asyncio.gather(
             *[self._pools[pool].run(request) for pool, request in requests.items()], return_exceptions=True
@@ -537,6 +536,12 @@ class ClaimStore:
             await asyncio.gather(*undo, return_exceptions=True)
             raise failure
         return _claimed(spec, dict(zip(requests, results, strict=True)))
+
+    def _requests(
+        self, key: ProjectKey, spec: ProjectSpec, current_port: int | None, current_alternate: int | None
+    ) -> dict[str, Request]:
+        port_free = self._local_port_free if spec.servers.provider is Provider.local else None
+        return requests_for(key, spec, self._reserved, current_port, port_free, current_alternate)
 
     async def release_all(self, key: ProjectKey) -> int:
         released = await asyncio.gather(*[pool.run(ReleaseRequest(key.uid)) for pool in self._pools.values()])
@@ -560,8 +565,7 @@ class ClaimPreview(ClaimStore):
     async def ensure(
         self, key: ProjectKey, spec: ProjectSpec, current_port: int | None = None, current_alternate: int | None = None
     ) -> Claimed:
-        port_free = self._local_port_free if spec.servers.provider is Provider.local else None
-        requests = requests_for(key, spec, self._reserved, current_port, port_free, current_alternate)
+        requests = self._requests(key, spec, current_port, current_alternate)
         decided = {pool: request.decide(await self._pools[pool].current(fresh=True))[0]
                    for pool, request in requests.items()}  # fmt: skip
         return _claimed(spec, decided)

@@ -76,11 +76,10 @@ def generated_files() -> dict[Path, str]:
 
 def cli_docs() -> dict[Path, str]:
     """A page per command, from the parser itself, and an index."""
-    pages = {}
-    commands = _subcommands(parser())
+    pages, root = {}, parser()
     index = ["# The `codeb` command", "", "Generated from the CLI (`codeb generate`); a test fails when it drifts.", "",
-             "```", parser().format_help().rstrip(), "```", "", "| command | what it does |", "|---|---|"]  # fmt: skip
-    for name, (summary, sub) in commands.items():
+             "```", root.format_help().rstrip(), "```", "", "| command | what it does |", "|---|---|"]  # fmt: skip
+    for name, (summary, sub) in _subcommands(root).items():
         pages[CLI_DOCS / f"{name}.md"] = f"# codeb {name}\n\n{summary}.\n\n```\n{sub.format_help().rstrip()}\n```\n"
         index.append(f"| [`codeb {name}`]({name}.md) | {summary} |")
     pages[CLI_DOCS / "README.md"] = "\n".join(index) + "\n"

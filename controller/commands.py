@@ -31,6 +31,7 @@ from schemas.project import API_GROUP, API_VERSION, KIND, PLURAL, ProjectSpec, P
 
 if TYPE_CHECKING:
     from controller.config import OperatorConfig
+    from controller.kube import KubeClient
 
 EXIT_OK = 0
 EXIT_DIFFERS = 1  # the answer is no: diff found changes, validate problems, generate --check drift
@@ -149,6 +150,15 @@ def operator_config() -> OperatorConfig:
         raise CommandError(f"invalid configuration: {exc}", EXIT_USAGE) from None
 
 
+def operator_kube(config: OperatorConfig) -> KubeClient:
+    """A client such as the operator's drivers take, small: one command, a few requests."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from controller.kube import KubeClient
+
+    return KubeClient(api_client_from_environment(4), ThreadPoolExecutor(4), config.api_timeout_seconds)
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     cells = [[str(h) for h in headers], *[["-" if c is None or c == "" else str(c) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
@@ -163,9 +173,9 @@ def _ready(status: ProjectStatus) -> tuple[str, str]:
     return (found.status.value, found.reason) if found else ("Unknown", "NotReconciled")
 
 
-def summary(body: dict[str, Any]) -> dict[str, Any]:
+def summary(body: dict[str, Any], status: ProjectStatus | None = None) -> dict[str, Any]:
     """One Project in a line: what `codeb status` lists."""
-    status = load_status(body.get("status"))
+    status = status or load_status(body.get("status"))
     ready, reason = _ready(status)
     serving = status.serving
     return {
@@ -187,7 +197,7 @@ def detail(body: dict[str, Any]) -> dict[str, Any]:
     previous = next((d for d in status.deployments[1:] if d.result == "Succeeded"), None)
     infrastructure = status.infrastructure
     return {
-        **summary(body),
+        **summary(body, status),
         "generation": body["metadata"].get("generation"),
         "observedGeneration": status.observed_generation,
         "conditions": dumped.get("conditions", []),
@@ -348,18 +358,15 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 async def _preview_all(wanted: list[tuple[dict[str, Any], bool]], scratch: Path) -> list[dict[str, Any]]:
-    from concurrent.futures import ThreadPoolExecutor
-
     from controller.claims import ClaimPreview, local_port_free
     from controller.cli import operator_drivers
-    from controller.kube import KubeClient
     from controller.naming import ProjectKey
     from controller.reconcile import ProjectInput, Reconciler
 
     config = operator_config()
     # Terraform looks in a directory of its own: an operator's runs on this machine are never touched.
     config = config.model_copy(update={"terraform_dir": scratch})
-    kube = KubeClient(api_client_from_environment(4), ThreadPoolExecutor(4), config.api_timeout_seconds)
+    kube = operator_kube(config)
     claims = ClaimPreview(kube, config.claims_namespace, config.reserved_ports, local_port_free)
     reconciler = Reconciler(operator_drivers(kube, config), claims)
     results = []
@@ -451,11 +458,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 async def _workload_logs(body: dict[str, Any], tail: int) -> dict[str, list[str]]:
-    from concurrent.futures import ThreadPoolExecutor
-
     from controller.cli import operator_drivers
     from controller.drivers import DriverContext, Placement, WorkloadLogs
-    from controller.kube import KubeClient
     from controller.naming import ProjectKey
     from controller.planner import Component
 
@@ -466,8 +470,7 @@ async def _workload_logs(body: dict[str, Any], tail: int) -> dict[str, list[str]
     except ValidationError as exc:
         raise CommandError(f"{meta['namespace']}/{meta['name']}: {format_validation_error(exc)}", EXIT_USAGE) from None
     status = load_status(body.get("status"))
-    kube = KubeClient(api_client_from_environment(4), ThreadPoolExecutor(4), config.api_timeout_seconds)
-    drivers = await operator_drivers(kube, config)(Placement.of(spec))
+    drivers = await operator_drivers(operator_kube(config), config)(Placement.of(spec))
     driver = drivers.get(Component.workload)
     if not isinstance(driver, WorkloadLogs):
         raise CommandError(f"no workload driver for runtime {spec.servers.runtime.value} in this configuration "

@@ -60,19 +60,14 @@ class UpstreamFiles:
         if not (dial.startswith("{file.") and dial.endswith("}")):
             return dial
         path = Path(dial[len("{file.") : -1])
-        if path.parent != self.directory:
-            return dial
-        try:
-            return path.read_text().strip()
-        except OSError:
-            return ""
+        return _content(path) if path.parent == self.directory else dial
 
     def write(self, ctx: DriverContext, upstreams: list[str]) -> None:
         """Each address into its file by rename, so Caddy reads the old address or the new, never half."""
         self.directory.mkdir(parents=True, exist_ok=True)
         for index, address in enumerate(upstreams):
             path = self.path(ctx, index)
-            if self.read(self.dial(ctx, index)) == address:
+            if _content(path) == address:
                 continue
             partial = path.with_name(f".{path.name}.partial")
             partial.write_text(address)
@@ -85,6 +80,13 @@ class UpstreamFiles:
             suffix = path.name.rsplit(".", 1)[-1]
             if suffix.isdigit() and int(suffix) >= keep:
                 path.unlink(missing_ok=True)
+
+
+def _content(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
 
 
 def render_route(ctx: DriverContext, desired: State, files: UpstreamFiles | None = None) -> dict[str, Any]:
