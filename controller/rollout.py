@@ -49,8 +49,9 @@ BEFORE_SWITCH = frozenset({RolloutStep.checking, RolloutStep.hooks, RolloutStep.
 HISTORY = 20
 # What status.serving says of the warm colour.
 WARM_FIELDS = ("warm", "warm_release", "warm_revision", "warm_until")
-# Keys of a colour's state that are where it runs, not what it runs.
-PLACEMENT_KEYS = frozenset({"port"})
+# Keys of a colour's state that are where it runs, not what it runs: a host added or taken
+# away moves the serving colour, it is not a new release.
+PLACEMENT_KEYS = frozenset({"port", "hosts"})
 # A check counts when at least this share of the interval has passed since the last one
 # (passes triggered by other events in between do not count twice).
 DUE_SHARE = 0.9
@@ -91,13 +92,14 @@ class Facts:
     history: tuple[DeploymentRecord, ...] = ()
     hooks: tuple[str, ...] = ()  # every hook due once per release, in order
     retry: str | None = None  # the codeb.dev/retry-rollout annotation
+    placement: State = field(default_factory=dict)  # where every colour runs, but its port (the hosts)
 
     @property
     def release(self) -> str:
         return release_of(self.wanted)
 
     def wanted_with(self, colour: Colour) -> State:
-        return {**self.wanted, "port": self.ports[colour]}
+        return {**self.wanted, **self.placement, "port": self.ports[colour]}
 
     def runs(self, colour: Colour, release: str) -> bool:
         seen = self.seen.get(colour)
@@ -489,13 +491,10 @@ def _seconds(later: datetime, earlier: datetime) -> float:
 
 
 def blue_green(spec: ProjectSpec) -> bool:
-    """Runtimes whose colours run side by side on two ports.
-
-    Only runtime local so far. Quadlet still rolls one unit per host in place, host by
-    host, each waiting for health before the next (`controller.drivers.quadlet`); its
-    colours are the next step. Kubernetes rolls Pods behind one Service.
-    """
-    return spec.servers.runtime is Runtime.local
+    """Runtimes whose colours run side by side on two ports: local (two processes) and quadlet
+    (two units on every host). Kubernetes rolls Pods behind one Service instead, with the same
+    health gate (`controller.planner`)."""
+    return spec.servers.runtime in (Runtime.local, Runtime.quadlet)
 
 
 def hook_names(spec: ProjectSpec) -> tuple[str, ...]:
@@ -526,6 +525,7 @@ def facts_for(
     seen = seen_colours(raw)
     return Facts(
         wanted={k: v for k, v in release.items() if k not in PLACEMENT_KEYS},
+        placement={k: v for k, v in release.items() if k in PLACEMENT_KEYS and k != "port"},
         ports=ports,
         seen=seen,
         routed=routed_colour(route, seen, ports),

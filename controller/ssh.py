@@ -77,16 +77,19 @@ class SshPool:
         self._connections: dict[tuple[str, int, str, str], asyncssh.SSHClientConnection] = {}
         self._locks: dict[tuple[str, int, str, str], asyncio.Lock] = {}
 
-    async def run(self, host: HostAccess, command: str, stdin: str | None = None) -> Result:
-        """Runs ``command`` (a shell line) on the host; a non-zero exit is returned, not raised."""
+    async def run(
+        self, host: HostAccess, command: str, stdin: str | None = None, timeout: float | None = None
+    ) -> Result:
+        """Runs ``command`` (a shell line) on the host; a non-zero exit is returned, not raised.
+
+        ``timeout`` overrides the pool's command timeout (a hook with a longer one of its own)."""
         connection = await self._connection(host)
+        limit = timeout or self._command_timeout
         try:
-            completed = await asyncio.wait_for(
-                connection.run(command, input=stdin, check=False), timeout=self._command_timeout
-            )
+            completed = await asyncio.wait_for(connection.run(command, input=stdin, check=False), timeout=limit)
         except TimeoutError as exc:
             raise RetryableError(
-                f"{host.target}: command did not finish within {self._command_timeout:.0f}s",
+                f"{host.target}: command did not finish within {limit:.0f}s",
                 reason="HostTimeout",
                 delay=30,
             ) from exc

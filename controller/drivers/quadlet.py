@@ -1,21 +1,23 @@
-"""Runtime ``quadlet``: one Podman Quadlet unit per host, delivered over SSH.
+"""Runtime ``quadlet``: Podman Quadlet units on every host, delivered over SSH, one per colour.
 
 The hosts, and what each supports, come from the infrastructure's outputs
 (`controller.drivers.hosts`); the unit and the environment file are rendered by the
 pure builders in `controller.quadlet`. Credentials reach the host only in the
 environment file (root-only, 0600), never in the unit.
 
+Deploys are blue-green across every host (`controller.rollout`): each colour is a unit
+(``…-blue``, ``…-green``) on every host, publishing the colour's own port, so the new
+release starts beside the serving one, is checked on every host, and only then does
+the route switch, all hosts at once. The driver's state is the rollout engine's
+``{"colours": {...}}``; a colour not in the desired state is stopped everywhere.
+
 The driver keeps no record of its own. Each unit carries what it was rendered from
 (no credential: only the environment file's digest), so observing a host tells a
 hand-edited unit (``unitsMatch``) from a rotated credential (``environmentCurrent``)
-from a changed spec. Health is observed on every host: systemd's view of the
-service, podman's health check, and a real HTTP request from the operator to the
-published port. The route reads the healthy hosts' endpoints from the outputs.
-
-Changes roll one host at a time, each checked healthy before the next: a new image
-that does not pull is refused before anything is touched, and one that does not
-start stops the roll while the other hosts keep serving. Units are colour-named
-(``…-blue``) so blue-green deploys can run a second colour beside the first.
+from a changed spec; either is a new release, rolled out like a new revision. Health
+is observed per colour on every host: systemd's view of the service, podman's health
+check, and a real HTTP request from the operator to the published port. A colour is
+healthy when it serves on every host; the route reads its healthy hosts' endpoints.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import shlex
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +33,16 @@ import httpx
 
 from controller.drivers import DriverContext
 from controller.drivers.hosts import login_for, servers_of
-from controller.drivers.workloads import Credentials, SecretReader, probe_http, read_credentials
-from controller.errors import PermanentError, RetryableError
+from controller.drivers.workloads import (
+    Credentials,
+    Probe,
+    SecretReader,
+    hook_run,
+    install_app,
+    probe_http,
+    read_credentials,
+)
+from controller.errors import CodebError, PermanentError, RetryableError
 from controller.naming import ProjectKey
 from controller.planner import Component, Observation, State
 from controller.quadlet import (
@@ -46,18 +56,21 @@ from controller.quadlet import (
     unit_path,
 )
 from controller.ssh import HostAccess, Login, SshPool
+from schemas.project import App, Colour, Hook, HookRun
 
-COLOUR = "blue"
-# Fields of the workload state that are judged, not launched: never part of a unit's record.
+COLOURS = tuple(colour.value for colour in Colour)
+# Fields of a colour's state that are judged, not launched: never part of a unit's record.
 JUDGED = ("hosts", "environmentCurrent", "unitsMatch")
 LOG_LINES = 5
+SECTIONS = ("unit", "env", "service", "health", "log")
 
 
 @dataclass
 class HostView:
-    """One host as observed: its unit (if any), what it was launched with, and its health."""
+    """One colour on one host as observed: its unit (if any), what it was launched with, its health."""
 
     facts: HostFacts
+    colour: str
     unit_text: str | None = None
     launch: Mapping[str, Any] | None = None
     env_sha: str | None = None
@@ -70,6 +83,9 @@ class HostView:
         return f"{self.facts.address}:{self.launch['state']['port']}" if self.launch else ""
 
 
+HostViews = dict[str, HostView]  # by colour
+
+
 class QuadletUnits:
     component = Component.workload
 
@@ -78,30 +94,40 @@ class QuadletUnits:
         read_secret: SecretReader,
         ssh: SshPool,
         client: httpx.AsyncClient | None = None,
-        healthy_timeout: float = 180.0,
+        start_timeout: float = 30.0,
     ) -> None:
         self._read_secret = read_secret
         self._ssh = ssh
         self._client = client or httpx.AsyncClient(timeout=5.0)
-        self._healthy_timeout = healthy_timeout
+        self._start_timeout = start_timeout
 
     # ------------------------------------------------------------ observe
 
     async def observe(self, ctx: DriverContext) -> Observation:
+        """Each colour's launched state, and its health on every host in ``outputs["colours"]``."""
         hosts = _hosts(ctx)
         if hosts is None:
             return Observation()  # no infrastructure observed: nowhere to look
         login = await self._login(ctx)
         looked = [*hosts, *_departing(ctx)]
-        views = await asyncio.gather(*(self._view(ctx.key, login.at(facts.address), facts) for facts in looked))
-        leaving = [v for v in views[len(hosts) :] if v.launch is not None]
-        present = [v for v in views[: len(hosts)] if v.launch is not None]
-        if not present and not leaving:
+        views = await asyncio.gather(*(self._views(ctx.key, login.at(facts.address), facts) for facts in looked))
+        colours = [c for c in COLOURS if any(v[c].launch is not None for v in views)]
+        if not colours:
             return Observation()
-        if not present:
-            # Only on hosts being taken away: what runs there is to be removed, not served.
-            return Observation(state={"hosts": sorted(v.facts.address for v in leaving)}, healthy=False)
-        launched = dict(present[0].launch["state"])  # type: ignore[index]
+        looks = await asyncio.gather(*(self._look(ctx, colour, views[: len(hosts)], views) for colour in colours))
+        states = {colour: state for colour, state, _ in looks}
+        health = {colour: verdict for colour, _, verdict in looks}
+        unhealthy = [f"{colour}: {verdict['detail']}" for colour, verdict in health.items() if not verdict["healthy"]]
+        return Observation(state={"colours": states}, healthy=not unhealthy, detail="; ".join(unhealthy) or None,
+                           outputs={"colours": health})  # fmt: skip
+
+    async def _look(
+        self, ctx: DriverContext, colour: str, current: Sequence[HostViews], everywhere: Sequence[HostViews]
+    ) -> tuple[str, State, State]:
+        """One colour across the hosts: what it was launched with, and whether it serves on every current host."""
+        present = [views[colour] for views in current if views[colour].launch is not None]
+        found = [views[colour] for views in everywhere if views[colour].launch is not None]
+        launched = dict((present or found)[0].launch["state"])  # type: ignore[index]
         credentials = await read_credentials(self._read_secret, ctx.key.namespace, launched, missing_ok=True)
         try:
             current_env: str | None = env_digest(self._env(ctx.key, launched, credentials))
@@ -109,74 +135,98 @@ class QuadletUnits:
             current_env = None  # the Secrets now hold what no env file can carry: apply names it
         state = {
             **launched,
-            "hosts": sorted(v.facts.address for v in [*present, *leaving]),
+            "hosts": sorted(v.facts.address for v in found),
             "environmentCurrent": all(v.env_sha == current_env == v.launch["env"] for v in present),  # type: ignore[index]
             "unitsMatch": all(_unit_matches(ctx.key, v, launched) for v in present),
         }
-        verdicts = await asyncio.gather(*(self._health(v, credentials) for v in present))
-        problems = [f"{v.facts.address}: {why}" for v, (ok, why) in zip(present, verdicts, strict=True) if not ok]
-        endpoints = [v.endpoint for v, (ok, _) in zip(present, verdicts, strict=True) if ok]
-        return Observation(
-            state=state, healthy=not problems, detail="; ".join(problems) or None, outputs={"endpoints": endpoints}
-        )
+        probes = await asyncio.gather(*(self._health(views[colour], credentials, ctx.health_timeout)
+                                        for views in current))  # fmt: skip
+        failing = [(views[colour].facts.address, probe) for views, probe in zip(current, probes, strict=True)
+                   if not probe.healthy]  # fmt: skip
+        verdict = {
+            "healthy": bool(current) and not failing,
+            "detail": "; ".join(f"{address}: {probe.detail}" for address, probe in failing) or None,
+            # A host still starting is not a failed check yet; one that answered (or exited) is.
+            "answered": any(probe.answered for _, probe in failing),
+            "endpoints": [views[colour].endpoint for views, probe in zip(current, probes, strict=True)
+                          if probe.healthy],
+        }  # fmt: skip
+        return colour, state, verdict
 
     async def logs(self, ctx: DriverContext, tail: int) -> dict[str, list[str]]:
-        """The unit's journal on each host, credentials redacted."""
+        """Each colour's journal on each host (``blue on 10.0.0.2``), credentials redacted."""
         login = await self._login(ctx)
-        unit = f"{unit_name(ctx.key, COLOUR)}.service"
         hosts = _hosts(ctx) or []
-        journals = await asyncio.gather(*(self._ssh.run(login.at(facts.address),
-                                                        f"journalctl -u {unit} -n {int(tail)} --no-pager -o cat")
-                                          for facts in hosts))  # fmt: skip
         wanted = {"connectionSecret": ctx.allocations.connection_secret}
         credentials = await read_credentials(self._read_secret, ctx.key.namespace, wanted, missing_ok=True)
-        return {facts.address: credentials.redact(result.stdout).splitlines() for facts, result in
-                zip(hosts, journals, strict=True)}  # fmt: skip
+        found = {}
+        for facts in hosts:
+            for colour in COLOURS:
+                unit = shlex.quote(f"{unit_name(ctx.key, colour)}.service")
+                result = await self._ssh.run(login.at(facts.address),
+                                             f"journalctl -u {unit} -n {int(tail)} --no-pager -o cat -q")  # fmt: skip
+                lines = credentials.redact(result.stdout).splitlines()
+                if lines:
+                    found[f"{colour} on {facts.address}"] = lines
+        return found
 
-    async def _view(self, key: ProjectKey, access: HostAccess, facts: HostFacts) -> HostView:
-        result = await self._ssh.run(access, _view_script(key))
+    async def _views(self, key: ProjectKey, access: HostAccess, facts: HostFacts,
+                     colours: Sequence[str] = COLOURS) -> HostViews:  # fmt: skip
+        """Every colour's unit, environment file, service and container on one host, in one SSH round trip."""
+        result = await self._ssh.run(access, " ; ".join(_view_script(key, colour) for colour in colours))
         sections = _sections(result.stdout)
-        view = HostView(facts)
-        if sections.get("unit"):
-            view.unit_text = sections["unit"]
-            view.launch = launch_of(view.unit_text)
-        view.env_sha = sections.get("env", "").split(" ")[0].strip() or None
-        view.service = dict(line.split("=", 1) for line in sections.get("service", "").splitlines() if "=" in line)
-        view.container_health = sections.get("health", "").strip()
-        view.log = sections.get("log", "")
-        return view
+        return {colour: _view(facts, colour, sections.get(colour, {})) for colour in colours}
 
-    async def _health(self, view: HostView, credentials: Credentials) -> tuple[bool, str | None]:
+    async def _health(self, view: HostView, credentials: Credentials, timeout: float | None) -> Probe:
+        if view.launch is None:
+            return Probe(False, f"no {view.colour} unit on the host", answered=False)
         service = view.service
         if service.get("ActiveState") != "active":
             restarts = service.get("NRestarts", "0")
             lines = " | ".join(view.log.strip().splitlines()[-3:])[-400:]
-            return False, (
+            detail = (
                 f"service {service.get('ActiveState', 'unknown')}/{service.get('SubState', '')} "
                 f"(result {service.get('Result', '?')}, {restarts} restarts); last output: "
                 f"{credentials.redact(lines) or '(none)'}"
             )
-        state = view.launch["state"]  # type: ignore[index]
-        probe = await probe_http(
-            self._client, view.facts.address, int(state["port"]), state["healthPath"], credentials.secret_values
-        )
+            # Exited at least once (a restart, a failure): that is an answer, not a slow start.
+            exited = service.get("Result", "success") != "success" or restarts != "0"
+            return Probe(False, detail, answered=exited)
+        state = view.launch["state"]
+        probe = await probe_http(self._client, view.facts.address, int(state["port"]), state["healthPath"],
+                                 credentials.secret_values, timeout)  # fmt: skip
         if not probe.healthy:
-            return False, probe.detail
+            return probe
         # podman's own check runs inside the container; "starting" is its grace period, not a failure.
         if view.container_health == "unhealthy":
-            return False, "podman's health check inside the container reports it unhealthy"
-        return True, None
+            return Probe(False, "podman's health check inside the container reports it unhealthy")
+        return probe
 
     # ------------------------------------------------------------ apply
 
     async def apply(self, ctx: DriverContext, desired: State) -> None:
-        launch = {k: v for k, v in desired.items() if k not in JUDGED}
+        """Each colour made to run exactly its target on its hosts; a colour with none is stopped everywhere.
+        One colour's change never touches the other, so the serving colour keeps serving meanwhile."""
+        targets: Mapping[str, State] = desired["colours"]
+        hosts = {h.address: h for h in _hosts(ctx) or []}
+        login = await self._login(ctx)
+        stale = [colour for colour in COLOURS if colour not in targets]
+        if stale:
+            await self._remove_from(ctx.key, login, list(hosts.values()), stale)
+        for colour, target in sorted(targets.items()):
+            await self._converge_colour(ctx, login, colour, target, hosts)
+        # Hosts being taken away (a scale-down) lose every unit once the others serve, before they go.
+        await self._remove_from(ctx.key, login, _departing(ctx), COLOURS)
+
+    async def _converge_colour(
+        self, ctx: DriverContext, login: Login, colour: str, target: State, hosts: Mapping[str, HostFacts]
+    ) -> None:
+        launch = {k: v for k, v in target.items() if k not in JUDGED}
         if not launch.get("image"):
             raise PermanentError(
                 "spec.project.source: runtime quadlet runs images; building from git is not supported yet",
                 reason="NotImplemented",
             )
-        hosts = {h.address: h for h in _hosts(ctx) or []}
         credentials = await read_credentials(self._read_secret, ctx.key.namespace, launch, missing_ok=False)
         try:
             env_text = self._env(ctx.key, launch, credentials)
@@ -186,50 +236,67 @@ class QuadletUnits:
                 reason="SecretInvalid",
                 delay=60,
             ) from None
-        if not desired.get("hosts"):
+        addresses = [address for address in target.get("hosts", []) if address in hosts]
+        if not addresses:
             raise RetryableError(
                 "no usable host yet: waiting for the infrastructure's hosts to answer over SSH (see status.hosts)",
                 reason="WaitingForHosts",
                 delay=15,
             )
-        login = await self._login(ctx)
-        for address in desired.get("hosts", []):
-            if address in hosts:
-                await self._converge_host(ctx.key, login.at(address), hosts[address], launch, env_text, credentials)
-        # Hosts being taken away (a scale-down) lose the unit once the others serve, before they go.
-        await self._remove_from(ctx.key, login, _departing(ctx))
+        # The old colour during a rollout is kept exactly as it runs, stale credentials or hand edits and all.
+        keep = target.get("environmentCurrent") is False or target.get("unitsMatch") is False
+        unit = _Unit(ctx.key, colour, launch, env_text, keep)
+        done = await asyncio.gather(*(self._converge_host(login.at(a), hosts[a], unit) for a in addresses),
+                                    return_exceptions=True)  # fmt: skip
+        failed = [result for result in done if isinstance(result, BaseException)]
+        if failed:
+            raise (
+                failed[0]
+                if isinstance(failed[0], CodebError)
+                else RetryableError(f"{colour}: {type(failed[0]).__name__}: {credentials.redact(str(failed[0]))[:300]}")
+            )
 
-    async def _converge_host(
-        self,
-        key: ProjectKey,
-        access: HostAccess,
-        facts: HostFacts,
-        launch: State,
-        env_text: str,
-        credentials: Credentials,
-    ) -> None:
-        env_sha = env_digest(env_text)
-        unit_text = render_unit(key, COLOUR, launch, facts, env_sha)
-        view = await self._view(key, access, facts)
-        if view.unit_text == unit_text and view.env_sha == env_sha and view.service.get("ActiveState") == "active":
+    async def _converge_host(self, access: HostAccess, facts: HostFacts, unit: _Unit) -> None:
+        env_sha = env_digest(unit.env_text)
+        unit_text = render_unit(unit.key, unit.colour, unit.launch, facts, env_sha)
+        view = (await self._views(unit.key, access, facts, (unit.colour,)))[unit.colour]
+        active = view.service.get("ActiveState") == "active"
+        if active and view.unit_text == unit_text and view.env_sha == env_sha:
             return
-        await self._refuse_taken_port(access, view, int(launch["port"]))
-        await self._ensure_image(access, str(launch["image"]))
-        await self._ssh.write_file(access, env_path(key, COLOUR), env_text, mode="0600")
-        await self._ssh.write_file(access, unit_path(key, COLOUR), unit_text, mode="0600")
-        service = shlex.quote(unit_name(key, COLOUR) + ".service")
-        started = await self._ssh.run(
-            access,
-            f"systemctl daemon-reload && systemctl reset-failed {service} 2>/dev/null; systemctl restart {service}",
-        )
-        if not started.ok:
-            view = await self._view(key, access, facts)
-            _, why = await self._health(view, credentials)
-            raise RetryableError(f"{facts.address}: the unit did not start: {why}", reason="StartFailed", delay=30)
-        await self._wait_healthy(key, access, facts, credentials)
+        if unit.keep and view.launch is not None and dict(view.launch["state"]) == dict(unit.launch):
+            return
+        await self._refuse_taken_port(access, view, int(unit.launch["port"]))
+        await self._ensure_image(access, str(unit.launch["image"]))
+        await self._ssh.write_file(access, env_path(unit.key, unit.colour), unit.env_text, mode="0600")
+        await self._ssh.write_file(access, unit_path(unit.key, unit.colour), unit_text, mode="0600")
+        service = shlex.quote(unit_name(unit.key, unit.colour) + ".service")
+        # Stopped first, so whatever answers on the port afterwards is the new container. Started with
+        # --no-block: with Notify=healthy (podman 4.7+) a start would wait out the health check, and
+        # whether the colour serves is the rollout's health gate to judge, not this call's.
+        queued = await self._ssh.run(access, f"systemctl daemon-reload && systemctl stop {service} && systemctl "
+                                             f"reset-failed {service} 2>/dev/null; "
+                                             f"systemctl start --no-block {service}")  # fmt: skip
+        if not queued.ok:
+            raise RetryableError(f"{facts.address}: the {unit.colour} unit could not be started: "
+                                 f"{queued.stderr.strip()[:300]}", reason="StartFailed", delay=30)  # fmt: skip
+        await self._wait_started(access, facts, unit)
+
+    async def _wait_started(self, access: HostAccess, facts: HostFacts, unit: _Unit) -> None:
+        """Until the new container answers on its port, or its service gives up (bounded): the next
+        observation is then worth reading. Healthy or not is for the rollout to judge."""
+        deadline = time.monotonic() + self._start_timeout
+        port, path = int(unit.launch["port"]), str(unit.launch["healthPath"])
+        while time.monotonic() < deadline:
+            probe = await probe_http(self._client, facts.address, port, path, frozenset(), timeout=2.0)
+            if probe.answered:
+                return
+            view = (await self._views(unit.key, access, facts, (unit.colour,)))[unit.colour]
+            if view.service.get("ActiveState") == "failed" or view.service.get("NRestarts", "0") != "0":
+                return
+            await asyncio.sleep(0.5)
 
     async def _refuse_taken_port(self, access: HostAccess, view: HostView, port: int) -> None:
-        """Before anything is stopped: a port held by something that is not this unit is refused."""
+        """Before anything is started: a port held by something that is not this unit is refused."""
         if view.service.get("ActiveState") == "active":
             return  # ours holds it; the restart hands it over
         result = await self._ssh.run(access, f"ss -Htln 'sport = :{port}' 2>/dev/null")
@@ -253,25 +320,29 @@ class QuadletUnits:
                 delay=60,
             )
 
-    async def _wait_healthy(
-        self, key: ProjectKey, access: HostAccess, facts: HostFacts, credentials: Credentials
-    ) -> None:
-        """The roll goes on to the next host only once this one serves."""
-        deadline = time.monotonic() + self._healthy_timeout
-        why: str | None = None
-        while time.monotonic() < deadline:
-            view = await self._view(key, access, facts)
-            healthy, why = await self._health(view, credentials)
-            if healthy:
-                return
-            if view.service.get("ActiveState") == "failed":
-                break
-            await asyncio.sleep(1.0)
-        raise RetryableError(
-            f"{facts.address}: not healthy after the change ({why}); the other hosts were left as they were",
-            reason="Unhealthy",
-            delay=30,
-        )
+    # ------------------------------------------------------------ hooks
+
+    async def run_hook(self, ctx: DriverContext, state: State, endpoints: tuple[str, ...], hook: Hook | App) -> HookRun:
+        """A hook runs inside the new colour's container on its first host (``podman exec``): same image,
+        same environment. An app is installed through the new colour's own endpoint."""
+        wanted = {k: v for k, v in state.items() if k not in JUDGED}
+        credentials = await read_credentials(self._read_secret, ctx.key.namespace, wanted, missing_ok=True)
+        if isinstance(hook, App):
+            return await install_app(self._client, endpoints[0], hook, credentials.secret_values)
+        colour = next(c for c in COLOURS if int(wanted["port"]) == _port_of(ctx, c))
+        address = sorted(state.get("hosts", []))[0]
+        command = " ".join(shlex.quote(part) for part in hook.command)
+        line = (f"timeout -k 5 {hook.timeout_seconds} podman exec {shlex.quote(unit_name(ctx.key, colour))} "
+                f"{command} 2>&1; echo \"(exit code $?)\"")  # fmt: skip
+        try:
+            result = await self._ssh.run((await self._login(ctx)).at(address), line, timeout=hook.timeout_seconds + 30)
+        except CodebError as exc:
+            return hook_run(hook.name, False, f"{address}: {exc.message}", credentials.secret_values)
+        output = result.stdout.rstrip()
+        ok = output.endswith("(exit code 0)")
+        if output.endswith("(exit code 124)"):
+            output += f"\ntimed out after {hook.timeout_seconds} s"
+        return hook_run(hook.name, ok, f"{address}: {output}", credentials.secret_values)
 
     # ------------------------------------------------------------ delete
 
@@ -279,19 +350,21 @@ class QuadletUnits:
         hosts = [*(_hosts(ctx) or []), *_departing(ctx)]
         if not hosts:
             return  # no host observed: nothing of ours can be reached (infrastructure keeps the finalizer)
-        await self._remove_from(ctx.key, await self._login(ctx), hosts)
+        await self._remove_from(ctx.key, await self._login(ctx), hosts, COLOURS)
 
-    async def _remove_from(self, key: ProjectKey, login: Login, hosts: list[HostFacts]) -> None:
-        service = shlex.quote(unit_name(key, COLOUR) + ".service")
-        line = (
-            f"systemctl stop {service} 2>/dev/null; rm -f {shlex.quote(unit_path(key, COLOUR))} "
-            f"{shlex.quote(env_path(key, COLOUR))}; systemctl daemon-reload; "
-            f"podman rm -f -i {shlex.quote(unit_name(key, COLOUR))} >/dev/null"
-        )
+    async def _remove_from(self, key: ProjectKey, login: Login, hosts: Sequence[HostFacts],
+                           colours: Sequence[str]) -> None:  # fmt: skip
+        lines = []
+        for colour in colours:
+            service = shlex.quote(unit_name(key, colour) + ".service")
+            lines.append(f"systemctl stop {service} 2>/dev/null; rm -f {shlex.quote(unit_path(key, colour))} "
+                         f"{shlex.quote(env_path(key, colour))}; "
+                         f"podman rm -f -i {shlex.quote(unit_name(key, colour))} >/dev/null")  # fmt: skip
+        line = "; ".join([*lines, "systemctl daemon-reload"])
         for facts in hosts:
             result = await self._ssh.run(login.at(facts.address), line)
             if not result.ok:
-                raise RetryableError(f"{facts.address}: could not remove the unit: {result.stderr.strip()[:300]}")
+                raise RetryableError(f"{facts.address}: could not remove the units: {result.stderr.strip()[:300]}")
 
     # ------------------------------------------------------------ helpers
 
@@ -309,6 +382,17 @@ class QuadletUnits:
         return render_env(key, sorted(values.items()))
 
 
+@dataclass(frozen=True)
+class _Unit:
+    """What one colour's unit on every host is made from."""
+
+    key: ProjectKey
+    colour: str
+    launch: State
+    env_text: str
+    keep: bool  # leave a host's unit as it runs if it was launched with exactly this
+
+
 def _hosts(ctx: DriverContext) -> list[HostFacts] | None:
     infrastructure = ctx.inputs.get(Component.infrastructure, {})
     if "hosts" not in infrastructure:
@@ -321,41 +405,63 @@ def _departing(ctx: DriverContext) -> list[HostFacts]:
     return [HostFacts.of(host) for host in ctx.inputs.get(Component.infrastructure, {}).get("departing", [])]
 
 
+def _port_of(ctx: DriverContext, colour: str) -> int | None:
+    allocations = ctx.allocations
+    return allocations.port if colour == Colour.blue.value else allocations.alternate_port
+
+
 def _unit_matches(key: ProjectKey, view: HostView, launched: Mapping[str, Any]) -> bool:
     """The unit on the host is exactly what its own record renders to, and launched like the others."""
     record = view.launch
     if record is None or dict(record["state"]) != dict(launched):
         return False
-    return view.unit_text == render_unit(key, COLOUR, record["state"], view.facts, record["env"])
+    return view.unit_text == render_unit(key, view.colour, record["state"], view.facts, record["env"])
 
 
-def _view_script(key: ProjectKey) -> str:
-    name = unit_name(key, COLOUR)
+def _view_script(key: ProjectKey, colour: str) -> str:
+    name = unit_name(key, colour)
     service = shlex.quote(name + ".service")
     return "; ".join(
         [
-            "echo '--unit'",
-            f"cat {shlex.quote(unit_path(key, COLOUR))} 2>/dev/null",
-            "echo '--env'",
-            f"sha256sum {shlex.quote(env_path(key, COLOUR))} 2>/dev/null",
-            "echo '--service'",
+            f"echo '--{colour}:unit'",
+            f"cat {shlex.quote(unit_path(key, colour))} 2>/dev/null",
+            f"echo '--{colour}:env'",
+            f"sha256sum {shlex.quote(env_path(key, colour))} 2>/dev/null",
+            f"echo '--{colour}:service'",
             f"systemctl show -p ActiveState -p SubState -p Result -p NRestarts {service}",
-            "echo '--health'",
+            f"echo '--{colour}:health'",
             f"podman inspect --format '{{{{.State.Health.Status}}}}' {shlex.quote(name)} 2>/dev/null",
-            "echo '--log'",
+            f"echo '--{colour}:log'",
             f"journalctl -u {service} -n {LOG_LINES} --no-pager -o cat 2>/dev/null",
             "true",
         ]
     )
 
 
-def _sections(output: str) -> dict[str, str]:
-    sections: dict[str, list[str]] = {}
+def _sections(output: str) -> dict[str, dict[str, str]]:
+    """The view script's output, by colour and section."""
+    sections: dict[tuple[str, str], list[str]] = {}
     current: list[str] | None = None
     for line in output.splitlines(keepends=True):
         marker = line.strip()
-        if marker.startswith("--") and marker[2:] in ("unit", "env", "service", "health", "log"):
-            current = sections.setdefault(marker[2:], [])
+        colour, _, section = marker[2:].partition(":")
+        if marker.startswith("--") and colour in COLOURS and section in SECTIONS:
+            current = sections.setdefault((colour, section), [])
         elif current is not None:
             current.append(line)
-    return {name: "".join(lines) for name, lines in sections.items()}
+    found: dict[str, dict[str, str]] = {}
+    for (colour, section), lines in sections.items():
+        found.setdefault(colour, {})[section] = "".join(lines)
+    return found
+
+
+def _view(facts: HostFacts, colour: str, sections: Mapping[str, str]) -> HostView:
+    view = HostView(facts, colour)
+    if sections.get("unit"):
+        view.unit_text = sections["unit"]
+        view.launch = launch_of(view.unit_text)
+    view.env_sha = sections.get("env", "").split(" ")[0].strip() or None
+    view.service = dict(line.split("=", 1) for line in sections.get("service", "").splitlines() if "=" in line)
+    view.container_health = sections.get("health", "").strip()
+    view.log = sections.get("log", "")
+    return view

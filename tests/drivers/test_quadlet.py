@@ -2,7 +2,8 @@
 systemd-nspawn, each in its own network namespace, reached over real SSH (`tests.testhosts`).
 
 The application is the repository's example, in an image made from Debian packages
-and imported on the hosts: nothing comes from a registry.
+and imported on the hosts: nothing comes from a registry. The driver's state is the
+rollout engine's (`controller.rollout`): what each colour runs, on every host.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from controller.errors import RetryableError
 from controller.naming import ProjectKey
 from controller.planner import Component, Observation, desired_state
 from controller.ssh import SshPool
-from schemas.project import Allocations, ProjectSpec
+from schemas.project import Allocations, Hook, ProjectSpec
 from tests.factories import project_spec
 from tests.helpers import observe_until
 from tests.testhosts import HELLO_IMAGE, BootedHosts, booted
@@ -53,7 +54,7 @@ class Secrets:
 async def world(hosts: BootedHosts) -> AsyncIterator[dict[str, Any]]:
     secrets, pool = Secrets(hosts), SshPool(connect_timeout=3)
     infrastructure = ExistingHosts(secrets.read, pool)
-    workload = QuadletUnits(secrets.read, pool, healthy_timeout=12)
+    workload = QuadletUnits(secrets.read, pool, start_timeout=12)
     yield {"secrets": secrets, "infrastructure": infrastructure, "workload": workload, "hosts": hosts}
     # Whatever a test left running goes, so the next starts from bare hosts.
     ctx = await context(infrastructure, spec(hosts))
@@ -69,7 +70,7 @@ def spec(hosts: BootedHosts, addresses: list[str] | None = None, **changes: Any)
     return ProjectSpec.model_validate(project_spec("web", **fields))
 
 
-ALLOCATIONS = Allocations(port=4510, connection_secret="web-conn")
+ALLOCATIONS = Allocations(port=4510, alternate_port=4511, connection_secret="web-conn")
 
 
 async def context(infrastructure: ExistingHosts, project: ProjectSpec) -> DriverContext:
@@ -78,13 +79,25 @@ async def context(infrastructure: ExistingHosts, project: ProjectSpec) -> Driver
     return ctx.given({Component.infrastructure: seen})
 
 
-def wanted(ctx: DriverContext, project: ProjectSpec) -> dict[str, Any]:
+def release(ctx: DriverContext, project: ProjectSpec, port: int = 4510) -> dict[str, Any]:
+    """One colour's state as the rollout engine hands it over: the spec's workload on ``port``."""
     outputs = {Component.infrastructure: ctx.inputs[Component.infrastructure]}
-    return dict(desired_state(project, ALLOCATIONS, outputs)[Component.workload])
+    return {**desired_state(project, ALLOCATIONS, outputs)[Component.workload], "port": port}
 
 
-def container_id(hosts: BootedHosts, index: int) -> str:
-    return hosts.ssh(hosts.hosts[index], "podman inspect --format '{{.Id}}' codeb-shop-web-blue", check=False).strip()
+def wanted(ctx: DriverContext, project: ProjectSpec) -> dict[str, Any]:
+    """Blue alone runs the spec (a steady state)."""
+    return {"colours": {"blue": release(ctx, project)}}
+
+
+def container_id(hosts: BootedHosts, index: int, colour: str = "blue") -> str:
+    command = f"podman inspect --format '{{{{.Id}}}}' codeb-shop-web-{colour}"
+    return hosts.ssh(hosts.hosts[index], command, check=False).strip()
+
+
+def blue(seen: Observation) -> dict[str, Any]:
+    assert seen.state is not None, seen
+    return dict(seen.state["colours"]["blue"])
 
 
 async def converged(world: dict[str, Any], project: ProjectSpec) -> tuple[DriverContext, Observation]:
@@ -135,7 +148,7 @@ async def test_the_application_runs_on_both_hosts_with_its_credentials_in_a_root
     ctx, seen = await converged(world, project)
     assert seen.healthy, seen.detail
     assert seen.state == wanted(ctx, project)
-    assert seen.outputs["endpoints"] == [f"{h.address}:4510" for h in hosts.hosts]
+    assert seen.outputs["colours"]["blue"]["endpoints"] == [f"{h.address}:4510" for h in hosts.hosts]
     async with httpx.AsyncClient() as client:
         for host in hosts.hosts:
             page = await client.get(f"http://{host.address}:4510/api/health")
@@ -150,9 +163,9 @@ async def test_the_application_runs_on_both_hosts_with_its_credentials_in_a_root
     before = container_id(hosts, 0)
     await world["workload"].apply(ctx, wanted(ctx, project))
     assert container_id(hosts, 0) == before
-    # `codeb logs`: the unit's journal from each host, the health checks among its lines.
+    # `codeb logs`: each colour's journal from each host, the health checks among its lines.
     journals = await world["workload"].logs(ctx, 50)
-    assert set(journals) == {h.address for h in hosts.hosts}
+    assert set(journals) == {f"blue on {h.address}" for h in hosts.hosts}
     assert all(any("/api/health" in line for line in lines) for lines in journals.values()), journals
 
 
@@ -162,7 +175,7 @@ async def test_a_hand_edited_unit_is_drift_and_is_put_back(world: dict[str, Any]
     hosts.ssh(hosts.hosts[1], "sed -i 's/^HealthRetries=3/HealthRetries=9/' "
                               "/etc/containers/systemd/codeb-shop-web-blue.container")  # fmt: skip
     seen = await world["workload"].observe(ctx)
-    assert seen.state is not None and seen.state["unitsMatch"] is False
+    assert blue(seen)["unitsMatch"] is False
     await world["workload"].apply(ctx, wanted(ctx, project))
     seen = await world["workload"].observe(ctx)
     assert seen.state == wanted(ctx, project) and seen.healthy
@@ -174,13 +187,16 @@ async def test_a_rotated_credential_restarts_the_containers_with_it(world: dict[
     before = [container_id(hosts, i) for i in range(2)]
     world["secrets"].data[(NS, "web-conn")] = {"APP_SECRET": "rotated-" + CREDENTIAL}
     seen = await world["workload"].observe(ctx)
-    assert seen.state is not None and seen.state["environmentCurrent"] is False
+    assert blue(seen)["environmentCurrent"] is False
+    # The old colour during a rollout is kept exactly as it runs: its stale state touches nothing.
+    await world["workload"].apply(ctx, {"colours": {"blue": blue(seen)}})
+    assert [container_id(hosts, i) for i in range(2)] == before
     await world["workload"].apply(ctx, wanted(ctx, project))
     after = [container_id(hosts, i) for i in range(2)]
     assert all(a and a != b for a, b in zip(after, before, strict=True))
     env = hosts.ssh(hosts.hosts[1], "podman exec codeb-shop-web-blue printenv APP_SECRET").strip()
     assert env == "rotated-" + CREDENTIAL
-    assert (await world["workload"].observe(ctx)).state["environmentCurrent"] is True
+    assert blue(await world["workload"].observe(ctx))["environmentCurrent"] is True
 
 
 async def test_a_secret_no_environment_file_can_carry_is_named_and_the_containers_keep_running(
@@ -191,7 +207,7 @@ async def test_a_secret_no_environment_file_can_carry_is_named_and_the_container
     before = container_id(hosts, 0)
     world["secrets"].data[(NS, "web-conn")] = {"APP_SECRET": CREDENTIAL, "TLS_KEY": "-----BEGIN KEY-----\nabc-secret"}
     seen = await world["workload"].observe(ctx)
-    assert seen.state is not None and seen.state["environmentCurrent"] is False and seen.healthy
+    assert blue(seen)["environmentCurrent"] is False and seen.healthy
     with pytest.raises(RetryableError) as refused:
         await world["workload"].apply(ctx, wanted(ctx, project))
     assert refused.value.reason == "SecretInvalid" and "TLS_KEY spans lines" in refused.value.message
@@ -199,46 +215,73 @@ async def test_a_secret_no_environment_file_can_carry_is_named_and_the_container
     assert container_id(hosts, 0) == before
 
 
-async def test_an_image_that_does_not_exist_is_refused_and_the_running_one_keeps_serving(
+async def test_an_image_that_does_not_exist_is_refused_and_the_serving_colour_is_untouched(
     world: dict[str, Any],
 ) -> None:
     hosts = world["hosts"]
-    ctx, _ = await converged(world, spec(hosts))
+    ctx, seen = await converged(world, spec(hosts))
     before = container_id(hosts, 0)
     broken = spec(hosts, project={"slug": "web", "source": {"image": "localhost/does-not-exist:9"}})
     with pytest.raises(RetryableError) as refused:
-        await world["workload"].apply(ctx, wanted(ctx, broken))
+        await world["workload"].apply(ctx, {"colours": {"blue": blue(seen), "green": release(ctx, broken, 4511)}})
     assert refused.value.reason == "ImagePullFailed" and "localhost/does-not-exist:9" in refused.value.message
     assert container_id(hosts, 0) == before
     seen = await world["workload"].observe(ctx)
-    assert seen.healthy and seen.state is not None and seen.state["image"] == HELLO_IMAGE
+    assert seen.healthy and seen.state is not None and list(seen.state["colours"]) == ["blue"]
+    assert blue(seen)["image"] == HELLO_IMAGE
 
 
-async def test_a_revision_that_never_gets_healthy_stops_the_roll_at_the_first_host(world: dict[str, Any]) -> None:
+async def test_a_new_colour_starts_beside_the_serving_one_on_every_host_and_is_judged_on_each(
+    world: dict[str, Any],
+) -> None:
+    """Green starts on its own port on both hosts while blue serves untouched; green's health is
+    observed per host (the rollout's gate); stopping green leaves blue as it was."""
     hosts = world["hosts"]
-    ctx, _ = await converged(world, spec(hosts))
-    second = container_id(hosts, 1)
+    ctx, seen = await converged(world, spec(hosts))
+    blues = [container_id(hosts, i) for i in range(2)]
     sick = spec(hosts, monitoring={"healthPath": "/never-answers"})
-    with pytest.raises(RetryableError) as failed:
-        await world["workload"].apply(ctx, wanted(ctx, sick))
-    assert failed.value.reason == "Unhealthy" and hosts.hosts[0].address in failed.value.message
-    assert "answered 404" in failed.value.message
-    assert container_id(hosts, 1) == second  # the other host was left serving the old revision
+    await world["workload"].apply(ctx, {"colours": {"blue": blue(seen), "green": release(ctx, sick, 4511)}})
     seen = await world["workload"].observe(ctx)
-    assert not seen.healthy and seen.outputs["endpoints"] == [f"{hosts.hosts[1].address}:4510"]
-    assert f"{hosts.hosts[0].address}: GET /never-answers" in (seen.detail or "")
+    assert seen.state is not None and seen.state["colours"]["green"]["port"] == 4511
+    assert seen.state["colours"]["green"]["hosts"] == [h.address for h in hosts.hosts]
+    green = seen.outputs["colours"]["green"]
+    assert not green["healthy"] and green["answered"] and green["endpoints"] == []
+    assert all(f"{h.address}: GET /never-answers on {h.address}:4511 answered 404" in green["detail"]
+               for h in hosts.hosts), green  # fmt: skip
+    assert seen.outputs["colours"]["blue"]["healthy"] and [container_id(hosts, i) for i in range(2)] == blues
+    for host in hosts.hosts:
+        assert hosts.ssh(host, "systemctl is-active codeb-shop-web-green.service").strip() == "active"
+    await world["workload"].apply(ctx, {"colours": {"blue": blue(seen)}})
+    after = await world["workload"].observe(ctx)
+    assert after.state is not None and list(after.state["colours"]) == ["blue"] and after.healthy
+    assert [container_id(hosts, i) for i in range(2)] == blues
+    assert all(container_id(hosts, i, "green") == "" for i in range(2))
+
+
+async def test_a_hook_runs_in_the_new_colours_container_with_its_output_redacted(world: dict[str, Any]) -> None:
+    hosts = world["hosts"]
+    ctx, seen = await converged(world, spec(hosts))
+    state, endpoints = blue(seen), tuple(seen.outputs["colours"]["blue"]["endpoints"])
+    said = Hook(name="migrate", command=["sh", "-c", "echo migrating revision=$CODEB_REVISION secret=$APP_SECRET"])
+    run = await world["workload"].run_hook(ctx, state, endpoints, said)
+    assert run.result == "Succeeded", run.message
+    assert hosts.hosts[0].address in run.message and "migrating revision=" in run.message
+    assert "secret=***" in run.message and CREDENTIAL not in run.message
+    failing = await world["workload"].run_hook(ctx, state, endpoints, Hook(name="f", command=["sh", "-c", "exit 3"]))
+    assert failing.result == "Failed" and "(exit code 3)" in failing.message
+    slow = Hook(name="slow", command=["sleep", "30"], timeout_seconds=1)
+    late = await world["workload"].run_hook(ctx, state, endpoints, slow)
+    assert late.result == "Failed" and "timed out after 1 s" in late.message
 
 
 async def test_a_port_held_by_another_process_is_refused_before_anything_starts(world: dict[str, Any]) -> None:
     hosts = world["hosts"]
     first = hosts.hosts[0]
-    hosts.ssh(first, "systemd-run --unit=squatter systemd-socket-activate -l 4511 /bin/cat")
+    hosts.ssh(first, "systemd-run --unit=squatter systemd-socket-activate -l 4519 /bin/cat")
     try:
         ctx = await context(world["infrastructure"], spec(hosts))
-        taken = spec(hosts, resources={"port": 4511})
-        want = {**wanted(ctx, taken), "port": 4511}
         with pytest.raises(RetryableError) as refused:
-            await world["workload"].apply(ctx, want)
+            await world["workload"].apply(ctx, {"colours": {"blue": release(ctx, spec(hosts), 4519)}})
         assert refused.value.reason == "PortTaken" and first.address in refused.value.message
         assert hosts.ssh(first, "ls /etc/containers/systemd/").strip() == ""
     finally:
@@ -267,14 +310,15 @@ async def test_a_departing_host_loses_the_unit_once_the_staying_one_serves(world
     shrinking = both.given({Component.infrastructure: Observation(outputs={"hosts": made[:1], "departing": made[1:]})})
     seen = await world["workload"].observe(shrinking)
     want = wanted(shrinking, spec(hosts, [hosts.hosts[0].address]))
-    assert seen.state is not None and seen.state["hosts"] == [h.address for h in hosts.hosts] != want["hosts"]
-    assert seen.outputs["endpoints"] == [f"{hosts.hosts[0].address}:4510"]  # the departing host gets no traffic
+    assert blue(seen)["hosts"] == [h.address for h in hosts.hosts] != want["colours"]["blue"]["hosts"]
+    # The departing host gets no traffic, and does not count against the colour's health.
+    assert seen.outputs["colours"]["blue"]["endpoints"] == [f"{hosts.hosts[0].address}:4510"] and seen.healthy
     await world["workload"].apply(shrinking, want)
     assert hosts.ssh(hosts.hosts[1], "ls /etc/containers/systemd/").strip() == ""
     assert hosts.ssh(hosts.hosts[1], "podman ps -a --format '{{.Names}}'").strip() == ""
     assert container_id(hosts, 0) == staying  # the staying host was not touched
     after = await world["workload"].observe(shrinking)
-    assert after.healthy and after.state is not None and after.state["hosts"] == want["hosts"]
+    assert after.healthy and after.state == want
 
 
 def _other_key() -> str:

@@ -107,6 +107,22 @@ def test_a_new_revision_starts_green_passes_the_gate_switches_drains_and_keeps_b
     assert [(h.revision, h.result) for h in d.history] == [("r2", "Succeeded"), ("r1", "Succeeded")]
 
 
+def test_a_host_added_or_taken_away_moves_the_serving_colour_and_is_no_new_release() -> None:
+    """Hosts are where a colour runs, like its port: a scale-up or scale-down reaches the serving colour
+    in place (the route follows its healthy hosts); only what runs there starts a rollout."""
+    world = World()
+    two = {"hosts": ["10.0.0.1", "10.0.0.2"]}
+    d = world.pass_("r1", None, placement=two)
+    assert world.colours[BLUE]["hosts"] == two["hosts"] and world.routed is BLUE
+    for hosts in (["10.0.0.1"], ["10.0.0.1", "10.0.0.3", "10.0.0.4"]):
+        d = world.pass_("r1", d, placement={"hosts": hosts})
+        assert set(world.colours) == {BLUE} and world.colours[BLUE]["hosts"] == hosts
+        assert d.rollout is not None and d.rollout.step is RolloutStep.succeeded and len(d.history) == 1
+    d = world.pass_("r2", d, placement={"hosts": ["10.0.0.1"]})
+    assert d.rollout is not None and d.rollout.colour is GREEN and world.colours[GREEN]["hosts"] == ["10.0.0.1"]
+    assert world.colours[BLUE]["hosts"] == ["10.0.0.1", "10.0.0.3", "10.0.0.4"]  # left exactly as it runs
+
+
 def test_a_broken_revision_never_takes_traffic_and_is_not_retried_in_a_loop() -> None:
     world = World(health={"bad": False})
     d = deployed(world, "r1")
