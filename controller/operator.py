@@ -72,7 +72,47 @@ class Runtime:
     locks: defaultdict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
     # When each Project's next drift check is due: spread, so a restart does not fire them all at once.
     drift_due: dict[str, float] = field(default_factory=dict)
+    # Status each Project's last pass wrote, until a body shows it (`Expected`).
+    expected: dict[str, Expected] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
+
+
+# A write not seen in a body after this long failed or was overtaken: the body is believed again.
+EXPECTATION_SECONDS = 60.0
+
+
+@dataclass
+class Expected:
+    """Status a pass wrote that the bodies kopf hands over may not show yet.
+
+    Kubernetes' own controllers keep "expectations" for the same reason: a body is a
+    snapshot from the watch, and a handler that waited on the Project's lock while another
+    pass wrote status holds one from before that write (as does a retry that reads the
+    object before kopf has applied the last handler's patch). A pass that read it would
+    act on a superseded record, e.g. restart a colour the last pass stopped when its
+    rollout failed. Until a body shows the write, the write is what status is.
+    """
+
+    changes: dict[str, Any]  # top-level status keys as written (None: removed)
+    until: float
+
+    @staticmethod
+    def status(runtime: Runtime, uid: str, stored: dict[str, Any], now: float) -> dict[str, Any]:
+        """``stored`` with this Project's writes that it does not show yet."""
+        expected = runtime.expected.get(uid)
+        if expected is None:
+            return stored
+        if now > expected.until or all(stored.get(k) == v for k, v in expected.changes.items()):
+            del runtime.expected[uid]  # caught up (or given up on): the body is the truth again
+            return stored
+        merged = {**stored, **expected.changes}
+        return {k: v for k, v in merged.items() if v is not None}
+
+    @staticmethod
+    def wrote(runtime: Runtime, uid: str, changes: dict[str, Any], now: float) -> None:
+        pending = runtime.expected.get(uid)
+        earlier = pending.changes if pending is not None else {}
+        runtime.expected[uid] = Expected({**earlier, **changes}, now + EXPECTATION_SECONDS)
 
 
 class StatusDiffBase(kopf.StatusDiffBaseStorage):
@@ -99,10 +139,10 @@ class InvalidSpec(Exception):
         self.message = message
 
 
-def project_input(body: kopf.Body) -> ProjectInput:
-    """Validate the body; raises InvalidSpec with the status to report."""
+def project_input(body: kopf.Body, stored: dict[str, Any] | None = None) -> ProjectInput:
+    """Validate the body (with ``stored`` for its status, when given); raises InvalidSpec with the status to report."""
     generation = int(body.metadata.get("generation") or 0)
-    status = load_status(dict(body.get("status") or {}))
+    status = load_status(stored if stored is not None else dict(body.get("status") or {}))
     try:
         spec = ProjectSpec.model_validate(dict(body.spec))
     except ValidationError as exc:
@@ -169,18 +209,20 @@ async def reconcile_body(runtime: Runtime, body: kopf.Body, trigger: str) -> dic
     retryable one schedules our own retry (`controller.retries`), not kopf's.
     """
     uid = body.metadata.uid or ""
-    stored = dict(body.get("status") or {})
     with structlog.contextvars.bound_contextvars(namespace=body.metadata.namespace, project=body.metadata.name):
-        try:
-            project = project_input(body)
-        except InvalidSpec as exc:
-            runtime.retries.reset(uid)
-            changes = status_patch(stored, exc.status)
-            if changes:
-                kopf.event(body, type="Warning", reason="InvalidSpec", message=exc.message)
-            return changes
         started = time.perf_counter()
         async with runtime.locks[uid]:
+            # Read under the lock: the pass that held it may have written status this body predates.
+            stored = Expected.status(runtime, uid, dict(body.get("status") or {}), time.monotonic())
+            try:
+                project = project_input(body, stored)
+            except InvalidSpec as exc:
+                runtime.retries.reset(uid)
+                changes = status_patch(stored, exc.status)
+                if changes:
+                    Expected.wrote(runtime, uid, changes, time.monotonic())
+                    kopf.event(body, type="Warning", reason="InvalidSpec", message=exc.message)
+                return changes
             try:
                 outcome = await asyncio.wait_for(
                     runtime.reconciler.reconcile(project, trigger), runtime.config.reconcile_timeout_seconds
@@ -191,8 +233,10 @@ async def reconcile_body(runtime: Runtime, body: kopf.Body, trigger: str) -> dic
                 if runtime.kube is not None:
                     runtime.retries.schedule(uid, PROGRESS_RECHECK_SECONDS, lambda: retry(runtime, project.key))
                 return None
+            changes = status_patch(stored, outcome.status)
+            if changes:
+                Expected.wrote(runtime, uid, changes, time.monotonic())
         runtime.metrics.reconcile_seconds.labels(trigger).observe(time.perf_counter() - started)
-        changes = status_patch(stored, outcome.status)
         post_events(runtime, body, outcome, changes is not None, trigger)
         schedule_next(runtime, project.key, outcome)
         return changes
@@ -270,6 +314,7 @@ async def run_finalize(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, att
         runtime.metrics.set_phase(uid, None)
         runtime.locks.pop(uid, None)
         runtime.drift_due.pop(uid, None)
+        runtime.expected.pop(uid, None)
 
 
 def drift_due(runtime: Runtime, uid: str, now: float) -> bool:

@@ -312,9 +312,8 @@ class Reconciler:
             log.debug("action done", component=component.value, verb=action.verb.value, reason=action.reason)
         work.events.extend(_success_events(work.results, trigger))
         if work.results:
-            log.info(
-                "reconciled", trigger=trigger, actions=[f"{a.component.value} {a.verb.value}" for a, _ in work.results]
-            )
+            log.info("reconciled", trigger=trigger, actions=[f"{a.component.value} {a.verb.value}" for a, _ in
+                     work.results], reasons=[a.reason for a, _ in work.results])  # fmt: skip
 
     async def _look_again(self, driver: Driver, ctx: DriverContext, work: _Pass, component: Component) -> None:
         """What a failed action left (a plan awaiting approval, a failed run's output) goes to status too."""

@@ -38,6 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
 SERVICES_ADDRESS = "10.213.0.1"
 PREFIX = "cbth"  # names of this harness's network namespaces and veth links
 HELLO_IMAGE = "localhost/codeb-hello:1"
+# The same image, running tests/apps/rollout_app.py (the rollout tests' application).
+ROLLOUT_IMAGE = "localhost/codeb-rollout:1"
+APPS = (REPO / "deploy/hello/app.py", REPO / "tests/apps/rollout_app.py")
 MAX_HOSTS = 3
 BOOT_SECONDS = 90.0
 
@@ -93,7 +96,7 @@ def booted(count: int) -> Iterator[BootedHosts]:
     assert 1 <= count <= MAX_HOSTS
     cache = build_cache()
     rootfs = sorted(cache.glob("rootfs-v*"))[-1]
-    image = cache / f"hello-image-{hashlib.sha256((REPO / 'deploy/hello/app.py').read_bytes()).hexdigest()[:12]}.tar"
+    image = cache / f"hello-image-{hashlib.sha256(b''.join(p.read_bytes() for p in APPS)).hexdigest()[:12]}.tar"
     work = Path(tempfile.mkdtemp(prefix="codeb-hosts-"))
     key = asyncssh.generate_private_key("ssh-ed25519")
     key_file = work / "id_ed25519"
@@ -107,9 +110,10 @@ def booted(count: int) -> Iterator[BootedHosts]:
             hosts.append(_boot(index, work, rootfs, cache, key.export_public_key().decode()))
         for host in hosts:
             _wait_ssh(host)
-            host.ssh(key_file, f"podman image exists {HELLO_IMAGE} || podman import --change "
-                               f"'CMD [\"python3\", \"/app/app.py\"]' --change WORKDIR=/app /codeb-cache/{image.name} "
-                               f"{HELLO_IMAGE} >/dev/null")  # fmt: skip
+            for tag, program in ((HELLO_IMAGE, "app.py"), (ROLLOUT_IMAGE, "rollout_app.py")):
+                host.ssh(key_file, f"podman image exists {tag} || podman import --change "
+                                   f"'CMD [\"python3\", \"/app/{program}\"]' --change WORKDIR=/app "
+                                   f"/codeb-cache/{image.name} {tag} >/dev/null")  # fmt: skip
         yield BootedHosts(hosts, key.export_private_key().decode(), key_file)
     finally:
         for host in hosts:

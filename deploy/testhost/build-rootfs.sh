@@ -9,8 +9,9 @@ here="$(cd "$(dirname "$0")" && pwd)"
 cache="${CODEB_CACHE:-$HOME/.cache/codeb}/testhost"
 version=4  # bump when the packages or the configuration below change
 rootfs="$cache/rootfs-v$version"
-# Named by the application's content: a changed app.py is a new image.
-image="$cache/hello-image-$(sha256sum "$here/../hello/app.py" | cut -c1-12).tar"
+# The example application and the rollout tests' application, in one image named by their content.
+apps=("$here/../hello/app.py" "$here/../../tests/apps/rollout_app.py")
+image="$cache/hello-image-$(cat "${apps[@]}" | sha256sum | cut -c1-12).tar"
 mkdir -p "$cache"
 
 mirror() {
@@ -59,7 +60,7 @@ go_quadlet() {
 }
 
 build_image() {
-  # The example application's image: python3 from Debian and deploy/hello/app.py.
+  # The applications' image: python3 from Debian, deploy/hello/app.py and tests/apps/rollout_app.py.
   [[ -f "$image" ]] && return
   local tmp="$cache/hello-rootfs.tmp"
   rm -rf "$tmp"
@@ -67,7 +68,7 @@ build_image() {
     >"$cache/debootstrap-image.log" 2>&1
   rm -rf "$tmp"/var/cache/apt/archives/*.deb "$tmp"/var/lib/apt/lists/*
   mkdir -p "$tmp/app"
-  cp "$here/../hello/app.py" "$tmp/app/app.py"
+  cp "${apps[@]}" "$tmp/app/"
   tar -C "$tmp" -cf "$image.tmp" . && mv "$image.tmp" "$image"
   rm -rf "$tmp"
 }

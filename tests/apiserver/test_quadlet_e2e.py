@@ -24,8 +24,9 @@ from tests.apiserver.test_platform_e2e import NS, install_platform, running_worl
 from tests.apiserver.test_terraform_runs import CREDENTIALS, MODULES, counting_terraform
 from tests.factories import project
 from tests.helpers import OperatorProcess, get_json, wait_for
-from tests.servers import https_get
-from tests.testhosts import HELLO_IMAGE, SERVICES_ADDRESS, BootedHosts, booted
+from tests.rollouts import Load
+from tests.servers import CaddyServer, https_get
+from tests.testhosts import HELLO_IMAGE, ROLLOUT_IMAGE, SERVICES_ADDRESS, BootedHosts, booted
 
 DOMAIN = "shop.quadlet.localhost"
 
@@ -66,8 +67,8 @@ def shop(hosts: BootedHosts) -> dict[str, Any]:
     return doc
 
 
-def condition(cluster: LocalCluster, type_: str) -> dict[str, Any]:
-    status = get_json(cluster, "project", "shop", "-n", NS).get("status", {})
+def condition(cluster: LocalCluster, type_: str, name: str = "shop") -> dict[str, Any]:
+    status = get_json(cluster, "project", name, "-n", NS).get("status", {})
     return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
 
 
@@ -179,3 +180,113 @@ def test_hosts_terraform_makes_take_the_workload_and_a_scale_down_drains_them_fi
         raise AssertionError(f"{failed}\n{operator.log()[-4000:]}") from None
     finally:
         operator.stop()
+
+
+ROLL = "roll.quadlet.localhost"
+# Quick enough for a test; healthyThreshold 3 and a flaky app that passes once can never pass the gate,
+# however many of its checks podman's own HealthCmd takes.
+QUICK = {"healthCheck": {"intervalSeconds": 1, "timeoutSeconds": 1, "healthyThreshold": 3, "unhealthyThreshold": 3},
+         "startTimeoutSeconds": 40, "drainSeconds": 2, "keepWarmSeconds": 600}  # fmt: skip
+
+
+def roll(hosts: BootedHosts, revision: str, mode: str = "ok") -> dict[str, Any]:
+    servers = {"provider": "existing", "runtime": "quadlet", "hosts": [h.address for h in hosts.hosts],
+               "ssh": {"secretRef": "deploy-key"}, "platform": "quadlet-edge"}  # fmt: skip
+    return project(
+        "roll",
+        NS,
+        project={"slug": "roll", "source": {"image": ROLLOUT_IMAGE}, "revision": revision, "rollout": QUICK},
+        environment={"type": "staging", "domains": [ROLL], "variables": {"MODE": mode}},
+        servers=servers,
+        backup={"enabled": False},
+    )
+
+
+def rollout_reaches(cluster: LocalCluster, revision: str, step: str, operator: OperatorProcess) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        record = get_json(cluster, "project", "roll", "-n", NS).get("status", {}).get("rollout") or {}
+        return record if (record.get("revision"), record.get("step")) == (revision, step) else None
+
+    try:
+        return wait_for(reached, timeout=120, what=f"the rollout of {revision} {step}")
+    except AssertionError:
+        status = get_json(cluster, "project", "roll", "-n", NS).get("status", {})
+        raise AssertionError(json.dumps(status, indent=1)[-3000:] + operator.log()[-3000:]) from None
+
+
+def revision_served(caddy: CaddyServer) -> str | None:
+    try:
+        answer: dict[str, Any] = json.loads(https_get(caddy, ROLL).stdout)
+    except ValueError:
+        return None
+    return answer.get("revision")
+
+
+def green_units(hosts: BootedHosts) -> list[str]:
+    listing = "ls /etc/containers/systemd/ | grep roll-green"
+    return [hosts.ssh(host, listing, check=False).strip() for host in hosts.hosts]
+
+
+def served_on(hosts: BootedHosts, revision: str) -> list[int]:
+    """Requests each host's containers of the Project counted for ``revision``, from their own output."""
+    units = "-u codeb-apps-roll-blue.service -u codeb-apps-roll-green.service"
+    line = f"journalctl {units} -o cat --no-pager | grep -c '^served {revision}$'"
+    return [int(hosts.ssh(host, line, check=False).strip() or 0) for host in hosts.hosts]
+
+
+def test_blue_green_on_two_quadlet_hosts_never_serves_a_broken_revision(
+    installed: dict[str, Any], hosts: BootedHosts, tmp_path: Path
+) -> None:
+    """The issue's proof on quadlet: with load running through Caddy, a revision whose health never
+    passes, and one that passes once and then fails, are stopped on both hosts without a request
+    (counted by the broken app itself); a good one switches both hosts at once; setting the
+    revision back switches to the warm colour at once. No request fails throughout."""
+    cluster: LocalCluster = installed["cluster"]
+    caddy: CaddyServer = installed["caddy"]
+    edge = {"apiVersion": "codeb.dev/v1alpha1", "kind": "Platform", "metadata": {"name": "quadlet-edge"},
+            "spec": {"caddy": {"adminUrl": caddy.admin_url, "listen": [f"127.0.0.1:{caddy.https_port}"],
+                               "upstreamDir": str(caddy.root / "upstreams")}}}  # fmt: skip
+    cluster.kubectl("apply", "-f", "-", input_text=json.dumps(edge))
+    operator = OperatorProcess(cluster, tmp_path / "operator.log", CODEB_DRIFT_INTERVAL="5").start()
+    load = Load(caddy, ROLL, threads=2)
+    try:
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(roll(hosts, "r1")))
+        rollout_reaches(cluster, "r1", "Succeeded", operator)
+        load.start()
+        for revision, mode in (("bad", "broken"), ("flaky", "flaky:1")):
+            cluster.kubectl("apply", "-f", "-", input_text=json.dumps(roll(hosts, revision, mode)))
+            failed = rollout_reaches(cluster, revision, "Failed", operator)
+            assert "consecutive health checks" in failed["message"] or "health gate" in failed["message"], failed
+            assert all(h.address in failed["message"] for h in hosts.hosts), failed  # judged on each host
+            ready = condition(cluster, "Ready", "roll")
+            assert (ready["status"], ready["reason"]) == ("False", "RolloutFailed")
+            # Stopped everywhere (the pass after the one that judged it), blue untouched.
+            wait_for(lambda: not any(green_units(hosts)), timeout=30, what=f"{revision} stopped on every host")
+            for host in hosts.hosts:
+                assert hosts.ssh(host, "systemctl is-active codeb-apps-roll-blue.service").strip() == "active"
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(roll(hosts, "r2")))
+        rollout_reaches(cluster, "r2", "Succeeded", operator)
+        assert condition(cluster, "Serving", "roll")["reason"] == "Green"
+        wait_for(lambda: load.revisions.get("r2", 0) > 20, timeout=30, what="r2 served through Caddy")
+        started = time.monotonic()
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(roll(hosts, "r1")))
+        wait_for(lambda: revision_served(caddy) == "r1", timeout=10, interval=0.05, what="r1 served again")
+        switched_back = time.monotonic() - started
+        print(f"quadlet, two hosts: switch back to the warm colour in {switched_back:.2f} s")
+        assert switched_back < 2.0
+        time.sleep(2)
+        # Each release started once: the failed ones were not started again (bad, flaky, r2 as green;
+        # r1 came back warm, without a start).
+        passes = [json.loads(line) for line in operator.log().splitlines() if '"reconciled"' in line]
+        starts = [r for p in passes if p["project"] == "roll" for r in p.get("reasons", []) if r.startswith("start")]
+        assert starts == ["start green"] * 3, starts
+    except AssertionError as failed:
+        raise AssertionError(f"{failed}\n{operator.log()[-3000:]}") from None
+    finally:
+        load.stop()
+        cluster.kubectl("delete", "project", "roll", "-n", NS, "--timeout=120s", check=False)
+        operator.stop()
+    assert served_on(hosts, "bad") == [0, 0] and served_on(hosts, "flaky") == [0, 0]
+    assert all(count > 0 for count in served_on(hosts, "r2"))  # the count works: both hosts served r2
+    assert load.failures == [] and set(load.revisions) == {"r1", "r2"} and load.sent > 100, load.failures[:5]
+    print(f"quadlet rollouts under load: {load.sent} requests, 0 failed, p99 {load.p99() * 1000:.0f} ms")

@@ -8,8 +8,9 @@ milliseconds (requests in flight across a switch), and ``/api/health`` as MODE s
   flaky:N     200 for the first N health checks, then 503
   late:S      listens only after S seconds
 
-Every request that is not a health check is counted in ``COUNT_DIR/<revision>.<pid>``,
-so a test can prove that a broken revision never served a single request. On SIGTERM
+Every request that is not a health check is counted in ``COUNT_DIR/<revision>.<pid>``
+or, without COUNT_DIR (in a container), written to standard output as ``served <revision>``
+(the unit's journal), so a test can prove that a broken revision never served a single request. On SIGTERM
 it stops accepting and finishes the requests it has, as a well-behaved application does.
 """
 
@@ -27,7 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 
 MODE = os.environ.get("MODE", "ok")
 REVISION = os.environ.get("CODEB_REVISION", "")
-COUNT = Path(os.environ.get("COUNT_DIR", "/tmp")) / f"{REVISION}.{os.getpid()}"
+COUNT = Path(os.environ["COUNT_DIR"]) / f"{REVISION}.{os.getpid()}" if os.environ.get("COUNT_DIR") else None
 lock = threading.Lock()
 served = 0
 checks = 0
@@ -65,7 +66,10 @@ class Handler(BaseHTTPRequestHandler):
         global served
         with lock:
             served += 1
-            COUNT.write_text(str(served))
+            if COUNT is None:
+                print(f"served {REVISION}", flush=True)
+            else:
+                COUNT.write_text(str(served))
 
     def _send(self, code: int, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()
