@@ -266,9 +266,9 @@ class ProjectInfo(CodebModel):
     rollout: Rollout = Field(
         default_factory=Rollout,
         description=(
-            "How a new revision replaces the running one (runtime local; quadlet and kubernetes still roll in "
-            "place): it starts as the other colour on its own port, passes the health gate and the post-deploy "
-            "hooks, then takes the traffic."
+            "How a new revision replaces the running one (runtimes local and quadlet; kubernetes rolls its Pods "
+            "under the same health gate): it starts as the other colour on its own port, on every host, passes "
+            "the health gate and the post-deploy hooks, then takes the traffic."
         ),
     )
 
