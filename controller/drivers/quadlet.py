@@ -329,7 +329,8 @@ class QuadletUnits:
         credentials = await read_credentials(self._read_secret, ctx.key.namespace, wanted, missing_ok=True)
         if isinstance(hook, App):
             return await install_app(self._client, endpoints[0], hook, credentials.secret_values)
-        colour = next(c for c in COLOURS if int(wanted["port"]) == _port_of(ctx, c))
+        # The colour is the one on the state's port (the engine hands over the colour's own state).
+        colour = next((c for c in COLOURS if int(wanted["port"]) == _port_of(ctx, c)), COLOURS[0])
         address = sorted(state.get("hosts", []))[0]
         command = " ".join(shlex.quote(part) for part in hook.command)
         line = (f"timeout -k 5 {hook.timeout_seconds} podman exec {shlex.quote(unit_name(ctx.key, colour))} "
