@@ -12,11 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 from pydantic import ValidationError
 
 from controller.drivers import Driver, DriverContext, Drivers
-from controller.drivers.caddy import CaddyDriver
+from controller.drivers.caddy import CaddyDriver, admin_client
 from controller.drivers.minio import MinioDriver
 from controller.drivers.postgres import PostgresDriver
 from controller.drivers.redis import RedisDriver
@@ -127,6 +126,6 @@ class PlatformDrivers:
         if platform.caddy is not None:
             caddy = platform.caddy
             upstream_dir = Path(caddy.upstream_dir) if caddy.upstream_dir else None
-            client = httpx.AsyncClient(timeout=self._timeout)
-            drivers[Component.route] = CaddyDriver(caddy.admin_url, caddy.listen, client, upstream_dir)
+            drivers[Component.route] = CaddyDriver(caddy.admin_url, caddy.listen, admin_client(self._timeout),
+                                                   upstream_dir)  # fmt: skip
         return drivers

@@ -121,6 +121,13 @@ def render_server(listen: list[str]) -> dict[str, Any]:
     return {"listen": listen, "routes": [], "automatic_https": {"disable_redirects": True}}
 
 
+def admin_client(timeout: float) -> httpx.AsyncClient:
+    """A client for Caddy's admin API, without keep-alive: every config change replaces Caddy's admin
+    server and closes the old one's idle connections (caddy.go, replaceLocalAdminServer), so a pooled
+    connection can die under the next request."""
+    return httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_keepalive_connections=0))
+
+
 class CaddyDriver:
     component = Component.route
 
@@ -135,7 +142,7 @@ class CaddyDriver:
         self._listen = listen
         self._files = UpstreamFiles(upstream_dir) if upstream_dir is not None else None
         # Caddy's admin API checks Origin/Host; a plain client with our base URL passes.
-        self._client = client or httpx.AsyncClient(timeout=10)
+        self._client = client or admin_client(10.0)
 
     async def _request(self, method: str, path: str, body: Any = None) -> httpx.Response:
         try:
