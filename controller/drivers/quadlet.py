@@ -290,8 +290,10 @@ class QuadletUnits:
             probe = await probe_http(self._client, facts.address, port, path, frozenset(), timeout=2.0)
             if probe.answered:
                 return
-            view = (await self._views(unit.key, access, facts, (unit.colour,)))[unit.colour]
-            if view.service.get("ActiveState") == "failed" or view.service.get("NRestarts", "0") != "0":
+            service = shlex.quote(unit_name(unit.key, unit.colour) + ".service")
+            shown = await self._ssh.run(access, f"systemctl show -p ActiveState -p NRestarts {service}")
+            state = dict(line.split("=", 1) for line in shown.stdout.splitlines() if "=" in line)
+            if state.get("ActiveState") == "failed" or state.get("NRestarts", "0") != "0":
                 return
             await asyncio.sleep(0.5)
 
@@ -421,19 +423,24 @@ def _unit_matches(key: ProjectKey, view: HostView, launched: Mapping[str, Any]) 
 
 def _view_script(key: ProjectKey, colour: str) -> str:
     name = unit_name(key, colour)
-    service = shlex.quote(name + ".service")
+    service, unit = shlex.quote(name + ".service"), shlex.quote(unit_path(key, colour))
+    # The container's health and journal only where the colour has a unit: a podman call per absent
+    # colour, host and observation would be most of a steady state's cost.
+    with_unit = "; ".join([
+        f"echo '--{colour}:health'",
+        f"podman inspect --format '{{{{.State.Health.Status}}}}' {shlex.quote(name)} 2>/dev/null",
+        f"echo '--{colour}:log'",
+        f"journalctl -u {service} -n {LOG_LINES} --no-pager -o cat 2>/dev/null",
+    ])  # fmt: skip
     return "; ".join(
         [
             f"echo '--{colour}:unit'",
-            f"cat {shlex.quote(unit_path(key, colour))} 2>/dev/null",
+            f"cat {unit} 2>/dev/null",
             f"echo '--{colour}:env'",
             f"sha256sum {shlex.quote(env_path(key, colour))} 2>/dev/null",
             f"echo '--{colour}:service'",
             f"systemctl show -p ActiveState -p SubState -p Result -p NRestarts {service}",
-            f"echo '--{colour}:health'",
-            f"podman inspect --format '{{{{.State.Health.Status}}}}' {shlex.quote(name)} 2>/dev/null",
-            f"echo '--{colour}:log'",
-            f"journalctl -u {service} -n {LOG_LINES} --no-pager -o cat 2>/dev/null",
+            f"if [ -f {unit} ]; then {with_unit}; fi",
             "true",
         ]
     )
