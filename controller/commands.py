@@ -185,7 +185,7 @@ def summary(body: dict[str, Any], status: ProjectStatus | None = None) -> dict[s
         "reason": reason,
         "phase": status.phase.value,
         "revision": ((body.get("spec") or {}).get("project") or {}).get("revision"),
-        "serving": f"{serving.colour} {serving.revision or ''}".strip() if serving else None,
+        "serving": f"{serving.colour or serving.replica_set} {serving.revision or ''}".strip() if serving else None,
         "url": status.endpoints.url,
     }
 
@@ -257,7 +257,7 @@ def render_detail(shown: dict[str, Any]) -> str:
     rows = [[c["type"], c["status"], c["reason"], c.get("message", "")] for c in shown["conditions"]]
     lines += ["", table(("CONDITION", "STATUS", "REASON", "MESSAGE"), rows)]
     if shown["deployments"]:
-        deployed = [[d["revision"], d.get("colour"), d.get("result"), d.get("startedAt"), d.get("reason")]
+        deployed = [[d["revision"], d.get("colour", "-"), d.get("result"), d.get("startedAt"), d.get("reason")]
                     for d in shown["deployments"][:5]]  # fmt: skip
         lines += ["", table(("REVISION", "COLOUR", "RESULT", "STARTED", "REASON"), deployed)]
     return "\n".join(lines)

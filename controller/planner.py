@@ -264,6 +264,8 @@ def _kubernetes_workload(spec: ProjectSpec, allocations: Allocations) -> State:
         "connectionSecret": allocations.connection_secret if uses_services else None,
         "probeIntervalSeconds": spec.monitoring.probe_interval_seconds,
         **_kubernetes_gate(spec),
+        # The release a failed rollout was rolled back from: none while the spec's own runs.
+        "heldBack": None,
         "environmentCurrent": True,
         "objectsMatch": True,
     }

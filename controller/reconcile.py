@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 import structlog
 
-from controller import naming, rollout
+from controller import naming, rolling_update, rollout
 from controller.claims import ClaimStore
 from controller.drivers import Driver, DriverContext, Drivers, HookRunner, Notify, Placement
 from controller.errors import CodebError, PermanentError, RetryableError
@@ -46,6 +46,8 @@ from schemas.project import (
     Phase,
     ProjectSpec,
     ProjectStatus,
+    RolloutStep,
+    Runtime,
 )
 
 log = structlog.get_logger("codeb.reconcile")
@@ -110,7 +112,7 @@ class Outcome:
     drift: list[Action] = field(default_factory=list)
     # Exactly when to look again for a timed step (the next health check, the end of a drain): no backoff.
     wake_after: float | None = None
-    rollout: rollout.Decision | None = None
+    rollout: rollout.Decision | rolling_update.Decision | None = None
 
 
 @dataclass
@@ -126,6 +128,9 @@ class _Pass:
     rolling: rollout.Decision | None = None
     facts: rollout.Facts | None = None
     raw_workload: Observation | None = None
+    # Runtime kubernetes: the Deployment's rolling update, as `controller.rolling_update` records it.
+    updating: rolling_update.Decision | None = None
+    updating_facts: rolling_update.Facts | None = None
 
     def saw(self, component: Component, seen: Observation) -> None:
         """Record an observation. A new look at the workload moves the rollout on (a colour that just
@@ -135,7 +140,14 @@ class _Pass:
             self.raw_workload = seen
             self.advance()
             seen = rollout.view(seen, self.rolling)
+        elif component is Component.workload and self.updating is not None and self.updating_facts is not None:
+            self.updating = _follow(self.updating_facts, self.updating, seen)
         self.observed[component] = seen
+
+    @property
+    def decided(self) -> rollout.Decision | rolling_update.Decision | None:
+        """This pass's rollout decision, whichever runtime's."""
+        return self.rolling or self.updating
 
     def advance(self) -> None:
         if self.rolling is None or self.facts is None or self.raw_workload is None:
@@ -177,10 +189,14 @@ class Reconciler:
             states = desired_state(spec, allocations, {c: o.outputs for c, o in observed.items()})
             if work.rolling is not None:
                 states[Component.workload] = rollout.desired(work.rolling)
+            elif work.updating is not None:
+                states[Component.workload] = work.updating.target
             return states
 
         if rollout.blue_green(spec):
             await self._decide_rollout(project, allocations, drivers, ctx, work, acting)
+        elif spec.servers.runtime is Runtime.kubernetes:
+            self._decide_rolling_update(project, allocations, work)
         desired = desire(work.observed)
         steps = plan(desired, work.observed, spec.deletion_policy is DeletionPolicy.Retain, refused)
         if acting:
@@ -195,9 +211,19 @@ class Reconciler:
             permanent_error=next((e.message for e in work.failed.values() if isinstance(e, PermanentError)), None),
             results=work.results,
             drift=[] if acting else steps.actions,
-            wake_after=work.rolling.wake_after if work.rolling is not None and acting else None,
-            rollout=work.rolling if acting else None,
+            wake_after=work.decided.wake_after if work.decided is not None and acting else None,
+            rollout=work.decided if acting else None,
         )
+
+    def _decide_rolling_update(self, project: ProjectInput, allocations: Allocations, work: _Pass) -> None:
+        """Runtime kubernetes: where the Deployment's rolling update stands, and what it should run."""
+        raw = work.observed.get(Component.workload)
+        if raw is None or raw.error is not None or raw.unsupported is not None:
+            return
+        spec, status = project.spec, project.status
+        wanted = desired_state(spec, allocations, {c: o.outputs for c, o in work.observed.items()})[Component.workload]
+        facts = rolling_update.facts_for(spec, status, wanted, raw, datetime.now(UTC), project.retry_rollout)
+        work.updating_facts, work.updating = facts, rolling_update.advance(facts)
 
     async def _decide_rollout(
         self,
@@ -220,13 +246,13 @@ class Reconciler:
         runner = drivers[Component.workload]
         while acting and decision.run_hooks and decision.rollout is not None and isinstance(runner, HookRunner):
             record = decision.rollout
-            seen = facts.seen[record.colour]
+            seen = facts.seen[record.new_colour]
             for name in decision.run_hooks:
                 run = await runner.run_hook(ctx.given(work.observed), seen.state, seen.endpoints,
                                             rollout.hook_named(spec, name))  # fmt: skip
                 kind, reason = ("Normal", "HookSucceeded") if run.result == "Succeeded" else ("Warning", "HookFailed")
                 work.events.append(
-                    Event(kind, reason, f"{name} on {record.colour.value}: {run.message or 'no output'}")
+                    Event(kind, reason, f"{name} on {record.new_colour.value}: {run.message or 'no output'}")
                 )
                 record = rollout.hook_result(record, run)
                 if run.result != "Succeeded":
@@ -238,11 +264,10 @@ class Reconciler:
 
     def _record_rollout(self, work: _Pass) -> None:
         """After acting: what the route and the colours do now moves the rollout on (a switch seen is a switch)."""
-        if work.rolling is None or work.raw_workload is None:
-            return
-        work.saw(Component.workload, work.raw_workload)
-        assert work.rolling is not None
-        work.events.extend(Event(n.type, n.reason, n.message) for n in work.rolling.notices)
+        if work.rolling is not None and work.raw_workload is not None:
+            work.saw(Component.workload, work.raw_workload)
+        if work.decided is not None:
+            work.events.extend(Event(n.type, n.reason, n.message) for n in work.decided.notices)
 
     async def finalize(self, teardown: Teardown) -> Outcome:
         """Tear down in reverse order; release claims only when everything is gone."""
@@ -341,6 +366,15 @@ class Reconciler:
         return Outcome(status, [event], permanent_error=exc.message)
 
 
+def _follow(
+    facts: rolling_update.Facts, decided: rolling_update.Decision, seen: Observation
+) -> rolling_update.Decision:
+    """The rolling update after a new look at the Deployment (a template just applied starts rolling)."""
+    return rolling_update.merge(
+        decided, rolling_update.advance(rolling_update.refresh(facts, decided, seen, datetime.now(UTC)))
+    )
+
+
 # Recomputes desired states from what has been observed so far in this pass.
 Desire = Callable[[Mapping[Component, Observation]], Mapping[Component, State]] | None
 
@@ -428,7 +462,7 @@ def summarize(
     status = project.status.model_copy(deep=True)
     status.observed_generation = gen
     status.allocations = allocations
-    kept = ("Ready", "Synced", "Serving") if work.rolling is not None else ("Ready", "Synced")
+    kept = ("Ready", "Synced", "Serving") if work.decided is not None else ("Ready", "Synced")
     conditions = [c for c in status.conditions if c.type in kept or _is_wanted(c.type, desired)]
     component_ok: dict[Component, bool] = {}
     for component, want in desired.items():
@@ -448,18 +482,18 @@ def summarize(
     elif work.waiting or steps.progressing:
         waiting = "; ".join(f"{c.value}: {m}" for c, m in {**steps.blocked, **work.waiting}.items())
         conditions = set_condition(conditions, "Synced", False, "Progressing", waiting, gen)
-    elif work.rolling is not None and work.rolling.rollout is not None and work.rolling.rollout.step in rollout.ACTIVE:
-        conditions = set_condition(conditions, "Synced", False, "Progressing", rollout.describe(work.rolling), gen)
+    elif work.decided is not None and work.decided.rollout is not None and work.decided.rollout.step in rollout.ACTIVE:
+        conditions = set_condition(conditions, "Synced", False, "Progressing", _describe_rollout(work.decided), gen)
     elif steps.unsupported:
         conditions = set_condition(conditions, "Synced", False, "NotImplemented", _unsupported(steps), gen)
     else:
         conditions = set_condition(conditions, "Synced", True, "Converged", "all components match the spec", gen)
-    conditions = set_condition(conditions, "Ready", *_readiness(component_ok, steps, work.rolling), gen)
-    if work.rolling is not None:
-        conditions = _serving_condition(conditions, work.rolling, gen)
+    conditions = set_condition(conditions, "Ready", *_readiness(component_ok, steps, work.decided), gen)
+    if work.decided is not None:
+        conditions = _serving_condition(conditions, work.decided, gen)
         if acting:
-            status.rollout, status.serving = work.rolling.rollout, work.rolling.serving
-            status.deployments = work.rolling.history
+            status.rollout, status.serving = work.decided.rollout, work.decided.serving
+            status.deployments = work.decided.history
     status.conditions = conditions
     status.endpoints = _endpoints(project.spec, work.observed, component_ok)
     status.hosts = _hosts(work.observed, status.hosts)
@@ -473,13 +507,15 @@ def _unsupported(steps: Plan) -> str:
 
 
 def _readiness(
-    component_ok: Mapping[Component, bool], steps: Plan, rolling: rollout.Decision | None = None
+    component_ok: Mapping[Component, bool],
+    steps: Plan,
+    decided: rollout.Decision | rolling_update.Decision | None = None,
 ) -> tuple[bool, str, str]:
     not_ready = [c for c, ok in component_ok.items() if not ok]
     if not not_ready:
         return True, "AllComponentsReady", "all components ready"
     message = "not ready: " + ", ".join(c.value for c in not_ready)
-    failed = rolling.held_back if rolling is not None else None
+    failed = decided.held_back if decided is not None else None
     if failed is not None and not_ready == [Component.workload]:
         # The old colour may well serve: what is not ready is the revision the spec asks for.
         return False, "RolloutFailed", f"{message}; {failed.message}"
@@ -509,6 +545,8 @@ def _component_condition(
         return False, "Waiting", steps.blocked.get(component) or work.waiting[component]
     if component is Component.workload and work.rolling is not None:
         return _rolling_condition(work.rolling, seen)
+    if component is Component.workload and work.updating is not None:
+        return _updating_condition(work.updating, want, seen)
     if seen.state is None:
         return False, "Missing", f"{component.value} does not exist"
     if dict(seen.state) != dict(want):
@@ -534,8 +572,42 @@ def _rolling_condition(decision: rollout.Decision, seen: Observation) -> tuple[b
     return True, "Ready", rollout.describe(decision)
 
 
-def _serving_condition(conditions: list[Condition], decision: rollout.Decision, gen: int) -> list[Condition]:
-    """Which colour takes the traffic, by name (reason Blue or Green), and what runs warm beside it."""
+def _updating_condition(decision: rolling_update.Decision, want: State, seen: Observation) -> tuple[bool, str, str]:
+    """The workload on kubernetes: ready when the Deployment runs the spec's release, every Pod available;
+    while a new release rolls, ready as long as enough Pods serve."""
+    failed = decision.held_back
+    if failed is not None:
+        return False, "RolloutFailed", failed.message
+    record = decision.rollout
+    if record is not None and record.step is RolloutStep.checking:
+        rolled = rolling_update.seen_deployment(seen)
+        if rolled is not None and rolled.serving and decision.serving is not None:
+            return True, "RollingOut", rolling_update.describe(decision)
+        return False, "Deploying", rolling_update.describe(decision)
+    if seen.state is None:
+        return False, "Missing", "workload does not exist"
+    if dict(seen.state) != dict(want):
+        return False, "Drifted", "workload differs from the spec"
+    if not seen.healthy:
+        return False, "Unhealthy", seen.detail or "workload is not healthy"
+    return True, "Ready", rolling_update.describe(decision)
+
+
+def _describe_rollout(decision: rollout.Decision | rolling_update.Decision) -> str:
+    if isinstance(decision, rolling_update.Decision):
+        return rolling_update.describe(decision)
+    return rollout.describe(decision)
+
+
+def _serving_condition(
+    conditions: list[Condition], decision: rollout.Decision | rolling_update.Decision, gen: int
+) -> list[Condition]:
+    """Which colour takes the traffic, by name (reason Blue or Green), and what runs warm beside it;
+    on kubernetes, which ReplicaSet (reason ReplicaSet)."""
+    if isinstance(decision, rolling_update.Decision):
+        if decision.serving is None:
+            return set_condition(conditions, "Serving", False, "NothingServes", rolling_update.describe(decision), gen)
+        return set_condition(conditions, "Serving", True, "ReplicaSet", rolling_update.describe(decision), gen)
     if decision.serve is None:
         return set_condition(conditions, "Serving", False, "NothingServes", rollout.describe(decision), gen)
     return set_condition(

@@ -138,7 +138,7 @@ def advance(facts: Facts) -> Decision:
     draft = _Draft(facts)
     record = facts.rollout
     if record is not None and record.step in ACTIVE:
-        if record.step in BEFORE_SWITCH and facts.routed is record.colour:
+        if record.step in BEFORE_SWITCH and facts.routed is record.new_colour:
             record = draft.switched(record)  # the route moved before status could say so
         if record.step is RolloutStep.draining or record.release == facts.release:
             return draft.carry_on(record)
@@ -293,7 +293,7 @@ class _Draft:
             return self._steady_after_failure(record)
         if record.step is RolloutStep.checking and record.healthy_checks >= self._threshold(record):
             record = record.model_copy(update={"step": RolloutStep.hooks})
-            self.notice("Normal", "HealthGatePassed", f"{record.colour.value} passed {record.healthy_checks} "
+            self.notice("Normal", "HealthGatePassed", f"{record.new_colour.value} passed {record.healthy_checks} "
                         "consecutive health checks", record)  # fmt: skip
         due: tuple[str, ...] = ()
         if record.step is RolloutStep.hooks:
@@ -301,7 +301,7 @@ class _Draft:
             if record.step is RolloutStep.failed:
                 return self._steady_after_failure(record)
         targets = self._rolling_targets(record)
-        serve = record.colour if record.step is RolloutStep.switching else record.previous
+        serve = record.new_colour if record.step is RolloutStep.switching else record.previous
         return self._decision(targets, serve, record, run_hooks=due, wake=self._next_check(record))
 
     def _threshold(self, record: RolloutStatus) -> int:
@@ -311,11 +311,11 @@ class _Draft:
     def _check(self, record: RolloutStatus) -> RolloutStatus:
         """Count one health check of the new colour, when one is due; fail on the thresholds or the timeout."""
         facts, gate = self.facts, self.facts.settings.health_check
-        seen = facts.seen.get(record.colour)
+        seen = facts.seen.get(record.new_colour)
         elapsed = _seconds(facts.now, record.started_at)
         if seen is None or seen.release != record.release:
             if elapsed > facts.settings.start_timeout_seconds:
-                return self._fail(record, "RolloutFailed", f"{record.colour.value} did not start within "
+                return self._fail(record, "RolloutFailed", f"{record.new_colour.value} did not start within "
                                   f"{facts.settings.start_timeout_seconds:g} s")  # fmt: skip
             return record  # being started in this pass
         if record.checked_at is not None and _seconds(facts.now, record.checked_at) < gate.interval_seconds * DUE_SHARE:
@@ -329,11 +329,11 @@ class _Draft:
             update |= {"healthy_checks": 0, "unhealthy_checks": record.unhealthy_checks + 1, "answered": True}
         record = record.model_copy(update=update)
         if record.unhealthy_checks >= gate.unhealthy_threshold:
-            return self._fail(record, "RolloutFailed", f"{record.colour.value} failed {record.unhealthy_checks} "
+            return self._fail(record, "RolloutFailed", f"{record.new_colour.value} failed {record.unhealthy_checks} "
                               f"consecutive health checks: {seen.detail}")  # fmt: skip
         if record.step is RolloutStep.checking and elapsed > facts.settings.start_timeout_seconds:
             detail = seen.detail or "healthy too briefly"
-            return self._fail(record, "RolloutFailed", f"{record.colour.value} did not pass the health gate within "
+            return self._fail(record, "RolloutFailed", f"{record.new_colour.value} did not pass the health gate within "
                               f"{facts.settings.start_timeout_seconds:g} s: {detail}")  # fmt: skip
         return record
 
@@ -350,7 +350,7 @@ class _Draft:
     def _rolling_targets(self, record: RolloutStatus) -> dict[Colour, State]:
         """The new colour runs the release; the one serving is left exactly as it runs."""
         facts = self.facts
-        targets = {record.colour: facts.wanted_with(record.colour)}
+        targets = {record.new_colour: facts.wanted_with(record.new_colour)}
         if record.previous is not None and record.previous in facts.seen:
             targets[record.previous] = facts.seen[record.previous].state
         return targets
@@ -360,9 +360,9 @@ class _Draft:
         record = record.model_copy(update={"step": RolloutStep.draining, "switched_at": facts.now})
         self._update_history(record, switched_at=facts.now)
         drain, old = facts.settings.drain_seconds, record.previous.value if record.previous else "nothing"
-        message = f"{record.colour.value} serves {_label(record)}; {old} drains for {drain:g} s"
+        message = f"{record.new_colour.value} serves {_label(record)}; {old} drains for {drain:g} s"
         self.notice("Normal", "TrafficSwitched", message, record)
-        self._now_serving(record.colour, since=facts.now, release=record.release, revision=record.revision)
+        self._now_serving(record.new_colour, since=facts.now, release=record.release, revision=record.revision)
         return record
 
     def _drain(self, record: RolloutStatus) -> Decision:
@@ -370,18 +370,18 @@ class _Draft:
         switched = record.switched_at or facts.now
         old = record.previous
         targets: dict[Colour, State] = {}
-        if record.colour in facts.seen:
-            targets[record.colour] = facts.seen[record.colour].state
+        if record.new_colour in facts.seen:
+            targets[record.new_colour] = facts.seen[record.new_colour].state
         elif facts.release == record.release:
-            targets[record.colour] = facts.wanted_with(record.colour)
+            targets[record.new_colour] = facts.wanted_with(record.new_colour)
         # Nothing served before a first deploy: nothing to drain.
         left = settings.drain_seconds - _seconds(facts.now, switched) if old is not None else 0.0
         if left > 0:
             if old is not None and old in facts.seen:
                 targets[old] = facts.seen[old].state
-            return self._decision(targets, record.colour, record, wake=left)
+            return self._decision(targets, record.new_colour, record, wake=left)
         record = record.model_copy(update={"step": RolloutStep.succeeded, "finished_at": facts.now,
-                                           "message": f"{record.colour.value} serves"})  # fmt: skip
+                                           "message": f"{record.new_colour.value} serves"})  # fmt: skip
         self._update_history(record, result="Succeeded", finished_at=facts.now)
         self.finished = ("Succeeded", _seconds(facts.now, record.started_at))
         warm_for = settings.keep_warm_seconds - _seconds(facts.now, switched)
@@ -394,9 +394,11 @@ class _Draft:
                     seconds=settings.keep_warm_seconds),
             })  # fmt: skip
         after = f"{old.value} stays warm for {warm_for:.0f} s" if old in targets else "the old colour stopped"
-        self.notice("Normal", "RolloutSucceeded", f"{_label(record)} serves as {record.colour.value}; {after}", record)
+        self.notice(
+            "Normal", "RolloutSucceeded", f"{_label(record)} serves as {record.new_colour.value}; {after}", record
+        )
         self.closed = record
-        return self._decision(targets, record.colour, record, wake=warm_for if old in targets else None)
+        return self._decision(targets, record.new_colour, record, wake=warm_for if old in targets else None)
 
     def _fail(self, record: RolloutStatus, reason: str, message: str) -> RolloutStatus:
         facts = self.facts
@@ -437,10 +439,7 @@ class _Draft:
                                      **warm)  # fmt: skip
 
     def _update_history(self, record: RolloutStatus, **changes: object) -> None:
-        for index, entry in enumerate(self.history):
-            if entry.release == record.release and entry.started_at == record.started_at:
-                self.history[index] = entry.model_copy(update=changes)
-                return
+        update_history(self.history, record, **changes)
 
     def _what_changed(self, serving: Colour | None) -> str:
         facts = self.facts
@@ -477,13 +476,21 @@ class _Draft:
                         self.checks, self.finished, self.facts.release)  # fmt: skip
 
 
+def update_history(history: list[DeploymentRecord], record: RolloutStatus, **changes: object) -> None:
+    """The history entry of ``record`` (same release, same start), changed in place."""
+    for index, entry in enumerate(history):
+        if entry.release == record.release and entry.started_at == record.started_at:
+            history[index] = entry.model_copy(update=changes)
+            return
+
+
 def hook_result(record: RolloutStatus, run: HookRun) -> RolloutStatus:
     """The record with one more hook's outcome (a restart does not run a finished hook again)."""
     return record.model_copy(update={"hooks": [*(h for h in record.hooks if h.name != run.name), run]})
 
 
 def _label(record: RolloutStatus) -> str:
-    return _revision(record.revision, record.release)
+    return revision_label(record.revision, record.release)
 
 
 def _seconds(later: datetime, earlier: datetime) -> float:
@@ -531,8 +538,9 @@ def facts_for(
         routed=routed_colour(route, seen, ports),
         settings=spec.project.rollout,
         now=now,
-        rollout=status.rollout,
-        serving=status.serving,
+        # A record of another runtime's rollout (kubernetes names no colour) is not this one's.
+        rollout=status.rollout if status.rollout is not None and status.rollout.colour is not None else None,
+        serving=status.serving if status.serving is not None and status.serving.colour is not None else None,
         history=tuple(status.deployments),
         hooks=hook_names(spec),
         retry=retry,
@@ -557,13 +565,13 @@ def describe(decision: Decision) -> str:
     serving, record = decision.serving, decision.rollout
     parts = []
     if decision.serve is not None and serving is not None and serving.colour is decision.serve:
-        parts.append(f"{serving.colour.value} serves {_revision(serving.revision, serving.release)}")
+        parts.append(f"{serving.colour.value} serves {revision_label(serving.revision, serving.release)}")
     elif decision.serve is None:
         parts.append("nothing serves yet")
     if record is not None and record.step in ACTIVE:
-        parts.append(f"{_label(record)} as {record.colour.value}: {_progress(record)}")
+        parts.append(f"{_label(record)} as {record.new_colour.value}: {_progress(record)}")
     if serving is not None and serving.warm is not None and serving.warm_until is not None:
-        parts.append(f"{serving.warm.value} ({_revision(serving.warm_revision, serving.warm_release or '')}) warm "
+        parts.append(f"{serving.warm.value} ({revision_label(serving.warm_revision, serving.warm_release or '')}) warm "
                      f"until {serving.warm_until.isoformat(timespec='seconds')}")  # fmt: skip
     return "; ".join(parts)
 
@@ -576,7 +584,8 @@ def _progress(record: RolloutStatus) -> str:
     return record.step.value.lower()
 
 
-def _revision(revision: str | None, release: str) -> str:
+def revision_label(revision: str | None, release: str) -> str:
+    """How a release is named to people: its revision, else the start of its digest."""
     return f"revision {revision}" if revision else f"release {release[:8]}"
 
 

@@ -911,7 +911,9 @@ class RolloutStatus(CodebModel):
     release: str = Field(description="Digest of everything the new colour runs with (revision, image, settings).")
     revision: str | None = Field(None, description="project.revision being rolled out.")
     image: str | None = Field(None, description="Image being rolled out (quadlet).")
-    colour: Colour = Field(description="The colour the new release runs as.")
+    colour: Colour | None = Field(
+        None, description="The colour the new release runs as (none on runtime kubernetes: one Deployment rolls)."
+    )
     previous: Colour | None = Field(None, description="The colour that served before (None on a first deploy).")
     step: RolloutStep = Field(description="Where the rollout is.")
     started_at: datetime = Field(description="When it started.")
@@ -925,9 +927,19 @@ class RolloutStatus(CodebModel):
     retry: str | None = Field(None, description="The codeb.dev/retry-rollout value this attempt answers.")
     message: str = Field("", description="The last check's result, or why it failed.", max_length=4096)
 
+    @property
+    def new_colour(self) -> Colour:
+        """The colour a blue-green rollout starts (runtimes local and quadlet always name one)."""
+        if self.colour is None:
+            raise ValueError("a rollout of runtime kubernetes has no colour")
+        return self.colour
+
 
 class ServingStatus(CodebModel):
-    colour: Colour = Field(description="The colour the route sends traffic to.")
+    colour: Colour | None = Field(
+        None, description="The colour the route sends traffic to (none on runtime kubernetes)."
+    )
+    replica_set: str | None = Field(None, description="Runtime kubernetes: the ReplicaSet whose Pods serve.")
     release: str = Field(description="Digest of what that colour runs.")
     revision: str | None = Field(None, description="Its project.revision.")
     since: datetime = Field(description="When it started serving.")
@@ -941,7 +953,7 @@ class DeploymentRecord(CodebModel):
     revision: str | None = Field(None, description="Revision deployed.")
     image: str | None = Field(None, description="Image deployed.")
     release: str = Field(description="Digest of everything the release runs with.")
-    colour: Colour = Field(description="The colour it ran as.")
+    colour: Colour | None = Field(None, description="The colour it ran as (none on runtime kubernetes).")
     started_at: datetime = Field(description="When the deploy started.")
     switched_at: datetime | None = Field(None, description="When it took the traffic.")
     finished_at: datetime | None = Field(None, description="When it finished.")

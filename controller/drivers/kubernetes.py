@@ -36,6 +36,9 @@ MANAGER = "codeb"
 DIGEST = "codeb.dev/rendered-digest"
 CREDENTIALS = "codeb.dev/credentials-digest"
 REVISION = "codeb.dev/revision"
+# The release a failed rollout was rolled back from (`controller.rolling_update`): on the
+# Deployment itself, so an operator that crashed before recording the failure still knows it.
+HELD_BACK = "codeb.dev/held-back"
 # Pods restart when the credentials change; the autoscaler aims at this CPU use.
 TARGET_CPU_PERCENT = 70
 
@@ -46,7 +49,10 @@ KINDS = {  # kind: (API path prefix, plural), the workload's own objects
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
     "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
 }
-PATHS = {**KINDS, "Secret": ("/api/v1", "secrets")}  # and the Secrets copied into another cluster
+# and the Secrets copied into another cluster, and the ReplicaSets the Deployment makes
+PATHS = {**KINDS, "Secret": ("/api/v1", "secrets"), "ReplicaSet": ("/apis/apps/v1", "replicasets")}
+# What the Deployment controller numbers its ReplicaSets by.
+RS_REVISION = "deployment.kubernetes.io/revision"
 
 
 def labels(ctx: DriverContext, desired: State) -> dict[str, str]:
@@ -100,13 +106,19 @@ def _deployment(ctx: DriverContext, desired: State, credentials_digest: str) -> 
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
         "progressDeadlineSeconds": desired["progressDeadlineSeconds"],
         "template": {
-            "metadata": {"labels": {**labels(ctx, desired)}, "annotations": {CREDENTIALS: credentials_digest}},
+            # The revision is in the template too, so each ReplicaSet says what it runs (a rollback reads it).
+            "metadata": {
+                "labels": {**labels(ctx, desired)},
+                "annotations": {CREDENTIALS: credentials_digest, REVISION: desired["revision"] or ""},
+            },
             "spec": {"containers": [container], "enableServiceLinks": False},
         },
     }
     if desired["replicas"] is not None:
         spec["replicas"] = desired["replicas"]
     annotations = {REVISION: desired["revision"] or ""}
+    if desired.get("heldBack"):
+        annotations[HELD_BACK] = desired["heldBack"]
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _metadata(ctx, desired, annotations=annotations),
             "spec": spec}  # fmt: skip
 
@@ -171,7 +183,9 @@ class KubernetesWorkload:
         state |= {"environmentCurrent": launched_with == credentials, "objectsMatch": matches}
         healthy, detail = await _health(target, ctx, deployment)
         endpoint = f"{state['instance']}.{ctx.key.namespace}.svc.cluster.local:{state['port']}"
-        return Observation(state=state, healthy=healthy, detail=detail, outputs={"endpoints": [endpoint]})
+        rolling = await _rollout_of(target, deployment, service, live["HorizontalPodAutoscaler"], credentials)
+        return Observation(state=state, healthy=healthy, detail=detail,
+                           outputs={"endpoints": [endpoint], "rollout": rolling})  # fmt: skip
 
     async def logs(self, ctx: DriverContext, tail: int) -> dict[str, list[str]]:
         """Each of the Deployment's Pods' log, from the cluster the workload runs in."""
@@ -273,6 +287,54 @@ async def _health(target: Target, ctx: DriverContext, deployment: Object) -> tup
     return False, detail + "".join(f"; {p}" for p in [*waiting, *([stalled] if stalled else [])])
 
 
+async def _rollout_of(
+    target: Target, deployment: Object, service: Object | None, autoscaler: Object | None, credentials: str
+) -> dict[str, Any]:
+    """Where the Deployment's rolling update stands (`controller.rolling`): its progress, the
+    ReplicaSet of its template, and the state of the one before it, which a rollback returns to."""
+    progress = progress_of(deployment)
+    spec, status = deployment["spec"], deployment.get("status", {})
+    found = {"progress": progress, "replicaSet": None, "previous": None,
+             "serving": status.get("availableReplicas", 0) >= spec.get("replicas", 1)}  # fmt: skip
+    if status.get("observedGeneration", 0) < deployment["metadata"].get("generation", 0):
+        return found  # the controller has not matched ReplicaSets to this template yet
+    owned = await _replica_sets(target, deployment)
+    if owned:
+        found["replicaSet"] = owned[0]["metadata"]["name"]
+    if len(owned) > 1:
+        # Its revision is its template's own; not the Deployment's, which names the current one.
+        meta = {**deployment["metadata"], "annotations": {}}
+        before = {**deployment, "metadata": meta, "spec": {**spec, "template": owned[1]["spec"]["template"]}}
+        state = _state_of(before, service, autoscaler)
+        launched_with = owned[1]["spec"]["template"]["metadata"].get("annotations", {}).get(CREDENTIALS, "")
+        found["previous"] = state | {"environmentCurrent": launched_with == credentials, "objectsMatch": True}
+    return found
+
+
+def progress_of(deployment: Object) -> str:
+    """Complete, Progressing or Stalled, as `kubectl rollout status` judges a Deployment (pure)."""
+    spec, status = deployment["spec"], deployment.get("status", {})
+    if status.get("observedGeneration", 0) < deployment["metadata"].get("generation", 0):
+        return "Progressing"
+    progressing: Object = next((c for c in status.get("conditions", []) if c.get("type") == "Progressing"), {})
+    if progressing.get("reason") == "ProgressDeadlineExceeded":
+        return "Stalled"
+    want, updated = spec.get("replicas", 1), status.get("updatedReplicas", 0)
+    if updated < want or status.get("replicas", 0) > updated or status.get("availableReplicas", 0) < updated:
+        return "Progressing"
+    return "Complete"
+
+
+async def _replica_sets(target: Target, deployment: Object) -> list[Object]:
+    """The Deployment's own ReplicaSets, newest revision first: the first runs its template."""
+    meta = deployment["metadata"]
+    found = await target.kube.request("GET", _path("ReplicaSet", meta["namespace"]),
+                                      labelSelector=f"app.kubernetes.io/name={meta['name']}")  # fmt: skip
+    owned = [rs for rs in (found or {}).get("items", [])
+             if any(ref.get("uid") == meta["uid"] for ref in rs["metadata"].get("ownerReferences", []))]  # fmt: skip
+    return sorted(owned, key=lambda rs: -int(rs["metadata"].get("annotations", {}).get(RS_REVISION, "0")))
+
+
 async def _pod_problems(target: Target, namespace: str, instance: str) -> list[str]:
     pods = await target.kube.request(
         "GET", f"/api/v1/namespaces/{namespace}/pods", labelSelector=f"app.kubernetes.io/name={instance}"
@@ -308,6 +370,7 @@ def _ours(ctx: DriverContext, obj: Object) -> bool:
 
 def _state_of(deployment: Object, service: Object | None, autoscaler: Object | None) -> dict[str, Any]:
     """The workload state as the live objects say it is."""
+    template = deployment["spec"]["template"]["metadata"]
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
     env_from = [e["secretRef"] for e in container.get("envFrom", []) if "secretRef" in e]
@@ -323,7 +386,10 @@ def _state_of(deployment: Object, service: Object | None, autoscaler: Object | N
         "runtime": "kubernetes",
         "image": container.get("image"),
         "git": None,
-        "revision": deployment["metadata"].get("annotations", {}).get(REVISION) or None,
+        "revision": template.get("annotations", {}).get(
+            REVISION, deployment["metadata"].get("annotations", {}).get(REVISION)
+        )
+        or None,
         "port": ((service or {}).get("spec", {}).get("ports") or [{}])[0].get("port"),
         "containerPort": (container.get("ports") or [{}])[0].get("containerPort"),
         "replicas": None if scaling else deployment["spec"].get("replicas"),
@@ -338,4 +404,5 @@ def _state_of(deployment: Object, service: Object | None, autoscaler: Object | N
         "probeIntervalSeconds": liveness.get("periodSeconds"),
         "readinessGate": {k: probe.get(k) for k in GATE_FIELDS},
         "progressDeadlineSeconds": deployment["spec"].get("progressDeadlineSeconds"),
+        "heldBack": deployment["metadata"].get("annotations", {}).get(HELD_BACK) or None,
     }

@@ -89,6 +89,11 @@ def test_a_project_in_a_target_cluster_is_ready_once_its_pods_are_and_is_removed
         port = status["allocations"]["port"]
         upstream = f"shop-staging.{NS}.svc.cluster.local:{port}"
         assert status["endpoints"]["internal"] == [upstream]
+        # The rolling update is recorded as every runtime's rollout is, naming the ReplicaSet that serves.
+        assert status["rollout"]["step"] == "Succeeded" and status["serving"]["revision"] == "1"
+        assert [(d["revision"], d["result"]) for d in status["deployments"]] == [("1", "Succeeded")]
+        assert all(p["metadata"]["name"].startswith(status["serving"]["replicaSet"]) for p in made)
+        assert condition(cluster, "shop", "Serving")["reason"] == "ReplicaSet"
         assert condition(cluster, "shop", "InfrastructureReady")["status"] == "True"
         routes = httpx.get(f"{world['caddy'].admin_url}/config/apps/http/servers", timeout=10).text
         assert upstream in routes

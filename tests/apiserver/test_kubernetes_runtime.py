@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from controller.claims import ClaimStore
 from controller.drivers import DriverContext
 from controller.drivers.clusters import ExistingCluster, TargetClusters
 from controller.drivers.kubernetes import KubernetesWorkload
@@ -28,10 +29,13 @@ from controller.kube import KubeClient, api_client_from_environment
 from controller.localcluster import LocalCluster
 from controller.naming import ProjectKey
 from controller.planner import Component, desired_state
-from schemas.project import Allocations, ProjectSpec
+from controller.reconcile import ProjectInput, Reconciler
+from controller.status import condition
+from schemas.project import Allocations, ProjectSpec, ProjectStatus
 from tests.conftest import start_cluster
 from tests.factories import project_spec
 from tests.helpers import get_json, observe_until
+from tests.memory_drivers import memory_drivers
 
 ON_VKE = {"provider": "vultr", "region": "icn", "runtime": "kubernetes"}
 
@@ -127,7 +131,11 @@ async def test_a_deployment_becomes_pods_and_is_healthy_once_they_are_ready(
         kubelet_reports(controlled, ctx.key.namespace, pod["metadata"]["name"], ready=True)
     seen = await observe_until(driver, ctx, lambda s: s.healthy)
     assert seen.healthy and seen.state == want
-    assert seen.outputs == {"endpoints": [f"shop-staging.{ctx.key.namespace}.svc.cluster.local:4512"]}
+    assert seen.outputs["endpoints"] == [f"shop-staging.{ctx.key.namespace}.svc.cluster.local:4512"]
+    replica_set = seen.outputs["rollout"]["replicaSet"]
+    assert seen.outputs["rollout"] == {"progress": "Complete", "replicaSet": replica_set, "previous": None,
+                                       "serving": True}  # fmt: skip
+    assert all(p["metadata"]["name"].startswith(replica_set) for p in made)
     env_from = get_json(controlled, "deployment", "shop-staging", "-n", ctx.key.namespace)["spec"]["template"]["spec"]
     assert env_from["containers"][0]["envFrom"] == [{"secretRef": {"name": "shop-staging-connection"}}]
 
@@ -311,3 +319,102 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+# ---------------------------------------------------------------- rollouts (controller.rolling_update)
+
+
+async def test_a_revision_that_never_gets_ready_is_rolled_back_and_held_and_a_good_one_rolls_out(
+    controlled: LocalCluster, kube: KubeClient
+) -> None:
+    """Through the reconciler, against the real Deployment and ReplicaSet controllers: the
+    progress deadline fails the rollout, the Deployment goes back to the ReplicaSet that
+    served (its Pods are the same Pods throughout), and the broken revision stays held back."""
+    namespace = f"k-{uuid.uuid4().hex[:8]}"
+    controlled.kubectl("create", "namespace", namespace)
+    claims = ClaimStore(kube, f"claims-{uuid.uuid4().hex[:8]}")
+    await claims.setup()
+    drivers: dict[Component, Any] = {**memory_drivers(), Component.workload: KubernetesWorkload(TargetClusters(kube))}
+    reconciler = Reconciler(drivers, claims)
+    key = ProjectKey(namespace, "shop", "uid-1")
+
+    def project(revision: str, image: str, status: ProjectStatus, retry: str | None = None) -> ProjectInput:
+        source = {"image": image}
+        spec = project_spec(project={"slug": "shop", "source": source, "revision": revision,
+                                     "rollout": {"startTimeoutSeconds": 8}},
+                            servers={"provider": "existing", "runtime": "kubernetes"},
+                            resources={"replicas": 2})  # fmt: skip
+        return ProjectInput(key, 1, ProjectSpec.model_validate(spec), status, retry_rollout=retry)
+
+    async def converge(revision: str, image: str, status: ProjectStatus, until: Callable[[ProjectStatus], bool],
+                       retry: str | None = None, timeout: float = 60) -> tuple[ProjectStatus, list[str]]:  # fmt: skip
+        deadline, reasons = asyncio.get_running_loop().time() + timeout, []
+        while True:
+            outcome = await reconciler.reconcile(project(revision, image, status, retry))
+            status = outcome.status
+            reasons += [e.reason for e in outcome.events]
+            if until(status) or asyncio.get_running_loop().time() > deadline:
+                return status, reasons
+            for pod in pods(controlled, namespace):  # what a kubelet would report of the good image
+                if pod["spec"]["containers"][0]["image"] != BROKEN and not _ready(pod):
+                    kubelet_reports(controlled, namespace, pod["metadata"]["name"], ready=True)
+            await asyncio.sleep(0.5)
+
+    def step(status: ProjectStatus) -> str | None:
+        return status.rollout.step.value if status.rollout else None
+
+    status, _ = await converge("1", "shop:1", ProjectStatus(), lambda s: step(s) == "Succeeded")
+    assert status.serving is not None and status.serving.revision == "1" and status.serving.replica_set
+    assert cond(status, "Serving") == ("True", "ReplicaSet") and cond(status, "WorkloadReady") == ("True", "Ready")
+    serving_pods = sorted(p["metadata"]["name"] for p in pods(controlled, namespace))
+    assert len(serving_pods) == 2
+
+    # Revision 2's Pods never get ready (a kubelet would report CrashLoopBackOff): the old ones serve on.
+    status, reasons = await converge("2", BROKEN, status, lambda s: step(s) == "Checking")
+    assert "RolloutStarted" in reasons and cond(status, "WorkloadReady") == ("True", "RollingOut")
+    new = await wait_pods(controlled, namespace, 3)
+    broken = next(p["metadata"]["name"] for p in new if p["spec"]["containers"][0]["image"] == BROKEN)
+    kubelet_reports(controlled, namespace, broken, ready=False, waiting="CrashLoopBackOff")
+    status, reasons = await converge("2", BROKEN, status, lambda s: step(s) == "Failed", timeout=90)
+    assert step(status) == "Failed" and "RolloutFailed" in reasons
+    assert "no progress within 8 s" in status.rollout.message and "CrashLoopBackOff" in status.rollout.message  # type: ignore[union-attr]
+    assert cond(status, "WorkloadReady") == ("False", "RolloutFailed") and cond(status, "Ready")[1] == "RolloutFailed"
+    assert [(d.revision, d.result) for d in status.deployments] == [("2", "Failed"), ("1", "Succeeded")]
+    # Rolled back by the real controller: the Deployment runs revision 1's template, whose
+    # ReplicaSet still has its Pods; the broken Pod goes.
+    deployment = get_json(controlled, "deployment", "shop-staging", "-n", namespace)
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "shop:1"
+    assert deployment["metadata"]["annotations"]["codeb.dev/held-back"] == status.rollout.release  # type: ignore[union-attr]
+    await wait_pods(controlled, namespace, 2)
+    assert sorted(p["metadata"]["name"] for p in pods(controlled, namespace)) == serving_pods
+    assert status.serving is not None and status.serving.revision == "1"
+
+    # Held back: more passes do not roll revision 2 again.
+    generation = deployment["metadata"]["generation"]
+    status, _ = await converge("2", BROKEN, status, lambda s: False, timeout=3)
+    again = get_json(controlled, "deployment", "shop-staging", "-n", namespace)
+    assert again["metadata"]["generation"] == generation and step(status) == "Failed"
+
+    # A retry rolls it once more; a new good revision replaces it and the hold ends.
+    status, _ = await converge("2", BROKEN, status, lambda s: step(s) == "Checking", retry="1")
+    image = get_json(controlled, "deployment", "shop-staging", "-n", namespace)["spec"]["template"]["spec"]
+    assert image["containers"][0]["image"] == BROKEN
+    status, reasons = await converge("3", "shop:3", status, lambda s: step(s) == "Succeeded", retry="1")
+    assert "RolloutSucceeded" in reasons and cond(status, "Ready") == ("True", "AllComponentsReady")
+    assert [(d.revision, d.result) for d in status.deployments][:2] == [("3", "Succeeded"), ("2", "Superseded")]
+    final = get_json(controlled, "deployment", "shop-staging", "-n", namespace)
+    assert "codeb.dev/held-back" not in final["metadata"]["annotations"]
+    assert status.serving is not None and status.serving.revision == "3"
+
+
+BROKEN = "shop:broken"
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", []))
+
+
+def cond(status: ProjectStatus, type_: str) -> tuple[str, str]:
+    found = condition(status, type_)
+    assert found is not None, f"no {type_} condition"
+    return found.status.value, found.reason

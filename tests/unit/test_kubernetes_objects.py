@@ -76,7 +76,8 @@ def test_deployment_carries_image_probes_limits_and_credentials_from_the_secret(
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "progressDeadlineSeconds": 120,
             "template": {
-                "metadata": {"labels": LABELS, "annotations": {"codeb.dev/credentials-digest": "cafe"}},
+                "metadata": {"labels": LABELS,
+                             "annotations": {"codeb.dev/credentials-digest": "cafe", "codeb.dev/revision": ""}},
                 "spec": {
                     "enableServiceLinks": False,
                     "containers": [{
