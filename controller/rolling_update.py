@@ -70,6 +70,7 @@ class DeploymentSeen:
     replica_set: str | None = None  # the ReplicaSet of its template
     previous: State | None = None  # the state of the ReplicaSet that ran before: the rollback
     serving: bool = False  # enough Pods are available to serve the replica count
+    progressed_at: datetime | None = None  # when the controller last saw its Pods move on
 
     @property
     def release(self) -> str:
@@ -118,6 +119,7 @@ def seen_deployment(raw: Observation) -> DeploymentSeen | None:
     if raw.state is None or progress is None:
         return None
     previous = progress.get("previous")
+    progressed = progress.get("progressedAt")
     return DeploymentSeen(
         state=raw.state,
         progress=Progress(progress["progress"]),
@@ -125,6 +127,7 @@ def seen_deployment(raw: Observation) -> DeploymentSeen | None:
         replica_set=progress.get("replicaSet"),
         previous=dict(previous) if previous is not None else None,
         serving=bool(progress.get("serving")),
+        progressed_at=datetime.fromisoformat(progressed.replace("Z", "+00:00")) if progressed else None,
     )
 
 
@@ -227,11 +230,17 @@ class _Draft:
             return self._decision(facts.wanted, record, wake=LOOK_AGAIN_SECONDS)  # being applied in this pass
         if seen.progress is Progress.complete:
             return self._succeed(record, seen)
-        if seen.progress is Progress.stalled:
+        if seen.progress is Progress.stalled or self._stalled(record, seen):
             message = f"no progress within {facts.settings.start_timeout_seconds:g} s: {seen.detail or 'no detail'}"
             return self._hold(self._fail(record, message))
         record = record.model_copy(update={"message": seen.detail or "Pods rolling"})
         return self._decision(facts.wanted, record, wake=LOOK_AGAIN_SECONDS)
+
+    def _stalled(self, record: RolloutStatus, seen: DeploymentSeen) -> bool:
+        """No progress for the deadline since the rollout started or the Pods last moved on, by this
+        operator's count (a template of an existing ReplicaSet is one the controller never times out)."""
+        since = max(record.started_at, seen.progressed_at or record.started_at)
+        return (self.facts.now - since).total_seconds() > self.facts.settings.start_timeout_seconds
 
     def _succeed(self, record: RolloutStatus, seen: DeploymentSeen) -> Decision:
         facts = self.facts
@@ -252,8 +261,7 @@ class _Draft:
         record = record.model_copy(update={"step": RolloutStep.failed, "finished_at": facts.now, "message": message})
         self._update_history(record, result="Failed", reason="RolloutFailed", finished_at=facts.now, message=message)
         self.finished = ("Failed", (facts.now - record.started_at).total_seconds())
-        rollback = self._rollback(record)
-        back = "rolled back to the ReplicaSet that served" if rollback is not None else "nothing served before it"
+        back = "rolled back to what served before" if self.serving is not None else "nothing served before it"
         self.notice("Warning", "RolloutFailed", f"{_label(record)} {message}; {back}")
         self.closed = record
         return record

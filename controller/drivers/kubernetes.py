@@ -51,6 +51,8 @@ KINDS = {  # kind: (API path prefix, plural), the workload's own objects
 }
 # and the Secrets copied into another cluster, and the ReplicaSets the Deployment makes
 PATHS = {**KINDS, "Secret": ("/api/v1", "secrets"), "ReplicaSet": ("/apis/apps/v1", "replicasets")}
+# Progressing reasons that mean the Deployment moved on its current template.
+PROGRESS_REASONS = frozenset({"NewReplicaSetCreated", "FoundNewReplicaSet", "ReplicaSetUpdated"})
 # What the Deployment controller numbers its ReplicaSets by.
 RS_REVISION = "deployment.kubernetes.io/revision"
 
@@ -294,7 +296,7 @@ async def _rollout_of(
     ReplicaSet of its template, and the state of the one before it, which a rollback returns to."""
     progress = progress_of(deployment)
     spec, status = deployment["spec"], deployment.get("status", {})
-    found = {"progress": progress, "replicaSet": None, "previous": None,
+    found = {"progress": progress, "replicaSet": None, "previous": None, "progressedAt": progressed_at(deployment),
              "serving": status.get("availableReplicas", 0) >= spec.get("replicas", 1)}  # fmt: skip
     if status.get("observedGeneration", 0) < deployment["metadata"].get("generation", 0):
         return found  # the controller has not matched ReplicaSets to this template yet
@@ -323,6 +325,21 @@ def progress_of(deployment: Object) -> str:
     if updated < want or status.get("replicas", 0) > updated or status.get("availableReplicas", 0) < updated:
         return "Progressing"
     return "Complete"
+
+
+def progressed_at(deployment: Object) -> str | None:
+    """When the Deployment last made progress on its template, by its Progressing condition.
+
+    NOTE: the controller sets a fresh condition for a new ReplicaSet, but for a template set
+    back to one an existing ReplicaSet runs it may keep the condition of the rollout before
+    (``NewReplicaSetAvailable``), which it never times out; so the deadline is also counted
+    by the operator, from the later of this time and the rollout's start
+    (`controller.rolling_update`).
+    """
+    for condition in deployment.get("status", {}).get("conditions", []):
+        if condition.get("type") == "Progressing" and condition.get("reason") in PROGRESS_REASONS:
+            return str(condition.get("lastUpdateTime")) if condition.get("lastUpdateTime") else None
+    return None
 
 
 async def _replica_sets(target: Target, deployment: Object) -> list[Object]:

@@ -395,13 +395,21 @@ async def test_a_revision_that_never_gets_ready_is_rolled_back_and_held_and_a_go
     again = get_json(controlled, "deployment", "shop-staging", "-n", namespace)
     assert again["metadata"]["generation"] == generation and step(status) == "Failed"
 
-    # A retry rolls it once more; a new good revision replaces it and the hold ends.
+    # A retry rolls it once more, onto its old ReplicaSet: it fails at the deadline again and is
+    # rolled back again, and the history has both attempts.
     status, _ = await converge("2", BROKEN, status, lambda s: step(s) == "Checking", retry="1")
     image = get_json(controlled, "deployment", "shop-staging", "-n", namespace)["spec"]["template"]["spec"]
     assert image["containers"][0]["image"] == BROKEN
+    status, _ = await converge("2", BROKEN, status, lambda s: step(s) == "Failed", retry="1", timeout=90)
+    assert step(status) == "Failed" and status.rollout is not None and status.rollout.retry == "1"
+    image = get_json(controlled, "deployment", "shop-staging", "-n", namespace)["spec"]["template"]["spec"]
+    assert image["containers"][0]["image"] == "shop:1"
+    assert [(d.revision, d.result) for d in status.deployments][:2] == [("2", "Failed"), ("2", "Failed")]
+    # A new good revision replaces it and the hold ends.
     status, reasons = await converge("3", "shop:3", status, lambda s: step(s) == "Succeeded", retry="1")
     assert "RolloutSucceeded" in reasons and cond(status, "Ready") == ("True", "AllComponentsReady")
-    assert [(d.revision, d.result) for d in status.deployments][:2] == [("3", "Succeeded"), ("2", "Superseded")]
+    assert [(d.revision, d.result) for d in status.deployments][:3] == [("3", "Succeeded"), ("2", "Failed"),
+                                                                          ("2", "Failed")]  # fmt: skip
     final = get_json(controlled, "deployment", "shop-staging", "-n", namespace)
     assert "codeb.dev/held-back" not in final["metadata"]["annotations"]
     assert status.serving is not None and status.serving.revision == "3"

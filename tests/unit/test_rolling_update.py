@@ -221,3 +221,26 @@ def test_hooks_this_runtime_does_not_run_are_said_at_each_rollout() -> None:
     said = advance(Facts(wanted=wanted("1"), seen=cluster.seen(), settings=SETTINGS, now=T0, hooks=("app-shop",)))
     assert [(n.type, n.reason) for n in said.notices] == [("Warning", "HooksNotRun")]
     assert "app-shop not run" in said.notices[0].message
+
+
+def test_a_rollout_the_controller_never_times_out_fails_by_the_operators_count() -> None:
+    """A template set back to an existing ReplicaSet keeps the old NewReplicaSetAvailable condition,
+    which Kubernetes never turns into ProgressDeadlineExceeded."""
+    cluster = Cluster()
+    done = until(cluster, "1", None, RolloutStep.succeeded)
+    started = pass_(cluster, "2", done)
+    stuck = DeploymentSeen(state=wanted("2"), progress=Progress.progressing, previous=wanted("1"), serving=True)
+    later = T0 + timedelta(seconds=DEADLINE) + (cluster.now - T0)
+
+    def look(at: datetime, progressed: datetime | None) -> Decision:
+        seen = DeploymentSeen(**{**stuck.__dict__, "progressed_at": progressed})
+        return advance(Facts(wanted=wanted("2"), seen=seen, settings=SETTINGS, now=at, rollout=started.rollout,
+                             serving=started.serving, history=tuple(started.history)))  # fmt: skip
+
+    assert look(later - timedelta(seconds=1), None).rollout.step is RolloutStep.checking  # type: ignore[union-attr]
+    # Pods that moved on recently are progress: the count starts again from there.
+    moving = look(later + timedelta(seconds=5), later)
+    assert moving.rollout is not None and moving.rollout.step is RolloutStep.checking
+    failed = look(later + timedelta(seconds=5), None)
+    assert failed.rollout is not None and failed.rollout.step is RolloutStep.failed
+    assert failed.target["revision"] == "1"
