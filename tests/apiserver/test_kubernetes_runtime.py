@@ -133,8 +133,9 @@ async def test_a_deployment_becomes_pods_and_is_healthy_once_they_are_ready(
     assert seen.healthy and seen.state == want
     assert seen.outputs["endpoints"] == [f"shop-staging.{ctx.key.namespace}.svc.cluster.local:4512"]
     replica_set = seen.outputs["rollout"]["replicaSet"]
+    # Complete: the condition says NewReplicaSetAvailable, which is not progress on the template.
     assert seen.outputs["rollout"] == {"progress": "Complete", "replicaSet": replica_set, "previous": None,
-                                       "serving": True}  # fmt: skip
+                                       "serving": True, "progressedAt": None}  # fmt: skip
     assert all(p["metadata"]["name"].startswith(replica_set) for p in made)
     env_from = get_json(controlled, "deployment", "shop-staging", "-n", ctx.key.namespace)["spec"]["template"]["spec"]
     assert env_from["containers"][0]["envFrom"] == [{"secretRef": {"name": "shop-staging-connection"}}]
