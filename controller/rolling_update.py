@@ -10,10 +10,12 @@ asks of every runtime, from what the Deployment and its ReplicaSets say:
 
 * ``status.rollout`` and ``status.deployments`` record the rollout (the same records as
   blue-green's, with no colour): started when the Pod template changes, succeeded when
-  every Pod is updated and available, failed at the progress deadline;
+  every Pod is updated and available, failed at the progress deadline (the controller's
+  ``ProgressDeadlineExceeded``, or the operator's own count of it, see `_Draft._stalled`);
 * a failed release is rolled back: the Deployment gets the template of the ReplicaSet
   that ran before (Kubernetes scales that ReplicaSet back, its Pods never went away) and
-  keeps it until the spec changes or ``codeb.dev/retry-rollout`` gets a new value;
+  keeps it until the spec changes or ``codeb.dev/retry-rollout`` gets a new value; the
+  Deployment is marked ``codeb.dev/held-back``, so a crash before the status write loses nothing;
 * ``status.serving`` names the ReplicaSet whose Pods serve.
 
 `advance` is pure, as `controller.rollout.advance` is: facts in, a `Decision` out (what
