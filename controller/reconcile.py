@@ -545,8 +545,9 @@ def _component_condition(
         return False, "Waiting", steps.blocked.get(component) or work.waiting[component]
     if component is Component.workload and work.rolling is not None:
         return _rolling_condition(work.rolling, seen)
-    if component is Component.workload and work.updating is not None:
-        return _updating_condition(work.updating, want, seen)
+    rolling = _updating_condition(work.updating, seen) if component is Component.workload and work.updating else None
+    if rolling is not None:
+        return rolling
     if seen.state is None:
         return False, "Missing", f"{component.value} does not exist"
     if dict(seen.state) != dict(want):
@@ -572,9 +573,9 @@ def _rolling_condition(decision: rollout.Decision, seen: Observation) -> tuple[b
     return True, "Ready", rollout.describe(decision)
 
 
-def _updating_condition(decision: rolling_update.Decision, want: State, seen: Observation) -> tuple[bool, str, str]:
-    """The workload on kubernetes: ready when the Deployment runs the spec's release, every Pod available;
-    while a new release rolls, ready as long as enough Pods serve."""
+def _updating_condition(decision: rolling_update.Decision, seen: Observation) -> tuple[bool, str, str] | None:
+    """The workload on kubernetes while a release is held back or rolls (ready as long as enough Pods
+    serve); None otherwise: then it is judged as any component is."""
     failed = decision.held_back
     if failed is not None:
         return False, "RolloutFailed", failed.message
@@ -584,13 +585,7 @@ def _updating_condition(decision: rolling_update.Decision, want: State, seen: Ob
         if rolled is not None and rolled.serving and decision.serving is not None:
             return True, "RollingOut", rolling_update.describe(decision)
         return False, "Deploying", rolling_update.describe(decision)
-    if seen.state is None:
-        return False, "Missing", "workload does not exist"
-    if dict(seen.state) != dict(want):
-        return False, "Drifted", "workload differs from the spec"
-    if not seen.healthy:
-        return False, "Unhealthy", seen.detail or "workload is not healthy"
-    return True, "Ready", rolling_update.describe(decision)
+    return None
 
 
 def _describe_rollout(decision: rollout.Decision | rolling_update.Decision) -> str:
