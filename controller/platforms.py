@@ -117,8 +117,9 @@ class PlatformDrivers:
             pg = platform.postgres
             user, password = await self._admin(pg.admin_secret_ref, "username", "password")
             sink = storage.store_final_dump if storage is not None else None
+            allowed = frozenset(pg.extensions) if pg.extensions is not None else None
             drivers[Component.database] = PostgresDriver(pg.host, pg.port, user, password, self._secrets, sink,
-                                                         self._timeout, self._concurrency)  # fmt: skip
+                                                         self._timeout, self._concurrency, allowed)  # fmt: skip
         if platform.redis is not None:
             (password,) = await self._admin(platform.redis.admin_secret_ref, "password")
             drivers[Component.cache] = RedisDriver(platform.redis.host, platform.redis.port, password, self._secrets,

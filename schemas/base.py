@@ -39,6 +39,8 @@ HOST = (
 )
 # A revision or version: an image tag, a commit, a release name (Docker's tag shape).
 REVISION = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"
+# A PostgreSQL extension as the manifest names it.
+EXTENSION_NAME = r"^[a-z0-9_]+$"
 # Text that ends up in a file on a host (environment files, units): no control
 # characters, so no value can start a new line or smuggle a terminal escape.
 PRINTABLE = r"^[^\x00-\x1f\x7f]*$"

@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from schemas.base import DNS_LABEL, HOST, CodebModel
+from schemas.base import DNS_LABEL, EXTENSION_NAME, HOST, CodebModel
 
 PLATFORM_KIND = "Platform"
 PLATFORM_PLURAL = "platforms"
@@ -30,6 +30,15 @@ class PostgresEndpoint(CodebModel):
     port: int = Field(5432, description="PostgreSQL port.", ge=1, le=65535)
     admin_secret_ref: SecretKeyReference = Field(
         description="Secret with keys username and password of a role that may create roles and databases."
+    )
+    extensions: list[Annotated[str, Field(pattern=EXTENSION_NAME, max_length=63)]] | None = Field(
+        None,
+        description=(
+            "Extensions Projects may ask for (spec.features.database.extensions). Unset: every extension this"
+            " PostgreSQL marks trusted. Each is created by the Project's own role, never by the superuser, so an"
+            " extension PostgreSQL does not mark trusted cannot be created even when listed."
+        ),
+        max_length=100,
     )
 
 

@@ -15,6 +15,15 @@ name (the ordinary GitOps delete-and-apply), and refused to anyone else.
 
 Passwords reach the server only as SCRAM-SHA-256 verifiers computed here: the
 statement log, ``pg_stat_activity`` and error messages never carry the plaintext.
+
+A tenant owns its database, so it can set that database's ``search_path`` and plant
+views and functions named like the catalog's. The operator's superuser therefore never
+runs a statement inside a tenant's database: what it reads there (installed extensions)
+and what it makes there (extensions, which PostgreSQL allows a database owner when they
+are marked trusted) goes through the tenant's own role. Every superuser session pins
+``search_path=pg_catalog`` in its startup packet, which outranks database and role
+settings, and names catalog objects with their schema. The only superuser session in a
+tenant's database is the final ``pg_dump``, which clears ``search_path`` itself.
 Deletion locks the role out first, then drops the database, then the role: a crash
 at any step leaves nothing that can still log in.
 """
@@ -28,8 +37,8 @@ import hmac
 import json
 import os
 import tempfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -78,8 +87,11 @@ class PostgresDriver:
         dump_sink: DumpSink | None = None,
         statement_timeout: float = STATEMENT_TIMEOUT_SECONDS,
         concurrency: int = CONCURRENCY,
+        allowed_extensions: frozenset[str] | None = None,
     ) -> None:
         self._host, self._port = host, port
+        # None: whatever PostgreSQL lets a database owner create (the extensions it marks trusted).
+        self._allowed_extensions = allowed_extensions
         self._admin = (admin_user, admin_password)
         self._secrets = secrets
         self._dump_sink = dump_sink
@@ -89,52 +101,70 @@ class PostgresDriver:
     # ------------------------------------------------------------------ edges
 
     @asynccontextmanager
-    async def _connect(self, dbname: str = "postgres", user: str | None = None, password: str | None = None
-                       ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:  # fmt: skip
-        """A session, and the one translation of this transport's errors into ours.
+    async def _connect(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A superuser session, its ``search_path`` pinned in the startup packet, where no
+        ``ALTER DATABASE``/``ALTER ROLE ... SET`` of a tenant can change it."""
+        async with self._slots:
+            conn = await self._open("postgres", *self._admin, " -c search_path=pg_catalog")
+            try:
+                with self._translated():
+                    yield conn
+            finally:
+                await conn.close()
+
+    @asynccontextmanager
+    async def _as_tenant(self, ctx: DriverContext, role: str, dbname: str
+                         ) -> AsyncIterator[psycopg.AsyncConnection[Any] | None]:  # fmt: skip
+        """A session as the Project's own role in its database, or None when that login fails."""
+        password = await self._password(ctx)
+        async with self._slots:
+            try:
+                conn = await self._open(dbname, role, password) if password else None
+            except RetryableError:
+                conn = None
+            if conn is None:
+                yield None
+                return
+            try:
+                with self._translated():
+                    yield conn
+            finally:
+                await conn.close()
+
+    async def _open(self, dbname: str, user: str, password: str, options: str = "") -> psycopg.AsyncConnection[Any]:
+        try:
+            return await psycopg.AsyncConnection.connect(
+                host=self._host, port=self._port, dbname=dbname, user=user, password=password, autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT_SECONDS, options=f"-c statement_timeout={self._statement_timeout_ms}"
+                + options,
+            )  # fmt: skip
+        except psycopg.Error:
+            raise RetryableError(
+                f"PostgreSQL at {self._host}:{self._port} is unreachable or refused the login",
+                reason="DatabaseUnavailable",
+            ) from None
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        """The one translation of this transport's errors into ours.
 
         No psycopg text is kept: server messages can quote the statement that failed.
         """
-        user, password = (user, password) if user else self._admin
-        async with self._slots:
-            try:
-                conn = await psycopg.AsyncConnection.connect(
-                    host=self._host, port=self._port, dbname=dbname, user=user, password=password,
-                    autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                    options=f"-c statement_timeout={self._statement_timeout_ms}",
-                )  # fmt: skip
-            except psycopg.Error:
-                raise RetryableError(
-                    f"PostgreSQL at {self._host}:{self._port} is unreachable or refused the login",
-                    reason="DatabaseUnavailable",
-                ) from None
-            try:
-                yield conn
-            except (psycopg.OperationalError, psycopg.errors.QueryCanceled):
-                raise RetryableError(
-                    f"PostgreSQL at {self._host}:{self._port} dropped the session or timed out",
-                    reason="DatabaseUnavailable",
-                ) from None
-            except psycopg.Error as exc:
-                raise PermanentError(
-                    f"PostgreSQL refused a statement (SQLSTATE {exc.sqlstate or 'unknown'})", reason="DatabaseRefused"
-                ) from None
-            finally:
-                await conn.close()
+        try:
+            yield
+        except (psycopg.OperationalError, psycopg.errors.QueryCanceled):
+            raise RetryableError(
+                f"PostgreSQL at {self._host}:{self._port} dropped the session or timed out",
+                reason="DatabaseUnavailable",
+            ) from None
+        except psycopg.Error as exc:
+            raise PermanentError(
+                f"PostgreSQL refused a statement (SQLSTATE {exc.sqlstate or 'unknown'})", reason="DatabaseRefused"
+            ) from None
 
     async def _password(self, ctx: DriverContext) -> str | None:
         secret = await self._secrets.read(ctx)
         return (secret or {}).get(PASSWORD_KEY)
-
-    async def _login_works(self, ctx: DriverContext, role: str, dbname: str) -> bool:
-        password = await self._password(ctx)
-        if not password:
-            return False
-        try:
-            async with self._connect(dbname, role, password):
-                return True
-        except RetryableError:
-            return False
 
     # ------------------------------------------------------------------ observe
 
@@ -151,11 +181,16 @@ class PostgresDriver:
             _check_owner(ctx, "database", name, _database_marker(found))
             marker = _marker(comment)
             role_row = await (await conn.execute(
-                "SELECT rolconnlimit FROM pg_roles WHERE rolname = %s", (role,)
+                "SELECT rolconnlimit FROM pg_catalog.pg_roles WHERE rolname = %s", (role,)
             )).fetchone()  # fmt: skip
-        async with self._connect(name) as conn:
-            installed = {r[0] for r in await (await conn.execute("SELECT extname FROM pg_extension")).fetchall()}
-        login = role_row is not None and await self._login_works(ctx, role, name)
+        installed: set[str] = set()
+        login = False
+        if role_row is not None:
+            async with self._as_tenant(ctx, role, name) as tenant:
+                if tenant is not None:
+                    login = True
+                    rows = await (await tenant.execute("SELECT extname FROM pg_catalog.pg_extension")).fetchall()
+                    installed = {str(r[0]) for r in rows}
         return Observation(
             state={
                 "name": name,
@@ -184,8 +219,7 @@ class PostgresDriver:
                 )
             await self._ensure_role(conn, ctx, role, password, int(desired["connectionLimit"]))
             await self._ensure_database(conn, ctx, name, role)
-        async with self._connect(name) as conn:
-            await self._ensure_extensions(conn, name, list(desired["extensions"]))
+        await self._ensure_extensions(ctx, role, name, list(desired["extensions"]))
         async with self._connect() as conn:
             await _comment(conn, "DATABASE", name, _new_marker(ctx, list(desired["extensions"])))
         await self._secrets.merge(ctx, {
@@ -225,16 +259,22 @@ class PostgresDriver:
         await conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(ident))
         await conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(ident, sql.Identifier(role)))
 
-    async def _ensure_extensions(self, conn: psycopg.AsyncConnection[Any], name: str, wanted: list[str]) -> None:
-        for extension in wanted:
-            try:
-                await conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(sql.Identifier(extension)))
-            except (psycopg.errors.FeatureNotSupported, psycopg.errors.UndefinedFile):
-                raise PermanentError(
-                    f"extension {extension} is not available on the shared PostgreSQL; "
-                    "remove it from spec.features.database.extensions",
-                    reason="ExtensionUnavailable",
-                ) from None
+    async def _ensure_extensions(self, ctx: DriverContext, role: str, name: str, wanted: list[str]) -> None:
+        """Each extension made by the Project's own role: PostgreSQL lets an owner make the trusted ones only."""
+        if not wanted:
+            return
+        refused = sorted(set(wanted) - self._allowed_extensions) if self._allowed_extensions is not None else []
+        if refused:
+            raise PermanentError(
+                f"spec.features.database.extensions: {', '.join(refused)} not allowed by the Platform "
+                f"(allowed: {', '.join(sorted(self._allowed_extensions or ())) or 'none'}); remove them",
+                reason="ExtensionNotAllowed",
+            )
+        async with self._as_tenant(ctx, role, name) as tenant:
+            if tenant is None:
+                raise RetryableError(f"role {role} cannot log in to {name} yet", reason="DatabaseUnavailable")
+            for extension in wanted:
+                await _create_extension(tenant, extension)
 
     # ------------------------------------------------------------------ delete
 
@@ -273,15 +313,32 @@ class PostgresDriver:
                 await conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
+async def _create_extension(tenant: psycopg.AsyncConnection[Any], extension: str) -> None:
+    field = "spec.features.database.extensions"
+    try:
+        await tenant.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(sql.Identifier(extension)))
+    except (psycopg.errors.FeatureNotSupported, psycopg.errors.UndefinedFile, psycopg.errors.UndefinedObject):
+        raise PermanentError(f"{field}: {extension} is not available on the shared PostgreSQL; remove it",
+                             reason="ExtensionUnavailable") from None  # fmt: skip
+    except psycopg.errors.InsufficientPrivilege:
+        raise PermanentError(
+            f"{field}: {extension} is not a trusted extension, so only a superuser may create it; remove it, "
+            "or ask the Platform's DBA to create it in the database by hand",
+            reason="ExtensionNotAllowed",
+        ) from None
+
+
 async def _server_major(conn: psycopg.AsyncConnection[Any]) -> int:
-    return int((await (await conn.execute("SHOW server_version_num")).fetchone() or ("0",))[0]) // 10000
+    row = await (await conn.execute("SELECT pg_catalog.current_setting('server_version_num')")).fetchone()
+    return int((row or ("0",))[0]) // 10000
 
 
 async def _database(conn: psycopg.AsyncConnection[Any], name: str) -> tuple[str, str | None, Any, str | None] | None:
     """(owner, marker comment, acl, owner role's marker comment) of a database, or None."""
     row = await (await conn.execute(
-        "SELECT pg_get_userbyid(d.datdba), shobj_description(d.oid, 'pg_database'), d.datacl::text[], "
-        "shobj_description(d.datdba, 'pg_authid') FROM pg_database d WHERE d.datname = %s", (name,),
+        "SELECT pg_catalog.pg_get_userbyid(d.datdba), pg_catalog.shobj_description(d.oid, 'pg_database'), "
+        "d.datacl::pg_catalog.text[], pg_catalog.shobj_description(d.datdba, 'pg_authid') "
+        "FROM pg_catalog.pg_database d WHERE d.datname = %s", (name,),
     )).fetchone()  # fmt: skip
     return None if row is None else (row[0], row[1], row[2], row[3])
 
@@ -320,7 +377,7 @@ def _new_marker(ctx: DriverContext, extensions: list[str] | None = None) -> dict
 async def _role_marker(conn: psycopg.AsyncConnection[Any], role: str) -> dict[str, Any] | None:
     """The role's marker ({} when unmarked), or None when there is no such role."""
     row = await (await conn.execute(
-        "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s", (role,)
+        "SELECT pg_catalog.shobj_description(oid, 'pg_authid') FROM pg_catalog.pg_roles WHERE rolname = %s", (role,)
     )).fetchone()  # fmt: skip
     return None if row is None else _marker(row[0])
 

@@ -360,3 +360,58 @@ async def test_no_place_for_final_dump_blocks_the_drop(driver: PostgresDriver, s
         await driver.delete(DriverContext(ctx.key, ctx.allocations, final_dump=True), retain=False)
     with admin(server) as conn:
         assert conn.execute("SELECT 1 FROM pg_database WHERE datname='nodump_staging_db'").fetchone()
+
+
+def _plant_escalation(server: PostgresServer, role: str, password: str, dbname: str) -> None:
+    """The live attack: the tenant's database resolves catalog names to its own schema first."""
+    with connect(server, role, password, dbname) as conn:
+        conn.execute("CREATE SCHEMA evil")
+        conn.execute(
+            "CREATE FUNCTION evil.escalate() RETURNS text LANGUAGE plpgsql AS "
+            f"$$BEGIN EXECUTE 'ALTER ROLE {role} SUPERUSER'; RETURN 'x'; END$$"
+        )
+        for shadow in ("pg_extension", "pg_roles", "pg_database"):
+            conn.execute(f"CREATE VIEW evil.{shadow} AS SELECT evil.escalate() AS extname, 1 AS rolconnlimit")
+        conn.execute("CREATE FUNCTION evil.shobj_description(oid, name) RETURNS text LANGUAGE sql AS "
+                     "'SELECT evil.escalate()'")  # fmt: skip
+        conn.execute(f"ALTER DATABASE {dbname} SET search_path = evil, pg_catalog")
+        conn.execute(f"ALTER ROLE {role} SET search_path = evil, pg_catalog")
+        conn.commit()
+    # Armed: a new session runs it (refused to the tenant, which is no superuser).
+    with connect(server, role, password, dbname) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("SELECT extname FROM pg_extension")
+
+
+async def test_a_tenants_search_path_never_runs_its_code_as_superuser(
+    driver: PostgresDriver, secrets: MemorySecrets, server: PostgresServer
+) -> None:
+    ctx, spec = project("mallory", extensions=["pg_trgm"])
+    await converge(driver, ctx, spec)
+    password = (secrets.stored("team", "mallory-staging-connection") or {})[PASSWORD_KEY]
+    _plant_escalation(server, "mallory_staging_user", password, "mallory_staging_db")
+    _, spec = project("mallory", extensions=["pg_trgm", "citext"])
+    for _ in range(2):  # observe, apply (extensions, markers, grants), observe again
+        await driver.apply(ctx, want(ctx, spec))
+        await driver.observe(ctx)
+    with admin(server) as conn:
+        row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = 'mallory_staging_user'").fetchone()
+        assert row == (False,)
+    with connect(server, "mallory_staging_user", password, "mallory_staging_db") as conn:  # made by the tenant
+        made = conn.execute("SELECT extname, pg_catalog.pg_get_userbyid(extowner) FROM pg_catalog.pg_extension "
+                            "WHERE extname IN ('pg_trgm', 'citext') ORDER BY 1").fetchall()  # fmt: skip
+        assert made == [("citext", "mallory_staging_user"), ("pg_trgm", "mallory_staging_user")]
+
+
+async def test_extensions_outside_the_platforms_list_or_untrusted_are_refused(
+    server: PostgresServer, secrets: MemorySecrets
+) -> None:
+    listed = PostgresDriver(server.host, server.port, server.admin_user, server.admin_password, secrets,
+                            allowed_extensions=frozenset({"pg_trgm", "plpython3u", "dblink"}))  # fmt: skip
+    ctx, spec = project("picky", extensions=["citext"])
+    with pytest.raises(PermanentError, match=r"spec\.features\.database\.extensions: citext not allowed") as exc:
+        await listed.apply(ctx, want(ctx, spec))
+    assert exc.value.reason == "ExtensionNotAllowed"
+    ctx, spec = project("untrusted", extensions=["dblink"])  # listed, installed, but not trusted
+    with pytest.raises(PermanentError, match="not a trusted extension") as exc:
+        await listed.apply(ctx, want(ctx, spec))
+    assert exc.value.reason == "ExtensionNotAllowed"
