@@ -13,9 +13,13 @@ prefix, or list channels (PUBSUB); act on the whole server (FLUSHALL, FLUSHDB,
 FUNCTION, CONFIG, CLIENT LIST/KILL, broadcast key tracking, scripts).
 
 Redis has no comment on a user, so ownership is an admin-only key outside every
-tenant's prefix, ``codeb:owner:<user>`` = ``<namespace>/<name>``, written before the
+tenant's prefix, ``_codeb:owner:<user>`` = ``<namespace>/<name>``, written before the
 user exists and deleted after it is gone: a retained user and its keys are re-adopted
-by a Project of the same namespace and name and refused to anyone else.
+by a Project of the same namespace and name and refused to anyone else. A tenant's
+prefix is a DNS label and a colon, so it never starts with ``_``: no tenant can read or
+forge a marker (the earlier ``codeb:owner:`` was inside slug ``codeb``'s ``codeb:*``).
+A user without a marker (``default``, the Platform's own, anyone's made by hand) is
+never changed or deleted, whatever a Project names.
 
 Drift is judged against what Redis itself reports for the rule set, learned once
 from a probe user, so the comparison does not depend on how a Redis version
@@ -45,8 +49,11 @@ SAFE_COMMANDS = ["-@all", "+@read", "+@write", "+@keyspace", "+@transaction", "+
                  "-@dangerous",
                  "-scan", "-keys", "-randomkey", "-dbsize", "-select", "-move", "-copy", "-swapdb", "-function",
                  "-pubsub", "-client|tracking"]  # fmt: skip
-PROBE_USER = "codeb-acl-probe"
-OWNER_KEY = "codeb:owner:{user}"
+# Names no tenant can have: a Project's user and prefix are DNS labels, never starting with "_".
+PROBE_USER = "_codeb-acl-probe"
+OWNER_KEY = "_codeb:owner:{user}"
+# Where markers were kept before (inside a possible tenant prefix): read, then moved, once.
+LEGACY_OWNER_KEY = "codeb:owner:{user}"
 TIMEOUT_SECONDS = 5.0
 POOL_SIZE = 8
 
@@ -158,9 +165,8 @@ class RedisDriver:
         user, prefix = ctx.allocations.redis_user, ctx.allocations.redis_prefix
         if retain or user is None or prefix is None:
             return  # released: the user, its keys and its marker stay for a Project of the same name
-        owner = await self._call("GET", OWNER_KEY.format(user=user))
-        if owner is not None and owner != str(ctx.key):
-            return  # someone else's: never touched
+        if await self._owner(user) != str(ctx.key):
+            return  # someone else's, or nobody's (an unmarked user such as "default"): never touched
         if await self._call("ACL", "GETUSER", user) is not None:
             await self._call("ACL", "SETUSER", user, "off")
             await self._call("CLIENT", "KILL", "USER", user)
@@ -181,7 +187,7 @@ class RedisDriver:
         was made by someone else.
         """
         key = OWNER_KEY.format(user=user)
-        owner = await self._call("GET", key)
+        owner = await self._owner(user)
         if owner is None:
             if await self._call("ACL", "GETUSER", user) is not None:
                 raise _not_owned(user, "was not created by the operator")
@@ -192,6 +198,16 @@ class RedisDriver:
                 return
         if owner != str(ctx.key):
             raise _not_owned(user, f"holds data of Project {owner}")
+
+    async def _owner(self, user: str) -> str | None:
+        """The Project that owns ``user`` (its marker), moving a marker kept at the legacy key."""
+        owner: str | None = await self._call("GET", OWNER_KEY.format(user=user))
+        if owner is None:
+            owner = await self._call("GET", LEGACY_OWNER_KEY.format(user=user))
+            if owner is not None:
+                await self._call("SET", OWNER_KEY.format(user=user), owner, "NX")
+                await self._call("DEL", LEGACY_OWNER_KEY.format(user=user))
+        return owner
 
 
 def _not_owned(user: str, whose: str) -> PermanentError:

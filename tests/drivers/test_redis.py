@@ -11,7 +11,7 @@ import redis
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
 from controller.drivers import DriverContext
-from controller.drivers.redis import PASSWORD_KEY, RedisDriver
+from controller.drivers.redis import LEGACY_OWNER_KEY, OWNER_KEY, PASSWORD_KEY, RedisDriver
 from controller.errors import PermanentError, RetryableError
 from controller.naming import ProjectKey
 from controller.planner import Component, desired_state
@@ -183,10 +183,15 @@ async def test_delete_resumes_after_a_crash_mid_scan(
         (await client_for(secrets, ctx, server)).ping()  # locked out while its keys go
     await driver.delete(ctx, retain=False)
     assert admin.keys("half-staging:*") == [] and admin.execute_command("ACL", "GETUSER", "half-staging") is None
-    # And keys whose user is already gone are still found.
+    # A crash after the user went but before its marker did: keys left then are still found.
+    admin.set(OWNER_KEY.format(user="half-staging"), str(ctx.key))
     admin.set("half-staging:orphan", "1")
     await driver.delete(ctx, retain=False)
-    assert admin.get("half-staging:orphan") is None
+    assert admin.get("half-staging:orphan") is None and admin.get(OWNER_KEY.format(user="half-staging")) is None
+    # Without a marker nothing is ours to delete: keys of that name are left alone.
+    admin.set("half-staging:someone-elses", "1")
+    await driver.delete(ctx, retain=False)
+    assert admin.get("half-staging:someone-elses") == b"1"
 
 
 async def test_refusal_text_never_reaches_our_errors(
@@ -275,3 +280,49 @@ async def test_a_restarted_redis_is_not_drift_forever(secrets: MemorySecrets) ->
         await converge(driver, ctx, spec)  # and then it matches, not "differs in aclMatches"
     finally:
         own.stop()
+
+
+async def test_a_project_named_default_never_touches_the_admin_user(driver: RedisDriver, server: RedisServer) -> None:
+    """The live attack: slug ``default``, ``deletionPolicy: Delete``, then delete the Project."""
+    ctx, spec = context("default", env="production", features={"redis": {}})
+    assert ctx.allocations.redis_user == "default"
+    with pytest.raises(PermanentError, match="was not created by the operator") as exc:
+        await driver.apply(ctx, want(ctx, spec))
+    assert exc.value.reason == "NotOwned"
+    for _ in range(2):  # a delete, and its retry after a restart, return at once
+        await driver.delete(ctx, retain=False)
+    admin = redis.Redis(host=server.host, port=server.port, password=server.password)
+    assert admin.ping() and "on" in admin.acl_getuser("default")["flags"]
+
+
+async def test_slug_codeb_cannot_reach_or_forge_owner_markers(
+    driver: RedisDriver, secrets: MemorySecrets, server: RedisServer
+) -> None:
+    victim, victim_spec = context("bob", env="production", features={"redis": {}})
+    await converge(driver, victim, victim_spec)
+    attacker, attacker_spec = context("codeb", env="production", features={"redis": {}})
+    await converge(driver, attacker, attacker_spec)
+    assert attacker.allocations.redis_prefix == "codeb:"
+    tenant = await client_for(secrets, attacker, server)
+    for command in (["GET", OWNER_KEY.format(user="bob")], ["SET", OWNER_KEY.format(user="bob"), "evil/x"],
+                    ["DEL", OWNER_KEY.format(user="bob")]):  # fmt: skip
+        with pytest.raises(NoPermissionError):
+            tenant.execute_command(*command)
+    tenant.set(LEGACY_OWNER_KEY.format(user="bob"), str(attacker.key))  # inside its own prefix: allowed, ignored
+    thief = DriverContext(attacker.key, victim.allocations)
+    with pytest.raises(PermanentError, match="holds data of Project team/bob"):
+        await driver.apply(thief, want(thief, victim_spec))
+    await driver.delete(thief, retain=False)
+    assert (await client_for(secrets, victim, server)).ping()
+
+
+async def test_a_legacy_marker_is_moved_out_of_tenant_reach(
+    driver: RedisDriver, secrets: MemorySecrets, server: RedisServer
+) -> None:
+    ctx, spec = context("old", features={"redis": {}})
+    await converge(driver, ctx, spec)
+    admin = redis.Redis(host=server.host, port=server.port, password=server.password)
+    admin.rename(OWNER_KEY.format(user="old-staging"), LEGACY_OWNER_KEY.format(user="old-staging"))
+    await converge(driver, ctx, spec)  # an operator upgraded over a user it made before
+    assert admin.get(OWNER_KEY.format(user="old-staging")) == str(ctx.key).encode()
+    assert admin.get(LEGACY_OWNER_KEY.format(user="old-staging")) is None
