@@ -23,6 +23,7 @@ from schemas.base import (
     DNS_LABEL,
     DOMAIN,
     ENV_VAR_NAME,
+    EXTENSION_NAME,
     HOST,
     HTTP_PATH,
     MEMORY_QUANTITY,
@@ -47,6 +48,8 @@ PLURAL = "projects"
 # status.<this> holds kopf's bookkeeping, not ours: the status model leaves it alone.
 KOPF_STATUS_FIELD = "kopf"
 
+# Buckets the operator keeps for itself on a Platform's object storage start with this; no Project may name one.
+OPERATOR_BUCKET_PREFIX = "codeb-"
 # Long enough for real names, short enough that "<slug>_<env>_pr<N>_user" stays
 # within PostgreSQL's 63-byte identifier limit and bucket names within 63 chars.
 SLUG_MAX_LENGTH = 30
@@ -595,7 +598,7 @@ class Resources(CodebModel):
 class Database(CodebModel):
     enabled: bool = Field(True, description="Create a PostgreSQL database and owner role for the project.")
     version: str = Field("16", description="PostgreSQL major version.", pattern=r"^(13|14|15|16|17)$", max_length=2)
-    extensions: list[Annotated[str, Field(pattern=r"^[a-z0-9_]+$", max_length=63)]] = Field(
+    extensions: list[Annotated[str, Field(pattern=EXTENSION_NAME, max_length=63)]] = Field(
         default_factory=list,
         description="Extensions to create in the database, e.g. pg_trgm, uuid-ossp as uuid_ossp.",
         max_length=20,
@@ -618,7 +621,15 @@ class Redis(CodebModel):
 
 
 class ObjectStorage(CodebModel):
-    rules = (immutable("bucket", RENAME_WHY),)
+    rules = (
+        immutable("bucket", RENAME_WHY),
+        Rule(
+            cel="!has(self.bucket) || !self.bucket.startsWith('codeb-')",
+            message="bucket names starting with 'codeb-' are the operator's own (final dumps, backups); choose another",
+            field_path=".bucket",
+            check=lambda s: not (s.bucket or "").startswith(OPERATOR_BUCKET_PREFIX),
+        ),
+    )
 
     enabled: bool = Field(True, description="Create an S3 (MinIO) bucket with a user limited to it.")
     bucket: str | None = Field(

@@ -32,10 +32,14 @@ from controller.drivers import DriverContext
 from controller.errors import PermanentError, RetryableError
 from controller.planner import Component, Observation, State
 from controller.secrets import SecretStore, ensure_password
+from schemas.project import OPERATOR_BUCKET_PREFIX
 
 SECRET_KEY = "S3_SECRET_KEY"
 OWNER_TAG = "codeb.dev/project"
-FINAL_DUMPS_BUCKET = "codeb-final-dumps"
+# The operator's own buckets carry this tag (its purpose); no Project's bucket does.
+OPERATOR_TAG = "codeb.dev/operator"
+# No Project may name a bucket with the operator's prefix (the manifest's rule), so this is never a tenant's.
+FINAL_DUMPS_BUCKET = f"{OPERATOR_BUCKET_PREFIX}final-dumps"
 T = TypeVar("T")
 
 
@@ -92,11 +96,39 @@ class MinioDriver:
                                  reason="StorageRefused") from None  # fmt: skip
 
     async def store_final_dump(self, object_name: str, path: Path) -> str:
-        """Keep a final database dump in the backups bucket; the DumpSink for PostgreSQL."""
-        if not await self._call(self._s3.bucket_exists, FINAL_DUMPS_BUCKET):
-            await self._call(self._s3.make_bucket, FINAL_DUMPS_BUCKET)
+        """Keep a final database dump in the operator's own bucket; the DumpSink for PostgreSQL."""
+        await self._ensure_operator_bucket(FINAL_DUMPS_BUCKET, "final-dumps")
         await self._call(self._s3.fput_object, FINAL_DUMPS_BUCKET, object_name, str(path))
         return f"s3://{FINAL_DUMPS_BUCKET}/{object_name}"
+
+    async def _ensure_operator_bucket(self, bucket: str, purpose: str) -> None:
+        """A bucket only the operator's root credentials reach, tagged with its purpose.
+
+        One that exists untagged is adopted only while no Project's user can open it (a crash
+        between creating and tagging); one a Project holds, or tagged otherwise, is refused.
+        """
+        if await self._call(self._s3.bucket_exists, bucket):
+            tags: dict[str, str] = dict(await self._call(self._s3.get_bucket_tags, bucket) or {})
+            if tags.get(OPERATOR_TAG) == purpose:
+                return
+            if tags or await self._user_exists(access_key(bucket)):
+                raise PermanentError(
+                    f"bucket {bucket} is not the operator's (it carries {sorted(tags) or 'a Project user'}); "
+                    "move it away so the operator can create its own",
+                    reason="OperatorBucketNotOwned",
+                )
+        else:
+            await self._call(self._s3.make_bucket, bucket)
+        tags_ = Tags.new_bucket_tags()
+        tags_[OPERATOR_TAG] = purpose
+        await self._call(self._s3.set_bucket_tags, bucket, tags_)
+
+    async def _user_exists(self, user: str) -> bool:
+        try:
+            await self._call(self._admin.user_info, user)
+        except PermanentError:
+            return False
+        return True
 
     async def observe(self, ctx: DriverContext) -> Observation:
         bucket = ctx.allocations.bucket

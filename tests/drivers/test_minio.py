@@ -187,3 +187,47 @@ async def test_final_dumps_go_to_the_backups_bucket(driver: MinioDriver, server:
     where = await driver.store_final_dump("team/shop/shop_db-20261122.dump", dump)
     assert where == "s3://codeb-final-dumps/team/shop/shop_db-20261122.dump"
     assert root(server).get_object("codeb-final-dumps", "team/shop/shop_db-20261122.dump").read() == b"PGDMP..."
+
+
+def test_no_project_may_name_an_operator_bucket() -> None:
+    with pytest.raises(ValueError, match=r"bucket names starting with 'codeb-' are the operator's own"):
+        context("squat", features={"storage": {"bucket": "codeb-final-dumps"}})
+
+
+async def test_a_squatted_final_dumps_bucket_is_refused(secrets: MemorySecrets, tmp_path: Any) -> None:
+    """The live attack: a Project holds ``codeb-final-dumps`` (made before the rule); no dump may land in it."""
+    server = start_minio()
+    try:
+        driver = MinioDriver(server.endpoint, server.root_user, server.root_password, secrets)
+        squatter, spec = project("squat")
+        squatter = DriverContext(squatter.key, squatter.allocations.model_copy(update={"bucket": "codeb-final-dumps"}))
+        await driver.apply(squatter, want(squatter, spec) | {"bucket": "codeb-final-dumps"})
+        dump = tmp_path / "victim_db.dump"
+        dump.write_bytes(b"PGDMP victim")
+        with pytest.raises(PermanentError) as exc:
+            await driver.store_final_dump("team/victim/victim_db-20261203.dump", dump)
+        assert exc.value.reason == "OperatorBucketNotOwned"
+        assert list(root(server).list_objects("codeb-final-dumps", recursive=True)) == []
+        # Untagged but openable by a Project's user (a squat cut short before its tag): refused too.
+        root(server).delete_bucket_tags("codeb-final-dumps")
+        with pytest.raises(PermanentError):
+            await driver.store_final_dump("team/victim/victim_db-20261203.dump", dump)
+    finally:
+        server.stop()
+
+
+async def test_the_final_dumps_bucket_is_the_operators_and_no_tenants(
+    driver: MinioDriver, secrets: MemorySecrets, server: MinioServer, tmp_path: Any
+) -> None:
+    dump = tmp_path / "kept_db.dump"
+    dump.write_bytes(b"PGDMP kept")
+    await driver.store_final_dump("team/kept/kept_db-20261203.dump", dump)
+    assert root(server).get_bucket_tags("codeb-final-dumps") == {"codeb.dev/operator": "final-dumps"}
+    ctx, spec = project("nosy")
+    await converge(driver, ctx, spec)
+    tenant = await user_client(secrets, ctx, server)
+    for attempt in (lambda: tenant.get_object("codeb-final-dumps", "team/kept/kept_db-20261203.dump"),
+                    lambda: list(tenant.list_objects("codeb-final-dumps")),
+                    lambda: tenant.remove_object("codeb-final-dumps", "team/kept/kept_db-20261203.dump")):  # fmt: skip
+        with pytest.raises(S3Error, match="AccessDenied"):
+            attempt()
