@@ -170,18 +170,34 @@ def backend_settings(namespace: str, suffix: str, kubeconfig: str | None) -> dic
     return {"secret_suffix": suffix, "namespace": namespace, **where}
 
 
-def root_module(
-    inputs: Mapping[str, Any], backend: Mapping[str, Any] | None, source: str = "./module"
-) -> dict[str, Any]:
+def root_module(inputs: Mapping[str, Any], backend: Mapping[str, Any] | None, source: str = "./module"
+                ) -> dict[str, Any]:  # fmt: skip
     """The workspace's root (Terraform JSON): the state backend, the Project's module, its outputs.
 
-    No credentials here: the module's provider reads them from the environment.
+    The module's arguments are the root's variables, never the values themselves: in
+    Terraform JSON every string is a template, so a value written here would be evaluated
+    (a key comment ``${file("/var/run/secrets/...")}`` reads the operator's files). The
+    values go in ``terraform.tfvars.json`` (`input_values`), which Terraform reads as
+    literal values. No credentials here: the module's provider reads them from the environment.
     """
     outputs = {name: {"value": f"${{module.project.{name}}}"} for name in OUTPUTS}
-    root: dict[str, Any] = {"module": {"project": {"source": source, **inputs}}, "output": outputs}
+    arguments = {name: f"${{var.{name}}}" for name in sorted(inputs)}
+    # Untyped (any) and nullable: the module's own declarations check each value.
+    variables: dict[str, Any] = {name: {} for name in sorted(inputs)}
+    root: dict[str, Any] = {"module": {"project": {"source": source, **arguments}}, "output": outputs}
+    if variables:
+        root["variable"] = variables
     if backend is not None:
         root["terraform"] = {"backend": {"kubernetes": dict(backend)}}
     return root
+
+
+INPUT_VALUES_FILE = "terraform.tfvars.json"
+
+
+def input_values(inputs: Mapping[str, Any]) -> bytes:
+    """``terraform.tfvars.json``: the module's inputs as values, which Terraform never evaluates."""
+    return json.dumps(dict(inputs), indent=2, sort_keys=True).encode()
 
 
 def config_hash(files: Mapping[str, bytes]) -> str:

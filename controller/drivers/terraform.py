@@ -669,7 +669,7 @@ class TerraformHosts:
         backend = tf.backend_settings(self._settings.state_namespace, tf.state_suffix(ctx.key),
                                       self._settings.kubeconfig)  # fmt: skip
         root = json.dumps(tf.root_module(inputs, backend), indent=2, sort_keys=True).encode()
-        files = {"main.tf.json": root, **self._module_files()}
+        files = {"main.tf.json": root, tf.INPUT_VALUES_FILE: tf.input_values(inputs), **self._module_files()}
         secrets = frozenset(v for v in credentials.values() if len(v) >= 6)
         return Workspace(directory, files, tf.config_hash(files), self._runner.environment(credentials), secrets,
                          servers.apply, servers, login)  # fmt: skip
@@ -720,7 +720,8 @@ def _public_key(login: Login) -> str:
         why = "privateKey is not an OpenSSH private key without passphrase"
         raise RetryableError(f"{login.key_source} (spec.servers.ssh.secretRef): {why}", reason="SSHKeyInvalid",
                              delay=30) from None  # fmt: skip
-    return str(key.export_public_key("openssh").decode()).strip()
+    # Type and key only: a comment is the key file author's text, and nothing of theirs goes to the hosts.
+    return " ".join(key.export_public_key("openssh").decode().split()[:2])
 
 
 def _id(key: ProjectKey) -> tuple[str, str]:

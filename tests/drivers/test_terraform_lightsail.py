@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from controller.naming import ProjectKey
-from controller.terraform import module_dir, module_inputs, root_module
+from controller.terraform import INPUT_VALUES_FILE, input_values, module_dir, module_inputs, root_module
 from schemas.project import ProjectSpec, Provider
 from tests.factories import project_spec
 from tests.terraform_tools import offline_environment, planned, terraform
@@ -26,16 +26,17 @@ OFFLINE = {"skip_credentials_validation": True, "skip_requesting_account_id": Tr
            "skip_metadata_api_check": True, "skip_region_validation": True}  # fmt: skip
 
 
-def workspace(root: Path, **servers: Any) -> tuple[Path, dict[str, str]]:
+def workspace(root: Path, inputs_over: dict[str, Any] | None = None, **servers: Any) -> tuple[Path, dict[str, str]]:
     on_lightsail = {"provider": "lightsail", "region": "ap-northeast-2", "runtime": "quadlet"} | servers
     spec = ProjectSpec.model_validate(project_spec(slug="o4o", servers=on_lightsail))
-    inputs = module_inputs(KEY, spec.servers, 4100, PUBLIC_KEY)
+    inputs = module_inputs(KEY, spec.servers, 4100, PUBLIC_KEY) | (inputs_over or {})
     root.mkdir(parents=True, exist_ok=True)
     shutil.copytree(module_dir(Provider.lightsail), root / "module")
     # Planning offline only (a real run validates its credentials): Terraform's override file merges into the
     # module's own provider block.
     (root / "module" / "offline_override.tf.json").write_text(json.dumps({"provider": {"aws": OFFLINE}}))
     (root / "main.tf.json").write_text(json.dumps(root_module(inputs, backend=None), indent=2))
+    (root / INPUT_VALUES_FILE).write_bytes(input_values(inputs))
     env = offline_environment(root)
     terraform(root, "init", "-input=false", "-backend=false", env=env)
     return root, env
@@ -91,3 +92,19 @@ def test_three_hosts_plan_exactly_two_more_instances_and_attachments(
 def test_without_a_balancer_nothing_of_one_is_planned(tmp_path: Path) -> None:
     root, env = workspace(tmp_path / "plain", count=2)
     assert not [address for address in creates(planned(root, env)) if "_lb" in address]
+
+
+# What a tenant's strings could carry if Terraform evaluated them: a template reading the operator's files,
+# a template directive, quotes, a newline and an escaped template.
+PAYLOADS = ['${file("/etc/hostname")}', '%{ for x in ["a"] }${x}%{ endfor }', 'say "hi"\nand \\ more', "$${x}"]
+
+
+def test_no_input_is_evaluated_by_the_real_terraform(tmp_path: Path) -> None:
+    """Every string reaches the plan exactly as given: Terraform reads tfvars values, it does not evaluate them."""
+    over = {"ssh_public_key": f"{PUBLIC_KEY} {PAYLOADS[0]}", "user_data": "\n".join(PAYLOADS),
+            "tags": {f"k{i}": payload for i, payload in enumerate(PAYLOADS)}}  # fmt: skip
+    root, env = workspace(tmp_path / "hostile", over, count=1)
+    made = creates(planned(root, env))
+    assert made["aws_lightsail_key_pair.operator"]["public_key"] == over["ssh_public_key"]
+    instance = made["aws_lightsail_instance.hosts[0]"]
+    assert instance["user_data"] == over["user_data"] and instance["tags"] == over["tags"]

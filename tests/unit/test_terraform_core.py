@@ -6,11 +6,16 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncssh
+
+from controller.drivers.terraform import _public_key
 from controller.naming import ProjectKey
+from controller.ssh import Login
 from controller.terraform import (
     backend_settings,
     config_hash,
     diagnostics,
+    input_values,
     lock_info,
     read_outputs,
     root_module,
@@ -92,7 +97,10 @@ def test_the_root_keeps_state_in_the_cluster_and_passes_the_inputs_only() -> Non
     root = root_module({"host_count": 2}, backend)
     assert root["terraform"]["backend"]["kubernetes"] == {
         "secret_suffix": "shop-team.web", "namespace": "codeb-system", "in_cluster_config": True}  # fmt: skip
-    assert root["module"]["project"] == {"source": "./module", "host_count": 2}
+    # The module gets the root's variables, never the values (Terraform JSON evaluates its strings).
+    assert root["module"]["project"] == {"source": "./module", "host_count": "${var.host_count}"}
+    assert root["variable"] == {"host_count": {}}
+    assert json.loads(input_values({"host_count": 2})) == {"host_count": 2}
     assert root["output"]["public_addresses"] == {"value": "${module.project.public_addresses}"}
     assert "provider" not in root  # the module configures its provider; credentials come from the environment
     assert backend_settings("ns", "s", "/k")["config_path"] == "/k"
@@ -104,3 +112,10 @@ def test_the_hash_changes_with_any_file_and_with_nothing_else() -> None:
     assert config_hash(files) != config_hash(files | {"module/main.tf": b"resource2"})
     # Names and contents cannot be shifted into each other.
     assert config_hash({"ab": b"c"}) != config_hash({"a": b"bc"})
+
+
+def test_the_hosts_key_carries_no_comment_of_the_key_files_author() -> None:
+    key = asyncssh.generate_private_key("ssh-ed25519", comment='${file("/var/run/secrets/token")}')
+    login = Login("root", 22, key.export_private_key().decode(), "", "Secret team/deploy-key")
+    public = _public_key(login)
+    assert public.split() == key.export_public_key().decode().split()[:2] and "$" not in public
