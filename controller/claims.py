@@ -15,7 +15,8 @@ a burst of new Projects costs a handful of writes instead of one per value. The
 ledger is cached between writes; a read older than `CACHE_SECONDS` is refreshed.
 
 Domains are a pool too, cluster-wide: a domain routes to one Project, and a second
-Project naming it gets ``RouteReady=False DomainTaken`` while the first keeps serving.
+Project naming it, or a name its wildcard would cover (or a wildcard covering its name:
+`controller.domains`), gets ``RouteReady=False DomainTaken`` while the first keeps serving.
 
 Size: an entry is about 60 bytes, a Project holds at most one per pool (a few domains),
 and there are 2,000 ports in all, so a ledger stays near 120 KB, well inside a
@@ -32,7 +33,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from controller import naming
+from controller import domains, naming
 from controller.errors import AllocationConflict, RetryableError
 from controller.kube import Conflict, KubeClient
 from controller.naming import ProjectKey
@@ -119,8 +120,16 @@ class Ledger:
         return Ledger(dict(self.entries), dict(self.by_uid))
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why a component may not have what it asked for, as a condition says it (not an error: the rest goes on)."""
+
+    reason: str
+    message: str
+
+
 # What a request decides: a name, a number, a pair of ports, or nothing.
-Value = str | int | tuple[int, int] | None
+Value = str | int | tuple[int, int] | Refusal | None
 
 
 class Request(Protocol):
@@ -256,14 +265,36 @@ class NameSetRequest:
     pool: str
     names: tuple[str, ...]
 
-    def decide(self, ledger: Ledger) -> tuple[str | None, Changes]:
-        taken = [(n, h) for n in self.names if (h := ledger.holder(n)) is not None and h.uid != self.holder.uid]
+    def decide(self, ledger: Ledger) -> tuple[Refusal | None, Changes]:
+        not_allowed = [why for n in self.names if (why := domains.refusal(decode_domain(n)))]
+        if not_allowed:
+            return Refusal("DomainNotAllowed", "; ".join(not_allowed)), {}
+        taken = [_taken_message(n, other, h) for n in self.names for other, h in _overlapping(ledger, n)
+                 if h.uid != self.holder.uid]  # fmt: skip
         if taken:
-            return "; ".join(f"{decode_domain(n)} is already routed by {h.owner}" for n, h in taken), {}
+            return Refusal("DomainTaken", "; ".join(taken)), {}
         mine = ledger.held_by(self.holder.uid)
         changes: Changes = {n: self.holder for n in self.names if n not in mine}
         changes.update({value: None for value in mine if value not in self.names})
         return None, changes
+
+
+def _overlapping(ledger: Ledger, key: str) -> list[tuple[str, Holder]]:
+    """The held domains whose routes could match a request for ``key`` (ledger keys, with their holders)."""
+    name = decode_domain(key)
+    candidates = [key]
+    if (wildcard := domains.wildcard_over(name)) is not None:
+        candidates.append(encode_domain(wildcard))
+    if name.startswith("*."):
+        # Names one label below a wildcard: a scan, but only for wildcards, which are few.
+        candidates += [held for held in ledger.entries if domains.covers(name, decode_domain(held))]
+    return [(other, holder) for other in candidates if (holder := ledger.holder(other)) is not None]
+
+
+def _taken_message(key: str, other: str, holder: Holder) -> str:
+    if key == other:
+        return f"{decode_domain(key)} is already routed by {holder.owner}"
+    return f"{decode_domain(key)} overlaps {decode_domain(other)}, routed by {holder.owner}"
 
 
 @dataclass(frozen=True)
@@ -457,8 +488,8 @@ class _Pool:
 @dataclass(frozen=True)
 class Claimed:
     allocations: Allocations
-    # Why the route may not have its domains (another Project holds one), if so.
-    domain_conflict: str | None = None
+    # Why the route may not have its domains (another Project's overlap, a public suffix), if so.
+    domain_conflict: Refusal | None = None
 
 
 def _as_ports(value: object) -> tuple[int | None, int | None]:
@@ -468,7 +499,7 @@ def _as_ports(value: object) -> tuple[int | None, int | None]:
 
 
 def _claimed(spec: ProjectSpec, decided: Mapping[str, object]) -> Claimed:
-    domain_conflict = decided["domain"] if isinstance(decided["domain"], str) else None
+    domain_conflict = decided["domain"] if isinstance(decided["domain"], Refusal) else None
     return Claimed(allocations_for(spec, *_as_ports(decided["port"])), domain_conflict)
 
 

@@ -173,7 +173,8 @@ class Reconciler:
         except CodebError as exc:
             return self._failed_before_acting(project, exc)
         allocations = claimed.allocations
-        refused = {Component.route: ("DomainTaken", claimed.domain_conflict)} if claimed.domain_conflict else {}
+        conflict = claimed.domain_conflict
+        refused = {Component.route: (conflict.reason, conflict.message)} if conflict else {}
         notices: list[Event] = []
         ctx = DriverContext(project.key, allocations, servers=spec.servers, recorded=project.status.infrastructure,
                             notify=_collect(notices),

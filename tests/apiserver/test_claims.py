@@ -152,7 +152,8 @@ async def test_a_domain_routes_to_one_project(store: ClaimStore) -> None:
     assert (await store.ensure(first, spec("first", **domains))).domain_conflict is None
     taken = await store.ensure(second, spec("second", **domains))
     assert (
-        taken.domain_conflict is not None and "shop.example.com is already routed by ns/first" in taken.domain_conflict
+        taken.domain_conflict is not None
+        and "shop.example.com is already routed by ns/first" in taken.domain_conflict.message
     )
     assert taken.allocations.port is not None  # everything else is still allocated
     assert {c.value for c in await store.held(second) if c.pool == "domain"} == set()

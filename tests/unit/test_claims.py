@@ -14,10 +14,12 @@ from controller.claims import (
     NameSetRequest,
     NumberRequest,
     PortPairRequest,
+    Refusal,
     ReleaseRequest,
     decide_batch,
     requests_for,
 )
+from controller.domains import PublicSuffixes, public_suffixes
 from controller.errors import AllocationConflict
 from controller.naming import ProjectKey
 from schemas.project import ProjectSpec
@@ -29,7 +31,8 @@ B = Holder("uid-b", "shop/b")
 
 def ledger(**entries: Holder) -> Ledger:
     result = Ledger()
-    result.apply({value.removeprefix("_"): holder for value, holder in entries.items()})
+    # "_4500" for the port 4500 (a keyword can't start with a digit); "_.x.com" is the wildcard *.x.com.
+    result.apply({value[1:] if value[1:].isdigit() else value: holder for value, holder in entries.items()})
     return result
 
 
@@ -151,10 +154,41 @@ def test_teardown_reads_the_primary_port_from_status() -> None:
 
 def test_a_domain_set_is_all_or_nothing_and_names_the_holder() -> None:
     before = ledger(**{"shop.example.com": B, "old.example.com": A})
-    message, changes = NameSetRequest(A, "domain", ("shop.example.com", "new.example.com")).decide(before)
-    assert message == "shop.example.com is already routed by shop/b" and changes == {}
-    message, changes = NameSetRequest(A, "domain", ("new.example.com", "_.example.com")).decide(before)
-    assert message is None and changes == {"new.example.com": A, "_.example.com": A, "old.example.com": None}
+    refusal, changes = NameSetRequest(A, "domain", ("shop.example.com", "new.example.com")).decide(before)
+    assert refusal == Refusal("DomainTaken", "shop.example.com is already routed by shop/b") and changes == {}
+    refusal, changes = NameSetRequest(A, "domain", ("new.example.com", "_.new.example.com")).decide(before)
+    assert refusal is None and changes == {"new.example.com": A, "_.new.example.com": A, "old.example.com": None}
+
+
+def test_a_wildcard_and_a_name_below_it_are_refused_both_ways() -> None:
+    """The live attack: B claims ``*.apps.example.localhost``, A then ``shop.apps.example.localhost``."""
+    wildcard_first = ledger(**{"_.apps.example.localhost": B})
+    refusal, changes = NameSetRequest(A, "domain", ("shop.apps.example.localhost",)).decide(wildcard_first)
+    assert refusal == Refusal("DomainTaken", "shop.apps.example.localhost overlaps *.apps.example.localhost, "
+                                             "routed by shop/b") and changes == {}  # fmt: skip
+    name_first = ledger(**{"shop.apps.example.localhost": A})
+    refusal, changes = NameSetRequest(B, "domain", ("_.apps.example.localhost",)).decide(name_first)
+    assert refusal is not None and refusal.reason == "DomainTaken" and changes == {}
+    # Not an overlap: two labels below, or the wildcard's own base (Caddy's "*." matches one label).
+    for other in ("a.shop.apps.example.localhost", "apps.example.localhost"):
+        assert NameSetRequest(A, "domain", (other,)).decide(wildcard_first)[0] is None
+    # A Project's own wildcard and names below it are no conflict.
+    assert NameSetRequest(B, "domain", ("_.apps.example.localhost", "x.apps.example.localhost")).decide(
+        wildcard_first) == (None, {"x.apps.example.localhost": B})  # fmt: skip
+
+
+@pytest.mark.parametrize("domain", ["*.co.uk", "*.github.io", "co.uk", "*.com", "*.kawasaki.jp"])
+def test_public_suffixes_and_wildcards_over_them_are_nobodys(domain: str) -> None:
+    refusal, changes = NameSetRequest(A, "domain", (domain.replace("*", "_"),)).decide(ledger())
+    assert refusal is not None and refusal.reason == "DomainNotAllowed" and "public suffix" in refusal.message
+    assert changes == {}
+
+
+def test_the_public_suffix_list_reads_wildcards_and_exceptions() -> None:
+    suffixes = PublicSuffixes.parse(["// comment", "uk", "co.uk", "*.ck", "!www.ck", ""])
+    assert [suffixes.is_public(d) for d in ("co.uk", "shop.co.uk", "any.ck", "www.ck", "localhost")] == [
+        True, False, True, False, True]  # fmt: skip
+    assert public_suffixes().is_public("co.uk") and not public_suffixes().is_public("example.com")
 
 
 def test_keep_only_undoes_what_a_failed_allocation_took() -> None:
