@@ -372,6 +372,8 @@ def _install(cluster: LocalCluster, platform: LocalPlatform) -> None:
 
 def _start_operator(home: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, **local_operator_env(home)}
+    # The example runs `python3 app.py` (runtime local): this interpreter's, which has its client libraries.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     log = (home / "operator.log").open("ab")
     return subprocess.Popen([sys.executable, "-m", "controller", "operator"], env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip

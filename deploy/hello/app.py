@@ -1,259 +1,128 @@
 """Hello, CodeB: the example application, and proof that a Project's services work.
 
-Standard library only, so it runs under any python3: the operator's machine (runtime
-local) or a container image made from Debian's python3 package, with nothing pulled
-from a registry at run time. It reads what the operator gives every workload:
+It reads what the operator gives every workload and talks to each service with its
+ordinary client library, as an application of a team would:
 
   PORT (and HOST)       where to listen
-  DATABASE_URL          PostgreSQL, spoken here over its wire protocol (SCRAM-SHA-256)
-  REDIS_URL, REDIS_PREFIX
-  S3_ENDPOINT, S3_BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY   (AWS signature v4)
+  DATABASE_URL          PostgreSQL, through psycopg with a connection pool
+  REDIS_URL, REDIS_PREFIX   Redis, through redis-py (its client pools connections)
+  S3_ENDPOINT, S3_BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY   the bucket, through boto3
+
+Runtime local runs it with the operator's virtual environment (which has the three
+libraries); the container image gets them from Debian (python3-psycopg,
+python3-psycopg-pool, python3-redis, python3-boto3), nothing from a registry.
 
 Each visit to ``/`` writes to all three and reads back: a row in the database, a
 counter in Redis, an object in the bucket. ``/api/visit`` returns the same as JSON;
-``/api/health`` answers 200 only while every configured service answers.
+``/api/health`` answers 200 only while every configured service answers. Concurrent
+visits are each correct: the table is made once under an advisory lock, and each visit
+reads back an object of its own.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import html
-import http.client
 import json
 import os
-import secrets
 import signal
-import socket
-import struct
 import threading
 import time
+import uuid
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
-from urllib.parse import unquote, urlsplit
+
+import boto3
+import psycopg
+import redis
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 TIMEOUT = 5.0
 OBJECT_KEY = "hello/last-visit.txt"
+# Any id, the same in every colour: the blue and green processes make the table under one lock.
+SCHEMA_LOCK = 4_242_001
 
 
-class ServiceError(Exception):
-    pass
-
-
-# ---------------------------------------------------------------- PostgreSQL
-
-
-class Postgres:
-    """Just enough of the v3 protocol: startup, SCRAM-SHA-256 / MD5 login, simple queries."""
-
+class Database:
     def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 5432
-        self.user, self.password = unquote(parts.username or ""), unquote(parts.password or "")
-        self.database = parts.path.lstrip("/")
+        self.pool = ConnectionPool(url, min_size=1, max_size=8, timeout=TIMEOUT, open=True,
+                                   kwargs={"connect_timeout": int(TIMEOUT)})  # fmt: skip
+        self._ready = False
 
-    def query(self, *statements: str) -> list[list[list[str | None]]]:
-        with socket.create_connection((self.host, self.port), timeout=TIMEOUT) as sock:
-            self._sock = sock
-            self._login()
-            results = [self._simple_query(sql) for sql in statements]
-            sock.sendall(b"X" + struct.pack("!i", 4))
-            return results
+    def visit(self) -> dict[str, Any]:
+        with self.pool.connection() as conn:
+            self._ensure_table(conn)
+            with conn.transaction():
+                conn.execute("INSERT INTO visits DEFAULT VALUES")
+                row = conn.execute("SELECT count(*) FROM visits").fetchone()
+        return {"visits": int(row[0]) if row else 0}
 
-    def _send(self, kind: bytes, payload: bytes) -> None:
-        self._sock.sendall(kind + struct.pack("!i", len(payload) + 4) + payload)
+    def _ensure_table(self, conn: psycopg.Connection[Any]) -> None:
+        if self._ready:
+            return
+        with conn.transaction():
+            # Two CREATE TABLE IF NOT EXISTS at once can both try to create it; the lock makes them take turns.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS visits (id bigserial PRIMARY KEY, at timestamptz DEFAULT now())")
+        self._ready = True
 
-    def _receive(self) -> tuple[bytes, bytes]:
-        header = self._read(5)
-        (length,) = struct.unpack("!i", header[1:])
-        return header[:1], self._read(length - 4)
-
-    def _read(self, size: int) -> bytes:
-        data = b""
-        while len(data) < size:
-            chunk = self._sock.recv(size - len(data))
-            if not chunk:
-                raise ServiceError("PostgreSQL closed the connection")
-            data += chunk
-        return data
-
-    def _login(self) -> None:
-        params = f"user\0{self.user}\0database\0{self.database}\0\0".encode()
-        self._sock.sendall(struct.pack("!ii", len(params) + 8, 196608) + params)
-        scram: Scram | None = None
-        while True:
-            kind, body = self._receive()
-            if kind == b"E":
-                raise ServiceError(_pg_error(body))
-            if kind == b"Z":
-                return
-            if kind != b"R":
-                continue
-            (code,) = struct.unpack("!i", body[:4])
-            if code == 10:
-                scram = Scram(self.password)
-                first = scram.client_first().encode()
-                self._send(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) + first)
-            elif code == 11 and scram is not None:
-                self._send(b"p", scram.client_final(body[4:].decode()).encode())
-            elif code == 5:
-                inner = hashlib.md5((self.password + self.user).encode()).hexdigest()
-                digest = "md5" + hashlib.md5(inner.encode() + body[4:8]).hexdigest()
-                self._send(b"p", digest.encode() + b"\0")
-            elif code == 3:
-                self._send(b"p", self.password.encode() + b"\0")
-            elif code not in (0, 12):
-                raise ServiceError(f"PostgreSQL asked for an unsupported login method ({code})")
-
-    def _simple_query(self, sql: str) -> list[list[str | None]]:
-        self._send(b"Q", sql.encode() + b"\0")
-        rows: list[list[str | None]] = []
-        error = None
-        while True:
-            kind, body = self._receive()
-            if kind == b"D":
-                rows.append(_data_row(body))
-            elif kind == b"E":
-                error = _pg_error(body)
-            elif kind == b"Z":
-                if error:
-                    raise ServiceError(error)
-                return rows
+    def check(self) -> dict[str, Any]:
+        with self.pool.connection() as conn:
+            conn.execute("SELECT 1")
+        return {}
 
 
-class Scram:
-    def __init__(self, password: str) -> None:
-        self.password = password
-        self.nonce = base64.b64encode(secrets.token_bytes(18)).decode()
-        self.first_bare = f"n=,r={self.nonce}"
-
-    def client_first(self) -> str:
-        return "n,," + self.first_bare
-
-    def client_final(self, server_first: str) -> str:
-        fields = dict(item.split("=", 1) for item in server_first.split(","))
-        if not fields["r"].startswith(self.nonce):
-            raise ServiceError("PostgreSQL answered with a foreign SCRAM nonce")
-        salted = hashlib.pbkdf2_hmac("sha256", self.password.encode(), base64.b64decode(fields["s"]), int(fields["i"]))
-        client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-        without_proof = f"c=biws,r={fields['r']}"
-        message = f"{self.first_bare},{server_first},{without_proof}".encode()
-        signature = hmac.new(hashlib.sha256(client_key).digest(), message, hashlib.sha256).digest()
-        proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
-        return f"{without_proof},p={base64.b64encode(proof).decode()}"
-
-
-def _data_row(body: bytes) -> list[str | None]:
-    (count,) = struct.unpack("!h", body[:2])
-    values: list[str | None] = []
-    at = 2
-    for _ in range(count):
-        (length,) = struct.unpack("!i", body[at : at + 4])
-        at += 4
-        values.append(None if length < 0 else body[at : at + length].decode())
-        at += max(length, 0)
-    return values
-
-
-def _pg_error(body: bytes) -> str:
-    fields = {part[:1]: part[1:].decode(errors="replace") for part in body.split(b"\0") if part}
-    return f"PostgreSQL: {fields.get(b'M', 'error')} ({fields.get(b'C', '?')})"
-
-
-# ---------------------------------------------------------------- Redis
-
-
-class Redis:
+class Cache:
     def __init__(self, url: str, prefix: str) -> None:
-        parts = urlsplit(url)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 6379
-        self.user, self.password = unquote(parts.username or ""), unquote(parts.password or "")
+        self.client = redis.Redis.from_url(url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
         self.prefix = prefix
 
-    def command(self, *commands: list[str]) -> list[Any]:
-        with socket.create_connection((self.host, self.port), timeout=TIMEOUT) as sock:
-            stream = sock.makefile("rb")
-            replies = []
-            for args in [["AUTH", self.user, self.password], *commands]:
-                encoded = b"".join(b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args)
-                sock.sendall(b"*%d\r\n" % len(args) + encoded)
-                replies.append(_resp(stream))
-            return replies[1:]
+    def visit(self) -> dict[str, Any]:
+        return {"hits": int(self.client.incr(self.prefix + "hits"))}
 
-
-def _resp(stream: Any) -> Any:
-    line = stream.readline().rstrip(b"\r\n")
-    kind, rest = line[:1], line[1:]
-    if kind == b"-":
-        raise ServiceError("Redis: " + rest.decode(errors="replace").split(" ")[0])
-    if kind == b"+":
-        return rest.decode()
-    if kind == b":":
-        return int(rest)
-    if kind == b"$":
-        size = int(rest)
-        return None if size < 0 else stream.read(size + 2)[:-2].decode()
-    if kind == b"*":
-        return [_resp(stream) for _ in range(max(int(rest), 0))]
-    raise ServiceError("Redis: unexpected reply")
-
-
-# ---------------------------------------------------------------- S3
+    def check(self) -> dict[str, Any]:
+        self.client.ping()
+        return {}
 
 
 class Bucket:
-    """PUT and GET of one object, path-style, signed with AWS signature version 4."""
-
     def __init__(self, endpoint: str, bucket: str, access_key: str, secret_key: str) -> None:
-        parts = urlsplit(endpoint)
-        self.secure, self.netloc = parts.scheme == "https", parts.netloc
-        self.bucket, self.access_key, self.secret_key = bucket, access_key, secret_key
+        config = Config(connect_timeout=TIMEOUT, read_timeout=TIMEOUT, retries={"max_attempts": 1},
+                        s3={"addressing_style": "path"})  # fmt: skip
+        self.client = boto3.client(
+            "s3", endpoint_url=endpoint, aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+            region_name="us-east-1", config=config,
+        )  # fmt: skip
+        self.bucket = bucket
 
-    def request(self, method: str, key: str, body: bytes = b"") -> bytes:
-        path = f"/{self.bucket}/{key}"
-        headers = self._signed(method, path, body)
-        connection_type = http.client.HTTPSConnection if self.secure else http.client.HTTPConnection
-        connection = connection_type(self.netloc, timeout=TIMEOUT)
-        try:
-            connection.request(method, path, body=body, headers=headers)
-            response = connection.getresponse()
-            data = response.read()
-        finally:
-            connection.close()
-        if response.status >= 300:
-            raise ServiceError(f"S3: {method} answered {response.status}")
-        return data
+    def visit(self) -> dict[str, Any]:
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        # An object of this visit's own to read back: another visit may overwrite the shared one meanwhile.
+        mine, body = f"hello/visits/{uuid.uuid4().hex}.txt", now.encode()
+        self.client.put_object(Bucket=self.bucket, Key=mine, Body=body)
+        read_back = self.client.get_object(Bucket=self.bucket, Key=mine)["Body"].read() == body
+        self.client.delete_object(Bucket=self.bucket, Key=mine)
+        self.client.put_object(Bucket=self.bucket, Key=OBJECT_KEY, Body=body)
+        return {"object": OBJECT_KEY, "readBack": read_back}
 
-    def _signed(self, method: str, path: str, body: bytes) -> dict[str, str]:
-        now = datetime.now(UTC)
-        stamp, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
-        payload = hashlib.sha256(body).hexdigest()
-        headers = {"host": self.netloc, "x-amz-content-sha256": payload, "x-amz-date": stamp}
-        signed = ";".join(sorted(headers))
-        canonical = "\n".join([method, path, "", *(f"{k}:{headers[k]}" for k in sorted(headers)), "", signed, payload])
-        scope = f"{day}/us-east-1/s3/aws4_request"
-        to_sign = "\n".join(["AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-        key = ("AWS4" + self.secret_key).encode()
-        for part in (day, "us-east-1", "s3", "aws4_request"):
-            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-        signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-        authorization = (
-            f"AWS4-HMAC-SHA256 Credential={self.access_key}/{scope}, SignedHeaders={signed}, Signature={signature}"
-        )
-        return {**headers, "authorization": authorization}
+    def check(self) -> dict[str, Any]:
+        self.client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
+        return {}
 
 
 # ---------------------------------------------------------------- the application
 
+FAILURES = (psycopg.Error, PoolTimeout, redis.RedisError, BotoCoreError, ClientError, OSError)
+
 
 def services(env: dict[str, str]) -> dict[str, Any]:
-    found: ClassVar[dict[str, Any]] = {}
+    found: dict[str, Any] = {}
     if env.get("DATABASE_URL"):
-        found["database"] = Postgres(env["DATABASE_URL"])
+        found["database"] = Database(env["DATABASE_URL"])
     if env.get("REDIS_URL"):
-        found["redis"] = Redis(env["REDIS_URL"], env.get("REDIS_PREFIX", ""))
+        found["redis"] = Cache(env["REDIS_URL"], env.get("REDIS_PREFIX", ""))
     if env.get("S3_ENDPOINT") and env.get("S3_BUCKET"):
         found["bucket"] = Bucket(env["S3_ENDPOINT"], env["S3_BUCKET"], env.get("S3_ACCESS_KEY", ""),
                                  env.get("S3_SECRET_KEY", ""))  # fmt: skip
@@ -262,41 +131,19 @@ def services(env: dict[str, str]) -> dict[str, Any]:
 
 def visit(found: dict[str, Any]) -> dict[str, Any]:
     """Write to every service and read back; each service's result or its error."""
-    now = datetime.now(UTC).isoformat(timespec="seconds")
-    steps = {
-        "database": lambda db: {
-            "visits": int(
-                db.query(
-                    "CREATE TABLE IF NOT EXISTS visits (id bigserial PRIMARY KEY, at timestamptz DEFAULT now())",
-                    "INSERT INTO visits DEFAULT VALUES",
-                    "SELECT count(*) FROM visits",
-                )[2][0][0]
-            )
-        },
-        "redis": lambda cache: {"hits": cache.command(["INCR", cache.prefix + "hits"])[0]},
-        "bucket": lambda bucket: {
-            "object": OBJECT_KEY,
-            "readBack": bucket.request("PUT", OBJECT_KEY, now.encode()) is not None
-            and bucket.request("GET", OBJECT_KEY).decode() == now,
-        },
-    }
-    return {name: _attempt(lambda name=name: steps[name](found[name])) for name in found}
+    return {name: _attempt(service.visit) for name, service in found.items()}
 
 
 def health(found: dict[str, Any]) -> dict[str, Any]:
-    checks = {
-        "database": lambda db: db.query("SELECT 1"),
-        "redis": lambda cache: cache.command(["PING"]),
-        "bucket": lambda bucket: bucket.request("GET", ""),  # lists the bucket
-    }
-    return {name: _attempt(lambda name=name: checks[name](found[name]) and {}) for name in found}
+    return {name: _attempt(service.check) for name, service in found.items()}
 
 
 def _attempt(step: Any) -> dict[str, Any]:
     try:
         return {"ok": True, **step()}
-    except (OSError, ServiceError, ValueError, IndexError) as exc:
-        return {"ok": False, "error": str(exc) if isinstance(exc, ServiceError) else type(exc).__name__}
+    except FAILURES as exc:
+        # The class only: a library's message may quote a URL with its password.
+        return {"ok": False, "error": type(exc).__name__}
 
 
 def page(results: dict[str, Any]) -> str:

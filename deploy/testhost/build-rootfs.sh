@@ -13,6 +13,19 @@ rootfs="$cache/rootfs-v$version"
 apps=("$here/../hello/app.py" "$here/../../tests/apps/rollout_app.py")
 image="$cache/hello-image-$(cat "${apps[@]}" | sha256sum | cut -c1-12).tar"
 mkdir -p "$cache"
+# One build at a time per cache: a second caller (another test run, CI beside a developer) waits for the first.
+exec 9>"$cache/.build.lock"
+flock 9
+
+remove_tree() {
+  # A debootstrap cut short leaves /proc (and /sys) mounted inside its tree: unmount them, deepest
+  # first, or rm fails on every later run.
+  local dir="$1" mounts
+  [[ -e "$dir" ]] || return 0
+  mounts="$(awk -v d="$dir/" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r)"
+  [[ -z "$mounts" ]] || xargs -r umount -l <<<"$mounts"
+  rm -rf "$dir"
+}
 
 mirror() {
   # The first deb URI of apt's sources (deb822 or one-line format).
@@ -35,7 +48,7 @@ need() {
 build_rootfs() {
   [[ -f "$rootfs/.codeb-ready" ]] && return
   local tmp="$rootfs.tmp"
-  rm -rf "$tmp"
+  remove_tree "$tmp"
   debootstrap --variant=minbase \
     --include=systemd,systemd-sysv,dbus,openssh-server,podman,runc,conmon,netavark,aardvark-dns,iptables,iproute2,catatonit,curl,ca-certificates \
     "$(suite)" "$tmp" "$(mirror)" >"$cache/debootstrap-rootfs.log" 2>&1
@@ -60,17 +73,19 @@ go_quadlet() {
 }
 
 build_image() {
-  # The applications' image: python3 from Debian, deploy/hello/app.py and tests/apps/rollout_app.py.
+  # The applications' image: python3 and the example's client libraries from Debian, deploy/hello/app.py and tests/apps/rollout_app.py.
   [[ -f "$image" ]] && return
   local tmp="$cache/hello-rootfs.tmp"
-  rm -rf "$tmp"
-  debootstrap --variant=minbase --include=python3 "$(suite)" "$tmp" "$(mirror)" \
+  remove_tree "$tmp"
+  # The example's clients from Debian: psycopg (and its pool), redis-py, boto3.
+  debootstrap --variant=minbase \
+    --include=python3,python3-psycopg,python3-psycopg-pool,python3-redis,python3-boto3 "$(suite)" "$tmp" "$(mirror)" \
     >"$cache/debootstrap-image.log" 2>&1
   rm -rf "$tmp"/var/cache/apt/archives/*.deb "$tmp"/var/lib/apt/lists/*
   mkdir -p "$tmp/app"
   cp "${apps[@]}" "$tmp/app/"
   tar -C "$tmp" -cf "$image.tmp" . && mv "$image.tmp" "$image"
-  rm -rf "$tmp"
+  remove_tree "$tmp"
 }
 
 need
