@@ -8,6 +8,9 @@ Project may route a domain is decided cluster-wide by the domain ledger
 by a pure function (`render_route`) and compared whole with what Caddy holds: a
 route edited or deleted by hand, or lost in a Caddy restart, is drift and is
 rewritten. Every change is one admin-API request, which Caddy applies atomically.
+Caddy takes the first route that matches, so a route of exact names is inserted before
+every other and one with a wildcard appended after them: even if the ledger's overlap
+check were bypassed, ``*.example.com`` could not take ``shop.example.com``'s requests.
 
 Every admin-API change is a config reload, and a reload rebinds Caddy's listeners: a few
 connections that arrive just then are reset (measured: 7 in 100 reloads under load, fewer
@@ -183,7 +186,11 @@ class CaddyDriver:
                 await self._checked("PATCH", f"/id/{route_id(ctx)}", route)
         else:
             await self._ensure_server()
-            await self._checked("POST", f"/config/apps/http/servers/{SERVER}/routes", route)
+            routes = f"/config/apps/http/servers/{SERVER}/routes"
+            if any(domain.startswith("*.") for domain in desired["domains"]):
+                await self._checked("POST", routes, route)  # appended: after every exact route
+            else:
+                await self._checked("PUT", f"{routes}/0", route)  # inserted first: before every wildcard
         if self._files is not None:
             self._files.remove(ctx, keep=len(desired["upstreams"]))
 

@@ -157,3 +157,37 @@ async def test_switch_through_upstream_files_reloads_nothing(caddy: CaddyServer,
     finally:
         blue.shutdown()
         green.shutdown()
+
+
+async def test_an_exact_name_wins_over_a_wildcard_made_before_it(caddy: CaddyServer, backend: int) -> None:
+    """The live hijack, with the ledger out of the way: B's ``*.apps`` route first, A's exact name after it."""
+    thief_port = ThreadingHTTPServer(("127.0.0.1", 0), Thief)
+    threading.Thread(target=thief_port.serve_forever, daemon=True).start()
+    try:
+        driver = CaddyDriver(caddy.admin_url, [f"127.0.0.1:{caddy.https_port}"])
+        thief, _ = context("thief", port=thief_port.server_address[1],
+                           environment={"type": "staging", "domains": ["*.apps.example.com"]})  # fmt: skip
+        victim, _ = context("victim", port=backend,
+                            environment={"type": "staging", "domains": ["shop.apps.example.com"]})  # fmt: skip
+        for ctx, port in ((thief, thief_port.server_address[1]), (victim, backend)):
+            domains = ["*.apps.example.com"] if ctx is thief else ["shop.apps.example.com"]
+            await driver.apply(ctx, {"domains": domains, "upstreams": [f"127.0.0.1:{port}"]})
+        answer = wait_for(lambda: (r := https_get(caddy, "shop.apps.example.com")).returncode == 0 and r,
+                          timeout=15, what="a TLS answer")  # fmt: skip
+        assert "hello via https for shop.apps.example.com" in answer.stdout
+        other = wait_for(lambda: (r := https_get(caddy, "blog.apps.example.com")).returncode == 0 and r,
+                         timeout=15, what="a TLS answer")  # fmt: skip
+        assert "stolen" in other.stdout  # the wildcard still serves what is its own
+    finally:
+        thief_port.shutdown()
+
+
+class Thief(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "6")
+        self.end_headers()
+        self.wfile.write(b"stolen")
+
+    def log_message(self, *args: Any) -> None:
+        pass
