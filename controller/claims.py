@@ -583,11 +583,23 @@ class ClaimStore:
         """Allocations as currently claimed, without claiming anything (for teardown).
 
         ``port`` is the primary as status last recorded it; the other held port is the alternate.
+        Only names this Project holds in the ledger: one it was refused (another Project's bucket,
+        an operator name) was never made by it, so it is nobody's to delete here.
         """
         ports = sorted(int(c.value) for c in held if c.pool == "port")
         primary = port if port in ports else min(ports, default=None)
         alternate = next((p for p in ports if p != primary), None)
-        return allocations_for(spec, primary, alternate)
+        derived = allocations_for(spec, primary, alternate)
+        mine = {(c.pool, c.value) for c in held}
+        database = ("database", derived.database) in mine
+        cache = ("cache", derived.redis_user) in mine
+        return derived.model_copy(update={
+            "database": derived.database if database else None,
+            "database_role": derived.database_role if database else None,
+            "redis_user": derived.redis_user if cache else None,
+            "redis_prefix": derived.redis_prefix if cache else None,
+            "bucket": derived.bucket if ("bucket", derived.bucket) in mine else None,
+        })  # fmt: skip
 
 
 class ClaimPreview(ClaimStore):

@@ -202,3 +202,15 @@ def test_a_port_another_process_holds_is_skipped_but_a_held_one_is_kept() -> Non
     assert request.decide(ledger()) == (4501, {"4501": A})
     # Our own application listening on its port is "in use" too: it keeps it.
     assert request.decide(ledger(_4500=A)) == (4500, {})
+
+
+def test_teardown_names_only_what_the_project_holds() -> None:
+    """A Project refused its bucket (another's) never made it: teardown must not try to delete it."""
+    spec = ProjectSpec.model_validate(project_spec(
+        slug="shop", features={"database": {}, "redis": {}, "storage": {"bucket": "theirs"}}))  # fmt: skip
+    nothing = ClaimStore.allocations_held(spec, [])
+    assert (nothing.database, nothing.database_role, nothing.redis_user, nothing.bucket) == (None, None, None, None)
+    held = [Claim("database", "shop_staging_db"), Claim("cache", "shop-staging"), Claim("port", "4500")]
+    some = ClaimStore.allocations_held(spec, held)
+    assert (some.database, some.database_role, some.redis_user, some.redis_prefix, some.bucket, some.port) == (
+        "shop_staging_db", "shop_staging_user", "shop-staging", "shop-staging:", None, 4500)  # fmt: skip
