@@ -42,11 +42,11 @@ from controller.drivers import DriverContext
 from controller.drivers.workloads import (
     Probe,
     SecretReader,
+    clip,
     hook_run,
     install_app,
     probe_http,
     read_credentials,
-    redact,
 )
 from controller.errors import PermanentError, RetryableError
 from controller.naming import ProjectKey
@@ -433,7 +433,7 @@ def _exited(process: Supervised, child: Mapping[str, Any], secret_values: frozen
         lines = (process.directory / f"{process.colour}.log").read_text(errors="replace").splitlines()
     except OSError:
         lines = []
-    output = redact(" | ".join(lines[-OUTPUT_LINES:])[-400:], secret_values)
+    output = clip(" | ".join(lines[-OUTPUT_LINES:]), secret_values, 400, tail=True)
     return f"the process exited with code {code} (restarted {restarts} times); last output: {output or '(none)'}"
 
 

@@ -37,6 +37,7 @@ from controller.drivers.workloads import (
     Credentials,
     Probe,
     SecretReader,
+    clip,
     hook_run,
     install_app,
     probe_http,
@@ -183,11 +184,10 @@ class QuadletUnits:
         service = view.service
         if service.get("ActiveState") != "active":
             restarts = service.get("NRestarts", "0")
-            lines = " | ".join(view.log.strip().splitlines()[-3:])[-400:]
+            lines = clip(" | ".join(view.log.strip().splitlines()[-3:]), credentials.secret_values, 400, tail=True)
             detail = (
                 f"service {service.get('ActiveState', 'unknown')}/{service.get('SubState', '')} "
-                f"(result {service.get('Result', '?')}, {restarts} restarts); last output: "
-                f"{credentials.redact(lines) or '(none)'}"
+                f"(result {service.get('Result', '?')}, {restarts} restarts); last output: {lines or '(none)'}"
             )
             # Exited at least once (a restart, a failure): that is an answer, not a slow start.
             exited = service.get("Result", "success") != "success" or restarts != "0"

@@ -513,7 +513,7 @@ class TerraformHosts:
             return
         done = await self._runner.init(space.directory, space.env)
         if done.code != 0:
-            raise RetryableError(f"terraform init failed: {space.redact(_tail(done.stderr))}", reason="TerraformFailed",
+            raise RetryableError(f"terraform init failed: {_tail(space.redact(done.stderr))}", reason="TerraformFailed",
                                  delay=60)  # fmt: skip
         mark.write_text(space.config_hash)
 
@@ -564,7 +564,7 @@ class TerraformHosts:
         done = await self._runner.run(space.directory, self._runner.argv(space.directory, "show", PLAN_FILE,
                                                                         json=IsFlagged), space.env)  # fmt: skip
         if done.code != 0:
-            raise RetryableError(f"terraform show failed: {space.redact(_tail(done.stderr))}", reason="TerraformFailed")
+            raise RetryableError(f"terraform show failed: {_tail(space.redact(done.stderr))}", reason="TerraformFailed")
         shown: dict[str, Any] = json.loads(done.stdout)
         return shown
 
@@ -572,7 +572,7 @@ class TerraformHosts:
         argv = self._runner.argv(space.directory, "output", json=IsFlagged)
         done = await self._runner.run(space.directory, argv, space.env)
         if done.code != 0:
-            raise RetryableError(f"terraform output failed: {space.redact(_tail(done.stderr))}",
+            raise RetryableError(f"terraform output failed: {_tail(space.redact(done.stderr))}",
                                  reason="TerraformFailed")  # fmt: skip
         return tf.read_outputs(json.loads(done.stdout or "{}"))
 
@@ -596,7 +596,7 @@ class TerraformHosts:
         argv = self._runner.argv(space.directory, "force-unlock", lock.id, force=IsFlagged)
         done = await self._runner.run(space.directory, argv, space.env)
         if done.code != 0:
-            why = space.redact(_tail(done.stderr))
+            why = _tail(space.redact(done.stderr))
             raise RetryableError(f"could not release the stale state lock {lock.id}: {why}", reason="TerraformLocked",
                                  delay=30)  # fmt: skip
         message = (f"released the state lock {lock.id} left by {lock.who} ({lock.operation} since {lock.created}): "

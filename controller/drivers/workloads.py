@@ -8,11 +8,13 @@ message, and both probe ``monitoring.healthPath`` over real HTTP.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import quote, quote_plus
 
 import httpx
 
@@ -60,10 +62,31 @@ async def read_credentials(read_secret: SecretReader, namespace: str, wanted: St
     return Credentials(merged, digest, frozenset(v for v in merged.values() if len(v) >= REDACT_MIN_LENGTH))
 
 
+def secret_forms(value: str) -> set[str]:
+    """How a secret can appear in text: as it is, URL-encoded (a URL's password) and base64 (a header, a dump)."""
+    raw = value.encode()
+    encoded = {base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()}
+    return {value, quote(value, safe=""), quote_plus(value)} | encoded | {e.rstrip("=") for e in encoded}
+
+
 def redact(text: str, secret_values: frozenset[str]) -> str:
-    for value in secret_values:
-        text = text.replace(value, "***")
+    """Every form of every secret replaced; and where the text was read cut (its head or tail is a part
+    of one: the rest lay beyond the read), that part too."""
+    forms = sorted({form for value in secret_values for form in secret_forms(value)}, key=len, reverse=True)
+    for form in forms:
+        text = text.replace(form, "***")
+    shortest = REDACT_MIN_LENGTH // 2
+    for form in forms:
+        head = next((n for n in range(len(form) - 1, shortest - 1, -1) if text.startswith(form[-n:])), 0)
+        tail = next((n for n in range(len(form) - 1, shortest - 1, -1) if text.endswith(form[:n])), 0)
+        text = ("***" if head else "") + text[head : len(text) - tail] + ("***" if tail else "")
     return text
+
+
+def clip(text: str, secret_values: frozenset[str], limit: int, tail: bool = False) -> str:
+    """Redacted first, then cut to ``limit`` characters: a cut never leaves part of a secret behind."""
+    clean = redact(text, secret_values)
+    return clean[-limit:] if tail else clean[:limit]
 
 
 @dataclass(frozen=True)
@@ -98,7 +121,7 @@ async def probe_http(
         return Probe(False, f"{target} was refused: nothing listens on the port", answered=False)
     if response.is_success:
         return Probe(True)
-    body = redact(response.text[:200].strip(), secret_values)
+    body = clip(response.text.strip(), secret_values, 200)
     return Probe(False, f"{target} answered {response.status_code}: {body}")
 
 
@@ -109,7 +132,7 @@ OUTPUT_CHARS = 1500
 
 def hook_run(name: str, ok: bool, output: str, secret_values: frozenset[str]) -> HookRun:
     """A hook's outcome with the tail of its output, credentials redacted."""
-    tail = redact(output.strip(), secret_values)[-OUTPUT_CHARS:]
+    tail = clip(output.strip(), secret_values, OUTPUT_CHARS, tail=True)
     return HookRun(name=name, result="Succeeded" if ok else "Failed", finished_at=datetime.now(UTC), message=tail)
 
 
@@ -123,5 +146,5 @@ async def install_app(
         response = await client.post(f"http://{endpoint}{APPS_PATH}", json=body, timeout=timeout)
     except httpx.HTTPError as exc:
         return hook_run(name, False, f"POST {APPS_PATH} on {endpoint} failed: {type(exc).__name__}", secret_values)
-    said = f"POST {APPS_PATH} on {endpoint} answered {response.status_code}: {response.text[:500]}"
+    said = f"POST {APPS_PATH} on {endpoint} answered {response.status_code}: {clip(response.text, secret_values, 500)}"
     return hook_run(name, response.is_success, said, secret_values)
