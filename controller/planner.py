@@ -92,6 +92,9 @@ class Observation:
     detail: str | None = None
     # What later components read from this one (the workload's endpoints), never compared.
     outputs: State = field(default_factory=dict)
+    # What is left of an absent component (a role whose database was dropped by a delete cut short):
+    # nothing to compare, but deletion still has work to do.
+    leftovers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -413,7 +416,7 @@ def plan_deletion(observed: Mapping[Component, Observation], retain_data: bool) 
     actions = []
     for component in reversed(ORDER):
         seen = observed.get(component)
-        if seen is None or (seen.state is None and seen.error is None):
+        if seen is None or (seen.state is None and seen.error is None and not seen.leftovers):
             continue
         verb = Verb.release if retain_data and component in RETAINED_ON_DELETE else Verb.delete
         actions.append(Action(component, verb, "project deleted"))

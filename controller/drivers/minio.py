@@ -132,8 +132,12 @@ class MinioDriver:
 
     async def observe(self, ctx: DriverContext) -> Observation:
         bucket = ctx.allocations.bucket
-        if bucket is None or not await self._call(self._s3.bucket_exists, bucket):
+        if bucket is None:
             return Observation()
+        if not await self._call(self._s3.bucket_exists, bucket):
+            # The bucket's user without it: made first on create, removed last on delete.
+            user = access_key(bucket)
+            return Observation(leftovers=(f"user {user}",) if await self._user_exists(user) else ())
         tagged = await self._check_owner(ctx, bucket)
         versioning = await self._call(self._s3.get_bucket_versioning, bucket)
         lifecycle = await self._call(self._s3.get_bucket_lifecycle, bucket)

@@ -176,7 +176,9 @@ class PostgresDriver:
             version = await _server_major(conn)
             found = await _database(conn, name)
             if found is None:
-                return Observation()
+                # A role without its database: made first on create, dropped last on delete.
+                role_ours = _is_ours(ctx, await _role_marker(conn, role) or {})
+                return Observation(leftovers=(f"role {role}",) if role_ours else ())
             owner, comment, acl, _ = found
             _check_owner(ctx, "database", name, _database_marker(found))
             marker = _marker(comment)

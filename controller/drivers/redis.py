@@ -114,7 +114,9 @@ class RedisDriver:
             return Observation()
         found = await self._call("ACL", "GETUSER", user)
         if found is None:
-            return Observation()
+            # A marker without its user: written first on create, deleted last on delete (keys may remain).
+            ours = await self._owner(user) == str(ctx.key)
+            return Observation(leftovers=(f"owner marker of {user}",) if ours else ())
         await self._check_owner(ctx, user)
         seen = _rules_of(found)
         expected = await self._canonical_commands(acl_rules(prefix))

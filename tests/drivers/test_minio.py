@@ -17,7 +17,7 @@ from controller.drivers import DriverContext
 from controller.drivers.minio import SECRET_KEY, MinioDriver, access_key
 from controller.errors import PermanentError, RetryableError
 from controller.naming import ProjectKey
-from controller.planner import Component, desired_state
+from controller.planner import Component, desired_state, plan_deletion
 from controller.secrets import MemorySecrets
 from schemas.project import ProjectSpec
 from tests.drivers_common import context
@@ -231,3 +231,17 @@ async def test_the_final_dumps_bucket_is_the_operators_and_no_tenants(
                     lambda: tenant.remove_object("codeb-final-dumps", "team/kept/kept_db-20261203.dump")):  # fmt: skip
         with pytest.raises(S3Error, match="AccessDenied"):
             attempt()
+
+
+async def test_a_kill_between_removing_the_bucket_and_its_user_is_finished(
+    driver: MinioDriver, server: MinioServer
+) -> None:
+    """The world a kill -9 leaves after the bucket went: its user and policy remain; the next pass finishes."""
+    ctx, spec = project("halfgone")
+    await converge(driver, ctx, spec)
+    root(server).remove_bucket("halfgone-staging-uploads")
+    seen = await driver.observe(ctx)
+    assert seen.state is None and seen.leftovers == ("user codeb-halfgone-staging-uploads",)
+    assert [a.verb.value for a in plan_deletion({Component.storage: seen}, retain_data=False).actions] == ["delete"]
+    await driver.delete(ctx, retain=False)
+    assert (await driver.observe(ctx)).leftovers == ()

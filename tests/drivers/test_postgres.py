@@ -16,7 +16,7 @@ from controller.drivers import DriverContext
 from controller.drivers.postgres import PASSWORD_KEY, PostgresDriver, _new_marker, scram_verifier
 from controller.errors import PermanentError, RetryableError
 from controller.naming import ProjectKey
-from controller.planner import Component, desired_state, plan
+from controller.planner import Component, desired_state, plan, plan_deletion
 from controller.secrets import MemorySecrets
 from schemas.project import ProjectSpec
 from tests.drivers_common import context
@@ -415,3 +415,20 @@ async def test_extensions_outside_the_platforms_list_or_untrusted_are_refused(
     with pytest.raises(PermanentError, match="not a trusted extension") as exc:
         await listed.apply(ctx, want(ctx, spec))
     assert exc.value.reason == "ExtensionNotAllowed"
+
+
+async def test_a_kill_between_dropping_the_database_and_the_role_is_finished(
+    driver: PostgresDriver, server: PostgresServer
+) -> None:
+    """The world a kill -9 leaves after DROP DATABASE: the next pass must still see work and drop the role."""
+    ctx, spec = project("halfgone")
+    await converge(driver, ctx, spec)
+    with admin(server) as conn:
+        conn.execute("DROP DATABASE halfgone_staging_db")
+    seen = await driver.observe(ctx)
+    assert seen.state is None and seen.leftovers == ("role halfgone_staging_user",)
+    assert [a.verb.value for a in plan_deletion({Component.database: seen}, retain_data=False).actions] == ["delete"]
+    await driver.delete(ctx, retain=False)
+    with admin(server) as conn:
+        assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname='halfgone_staging_user'").fetchone() is None
+    assert (await driver.observe(ctx)).leftovers == ()

@@ -14,7 +14,7 @@ from controller.drivers import DriverContext
 from controller.drivers.redis import LEGACY_OWNER_KEY, OWNER_KEY, PASSWORD_KEY, RedisDriver
 from controller.errors import PermanentError, RetryableError
 from controller.naming import ProjectKey
-from controller.planner import Component, desired_state
+from controller.planner import Component, desired_state, plan_deletion
 from controller.secrets import MemorySecrets
 from schemas.project import ProjectSpec
 from tests.drivers_common import context
@@ -326,3 +326,20 @@ async def test_a_legacy_marker_is_moved_out_of_tenant_reach(
     await converge(driver, ctx, spec)  # an operator upgraded over a user it made before
     assert admin.get(OWNER_KEY.format(user="old-staging")) == str(ctx.key).encode()
     assert admin.get(LEGACY_OWNER_KEY.format(user="old-staging")) is None
+
+
+async def test_a_kill_between_deleting_the_user_and_its_marker_is_finished(
+    driver: RedisDriver, secrets: MemorySecrets, server: RedisServer
+) -> None:
+    """The world a kill -9 leaves after ACL DELUSER: the marker (and a key) remain; the next pass finishes."""
+    ctx, spec = context("halfgone", features={"redis": {}})
+    await converge(driver, ctx, spec)
+    admin = redis.Redis(host=server.host, port=server.port, password=server.password)
+    admin.set("halfgone-staging:left", "1")
+    admin.execute_command("ACL", "DELUSER", "halfgone-staging")
+    seen = await driver.observe(ctx)
+    assert seen.state is None and seen.leftovers == ("owner marker of halfgone-staging",)
+    assert [a.verb.value for a in plan_deletion({Component.cache: seen}, retain_data=False).actions] == ["delete"]
+    await driver.delete(ctx, retain=False)
+    assert admin.get(OWNER_KEY.format(user="halfgone-staging")) is None and admin.get("halfgone-staging:left") is None
+    assert (await driver.observe(ctx)).leftovers == ()
