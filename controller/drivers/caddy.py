@@ -79,8 +79,10 @@ class UpstreamFiles:
 
     def remove(self, ctx: DriverContext, keep: int = 0) -> None:
         """The files of upstreams at ``keep`` and beyond (a route that has fewer now, or none)."""
-        for path in self.directory.glob(f"{route_id(ctx)}.*"):
-            suffix = path.name.rsplit(".", 1)[-1]
+        prefix = f"{route_id(ctx)}."
+        for path in self.directory.glob(f"{prefix}*"):
+            # Exactly "<id>.<n>": Project "shop.x" (a name may hold dots) has "<ns>.shop.x.<n>", not ours.
+            suffix = path.name.removeprefix(prefix)
             if suffix.isdigit() and int(suffix) >= keep:
                 path.unlink(missing_ok=True)
 

@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from controller import naming
 from controller.claims import port_candidates
-from schemas.project import ProjectSpec
+from controller.drivers import DriverContext
+from controller.drivers.caddy import UpstreamFiles
+from controller.naming import ProjectKey
+from schemas.project import Allocations, ProjectSpec
 from tests.factories import project_spec
 
 
@@ -35,3 +40,14 @@ def test_longest_slug_fits_postgres_identifier_limit() -> None:
 def test_port_candidates_cover_the_range_minus_reserved_in_order() -> None:
     candidates = port_candidates(spec("shop", "staging"), reserved={4500, 4501})
     assert list(candidates) == list(range(4502, 5000))
+
+
+def test_a_routes_upstream_files_never_include_another_projects(tmp_path: Path) -> None:
+    """Project ``shop`` cleaning up must not remove ``shop.x``'s files (a Project name may hold dots)."""
+    files = UpstreamFiles(tmp_path)
+    shop = DriverContext(ProjectKey("ns", "shop", "u1"), Allocations())
+    dotted = DriverContext(ProjectKey("ns", "shop.x", "u2"), Allocations())
+    files.write(shop, ["127.0.0.1:1", "127.0.0.1:2"])
+    files.write(dotted, ["127.0.0.1:3"])
+    files.remove(shop)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["codeb.ns.shop.x.0"]
