@@ -470,7 +470,7 @@ async def _workload_logs(body: dict[str, Any], tail: int) -> dict[str, list[str]
     except ValidationError as exc:
         raise CommandError(f"{meta['namespace']}/{meta['name']}: {format_validation_error(exc)}", EXIT_USAGE) from None
     status = load_status(body.get("status"))
-    drivers = await operator_drivers(operator_kube(config), config)(Placement.of(spec))
+    drivers = await operator_drivers(operator_kube(config), config)(Placement.of(spec, meta["namespace"]))
     driver = drivers.get(Component.workload)
     if not isinstance(driver, WorkloadLogs):
         raise CommandError(f"no workload driver for runtime {spec.servers.runtime.value} in this configuration "

@@ -209,6 +209,11 @@ class KubeClient:
             raise ApiException(status=response.status, reason=response.reason)
         return response.data or b""
 
+    async def namespace_labels(self, name: str) -> dict[str, str] | None:
+        """A namespace's labels, or None when it does not exist."""
+        found = await self.request("GET", f"/api/v1/namespaces/{name}")
+        return None if found is None else dict((found.get("metadata") or {}).get("labels") or {})
+
     async def ensure_namespace(self, name: str) -> None:
         """Create the namespace if it is missing; an operator allowed to read but not create it still starts."""
         with contextlib.suppress(NotFound):

@@ -211,6 +211,8 @@ class LocalPlatform:
             "kind": "Platform",
             "metadata": {"name": PLATFORM_NAME},
             "spec": {
+                # The embedded default is one person's machine: every namespace of its cluster may use it.
+                "namespaces": {"selector": {}},
                 "postgres": {"host": "127.0.0.1", "port": pg["port"], "adminSecretRef": ref("local-postgres-admin")},
                 "redis": {"host": "127.0.0.1", "port": rd["port"], "adminSecretRef": ref("local-redis-admin")},
                 "objectStorage": {"endpoint": f"127.0.0.1:{s3['port']}", "secure": False,

@@ -162,7 +162,8 @@ def recorded_teardown(body: kopf.Body) -> Teardown:
     servers, backup = _section(raw, "servers"), _section(raw, "backup")
     try:
         placement = Placement(Provider(str(servers.get("provider"))), Runtime_(str(servers.get("runtime"))),
-                              str(servers["platform"]) if servers.get("platform") else None)  # fmt: skip
+                              str(servers["platform"]) if servers.get("platform") else None,
+                              body.metadata.namespace)  # fmt: skip
         retain = DeletionPolicy(raw.get("deletionPolicy", DeletionPolicy.Retain.value)) is DeletionPolicy.Retain
     except ValueError:
         raise PermanentError(

@@ -72,9 +72,10 @@ class PlatformDrivers:
         self._kube = kube
         self._timeout, self._concurrency = timeout, concurrency
         self._secrets = KubeSecrets(kube)
-        self._cache: dict[str, tuple[str, Drivers]] = {}
+        self._cache: dict[str, tuple[str, PlatformSpec, Drivers]] = {}
 
-    async def __call__(self, name: str) -> Drivers:
+    async def __call__(self, name: str, namespace: str | None = None) -> Drivers:
+        """The Platform's drivers, for a Project in ``namespace`` (refused unless the Platform allows it)."""
         body = await self._kube.read_platform(name)
         if body is None:
             raise RetryableError(
@@ -84,17 +85,31 @@ class PlatformDrivers:
             )
         version = str(body["metadata"]["resourceVersion"])
         cached = self._cache.get(name)
-        if cached is not None and cached[0] == version:
-            return cached[1]
-        try:
-            platform = PlatformSpec.model_validate(body.get("spec") or {})
-        except ValidationError as exc:
-            raise PermanentError(
-                f"Platform {name} is invalid: {format_validation_error(exc)}", reason="PlatformInvalid"
-            ) from None
-        drivers = await self._build(name, platform)
-        self._cache[name] = (version, drivers)
+        if cached is None or cached[0] != version:
+            try:
+                platform = PlatformSpec.model_validate(body.get("spec") or {})
+            except ValidationError as exc:
+                raise PermanentError(
+                    f"Platform {name} is invalid: {format_validation_error(exc)}", reason="PlatformInvalid"
+                ) from None
+            cached = (version, platform, await self._build(name, platform))
+            self._cache[name] = cached
+        _, platform, drivers = cached
+        if namespace is not None:
+            await self._check_allowed(name, platform, namespace)
         return drivers
+
+    async def _check_allowed(self, name: str, platform: PlatformSpec, namespace: str) -> None:
+        allowed = platform.namespaces
+        selector = allowed.selector if allowed is not None else None
+        labels = await self._kube.namespace_labels(namespace) if selector and selector.match_labels else None
+        if allowed is None or not allowed.allows(namespace, labels):
+            raise PermanentError(
+                f"Platform {name} does not allow namespace {namespace}: its admin adds it to the Platform's "
+                "spec.namespaces.names (or labels it to match spec.namespaces.selector), or name another Platform "
+                "in spec.servers.platform",
+                reason="PlatformNotAllowed",
+            )
 
     async def _admin(self, ref: SecretKeyReference, *keys: str) -> list[str]:
         data = await self._kube.read_secret(ref.namespace, ref.name) or {}

@@ -91,7 +91,7 @@ class Teardown:
     @classmethod
     def of(cls, project: ProjectInput) -> Teardown:
         spec = project.spec
-        return cls(project.key, project.generation, project.status, Placement.of(spec), None,
+        return cls(project.key, project.generation, project.status, Placement.of(spec, project.key.namespace), None,
                    spec.deletion_policy is DeletionPolicy.Retain, _wants_final_dump(spec), spec)  # fmt: skip
 
 
@@ -180,7 +180,7 @@ class Reconciler:
                             notify=_collect(notices),
                             health_timeout=spec.project.rollout.health_check.timeout_seconds)  # fmt: skip
         try:
-            drivers = await self._drivers_for(Placement.of(spec))
+            drivers = await self._drivers_for(Placement.of(spec, project.key.namespace))
         except CodebError as exc:
             return self._failed_before_acting(project, exc)
         work = _Pass(observed=await self._observe(drivers, ctx), events=notices)
@@ -281,7 +281,7 @@ class Reconciler:
         ctx = DriverContext(teardown.key, allocations, teardown.final_dump,
                             servers=teardown.spec.servers if teardown.spec else None,
                             recorded=teardown.status.infrastructure, notify=_collect(notices))  # fmt: skip
-        drivers = await self._drivers_for(teardown.placement)
+        drivers = await self._teardown_drivers(teardown, notices)
         work = _Pass(observed=await self._observe(drivers, ctx), events=notices)
         steps = plan_deletion(work.observed, retain_data=teardown.retain_data)
         await self._execute(drivers, ctx, steps, work, "delete")
@@ -299,6 +299,16 @@ class Reconciler:
         released = await self.claims.release_all(teardown.key)
         work.events.append(Event("Normal", "Deleted", f"torn down; released {released} claims"))
         return Outcome(status, work.events, results=work.results)
+
+    async def _teardown_drivers(self, teardown: Teardown, notices: list[Event]) -> Drivers:
+        """The drivers to tear down with; a Platform that does not allow the namespace is not touched at all."""
+        try:
+            return await self._drivers_for(teardown.placement)
+        except PermanentError as exc:
+            if exc.reason != "PlatformNotAllowed":
+                raise
+            notices.append(Event("Warning", exc.reason, f"{exc.message}; nothing on it was deleted"))
+            return await self._drivers_for(replace(teardown.placement, platform=None))
 
     async def _observe(self, drivers: Drivers, ctx: DriverContext) -> dict[Component, Observation]:
         observed: dict[Component, Observation] = {}

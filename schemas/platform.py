@@ -80,7 +80,43 @@ class CaddyEndpoint(CodebModel):
     )
 
 
+class NamespaceSelector(CodebModel):
+    match_labels: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict, description="Labels a namespace must all carry; {} matches every namespace.",
+        max_length=20,
+    )  # fmt: skip
+
+
+class AllowedNamespaces(CodebModel):
+    names: list[Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]] = Field(
+        default_factory=list, description="Namespaces whose Projects may use this Platform.", max_length=1000
+    )
+    selector: NamespaceSelector | None = Field(
+        None,
+        description=(
+            "Namespaces whose labels match may use this Platform, as well as those named; selector: {} allows every"
+            " namespace."
+        ),
+    )
+
+    def allows(self, namespace: str, labels: dict[str, str] | None) -> bool:
+        """Whether ``namespace`` (with ``labels``, None when they were not read) may use the Platform."""
+        if namespace in self.names:
+            return True
+        if self.selector is None:
+            return False
+        wanted = self.selector.match_labels
+        return not wanted or (labels is not None and all(labels.get(k) == v for k, v in wanted.items()))
+
+
 class PlatformSpec(CodebModel):
+    namespaces: AllowedNamespaces | None = Field(
+        None,
+        description=(
+            "Which namespaces' Projects may use this Platform's databases, caches, buckets and routes. Unset: none"
+            " (a Project elsewhere gets PlatformNotAllowed); selector: {} allows every namespace."
+        ),
+    )
     postgres: PostgresEndpoint | None = Field(None, description="Shared PostgreSQL for Project databases.")
     redis: RedisEndpoint | None = Field(None, description="Shared Redis for Project caches.")
     object_storage: ObjectStorageEndpoint | None = Field(None, description="Shared MinIO for Project buckets.")

@@ -115,7 +115,7 @@ def rollout_world(root: Path, drift_interval: float = 30) -> Iterator[RolloutWor
         cluster.kubectl("create", "namespace", NS)
         listen = [f"127.0.0.1:{caddy.https_port}"]
         edge = {"apiVersion": "codeb.dev/v1alpha1", "kind": "Platform", "metadata": {"name": "edge"},
-                "spec": {"caddy": {"adminUrl": caddy.admin_url, "listen": listen,
+                "spec": {"namespaces": {"names": [NS]}, "caddy": {"adminUrl": caddy.admin_url, "listen": listen,
                                    "upstreamDir": str(caddy.root / "upstreams")}}}  # fmt: skip
         cluster.kubectl("apply", "-f", "-", input_text=json.dumps(edge))
         operator.start()

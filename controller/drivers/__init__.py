@@ -65,10 +65,12 @@ class Placement:
     provider: Provider
     runtime: Runtime
     platform: str | None = None
+    # The Project's namespace: a Platform serves only the namespaces it allows.
+    namespace: str | None = None
 
     @classmethod
-    def of(cls, spec: ProjectSpec) -> Placement:
-        return cls(spec.servers.provider, spec.servers.runtime, spec.servers.platform)
+    def of(cls, spec: ProjectSpec, namespace: str | None = None) -> Placement:
+        return cls(spec.servers.provider, spec.servers.runtime, spec.servers.platform, namespace)
 
 
 class Driver(Protocol):

@@ -62,7 +62,7 @@ class LocalMachine:
 class PlatformServices(Protocol):
     """Drivers for the shared services of the named Platform (`controller.platforms`)."""
 
-    async def __call__(self, name: str) -> Drivers: ...
+    async def __call__(self, name: str, namespace: str | None = None) -> Drivers: ...
 
 
 # Infrastructure by provider, or by provider and runtime where the runtime decides what
@@ -90,13 +90,13 @@ class DriverRegistry:
             Component.backup: self.backup.get(provider)
             or NotImplementedDriver(Component.backup, "scheduled backups are not built yet"),
         }
-        drivers.update(await self._shared(placement.platform))
+        drivers.update(await self._shared(placement.platform, placement.namespace))
         return {component: drivers[component] for component in ORDER}
 
-    async def _shared(self, name: str | None) -> Drivers:
+    async def _shared(self, name: str | None, namespace: str | None) -> Drivers:
         if name is None or self.platforms is None:
             return {c: NotImplementedDriver(c, _no_platform(s.label)) for c, s in SERVICES.items()}
-        return await self.platforms(name)
+        return await self.platforms(name, namespace)
 
 
 def _missing_hosts(provider: Provider) -> str:

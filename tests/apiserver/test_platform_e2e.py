@@ -76,6 +76,7 @@ def install_platform(cluster: LocalCluster, pg: PostgresServer, rd: RedisServer,
         "kind": "Platform",
         "metadata": {"name": "shared"},
         "spec": {
+            "namespaces": {"names": [NS]},
             "postgres": {"host": pg.host, "port": pg.port, "adminSecretRef": {**ref, "name": "pg-admin"}},
             "redis": {"host": rd.host, "port": rd.port, "adminSecretRef": {**ref, "name": "redis-admin"}},
             "objectStorage": {"endpoint": s3.endpoint, "secure": False, "adminSecretRef": {**ref, "name": "s3-admin"}},
@@ -178,3 +179,53 @@ def test_projects_on_a_shared_platform(world: dict[str, Any], tmp_path: Path) ->
     for where, text in exposed.items():
         leaked = [c[:4] + "…" for c in credentials if c in text]
         assert leaked == [], f"credentials in {where}: {leaked}"
+
+
+def test_a_namespace_the_platform_does_not_allow_gets_nothing_from_it(world: dict[str, Any], tmp_path: Path) -> None:
+    """A Project author in another namespace names the Platform: refused with PlatformNotAllowed, nothing is made
+    on its servers, and the Project is deleted at once; once the admin's selector matches, it is served."""
+    cluster: LocalCluster = world["cluster"]
+    pg = world["pg"]
+    if cluster.kubectl("get", "platform", "shared", check=False).returncode != 0:
+        install_platform(cluster, pg, world["redis"], world["s3"], world["caddy"])
+    cluster.kubectl("create", "namespace", "intruder")
+    thief = app("thief", deletionPolicy="Delete")
+    thief["metadata"]["namespace"] = "intruder"
+    operator = OperatorProcess(cluster, tmp_path / "operator.log", CODEB_DRIFT_INTERVAL="3").start()
+
+    def ready_reason() -> str | None:
+        status = get_json(cluster, "project", "thief", "-n", "intruder").get("status", {})
+        return next((c.get("reason") for c in status.get("conditions", []) if c["type"] == "Ready"), None)
+
+    try:
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(thief))
+        wait_for(lambda: ready_reason() == "PlatformNotAllowed", timeout=60, what="PlatformNotAllowed")
+        with psycopg.connect(host=pg.host, port=pg.port, user=pg.admin_user, password=pg.admin_password,
+                             dbname="postgres") as admin:  # fmt: skip
+            assert admin.execute("SELECT 1 FROM pg_roles WHERE rolname='thief_staging_user'").fetchone() is None
+        assert cluster.kubectl("get", "secret", "thief-staging-connection", "-n", "intruder",
+                               check=False).returncode != 0  # fmt: skip
+        cluster.kubectl("delete", "project", "thief", "-n", "intruder", "--timeout=60s")
+
+        # The Platform's admin lets labelled namespaces in: the same Project is now served.
+        cluster.kubectl("label", "namespace", "intruder", "team=payments")
+        cluster.kubectl(
+            "patch",
+            "platform",
+            "shared",
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": {"namespaces": {"selector": {"matchLabels": {"team": "payments"}}}}}),
+        )
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(thief))
+        wait_for(lambda: all(condition_in(cluster, "intruder", "thief", t).get("status") == "True"
+                             for t in ("DatabaseReady", "CacheReady", "StorageReady")), timeout=90,
+                 what="served once allowed")  # fmt: skip
+        cluster.kubectl("delete", "project", "thief", "-n", "intruder", "--timeout=60s")
+    finally:
+        operator.stop()
+
+
+def condition_in(cluster: LocalCluster, namespace: str, name: str, type_: str) -> dict[str, Any]:
+    status = get_json(cluster, "project", name, "-n", namespace).get("status", {})
+    return next((c for c in status.get("conditions", []) if c["type"] == type_), {})

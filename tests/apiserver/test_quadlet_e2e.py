@@ -244,7 +244,8 @@ def test_blue_green_on_two_quadlet_hosts_never_serves_a_broken_revision(
     cluster: LocalCluster = installed["cluster"]
     caddy: CaddyServer = installed["caddy"]
     edge = {"apiVersion": "codeb.dev/v1alpha1", "kind": "Platform", "metadata": {"name": "quadlet-edge"},
-            "spec": {"caddy": {"adminUrl": caddy.admin_url, "listen": [f"127.0.0.1:{caddy.https_port}"],
+            "spec": {"namespaces": {"selector": {}},
+                     "caddy": {"adminUrl": caddy.admin_url, "listen": [f"127.0.0.1:{caddy.https_port}"],
                                "upstreamDir": str(caddy.root / "upstreams")}}}  # fmt: skip
     cluster.kubectl("apply", "-f", "-", input_text=json.dumps(edge))
     operator = OperatorProcess(cluster, tmp_path / "operator.log", CODEB_DRIFT_INTERVAL="5").start()
