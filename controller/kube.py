@@ -29,6 +29,8 @@ from controller.errors import PermanentError, RetryableError
 from controller.secrets import OWNER_LABEL, not_owned
 
 T = TypeVar("T")
+SERVICE_ACCOUNT_TOKEN = "kubernetes.io/service-account-token"
+MANAGED_BY = "app.kubernetes.io/managed-by"
 
 
 class Conflict(Exception):
@@ -282,9 +284,14 @@ class KubeClient:
             return None
         return cast(dict[str, Any], found)
 
-    async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+    async def read_secret(self, namespace: str, name: str, project: str | None = None) -> dict[str, str] | None:
+        """A Secret's data; ``project`` names the Project that references it, which it must be allowed to."""
         found = await self._read_secret(namespace, name)
-        return None if found is None else _decoded(found)
+        if found is None:
+            return None
+        if project is not None:
+            _check_referable(found, namespace, name, project)
+        return _decoded(found)
 
     async def _read_secret(self, namespace: str, name: str) -> Any:
         try:
@@ -298,7 +305,7 @@ class KubeClient:
         A Secret of that name that another Project, or a person, made is never taken over.
         """
         existing = await self._read_secret(namespace, name)
-        labels = {"app.kubernetes.io/managed-by": "codeb", OWNER_LABEL: owner}
+        labels = {MANAGED_BY: "codeb", OWNER_LABEL: owner}
         what = f"secret {namespace}/{name}"
         if existing is None:
             body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
@@ -337,6 +344,20 @@ class KubeSecrets:
 
     async def merge(self, ctx: DriverContext, data: dict[str, str]) -> None:
         await self._kube.merge_secret(ctx.key.namespace, ctx.allocations.connection_secret or "", data, ctx.key.name)
+
+
+def _check_referable(secret: Any, namespace: str, name: str, project: str) -> None:
+    """A Project reads its own Secrets and its author's: never a ServiceAccount's token (which its author may
+    not be allowed to read), nor a Secret the operator manages for another Project (its credentials)."""
+    labels = secret.metadata.labels or {}
+    why = None
+    if secret.type == SERVICE_ACCOUNT_TOKEN:
+        why = "it holds a ServiceAccount's token"
+    elif labels.get(MANAGED_BY) == "codeb" and labels.get(OWNER_LABEL) != project:
+        why = f"the operator keeps it for Project {labels.get(OWNER_LABEL) or 'another'}"
+    if why is not None:
+        raise PermanentError(f"Secret {namespace}/{name} may not be referenced by Project {project}: {why}; "
+                             "reference a Secret of your own", reason="SecretNotAllowed")  # fmt: skip
 
 
 def _decoded(secret: Any) -> dict[str, str]:

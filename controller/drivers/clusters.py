@@ -49,7 +49,7 @@ class TargetClusters:
             return self._own
         namespace, secret = ctx.key.namespace, cluster.kubeconfig_secret_ref
         source = f"Secret {namespace}/{secret} (spec.servers.cluster.kubeconfigSecretRef)"
-        data = await self._own.kube.read_secret(namespace, secret)
+        data = await self._own.kube.read_secret(namespace, secret, ctx.key.name)
         if not data or not data.get("kubeconfig"):
             raise RetryableError(f"{source} does not exist or has no key kubeconfig", reason="KubeconfigMissing",
                                  delay=30)  # fmt: skip

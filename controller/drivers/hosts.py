@@ -21,6 +21,7 @@ from typing import Any
 from controller.drivers import DriverContext
 from controller.drivers.workloads import SecretReader
 from controller.errors import CodebError, RetryableError
+from controller.naming import ProjectKey
 from controller.planner import Component, Observation, State
 from controller.ssh import HostAccess, Login, SshPool
 from schemas.project import Provider, Servers, SshAccess
@@ -44,10 +45,10 @@ class HostCheck:
     reason: str | None = None
 
 
-async def login_for(read_secret: SecretReader, namespace: str, ssh: SshAccess) -> Login:
+async def login_for(read_secret: SecretReader, key: ProjectKey, ssh: SshAccess) -> Login:
     """The key from the Project's SSH Secret, with the user and port to log in with."""
-    source = f"Secret {namespace}/{ssh.secret_ref}"
-    data = await read_secret(namespace, ssh.secret_ref)
+    source = f"Secret {key.namespace}/{ssh.secret_ref}"
+    data = await read_secret(key.namespace, ssh.secret_ref, key.name)
     if not data or not data.get("privateKey"):
         raise RetryableError(
             f"{source} (spec.servers.ssh.secretRef) does not exist or has no key privateKey",
@@ -90,7 +91,7 @@ class ExistingHosts:
 
     async def _check_all(self, ctx: DriverContext) -> list[HostCheck]:
         servers, ssh = servers_of(ctx)
-        return await self.check(await login_for(self._read_secret, ctx.key.namespace, ssh), servers.hosts)
+        return await self.check(await login_for(self._read_secret, ctx.key, ssh), servers.hosts)
 
     async def check(self, login: Login, addresses: list[str]) -> list[HostCheck]:
         """Each address as the workload needs it (reachable, podman with quadlet), a few at a time."""

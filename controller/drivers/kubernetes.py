@@ -230,7 +230,7 @@ class KubernetesWorkload:
     async def _copy_secrets(self, target: Target, ctx: DriverContext, desired: State) -> None:
         """The Secrets the Pods read, copied into the other cluster (the source stays the truth)."""
         for name in _secret_names(desired):
-            data = await self._clusters.own.read_secret(ctx.key.namespace, name)
+            data = await self._clusters.own.read_secret(ctx.key.namespace, name, ctx.key.name)
             copied = await _read(target, "Secret", ctx.key.namespace, name)
             if copied is not None and not _ours(ctx, copied):
                 raise PermanentError(
@@ -372,7 +372,7 @@ def _secret_names(state: State) -> list[str]:
 
 async def _credentials_digest(kube: KubeClient, ctx: DriverContext, state: State) -> str:
     """A digest of the Secrets' contents as ``kube``'s cluster has them."""
-    contents = {n: await kube.read_secret(ctx.key.namespace, n) for n in _secret_names(state)}
+    contents = {n: await kube.read_secret(ctx.key.namespace, n, ctx.key.name) for n in _secret_names(state)}
     return hashlib.sha256(json.dumps(contents, sort_keys=True).encode()).hexdigest()[:16]
 
 

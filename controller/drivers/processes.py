@@ -261,7 +261,7 @@ class LocalProcesses:
 
     async def _environment(self, ctx: DriverContext, wanted: State, missing_ok: bool) -> Environment:
         """What the process gets: inherited basics, credentials, variables, PORT and HOST (in that order)."""
-        credentials = await read_credentials(self._read_secret, ctx.key.namespace, wanted, missing_ok)
+        credentials = await read_credentials(self._read_secret, ctx.key, wanted, missing_ok)
         inherited = {k: os.environ[k] for k in INHERITED if k in os.environ}
         values = {**inherited, **credentials.values, **wanted.get("variables", {})}
         values |= {"PORT": str(wanted["port"]), "HOST": LISTEN_HOST, "CODEB_REVISION": wanted.get("revision") or ""}
@@ -270,7 +270,7 @@ class LocalProcesses:
     async def logs(self, ctx: DriverContext, tail: int) -> dict[str, list[str]]:
         """Each colour's output (its log beside its state), credentials redacted."""
         wanted = {"connectionSecret": ctx.allocations.connection_secret}
-        credentials = await read_credentials(self._read_secret, ctx.key.namespace, wanted, missing_ok=True)
+        credentials = await read_credentials(self._read_secret, ctx.key, wanted, missing_ok=True)
         found = {}
         for path in sorted(self._directory(ctx.key).glob("*.log")):
             lines = path.read_text(errors="replace").splitlines()[-tail:]

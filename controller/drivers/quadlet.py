@@ -129,7 +129,7 @@ class QuadletUnits:
         present = [views[colour] for views in current if views[colour].launch is not None]
         found = [views[colour] for views in everywhere if views[colour].launch is not None]
         launched = dict((present or found)[0].launch["state"])  # type: ignore[index]
-        credentials = await read_credentials(self._read_secret, ctx.key.namespace, launched, missing_ok=True)
+        credentials = await read_credentials(self._read_secret, ctx.key, launched, missing_ok=True)
         try:
             current_env: str | None = env_digest(self._env(ctx.key, launched, credentials))
         except ValueError:
@@ -159,7 +159,7 @@ class QuadletUnits:
         login = await self._login(ctx)
         hosts = _hosts(ctx) or []
         wanted = {"connectionSecret": ctx.allocations.connection_secret}
-        credentials = await read_credentials(self._read_secret, ctx.key.namespace, wanted, missing_ok=True)
+        credentials = await read_credentials(self._read_secret, ctx.key, wanted, missing_ok=True)
         found = {}
         for facts in hosts:
             for colour in COLOURS:
@@ -227,7 +227,7 @@ class QuadletUnits:
                 "spec.project.source: runtime quadlet runs images; building from git is not supported yet",
                 reason="NotImplemented",
             )
-        credentials = await read_credentials(self._read_secret, ctx.key.namespace, launch, missing_ok=False)
+        credentials = await read_credentials(self._read_secret, ctx.key, launch, missing_ok=False)
         try:
             env_text = self._env(ctx.key, launch, credentials)
         except ValueError as exc:
@@ -328,7 +328,7 @@ class QuadletUnits:
         """A hook runs inside the new colour's container on its first host (``podman exec``): same image,
         same environment. An app is installed through the new colour's own endpoint."""
         wanted = {k: v for k, v in state.items() if k not in JUDGED}
-        credentials = await read_credentials(self._read_secret, ctx.key.namespace, wanted, missing_ok=True)
+        credentials = await read_credentials(self._read_secret, ctx.key, wanted, missing_ok=True)
         if isinstance(hook, App):
             return await install_app(self._client, endpoints[0], hook, credentials.secret_values)
         # The colour is the one on the state's port (the engine hands over the colour's own state).
@@ -373,7 +373,7 @@ class QuadletUnits:
 
     async def _login(self, ctx: DriverContext) -> Login:
         _, ssh = servers_of(ctx)
-        return await login_for(self._read_secret, ctx.key.namespace, ssh)
+        return await login_for(self._read_secret, ctx.key, ssh)
 
     def _env(self, key: ProjectKey, launch: State, credentials: Credentials) -> str:
         values = {**credentials.values, **launch.get("variables", {})}

@@ -684,11 +684,11 @@ class TerraformHosts:
     async def _login(self, ctx: DriverContext, servers: Servers) -> Login:
         if servers.ssh is None:
             raise PermanentError("spec.servers.ssh: name the Secret with the key the hosts get", reason="SSHKeyMissing")
-        return await login_for(self._read_secret, ctx.key.namespace, servers.ssh)
+        return await login_for(self._read_secret, ctx.key, servers.ssh)
 
     async def _credentials(self, ctx: DriverContext, servers: Servers) -> dict[str, str]:
         name = servers.credentials_secret_ref or ""
-        data = await self._read_secret(ctx.key.namespace, name) if name else None
+        data = await self._read_secret(ctx.key.namespace, name, ctx.key.name) if name else None
         wanted = CREDENTIALS[self.provider]
         missing = [key for key in wanted if not (data or {}).get(key)]
         if data is None or missing:

@@ -11,18 +11,25 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 from urllib.parse import quote, quote_plus
 
 import httpx
 
 from controller.errors import RetryableError
+from controller.naming import ProjectKey
 from controller.planner import State
 from schemas.project import App, HookRun
 
-SecretReader = Callable[[str, str], Awaitable[dict[str, str] | None]]
+
+class SecretReader(Protocol):
+    """Reads a Secret a Project references; ``project`` is checked to be allowed it (`KubeClient.read_secret`)."""
+
+    async def __call__(self, namespace: str, name: str, project: str | None = None) -> dict[str, str] | None: ...
+
+
 # Shorter values are too common to redact without mangling unrelated text.
 REDACT_MIN_LENGTH = 6
 
@@ -37,7 +44,7 @@ class Credentials:
         return redact(text, self.secret_values)
 
 
-async def read_credentials(read_secret: SecretReader, namespace: str, wanted: State, missing_ok: bool) -> Credentials:
+async def read_credentials(read_secret: SecretReader, key: ProjectKey, wanted: State, missing_ok: bool) -> Credentials:
     """The connection Secret, then each of ``secretRefs`` in order (a later key wins).
 
     ``missing_ok`` is for observing: a Secret that vanished reads as a changed digest.
@@ -49,10 +56,10 @@ async def read_credentials(read_secret: SecretReader, namespace: str, wanted: St
     for name, optional in sources:
         if not name:
             continue
-        data = await read_secret(namespace, name)
+        data = await read_secret(key.namespace, name, key.name)
         if data is None and not (optional or missing_ok or name == wanted.get("connectionSecret")):
             raise RetryableError(
-                f"Secret {namespace}/{name} (spec.environment.secretRefs) does not exist; create it or mark it "
+                f"Secret {key.namespace}/{name} (spec.environment.secretRefs) does not exist; create it or mark it "
                 "optional",
                 reason="SecretMissing",
                 delay=30,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -43,3 +44,25 @@ async def test_two_projects_deriving_one_secret_name_do_not_share_it(kube: KubeC
     assert (await kube.read_secret(namespace, "shop-staging-connection") or {})["REDIS_PASSWORD"] == first
     assert await kube.delete_secret(namespace, "shop-staging-connection", "shop") is True
     assert await kube.read_secret(namespace, "shop-staging-connection") is None
+
+
+async def test_a_project_may_not_reference_a_token_or_another_projects_credentials(
+    cluster: LocalCluster, kube: KubeClient, namespace: str
+) -> None:
+    """The exfiltration: secretRefs naming a ServiceAccount token, or the connection Secret of another
+    Project, would put them in the attacker's workload environment. Both are refused; its own are read."""
+    victim = KubeSecrets(kube)
+    await ensure_password(victim, ctx(namespace, "victim", "victim-staging-connection"), "DATABASE_PASSWORD")
+    cluster.kubectl("create", "serviceaccount", "robot", "-n", namespace)
+    token = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+             "metadata": {"name": "robot-token", "namespace": namespace,
+                          "annotations": {"kubernetes.io/service-account.name": "robot"}}}  # fmt: skip
+    cluster.kubectl("apply", "-f", "-", input_text=json.dumps(token))
+    cluster.kubectl("create", "secret", "generic", "mine", "-n", namespace, "--from-literal=API_KEY=ok")
+    for name, why in (("robot-token", "ServiceAccount's token"), ("victim-staging-connection", "Project victim")):
+        with pytest.raises(PermanentError, match=why) as exc:
+            await kube.read_secret(namespace, name, project="attacker")
+        assert exc.value.reason == "SecretNotAllowed"
+    assert await kube.read_secret(namespace, "mine", project="attacker") == {"API_KEY": "ok"}
+    own = await kube.read_secret(namespace, "victim-staging-connection", project="victim")
+    assert own is not None and "DATABASE_PASSWORD" in own

@@ -72,7 +72,7 @@ class Secrets:
     def __init__(self) -> None:
         self.data: dict[tuple[str, str], dict[str, str]] = {}
 
-    async def read(self, namespace: str, name: str) -> dict[str, str] | None:
+    async def read(self, namespace: str, name: str, project: str | None = None) -> dict[str, str] | None:
         found = self.data.get((namespace, name))
         return dict(found) if found is not None else None
 

@@ -46,7 +46,7 @@ class Secrets:
             (NS, "web-conn"): {"APP_SECRET": CREDENTIAL},
         }
 
-    async def read(self, namespace: str, name: str) -> dict[str, str] | None:
+    async def read(self, namespace: str, name: str, project: str | None = None) -> dict[str, str] | None:
         return self.data.get((namespace, name))
 
 
