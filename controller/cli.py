@@ -157,7 +157,8 @@ def operator_drivers(kube: KubeClient, config: OperatorConfig) -> DriverSource:
     from controller.ssh import SshPool
 
     platforms = PlatformDrivers(kube, config.service_timeout_seconds, config.service_concurrency)
-    ssh, clusters = SshPool(), TargetClusters(kube)
+    internal = config.allow_internal_targets
+    ssh, clusters = SshPool(allow_internal=internal), TargetClusters(kube, allow_internal=internal)
     return DriverRegistry(
         platforms=platforms,
         infrastructure=infrastructure_drivers(kube, ssh, clusters, config),

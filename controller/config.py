@@ -52,6 +52,14 @@ class OperatorConfig(BaseModel):
         300.0, gt=0, description="CODEB_RECONCILE_TIMEOUT: seconds before one reconcile pass is abandoned and retried."
     )
 
+    allow_internal_targets: bool = Field(
+        False,
+        description=(
+            "CODEB_ALLOW_INTERNAL_TARGETS: 1 lets Projects name hosts and cluster servers on loopback or link-local"
+            " addresses (the operator's own machine, cloud metadata). Only where everything runs on one machine"
+            " (codeb up, the tests)."
+        ),
+    )
     local_runtime: bool = Field(
         False,
         description=(
@@ -122,6 +130,7 @@ _ENV = {
     "service_timeout_seconds": "CODEB_SERVICE_TIMEOUT",
     "service_concurrency": "CODEB_SERVICE_CONCURRENCY",
     "reconcile_timeout_seconds": "CODEB_RECONCILE_TIMEOUT",
+    "allow_internal_targets": "CODEB_ALLOW_INTERNAL_TARGETS",
     "local_runtime": "CODEB_LOCAL_RUNTIME",
     "local_root": "CODEB_LOCAL_ROOT",
     "state_dir": "CODEB_STATE_DIR",

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import asyncssh
 
 from controller.errors import RetryableError
+from controller.targets import check_target
 
 CONNECT_SECONDS = 10.0
 COMMAND_SECONDS = 120.0
@@ -71,8 +72,11 @@ class Result:
 
 
 class SshPool:
-    def __init__(self, connect_timeout: float = CONNECT_SECONDS, command_timeout: float = COMMAND_SECONDS) -> None:
+    def __init__(self, connect_timeout: float = CONNECT_SECONDS, command_timeout: float = COMMAND_SECONDS,
+                 allow_internal: bool = False) -> None:  # fmt: skip
         self._connect_timeout = connect_timeout
+        # Loopback and link-local hosts (`controller.targets`): only where the operator runs everything itself.
+        self._allow_internal = allow_internal
         self._command_timeout = command_timeout
         self._connections: dict[tuple[str, int, str, str], asyncssh.SSHClientConnection] = {}
         self._locks: dict[tuple[str, int, str, str], asyncio.Lock] = {}
@@ -126,6 +130,7 @@ class SshPool:
             return connection
 
     async def _connect(self, host: HostAccess) -> asyncssh.SSHClientConnection:
+        await check_target(host.address, f"host {host.address}", self._allow_internal)
         try:
             client_key = asyncssh.import_private_key(host.private_key)
         except (asyncssh.KeyImportError, ValueError):

@@ -62,7 +62,8 @@ class OperatorProcess:
     def __init__(self, cluster: LocalCluster, log_path: Path, **env: str) -> None:
         self.cluster = cluster
         self.log_path = log_path
-        self.env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), **env}
+        # The tests' hosts and clusters live on loopback; a test of the refusal sets it to "0".
+        self.env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "CODEB_ALLOW_INTERNAL_TARGETS": "1", **env}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from controller.drivers import DriverContext
 from controller.errors import CodebError, RetryableError
 from controller.kube import KubeClient, api_client_from_kubeconfig
 from controller.planner import Component, Observation, State
+from controller.targets import check_target
 from schemas.project import Provider
 
 OWN_CLUSTER = "the operator's own cluster"
@@ -34,8 +36,10 @@ class Target:
 
 
 class TargetClusters:
-    def __init__(self, own: KubeClient) -> None:
+    def __init__(self, own: KubeClient, allow_internal: bool = False) -> None:
         self._own = Target(own, OWN_CLUSTER, remote=False)
+        # A kubeconfig's server on loopback or link-local (`controller.targets`): only where all runs on one machine.
+        self._allow_internal = allow_internal
         self._clients: dict[tuple[str, str], tuple[str, Target]] = {}  # (namespace, Secret): (digest, target)
 
     @property
@@ -60,6 +64,12 @@ class TargetClusters:
         own = self._own.kube
         name = f"the cluster of Secret {namespace}/{secret}"
         api = api_client_from_kubeconfig(data["kubeconfig"], source)
+        server = urlsplit(str(api.configuration.host)).hostname or ""
+        try:
+            await check_target(server, f"{source}: server", self._allow_internal)
+        except CodebError:
+            api.close()  # type: ignore[no-untyped-call]
+            raise
         target = Target(KubeClient(api, own.executor, TARGET_TIMEOUT_SECONDS, cluster=name), name, remote=True)
         if cached is not None:
             cached[1].kube.close()  # the Secret changed: its old connections go

@@ -211,7 +211,7 @@ async def test_delete_removes_the_objects_and_the_garbage_collector_the_pods(
 async def test_a_target_cluster_gets_the_namespace_the_secret_copies_and_the_workload(
     cluster: LocalCluster, controlled: LocalCluster, own_kube: KubeClient
 ) -> None:
-    driver = KubernetesWorkload(TargetClusters(own_kube))
+    driver = KubernetesWorkload(TargetClusters(own_kube, allow_internal=True))
     ctx, want = in_target(cluster, controlled)
     ns = ctx.key.namespace
     assert controlled.kubectl("get", "namespace", ns, check=False).returncode != 0
@@ -246,7 +246,7 @@ async def test_a_target_cluster_gets_the_namespace_the_secret_copies_and_the_wor
 async def test_a_secret_of_the_same_name_in_the_target_is_not_taken_over(
     cluster: LocalCluster, controlled: LocalCluster, own_kube: KubeClient
 ) -> None:
-    driver = KubernetesWorkload(TargetClusters(own_kube))
+    driver = KubernetesWorkload(TargetClusters(own_kube, allow_internal=True))
     ctx, want = in_target(cluster, controlled)
     controlled.kubectl("create", "namespace", ctx.key.namespace)
     controlled.kubectl("create", "secret", "generic", "shop-staging-connection", "-n", ctx.key.namespace,
@@ -291,7 +291,7 @@ async def test_an_unusable_target_cluster_is_named_with_its_cause(
     reason: str,
     named: str,
 ) -> None:
-    infrastructure = ExistingCluster(TargetClusters(own_kube))
+    infrastructure = ExistingCluster(TargetClusters(own_kube, allow_internal=True))
     ctx, _ = in_target(cluster, controlled)
     good = await infrastructure.observe(ctx)
     assert good.healthy and good.state == {"provider": "existing", "cluster": "target", "reachable": True}
@@ -427,3 +427,16 @@ def cond(status: ProjectStatus, type_: str) -> tuple[str, str]:
     found = condition(status, type_)
     assert found is not None, f"no {type_} condition"
     return found.status.value, found.reason
+
+
+async def test_a_kubeconfig_aimed_at_the_operators_loopback_is_refused(
+    cluster: LocalCluster, controlled: LocalCluster, own_kube: KubeClient
+) -> None:
+    """The blind SSRF: a Project's kubeconfig naming 127.0.0.1 would make the operator probe its own machine."""
+    infrastructure = ExistingCluster(TargetClusters(own_kube))  # as in production: internal targets refused
+    ctx, _ = in_target(cluster, controlled)
+    seen = await infrastructure.observe(ctx)
+    assert not seen.healthy and "loopback" in (seen.detail or ""), seen.detail
+    with pytest.raises(RetryableError) as caught:
+        await infrastructure.apply(ctx, {})
+    assert caught.value.reason == "TargetNotAllowed"

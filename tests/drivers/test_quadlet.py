@@ -52,7 +52,7 @@ class Secrets:
 
 @pytest.fixture()
 async def world(hosts: BootedHosts) -> AsyncIterator[dict[str, Any]]:
-    secrets, pool = Secrets(hosts), SshPool(connect_timeout=3)
+    secrets, pool = Secrets(hosts), SshPool(connect_timeout=3, allow_internal=True)
     infrastructure = ExistingHosts(secrets.read, pool)
     workload = QuadletUnits(secrets.read, pool, start_timeout=12)
     yield {"secrets": secrets, "infrastructure": infrastructure, "workload": workload, "hosts": hosts}
