@@ -204,7 +204,8 @@ def workload_drivers(
         Runtime.quadlet: QuadletUnits(kube.read_secret, ssh),
     }
     if config.local_runtime:
-        drivers[Runtime.local] = LocalProcesses(kube.read_secret, config.local_root, config.state_dir)
+        drivers[Runtime.local] = LocalProcesses(kube.read_secret, config.local_root, config.state_dir,
+                                                namespaces=config.local_runtime_namespaces)  # fmt: skip
     return drivers
 
 

@@ -67,6 +67,10 @@ class OperatorConfig(BaseModel):
             "the operator's user. Only for a machine whose every Project author is trusted (codeb up sets it)."
         ),
     )
+    local_runtime_namespaces: frozenset[str] | None = Field(
+        None,
+        description="CODEB_LOCAL_RUNTIME_NAMESPACES: comma-separated namespaces allowed runtime local; unset: all.",
+    )
     local_root: Path = Field(
         default_factory=Path.cwd,
         description="CODEB_LOCAL_ROOT: directory a relative source.workingDir is taken from (default: current).",
@@ -115,6 +119,13 @@ class OperatorConfig(BaseModel):
             return frozenset(int(p) for p in value.split(",") if p.strip())
         return value
 
+    @field_validator("local_runtime_namespaces", mode="before")
+    @classmethod
+    def _parse_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(n.strip() for n in value.split(",") if n.strip())
+        return value
+
 
 _ENV = {
     "drift_interval_seconds": "CODEB_DRIFT_INTERVAL",
@@ -132,6 +143,7 @@ _ENV = {
     "reconcile_timeout_seconds": "CODEB_RECONCILE_TIMEOUT",
     "allow_internal_targets": "CODEB_ALLOW_INTERNAL_TARGETS",
     "local_runtime": "CODEB_LOCAL_RUNTIME",
+    "local_runtime_namespaces": "CODEB_LOCAL_RUNTIME_NAMESPACES",
     "local_root": "CODEB_LOCAL_ROOT",
     "state_dir": "CODEB_STATE_DIR",
     "terraform_binary": "CODEB_TERRAFORM",

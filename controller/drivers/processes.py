@@ -57,7 +57,8 @@ SUPERVISOR = Path(__file__).resolve().parents[1] / "supervise.py"
 LAUNCH_ENV = "CODEB_LAUNCH"
 LISTEN_HOST = "127.0.0.1"
 # Handed to the application from the operator's own environment; nothing else leaks in.
-INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "PYTHONPATH")
+# Not HOME: the operator's own (its kubeconfig, its keys) is no Project's; each gets a HOME of its own.
+INHERITED = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONPATH")
 STOP_SECONDS = 15.0
 OUTPUT_LINES = 3
 
@@ -94,9 +95,12 @@ class LocalProcesses:
         health_timeout: float = 5.0,
         start_timeout: float = 15.0,
         client: httpx.AsyncClient | None = None,
+        namespaces: frozenset[str] | None = None,
     ) -> None:
         self._read_secret = read_secret
-        self._root = root
+        self._root = root.resolve()
+        # Where Projects may run commands on this machine; None: every namespace.
+        self._namespaces = namespaces
         self._state_dir = state_dir / "workloads"
         self._start_timeout = start_timeout
         # One pool for every health probe; probes never follow redirects.
@@ -107,6 +111,7 @@ class LocalProcesses:
 
     async def observe(self, ctx: DriverContext) -> Observation:
         """Each colour's launched state, and its health in ``outputs["colours"]`` (`controller.rollout`)."""
+        self._check_namespace(ctx)
         found = self._find(ctx.key)
         if not found:
             return Observation()
@@ -146,6 +151,7 @@ class LocalProcesses:
     async def apply(self, ctx: DriverContext, desired: State) -> None:
         """Each colour made to run exactly its target; a colour with none is stopped. One colour's
         change never touches the other, so the serving colour keeps serving while the new one starts."""
+        self._check_namespace(ctx)
         targets: Mapping[str, State] = desired["colours"]
         found = self._find(ctx.key)
         stale = [p for p in found if p.colour not in targets]
@@ -177,8 +183,22 @@ class LocalProcesses:
         self._spawn(ctx.key, colour, cwd, [program, *wanted["command"][1:]], env)
         await self._wait_started(ctx.key, colour)
 
+    def _check_namespace(self, ctx: DriverContext) -> None:
+        if self._namespaces is not None and ctx.key.namespace not in self._namespaces:
+            raise PermanentError(
+                f"runtime local is not allowed in namespace {ctx.key.namespace} (CODEB_LOCAL_RUNTIME_NAMESPACES); "
+                "use runtime quadlet or kubernetes",
+                reason="LocalRuntimeNotAllowed",
+            )
+
     def _resolve(self, wanted: State) -> tuple[Path, str]:
-        cwd = self._root / (wanted["workingDir"] or ".")
+        cwd = (self._root / (wanted["workingDir"] or ".")).resolve()
+        if not cwd.is_relative_to(self._root):
+            raise PermanentError(
+                f"spec.project.source.workingDir: {wanted['workingDir']} leads out of the operator's local root "
+                "(CODEB_LOCAL_ROOT); name a directory inside it",
+                reason="WorkingDirNotAllowed",
+            )
         if not cwd.is_dir():
             raise PermanentError(
                 f"spec.project.source.workingDir: {cwd} is not a directory on the operator's machine",
@@ -263,7 +283,9 @@ class LocalProcesses:
         """What the process gets: inherited basics, credentials, variables, PORT and HOST (in that order)."""
         credentials = await read_credentials(self._read_secret, ctx.key, wanted, missing_ok)
         inherited = {k: os.environ[k] for k in INHERITED if k in os.environ}
-        values = {**inherited, **credentials.values, **wanted.get("variables", {})}
+        home = self._directory(ctx.key) / "home"
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        values = {**inherited, "HOME": str(home), **credentials.values, **wanted.get("variables", {})}
         values |= {"PORT": str(wanted["port"]), "HOST": LISTEN_HOST, "CODEB_REVISION": wanted.get("revision") or ""}
         return Environment(values, credentials.digest, credentials.secret_values)
 

@@ -4,6 +4,7 @@ name every failure, stop on delete."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -265,6 +266,8 @@ async def test_a_killed_application_is_restarted_by_its_supervisor(driver: Local
     [
         ({"command": ["no-such-program-xyz"], "workingDir": "app"}, "CommandNotFound", "source.command"),
         ({"command": ["python3"], "workingDir": "missing/dir"}, "WorkingDirMissing", "source.workingDir"),
+        ({"command": ["python3"], "workingDir": "/etc"}, "WorkingDirNotAllowed", "source.workingDir"),
+        ({"command": ["python3"], "workingDir": "app/../../.."}, "WorkingDirNotAllowed", "source.workingDir"),
     ],
 )
 async def test_a_program_or_directory_that_does_not_exist_is_named(
@@ -359,3 +362,24 @@ async def test_a_probe_gives_up_after_the_projects_health_timeout() -> None:
             probe = await probe_http(client, "127.0.0.1", port, "/api/health", frozenset(), timeout=0.3)
     assert time.monotonic() - started < 3
     assert probe == Probe(False, f"GET /api/health on 127.0.0.1:{port} timed out", answered=False)
+
+
+async def test_the_process_has_a_home_of_its_own_not_the_operators(driver: LocalProcesses, store: Secrets) -> None:
+    ctx, _, _ = await started(driver, store)
+    env = json.loads((await fetch(ctx, "/env")).text)
+    assert env["HOME"] != os.environ.get("HOME") and env["HOME"].endswith("/home")
+    assert Path(env["HOME"]).is_dir() and (Path(env["HOME"]).stat().st_mode & 0o077) == 0
+
+
+async def test_runtime_local_runs_only_in_the_namespaces_allowed(root: Path, store: Secrets) -> None:
+    driver = LocalProcesses(store.read, root, root / "state", namespaces=frozenset({"trusted"}))
+    ctx, want = workload(driver_with_contexts(driver), store)  # namespace "team"
+    for attempt in (driver.observe(ctx), driver.apply(ctx, blue(want))):
+        with pytest.raises(PermanentError) as caught:
+            await attempt
+        assert caught.value.reason == "LocalRuntimeNotAllowed"
+
+
+def driver_with_contexts(driver: LocalProcesses) -> LocalProcesses:
+    driver.contexts = []  # type: ignore[attr-defined]
+    return driver
