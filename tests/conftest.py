@@ -12,6 +12,12 @@ import pytest
 from controller.cli import CRD_PATH
 from controller.kube import KubeClient, api_client_from_environment
 from controller.localcluster import LocalCluster
+from tests import process_sweep
+
+# Set before any fixture starts a process: what a test starts inherits it and can be found again.
+SESSION_MARK = process_sweep.mark_session()
+# Processes of session-scoped fixtures (the shared control plane): theirs to stop, not a module's.
+SESSION_OWNED: set[int] = set()
 
 
 def start_cluster(root: Path, audit_policy: str | None = None, controllers: bool = False) -> LocalCluster:
@@ -28,9 +34,31 @@ def start_cluster(root: Path, audit_policy: str | None = None, controllers: bool
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """Shared by tests that need no operator; tests that run one get a cluster of their own."""
+    before = set(_session_processes(tmp_path_factory))
     local = start_cluster(tmp_path_factory.mktemp("cluster"))
+    SESSION_OWNED.update(set(_session_processes(tmp_path_factory)) - before)
     yield local
     local.stop()
+
+
+def _session_processes(factory: pytest.TempPathFactory) -> dict[int, process_sweep.Proc]:
+    return process_sweep.session_processes(SESSION_MARK, factory.getbasetemp())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_process_outlives_its_module(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                                   ) -> Iterator[None]:  # fmt: skip
+    """Every process a module's tests and fixtures started is gone when the module is, whether they passed or
+    failed: what is left is stopped here and the module fails loudly, so it cannot break the modules after it."""
+    before = set(_session_processes(tmp_path_factory))
+    yield
+    now = _session_processes(tmp_path_factory)
+    new = [pid for pid in now if pid not in before and pid not in SESSION_OWNED]
+    leaked = process_sweep.wait_gone(new, 5.0)  # some are just finishing their own exit
+    if leaked:
+        described = "; ".join(f"{pid}: {now[pid].command[:160]}" for pid in leaked)
+        process_sweep.stop(leaked)
+        pytest.fail(f"{request.module.__name__} left {len(leaked)} processes running (stopped now): {described}")
 
 
 @pytest.fixture()
