@@ -20,7 +20,7 @@ import pytest
 from controller.localcluster import LocalCluster
 from tests.conftest import start_cluster
 from tests.factories import project
-from tests.helpers import OperatorProcess, ledger_entries, projects, wait_for
+from tests.helpers import OperatorProcess, get_json, ledger_entries, projects, wait_for
 
 CLAIMS_NS = "codeb-system"
 AUDIT_WRITES = """apiVersion: audit.k8s.io/v1
@@ -161,7 +161,9 @@ def test_standby_replica_does_not_act_twice(audited: LocalCluster, tmp_path: Pat
     for replica in replicas:
         replica.start()
     try:
-        time.sleep(3)  # let the replicas see each other before work arrives
+        # Work arrives once both replicas are registered and only one acts, not after a guessed delay: on a
+        # cold machine a replica may take longer than any fixed sleep to start.
+        wait_for(lambda: peering_settled(cluster, replicas), timeout=90, what="one replica active, one standing by")
         cluster.kubectl("apply", "-f", "-", input_text=fleet(namespace, 10))
         wait_for(lambda: all_settled(cluster, namespace, 10), timeout=120, what="10 Projects settled")
         # Each Project was allocated exactly once, by one replica.
@@ -171,3 +173,15 @@ def test_standby_replica_does_not_act_twice(audited: LocalCluster, tmp_path: Pat
     finally:
         for r in replicas:
             r.stop()
+
+
+def peering_settled(cluster: LocalCluster, replicas: list[OperatorProcess]) -> bool:
+    """Both replicas in the peering object, the higher one resumed, the lower one paused.
+
+    kopf starts a replica with mandatory peering paused and resumes it once it sees no peer above it;
+    the standby never resumes, or pauses again once it sees the other ("Pausing ... in favour of").
+    """
+    peers = get_json(cluster, "clusterkopfpeering", "codeb").get("status") or {}
+    standby, active = replicas[0].log(), replicas[1].log()
+    resumed = "Resuming operations" in active
+    return len(peers) >= 2 and resumed and standby.rfind("Resuming operations") <= standby.rfind("Pausing operations")
