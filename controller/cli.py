@@ -275,7 +275,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         signal.signal(stop_signal, signal.default_int_handler)
     cluster = LocalCluster(home, fast_storage=False)
     platform = LocalPlatform.open(home / "platform")
-    operator: subprocess.Popen[bytes] | None = None
+    operator: KeptOperator | None = None
     try:
         step("starting the control plane (etcd, kube-apiserver)")
         cluster.start()
@@ -284,7 +284,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         step("installing the CRDs, the Platform and the example Project")
         _install(cluster, platform)
         step(f"starting the operator (log: {home / 'operator.log'})")
-        operator = _start_operator(home)
+        operator = KeptOperator(home, step)
         step("waiting for the example to serve")
         if not _wait_serving(cluster, operator, platform.https_port, step):
             return EXIT_DIFFERS
@@ -300,12 +300,13 @@ def cmd_up(args: argparse.Namespace) -> int:
                  "Ctrl-C (or `codeb down`) stops everything; the next `codeb up` finds the same data.")  # fmt: skip
         for hint in hints:
             print(f"  {hint}", file=progress, flush=True)
-        operator.wait()
+        operator.keep()
         return 0
     except KeyboardInterrupt:
         return 0
     finally:
-        _stop_operator(operator)
+        if operator is not None:
+            operator.stop()
         # The example's processes outlive an operator by design; they do not outlive `up`.
         stop_everything_under(home / "state")
         platform.stop()
@@ -381,16 +382,48 @@ def _start_operator(home: Path) -> subprocess.Popen[bytes]:
                             stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
 
 
-def _wait_serving(
-    cluster: LocalCluster, operator: subprocess.Popen[bytes], https_port: int, step: Callable[[str], None]
-) -> bool:
+class KeptOperator:
+    """The operator as a Deployment keeps it: restarted when it exits, after a back-off that grows while it
+    keeps failing, and said so. What it manages (the example's processes) keeps running meanwhile."""
+
+    STABLE_SECONDS = 60.0  # up this long, the next exit starts the back-off from the beginning again
+    MAX_BACKOFF_SECONDS = 30.0
+
+    def __init__(self, home: Path, step: Callable[[str], None]) -> None:
+        self._home, self._step = home, step
+        self._process = _start_operator(home)
+        self._started, self._failures = time.monotonic(), 0
+
+    def check(self) -> None:
+        """Restart the operator if it has exited (returns at once while it runs)."""
+        code = self._process.poll()
+        if code is None:
+            return
+        self._failures = 1 if time.monotonic() - self._started > self.STABLE_SECONDS else self._failures + 1
+        delay = min(self.MAX_BACKOFF_SECONDS, 2.0 ** (self._failures - 1))
+        self._step(f"the operator exited with {code}; restarting it in {delay:.0f}s "
+                   f"(restart {self._failures}; log: {self._home / 'operator.log'})")  # fmt: skip
+        time.sleep(delay)
+        self._process = _start_operator(self._home)
+        self._started = time.monotonic()
+
+    def keep(self) -> None:
+        """Until interrupted."""
+        while True:
+            self.check()
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        _stop_operator(self._process)
+
+
+def _wait_serving(cluster: LocalCluster, operator: KeptOperator, https_port: int, step: Callable[[str], None]
+                  ) -> bool:  # fmt: skip
     """Until the example is Ready and its page really answers through Caddy (a status left from the
     last run says Ready before this operator has looked), printing each change of what it waits for."""
     deadline, last = time.monotonic() + 300, ""
     while time.monotonic() < deadline:
-        if operator.poll() is not None:
-            step(f"the operator exited with {operator.returncode}; see its log")
-            return False
+        operator.check()
         found = cluster.kubectl("get", "project", "hello", "-o", "json", check=False)
         status = json.loads(found.stdout).get("status", {}) if found.returncode == 0 else {}
         ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), None)

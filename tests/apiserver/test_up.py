@@ -9,8 +9,10 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from controller.localcluster import REPO_ROOT, cache_dir, find_binary
 from controller.localplatform import LocalPlatform
@@ -103,6 +105,7 @@ def test_up_serves_the_example_stops_cleanly_and_keeps_its_data(tmp_path: Path) 
         assert said["url"] == url and Path(said["kubeconfig"]).exists() and said["seconds"] > 0
         again = json.loads(fetch(url, "/api/visit").stdout)
         assert again["database"]["visits"] == visits + 1 and again["bucket"]["readBack"], again
+        an_operator_killed_under_load_is_restarted_and_nothing_fails(cache, url, tmp_path / "up2.log")
     finally:
         took = stop(second)
     print(f"codeb up: stopped by Ctrl-C in {took:.1f}s")
@@ -135,3 +138,63 @@ def the_cli_reads_what_up_serves(cache: Path, url: str) -> None:
     # The same with KUBECONFIG exported as `up` suggests: its operator's settings come along.
     named = codeb(cache, "diff", "hello", kubeconfig=cache / "local" / "kubeconfig")
     assert named.returncode == 0 and "in sync" in named.stdout, named.stdout + named.stderr
+
+
+def operator_pid(cache: Path) -> int | None:
+    """The operator `up` runs on ``cache`` (its environment names the cache)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+                environ = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv[-2:] == [b"operator", b""] and f"CODEB_CACHE={cache}".encode() in environ:
+                return int(entry.name)
+    return None
+
+
+def an_operator_killed_under_load_is_restarted_and_nothing_fails(cache: Path, url: str, log: Path) -> None:
+    """SIGKILL of the operator: `up` restarts it, as a Deployment would; the example never stops serving."""
+    failures: list[str] = []
+    answered = [0]
+    until = time.monotonic() + 25
+
+    def client(index: int) -> None:
+        paths = ("/", "/api/visit", "/api/health")
+        n = 0
+        while time.monotonic() < until:
+            path = paths[(index + n) % 3]
+            done = subprocess.run(["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
+                                   url.rstrip("/") + path], capture_output=True, text=True)  # fmt: skip
+            if done.stdout != "200":
+                failures.append(f"{path}: {done.stdout or done.stderr}")
+            answered[0] += 1
+            n += 1
+
+    killed = operator_pid(cache)
+    assert killed is not None
+    clients = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for thread in clients:
+        thread.start()
+    time.sleep(3)
+    os.kill(killed, signal.SIGKILL)
+    restarted = wait_until(lambda: (p := operator_pid(cache)) not in (None, killed) and p, 30)
+    for thread in clients:
+        thread.join(60)
+    print(f"operator {killed} killed, {restarted} restarted; {answered[0]} requests, {len(failures)} failed")
+    assert failures == [], failures[:5]
+    assert "the operator exited with -9; restarting it" in log.read_text()
+    status = wait_until(lambda: (s := codeb(cache, "status", "hello", "-o", "json")).returncode == 0
+                        and json.loads(s.stdout)["ready"] == "True" and s, 60)  # fmt: skip
+    assert status
+
+
+def wait_until(predicate: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"not within {timeout}s")
