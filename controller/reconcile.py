@@ -164,6 +164,8 @@ class Reconciler:
     def __init__(self, drivers: Drivers | DriverSource, claims: ClaimStore) -> None:
         self._drivers_for: DriverSource = drivers if callable(drivers) else _static(drivers)
         self.claims = claims
+        # A rollout's start window runs out only while this operator watches it (`rollout.Facts`).
+        self.watching_since = datetime.now(UTC)
 
     async def reconcile(self, project: ProjectInput, trigger: str = "event") -> Outcome:
         spec = project.spec
@@ -242,7 +244,7 @@ class Reconciler:
         spec = project.spec
         release = desired_state(spec, allocations, {c: o.outputs for c, o in work.observed.items()})[Component.workload]
         facts = rollout.facts_for(spec, project.status, allocations, release, raw, work.observed.get(Component.route),
-                                  datetime.now(UTC), project.retry_rollout)  # fmt: skip
+                                  datetime.now(UTC), project.retry_rollout, self.watching_since)  # fmt: skip
         decision = rollout.advance(facts)
         runner = drivers[Component.workload]
         while acting and decision.run_hooks and decision.rollout is not None and isinstance(runner, HookRunner):

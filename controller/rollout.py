@@ -93,6 +93,9 @@ class Facts:
     hooks: tuple[str, ...] = ()  # every hook due once per release, in order
     retry: str | None = None  # the codeb.dev/retry-rollout annotation
     placement: State = field(default_factory=dict)  # where every colour runs, but its port (the hosts)
+    # Since when this operator has been watching: a start window that ran out while no operator (or no
+    # machine) was there to start the colour is counted again from here, not failed.
+    watching_since: datetime | None = None
 
     @property
     def release(self) -> str:
@@ -214,6 +217,11 @@ class _Draft:
         serving = self._serving_colour()
         if serving is not None and facts.runs(serving, facts.release):
             return self._steady(serving, facts.wanted_with(serving))
+        stopped = self._stopped_serving_colour()
+        if serving is None and stopped is not None:
+            # Everything was stopped (the machine, `codeb up`): what served is started again as it
+            # was, not deployed anew, whatever the rollout record says.
+            return self._steady(stopped, facts.wanted_with(stopped))
         failed = self.closed
         if (
             failed is not None
@@ -224,6 +232,13 @@ class _Draft:
             keep = facts.seen[serving].state if serving is not None and serving in facts.seen else None
             return self._steady(serving, keep)
         return self.carry_on(self._start(serving))
+
+    def _stopped_serving_colour(self) -> Colour | None:
+        """The colour status says serves the wanted release, when it no longer runs at all."""
+        facts, record = self.facts, self.facts.serving
+        if record is None or record.colour is None or record.release != facts.release:
+            return None
+        return record.colour if record.colour not in facts.seen and record.colour in facts.ports else None
 
     def _serving_colour(self) -> Colour | None:
         facts = self.facts
@@ -312,7 +327,8 @@ class _Draft:
         """Count one health check of the new colour, when one is due; fail on the thresholds or the timeout."""
         facts, gate = self.facts, self.facts.settings.health_check
         seen = facts.seen.get(record.new_colour)
-        elapsed = _seconds(facts.now, record.started_at)
+        window_start = max(record.started_at, facts.watching_since or record.started_at)
+        elapsed = _seconds(facts.now, window_start)
         if seen is None or seen.release != record.release:
             if elapsed > facts.settings.start_timeout_seconds:
                 return self._fail(record, "RolloutFailed", f"{record.new_colour.value} did not start within "
@@ -431,10 +447,13 @@ class _Draft:
         release = release or (seen.release if seen is not None else facts.release)
         if revision is None and seen is not None:
             revision = seen.state.get("revision")
-        if record is not None and record.colour is colour and record.release == release and since is None:
+        unchanged = record is not None and record.colour is colour and record.release == release
+        if unchanged and since is None and record is not None and record.warm is not colour:
             return
-        # A new colour serving starts with nothing warm; the same one keeps what it had.
+        # A new colour serving starts with nothing warm; the same one keeps what it had (never itself).
         warm = {} if record is None or since is not None else {k: getattr(record, k) for k in WARM_FIELDS}
+        if warm.get("warm") is colour:
+            warm = dict.fromkeys(WARM_FIELDS)
         self.serving = ServingStatus(colour=colour, release=release, revision=revision, since=since or facts.now,
                                      **warm)  # fmt: skip
 
@@ -525,6 +544,7 @@ def facts_for(
     route: Observation | None,
     now: datetime,
     retry: str | None,
+    watching_since: datetime | None = None,
 ) -> Facts:
     """The facts of one pass, from the spec, the status as stored and what the drivers saw (pure)."""
     allocated = {Colour.blue: allocations.port, Colour.green: allocations.alternate_port}
@@ -544,6 +564,7 @@ def facts_for(
         history=tuple(status.deployments),
         hooks=hook_names(spec),
         retry=retry,
+        watching_since=watching_since,
     )
 
 

@@ -155,15 +155,17 @@ def operator_pid(cache: Path) -> int | None:
 
 
 def an_operator_killed_under_load_is_restarted_and_nothing_fails(cache: Path, url: str, log: Path) -> None:
-    """SIGKILL of the operator: `up` restarts it, as a Deployment would; the example never stops serving."""
+    """SIGKILL of the operator, outside a rollout and then during one: `up` restarts it, as a Deployment
+    would; the example never stops serving, and the rollout the kill cut short completes."""
     failures: list[str] = []
     answered = [0]
-    until = time.monotonic() + 25
+    running = threading.Event()
+    running.set()
 
     def client(index: int) -> None:
         paths = ("/", "/api/visit", "/api/health")
         n = 0
-        while time.monotonic() < until:
+        while running.is_set():
             path = paths[(index + n) % 3]
             done = subprocess.run(["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
                                    url.rstrip("/") + path], capture_output=True, text=True)  # fmt: skip
@@ -172,22 +174,47 @@ def an_operator_killed_under_load_is_restarted_and_nothing_fails(cache: Path, ur
             answered[0] += 1
             n += 1
 
-    killed = operator_pid(cache)
-    assert killed is not None
     clients = [threading.Thread(target=client, args=(i,)) for i in range(4)]
     for thread in clients:
         thread.start()
-    time.sleep(3)
-    os.kill(killed, signal.SIGKILL)
-    restarted = wait_until(lambda: (p := operator_pid(cache)) not in (None, killed) and p, 30)
-    for thread in clients:
-        thread.join(60)
-    print(f"operator {killed} killed, {restarted} restarted; {answered[0]} requests, {len(failures)} failed")
+    try:
+        time.sleep(3)
+        kill_the_operator(cache)
+        wait_until(lambda: ready_serving(cache) is not None, 60)
+        kubeconfig = cache / "local" / "kubeconfig"
+        patch = json.dumps({"spec": {"project": {"revision": "after-the-kill"}}})
+        subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig), "patch", "project", "hello", "--type=merge",
+                        "-p", patch], check=True, capture_output=True)  # fmt: skip
+        time.sleep(0.5)  # the rollout has started (the new colour is starting)
+        kill_the_operator(cache)
+        wait_until(lambda: ready_serving(cache) == "after-the-kill", 120)
+    finally:
+        running.clear()
+        for thread in clients:
+            thread.join(60)
+    print(f"operator killed twice; {answered[0]} requests, {len(failures)} failed")
     assert failures == [], failures[:5]
-    assert "the operator exited with -9; restarting it" in log.read_text()
-    status = wait_until(lambda: (s := codeb(cache, "status", "hello", "-o", "json")).returncode == 0
-                        and json.loads(s.stdout)["ready"] == "True" and s, 60)  # fmt: skip
-    assert status
+    assert log.read_text().count("the operator exited with -9; restarting it") == 2
+
+
+def kill_the_operator(cache: Path) -> int:
+    killed = operator_pid(cache)
+    assert killed is not None
+    os.kill(killed, signal.SIGKILL)
+    wait_until(lambda: operator_pid(cache) not in (None, killed), 30)
+    return killed
+
+
+def ready_serving(cache: Path) -> str | None:
+    """The revision the example serves ("" before any was set) while it is Ready, else None."""
+    shown = codeb(cache, "status", "hello", "-o", "json")
+    if shown.returncode != 0:
+        return None
+    status = json.loads(shown.stdout)
+    if status["ready"] != "True" or not status["serving"]:
+        return None
+    _, _, revision = str(status["serving"]).partition(" ")  # "<colour> <revision>"
+    return revision
 
 
 def wait_until(predicate: Any, timeout: float) -> Any:

@@ -262,3 +262,48 @@ def test_every_crash_point_of_a_rollout_ends_in_one_colour_serving_the_wanted_re
         assert record is not None and world.routed is GREEN, crash_after
         assert release_of(world.colours[GREEN]) == release_of(release("r2"))
         assert record.rollout is not None and record.rollout.step is RolloutStep.succeeded
+
+
+def test_a_start_window_that_ran_out_while_nobody_watched_is_counted_again() -> None:
+    """`codeb up` stopped mid-rollout (everything with it) and came back a day later: green is started
+    and judged afresh, not failed and held for a timeout no operator was there to see."""
+    world = World()
+    before = deployed(world, "r1")
+    started = world.pass_("r2", before)  # green starts
+    assert started.rollout is not None and started.rollout.step is RolloutStep.checking
+    world.colours, world.routed = {}, None  # the machine stopped: nothing runs, nothing is routed
+    world.now += timedelta(days=1)
+    came_back = world.now  # the operator that starts then
+    back = world.pass_("r2", started, watching_since=came_back)
+    assert back.rollout is not None and back.rollout.step is not RolloutStep.failed, back.rollout
+    assert GREEN in back.targets
+    for _ in range(5):
+        back = world.pass_("r2", back, watching_since=came_back)
+    assert back.rollout is not None and back.rollout.step is RolloutStep.succeeded and world.routed is GREEN
+    # The same outage with the operator watching throughout is still a failure.
+    failed = world.pass_("r3", back)
+    world.colours = {c: s for c, s in world.colours.items() if s["revision"] != "r3"}
+    world.now += timedelta(seconds=60)
+    failed = advance(world.look("r3", failed))
+    assert failed.rollout is not None and failed.rollout.step is RolloutStep.failed
+
+
+def test_a_serving_colour_found_stopped_is_started_again_not_deployed_anew() -> None:
+    world = World()
+    steady = deployed(world, "r1")
+    history = [(d.revision, d.result) for d in steady.history]
+    world.colours = {}  # stopped with everything else
+    again = world.pass_("r1", steady)
+    assert world.routed is BLUE and set(world.colours) == {BLUE}
+    assert [(d.revision, d.result) for d in again.history] == history  # no second "first deploy"
+    assert again.serving is not None and again.serving.colour is BLUE
+
+
+def test_the_warm_record_never_names_the_serving_colour() -> None:
+    world = World()
+    steady = deployed(world, "r1")
+    assert steady.serving is not None
+    stale = steady.serving.model_copy(update={"warm": BLUE, "warm_release": steady.serving.release,
+                                              "warm_until": world.now + timedelta(hours=1)})  # fmt: skip
+    decision = advance(replace(world.look("r1", steady), serving=stale))
+    assert decision.serving is not None and decision.serving.colour is BLUE and decision.serving.warm is None
