@@ -70,7 +70,8 @@ def supervisors(workload: str) -> dict[int, int | None]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(a.endswith(b"supervise.py") for a in argv[:2]) and workload.encode() in argv:
+        # ``workload`` is a whole "<namespace>/<name>" or a prefix of one ("<namespace>/").
+        if any(a.endswith(b"supervise.py") for a in argv[:2]) and any(a.startswith(workload.encode()) for a in argv):
             directory = Path(argv[argv.index(b"--dir") + 1].decode())
             state = json.loads((directory / "blue.json").read_text()) if (directory / "blue.json").exists() else {}
             found[int(entry.name)] = state.get("pid")

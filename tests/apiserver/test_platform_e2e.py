@@ -76,7 +76,8 @@ def install_platform(cluster: LocalCluster, pg: PostgresServer, rd: RedisServer,
         "kind": "Platform",
         "metadata": {"name": "shared"},
         "spec": {
-            "namespaces": {"names": [NS]},
+            # "rivals": the local runtime test's second tenant, which must meet DomainTaken, not PlatformNotAllowed.
+            "namespaces": {"names": [NS, "rivals"]},
             "postgres": {"host": pg.host, "port": pg.port, "adminSecretRef": {**ref, "name": "pg-admin"}},
             "redis": {"host": rd.host, "port": rd.port, "adminSecretRef": {**ref, "name": "redis-admin"}},
             "objectStorage": {"endpoint": s3.endpoint, "secure": False, "adminSecretRef": {**ref, "name": "s3-admin"}},
