@@ -153,12 +153,15 @@ def operator_drivers(kube: KubeClient, config: OperatorConfig) -> DriverSource:
     """The drivers the operator runs with, and `codeb diff` and `logs` look with."""
     from controller.drivers.clusters import TargetClusters
     from controller.drivers.registry import DriverRegistry
+    from controller.hostkeys import HostKeys
     from controller.platforms import PlatformDrivers
     from controller.ssh import SshPool
 
     platforms = PlatformDrivers(kube, config.service_timeout_seconds, config.service_concurrency)
     internal = config.allow_internal_targets
-    ssh, clusters = SshPool(allow_internal=internal), TargetClusters(kube, allow_internal=internal)
+    host_keys = HostKeys(kube, config.claims_namespace)
+    ssh = SshPool(allow_internal=internal, host_keys=host_keys)
+    clusters = TargetClusters(kube, allow_internal=internal)
     return DriverRegistry(
         platforms=platforms,
         infrastructure=infrastructure_drivers(kube, ssh, clusters, config),

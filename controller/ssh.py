@@ -13,11 +13,21 @@ import asyncio
 import hashlib
 import shlex
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import asyncssh
 
 from controller.errors import RetryableError
 from controller.targets import check_target
+
+
+class HostKeyRecord(Protocol):
+    """Where host keys trusted on first use are kept (`controller.hostkeys.HostKeys`)."""
+
+    async def known(self, address: str, port: int) -> str | None: ...
+
+    async def remember(self, address: str, port: int, key: str) -> str: ...
+
 
 CONNECT_SECONDS = 10.0
 COMMAND_SECONDS = 120.0
@@ -73,8 +83,10 @@ class Result:
 
 class SshPool:
     def __init__(self, connect_timeout: float = CONNECT_SECONDS, command_timeout: float = COMMAND_SECONDS,
-                 allow_internal: bool = False) -> None:  # fmt: skip
+                 allow_internal: bool = False, host_keys: HostKeyRecord | None = None) -> None:  # fmt: skip
         self._connect_timeout = connect_timeout
+        # Keys of hosts given without knownHosts, trusted on first use; None: such hosts are not verified.
+        self._host_keys = host_keys
         # Loopback and link-local hosts (`controller.targets`): only where the operator runs everything itself.
         self._allow_internal = allow_internal
         self._command_timeout = command_timeout
@@ -140,7 +152,21 @@ class SshPool:
                 reason="SSHKeyInvalid",
                 delay=60,
             ) from None
-        known_hosts = asyncssh.import_known_hosts(host.known_hosts) if host.known_hosts else None
+        record = self._host_keys if not host.known_hosts else None
+        recorded = await record.known(host.address, host.port) if record is not None else None
+        known = host.known_hosts or (known_hosts_line(host.address, host.port, recorded) if recorded else "")
+        connection = await self._open(host, client_key, known, trusted_on_first_use=record is not None)
+        if record is not None and recorded is None:
+            try:
+                await _trust(record, host, connection)
+            except BaseException:
+                connection.close()
+                raise
+        return connection
+
+    async def _open(self, host: HostAccess, client_key: asyncssh.SSHKey, known: str, trusted_on_first_use: bool
+                    ) -> asyncssh.SSHClientConnection:  # fmt: skip
+        known_hosts = asyncssh.import_known_hosts(known) if known else None
         try:
             return await asyncio.wait_for(
                 asyncssh.connect(
@@ -162,6 +188,8 @@ class SshPool:
                 delay=60,
             ) from exc
         except asyncssh.HostKeyNotVerifiable as exc:
+            if trusted_on_first_use:
+                raise _key_changed(host) from exc
             raise RetryableError(
                 f"{host.target}: host key does not match knownHosts in {host.key_source}",
                 reason="HostKeyMismatch",
@@ -176,6 +204,30 @@ class SshPool:
         connection = self._connections.pop(host.pool_key, None)
         if connection is not None:
             connection.close()
+
+
+async def _trust(record: HostKeyRecord, host: HostAccess, connection: asyncssh.SSHClientConnection) -> None:
+    """Record the key this host presented the first time; another replica's first record wins."""
+    server_key = connection.get_server_host_key()
+    presented = " ".join(server_key.export_public_key().decode().split()[:2]) if server_key else ""
+    if await record.remember(host.address, host.port, presented) != presented:
+        raise _key_changed(host)
+
+
+def known_hosts_line(address: str, port: int, key: str) -> str:
+    """``key`` ("<type> <base64>") as an OpenSSH known_hosts line for this address and port."""
+    where = address if port == 22 else f"[{address}]:{port}"
+    return f"{where} {key}"
+
+
+def _key_changed(host: HostAccess) -> RetryableError:
+    return RetryableError(
+        f"{host.target}: the host presented another SSH host key than the one trusted on first use; nothing was "
+        "sent to it. If the host was rebuilt on purpose, remove its entry from the operator's ConfigMap "
+        "ssh-host-keys",
+        reason="HostKeyChanged",
+        delay=60,
+    )
 
 
 def _why(exc: BaseException) -> str:
