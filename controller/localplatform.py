@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from controller.localcluster import REPO_ROOT, LocalClusterError, find_binary, free_port, stop_process
 
 MINIO_BUILD = REPO_ROOT / "deploy" / "localcluster" / "build-minio.sh"
@@ -48,6 +50,19 @@ def wait_port(port: int, what: str, timeout: float = 60.0, host: str = "127.0.0.
                 return
         time.sleep(0.1)
     raise LocalClusterError(f"{what} is not listening on {host}:{port} after {timeout:.0f}s")
+
+
+def wait_minio_ready(endpoint: str, timeout: float = 60.0) -> None:
+    """MinIO opens its port before it can serve (XMinioServerNotInitialized): wait for its readiness answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://{endpoint}/minio/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise LocalClusterError(f"MinIO at {endpoint} is not ready after {timeout:.0f}s")
 
 
 def postgres_bin() -> Path:
@@ -168,6 +183,7 @@ class LocalPlatform:
         args = [built.stdout.strip(), "server", str(self.root / "minio" / "data"), "--address",
                 f"127.0.0.1:{s3['port']}", "--quiet"]  # fmt: skip
         self._spawn("minio", args, s3["port"], env)
+        wait_minio_ready(f"127.0.0.1:{s3['port']}")
 
     def _caddy(self) -> None:
         caddy, home = self.settings["caddy"], self.root / "caddy"

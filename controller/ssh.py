@@ -102,7 +102,7 @@ class SshPool:
         connection = await self._connection(host)
         limit = timeout or self._command_timeout
         try:
-            completed = await asyncio.wait_for(connection.run(command, input=stdin, check=False), timeout=limit)
+            return await asyncio.wait_for(_run_capped(connection, command, stdin), timeout=limit)
         except TimeoutError as exc:
             raise RetryableError(
                 f"{host.target}: command did not finish within {limit:.0f}s",
@@ -112,7 +112,6 @@ class SshPool:
         except (OSError, asyncssh.Error) as exc:
             self._forget(host)
             raise RetryableError(f"{host.target}: connection lost ({_why(exc)})", reason="HostUnreachable") from exc
-        return Result(completed.exit_status or 0, _text(completed.stdout), _text(completed.stderr))
 
     async def write_file(self, host: HostAccess, path: str, content: str, mode: str = "0600") -> None:
         """Writes a file atomically (temporary file, then rename), created with ``mode`` from the start."""
@@ -228,6 +227,27 @@ def _key_changed(host: HostAccess) -> RetryableError:
         reason="HostKeyChanged",
         delay=60,
     )
+
+
+# The most of each output stream kept from one command: its end, where a failure says why. A host is
+# a Project's, and what it prints must not exhaust the operator.
+OUTPUT_BYTES = 1 << 20
+
+
+async def _run_capped(connection: asyncssh.SSHClientConnection, command: str, stdin: str | None) -> Result:
+    process = await connection.create_process(command, input=stdin.encode() if stdin is not None else None,
+                                              encoding=None)  # fmt: skip
+    out, err = await asyncio.gather(_last_bytes(process.stdout), _last_bytes(process.stderr))
+    await process.wait_closed()
+    return Result(process.exit_status or 0, _text(out), _text(err))
+
+
+async def _last_bytes(stream: asyncssh.SSHReader[bytes]) -> bytes:
+    """All of a stream read, its last `OUTPUT_BYTES` kept."""
+    kept = b""
+    while chunk := await stream.read(65536):
+        kept = (kept + chunk)[-OUTPUT_BYTES:]
+    return kept
 
 
 def _why(exc: BaseException) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.localcluster import find_binary, free_port
-from controller.localplatform import postgres_bin, wait_port
+from controller.localplatform import postgres_bin, wait_minio_ready, wait_port
 
 
 @dataclass
@@ -166,6 +166,7 @@ class MinioServer(_Spawned):
                "MINIO_BROWSER": "off", "MINIO_UPDATE": "off"}  # fmt: skip
         args = [binary, "server", str(self.root / "data"), "--address", self.endpoint, "--quiet"]
         self.proc = _spawn(args, self.root, self.port, env, timeout=60, host=self.host)
+        wait_minio_ready(self.endpoint)
         return self
 
 

@@ -295,7 +295,7 @@ class LocalProcesses:
         credentials = await read_credentials(self._read_secret, ctx.key, wanted, missing_ok=True)
         found = {}
         for path in sorted(self._directory(ctx.key).glob("*.log")):
-            lines = path.read_text(errors="replace").splitlines()[-tail:]
+            lines = tail_lines(path, tail)
             found[path.stem] = [credentials.redact(line) for line in lines]
         return found
 
@@ -452,11 +452,25 @@ def _exited(process: Supervised, child: Mapping[str, Any], secret_values: frozen
         return "the process is starting"
     restarts = child.get("restarts", 0)
     try:
-        lines = (process.directory / f"{process.colour}.log").read_text(errors="replace").splitlines()
+        lines = tail_lines(process.directory / f"{process.colour}.log", OUTPUT_LINES)
     except OSError:
         lines = []
     output = clip(" | ".join(lines[-OUTPUT_LINES:]), secret_values, 400, tail=True)
     return f"the process exited with code {code} (restarted {restarts} times); last output: {output or '(none)'}"
+
+
+# The most of a log's end read for its last lines: an application may write gigabytes.
+TAIL_BYTES = 256 * 1024
+
+
+def tail_lines(path: Path, count: int) -> list[str]:
+    """The last ``count`` lines of a file, reading at most its last `TAIL_BYTES`."""
+    with path.open("rb") as log:
+        size = log.seek(0, os.SEEK_END)
+        log.seek(max(0, size - TAIL_BYTES))
+        lines = log.read(TAIL_BYTES).decode(errors="replace").splitlines()
+    # A read that began mid-file began mid-line: that first piece is not a line.
+    return (lines[1:] if size > TAIL_BYTES else lines)[-count:]
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:

@@ -8,9 +8,11 @@ message, and both probe ``monitoring.healthPath`` over real HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -116,20 +118,53 @@ async def probe_http(
 ) -> Probe:
     """GET ``path`` (no redirects followed): healthy on 2xx, otherwise why not, in words.
 
-    ``timeout`` overrides the client's own (the Project's healthCheck.timeoutSeconds).
+    ``timeout`` overrides the client's own (the Project's healthCheck.timeoutSeconds) and bounds the
+    whole probe, not each read: an application dripping a byte at a time is timed out too. Of the body,
+    only the first `BODY_BYTES` are read (a 2xx: none).
     """
     target = f"GET {path} on {address}:{port}"
     try:
-        url = f"http://{address}:{port}{path}"
-        response = await (client.get(url, timeout=timeout) if timeout is not None else client.get(url))
+        status, body = await read_bounded(client, "GET", f"http://{address}:{port}{path}", timeout,
+                                          read_body=lambda code: not 200 <= code < 300)  # fmt: skip
     except httpx.TimeoutException:
         return Probe(False, f"{target} timed out", answered=False)
     except httpx.TransportError:
         return Probe(False, f"{target} was refused: nothing listens on the port", answered=False)
-    if response.is_success:
+    if 200 <= status < 300:
         return Probe(True)
-    body = clip(response.text.strip(), secret_values, 200)
-    return Probe(False, f"{target} answered {response.status_code}: {body}")
+    return Probe(False, f"{target} answered {status}: {clip(body.strip(), secret_values, 200)}")
+
+
+# The most of a tenant's answer the operator reads: enough to say why, never enough to exhaust it.
+BODY_BYTES = 64 * 1024
+
+
+async def read_bounded(
+    client: httpx.AsyncClient, method: str, url: str, timeout: float | None, read_body: Callable[[int], bool],
+    json_body: object = None,
+) -> tuple[int, str]:  # fmt: skip
+    """One request to an endpoint a Project controls: its status, and at most `BODY_BYTES` of its body
+    (when ``read_body(status)``), all within ``timeout`` (the client's own when None)."""
+    total = timeout if timeout is not None else (client.timeout.read or 30.0)
+
+    async def request() -> tuple[int, str]:
+        # Raw bytes, asked for uncompressed: a compressed answer could be small on the wire and huge in memory.
+        headers = {"Accept-Encoding": "identity"}
+        async with client.stream(method, url, json=json_body, timeout=total, headers=headers) as response:
+            if not read_body(response.status_code):
+                return response.status_code, ""
+            chunks, size = [], 0
+            async for chunk in response.aiter_raw():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size >= BODY_BYTES:
+                    break
+            return response.status_code, b"".join(chunks)[:BODY_BYTES].decode(errors="replace")
+
+    try:
+        return await asyncio.wait_for(request(), total)
+    except TimeoutError:
+        raise httpx.ReadTimeout(f"no whole answer within {total:g} s") from None
 
 
 # Where an app from features.apps is installed: the application's own app-store endpoint.
@@ -150,8 +185,9 @@ async def install_app(
     name = f"app-{app.name}"
     body = {"name": app.name, "version": app.version, "settings": app.settings}
     try:
-        response = await client.post(f"http://{endpoint}{APPS_PATH}", json=body, timeout=timeout)
+        status, text = await read_bounded(client, "POST", f"http://{endpoint}{APPS_PATH}", timeout,
+                                          read_body=lambda _: True, json_body=body)  # fmt: skip
     except httpx.HTTPError as exc:
         return hook_run(name, False, f"POST {APPS_PATH} on {endpoint} failed: {type(exc).__name__}", secret_values)
-    said = f"POST {APPS_PATH} on {endpoint} answered {response.status_code}: {clip(response.text, secret_values, 500)}"
-    return hook_run(name, response.is_success, said, secret_values)
+    said = f"POST {APPS_PATH} on {endpoint} answered {status}: {clip(text, secret_values, 500)}"
+    return hook_run(name, 200 <= status < 300, said, secret_values)

@@ -3,10 +3,6 @@ another key (a machine that took over the address) is refused before anything is
 
 from __future__ import annotations
 
-import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import asyncssh
 import pytest
 
@@ -14,33 +10,7 @@ from controller.errors import RetryableError
 from controller.hostkeys import CONFIG_MAP, HostKeys
 from controller.kube import KubeClient
 from controller.ssh import HostAccess, SshPool
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class _AnyoneIn(asyncssh.SSHServer):
-    def begin_auth(self, username: str) -> bool:
-        return False  # no authentication: the test is about the server's key, not the client's
-
-
-@asynccontextmanager
-async def ssh_server(port: int, host_key: asyncssh.SSHKey, said: list[str]) -> AsyncIterator[None]:
-    def run(process: asyncssh.SSHServerProcess[str]) -> None:
-        said.append(str(process.command))
-        process.stdout.write("done\n")
-        process.exit(0)
-
-    server = await asyncssh.create_server(_AnyoneIn, "127.0.0.1", port, server_host_keys=[host_key],
-                                          process_factory=run)  # fmt: skip
-    try:
-        yield
-    finally:
-        server.close()
-        await server.wait_closed()
+from tests.sshserver import free_port, ssh_server
 
 
 def pool_for(keys: HostKeys) -> SshPool:

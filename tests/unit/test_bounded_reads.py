@@ -1,0 +1,100 @@
+"""A Project's application cannot make the operator read without bound: a huge or never-ending answer,
+or one dripped a byte at a time, ends within the probe's timeout with at most a capped body read."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import asyncssh
+import httpx
+import pytest
+
+from controller.drivers.processes import tail_lines
+from controller.drivers.workloads import BODY_BYTES, probe_http
+from controller.ssh import OUTPUT_BYTES, HostAccess, SshPool
+from tests.sshserver import free_port, ssh_server
+
+SECRET = "hunter2-the-password"
+
+
+class Hostile(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.send_response(500)
+        if self.path == "/endless":
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            chunk = (f"password={SECRET} " * 4000).encode()
+            try:
+                while True:  # 20 GB in the issue; here: until the operator hangs up
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            except OSError:
+                return
+        elif self.path == "/drip":
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            try:
+                for _ in range(1000000):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.2)  # each read is quick; the whole answer would take days
+            except OSError:
+                return
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def hostile() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+async def test_an_endless_answer_is_read_up_to_the_cap_and_redacted(hostile: int) -> None:
+    async with httpx.AsyncClient(timeout=5) as client:
+        probe = await probe_http(client, "127.0.0.1", hostile, "/endless", frozenset({SECRET}), timeout=5)
+    assert not probe.healthy and probe.detail is not None and "answered 500" in probe.detail
+    assert SECRET not in probe.detail and len(probe.detail) < 300
+    assert BODY_BYTES <= 1 << 20
+
+
+async def test_an_answer_dripped_byte_by_byte_ends_at_the_probes_timeout(hostile: int) -> None:
+    async with httpx.AsyncClient(timeout=30) as client:
+        started = time.monotonic()
+        probe = await probe_http(client, "127.0.0.1", hostile, "/drip", frozenset(), timeout=1.5)
+        took = time.monotonic() - started
+    assert not probe.healthy and probe.detail is not None and "timed out" in probe.detail
+    assert took < 10, f"the probe took {took:.1f} s: its timeout bounds each read, not the whole answer"
+
+
+async def test_a_hosts_endless_output_is_kept_to_its_last_megabyte() -> None:
+    """A Project's host printing without end: the command's end (where a failure says why) is kept, capped."""
+
+    def flood(process: asyncssh.SSHServerProcess[str]) -> None:
+        process.stdout.write("x" * (5 * OUTPUT_BYTES) + "\nthe end\n")
+        process.exit(3)
+
+    port, said = free_port(), []
+    async with ssh_server(port, asyncssh.generate_private_key("ssh-ed25519"), said, flood):
+        pool = SshPool(connect_timeout=3, allow_internal=True)
+        key = asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode()
+        result = await pool.run(HostAccess("127.0.0.1", "root", port, key), "journalctl -f")
+        await pool.close()
+    assert result.exit_status == 3 and result.stdout.endswith("the end\n")
+    assert len(result.stdout) <= OUTPUT_BYTES
+
+
+def test_a_logs_last_lines_are_read_from_its_end_only(tmp_path: Path) -> None:
+    log = tmp_path / "blue.log"
+    log.write_text("".join(f"line {n}\n" for n in range(400_000)))  # about 5 MB
+    assert tail_lines(log, 3) == ["line 399997", "line 399998", "line 399999"]
+    assert tail_lines(log, 10**6)[0].startswith("line ") and len(tail_lines(log, 10**6)) < 40_000
