@@ -17,11 +17,12 @@ import argparse
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.rollouts import Load, rollout_world
+from tests.rollouts import Load, RolloutWorld, rollout_world
 
 
 def main() -> int:
@@ -44,6 +45,7 @@ def main() -> int:
             durations.append(time.monotonic() - started)
             deploys += 1
         load.wait_done(timeout=60)
+        to_switch = [switch_seconds(world, f"d{n}") for n in range(3)]
         print(
             f"deploys:                 {deploys} (r2..r{deploys + 1}), each {min(durations):.1f}-{max(durations):.1f} s"
         )
@@ -51,9 +53,22 @@ def main() -> int:
         print(f"served by revision:      {dict(sorted(load.revisions.items(), key=lambda i: int(i[0][1:])))}")
         print(f"p99 latency, all:        {load.p99() * 1000:.0f} ms")
         print(f"p99 latency in switches: {load.p99(windows) * 1000:.0f} ms")
+        print(
+            f"apply to switch, default health gate: {', '.join(f'{s:.1f}' for s in to_switch)} s "
+            "(the new colour's start, its checks, then the switch)"
+        )
         for failure in load.failures[:5]:
             print(f"  failed: {failure}")
         return 1 if load.failures else 0
+
+
+def switch_seconds(world: RolloutWorld, revision: str) -> float:
+    """Seconds from the rollout of ``revision`` starting to the route switching to it, with the manifest's
+    default health gate (the rollout's own record: started and switched times, from the operator's clock)."""
+    world.apply("shop", revision, healthCheck=None)
+    record = world.wait_rollout("shop", revision, timeout=120)
+    started, switched = (datetime.fromisoformat(record[k]) for k in ("startedAt", "switchedAt"))
+    return (switched - started).total_seconds()
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from tests.servers import CaddyServer, https_get, start_caddy
 
 NS = "rollouts"
 APP_DIR = Path(__file__).resolve().parent / "apps"
-# Quick enough for tests; the defaults (15 s checks, 30 s drain, an hour warm) are documented.
+# Quick enough for tests; the defaults (a check a second, 30 s drain, an hour warm) are documented.
 FAST = {
     "healthCheck": {"intervalSeconds": 0.5, "timeoutSeconds": 0.5, "healthyThreshold": 2, "unhealthyThreshold": 3},
     "startTimeoutSeconds": 20,
@@ -46,7 +46,8 @@ def rollout_project(name: str, revision: str, count_dir: Path, mode: str = "ok",
                 "slug": name,
                 "revision": revision,
                 "source": {"command": ["python3", "rollout_app.py"], "workingDir": str(APP_DIR.relative_to(REPO_ROOT))},
-                "rollout": {**FAST, **rollout},
+                # A None drops the setting: the manifest's default applies (bench/rollouts.py measures them).
+                "rollout": {k: v for k, v in {**FAST, **rollout}.items() if v is not None},
             },
             "environment": {
                 "type": "staging",
