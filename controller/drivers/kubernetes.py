@@ -211,17 +211,20 @@ class KubernetesWorkload:
                 reason="SourceNotBuildable",
             )
         target = await self._clusters.of(ctx)
-        existing = await _read(target, "Deployment", ctx.key.namespace, desired["instance"])
-        if existing is not None and not _ours(ctx, existing):
-            raise PermanentError(
-                f"Deployment {ctx.key.namespace}/{desired['instance']} in {target.name} exists and is not this "
-                f"Project's (no {OWNER_LABEL}={ctx.key.name} label); rename it or change spec.project.slug",
-                reason="NotOwned",
-            )
+        objects = render_objects(ctx, desired, await _credentials_digest(self._clusters.own, ctx, desired))
+        # Every object checked before any is applied: one of another's name (a Service someone made, another
+        # Project's autoscaler) is never overwritten, later deleted as ours, or left half-replaced.
+        for obj in objects:
+            existing = await _read(target, obj["kind"], ctx.key.namespace, obj["metadata"]["name"])
+            if existing is not None and not _ours(ctx, existing):
+                raise PermanentError(
+                    f"{obj['kind']} {ctx.key.namespace}/{obj['metadata']['name']} in {target.name} exists and is not "
+                    f"this Project's (no {OWNER_LABEL}={ctx.key.name} label); rename it or change spec.project.slug",
+                    reason="NotOwned",
+                )
         if target.remote:
             await target.kube.ensure_namespace(ctx.key.namespace)
             await self._copy_secrets(target, ctx, desired)
-        objects = render_objects(ctx, desired, await _credentials_digest(self._clusters.own, ctx, desired))
         for obj in objects:
             await _apply(target, obj)
         if not desired.get("autoscaling"):

@@ -194,6 +194,25 @@ async def test_a_foreign_deployment_of_the_same_name_is_refused_and_left_alone(
     assert image["spec"]["template"]["spec"]["containers"][0]["image"] == "theirs:1"
 
 
+async def test_a_foreign_service_of_the_same_name_is_refused_before_anything_is_applied(
+    controlled: LocalCluster, kube: KubeClient
+) -> None:
+    """Before, only the Deployment was checked: a Service made by someone else was force-applied over, and
+    deleted as the Project's own when it went."""
+    driver = KubernetesWorkload(TargetClusters(kube))
+    ctx, want = workload(controlled)
+    controlled.kubectl("create", "service", "clusterip", "shop-staging", "--tcp=80:8080", "-n", ctx.key.namespace)
+    with pytest.raises(PermanentError) as caught:
+        await driver.apply(ctx, want)
+    assert caught.value.reason == "NotOwned" and "Service" in caught.value.message
+    assert controlled.kubectl("get", "deployment", "shop-staging", "-n", ctx.key.namespace,
+                              check=False).returncode != 0  # fmt: skip
+    await driver.delete(ctx, retain=False)
+    service = get_json(controlled, "service", "shop-staging", "-n", ctx.key.namespace)  # untouched, not deleted
+    assert service["spec"]["ports"][0]["targetPort"] == 8080
+    assert "codeb.dev/project" not in (service["metadata"].get("labels") or {})
+
+
 async def test_delete_removes_the_objects_and_the_garbage_collector_the_pods(
     controlled: LocalCluster, kube: KubeClient, tmp_path: Path
 ) -> None:
