@@ -4,7 +4,8 @@
 
 Each run gets a fresh real control plane (etcd + kube-apiserver), applies N Projects
 (spread over the three environments, half with database/Redis/bucket) and times
-until every one reports phase Ready for its generation. Runs alternate between the
+until every one has settled for its generation (Ready, or Failed with its reason, printed),
+within --timeout. Runs alternate between the
 operators and each figure is the median of ``--repeat`` runs, because a 2-core VM
 shared with its neighbours varies by 20% from run to run.
 
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,7 @@ MEMORY_OPERATOR = Path(__file__).with_name("memory_operator.py")
 
 
 class ReadyWatch:
-    """Counts Projects reporting Ready for their generation, from one watch.
+    """Counts Projects settled for their generation (Ready, or Failed with a reason), from one watch.
 
     A watch, not a list every half second: listing 1000 Projects costs the API server
     ~0.7 CPU-seconds each time, which would slow down the very thing being timed. It
@@ -62,11 +64,15 @@ class ReadyWatch:
         listed: dict[str, Any] = self._custom.list_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL)
         self._version = listed["metadata"]["resourceVersion"]
 
-    def wait(self, size: int, operator: subprocess.Popen[bytes]) -> None:
-        ready: set[str] = set()
-        while len(ready) < size:
+    def wait(self, size: int, operator: subprocess.Popen[bytes], timeout: float) -> dict[str, str]:
+        """Until all ``size`` have settled, or ``timeout``: each failed one's reason (empty: all Ready)."""
+        settled: dict[str, str] = {}  # name -> "" (Ready) or why it failed
+        deadline = time.monotonic() + timeout
+        while len(settled) < size:
             if operator.poll() is not None:
                 raise RuntimeError(f"operator exited with {operator.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{size - len(settled)} of {size} Projects not settled within {timeout:.0f} s")
             stream = kubernetes.watch.Watch().stream(
                 self._custom.list_namespaced_custom_object, API_GROUP, API_VERSION, self._namespace, PLURAL,
                 resource_version=self._version, timeout_seconds=2,
@@ -74,12 +80,15 @@ class ReadyWatch:
             for event in stream:
                 item = event["object"]
                 self._version = item["metadata"]["resourceVersion"]
-                status = item.get("status") or {}
-                converged = status.get("phase") == "Ready"
-                converged = converged and status.get("observedGeneration") == item["metadata"]["generation"]
-                (ready.add if converged else ready.discard)(item["metadata"]["name"])
-                if len(ready) >= size:
+                status, name = item.get("status") or {}, item["metadata"]["name"]
+                current = status.get("observedGeneration") == item["metadata"]["generation"]
+                if current and status.get("phase") in ("Ready", "Failed"):
+                    settled[name] = "" if status["phase"] == "Ready" else str(status.get("lastError") or "?")[:80]
+                else:
+                    settled.pop(name, None)
+                if len(settled) >= size:
                     break
+        return {name: why for name, why in settled.items() if why}
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -94,7 +103,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(kind: str, size: int) -> tuple[float, float, float]:
+def run(kind: str, size: int, timeout: float) -> tuple[float, float, float]:
     with tempfile.TemporaryDirectory() as root:
         cluster = LocalCluster(Path(root), audit_policy=AUDIT_WRITES).start()
         try:
@@ -118,13 +127,16 @@ def run(kind: str, size: int) -> tuple[float, float, float]:
                     started = time.monotonic()
                     cluster.kubectl("apply", "--server-side", "-f", "-", input_text=fleet("bench", size))
                     applied = time.monotonic() - started
-                    watch.wait(size, proc)
+                    failed = watch.wait(size, proc, timeout)
                     elapsed = time.monotonic() - started
+                    if failed:
+                        reasons = Counter(failed.values()).most_common(3)
+                        print(f"  {kind:>6} N={size}: {len(failed)} Failed: {reasons}", file=sys.stderr)
                     time.sleep(1)  # the audit log is written asynchronously
                     writes = operator_writes(cluster, offset)
                     cpu = ", ".join(f"{n} {cpu_seconds(pid) - cpu_before[n]:.1f}" for n, pid in pids.items())
                     print(
-                        f"  {kind:>6} N={size}: apply {applied:.1f}s, all Ready {elapsed:.1f}s; CPU s: {cpu}; "
+                        f"  {kind:>6} N={size}: apply {applied:.1f}s, all settled {elapsed:.1f}s; CPU s: {cpu}; "
                         f"writes {dict(writes)}",
                         file=sys.stderr,
                     )
@@ -140,6 +152,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds one run may take to settle")
     args = parser.parse_args()
     kinds = ("codeb", "floor", "strict")
     print("CodeB runs with in-memory stand-in drivers: this measures the control loop, not real components.")
@@ -154,7 +167,7 @@ def main() -> None:
         rss: list[float] = []
         for _ in range(args.repeat):
             for kind in kinds:
-                elapsed, peak, per_project = run(kind, size)
+                elapsed, peak, per_project = run(kind, size, args.timeout)
                 seconds[kind].append(elapsed)
                 writes[kind].append(per_project)
                 if kind == "codeb":
