@@ -9,8 +9,9 @@ import pytest
 from controller.errors import RetryableError
 from controller.hostkeys import CONFIG_MAP, HostKeys
 from controller.kube import KubeClient
+from controller.localcluster import free_port
 from controller.ssh import HostAccess, SshPool
-from tests.sshserver import free_port, ssh_server
+from tests.sshserver import ssh_server
 
 
 def pool_for(keys: HostKeys) -> SshPool:

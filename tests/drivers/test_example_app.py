@@ -7,7 +7,6 @@ credentials and limits a Project gets; four clients then visit it at once.
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ import pytest
 from controller.drivers.minio import MinioDriver
 from controller.drivers.postgres import PostgresDriver
 from controller.drivers.redis import RedisDriver
+from controller.localcluster import free_port
 from controller.planner import Component, desired_state
 from controller.secrets import MemorySecrets
 from tests.drivers_common import context
@@ -30,12 +30,6 @@ from tests.servers import start_minio, start_postgres, start_redis
 
 APP = Path(__file__).resolve().parents[2] / "deploy" / "hello" / "app.py"
 CLIENTS, REQUESTS_EACH = 4, 40
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

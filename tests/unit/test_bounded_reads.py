@@ -15,8 +15,9 @@ import pytest
 
 from controller.drivers.processes import tail_lines
 from controller.drivers.workloads import BODY_BYTES, probe_http
+from controller.localcluster import free_port
 from controller.ssh import OUTPUT_BYTES, HostAccess, SshPool
-from tests.sshserver import free_port, ssh_server
+from tests.sshserver import ssh_server
 
 SECRET = "hunter2-the-password"
 
