@@ -447,9 +447,9 @@ class _Draft:
         release = release or (seen.release if seen is not None else facts.release)
         if revision is None and seen is not None:
             revision = seen.state.get("revision")
-        unchanged = record is not None and record.colour is colour and record.release == release
-        if unchanged and since is None and record is not None and record.warm is not colour:
-            return
+        if (record is not None and since is None and (record.colour, record.release) == (colour, release)
+                and record.warm is not colour):  # fmt: skip
+            return  # already so
         # A new colour serving starts with nothing warm; the same one keeps what it had (never itself).
         warm = {} if record is None or since is not None else {k: getattr(record, k) for k in WARM_FIELDS}
         if warm.get("warm") is colour:
