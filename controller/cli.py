@@ -242,7 +242,9 @@ def run_operator(make_drivers: Callable[[KubeClient, OperatorConfig], DriverSour
                       config.api_timeout_seconds)  # fmt: skip
     claims = ClaimStore(kube, config.claims_namespace, config.reserved_ports, local_port_free)
     retries = Retries(Backoff(cap=config.retry_max_seconds))
-    runtime = Runtime(config, Reconciler(make_drivers(kube, config), claims), Metrics(), kube, retries)
+    runtime = Runtime(
+        config, Reconciler(make_drivers(kube, config), claims, kube.namespace_terminating), Metrics(), kube, retries
+    )
     asyncio.run(
         kopf.operator(
             registry=build_registry(runtime),

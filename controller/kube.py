@@ -216,6 +216,11 @@ class KubeClient:
         found = await self.request("GET", f"/api/v1/namespaces/{name}")
         return None if found is None else dict((found.get("metadata") or {}).get("labels") or {})
 
+    async def namespace_terminating(self, name: str) -> bool:
+        """Whether the namespace is being deleted (or is gone): what is in it is going too."""
+        found = await self.request("GET", f"/api/v1/namespaces/{name}")
+        return found is None or bool((found.get("metadata") or {}).get("deletionTimestamp"))
+
     async def ensure_namespace(self, name: str) -> None:
         """Create the namespace if it is missing; an operator allowed to read but not create it still starts."""
         with contextlib.suppress(NotFound):

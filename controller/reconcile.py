@@ -158,12 +158,18 @@ class _Pass:
 
 
 DriverSource = Callable[[Placement], Awaitable[Drivers]]
+# Is a namespace being deleted (`KubeClient.namespace_terminating`)?
+NamespaceLeaving = Callable[[str], Awaitable[bool]]
+# Refusals that mean a Secret teardown needs is gone (SSH key, cloud credentials, kubeconfig).
+SECRET_GONE = frozenset({"SSHKeyMissing", "CredentialsMissing", "KubeconfigMissing", "SecretMissing"})
 
 
 class Reconciler:
-    def __init__(self, drivers: Drivers | DriverSource, claims: ClaimStore) -> None:
+    def __init__(self, drivers: Drivers | DriverSource, claims: ClaimStore,
+                 namespace_leaving: NamespaceLeaving | None = None) -> None:  # fmt: skip
         self._drivers_for: DriverSource = drivers if callable(drivers) else _static(drivers)
         self.claims = claims
+        self._namespace_leaving = namespace_leaving
         # A rollout's start window runs out only while this operator watches it (`rollout.Facts`).
         self.watching_since = datetime.now(UTC)
 
@@ -290,6 +296,15 @@ class Reconciler:
         status = teardown.status.model_copy(deep=True)
         status.phase = Phase.Deleting
         blocked = {**{c: e.message for c, e in work.failed.items()}, **work.waiting}
+        if blocked and await self._left_with_its_namespace(teardown, work):
+            message = "; ".join(f"{c.value}: {e.message}" for c, e in work.failed.items())
+            released = await self.claims.release_all(teardown.key)
+            work.events.append(Event("Warning", "TeardownAbandoned", (
+                f"namespace {teardown.key.namespace} is being deleted and took the Secrets teardown needs "
+                f"({message}); the Project is released without them, and what they reach is left as it is (hosts "
+                "and their units, cloud resources: Terraform's state stays in the operator's namespace for a "
+                f"destroy by hand); released {released} claims")))  # fmt: skip
+            return Outcome(status, work.events, results=work.results)
         if blocked:
             message = "; ".join(f"{c.value}: {m}" for c, m in blocked.items())
             status.conditions = set_condition(
@@ -301,6 +316,14 @@ class Reconciler:
         released = await self.claims.release_all(teardown.key)
         work.events.append(Event("Normal", "Deleted", f"torn down; released {released} claims"))
         return Outcome(status, work.events, results=work.results)
+
+    async def _left_with_its_namespace(self, teardown: Teardown, work: _Pass) -> bool:
+        """Blocked only because Secrets went with a namespace being deleted: waiting would never end (the
+        namespace waits for this Project, and the Secrets are not coming back)."""
+        reasons = {error.reason for error in work.failed.values()}
+        if not reasons or not reasons <= SECRET_GONE or self._namespace_leaving is None:
+            return False
+        return await self._namespace_leaving(teardown.key.namespace)
 
     async def _teardown_drivers(self, teardown: Teardown, notices: list[Event]) -> Drivers:
         """The drivers to tear down with; a Platform that does not allow the namespace is not touched at all."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import kopf
@@ -14,6 +15,7 @@ from controller.drivers import DriverContext
 from controller.drivers.registry import DriverRegistry
 from controller.errors import PermanentError, RetryableError
 from controller.kube import KubeClient
+from controller.localcluster import LocalCluster
 from controller.naming import ProjectKey
 from controller.operator import InvalidSpec, project_input, recorded_teardown
 from controller.planner import ORDER, Component, State
@@ -281,3 +283,28 @@ async def test_a_taken_domain_holds_back_only_the_route(claims: ClaimStore) -> N
     assert "uid-2" not in drivers[Component.route].world  # no route made for the second
     assert drivers[Component.route].world["uid-1"] == route_before  # the first keeps serving, untouched
     assert first.status.phase is Phase.Ready and taken.retry_after is None  # no retry loop: the drift check looks
+
+
+async def test_a_project_whose_namespace_is_deleted_is_released_when_its_secrets_went_first(
+    claims: ClaimStore, kube: KubeClient, cluster: LocalCluster
+) -> None:
+    """Deleting a namespace deletes its Secrets at once, the Projects only after their finalizers: teardown
+    that needs the SSH key would wait forever, and so would the namespace. It is released and says so."""
+    namespace = f"leaving-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", namespace)
+    drivers: dict[Component, Any] = memory_drivers()
+    reconciler = Reconciler(drivers, claims, kube.namespace_terminating)
+    gone = RetryableError("Secret deploy-key (spec.servers.ssh.secretRef) does not exist", reason="SSHKeyMissing")
+    leaving = replace(project(), key=ProjectKey(namespace, "shop", "uid-leaving"))
+    created = await reconciler.reconcile(leaving)
+    fail_teardown(drivers, Component.infrastructure, gone)
+    teardown = Teardown.of(replace(leaving, status=created.status))
+
+    waiting = await reconciler.finalize(teardown)  # the namespace stays: waiting is right (the key may return)
+    assert waiting.retry_after is not None and await claims.held(leaving.key) != []
+
+    cluster.kubectl("delete", "namespace", namespace, "--wait=false")  # no controller here: it stays Terminating
+    done = await reconciler.finalize(teardown)
+    assert done.retry_after is None and await claims.held(leaving.key) == []
+    [said] = [e for e in done.events if e.reason == "TeardownAbandoned"]
+    assert said.type == "Warning" and "deploy-key" in said.message and namespace in said.message
