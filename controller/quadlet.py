@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -49,8 +50,34 @@ class HostFacts:
         return _version(self.podman) >= NOTIFY_HEALTHY_SINCE
 
 
+# systemd's limit on a unit's name is 255, ".service" included; a Project's name may be 253 long.
+UNIT_NAME_MAX = 200
+HEADER = "# Managed by codeb-operator for Project {project} ({colour}): edits are replaced on the next reconcile."
+
+
 def unit_name(key: ProjectKey, colour: str) -> str:
-    return f"codeb-{key.namespace}-{key.name}-{colour}"
+    """One Project's colour, and no other's: ``codeb.<namespace>.<name>.<colour>``.
+
+    A namespace and a colour hold no dot, so the first and the last dot say where the name is
+    (with dashes, ``a-b/c`` and ``a/b-c`` were one unit). A name too long for systemd is cut and
+    given its digest after a ``_``, which no Project's name can hold.
+    """
+    name = f"codeb.{key.namespace}.{key.name}.{colour}"
+    if len(name) <= UNIT_NAME_MAX:
+        return name
+    digest = hashlib.sha256(f"{key.namespace}/{key.name}".encode()).hexdigest()[:16]
+    return f"codeb.{key.namespace}.{key.name[:120]}_{digest}.{colour}"
+
+
+def legacy_cleanup(key: ProjectKey, colour: str) -> str:
+    """A shell line removing this Project's unit under the name used before (``codeb-<ns>-<name>-<colour>``),
+    only where its header says it is this Project's: that name could be another's."""
+    legacy = f"codeb-{key.namespace}-{key.name}-{colour}"
+    unit, env = shlex.quote(f"{UNIT_DIR}/{legacy}.container"), shlex.quote(f"{ENV_DIR}/{legacy}.env")
+    header = shlex.quote(HEADER.format(project=f"{key.namespace}/{key.name}", colour=colour))
+    return (f"if [ -f {unit} ] && head -n 1 {unit} | grep -qxF -- {header}; then "
+            f"systemctl stop {shlex.quote(legacy + '.service')}; rm -f {unit} {env}; "
+            f"podman rm -f -i {shlex.quote(legacy)} >/dev/null; systemctl daemon-reload; fi")  # fmt: skip
 
 
 def unit_path(key: ProjectKey, colour: str) -> str:

@@ -51,6 +51,7 @@ from controller.quadlet import (
     env_digest,
     env_path,
     launch_of,
+    legacy_cleanup,
     render_env,
     render_unit,
     unit_name,
@@ -265,6 +266,8 @@ class QuadletUnits:
             return
         if unit.keep and view.launch is not None and dict(view.launch["state"]) == dict(unit.launch):
             return
+        if view.launch is None:  # first time under this name: the unit of an earlier operator's naming goes
+            await self._ssh.run(access, legacy_cleanup(unit.key, unit.colour))
         await self._refuse_taken_port(access, view, int(unit.launch["port"]))
         await self._ensure_image(access, str(unit.launch["image"]))
         await self._ssh.write_file(access, env_path(unit.key, unit.colour), unit.env_text, mode="0600")
@@ -363,6 +366,7 @@ class QuadletUnits:
             lines.append(f"systemctl stop {service} 2>/dev/null; rm -f {shlex.quote(unit_path(key, colour))} "
                          f"{shlex.quote(env_path(key, colour))}; "
                          f"podman rm -f -i {shlex.quote(unit_name(key, colour))} >/dev/null")  # fmt: skip
+            lines.append(legacy_cleanup(key, colour))
         line = "; ".join([*lines, "systemctl daemon-reload"])
         for facts in hosts:
             result = await self._ssh.run(login.at(facts.address), line)

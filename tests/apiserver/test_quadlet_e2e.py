@@ -107,12 +107,12 @@ def test_a_project_on_two_quadlet_hosts_serves_through_caddy_and_is_removed_on_d
             row = admin.execute("SELECT count(*) FROM visits").fetchone()
             assert row is not None and row[0] >= visits[1]
         for host in hosts.hosts:
-            assert hosts.ssh(host, "systemctl is-active codeb-apps-shop-blue.service").strip() == "active"
+            assert hosts.ssh(host, "systemctl is-active codeb.apps.shop.blue.service").strip() == "active"
 
         # Deleting the Project stops and removes the units, their environment files and containers.
         cluster.kubectl("delete", "project", "shop", "-n", NS, "--timeout=120s")
         for host in hosts.hosts:
-            left = hosts.ssh(host, "ls -A /etc/containers/systemd/ /etc/codeb/env/ | grep '^codeb-'", check=False)
+            left = hosts.ssh(host, "ls -A /etc/containers/systemd/ /etc/codeb/env/ | grep '^codeb[.]'", check=False)
             assert left.strip() == ""
             assert hosts.ssh(host, "podman ps -a --format '{{.Names}}'").strip() == ""
         assert "Hello, CodeB" not in https_get(caddy, DOMAIN).stdout
@@ -166,7 +166,10 @@ def test_hosts_terraform_makes_take_the_workload_and_a_scale_down_drains_them_fi
         operator.wait_ready(NS, "site", timeout=60)
         status = get_json(cluster, "project", "site", "-n", NS)["status"]
         assert status["endpoints"]["internal"] == [f"{made[0]}:{port}"]
-        assert hosts.ssh(hosts.hosts[1], "ls -A /etc/containers/systemd/ | grep '^codeb-apps-site-'", check=False) == ""
+        assert (
+            hosts.ssh(hosts.hosts[1], "ls -A /etc/containers/systemd/ | grep '^codeb[.]apps[.]site[.]'", check=False)
+            == ""
+        )
         assert f"destroyed {made[1]}" in (work / "ledger").read_text()
         # One pass did it, in this order: the workload left, the route followed, then Terraform.
         passes = [json.loads(line) for line in operator.log().splitlines() if '"reconciled"' in line]
@@ -175,7 +178,10 @@ def test_hosts_terraform_makes_take_the_workload_and_a_scale_down_drains_them_fi
         assert shrink.index("Workload update") < shrink.index("Route update") < shrink.index("Infrastructure update")
         assert "Hello, CodeB" in https_get(caddy, "site.quadlet.localhost").stdout
         cluster.kubectl("delete", "project", "site", "-n", NS, "--timeout=120s")
-        assert hosts.ssh(hosts.hosts[0], "ls -A /etc/containers/systemd/ | grep '^codeb-apps-site-'", check=False) == ""
+        assert (
+            hosts.ssh(hosts.hosts[0], "ls -A /etc/containers/systemd/ | grep '^codeb[.]apps[.]site[.]'", check=False)
+            == ""
+        )
     except AssertionError as failed:
         raise AssertionError(f"{failed}\n{operator.log()[-4000:]}") from None
     finally:
@@ -222,14 +228,17 @@ def revision_served(caddy: CaddyServer) -> str | None:
     return answer.get("revision")
 
 
+SITE_UNITS = "ls -A /etc/containers/systemd/ | grep '^codeb[.]apps[.]site[.]'"
+
+
 def green_units(hosts: BootedHosts) -> list[str]:
-    listing = "ls /etc/containers/systemd/ | grep roll-green"
+    listing = "ls /etc/containers/systemd/ | grep 'roll[.]green'"
     return [hosts.ssh(host, listing, check=False).strip() for host in hosts.hosts]
 
 
 def served_on(hosts: BootedHosts, revision: str) -> list[int]:
     """Requests each host's containers of the Project counted for ``revision``, from their own output."""
-    units = "-u codeb-apps-roll-blue.service -u codeb-apps-roll-green.service"
+    units = "-u codeb.apps.roll.blue.service -u codeb.apps.roll.green.service"
     line = f"journalctl {units} -o cat --no-pager | grep -c '^served {revision}$'"
     return [int(hosts.ssh(host, line, check=False).strip() or 0) for host in hosts.hosts]
 
@@ -264,7 +273,7 @@ def test_blue_green_on_two_quadlet_hosts_never_serves_a_broken_revision(
             # Stopped everywhere (the pass after the one that judged it), blue untouched.
             wait_for(lambda: not any(green_units(hosts)), timeout=30, what=f"{revision} stopped on every host")
             for host in hosts.hosts:
-                assert hosts.ssh(host, "systemctl is-active codeb-apps-roll-blue.service").strip() == "active"
+                assert hosts.ssh(host, "systemctl is-active codeb.apps.roll.blue.service").strip() == "active"
         cluster.kubectl("apply", "-f", "-", input_text=json.dumps(roll(hosts, "r2")))
         rollout_reaches(cluster, "r2", "Succeeded", operator)
         assert condition(cluster, "Serving", "roll")["reason"] == "Green"

@@ -8,6 +8,7 @@ rollout engine's (`controller.rollout`): what each colour runs, on every host.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -91,7 +92,7 @@ def wanted(ctx: DriverContext, project: ProjectSpec) -> dict[str, Any]:
 
 
 def container_id(hosts: BootedHosts, index: int, colour: str = "blue") -> str:
-    command = f"podman inspect --format '{{{{.Id}}}}' codeb-shop-web-{colour}"
+    command = f"podman inspect --format '{{{{.Id}}}}' codeb.shop.web.{colour}"
     return hosts.ssh(hosts.hosts[index], command, check=False).strip()
 
 
@@ -154,11 +155,11 @@ async def test_the_application_runs_on_both_hosts_with_its_credentials_in_a_root
             page = await client.get(f"http://{host.address}:4510/api/health")
             assert page.status_code == 200
     first = hosts.hosts[0]
-    assert hosts.ssh(first, "stat -c '%a %U' /etc/codeb/env/codeb-shop-web-blue.env").split() == ["600", "root"]
-    assert f"APP_SECRET={CREDENTIAL}" in hosts.ssh(first, "cat /etc/codeb/env/codeb-shop-web-blue.env")
-    unit = hosts.ssh(first, "cat /etc/containers/systemd/codeb-shop-web-blue.container")
-    assert CREDENTIAL not in unit and "EnvironmentFile=/etc/codeb/env/codeb-shop-web-blue.env" in unit
-    assert hosts.ssh(first, "systemctl is-active codeb-shop-web-blue.service").strip() == "active"
+    assert hosts.ssh(first, "stat -c '%a %U' /etc/codeb/env/codeb.shop.web.blue.env").split() == ["600", "root"]
+    assert f"APP_SECRET={CREDENTIAL}" in hosts.ssh(first, "cat /etc/codeb/env/codeb.shop.web.blue.env")
+    unit = hosts.ssh(first, "cat /etc/containers/systemd/codeb.shop.web.blue.container")
+    assert CREDENTIAL not in unit and "EnvironmentFile=/etc/codeb/env/codeb.shop.web.blue.env" in unit
+    assert hosts.ssh(first, "systemctl is-active codeb.shop.web.blue.service").strip() == "active"
     # Applying the same state again touches nothing.
     before = container_id(hosts, 0)
     await world["workload"].apply(ctx, wanted(ctx, project))
@@ -173,7 +174,7 @@ async def test_a_hand_edited_unit_is_drift_and_is_put_back(world: dict[str, Any]
     hosts, project = world["hosts"], spec(world["hosts"])
     ctx, _ = await converged(world, project)
     hosts.ssh(hosts.hosts[1], "sed -i 's/^HealthRetries=3/HealthRetries=9/' "
-                              "/etc/containers/systemd/codeb-shop-web-blue.container")  # fmt: skip
+                              "/etc/containers/systemd/codeb.shop.web.blue.container")  # fmt: skip
     seen = await world["workload"].observe(ctx)
     assert blue(seen)["unitsMatch"] is False
     await world["workload"].apply(ctx, wanted(ctx, project))
@@ -194,7 +195,7 @@ async def test_a_rotated_credential_restarts_the_containers_with_it(world: dict[
     await world["workload"].apply(ctx, wanted(ctx, project))
     after = [container_id(hosts, i) for i in range(2)]
     assert all(a and a != b for a, b in zip(after, before, strict=True))
-    env = hosts.ssh(hosts.hosts[1], "podman exec codeb-shop-web-blue printenv APP_SECRET").strip()
+    env = hosts.ssh(hosts.hosts[1], "podman exec codeb.shop.web.blue printenv APP_SECRET").strip()
     assert env == "rotated-" + CREDENTIAL
     assert blue(await world["workload"].observe(ctx))["environmentCurrent"] is True
 
@@ -250,7 +251,7 @@ async def test_a_new_colour_starts_beside_the_serving_one_on_every_host_and_is_j
                for h in hosts.hosts), green  # fmt: skip
     assert seen.outputs["colours"]["blue"]["healthy"] and [container_id(hosts, i) for i in range(2)] == blues
     for host in hosts.hosts:
-        assert hosts.ssh(host, "systemctl is-active codeb-shop-web-green.service").strip() == "active"
+        assert hosts.ssh(host, "systemctl is-active codeb.shop.web.green.service").strip() == "active"
     await world["workload"].apply(ctx, {"colours": {"blue": blue(seen)}})
     after = await world["workload"].observe(ctx)
     assert after.state is not None and list(after.state["colours"]) == ["blue"] and after.healthy
@@ -323,3 +324,30 @@ async def test_a_departing_host_loses_the_unit_once_the_staying_one_serves(world
 
 def _other_key() -> str:
     return str(asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode())
+
+
+async def test_a_unit_of_the_earlier_naming_is_replaced_only_if_it_is_this_projects(world: dict[str, Any]) -> None:
+    """An operator upgraded over units named codeb-<ns>-<name>-<colour>: this Project's, holding its port, is
+    stopped and removed when the new unit starts; a file of that name whose header names another Project stays."""
+    hosts = world["hosts"]
+    mine, theirs = hosts.hosts[0], hosts.hosts[1]
+    ctx, _ = await converged(world, spec(hosts))
+    unit = hosts.ssh(mine, "cat /etc/containers/systemd/codeb.shop.web.blue.container")
+    await world["workload"].delete(ctx, retain=False)
+    legacy = unit.replace("codeb.shop.web.blue", "codeb-shop-web-blue")
+    write(hosts, mine, "/etc/containers/systemd/codeb-shop-web-blue.container", legacy)
+    hosts.ssh(mine, "touch /etc/codeb/env/codeb-shop-web-blue.env && systemctl daemon-reload && "
+                    "systemctl start codeb-shop-web-blue.service")  # fmt: skip
+    foreign = legacy.replace("for Project shop/web (blue)", "for Project shop-web/blue (blue)")
+    write(hosts, theirs, "/etc/containers/systemd/codeb-shop-web-blue.container", foreign)
+
+    await converged(world, spec(hosts))
+    assert hosts.ssh(mine, "ls /etc/containers/systemd/").split() == ["codeb.shop.web.blue.container"]
+    assert hosts.ssh(mine, "systemctl is-active codeb.shop.web.blue.service").strip() == "active"
+    assert "codeb-shop-web-blue.container" in hosts.ssh(theirs, "ls /etc/containers/systemd/").split()
+    hosts.ssh(theirs, "rm -f /etc/containers/systemd/codeb-shop-web-blue.container")
+
+
+def write(hosts: BootedHosts, host: Any, path: str, content: str) -> None:
+    encoded = base64.b64encode(content.encode()).decode()
+    hosts.ssh(host, f"echo {encoded} | base64 -d > {path}")

@@ -10,7 +10,17 @@ from typing import Any
 import pytest
 
 from controller.naming import ProjectKey
-from controller.quadlet import HostFacts, env_digest, health_command, launch_of, render_env, render_unit
+from controller.quadlet import (
+    HEADER,
+    HostFacts,
+    env_digest,
+    health_command,
+    launch_of,
+    legacy_cleanup,
+    render_env,
+    render_unit,
+    unit_name,
+)
 from tests.testhosts import quadlet_binary
 
 KEY = ProjectKey("shop", "web", "uid-1")
@@ -37,10 +47,10 @@ Wants=network-online.target
 After=network-online.target
 
 [Container]
-ContainerName=codeb-shop-web-blue
+ContainerName=codeb.shop.web.blue
 Image=ghcr.io/acme/shop:1.4.2
 PublishPort=10.0.0.5:4001:3000
-EnvironmentFile=/etc/codeb/env/codeb-shop-web-blue.env
+EnvironmentFile=/etc/codeb/env/codeb.shop.web.blue.env
 Label=codeb.dev/project=shop/web
 Label=codeb.dev/colour=blue
 HealthCmd=curl -fsS -o /dev/null 'http://127.0.0.1:3000/api/health' || wget -q -O /dev/null \
@@ -119,14 +129,30 @@ def test_the_real_quadlet_generator_accepts_the_unit(tmp_path: Path, host: HostF
     """quadlet -dryrun (podman v5.4.2, built from the Go module proxy) turns it into a service."""
     units = tmp_path / "units"
     units.mkdir()
-    (units / "codeb-shop-web-blue.container").write_text(render_unit(KEY, "blue", LAUNCH, host, "e1"))
+    (units / "codeb.shop.web.blue.container").write_text(render_unit(KEY, "blue", LAUNCH, host, "e1"))
     done = subprocess.run([str(quadlet_binary()), "-dryrun"], capture_output=True, text=True,
                           env={**os.environ, "QUADLET_UNIT_DIRS": str(units)})  # fmt: skip
     assert done.returncode == 0, done.stderr
-    service = done.stdout.split("---codeb-shop-web-blue.service---", 1)[1]
+    service = done.stdout.split("---codeb.shop.web.blue.service---", 1)[1]
     exec_start = next(line for line in service.splitlines() if line.startswith("ExecStart="))
     assert "--publish " + f"{host.address}:4001:3000" in exec_start
-    assert "--env-file /etc/codeb/env/codeb-shop-web-blue.env" in exec_start
+    assert "--env-file /etc/codeb/env/codeb.shop.web.blue.env" in exec_start
     assert ("--sdnotify=healthy" in exec_start) == host.notify_healthy
     assert ("--memory=536870912" in exec_start) == ("memory" in host.controllers)
     assert "--health-cmd" in exec_start and "ghcr.io/acme/shop:1.4.2" in exec_start
+
+
+def test_unit_names_belong_to_one_project_each() -> None:
+    """With dashes, namespace a-b's Project c and namespace a's Project b-c had one unit (and one env file)."""
+    first, second = ProjectKey("a-b", "c", "u1"), ProjectKey("a", "b-c", "u2")
+    assert unit_name(first, "blue") != unit_name(second, "blue")
+    long_one, long_two = (ProjectKey("team", "x" * 200 + tail, "u") for tail in ("1", "2"))
+    assert len(unit_name(long_one, "green")) <= 200 and unit_name(long_one, "green") != unit_name(long_two, "green")
+    assert "_" in unit_name(long_one, "green")  # no Project name holds one: a cut name is no other's whole name
+
+
+def test_the_rendered_header_is_the_one_the_legacy_cleanup_checks() -> None:
+    unit = render_unit(KEY, "blue", LAUNCH, HostFacts("10.0.0.5", "5.4.2", frozenset({"cpu", "memory"})), "e1")
+    header = HEADER.format(project="shop/web", colour="blue")
+    assert unit.splitlines()[0] == header and header in legacy_cleanup(KEY, "blue")
+    assert "codeb-shop-web-blue.container" in legacy_cleanup(KEY, "blue")
