@@ -136,10 +136,18 @@ class KubeClient:
         executor: ThreadPoolExecutor,
         timeout: float = 30.0,
         cluster: str | None = None,
+        deadline: float | None = None,
+        max_bytes: int | None = None,
     ) -> None:
-        """``cluster`` names a cluster other than the operator's own in every error message."""
+        """``cluster`` names a cluster other than the operator's own in every error message.
+
+        A cluster a Project names is bounded further: ``deadline`` is the most one call may take in all
+        (the per-read ``timeout`` never ends a server that drips a byte at a time), ``max_bytes`` the most
+        of an answer read.
+        """
         self._api = api
         self._cluster = cluster
+        self._deadline, self._max_bytes = deadline, max_bytes
         self._core = kubernetes.client.CoreV1Api(api)
         self._custom = kubernetes.client.CustomObjectsApi(api)
         self._executor = executor
@@ -151,6 +159,8 @@ class KubeClient:
 
     def close(self) -> None:
         self._api.close()  # type: ignore[no-untyped-call]
+        if self._cluster is not None:
+            self._executor.shutdown(wait=False)  # another cluster's pool is its own (`TargetClusters`)
 
     async def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """The one translation for this transport, with a timeout on every request."""
@@ -159,7 +169,11 @@ class KubeClient:
             what = f"{self._cluster}: {what}"
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+            running = loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+            return await (asyncio.wait_for(running, self._deadline) if self._deadline else running)
+        except TimeoutError:
+            raise RetryableError(f"{what}: no whole answer within {self._deadline:g} s", reason="APIUnavailable",
+                                 delay=30) from None  # fmt: skip
         except ApiException as exc:
             raise _translate(exc, what) from exc
         except HTTPError:
@@ -206,10 +220,17 @@ class KubeClient:
         prepared = self._api.param_serialize(method, path, query_params=list(query.items()), header_params=headers,
                                              body=data, auth_settings=["BearerToken"])  # fmt: skip
         response = self._api.call_api(*prepared, _request_timeout=request_timeout)
-        response.read()  # type: ignore[no-untyped-call]
+        if self._max_bytes is None:
+            answer = bytes(response.read() or b"")  # type: ignore[no-untyped-call]
+        else:
+            answer = response.response.read(self._max_bytes + 1)
+            if len(answer) > self._max_bytes:
+                response.response.close()  # the rest unread: this connection is not reused
+                raise ApiException(status=502, reason=f"an answer larger than {self._max_bytes} bytes")
+            response.response.release_conn()
         if response.status >= 400:
             raise ApiException(status=response.status, reason=response.reason)
-        return response.data or b""
+        return answer
 
     async def namespace_labels(self, name: str) -> dict[str, str] | None:
         """A namespace's labels, or None when it does not exist."""

@@ -13,6 +13,7 @@ checks that it can reach the cluster and is let in, and names the cause when not
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -26,6 +27,11 @@ from schemas.project import Provider
 OWN_CLUSTER = "the operator's own cluster"
 # Requests to another cluster fail fast: it may be far away or gone.
 TARGET_TIMEOUT_SECONDS = 10.0
+# A Project's cluster gets threads of its own (a server that stalls them stalls only its Project), a total
+# deadline per call, and a cap on what one answer may be.
+TARGET_THREADS = 2
+TARGET_DEADLINE_SECONDS = 30.0
+TARGET_MAX_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,6 @@ class TargetClusters:
         cached = self._clients.get((namespace, secret))
         if cached is not None and cached[0] == digest:
             return cached[1]
-        own = self._own.kube
         name = f"the cluster of Secret {namespace}/{secret}"
         api = api_client_from_kubeconfig(data["kubeconfig"], source)
         server = urlsplit(str(api.configuration.host)).hostname or ""
@@ -70,7 +75,10 @@ class TargetClusters:
         except CodebError:
             api.close()  # type: ignore[no-untyped-call]
             raise
-        target = Target(KubeClient(api, own.executor, TARGET_TIMEOUT_SECONDS, cluster=name), name, remote=True)
+        threads = ThreadPoolExecutor(TARGET_THREADS, thread_name_prefix="target-cluster")
+        client = KubeClient(api, threads, TARGET_TIMEOUT_SECONDS, cluster=name, deadline=TARGET_DEADLINE_SECONDS,
+                            max_bytes=TARGET_MAX_BYTES)  # fmt: skip
+        target = Target(client, name, remote=True)
         if cached is not None:
             cached[1].kube.close()  # the Secret changed: its old connections go
         self._clients[(namespace, secret)] = (digest, target)
