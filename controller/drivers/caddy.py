@@ -23,6 +23,7 @@ when its domains or the number of upstreams do.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from controller.errors import PermanentError, RetryableError
 from controller.planner import Component, Observation, State
 
 SERVER = "codeb"
+ADMIN_CONNECT_ATTEMPTS = 6
+ADMIN_CONNECT_PAUSE_SECONDS = 0.1
 SECURITY_HEADERS = {
     "Strict-Transport-Security": ["max-age=31536000; includeSubDomains"],
     "X-Frame-Options": ["DENY"],
@@ -151,7 +154,7 @@ class CaddyDriver:
 
     async def _request(self, method: str, path: str, body: Any = None) -> httpx.Response:
         try:
-            response = await self._client.request(method, f"{self._admin}{path}", json=body)
+            response = await self._send(method, path, body)
         except httpx.TransportError:
             raise RetryableError(
                 f"Caddy admin API at {self._admin} is unreachable", reason="RouteUnavailable"
@@ -161,6 +164,16 @@ class CaddyDriver:
         if response.status_code == 400:
             raise PermanentError(f"Caddy refused the route: {response.text[:300]}", reason="RouteRejected")
         return response
+
+    async def _send(self, method: str, path: str, body: Any) -> httpx.Response:
+        """One admin request. Every config change replaces Caddy's admin listener, so just after one a
+        connection can be refused for a moment: a refused connection reached nothing and is tried again."""
+        for _ in range(ADMIN_CONNECT_ATTEMPTS - 1):
+            try:
+                return await self._client.request(method, f"{self._admin}{path}", json=body)
+            except httpx.ConnectError:
+                await asyncio.sleep(ADMIN_CONNECT_PAUSE_SECONDS)
+        return await self._client.request(method, f"{self._admin}{path}", json=body)
 
     async def observe(self, ctx: DriverContext) -> Observation:
         response = await self._request("GET", f"/id/{route_id(ctx)}")
