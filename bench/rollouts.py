@@ -54,7 +54,7 @@ def main() -> int:
         print(f"p99 latency, all:        {load.p99() * 1000:.0f} ms")
         print(f"p99 latency in switches: {load.p99(windows) * 1000:.0f} ms")
         print(
-            f"apply to switch, default health gate: {', '.join(f'{s:.1f}' for s in to_switch)} s "
+            f"rollout start to switch, default gate: {', '.join(f'{s:.1f}' for s in to_switch)} s "
             "(the new colour's start, its checks, then the switch)"
         )
         for failure in load.failures[:5]:
