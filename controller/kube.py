@@ -13,6 +13,7 @@ import contextlib
 import functools
 import json
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -220,17 +221,34 @@ class KubeClient:
         prepared = self._api.param_serialize(method, path, query_params=list(query.items()), header_params=headers,
                                              body=data, auth_settings=["BearerToken"])  # fmt: skip
         response = self._api.call_api(*prepared, _request_timeout=request_timeout)
-        if self._max_bytes is None:
-            answer = bytes(response.read() or b"")  # type: ignore[no-untyped-call]
-        else:
-            answer = response.response.read(self._max_bytes + 1)
-            if len(answer) > self._max_bytes:
-                response.response.close()  # the rest unread: this connection is not reused
-                raise ApiException(status=502, reason=f"an answer larger than {self._max_bytes} bytes")
-            response.response.release_conn()
+        bounded = self._max_bytes is not None  # a cluster a Project names
+        answer = self._read_bounded(response.response) if bounded else self._read_all(response)
         if response.status >= 400:
             raise ApiException(status=response.status, reason=response.reason)
         return answer
+
+    @staticmethod
+    def _read_all(response: Any) -> bytes:
+        return bytes(response.read() or b"")
+
+    def _read_bounded(self, raw: Any) -> bytes:
+        """An answer of a cluster a Project names: at most ``max_bytes``, and within ``deadline`` by the clock.
+
+        One read at a time (``read1``: what has arrived), so a server that drips a byte now and then is cut at
+        the deadline here, in this thread, and the thread is free again; a per-read timeout never ends it.
+        """
+        assert self._max_bytes is not None
+        ends = time.monotonic() + (self._deadline or self._timeout)
+        chunks, size = [], 0
+        while chunk := raw.read1(65536):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > self._max_bytes or time.monotonic() > ends:
+                raw.close()  # the rest unread: this connection is not reused
+                why = f"an answer larger than {self._max_bytes} bytes" if size > self._max_bytes else "too slow"
+                raise ApiException(status=502 if size > self._max_bytes else 504, reason=why)
+        raw.release_conn()
+        return b"".join(chunks)
 
     async def namespace_labels(self, name: str) -> dict[str, str] | None:
         """A namespace's labels, or None when it does not exist."""

@@ -26,6 +26,7 @@ class HostileApiServer(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
+        self.server.answering.append(self.path)  # type: ignore[attr-defined]
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         if self.server.mode == "endless":  # type: ignore[attr-defined]
@@ -36,6 +37,7 @@ class HostileApiServer(BaseHTTPRequestHandler):
                 while True:
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             except OSError:
+                self.server.hung_up.append(time.monotonic())  # type: ignore[attr-defined]
                 return
         self.send_header("Content-Length", "100000")
         self.end_headers()
@@ -45,6 +47,7 @@ class HostileApiServer(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 time.sleep(0.5)
         except OSError:
+            self.server.hung_up.append(time.monotonic())  # type: ignore[attr-defined]
             return
 
     def log_message(self, *args: object) -> None:
@@ -52,12 +55,12 @@ class HostileApiServer(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(params=["endless", "drip"])
-def hostile(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
+def hostile(request: pytest.FixtureRequest) -> Iterator[ThreadingHTTPServer]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), HostileApiServer)
-    server.mode = request.param  # type: ignore[attr-defined]
+    server.mode, server.hung_up, server.answering = request.param, [], []  # type: ignore[attr-defined]
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield request.param, server.server_address[1]
+    yield server
     server.shutdown()
 
 
@@ -71,9 +74,13 @@ current-context: x
 
 
 async def test_a_hostile_cluster_is_bounded_and_starves_nobody(
-    cluster: LocalCluster, kube: KubeClient, namespace: str, hostile: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+    cluster: LocalCluster,
+    kube: KubeClient,
+    namespace: str,
+    hostile: ThreadingHTTPServer,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    mode, port = hostile
+    mode, port = hostile.mode, hostile.server_address[1]  # type: ignore[attr-defined]
     monkeypatch.setattr(clusters, "TARGET_DEADLINE_SECONDS", 3.0)
     cluster.kubectl("create", "secret", "generic", "target", "-n", namespace,
                     f"--from-literal=kubeconfig={KUBECONFIG % port}")  # fmt: skip
@@ -97,3 +104,10 @@ async def test_a_hostile_cluster_is_bounded_and_starves_nobody(
     said = seen[0].detail or ""
     assert ("larger than" in said) if mode == "endless" else ("no whole answer within 3 s" in said), said
     assert own_took < 5 and took < 60
+    # The operator hung up, in the thread that read: none is left reading (it would also hold up the
+    # operator's exit, which joins its threads).
+    answering, hung_up = hostile.answering, hostile.hung_up  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 15
+    while len(hung_up) < len(answering) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert answering and len(hung_up) == len(answering), (answering, hung_up)
