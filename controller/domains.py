@@ -83,11 +83,6 @@ def covers(wildcard: str, name: str) -> bool:
     return bool(label) and parent == wildcard[2:]
 
 
-def overlaps(a: str, b: str) -> bool:
-    """Whether routes for ``a`` and ``b`` could both match one request."""
-    return a == b or covers(a, b) or covers(b, a)
-
-
 def wildcard_over(name: str) -> str | None:
     """The one wildcard that would cover an exact ``name`` (``shop.x.com`` -> ``*.x.com``), if any."""
     if name.startswith("*.") or name.count(".") < 2:
