@@ -99,11 +99,14 @@ def test_every_concurrent_visit_is_counted_and_read_back(app_url: str) -> None:
     assert not any(t.is_alive() for t in threads), "clients still running after 120 s"
     assert failures == [], f"{len(failures)} of {CLIENTS * REQUESTS_EACH} failed, e.g. {failures[:3]}"
     assert all(a["database"]["ok"] and a["redis"]["ok"] and a["bucket"]["readBack"] for a in answers), answers
-    # Each visit's count is its own: no two visits saw the same number, in the database or in Redis.
-    visits = [a["database"]["visits"] for a in answers]
+    # Redis's INCR is atomic: each visit got a number of its own. The database's count is the rows each visit
+    # saw (at READ COMMITTED two at once may see the same committed rows), so what must hold there is that no
+    # visit was lost: the count after them all is exactly their number.
     hits = [a["redis"]["hits"] for a in answers]
-    assert len(set(visits)) == len(visits) and len(set(hits)) == len(hits)
+    assert len(set(hits)) == len(hits)
     final = httpx.get(f"{app_url}/api/visit", timeout=10).json()
     visits_made = CLIENTS * REQUESTS_EACH - sum(1 for i in range(CLIENTS) for n in range(REQUESTS_EACH)
                                                 if (i + n) % 3 == 1)  # fmt: skip
     assert final["database"]["visits"] == visits_made + 1, (final, time.monotonic() - started)
+    assert final["redis"]["hits"] == visits_made + 1
+    assert max(a["database"]["visits"] for a in answers) <= visits_made
