@@ -167,7 +167,7 @@ class QuadletUnits:
                 unit = shlex.quote(f"{unit_name(ctx.key, colour)}.service")
                 result = await self._ssh.run(login.at(facts.address),
                                              f"journalctl -u {unit} -n {int(tail)} --no-pager -o cat -q")  # fmt: skip
-                lines = credentials.redact(result.stdout).splitlines()
+                lines = credentials.redact(result.stdout, cut=True).splitlines()  # SSH keeps the last MiB
                 if lines:
                     found[f"{colour} on {facts.address}"] = lines
         return found

@@ -354,8 +354,8 @@ class Workspace:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(content)
 
-    def redact(self, text: str) -> str:
-        return redact(text, self.secret_values)
+    def redact(self, text: str, cut: bool = False) -> str:
+        return redact(text, self.secret_values, cut)
 
 
 class TerraformHosts:
@@ -532,7 +532,9 @@ class TerraformHosts:
             if run.plan_id is not None:
                 # A saved plan that failed (stale: the state moved on) is made again, never retried as is.
                 (space.directory / PLAN_FILE).unlink(missing_ok=True)
-            record = record.model_copy(update={"last_run": _run(run.operation, "Failed", started, space.redact(why))})
+            record = record.model_copy(
+                update={"last_run": _run(run.operation, "Failed", started, space.redact(why, cut=True))}
+            )
         elif run.operation == "plan":
             record = await self._planned(space, run, record, finished)
         elif run.operation == "apply":

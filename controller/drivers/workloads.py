@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -42,8 +43,8 @@ class Credentials:
     digest: str  # what a rotation changes
     secret_values: frozenset[str]
 
-    def redact(self, text: str) -> str:
-        return redact(text, self.secret_values)
+    def redact(self, text: str, cut: bool = False) -> str:
+        return redact(text, self.secret_values, cut)
 
 
 async def read_credentials(read_secret: SecretReader, key: ProjectKey, wanted: State, missing_ok: bool) -> Credentials:
@@ -78,12 +79,20 @@ def secret_forms(value: str) -> set[str]:
     return {value, quote(value, safe=""), quote_plus(value)} | encoded | {e.rstrip("=") for e in encoded}
 
 
-def redact(text: str, secret_values: frozenset[str]) -> str:
-    """Every form of every secret replaced; and where the text was read cut (its head or tail is a part
-    of one: the rest lay beyond the read), that part too."""
-    forms = sorted({form for value in secret_values for form in secret_forms(value)}, key=len, reverse=True)
+@functools.lru_cache(maxsize=256)
+def _all_forms(secret_values: frozenset[str]) -> tuple[str, ...]:
+    """Every form of every secret, longest first; one Project's set is redacted in many texts (each log line)."""
+    return tuple(sorted({form for value in secret_values for form in secret_forms(value)}, key=len, reverse=True))
+
+
+def redact(text: str, secret_values: frozenset[str], cut: bool = False) -> str:
+    """Every form of every secret replaced. ``cut``: the text is what a bounded read kept (its head or its
+    tail lay beyond the read), so a part of a secret at either edge goes too."""
+    forms = _all_forms(secret_values)
     for form in forms:
         text = text.replace(form, "***")
+    if not cut:
+        return text
     shortest = REDACT_MIN_LENGTH // 2
     for form in forms:
         head = next((n for n in range(len(form) - 1, shortest - 1, -1) if text.startswith(form[-n:])), 0)
@@ -94,7 +103,7 @@ def redact(text: str, secret_values: frozenset[str]) -> str:
 
 def clip(text: str, secret_values: frozenset[str], limit: int, tail: bool = False) -> str:
     """Redacted first, then cut to ``limit`` characters: a cut never leaves part of a secret behind."""
-    clean = redact(text, secret_values)
+    clean = redact(text, secret_values, cut=True)  # what is clipped comes from a bounded read
     return clean[-limit:] if tail else clean[:limit]
 
 

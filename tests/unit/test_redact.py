@@ -33,6 +33,9 @@ def test_a_cut_never_leaves_a_prefix_of_a_secret() -> None:
 
 
 def test_a_read_that_stopped_mid_secret_is_redacted_at_both_edges() -> None:
-    assert redact(f"log: {SECRET[:9]}", SECRETS) == "log: ***"
-    assert redact(f"{SECRET[-7:]} done", SECRETS) == "*** done"
-    assert redact("plain text", SECRETS) == "plain text"
+    assert redact(f"log: {SECRET[:9]}", SECRETS, cut=True) == "log: ***"
+    assert redact(f"{SECRET[-7:]} done", SECRETS, cut=True) == "*** done"
+    assert redact("plain text", SECRETS, cut=True) == "plain text"
+    # A whole line is no cut read: its edges are left as they are (only whole secrets go).
+    line = f"{SECRET[-7:]} said s3cr"
+    assert redact(line, SECRETS) == line and redact(f"x {SECRET} y", SECRETS) == "x *** y"
