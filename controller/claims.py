@@ -1,15 +1,15 @@
 """Allocations, with the API server as the only source of truth.
 
-Every allocated value (a port, a database name, a Redis user, a bucket) is an entry
-in an *allocation ledger*: one ConfigMap per pool in the operator's namespace
-(``ledger-port``, ``ledger-database``, ...), mapping the value to the Project that
-holds it (``"4512": "<uid> shop/web"``). This is the pattern Kubernetes itself used
+Every allocated value (a port, a database name, a Redis user, a bucket, a domain) is an
+entry in an *allocation ledger*, a ConfigMap in the operator's namespace labelled
+``codeb.dev/ledger=<pool>``, mapping the value to the Project that holds it
+(``"4512": "<uid> shop/web"``). This is the pattern Kubernetes itself used
 for Service IP ranges: every write replaces the whole ledger guarded by its
 ``resourceVersion``, so two replicas, two workers or a restarted operator can never
 hand out one value twice; the loser of a race re-reads and decides again.
 
-Deciding is pure (`NumberRequest`, `NameRequest`, `ReleaseRequest` turn a `Ledger`
-into changes) and tested with plain data. Writing is a group commit per pool: the
+Deciding is pure (`controller.ledger`: requests turn a `Ledger` into changes, and
+`plan_claims` says which ledger each value goes to) and tested with plain data. Writing is a group commit per pool: the
 requests that arrive while a write is in flight go out together in the next one, so
 a burst of new Projects costs a handful of writes instead of one per value. The
 ledger is cached between writes; a read older than `CACHE_SECONDS` is refreshed.
@@ -18,37 +18,51 @@ Domains are a pool too, cluster-wide: a domain routes to one Project, and a seco
 Project naming it, or a name its wildcard would cover (or a wildcard covering its name:
 `controller.domains`), gets ``RouteReady=False DomainTaken`` while the first keeps serving.
 
-Size: an entry is about 60 bytes, a Project holds at most one per pool (a few domains),
-and there are 2,000 ports in all, so a ledger stays near 120 KB, well inside a
-ConfigMap's 1 MiB.
+Size: no ledger has to hold every Project. Ports are unique per machine a Project shares
+(`ledger.port_scopes`): one ledger for the operator's machine (provider local), one per
+``existing`` host; a port range holds 2,000 numbers, about 160 KB. Each name pool is
+split over `ledger.NAME_SHARDS` ledgers by a hash of the name (domains by their parent,
+so overlaps meet in one ledger): 16 MiB, about 200,000 names per pool. Ledgers from
+before the split (``ledger-<pool>``) are moved into it at start (names), or read as
+taken until their holders move (ports, whose ledger depends on the Project's hosts).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 
-from controller import domains, naming
 from controller.errors import AllocationConflict, RetryableError
-from controller.kube import Conflict, KubeClient
-from controller.naming import ProjectKey
-from controller.rollout import blue_green
-from schemas.project import (
-    PORT_RANGES,
-    Allocations,
-    DeletionPolicy,
-    EnvironmentType,
-    ProjectSpec,
-    Provider,
+from controller.kube import Conflict, KubeClient, StoredConfigMap
+from controller.ledger import (
+    Claim,
+    ClaimPlan,
+    ExactRequest,
+    Holder,
+    KeepOnlyRequest,
+    Ledger,
+    Refusal,
+    ReleaseRequest,
+    Request,
+    Value,
+    allocations_for,
+    decide_batch,
+    name_ledger,
+    plan_claims,
+    port_ledger,
+    port_request,
+    port_scopes,
 )
+from controller.naming import ProjectKey
+from schemas.project import Allocations, ProjectSpec, Provider
 
 LEDGER_LABEL = "codeb.dev/ledger"
-POOLS = ("port", "database", "cache", "bucket", "domain")
+NAME_POOLS = ("database", "cache", "bucket", "domain")
+# The port ledger from before ports were per machine: its holders keep their ports until they move.
+LEGACY_PORT_LEDGER = "ledger-port"
 # A cached ledger older than this is read again before it is trusted.
 CACHE_SECONDS = 30.0
 # Least time between two writes of one ledger. A request after a quiet spell is written
@@ -56,345 +70,6 @@ CACHE_SECONDS = 30.0
 # thousand new Projects cost a few dozen ledger writes rather than a thousand.
 COMMIT_INTERVAL_SECONDS = 0.25
 COMMIT_ATTEMPTS = 8
-
-
-@dataclass(frozen=True)
-class Holder:
-    uid: str
-    owner: str  # namespace/name, for messages
-
-    def encode(self) -> str:
-        return f"{self.uid} {self.owner}"
-
-    @classmethod
-    def decode(cls, raw: str) -> Holder:
-        uid, _, owner = raw.partition(" ")
-        return cls(uid, owner or "another project")
-
-
-@dataclass(frozen=True)
-class Claim:
-    pool: str
-    value: str
-
-
-Changes = dict[str, Holder | None]  # value -> new holder, or None to release it
-
-
-@dataclass
-class Ledger:
-    """One pool's entries, indexed by holder uid.
-
-    The per-uid sets are never changed in place, only replaced, so `copy` is two
-    shallow dict copies: a commit decides on a copy and keeps it only once written.
-    """
-
-    entries: dict[str, Holder] = field(default_factory=dict)
-    by_uid: dict[str, frozenset[str]] = field(default_factory=dict)
-
-    @classmethod
-    def from_data(cls, data: Mapping[str, str]) -> Ledger:
-        ledger = cls()
-        ledger.apply({value: Holder.decode(raw) for value, raw in data.items()})
-        return ledger
-
-    def to_data(self) -> dict[str, str]:
-        return {value: holder.encode() for value, holder in self.entries.items()}
-
-    def held_by(self, uid: str) -> frozenset[str]:
-        return self.by_uid.get(uid, frozenset())
-
-    def holder(self, value: str) -> Holder | None:
-        return self.entries.get(value)
-
-    def apply(self, changes: Changes) -> None:
-        for value, holder in changes.items():
-            old = self.entries.pop(value, None)
-            if old is not None:
-                self.by_uid[old.uid] = self.held_by(old.uid) - {value}
-            if holder is not None:
-                self.entries[value] = holder
-                self.by_uid[holder.uid] = self.held_by(holder.uid) | {value}
-
-    def copy(self) -> Ledger:
-        return Ledger(dict(self.entries), dict(self.by_uid))
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """Why a component may not have what it asked for, as a condition says it (not an error: the rest goes on)."""
-
-    reason: str
-    message: str
-
-
-# What a request decides: a name, a number, a pair of ports, or nothing.
-Value = str | int | tuple[int, int] | Refusal | None
-
-
-class Request(Protocol):
-    def decide(self, ledger: Ledger) -> tuple[Value, Changes]:
-        """The value this request ends up with and the changes that takes; raises AllocationConflict."""
-        ...
-
-
-@dataclass(frozen=True)
-class NumberRequest:
-    """Exactly one number from a range for this holder (a port, a Redis database index)."""
-
-    holder: Holder
-    pool: str
-    candidates: tuple[int, ...]  # the usable numbers, in preference order
-    pinned: int | None = None
-    keep: int | None = None  # the number in use now: never switched silently
-    range_text: str = ""
-    pinned_field: str = "resources.port"
-    # Whether a number nobody holds may be handed out (e.g. no other process listens on the port).
-    usable: Callable[[int], bool] | None = None
-
-    def decide(self, ledger: Ledger) -> tuple[int, Changes]:
-        mine = sorted(int(v) for v in ledger.held_by(self.holder.uid))
-        chosen = self.pinned if self.pinned is not None else self._free_or_held(ledger, mine)
-        if self.pinned is not None:
-            taken = ledger.holder(str(self.pinned))
-            if taken is not None and taken.uid != self.holder.uid:
-                raise AllocationConflict(
-                    f"{self.pinned_field} {self.pinned} is already used by {taken.owner}; choose another "
-                    f"{self.pool} in {self.range_text} or omit {self.pinned_field} to have one allocated"
-                )
-        changes: Changes = {str(n): None for n in mine if n != chosen}
-        if chosen not in mine:
-            changes[str(chosen)] = self.holder
-        return chosen, changes
-
-    def _free_or_held(self, ledger: Ledger, mine: list[int]) -> int:
-        held = [n for n in mine if n in self.candidates]
-        if held:
-            return self.keep if self.keep in held else held[0]
-        if self.keep in self.candidates and ledger.holder(str(self.keep)) is None:
-            return self.keep  # in use but not recorded (a lost ledger): keep the app where it is
-        usable = self.usable or (lambda _: True)
-        free = next((n for n in self.candidates if ledger.holder(str(n)) is None and usable(n)), None)
-        if free is None:
-            raise AllocationConflict(f"no free {self.pool} left; free one or widen the range", reason="Exhausted")
-        return free
-
-
-@dataclass(frozen=True)
-class PortPairRequest:
-    """The application's port and a second one beside it: the other colour of a blue-green deploy.
-
-    The primary is decided exactly as a lone port is (`NumberRequest`); the alternate is
-    the other number this holder already has, else a free one. Both stay held while the
-    runtime runs two colours, so no other Project can take the port a deploy starts on.
-    """
-
-    primary: NumberRequest
-    keep_alternate: int | None = None
-
-    def decide(self, ledger: Ledger) -> tuple[tuple[int, int], Changes]:
-        holder = self.primary.holder
-        mine = sorted(int(v) for v in ledger.held_by(holder.uid))
-        port, changes = self.primary.decide(ledger)
-        alternate = self._alternate(ledger, mine, port)
-        changes.pop(str(alternate), None)
-        if alternate not in mine:
-            changes[str(alternate)] = holder
-        return (port, alternate), changes
-
-    def _alternate(self, ledger: Ledger, mine: list[int], port: int) -> int:
-        candidates = self.primary.candidates
-        held = [n for n in mine if n != port and n in candidates]
-        if held:
-            return self.keep_alternate if self.keep_alternate in held else held[0]
-        keep = self.keep_alternate
-        if keep is not None and keep != port and keep in candidates and ledger.holder(str(keep)) is None:
-            return keep
-        usable = self.primary.usable or (lambda _: True)
-        free = next((n for n in candidates if n != port and ledger.holder(str(n)) is None and usable(n)), None)
-        if free is None:
-            raise AllocationConflict(
-                f"no free port left for a second colour in {self.primary.range_text}; free one or widen the range",
-                reason="Exhausted",
-            )
-        return free
-
-
-@dataclass(frozen=True)
-class NameRequest:
-    """A derived name for this holder; ``name=None`` means the feature is off.
-
-    Names no longer wanted are released when the feature was renamed, or when the
-    data goes with the Project (``drop_unwanted``). A disabled feature's name stays
-    held while its data is retained, so no other Project can take over a database or
-    bucket that still holds this one's data.
-    """
-
-    holder: Holder
-    pool: str
-    name: str | None
-    field_path: str
-    drop_unwanted: bool = False
-
-    def decide(self, ledger: Ledger) -> tuple[str | None, Changes]:
-        mine = ledger.held_by(self.holder.uid)
-        changes: Changes = {}
-        if self.name is not None:
-            taken = ledger.holder(self.name)
-            if taken is not None and taken.uid != self.holder.uid:
-                raise AllocationConflict(
-                    f"{self.pool} name {self.name!r} is already used by {taken.owner}; "
-                    f"change {self.field_path} (or the environment) so the derived name is unique"
-                )
-            if self.name not in mine:
-                changes[self.name] = self.holder
-        if self.name is not None or self.drop_unwanted:
-            changes.update({value: None for value in mine if value != self.name})
-        return self.name, changes
-
-
-@dataclass(frozen=True)
-class NameSetRequest:
-    """All of these names for this holder, or none new; releases the ones no longer listed.
-
-    A refusal does not raise: the value is a message naming the holder, for the one
-    component that needs the names (a route serves all its domains or is not touched).
-    """
-
-    holder: Holder
-    pool: str
-    names: tuple[str, ...]
-
-    def decide(self, ledger: Ledger) -> tuple[Refusal | None, Changes]:
-        not_allowed = [why for n in self.names if (why := domains.refusal(decode_domain(n)))]
-        if not_allowed:
-            return Refusal("DomainNotAllowed", "; ".join(not_allowed)), {}
-        taken = [_taken_message(n, other, h) for n in self.names for other, h in _overlapping(ledger, n)
-                 if h.uid != self.holder.uid]  # fmt: skip
-        if taken:
-            return Refusal("DomainTaken", "; ".join(taken)), {}
-        mine = ledger.held_by(self.holder.uid)
-        changes: Changes = {n: self.holder for n in self.names if n not in mine}
-        changes.update({value: None for value in mine if value not in self.names})
-        return None, changes
-
-
-def _overlapping(ledger: Ledger, key: str) -> list[tuple[str, Holder]]:
-    """The held domains whose routes could match a request for ``key`` (ledger keys, with their holders)."""
-    name = decode_domain(key)
-    candidates = [key]
-    if (wildcard := domains.wildcard_over(name)) is not None:
-        candidates.append(encode_domain(wildcard))
-    if name.startswith("*."):
-        # Names one label below a wildcard: a scan, but only for wildcards, which are few.
-        candidates += [held for held in ledger.entries if domains.covers(name, decode_domain(held))]
-    return [(other, holder) for other in candidates if (holder := ledger.holder(other)) is not None]
-
-
-def _taken_message(key: str, other: str, holder: Holder) -> str:
-    if key == other:
-        return f"{decode_domain(key)} is already routed by {holder.owner}"
-    return f"{decode_domain(key)} overlaps {decode_domain(other)}, routed by {holder.owner}"
-
-
-@dataclass(frozen=True)
-class KeepOnlyRequest:
-    """Release what this holder took beyond ``keep`` (undoing half of a failed allocation)."""
-
-    uid: str
-    keep: frozenset[str]
-
-    def decide(self, ledger: Ledger) -> tuple[None, Changes]:
-        return None, {value: None for value in ledger.held_by(self.uid) if value not in self.keep}
-
-
-def encode_domain(domain: str) -> str:
-    # ConfigMap keys allow [-._a-zA-Z0-9]; "_" never occurs in a domain, so "*" maps to it.
-    return domain.replace("*", "_")
-
-
-def decode_domain(key: str) -> str:
-    return key.replace("_", "*")
-
-
-@dataclass(frozen=True)
-class ReleaseRequest:
-    uid: str
-
-    def decide(self, ledger: Ledger) -> tuple[int, Changes]:
-        mine = ledger.held_by(self.uid)
-        return len(mine), dict.fromkeys(mine)
-
-
-def port_candidates(spec: ProjectSpec, reserved: Iterable[int]) -> tuple[int, ...]:
-    return _port_range(spec.environment.type, frozenset(reserved))
-
-
-@functools.cache
-def _port_range(environment: EnvironmentType, reserved: frozenset[int]) -> tuple[int, ...]:
-    # Every reconcile asks, drift ticks included; the answer only depends on these two.
-    low, high = PORT_RANGES[environment]
-    return tuple(p for p in range(low, high + 1) if p not in reserved)
-
-
-def requests_for(
-    key: ProjectKey,
-    spec: ProjectSpec,
-    reserved_ports: Iterable[int] = (),
-    current_port: int | None = None,
-    port_free: Callable[[int], bool] | None = None,
-    current_alternate: int | None = None,
-) -> dict[str, Request]:
-    """What this spec asks of each pool (pure, given ``port_free``)."""
-    holder = Holder(key.uid, str(key))
-    low, high = PORT_RANGES[spec.environment.type]
-    candidates = port_candidates(spec, reserved_ports)
-    port = NumberRequest(holder, "port", candidates, spec.resources.port, current_port, f"{low}-{high}",
-                         usable=port_free)  # fmt: skip
-    requests: dict[str, Request] = {"port": PortPairRequest(port, current_alternate) if blue_green(spec) else port}
-    allocations = allocations_for(spec, None)
-    drop = spec.deletion_policy is DeletionPolicy.Delete
-    requests["database"] = NameRequest(holder, "database", allocations.database, "spec.project.slug", drop)
-    requests["cache"] = NameRequest(holder, "cache", allocations.redis_user, "spec.project.slug", drop)
-    requests["bucket"] = NameRequest(holder, "bucket", allocations.bucket, "spec.features.storage.bucket", drop)
-    requests["domain"] = NameSetRequest(holder, "domain", tuple(encode_domain(d) for d in spec.environment.domains))
-    return requests
-
-
-def allocations_for(spec: ProjectSpec, port: int | None, alternate_port: int | None = None) -> Allocations:
-    """The full set of allocated names for a spec, given its claimed numbers (pure)."""
-    features = spec.features
-    database = features.database is not None and features.database.enabled
-    cache = features.redis is not None and features.redis.enabled
-    storage = features.storage is not None and features.storage.enabled
-    return Allocations(
-        port=port,
-        alternate_port=alternate_port if blue_green(spec) else None,
-        database=naming.database_name(spec) if database else None,
-        database_role=naming.database_role(spec) if database else None,
-        redis_user=naming.redis_user(spec) if cache else None,
-        redis_prefix=naming.redis_prefix(spec) if cache else None,
-        bucket=naming.bucket_name(spec) if storage else None,
-        connection_secret=naming.connection_secret_name(spec),
-    )
-
-
-Outcome = Value | AllocationConflict
-
-
-def decide_batch(ledger: Ledger, requests: list[Request]) -> tuple[Ledger, list[Outcome]]:
-    """Decide requests in order, each seeing the ones before it; a refused one changes nothing."""
-    work = ledger.copy()
-    outcomes: list[Outcome] = []
-    for request in requests:
-        try:
-            result, changes = request.decide(work)
-        except AllocationConflict as exc:
-            outcomes.append(exc)
-            continue
-        work.apply(changes)
-        outcomes.append(result)
-    return work, outcomes
 
 
 @dataclass
@@ -406,9 +81,9 @@ class _Waiting:
 class _Pool:
     """One ledger on the API server: cached, and written by group commit."""
 
-    def __init__(self, kube: KubeClient, namespace: str, pool: str) -> None:
+    def __init__(self, kube: KubeClient, namespace: str, name: str, pool: str) -> None:
         self._kube, self._namespace, self.pool = kube, namespace, pool
-        self._name = f"ledger-{pool}"
+        self._name = name
         self._ledger: Ledger | None = None
         self._version: str | None = None
         self._read_at = 0.0
@@ -427,17 +102,27 @@ class _Pool:
         return self._ledger
 
     async def _read(self) -> None:
-        stored = await self._kube.read_config_map(self._namespace, self._name)
+        self._take(await self._kube.read_config_map(self._namespace, self._name))
+
+    def seed(self, stored: StoredConfigMap) -> None:
+        """Take the ledger as a list found it, unless a write of ours is under way."""
+        if not self._queue and (self._committer is None or self._committer.done()):
+            self._take(stored)  # (during a commit, the commit reads what it needs: a listing may be older)
+
+    def _take(self, stored: StoredConfigMap | None) -> None:
         self._version = stored.resource_version if stored else None
         self._ledger = Ledger.from_data(stored.data if stored else {})
         self._read_at = time.monotonic()
+
+    def cached(self) -> Ledger:
+        return self._ledger if self._ledger is not None else Ledger()
 
     async def run(self, request: Request) -> Value:
         try:
             result, changes = request.decide(await self.current())
             if not changes:
                 return result  # already so: nothing to write
-        except AllocationConflict:
+        except (AllocationConflict, RetryableError):
             pass  # decided again below, against the ledger as stored
         waiting = _Waiting(request, asyncio.get_running_loop().create_future())
         self._queue.append(waiting)
@@ -462,7 +147,7 @@ class _Pool:
         for _ in range(COMMIT_ATTEMPTS):
             ledger = await self.current(fresh=read_now)
             work, outcomes = decide_batch(ledger, [waiting.request for waiting in batch])
-            if not read_now and any(isinstance(o, AllocationConflict) for o in outcomes):
+            if not read_now and any(isinstance(o, (AllocationConflict, RetryableError)) for o in outcomes):
                 read_now = True  # a refusal is only final against the ledger as stored now
                 continue
             if work.entries != ledger.entries:
@@ -477,7 +162,7 @@ class _Pool:
             for waiting, outcome in zip(batch, outcomes, strict=True):
                 if waiting.result.done():
                     continue
-                if isinstance(outcome, AllocationConflict):
+                if isinstance(outcome, Exception):
                     waiting.result.set_exception(outcome)
                 else:
                     waiting.result.set_result(outcome)
@@ -492,15 +177,10 @@ class Claimed:
     domain_conflict: Refusal | None = None
 
 
-def _as_ports(value: object) -> tuple[int | None, int | None]:
+def _as_ports(value: object) -> tuple[int, ...]:
     if isinstance(value, tuple):
-        return value[0], value[1]
-    return (value if isinstance(value, int) else None), None
-
-
-def _claimed(spec: ProjectSpec, decided: Mapping[str, object]) -> Claimed:
-    domain_conflict = decided["domain"] if isinstance(decided["domain"], Refusal) else None
-    return Claimed(allocations_for(spec, *_as_ports(decided["port"])), domain_conflict)
+        return value
+    return (value,) if isinstance(value, int) else ()
 
 
 def local_port_free(port: int) -> bool:
@@ -526,70 +206,150 @@ class ClaimStore:
         self._reserved = frozenset(reserved_ports)
         # Provider local runs on this machine: a port another process holds is not handed out.
         self._local_port_free = local_port_free
-        self._pools = {pool: _Pool(kube, namespace, pool) for pool in POOLS}
+        self._pools: dict[str, _Pool] = {}
+        self._listed_at = 0.0
 
     async def setup(self) -> None:
         await self._kube.ensure_namespace(self._namespace)
         # Read every ledger now, not in the first Project's reconcile.
-        await asyncio.gather(*[pool.current() for pool in self._pools.values()])
+        await self._ledgers(fresh=True)
+        await self._split_legacy()
+
+    def _pool(self, name: str, pool: str) -> _Pool:
+        if name not in self._pools:
+            self._pools[name] = _Pool(self._kube, self._namespace, name, pool)
+        return self._pools[name]
+
+    async def _ledgers(self, fresh: bool = False) -> dict[str, _Pool]:
+        """Every ledger there is, found by its label (one list; another replica may have made new ones)."""
+        if fresh or time.monotonic() - self._listed_at > CACHE_SECONDS:
+            listed = await self._kube.list_config_maps(self._namespace, LEDGER_LABEL)
+            for name, (pool, stored) in listed.items():
+                self._pool(name, pool).seed(stored)
+            self._listed_at = time.monotonic()
+        return self._pools
+
+    async def _split_legacy(self) -> None:
+        """Move each name from a ledger of before the split into its own; safe to repeat after a kill -9.
+
+        The names are written to their new ledgers first, and only then dropped from the old
+        one, so a crash in between leaves them in both, held by the same Project.
+        """
+        for pool in NAME_POOLS:
+            legacy = self._pools.get(f"ledger-{pool}")
+            entries = legacy.cached().entries if legacy else {}
+            if legacy is None or not entries:
+                continue
+            by_ledger: dict[str, dict[str, Holder]] = {}
+            for value, holder in entries.items():
+                by_ledger.setdefault(name_ledger(pool, value), {})[value] = holder
+            await asyncio.gather(*[self._pool(name, pool).run(_Restore(moved)) for name, moved in by_ledger.items()])
+            await legacy.run(_Restore({value: None for value in entries}))
+
+    async def _held(self, uid: str) -> dict[str, frozenset[str]]:
+        pools = dict(await self._ledgers())  # a snapshot: other claims add ledgers meanwhile
+        ledgers = await asyncio.gather(*[pool.current() for pool in pools.values()])
+        return {name: held for name, ledger in zip(pools, ledgers, strict=True) if (held := ledger.held_by(uid))}
 
     async def held(self, key: ProjectKey) -> list[Claim]:
-        ledgers = await asyncio.gather(*[pool.current() for pool in self._pools.values()])
-        return [
-            Claim(pool, value)
-            for pool, ledger in zip(self._pools, ledgers, strict=True)
-            for value in sorted(ledger.held_by(key.uid))
-        ]
+        held = await self._held(key.uid)
+        return [Claim(self._pools[name].pool, value) for name, values in held.items() for value in sorted(values)]
 
     async def ensure(
         self, key: ProjectKey, spec: ProjectSpec, current_port: int | None = None, current_alternate: int | None = None
     ) -> Claimed:
         """Claim everything the spec needs and release what it no longer does.
 
-        All or nothing: when one pool refuses, what the others newly took is given back,
-        so a Project whose allocation failed holds no more than before.
+        All or nothing: when one ledger refuses, what the others newly took is given back and
+        nothing is released, so a Project whose allocation failed holds exactly what it did.
         """
-        before: dict[str, set[str]] = {}
-        for claim in await self.held(key):  # a pool may hold several values (domains)
-            before.setdefault(claim.pool, set()).add(claim.value)
-        requests = self._requests(key, spec, current_port, current_alternate)
-        # Pools are independent: a new Project waits for one round of writes, not five.
-        results = await asyncio.gather(
-            *[self._pools[pool].run(request) for pool, request in requests.items()], return_exceptions=True
-        )
-        failure = next((r for r in results if isinstance(r, BaseException)), None)
-        if failure is not None:
-            undo = [
-                self._pools[pool].run(KeepOnlyRequest(key.uid, frozenset(before.get(pool, ()))))
-                for pool, result in zip(requests, results, strict=True)
-                if not isinstance(result, BaseException)
-            ]
-            await asyncio.gather(*undo, return_exceptions=True)
-            raise failure
-        return _claimed(spec, dict(zip(requests, results, strict=True)))
+        before = await self._held(key.uid)
+        plan, port = await self._plan(key, spec, before, (current_port, current_alternate))
+        decided = await self._claim(key, before, plan.claims)
+        # No port scope: the Project's hosts or Service are its own, so its numbers are nobody else's.
+        ports = _as_ports(decided[plan.port_ledger] if plan.port_ledger else port.decide(Ledger())[0])
+        holder = Holder(key.uid, str(key))
+        more = {name: ExactRequest(holder, ports, scope) for name, scope in plan.more_ports.items()}
+        await self._claim(key, before, more, also_undo=list(plan.claims))
+        refusals = [r for r in decided.values() if isinstance(r, Refusal)]
+        domain_conflict = Refusal(refusals[0].reason, "; ".join(r.message for r in refusals)) if refusals else None
+        now = await self._held(key.uid)
+        keep = plan.keep(now, ports)
+        if domain_conflict is not None:  # the route keeps the domains it had: none go, none new stay
+            keep.update({name: before.get(name, frozenset()) for name in now if name.startswith("ledger-domain")})
+        await asyncio.gather(*[self._pools[n].run(KeepOnlyRequest(key.uid, values)) for n, values in keep.items()])
+        return Claimed(allocations_for(spec, *ports[:2]), domain_conflict)
 
-    def _requests(
-        self, key: ProjectKey, spec: ProjectSpec, current_port: int | None, current_alternate: int | None
-    ) -> dict[str, Request]:
+    async def _plan(self, key: ProjectKey, spec: ProjectSpec, held: Mapping[str, frozenset[str]],
+                    current: tuple[int | None, int | None]) -> tuple[ClaimPlan, Request]:  # fmt: skip
+        """The plan, and its port request: decided against every ledger the port must agree with."""
+        scopes = [port_ledger(scope) for scope in port_scopes(spec)]
+        others = [self._pool(name, "port") for name in [*scopes[1:], LEGACY_PORT_LEDGER]] if scopes else []
+        await asyncio.gather(*[pool.current() for pool in others])
+
+        def elsewhere(number: int) -> Holder | None:
+            return next((h for pool in others if (h := pool.cached().holder(str(number))) is not None), None)
+
         port_free = self._local_port_free if spec.servers.provider is Provider.local else None
-        return requests_for(key, spec, self._reserved, current_port, port_free, current_alternate)
+        port = port_request(key, spec, self._reserved, current, port_free, elsewhere)
+        plan = plan_claims(key, spec, held, port)
+        for name, request in plan.claims.items():
+            self._pool(name, getattr(request, "pool", "port"))
+        return plan, port
+
+    async def _claim(self, key: ProjectKey, before: Mapping[str, frozenset[str]], claims: Mapping[str, Request],
+                     also_undo: Iterable[str] = ()) -> dict[str, Value]:  # fmt: skip
+        """Run the claims; if one fails, give back what every one (and ``also_undo``) newly took, and raise."""
+        names = list(claims)
+        for name in names:
+            self._pool(name, "port")
+        # Ledgers are independent: a new Project waits for one round of writes, not one per value.
+        results = await asyncio.gather(*[self._pools[n].run(claims[n]) for n in names], return_exceptions=True)
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        if failure is None:
+            return {n: r for n, r in zip(names, results, strict=True) if not isinstance(r, BaseException)}
+        undo = [self._pools[n].run(KeepOnlyRequest(key.uid, before.get(n, frozenset())))
+                for n in {*claims, *also_undo}]  # fmt: skip
+        await asyncio.gather(*undo, return_exceptions=True)
+        raise failure
+
+    async def collect(self, living: Callable[[], Awaitable[set[str]]]) -> int:
+        """Release what Projects that no longer exist still hold (their finalizer was removed by hand).
+
+        The ledgers are read before the Projects are listed: a holder missing from the list
+        was gone before it was taken, and one created since holds nothing in what was read.
+        """
+        pools = list((await self._ledgers(fresh=True)).values())
+        ledgers = await asyncio.gather(*[pool.current(fresh=True) for pool in pools])
+        holders = {uid for ledger in ledgers for uid, values in ledger.by_uid.items() if values}
+        if not holders:
+            return 0
+        gone = holders - await living()
+        released = await asyncio.gather(*[pool.run(ReleaseRequest(uid)) for pool in pools for uid in gone
+                                          if pool.cached().held_by(uid)])  # fmt: skip
+        return sum(n for n in released if isinstance(n, int))
 
     async def release_all(self, key: ProjectKey) -> int:
-        released = await asyncio.gather(*[pool.run(ReleaseRequest(key.uid)) for pool in self._pools.values()])
+        pools = list((await self._ledgers(fresh=True)).values())
+        released = await asyncio.gather(*[pool.run(ReleaseRequest(key.uid)) for pool in pools])
         return sum(n for n in released if isinstance(n, int))
 
     @staticmethod
-    def allocations_held(spec: ProjectSpec, held: list[Claim], port: int | None = None) -> Allocations:
+    def allocations_held(spec: ProjectSpec, held: list[Claim], ports: tuple[int | None, int | None] = (None, None)
+                         ) -> Allocations:  # fmt: skip
         """Allocations as currently claimed, without claiming anything (for teardown).
 
-        ``port`` is the primary as status last recorded it; the other held port is the alternate.
+        ``ports`` are the primary and alternate as status last recorded them: with no port
+        scope (`ledger.port_scopes`) they are all there is; otherwise the held ports say.
         Only names this Project holds in the ledger: one it was refused (another Project's bucket,
         an operator name) was never made by it, so it is nobody's to delete here.
         """
-        ports = sorted(int(c.value) for c in held if c.pool == "port")
-        primary = port if port in ports else min(ports, default=None)
-        alternate = next((p for p in ports if p != primary), None)
-        derived = allocations_for(spec, primary, alternate)
+        held_ports = sorted({int(c.value) for c in held if c.pool == "port"})
+        if not port_scopes(spec) and not held_ports:
+            derived = allocations_for(spec, *ports)
+        else:
+            primary = ports[0] if ports[0] in held_ports else min(held_ports, default=None)
+            derived = allocations_for(spec, primary, next((p for p in held_ports if p != primary), None))
         mine = {(c.pool, c.value) for c in held}
         database = ("database", derived.database) in mine
         cache = ("cache", derived.redis_user) in mine
@@ -608,7 +368,21 @@ class ClaimPreview(ClaimStore):
     async def ensure(
         self, key: ProjectKey, spec: ProjectSpec, current_port: int | None = None, current_alternate: int | None = None
     ) -> Claimed:
-        requests = self._requests(key, spec, current_port, current_alternate)
-        decided = {pool: request.decide(await self._pools[pool].current(fresh=True))[0]
-                   for pool, request in requests.items()}  # fmt: skip
-        return _claimed(spec, decided)
+        await self._ledgers(fresh=True)
+        plan, port = await self._plan(key, spec, await self._held(key.uid), (current_port, current_alternate))
+        decided = {name: request.decide(await self._pools[name].current())[0] for name, request in plan.claims.items()}
+        ports = _as_ports(decided[plan.port_ledger] if plan.port_ledger else port.decide(Ledger())[0])
+        refusal = next((r for r in decided.values() if isinstance(r, Refusal)), None)
+        return Claimed(allocations_for(spec, *ports[:2]), refusal)
+
+
+class _Restore:
+    """Add these entries, or drop them (``None``): a ledger of before the split moving into its shards."""
+
+    def __init__(self, entries: Mapping[str, Holder | None]) -> None:
+        self.entries = dict(entries)
+
+    def decide(self, ledger: Ledger) -> tuple[None, dict[str, Holder | None]]:
+        # A value is added only where nobody holds it, and dropped wherever it is.
+        return None, {value: holder for value, holder in self.entries.items()
+                      if (holder is None) != (ledger.holder(value) is None)}  # fmt: skip

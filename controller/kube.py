@@ -298,6 +298,33 @@ class KubeClient:
             return None
         return _stored_config_map(response)
 
+    async def project_uids(self) -> set[str]:
+        """The uid of every Project in the cluster (a page at a time: a fleet's list is large)."""
+        uids: set[str] = set()
+        more: dict[str, str] = {}
+        while True:
+            page: Any = await self._call(
+                "projects", self._custom.list_cluster_custom_object, "codeb.dev", "v1alpha1", "projects",
+                limit=500, _preload_content=False, **more,
+            )  # fmt: skip
+            listed = json.loads(page.data)
+            uids.update(item["metadata"]["uid"] for item in listed["items"])
+            if not listed["metadata"].get("continue"):
+                return uids
+            more = {"_continue": listed["metadata"]["continue"]}
+
+    async def list_config_maps(self, namespace: str, label: str) -> dict[str, tuple[str, StoredConfigMap]]:
+        """Every ConfigMap in ``namespace`` with ``label``: name -> (the label's value, what it holds)."""
+        response = await self._call(
+            f"configmaps {namespace} -l {label}", self._core.list_namespaced_config_map, namespace,
+            label_selector=label, _preload_content=False,
+        )  # fmt: skip
+        items = json.loads(response.data)["items"]  # type: ignore[attr-defined]  # raw: _preload_content
+        return {
+            item["metadata"]["name"]: (item["metadata"]["labels"][label], _stored_config_map_item(item))
+            for item in items
+        }
+
     async def write_config_map(
         self, namespace: str, name: str, data: dict[str, str], labels: dict[str, str], resource_version: str | None
     ) -> str:
@@ -409,5 +436,8 @@ def _decoded(secret: Any) -> dict[str, str]:
 
 
 def _stored_config_map(response: Any) -> StoredConfigMap:
-    raw = json.loads(response.data)
+    return _stored_config_map_item(json.loads(response.data))
+
+
+def _stored_config_map_item(raw: dict[str, Any]) -> StoredConfigMap:
     return StoredConfigMap(raw["metadata"]["resourceVersion"], dict(raw.get("data") or {}))

@@ -75,6 +75,9 @@ class Runtime:
     # Status each Project's last pass wrote, until a body shows it (`Expected`).
     expected: dict[str, Expected] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
+    # The last collection of ledger entries whose Projects are gone (`collect_claims`), and its task.
+    collected_at: float = 0.0
+    collecting: asyncio.Task[None] | None = None
 
 
 # A write not seen in a body after this long failed or was overtaken: the body is believed again.
@@ -318,6 +321,31 @@ async def run_finalize(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, att
         runtime.expected.pop(uid, None)
 
 
+# How often the ledgers are swept for entries of Projects that no longer exist.
+COLLECT_SECONDS = 600.0
+
+
+def collect_claims(runtime: Runtime, now: float) -> None:
+    """Start a sweep of the ledgers if one is due (from the drift timer: kopf pauses it on a standby)."""
+    kube = runtime.kube
+    if kube is None or now - runtime.collected_at < COLLECT_SECONDS:
+        return
+    if runtime.collecting is not None and not runtime.collecting.done():
+        return
+    runtime.collected_at = now
+
+    async def sweep() -> None:
+        try:
+            released = await runtime.reconciler.claims.collect(kube.project_uids)
+        except CodebError as exc:
+            log.warning("ledger sweep failed", retry_in=COLLECT_SECONDS, error=exc.message)
+            return
+        if released:
+            log.info("released ledger entries of Projects that no longer exist", entries=released)
+
+    runtime.collecting = asyncio.create_task(sweep())
+
+
 def drift_due(runtime: Runtime, uid: str, now: float) -> bool:
     """Whether this Project's drift check is due; the first one lands anywhere in the first interval."""
     interval = runtime.config.drift_interval_seconds
@@ -382,6 +410,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
 
     @kopf.timer(*RESOURCE, interval=tick, initial_delay=tick, registry=registry)
     async def drift(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        collect_claims(runtime, time.monotonic())
         if drift_due(runtime, body.metadata.uid or "", time.monotonic()):
             await run_reconcile(runtime, body, patch, "timer")
 

@@ -284,7 +284,8 @@ class Reconciler:
         if allocations is None:
             assert teardown.spec is not None
             held = await self.claims.held(teardown.key)
-            allocations = self.claims.allocations_held(teardown.spec, held, teardown.status.allocations.port)
+            recorded = teardown.status.allocations
+            allocations = self.claims.allocations_held(teardown.spec, held, (recorded.port, recorded.alternate_port))
         notices: list[Event] = []
         ctx = DriverContext(teardown.key, allocations, teardown.final_dump,
                             servers=teardown.spec.servers if teardown.spec else None,

@@ -387,7 +387,8 @@ class SshAccess(CodebModel):
     secret_ref: str = Field(
         description=(
             "Secret in the Project's namespace with key privateKey (OpenSSH private key, no passphrase) and, "
-            "optionally, knownHosts (known_hosts lines); without knownHosts, host keys are not verified."
+            "optionally, knownHosts (known_hosts lines); without knownHosts, each host's key is trusted on first use, "
+            "recorded in the cluster, and a changed key is refused (HostKeyChanged)."
         ),
         pattern=DNS_LABEL,
         max_length=253,

@@ -51,9 +51,17 @@ def projects(cluster: LocalCluster, namespace: str) -> list[dict[str, Any]]:
 
 
 def ledger_entries(cluster: LocalCluster, namespace: str) -> dict[str, dict[str, str]]:
-    """Every allocation ledger in ``namespace``: pool -> {value: "<uid> <owner>"}."""
-    ledgers = get_json(cluster, "configmaps", "-n", namespace, "-l", "codeb.dev/ledger")["items"]
-    return {item["metadata"]["labels"]["codeb.dev/ledger"]: dict(item.get("data") or {}) for item in ledgers}
+    """Every allocation ledger in ``namespace``, by pool (all its ledgers merged): pool -> {value: "<uid> <owner>"}.
+
+    Ports are per machine, so a port value is ``<ledger>:<port>`` (``ledger-port-local:4500``).
+    """
+    pools: dict[str, dict[str, str]] = {}
+    for item in get_json(cluster, "configmaps", "-n", namespace, "-l", "codeb.dev/ledger")["items"]:
+        pool, name = item["metadata"]["labels"]["codeb.dev/ledger"], item["metadata"]["name"]
+        entries = pools.setdefault(pool, {})
+        for value, holder in (item.get("data") or {}).items():
+            entries[f"{name}:{value}" if pool == "port" else value] = holder
+    return pools
 
 
 class OperatorProcess:

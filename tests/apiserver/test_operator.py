@@ -41,13 +41,21 @@ def audited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     local.stop()
 
 
-def fleet(namespace: str, count: int) -> str:
-    """``count`` Projects spread over the three environments, half with data features."""
+def fleet(namespace: str, count: int, per_host: int | None = None) -> str:
+    """``count`` Projects spread over the three environments, half with data features.
+
+    Provider local (all on this machine), or with ``per_host`` quadlet on shared ``existing``
+    hosts, that many Projects to each: a fleet larger than one machine's port range.
+    """
     docs = []
     envs = ["production", "staging", "preview"]
     for i in range(count):
         features = {"database": {}, "redis": {}, "storage": {}} if i % 2 == 0 else {}
-        doc = project(f"app-{i:03d}", namespace, env=envs[i % 3], features=features)
+        servers = {} if per_host is None else {"servers": {
+            "provider": "existing", "runtime": "quadlet", "hosts": [f"h{i // per_host}.fleet.example"],
+            "ssh": {"secretRef": "deploy-key"},
+        }}  # fmt: skip
+        doc = project(f"app-{i:03d}", namespace, env=envs[i % 3], features=features, **servers)
         docs.append(json.dumps(doc))
     return "\n---\n".join(docs)
 
@@ -82,7 +90,7 @@ def assert_claims_consistent(cluster: LocalCluster, namespace: str) -> None:
     ports = []
     for uid, item in uids.items():
         held = by_owner.get(uid, [])
-        port_claims = sorted(value for pool, value in held if pool == "port")
+        port_claims = sorted(value.removeprefix("ledger-port-local:") for pool, value in held if pool == "port")
         allocations = item["status"]["allocations"]
         # Runtime local holds a pair: blue's port and green's.
         mine = [allocations["port"], *([allocations["alternatePort"]] if "alternatePort" in allocations else [])]

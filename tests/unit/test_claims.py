@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from controller.claims import (
+from controller.claims import ClaimStore
+from controller.domains import PublicSuffixes, public_suffixes
+from controller.errors import AllocationConflict
+from controller.ledger import (
     Claim,
-    ClaimStore,
     Holder,
     KeepOnlyRequest,
     Ledger,
@@ -19,8 +21,6 @@ from controller.claims import (
     decide_batch,
     requests_for,
 )
-from controller.domains import PublicSuffixes, public_suffixes
-from controller.errors import AllocationConflict
 from controller.naming import ProjectKey
 from schemas.project import ProjectSpec
 from tests.factories import project_spec
@@ -148,7 +148,7 @@ def test_a_port_pair_keeps_both_ports_and_takes_a_free_second_one() -> None:
 def test_teardown_reads_the_primary_port_from_status() -> None:
     spec = ProjectSpec.model_validate(project_spec(slug="shop", env="staging"))
     held = [Claim("port", "4500"), Claim("port", "4501")]
-    allocations = ClaimStore.allocations_held(spec, held, port=4501)
+    allocations = ClaimStore.allocations_held(spec, held, (4501, None))
     assert (allocations.port, allocations.alternate_port) == (4501, 4500)
 
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from controller import naming
-from controller.claims import port_candidates
 from controller.drivers import DriverContext
 from controller.drivers.caddy import UpstreamFiles
+from controller.ledger import port_candidates
 from controller.naming import ProjectKey
 from schemas.project import Allocations, ProjectSpec
 from tests.factories import project_spec
