@@ -81,22 +81,40 @@ class ReadyWatch:
                 raise RuntimeError(f"operator exited with {operator.returncode}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{size - len(settled)} of {size} Projects not settled within {timeout:.0f} s")
-            stream = kubernetes.watch.Watch().stream(
-                self._custom.list_namespaced_custom_object, API_GROUP, API_VERSION, self._namespace, PLURAL,
-                resource_version=self._version, timeout_seconds=2,
-            )  # fmt: skip
-            for event in stream:
-                item = event["object"]
-                self._version = item["metadata"]["resourceVersion"]
-                status, name = item.get("status") or {}, item["metadata"]["name"]
-                current = status.get("observedGeneration") == item["metadata"]["generation"]
-                if current and status.get("phase") in ("Ready", "Failed"):
-                    settled[name] = "" if status["phase"] == "Ready" else str(status.get("lastError") or "?")[:80]
-                else:
-                    settled.pop(name, None)
-                if len(settled) >= size:
-                    break
+            try:
+                self._follow(settled, size)
+            except kubernetes.client.ApiException as exc:
+                if exc.status != 410:
+                    raise
+                self._relist(settled)  # the version was compacted away (a long run): start again from a list
         return {name: why for name, why in settled.items() if why}
+
+    def _follow(self, settled: dict[str, str], size: int) -> None:
+        stream = kubernetes.watch.Watch().stream(
+            self._custom.list_namespaced_custom_object, API_GROUP, API_VERSION, self._namespace, PLURAL,
+            resource_version=self._version, timeout_seconds=2,
+        )  # fmt: skip
+        for event in stream:
+            self._version = event["object"]["metadata"]["resourceVersion"]
+            self._count(settled, event["object"])
+            if len(settled) >= size:
+                break
+
+    def _relist(self, settled: dict[str, str]) -> None:
+        listed = self._custom.list_namespaced_custom_object(API_GROUP, API_VERSION, self._namespace, PLURAL)
+        settled.clear()
+        for item in listed["items"]:
+            self._count(settled, item)
+        self._version = listed["metadata"]["resourceVersion"]
+
+    @staticmethod
+    def _count(settled: dict[str, str], item: dict[str, Any]) -> None:
+        status, name = item.get("status") or {}, item["metadata"]["name"]
+        current = status.get("observedGeneration") == item["metadata"]["generation"]
+        if current and status.get("phase") in ("Ready", "Failed"):
+            settled[name] = "" if status["phase"] == "Ready" else str(status.get("lastError") or "?")[:80]
+        else:
+            settled.pop(name, None)
 
 
 def peak_rss_mb(pid: int) -> float:

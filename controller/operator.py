@@ -156,7 +156,14 @@ def project_input(body: kopf.Body, stored: dict[str, Any] | None = None) -> Proj
         raise InvalidSpec(status, message) from None
     annotations = body.metadata.annotations or {}
     paused = annotations.get(PAUSED_ANNOTATION) == "true"
-    return ProjectInput(_key(body), generation, spec, status, paused, annotations.get(RETRY_ROLLOUT_ANNOTATION))
+    return ProjectInput(_key(body), generation, spec, status, paused, annotations.get(RETRY_ROLLOUT_ANNOTATION),
+                        recorded_runs(dict(body.get("status") or {})))  # fmt: skip
+
+
+def recorded_runs(stored: dict[str, Any]) -> frozenset[str]:
+    """The hook runs status holds as the API server stored it (the body, not what this process wrote since)."""
+    hooks = (stored.get("rollout") or {}).get("hooks") or []
+    return frozenset(str(run["runId"]) for run in hooks if isinstance(run, dict) and run.get("runId"))
 
 
 def recorded_teardown(body: kopf.Body) -> Teardown:

@@ -10,6 +10,7 @@ Outcome to kopf; this module knows nothing of kopf.
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -40,12 +41,14 @@ from schemas.project import (
     Condition,
     DeletionPolicy,
     Endpoints,
+    HookRun,
     HostReport,
     InfrastructureStatus,
     ManagementPolicy,
     Phase,
     ProjectSpec,
     ProjectStatus,
+    RolloutStatus,
     RolloutStep,
     Runtime,
 )
@@ -68,6 +71,9 @@ class ProjectInput:
     status: ProjectStatus
     paused: bool = False
     retry_rollout: str | None = None
+    # Hook runs the API server has stored (status as read, not as this process last wrote it):
+    # only those may start, so a run always exists in status before it does on a machine.
+    recorded_runs: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -253,23 +259,40 @@ class Reconciler:
                                   datetime.now(UTC), project.retry_rollout, self.watching_since)  # fmt: skip
         decision = rollout.advance(facts)
         runner = drivers[Component.workload]
-        while acting and decision.run_hooks and decision.rollout is not None and isinstance(runner, HookRunner):
-            record = decision.rollout
-            seen = facts.seen[record.new_colour]
-            for name in decision.run_hooks:
-                run = await runner.run_hook(ctx.given(work.observed), seen.state, seen.endpoints,
-                                            rollout.hook_named(spec, name))  # fmt: skip
-                kind, reason = ("Normal", "HookSucceeded") if run.result == "Succeeded" else ("Warning", "HookFailed")
-                work.events.append(
-                    Event(kind, reason, f"{name} on {record.new_colour.value}: {run.message or 'no output'}")
-                )
-                record = rollout.hook_result(record, run)
-                if run.result != "Succeeded":
-                    break
+        if acting and decision.run_hooks and decision.rollout is not None and isinstance(runner, HookRunner):
+            record = await self._follow_hook(project, runner, ctx.given(work.observed), facts, decision.rollout,
+                                             decision.run_hooks[0], work)  # fmt: skip
             again = replace(facts, rollout=record, serving=decision.serving, history=tuple(decision.history))
             decision = rollout.merge(decision, rollout.advance(again))
         work.facts, work.rolling, work.raw_workload = facts, decision, raw
         work.observed[Component.workload] = rollout.view(raw, decision)
+
+    async def _follow_hook(
+        self,
+        project: ProjectInput,
+        runner: HookRunner,
+        ctx: DriverContext,
+        facts: rollout.Facts,
+        record: RolloutStatus,
+        name: str,
+        work: _Pass,
+    ) -> RolloutStatus:
+        """One step of the due hook: recorded first; started (or looked at) once status holds the record."""
+        run = next((h for h in record.hooks if h.name == name), None)
+        if run is None:
+            run_id = uuid.uuid4().hex[:12]
+            return rollout.hook_result(record, HookRun(name=name, result="Running", run_id=run_id,
+                                                       started_at=facts.now))  # fmt: skip
+        if run.run_id not in project.recorded_runs:
+            return record  # written by the last pass, not yet seen stored: started next pass
+        seen = facts.seen[record.new_colour]
+        run = await runner.follow_hook(ctx, seen.state, seen.endpoints, rollout.hook_named(project.spec, name), run)
+        if run.result != "Running":
+            kind, reason = ("Normal", "HookSucceeded") if run.result == "Succeeded" else ("Warning", "HookFailed")
+            work.events.append(
+                Event(kind, reason, f"{name} on {record.new_colour.value}: {run.message or 'no output'}")
+            )
+        return rollout.hook_result(record, run)
 
     def _record_rollout(self, work: _Pass) -> None:
         """After acting: what the route and the colours do now moves the rollout on (a switch seen is a switch)."""

@@ -55,6 +55,8 @@ PLACEMENT_KEYS = frozenset({"port", "hosts"})
 # A check counts when at least this share of the interval has passed since the last one
 # (passes triggered by other events in between do not count twice).
 DUE_SHARE = 0.9
+# How often a running post-deploy hook is looked at (one short command on its machine).
+HOOK_FOLLOW_SECONDS = 3.0
 
 
 def release_of(state: State) -> str:
@@ -354,13 +356,14 @@ class _Draft:
         return record
 
     def _hooks(self, record: RolloutStatus) -> tuple[RolloutStatus, tuple[str, ...]]:
-        failed = next((run for run in record.hooks if run.result != "Succeeded"), None)
+        """The hook to follow now: one at a time, in order; a run recorded ``Running`` is followed to its end."""
+        failed = next((run for run in record.hooks if run.result == "Failed"), None)
         if failed is not None:
             return self._fail(record, "HookFailed", f"hook {failed.name} failed: {failed.message}"), ()
-        done = {run.name for run in record.hooks}
-        due = tuple(name for name in self.facts.hooks if name not in done)
-        if due:
-            return record, due
+        done = {run.name for run in record.hooks if run.result == "Succeeded"}
+        due = next((name for name in self.facts.hooks if name not in done), None)
+        if due is not None:
+            return record, (due,)
         return record.model_copy(update={"step": RolloutStep.switching}), ()
 
     def _rolling_targets(self, record: RolloutStatus) -> dict[Colour, State]:
@@ -480,7 +483,9 @@ class _Draft:
     def _next_check(self, record: RolloutStatus) -> float:
         interval = self.facts.settings.health_check.interval_seconds
         if record.step is RolloutStep.hooks:
-            return min(interval, 1.0)  # hooks found due after acting run at the start of the next pass
+            # A hook just recorded starts in the next pass; one running is looked at every few seconds.
+            running = any(run.result == "Running" for run in record.hooks)
+            return HOOK_FOLLOW_SECONDS if running else min(interval, 1.0)
         if record.step is RolloutStep.switching:
             # The switch happens in the pass that decides it; one still pending waits on the route
             # (refused, Caddy down), whose own retry comes sooner: look again at the next check.
@@ -504,7 +509,7 @@ def update_history(history: list[DeploymentRecord], record: RolloutStatus, **cha
 
 
 def hook_result(record: RolloutStatus, run: HookRun) -> RolloutStatus:
-    """The record with one more hook's outcome (a restart does not run a finished hook again)."""
+    """The record with this hook's run as it now stands (a restart finds it, and never starts it again)."""
     return record.model_copy(update={"hooks": [*(h for h in record.hooks if h.name != run.name), run]})
 
 

@@ -917,8 +917,17 @@ class RolloutStep(StrEnum):
 
 class HookRun(CodebModel):
     name: str = Field(description="The hook (features.postDeployHooks) or app (app-<name>).")
-    result: str = Field(description="Succeeded or Failed.")
-    finished_at: datetime = Field(description="When it ended.")
+    result: str = Field(description="Running, Succeeded or Failed.")
+    run_id: str | None = Field(
+        None,
+        description=(
+            "Names this run where it runs. Recorded before the run starts: after a restart the operator finds "
+            "the run again by it and never starts a hook twice."
+        ),
+        pattern="^[0-9a-f]{12}$",
+    )
+    started_at: datetime | None = Field(None, description="When the run was recorded (its timeout counts from here).")
+    finished_at: datetime | None = Field(None, description="When it ended (none while it runs).")
     message: str = Field("", description="Its last output lines (secrets redacted).", max_length=2048)
 
 

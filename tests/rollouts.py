@@ -36,7 +36,14 @@ FAST = {
 }
 
 
-def rollout_project(name: str, revision: str, count_dir: Path, mode: str = "ok", **rollout: Any) -> dict[str, Any]:
+def rollout_project(
+    name: str,
+    revision: str,
+    count_dir: Path,
+    mode: str = "ok",
+    hooks: list[dict[str, Any]] | None = None,
+    **rollout: Any,
+) -> dict[str, Any]:
     return {
         "apiVersion": "codeb.dev/v1alpha1",
         "kind": "Project",
@@ -56,6 +63,7 @@ def rollout_project(name: str, revision: str, count_dir: Path, mode: str = "ok",
             },
             "servers": {"provider": "local", "runtime": "local", "platform": "edge"},
             "backup": {"enabled": False},
+            **({"features": {"postDeployHooks": hooks}} if hooks else {}),
         },
     }
 
@@ -71,8 +79,9 @@ class RolloutWorld:
     def counts(self) -> Path:
         return self.root / "counts"
 
-    def apply(self, name: str, revision: str, mode: str = "ok", **rollout: Any) -> None:
-        doc = rollout_project(name, revision, self.counts, mode, **rollout)
+    def apply(self, name: str, revision: str, mode: str = "ok", hooks: list[dict[str, Any]] | None = None,
+              **rollout: Any) -> None:  # fmt: skip
+        doc = rollout_project(name, revision, self.counts, mode, hooks, **rollout)
         self.cluster.kubectl("apply", "-f", "-", input_text=json.dumps(doc))
 
     def status(self, name: str) -> dict[str, Any]:

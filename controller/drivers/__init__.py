@@ -87,8 +87,12 @@ class Driver(Protocol):
 class HookRunner(Protocol):
     """A workload driver that can run post-deploy hooks against one colour before it takes traffic."""
 
-    async def run_hook(self, ctx: DriverContext, state: State, endpoints: tuple[str, ...], hook: Hook | App) -> HookRun:
-        """Run ``hook`` against the colour started with ``state``; the outcome, output redacted. Never raises."""
+    async def follow_hook(
+        self, ctx: DriverContext, state: State, endpoints: tuple[str, ...], hook: Hook | App, run: HookRun
+    ) -> HookRun:
+        """One step of ``run`` (recorded in status before this is called) against the colour started with
+        ``state``: started if it never was, else looked at; stopped once past its timeout. The run as it
+        now stands (``Running``, or its outcome with the output redacted). Never starts a run twice."""
         ...
 
 

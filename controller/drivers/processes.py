@@ -38,7 +38,7 @@ from typing import Any
 
 import httpx
 
-from controller.drivers import DriverContext
+from controller.drivers import DriverContext, hookruns
 from controller.drivers.workloads import (
     Probe,
     SecretReader,
@@ -60,6 +60,8 @@ LISTEN_HOST = "127.0.0.1"
 # Not HOME: the operator's own (its kubeconfig, its keys) is no Project's; each gets a HOME of its own.
 INHERITED = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONPATH")
 STOP_SECONDS = 15.0
+# One step of following a hook (start it, or look at it) answers within this.
+FOLLOW_SECONDS = 30.0
 OUTPUT_LINES = 3
 
 
@@ -237,8 +239,11 @@ class LocalProcesses:
 
     # ------------------------------------------------------------ hooks
 
-    async def run_hook(self, ctx: DriverContext, state: State, endpoints: tuple[str, ...], hook: Hook | App) -> HookRun:
-        """A hook runs beside the new colour, as it does: same directory, same environment."""
+    async def follow_hook(
+        self, ctx: DriverContext, state: State, endpoints: tuple[str, ...], hook: Hook | App, run: HookRun
+    ) -> HookRun:
+        """A hook runs beside the new colour, as it does: same directory, same environment, detached
+        (`controller.drivers.hookruns`); an app is installed through the colour's own endpoint."""
         wanted = {k: v for k, v in state.items() if k != "environmentCurrent"}
         environment = await self._environment(ctx, wanted, missing_ok=True)
         if isinstance(hook, App):
@@ -248,23 +253,21 @@ class LocalProcesses:
         program = shutil.which(name, path=environment.values.get("PATH")) if "/" not in name else str(cwd / name)
         if program is None:
             return hook_run(hook.name, False, f"{name}: no such program on the operator's machine", frozenset())
-        process = await asyncio.create_subprocess_exec(
-            program, *hook.command[1:], cwd=cwd, env=environment.values, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        try:
-            output, _ = await asyncio.wait_for(process.communicate(), hook.timeout_seconds)
-        except TimeoutError:
-            _signal_group(process.pid, signal.SIGKILL)
-            await process.wait()
-            return hook_run(hook.name, False, f"timed out after {hook.timeout_seconds} s", frozenset())
-        text = output.decode(errors="replace").rstrip() + f"\n(exit code {process.returncode})"
-        return hook_run(hook.name, process.returncode == 0, text, environment.secret_values)
+        run_dir = str(self._directory(ctx.key) / "hooks" / hookruns.valid_run_id(run))
+        argv = [program, *hook.command[1:]]
+        answer = await _follow("follow", run_dir, hook.timeout_seconds, argv, cwd, environment.values)
+        judged, overdue = hookruns.judge(run, hook.timeout_seconds, answer, environment.secret_values)
+        if overdue:
+            await _follow("stop", run_dir, hook.timeout_seconds, [], cwd, environment.values)
+        return judged
 
     # ------------------------------------------------------------ delete
 
     async def delete(self, ctx: DriverContext, retain: bool) -> None:
         await asyncio.to_thread(self._stop_all, self._find(ctx.key))
+        hooks = self._directory(ctx.key) / "hooks"
+        for run_dir in sorted(hooks.iterdir()) if hooks.is_dir() else []:
+            await _follow("stop", str(run_dir), 0, [], hooks, {})  # a hook still running goes with the Project
         shutil.rmtree(self._directory(ctx.key), ignore_errors=True)
 
     def _stop_all(self, processes: Iterable[Supervised]) -> None:
@@ -317,6 +320,21 @@ class LocalProcesses:
                 continue
             found.append((_started(pid), Supervised(pid, options["--colour"], Path(options["--dir"]), launch)))
         return [s for _, s in sorted(found, key=lambda item: item[0])]
+
+
+async def _follow(mode: str, run_dir: str, timeout: int, argv: list[str], cwd: Path, env: dict[str, str]) -> str:
+    """One `hookruns.FOLLOW` step on this machine: its answer (a few lines and an output tail, bounded)."""
+    process = await asyncio.create_subprocess_exec(
+        *hookruns.follow_argv(mode, run_dir, timeout, argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), FOLLOW_SECONDS)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        return ""  # no answer this time: followed again next pass
+    return output.decode(errors="replace")
 
 
 def _colours(found: list[Supervised]) -> list[str]:

@@ -31,14 +31,13 @@ from typing import Any
 
 import httpx
 
-from controller.drivers import DriverContext
+from controller.drivers import DriverContext, hookruns
 from controller.drivers.hosts import login_for, servers_of
 from controller.drivers.workloads import (
     Credentials,
     Probe,
     SecretReader,
     clip,
-    hook_run,
     install_app,
     probe_http,
     read_credentials,
@@ -63,6 +62,10 @@ from schemas.project import App, Colour, Hook, HookRun
 COLOURS = tuple(colour.value for colour in Colour)
 # Fields of a colour's state that are judged, not launched: never part of a unit's record.
 JUDGED = ("hosts", "environmentCurrent", "unitsMatch")
+# Where hooks run on a host, a directory per unit and run (`controller.drivers.hookruns`).
+HOOK_RUNS = "/var/lib/codeb/hooks"
+# One step of following a hook (start it, or look at it) answers within this.
+FOLLOW_SECONDS = 30.0
 LOG_LINES = 5
 SECTIONS = ("unit", "env", "service", "health", "log")
 
@@ -327,9 +330,12 @@ class QuadletUnits:
 
     # ------------------------------------------------------------ hooks
 
-    async def run_hook(self, ctx: DriverContext, state: State, endpoints: tuple[str, ...], hook: Hook | App) -> HookRun:
+    async def follow_hook(
+        self, ctx: DriverContext, state: State, endpoints: tuple[str, ...], hook: Hook | App, run: HookRun
+    ) -> HookRun:
         """A hook runs inside the new colour's container on its first host (``podman exec``): same image,
-        same environment. An app is installed through the new colour's own endpoint."""
+        same environment, detached on the host (`controller.drivers.hookruns`). An app is installed
+        through the new colour's own endpoint."""
         wanted = {k: v for k, v in state.items() if k not in JUDGED}
         credentials = await read_credentials(self._read_secret, ctx.key, wanted, missing_ok=True)
         if isinstance(hook, App):
@@ -337,18 +343,23 @@ class QuadletUnits:
         # The colour is the one on the state's port (the engine hands over the colour's own state).
         colour = next((c for c in COLOURS if int(wanted["port"]) == _port_of(ctx, c)), COLOURS[0])
         address = sorted(state.get("hosts", []))[0]
-        command = " ".join(shlex.quote(part) for part in hook.command)
-        line = (f"timeout -k 5 {hook.timeout_seconds} podman exec {shlex.quote(unit_name(ctx.key, colour))} "
-                f"{command} 2>&1; echo \"(exit code $?)\"")  # fmt: skip
+        run_dir = f"{HOOK_RUNS}/{unit_name(ctx.key, colour)}/{hookruns.valid_run_id(run)}"
+        command = ["podman", "exec", unit_name(ctx.key, colour), *hook.command]
+        login = (await self._login(ctx)).at(address)
         try:
-            result = await self._ssh.run((await self._login(ctx)).at(address), line, timeout=hook.timeout_seconds + 30)
+            answer = await self._follow(login, "follow", run_dir, hook.timeout_seconds, command)
+            judged, overdue = hookruns.judge(run, hook.timeout_seconds, answer, credentials.secret_values)
+            if overdue:
+                await self._follow(login, "stop", run_dir, hook.timeout_seconds, [])
         except CodebError as exc:
-            return hook_run(hook.name, False, f"{address}: {exc.message}", credentials.secret_values)
-        output = result.stdout.rstrip()
-        ok = output.endswith("(exit code 0)")
-        if output.endswith("(exit code 124)"):
-            output += f"\ntimed out after {hook.timeout_seconds} s"
-        return hook_run(hook.name, ok, f"{address}: {output}", credentials.secret_values)
+            return run.model_copy(update={"message": clip(f"{address}: {exc.message}", credentials.secret_values,
+                                                          500)})  # fmt: skip
+        return judged.model_copy(update={"message": clip(f"{address}: {judged.message}", frozenset(), 2048)})
+
+    async def _follow(self, login: HostAccess, mode: str, run_dir: str, timeout: int, command: list[str]) -> str:
+        argv = hookruns.follow_argv(mode, run_dir, timeout, command, launcher="systemd-run")
+        line = " ".join(shlex.quote(part) for part in argv)
+        return (await self._ssh.run(login, line, timeout=FOLLOW_SECONDS)).stdout
 
     # ------------------------------------------------------------ delete
 
@@ -367,6 +378,7 @@ class QuadletUnits:
                          f"{shlex.quote(env_path(key, colour))}; "
                          f"podman rm -f -i {shlex.quote(unit_name(key, colour))} >/dev/null")  # fmt: skip
             lines.append(legacy_cleanup(key, colour))
+            lines.append(_stop_hooks(f"{HOOK_RUNS}/{unit_name(key, colour)}"))
         line = "; ".join([*lines, "systemctl daemon-reload"])
         for facts in hosts:
             result = await self._ssh.run(login.at(facts.address), line)
@@ -410,6 +422,12 @@ def _hosts(ctx: DriverContext) -> list[HostFacts] | None:
 def _departing(ctx: DriverContext) -> list[HostFacts]:
     """Hosts the infrastructure is about to take away (a scale-down): the workload leaves them first."""
     return [HostFacts.of(host) for host in ctx.inputs.get(Component.infrastructure, {}).get("departing", [])]
+
+
+def _stop_hooks(runs: str) -> str:
+    """Stop every hook still running for a unit and remove its run directories (the unit is going)."""
+    stop = f'sh -c {shlex.quote(hookruns.FOLLOW)} codeb-hook stop "${{run%/}}" 0 -'  # $run: the loop's, on the host
+    return f'for run in {shlex.quote(runs)}/*/; do [ -d "$run" ] && {stop} >/dev/null; done; rm -rf {shlex.quote(runs)}'
 
 
 def _port_of(ctx: DriverContext, colour: str) -> int | None:

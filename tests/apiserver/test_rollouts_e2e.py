@@ -126,5 +126,33 @@ def test_an_operator_killed_mid_rollout_resumes_to_one_colour_serving(world: Rol
     assert [d["result"] for d in status["deployments"][:2]] == ["Succeeded", "Succeeded"]
 
 
+def test_a_hook_runs_outside_the_pass_once_even_when_the_operator_is_killed_while_it_runs(
+    world: RolloutWorld,
+) -> None:
+    name = "hooked"
+    runs = world.counts / f"{name}-hook-runs"
+    # Each run notes its release, then works for longer than a pass takes to look at it.
+    hooks = [{"name": "migrate", "command": ["sh", "-c", f"echo $CODEB_REVISION >> {runs}; sleep 4; echo migrated"]}]
+    world.apply(name, "r1", hooks=hooks)
+    first = world.wait_rollout(name, "r1")
+    assert [(h["name"], h["result"]) for h in first["hooks"]] == [("migrate", "Succeeded")]
+    world.apply(name, "r2", hooks=hooks)
+
+    def running() -> bool:  # recorded in status, and started on the machine
+        hook = next(iter(world.rollout(name).get("hooks") or []), {})
+        return world.rollout(name).get("revision") == "r2" and hook.get("result") == "Running" and runs.exists() \
+            and runs.read_text().split() == ["r1", "r2"]  # fmt: skip
+
+    wait_for(running, timeout=30, interval=0.05, what="the hook of r2 running")
+    served_before = served(world, name)["revision"]
+    world.operator.kill()
+    world.operator.start()
+    done = world.wait_rollout(name, "r2")
+    assert runs.read_text().split() == ["r1", "r2"]  # found again after the restart, never started twice
+    hook = done["hooks"][0]
+    assert hook["result"] == "Succeeded" and hook["message"].endswith("migrated\n(exit code 0)") and hook["runId"]
+    assert served_before == "r1" and served(world, name)["revision"] == "r2"  # switched only after the hook
+
+
 def _green_started(world: RolloutWorld, name: str) -> list[Path]:
     return list((world.root / "state" / "workloads" / NS / name).glob("green.json"))

@@ -24,7 +24,7 @@ from controller.drivers.workloads import Probe, probe_http
 from controller.errors import PermanentError, RetryableError
 from controller.planner import Component, State, desired_state
 from schemas.project import App, Hook
-from tests.drivers_common import context
+from tests.drivers_common import context, follow_to_end, recorded
 from tests.helpers import observe_until
 from tests.servers import free_port
 
@@ -327,28 +327,89 @@ async def test_a_hook_runs_with_the_colours_environment_its_output_redacted(
     driver: LocalProcesses, store: Secrets
 ) -> None:
     ctx, want = workload(driver, store)
-    ok = await driver.run_hook(ctx, want, (), Hook(name="migrate", command=[sys.executable, "hook.py", "0"]))
-    assert ok.result == "Succeeded" and ok.name == "migrate"
+    ok = await follow_to_end(driver, ctx, want, (), Hook(name="migrate", command=[sys.executable, "hook.py", "0"]))
+    assert ok.result == "Succeeded" and ok.name == "migrate" and ok.run_id is not None and ok.finished_at
     assert ok.message == "migrating with ***, greeting hello\n(exit code 0)"
-    failed = await driver.run_hook(ctx, want, (), Hook(name="migrate", command=[sys.executable, "hook.py", "4"]))
+    failed = await follow_to_end(driver, ctx, want, (), Hook(name="migrate", command=[sys.executable, "hook.py", "4"]))
     assert failed.result == "Failed" and failed.message.endswith("(exit code 4)")
     slow = Hook(name="slow", command=[sys.executable, "sleepy.py"], timeoutSeconds=1)
+    timed_out = await follow_to_end(driver, ctx, want, (), slow)
+    assert timed_out.result == "Failed" and timed_out.message.endswith("(exit code 124)\ntimed out after 1 s")
+
+
+async def test_a_hook_runs_outside_the_pass_once_and_is_found_again_after_a_restart(
+    driver: LocalProcesses, store: Secrets, root: Path
+) -> None:
+    ctx, want = workload(driver, store)
+    counter = root / "app" / "runs.txt"
+    (root / "app" / "count.py").write_text(
+        f"import time\nopen({str(counter)!r}, 'a').write('ran\\n')\ntime.sleep(2)\nprint('migrated')\n"
+    )
+    hook = Hook(name="migrate", command=[sys.executable, "count.py"])
+    run = recorded("migrate")
     started_at = time.monotonic()
-    timed_out = await driver.run_hook(ctx, want, (), slow)
-    assert timed_out.result == "Failed" and timed_out.message == "timed out after 1 s"
-    assert time.monotonic() - started_at < 5
+    first = await driver.follow_hook(ctx, want, (), hook, run)
+    assert first.result == "Running" and time.monotonic() - started_at < 1.5  # the pass does not wait for it
+    # The operator is killed and starts again: a new driver, the same run recorded in status.
+    again = LocalProcesses(store.read, root, root / "state", health_timeout=2.0, start_timeout=3.0)
+    assert (await again.follow_hook(ctx, want, (), hook, run)).result == "Running"
+    done = await follow_to_end(again, ctx, want, (), hook, run)
+    assert done.result == "Succeeded" and "migrated" in done.message
+    assert counter.read_text() == "ran\n"  # started once, however often it was followed
+
+
+async def test_a_hook_that_outlives_its_timeout_is_stopped_and_one_whose_process_vanished_fails(
+    driver: LocalProcesses, store: Secrets
+) -> None:
+    ctx, want = workload(driver, store)
+    hook = Hook(name="slow", command=[sys.executable, "sleepy.py"], timeoutSeconds=60)
+    old = recorded("slow")
+    assert (await driver.follow_hook(ctx, want, (), hook, old)).result == "Running"
+    run_dir = root_of(driver, ctx) / "hooks" / str(old.run_id)
+    pid = int((run_dir / "pid").read_text())
+    # Started long ago (the operator was down past the hook's timeout and its grace), and its own
+    # timeout(1) did not end it (ignored, or the machine was suspended): the operator stops it.
+    os.utime(run_dir / "pid", (time.time() - 3600, time.time() - 3600))
+    stopped = await driver.follow_hook(ctx, want, (), hook, old)
+    assert stopped.result == "Failed" and "stopped" in stopped.message
+    await wait_gone(pid)
+    # A run whose process died without a result (kill -9 of everything, a reboot) is failed, never run again.
+    lost = recorded("slow")
+    await driver.follow_hook(ctx, want, (), hook, lost)
+    lost_dir = root_of(driver, ctx) / "hooks" / str(lost.run_id)
+    deadline = time.monotonic() + 5
+    while not (lost_dir / "tpid").exists():  # the wrapper has started the command
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    for group in ("tpid", "pid"):  # everything of the run, as a reboot would
+        os.killpg(int((lost_dir / group).read_text()), signal.SIGKILL)
+    await wait_gone(int((lost_dir / "pid").read_text()))
+    gone = await driver.follow_hook(ctx, want, (), hook, lost)
+    assert gone.result == "Failed" and "ended without a result" in gone.message
+
+
+def root_of(driver: LocalProcesses, ctx: DriverContext) -> Path:
+    return driver._directory(ctx.key)  # where its runs are recorded
+
+
+async def wait_gone(pid: int, within: float = 5) -> None:
+    deadline = time.monotonic() + within
+    while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]:
+        assert time.monotonic() < deadline, f"process {pid} still runs"
+        await asyncio.sleep(0.1)
 
 
 async def test_an_app_is_installed_through_the_new_colours_endpoint(driver: LocalProcesses, store: Secrets) -> None:
     ctx, want, _ = await started(driver, store)
     endpoint = f"127.0.0.1:{ctx.allocations.port}"
-    run = await driver.run_hook(ctx, want, (endpoint,), App(name="forum", version="1.2", settings={"theme": "dark"}))
+    forum = App(name="forum", version="1.2", settings={"theme": "dark"})
+    run = await follow_to_end(driver, ctx, want, (endpoint,), forum)
     assert run.result == "Succeeded" and run.name == "app-forum"
     assert run.message == (
         f"POST /api/apps/install on {endpoint} answered 201: installed "
         '{"name":"forum","version":"1.2","settings":{"theme":"dark"}}'
     )
-    nowhere = await driver.run_hook(ctx, want, (f"127.0.0.1:{free_port()}",), App(name="forum"))
+    nowhere = await follow_to_end(driver, ctx, want, (f"127.0.0.1:{free_port()}",), App(name="forum"))
     assert nowhere.result == "Failed" and "ConnectError" in nowhere.message
 
 

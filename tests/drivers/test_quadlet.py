@@ -22,8 +22,10 @@ from controller.drivers.quadlet import QuadletUnits
 from controller.errors import RetryableError
 from controller.naming import ProjectKey
 from controller.planner import Component, Observation, desired_state
+from controller.quadlet import unit_name
 from controller.ssh import SshPool
 from schemas.project import Allocations, Hook, ProjectSpec
+from tests.drivers_common import follow_to_end, recorded
 from tests.factories import project_spec
 from tests.helpers import observe_until
 from tests.testhosts import HELLO_IMAGE, BootedHosts, booted
@@ -264,15 +266,36 @@ async def test_a_hook_runs_in_the_new_colours_container_with_its_output_redacted
     ctx, seen = await converged(world, spec(hosts))
     state, endpoints = blue(seen), tuple(seen.outputs["colours"]["blue"]["endpoints"])
     said = Hook(name="migrate", command=["sh", "-c", "echo migrating revision=$CODEB_REVISION secret=$APP_SECRET"])
-    run = await world["workload"].run_hook(ctx, state, endpoints, said)
+    workload = world["workload"]
+    run = await follow_to_end(workload, ctx, state, endpoints, said)
     assert run.result == "Succeeded", run.message
     assert hosts.hosts[0].address in run.message and "migrating revision=" in run.message
     assert "secret=***" in run.message and CREDENTIAL not in run.message
-    failing = await world["workload"].run_hook(ctx, state, endpoints, Hook(name="f", command=["sh", "-c", "exit 3"]))
+    failing = await follow_to_end(workload, ctx, state, endpoints, Hook(name="f", command=["sh", "-c", "exit 3"]))
     assert failing.result == "Failed" and "(exit code 3)" in failing.message
     slow = Hook(name="slow", command=["sleep", "30"], timeout_seconds=1)
-    late = await world["workload"].run_hook(ctx, state, endpoints, slow)
+    late = await follow_to_end(workload, ctx, state, endpoints, slow)
     assert late.result == "Failed" and "timed out after 1 s" in late.message
+
+
+async def test_a_hook_runs_detached_on_the_host_once_and_goes_with_the_project(world: dict[str, Any]) -> None:
+    hosts, workload = world["hosts"], world["workload"]
+    ctx, seen = await converged(world, spec(hosts))
+    state, endpoints = blue(seen), tuple(seen.outputs["colours"]["blue"]["endpoints"])
+    counted = Hook(name="migrate", command=["sh", "-c", "echo ran >> /tmp/hook-runs; sleep 2; echo done"])
+    run = recorded("migrate")
+    assert (await workload.follow_hook(ctx, state, endpoints, counted, run)).result == "Running"
+    assert (await workload.follow_hook(ctx, state, endpoints, counted, run)).result == "Running"  # not again
+    finished = await follow_to_end(workload, ctx, state, endpoints, counted, run)
+    assert finished.result == "Succeeded" and finished.message.endswith("done\n(exit code 0)")
+    first = hosts.hosts[0]
+    assert hosts.ssh(first, f"podman exec {unit_name(ctx.key, 'blue')} cat /tmp/hook-runs").split() == ["ran"]
+    # A hook still running when the Project is deleted is stopped with it, its runs removed.
+    endless = Hook(name="endless", command=["sleep", "600"])
+    assert (await workload.follow_hook(ctx, state, endpoints, endless, recorded("endless"))).result == "Running"
+    await workload.delete(ctx, retain=False)
+    assert hosts.ssh(first, "pgrep -f '[s]leep 600' || true").strip() == ""
+    assert hosts.ssh(first, "ls /var/lib/codeb/hooks").strip() == ""
 
 
 async def test_a_port_held_by_another_process_is_refused_before_anything_starts(world: dict[str, Any]) -> None:

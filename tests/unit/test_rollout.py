@@ -7,7 +7,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from controller.planner import State
-from controller.rollout import ColourSeen, Decision, Facts, advance, hook_result, merge, release_of
+from controller.rollout import (
+    HOOK_FOLLOW_SECONDS,
+    ColourSeen,
+    Decision,
+    Facts,
+    advance,
+    hook_result,
+    merge,
+    release_of,
+)
 from schemas.project import Colour, HookRun, Rollout, RolloutStep
 
 BLUE, GREEN = Colour.blue, Colour.green
@@ -203,8 +212,12 @@ def test_hooks_run_once_after_the_gate_and_a_failed_hook_fails_the_rollout() -> 
     d = deployed(world, "r1")
     d = world.pass_("r2", d, hooks=("migrate", "seed"))
     d = advance(world.look("r2", d, hooks=("migrate", "seed"), now=world.now + timedelta(seconds=1)))
-    assert d.rollout is not None and d.rollout.step is RolloutStep.hooks and d.run_hooks == ("migrate", "seed")
-    ran = hook_result(d.rollout, HookRun(name="migrate", result="Succeeded", finished_at=T0))
+    assert d.rollout is not None and d.rollout.step is RolloutStep.hooks and d.run_hooks == ("migrate",)  # in order
+    running = hook_result(d.rollout, HookRun(name="migrate", result="Running", run_id="0123456789ab", started_at=T0))
+    still = advance(world.look("r2", replace(d, rollout=running), hooks=("migrate", "seed"), now=world.now))
+    assert still.run_hooks == ("migrate",) and still.serve is BLUE  # followed to its end; nothing switches
+    assert still.wake_after == HOOK_FOLLOW_SECONDS
+    ran = hook_result(running, HookRun(name="migrate", result="Succeeded", finished_at=T0))
     again = advance(world.look("r2", replace(d, rollout=ran), hooks=("migrate", "seed"), now=world.now))
     assert again.run_hooks == ("seed",)  # a finished hook is not run again
     failed = hook_result(ran, HookRun(name="seed", result="Failed", finished_at=T0, message="exit 1"))
