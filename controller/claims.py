@@ -105,9 +105,10 @@ class _Pool:
         self._take(await self._kube.read_config_map(self._namespace, self._name))
 
     def seed(self, stored: StoredConfigMap) -> None:
-        """Take the ledger as a list found it, unless a write of ours is under way."""
-        if not self._queue and (self._committer is None or self._committer.done()):
-            self._take(stored)  # (during a commit, the commit reads what it needs: a listing may be older)
+        """Take the ledger as a list found it, if it was never read: a list may be older than what this
+        process last wrote or read (it refreshes itself after `CACHE_SECONDS`)."""
+        if self._ledger is None and not self._queue:
+            self._take(stored)
 
     def _take(self, stored: StoredConfigMap | None) -> None:
         self._version = stored.resource_version if stored else None
