@@ -16,7 +16,7 @@ import statistics
 import threading
 import time
 from collections import Counter
-from urllib.parse import urljoin
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -24,15 +24,21 @@ PATHS = ("/", "/api/visit", "/api/health")
 
 
 def client(base: str, until: float, latencies: list[float], failures: Counter[str], lock: threading.Lock) -> None:
-    # The local CA is codeb up's own: the test is the application, not the certificate chain.
-    with httpx.Client(verify=False, timeout=10) as http:
+    # *.localhost is loopback (as curl and browsers treat it; the system resolver may not): connect
+    # there, naming the site in the TLS handshake and the Host header. The local CA is codeb up's
+    # own: what is tested is the application, not the certificate chain.
+    site = urlsplit(base)
+    host = site.hostname or ""
+    address = "127.0.0.1" if host == "localhost" or host.endswith(".localhost") else host
+    origin = f"{site.scheme}://{address}:{site.port or 443}"
+    with httpx.Client(verify=False, timeout=10, headers={"Host": site.netloc}) as http:
         turn = 0
         while time.monotonic() < until:
             path = PATHS[turn % len(PATHS)]
             turn += 1
             started = time.monotonic()
             try:
-                answer = http.get(urljoin(base, path))
+                answer = http.get(origin + path, extensions={"sni_hostname": host})
                 failed = None if answer.is_success else f"{path} {answer.status_code}"
             except httpx.HTTPError as exc:
                 failed = f"{path} {type(exc).__name__}"
