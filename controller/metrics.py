@@ -32,16 +32,22 @@ class Metrics:
             registry=self.registry,
         )  # fmt: skip
         self.projects = Gauge("codeb_projects", "Projects by phase.", ["phase"], registry=self.registry)
+        for phase in Phase:
+            self.projects.labels(phase.value).set(0)  # every phase is a series from the start, at 0
         self._phases: dict[str, Phase] = {}
         self._serving = False
 
     def set_phase(self, uid: str, phase: Phase | None) -> None:
-        if phase is None:
-            self._phases.pop(uid, None)
-        else:
+        """Move one Project between the phase gauges (each pass calls this: constant time, not a recount)."""
+        before = self._phases.pop(uid, None) if phase is None else self._phases.get(uid)
+        if phase is not None:
             self._phases[uid] = phase
-        for each in Phase:
-            self.projects.labels(each.value).set(sum(1 for p in self._phases.values() if p is each))
+        if before is phase:
+            return
+        if before is not None:
+            self.projects.labels(before.value).dec()
+        if phase is not None:
+            self.projects.labels(phase.value).inc()
 
     def record_rollout(self, checks: list[bool], finished: tuple[str, float] | None) -> None:
         for healthy in checks:

@@ -21,7 +21,9 @@ from controller.drivers.postgres import PostgresDriver
 from controller.drivers.redis import RedisDriver
 from controller.errors import PermanentError, RetryableError
 from controller.kube import KubeClient, KubeSecrets
+from controller.naming import ProjectKey
 from controller.planner import Component, Observation, State
+from controller.quotas import QuotaCheck
 from controller.status import format_validation_error
 from schemas.platform import PlatformSpec, SecretKeyReference
 
@@ -73,9 +75,22 @@ class PlatformDrivers:
         self._timeout, self._concurrency = timeout, concurrency
         self._secrets = KubeSecrets(kube)
         self._cache: dict[str, tuple[str, PlatformSpec, Drivers]] = {}
+        self._quotas = QuotaCheck(kube)
 
     async def __call__(self, name: str, namespace: str | None = None) -> Drivers:
         """The Platform's drivers, for a Project in ``namespace`` (refused unless the Platform allows it)."""
+        platform, drivers = await self._platform(name)
+        if namespace is not None:
+            await self._check_allowed(name, platform, namespace)
+        return drivers
+
+    async def admit(self, name: str, key: ProjectKey) -> None:
+        """Refuses a Project its namespace may not have on this Platform (`controller.quotas`)."""
+        platform, _ = await self._platform(name)
+        await self._check_allowed(name, platform, key.namespace)
+        await self._quotas.check(platform.quotas, name, key)
+
+    async def _platform(self, name: str) -> tuple[PlatformSpec, Drivers]:
         body = await self._kube.read_platform(name)
         if body is None:
             raise RetryableError(
@@ -94,10 +109,7 @@ class PlatformDrivers:
                 ) from None
             cached = (version, platform, await self._build(name, platform))
             self._cache[name] = cached
-        _, platform, drivers = cached
-        if namespace is not None:
-            await self._check_allowed(name, platform, namespace)
-        return drivers
+        return cached[1], cached[2]
 
     async def _check_allowed(self, name: str, platform: PlatformSpec, namespace: str) -> None:
         allowed = platform.namespaces

@@ -19,7 +19,7 @@ import structlog
 
 from controller import naming, rolling_update, rollout
 from controller.claims import ClaimStore
-from controller.drivers import Driver, DriverContext, Drivers, HookRunner, Notify, Placement
+from controller.drivers import Admission, Driver, DriverContext, Drivers, HookRunner, Notify, Placement
 from controller.errors import CodebError, PermanentError, RetryableError
 from controller.naming import ProjectKey
 from controller.planner import (
@@ -174,6 +174,7 @@ class Reconciler:
     def __init__(self, drivers: Drivers | DriverSource, claims: ClaimStore,
                  namespace_leaving: NamespaceLeaving | None = None) -> None:  # fmt: skip
         self._drivers_for: DriverSource = drivers if callable(drivers) else _static(drivers)
+        self._admission = drivers if isinstance(drivers, Admission) else None
         self.claims = claims
         self._namespace_leaving = namespace_leaving
         # A rollout's start window runs out only while this operator watches it (`rollout.Facts`).
@@ -181,7 +182,12 @@ class Reconciler:
 
     async def reconcile(self, project: ProjectInput, trigger: str = "event") -> Outcome:
         spec = project.spec
+        placement = Placement.of(spec, project.key.namespace)
         try:
+            # A namespace its Platform does not allow, or one past the Platform's quota, claims nothing.
+            if self._admission is not None:
+                await self._admission.admit(placement, project.key)
+            drivers = await self._drivers_for(placement)
             recorded = project.status.allocations
             claimed = await self.claims.ensure(project.key, spec, recorded.port, recorded.alternate_port)
         except CodebError as exc:
@@ -193,10 +199,6 @@ class Reconciler:
         ctx = DriverContext(project.key, allocations, servers=spec.servers, recorded=project.status.infrastructure,
                             notify=_collect(notices),
                             health_timeout=spec.project.rollout.health_check.timeout_seconds)  # fmt: skip
-        try:
-            drivers = await self._drivers_for(Placement.of(spec, project.key.namespace))
-        except CodebError as exc:
-            return self._failed_before_acting(project, exc)
         work = _Pass(observed=await self._observe(drivers, ctx), events=notices)
         acting = not project.paused and spec.management_policy is ManagementPolicy.Manage
 

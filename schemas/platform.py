@@ -109,6 +109,27 @@ class AllowedNamespaces(CodebModel):
         return not wanted or (labels is not None and all(labels.get(k) == v for k, v in wanted.items()))
 
 
+class NamespaceQuotas(CodebModel):
+    projects: int | None = Field(
+        None,
+        description=(
+            "Projects one namespace may have on this Platform; the oldest count first, a newer one past the "
+            "limit gets QuotaExceeded (and is admitted once an older one goes). Unset: no limit."
+        ),
+        ge=0,
+        le=100000,
+    )
+    domains: int | None = Field(
+        None,
+        description=(
+            "Domains one namespace's Projects on this Platform may route in all, counted oldest Project first; "
+            "a Project whose domains go past it gets QuotaExceeded. Unset: no limit."
+        ),
+        ge=0,
+        le=1000000,
+    )
+
+
 class PlatformSpec(CodebModel):
     namespaces: AllowedNamespaces | None = Field(
         None,
@@ -116,6 +137,9 @@ class PlatformSpec(CodebModel):
             "Which namespaces' Projects may use this Platform's databases, caches, buckets and routes. Unset: none"
             " (a Project elsewhere gets PlatformNotAllowed); selector: {} allows every namespace."
         ),
+    )
+    quotas: NamespaceQuotas | None = Field(
+        None, description="What one namespace may take of this Platform (checked before anything is claimed)."
     )
     postgres: PostgresEndpoint | None = Field(None, description="Shared PostgreSQL for Project databases.")
     redis: RedisEndpoint | None = Field(None, description="Shared Redis for Project caches.")

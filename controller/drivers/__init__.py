@@ -84,6 +84,15 @@ class Driver(Protocol):
 
 
 @runtime_checkable
+class Admission(Protocol):
+    """A driver source that may refuse a Project before anything is claimed for it (a Platform's quota)."""
+
+    async def admit(self, placement: Placement, key: ProjectKey) -> None:
+        """Raises (``QuotaExceeded``) when the Project may not have what its Platform would give it."""
+        ...
+
+
+@runtime_checkable
 class HookRunner(Protocol):
     """A workload driver that can run post-deploy hooks against one colour before it takes traffic."""
 

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from controller.drivers import Driver, DriverContext, Drivers, Placement
 from controller.errors import PermanentError
+from controller.naming import ProjectKey
 from controller.planner import ORDER, Component, Observation, State
 from controller.platforms import SERVICES
 from schemas.project import Provider, Runtime
@@ -64,6 +65,8 @@ class PlatformServices(Protocol):
 
     async def __call__(self, name: str, namespace: str | None = None) -> Drivers: ...
 
+    async def admit(self, name: str, key: ProjectKey) -> None: ...
+
 
 # Infrastructure by provider, or by provider and runtime where the runtime decides what
 # there is to find (existing hosts for quadlet, an existing cluster for kubernetes).
@@ -92,6 +95,10 @@ class DriverRegistry:
         }
         drivers.update(await self._shared(placement.platform, placement.namespace))
         return {component: drivers[component] for component in ORDER}
+
+    async def admit(self, placement: Placement, key: ProjectKey) -> None:
+        if placement.platform is not None and self.platforms is not None:
+            await self.platforms.admit(placement.platform, key)
 
     async def _shared(self, name: str | None, namespace: str | None) -> Drivers:
         if name is None or self.platforms is None:

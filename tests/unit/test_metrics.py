@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import random
+
 from prometheus_client import generate_latest
 
 from controller.metrics import Metrics
@@ -24,3 +26,19 @@ def test_registries_are_independent() -> None:
     labels = {"component": "Database", "verb": "create", "result": "ok"}
     assert first.registry.get_sample_value("codeb_actions_total", labels) == 1.0
     assert second.registry.get_sample_value("codeb_actions_total", labels) is None
+
+
+def test_the_phase_gauges_always_equal_a_recount() -> None:
+    """Kept by moving one Project at a time (a recount per pass was quadratic in a fleet)."""
+    metrics, rng = Metrics(), random.Random(7)
+    phases: dict[str, Phase] = {}
+    for _ in range(2000):
+        uid, phase = f"p{rng.randrange(50)}", rng.choice([*Phase, None])
+        metrics.set_phase(uid, phase)
+        if phase is None:
+            phases.pop(uid, None)
+        else:
+            phases[uid] = phase
+    for each in Phase:
+        expected = sum(1 for p in phases.values() if p is each)
+        assert metrics.projects.labels(each.value)._value.get() == expected

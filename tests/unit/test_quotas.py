@@ -1,0 +1,43 @@
+"""Who a Platform's per-namespace quota admits: the oldest first, by creation then name (pure)."""
+
+from __future__ import annotations
+
+from controller.quotas import Member, refusal
+from schemas.platform import NamespaceQuotas
+
+
+def members(*domains: int) -> list[Member]:
+    # Listed in no particular order; created a second apart, p0 first.
+    return [Member(f"p{i}", f"uid-{i}", f"2026-12-03T10:00:0{i}Z", n) for i, n in reversed(list(enumerate(domains)))]
+
+
+def test_the_oldest_projects_are_admitted_and_a_newer_one_past_the_limit_is_not() -> None:
+    quota = NamespaceQuotas(projects=2)
+    team = members(1, 1, 1)
+    assert refusal(quota, "edge", "team", "uid-0", team) is None
+    assert refusal(quota, "edge", "team", "uid-1", team) is None
+    why = refusal(quota, "edge", "team", "uid-2", team)
+    assert why is not None and "namespace team may have 2 Projects on Platform edge" in why and "p2 is number 3" in why
+    # Once an older one goes, the next in line is in.
+    assert refusal(quota, "edge", "team", "uid-2", [m for m in team if m.uid != "uid-0"]) is None
+
+
+def test_domains_count_oldest_project_first() -> None:
+    quota = NamespaceQuotas(domains=3)
+    team = members(2, 1, 1)
+    assert refusal(quota, "edge", "team", "uid-1", team) is None  # 2 + 1
+    why = refusal(quota, "edge", "team", "uid-2", team)
+    assert why is not None and "may route 3 domains" in why and "it would be 4" in why
+
+
+def test_ties_in_creation_are_broken_by_name_so_every_replica_agrees() -> None:
+    same_second = [Member(name, f"uid-{name}", "2026-12-03T10:00:00Z", 1) for name in ("b", "a", "c")]
+    quota = NamespaceQuotas(projects=2)
+    assert refusal(quota, "edge", "team", "uid-c", same_second) is not None
+    assert refusal(quota, "edge", "team", "uid-a", same_second) is None
+
+
+def test_no_quota_and_a_project_not_listed_yet_are_not_refused() -> None:
+    assert refusal(NamespaceQuotas(), "edge", "team", "uid-9", members(5, 5)) is None
+    assert refusal(NamespaceQuotas(projects=0), "edge", "team", "uid-9", members(1)) is None
+    assert refusal(NamespaceQuotas(projects=0), "edge", "team", "uid-0", members(1)) is not None
