@@ -4,32 +4,18 @@ entries of vanished Projects collected (against the real API server)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 
 import pytest
 
 from controller.claims import LEDGER_LABEL, LEGACY_PORT_LEDGER, ClaimStore
-from controller.kube import KubeClient, api_client_from_environment
+from controller.kube import KubeClient
 from controller.ledger import Holder, name_ledger
 from controller.localcluster import LocalCluster
 from controller.naming import ProjectKey
 from schemas.project import ProjectSpec
 from tests.factories import project_spec
 from tests.helpers import ledger_entries
-
-
-@pytest.fixture()
-def kube(cluster: LocalCluster) -> Iterator[KubeClient]:
-    api = api_client_from_environment(pool_size=16, config_file=str(cluster.kubeconfig))
-    with ThreadPoolExecutor(16) as pool:
-        yield KubeClient(api, pool)
-    api.close()
-
-
-@pytest.fixture()
-def namespace() -> str:
-    return f"ledgers-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture()
