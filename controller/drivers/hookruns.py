@@ -22,6 +22,7 @@ hook's command is an argument, never shell text: nothing in it is evaluated.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 
 from controller.drivers.workloads import hook_run
 from schemas.project import HookRun
@@ -69,7 +70,9 @@ def follow_argv(mode: str, run_dir: str, timeout: int, command: list[str], launc
     return ["sh", "-c", FOLLOW, "codeb-hook", mode, run_dir, str(timeout), launcher, *command]
 
 
-def judge(run: HookRun, timeout: int, answer: str, secret_values: frozenset[str]) -> tuple[HookRun, bool]:
+def judge(
+    run: HookRun, timeout: int, answer: str, secret_values: frozenset[str], now: datetime | None = None
+) -> tuple[HookRun, bool]:
     """What `FOLLOW` answered, as the run's record; and whether it is overdue and must be stopped."""
     first, _, output = answer.partition("\n")
     first = first.strip()
@@ -95,7 +98,14 @@ def judge(run: HookRun, timeout: int, answer: str, secret_values: frozenset[str]
             "its process ended without a result (killed, or the machine restarted); not started again"
         )
         return hook_run(run.name, False, message, secret_values).model_copy(update=kept), False
-    return run, False  # no answer this time (the host did not say): asked again next pass
+    # No answer this time (the machine did not say, or could not make the run's directory): asked
+    # again next pass, until the run is older than its timeout and grace; then it failed to start.
+    recorded = run.started_at or (now or datetime.now(UTC))
+    if (now or datetime.now(UTC)) > recorded + timedelta(seconds=timeout + GRACE_SECONDS):
+        said = first or "no answer"
+        message = f"could not be started or followed within {timeout + GRACE_SECONDS} s ({said})"
+        return hook_run(run.name, False, message, secret_values).model_copy(update=kept), False
+    return run, False
 
 
 def valid_run_id(run: HookRun) -> str:
