@@ -8,10 +8,10 @@ for Service IP ranges: every write replaces the whole ledger guarded by its
 ``resourceVersion``, so two replicas, two workers or a restarted operator can never
 hand out one value twice; the loser of a race re-reads and decides again.
 
-Deciding is pure (`controller.ledger`: requests turn a `Ledger` into changes, and
-`plan_claims` says which ledger each value goes to) and tested with plain data. Writing is a group commit per pool: the
-requests that arrive while a write is in flight go out together in the next one, so
-a burst of new Projects costs a handful of writes instead of one per value. The
+Deciding is pure (`controller.ledger`: requests turn a `Ledger` into changes;
+`controller.claimplan`: which ledger each value goes to) and tested with plain data.
+Writing is a group commit per ledger: the requests that arrive while a write is in
+flight go out together in the next one, so a burst of new Projects shares writes. The
 ledger is cached between writes; a read older than `CACHE_SECONDS` is refreshed.
 
 Domains are a pool too, cluster-wide: a domain routes to one Project, and a second
@@ -19,9 +19,9 @@ Project naming it, or a name its wildcard would cover (or a wildcard covering it
 `controller.domains`), gets ``RouteReady=False DomainTaken`` while the first keeps serving.
 
 Size: no ledger has to hold every Project. Ports are unique per machine a Project shares
-(`ledger.port_scopes`): one ledger for the operator's machine (provider local), one per
+(`claimplan.port_scopes`): one ledger for the operator's machine (provider local), one per
 ``existing`` host; a port range holds 2,000 numbers, about 160 KB. Each name pool is
-split over `ledger.NAME_SHARDS` ledgers by a hash of the name (domains by their parent,
+split over `claimplan.NAME_SHARDS` ledgers by a hash of the name (domains by their parent,
 so overlaps meet in one ledger): 16 MiB, about 200,000 names per pool. Ledgers from
 before the split (``ledger-<pool>``) are moved into it at start (names), or read as
 taken until their holders move (ports, whose ledger depends on the Project's hosts).
@@ -35,11 +35,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from controller.claimplan import ClaimPlan, name_ledger, plan_claims, port_ledger, port_request, port_scopes
 from controller.errors import AllocationConflict, RetryableError
 from controller.kube import Conflict, KubeClient, StoredConfigMap
 from controller.ledger import (
     Claim,
-    ClaimPlan,
     ExactRequest,
     Holder,
     KeepOnlyRequest,
@@ -50,11 +50,6 @@ from controller.ledger import (
     Value,
     allocations_for,
     decide_batch,
-    name_ledger,
-    plan_claims,
-    port_ledger,
-    port_request,
-    port_scopes,
 )
 from controller.naming import ProjectKey
 from schemas.project import Allocations, ProjectSpec, Provider
@@ -341,7 +336,7 @@ class ClaimStore:
         """Allocations as currently claimed, without claiming anything (for teardown).
 
         ``ports`` are the primary and alternate as status last recorded them: with no port
-        scope (`ledger.port_scopes`) they are all there is; otherwise the held ports say.
+        scope (`claimplan.port_scopes`) they are all there is; otherwise the held ports say.
         Only names this Project holds in the ledger: one it was refused (another Project's bucket,
         an operator name) was never made by it, so it is nobody's to delete here.
         """

@@ -10,23 +10,18 @@ server and writes what these decide.
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from controller import domains, naming
 from controller.errors import AllocationConflict, CodebError, RetryableError
-from controller.naming import ProjectKey
 from controller.rollout import blue_green
 from schemas.project import (
     PORT_RANGES,
     Allocations,
-    DeletionPolicy,
     EnvironmentType,
     ProjectSpec,
-    Provider,
-    Runtime,
 )
 
 
@@ -321,51 +316,6 @@ def _port_range(environment: EnvironmentType, reserved: frozenset[int]) -> tuple
     return tuple(p for p in range(low, high + 1) if p not in reserved)
 
 
-# Each name pool is split over this many ledgers (ConfigMaps), so no one object has to hold
-# every Project's entries: a ConfigMap holds 1 MiB, about 12,000 entries of ~80 bytes.
-NAME_SHARDS = 16
-
-
-def ledger_name(pool: str, shard: str) -> str:
-    return f"ledger-{pool}-{shard}"
-
-
-def name_ledger(pool: str, value: str) -> str:
-    """The ledger a name belongs in: by a hash of the name, for domains of its parent.
-
-    Every domain a route could confuse with another (the same name, or a wildcard and a
-    name one label below it) has the same parent, so one ledger decides each overlap.
-    """
-    key = decode_domain(value).partition(".")[2] if pool == "domain" else value
-    return ledger_name(pool, f"{int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % NAME_SHARDS:02d}")
-
-
-def port_ledger(scope: str) -> str:
-    """One port ledger per machine the Project shares: ``ledger-port-local``, ``ledger-port-h<hash of host>``."""
-    return ledger_name("port", scope if scope == LOCAL_SCOPE else "h" + hashlib.sha256(scope.encode()).hexdigest()[:16])
-
-
-# The port scope of the operator's own machine (provider local: processes and its Caddy).
-LOCAL_SCOPE = "local"
-
-
-def port_scopes(spec: ProjectSpec) -> tuple[str, ...]:
-    """Where no other Project may have this one's ports: the machines it shares with others.
-
-    Provider local runs on the operator's machine, so its ports are unique there; quadlet on
-    ``existing`` hosts shares each host with whoever else deploys there, so a port is unique
-    per host (and the same on each of the Project's hosts, the way its units are written).
-    Hosts Terraform makes for one Project and a Kubernetes Service of its own share their
-    port with nobody: no ledger, so the ranges bound one machine, never the fleet.
-    """
-    servers = spec.servers
-    if servers.provider is Provider.local:
-        return (LOCAL_SCOPE,)
-    if servers.provider is Provider.existing and servers.runtime is Runtime.quadlet:
-        return tuple(sorted({f"host {host.lower()}" for host in servers.hosts}))
-    return ()
-
-
 @dataclass(frozen=True)
 class ExactRequest:
     """Exactly these numbers for this holder (its port on its second and later hosts); none else."""
@@ -384,43 +334,6 @@ class ExactRequest:
         changes: Changes = {value: None for value in mine if int(value) not in self.numbers}
         changes.update({str(n): self.holder for n in self.numbers if str(n) not in mine})
         return self.numbers, changes
-
-
-def port_request(
-    key: ProjectKey,
-    spec: ProjectSpec,
-    reserved_ports: Iterable[int] = (),
-    current: tuple[int | None, int | None] = (None, None),
-    port_free: Callable[[int], bool] | None = None,
-    elsewhere: Callable[[int], Holder | None] | None = None,
-) -> Request:
-    """The port (and, blue-green, the other colour's) this spec asks of its first port scope."""
-    low, high = PORT_RANGES[spec.environment.type]
-    candidates = port_candidates(spec, reserved_ports)
-    port = NumberRequest(Holder(key.uid, str(key)), "port", candidates, spec.resources.port, current[0],
-                         f"{low}-{high}", usable=port_free, elsewhere=elsewhere)  # fmt: skip
-    return PortPairRequest(port, current[1]) if blue_green(spec) else port
-
-
-def requests_for(
-    key: ProjectKey,
-    spec: ProjectSpec,
-    reserved_ports: Iterable[int] = (),
-    current_port: int | None = None,
-    port_free: Callable[[int], bool] | None = None,
-    current_alternate: int | None = None,
-) -> dict[str, Request]:
-    """What this spec asks of each pool (pure, given ``port_free``); ``port`` of its first port scope."""
-    holder = Holder(key.uid, str(key))
-    port = port_request(key, spec, reserved_ports, (current_port, current_alternate), port_free)
-    requests: dict[str, Request] = {"port": port}
-    allocations = allocations_for(spec, None)
-    drop = spec.deletion_policy is DeletionPolicy.Delete
-    requests["database"] = NameRequest(holder, "database", allocations.database, "spec.project.slug", drop)
-    requests["cache"] = NameRequest(holder, "cache", allocations.redis_user, "spec.project.slug", drop)
-    requests["bucket"] = NameRequest(holder, "bucket", allocations.bucket, "spec.features.storage.bucket", drop)
-    requests["domain"] = NameSetRequest(holder, "domain", tuple(encode_domain(d) for d in spec.environment.domains))
-    return requests
 
 
 def allocations_for(spec: ProjectSpec, port: int | None, alternate_port: int | None = None) -> Allocations:
@@ -457,58 +370,3 @@ def decide_batch(ledger: Ledger, requests: list[Request]) -> tuple[Ledger, list[
         work.apply(changes)
         outcomes.append(result)
     return work, outcomes
-
-
-@dataclass(frozen=True)
-class ClaimPlan:
-    """What one Project asks of which ledger, in the order `ClaimStore.ensure` writes it.
-
-    First every claim (``claims``: one request per ledger, nothing released yet), then the
-    Project's port on its other hosts (``more_ports``, the number the first decided), and
-    only once everything is granted, what it no longer needs is released (`keep`).
-    """
-
-    claims: dict[str, Request]
-    port_ledger: str | None  # the ledger of the first port scope (None: ports shared with nobody)
-    more_ports: dict[str, str]  # ledger -> scope, of the other hosts
-    names_kept: dict[str, frozenset[str]]  # name ledger -> what this Project keeps there
-
-    def keep(self, held: Mapping[str, frozenset[str]], ports: tuple[int, ...]) -> dict[str, frozenset[str]]:
-        """Each ledger holding something of this Project -> what stays there (the rest is released)."""
-        port_ledgers = {self.port_ledger, *self.more_ports} - {None}
-        numbers = frozenset(str(n) for n in ports)
-        kept = {name: numbers if name in port_ledgers else self.names_kept.get(name, frozenset()) for name in held}
-        return {name: values for name, values in kept.items() if held[name] - values}
-
-
-def plan_claims(
-    key: ProjectKey,
-    spec: ProjectSpec,
-    held: Mapping[str, frozenset[str]],
-    port: Request,
-) -> ClaimPlan:
-    """Which ledger each name and port goes to (pure). ``held``: ledger -> what this Project holds there."""
-    holder = Holder(key.uid, str(key))
-    allocations = allocations_for(spec, None)
-    drop = spec.deletion_policy is DeletionPolicy.Delete
-    claims: dict[str, Request] = {}
-    kept: dict[str, frozenset[str]] = {}
-    for pool, name, field_path in (("database", allocations.database, "spec.project.slug"),
-                                   ("cache", allocations.redis_user, "spec.project.slug"),
-                                   ("bucket", allocations.bucket, "spec.features.storage.bucket")):  # fmt: skip
-        if name is not None:
-            claims[name_ledger(pool, name)] = NameRequest(holder, pool, name, field_path, drop, release=False)
-            kept[name_ledger(pool, name)] = frozenset({name})
-        elif not drop:  # the feature is off and its data kept: so are the names that hold it
-            kept.update({ledger: values for ledger, values in held.items() if ledger.startswith(f"ledger-{pool}")})
-    domains_by_ledger: dict[str, list[str]] = {}
-    for domain in spec.environment.domains:
-        domains_by_ledger.setdefault(name_ledger("domain", encode_domain(domain)), []).append(encode_domain(domain))
-    for ledger, names in domains_by_ledger.items():
-        claims[ledger] = NameSetRequest(holder, "domain", tuple(names), release=False)
-        kept[ledger] = frozenset(names)
-    scopes = {port_ledger(scope): scope for scope in port_scopes(spec)}
-    first = next(iter(scopes), None)
-    if first is not None:
-        claims[first] = port
-    return ClaimPlan(claims, first, {ledger: scope for ledger, scope in scopes.items() if ledger != first}, kept)

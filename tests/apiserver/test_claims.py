@@ -10,10 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from controller.claimplan import port_ledger
 from controller.claims import LEDGER_LABEL, ClaimStore, local_port_free
 from controller.errors import AllocationConflict
 from controller.kube import KubeClient, api_client_from_environment
-from controller.ledger import Claim, Holder, port_ledger
+from controller.ledger import Claim, Holder
 from controller.localcluster import LocalCluster
 from controller.naming import ProjectKey
 from schemas.project import ProjectSpec

@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from controller.claimplan import name_ledger
 from controller.claims import LEDGER_LABEL, LEGACY_PORT_LEDGER, ClaimStore
 from controller.kube import KubeClient
-from controller.ledger import Holder, name_ledger
+from controller.ledger import Holder
 from controller.localcluster import LocalCluster
 from controller.naming import ProjectKey
 from schemas.project import ProjectSpec

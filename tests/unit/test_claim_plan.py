@@ -7,21 +7,17 @@ from typing import Any
 import pytest
 
 from controller import naming
-from controller.errors import RetryableError
-from controller.ledger import (
+from controller.claimplan import (
     LOCAL_SCOPE,
     NAME_SHARDS,
-    ExactRequest,
-    Holder,
-    Ledger,
-    NameSetRequest,
-    encode_domain,
     name_ledger,
     plan_claims,
     port_ledger,
     port_request,
     port_scopes,
 )
+from controller.errors import RetryableError
+from controller.ledger import ExactRequest, Holder, Ledger, NameSetRequest, encode_domain
 from controller.naming import ProjectKey
 from schemas.project import ProjectSpec
 from tests.factories import project_spec

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from controller.claimplan import requests_for
 from controller.claims import ClaimStore
 from controller.domains import PublicSuffixes, public_suffixes
 from controller.errors import AllocationConflict
@@ -19,7 +20,6 @@ from controller.ledger import (
     Refusal,
     ReleaseRequest,
     decide_batch,
-    requests_for,
 )
 from controller.naming import ProjectKey
 from schemas.project import ProjectSpec
