@@ -88,27 +88,6 @@ def port_request(
     return PortPairRequest(port, current[1]) if blue_green(spec) else port
 
 
-def requests_for(
-    key: ProjectKey,
-    spec: ProjectSpec,
-    reserved_ports: Iterable[int] = (),
-    current_port: int | None = None,
-    port_free: Callable[[int], bool] | None = None,
-    current_alternate: int | None = None,
-) -> dict[str, Request]:
-    """What this spec asks of each pool (pure, given ``port_free``); ``port`` of its first port scope."""
-    holder = Holder(key.uid, str(key))
-    port = port_request(key, spec, reserved_ports, (current_port, current_alternate), port_free)
-    requests: dict[str, Request] = {"port": port}
-    allocations = allocations_for(spec, None)
-    drop = spec.deletion_policy is DeletionPolicy.Delete
-    requests["database"] = NameRequest(holder, "database", allocations.database, "spec.project.slug", drop)
-    requests["cache"] = NameRequest(holder, "cache", allocations.redis_user, "spec.project.slug", drop)
-    requests["bucket"] = NameRequest(holder, "bucket", allocations.bucket, "spec.features.storage.bucket", drop)
-    requests["domain"] = NameSetRequest(holder, "domain", tuple(encode_domain(d) for d in spec.environment.domains))
-    return requests
-
-
 @dataclass(frozen=True)
 class ClaimPlan:
     """What one Project asks of which ledger, in the order `ClaimStore.ensure` writes it.

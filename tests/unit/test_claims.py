@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller.claimplan import requests_for
+from controller.claimplan import LOCAL_SCOPE, name_ledger, plan_claims, port_ledger, port_request
 from controller.claims import ClaimStore
 from controller.domains import PublicSuffixes, public_suffixes
 from controller.errors import AllocationConflict
@@ -122,16 +122,19 @@ def test_the_stored_form_round_trips() -> None:
 
 def test_requests_follow_the_spec() -> None:
     spec = ProjectSpec.model_validate(project_spec(slug="shop", env="staging", features={"database": {}, "redis": {}}))
-    requests = requests_for(ProjectKey("ns", "shop", "uid"), spec, {4500}, 4600, current_alternate=4601)
-    pair = requests["port"]
+    key = ProjectKey("ns", "shop", "uid")
+    pair = port_request(key, spec, {4500}, (4600, 4601))
     assert spec.servers.runtime.value == "local"  # two colours, so two ports
     assert isinstance(pair, PortPairRequest) and pair.keep_alternate == 4601
     port = pair.primary
     assert isinstance(port, NumberRequest) and port.keep == 4600 and 4500 not in port.candidates
-    assert isinstance(requests["domain"], NameSetRequest) and requests["domain"].names == ("shop.example.com",)
-    database, bucket = requests["database"], requests["bucket"]
+    claims = plan_claims(key, spec, {}, pair).claims
+    assert claims[port_ledger(LOCAL_SCOPE)] is pair
+    domain = claims[name_ledger("domain", "shop.example.com")]
+    assert isinstance(domain, NameSetRequest) and domain.names == ("shop.example.com",)
+    database = claims[name_ledger("database", "shop_staging_db")]
     assert isinstance(database, NameRequest) and database.name == "shop_staging_db"
-    assert isinstance(bucket, NameRequest) and bucket.name is None
+    assert not any(isinstance(r, NameRequest) and r.pool == "bucket" for r in claims.values())  # no storage
 
 
 def test_a_port_pair_keeps_both_ports_and_takes_a_free_second_one() -> None:
