@@ -85,9 +85,12 @@ class PlatformDrivers:
         return drivers
 
     async def admit(self, name: str, key: ProjectKey) -> None:
-        """Refuses a Project its namespace may not have on this Platform (`controller.quotas`)."""
-        platform, _ = await self._platform(name)
-        await self._check_allowed(name, platform, key.namespace)
+        """Refuses a Project past its namespace's quota on this Platform (`controller.quotas`).
+
+        Called right after the drivers (which read the Platform and check the namespace is allowed):
+        the Platform as they cached it, not a second read."""
+        cached = self._cache.get(name)
+        platform = cached[1] if cached is not None else (await self._platform(name))[0]
         await self._quotas.check(platform.quotas, name, key)
 
     async def _platform(self, name: str) -> tuple[PlatformSpec, Drivers]:

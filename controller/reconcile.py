@@ -184,10 +184,10 @@ class Reconciler:
         spec = project.spec
         placement = Placement.of(spec, project.key.namespace)
         try:
-            # A namespace its Platform does not allow, or one past the Platform's quota, claims nothing.
+            # A namespace its Platform does not allow (refused here), or one past its quota, claims nothing.
+            drivers = await self._drivers_for(placement)
             if self._admission is not None:
                 await self._admission.admit(placement, project.key)
-            drivers = await self._drivers_for(placement)
             recorded = project.status.allocations
             claimed = await self.claims.ensure(project.key, spec, recorded.port, recorded.alternate_port)
         except CodebError as exc:
