@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from controller.localcluster import LocalCluster, ensure_kube_binary
+from controller.local.cluster import LocalCluster, ensure_kube_binary
 
 
 def main() -> None:

@@ -46,9 +46,9 @@ import httpx
 import kubernetes.client
 import kubernetes.watch
 
-from controller.cli import CRD_PATH
-from controller.kube import api_client_from_environment
-from controller.localcluster import LocalCluster, find_binary
+from controller.cli.main import CRD_PATH
+from controller.clients.kube import api_client_from_environment
+from controller.local.cluster import LocalCluster, find_binary
 from schemas.project import API_GROUP, API_VERSION, PLURAL
 from tests.apiserver.test_operator import AUDIT_WRITES, fleet, operator_writes
 

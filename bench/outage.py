@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from controller.localcluster import LocalCluster
+from controller.local.cluster import LocalCluster
 from tests.apiserver.test_operator import AUDIT_WRITES, operator_writes
 from tests.apiserver.test_platform_e2e import NS, app, install_platform
 from tests.conftest import start_cluster

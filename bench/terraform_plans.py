@@ -30,12 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import asyncssh
 
-from controller.drivers import DriverContext
+from controller.clients.kube import KubeClient, api_client_from_environment
 from controller.drivers.terraform import TerraformHosts, TerraformRunner, TerraformSettings
 from controller.errors import RetryableError
-from controller.kube import KubeClient, api_client_from_environment
-from controller.localcluster import LocalCluster
-from controller.naming import ProjectKey
+from controller.local.cluster import LocalCluster
+from controller.loop.interface import DriverContext
+from controller.loop.naming import ProjectKey
 from schemas.project import Allocations, InfrastructureStatus, ProjectSpec, Provider
 from tests.apiserver.test_terraform_runs import CREDENTIALS, MODULES
 from tests.factories import project_spec

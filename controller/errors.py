@@ -3,7 +3,7 @@
 Two kinds matter to the reconciler: a *retryable* error is worth trying again
 later (an outage, a conflict, a timeout); a *permanent* error will not go away
 until the user changes something, so it says what to change. They are mapped to
-kopf in exactly one place (`controller.operator`).
+kopf in exactly one place (`controller.operator.handlers`).
 """
 
 from __future__ import annotations

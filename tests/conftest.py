@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli import CRD_PATH
-from controller.kube import KubeClient, api_client_from_environment
-from controller.localcluster import LocalCluster
+from controller.cli.main import CRD_PATH
+from controller.clients.kube import KubeClient, api_client_from_environment
+from controller.local.cluster import LocalCluster
 from tests import process_sweep
 
 # Set before any fixture starts a process: what a test starts inherits it and can be found again.

@@ -8,9 +8,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from controller.drivers import DriverContext, HookRunner
-from controller.ledger import allocations_for
-from controller.naming import ProjectKey
+from controller.claims.ledger import allocations_for
+from controller.loop.interface import DriverContext, HookRunner
+from controller.loop.naming import ProjectKey
 from schemas.project import App, Hook, HookRun, ProjectSpec
 from tests.factories import project_spec
 

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from controller.drivers import Driver, DriverContext
-from controller.localcluster import LocalCluster, find_binary
-from controller.planner import Observation
+from controller.local.cluster import LocalCluster, find_binary
+from controller.loop.interface import Driver, DriverContext
+from controller.loop.planner import Observation
 
 T = TypeVar("T")
 

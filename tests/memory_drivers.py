@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import copy
 
-from controller.drivers import DriverContext
-from controller.planner import ORDER, Component, Observation, State
+from controller.loop.interface import DriverContext
+from controller.loop.planner import ORDER, Component, Observation, State
 
 
 class MemoryDriver:

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from controller.drivers.processes import stop_everything_under
-from controller.localcluster import REPO_ROOT, LocalCluster
+from controller.local.cluster import REPO_ROOT, LocalCluster
 from tests.conftest import start_cluster
 from tests.helpers import OperatorProcess, get_json, wait_for
 from tests.servers import CaddyServer, https_get, start_caddy

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.localcluster import find_binary, free_port
-from controller.localplatform import postgres_bin, wait_minio_ready, wait_port
+from controller.local.cluster import find_binary, free_port
+from controller.local.platform import postgres_bin, wait_minio_ready, wait_port
 
 
 @dataclass

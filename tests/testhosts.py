@@ -32,7 +32,7 @@ from pathlib import Path
 
 import asyncssh
 
-from controller.localcluster import stop_process
+from controller.local.cluster import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 SERVICES_ADDRESS = "10.213.0.1"

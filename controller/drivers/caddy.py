@@ -4,7 +4,7 @@ Each route carries ``@id: codeb.<namespace>.<name>``, so the driver reads and
 replaces exactly its own routes and never touches others. A namespace has no dot,
 so no two Projects share an id (``a-b/c`` and ``a/b-c`` did with a dash). Which
 Project may route a domain is decided cluster-wide by the domain ledger
-(`controller.claims`), before this driver is asked. The route is rendered
+(`controller.claims.store`), before this driver is asked. The route is rendered
 by a pure function (`render_route`) and compared whole with what Caddy holds: a
 route edited or deleted by hand, or lost in a Caddy restart, is drift and is
 rewritten. Every change is one admin-API request, which Caddy applies atomically.
@@ -30,9 +30,9 @@ from typing import Any
 
 import httpx
 
-from controller.drivers import DriverContext
 from controller.errors import PermanentError, RetryableError
-from controller.planner import Component, Observation, State
+from controller.loop.interface import DriverContext
+from controller.loop.planner import Component, Observation, State
 
 SERVER = "codeb"
 ADMIN_CONNECT_ATTEMPTS = 6

@@ -17,11 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from controller.drivers import DriverContext
+from controller.clients.kube import KubeClient, api_client_from_kubeconfig
+from controller.clients.targets import check_target
 from controller.errors import CodebError, RetryableError
-from controller.kube import KubeClient, api_client_from_kubeconfig
-from controller.planner import Component, Observation, State
-from controller.targets import check_target
+from controller.loop.interface import DriverContext
+from controller.loop.planner import Component, Observation, State
 from schemas.project import Provider
 
 OWN_CLUSTER = "the operator's own cluster"
@@ -44,7 +44,8 @@ class Target:
 class TargetClusters:
     def __init__(self, own: KubeClient, allow_internal: bool = False) -> None:
         self._own = Target(own, OWN_CLUSTER, remote=False)
-        # A kubeconfig's server on loopback or link-local (`controller.targets`): only where all runs on one machine.
+        # A kubeconfig's server on loopback or link-local (`controller.clients.targets`): only where all
+        # runs on one machine.
         self._allow_internal = allow_internal
         self._clients: dict[tuple[str, str], tuple[str, Target]] = {}  # (namespace, Secret): (digest, target)
 

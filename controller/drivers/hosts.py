@@ -18,12 +18,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from controller.drivers import DriverContext
+from controller.clients.ssh import HostAccess, Login, SshPool
 from controller.drivers.workloads import SecretReader
 from controller.errors import CodebError, RetryableError
-from controller.naming import ProjectKey
-from controller.planner import Component, Observation, State
-from controller.ssh import HostAccess, Login, SshPool
+from controller.loop.interface import DriverContext
+from controller.loop.naming import ProjectKey
+from controller.loop.planner import Component, Observation, State
 from schemas.project import Provider, Servers, SshAccess
 
 GENERATOR = "/usr/lib/systemd/system-generators/podman-system-generator"

@@ -25,18 +25,18 @@ import hashlib
 import json
 from typing import Any
 
-from controller.drivers import DriverContext
+from controller.clients.kube import KubeClient
 from controller.drivers.clusters import Target, TargetClusters
 from controller.errors import PermanentError
-from controller.kube import KubeClient
-from controller.planner import Component, Observation, State
-from controller.secrets import OWNER_LABEL
+from controller.loop.interface import DriverContext
+from controller.loop.planner import Component, Observation, State
+from controller.loop.secrets import OWNER_LABEL
 
 MANAGER = "codeb"
 DIGEST = "codeb.dev/rendered-digest"
 CREDENTIALS = "codeb.dev/credentials-digest"
 REVISION = "codeb.dev/revision"
-# The release a failed rollout was rolled back from (`controller.rolling_update`): on the
+# The release a failed rollout was rolled back from (`controller.loop.rollouts.rolling`): on the
 # Deployment itself, so an operator that crashed before recording the failure still knows it.
 HELD_BACK = "codeb.dev/held-back"
 # Pods restart when the credentials change; the autoscaler aims at this CPU use.
@@ -337,7 +337,7 @@ def progressed_at(deployment: Object) -> str | None:
     back to one an existing ReplicaSet runs it may keep the condition of the rollout before
     (``NewReplicaSetAvailable``), which it never times out; so the deadline is also counted
     by the operator, from the later of this time and the rollout's start
-    (`controller.rolling_update`).
+    (`controller.loop.rollouts.rolling`).
     """
     for condition in deployment.get("status", {}).get("conditions", []):
         if condition.get("type") == "Progressing" and condition.get("reason") in PROGRESS_REASONS:

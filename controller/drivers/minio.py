@@ -28,10 +28,10 @@ from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
 from minio.minioadmin import MinioAdmin
 from minio.versioningconfig import SUSPENDED, VersioningConfig
 
-from controller.drivers import DriverContext
 from controller.errors import PermanentError, RetryableError
-from controller.planner import Component, Observation, State
-from controller.secrets import SecretStore, ensure_password
+from controller.loop.interface import DriverContext
+from controller.loop.planner import Component, Observation, State
+from controller.loop.secrets import SecretStore, ensure_password
 from schemas.project import OPERATOR_BUCKET_PREFIX
 
 SECRET_KEY = "S3_SECRET_KEY"

@@ -46,10 +46,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from controller.drivers import DriverContext, DumpSink
 from controller.errors import PermanentError, RetryableError
-from controller.planner import Component, Observation, State
-from controller.secrets import SecretStore, ensure_password
+from controller.loop.interface import DriverContext, DumpSink
+from controller.loop.planner import Component, Observation, State
+from controller.loop.secrets import SecretStore, ensure_password
 
 PASSWORD_KEY = "DATABASE_PASSWORD"
 CONNECT_TIMEOUT_SECONDS = 5

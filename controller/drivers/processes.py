@@ -1,6 +1,6 @@
 """Runtime ``local``: the workload as a supervised process on the operator's machine.
 
-Each Project's ``source.command`` runs under `controller.supervise`, started in a
+Each Project's ``source.command`` runs under `controller.local.supervise`, started in a
 session of its own so it outlives the operator. The driver keeps no record of its
 own: it finds a Project's processes again in ``/proc`` by the supervisor's command
 line (``--workload <namespace>/<name>``), so a restarted operator adopts what runs
@@ -38,7 +38,6 @@ from typing import Any
 
 import httpx
 
-from controller.drivers import DriverContext, hookruns
 from controller.drivers.workloads import (
     Probe,
     SecretReader,
@@ -49,11 +48,13 @@ from controller.drivers.workloads import (
     read_credentials,
 )
 from controller.errors import PermanentError, RetryableError
-from controller.naming import ProjectKey
-from controller.planner import Component, Observation, State
+from controller.jobs import hookruns
+from controller.loop.interface import DriverContext
+from controller.loop.naming import ProjectKey
+from controller.loop.planner import Component, Observation, State
 from schemas.project import App, Hook, HookRun
 
-SUPERVISOR = Path(__file__).resolve().parents[1] / "supervise.py"
+SUPERVISOR = Path(__file__).resolve().parents[1] / "local" / "supervise.py"
 LAUNCH_ENV = "CODEB_LAUNCH"
 LISTEN_HOST = "127.0.0.1"
 # Handed to the application from the operator's own environment; nothing else leaks in.
@@ -112,7 +113,7 @@ class LocalProcesses:
     # ------------------------------------------------------------ observe
 
     async def observe(self, ctx: DriverContext) -> Observation:
-        """Each colour's launched state, and its health in ``outputs["colours"]`` (`controller.rollout`)."""
+        """Each colour's launched state, and its health in ``outputs["colours"]`` (see `loop.rollouts.bluegreen`)."""
         self._check_namespace(ctx)
         found = self._find(ctx.key)
         if not found:
@@ -243,7 +244,7 @@ class LocalProcesses:
         self, ctx: DriverContext, state: State, endpoints: tuple[str, ...], hook: Hook | App, run: HookRun
     ) -> HookRun:
         """A hook runs beside the new colour, as it does: same directory, same environment, detached
-        (`controller.drivers.hookruns`); an app is installed through the colour's own endpoint."""
+        (`controller.jobs.hookruns`); an app is installed through the colour's own endpoint."""
         wanted = {k: v for k, v in state.items() if k != "environmentCurrent"}
         environment = await self._environment(ctx, wanted, missing_ok=True)
         if isinstance(hook, App):

@@ -2,10 +2,10 @@
 
 The hosts, and what each supports, come from the infrastructure's outputs
 (`controller.drivers.hosts`); the unit and the environment file are rendered by the
-pure builders in `controller.quadlet`. Credentials reach the host only in the
+pure builders in `controller.specs.quadlet`. Credentials reach the host only in the
 environment file (root-only, 0600), never in the unit.
 
-Deploys are blue-green across every host (`controller.rollout`): each colour is a unit
+Deploys are blue-green across every host (`controller.loop.rollouts.bluegreen`): each colour is a unit
 (``…-blue``, ``…-green``) on every host, publishing the colour's own port, so the new
 release starts beside the serving one, is checked on every host, and only then does
 the route switch, all hosts at once. The driver's state is the rollout engine's
@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from controller.drivers import DriverContext, hookruns
+from controller.clients.ssh import HostAccess, Login, SshPool
 from controller.drivers.hosts import login_for, servers_of
 from controller.drivers.workloads import (
     Credentials,
@@ -43,9 +43,11 @@ from controller.drivers.workloads import (
     read_credentials,
 )
 from controller.errors import CodebError, PermanentError, RetryableError
-from controller.naming import ProjectKey
-from controller.planner import Component, Observation, State
-from controller.quadlet import (
+from controller.jobs import hookruns
+from controller.loop.interface import DriverContext
+from controller.loop.naming import ProjectKey
+from controller.loop.planner import Component, Observation, State
+from controller.specs.quadlet import (
     HostFacts,
     env_digest,
     env_path,
@@ -56,13 +58,12 @@ from controller.quadlet import (
     unit_name,
     unit_path,
 )
-from controller.ssh import HostAccess, Login, SshPool
 from schemas.project import App, Colour, Hook, HookRun
 
 COLOURS = tuple(colour.value for colour in Colour)
 # Fields of a colour's state that are judged, not launched: never part of a unit's record.
 JUDGED = ("hosts", "environmentCurrent", "unitsMatch")
-# Where hooks run on a host, a directory per unit and run (`controller.drivers.hookruns`).
+# Where hooks run on a host, a directory per unit and run (`controller.jobs.hookruns`).
 HOOK_RUNS = "/var/lib/codeb/hooks"
 # One step of following a hook (start it, or look at it) answers within this.
 FOLLOW_SECONDS = 30.0
@@ -334,7 +335,7 @@ class QuadletUnits:
         self, ctx: DriverContext, state: State, endpoints: tuple[str, ...], hook: Hook | App, run: HookRun
     ) -> HookRun:
         """A hook runs inside the new colour's container on its first host (``podman exec``): same image,
-        same environment, detached on the host (`controller.drivers.hookruns`). An app is installed
+        same environment, detached on the host (`controller.jobs.hookruns`). An app is installed
         through the new colour's own endpoint."""
         wanted = {k: v for k, v in state.items() if k not in JUDGED}
         credentials = await read_credentials(self._read_secret, ctx.key, wanted, missing_ok=True)

@@ -37,10 +37,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from controller.drivers import DriverContext
 from controller.errors import PermanentError, RetryableError
-from controller.planner import Component, Observation, State
-from controller.secrets import SecretStore, ensure_password
+from controller.loop.interface import DriverContext
+from controller.loop.planner import Component, Observation, State
+from controller.loop.secrets import SecretStore, ensure_password
 
 PASSWORD_KEY = "REDIS_PASSWORD"
 # Data commands on the tenant's own keys only. The categories grant the bulk; the

@@ -7,7 +7,7 @@ stand-ins live under ``tests/`` and are passed in by tests and the control-loop
 benchmark, never by ``codeb operator``.
 
 Data services and the route come from the Platform the Project names
-(`controller.platforms`); hosts from the provider; the workload from the runtime.
+(`controller.drivers.platforms`); hosts from the provider; the workload from the runtime.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from controller.drivers import Driver, DriverContext, Drivers, Placement
+from controller.drivers.platforms import SERVICES
 from controller.errors import PermanentError
-from controller.naming import ProjectKey
-from controller.planner import ORDER, Component, Observation, State
-from controller.platforms import SERVICES
+from controller.loop.interface import Driver, DriverContext, Drivers, Placement
+from controller.loop.naming import ProjectKey
+from controller.loop.planner import ORDER, Component, Observation, State
 from schemas.project import Provider, Runtime
 
 
@@ -61,7 +61,7 @@ class LocalMachine:
 
 
 class PlatformServices(Protocol):
-    """Drivers for the shared services of the named Platform (`controller.platforms`)."""
+    """Drivers for the shared services of the named Platform (`controller.drivers.platforms`)."""
 
     async def __call__(self, name: str, namespace: str | None = None) -> Drivers: ...
 

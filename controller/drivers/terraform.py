@@ -5,7 +5,7 @@ One workspace per Project under the operator's work directory: the provider's mo
 the ``kubernetes`` backend (Secret ``tfstate-default-<namespace>.<name>`` and its lock
 Lease, in the operator's namespace), and the files of the run in progress. The workspace
 is a cache: deleting it loses nothing. What was applied is recorded in
-``status.infrastructure`` as the hash of module + inputs (`controller.terraform.config_hash`):
+``status.infrastructure`` as the hash of module + inputs (`controller.specs.terraform.config_hash`):
 while it matches, a reconcile starts no Terraform process at all.
 
 Runs (plan, apply, destroy) are detached from the operator (`TerraformRunner`): an
@@ -41,16 +41,16 @@ import asyncssh
 import structlog
 from python_terraform import IsFlagged, Terraform
 
-from controller import terraform as tf
-from controller.config import OperatorConfig
-from controller.drivers import DriverContext
+from controller.clients.kube import KubeClient
+from controller.clients.ssh import Login
 from controller.drivers.hosts import ExistingHosts, login_for, report
 from controller.drivers.workloads import SecretReader, redact
 from controller.errors import PermanentError, RetryableError
-from controller.kube import KubeClient
-from controller.naming import ProjectKey
-from controller.planner import Component, Observation, State, host_count, infrastructure_state
-from controller.ssh import Login
+from controller.loop.interface import DriverContext
+from controller.loop.naming import ProjectKey
+from controller.loop.planner import Component, Observation, State, host_count, infrastructure_state
+from controller.operator.config import OperatorConfig
+from controller.specs import terraform as tf
 from schemas.project import (
     ApplyMode,
     InfrastructureOutputs,

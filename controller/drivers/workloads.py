@@ -22,8 +22,8 @@ from urllib.parse import quote, quote_plus
 import httpx
 
 from controller.errors import RetryableError
-from controller.naming import ProjectKey
-from controller.planner import State
+from controller.loop.naming import ProjectKey
+from controller.loop.planner import State
 from schemas.project import App, HookRun
 
 

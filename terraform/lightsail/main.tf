@@ -1,4 +1,4 @@
-# Hosts and a load balancer for one Project on AWS Lightsail. Inputs: controller/terraform.py.
+# Hosts and a load balancer for one Project on AWS Lightsail. Inputs: controller/specs/terraform.py.
 # Credentials reach the provider as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY only.
 
 terraform {

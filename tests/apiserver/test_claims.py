@@ -10,13 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from controller.claimplan import port_ledger
-from controller.claims import LEDGER_LABEL, ClaimStore, local_port_free
+from controller.claims.ledger import Claim, Holder
+from controller.claims.plan import port_ledger
+from controller.claims.store import LEDGER_LABEL, ClaimStore, local_port_free
+from controller.clients.kube import KubeClient, api_client_from_environment
 from controller.errors import AllocationConflict
-from controller.kube import KubeClient, api_client_from_environment
-from controller.ledger import Claim, Holder
-from controller.localcluster import LocalCluster
-from controller.naming import ProjectKey
+from controller.local.cluster import LocalCluster
+from controller.loop.naming import ProjectKey
 from schemas.project import ProjectSpec
 from tests.factories import project_spec
 from tests.helpers import ledger_entries

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller.localcluster import LocalCluster
+from controller.local.cluster import LocalCluster
 from tests.bad_manifests import CORPUS, BadManifest
 from tests.factories import project
 

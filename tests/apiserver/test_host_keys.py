@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncssh
 import pytest
 
+from controller.clients.hostkeys import CONFIG_MAP, HostKeys
+from controller.clients.kube import KubeClient
+from controller.clients.ssh import HostAccess, SshPool
 from controller.errors import RetryableError
-from controller.hostkeys import CONFIG_MAP, HostKeys
-from controller.kube import KubeClient
-from controller.localcluster import free_port
-from controller.ssh import HostAccess, SshPool
+from controller.local.cluster import free_port
 from tests.sshserver import ssh_server
 
 

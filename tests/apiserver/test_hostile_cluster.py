@@ -13,11 +13,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import controller.drivers.clusters as clusters
-from controller.drivers import DriverContext
+from controller.clients.kube import KubeClient
 from controller.drivers.clusters import ExistingCluster, TargetClusters
-from controller.kube import KubeClient
-from controller.localcluster import LocalCluster
-from controller.naming import ProjectKey
+from controller.local.cluster import LocalCluster
+from controller.loop.interface import DriverContext
+from controller.loop.naming import ProjectKey
 from schemas.project import Allocations, ProjectSpec
 from tests.factories import project_spec
 

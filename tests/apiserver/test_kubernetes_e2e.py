@@ -21,7 +21,7 @@ import httpx
 import pytest
 import yaml
 
-from controller.localcluster import LocalCluster
+from controller.local.cluster import LocalCluster
 from tests.apiserver.test_kubernetes_runtime import flat_kubeconfig, kubelet_reports, pods
 from tests.apiserver.test_platform_e2e import NS, condition, install_platform, running_world, secret_data
 from tests.conftest import start_cluster

@@ -20,17 +20,17 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.claims import ClaimStore
-from controller.drivers import DriverContext
+from controller.claims.store import ClaimStore
+from controller.clients.kube import KubeClient, api_client_from_environment
 from controller.drivers.clusters import ExistingCluster, TargetClusters
 from controller.drivers.kubernetes import KubernetesWorkload
 from controller.errors import PermanentError, RetryableError
-from controller.kube import KubeClient, api_client_from_environment
-from controller.localcluster import LocalCluster
-from controller.naming import ProjectKey
-from controller.planner import Component, desired_state
-from controller.reconcile import ProjectInput, Reconciler
-from controller.status import condition
+from controller.local.cluster import LocalCluster
+from controller.loop.interface import DriverContext
+from controller.loop.naming import ProjectKey
+from controller.loop.planner import Component, desired_state
+from controller.loop.reconciler import ProjectInput, Reconciler
+from controller.loop.status import condition
 from schemas.project import Allocations, ProjectSpec, ProjectStatus
 from tests.conftest import start_cluster
 from tests.factories import project_spec
@@ -341,7 +341,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-# ---------------------------------------------------------------- rollouts (controller.rolling_update)
+# ---------------------------------------------------------------- rollouts (controller.loop.rollouts.rolling)
 
 
 async def test_a_revision_that_never_gets_ready_is_rolled_back_and_held_and_a_good_one_rolls_out(

@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from controller.claimplan import name_ledger
-from controller.claims import LEDGER_LABEL, LEGACY_PORT_LEDGER, ClaimStore
-from controller.kube import KubeClient
-from controller.ledger import Holder
-from controller.localcluster import LocalCluster
-from controller.naming import ProjectKey
+from controller.claims.ledger import Holder
+from controller.claims.plan import name_ledger
+from controller.claims.store import LEDGER_LABEL, LEGACY_PORT_LEDGER, ClaimStore
+from controller.clients.kube import KubeClient
+from controller.local.cluster import LocalCluster
+from controller.loop.naming import ProjectKey
 from schemas.project import ProjectSpec
 from tests.factories import project_spec
 from tests.helpers import ledger_entries

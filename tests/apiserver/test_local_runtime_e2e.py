@@ -19,7 +19,7 @@ import redis
 import yaml
 from minio import Minio
 
-from controller.localcluster import REPO_ROOT, LocalCluster
+from controller.local.cluster import REPO_ROOT, LocalCluster
 from tests.apiserver.test_platform_e2e import NS, install_platform, running_world, secret_data
 from tests.helpers import OperatorProcess, get_json, wait_for
 from tests.rollouts import FAST

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from controller.localcluster import LocalCluster
+from controller.local.cluster import LocalCluster
 from tests.conftest import start_cluster
 from tests.factories import project
 from tests.helpers import OperatorProcess, get_json, ledger_entries, projects, wait_for

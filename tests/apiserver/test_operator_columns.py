@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.localcluster import LocalCluster
+from controller.local.cluster import LocalCluster
 from tests.conftest import start_cluster
 from tests.factories import project
 from tests.helpers import OperatorProcess, get_json, projects, wait_for

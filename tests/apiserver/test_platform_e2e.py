@@ -18,7 +18,7 @@ from minio import Minio
 from minio.error import S3Error
 from redis.exceptions import NoPermissionError
 
-from controller.localcluster import LocalCluster
+from controller.local.cluster import LocalCluster
 from tests.conftest import start_cluster
 from tests.factories import project
 from tests.helpers import OperatorProcess, get_json, wait_for

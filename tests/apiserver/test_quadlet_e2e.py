@@ -19,7 +19,7 @@ import httpx
 import psycopg
 import pytest
 
-from controller.localcluster import LocalCluster
+from controller.local.cluster import LocalCluster
 from tests.apiserver.test_platform_e2e import NS, install_platform, running_world, secret_data
 from tests.apiserver.test_terraform_runs import CREDENTIALS, MODULES, counting_terraform
 from tests.factories import project

@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
-from controller import quotas
-from controller.claims import ClaimStore
+from controller.claims import quotas
+from controller.claims.store import ClaimStore
+from controller.clients.kube import KubeClient
+from controller.drivers.platforms import PlatformDrivers
 from controller.drivers.registry import DriverRegistry
-from controller.kube import KubeClient
-from controller.localcluster import LocalCluster
-from controller.naming import ProjectKey
-from controller.platforms import PlatformDrivers
-from controller.reconcile import ProjectInput, Reconciler
-from controller.status import condition
+from controller.local.cluster import LocalCluster
+from controller.loop.naming import ProjectKey
+from controller.loop.reconciler import ProjectInput, Reconciler
+from controller.loop.status import condition
 from schemas.project import ProjectSpec, ProjectStatus
 from tests.factories import project
 from tests.helpers import get_json

@@ -10,17 +10,17 @@ from typing import Any
 import kopf
 import pytest
 
-from controller.claims import ClaimStore
-from controller.drivers import DriverContext
+from controller.claims.store import ClaimStore
+from controller.clients.kube import KubeClient
 from controller.drivers.registry import DriverRegistry
 from controller.errors import PermanentError, RetryableError
-from controller.kube import KubeClient
-from controller.localcluster import LocalCluster
-from controller.naming import ProjectKey
-from controller.operator import InvalidSpec, project_input, recorded_teardown
-from controller.planner import ORDER, Component, State
-from controller.reconcile import ProjectInput, Reconciler, Teardown
-from controller.status import condition
+from controller.local.cluster import LocalCluster
+from controller.loop.interface import DriverContext
+from controller.loop.naming import ProjectKey
+from controller.loop.planner import ORDER, Component, State
+from controller.loop.reconciler import ProjectInput, Reconciler, Teardown
+from controller.loop.status import condition
+from controller.operator.handlers import InvalidSpec, project_input, recorded_teardown
 from schemas.project import Phase, ProjectSpec, ProjectStatus
 from tests.factories import project_spec
 from tests.memory_drivers import MemoryDriver, memory_drivers

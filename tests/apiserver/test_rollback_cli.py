@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from controller.cli import main
-from controller.localcluster import LocalCluster
+from controller.cli.main import main
+from controller.local.cluster import LocalCluster
 from tests.factories import project
 from tests.helpers import get_json
 

@@ -7,12 +7,12 @@ import uuid
 
 import pytest
 
-from controller.drivers import DriverContext
+from controller.clients.kube import KubeClient, KubeSecrets
 from controller.errors import PermanentError
-from controller.kube import KubeClient, KubeSecrets
-from controller.localcluster import LocalCluster
-from controller.naming import ProjectKey
-from controller.secrets import ensure_password
+from controller.local.cluster import LocalCluster
+from controller.loop.interface import DriverContext
+from controller.loop.naming import ProjectKey
+from controller.loop.secrets import ensure_password
 from schemas.project import Allocations
 
 

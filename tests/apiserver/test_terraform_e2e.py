@@ -23,7 +23,7 @@ from typing import Any
 import asyncssh
 import pytest
 
-from controller.localcluster import LocalCluster
+from controller.local.cluster import LocalCluster
 from tests.apiserver.test_terraform_runs import CREDENTIALS, MODULES, counting_terraform
 from tests.conftest import start_cluster
 from tests.factories import project

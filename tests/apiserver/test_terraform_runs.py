@@ -19,13 +19,13 @@ from typing import Any
 import asyncssh
 import pytest
 
-from controller.drivers import DriverContext
+from controller.clients.kube import KubeClient
 from controller.drivers.terraform import TerraformHosts, TerraformRunner, TerraformSettings
 from controller.errors import CodebError, PermanentError, RetryableError
-from controller.kube import KubeClient
-from controller.localcluster import LocalCluster
-from controller.naming import ProjectKey
-from controller.planner import Observation
+from controller.local.cluster import LocalCluster
+from controller.loop.interface import DriverContext
+from controller.loop.naming import ProjectKey
+from controller.loop.planner import Observation
 from schemas.project import Allocations, InfrastructureStatus, ProjectSpec, Provider
 from tests.factories import project_spec
 from tests.terraform_tools import stored_state, terraform_binary

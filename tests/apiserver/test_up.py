@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from controller.localcluster import REPO_ROOT, cache_dir, find_binary
-from controller.localplatform import LocalPlatform
+from controller.local.cluster import REPO_ROOT, cache_dir, find_binary
+from controller.local.platform import LocalPlatform
 
 # Processes `up` starts; none may outlive it.
 EXAMPLE_APP = REPO_ROOT / "deploy" / "hello"

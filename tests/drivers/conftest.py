@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller.secrets import MemorySecrets
+from controller.loop.secrets import MemorySecrets
 
 
 @pytest.fixture()

@@ -21,9 +21,9 @@ import pytest
 from controller.drivers.minio import MinioDriver
 from controller.drivers.postgres import PostgresDriver
 from controller.drivers.redis import RedisDriver
-from controller.localcluster import free_port
-from controller.planner import Component, desired_state
-from controller.secrets import MemorySecrets
+from controller.local.cluster import free_port
+from controller.loop.planner import Component, desired_state
+from controller.loop.secrets import MemorySecrets
 from tests.drivers_common import context
 from tests.helpers import wait_for
 from tests.servers import start_minio, start_postgres, start_redis

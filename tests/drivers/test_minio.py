@@ -13,12 +13,12 @@ from minio.credentials import StaticProvider
 from minio.error import S3Error
 from minio.minioadmin import MinioAdmin
 
-from controller.drivers import DriverContext
 from controller.drivers.minio import SECRET_KEY, MinioDriver, access_key
 from controller.errors import PermanentError, RetryableError
-from controller.naming import ProjectKey
-from controller.planner import Component, desired_state, plan_deletion
-from controller.secrets import MemorySecrets
+from controller.loop.interface import DriverContext
+from controller.loop.naming import ProjectKey
+from controller.loop.planner import Component, desired_state, plan_deletion
+from controller.loop.secrets import MemorySecrets
 from schemas.project import ProjectSpec
 from tests.drivers_common import context
 from tests.servers import MinioServer, start_minio

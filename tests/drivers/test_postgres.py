@@ -12,12 +12,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from controller.drivers import DriverContext
 from controller.drivers.postgres import PASSWORD_KEY, PostgresDriver, _new_marker, scram_verifier
 from controller.errors import PermanentError, RetryableError
-from controller.naming import ProjectKey
-from controller.planner import Component, desired_state, plan, plan_deletion
-from controller.secrets import MemorySecrets
+from controller.loop.interface import DriverContext
+from controller.loop.naming import ProjectKey
+from controller.loop.planner import Component, desired_state, plan, plan_deletion
+from controller.loop.secrets import MemorySecrets
 from schemas.project import ProjectSpec
 from tests.drivers_common import context
 from tests.servers import PostgresServer, start_postgres

@@ -18,11 +18,11 @@ from typing import Any
 import httpx
 import pytest
 
-from controller.drivers import DriverContext
 from controller.drivers.processes import LocalProcesses
 from controller.drivers.workloads import Probe, probe_http
 from controller.errors import PermanentError, RetryableError
-from controller.planner import Component, State, desired_state
+from controller.loop.interface import DriverContext
+from controller.loop.planner import Component, State, desired_state
 from schemas.project import App, Hook
 from tests.drivers_common import context, follow_to_end, recorded
 from tests.helpers import observe_until

@@ -3,7 +3,7 @@ systemd-nspawn, each in its own network namespace, reached over real SSH (`tests
 
 The application is the repository's example, in an image made from Debian packages
 and imported on the hosts: nothing comes from a registry. The driver's state is the
-rollout engine's (`controller.rollout`): what each colour runs, on every host.
+rollout engine's (`controller.loop.rollouts.bluegreen`): what each colour runs, on every host.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import asyncssh
 import httpx
 import pytest
 
-from controller.drivers import DriverContext
+from controller.clients.ssh import SshPool
 from controller.drivers.hosts import ExistingHosts
 from controller.drivers.quadlet import QuadletUnits
 from controller.errors import RetryableError
-from controller.naming import ProjectKey
-from controller.planner import Component, Observation, desired_state
-from controller.quadlet import unit_name
-from controller.ssh import SshPool
+from controller.loop.interface import DriverContext
+from controller.loop.naming import ProjectKey
+from controller.loop.planner import Component, Observation, desired_state
+from controller.specs.quadlet import unit_name
 from schemas.project import Allocations, Hook, ProjectSpec
 from tests.drivers_common import follow_to_end, recorded
 from tests.factories import project_spec

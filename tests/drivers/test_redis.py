@@ -10,12 +10,12 @@ import pytest
 import redis
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
-from controller.drivers import DriverContext
 from controller.drivers.redis import LEGACY_OWNER_KEY, OWNER_KEY, PASSWORD_KEY, RedisDriver
 from controller.errors import PermanentError, RetryableError
-from controller.naming import ProjectKey
-from controller.planner import Component, desired_state, plan_deletion
-from controller.secrets import MemorySecrets
+from controller.loop.interface import DriverContext
+from controller.loop.naming import ProjectKey
+from controller.loop.planner import Component, desired_state, plan_deletion
+from controller.loop.secrets import MemorySecrets
 from schemas.project import ProjectSpec
 from tests.drivers_common import context
 from tests.servers import RedisServer, start_redis

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from controller.naming import ProjectKey
-from controller.terraform import INPUT_VALUES_FILE, input_values, module_dir, module_inputs, root_module
+from controller.loop.naming import ProjectKey
+from controller.specs.terraform import INPUT_VALUES_FILE, input_values, module_dir, module_inputs, root_module
 from schemas.project import ProjectSpec, Provider
 from tests.factories import project_spec
 from tests.terraform_tools import offline_environment, planned, terraform

@@ -13,10 +13,10 @@ import asyncssh
 import httpx
 import pytest
 
+from controller.clients.ssh import OUTPUT_BYTES, HostAccess, SshPool
 from controller.drivers.processes import tail_lines
 from controller.drivers.workloads import BODY_BYTES, probe_http
-from controller.localcluster import free_port
-from controller.ssh import OUTPUT_BYTES, HostAccess, SshPool
+from controller.local.cluster import free_port
 from tests.sshserver import ssh_server
 
 SECRET = "hunter2-the-password"

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from controller import naming
-from controller.claimplan import (
+from controller.claims.ledger import ExactRequest, Holder, Ledger, NameSetRequest, encode_domain
+from controller.claims.plan import (
     LOCAL_SCOPE,
     NAME_SHARDS,
     name_ledger,
@@ -17,8 +17,8 @@ from controller.claimplan import (
     port_scopes,
 )
 from controller.errors import RetryableError
-from controller.ledger import ExactRequest, Holder, Ledger, NameSetRequest, encode_domain
-from controller.naming import ProjectKey
+from controller.loop import naming
+from controller.loop.naming import ProjectKey
 from schemas.project import ProjectSpec
 from tests.factories import project_spec
 

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller.claimplan import LOCAL_SCOPE, name_ledger, plan_claims, port_ledger, port_request
-from controller.claims import ClaimStore
-from controller.domains import PublicSuffixes, public_suffixes
-from controller.errors import AllocationConflict
-from controller.ledger import (
+from controller.claims.ledger import (
     Claim,
     Holder,
     KeepOnlyRequest,
@@ -21,7 +17,11 @@ from controller.ledger import (
     ReleaseRequest,
     decide_batch,
 )
-from controller.naming import ProjectKey
+from controller.claims.plan import LOCAL_SCOPE, name_ledger, plan_claims, port_ledger, port_request
+from controller.claims.store import ClaimStore
+from controller.errors import AllocationConflict
+from controller.loop.domains import PublicSuffixes, public_suffixes
+from controller.loop.naming import ProjectKey
 from schemas.project import ProjectSpec
 from tests.factories import project_spec
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from controller.config import OperatorConfig
-from controller.metrics import Metrics
-from controller.operator import EXPECTATION_SECONDS, Expected, Runtime
-from controller.reconcile import Reconciler
+from controller.loop.reconciler import Reconciler
+from controller.operator.config import OperatorConfig
+from controller.operator.handlers import EXPECTATION_SECONDS, Expected, Runtime
+from controller.operator.metrics import Metrics
 
 UID = "uid-1"
 BEFORE = {"phase": "Progressing", "rollout": {"step": "Checking", "revision": "bad"}, "endpoints": {"a": 1}}

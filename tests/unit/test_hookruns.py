@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from controller.drivers.hookruns import GRACE_SECONDS, judge
+from controller.jobs.hookruns import GRACE_SECONDS, judge
 from schemas.project import HookRun
 
 T0 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)

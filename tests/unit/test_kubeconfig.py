@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from controller.clients.kube import api_client_from_kubeconfig, check_kubeconfig
 from controller.errors import PermanentError
-from controller.kube import api_client_from_kubeconfig, check_kubeconfig
 
 SOURCE = "Secret apps/target (spec.servers.cluster.kubeconfigSecretRef)"
 

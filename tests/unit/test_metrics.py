@@ -4,7 +4,7 @@ import random
 
 from prometheus_client import generate_latest
 
-from controller.metrics import Metrics
+from controller.operator.metrics import Metrics
 from schemas.project import Phase
 
 

@@ -2,11 +2,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from controller import naming
-from controller.drivers import DriverContext
+from controller.claims.ledger import port_candidates
 from controller.drivers.caddy import UpstreamFiles
-from controller.ledger import port_candidates
-from controller.naming import ProjectKey
+from controller.loop import naming
+from controller.loop.interface import DriverContext
+from controller.loop.naming import ProjectKey
 from schemas.project import Allocations, ProjectSpec
 from tests.factories import project_spec
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from controller.planner import (
+from controller.loop.planner import (
     ORDER,
     Component,
     Observation,

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from controller.naming import ProjectKey
-from controller.quadlet import (
+from controller.loop.naming import ProjectKey
+from controller.specs.quadlet import (
     HEADER,
     HostFacts,
     env_digest,

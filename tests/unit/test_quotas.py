@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controller.quotas import Member, refusal
+from controller.claims.quotas import Member, refusal
 from schemas.platform import NamespaceQuotas
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from controller.retries import Backoff, Retries
+from controller.operator.retries import Backoff, Retries
 
 
 def test_backoff_doubles_from_the_floor_up_to_the_cap_with_jitter() -> None:

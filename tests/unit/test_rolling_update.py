@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from controller.planner import State
-from controller.rolling_update import Decision, DeploymentSeen, Facts, Progress, advance, merge, release_of
+from controller.loop.planner import State
+from controller.loop.rollouts.rolling import Decision, DeploymentSeen, Facts, Progress, advance, merge, release_of
 from schemas.project import Rollout, RolloutStatus, RolloutStep
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)

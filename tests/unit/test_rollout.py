@@ -6,8 +6,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from controller.planner import State
-from controller.rollout import (
+from controller.loop.planner import State
+from controller.loop.rollouts.bluegreen import (
     HOOK_FOLLOW_SECONDS,
     ColourSeen,
     Decision,

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from controller.cli import generated_files, validate_documents
-from controller.status import format_validation_error
+from controller.cli.main import generated_files, validate_documents
+from controller.loop.status import format_validation_error
 from schemas.base import CRON, matches
 from schemas.crd import SchemaTranslationError, project_crd, to_structural
 from schemas.platform import PlatformSpec
@@ -51,7 +51,7 @@ def test_checked_in_crd_and_docs_match_the_models() -> None:
 
 
 def test_drift_is_detected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from controller import cli
+    from controller.cli import main as cli
 
     stale = tmp_path / "crd.yaml"
     stale.write_text("old\n")

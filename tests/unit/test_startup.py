@@ -8,12 +8,12 @@ import httpx
 import kopf
 import pytest
 
-from controller.config import OperatorConfig
 from controller.errors import PermanentError, RetryableError
-from controller.localcluster import free_port
-from controller.metrics import Metrics
-from controller.operator import Runtime, start_up
-from controller.reconcile import Reconciler
+from controller.local.cluster import free_port
+from controller.loop.reconciler import Reconciler
+from controller.operator.config import OperatorConfig
+from controller.operator.handlers import Runtime, start_up
+from controller.operator.metrics import Metrics
 
 
 class FlakyClaims:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from controller.config import ConfigError, load_config
-from controller.status import dump_status, set_condition, status_patch
+from controller.loop.status import dump_status, set_condition, status_patch
+from controller.operator.config import ConfigError, load_config
 from schemas.project import Phase, ProjectStatus
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -1,12 +1,12 @@
-"""A Project cannot aim the operator at its own machine or at cloud metadata (controller.targets)."""
+"""A Project cannot aim the operator at its own machine or at cloud metadata (controller.clients.targets)."""
 
 from __future__ import annotations
 
 import pytest
 
+from controller.clients.ssh import HostAccess, SshPool
+from controller.clients.targets import check_target, internal_reason
 from controller.errors import PermanentError
-from controller.ssh import HostAccess, SshPool
-from controller.targets import check_target, internal_reason
 
 
 @pytest.mark.parametrize(

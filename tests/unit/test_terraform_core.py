@@ -1,4 +1,4 @@
-"""What Terraform is given and what is read back from it, with plain data (`controller.terraform`)."""
+"""What Terraform is given and what is read back from it, with plain data (`controller.specs.terraform`)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any
 
 import asyncssh
 
+from controller.clients.ssh import Login
 from controller.drivers.terraform import _public_key
-from controller.naming import ProjectKey
-from controller.ssh import Login
-from controller.terraform import (
+from controller.loop.naming import ProjectKey
+from controller.specs.terraform import (
     backend_settings,
     config_hash,
     diagnostics,

