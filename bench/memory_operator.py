@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from controller.cli.main import run_operator
 from controller.loop.planner import Component
+from controller.operator.wiring import run_operator
 from tests.memory_drivers import MemoryDriver, memory_drivers
 
 

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from controller.errors import AllocationConflict, CodebError, RetryableError
 from controller.loop import domains, naming
+from controller.loop.interface import Refusal
 from controller.loop.rollouts.bluegreen import blue_green
 from schemas.project import (
     PORT_RANGES,
@@ -85,14 +86,6 @@ class Ledger:
 
     def copy(self) -> Ledger:
         return Ledger(dict(self.entries), dict(self.by_uid))
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """Why a component may not have what it asked for, as a condition says it (not an error: the rest goes on)."""
-
-    reason: str
-    message: str
 
 
 # What a request decides: a name, a number, a pair of ports, or nothing.

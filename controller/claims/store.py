@@ -41,7 +41,6 @@ from controller.claims.ledger import (
     Holder,
     KeepOnlyRequest,
     Ledger,
-    Refusal,
     ReleaseRequest,
     Request,
     Value,
@@ -51,6 +50,7 @@ from controller.claims.ledger import (
 from controller.claims.plan import ClaimPlan, name_ledger, plan_claims, port_ledger, port_request, port_scopes
 from controller.clients.kube import Conflict, KubeClient, StoredConfigMap
 from controller.errors import AllocationConflict, RetryableError
+from controller.loop.interface import Claimed, Refusal
 from controller.loop.naming import ProjectKey
 from schemas.project import Allocations, ProjectSpec, Provider
 
@@ -164,13 +164,6 @@ class _Pool:
                     waiting.result.set_result(outcome)
             return
         raise RetryableError(f"allocation ledger {self._name} kept changing; will retry", reason="LedgerContention")
-
-
-@dataclass(frozen=True)
-class Claimed:
-    allocations: Allocations
-    # Why the route may not have its domains (another Project's overlap, a public suffix), if so.
-    domain_conflict: Refusal | None = None
 
 
 def _as_ports(value: object) -> tuple[int, ...]:
@@ -329,6 +322,12 @@ class ClaimStore:
         pools = list((await self._ledgers(fresh=True)).values())
         released = await asyncio.gather(*[pool.run(ReleaseRequest(key.uid)) for pool in pools])
         return sum(n for n in released if isinstance(n, int))
+
+    async def allocations_for_teardown(
+        self, key: ProjectKey, spec: ProjectSpec, ports: tuple[int | None, int | None]
+    ) -> Allocations:
+        """What this Project holds, as allocations: only what it holds is its to tear down."""
+        return self.allocations_held(spec, await self.held(key), ports)
 
     @staticmethod
     def allocations_held(spec: ProjectSpec, held: list[Claim], ports: tuple[int | None, int | None] = (None, None)

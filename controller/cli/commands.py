@@ -361,9 +361,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 async def _preview_all(wanted: list[tuple[dict[str, Any], bool]], scratch: Path) -> list[dict[str, Any]]:
     from controller.claims.store import ClaimPreview, local_port_free
-    from controller.cli.main import operator_drivers
     from controller.loop.naming import ProjectKey
     from controller.loop.reconciler import ProjectInput, Reconciler
+    from controller.operator.wiring import operator_drivers
 
     config = operator_config()
     # Terraform looks in a directory of its own: an operator's runs on this machine are never touched.
@@ -460,10 +460,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 async def _workload_logs(body: dict[str, Any], tail: int) -> dict[str, list[str]]:
-    from controller.cli.main import operator_drivers
     from controller.loop.interface import DriverContext, Placement, WorkloadLogs
     from controller.loop.naming import ProjectKey
     from controller.loop.planner import Component
+    from controller.operator.wiring import operator_drivers
 
     config = operator_config()
     meta = body["metadata"]

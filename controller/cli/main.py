@@ -40,23 +40,15 @@ from controller.cli.commands import (
     read_project,
     run,
 )
-from controller.clients.kube import api_client_from_environment
 from controller.local.cluster import REPO_ROOT, LocalCluster, stop_process
 from controller.loop.rollouts import bluegreen
 from controller.loop.status import format_validation_error, load_status
 from schemas.crd import platform_crd, project_crd, render_yaml
 from schemas.docs import render_markdown
-from schemas.project import API_GROUP, API_VERSION, KIND, PLURAL, ProjectSpec, Provider, Runtime
+from schemas.project import API_GROUP, API_VERSION, KIND, PLURAL, ProjectSpec
 
 if TYPE_CHECKING:
-    from controller.clients.kube import KubeClient
-    from controller.clients.ssh import SshPool
-    from controller.drivers.clusters import TargetClusters
-    from controller.drivers.registry import InfrastructureDrivers
     from controller.local.platform import LocalPlatform
-    from controller.loop.interface import Driver
-    from controller.loop.reconciler import DriverSource
-    from controller.operator.config import OperatorConfig
 
 CRD_PATH = REPO_ROOT / "manifests" / "crd" / "projects.codeb.dev.yaml"
 PLATFORM_CRD_PATH = REPO_ROOT / "manifests" / "crd" / "platforms.codeb.dev.yaml"
@@ -146,114 +138,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
+    from controller.operator.wiring import operator_drivers, run_operator
+
     return run_operator(operator_drivers)
-
-
-def operator_drivers(kube: KubeClient, config: OperatorConfig) -> DriverSource:
-    """The drivers the operator runs with, and `codeb diff` and `logs` look with."""
-    from controller.clients.hostkeys import HostKeys
-    from controller.clients.ssh import SshPool
-    from controller.drivers.clusters import TargetClusters
-    from controller.drivers.platforms import PlatformDrivers
-    from controller.drivers.registry import DriverRegistry
-
-    platforms = PlatformDrivers(kube, config.service_timeout_seconds, config.service_concurrency)
-    internal = config.allow_internal_targets
-    host_keys = HostKeys(kube, config.claims_namespace)
-    ssh = SshPool(allow_internal=internal, host_keys=host_keys)
-    clusters = TargetClusters(kube, allow_internal=internal)
-    return DriverRegistry(
-        platforms=platforms,
-        infrastructure=infrastructure_drivers(kube, ssh, clusters, config),
-        workload=workload_drivers(kube, config, ssh, clusters),
-    )
-
-
-def infrastructure_drivers(
-    kube: KubeClient, ssh: SshPool, clusters: TargetClusters, config: OperatorConfig
-) -> InfrastructureDrivers:
-    """Where this operator can run things: its own machine, existing hosts over SSH, existing clusters,
-    and hosts it makes with Terraform."""
-    from controller.drivers.clusters import ExistingCluster
-    from controller.drivers.hosts import ExistingHosts
-    from controller.drivers.registry import LocalMachine, NotImplementedDriver
-    from controller.drivers.terraform import TerraformHosts, TerraformRunner, terraform_settings
-    from controller.loop.planner import Component
-
-    hosts = ExistingHosts(kube.read_secret, ssh)
-    runner = TerraformRunner(terraform_settings(config))
-    return {
-        Provider.local: LocalMachine(),
-        Provider.existing: hosts,
-        (Provider.existing, Runtime.kubernetes): ExistingCluster(clusters),
-        Provider.vultr: TerraformHosts(Provider.vultr, runner, kube.read_secret, kube, hosts),
-        Provider.lightsail: TerraformHosts(Provider.lightsail, runner, kube.read_secret, kube, hosts),
-        (Provider.vultr, Runtime.kubernetes): NotImplementedDriver(
-            Component.infrastructure, "provider vultr with runtime kubernetes: VKE clusters are not made yet"
-        ),
-    }
-
-
-def workload_drivers(
-    kube: KubeClient, config: OperatorConfig, ssh: SshPool, clusters: TargetClusters
-) -> dict[Runtime, Driver]:
-    """The runtimes this operator may run workloads on; local only where it was switched on."""
-    from controller.drivers.kubernetes import KubernetesWorkload
-    from controller.drivers.processes import LocalProcesses
-    from controller.drivers.quadlet import QuadletUnits
-
-    drivers: dict[Runtime, Driver] = {
-        Runtime.kubernetes: KubernetesWorkload(clusters),
-        Runtime.quadlet: QuadletUnits(kube.read_secret, ssh),
-    }
-    if config.local_runtime:
-        drivers[Runtime.local] = LocalProcesses(kube.read_secret, config.local_root, config.state_dir,
-                                                namespaces=config.local_runtime_namespaces)  # fmt: skip
-    return drivers
-
-
-def run_operator(make_drivers: Callable[[KubeClient, OperatorConfig], DriverSource]) -> int:
-    """Run the operator against the current kubeconfig with the drivers ``make_drivers`` picks."""
-    import asyncio
-    from concurrent.futures import ThreadPoolExecutor
-
-    import kopf
-
-    from controller.claims.store import ClaimStore, local_port_free
-    from controller.clients.kube import KubeClient
-    from controller.loop.reconciler import Reconciler
-    from controller.operator.config import ConfigError, load_config
-    from controller.operator.handlers import Runtime, build_registry
-    from controller.operator.logs import configure_logging
-    from controller.operator.metrics import Metrics
-    from controller.operator.retries import Backoff, Retries
-
-    try:
-        config = load_config()
-    except ConfigError as exc:
-        print(f"invalid configuration: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(config.log_format)
-    kopf.configure(
-        verbose=os.environ.get("CODEB_DEBUG") == "1",
-        log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.PLAIN,
-    )
-    kube = KubeClient(api_client_from_environment(config.max_workers), ThreadPoolExecutor(config.max_workers),
-                      config.api_timeout_seconds)  # fmt: skip
-    claims = ClaimStore(kube, config.claims_namespace, config.reserved_ports, local_port_free)
-    retries = Retries(Backoff(cap=config.retry_max_seconds))
-    runtime = Runtime(
-        config, Reconciler(make_drivers(kube, config), claims, kube.namespace_terminating), Metrics(), kube, retries
-    )
-    asyncio.run(
-        kopf.operator(
-            registry=build_registry(runtime),
-            clusterwide=True,
-            standalone=config.peering is None,
-            peering_name=config.peering,
-        )
-    )
-    return 0
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -38,20 +38,15 @@ from typing import Any
 
 import httpx
 
-from controller.drivers.workloads import (
-    Probe,
-    SecretReader,
-    clip,
-    hook_run,
-    install_app,
-    probe_http,
-    read_credentials,
-)
+from controller.clients.http import Probe, probe_http
+from controller.drivers.workloads import SecretReader, install_app, read_credentials
 from controller.errors import PermanentError, RetryableError
 from controller.jobs import hookruns
+from controller.jobs.hookruns import hook_run
 from controller.loop.interface import DriverContext
 from controller.loop.naming import ProjectKey
 from controller.loop.planner import Component, Observation, State
+from controller.loop.secrets import clip
 from schemas.project import App, Hook, HookRun
 
 SUPERVISOR = Path(__file__).resolve().parents[1] / "local" / "supervise.py"

@@ -31,22 +31,16 @@ from typing import Any
 
 import httpx
 
+from controller.clients.http import Probe, probe_http
 from controller.clients.ssh import HostAccess, Login, SshPool
 from controller.drivers.hosts import login_for, servers_of
-from controller.drivers.workloads import (
-    Credentials,
-    Probe,
-    SecretReader,
-    clip,
-    install_app,
-    probe_http,
-    read_credentials,
-)
+from controller.drivers.workloads import Credentials, SecretReader, install_app, read_credentials
 from controller.errors import CodebError, PermanentError, RetryableError
 from controller.jobs import hookruns
 from controller.loop.interface import DriverContext
 from controller.loop.naming import ProjectKey
 from controller.loop.planner import Component, Observation, State
+from controller.loop.secrets import clip
 from controller.specs.quadlet import (
     HostFacts,
     env_digest,

@@ -44,12 +44,12 @@ from python_terraform import IsFlagged, Terraform
 from controller.clients.kube import KubeClient
 from controller.clients.ssh import Login
 from controller.drivers.hosts import ExistingHosts, login_for, report
-from controller.drivers.workloads import SecretReader, redact
+from controller.drivers.workloads import SecretReader
 from controller.errors import PermanentError, RetryableError
 from controller.loop.interface import DriverContext
 from controller.loop.naming import ProjectKey
 from controller.loop.planner import Component, Observation, State, host_count, infrastructure_state
-from controller.operator.config import OperatorConfig
+from controller.loop.secrets import redact
 from controller.specs import terraform as tf
 from schemas.project import (
     ApplyMode,
@@ -83,26 +83,6 @@ class TerraformSettings:
     run_timeout: float = 3600.0
     wait: float = 20.0  # how long one reconcile waits for a run before reporting it as running
     plan_interval: float = 3600.0  # apply observe: how old a plan may get before the next
-
-
-def terraform_settings(config: OperatorConfig) -> TerraformSettings:
-    """From the operator's configuration; state goes to its own namespace, through its own kubeconfig."""
-    kubeconfig = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
-    default = Path.home() / ".kube" / "config"
-    if kubeconfig is None and "KUBERNETES_SERVICE_HOST" not in os.environ and default.is_file():
-        kubeconfig = str(default)
-    return TerraformSettings(
-        binary=config.terraform_binary,
-        work_root=config.terraform_dir,
-        modules=config.terraform_modules,
-        state_namespace=config.claims_namespace,
-        kubeconfig=kubeconfig,
-        plugin_dir=config.terraform_plugins,
-        concurrency=config.terraform_concurrency,
-        run_timeout=config.terraform_timeout_seconds,
-        wait=config.terraform_wait_seconds,
-        plan_interval=config.terraform_plan_interval_seconds,
-    )
 
 
 # ---------------------------------------------------------------- runs (the transport)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-from controller.drivers.workloads import hook_run
+from controller.loop.secrets import clip
 from schemas.project import HookRun
 
 # Past its own timeout (``timeout -k 5`` ends it first), the operator stops a run after this long.
@@ -113,3 +113,12 @@ def valid_run_id(run: HookRun) -> str:
     if run.run_id is None or not RUN_ID.match(run.run_id):
         raise ValueError(f"hook run {run.name} has no valid run id")
     return run.run_id
+
+
+OUTPUT_CHARS = 1500
+
+
+def hook_run(name: str, ok: bool, output: str, secret_values: frozenset[str]) -> HookRun:
+    """A hook's outcome with the tail of its output, credentials redacted."""
+    tail = clip(output.strip(), secret_values, OUTPUT_CHARS, tail=True)
+    return HookRun(name=name, result="Succeeded" if ok else "Failed", finished_at=datetime.now(UTC), message=tail)

@@ -117,3 +117,41 @@ class WorkloadLogs(Protocol):
 Drivers = Mapping[Component, Driver]
 # Stores a final dump file under a name; returns where it went (for the Event).
 DumpSink = Callable[[str, Path], Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a component may not have what it asked for, as a condition says it (not an error: the rest goes on)."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Claimed:
+    allocations: Allocations
+    # Why the route may not have its domains (another Project's overlap, a public suffix), if so.
+    domain_conflict: Refusal | None = None
+
+
+class Claims(Protocol):
+    """The allocation ledgers (`controller.claims.store.ClaimStore`), as the reconciler uses them."""
+
+    async def ensure(
+        self, key: ProjectKey, spec: ProjectSpec, current_port: int | None = None, current_alternate: int | None = None
+    ) -> Claimed:
+        """Claim everything the spec needs, release what it no longer does."""
+
+    async def allocations_for_teardown(
+        self, key: ProjectKey, spec: ProjectSpec, ports: tuple[int | None, int | None]
+    ) -> Allocations:
+        """What the Project holds, as allocations, claiming nothing."""
+
+    async def release_all(self, key: ProjectKey) -> int:
+        """Give back everything the Project holds; how many values that was."""
+
+    async def setup(self) -> None:
+        """Ready the ledgers at start (the operator's, not the reconciler's, to call)."""
+
+    async def collect(self, living: Callable[[], Awaitable[set[str]]]) -> int:
+        """Release what Projects that no longer exist hold; how many values that was."""

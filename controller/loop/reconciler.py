@@ -17,10 +17,9 @@ from datetime import UTC, datetime
 
 import structlog
 
-from controller.claims.store import ClaimStore
 from controller.errors import CodebError, PermanentError, RetryableError
 from controller.loop import naming
-from controller.loop.interface import Admission, Driver, DriverContext, Drivers, HookRunner, Notify, Placement
+from controller.loop.interface import Admission, Claims, Driver, DriverContext, Drivers, HookRunner, Notify, Placement
 from controller.loop.naming import ProjectKey
 from controller.loop.planner import (
     DEPENDS_ON,
@@ -172,7 +171,7 @@ SECRET_GONE = frozenset({"SSHKeyMissing", "CredentialsMissing", "KubeconfigMissi
 
 
 class Reconciler:
-    def __init__(self, drivers: Drivers | DriverSource, claims: ClaimStore,
+    def __init__(self, drivers: Drivers | DriverSource, claims: Claims,
                  namespace_leaving: NamespaceLeaving | None = None) -> None:  # fmt: skip
         self._drivers_for: DriverSource = drivers if callable(drivers) else _static(drivers)
         self._admission = drivers if isinstance(drivers, Admission) else None
@@ -309,9 +308,9 @@ class Reconciler:
         allocations = teardown.allocations
         if allocations is None:
             assert teardown.spec is not None
-            held = await self.claims.held(teardown.key)
             recorded = teardown.status.allocations
-            allocations = self.claims.allocations_held(teardown.spec, held, (recorded.port, recorded.alternate_port))
+            ports = (recorded.port, recorded.alternate_port)
+            allocations = await self.claims.allocations_for_teardown(teardown.key, teardown.spec, ports)
         notices: list[Event] = []
         ctx = DriverContext(teardown.key, allocations, teardown.final_dump,
                             servers=teardown.spec.servers if teardown.spec else None,

@@ -8,8 +8,11 @@ password nobody knows.
 
 from __future__ import annotations
 
+import base64
+import functools
 import secrets as _random
 from typing import Protocol
+from urllib.parse import quote, quote_plus
 
 from controller.errors import PermanentError
 from controller.loop.interface import DriverContext
@@ -75,3 +78,42 @@ async def ensure_password(store: SecretStore, ctx: DriverContext, key: str) -> s
     password = new_password()
     await store.merge(ctx, {key: password})
     return password
+
+
+# Shorter values are too common to redact without mangling unrelated text.
+REDACT_MIN_LENGTH = 6
+
+
+def secret_forms(value: str) -> set[str]:
+    """How a secret can appear in text: as it is, URL-encoded (a URL's password) and base64 (a header, a dump)."""
+    raw = value.encode()
+    encoded = {base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()}
+    return {value, quote(value, safe=""), quote_plus(value)} | encoded | {e.rstrip("=") for e in encoded}
+
+
+@functools.lru_cache(maxsize=256)
+def _all_forms(secret_values: frozenset[str]) -> tuple[str, ...]:
+    """Every form of every secret, longest first; one Project's set is redacted in many texts (each log line)."""
+    return tuple(sorted({form for value in secret_values for form in secret_forms(value)}, key=len, reverse=True))
+
+
+def redact(text: str, secret_values: frozenset[str], cut: bool = False) -> str:
+    """Every form of every secret replaced. ``cut``: the text is what a bounded read kept (its head or its
+    tail lay beyond the read), so a part of a secret at either edge goes too."""
+    forms = _all_forms(secret_values)
+    for form in forms:
+        text = text.replace(form, "***")
+    if not cut:
+        return text
+    shortest = REDACT_MIN_LENGTH // 2
+    for form in forms:
+        head = next((n for n in range(len(form) - 1, shortest - 1, -1) if text.startswith(form[-n:])), 0)
+        tail = next((n for n in range(len(form) - 1, shortest - 1, -1) if text.endswith(form[:n])), 0)
+        text = ("***" if head else "") + text[head : len(text) - tail] + ("***" if tail else "")
+    return text
+
+
+def clip(text: str, secret_values: frozenset[str], limit: int, tail: bool = False) -> str:
+    """Redacted first, then cut to ``limit`` characters: a cut never leaves part of a secret behind."""
+    clean = redact(text, secret_values, cut=True)  # what is clipped comes from a bounded read
+    return clean[-limit:] if tail else clean[:limit]

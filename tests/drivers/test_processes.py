@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from controller.clients.http import Probe, probe_http
 from controller.drivers.processes import LocalProcesses
-from controller.drivers.workloads import Probe, probe_http
 from controller.errors import PermanentError, RetryableError
 from controller.loop.interface import DriverContext
 from controller.loop.planner import Component, State, desired_state

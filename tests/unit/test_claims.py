@@ -13,7 +13,6 @@ from controller.claims.ledger import (
     NameSetRequest,
     NumberRequest,
     PortPairRequest,
-    Refusal,
     ReleaseRequest,
     decide_batch,
 )
@@ -21,6 +20,7 @@ from controller.claims.plan import LOCAL_SCOPE, name_ledger, plan_claims, port_l
 from controller.claims.store import ClaimStore
 from controller.errors import AllocationConflict
 from controller.loop.domains import PublicSuffixes, public_suffixes
+from controller.loop.interface import Refusal
 from controller.loop.naming import ProjectKey
 from schemas.project import ProjectSpec
 from tests.factories import project_spec

@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 import pytest
 
-from controller.drivers.workloads import clip, redact
+from controller.loop.secrets import clip, redact
 
 SECRET = "s3cr3t/p@ss+word=="
 SECRETS = frozenset({SECRET})
