@@ -362,7 +362,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
 async def _preview_all(wanted: list[tuple[dict[str, Any], bool]], scratch: Path) -> list[dict[str, Any]]:
     from controller.claims.store import ClaimPreview, local_port_free
     from controller.loop.naming import ProjectKey
-    from controller.loop.reconciler import ProjectInput, Reconciler
+    from controller.loop.passes import ProjectInput
+    from controller.loop.reconciler import Reconciler
     from controller.operator.wiring import operator_drivers
 
     config = operator_config()

@@ -41,7 +41,7 @@ from controller.cli.commands import (
     run,
 )
 from controller.local.cluster import REPO_ROOT, LocalCluster, stop_process
-from controller.loop.rollouts import bluegreen
+from controller.loop.rollouts.records import rollback_target
 from controller.loop.status import format_validation_error, load_status
 from schemas.crd import platform_crd, project_crd, render_yaml
 from schemas.docs import render_markdown
@@ -357,7 +357,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     status = load_status(body.get("status") or {})
     current = (body.get("spec") or {}).get("project", {}).get("revision")
     try:
-        target = bluegreen.rollback_target(status.deployments, current, args.to)
+        target = rollback_target(status.deployments, current, args.to)
     except ValueError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from None
     project: dict[str, Any] = {"revision": target.revision}

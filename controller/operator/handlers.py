@@ -28,16 +28,8 @@ from controller.clients.kube import KubeClient
 from controller.errors import CodebError, PermanentError, RetryableError
 from controller.loop.interface import Placement
 from controller.loop.naming import ProjectKey, connection_secret_name
-from controller.loop.reconciler import (
-    BLOCKED_DELETE_RECHECK_SECONDS,
-    PAUSED_ANNOTATION,
-    PROGRESS_RECHECK_SECONDS,
-    RETRY_ROLLOUT_ANNOTATION,
-    Outcome,
-    ProjectInput,
-    Reconciler,
-    Teardown,
-)
+from controller.loop.passes import PAUSED_ANNOTATION, RETRY_ROLLOUT_ANNOTATION, Outcome, ProjectInput, Teardown
+from controller.loop.reconciler import BLOCKED_DELETE_RECHECK_SECONDS, PROGRESS_RECHECK_SECONDS, Reconciler
 from controller.loop.status import format_validation_error, load_status, set_condition, status_patch
 from controller.operator.config import OperatorConfig
 from controller.operator.metrics import Metrics

@@ -7,16 +7,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from controller.loop.planner import State
-from controller.loop.rollouts.bluegreen import (
-    HOOK_FOLLOW_SECONDS,
-    ColourSeen,
-    Decision,
-    Facts,
-    advance,
-    hook_result,
-    merge,
-    release_of,
-)
+from controller.loop.rollouts.bluegreen import HOOK_FOLLOW_SECONDS, advance, hook_result
+from controller.loop.rollouts.colours import ColourSeen, Decision, Facts, merge, release_of
 from schemas.project import Colour, HookRun, Rollout, RolloutStep
 
 BLUE, GREEN = Colour.blue, Colour.green

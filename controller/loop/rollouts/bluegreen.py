@@ -21,122 +21,29 @@ resumes without two colours serving or none.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from controller.loop.planner import Observation, State
+from controller.loop.planner import State
+from controller.loop.rollouts.colours import ACTIVE, BEFORE_SWITCH, PLACEMENT_KEYS, Decision, Facts
+from controller.loop.rollouts.records import HISTORY, Notice, release_label, update_history
 from schemas.project import (
-    Allocations,
-    App,
     Colour,
     DeploymentRecord,
-    Hook,
     HookRun,
     ProjectSpec,
-    ProjectStatus,
-    Rollout,
     RolloutStatus,
     RolloutStep,
     Runtime,
     ServingStatus,
 )
 
-ACTIVE = frozenset({RolloutStep.checking, RolloutStep.hooks, RolloutStep.switching, RolloutStep.draining})
-BEFORE_SWITCH = frozenset({RolloutStep.checking, RolloutStep.hooks, RolloutStep.switching})
-HISTORY = 20
 # What status.serving says of the warm colour.
 WARM_FIELDS = ("warm", "warm_release", "warm_revision", "warm_until")
-# Keys of a colour's state that are where it runs, not what it runs: a host added or taken
-# away moves the serving colour, it is not a new release.
-PLACEMENT_KEYS = frozenset({"port", "hosts"})
 # A check counts when at least this share of the interval has passed since the last one
 # (passes triggered by other events in between do not count twice).
 DUE_SHARE = 0.9
 # How often a running post-deploy hook is looked at (one short command on its machine).
 HOOK_FOLLOW_SECONDS = 3.0
-
-
-def release_of(state: State) -> str:
-    """Digest of what a colour runs, whichever port it runs on."""
-    body = {k: v for k, v in state.items() if k not in PLACEMENT_KEYS}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class ColourSeen:
-    """One colour as the workload driver observed it."""
-
-    state: State  # what it was started with, port included
-    healthy: bool
-    detail: str | None = None
-    endpoints: tuple[str, ...] = ()
-    # It answered at all: an HTTP status, or its process exited. False while it boots.
-    answered: bool = True
-
-    @property
-    def release(self) -> str:
-        return release_of(self.state)
-
-
-@dataclass(frozen=True)
-class Facts:
-    wanted: State  # the workload's desired state, without a port
-    ports: Mapping[Colour, int]
-    seen: Mapping[Colour, ColourSeen]
-    routed: Colour | None  # the colour whose endpoints the route was seen sending to
-    settings: Rollout
-    now: datetime
-    rollout: RolloutStatus | None = None
-    serving: ServingStatus | None = None
-    history: tuple[DeploymentRecord, ...] = ()
-    hooks: tuple[str, ...] = ()  # every hook due once per release, in order
-    retry: str | None = None  # the codeb.dev/retry-rollout annotation
-    placement: State = field(default_factory=dict)  # where every colour runs, but its port (the hosts)
-    # Since when this operator has been watching: a start window that ran out while no operator (or no
-    # machine) was there to start the colour is counted again from here, not failed.
-    watching_since: datetime | None = None
-
-    @property
-    def release(self) -> str:
-        return release_of(self.wanted)
-
-    def wanted_with(self, colour: Colour) -> State:
-        return {**self.wanted, **self.placement, "port": self.ports[colour]}
-
-    def runs(self, colour: Colour, release: str) -> bool:
-        seen = self.seen.get(colour)
-        return seen is not None and seen.release == release
-
-
-@dataclass(frozen=True)
-class Notice:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
-
-
-@dataclass
-class Decision:
-    targets: dict[Colour, State]  # what each colour should run; a colour not here is stopped
-    serve: Colour | None  # where the route sends traffic (None: nothing may serve yet)
-    rollout: RolloutStatus | None
-    serving: ServingStatus | None
-    history: list[DeploymentRecord]
-    notices: list[Notice] = field(default_factory=list)
-    run_hooks: tuple[str, ...] = ()  # hooks to run now against rollout.colour
-    wake_after: float | None = None  # when the next step is due (a check, the end of the drain)
-    checks: list[bool] = field(default_factory=list)  # health checks counted in this pass
-    finished: tuple[str, float] | None = None  # (result, seconds) of a rollout that ended in this pass
-    wanted: str = ""  # the release the spec asks for
-
-    @property
-    def held_back(self) -> RolloutStatus | None:
-        """The failed rollout of the release the spec still asks for: what Degraded reports."""
-        r = self.rollout
-        return r if r is not None and r.step is RolloutStep.failed and r.release == self.wanted else None
 
 
 def advance(facts: Facts) -> Decision:
@@ -149,54 +56,6 @@ def advance(facts: Facts) -> Decision:
             return draft.carry_on(record)
         draft.close(record, RolloutStep.superseded, "Superseded", "the spec changed again before the switch")
     return draft.settle()
-
-
-def view(raw: Observation, decision: Decision) -> Observation:
-    """The workload as the planner sees it: the colours, healthy and reachable as the serving one is."""
-    colours = seen_colours(raw)
-    chosen = colours.get(decision.serve) if decision.serve is not None else None
-    if chosen is None:
-        detail = raw.detail or "no colour serves yet"
-        return Observation(state=raw.state, healthy=False, detail=detail, outputs={"endpoints": []})
-    outputs = {"endpoints": list(chosen.endpoints)}
-    return Observation(state=raw.state, healthy=chosen.healthy, detail=chosen.detail, outputs=outputs)
-
-
-def desired(decision: Decision) -> State:
-    return {"colours": {colour.value: state for colour, state in sorted(decision.targets.items())}}
-
-
-def seen_colours(raw: Observation) -> dict[Colour, ColourSeen]:
-    """Each colour's state (from ``raw.state``) and health (from ``raw.outputs``), as a driver reports them."""
-    states = (raw.state or {}).get("colours", {})
-    health = raw.outputs.get("colours", {})
-    found = {}
-    for name, state in states.items():
-        looked = health.get(name, {})
-        found[Colour(name)] = ColourSeen(
-            state=state,
-            healthy=bool(looked.get("healthy")),
-            detail=looked.get("detail"),
-            endpoints=tuple(looked.get("endpoints", ())),
-            answered=bool(looked.get("answered", True)),
-        )
-    return found
-
-
-def routed_colour(
-    route: Observation | None, seen: Mapping[Colour, ColourSeen], ports: Mapping[Colour, int]
-) -> Colour | None:
-    """The colour whose endpoints the route was seen sending to: by its observed endpoints, else by port."""
-    upstreams = list((route.state or {}).get("upstreams", [])) if route is not None else []
-    if not upstreams:
-        return None
-    for colour, looked in seen.items():
-        if looked.endpoints and sorted(looked.endpoints) == sorted(upstreams):
-            return colour
-    for colour, port in ports.items():
-        if all(u.rsplit(":", 1)[-1] == str(port) for u in upstreams):
-            return colour
-    return None
 
 
 class _Draft:
@@ -291,13 +150,13 @@ class _Draft:
             result="Progressing", reason="", message=change,
         ))  # fmt: skip
         del self.history[HISTORY:]
-        self.notice("Normal", "RolloutStarted", f"{_label(record)} starts as {colour.value} on port "
+        self.notice("Normal", "RolloutStarted", f"{release_label(record)} starts as {colour.value} on port "
                     f"{facts.ports.get(colour)}: {change}", record)  # fmt: skip
         seen = facts.seen.get(colour)
         if seen is not None and seen.release == release and seen.healthy and serving is not None:
             # Still warm from an earlier deploy and answering now: no new start, no hooks again.
             self.checks.append(True)
-            self.notice("Normal", "WarmColour", f"{colour.value} still runs {_label(record)}: switching back")
+            self.notice("Normal", "WarmColour", f"{colour.value} still runs {release_label(record)}: switching back")
             return record.model_copy(update={"step": RolloutStep.switching, "healthy_checks": 1, "answered": True,
                                              "checked_at": facts.now, "message": "warm and healthy"})  # fmt: skip
         return record
@@ -379,7 +238,7 @@ class _Draft:
         record = record.model_copy(update={"step": RolloutStep.draining, "switched_at": facts.now})
         self._update_history(record, switched_at=facts.now)
         drain, old = facts.settings.drain_seconds, record.previous.value if record.previous else "nothing"
-        message = f"{record.new_colour.value} serves {_label(record)}; {old} drains for {drain:g} s"
+        message = f"{record.new_colour.value} serves {release_label(record)}; {old} drains for {drain:g} s"
         self.notice("Normal", "TrafficSwitched", message, record)
         self._now_serving(record.new_colour, since=facts.now, release=record.release, revision=record.revision)
         return record
@@ -414,7 +273,10 @@ class _Draft:
             })  # fmt: skip
         after = f"{old.value} stays warm for {warm_for:.0f} s" if old in targets else "the old colour stopped"
         self.notice(
-            "Normal", "RolloutSucceeded", f"{_label(record)} serves as {record.new_colour.value}; {after}", record
+            "Normal",
+            "RolloutSucceeded",
+            f"{release_label(record)} serves as {record.new_colour.value}; {after}",
+            record,
         )
         self.closed = record
         return self._decision(targets, record.new_colour, record, wake=warm_for if old in targets else None)
@@ -425,7 +287,7 @@ class _Draft:
         self._update_history(record, result="Failed", reason=reason, finished_at=facts.now, message=message)
         self.finished = ("Failed", _seconds(facts.now, record.started_at))
         kept = f"{record.previous.value} keeps serving" if record.previous else "nothing serves yet"
-        self.notice("Warning", reason, f"{_label(record)} never took traffic ({kept}): {message}")
+        self.notice("Warning", reason, f"{release_label(record)} never took traffic ({kept}): {message}")
         self.closed = record
         return record
 
@@ -438,7 +300,7 @@ class _Draft:
     def close(self, record: RolloutStatus, step: RolloutStep, reason: str, message: str) -> None:
         record = record.model_copy(update={"step": step, "finished_at": self.facts.now, "message": message})
         self._update_history(record, result=step.value, reason=reason, finished_at=self.facts.now)
-        self.notice("Normal", reason, f"{_label(record)}: {message}")
+        self.notice("Normal", reason, f"{release_label(record)}: {message}")
         self.closed = record
 
     # ------------------------------------------------------------ bookkeeping
@@ -500,21 +362,9 @@ class _Draft:
                         self.checks, self.finished, self.facts.release)  # fmt: skip
 
 
-def update_history(history: list[DeploymentRecord], record: RolloutStatus, **changes: object) -> None:
-    """The history entry of ``record`` (same release, same start), changed in place."""
-    for index, entry in enumerate(history):
-        if entry.release == record.release and entry.started_at == record.started_at:
-            history[index] = entry.model_copy(update=changes)
-            return
-
-
 def hook_result(record: RolloutStatus, run: HookRun) -> RolloutStatus:
     """The record with this hook's run as it now stands (a restart finds it, and never starts it again)."""
     return record.model_copy(update={"hooks": [*(h for h in record.hooks if h.name != run.name), run]})
-
-
-def _label(record: RolloutStatus) -> str:
-    return revision_label(record.revision, record.release)
 
 
 def _seconds(later: datetime, earlier: datetime) -> float:
@@ -526,108 +376,3 @@ def blue_green(spec: ProjectSpec) -> bool:
     (two units on every host). Kubernetes rolls Pods behind one Service instead, with the same
     health gate (`controller.loop.planner`)."""
     return spec.servers.runtime in (Runtime.local, Runtime.quadlet)
-
-
-def hook_names(spec: ProjectSpec) -> tuple[str, ...]:
-    """Every hook due once per release, in the order they run: the apps, then the post-deploy hooks."""
-    return tuple(f"app-{app.name}" for app in spec.features.apps) + tuple(
-        hook.name for hook in spec.features.post_deploy_hooks
-    )
-
-
-def hook_named(spec: ProjectSpec, name: str) -> Hook | App:
-    apps = {f"app-{app.name}": app for app in spec.features.apps}
-    return apps.get(name) or next(hook for hook in spec.features.post_deploy_hooks if hook.name == name)
-
-
-def facts_for(
-    spec: ProjectSpec,
-    status: ProjectStatus,
-    allocations: Allocations,
-    release: State,
-    raw: Observation,
-    route: Observation | None,
-    now: datetime,
-    retry: str | None,
-    watching_since: datetime | None = None,
-) -> Facts:
-    """The facts of one pass, from the spec, the status as stored and what the drivers saw (pure)."""
-    allocated = {Colour.blue: allocations.port, Colour.green: allocations.alternate_port}
-    ports = {colour: port for colour, port in allocated.items() if port is not None}
-    seen = seen_colours(raw)
-    return Facts(
-        wanted={k: v for k, v in release.items() if k not in PLACEMENT_KEYS},
-        placement={k: v for k, v in release.items() if k in PLACEMENT_KEYS and k != "port"},
-        ports=ports,
-        seen=seen,
-        routed=routed_colour(route, seen, ports),
-        settings=spec.project.rollout,
-        now=now,
-        # A record of another runtime's rollout (kubernetes names no colour) is not this one's.
-        rollout=status.rollout if status.rollout is not None and status.rollout.colour is not None else None,
-        serving=status.serving if status.serving is not None and status.serving.colour is not None else None,
-        history=tuple(status.deployments),
-        hooks=hook_names(spec),
-        retry=retry,
-        watching_since=watching_since,
-    )
-
-
-def refresh(facts: Facts, decision: Decision, raw: Observation, route: Observation | None, now: datetime) -> Facts:
-    """The facts after this pass acted: what the colours and the route are now, and the decision's record."""
-    seen = seen_colours(raw)
-    return replace(facts, seen=seen, routed=routed_colour(route, seen, facts.ports), rollout=decision.rollout,
-                   serving=decision.serving, history=tuple(decision.history), now=now)  # fmt: skip
-
-
-def merge(first: Decision, then: Decision) -> Decision:
-    """A second decision in the same pass, keeping what the first one said and counted."""
-    return replace(then, notices=first.notices + then.notices, checks=first.checks + then.checks,
-                   finished=then.finished or first.finished)  # fmt: skip
-
-
-def describe(decision: Decision) -> str:
-    """Where traffic goes and what is under way, in one line (the Serving condition, Synced's message)."""
-    serving, record = decision.serving, decision.rollout
-    parts = []
-    if decision.serve is not None and serving is not None and serving.colour is decision.serve:
-        parts.append(f"{serving.colour.value} serves {revision_label(serving.revision, serving.release)}")
-    elif decision.serve is None:
-        parts.append("nothing serves yet")
-    if record is not None and record.step in ACTIVE:
-        parts.append(f"{_label(record)} as {record.new_colour.value}: {_progress(record)}")
-    if serving is not None and serving.warm is not None and serving.warm_until is not None:
-        parts.append(f"{serving.warm.value} ({revision_label(serving.warm_revision, serving.warm_release or '')}) warm "
-                     f"until {serving.warm_until.isoformat(timespec='seconds')}")  # fmt: skip
-    return "; ".join(parts)
-
-
-def _progress(record: RolloutStatus) -> str:
-    if record.step is RolloutStep.checking:
-        return f"{record.healthy_checks} healthy checks so far ({record.message or 'starting'})"
-    if record.step is RolloutStep.hooks:
-        return f"running hooks ({len(record.hooks)} done)"
-    return record.step.value.lower()
-
-
-def revision_label(revision: str | None, release: str) -> str:
-    """How a release is named to people: its revision, else the start of its digest."""
-    return f"revision {revision}" if revision else f"release {release[:8]}"
-
-
-def rollback_target(history: list[DeploymentRecord], serving: str | None, to: str | None) -> DeploymentRecord:
-    """The deploy to go back to: ``to`` if it ever succeeded, else the newest success before what serves.
-
-    Raises ValueError saying what the history holds when there is none.
-    """
-    succeeded = [d for d in history if d.result == "Succeeded" and d.revision]
-    if to is not None:
-        found = next((d for d in succeeded if d.revision == to), None)
-        if found is None:
-            known = ", ".join(sorted({d.revision for d in succeeded if d.revision})) or "none"
-            raise ValueError(f"revision {to} never deployed successfully here (succeeded: {known})")
-        return found
-    older = [d for d in succeeded if d.revision != serving]
-    if not older:
-        raise ValueError(f"no earlier successful revision than {serving} in status.deployments")
-    return older[0]

@@ -18,7 +18,7 @@ asks of every runtime, from what the Deployment and its ReplicaSets say:
   Deployment is marked ``codeb.dev/held-back``, so a crash before the status write loses nothing;
 * ``status.serving`` names the ReplicaSet whose Pods serve.
 
-`advance` is pure, as `controller.loop.rollouts.bluegreen.advance` is: facts in, a `Decision` out (what
+`advance` is pure, as `bluegreen.advance` is: facts in, a `Decision` out (what
 the Deployment should run and the new records), no I/O and no clock. A release here is
 the Pod template (what a change of it rolls); replicas, the Service port and the
 deadline are not part of it.
@@ -33,7 +33,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from controller.loop.planner import Observation, State
-from controller.loop.rollouts.bluegreen import HISTORY, Notice, hook_names, revision_label, update_history
+from controller.loop.rollouts.records import HISTORY, Notice, hook_names, revision_label, update_history
 from schemas.project import (
     DeploymentRecord,
     ProjectSpec,
