@@ -33,20 +33,10 @@ import httpx
 from controller.errors import PermanentError, RetryableError
 from controller.loop.interface import DriverContext
 from controller.loop.planner import Component, Observation, State
+from controller.specs.caddy import SERVER, render_route, render_server, route_id
 
-SERVER = "codeb"
 ADMIN_CONNECT_ATTEMPTS = 6
 ADMIN_CONNECT_PAUSE_SECONDS = 0.1
-SECURITY_HEADERS = {
-    "Strict-Transport-Security": ["max-age=31536000; includeSubDomains"],
-    "X-Frame-Options": ["DENY"],
-    "X-Content-Type-Options": ["nosniff"],
-    "Referrer-Policy": ["strict-origin-when-cross-origin"],
-}
-
-
-def route_id(ctx: DriverContext) -> str:
-    return f"codeb.{ctx.key.namespace}.{ctx.key.name}"
 
 
 class UpstreamFiles:
@@ -97,38 +87,6 @@ def _content(path: Path) -> str:
         return ""
 
 
-def render_route(ctx: DriverContext, desired: State, files: UpstreamFiles | None = None) -> dict[str, Any]:
-    """The Caddy route for a Project (pure): upstreams dialled directly, or read from ``files``."""
-    upstreams = list(desired["upstreams"])
-    dials = [files.dial(ctx, i) for i in range(len(upstreams))] if files is not None else upstreams
-    return {
-        "@id": route_id(ctx),
-        "match": [{"host": list(desired["domains"])}],
-        "handle": [
-            {
-                "handler": "subroute",
-                "routes": [
-                    {
-                        "handle": [
-                            {"handler": "headers", "response": {"set": SECURITY_HEADERS, "deferred": True}},
-                            {"handler": "encode", "encodings": {"zstd": {}, "gzip": {}}, "prefer": ["zstd", "gzip"]},
-                            {
-                                "handler": "reverse_proxy",
-                                "upstreams": [{"dial": dial} for dial in dials],
-                            },
-                        ]
-                    }
-                ],
-            }
-        ],
-        "terminal": True,
-    }
-
-
-def render_server(listen: list[str]) -> dict[str, Any]:
-    return {"listen": listen, "routes": [], "automatic_https": {"disable_redirects": True}}
-
-
 def admin_client(timeout: float) -> httpx.AsyncClient:
     """A client for Caddy's admin API, without keep-alive: every config change replaces Caddy's admin
     server and closes the old one's idle connections (caddy.go, replaceLocalAdminServer), so a pooled
@@ -151,6 +109,12 @@ class CaddyDriver:
         self._files = UpstreamFiles(upstream_dir) if upstream_dir is not None else None
         # Caddy's admin API checks Origin/Host; a plain client with our base URL passes.
         self._client = client or admin_client(10.0)
+
+    def _dials(self, ctx: DriverContext, desired: State) -> list[str] | None:
+        """Where the route dials each upstream: its file when upstreams live in files, else None (directly)."""
+        if self._files is None:
+            return None
+        return [self._files.dial(ctx, index) for index in range(len(desired["upstreams"]))]
 
     async def _request(self, method: str, path: str, body: Any = None) -> httpx.Response:
         try:
@@ -187,14 +151,14 @@ class CaddyDriver:
         dials = [u["dial"] for p in proxies for u in p.get("upstreams", [])]
         upstreams = [self._files.read(d) for d in dials] if self._files is not None else dials
         state = {"domains": hosts, "upstreams": upstreams}
-        matches = route == render_route(ctx, state, self._files) and all(upstreams)
+        matches = route == render_route(ctx, state, self._dials(ctx, state)) and all(upstreams)
         return Observation(state={**state, "routeMatches": matches})
 
     async def apply(self, ctx: DriverContext, desired: State) -> None:
         """Upstream files first (the switch itself), then the route only where it differs."""
         if self._files is not None:
             self._files.write(ctx, list(desired["upstreams"]))
-        route = render_route(ctx, desired, self._files)
+        route = render_route(ctx, desired, self._dials(ctx, desired))
         existing = await self._request("GET", f"/id/{route_id(ctx)}")
         if existing.status_code == 200:
             if existing.json() != route:

@@ -10,10 +10,11 @@ from typing import Any
 import httpx
 import pytest
 
-from controller.drivers.caddy import CaddyDriver, route_id
+from controller.drivers.caddy import CaddyDriver
 from controller.errors import RetryableError
 from controller.loop.interface import DriverContext
 from controller.loop.planner import Component, desired_state
+from controller.specs.caddy import route_id
 from schemas.project import ProjectSpec
 from tests.drivers_common import context
 from tests.helpers import wait_for

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.drivers.kubernetes import DIGEST, render_objects
 from controller.loop.interface import DriverContext
 from controller.loop.naming import ProjectKey
 from controller.loop.planner import Component, desired_state
+from controller.specs.kubernetes import DIGEST, render_objects
 from schemas.project import Allocations, ProjectSpec
 from tests.factories import project_spec
 

@@ -1,0 +1,134 @@
+"""The Kubernetes objects of a workload on runtime kubernetes, rendered from its desired state (pure).
+
+A Deployment with a health-gated rolling update, its Service, a PodDisruptionBudget and, with
+autoscaling, a HorizontalPodAutoscaler. Each carries the digest of its rendering (`DIGEST`),
+so the driver (`controller.drivers.kubernetes`) can tell an object edited by hand from its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from controller.loop.interface import DriverContext
+from controller.loop.planner import State
+from controller.loop.secrets import OWNER_LABEL
+
+MANAGER = "codeb"
+
+
+DIGEST = "codeb.dev/rendered-digest"
+
+
+CREDENTIALS = "codeb.dev/credentials-digest"
+
+
+REVISION = "codeb.dev/revision"
+
+
+# The release a failed rollout was rolled back from (`controller.loop.rollouts.rolling`): on the
+# Deployment itself, so an operator that crashed before recording the failure still knows it.
+HELD_BACK = "codeb.dev/held-back"
+
+
+# Pods restart when the credentials change; the autoscaler aims at this CPU use.
+TARGET_CPU_PERCENT = 70
+
+
+Object = dict[str, Any]
+
+
+def labels(ctx: DriverContext, desired: State) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": str(desired["instance"]),
+        "app.kubernetes.io/managed-by": MANAGER,
+        OWNER_LABEL: ctx.key.name,
+    }
+
+
+GATE_FIELDS = ("periodSeconds", "timeoutSeconds", "successThreshold", "failureThreshold")
+
+
+def render_objects(ctx: DriverContext, desired: State, credentials_digest: str) -> list[Object]:
+    """Every object of the workload, in apply order (pure)."""
+    objects = [_deployment(ctx, desired, credentials_digest), _service(ctx, desired), _disruption_budget(ctx, desired)]
+    if desired.get("autoscaling"):
+        objects.append(_autoscaler(ctx, desired))
+    for obj in objects:
+        obj["metadata"].setdefault("annotations", {})[DIGEST] = _digest(obj)
+    return objects
+
+
+def _metadata(ctx: DriverContext, desired: State, **extra: Any) -> dict[str, Any]:
+    return {"name": desired["instance"], "namespace": ctx.key.namespace, "labels": labels(ctx, desired), **extra}
+
+
+def _deployment(ctx: DriverContext, desired: State, credentials_digest: str) -> Object:
+    selector = {"app.kubernetes.io/name": desired["instance"]}
+    check = {"httpGet": {"path": desired["healthPath"], "port": desired["containerPort"]}}
+    liveness = {**check, "periodSeconds": desired["probeIntervalSeconds"], "timeoutSeconds": 5}
+    env_from = [{"secretRef": {"name": desired["connectionSecret"]}}] if desired["connectionSecret"] else []
+    optional = set(desired["optionalSecretRefs"])
+    env_from += [{"secretRef": {"name": name, "optional": name in optional}} for name in desired["secretRefs"]]
+    limits = {"cpu": desired["cpu"], "memory": desired["memory"]}
+    container = {
+        "name": "app",
+        "image": desired["image"],
+        "ports": [{"name": "http", "containerPort": desired["containerPort"]}],
+        "env": [{"name": k, "value": v} for k, v in desired["variables"].items()]
+        + [{"name": "PORT", "value": str(desired["containerPort"])}],
+        "envFrom": env_from,
+        "resources": {"limits": limits, "requests": limits},
+        # Readiness is the rollout's health gate: no traffic to a Pod before it passes.
+        "readinessProbe": {**check, **desired["readinessGate"]},
+        "livenessProbe": {**liveness, "failureThreshold": 3, "initialDelaySeconds": 10},
+    }
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector},
+        # Health-gated rolling update: a new Pod must be ready before an old one goes.
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "progressDeadlineSeconds": desired["progressDeadlineSeconds"],
+        "template": {
+            # The revision is in the template too, so each ReplicaSet says what it runs (a rollback reads it).
+            "metadata": {
+                "labels": {**labels(ctx, desired)},
+                "annotations": {CREDENTIALS: credentials_digest, REVISION: desired["revision"] or ""},
+            },
+            "spec": {"containers": [container], "enableServiceLinks": False},
+        },
+    }
+    if desired["replicas"] is not None:
+        spec["replicas"] = desired["replicas"]
+    annotations = {REVISION: desired["revision"] or ""}
+    if desired.get("heldBack"):
+        annotations[HELD_BACK] = desired["heldBack"]
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _metadata(ctx, desired, annotations=annotations),
+            "spec": spec}  # fmt: skip
+
+
+def _service(ctx: DriverContext, desired: State) -> Object:
+    port = {"name": "http", "port": desired["port"], "targetPort": "http"}
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(ctx, desired),
+            "spec": {"selector": {"app.kubernetes.io/name": desired["instance"]}, "ports": [port]}}  # fmt: skip
+
+
+def _disruption_budget(ctx: DriverContext, desired: State) -> Object:
+    # At most one Pod away at a time for a drain; never blocks a drain of a single replica.
+    selector = {"matchLabels": {"app.kubernetes.io/name": desired["instance"]}}
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _metadata(ctx, desired),
+            "spec": {"maxUnavailable": 1, "selector": selector}}  # fmt: skip
+
+
+def _autoscaler(ctx: DriverContext, desired: State) -> Object:
+    scaling = desired["autoscaling"]
+    target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": desired["instance"]}
+    utilization = {"type": "Utilization", "averageUtilization": TARGET_CPU_PERCENT}
+    cpu = {"type": "Resource", "resource": {"name": "cpu", "target": utilization}}
+    return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": _metadata(ctx, desired),
+            "spec": {"scaleTargetRef": target, "minReplicas": scaling["min"], "maxReplicas": scaling["max"],
+                     "metrics": [cpu]}}  # fmt: skip
+
+
+def _digest(obj: Object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
