@@ -1,0 +1,161 @@
+"""Section ``project``: what the application is, where its code comes from, and how a release rolls out."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from schemas.base import (
+    CONTAINER_IMAGE,
+    CONTAINER_IMAGE_MAX_LENGTH,
+    DNS_LABEL,
+    PRINTABLE,
+    REVISION,
+    CodebModel,
+    Rule,
+    immutable,
+)
+from schemas.common import RENAME_WHY, SLUG_MAX_LENGTH, Template
+
+
+class GitSource(CodebModel):
+    url: str = Field(
+        description="Git repository to build from, https:// or ssh (git@host:org/repo.git).",
+        pattern=r"^(https://|ssh://|git@)[^\s\x00-\x1f\x7f]+$",
+        max_length=512,
+    )
+    ref: str = Field(
+        "main",
+        description="Branch, tag or commit to build.",
+        pattern=r"^[A-Za-z0-9._/-]+$",
+        max_length=255,
+    )
+
+
+class Source(CodebModel):
+    rules = (
+        Rule(
+            cel="[has(self.image), has(self.git), has(self.command)].filter(x, x).size() == 1",
+            message="set exactly one of source.image, source.git or source.command",
+            field_path="",
+            check=lambda s: [s.image is not None, s.git is not None, s.command is not None].count(True) == 1,
+        ),
+        Rule(
+            cel="!has(self.workingDir) || has(self.command)",
+            message="workingDir goes with command (the directory the command runs in)",
+            field_path=".workingDir",
+            check=lambda s: s.working_dir is None or s.command is not None,
+        ),
+    )
+
+    image: str | None = Field(
+        None,
+        description="Container image to run, e.g. ghcr.io/acme/shop:1.4.2 (runtimes quadlet and kubernetes).",
+        pattern=CONTAINER_IMAGE,
+        max_length=CONTAINER_IMAGE_MAX_LENGTH,
+    )
+    git: GitSource | None = Field(None, description="Git source to build. Exclusive with image and command.")
+    command: list[Annotated[str, Field(pattern=PRINTABLE, min_length=1, max_length=1024)]] | None = Field(
+        None,
+        description=(
+            "Program and arguments run as a supervised process on the operator's machine (runtime local), "
+            "e.g. [python3, app.py]. It receives the connection Secret as environment and PORT to listen on."
+        ),
+        min_length=1,
+        max_length=64,
+    )
+    working_dir: str | None = Field(
+        None,
+        description=(
+            "Directory the command runs in; a relative path is taken from the operator's local root "
+            "(CODEB_LOCAL_ROOT, by default the directory the operator started in)."
+        ),
+        pattern=PRINTABLE,
+        min_length=1,
+        max_length=1024,
+    )
+
+
+class HealthGate(CodebModel):
+    rules = (
+        Rule(
+            cel="self.timeoutSeconds <= self.intervalSeconds",
+            message="timeoutSeconds must not be longer than intervalSeconds",
+            field_path=".timeoutSeconds",
+            check=lambda h: h.timeout_seconds <= h.interval_seconds,
+        ),
+    )
+
+    # A check a second, three healthy in a row: a healthy release takes traffic about three seconds after its
+    # port opens (kamal-proxy checks every second; the seeds ask for three successes), while a failing one
+    # never does.
+    interval_seconds: float = Field(1, description="Seconds between health checks of a new colour.", ge=0.1, le=300)
+    timeout_seconds: float = Field(1, description="Seconds before a check counts as failed.", ge=0.1, le=120)
+    healthy_threshold: int = Field(
+        3, description="Consecutive healthy checks before the new colour takes traffic.", ge=1, le=20
+    )
+    unhealthy_threshold: int = Field(
+        3, description="Consecutive failed checks (after the first answer) that fail the deploy.", ge=1, le=20
+    )
+
+
+class Rollout(CodebModel):
+    health_check: HealthGate = Field(
+        default_factory=HealthGate,
+        description="The gate a new colour passes before the switch; it probes monitoring.healthPath.",
+    )
+    start_timeout_seconds: float = Field(
+        300, description="Seconds the new colour has to pass the gate before the deploy fails.", ge=1, le=3600
+    )
+    drain_seconds: float = Field(
+        30, description="Seconds the old colour keeps running after the switch, for requests in flight.", ge=0,
+        le=3600,
+    )  # fmt: skip
+    keep_warm_seconds: float = Field(
+        3600,
+        description=(
+            "Seconds the old colour stays running after the switch (at least drainSeconds): setting revision "
+            "back within them switches back without a new start. 0 stops it once drained."
+        ),
+        ge=0,
+        le=7 * 24 * 3600,
+    )
+
+
+class ProjectInfo(CodebModel):
+    rules = (immutable("slug", RENAME_WHY),)
+
+    slug: str = Field(
+        description=(
+            "Short DNS-label name of the application (lowercase letters, digits, '-'). "
+            "PostgreSQL, Redis and bucket names are derived from it, "
+            f"so it is at most {SLUG_MAX_LENGTH} characters."
+        ),
+        pattern=DNS_LABEL,
+        min_length=2,
+        max_length=SLUG_MAX_LENGTH,
+    )
+    display_name: str | None = Field(None, description="Human-readable name.", pattern=PRINTABLE, max_length=128)
+    team: str | None = Field(
+        None, description="Owning team (DNS label), for grouping and alerts.", pattern=DNS_LABEL, max_length=63
+    )
+    template: Template = Field(Template.container, description="How the application is built and run.")
+    source: Source = Field(description="Where the application comes from: a container image or a git repository.")
+    revision: str | None = Field(
+        None,
+        description=(
+            "Revision to deploy (image tag, commit or release name: letters, digits, '.', '_', '-'); "
+            "changing it starts a new deploy."
+        ),
+        pattern=REVISION,
+        max_length=128,
+    )
+    rollout: Rollout = Field(
+        default_factory=Rollout,
+        description=(
+            "How a new revision replaces the running one (runtimes local and quadlet; kubernetes rolls its Pods "
+            "under the same health gate): it starts as the other colour on its own port, on every host, passes "
+            "the health gate and the post-deploy hooks, then takes the traffic."
+        ),
+    )
