@@ -31,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import asyncssh
 
 from controller.clients.kube import KubeClient, api_client_from_environment
-from controller.drivers.terraform import TerraformHosts, TerraformRunner, TerraformSettings
+from controller.drivers.terraform import TerraformHosts
 from controller.errors import RetryableError
+from controller.jobs.terraform import TerraformRunner, TerraformSettings
 from controller.local.cluster import LocalCluster
 from controller.loop.interface import DriverContext
 from controller.loop.naming import ProjectKey

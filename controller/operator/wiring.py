@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from controller.clients.kube import api_client_from_environment
-from controller.drivers.terraform import TerraformSettings
+from controller.jobs.terraform import TerraformSettings
 from controller.operator.config import OperatorConfig
 from schemas.project import Provider, Runtime
 
@@ -54,7 +54,8 @@ def infrastructure_drivers(
     from controller.drivers.clusters import ExistingCluster
     from controller.drivers.hosts import ExistingHosts
     from controller.drivers.registry import LocalMachine, NotImplementedDriver
-    from controller.drivers.terraform import TerraformHosts, TerraformRunner
+    from controller.drivers.terraform import TerraformHosts
+    from controller.jobs.terraform import TerraformRunner
     from controller.loop.planner import Component
 
     hosts = ExistingHosts(kube.read_secret, ssh)

@@ -20,8 +20,9 @@ import asyncssh
 import pytest
 
 from controller.clients.kube import KubeClient
-from controller.drivers.terraform import TerraformHosts, TerraformRunner, TerraformSettings
+from controller.drivers.terraform import TerraformHosts
 from controller.errors import CodebError, PermanentError, RetryableError
+from controller.jobs.terraform import TerraformRunner, TerraformSettings
 from controller.local.cluster import LocalCluster
 from controller.loop.interface import DriverContext
 from controller.loop.naming import ProjectKey
