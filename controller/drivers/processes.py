@@ -23,7 +23,6 @@ deploys start the other beside it), with its log and runtime state under
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -39,6 +38,19 @@ from typing import Any
 import httpx
 
 from controller.clients.http import Probe, probe_http
+from controller.drivers.proctable import (
+    LAUNCH_ENV,
+    alive,
+    group_of,
+    launch_record,
+    listeners,
+    send_signal,
+    signal_group,
+    started_ticks,
+    supervisor_options,
+    supervisors,
+    tail_lines,
+)
 from controller.drivers.workloads import SecretReader, install_app, read_credentials
 from controller.errors import PermanentError, RetryableError
 from controller.jobs import hookruns
@@ -50,7 +62,6 @@ from controller.loop.secrets import clip
 from schemas.project import App, Hook, HookRun
 
 SUPERVISOR = Path(__file__).resolve().parents[1] / "local" / "supervise.py"
-LAUNCH_ENV = "CODEB_LAUNCH"
 LISTEN_HOST = "127.0.0.1"
 # Handed to the application from the operator's own environment; nothing else leaks in.
 # Not HOME: the operator's own (its kubeconfig, its keys) is no Project's; each gets a HOME of its own.
@@ -134,11 +145,11 @@ class LocalProcesses:
 
     async def _health(self, process: Supervised, secret_values: frozenset[str], timeout: float | None) -> Probe:
         child = _child_state(process)
-        if child.get("pid") is None or not _alive(int(child["pid"])):
+        if child.get("pid") is None or not alive(int(child["pid"])):
             exited = child.get("lastExit") is not None
             return Probe(False, _exited(process, child, secret_values), answered=exited)
-        holders = _listeners(process.port)
-        if holders and not any(_group_of(pid) == child["pid"] for pid in holders):
+        holders = listeners(process.port)
+        if holders and not any(group_of(pid) == child["pid"] for pid in holders):
             holder = f" (pid {min(holders)})" if min(holders) > 0 else ""
             return Probe(False, f"port {process.port} is held by another process{holder}, not this Project's")
         path = process.launch["state"]["healthPath"]
@@ -170,7 +181,7 @@ class LocalProcesses:
         # Checked before the running process is stopped: a refused change leaves it serving.
         port = int(wanted["port"])
         own_groups = {_child_state(p).get("pid") for p in found}
-        if any(_group_of(pid) not in own_groups for pid in _listeners(port)):
+        if any(group_of(pid) not in own_groups for pid in listeners(port)):
             raise RetryableError(
                 f"port {port} is held by another process on this machine; stop it or set spec.resources.port",
                 reason="PortTaken",
@@ -229,7 +240,7 @@ class LocalProcesses:
             found = [p for p in self._find(key) if p.colour == colour]
             if found:
                 child = _child_state(found[-1])
-                if child.get("lastExit") is not None or (child.get("pid") and _listeners(found[-1].port)):
+                if child.get("lastExit") is not None or (child.get("pid") and listeners(found[-1].port)):
                     return
             await asyncio.sleep(0.1)
 
@@ -274,7 +285,7 @@ class LocalProcesses:
         if spawned is not None and spawned.poll() is not None:
             del self._children[pid]
             return False
-        return _alive(pid)
+        return alive(pid)
 
     # ------------------------------------------------------------ the environment
 
@@ -307,14 +318,14 @@ class LocalProcesses:
         """This Project's supervisors, oldest first."""
         workload = f"{key.namespace}/{key.name}"
         found = []
-        for pid, argv in _supervisors():
-            options = _options(argv)
+        for pid, argv in supervisors():
+            options = supervisor_options(argv)
             if options.get("--workload") != workload:
                 continue
-            launch = _launch_record(pid)
+            launch = launch_record(pid)
             if launch is None:  # not ours to read: another user's process
                 continue
-            found.append((_started(pid), Supervised(pid, options["--colour"], Path(options["--dir"]), launch)))
+            found.append((started_ticks(pid), Supervised(pid, options["--colour"], Path(options["--dir"]), launch)))
         return [s for _, s in sorted(found, key=lambda item: item[0])]
 
 
@@ -341,17 +352,17 @@ def stop_everything_under(state_dir: Path) -> None:
     """Stop every local workload whose state lives under ``state_dir`` (``codeb up`` on its way out)."""
     root = str((state_dir / "workloads").resolve()) + "/"
     found = []
-    for pid, argv in _supervisors():
-        options = _options(argv)
+    for pid, argv in supervisors():
+        options = supervisor_options(argv)
         if options.get("--dir", "").startswith(root):
             found.append(Supervised(pid, options["--colour"], Path(options["--dir"]), {}))
-    _stop(found, _alive)
+    _stop(found, alive)
 
 
 def _stop(processes: list[Supervised], running: Callable[[int], bool]) -> None:
     """SIGTERM each supervisor (it stops its application's group); SIGKILL what outlives the grace."""
     for process in processes:
-        _signal(process.pid, signal.SIGTERM)
+        send_signal(process.pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_SECONDS
     while any(running(p.pid) for p in processes) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -359,97 +370,8 @@ def _stop(processes: list[Supervised], running: Callable[[int], bool]) -> None:
         if running(process.pid):
             child = _child_state(process).get("pid")
             if child:
-                _signal_group(int(child), signal.SIGKILL)
-            _signal(process.pid, signal.SIGKILL)
-
-
-# ---------------------------------------------------------------- /proc
-
-
-def _supervisors() -> Iterable[tuple[int, list[str]]]:
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = Path(entry.path, "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if len(argv) > 2 and argv[1].endswith(b"supervise.py") and b"--workload" in argv:
-            yield int(entry.name), [a.decode(errors="replace") for a in argv]
-
-
-def _options(argv: list[str]) -> dict[str, str]:
-    end = argv.index("--") if "--" in argv else len(argv)
-    head = argv[2:end]
-    return {head[i]: head[i + 1] for i in range(0, len(head) - 1, 2) if head[i].startswith("--")}
-
-
-def _launch_record(pid: int) -> Mapping[str, Any] | None:
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    prefix = LAUNCH_ENV.encode() + b"="
-    for item in environ:
-        if item.startswith(prefix):
-            record: Mapping[str, Any] = json.loads(item[len(prefix) :])
-            return record
-    return None
-
-
-def _started(pid: int) -> int:
-    """Start time in clock ticks since boot (field 22 of /proc/<pid>/stat): orders processes."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    return int(stat.rsplit(")", 1)[1].split()[19])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _group_of(pid: int) -> int | None:
-    if pid <= 0:  # a listener nobody here may look at
-        return None
-    try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return None
-
-
-def _listeners(port: int) -> set[int]:
-    """Pids holding a listening TCP socket on ``port`` (any address), from /proc/net/tcp{,6}."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
-                inodes.add(fields[9])
-    if not inodes:
-        return set()
-    targets = {f"socket:[{inode}]" for inode in inodes}
-    holders = set()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            fds = os.scandir(f"/proc/{entry.name}/fd")
-            if any(os.readlink(fd.path) in targets for fd in fds):
-                holders.add(int(entry.name))
-        except OSError:
-            continue
-    # A listener we cannot attribute (another user's) still holds the port.
-    return holders or {-1}
+                signal_group(int(child), signal.SIGKILL)
+            send_signal(process.pid, signal.SIGKILL)
 
 
 def _child_state(process: Supervised) -> dict[str, Any]:
@@ -471,27 +393,3 @@ def _exited(process: Supervised, child: Mapping[str, Any], secret_values: frozen
         lines = []
     output = clip(" | ".join(lines[-OUTPUT_LINES:]), secret_values, 400, tail=True)
     return f"the process exited with code {code} (restarted {restarts} times); last output: {output or '(none)'}"
-
-
-# The most of a log's end read for its last lines: an application may write gigabytes.
-TAIL_BYTES = 256 * 1024
-
-
-def tail_lines(path: Path, count: int) -> list[str]:
-    """The last ``count`` lines of a file, reading at most its last `TAIL_BYTES`."""
-    with path.open("rb") as log:
-        size = log.seek(0, os.SEEK_END)
-        log.seek(max(0, size - TAIL_BYTES))
-        lines = log.read(TAIL_BYTES).decode(errors="replace").splitlines()
-    # A read that began mid-file began mid-line: that first piece is not a line.
-    return (lines[1:] if size > TAIL_BYTES else lines)[-count:]
-
-
-def _signal(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, sig)

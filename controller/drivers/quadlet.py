@@ -26,8 +26,7 @@ import asyncio
 import shlex
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import httpx
 
@@ -45,45 +44,29 @@ from controller.specs.quadlet import (
     HostFacts,
     env_digest,
     env_path,
-    launch_of,
     legacy_cleanup,
     render_env,
     render_unit,
     unit_name,
     unit_path,
 )
+from controller.specs.quadlet_view import (
+    COLOURS,
+    HostView,
+    HostViews,
+    host_view,
+    unit_matches,
+    view_script,
+    view_sections,
+)
 from schemas.project import App, Colour, Hook, HookRun
 
-COLOURS = tuple(colour.value for colour in Colour)
 # Fields of a colour's state that are judged, not launched: never part of a unit's record.
 JUDGED = ("hosts", "environmentCurrent", "unitsMatch")
 # Where hooks run on a host, a directory per unit and run (`controller.jobs.hookruns`).
 HOOK_RUNS = "/var/lib/codeb/hooks"
 # One step of following a hook (start it, or look at it) answers within this.
 FOLLOW_SECONDS = 30.0
-LOG_LINES = 5
-SECTIONS = ("unit", "env", "service", "health", "log")
-
-
-@dataclass
-class HostView:
-    """One colour on one host as observed: its unit (if any), what it was launched with, its health."""
-
-    facts: HostFacts
-    colour: str
-    unit_text: str | None = None
-    launch: Mapping[str, Any] | None = None
-    env_sha: str | None = None
-    service: dict[str, str] = field(default_factory=dict)
-    container_health: str = ""
-    log: str = ""
-
-    @property
-    def endpoint(self) -> str:
-        return f"{self.facts.address}:{self.launch['state']['port']}" if self.launch else ""
-
-
-HostViews = dict[str, HostView]  # by colour
 
 
 class QuadletUnits:
@@ -137,7 +120,7 @@ class QuadletUnits:
             **launched,
             "hosts": sorted(v.facts.address for v in found),
             "environmentCurrent": all(v.env_sha == current_env == v.launch["env"] for v in present),  # type: ignore[index]
-            "unitsMatch": all(_unit_matches(ctx.key, v, launched) for v in present),
+            "unitsMatch": all(unit_matches(ctx.key, v, launched) for v in present),
         }
         probes = await asyncio.gather(*(self._health(views[colour], credentials, ctx.health_timeout)
                                         for views in current))  # fmt: skip
@@ -173,9 +156,9 @@ class QuadletUnits:
     async def _views(self, key: ProjectKey, access: HostAccess, facts: HostFacts,
                      colours: Sequence[str] = COLOURS) -> HostViews:  # fmt: skip
         """Every colour's unit, environment file, service and container on one host, in one SSH round trip."""
-        result = await self._ssh.run(access, " ; ".join(_view_script(key, colour) for colour in colours))
-        sections = _sections(result.stdout)
-        return {colour: _view(facts, colour, sections.get(colour, {})) for colour in colours}
+        result = await self._ssh.run(access, " ; ".join(view_script(key, colour) for colour in colours))
+        sections = view_sections(result.stdout)
+        return {colour: host_view(facts, colour, sections.get(colour, {})) for colour in colours}
 
     async def _health(self, view: HostView, credentials: Credentials, timeout: float | None) -> Probe:
         if view.launch is None:
@@ -428,65 +411,3 @@ def _stop_hooks(runs: str) -> str:
 def _port_of(ctx: DriverContext, colour: str) -> int | None:
     allocations = ctx.allocations
     return allocations.port if colour == Colour.blue.value else allocations.alternate_port
-
-
-def _unit_matches(key: ProjectKey, view: HostView, launched: Mapping[str, Any]) -> bool:
-    """The unit on the host is exactly what its own record renders to, and launched like the others."""
-    record = view.launch
-    if record is None or dict(record["state"]) != dict(launched):
-        return False
-    return view.unit_text == render_unit(key, view.colour, record["state"], view.facts, record["env"])
-
-
-def _view_script(key: ProjectKey, colour: str) -> str:
-    name = unit_name(key, colour)
-    service, unit = shlex.quote(name + ".service"), shlex.quote(unit_path(key, colour))
-    # The container's health and journal only where the colour has a unit: a podman call per absent
-    # colour, host and observation would be most of a steady state's cost.
-    with_unit = "; ".join([
-        f"echo '--{colour}:health'",
-        f"podman inspect --format '{{{{.State.Health.Status}}}}' {shlex.quote(name)} 2>/dev/null",
-        f"echo '--{colour}:log'",
-        f"journalctl -u {service} -n {LOG_LINES} --no-pager -o cat 2>/dev/null",
-    ])  # fmt: skip
-    return "; ".join(
-        [
-            f"echo '--{colour}:unit'",
-            f"cat {unit} 2>/dev/null",
-            f"echo '--{colour}:env'",
-            f"sha256sum {shlex.quote(env_path(key, colour))} 2>/dev/null",
-            f"echo '--{colour}:service'",
-            f"systemctl show -p ActiveState -p SubState -p Result -p NRestarts {service}",
-            f"if [ -f {unit} ]; then {with_unit}; fi",
-            "true",
-        ]
-    )
-
-
-def _sections(output: str) -> dict[str, dict[str, str]]:
-    """The view script's output, by colour and section."""
-    sections: dict[tuple[str, str], list[str]] = {}
-    current: list[str] | None = None
-    for line in output.splitlines(keepends=True):
-        marker = line.strip()
-        colour, _, section = marker[2:].partition(":")
-        if marker.startswith("--") and colour in COLOURS and section in SECTIONS:
-            current = sections.setdefault((colour, section), [])
-        elif current is not None:
-            current.append(line)
-    found: dict[str, dict[str, str]] = {}
-    for (colour, section), lines in sections.items():
-        found.setdefault(colour, {})[section] = "".join(lines)
-    return found
-
-
-def _view(facts: HostFacts, colour: str, sections: Mapping[str, str]) -> HostView:
-    view = HostView(facts, colour)
-    if sections.get("unit"):
-        view.unit_text = sections["unit"]
-        view.launch = launch_of(view.unit_text)
-    view.env_sha = sections.get("env", "").split(" ")[0].strip() or None
-    view.service = dict(line.split("=", 1) for line in sections.get("service", "").splitlines() if "=" in line)
-    view.container_health = sections.get("health", "").strip()
-    view.log = sections.get("log", "")
-    return view

@@ -15,7 +15,7 @@ import pytest
 
 from controller.clients.http import BODY_BYTES, probe_http
 from controller.clients.ssh import OUTPUT_BYTES, HostAccess, SshPool
-from controller.drivers.processes import tail_lines
+from controller.drivers.proctable import tail_lines
 from controller.local.cluster import free_port
 from tests.sshserver import ssh_server
 
