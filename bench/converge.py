@@ -46,7 +46,7 @@ import httpx
 import kubernetes.client
 import kubernetes.watch
 
-from controller.cli.main import CRD_PATH
+from controller.cli.common import CRD_PATH
 from controller.clients.kube import api_client_from_environment
 from controller.local.cluster import LocalCluster, find_binary
 from schemas.project import API_GROUP, API_VERSION, PLURAL

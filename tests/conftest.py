@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli.main import CRD_PATH
+from controller.cli.common import CRD_PATH
 from controller.clients.kube import KubeClient, api_client_from_environment
 from controller.local.cluster import LocalCluster
 from tests import process_sweep

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.cli.commands import EXIT_DIFFERS, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+from controller.cli.common import EXIT_DIFFERS, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 from controller.cli.main import main
 from controller.local.cluster import REPO_ROOT, LocalCluster, find_binary
 from tests.factories import project
