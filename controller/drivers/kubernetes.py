@@ -200,7 +200,7 @@ async def _health(target: Target, ctx: DriverContext, deployment: Object) -> tup
 async def _rollout_of(
     target: Target, deployment: Object, service: Object | None, autoscaler: Object | None, credentials: str
 ) -> dict[str, Any]:
-    """Where the Deployment's rolling update stands (`controller.rolling`): its progress, the
+    """Where the Deployment's rolling update stands (`controller.loop.rollouts.rolling`): its progress, the
     ReplicaSet of its template, and the state of the one before it, which a rollback returns to."""
     progress = progress_of(deployment)
     spec, status = deployment["spec"], deployment.get("status", {})
