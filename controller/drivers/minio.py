@@ -7,28 +7,22 @@ bucket, with the key already in the Project's Secret: an untagged bucket that th
 user can open is ours (a crash between creating and tagging) and is tagged on the
 next pass; any other bucket of that name is never touched (``NotOwned``). The policy is compared
 statement by statement with the rendered one, so a policy widened by hand is drift.
-The MinIO clients are blocking; calls run in a worker thread.
+The MinIO clients are blocking; `controller.clients.s3` runs each call in a worker thread.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import urllib3
-from minio import Minio
 from minio.commonconfig import ENABLED, Filter, Tags
-from minio.credentials.providers import StaticProvider
-from minio.error import MinioAdminException, S3Error
 from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
-from minio.minioadmin import MinioAdmin
 from minio.versioningconfig import SUSPENDED, VersioningConfig
 
-from controller.errors import PermanentError, RetryableError
+from controller.clients.s3 import S3Server
+from controller.errors import PermanentError
 from controller.loop.interface import DriverContext
 from controller.loop.planner import Component, Observation, State
 from controller.loop.secrets import SecretStore, ensure_password
@@ -40,7 +34,6 @@ OWNER_TAG = "codeb.dev/project"
 OPERATOR_TAG = "codeb.dev/operator"
 # No Project may name a bucket with the operator's prefix (the manifest's rule), so this is never a tenant's.
 FINAL_DUMPS_BUCKET = f"{OPERATOR_BUCKET_PREFIX}final-dumps"
-T = TypeVar("T")
 
 
 def bucket_policy(bucket: str) -> dict[str, Any]:
@@ -73,27 +66,9 @@ class MinioDriver:
 
     def __init__(self, endpoint: str, root_user: str, root_password: str, secrets: SecretStore,
                  secure: bool = False, timeout: float = 10.0) -> None:  # fmt: skip
-        self._endpoint, self._secure = endpoint, secure
-        # Fail fast on an outage instead of urllib3's default retries; one pool for every client here.
-        self._http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=min(3.0, timeout), read=timeout),
-                                         retries=urllib3.Retry(total=0), maxsize=8)  # fmt: skip
-        self._s3 = Minio(endpoint, access_key=root_user, secret_key=root_password, secure=secure,
-                         http_client=self._http)  # fmt: skip
-        self._admin = MinioAdmin(endpoint=endpoint, credentials=StaticProvider(root_user, root_password),
-                                 secure=secure, http_client=self._http)  # fmt: skip
+        self._server = S3Server(endpoint, root_user, root_password, secure, timeout)
+        self._s3, self._admin, self._call = self._server.s3, self._server.admin, self._server.call
         self._secrets = secrets
-
-    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """The one translation for this transport: codes only, never MinIO's text (it can echo requests)."""
-        try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
-        except (urllib3.exceptions.HTTPError, OSError):
-            raise RetryableError(f"MinIO at {self._endpoint} is unreachable", reason="StorageUnavailable") from None
-        except S3Error as exc:
-            raise PermanentError(f"MinIO refused the request ({exc.code})", reason="StorageRefused") from None
-        except MinioAdminException as exc:
-            raise PermanentError(f"MinIO admin API refused the request ({exc._code})",
-                                 reason="StorageRefused") from None  # fmt: skip
 
     async def store_final_dump(self, object_name: str, path: Path) -> str:
         """Keep a final database dump in the operator's own bucket; the DumpSink for PostgreSQL."""
@@ -183,8 +158,7 @@ class MinioDriver:
         secret = await self._secrets.read(ctx) or {}
         if not secret.get(SECRET_KEY):
             return False
-        client = Minio(self._endpoint, access_key=access_key(bucket), secret_key=secret[SECRET_KEY],
-                       secure=self._secure, http_client=self._http)  # fmt: skip
+        client = self._server.as_user(access_key(bucket), secret[SECRET_KEY])
         try:
             await self._call(lambda: list(client.list_objects(bucket, prefix="codeb-probe/")))
         except PermanentError:
@@ -216,7 +190,7 @@ class MinioDriver:
         await self._call(self._s3.set_bucket_versioning, bucket, VersioningConfig(status))
         await self._apply_lifecycle(bucket, desired["expireAfterDays"])
         await self._secrets.merge(ctx, {
-            "S3_ENDPOINT": f"{'https' if self._secure else 'http'}://{self._endpoint}",
+            "S3_ENDPOINT": self._server.url,
             "S3_BUCKET": bucket, "S3_ACCESS_KEY": access_key(bucket),
         })  # fmt: skip
 

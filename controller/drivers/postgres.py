@@ -37,8 +37,8 @@ import hmac
 import json
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,17 +46,20 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from controller.clients.postgres import (
+    CONCURRENCY,
+    CONNECT_TIMEOUT_SECONDS,
+    STATEMENT_TIMEOUT_SECONDS,
+    Connection,
+    PostgresServer,
+)
 from controller.errors import PermanentError, RetryableError
 from controller.loop.interface import DriverContext, DumpSink
 from controller.loop.planner import Component, Observation, State
 from controller.loop.secrets import SecretStore, ensure_password
 
 PASSWORD_KEY = "DATABASE_PASSWORD"
-CONNECT_TIMEOUT_SECONDS = 5
-STATEMENT_TIMEOUT_SECONDS = 30.0
 DUMP_TIMEOUT_SECONDS = 1800.0
-# Most admin sessions open at once: resuming 1,000 Projects must not open 3,000.
-CONCURRENCY = 8
 SCRAM_ITERATIONS = 4096
 
 
@@ -89,78 +92,17 @@ class PostgresDriver:
         concurrency: int = CONCURRENCY,
         allowed_extensions: frozenset[str] | None = None,
     ) -> None:
-        self._host, self._port = host, port
+        self._server = PostgresServer(host, port, admin_user, admin_password, statement_timeout, concurrency)
         # None: whatever PostgreSQL lets a database owner create (the extensions it marks trusted).
         self._allowed_extensions = allowed_extensions
-        self._admin = (admin_user, admin_password)
         self._secrets = secrets
         self._dump_sink = dump_sink
-        self._statement_timeout_ms = int(statement_timeout * 1000)
-        self._slots = asyncio.Semaphore(concurrency)
-
-    # ------------------------------------------------------------------ edges
 
     @asynccontextmanager
-    async def _connect(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """A superuser session, its ``search_path`` pinned in the startup packet, where no
-        ``ALTER DATABASE``/``ALTER ROLE ... SET`` of a tenant can change it."""
-        async with self._slots:
-            conn = await self._open("postgres", *self._admin, " -c search_path=pg_catalog")
-            try:
-                with self._translated():
-                    yield conn
-            finally:
-                await conn.close()
-
-    @asynccontextmanager
-    async def _as_tenant(self, ctx: DriverContext, role: str, dbname: str
-                         ) -> AsyncIterator[psycopg.AsyncConnection[Any] | None]:  # fmt: skip
+    async def _as_tenant(self, ctx: DriverContext, role: str, dbname: str) -> AsyncIterator[Connection | None]:
         """A session as the Project's own role in its database, or None when that login fails."""
-        password = await self._password(ctx)
-        async with self._slots:
-            try:
-                conn = await self._open(dbname, role, password) if password else None
-            except RetryableError:
-                conn = None
-            if conn is None:
-                yield None
-                return
-            try:
-                with self._translated():
-                    yield conn
-            finally:
-                await conn.close()
-
-    async def _open(self, dbname: str, user: str, password: str, options: str = "") -> psycopg.AsyncConnection[Any]:
-        try:
-            return await psycopg.AsyncConnection.connect(
-                host=self._host, port=self._port, dbname=dbname, user=user, password=password, autocommit=True,
-                connect_timeout=CONNECT_TIMEOUT_SECONDS, options=f"-c statement_timeout={self._statement_timeout_ms}"
-                + options,
-            )  # fmt: skip
-        except psycopg.Error:
-            raise RetryableError(
-                f"PostgreSQL at {self._host}:{self._port} is unreachable or refused the login",
-                reason="DatabaseUnavailable",
-            ) from None
-
-    @contextmanager
-    def _translated(self) -> Iterator[None]:
-        """The one translation of this transport's errors into ours.
-
-        No psycopg text is kept: server messages can quote the statement that failed.
-        """
-        try:
-            yield
-        except (psycopg.OperationalError, psycopg.errors.QueryCanceled):
-            raise RetryableError(
-                f"PostgreSQL at {self._host}:{self._port} dropped the session or timed out",
-                reason="DatabaseUnavailable",
-            ) from None
-        except psycopg.Error as exc:
-            raise PermanentError(
-                f"PostgreSQL refused a statement (SQLSTATE {exc.sqlstate or 'unknown'})", reason="DatabaseRefused"
-            ) from None
+        async with self._server.as_user(dbname, role, await self._password(ctx)) as conn:
+            yield conn
 
     async def _password(self, ctx: DriverContext) -> str | None:
         secret = await self._secrets.read(ctx)
@@ -172,7 +114,7 @@ class PostgresDriver:
         name, role = ctx.allocations.database, ctx.allocations.database_role
         if name is None or role is None:
             return Observation()
-        async with self._connect() as conn:
+        async with self._server.admin() as conn:
             version = await _server_major(conn)
             found = await _database(conn, name)
             if found is None:
@@ -212,7 +154,7 @@ class PostgresDriver:
         name, role = str(desired["name"]), str(desired["role"])
         # The Secret first: a crash after this line leaves a password the role will get.
         password = await ensure_password(self._secrets, ctx, PASSWORD_KEY)
-        async with self._connect() as conn:
+        async with self._server.admin() as conn:
             major = await _server_major(conn)
             if str(major) != desired["version"]:
                 raise PermanentError(
@@ -222,10 +164,10 @@ class PostgresDriver:
             await self._ensure_role(conn, ctx, role, password, int(desired["connectionLimit"]))
             await self._ensure_database(conn, ctx, name, role)
         await self._ensure_extensions(ctx, role, name, list(desired["extensions"]))
-        async with self._connect() as conn:
+        async with self._server.admin() as conn:
             await _comment(conn, "DATABASE", name, _new_marker(ctx, list(desired["extensions"])))
         await self._secrets.merge(ctx, {
-            "DATABASE_URL": f"postgresql://{role}:{password}@{self._host}:{self._port}/{name}",
+            "DATABASE_URL": f"postgresql://{role}:{password}@{self._server.host}:{self._server.port}/{name}",
             "DATABASE_NAME": name, "DATABASE_USER": role,
         })  # fmt: skip
 
@@ -290,7 +232,8 @@ class PostgresDriver:
             )
         with tempfile.TemporaryDirectory() as tmp:
             target = Path(tmp) / f"{name}.dump"
-            await _run_pg_dump(self._host, self._port, *self._admin, name, target)
+            server = self._server
+            await _run_pg_dump(server.host, server.port, *server.admin_login, name, target)
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
             await self._dump_sink(f"{ctx.key.namespace}/{ctx.key.name}/{name}-{stamp}.dump", target)
 
@@ -299,7 +242,7 @@ class PostgresDriver:
         name, role = ctx.allocations.database, ctx.allocations.database_role
         if retain or name is None or role is None:
             return  # released: data, role and markers stay for a Project of the same name
-        async with self._connect() as conn:
+        async with self._server.admin() as conn:
             role_ours = _is_ours(ctx, await _role_marker(conn, role) or {})
             found = await _database(conn, name)
             database_ours = found is not None and _is_ours(ctx, _database_marker(found))

@@ -31,13 +31,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
-from redis.exceptions import ConnectionError as RedisConnectionError
-
-from controller.errors import PermanentError, RetryableError
+from controller.clients.redis import POOL_SIZE, TIMEOUT_SECONDS, RedisServer
+from controller.errors import PermanentError
 from controller.loop.interface import DriverContext
 from controller.loop.planner import Component, Observation, State
 from controller.loop.secrets import SecretStore, ensure_password
@@ -54,8 +49,6 @@ PROBE_USER = "_codeb-acl-probe"
 OWNER_KEY = "_codeb:owner:{user}"
 # Where markers were kept before (inside a possible tenant prefix): read, then moved, once.
 LEGACY_OWNER_KEY = "codeb:owner:{user}"
-TIMEOUT_SECONDS = 5.0
-POOL_SIZE = 8
 
 
 def acl_rules(prefix: str) -> list[str]:
@@ -67,33 +60,10 @@ class RedisDriver:
 
     def __init__(self, host: str, port: int, admin_password: str | None, secrets: SecretStore,
                  timeout: float = TIMEOUT_SECONDS, pool_size: int = POOL_SIZE) -> None:  # fmt: skip
-        self._host, self._port, self._timeout = host, port, timeout
+        self._server = RedisServer(host, port, admin_password, timeout, pool_size)
+        self._call = self._server.call
         self._secrets = secrets
         self._canonical: dict[str, Any] = {}
-        # One pool for every Project's admin calls, bounded: N Projects do not mean N connections.
-        pool = aioredis.BlockingConnectionPool(
-            host=host, port=port, password=admin_password, socket_timeout=timeout, socket_connect_timeout=timeout,
-            max_connections=pool_size, timeout=timeout, decode_responses=True,
-            # A pooled connection that Redis closed (a restart) is reconnected once, not reported as an outage.
-            retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError],
-        )  # fmt: skip
-        self._admin = aioredis.Redis(connection_pool=pool)
-
-    def _unreachable(self) -> RetryableError:
-        return RetryableError(f"Redis at {self._host}:{self._port} is unreachable", reason="CacheUnavailable")
-
-    async def _call(self, *args: Any) -> Any:
-        """The one translation for this transport: no Redis text reaches our errors.
-
-        Redis echoes ACL SETUSER modifiers, passwords included, in its error replies.
-        """
-        try:
-            return await self._admin.execute_command(*args)  # type: ignore[no-untyped-call]
-        except ResponseError:
-            raise PermanentError(f"Redis refused {args[0]} {args[1] if len(args) > 1 else ''}".strip(),
-                                 reason="CacheRefused") from None  # fmt: skip
-        except (RedisError, OSError):
-            raise self._unreachable() from None
 
     async def _canonical_commands(self, rules: list[str]) -> Any:
         """How this Redis reports a rule set, learned once from a disabled probe user."""
@@ -131,18 +101,8 @@ class RedisDriver:
 
     async def _login_works(self, ctx: DriverContext, user: str) -> bool:
         secret = await self._secrets.read(ctx) or {}
-        if not secret.get(PASSWORD_KEY):
-            return False
-        client = aioredis.Redis(host=self._host, port=self._port, username=user, password=secret[PASSWORD_KEY],
-                                socket_timeout=self._timeout, socket_connect_timeout=self._timeout)  # fmt: skip
-        try:
-            return bool(await client.ping())
-        except (AuthenticationError, ResponseError):
-            return False
-        except (RedisError, OSError):
-            raise self._unreachable() from None
-        finally:
-            await client.aclose()
+        password = secret.get(PASSWORD_KEY)
+        return bool(password) and await self._server.login_works(user, str(password))
 
     async def apply(self, ctx: DriverContext, desired: State) -> None:
         user, prefix = str(desired["user"]), str(desired["prefix"])
@@ -153,7 +113,7 @@ class RedisDriver:
         await self._call("ACL", "SETUSER", user, "reset", "on", f">{password}", *acl_rules(prefix))
         await self._secrets.merge(ctx, {
             # No database number: the user may not SELECT, and stays in database 0.
-            "REDIS_URL": f"redis://{user}:{password}@{self._host}:{self._port}",
+            "REDIS_URL": f"redis://{user}:{password}@{self._server.host}:{self._server.port}",
             "REDIS_USER": user,
             "REDIS_PREFIX": prefix,
         })  # fmt: skip
