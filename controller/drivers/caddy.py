@@ -23,20 +23,16 @@ when its domains or the number of upstreams do.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from controller.errors import PermanentError, RetryableError
+from controller.clients.caddy import CaddyAdmin, admin_client
+from controller.errors import RetryableError
 from controller.loop.interface import DriverContext
 from controller.loop.planner import Component, Observation, State
 from controller.specs.caddy import SERVER, render_route, render_server, route_id
-
-ADMIN_CONNECT_ATTEMPTS = 6
-ADMIN_CONNECT_PAUSE_SECONDS = 0.1
 
 
 class UpstreamFiles:
@@ -87,13 +83,6 @@ def _content(path: Path) -> str:
         return ""
 
 
-def admin_client(timeout: float) -> httpx.AsyncClient:
-    """A client for Caddy's admin API, without keep-alive: every config change replaces Caddy's admin
-    server and closes the old one's idle connections (caddy.go, replaceLocalAdminServer), so a pooled
-    connection can die under the next request."""
-    return httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_keepalive_connections=0))
-
-
 class CaddyDriver:
     component = Component.route
 
@@ -104,40 +93,16 @@ class CaddyDriver:
         client: httpx.AsyncClient | None = None,
         upstream_dir: Path | None = None,
     ) -> None:
-        self._admin = admin_url.rstrip("/")
+        self._api = CaddyAdmin(admin_url, client or admin_client(10.0))
+        self._request, self._checked = self._api.request, self._api.checked
         self._listen = listen
         self._files = UpstreamFiles(upstream_dir) if upstream_dir is not None else None
-        # Caddy's admin API checks Origin/Host; a plain client with our base URL passes.
-        self._client = client or admin_client(10.0)
 
     def _dials(self, ctx: DriverContext, desired: State) -> list[str] | None:
         """Where the route dials each upstream: its file when upstreams live in files, else None (directly)."""
         if self._files is None:
             return None
         return [self._files.dial(ctx, index) for index in range(len(desired["upstreams"]))]
-
-    async def _request(self, method: str, path: str, body: Any = None) -> httpx.Response:
-        try:
-            response = await self._send(method, path, body)
-        except httpx.TransportError:
-            raise RetryableError(
-                f"Caddy admin API at {self._admin} is unreachable", reason="RouteUnavailable"
-            ) from None
-        if response.status_code >= 500 and "unknown object ID" not in response.text:
-            raise RetryableError(f"Caddy answered {response.status_code} to {method} {path}", reason="RouteUnavailable")
-        if response.status_code == 400:
-            raise PermanentError(f"Caddy refused the route: {response.text[:300]}", reason="RouteRejected")
-        return response
-
-    async def _send(self, method: str, path: str, body: Any) -> httpx.Response:
-        """One admin request. Every config change replaces Caddy's admin listener, so just after one a
-        connection can be refused for a moment: a refused connection reached nothing and is tried again."""
-        for _ in range(ADMIN_CONNECT_ATTEMPTS - 1):
-            try:
-                return await self._client.request(method, f"{self._admin}{path}", json=body)
-            except httpx.ConnectError:
-                await asyncio.sleep(ADMIN_CONNECT_PAUSE_SECONDS)
-        return await self._client.request(method, f"{self._admin}{path}", json=body)
 
     async def observe(self, ctx: DriverContext) -> Observation:
         response = await self._request("GET", f"/id/{route_id(ctx)}")
@@ -190,8 +155,3 @@ class CaddyDriver:
             await self._checked("POST", "/config/apps/http", {"servers": {SERVER: render_server(self._listen)}})
         elif SERVER not in apps["http"].get("servers", {}):
             await self._checked("POST", f"/config/apps/http/servers/{SERVER}", render_server(self._listen))
-
-    async def _checked(self, method: str, path: str, body: Any) -> None:
-        response = await self._request(method, path, body)
-        if response.status_code >= 300:
-            raise RetryableError(f"Caddy answered {response.status_code} to {method} {path}", reason="RouteUnavailable")

@@ -15,8 +15,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from controller.claims.quotas import QuotaCheck
+from controller.clients.caddy import admin_client
 from controller.clients.kube import KubeClient, KubeSecrets
-from controller.drivers.caddy import CaddyDriver, admin_client
+from controller.drivers.caddy import CaddyDriver
 from controller.drivers.minio import MinioDriver
 from controller.drivers.postgres import PostgresDriver
 from controller.drivers.redis import RedisDriver
