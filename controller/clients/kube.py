@@ -262,12 +262,12 @@ class KubeClient:
 
     async def ensure_namespace(self, name: str) -> None:
         """Create the namespace if it is missing; an operator allowed to read but not create it still starts."""
-        with contextlib.suppress(NotFound):
-            await self._call(f"namespace {name}", self._core.read_namespace, name, _preload_content=False)
+        # Through `request`, like every call that may reach a cluster a Project names: its answer is bounded.
+        if await self.request("GET", f"/api/v1/namespaces/{name}") is not None:
             return
         body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
         with contextlib.suppress(Conflict):
-            await self._call(f"namespace {name}", self._core.create_namespace, body)
+            await self.request("POST", "/api/v1/namespaces", body)
 
     async def read_project(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -364,11 +364,9 @@ class KubeClient:
             _check_referable(found, namespace, name, project)
         return _decoded(found)
 
-    async def _read_secret(self, namespace: str, name: str) -> Any:
-        try:
-            return await self._call(f"secret {namespace}/{name}", self._core.read_namespaced_secret, name, namespace)
-        except NotFound:
-            return None
+    async def _read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Secret as the API server stores it (base64 data), None when absent; bounded on another cluster."""
+        return await self.request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
 
     async def merge_secret(self, namespace: str, name: str, data: dict[str, str], owner: str) -> None:
         """Set these keys in the Secret ``owner`` owns, creating it if needed; other keys are kept.
@@ -383,10 +381,10 @@ class KubeClient:
                     "metadata": {"name": name, "labels": labels}, "stringData": data}  # fmt: skip
             await self._call(what, self._core.create_namespaced_secret, namespace, body)
             return
-        if (existing.metadata.labels or {}).get(OWNER_LABEL) != owner:
+        if _labels(existing).get(OWNER_LABEL) != owner:
             raise not_owned(namespace, name)
         # Guarded by the version we checked: an owner swapped in between makes this fail, not overwrite.
-        patch = {"metadata": {"resourceVersion": existing.metadata.resource_version}, "stringData": data}
+        patch = {"metadata": {"resourceVersion": existing["metadata"]["resourceVersion"]}, "stringData": data}
         try:
             await self._call(what, self._core.patch_namespaced_secret, name, namespace, patch)
         except Conflict:
@@ -395,9 +393,9 @@ class KubeClient:
     async def delete_secret(self, namespace: str, name: str, owner: str) -> bool:
         """Delete the Secret if ``owner`` owns it; False when it is absent or someone else's."""
         existing = await self._read_secret(namespace, name)
-        if existing is None or (existing.metadata.labels or {}).get(OWNER_LABEL) != owner:
+        if existing is None or _labels(existing).get(OWNER_LABEL) != owner:
             return False
-        options = {"preconditions": {"uid": existing.metadata.uid}}
+        options = {"preconditions": {"uid": existing["metadata"]["uid"]}}
         with contextlib.suppress(NotFound):  # already gone
             await self._call(f"secret {namespace}/{name}", self._core.delete_namespaced_secret, name, namespace,
                              body=options)  # fmt: skip
@@ -417,12 +415,16 @@ class KubeSecrets:
         await self._kube.merge_secret(ctx.key.namespace, ctx.allocations.connection_secret or "", data, ctx.key.name)
 
 
-def _check_referable(secret: Any, namespace: str, name: str, project: str) -> None:
+def _labels(obj: dict[str, Any]) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("labels") or {})
+
+
+def _check_referable(secret: dict[str, Any], namespace: str, name: str, project: str) -> None:
     """A Project reads its own Secrets and its author's: never a ServiceAccount's token (which its author may
     not be allowed to read), nor a Secret the operator manages for another Project (its credentials)."""
-    labels = secret.metadata.labels or {}
+    labels = _labels(secret)
     why = None
-    if secret.type == SERVICE_ACCOUNT_TOKEN:
+    if secret.get("type") == SERVICE_ACCOUNT_TOKEN:
         why = "it holds a ServiceAccount's token"
     elif labels.get(MANAGED_BY) == "codeb" and labels.get(OWNER_LABEL) != project:
         why = f"the operator keeps it for Project {labels.get(OWNER_LABEL) or 'another'}"
@@ -431,8 +433,8 @@ def _check_referable(secret: Any, namespace: str, name: str, project: str) -> No
                              "reference a Secret of your own", reason="SecretNotAllowed")  # fmt: skip
 
 
-def _decoded(secret: Any) -> dict[str, str]:
-    return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+def _decoded(secret: dict[str, Any]) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
 
 
 def _stored_config_map(response: Any) -> StoredConfigMap:

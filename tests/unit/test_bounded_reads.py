@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -14,8 +15,10 @@ import httpx
 import pytest
 
 from controller.clients.http import BODY_BYTES, probe_http
+from controller.clients.kube import KubeClient, api_client_from_kubeconfig
 from controller.clients.ssh import OUTPUT_BYTES, HostAccess, SshPool
 from controller.drivers.proctable import tail_lines
+from controller.errors import RetryableError
 from controller.local.cluster import free_port
 from tests.sshserver import ssh_server
 
@@ -99,3 +102,56 @@ def test_a_logs_last_lines_are_read_from_its_end_only(tmp_path: Path) -> None:
     log.write_text("".join(f"line {n}\n" for n in range(400_000)))  # about 5 MB
     assert tail_lines(log, 3) == ["line 399997", "line 399998", "line 399999"]
     assert tail_lines(log, 10**6)[0].startswith("line ") and len(tail_lines(log, 10**6)) < 40_000
+
+
+class EndlessApiServer(BaseHTTPRequestHandler):
+    """A Kubernetes API server of a Project's choosing that answers every GET with JSON that never ends."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.server.asked.append(self.path)  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        chunk = b'{"metadata": {"labels": {' + b'"k": "v", ' * 20000
+        try:
+            while True:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        except OSError:
+            return
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "http://127.0.0.1:%d"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+"""
+
+
+async def test_a_named_clusters_secret_and_namespace_reads_are_cut_at_the_cap() -> None:
+    """The Secret and namespace reads the kubernetes runtime makes on a Project's own cluster go through
+    the one bounded path, like every other call there (they were typed calls that read all)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), EndlessApiServer)
+    server.daemon_threads, server.asked = True, []  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    api = api_client_from_kubeconfig(KUBECONFIG % server.server_address[1], "test")
+    kube = KubeClient(api, ThreadPoolExecutor(2), 5.0, cluster="theirs", deadline=20.0, max_bytes=1 << 20)
+    try:
+        with pytest.raises(RetryableError) as secret:
+            await kube.read_secret("shop-team", "shop-credentials", "shop")
+        with pytest.raises(RetryableError) as namespace:
+            await kube.ensure_namespace("shop-team")
+    finally:
+        kube.close()
+        server.shutdown()
+    for refused in (secret.value, namespace.value):
+        assert refused.reason == "APIUnavailable" and "larger than 1048576 bytes" in refused.message
+    assert server.asked == ["/api/v1/namespaces/shop-team/secrets/shop-credentials",  # type: ignore[attr-defined]
+                            "/api/v1/namespaces/shop-team"]  # fmt: skip
