@@ -1,5 +1,8 @@
 """What one namespace may take of a Platform (`Platform.spec.quotas`), checked before anything is claimed.
 
+Projects without a Platform are counted the same way against the operator's own limits
+(``CODEB_QUOTA_PROJECTS``, ``CODEB_QUOTA_DOMAINS``): they too claim names, domains and ports.
+
 The rule is pure (`refusal`): the namespace's Projects on the Platform, oldest first (by
 creation, then name), are admitted while they fit; a newer one past the limit is refused
 with ``QuotaExceeded`` and admitted once an older one goes. Order by creation, never by
@@ -33,22 +36,33 @@ class Member:
     domains: int
 
 
-def refusal(quotas: NamespaceQuotas, platform: str, namespace: str, uid: str, members: list[Member]) -> str | None:
-    """Why the Project ``uid`` is past a quota of ``platform`` in ``namespace``, if it is (pure)."""
+def refusal(
+    quotas: NamespaceQuotas, platform: str | None, namespace: str, uid: str, members: list[Member]
+) -> str | None:
+    """Why the Project ``uid`` is past a quota of ``platform`` (None: no Platform) in ``namespace``, if it is
+    (pure)."""
     ordered = sorted(members, key=lambda m: (m.created, m.name))
     place = next((i for i, m in enumerate(ordered) if m.uid == uid), None)
     if place is None:
         return None  # not counted (yet): it is asked about again once the list shows it
+    where, admin = ("without a Platform", "the operator's admin")
+    if platform:
+        where, admin = f"on Platform {platform}", "the Platform's admin"
     if quotas.projects is not None and place >= quotas.projects:
-        return (f"namespace {namespace} may have {quotas.projects} Projects on Platform {platform} "
-                f"(spec.quotas.projects) and {ordered[place].name} is number {place + 1}; delete an older one, "
-                "or ask the Platform's admin for more")  # fmt: skip
+        return (f"namespace {namespace} may have {quotas.projects} Projects {where} "
+                f"({_setting(platform, 'projects')}) and {ordered[place].name} is number {place + 1}; delete an "
+                f"older one, or ask {admin} for more")  # fmt: skip
     used = sum(m.domains for m in ordered[: place + 1])
     if quotas.domains is not None and used > quotas.domains:
-        return (f"namespace {namespace} may route {quotas.domains} domains on Platform {platform} "
-                f"(spec.quotas.domains); with {ordered[place].name}'s it would be {used}; route fewer, "
-                "or ask the Platform's admin for more")  # fmt: skip
+        return (f"namespace {namespace} may route {quotas.domains} domains {where} "
+                f"({_setting(platform, 'domains')}); with {ordered[place].name}'s it would be {used}; route fewer, "
+                f"or ask {admin} for more")  # fmt: skip
     return None
+
+
+def _setting(platform: str | None, limit: str) -> str:
+    """Where the limit is set: the Platform's spec, or the operator's environment."""
+    return f"spec.quotas.{limit}" if platform else f"CODEB_QUOTA_{limit.upper()}"
 
 
 class QuotaCheck:
@@ -56,9 +70,9 @@ class QuotaCheck:
 
     def __init__(self, kube: KubeClient) -> None:
         self._kube = kube
-        self._listed: dict[tuple[str, str], tuple[float, list[Member]]] = {}
+        self._listed: dict[tuple[str, str | None], tuple[float, list[Member]]] = {}
 
-    async def check(self, quotas: NamespaceQuotas | None, platform: str, key: ProjectKey) -> None:
+    async def check(self, quotas: NamespaceQuotas | None, platform: str | None, key: ProjectKey) -> None:
         """Raises ``QuotaExceeded`` (retried: an older Project may go) when ``key`` is past a quota."""
         if quotas is None or (quotas.projects is None and quotas.domains is None):
             return
@@ -69,7 +83,7 @@ class QuotaCheck:
         if why is not None:
             raise RetryableError(why, reason="QuotaExceeded", delay=60)
 
-    async def _members(self, platform: str, key: ProjectKey, fresh: bool) -> list[Member]:
+    async def _members(self, platform: str | None, key: ProjectKey, fresh: bool) -> list[Member]:
         cached = self._listed.get((key.namespace, platform))
         if not fresh and cached is not None and time.monotonic() - cached[0] < LIST_SECONDS:
             return cached[1]
@@ -89,9 +103,9 @@ class QuotaCheck:
         return members
 
 
-def _member(item: dict[str, Any], platform: str) -> Member | None:
+def _member(item: dict[str, Any], platform: str | None) -> Member | None:
     spec = item.get("spec") or {}
-    if (spec.get("servers") or {}).get("platform") != platform:
+    if ((spec.get("servers") or {}).get("platform") or None) != platform:
         return None
     meta = item.get("metadata") or {}
     domains = (spec.get("environment") or {}).get("domains") or []

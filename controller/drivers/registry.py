@@ -16,11 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from controller.claims.quotas import QuotaCheck
 from controller.drivers.platforms import SERVICES
 from controller.errors import PermanentError
 from controller.loop.interface import Driver, DriverContext, Drivers, Placement
 from controller.loop.naming import ProjectKey
 from controller.loop.planner import ORDER, Component, Observation, State
+from schemas.platform import NamespaceQuotas
 from schemas.project import Provider, Runtime
 
 
@@ -81,6 +83,8 @@ class DriverRegistry:
     infrastructure: InfrastructureDrivers = field(default_factory=lambda: {Provider.local: LocalMachine()})
     workload: Mapping[Runtime, Driver] = field(default_factory=dict)
     backup: Mapping[Provider, Driver] = field(default_factory=dict)
+    # What one namespace may take without a Platform (the operator's CODEB_QUOTA_*), and who counts it.
+    unplaced_quotas: tuple[NamespaceQuotas, QuotaCheck] | None = None
 
     async def __call__(self, placement: Placement) -> Drivers:
         provider, runtime = placement.provider, placement.runtime
@@ -99,6 +103,9 @@ class DriverRegistry:
     async def admit(self, placement: Placement, key: ProjectKey) -> None:
         if placement.platform is not None and self.platforms is not None:
             await self.platforms.admit(placement.platform, key)
+        elif placement.platform is None and self.unplaced_quotas is not None:
+            quotas, check = self.unplaced_quotas
+            await check.check(quotas, None, key)
 
     async def _shared(self, name: str | None, namespace: str | None) -> Drivers:
         if name is None or self.platforms is None:

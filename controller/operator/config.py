@@ -24,6 +24,12 @@ class OperatorConfig(BaseModel):
         frozenset(), description="CODEB_RESERVED_PORTS: comma-separated ports never allocated."
     )
     metrics_port: int = Field(0, ge=0, le=65535, description="CODEB_METRICS_PORT: Prometheus port; 0 disables.")
+    quota_projects: int | None = Field(
+        None, ge=0, description="CODEB_QUOTA_PROJECTS: Projects one namespace may have without a Platform; unset: any."
+    )
+    quota_domains: int | None = Field(
+        None, ge=0, description="CODEB_QUOTA_DOMAINS: domains one namespace's Projects without a Platform may route."
+    )
     peering: str | None = Field(
         None, description="CODEB_PEERING: kopf peering name; unset runs standalone (a single replica)."
     )
@@ -132,6 +138,8 @@ _ENV = {
     "claims_namespace": "CODEB_CLAIMS_NAMESPACE",
     "reserved_ports": "CODEB_RESERVED_PORTS",
     "metrics_port": "CODEB_METRICS_PORT",
+    "quota_projects": "CODEB_QUOTA_PROJECTS",
+    "quota_domains": "CODEB_QUOTA_DOMAINS",
     "peering": "CODEB_PEERING",
     "peering_priority": "CODEB_PEERING_PRIORITY",
     "max_workers": "CODEB_MAX_WORKERS",

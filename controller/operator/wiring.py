@@ -12,9 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from controller.claims.quotas import QuotaCheck
 from controller.clients.kube import api_client_from_environment
 from controller.jobs.terraform import TerraformSettings
 from controller.operator.config import OperatorConfig
+from schemas.platform import NamespaceQuotas
 from schemas.project import Provider, Runtime
 
 if TYPE_CHECKING:
@@ -39,10 +41,12 @@ def operator_drivers(kube: KubeClient, config: OperatorConfig) -> DriverSource:
     host_keys = HostKeys(kube, config.claims_namespace)
     ssh = SshPool(allow_internal=internal, host_keys=host_keys)
     clusters = TargetClusters(kube, allow_internal=internal)
+    unplaced = NamespaceQuotas(projects=config.quota_projects, domains=config.quota_domains)
     return DriverRegistry(
         platforms=platforms,
         infrastructure=infrastructure_drivers(kube, ssh, clusters, config),
         workload=workload_drivers(kube, config, ssh, clusters),
+        unplaced_quotas=(unplaced, QuotaCheck(kube)),
     )
 
 

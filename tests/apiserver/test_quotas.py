@@ -18,6 +18,7 @@ from controller.local.cluster import LocalCluster
 from controller.loop.naming import ProjectKey
 from controller.loop.reconciler import ProjectInput, Reconciler
 from controller.loop.status import condition
+from schemas.platform import NamespaceQuotas
 from schemas.project import ProjectSpec, ProjectStatus
 from tests.factories import project
 from tests.helpers import get_json
@@ -82,3 +83,28 @@ async def test_a_project_past_its_namespaces_quota_is_refused_and_claims_nothing
                     check=False)  # fmt: skip
     assert (await reconciled(cluster, reconciler, namespace, "pc"))[0] != "QuotaExceeded"
     assert {c.pool for c in await claims.held(ProjectKey(namespace, "pc", pc))} >= {"port", "domain"}
+
+
+async def test_projects_without_a_platform_meet_the_operators_own_limit(
+    cluster: LocalCluster, kube: KubeClient, claims: ClaimStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`CODEB_QUOTA_PROJECTS` bounds what a namespace claims without a Platform (ports on this machine,
+    names, domains); Projects on a Platform are the Platform's to count."""
+    monkeypatch.setattr(quotas, "LIST_SECONDS", 0.0)
+    suffix = uuid.uuid4().hex[:6]
+    namespace, edge = f"unplaced-{suffix}", f"edge-{suffix}"
+    cluster.kubectl("create", "namespace", namespace)
+    apply(cluster, platform(edge, namespace))
+    for name, placed in (("on-edge", True), ("first", False), ("second", False)):
+        servers = {"provider": "local", "runtime": "local", **({"platform": edge} if placed else {})}
+        environment = {"type": "staging", "domains": [f"{name}-{suffix}.example.com"]}
+        apply(cluster, project(name, namespace, servers=servers, environment=environment))
+    registry = DriverRegistry(platforms=PlatformDrivers(kube),
+                              unplaced_quotas=(NamespaceQuotas(projects=1), quotas.QuotaCheck(kube)))  # fmt: skip
+    reconciler = Reconciler(registry, claims)
+    assert (await reconciled(cluster, reconciler, namespace, "on-edge"))[0] != "QuotaExceeded"
+    assert (await reconciled(cluster, reconciler, namespace, "first"))[0] != "QuotaExceeded"
+    reason, message = await reconciled(cluster, reconciler, namespace, "second")
+    assert reason == "QuotaExceeded" and "may have 1 Projects without a Platform (CODEB_QUOTA_PROJECTS)" in message
+    second = get_json(cluster, "project", "second", "-n", namespace)["metadata"]["uid"]
+    assert await claims.held(ProjectKey(namespace, "second", second)) == []

@@ -41,3 +41,14 @@ def test_no_quota_and_a_project_not_listed_yet_are_not_refused() -> None:
     assert refusal(NamespaceQuotas(), "edge", "team", "uid-9", members(5, 5)) is None
     assert refusal(NamespaceQuotas(projects=0), "edge", "team", "uid-9", members(1)) is None
     assert refusal(NamespaceQuotas(projects=0), "edge", "team", "uid-0", members(1)) is not None
+
+
+def test_projects_without_a_platform_are_counted_against_the_operators_limits() -> None:
+    """Without a Platform there is no Platform admin: the limit and the fix are the operator's."""
+    team = members(1, 2)
+    assert refusal(NamespaceQuotas(projects=1), None, "team", "uid-0", team) is None
+    why = refusal(NamespaceQuotas(projects=1), None, "team", "uid-1", team)
+    assert why is not None and "may have 1 Projects without a Platform (CODEB_QUOTA_PROJECTS)" in why
+    assert "the operator's admin" in why and "Platform's admin" not in why
+    why = refusal(NamespaceQuotas(domains=2), None, "team", "uid-1", team)
+    assert why is not None and "may route 2 domains without a Platform (CODEB_QUOTA_DOMAINS)" in why
