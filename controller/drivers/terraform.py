@@ -70,12 +70,6 @@ log = structlog.get_logger("codeb.terraform")
 LOCK_ANNOTATION_GRACE = 120.0  # seconds past the run timeout before a lock of unknown origin counts as stale
 
 
-# ---------------------------------------------------------------- runs (the transport)
-
-
-# ---------------------------------------------------------------- the driver
-
-
 class TerraformHosts:
     component = Component.infrastructure
 

@@ -27,8 +27,6 @@ from schemas.project import (
 )
 
 PAUSED_ANNOTATION = "codeb.dev/paused"
-
-
 # A new value starts the failed rollout of the same release again.
 RETRY_ROLLOUT_ANNOTATION = "codeb.dev/retry-rollout"
 
