@@ -191,7 +191,9 @@ class KubeClient:
         """
 
         def send(_request_timeout: float) -> dict[str, Any] | None:
-            data = json.dumps(body) if body is not None else None
+            # The client's REST layer encodes a body itself for a JSON content type (a string would be sent
+            # as a JSON string); any other type (apply-patch+yaml) it sends as it is, so that one is encoded here.
+            data = body if body is None or "json" in content_type else json.dumps(body)
             raw = self._send(method, path, data, content_type, "application/json", query, _request_timeout)
             return cast(dict[str, Any], json.loads(raw)) if raw else None
 
@@ -215,7 +217,7 @@ class KubeClient:
         except NotFound:
             return None
 
-    def _send(self, method: str, path: str, data: str | None, content_type: str, accept: str,
+    def _send(self, method: str, path: str, data: object, content_type: str, accept: str,
               query: dict[str, str], request_timeout: float) -> bytes:  # fmt: skip
         headers = {"Content-Type": content_type, "Accept": accept}
         prepared = self._api.param_serialize(method, path, query_params=list(query.items()), header_params=headers,
