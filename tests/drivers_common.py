@@ -28,8 +28,11 @@ def recorded(name: str) -> HookRun:
 
 
 async def follow_to_end(driver: HookRunner, ctx: DriverContext, want: Any, endpoints: tuple[str, ...],
-                        hook: Hook | App, run: HookRun | None = None, within: float = 20) -> HookRun:  # fmt: skip
-    """Follow a run pass after pass until it has an outcome (as the reconciler does, every few seconds)."""
+                        hook: Hook | App, run: HookRun | None = None, within: float = 60) -> HookRun:  # fmt: skip
+    """Follow a run pass after pass until it has an outcome (as the reconciler does, every few seconds).
+
+    ``within`` is generous: launching a hook in a test host that is busy (or still booting) can take
+    seconds, and the outcome, not the speed, is what is asserted."""
     run = run or recorded(hook.name if isinstance(hook, Hook) else f"app-{hook.name}")
     deadline = time.monotonic() + within
     while run.result == "Running":

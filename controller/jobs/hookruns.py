@@ -11,6 +11,8 @@ pass *follows* it with one short command, `FOLLOW`:
 - an ``exit`` file: finished, with the tail of its output;
 - a live process whose command line names the directory: running (for how long, by the
   machine's own clock; past its timeout and a grace, it is stopped);
+- a directory with no pid yet, younger than `STARTING_SECONDS`: starting (a loaded machine
+  can take seconds to launch it; calling that lost failed a hook that went on to succeed);
 - anything else: it ended without a result (killed, the machine restarted): failed,
   never started again.
 
@@ -29,6 +31,8 @@ from schemas.project import HookRun
 
 # Past its own timeout (``timeout -k 5`` ends it first), the operator stops a run after this long.
 GRACE_SECONDS = 30
+# A run directory with no pid yet is starting for this long (its launcher may be slow); then it is lost.
+STARTING_SECONDS = 60
 RUN_ID = re.compile(r"^[0-9a-f]{12}$")
 
 # $1 mode (follow | stop), $2 run directory, $3 timeout in seconds, $4 launcher (setsid, or
@@ -36,7 +40,7 @@ RUN_ID = re.compile(r"^[0-9a-f]{12}$")
 # command. A run's output is read from its end (16 KiB; status keeps less); run directories
 # of the same unit older than 7 days are removed when the next run starts.
 FOLLOW = r"""
-mode=$1 d=$2 t=$3 launcher=$4; shift 4
+mode=$1 d=$2 t=$3 launcher=$4 starting=STARTING_SECONDS; shift 4
 alive() {
   p=$(cat "$d/pid" 2>/dev/null) && [ -n "$p" ] && tr '\0' '\n' <"/proc/$p/cmdline" 2>/dev/null | grep -qxF -- "$d"
 }
@@ -49,6 +53,8 @@ fi
 if [ -f "$d/exit" ]; then echo "exit $(cat "$d/exit")"; tail -c 16384 "$d/output" 2>/dev/null; exit 0; fi
 if [ -d "$d" ]; then
   if alive; then echo "running $(($(date +%s) - $(stat -c %Y "$d/pid")))"
+  # Made, but its wrapper has not written its pid yet (a loaded machine, a slow systemd scope).
+  elif [ ! -s "$d/pid" ] && [ $(($(date +%s) - $(stat -c %Y "$d"))) -lt $starting ]; then echo starting
   else echo lost; tail -c 16384 "$d/output" 2>/dev/null; fi
   exit 0
 fi
@@ -62,7 +68,7 @@ scope=; [ "$launcher" = systemd-run ] && scope="systemd-run --quiet --collect --
 setsid $scope sh -c "$run" hook "$d" "$t" "$@" </dev/null >/dev/null 2>&1 &
 i=0; while [ ! -s "$d/pid" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
 echo started
-"""
+""".replace("STARTING_SECONDS", str(STARTING_SECONDS))
 
 
 def follow_argv(mode: str, run_dir: str, timeout: int, command: list[str], launcher: str = "setsid") -> list[str]:
@@ -83,7 +89,7 @@ def judge(
         if code == "124":
             text += f"\ntimed out after {timeout} s"
         return hook_run(run.name, code == "0", text, secret_values).model_copy(update=kept), False
-    if first == "started":
+    if first in ("started", "starting"):
         return run, False
     if first.startswith("running "):
         # Seconds since it started, by the clock of the machine it runs on (the operator's may differ,

@@ -1,10 +1,14 @@
-"""What following a hook run concludes from its machine's answer (pure)."""
+"""What following a hook run concludes from its machine's answer (pure), and what `FOLLOW` answers."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
-from controller.jobs.hookruns import GRACE_SECONDS, judge
+from controller.jobs.hookruns import GRACE_SECONDS, STARTING_SECONDS, follow_argv, judge
 from schemas.project import HookRun
 
 T0 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
@@ -31,3 +35,23 @@ def test_a_vanished_run_fails_and_one_that_never_answers_fails_after_its_timeout
     assert judge(RUN, 60, "", frozenset(), T0 + timedelta(seconds=60)) == (RUN, False)  # asked again next pass
     never, _ = judge(RUN, 60, "", frozenset(), T0 + timedelta(seconds=61 + GRACE_SECONDS))
     assert never.result == "Failed" and "could not be started or followed" in never.message
+
+
+def follow(run_dir: Path) -> str:
+    """`FOLLOW` as a machine runs it, in follow mode, for a run that is already recorded as started."""
+    argv = follow_argv("follow", str(run_dir), 60, ["true"])
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout.split("\n")[0]
+
+
+def test_a_run_whose_launcher_has_not_written_its_pid_yet_is_starting_then_lost(tmp_path: Path) -> None:
+    """On a loaded machine the detached wrapper can take seconds to start: its run is not lost meanwhile
+    (that failed a hook that went on to succeed), but one that never starts is, once that window passes."""
+    young = tmp_path / "0123456789ab"
+    young.mkdir()
+    assert follow(young) == "starting"
+    assert judge(RUN, 60, "starting\n", frozenset())[0].result == "Running"
+    old = tmp_path / "ba9876543210"
+    old.mkdir()
+    then = time.time() - STARTING_SECONDS - 5
+    os.utime(old, (then, then))
+    assert follow(old) == "lost"
