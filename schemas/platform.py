@@ -60,6 +60,21 @@ class ObjectStorageEndpoint(CodebModel):
     )
 
 
+class BackupStore(CodebModel):
+    bucket: str = Field(
+        "codeb-backups",
+        description=(
+            "Bucket the operator creates and owns for every Project's backups (and final dumps). It starts with"
+            " 'codeb-', which no Project may name, and no Project's credentials reach it."
+        ),
+        pattern=r"^codeb-[a-z0-9]([a-z0-9.-]{0,55}[a-z0-9])?$",
+        max_length=63,
+    )
+    object_storage: ObjectStorageEndpoint | None = Field(
+        None, description="An S3 store of its own (recommended: off the Platform's servers); unset: objectStorage."
+    )
+
+
 class CaddyEndpoint(CodebModel):
     admin_url: str = Field(
         description="Caddy admin API URL, e.g. http://10.0.0.2:2019.", pattern=r"^https?://[^\s/]+/?$", max_length=260
@@ -145,3 +160,10 @@ class PlatformSpec(CodebModel):
     redis: RedisEndpoint | None = Field(None, description="Shared Redis for Project caches.")
     object_storage: ObjectStorageEndpoint | None = Field(None, description="Shared MinIO for Project buckets.")
     caddy: CaddyEndpoint | None = Field(None, description="Caddy instance that routes the Projects' domains.")
+    backup: BackupStore | None = Field(
+        None,
+        description=(
+            "Where Projects' backups are kept. Unset: Projects with backups on report BackupReady=False"
+            " (NoBackupStore) and are still served."
+        ),
+    )

@@ -196,6 +196,25 @@ class DeploymentRecord(CodebModel):
     message: str = Field("", description="Detail.", max_length=2048)
 
 
+class BackupFailure(CodebModel):
+    name: str = Field(description="The Backup that failed.", max_length=253)
+    at: datetime = Field(description="When it started.")
+    message: str = Field("", description="Why it failed.", max_length=1024)
+
+
+class BackupSummary(CodebModel):
+    last_successful: str | None = Field(None, description="The newest Backup that succeeded.", max_length=253)
+    last_successful_at: datetime | None = Field(None, description="When it was taken.")
+    first_recoverability_point: datetime | None = Field(
+        None, description="The oldest moment the data can be restored to (the oldest backup kept)."
+    )
+    next_scheduled_at: datetime | None = Field(None, description="When the next scheduled run starts.")
+    last_failure: BackupFailure | None = Field(
+        None, description="The newest finished run, when it failed (cleared by the next success)."
+    )
+    running: str | None = Field(None, description="The run in progress, if any.", max_length=253)
+
+
 class ProjectStatus(CodebModel):
     model_config = CodebModel.model_config | {"extra": "ignore"}
 
@@ -217,4 +236,5 @@ class ProjectStatus(CodebModel):
     deployments: list[DeploymentRecord] = Field(
         default_factory=list, description="Recent deploys, newest first.", max_length=20
     )
+    backup: BackupSummary | None = Field(None, description="Backups: the last good one, the next, the oldest kept.")
     last_error: str | None = Field(None, description="The last error, when the last reconcile failed.")

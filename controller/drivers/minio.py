@@ -71,39 +71,13 @@ class MinioDriver:
         self._secrets = secrets
 
     async def store_final_dump(self, object_name: str, path: Path) -> str:
-        """Keep a final database dump in the operator's own bucket; the DumpSink for PostgreSQL."""
-        await self._ensure_operator_bucket(FINAL_DUMPS_BUCKET, "final-dumps")
+        """Keep a final database dump in the operator's own bucket (a Platform without a backup store)."""
+        await ensure_operator_bucket(self._server, FINAL_DUMPS_BUCKET, "final-dumps")
         await self._call(self._s3.fput_object, FINAL_DUMPS_BUCKET, object_name, str(path))
         return f"s3://{FINAL_DUMPS_BUCKET}/{object_name}"
 
-    async def _ensure_operator_bucket(self, bucket: str, purpose: str) -> None:
-        """A bucket only the operator's root credentials reach, tagged with its purpose.
-
-        One that exists untagged is adopted only while no Project's user can open it (a crash
-        between creating and tagging); one a Project holds, or tagged otherwise, is refused.
-        """
-        if await self._call(self._s3.bucket_exists, bucket):
-            tags: dict[str, str] = dict(await self._call(self._s3.get_bucket_tags, bucket) or {})
-            if tags.get(OPERATOR_TAG) == purpose:
-                return
-            if tags or await self._user_exists(access_key(bucket)):
-                raise PermanentError(
-                    f"bucket {bucket} is not the operator's (it carries {sorted(tags) or 'a Project user'}); "
-                    "move it away so the operator can create its own",
-                    reason="OperatorBucketNotOwned",
-                )
-        else:
-            await self._call(self._s3.make_bucket, bucket)
-        tags_ = Tags.new_bucket_tags()
-        tags_[OPERATOR_TAG] = purpose
-        await self._call(self._s3.set_bucket_tags, bucket, tags_)
-
     async def _user_exists(self, user: str) -> bool:
-        try:
-            await self._call(self._admin.user_info, user)
-        except PermanentError:
-            return False
-        return True
+        return await user_exists(self._server, user)
 
     async def observe(self, ctx: DriverContext) -> Observation:
         bucket = ctx.allocations.bucket
@@ -221,3 +195,34 @@ class MinioDriver:
         for step in (self._admin.user_remove, self._admin.policy_remove):
             with contextlib.suppress(PermanentError):  # already gone
                 await self._call(step, access_key(bucket))
+
+
+async def user_exists(server: S3Server, user: str) -> bool:
+    try:
+        await server.call(server.admin.user_info, user)
+    except PermanentError:
+        return False
+    return True
+
+
+async def ensure_operator_bucket(server: S3Server, bucket: str, purpose: str) -> None:
+    """A bucket only the operator's root credentials reach, tagged with its purpose.
+
+    One that exists untagged is adopted only while no Project's user can open it (a crash
+    between creating and tagging); one a Project holds, or tagged otherwise, is refused.
+    """
+    if await server.call(server.s3.bucket_exists, bucket):
+        tags: dict[str, str] = dict(await server.call(server.s3.get_bucket_tags, bucket) or {})
+        if tags.get(OPERATOR_TAG) == purpose:
+            return
+        if tags or await user_exists(server, access_key(bucket)):
+            raise PermanentError(
+                f"bucket {bucket} is not the operator's (it carries {sorted(tags) or 'a Project user'}); "
+                "move it away so the operator can create its own",
+                reason="OperatorBucketNotOwned",
+            )
+    else:
+        await server.call(server.s3.make_bucket, bucket)
+    tags_ = Tags.new_bucket_tags()
+    tags_[OPERATOR_TAG] = purpose
+    await server.call(server.s3.set_bucket_tags, bucket, tags_)

@@ -15,18 +15,23 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from controller.claims.quotas import QuotaCheck
+from controller.clients.backup_records import BackupRecords
 from controller.clients.caddy import admin_client
 from controller.clients.kube import KubeClient, KubeSecrets
+from controller.clients.postgres import PostgresServer
+from controller.clients.s3 import S3Server
+from controller.drivers.backups import STORE_PURPOSE, BackupDriver
 from controller.drivers.caddy import CaddyDriver
-from controller.drivers.minio import MinioDriver
+from controller.drivers.minio import MinioDriver, ensure_operator_bucket
 from controller.drivers.postgres import PostgresDriver
 from controller.drivers.redis import RedisDriver
 from controller.errors import PermanentError, RetryableError
-from controller.loop.interface import Driver, DriverContext, Drivers
+from controller.jobs.backups import BackupRunner, BackupStore
+from controller.loop.interface import Driver, DriverContext, Drivers, DumpSink
 from controller.loop.naming import ProjectKey
 from controller.loop.planner import Component, Observation, State
 from controller.loop.status import format_validation_error
-from schemas.platform import PlatformSpec, SecretKeyReference
+from schemas.platform import ObjectStorageEndpoint, PlatformSpec, SecretKeyReference
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ SERVICES = {
     Component.cache: Service("redis", "spec.features.redis", "Redis"),
     Component.storage: Service("objectStorage", "spec.features.storage", "object storage"),
     Component.route: Service("caddy", "spec.environment.domains", "Caddy route"),
+    Component.backup: Service("backup", "spec.backup", "backup store"),
 }
 
 
@@ -71,8 +77,11 @@ class MissingService:
 
 
 class PlatformDrivers:
-    def __init__(self, kube: KubeClient, timeout: float = 30.0, concurrency: int = 8) -> None:
+    def __init__(self, kube: KubeClient, timeout: float = 30.0, concurrency: int = 8,
+                 backups: BackupRunner | None = None) -> None:  # fmt: skip
         self._kube = kube
+        # One runner for every Platform: runs in flight outlive a Platform's drivers being rebuilt.
+        self.backups = backups or BackupRunner(BackupRecords(kube))
         self._timeout, self._concurrency = timeout, concurrency
         self._secrets = KubeSecrets(kube)
         self._cache: dict[str, tuple[str, PlatformSpec, Drivers]] = {}
@@ -144,13 +153,18 @@ class PlatformDrivers:
             access, secret = await self._admin(s3.admin_secret_ref, "accessKey", "secretKey")
             storage = MinioDriver(s3.endpoint, access, secret, self._secrets, secure=s3.secure, timeout=self._timeout)
             drivers[Component.storage] = storage
+        store = await self._backup_store(platform)
+        postgres: PostgresServer | None = None
         if platform.postgres is not None:
             pg = platform.postgres
             user, password = await self._admin(pg.admin_secret_ref, "username", "password")
-            sink = storage.store_final_dump if storage is not None else None
+            sink = _store_sink(store) if store is not None else storage.store_final_dump if storage else None
             allowed = frozenset(pg.extensions) if pg.extensions is not None else None
-            drivers[Component.database] = PostgresDriver(pg.host, pg.port, user, password, self._secrets, sink,
-                                                         self._timeout, self._concurrency, allowed)  # fmt: skip
+            database = PostgresDriver(pg.host, pg.port, user, password, self._secrets, sink, self._timeout,
+                                      self._concurrency, allowed)  # fmt: skip
+            drivers[Component.database], postgres = database, database.server
+        drivers[Component.backup] = BackupDriver(name, store, BackupRecords(self._kube), self.backups, postgres,
+                                                 self._secrets)  # fmt: skip
         if platform.redis is not None:
             (password,) = await self._admin(platform.redis.admin_secret_ref, "password")
             drivers[Component.cache] = RedisDriver(platform.redis.host, platform.redis.port, password, self._secrets,
@@ -161,3 +175,29 @@ class PlatformDrivers:
             drivers[Component.route] = CaddyDriver(caddy.admin_url, caddy.listen, admin_client(self._timeout),
                                                    upstream_dir)  # fmt: skip
         return drivers
+
+    async def _s3(self, endpoint: ObjectStorageEndpoint) -> S3Server:
+        access, secret = await self._admin(endpoint.admin_secret_ref, "accessKey", "secretKey")
+        return S3Server(endpoint.endpoint, access, secret, endpoint.secure, self._timeout)
+
+    async def _backup_store(self, platform: PlatformSpec) -> BackupStore | None:
+        """The Platform's backup store: its own S3 endpoint, or the Platform's objectStorage."""
+        if platform.backup is None:
+            return None
+        endpoint = platform.backup.object_storage or platform.object_storage
+        if endpoint is None:
+            raise PermanentError(
+                "the Platform's spec.backup has no objectStorage and the Platform declares none; "
+                "add spec.backup.objectStorage (or spec.objectStorage)", reason="PlatformInvalid")  # fmt: skip
+        return BackupStore(await self._s3(endpoint), platform.backup.bucket)
+
+
+def _store_sink(store: BackupStore) -> DumpSink:
+    """Final dumps go to the backup store, beside the Project's backups."""
+
+    async def sink(object_name: str, path: Path) -> str:
+        await ensure_operator_bucket(store.server, store.bucket, STORE_PURPOSE)
+        await store.server.call(store.server.s3.fput_object, store.bucket, object_name, str(path))
+        return store.location(object_name)
+
+    return sink

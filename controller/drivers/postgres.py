@@ -57,6 +57,7 @@ from controller.errors import PermanentError, RetryableError
 from controller.loop.interface import DriverContext, DumpSink
 from controller.loop.planner import Component, Observation, State
 from controller.loop.secrets import SecretStore, ensure_password
+from controller.specs.backups import final_dump_key
 
 PASSWORD_KEY = "DATABASE_PASSWORD"
 DUMP_TIMEOUT_SECONDS = 1800.0
@@ -93,6 +94,8 @@ class PostgresDriver:
         allowed_extensions: frozenset[str] | None = None,
     ) -> None:
         self._server = PostgresServer(host, port, admin_user, admin_password, statement_timeout, concurrency)
+        # Shared with the backup driver: one bound on sessions to this server.
+        self.server = self._server
         # None: whatever PostgreSQL lets a database owner create (the extensions it marks trusted).
         self._allowed_extensions = allowed_extensions
         self._secrets = secrets
@@ -226,7 +229,7 @@ class PostgresDriver:
         if self._dump_sink is None:
             raise PermanentError(
                 f"backups are on, so {name} is dumped before it is dropped, but the Platform has no "
-                "objectStorage to keep the dump; add spec.objectStorage to the Platform, or set "
+                "store to keep the dump; add spec.backup (or spec.objectStorage) to the Platform, or set "
                 "spec.backup.enabled: false in the Project to drop without a final dump",
                 reason="NoPlaceForFinalDump",
             )
@@ -235,7 +238,7 @@ class PostgresDriver:
             server = self._server
             await _run_pg_dump(server.host, server.port, *server.admin_login, name, target)
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-            await self._dump_sink(f"{ctx.key.namespace}/{ctx.key.name}/{name}-{stamp}.dump", target)
+            await self._dump_sink(final_dump_key(ctx.key, name, stamp), target)
 
     async def delete(self, ctx: DriverContext, retain: bool) -> None:
         """Lock the role out, keep a final dump if asked, drop the database, drop the role."""

@@ -82,7 +82,6 @@ class DriverRegistry:
     platforms: PlatformServices | None = None
     infrastructure: InfrastructureDrivers = field(default_factory=lambda: {Provider.local: LocalMachine()})
     workload: Mapping[Runtime, Driver] = field(default_factory=dict)
-    backup: Mapping[Provider, Driver] = field(default_factory=dict)
     # What one namespace may take without a Platform (the operator's CODEB_QUOTA_*), and who counts it.
     unplaced_quotas: tuple[NamespaceQuotas, QuotaCheck] | None = None
 
@@ -94,8 +93,6 @@ class DriverRegistry:
             or NotImplementedDriver(Component.infrastructure, _missing_hosts(provider)),
             Component.workload: self.workload.get(runtime)
             or NotImplementedDriver(Component.workload, _missing_runtime(runtime)),
-            Component.backup: self.backup.get(provider)
-            or NotImplementedDriver(Component.backup, "scheduled backups are not built yet"),
         }
         drivers.update(await self._shared(placement.platform, placement.namespace))
         return {component: drivers[component] for component in ORDER}

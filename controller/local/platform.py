@@ -237,5 +237,7 @@ class LocalPlatform:
                           "listen": [f"127.0.0.1:{caddy['httpsPort']}"],
                           # Caddy runs here, beside the operator: switches without reloads.
                           "upstreamDir": str(self.root / "caddy" / "upstreams")},
+                # Backups go to the same MinIO, in the operator's own bucket: they work out of the box here.
+                "backup": {"bucket": "codeb-backups"},
             },
         }  # fmt: skip

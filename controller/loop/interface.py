@@ -18,6 +18,7 @@ from controller.loop.planner import Component, Observation, State
 from schemas.project import (
     Allocations,
     App,
+    Backup,
     Hook,
     HookRun,
     InfrastructureStatus,
@@ -53,6 +54,8 @@ class DriverContext:
     notify: Notify = _ignore
     # Seconds before a health probe counts as failed (project.rollout.healthCheck.timeoutSeconds).
     health_timeout: float | None = None
+    # The spec's backup section: what to back up, when, for how long. None while tearing down.
+    backup: Backup | None = None
 
     def given(self, observed: Mapping[Component, Observation]) -> DriverContext:
         return replace(self, inputs={c: o.outputs for c, o in observed.items()})

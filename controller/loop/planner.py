@@ -20,7 +20,7 @@ from enum import StrEnum
 from typing import Any
 
 from controller.loop import naming
-from schemas.project import Allocations, BackupTarget, ProjectSpec, Provider, Runtime, Servers
+from schemas.project import Allocations, ProjectSpec, Provider, Runtime, Servers
 
 State = Mapping[str, Any]
 
@@ -90,6 +90,8 @@ class Observation:
     unsupported: str | None = None
     # Why it is unhealthy, in words a person can act on (health output, exit code).
     detail: str | None = None
+    # The condition's reason when unhealthy (LastBackupFailed); None: Unhealthy.
+    reason: str | None = None
     # What later components read from this one (the workload's endpoints), never compared.
     outputs: State = field(default_factory=dict)
     # What is left of an absent component (a role whose database was dropped by a delete cut short):
@@ -161,18 +163,13 @@ def desired_state(
         "routeMatches": True,  # headers, compression, TLS: the whole rendered route
     }
     if spec.backup.enabled:
-        states[Component.backup] = {
-            "schedule": spec.backup.schedule,
-            "retentionDays": spec.backup.retention_days,
-            "include": sorted(t.value for t in spec.backup.include if _backs_up(t, states)),
-            "walArchiving": spec.backup.wal_archiving,
-        }
+        # Nothing due, nothing unclaimed or cut short, nothing past retention, and the store in place: the
+        # schedule itself is read from the spec by the driver (`controller.loop.backups`).
+        states[Component.backup] = dict(BACKUP_CONVERGED)
     return states
 
 
-def _backs_up(target: BackupTarget, states: Mapping[Component, State]) -> bool:
-    component = {BackupTarget.database: Component.database, BackupTarget.storage: Component.storage}
-    return component.get(target, Component.cache) in states
+BACKUP_CONVERGED: State = {"store": True, "due": [], "pending": [], "stale": [], "expired": []}
 
 
 def infrastructure_state(servers: Servers) -> State:

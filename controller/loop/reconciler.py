@@ -84,7 +84,8 @@ class Reconciler:
         notices: list[Event] = []
         ctx = DriverContext(project.key, allocations, servers=spec.servers, recorded=project.status.infrastructure,
                             notify=_collect(notices),
-                            health_timeout=spec.project.rollout.health_check.timeout_seconds)  # fmt: skip
+                            health_timeout=spec.project.rollout.health_check.timeout_seconds,
+                            backup=spec.backup)  # fmt: skip
         work = Pass(observed=await self._observe(drivers, ctx), events=notices)
         acting = not project.paused and spec.management_policy is ManagementPolicy.Manage
         desired = Desired(spec, allocations)
@@ -113,7 +114,7 @@ class Reconciler:
             permanent_error=next((e.message for e in work.failed.values() if isinstance(e, PermanentError)), None),
             results=work.results,
             drift=[] if acting else steps.actions,
-            wake_after=decided.wake_after if decided is not None else None,
+            wake_after=_earliest(decided.wake_after if decided is not None else None, work.observed, acting),
             rollout=decided,
         )
 
@@ -326,6 +327,13 @@ def _static(drivers: Drivers) -> DriverSource:
 
 def _describe(action: Action, exc: CodebError) -> str:
     return f"{action.component.value} {action.verb.value} failed: {exc.message}"
+
+
+def _earliest(rollout_wake: float | None, observed: Mapping[Component, Observation], acting: bool) -> float | None:
+    """The next timed step: the rollout's, or a component's own (the next backup's start)."""
+    wakes = [float(o.outputs["wakeAfter"]) for o in observed.values() if o.outputs.get("wakeAfter") is not None]
+    wakes += [rollout_wake] if rollout_wake is not None else []
+    return min(wakes) if wakes and acting else None
 
 
 def _retry_after(work: Pass, steps: Plan) -> float | None:

@@ -128,7 +128,7 @@ def _component_condition(
     if dict(seen.state) != dict(want):
         return False, "Drifted", f"{component.value} differs from the spec"
     if not seen.healthy:
-        return False, "Unhealthy", seen.detail or f"{component.value} is not healthy"
+        return False, seen.reason or "Unhealthy", seen.detail or f"{component.value} is not healthy"
     return True, "Ready", f"{component.value} matches the spec"
 
 

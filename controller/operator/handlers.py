@@ -18,6 +18,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import kopf
@@ -34,6 +35,7 @@ from controller.loop.status import format_validation_error, load_status, set_con
 from controller.operator.config import OperatorConfig
 from controller.operator.metrics import Metrics
 from controller.operator.retries import Backoff, Retries
+from schemas.backups import BACKUP_PLURAL
 from schemas.project import (
     API_GROUP,
     API_VERSION,
@@ -345,6 +347,36 @@ def collect_claims(runtime: Runtime, now: float) -> None:
     runtime.collecting = asyncio.create_task(sweep())
 
 
+# A finished run younger than this wakes its Project (older ones are what a restart lists again).
+BACKUP_NEWS_SECONDS = 120.0
+
+
+async def wake_for_backup(runtime: Runtime, body: kopf.Body, event: str | None) -> None:
+    """A Backup made by hand (`codeb backup`) starts, and a finished run reaches status, without waiting
+    for the drift timer: its Project is reconciled now."""
+    status = body.get("status") or {}
+    phase, finished = status.get("phase"), status.get("finishedAt")
+    fresh = finished is not None and _age_seconds(str(finished)) < BACKUP_NEWS_SECONDS
+    if runtime.kube is None or event == "DELETED" or not (phase in (None, "Pending") or fresh):
+        return
+    namespace, project = body.metadata.namespace or "", str((body.get("spec") or {}).get("project") or "")
+    try:
+        raw = await runtime.kube.read_project(namespace, project) if project else None
+    except CodebError:
+        return  # the drift timer will get to it
+    uid = (raw or {}).get("metadata", {}).get("uid")
+    if uid:
+        key = ProjectKey(namespace, project, uid)
+        runtime.retries.wake(uid, 1.0, lambda: retry(runtime, key))
+
+
+def _age_seconds(stamp: str) -> float:
+    try:
+        return (datetime.now(UTC) - datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds()
+    except ValueError:
+        return float("inf")
+
+
 def drift_due(runtime: Runtime, uid: str, now: float) -> bool:
     """Whether this Project's drift check is due; the first one lands anywhere in the first interval."""
     interval = runtime.config.drift_interval_seconds
@@ -412,6 +444,10 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         collect_claims(runtime, time.monotonic())
         if drift_due(runtime, body.metadata.uid or "", time.monotonic()):
             await run_reconcile(runtime, body, patch, "timer")
+
+    @kopf.on.event(API_GROUP, API_VERSION, BACKUP_PLURAL, registry=registry)
+    async def backup_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+        await wake_for_backup(runtime, body, type)
 
     @kopf.on.delete(*RESOURCE, registry=registry)
     async def deleted(body: kopf.Body, patch: kopf.Patch, retry: int, **_: Any) -> None:

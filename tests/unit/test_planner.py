@@ -73,11 +73,10 @@ def test_update_names_what_differs() -> None:
 def test_spec_change_updates_only_affected_components() -> None:
     before = desired()
     environment = {"type": "staging", "domains": ["shop.example.com"], "variables": {"A": "1"}}
+    # The backup section's schedule and retention are read by its driver each pass (what is due, what has
+    # expired): a change there is no action of its own.
     after = desired(environment=environment, backup={"retentionDays": 30})
-    assert verbs(plan(after, converged(before))) == [
-        (Component.workload, Verb.update),
-        (Component.backup, Verb.update),
-    ]
+    assert verbs(plan(after, converged(before))) == [(Component.workload, Verb.update)]
 
 
 def test_crash_leftovers_resume_where_they_stopped() -> None:
@@ -119,8 +118,7 @@ def test_removed_feature_follows_deletion_policy(retain: bool, verb: Verb) -> No
     before = desired()
     after = desired(features={"redis": {}, "storage": {}})
     result = plan(after, converged(before), retain_data=retain)
-    # The backup stops covering the database first; then the database goes.
-    assert verbs(result) == [(Component.backup, Verb.update), (Component.database, verb)]
+    assert verbs(result) == [(Component.database, verb)]
 
 
 def test_removed_stateless_component_is_deleted_even_when_retaining() -> None:
@@ -179,11 +177,6 @@ def test_local_workload_states_only_what_a_local_process_has() -> None:
     # Nothing limits or replicates a local process, so the state does not pretend to.
     assert not {"cpu", "memory", "replicas", "image"} & set(workload)
     assert workload["environmentCurrent"] is True
-
-
-def test_backup_covers_only_enabled_data() -> None:
-    want = desired(features={"database": {}}, backup={"include": ["database", "storage"]})
-    assert want[Component.backup]["include"] == ["database"]
 
 
 def test_unsupported_component_is_never_planned_and_parks_its_dependents() -> None:

@@ -1,0 +1,166 @@
+"""Backups of a Project's data: records made on schedule, runs started outside the pass, retention applied.
+
+``observe`` only reads (``codeb diff`` observes too): the store, the Project's Backup
+records, and what is due (`controller.loop.backups`). ``apply`` makes it so: the store
+bucket, records for due slots, claims and starts of unclaimed records
+(`controller.jobs.backups`), cut-short runs recorded Failed, and records past retention
+deleted with their backups, the backup first (a crash in between leaves a record whose
+backup is gone, deleted again next pass; never a backup nobody lists). Database dumps
+are taken as the Project's own role, from its connection Secret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from controller.clients.backup_records import BackupRecords
+from controller.clients.postgres import PostgresServer
+from controller.drivers.minio import ensure_operator_bucket
+from controller.drivers.postgres import PASSWORD_KEY
+from controller.errors import PermanentError, RetryableError
+from controller.jobs.backups import BackupRunner, BackupStore, DumpSource
+from controller.loop import backups as decide
+from controller.loop.backups import Cron, RunRecord
+from controller.loop.interface import DriverContext
+from controller.loop.planner import Component, Observation, State
+from controller.loop.secrets import SecretStore
+from controller.specs.backups import dump_command, object_key, record_body
+from schemas.backups import BackupPhase
+from schemas.project import Backup, BackupTarget
+
+STORE_PURPOSE = "backups"
+# What has a runner today; the rest is said, not pretended.
+RUNNABLE = frozenset({BackupTarget.database})
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class BackupDriver:
+    component = Component.backup
+
+    def __init__(self, platform: str, store: BackupStore | None, records: BackupRecords, runner: BackupRunner,
+                 postgres: PostgresServer | None, secrets: SecretStore,
+                 clock: Callable[[], datetime] = _now) -> None:  # fmt: skip
+        self._platform, self._store = platform, store
+        self._records, self._runner = records, runner
+        self._postgres, self._secrets = postgres, secrets
+        self._clock = clock
+
+    async def observe(self, ctx: DriverContext) -> Observation:
+        backup = ctx.backup
+        if backup is None or not backup.enabled:
+            return Observation()
+        if self._store is None:
+            return Observation(
+                error=f"Platform {self._platform} has no backup store: its admin adds spec.backup to the Platform "
+                "(or set spec.backup.enabled: false in the Project); the application is served meanwhile",
+                error_reason="NoBackupStore",
+            )
+        store_ready = await self._store_ready()
+        records = await self._records.list(ctx.key)
+        now = self._clock()
+        listed = [record for record, _ in records.values()]
+        state = {
+            "store": store_ready,
+            "due": [d.target.value for d in self._due(ctx, backup, listed, now)],
+            "pending": sorted(r.name for r in listed if self._unclaimed(ctx, r)),
+            "stale": sorted(r.name for r in listed if r.stale(now) and not self._runner.running(ctx.key, r.name)),
+            "expired": [r.name for r in decide.expired(listed, now, backup.retention_days, backup.keep_last)],
+        }
+        reason, detail = self._trouble(ctx, backup, listed)
+        return Observation(state=state, outputs=self._outputs(ctx, backup, listed, now), healthy=reason is None,
+                           reason=reason, detail=detail)  # fmt: skip
+
+    def _unclaimed(self, ctx: DriverContext, record: RunRecord) -> bool:
+        return record.phase is BackupPhase.Pending and not self._runner.running(ctx.key, record.name)
+
+    def _due(self, ctx: DriverContext, backup: Backup, listed: list[RunRecord], now: datetime) -> list[decide.Due]:
+        due = []
+        for target in decide.targets(backup, ctx.allocations):
+            if target in RUNNABLE:
+                run = decide.due_run(Cron.parse(backup.schedule_of(target)), ctx.key.uid, target, listed, now)
+                due += [run] if run is not None else []
+        return due
+
+    def _outputs(self, ctx: DriverContext, backup: Backup, listed: list[RunRecord], now: datetime) -> State:
+        starts = [decide.next_start(Cron.parse(backup.schedule_of(t)), ctx.key.uid, now)
+                  for t in decide.targets(backup, ctx.allocations) if t in RUNNABLE]  # fmt: skip
+        upcoming = min((s for s in starts if s is not None), default=None)
+        summary = decide.summary(listed, upcoming)
+        wake = max(1.0, (upcoming - now).total_seconds()) if upcoming is not None else None
+        return {"summary": summary.model_dump(mode="json", by_alias=True, exclude_none=True), "wakeAfter": wake}
+
+    @staticmethod
+    def _trouble(ctx: DriverContext, backup: Backup, listed: list[RunRecord]) -> tuple[str | None, str | None]:
+        """Why backups are not healthy, as (reason, detail); (None, None) when they are."""
+        missing = [t.value for t in decide.targets(backup, ctx.allocations) if t not in RUNNABLE]
+        if backup.wal_archiving:
+            missing.append("walArchiving (point-in-time recovery)")
+        if missing:
+            return "NotImplemented", f"backups of {', '.join(missing)} are not built yet; the database's are taken"
+        failure = decide.last_failure(listed)
+        if failure is not None:
+            return "LastBackupFailed", f"backup {failure.name} failed: {failure.message or 'no reason recorded'}"
+        return None, None
+
+    async def _store_ready(self) -> bool:
+        assert self._store is not None
+        server = self._store.server
+        return await server.call(server.s3.bucket_exists, self._store.bucket)
+
+    async def apply(self, ctx: DriverContext, desired: State) -> None:
+        backup = ctx.backup
+        if backup is None or self._store is None:
+            return
+        await ensure_operator_bucket(self._store.server, self._store.bucket, STORE_PURPOSE)
+        now = self._clock()
+        records = await self._records.list(ctx.key)
+        listed = [record for record, _ in records.values()]
+        for record, version in records.values():
+            if record.stale(now) and not self._runner.running(ctx.key, record.name):
+                await self._runner.fail_stale(ctx.key, record, version)
+        for due in self._due(ctx, backup, listed, now):
+            name = decide.record_name(ctx.key.name, due.target, due.slot, due.trigger, now)
+            await self._records.create(record_body(ctx.key, name, due.target, due.trigger, due.slot))
+        await self._prune(ctx, listed, decide.expired(listed, now, backup.retention_days, backup.keep_last))
+        await self._start_pending(ctx)
+
+    async def _start_pending(self, ctx: DriverContext) -> None:
+        pending = [(r, v) for r, v in (await self._records.list(ctx.key)).values() if r.phase is BackupPhase.Pending]
+        if not pending:
+            return
+        source = await self._source(ctx)
+        assert self._store is not None
+        for record, version in pending:
+            key = object_key(ctx.key, record.target, record.name)
+            if record.target in RUNNABLE:
+                await self._runner.start(ctx.key, record, version, source, self._store, key)
+
+    async def _source(self, ctx: DriverContext) -> DumpSource:
+        database, role = ctx.allocations.database, ctx.allocations.database_role
+        if self._postgres is None or database is None or role is None:
+            raise PermanentError(
+                f"Platform {self._platform} declares no postgres, so there is no database to back up; remove "
+                "'database' from spec.backup.include", reason="NothingToBackUp")  # fmt: skip
+        password = (await self._secrets.read(ctx) or {}).get(PASSWORD_KEY)
+        if not password:
+            raise RetryableError("the Project's connection Secret has no database password yet; the dump waits",
+                                 reason="BackupLoginMissing")  # fmt: skip
+        command = dump_command(self._postgres.host, self._postgres.port, role, database)
+        return DumpSource(self._postgres, role, password, database, command)
+
+    async def _prune(self, ctx: DriverContext, listed: list[RunRecord], expired: list[RunRecord]) -> None:
+        assert self._store is not None
+        server = self._store.server
+        for record in expired:
+            await server.call(server.s3.remove_object, self._store.bucket, object_key(ctx.key, record.target,
+                                                                                       record.name))  # fmt: skip
+            await self._records.delete(ctx.key.namespace, record.name)
+
+    async def delete(self, ctx: DriverContext, retain: bool) -> None:
+        """Backups outlive the Project either way (its records go with it): a deleted Project's data may
+        be wanted back; the store's own retention, not the deletion, removes them."""
+        return None

@@ -1,0 +1,257 @@
+"""Backup runs: long work outside the reconcile pass, recorded before it starts, never run twice at once.
+
+A run is a Backup object first (`controller.clients.backup_records`). `BackupRunner.start`
+claims it (Pending → Running at the resourceVersion it read, so a second claimer loses),
+then streams ``pg_dump`` into the store in a worker thread while a heartbeat keeps the
+record fresh. Nothing lands on local disk, and only a completed upload counts: a dump
+that exits non-zero, runs past its deadline or is cut short raises inside the upload,
+which aborts it, so no object exists for a run that did not finish. A run whose
+operator died (kill -9) stops heart-beating; the next pass finds it stale and records
+it Failed (`fail_stale`), and MinIO discards the abandoned multipart upload itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO, Any, BinaryIO, cast
+
+from controller.clients.backup_records import BackupRecords
+from controller.clients.postgres import CONNECT_TIMEOUT_SECONDS, PostgresServer
+from controller.clients.s3 import S3Server
+from controller.errors import CodebError, PermanentError
+from controller.loop.backups import HEARTBEAT_SECONDS, RunRecord
+from controller.loop.naming import ProjectKey
+from schemas.backups import BackupPhase, BackupRunStatus
+
+RUN_TIMEOUT_SECONDS = 6 * 3600.0
+CONCURRENCY = 2
+# Parts of a streamed upload: memory per run is about one part.
+PART_BYTES = 16 * 1024 * 1024
+# How long pg_dump waits for a lock a tenant's session holds before it gives up.
+LOCK_WAIT = "60s"
+_STDERR_SHOWN = 800
+
+
+@dataclass(frozen=True)
+class BackupStore:
+    """The operator's own bucket for backups, and the root credentials that alone reach it."""
+
+    server: S3Server
+    bucket: str
+
+    def location(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+
+@dataclass(frozen=True)
+class DumpSource:
+    """One Project's database, reached as the Project's own role (never as the Platform's superuser)."""
+
+    server: PostgresServer
+    user: str
+    password: str
+    database: str
+    command: list[str]
+
+
+# User metadata on the stored object (x-amz-meta-*), as the S3 client takes it.
+Metadata = dict[str, str | list[str] | tuple[str]]
+
+
+@dataclass(frozen=True)
+class Stored:
+    size: int
+    sha256: str
+
+
+class RunCut(Exception):
+    """The dump did not finish: it failed, ran out of time or was cancelled. Raised inside the upload."""
+
+
+class _DumpStream(io.RawIOBase):
+    """pg_dump's output as the upload reads it, hashed and counted; its end is checked, not assumed."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], cancelled: threading.Event) -> None:
+        self._proc, self._cancelled = proc, cancelled
+        self.size, self._hash = 0, hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        assert self._proc.stdout is not None
+        chunk = self._proc.stdout.read(size if size > 0 else PART_BYTES)
+        if self._cancelled.is_set():
+            raise RunCut("cancelled")
+        if chunk:
+            self.size += len(chunk)
+            self._hash.update(chunk)
+            return chunk
+        code = self._proc.wait()
+        if code != 0:
+            raise RunCut(f"pg_dump exited {code}")
+        return b""
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+
+def stream_dump(source: DumpSource, store: BackupStore, key: str, metadata: Metadata, timeout: float,
+                cancelled: threading.Event) -> Stored:  # fmt: skip
+    """Blocking: pg_dump straight into the store; what it wrote, or RunCut (and no object)."""
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PGPASSWORD": source.password,
+           "PGCONNECT_TIMEOUT": str(CONNECT_TIMEOUT_SECONDS), "PGOPTIONS": f"-c lock_timeout={LOCK_WAIT}"}  # fmt: skip
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(source.command, stdout=subprocess.PIPE, stderr=errors, env=env)
+        watchdog = threading.Timer(timeout, proc.kill)
+        watchdog.start()
+        stop = threading.Thread(target=_kill_when, args=(cancelled, proc), daemon=True)
+        stop.start()
+        stream = _DumpStream(proc, cancelled)
+        try:
+            # put_object aborts its multipart upload when a read raises: a cut run leaves no object.
+            store.server.s3.put_object(store.bucket, key, cast(BinaryIO, stream), length=-1, part_size=PART_BYTES,
+                                       metadata=dict(metadata))  # fmt: skip
+        except RunCut as exc:
+            raise RunCut(f"{exc}{_tail(errors)}") from None
+        finally:
+            watchdog.cancel()
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            cancelled.set()  # ends the stop thread
+        return Stored(stream.size, stream.sha256)
+
+
+def _kill_when(cancelled: threading.Event, proc: subprocess.Popen[bytes]) -> None:
+    cancelled.wait()
+    if proc.poll() is None:
+        proc.kill()
+
+
+def _tail(errors: IO[bytes]) -> str:
+    errors.seek(0)
+    text = errors.read()[-_STDERR_SHOWN:].decode(errors="replace").strip()
+    return f": {text}" if text else ""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# Called with the Project's key once a run has finished (the operator wakes the Project to report it).
+Finished = Callable[[ProjectKey], None]
+
+
+class BackupRunner:
+    """Runs claimed records, at most ``concurrency`` at once; one task per record, never two."""
+
+    def __init__(self, records: BackupRecords, concurrency: int = CONCURRENCY,
+                 timeout: float = RUN_TIMEOUT_SECONDS) -> None:  # fmt: skip
+        self._records = records
+        self._timeout = timeout
+        self._concurrency = concurrency
+        self._slots: asyncio.Semaphore | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.finished: Finished = lambda key: None
+
+    def running(self, key: ProjectKey, name: str) -> bool:
+        return f"{key.namespace}/{name}" in self._tasks
+
+    async def start(self, key: ProjectKey, record: RunRecord, version: str, source: DumpSource,
+                    store: BackupStore, object_key: str) -> bool:  # fmt: skip
+        """Claim a Pending record and run it outside the pass; False when it is not ours to run."""
+        ident = f"{key.namespace}/{record.name}"
+        if ident in self._tasks or record.phase is not BackupPhase.Pending:
+            return False
+        now = _now()
+        claim = BackupRunStatus(phase=BackupPhase.Running, started_at=now, heartbeat_at=now)
+        if not await self._records.set_status(key.namespace, record.name, claim, version):
+            return False  # another claimer (or a change) came first
+        task = asyncio.create_task(self._run(key, record.name, now, source, store, object_key))
+        self._tasks[ident] = task
+        task.add_done_callback(lambda _: self._tasks.pop(ident, None))
+        return True
+
+    async def fail_stale(self, key: ProjectKey, record: RunRecord, version: str) -> bool:
+        """Record a run whose operator stopped heart-beating as Failed (never as anything else)."""
+        seen = record.heartbeat_at or record.started_at
+        message = (f"cut short: the operator running it stopped (last heartbeat {seen:%Y-%m-%dT%H:%M:%SZ}); "
+                   "nothing it wrote was kept") if seen else "cut short before it started"  # fmt: skip
+        failed = BackupRunStatus(phase=BackupPhase.Failed, started_at=record.started_at, finished_at=_now(),
+                                 heartbeat_at=record.heartbeat_at, message=message)  # fmt: skip
+        return await self._records.set_status(key.namespace, record.name, failed, version)
+
+    async def _run(self, key: ProjectKey, name: str, started: datetime, source: DumpSource, store: BackupStore,
+                   object_key: str) -> None:  # fmt: skip
+        cancelled = threading.Event()
+        beating = asyncio.create_task(self._heartbeat(key, name, started, cancelled))
+        began = time.monotonic()
+        try:
+            async with self._slot():
+                version = await _server_version(source)
+                metadata: Metadata = {"codeb-project": str(key), "codeb-project-uid": key.uid, "codeb-backup": name}
+                stored = await asyncio.to_thread(stream_dump, source, store, object_key, metadata, self._timeout,
+                                                 cancelled)  # fmt: skip
+            result = BackupRunStatus(
+                phase=BackupPhase.Succeeded, started_at=started, finished_at=_now(), heartbeat_at=_now(),
+                duration_seconds=round(time.monotonic() - began, 3), size_bytes=stored.size, sha256=stored.sha256,
+                server_version=version, location=store.location(object_key),
+            )  # fmt: skip
+        except (RunCut, CodebError, OSError) as exc:
+            why = exc.message if isinstance(exc, CodebError) else str(exc) or type(exc).__name__
+            took = round(time.monotonic() - began, 3)
+            result = BackupRunStatus(phase=BackupPhase.Failed, started_at=started, finished_at=_now(),
+                                     duration_seconds=took, message=why[:1024])  # fmt: skip
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        finally:
+            cancelled.set()
+            beating.cancel()
+        with contextlib.suppress(CodebError):
+            await self._records.set_status(key.namespace, name, result)
+        self.finished(key)
+
+    async def _heartbeat(self, key: ProjectKey, name: str, started: datetime, cancelled: threading.Event) -> None:
+        """Keep the record fresh; a record deleted meanwhile cancels the run."""
+        while not cancelled.is_set():
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            beat = BackupRunStatus(phase=BackupPhase.Running, started_at=started, heartbeat_at=_now())
+            try:
+                if not await self._records.set_status(key.namespace, name, beat):
+                    cancelled.set()
+            except CodebError:
+                continue  # the API server is away: the run goes on, the next beat may land
+
+    def _slot(self) -> asyncio.Semaphore:
+        if self._slots is None:  # made inside the running loop
+            self._slots = asyncio.Semaphore(self._concurrency)
+        return self._slots
+
+    async def stop(self) -> None:
+        """Cancel every run (tests, shutdown): each is cut, so none is recorded as a success."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _server_version(source: DumpSource) -> str:
+    async with source.server.as_user(source.database, source.user, source.password) as conn:
+        if conn is None:
+            raise PermanentError(f"the Project's role cannot log in to {source.database}; the dump needs its login",
+                                 reason="BackupLoginFailed")  # fmt: skip
+        row: Any = await (await conn.execute("SELECT pg_catalog.current_setting('server_version')")).fetchone()
+        return str(row[0]) if row else ""

@@ -1,0 +1,77 @@
+"""What a backup run is made of, pure: its Backup object, where it is kept, and the dump command.
+
+The object key is derived from the Project's namespace and name and the record's name,
+never read back from a record: a Backup object lives in the tenant's namespace, where
+its author could write any ``status.location``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from controller.loop.naming import ProjectKey
+from schemas.backups import (
+    BACKUP_KIND,
+    BACKUP_PLURAL,
+    PROJECT_LABEL,
+    TARGET_LABEL,
+    BackupRunSpec,
+    BackupTrigger,
+)
+from schemas.project import API_GROUP, API_VERSION, KIND, BackupTarget
+
+EXTENSIONS = {BackupTarget.database: "dump"}
+
+
+def object_key(key: ProjectKey, target: BackupTarget, record: str) -> str:
+    """Where a run's backup is kept in the store: one prefix per Project, never another's."""
+    return f"{project_prefix(key)}{target.value}/{record}.{EXTENSIONS.get(target, 'tar')}"
+
+
+def project_prefix(key: ProjectKey) -> str:
+    return f"projects/{key.namespace}/{key.name}/"
+
+
+def final_dump_key(key: ProjectKey, database: str, stamp: str) -> str:
+    return f"{project_prefix(key)}final/{database}-{stamp}.dump"
+
+
+def record_body(key: ProjectKey, name: str, target: BackupTarget, trigger: BackupTrigger,
+                slot: datetime | None) -> dict[str, Any]:  # fmt: skip
+    """The Backup object of one run, owned by its Project (it goes when the Project does)."""
+    spec = BackupRunSpec(project=key.name, target=target, trigger=trigger, scheduled_at=slot)
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": BACKUP_KIND,
+        "metadata": {
+            "name": name,
+            "namespace": key.namespace,
+            "labels": {PROJECT_LABEL: key.name, TARGET_LABEL: target.value},
+            "ownerReferences": [_owner(key)],
+        },
+        "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+    }
+
+
+def _owner(key: ProjectKey) -> dict[str, Any]:
+    return {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND, "name": key.name, "uid": key.uid,
+            "blockOwnerDeletion": False}  # fmt: skip
+
+
+def collection_path(namespace: str) -> str:
+    return f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{namespace}/{BACKUP_PLURAL}"
+
+
+def dump_command(host: str, port: int, user: str, database: str) -> list[str]:
+    """pg_dump in custom format to stdout; the password goes through the environment (never argv, seen in ps)."""
+    return ["pg_dump", "--format=custom", "--no-password", f"--host={host}", f"--port={port}",
+            f"--username={user}", f"--dbname={database}"]  # fmt: skip
+
+
+def restore_command(host: str, port: int, user: str, database: str) -> list[str]:
+    """pg_restore from stdin into the Project's database as its own role: nothing runs with more rights
+    than the tenant has; objects are replaced, and owned by that role."""
+    return ["pg_restore", "--clean", "--if-exists", "--no-owner", "--no-privileges", "--exit-on-error",
+            "--single-transaction", "--no-password", f"--host={host}", f"--port={port}", f"--username={user}",
+            f"--dbname={database}"]  # fmt: skip

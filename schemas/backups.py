@@ -1,0 +1,61 @@
+"""The `Backup` resource (namespaced): one backup run of one target of one Project.
+
+The operator creates one per scheduled run (its name carries the slot, so a slot is
+run at most once), `codeb backup` creates one to back up now, and each is the record
+of its run: created ``Pending`` before anything starts, ``Running`` while the operator
+that claimed it keeps its heartbeat fresh, then ``Succeeded`` or ``Failed``. Only a
+run whose upload completed is ever ``Succeeded``. ``kubectl get backups`` lists them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import Field
+
+from schemas.base import DNS_LABEL, CodebModel
+from schemas.common import BackupTarget
+
+BACKUP_KIND = "Backup"
+BACKUP_PLURAL = "backups"
+# Labels every Backup carries: which Project and target it belongs to (what the operator lists by).
+PROJECT_LABEL = "codeb.dev/project"
+TARGET_LABEL = "codeb.dev/target"
+
+
+class BackupPhase(StrEnum):
+    Pending = "Pending"
+    Running = "Running"
+    Succeeded = "Succeeded"
+    Failed = "Failed"
+
+
+class BackupTrigger(StrEnum):
+    Initial = "Initial"  # the Project's first backup, taken once its data exists
+    Scheduled = "Scheduled"
+    Manual = "Manual"  # codeb backup, or a Backup made by hand
+
+
+class BackupRunSpec(CodebModel):
+    project: str = Field(description="The Project (in this namespace) whose data is backed up.", pattern=DNS_LABEL,
+                         max_length=63)  # fmt: skip
+    target: BackupTarget = Field(BackupTarget.database, description="What is backed up.")
+    trigger: BackupTrigger = Field(BackupTrigger.Manual, description="Why the run exists.")
+    scheduled_at: datetime | None = Field(None, description="The schedule's slot this run is for (Scheduled runs).")
+
+
+class BackupRunStatus(CodebModel):
+    phase: BackupPhase = Field(BackupPhase.Pending, description="Pending, Running, Succeeded or Failed.")
+    started_at: datetime | None = Field(None, description="When the run started.")
+    finished_at: datetime | None = Field(None, description="When the run ended, either way.")
+    heartbeat_at: datetime | None = Field(
+        None, description="The running operator's last sign of life; a stale one means the run was cut short."
+    )
+    duration_seconds: float | None = Field(None, description="How long the run took.")
+    size_bytes: int | None = Field(None, description="Bytes stored.")
+    sha256: str | None = Field(None, description="SHA-256 of what was stored.", max_length=64)
+    server_version: str | None = Field(None, description="Version of the server the data came from.",
+                                       max_length=64)  # fmt: skip
+    location: str | None = Field(None, description="Where the backup is kept: s3://bucket/key.", max_length=1024)
+    message: str | None = Field(None, description="What happened, in words (why it failed).", max_length=4096)

@@ -1,0 +1,320 @@
+"""Backups on real parts: Backup records on the API server, pg_dump from a real PostgreSQL streamed into MinIO.
+
+The world a crash leaves is built for real: a dump process killed with SIGKILL in the
+middle of its upload, and a record still Running with its operator gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from minio import Minio
+from minio.error import S3Error
+
+from controller.clients.backup_records import BackupRecords
+from controller.clients.kube import KubeClient
+from controller.clients.s3 import S3Server
+from controller.drivers.backups import BackupDriver
+from controller.drivers.minio import SECRET_KEY, MinioDriver, access_key
+from controller.drivers.postgres import PASSWORD_KEY, PostgresDriver
+from controller.jobs.backups import BackupRunner, BackupStore
+from controller.loop.backups import RunRecord
+from controller.loop.naming import ProjectKey
+from controller.loop.planner import BACKUP_CONVERGED, Component, desired_state
+from controller.loop.secrets import MemorySecrets
+from controller.specs.backups import object_key, record_body, restore_command
+from schemas.backups import BackupPhase, BackupRunStatus, BackupTrigger
+from schemas.project import BackupTarget
+from tests.drivers_common import context
+from tests.servers import MinioServer, PostgresServer, start_minio, start_postgres
+
+DB = BackupTarget.database
+
+
+@pytest.fixture(scope="module")
+def services() -> Iterator[tuple[PostgresServer, MinioServer]]:
+    pg, s3 = start_postgres(), start_minio()
+    yield pg, s3
+    s3.stop()
+    pg.stop()
+
+
+def root(s3: MinioServer) -> Minio:
+    return Minio(s3.endpoint, access_key=s3.root_user, secret_key=s3.root_password, secure=False)
+
+
+class World:
+    """One Project with a real database, and the backup driver of its Platform."""
+
+    def __init__(self, kube: KubeClient, namespace: str, pg: PostgresServer, s3: MinioServer, slug: str) -> None:
+        self.pg, self.s3 = pg, s3
+        self.secrets = MemorySecrets()
+        base, self.spec = context(slug, features={"database": {"version": "15"}})
+        self.key = ProjectKey(namespace, slug, base.key.uid)
+        self.ctx = replace(base, key=self.key, backup=self.spec.backup)
+        self.where = (namespace, str(self.ctx.allocations.connection_secret))
+        self.database = PostgresDriver(pg.host, pg.port, pg.admin_user, pg.admin_password, self.secrets)
+        self.records = BackupRecords(kube)
+        self.runner = BackupRunner(self.records)
+        # A store of its own per test: the MinIO is shared by the module.
+        self.bucket = f"codeb-{slug}"
+        self.store = BackupStore(S3Server(s3.endpoint, s3.root_user, s3.root_password), self.bucket)
+        self.driver = BackupDriver("shared", self.store, self.records, self.runner, self.database.server,
+                                   self.secrets)  # fmt: skip
+
+    async def create_database(self, rows: int = 2) -> None:
+        await self.database.apply(self.ctx, desired_state(self.spec, self.ctx.allocations)[Component.database])
+        with self.tenant() as conn:
+            conn.execute("CREATE TABLE orders (id int primary key, note text)")
+            conn.execute("INSERT INTO orders SELECT i, md5(i::text) FROM generate_series(1, %s) i", (rows,))
+
+    def password(self) -> str:
+        return self.secrets.data[self.where][PASSWORD_KEY]
+
+    def set_password(self, password: str) -> None:
+        self.secrets.data[self.where][PASSWORD_KEY] = password
+
+    def tenant(self) -> psycopg.Connection[Any]:
+        password = self.password()
+        conn = psycopg.connect(host=self.pg.host, port=self.pg.port, user=self.ctx.allocations.database_role,
+                               password=password, dbname=self.ctx.allocations.database, connect_timeout=5)  # fmt: skip
+        conn.autocommit = True
+        return conn
+
+    def rows(self) -> int:
+        with self.tenant() as conn:
+            row = conn.execute("SELECT count(*) FROM orders").fetchone()
+            return int(row[0]) if row else -1
+
+    async def records_now(self) -> dict[str, RunRecord]:
+        return {name: record for name, (record, _) in (await self.records.list(self.key)).items()}
+
+    async def settled(self, within: float = 60) -> dict[str, RunRecord]:
+        """The records once no run is Pending or Running (the runner works outside the pass)."""
+        deadline = time.monotonic() + within
+        while True:
+            records = await self.records_now()
+            if all(r.finished for r in records.values()):
+                return records
+            assert time.monotonic() < deadline, f"runs not finished after {within} s: {records}"
+            await asyncio.sleep(0.2)
+
+    def stored(self, record: str) -> bytes:
+        response = root(self.s3).get_object(self.bucket, object_key(self.key, DB, record))
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
+
+@pytest.fixture()
+async def world(kube: KubeClient, namespace: str, services: tuple[PostgresServer, MinioServer],
+                request: pytest.FixtureRequest) -> AsyncIterator[World]:  # fmt: skip
+    pg, s3 = services
+    made = World(kube, namespace, pg, s3, f"bk{abs(hash(request.node.name)) % 10_000}")
+    yield made
+    await made.runner.stop()
+
+
+def absent(world: World, key: str) -> bool:
+    try:
+        root(world.s3).stat_object(world.bucket, key)
+    except S3Error as exc:
+        return exc.code == "NoSuchKey"
+    return False
+
+
+async def test_first_backup_is_streamed_recorded_and_restores(world: World) -> None:
+    await world.create_database(rows=2)
+    seen = await world.driver.observe(world.ctx)
+    assert seen.state is not None and seen.state["due"] == ["database"] and seen.state["store"] is False
+    await world.driver.apply(world.ctx, BACKUP_CONVERGED)
+    (record,) = (await world.settled()).values()
+    assert record.phase is BackupPhase.Succeeded and record.trigger is BackupTrigger.Initial, record.message
+    status = await world.records.read_status(world.key.namespace, record.name)
+    assert status is not None and status.server_version and status.duration_seconds is not None
+    body = world.stored(record.name)
+    assert body.startswith(b"PGDMP") and status.size_bytes == len(body)
+    assert status.sha256 == hashlib.sha256(body).hexdigest()
+    assert (
+        status.location
+        == f"s3://{world.bucket}/projects/{world.key.namespace}/{world.key.name}/database/{record.name}.dump"
+    )
+
+    after = await world.driver.observe(world.ctx)
+    assert after.state == BACKUP_CONVERGED and after.healthy
+    assert after.outputs["summary"]["lastSuccessful"] == record.name and after.outputs["wakeAfter"] > 0
+
+    # The dump is a backup only if it restores: drop the rows, restore as the Project's own role.
+    with world.tenant() as conn:
+        conn.execute("DROP TABLE orders")
+    a = world.ctx.allocations
+    assert a.database is not None and a.database_role is not None
+    restore = restore_command(world.pg.host, world.pg.port, a.database_role, a.database)
+    password = world.password()
+    done = subprocess.run(restore, input=body, capture_output=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "PGPASSWORD": password})  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    assert world.rows() == 2
+
+
+async def test_a_failed_dump_is_failed_with_no_backup_and_the_next_one_succeeds(world: World) -> None:
+    await world.create_database()
+    good = world.password()
+    world.set_password("not-the-password")
+    await world.driver.apply(world.ctx, BACKUP_CONVERGED)
+    (failed,) = (await world.settled()).values()
+    assert failed.phase is BackupPhase.Failed and failed.message
+    assert "not-the-password" not in failed.message
+    assert absent(world, object_key(world.key, DB, failed.name))
+    seen = await world.driver.observe(world.ctx)
+    assert not seen.healthy and seen.reason == "LastBackupFailed" and failed.name in (seen.detail or "")
+
+    world.set_password(good)
+    await world.records.create(record_body(world.key, "manual-1", DB, BackupTrigger.Manual, None))
+    assert (await world.driver.observe(world.ctx)).state["pending"] == ["manual-1"]  # type: ignore[index]
+    await world.driver.apply(world.ctx, BACKUP_CONVERGED)
+    records = await world.settled()
+    assert records["manual-1"].phase is BackupPhase.Succeeded
+    assert (await world.driver.observe(world.ctx)).healthy  # a success after the failure clears it
+
+
+KILLED_MID_UPLOAD = textwrap.dedent(
+    """
+    import sys, threading, time
+    from controller.clients.postgres import PostgresServer
+    from controller.clients.s3 import S3Server
+    from controller.jobs import backups
+    from controller.specs.backups import dump_command
+
+    host, port, user, password, database, endpoint, s3_user, s3_password, bucket, key = sys.argv[1:]
+    backups.PART_BYTES = 5 * 1024 * 1024  # S3's smallest part: the first is uploaded before the pause
+    read = backups._DumpStream.read
+
+    def slow(self, size=-1):
+        chunk = read(self, size)
+        if self.size > backups.PART_BYTES + 1024 * 1024:
+            print("first part uploaded", flush=True)
+            time.sleep(600)  # killed here, mid-upload
+        return chunk
+
+    backups._DumpStream.read = slow
+    source = backups.DumpSource(PostgresServer(host, int(port), user, password), user, password, database,
+                                dump_command(host, int(port), user, database))
+    store = backups.BackupStore(S3Server(endpoint, s3_user, s3_password), bucket)
+    backups.stream_dump(source, store, key, {}, 600, threading.Event())
+    """
+)
+
+
+async def test_a_run_killed_mid_upload_leaves_no_backup_and_is_recorded_failed(world: World, tmp_path: Path) -> None:
+    await world.create_database(rows=60_000)
+    with world.tenant() as conn:  # about 16 MB of dump that does not compress away
+        conn.execute("ALTER TABLE orders ADD COLUMN filler text")
+        conn.execute("UPDATE orders SET filler = md5(random()::text) || md5(random()::text) || md5(random()::text)"
+                     " || md5(random()::text) || md5(random()::text) || md5(random()::text)")  # fmt: skip
+    root(world.s3).make_bucket(world.bucket)
+    now = datetime.now(UTC)
+    await world.records.create(record_body(world.key, "cut", DB, BackupTrigger.Manual, None))
+    (_, version) = (await world.records.list(world.key))["cut"]
+    running = BackupRunStatus(phase=BackupPhase.Running, started_at=now, heartbeat_at=now)
+    assert await world.records.set_status(world.key.namespace, "cut", running, version)
+    a, key = world.ctx.allocations, object_key(world.key, DB, "cut")
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_MID_UPLOAD)
+    args = [world.pg.host, str(world.pg.port), str(a.database_role), world.password(), str(a.database),
+            world.s3.endpoint, world.s3.root_user, world.s3.root_password, world.bucket, key]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, cwd=Path(__file__).parents[2])
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
+        assert line.strip() == b"first part uploaded"
+        proc.kill()  # kill -9, mid-upload
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert absent(world, key), "a cut upload must leave no object"
+
+    # The record still says Running, and nobody beats its heart: once stale, it is recorded Failed.
+    later = now + timedelta(minutes=5)
+    world.driver._clock = lambda: later  # type: ignore[method-assign]
+    seen = await world.driver.observe(world.ctx)
+    assert seen.state is not None and seen.state["stale"] == ["cut"]
+    await world.driver.apply(world.ctx, BACKUP_CONVERGED)
+    records = await world.records_now()
+    assert records["cut"].phase is BackupPhase.Failed and "cut short" in (records["cut"].message or "")
+    assert not any(r.phase is BackupPhase.Succeeded for r in records.values() if r.name == "cut")
+
+
+async def test_two_claimers_one_run(world: World) -> None:
+    await world.create_database()
+    await world.records.create(record_body(world.key, "once", DB, BackupTrigger.Manual, None))
+    (record, version) = (await world.records.list(world.key))["once"]
+    source = await world.driver._source(world.ctx)
+    other = BackupRunner(world.records)  # a second operator
+    try:
+        claims = await asyncio.gather(
+            world.runner.start(world.key, record, version, source, world.store, object_key(world.key, DB, "once")),
+            other.start(world.key, record, version, source, world.store, object_key(world.key, DB, "once")),
+        )
+        assert sorted(claims) == [False, True]
+        assert not await world.runner.start(world.key, record, version, source, world.store, "x")
+    finally:
+        await other.stop()
+
+
+async def test_retention_prunes_on_minio_and_keeps_the_newest(world: World) -> None:
+    await world.create_database()
+    s3 = root(world.s3)
+    s3.make_bucket(world.bucket)
+    now = datetime.now(UTC)
+    names = [f"old-{i}" for i in range(6)]
+    for age, name in enumerate(names):
+        await world.records.create(record_body(world.key, name, DB, BackupTrigger.Manual, None))
+        (_, version) = (await world.records.list(world.key))[name]
+        taken = now - timedelta(days=10 + age)
+        done = BackupRunStatus(phase=BackupPhase.Succeeded, started_at=taken, finished_at=taken)
+        assert await world.records.set_status(world.key.namespace, name, done, version)
+        s3.put_object(world.bucket, object_key(world.key, DB, name), __import__("io").BytesIO(b"PGDMP"), 5)
+    spec = world.spec.backup.model_copy(update={"retention_days": 7, "keep_last": 2})
+    ctx = replace(world.ctx, backup=spec)
+    assert (await world.driver.observe(ctx)).state["expired"] == names[2:]  # type: ignore[index]
+    await world.driver.apply(ctx, BACKUP_CONVERGED)
+    kept = await world.records_now()
+    assert {"old-0", "old-1"} <= set(kept) and not set(names[2:]) & set(kept)
+    assert all(absent(world, object_key(world.key, DB, n)) for n in names[2:])
+    assert not any(absent(world, object_key(world.key, DB, n)) for n in names[:2])
+
+
+async def test_no_tenant_credential_reaches_the_backup_store(world: World) -> None:
+    await world.create_database()
+    await world.driver.apply(world.ctx, BACKUP_CONVERGED)
+    (record,) = (await world.settled()).values()
+    # A tenant with a bucket of its own, on the same MinIO.
+    storage_ctx, storage_spec = context("tenantb", features={"storage": {}})
+    secrets = MemorySecrets()
+    minio = MinioDriver(world.s3.endpoint, world.s3.root_user, world.s3.root_password, secrets)
+    await minio.apply(storage_ctx, desired_state(storage_spec, storage_ctx.allocations)[Component.storage])
+    bucket = str(storage_ctx.allocations.bucket)
+    key = secrets.data[("team", str(storage_ctx.allocations.connection_secret))][SECRET_KEY]
+    tenant = Minio(world.s3.endpoint, access_key=access_key(bucket), secret_key=key, secure=False)
+    for attempt in (lambda: tenant.get_object(world.bucket, object_key(world.key, DB, record.name)),
+                    lambda: list(tenant.list_objects(world.bucket, recursive=True)),
+                    lambda: tenant.remove_object(world.bucket, object_key(world.key, DB, record.name))):  # fmt: skip
+        with pytest.raises(S3Error, match="AccessDenied"):
+            attempt()
