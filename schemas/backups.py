@@ -59,3 +59,29 @@ class BackupRunStatus(CodebModel):
                                        max_length=64)  # fmt: skip
     location: str | None = Field(None, description="Where the backup is kept: s3://bucket/key.", max_length=1024)
     message: str | None = Field(None, description="What happened, in words (why it failed).", max_length=4096)
+
+
+RESTORE_KIND = "Restore"
+RESTORE_PLURAL = "restores"
+
+
+class RestoreSpec(CodebModel):
+    project: str = Field(description="The Project (in this namespace) whose database is overwritten.",
+                         pattern=DNS_LABEL, max_length=63)  # fmt: skip
+    backup: str = Field(description="The Backup (in this namespace, of this Project) to restore.",
+                        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)  # fmt: skip
+    safety_backup: bool = Field(
+        True, description="Back up the data as it is first (a Backup of its own), so the restore can be undone."
+    )
+
+
+class RestoreStatus(CodebModel):
+    phase: BackupPhase = Field(BackupPhase.Pending, description="Pending, Running, Succeeded or Failed.")
+    started_at: datetime | None = Field(None, description="When the restore started.")
+    finished_at: datetime | None = Field(None, description="When it ended, either way.")
+    heartbeat_at: datetime | None = Field(None, description="The running operator's last sign of life.")
+    duration_seconds: float | None = Field(None, description="How long it took.")
+    bytes_restored: int | None = Field(None, description="Bytes of the backup read so far.")
+    total_bytes: int | None = Field(None, description="Bytes of the backup in all.")
+    safety_backup: str | None = Field(None, description="The Backup taken of the data just before.", max_length=253)
+    message: str | None = Field(None, description="What happened, in words (why it failed).", max_length=4096)

@@ -86,6 +86,8 @@ from schemas.sections.servers import (
 )
 from schemas.status import (
     Allocations,
+    BackupFailure,
+    BackupSummary,
     Colour,
     Condition,
     ConditionStatus,
@@ -192,6 +194,8 @@ __all__ = [
     "App",
     "ApplyMode",
     "Backup",
+    "BackupFailure",
+    "BackupSummary",
     "BackupTarget",
     "Colour",
     "Condition",

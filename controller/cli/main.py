@@ -34,12 +34,13 @@ from controller.cli.up import cmd_down, cmd_up
 from controller.local.cluster import REPO_ROOT
 from controller.loop.rollouts.records import rollback_target
 from controller.loop.status import format_validation_error, load_status
-from schemas.crd import backup_crd, platform_crd, project_crd, render_yaml
+from schemas.crd import backup_crd, platform_crd, project_crd, render_yaml, restore_crd
 from schemas.docs import render_markdown
 from schemas.project import API_GROUP, API_VERSION, KIND, PLURAL, ProjectSpec
 
 PLATFORM_CRD_PATH = REPO_ROOT / "manifests" / "crd" / "platforms.codeb.dev.yaml"
 BACKUP_CRD_PATH = REPO_ROOT / "manifests" / "crd" / "backups.codeb.dev.yaml"
+RESTORE_CRD_PATH = REPO_ROOT / "manifests" / "crd" / "restores.codeb.dev.yaml"
 DOCS_PATH = REPO_ROOT / "docs" / "manifest.md"
 CLI_DOCS = REPO_ROOT / "docs" / "cli"
 
@@ -49,6 +50,7 @@ def generated_files() -> dict[Path, str]:
         CRD_PATH: render_yaml(project_crd()),
         PLATFORM_CRD_PATH: render_yaml(platform_crd()),
         BACKUP_CRD_PATH: render_yaml(backup_crd()),
+        RESTORE_CRD_PATH: render_yaml(restore_crd()),
         DOCS_PATH: render_markdown(),
         **cli_docs(),
     }

@@ -12,20 +12,23 @@ are taken as the Project's own role, from its connection Secret.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from controller.clients.backup_records import BackupRecords
+from controller.clients.backup_records import BackupRecords, RestoreRecords
+from controller.clients.kube import KubeClient
 from controller.clients.postgres import PostgresServer
 from controller.drivers.minio import ensure_operator_bucket
 from controller.drivers.postgres import PASSWORD_KEY
 from controller.errors import PermanentError, RetryableError
-from controller.jobs.backups import BackupRunner, BackupStore, DumpSource
+from controller.jobs.backups import BackupRunner, BackupStore, DatabaseAccess
+from controller.jobs.restores import RestoreRunner
 from controller.loop import backups as decide
 from controller.loop.backups import Cron, RunRecord
 from controller.loop.interface import DriverContext
 from controller.loop.planner import Component, Observation, State
 from controller.loop.secrets import SecretStore
-from controller.specs.backups import dump_command, object_key, record_body
+from controller.specs.backups import object_key, record_body
 from schemas.backups import BackupPhase
 from schemas.project import Backup, BackupTarget
 
@@ -38,14 +41,34 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True)
+class Runs:
+    """The records of runs and their runners: one per operator, shared by every Platform's driver."""
+
+    backups: BackupRecords
+    restores: RestoreRecords
+    backup_runner: BackupRunner
+    restore_runner: RestoreRunner
+
+    @classmethod
+    def on(cls, kube: KubeClient) -> Runs:
+        backups, restores = BackupRecords(kube), RestoreRecords(kube)
+        backup_runner = BackupRunner(backups)
+        return cls(backups, restores, backup_runner, RestoreRunner(restores, backups, backup_runner))
+
+    async def stop(self) -> None:
+        await self.restore_runner.stop()
+        await self.backup_runner.stop()
+
+
 class BackupDriver:
     component = Component.backup
 
-    def __init__(self, platform: str, store: BackupStore | None, records: BackupRecords, runner: BackupRunner,
-                 postgres: PostgresServer | None, secrets: SecretStore,
-                 clock: Callable[[], datetime] = _now) -> None:  # fmt: skip
+    def __init__(self, platform: str, store: BackupStore | None, runs: Runs, postgres: PostgresServer | None,
+                 secrets: SecretStore, clock: Callable[[], datetime] = _now) -> None:  # fmt: skip
         self._platform, self._store = platform, store
-        self._records, self._runner = records, runner
+        self._records, self._runner = runs.backups, runs.backup_runner
+        self._restores, self._restore_runner = runs.restores, runs.restore_runner
         self._postgres, self._secrets = postgres, secrets
         self._clock = clock
 
@@ -69,10 +92,18 @@ class BackupDriver:
             "pending": sorted(r.name for r in listed if self._unclaimed(ctx, r)),
             "stale": sorted(r.name for r in listed if r.stale(now) and not self._runner.running(ctx.key, r.name)),
             "expired": [r.name for r in decide.expired(listed, now, backup.retention_days, backup.keep_last)],
+            "restores": await self._restores_to_act_on(ctx, now),
         }
         reason, detail = self._trouble(ctx, backup, listed)
         return Observation(state=state, outputs=self._outputs(ctx, backup, listed, now), healthy=reason is None,
                            reason=reason, detail=detail)  # fmt: skip
+
+    async def _restores_to_act_on(self, ctx: DriverContext, now: datetime) -> list[str]:
+        """The restore to start (one at a time), and restores whose operator is gone."""
+        restores = {r.name: r for r, _ in (await self._restores.list(ctx.key)).values()}
+        waiting = decide.next_restore(restores.values())
+        stale = [n for n, r in restores.items() if r.stale(now) and not self._restore_runner.running(ctx.key, n)]
+        return sorted({*stale, *([waiting.name] if waiting is not None else [])})
 
     def _unclaimed(self, ctx: DriverContext, record: RunRecord) -> bool:
         return record.phase is BackupPhase.Pending and not self._runner.running(ctx.key, record.name)
@@ -127,6 +158,18 @@ class BackupDriver:
             await self._records.create(record_body(ctx.key, name, due.target, due.trigger, due.slot))
         await self._prune(ctx, listed, decide.expired(listed, now, backup.retention_days, backup.keep_last))
         await self._start_pending(ctx)
+        await self._start_restore(ctx, now)
+
+    async def _start_restore(self, ctx: DriverContext, now: datetime) -> None:
+        assert self._store is not None
+        restores = await self._restores.list(ctx.key)
+        for record, version in restores.values():
+            if record.stale(now) and not self._restore_runner.running(ctx.key, record.name):
+                await self._restore_runner.fail_stale(ctx.key, record, version)
+        waiting = decide.next_restore(r for r, _ in restores.values())
+        if waiting is not None:
+            access = await self._source(ctx)
+            await self._restore_runner.start(ctx.key, waiting, restores[waiting.name][1], access, self._store)
 
     async def _start_pending(self, ctx: DriverContext) -> None:
         pending = [(r, v) for r, v in (await self._records.list(ctx.key)).values() if r.phase is BackupPhase.Pending]
@@ -139,7 +182,7 @@ class BackupDriver:
             if record.target in RUNNABLE:
                 await self._runner.start(ctx.key, record, version, source, self._store, key)
 
-    async def _source(self, ctx: DriverContext) -> DumpSource:
+    async def _source(self, ctx: DriverContext) -> DatabaseAccess:
         database, role = ctx.allocations.database, ctx.allocations.database_role
         if self._postgres is None or database is None or role is None:
             raise PermanentError(
@@ -149,8 +192,7 @@ class BackupDriver:
         if not password:
             raise RetryableError("the Project's connection Secret has no database password yet; the dump waits",
                                  reason="BackupLoginMissing")  # fmt: skip
-        command = dump_command(self._postgres.host, self._postgres.port, role, database)
-        return DumpSource(self._postgres, role, password, database, command)
+        return DatabaseAccess(self._postgres, role, password, database)
 
     async def _prune(self, ctx: DriverContext, listed: list[RunRecord], expired: list[RunRecord]) -> None:
         assert self._store is not None

@@ -15,18 +15,17 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from controller.claims.quotas import QuotaCheck
-from controller.clients.backup_records import BackupRecords
 from controller.clients.caddy import admin_client
 from controller.clients.kube import KubeClient, KubeSecrets
 from controller.clients.postgres import PostgresServer
 from controller.clients.s3 import S3Server
-from controller.drivers.backups import STORE_PURPOSE, BackupDriver
+from controller.drivers.backups import STORE_PURPOSE, BackupDriver, Runs
 from controller.drivers.caddy import CaddyDriver
 from controller.drivers.minio import MinioDriver, ensure_operator_bucket
 from controller.drivers.postgres import PostgresDriver
 from controller.drivers.redis import RedisDriver
 from controller.errors import PermanentError, RetryableError
-from controller.jobs.backups import BackupRunner, BackupStore
+from controller.jobs.backups import BackupStore
 from controller.loop.interface import Driver, DriverContext, Drivers, DumpSink
 from controller.loop.naming import ProjectKey
 from controller.loop.planner import Component, Observation, State
@@ -77,11 +76,10 @@ class MissingService:
 
 
 class PlatformDrivers:
-    def __init__(self, kube: KubeClient, timeout: float = 30.0, concurrency: int = 8,
-                 backups: BackupRunner | None = None) -> None:  # fmt: skip
+    def __init__(self, kube: KubeClient, timeout: float = 30.0, concurrency: int = 8) -> None:
         self._kube = kube
-        # One runner for every Platform: runs in flight outlive a Platform's drivers being rebuilt.
-        self.backups = backups or BackupRunner(BackupRecords(kube))
+        # One set of runners for every Platform: runs in flight outlive a Platform's drivers being rebuilt.
+        self.runs = Runs.on(kube)
         self._timeout, self._concurrency = timeout, concurrency
         self._secrets = KubeSecrets(kube)
         self._cache: dict[str, tuple[str, PlatformSpec, Drivers]] = {}
@@ -163,8 +161,7 @@ class PlatformDrivers:
             database = PostgresDriver(pg.host, pg.port, user, password, self._secrets, sink, self._timeout,
                                       self._concurrency, allowed)  # fmt: skip
             drivers[Component.database], postgres = database, database.server
-        drivers[Component.backup] = BackupDriver(name, store, BackupRecords(self._kube), self.backups, postgres,
-                                                 self._secrets)  # fmt: skip
+        drivers[Component.backup] = BackupDriver(name, store, self.runs, postgres, self._secrets)
         if platform.redis is not None:
             (password,) = await self._admin(platform.redis.admin_secret_ref, "password")
             drivers[Component.cache] = RedisDriver(platform.redis.host, platform.redis.port, password, self._secrets,

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import os
 import subprocess
 import tempfile
 import threading
@@ -31,6 +32,7 @@ from controller.clients.s3 import S3Server
 from controller.errors import CodebError, PermanentError
 from controller.loop.backups import HEARTBEAT_SECONDS, RunRecord
 from controller.loop.naming import ProjectKey
+from controller.specs.backups import dump_command
 from schemas.backups import BackupPhase, BackupRunStatus
 
 RUN_TIMEOUT_SECONDS = 6 * 3600.0
@@ -54,14 +56,21 @@ class BackupStore:
 
 
 @dataclass(frozen=True)
-class DumpSource:
+class DatabaseAccess:
     """One Project's database, reached as the Project's own role (never as the Platform's superuser)."""
 
     server: PostgresServer
     user: str
     password: str
     database: str
-    command: list[str]
+
+    def environment(self) -> dict[str, str]:
+        """What pg_dump and pg_restore run with: the password here, never in argv (seen in ps), and not the
+        operator's own environment (its credentials, a PGSERVICEFILE)."""
+        return {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "PGPASSWORD": self.password,
+            "PGCONNECT_TIMEOUT": str(CONNECT_TIMEOUT_SECONDS), "PGOPTIONS": f"-c lock_timeout={LOCK_WAIT}",
+        }  # fmt: skip
 
 
 # User metadata on the stored object (x-amz-meta-*), as the S3 client takes it.
@@ -107,13 +116,12 @@ class _DumpStream(io.RawIOBase):
         return self._hash.hexdigest()
 
 
-def stream_dump(source: DumpSource, store: BackupStore, key: str, metadata: Metadata, timeout: float,
+def stream_dump(source: DatabaseAccess, store: BackupStore, key: str, metadata: Metadata, timeout: float,
                 cancelled: threading.Event) -> Stored:  # fmt: skip
     """Blocking: pg_dump straight into the store; what it wrote, or RunCut (and no object)."""
-    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PGPASSWORD": source.password,
-           "PGCONNECT_TIMEOUT": str(CONNECT_TIMEOUT_SECONDS), "PGOPTIONS": f"-c lock_timeout={LOCK_WAIT}"}  # fmt: skip
+    command = dump_command(source.server.host, source.server.port, source.user, source.database)
     with tempfile.TemporaryFile() as errors:
-        proc = subprocess.Popen(source.command, stdout=subprocess.PIPE, stderr=errors, env=env)
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, env=source.environment())
         watchdog = threading.Timer(timeout, proc.kill)
         watchdog.start()
         stop = threading.Thread(target=_kill_when, args=(cancelled, proc), daemon=True)
@@ -124,7 +132,7 @@ def stream_dump(source: DumpSource, store: BackupStore, key: str, metadata: Meta
             store.server.s3.put_object(store.bucket, key, cast(BinaryIO, stream), length=-1, part_size=PART_BYTES,
                                        metadata=dict(metadata))  # fmt: skip
         except RunCut as exc:
-            raise RunCut(f"{exc}{_tail(errors)}") from None
+            raise RunCut(f"{exc}{tail(errors)}") from None
         finally:
             watchdog.cancel()
             if proc.poll() is None:
@@ -140,7 +148,7 @@ def _kill_when(cancelled: threading.Event, proc: subprocess.Popen[bytes]) -> Non
         proc.kill()
 
 
-def _tail(errors: IO[bytes]) -> str:
+def tail(errors: IO[bytes]) -> str:
     errors.seek(0)
     text = errors.read()[-_STDERR_SHOWN:].decode(errors="replace").strip()
     return f": {text}" if text else ""
@@ -163,26 +171,45 @@ class BackupRunner:
         self._timeout = timeout
         self._concurrency = concurrency
         self._slots: asyncio.Semaphore | None = None
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks: dict[str, asyncio.Task[BackupRunStatus]] = {}
         self.finished: Finished = lambda key: None
 
     def running(self, key: ProjectKey, name: str) -> bool:
         return f"{key.namespace}/{name}" in self._tasks
 
-    async def start(self, key: ProjectKey, record: RunRecord, version: str, source: DumpSource,
+    async def start(self, key: ProjectKey, record: RunRecord, version: str, source: DatabaseAccess,
                     store: BackupStore, object_key: str) -> bool:  # fmt: skip
         """Claim a Pending record and run it outside the pass; False when it is not ours to run."""
-        ident = f"{key.namespace}/{record.name}"
-        if ident in self._tasks or record.phase is not BackupPhase.Pending:
+        started = await self._claim(key, record.name, record.phase, version)
+        if started is None:
             return False
+        task = asyncio.create_task(self._run(key, record.name, started, source, store, object_key))
+        self._track(key, record.name, task)
+        return True
+
+    async def run_now(self, key: ProjectKey, name: str, version: str, source: DatabaseAccess, store: BackupStore,
+                      object_key: str) -> BackupRunStatus | None:  # fmt: skip
+        """Claim a Pending record and run it to its end (a restore's safety backup); None when not ours."""
+        started = await self._claim(key, name, BackupPhase.Pending, version)
+        if started is None:
+            return None
+        task = asyncio.create_task(self._run(key, name, started, source, store, object_key))
+        self._track(key, name, task)
+        return await task
+
+    async def _claim(self, key: ProjectKey, name: str, phase: BackupPhase, version: str) -> datetime | None:
+        if self.running(key, name) or phase is not BackupPhase.Pending:
+            return None
         now = _now()
         claim = BackupRunStatus(phase=BackupPhase.Running, started_at=now, heartbeat_at=now)
-        if not await self._records.set_status(key.namespace, record.name, claim, version):
-            return False  # another claimer (or a change) came first
-        task = asyncio.create_task(self._run(key, record.name, now, source, store, object_key))
+        if not await self._records.set_status(key.namespace, name, claim, version):
+            return None  # another claimer (or a change) came first
+        return now
+
+    def _track(self, key: ProjectKey, name: str, task: asyncio.Task[BackupRunStatus]) -> None:
+        ident = f"{key.namespace}/{name}"
         self._tasks[ident] = task
         task.add_done_callback(lambda _: self._tasks.pop(ident, None))
-        return True
 
     async def fail_stale(self, key: ProjectKey, record: RunRecord, version: str) -> bool:
         """Record a run whose operator stopped heart-beating as Failed (never as anything else)."""
@@ -193,36 +220,20 @@ class BackupRunner:
                                  heartbeat_at=record.heartbeat_at, message=message)  # fmt: skip
         return await self._records.set_status(key.namespace, record.name, failed, version)
 
-    async def _run(self, key: ProjectKey, name: str, started: datetime, source: DumpSource, store: BackupStore,
-                   object_key: str) -> None:  # fmt: skip
+    async def _run(self, key: ProjectKey, name: str, started: datetime, source: DatabaseAccess, store: BackupStore,
+                   object_key: str) -> BackupRunStatus:  # fmt: skip
         cancelled = threading.Event()
         beating = asyncio.create_task(self._heartbeat(key, name, started, cancelled))
-        began = time.monotonic()
         try:
             async with self._slot():
-                version = await _server_version(source)
-                metadata: Metadata = {"codeb-project": str(key), "codeb-project-uid": key.uid, "codeb-backup": name}
-                stored = await asyncio.to_thread(stream_dump, source, store, object_key, metadata, self._timeout,
-                                                 cancelled)  # fmt: skip
-            result = BackupRunStatus(
-                phase=BackupPhase.Succeeded, started_at=started, finished_at=_now(), heartbeat_at=_now(),
-                duration_seconds=round(time.monotonic() - began, 3), size_bytes=stored.size, sha256=stored.sha256,
-                server_version=version, location=store.location(object_key),
-            )  # fmt: skip
-        except (RunCut, CodebError, OSError) as exc:
-            why = exc.message if isinstance(exc, CodebError) else str(exc) or type(exc).__name__
-            took = round(time.monotonic() - began, 3)
-            result = BackupRunStatus(phase=BackupPhase.Failed, started_at=started, finished_at=_now(),
-                                     duration_seconds=took, message=why[:1024])  # fmt: skip
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
+                result = await take(key, name, started, source, store, object_key, self._timeout, cancelled)
         finally:
             cancelled.set()
             beating.cancel()
         with contextlib.suppress(CodebError):
             await self._records.set_status(key.namespace, name, result)
         self.finished(key)
+        return result
 
     async def _heartbeat(self, key: ProjectKey, name: str, started: datetime, cancelled: threading.Event) -> None:
         """Keep the record fresh; a record deleted meanwhile cancels the run."""
@@ -248,7 +259,30 @@ class BackupRunner:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _server_version(source: DumpSource) -> str:
+async def take(key: ProjectKey, name: str, started: datetime, source: DatabaseAccess, store: BackupStore,
+               object_key: str, timeout: float, cancelled: threading.Event) -> BackupRunStatus:  # fmt: skip
+    """One dump into the store, as the status that records it (Succeeded only when the upload completed)."""
+    began = time.monotonic()
+    try:
+        version = await _server_version(source)
+        metadata: Metadata = {"codeb-project": str(key), "codeb-project-uid": key.uid, "codeb-backup": name}
+        stored = await asyncio.to_thread(stream_dump, source, store, object_key, metadata, timeout, cancelled)
+    except (RunCut, CodebError, OSError) as exc:
+        why = exc.message if isinstance(exc, CodebError) else str(exc) or type(exc).__name__
+        took = round(time.monotonic() - began, 3)
+        return BackupRunStatus(phase=BackupPhase.Failed, started_at=started, finished_at=_now(),
+                               duration_seconds=took, message=why[:1024])  # fmt: skip
+    except asyncio.CancelledError:
+        cancelled.set()  # the thread's pg_dump is killed, so the upload is aborted
+        raise
+    return BackupRunStatus(
+        phase=BackupPhase.Succeeded, started_at=started, finished_at=_now(), heartbeat_at=_now(),
+        duration_seconds=round(time.monotonic() - began, 3), size_bytes=stored.size, sha256=stored.sha256,
+        server_version=version, location=store.location(object_key),
+    )  # fmt: skip
+
+
+async def _server_version(source: DatabaseAccess) -> str:
     async with source.server.as_user(source.database, source.user, source.password) as conn:
         if conn is None:
             raise PermanentError(f"the Project's role cannot log in to {source.database}; the dump needs its login",

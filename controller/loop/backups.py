@@ -145,9 +145,37 @@ class RunRecord:
         return self.started_at or self.created_at
 
     def stale(self, now: datetime) -> bool:
-        """Running, but nobody has said so for `STALE_SECONDS`: the operator that ran it is gone."""
-        seen = self.heartbeat_at or self.started_at or self.created_at
-        return self.phase is BackupPhase.Running and (now - seen).total_seconds() > STALE_SECONDS
+        return _stale(self.phase, self.heartbeat_at or self.started_at or self.created_at, now)
+
+
+@dataclass(frozen=True)
+class RestoreRecord:
+    """A Restore object as the decisions here need it."""
+
+    name: str
+    backup: str
+    safety_backup: bool
+    phase: BackupPhase
+    created_at: datetime
+    started_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+
+    def stale(self, now: datetime) -> bool:
+        return _stale(self.phase, self.heartbeat_at or self.started_at or self.created_at, now)
+
+
+def _stale(phase: BackupPhase, last_seen: datetime, now: datetime) -> bool:
+    """Running, but nobody has said so for `STALE_SECONDS`: the operator that ran it is gone."""
+    return phase is BackupPhase.Running and (now - last_seen).total_seconds() > STALE_SECONDS
+
+
+def next_restore(restores: Iterable[RestoreRecord]) -> RestoreRecord | None:
+    """The restore to start: the oldest Pending one, while none of the Project's is Running (one at a time)."""
+    listed = list(restores)
+    if any(r.phase is BackupPhase.Running for r in listed):
+        return None
+    pending = sorted((r for r in listed if r.phase is BackupPhase.Pending), key=lambda r: (r.created_at, r.name))
+    return pending[0] if pending else None
 
 
 def targets(backup: Backup, allocations: Allocations) -> list[BackupTarget]:

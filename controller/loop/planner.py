@@ -169,7 +169,7 @@ def desired_state(
     return states
 
 
-BACKUP_CONVERGED: State = {"store": True, "due": [], "pending": [], "stale": [], "expired": []}
+BACKUP_CONVERGED: State = {"store": True, "due": [], "pending": [], "stale": [], "expired": [], "restores": []}
 
 
 def infrastructure_state(servers: Servers) -> State:

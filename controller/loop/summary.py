@@ -17,6 +17,7 @@ from controller.loop.rollouts.engine import Decided, Rollout, in_progress
 from controller.loop.status import set_condition
 from schemas.project import (
     Allocations,
+    BackupSummary,
     Endpoints,
     HostReport,
     InfrastructureStatus,
@@ -75,6 +76,7 @@ def summarize(
     status.endpoints = _endpoints(project.spec, work.observed, component_ok)
     status.hosts = _hosts(work.observed, status.hosts)
     status.infrastructure = _infrastructure(work.observed, status.infrastructure)
+    status.backup = _backup(work.observed, status.backup, Component.backup in desired)
     status.phase = _phase(project, component_ok, work)
     return status
 
@@ -164,6 +166,16 @@ def _infrastructure(
     seen = observed.get(Component.infrastructure)
     record = seen.outputs.get("terraform") if seen is not None else None
     return InfrastructureStatus.model_validate(record) if record is not None else before
+
+
+def _backup(observed: Mapping[Component, Observation], before: BackupSummary | None,
+            wanted: bool) -> BackupSummary | None:  # fmt: skip
+    """The backup block as its driver last saw the records (kept while it could not look; gone with backups)."""
+    if not wanted:
+        return None
+    seen = observed.get(Component.backup)
+    summary = seen.outputs.get("summary") if seen is not None else None
+    return BackupSummary.model_validate(summary) if summary is not None else before
 
 
 def _phase(project: ProjectInput, component_ok: Mapping[Component, bool], work: Pass) -> Phase:

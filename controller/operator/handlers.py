@@ -35,7 +35,7 @@ from controller.loop.status import format_validation_error, load_status, set_con
 from controller.operator.config import OperatorConfig
 from controller.operator.metrics import Metrics
 from controller.operator.retries import Backoff, Retries
-from schemas.backups import BACKUP_PLURAL
+from schemas.backups import BACKUP_PLURAL, RESTORE_PLURAL
 from schemas.project import (
     API_GROUP,
     API_VERSION,
@@ -352,8 +352,8 @@ BACKUP_NEWS_SECONDS = 120.0
 
 
 async def wake_for_backup(runtime: Runtime, body: kopf.Body, event: str | None) -> None:
-    """A Backup made by hand (`codeb backup`) starts, and a finished run reaches status, without waiting
-    for the drift timer: its Project is reconciled now."""
+    """A Backup or Restore made by hand (`codeb backup`, `codeb restore`) starts, and a finished run reaches
+    status, without waiting for the drift timer: its Project is reconciled now."""
     status = body.get("status") or {}
     phase, finished = status.get("phase"), status.get("finishedAt")
     fresh = finished is not None and _age_seconds(str(finished)) < BACKUP_NEWS_SECONDS
@@ -446,7 +446,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             await run_reconcile(runtime, body, patch, "timer")
 
     @kopf.on.event(API_GROUP, API_VERSION, BACKUP_PLURAL, registry=registry)
-    async def backup_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+    @kopf.on.event(API_GROUP, API_VERSION, RESTORE_PLURAL, registry=registry)
+    async def run_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
         await wake_for_backup(runtime, body, type)
 
     @kopf.on.delete(*RESOURCE, registry=registry)

@@ -59,8 +59,8 @@ def _owner(key: ProjectKey) -> dict[str, Any]:
             "blockOwnerDeletion": False}  # fmt: skip
 
 
-def collection_path(namespace: str) -> str:
-    return f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{namespace}/{BACKUP_PLURAL}"
+def collection_path(namespace: str, plural: str = BACKUP_PLURAL) -> str:
+    return f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{namespace}/{plural}"
 
 
 def dump_command(host: str, port: int, user: str, database: str) -> list[str]:

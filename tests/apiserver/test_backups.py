@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import subprocess
 import sys
 import textwrap
@@ -23,10 +24,9 @@ import pytest
 from minio import Minio
 from minio.error import S3Error
 
-from controller.clients.backup_records import BackupRecords
 from controller.clients.kube import KubeClient
 from controller.clients.s3 import S3Server
-from controller.drivers.backups import BackupDriver
+from controller.drivers.backups import BackupDriver, Runs
 from controller.drivers.minio import SECRET_KEY, MinioDriver, access_key
 from controller.drivers.postgres import PASSWORD_KEY, PostgresDriver
 from controller.jobs.backups import BackupRunner, BackupStore
@@ -35,7 +35,7 @@ from controller.loop.naming import ProjectKey
 from controller.loop.planner import BACKUP_CONVERGED, Component, desired_state
 from controller.loop.secrets import MemorySecrets
 from controller.specs.backups import object_key, record_body, restore_command
-from schemas.backups import BackupPhase, BackupRunStatus, BackupTrigger
+from schemas.backups import BackupPhase, BackupRunStatus, BackupTrigger, RestoreStatus
 from schemas.project import BackupTarget
 from tests.drivers_common import context
 from tests.servers import MinioServer, PostgresServer, start_minio, start_postgres
@@ -66,13 +66,12 @@ class World:
         self.ctx = replace(base, key=self.key, backup=self.spec.backup)
         self.where = (namespace, str(self.ctx.allocations.connection_secret))
         self.database = PostgresDriver(pg.host, pg.port, pg.admin_user, pg.admin_password, self.secrets)
-        self.records = BackupRecords(kube)
-        self.runner = BackupRunner(self.records)
+        self.runs = Runs.on(kube)
+        self.records, self.runner = self.runs.backups, self.runs.backup_runner
         # A store of its own per test: the MinIO is shared by the module.
         self.bucket = f"codeb-{slug}"
         self.store = BackupStore(S3Server(s3.endpoint, s3.root_user, s3.root_password), self.bucket)
-        self.driver = BackupDriver("shared", self.store, self.records, self.runner, self.database.server,
-                                   self.secrets)  # fmt: skip
+        self.driver = BackupDriver("shared", self.store, self.runs, self.database.server, self.secrets)
 
     async def create_database(self, rows: int = 2) -> None:
         await self.database.apply(self.ctx, desired_state(self.spec, self.ctx.allocations)[Component.database])
@@ -126,7 +125,7 @@ async def world(kube: KubeClient, namespace: str, services: tuple[PostgresServer
     pg, s3 = services
     made = World(kube, namespace, pg, s3, f"bk{abs(hash(request.node.name)) % 10_000}")
     yield made
-    await made.runner.stop()
+    await made.runs.stop()
 
 
 def absent(world: World, key: str) -> bool:
@@ -198,7 +197,6 @@ KILLED_MID_UPLOAD = textwrap.dedent(
     from controller.clients.postgres import PostgresServer
     from controller.clients.s3 import S3Server
     from controller.jobs import backups
-    from controller.specs.backups import dump_command
 
     host, port, user, password, database, endpoint, s3_user, s3_password, bucket, key = sys.argv[1:]
     backups.PART_BYTES = 5 * 1024 * 1024  # S3's smallest part: the first is uploaded before the pause
@@ -212,8 +210,7 @@ KILLED_MID_UPLOAD = textwrap.dedent(
         return chunk
 
     backups._DumpStream.read = slow
-    source = backups.DumpSource(PostgresServer(host, int(port), user, password), user, password, database,
-                                dump_command(host, int(port), user, database))
+    source = backups.DatabaseAccess(PostgresServer(host, int(port), user, password), user, password, database)
     store = backups.BackupStore(S3Server(endpoint, s3_user, s3_password), bucket)
     backups.stream_dump(source, store, key, {}, 600, threading.Event())
     """
@@ -266,7 +263,7 @@ async def test_two_claimers_one_run(world: World) -> None:
     await world.records.create(record_body(world.key, "once", DB, BackupTrigger.Manual, None))
     (record, version) = (await world.records.list(world.key))["once"]
     source = await world.driver._source(world.ctx)
-    other = BackupRunner(world.records)  # a second operator
+    other = BackupRunner(world.records)  # a second operator's
     try:
         claims = await asyncio.gather(
             world.runner.start(world.key, record, version, source, world.store, object_key(world.key, DB, "once")),
@@ -290,7 +287,7 @@ async def test_retention_prunes_on_minio_and_keeps_the_newest(world: World) -> N
         taken = now - timedelta(days=10 + age)
         done = BackupRunStatus(phase=BackupPhase.Succeeded, started_at=taken, finished_at=taken)
         assert await world.records.set_status(world.key.namespace, name, done, version)
-        s3.put_object(world.bucket, object_key(world.key, DB, name), __import__("io").BytesIO(b"PGDMP"), 5)
+        s3.put_object(world.bucket, object_key(world.key, DB, name), io.BytesIO(b"PGDMP"), 5)
     spec = world.spec.backup.model_copy(update={"retention_days": 7, "keep_last": 2})
     ctx = replace(world.ctx, backup=spec)
     assert (await world.driver.observe(ctx)).state["expired"] == names[2:]  # type: ignore[index]
@@ -318,3 +315,86 @@ async def test_no_tenant_credential_reaches_the_backup_store(world: World) -> No
                     lambda: tenant.remove_object(world.bucket, object_key(world.key, DB, record.name))):  # fmt: skip
         with pytest.raises(S3Error, match="AccessDenied"):
             attempt()
+
+
+def restore_body(world: World, name: str, backup: str, safety: bool = True) -> dict[str, Any]:
+    return {
+        "apiVersion": "codeb.dev/v1alpha1",
+        "kind": "Restore",
+        "metadata": {"name": name, "namespace": world.key.namespace, "labels": {"codeb.dev/project": world.key.name}},
+        "spec": {"project": world.key.name, "backup": backup, "safetyBackup": safety},
+    }
+
+
+async def restored(world: World, name: str, within: float = 60) -> RestoreStatus:
+    """The Restore's status once it has finished."""
+    deadline = time.monotonic() + within
+    while True:
+        found = await world.runs.restores.read(world.key.namespace, name)
+        status = RestoreStatus.model_validate((found or {}).get("status") or {})
+        if status.phase in (BackupPhase.Succeeded, BackupPhase.Failed):
+            return status
+        assert time.monotonic() < deadline, f"restore {name} not finished after {within} s: {status}"
+        await asyncio.sleep(0.2)
+
+
+async def backed_up(world: World) -> str:
+    await world.driver.apply(world.ctx, BACKUP_CONVERGED)
+    (record,) = (await world.settled()).values()
+    assert record.phase is BackupPhase.Succeeded, record.message
+    return record.name
+
+
+async def test_restore_brings_back_the_backup_after_a_safety_backup(world: World) -> None:
+    await world.create_database(rows=2)
+    backup = await backed_up(world)
+    with world.tenant() as conn:
+        conn.execute("INSERT INTO orders VALUES (3, 'after the backup')")
+    await world.runs.restores.create(restore_body(world, "back", backup))
+    assert (await world.driver.observe(world.ctx)).state["restores"] == ["back"]  # type: ignore[index]
+    await world.driver.apply(world.ctx, BACKUP_CONVERGED)
+    status = await restored(world, "back")
+    assert status.phase is BackupPhase.Succeeded, status.message
+    assert world.rows() == 2
+    assert status.bytes_restored == status.total_bytes == len(world.stored(backup))
+    # The data as it was before the restore is a Backup of its own: restoring it undoes the restore.
+    assert status.safety_backup is not None
+    records = await world.records_now()
+    assert records[status.safety_backup].phase is BackupPhase.Succeeded
+    await world.runs.restores.create(restore_body(world, "undo", status.safety_backup, safety=False))
+    await world.driver.apply(world.ctx, BACKUP_CONVERGED)
+    assert (await restored(world, "undo")).phase is BackupPhase.Succeeded
+    assert world.rows() == 3
+    assert (await world.driver.observe(world.ctx)).state == BACKUP_CONVERGED
+
+
+async def test_a_backup_that_does_not_verify_restores_nothing(world: World) -> None:
+    await world.create_database(rows=2)
+    backup = await backed_up(world)
+    body = bytearray(world.stored(backup))
+    body[-10] ^= 0xFF  # one flipped byte near the end, after most of the data has gone to pg_restore
+    key = object_key(world.key, DB, backup)
+    root(world.s3).put_object(world.bucket, key, io.BytesIO(bytes(body)), len(body),
+                              metadata={"codeb-project": str(world.key)})  # fmt: skip
+    with world.tenant() as conn:
+        conn.execute("INSERT INTO orders VALUES (3, 'kept')")
+    await world.runs.restores.create(restore_body(world, "bad", backup, safety=False))
+    await world.driver.apply(world.ctx, BACKUP_CONVERGED)
+    status = await restored(world, "bad")
+    assert status.phase is BackupPhase.Failed and "checksum" in (status.message or "")
+    assert world.rows() == 3  # one transaction that never committed
+
+
+async def test_a_forged_backup_record_restores_nothing(world: World) -> None:
+    """A tenant writes its own 'successful' Backup record; the restore reads only what the operator stored."""
+    await world.create_database(rows=2)
+    await world.records.create(record_body(world.key, "forged", DB, BackupTrigger.Manual, None))
+    (_, version) = (await world.records.list(world.key))["forged"]
+    lie = BackupRunStatus(phase=BackupPhase.Succeeded, sha256="0" * 64, location="s3://another/tenant.dump")
+    assert await world.records.set_status(world.key.namespace, "forged", lie, version)
+    root(world.s3).make_bucket(world.bucket)
+    await world.runs.restores.create(restore_body(world, "forged-restore", "forged", safety=False))
+    await world.driver.apply(world.ctx, BACKUP_CONVERGED)
+    status = await restored(world, "forged-restore")
+    assert status.phase is BackupPhase.Failed and status.message
+    assert world.rows() == 2
