@@ -80,8 +80,7 @@ def detail(body: dict[str, Any]) -> dict[str, Any]:
         "previousRevision": previous.revision if previous else None,
         "rollout": dumped.get("rollout"),
         "deployments": dumped.get("deployments", []),
-        # Scheduled backups have no driver yet: BackupReady says so, and there is no last one.
-        "lastBackup": None,
+        "backup": dumped.get("backup"),
         "pendingPlan": (
             infrastructure.plan.model_dump(mode="json", by_alias=True, exclude_none=True)
             if infrastructure is not None and infrastructure.plan is not None
@@ -110,6 +109,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _backup_lines(backup: dict[str, Any] | None) -> list[str]:
+    """The backup block, as `kubectl cnpg status` shows one: the last good one, how far back, the next."""
+    if backup is None:
+        return ["  backups:   off, or not looked at yet"]
+    last = f"{backup.get('lastSuccessful') or 'none yet'} ({backup.get('lastSuccessfulAt') or '-'})"
+    since, upcoming = backup.get("firstRecoverabilityPoint") or "-", backup.get("nextScheduledAt") or "-"
+    lines = [f"  backups:   last {last}, recoverable from {since}, next {upcoming}"]
+    if backup.get("running"):
+        lines.append(f"             running: {backup['running']}")
+    failure = backup.get("lastFailure")
+    if failure:
+        lines.append(f"             last failure: {failure['name']}: {failure.get('message') or '-'}")
+    return lines
+
+
 def render_detail(shown: dict[str, Any]) -> str:
     lines = [
         f"{shown['namespace']}/{shown['name']}: {shown['phase']}, Ready={shown['ready']} ({shown['reason']})",
@@ -124,13 +138,13 @@ def render_detail(shown: dict[str, Any]) -> str:
     lines.append(f"  upstreams: {internal or '-'}")
     plan = shown["pendingPlan"]
     lines.append(f"  terraform: {json.dumps(plan) if plan else 'no pending plan'}")
-    lines.append("  last backup: none (scheduled backups have no driver yet)")
+    lines += _backup_lines(shown["backup"])
     if shown["lastError"]:
         lines.append(f"  last error: {shown['lastError']}")
     rows = [[c["type"], c["status"], c["reason"], c.get("message", "")] for c in shown["conditions"]]
     lines += ["", table(("CONDITION", "STATUS", "REASON", "MESSAGE"), rows)]
     if shown["deployments"]:
-        deployed = [[d["revision"], d.get("colour", "-"), d.get("result"), d.get("startedAt"), d.get("reason")]
+        deployed = [[d.get("revision"), d.get("colour", "-"), d.get("result"), d.get("startedAt"), d.get("reason")]
                     for d in shown["deployments"][:5]]  # fmt: skip
         lines += ["", table(("REVISION", "COLOUR", "RESULT", "STARTED", "REASON"), deployed)]
     return "\n".join(lines)

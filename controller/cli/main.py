@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from controller.cli.backups import cmd_backup, cmd_backups, cmd_restore
 from controller.cli.commands import cmd_diff, cmd_init, cmd_logs, cmd_status
 from controller.cli.common import (
     CRD_PATH,
@@ -229,6 +230,22 @@ def parser() -> argparse.ArgumentParser:
     one_project(rollback)
     rollback.add_argument("--to", help="the revision (default: the newest success before the current one)")
     output(rollback)
+    backup = command("backup", cmd_backup, "back up a Project's database now")
+    one_project(backup)
+    backup.add_argument("--no-wait", action="store_true", help="return once it is recorded")
+    backup.add_argument("--timeout", type=float, default=3600, help="seconds to wait for it (default: 3600)")
+    output(backup)
+    backups = command("backups", cmd_backups, "a Project's backups, and where its backups stand")
+    one_project(backups)
+    output(backups)
+    restore = command("restore", cmd_restore, "restore a Project's database from a backup, or as it was at a time")
+    one_project(restore)
+    restore.add_argument("--to", required=True, help="a Backup's name, or a time (2026-12-03T10:00:00Z): the newest "
+                         "backup taken by then")  # fmt: skip
+    restore.add_argument("--yes", action="store_true", help="overwrite without asking")
+    restore.add_argument("--no-safety-backup", action="store_true", help="skip the backup of the data as it is")
+    restore.add_argument("--timeout", type=float, default=6 * 3600, help="seconds to wait for it (default: 21600)")
+    output(restore)
     generate = command("generate", cmd_generate, "regenerate the CRDs and docs from the models and the CLI")
     generate.add_argument("--check", action="store_true", help="change nothing; exit 1 if a checked-in file differs")
     output(generate)

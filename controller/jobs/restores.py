@@ -35,13 +35,15 @@ from controller.jobs.backups import (
     RunCut,
     tail,
 )
-from controller.loop.backups import HEARTBEAT_SECONDS, RestoreRecord
+from controller.loop.backups import RestoreRecord
 from controller.loop.naming import ProjectKey
 from controller.specs.backups import object_key, record_body, restore_command
 from schemas.backups import BackupPhase, BackupTrigger, RestoreStatus
 from schemas.project import BackupTarget
 
 CHUNK_BYTES = 1024 * 1024
+# A restore's heartbeat carries its progress (`codeb restore` shows it): more often than a backup's.
+PROGRESS_SECONDS = 2.0
 
 
 def _now() -> datetime:
@@ -200,7 +202,7 @@ class RestoreRunner:
     async def _heartbeat(self, key: ProjectKey, name: str, state: RestoreStatus, cancelled: threading.Event) -> None:
         """Keep the record fresh and its progress current; a record deleted meanwhile cancels the restore."""
         while not cancelled.is_set():
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+            await asyncio.sleep(PROGRESS_SECONDS)
             state.heartbeat_at = _now()
             try:
                 if not await self._restores.set_status(key.namespace, name, state):

@@ -267,6 +267,9 @@ class Reconciler:
         return Outcome(status, [event], permanent_error=exc.message)
 
 
+# Passes no spec change asked for (the drift timer's, a wake for a backup's news): what they repair was drift.
+DRIFT_TRIGGERS = frozenset({"timer", "wake"})
+
 # Recomputes desired states from what has been observed so far in this pass.
 Desire = Callable[[Mapping[Component, Observation]], Mapping[Component, State]] | None
 
@@ -306,7 +309,7 @@ def _success_events(results: list[tuple[Action, str]], trigger: str) -> list[Eve
     grouped: dict[str, list[str]] = {}
     for action, result in results:
         if result == "ok":
-            reason = "DriftRepaired" if trigger == "timer" else action.verb.value.capitalize() + "d"
+            reason = "DriftRepaired" if trigger in DRIFT_TRIGGERS else action.verb.value.capitalize() + "d"
             grouped.setdefault(reason, []).append(f"{action.component.value} {action.verb.value}: {action.reason}")
     return [Event("Normal", reason, "; ".join(lines)) for reason, lines in grouped.items()]
 

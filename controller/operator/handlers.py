@@ -18,7 +18,6 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import kopf
@@ -30,11 +29,17 @@ from controller.errors import CodebError, PermanentError, RetryableError
 from controller.loop.interface import Placement
 from controller.loop.naming import ProjectKey, connection_secret_name
 from controller.loop.passes import PAUSED_ANNOTATION, RETRY_ROLLOUT_ANNOTATION, Outcome, ProjectInput, Teardown
-from controller.loop.reconciler import BLOCKED_DELETE_RECHECK_SECONDS, PROGRESS_RECHECK_SECONDS, Reconciler
+from controller.loop.reconciler import (
+    BLOCKED_DELETE_RECHECK_SECONDS,
+    DRIFT_TRIGGERS,
+    PROGRESS_RECHECK_SECONDS,
+    Reconciler,
+)
 from controller.loop.status import format_validation_error, load_status, set_condition, status_patch
 from controller.operator.config import OperatorConfig
 from controller.operator.metrics import Metrics
 from controller.operator.retries import Backoff, Retries
+from controller.operator.runs import run_news, wake_its_project
 from schemas.backups import BACKUP_PLURAL, RESTORE_PLURAL
 from schemas.project import (
     API_GROUP,
@@ -200,7 +205,7 @@ def post_events(runtime: Runtime, body: kopf.Body, outcome: Outcome, status_chan
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     for action, result in outcome.results:
         runtime.metrics.actions.labels(action.component.value, action.verb.value, result).inc()
-        if trigger == "timer" and result == "ok":
+        if trigger in DRIFT_TRIGGERS and result == "ok":
             runtime.metrics.drift_repairs.labels(action.component.value).inc()
     if outcome.rollout is not None:
         runtime.metrics.record_rollout(outcome.rollout.checks, outcome.rollout.finished)
@@ -261,7 +266,7 @@ def schedule_next(runtime: Runtime, key: ProjectKey, outcome: Outcome) -> None:
         log.info("retry scheduled", delay=round(delay, 1), reason=outcome.status.last_error or "waiting")
 
 
-async def retry(runtime: Runtime, key: ProjectKey) -> None:
+async def retry(runtime: Runtime, key: ProjectKey, trigger: str = "retry") -> None:
     """A scheduled retry: read the Project as it is now, reconcile, write status only if it changed."""
     assert runtime.kube is not None
     try:
@@ -270,7 +275,7 @@ async def retry(runtime: Runtime, key: ProjectKey) -> None:
             runtime.retries.reset(key.uid)
             return  # gone, replaced or being deleted: the delete handler owns it now
         body = kopf.Body(cast(kopf.RawBody, raw))
-        changes = await reconcile_body(runtime, body, "retry")
+        changes = await reconcile_body(runtime, body, trigger)
         if changes:
             await runtime.kube.patch_project_status(key.namespace, key.name, changes)
     except CodebError as exc:
@@ -347,36 +352,6 @@ def collect_claims(runtime: Runtime, now: float) -> None:
     runtime.collecting = asyncio.create_task(sweep())
 
 
-# A finished run younger than this wakes its Project (older ones are what a restart lists again).
-BACKUP_NEWS_SECONDS = 120.0
-
-
-async def wake_for_backup(runtime: Runtime, body: kopf.Body, event: str | None) -> None:
-    """A Backup or Restore made by hand (`codeb backup`, `codeb restore`) starts, and a finished run reaches
-    status, without waiting for the drift timer: its Project is reconciled now."""
-    status = body.get("status") or {}
-    phase, finished = status.get("phase"), status.get("finishedAt")
-    fresh = finished is not None and _age_seconds(str(finished)) < BACKUP_NEWS_SECONDS
-    if runtime.kube is None or event == "DELETED" or not (phase in (None, "Pending") or fresh):
-        return
-    namespace, project = body.metadata.namespace or "", str((body.get("spec") or {}).get("project") or "")
-    try:
-        raw = await runtime.kube.read_project(namespace, project) if project else None
-    except CodebError:
-        return  # the drift timer will get to it
-    uid = (raw or {}).get("metadata", {}).get("uid")
-    if uid:
-        key = ProjectKey(namespace, project, uid)
-        runtime.retries.wake(uid, 1.0, lambda: retry(runtime, key))
-
-
-def _age_seconds(stamp: str) -> float:
-    try:
-        return (datetime.now(UTC) - datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds()
-    except ValueError:
-        return float("inf")
-
-
 def drift_due(runtime: Runtime, uid: str, now: float) -> bool:
     """Whether this Project's drift check is due; the first one lands anywhere in the first interval."""
     interval = runtime.config.drift_interval_seconds
@@ -445,10 +420,18 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         if drift_due(runtime, body.metadata.uid or "", time.monotonic()):
             await run_reconcile(runtime, body, patch, "timer")
 
-    @kopf.on.event(API_GROUP, API_VERSION, BACKUP_PLURAL, registry=registry)
-    @kopf.on.event(API_GROUP, API_VERSION, RESTORE_PLURAL, registry=registry)
-    async def run_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
-        await wake_for_backup(runtime, body, type)
+    def news(body: kopf.Body, type: str | None, **_: Any) -> bool:
+        return run_news(body, type)
+
+    def wake(key: ProjectKey) -> None:
+        # A pass no spec change asked for: what it repairs is drift.
+        runtime.retries.wake(key.uid, 1.0, lambda: retry(runtime, key, "wake"))
+
+    @kopf.on.event(API_GROUP, API_VERSION, BACKUP_PLURAL, registry=registry, when=news)
+    @kopf.on.event(API_GROUP, API_VERSION, RESTORE_PLURAL, registry=registry, when=news)
+    async def run_changed(body: kopf.Body, **_: Any) -> None:
+        if runtime.kube is not None:
+            await wake_its_project(runtime.kube, body, wake)
 
     @kopf.on.delete(*RESOURCE, registry=registry)
     async def deleted(body: kopf.Body, patch: kopf.Patch, retry: int, **_: Any) -> None:

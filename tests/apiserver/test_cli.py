@@ -76,7 +76,7 @@ def test_status_lists_and_details_projects(cli: LocalCluster, namespace: str,
     assert main(["status", "shop", "-n", namespace, "-o", "json"]) == EXIT_OK
     shown = said(capsys)
     assert shown["allocations"] == {"port": 4501, "alternatePort": 4502, "database": "shop_staging"}
-    assert shown["previousRevision"] == "r1" and shown["pendingPlan"] is None and shown["lastBackup"] is None
+    assert shown["previousRevision"] == "r1" and shown["pendingPlan"] is None and shown["backup"] is None
     assert [c["reason"] for c in shown["conditions"]] == ["Ready", "NotImplemented"]
     assert main(["status", "shop", "-n", namespace]) == EXIT_OK
     text = capsys.readouterr().out

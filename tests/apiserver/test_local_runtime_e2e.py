@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +21,7 @@ import redis
 import yaml
 from minio import Minio
 
-from controller.local.cluster import REPO_ROOT, LocalCluster
+from controller.local.cluster import REPO_ROOT, LocalCluster, find_binary
 from tests.apiserver.test_platform_e2e import NS, install_platform, running_world, secret_data
 from tests.helpers import OperatorProcess, get_json, wait_for
 from tests.rollouts import FAST
@@ -91,6 +93,56 @@ def _stop_supervisors(prefix: str) -> None:
         os.kill(pid, signal.SIGTERM)
 
 
+def codeb(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    return subprocess.run([find_binary("codeb"), *args], env=env, capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+def backups_of_hello(cluster: LocalCluster) -> list[dict[str, Any]]:
+    return list(get_json(cluster, "backups", "-n", NS, "-l", "codeb.dev/project=hello")["items"])
+
+
+def ledger_rows(credentials: dict[str, str]) -> int:
+    with psycopg.connect(credentials["DATABASE_URL"], connect_timeout=5) as conn:
+        row = conn.execute("SELECT count(*) FROM ledger").fetchone()
+        return int(row[0]) if row else -1
+
+
+def backups_bring_the_data_back(cluster: LocalCluster, credentials: dict[str, str]) -> None:
+    """The first backup comes by itself; `codeb backup`, a dropped table and `codeb restore` bring the rows back,
+    while the example goes on serving from the same database."""
+    first = wait_for(lambda: next((b for b in backups_of_hello(cluster) if b.get("status", {}).get("phase")
+                                   == "Succeeded"), None), timeout=90, what="the first backup")  # fmt: skip
+    assert first["spec"]["trigger"] == "Initial" and first["status"]["sizeBytes"] > 0
+    with psycopg.connect(credentials["DATABASE_URL"], autocommit=True, connect_timeout=5) as conn:
+        conn.execute("CREATE TABLE ledger (id int)")
+        conn.execute("INSERT INTO ledger VALUES (1), (2)")
+    taken = codeb(cluster, "backup", "hello", "-n", NS, "-o", "json")
+    assert taken.returncode == 0, taken.stdout + taken.stderr
+    backup = json.loads(taken.stdout)
+    assert backup["phase"] == "Succeeded" and backup["trigger"] == "Manual" and backup["sizeBytes"] > 0
+    with psycopg.connect(credentials["DATABASE_URL"], autocommit=True, connect_timeout=5) as conn:
+        conn.execute("DROP TABLE ledger")
+
+    refused = codeb(cluster, "restore", "hello", "-n", NS, "--to", backup["backup"])
+    assert refused.returncode == 2 and "--yes" in refused.stderr  # no terminal to ask in, and no --yes
+    started = time.monotonic()
+    done = codeb(cluster, "restore", "hello", "-n", NS, "--to", backup["backup"], "--yes", "-o", "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    said = json.loads(done.stdout)
+    assert said["phase"] == "Succeeded" and said["safetyBackup"], said
+    print(f"codeb restore (safety backup first): {time.monotonic() - started:.1f} s")
+    assert ledger_rows(credentials) == 2
+
+    listed = json.loads(codeb(cluster, "backups", "hello", "-n", NS, "-o", "json").stdout)
+    names = [b["name"] for b in listed["backups"]]
+    assert {first["metadata"]["name"], backup["backup"], said["safetyBackup"]} <= set(names)
+    assert listed["summary"]["lastSuccessful"] and listed["summary"]["nextScheduledAt"]
+    shown = codeb(cluster, "status", "hello", "-n", NS)
+    assert "backups:   last " in shown.stdout and re.search(r"BackupReady +True", shown.stdout), shown.stdout
+
+
 def test_the_example_serves_through_caddy_on_its_real_services(world: dict[str, Any], tmp_path: Path) -> None:
     cluster: LocalCluster = world["cluster"]
     pg, rd, s3, caddy = world["pg"], world["redis"], world["s3"], world["caddy"]
@@ -122,6 +174,7 @@ def test_the_example_serves_through_caddy_on_its_real_services(world: dict[str, 
         credentials = secret_data(cluster, NS, "hello-staging-connection")
         admin_s3 = Minio(s3.endpoint, access_key=s3.root_user, secret_key=s3.root_password, secure=False)
         assert admin_s3.stat_object(credentials["S3_BUCKET"], "hello/last-visit.txt").size > 0
+        backups_bring_the_data_back(cluster, credentials)
 
         # An operator restart adopts the running process; it is not started again.
         before = supervisors(f"{NS}/hello")

@@ -82,6 +82,7 @@ def install_platform(cluster: LocalCluster, pg: PostgresServer, rd: RedisServer,
             "redis": {"host": rd.host, "port": rd.port, "adminSecretRef": {**ref, "name": "redis-admin"}},
             "objectStorage": {"endpoint": s3.endpoint, "secure": False, "adminSecretRef": {**ref, "name": "s3-admin"}},
             "caddy": {"adminUrl": caddy.admin_url, "listen": [f"127.0.0.1:{caddy.https_port}"]},
+            "backup": {"bucket": "codeb-backups"},
         },
     }
     cluster.kubectl("apply", "-f", "-", input_text=json.dumps(platform))

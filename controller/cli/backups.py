@@ -1,0 +1,214 @@
+"""`codeb backup`, `codeb backups` and `codeb restore`: Backup and Restore objects, made and followed.
+
+The commands only write and read objects; the operator does the work (it alone reaches the
+backup store). A restore overwrites live data, so it asks first (or takes ``--yes``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import kubernetes.client
+
+from controller.cli.common import (
+    EXIT_DIFFERS,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandError,
+    api_errors,
+    projects_api,
+    read_project,
+    table,
+)
+from controller.loop.backups import record_name
+from controller.loop.naming import ProjectKey
+from controller.specs.backups import record_body
+from schemas.backups import BACKUP_PLURAL, PROJECT_LABEL, RESTORE_KIND, RESTORE_PLURAL, BackupTrigger
+from schemas.project import API_GROUP, API_VERSION, BackupTarget
+
+POLL_SECONDS = 1.0
+FINISHED = ("Succeeded", "Failed")
+
+Api = kubernetes.client.CustomObjectsApi
+
+
+def _key(api: Api, namespace: str, name: str) -> ProjectKey:
+    body = read_project(api, namespace, name)
+    return ProjectKey(namespace, name, str(body["metadata"]["uid"]))
+
+
+def list_backups(api: Api, namespace: str, project: str) -> list[dict[str, Any]]:
+    """The Project's Backups, newest first."""
+    with api_errors(f"backups of {namespace}/{project}"):
+        found = api.list_namespaced_custom_object(API_GROUP, API_VERSION, namespace, BACKUP_PLURAL,
+                                                  label_selector=f"{PROJECT_LABEL}={project}")  # fmt: skip
+    items = [i for i in cast(dict[str, Any], found)["items"] if (i.get("spec") or {}).get("project") == project]
+    return sorted(items, key=_taken, reverse=True)
+
+
+def _taken(item: dict[str, Any]) -> str:
+    return str((item.get("status") or {}).get("startedAt") or item["metadata"].get("creationTimestamp") or "")
+
+
+def _row(item: dict[str, Any]) -> dict[str, Any]:
+    status, spec = item.get("status") or {}, item.get("spec") or {}
+    return {"name": item["metadata"]["name"], "target": spec.get("target"), "trigger": spec.get("trigger"),
+            "phase": status.get("phase", "Pending"), "sizeBytes": status.get("sizeBytes"),
+            "startedAt": status.get("startedAt"), "seconds": status.get("durationSeconds"),
+            "message": status.get("message")}  # fmt: skip
+
+
+def _follow(read: Callable[[], dict[str, Any]], show: Callable[[dict[str, Any]], str], timeout: float,
+            quiet: bool) -> dict[str, Any]:  # fmt: skip
+    """Poll a run until it finishes, printing each new line ``show`` makes of its status."""
+    deadline, said = time.monotonic() + timeout, ""
+    while True:
+        status = read().get("status") or {}
+        line = show(status)
+        if line != said and not quiet:
+            print(line, flush=True)
+            said = line
+        if status.get("phase") in FINISHED:
+            return status
+        if time.monotonic() > deadline:
+            raise CommandError(f"not finished within {timeout:g} s (it goes on; `codeb backups` follows it)",
+                               EXIT_DIFFERS)  # fmt: skip
+        time.sleep(POLL_SECONDS)
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Back up a Project's database now: a Backup the operator runs at once; waits for it unless --no-wait."""
+    api = projects_api()
+    key = _key(api, args.namespace, args.project)
+    name = record_name(key.name, BackupTarget.database, None, BackupTrigger.Manual, datetime.now(UTC))
+    body = record_body(key, name, BackupTarget.database, BackupTrigger.Manual, None)
+    with api_errors(f"backup {args.namespace}/{name}"):
+        api.create_namespaced_custom_object(API_GROUP, API_VERSION, args.namespace, BACKUP_PLURAL, body)
+    result: dict[str, Any] = {"backup": name, "phase": "Pending"}
+    if not args.no_wait:
+
+        def read() -> dict[str, Any]:
+            with api_errors(f"backup {args.namespace}/{name}"):
+                found = api.get_namespaced_custom_object(API_GROUP, API_VERSION, args.namespace, BACKUP_PLURAL, name)
+            return cast(dict[str, Any], found)
+
+        status = _follow(read, lambda s: f"{name}: {s.get('phase', 'Pending')}", args.timeout, args.output == "json")
+        result = {"backup": name, **_row({"metadata": {"name": name}, "spec": body["spec"], "status": status})}
+    print(json.dumps(result) if args.output == "json" else _said(result))
+    return EXIT_DIFFERS if result.get("phase") == "Failed" else EXIT_OK
+
+
+def _said(row: dict[str, Any]) -> str:
+    if row["phase"] == "Pending":
+        return f"{row['backup']}: recorded; the operator starts it now (`codeb backups` follows it)"
+    if row["phase"] == "Failed":
+        return f"{row['backup']}: failed: {row.get('message') or 'no reason recorded'}"
+    return f"{row['backup']}: {row['phase']}, {_size(row.get('sizeBytes'))} in {row.get('seconds')} s"
+
+
+def _size(count: object) -> str:
+    return "-" if count is None else f"{int(cast(int, count)) / 1e6:.1f} MB"
+
+
+def cmd_backups(args: argparse.Namespace) -> int:
+    """A Project's backups, newest first, and where its backups stand (the last good one, the next)."""
+    api = projects_api()
+    summary = (read_project(api, args.namespace, args.project).get("status") or {}).get("backup") or {}
+    rows = [_row(item) for item in list_backups(api, args.namespace, args.project)]
+    if args.output == "json":
+        print(json.dumps({"summary": summary, "backups": rows}, indent=2))
+        return EXIT_OK
+    last = f"{summary.get('lastSuccessful') or '-'} ({summary.get('lastSuccessfulAt') or 'never'})"
+    print(f"last successful: {last}")
+    print(f"recoverable from: {summary.get('firstRecoverabilityPoint') or '-'}   "
+          f"next: {summary.get('nextScheduledAt') or '-'}")  # fmt: skip
+    failure = summary.get("lastFailure")
+    if failure:
+        print(f"last failure: {failure['name']}: {failure.get('message') or '-'}")
+    headers = ("NAME", "TARGET", "TRIGGER", "PHASE", "SIZE", "STARTED", "SECONDS")
+    cells = [[r["name"], r["target"], r["trigger"], r["phase"], _size(r["sizeBytes"]), r["startedAt"], r["seconds"]]
+             for r in rows]  # fmt: skip
+    print("\n" + table(headers, cells) if rows else "no backups yet")
+    return EXIT_OK
+
+
+def pick_backup(backups: list[dict[str, Any]], to: str) -> dict[str, Any]:
+    """The backup ``--to`` names, or the newest successful database backup taken at or before a time."""
+    succeeded = [b for b in backups if (b.get("status") or {}).get("phase") == "Succeeded"
+                 and (b.get("spec") or {}).get("target", "database") == "database"]  # fmt: skip
+    named = next((b for b in backups if b["metadata"]["name"] == to), None)
+    if named is not None:
+        if named not in succeeded:
+            raise CommandError(f"backup {to} did not succeed; pick another (`codeb backups`)", EXIT_USAGE)
+        return named
+    try:
+        moment = datetime.fromisoformat(to.replace("Z", "+00:00"))
+    except ValueError:
+        raise CommandError(f"--to {to}: neither a Backup of this Project nor a time such as 2026-12-03T10:00:00Z",
+                           EXIT_USAGE) from None  # fmt: skip
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    before = [b for b in succeeded if datetime.fromisoformat(_taken(b).replace("Z", "+00:00")) <= moment]
+    if not before:
+        raise CommandError(f"no successful backup was taken at or before {to}", EXIT_USAGE)
+    return before[0]
+
+
+def _confirm(args: argparse.Namespace, backup: dict[str, Any]) -> None:
+    what = (f"overwrite the database of {args.namespace}/{args.project} with backup {backup['metadata']['name']} "
+            f"(taken {_taken(backup)})")  # fmt: skip
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise CommandError(f"this would {what}; add --yes to do it without a prompt", EXIT_USAGE)
+    safety = "" if args.no_safety_backup else " A safety backup of the data as it is is taken first."
+    answer = input(f"This will {what}.{safety} Go on? [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
+        raise CommandError("nothing restored", EXIT_USAGE)
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Restore a Project's database from a backup (--to BACKUP) or as it was at a time (--to TIME: the newest
+    backup taken by then), after a safety backup of what is there; asks first unless --yes."""
+    api = projects_api()
+    key = _key(api, args.namespace, args.project)
+    backup = pick_backup(list_backups(api, args.namespace, args.project), args.to)
+    _confirm(args, backup)
+    name = f"{key.name}-restore-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    body = {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": RESTORE_KIND,
+        "metadata": {"name": name, "namespace": key.namespace, "labels": {PROJECT_LABEL: key.name},
+                     "ownerReferences": record_body(key, name, BackupTarget.database, BackupTrigger.Manual,
+                                                    None)["metadata"]["ownerReferences"]},
+        "spec": {"project": key.name, "backup": backup["metadata"]["name"], "safetyBackup": not args.no_safety_backup},
+    }  # fmt: skip
+    with api_errors(f"restore {args.namespace}/{name}"):
+        api.create_namespaced_custom_object(API_GROUP, API_VERSION, args.namespace, RESTORE_PLURAL, body)
+
+    def read() -> dict[str, Any]:
+        with api_errors(f"restore {args.namespace}/{name}"):
+            found = api.get_namespaced_custom_object(API_GROUP, API_VERSION, args.namespace, RESTORE_PLURAL, name)
+        return cast(dict[str, Any], found)
+
+    started = time.monotonic()
+    status = _follow(read, lambda s: progress(s, time.monotonic() - started), args.timeout, args.output == "json")
+    result = {"restore": name, "backup": backup["metadata"]["name"], "phase": status.get("phase"),
+              "safetyBackup": status.get("safetyBackup"), "message": status.get("message")}  # fmt: skip
+    print(json.dumps(result) if args.output == "json" else f"{name}: {result['phase']}: {result['message']}")
+    return EXIT_OK if result["phase"] == "Succeeded" else EXIT_DIFFERS
+
+
+def progress(status: dict[str, Any], elapsed: float) -> str:
+    """One line of a restore's progress: bytes, percent and, once it can be told, the time left."""
+    phase, done, total = status.get("phase", "Pending"), status.get("bytesRestored"), status.get("totalBytes")
+    if phase != "Running" or not total or done is None:
+        return f"restore: {phase}" + (f" (safety backup {status['safetyBackup']} taken)"
+                                      if status.get("safetyBackup") else "")  # fmt: skip
+    share = done / total
+    left = f", about {elapsed * (1 - share) / share:.0f} s left" if 0 < share < 1 else ""
+    return f"restore: {_size(done)} of {_size(total)} ({share:.0%}){left}"
