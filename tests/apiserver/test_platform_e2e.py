@@ -165,6 +165,13 @@ def test_projects_on_a_shared_platform(world: dict[str, Any], tmp_path: Path) ->
                              dbname="postgres") as admin:  # fmt: skip
             assert admin.execute("SELECT 1 FROM pg_database WHERE datname='bravo_staging_db'").fetchone() is None
         assert cluster.kubectl("get", "secret", "bravo-staging-connection", "-n", NS, check=False).returncode != 0
+        # ...after a last dump into the Platform's backup store, beside its backups.
+        store = Minio(s3.endpoint, access_key=s3.root_user, secret_key=s3.root_password, secure=False)
+        kept = [
+            o.object_name for o in store.list_objects("codeb-backups", prefix=f"projects/{NS}/bravo/", recursive=True)
+        ]
+        assert any(k.startswith(f"projects/{NS}/bravo/final/bravo_staging_db-") for k in kept), kept
+        assert any(k.startswith(f"projects/{NS}/bravo/database/") for k in kept), kept  # its first backup
     finally:
         operator.stop()
 

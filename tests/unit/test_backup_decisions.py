@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import kopf
 import pytest
 
 from controller.loop import backups as decide
@@ -154,3 +156,19 @@ def test_every_schedule_the_manifest_accepts_parses() -> None:
     for expression in ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@hourly", "0-30/10 1,2 1-7 */2 1-5"):
         Backup.model_validate({"schedule": expression})
         assert Cron.parse(expression).next(T0) is not None
+
+
+def test_only_new_and_just_finished_runs_are_news() -> None:
+    from controller.operator.runs import NEWS_SECONDS, run_news
+
+    def body(**status: object) -> Any:
+        return kopf.Body({"metadata": {"name": "r", "namespace": "n"}, "spec": {"project": "p"}, "status": status})
+
+    now = datetime.now(UTC)
+    assert run_news(body(), "ADDED")  # made by hand (codeb backup): not claimed yet
+    assert run_news(body(phase="Pending"), "MODIFIED")
+    assert not run_news(body(phase="Running", heartbeatAt=now.isoformat()), "MODIFIED")  # a heartbeat
+    assert run_news(body(phase="Succeeded", finishedAt=now.isoformat()), "MODIFIED")
+    old = (now - timedelta(seconds=NEWS_SECONDS + 1)).isoformat()
+    assert not run_news(body(phase="Failed", finishedAt=old), None)  # listed again at a restart
+    assert not run_news(body(phase="Pending"), "DELETED")
