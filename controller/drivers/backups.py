@@ -11,6 +11,7 @@ are taken as the Project's own role, from its connection Secret.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,23 +19,25 @@ from datetime import UTC, datetime
 from controller.clients.backup_records import BackupRecords, RestoreRecords
 from controller.clients.kube import KubeClient
 from controller.clients.postgres import PostgresServer
+from controller.clients.s3 import S3Server
 from controller.drivers.minio import ensure_operator_bucket
 from controller.drivers.postgres import PASSWORD_KEY
-from controller.errors import PermanentError, RetryableError
-from controller.jobs.backups import BackupRunner, BackupStore, DatabaseAccess
-from controller.jobs.restores import RestoreRunner
+from controller.errors import RetryableError
+from controller.jobs.backups import BackupRunner, BackupStore, DatabaseAccess, DatabaseDump, Job
+from controller.jobs.bucket_copies import BucketAccess, BucketCopy, referenced_blobs
+from controller.jobs.restores import RestoreRunner, Sources
 from controller.loop import backups as decide
 from controller.loop.backups import Cron, RunRecord
 from controller.loop.interface import DriverContext
 from controller.loop.planner import Component, Observation, State
 from controller.loop.secrets import SecretStore
-from controller.specs.backups import object_key, record_body
+from controller.specs.backups import blobs_prefix, object_key, record_body
 from schemas.backups import BackupPhase
 from schemas.project import Backup, BackupTarget
 
 STORE_PURPOSE = "backups"
 # What has a runner today; the rest is said, not pretended.
-RUNNABLE = frozenset({BackupTarget.database})
+RUNNABLE = frozenset({BackupTarget.database, BackupTarget.storage})
 
 
 def _now() -> datetime:
@@ -65,8 +68,10 @@ class BackupDriver:
     component = Component.backup
 
     def __init__(self, platform: str, store: BackupStore | None, runs: Runs, postgres: PostgresServer | None,
-                 secrets: SecretStore, clock: Callable[[], datetime] = _now) -> None:  # fmt: skip
+                 secrets: SecretStore, objects: S3Server | None = None,
+                 clock: Callable[[], datetime] = _now) -> None:  # fmt: skip
         self._platform, self._store = platform, store
+        self._objects = objects
         self._records, self._runner = runs.backups, runs.backup_runner
         self._restores, self._restore_runner = runs.restores, runs.restore_runner
         self._postgres, self._secrets = postgres, secrets
@@ -131,7 +136,7 @@ class BackupDriver:
         if backup.wal_archiving:
             missing.append("walArchiving (point-in-time recovery)")
         if missing:
-            return "NotImplemented", f"backups of {', '.join(missing)} are not built yet; the database's are taken"
+            return "NotImplemented", f"backups of {', '.join(missing)} are not built yet; the rest are taken"
         failure = decide.last_failure(listed)
         if failure is not None:
             return "LastBackupFailed", f"backup {failure.name} failed: {failure.message or 'no reason recorded'}"
@@ -168,31 +173,40 @@ class BackupDriver:
                 await self._restore_runner.fail_stale(ctx.key, record, version)
         waiting = decide.next_restore(r for r, _ in restores.values())
         if waiting is not None:
-            access = await self._source(ctx)
-            await self._restore_runner.start(ctx.key, waiting, restores[waiting.name][1], access, self._store)
+            sources = await self._sources(ctx)
+            await self._restore_runner.start(ctx.key, waiting, restores[waiting.name][1], sources, self._store)
 
     async def _start_pending(self, ctx: DriverContext) -> None:
         pending = [(r, v) for r, v in (await self._records.list(ctx.key)).values() if r.phase is BackupPhase.Pending]
         if not pending:
             return
-        source = await self._source(ctx)
-        assert self._store is not None
+        sources = await self._sources(ctx)
         for record, version in pending:
-            key = object_key(ctx.key, record.target, record.name)
-            if record.target in RUNNABLE:
-                await self._runner.start(ctx.key, record, version, source, self._store, key)
+            job = self._job(ctx, record, sources)
+            if job is not None:
+                await self._runner.start(ctx.key, record, version, job)
 
-    async def _source(self, ctx: DriverContext) -> DatabaseAccess:
-        database, role = ctx.allocations.database, ctx.allocations.database_role
-        if self._postgres is None or database is None or role is None:
-            raise PermanentError(
-                f"Platform {self._platform} declares no postgres, so there is no database to back up; remove "
-                "'database' from spec.backup.include", reason="NothingToBackUp")  # fmt: skip
-        password = (await self._secrets.read(ctx) or {}).get(PASSWORD_KEY)
-        if not password:
-            raise RetryableError("the Project's connection Secret has no database password yet; the dump waits",
-                                 reason="BackupLoginMissing")  # fmt: skip
-        return DatabaseAccess(self._postgres, role, password, database)
+    def _job(self, ctx: DriverContext, record: RunRecord, sources: Sources) -> Job | None:
+        assert self._store is not None
+        key = object_key(ctx.key, record.target, record.name)
+        if record.target is BackupTarget.database and sources.database is not None:
+            return DatabaseDump(ctx.key, record.name, sources.database, self._store, key)
+        if record.target is BackupTarget.storage and sources.bucket is not None:
+            return BucketCopy(ctx.key, record.name, sources.bucket, self._store, key)
+        return None
+
+    async def _sources(self, ctx: DriverContext) -> Sources:
+        """The Project's data as runs reach it: its database as its own role, its bucket."""
+        database, role, bucket = ctx.allocations.database, ctx.allocations.database_role, ctx.allocations.bucket
+        access = None
+        if self._postgres is not None and database is not None and role is not None:
+            password = (await self._secrets.read(ctx) or {}).get(PASSWORD_KEY)
+            if not password:
+                raise RetryableError("the Project's connection Secret has no database password yet; the dump waits",
+                                     reason="BackupLoginMissing")  # fmt: skip
+            access = DatabaseAccess(self._postgres, role, password, database)
+        objects = BucketAccess(self._objects, bucket) if self._objects is not None and bucket else None
+        return Sources(access, objects)
 
     async def _prune(self, ctx: DriverContext, listed: list[RunRecord], expired: list[RunRecord]) -> None:
         assert self._store is not None
@@ -201,6 +215,24 @@ class BackupDriver:
             await server.call(server.s3.remove_object, self._store.bucket, object_key(ctx.key, record.target,
                                                                                        record.name))  # fmt: skip
             await self._records.delete(ctx.key.namespace, record.name)
+        if any(r.target is BackupTarget.storage for r in expired):
+            await self._collect_blobs(ctx, [r for r in listed if r not in expired])
+
+    async def _collect_blobs(self, ctx: DriverContext, kept: list[RunRecord]) -> None:
+        """Blobs no kept manifest names go, once no bucket backup is under way (its manifest is not written yet)."""
+        storage = [r for r in kept if r.target is BackupTarget.storage]
+        if any(not r.finished for r in storage):
+            return  # the next prune collects them
+        assert self._store is not None
+        store, server = self._store, self._store.server
+        manifests = [object_key(ctx.key, BackupTarget.storage, r.name) for r in storage
+                     if r.phase is BackupPhase.Succeeded]  # fmt: skip
+        wanted = await asyncio.to_thread(referenced_blobs, store, manifests)
+        blobs = await server.call(lambda: [o.object_name for o in server.s3.list_objects(
+            store.bucket, prefix=blobs_prefix(ctx.key), recursive=True)])  # fmt: skip
+        for blob in blobs:
+            if blob not in wanted:
+                await server.call(server.s3.remove_object, store.bucket, blob)
 
     async def delete(self, ctx: DriverContext, retain: bool) -> None:
         """Backups outlive the Project either way (its records go with it): a deleted Project's data may

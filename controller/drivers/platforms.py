@@ -161,7 +161,8 @@ class PlatformDrivers:
             database = PostgresDriver(pg.host, pg.port, user, password, self._secrets, sink, self._timeout,
                                       self._concurrency, allowed)  # fmt: skip
             drivers[Component.database], postgres = database, database.server
-        drivers[Component.backup] = BackupDriver(name, store, self.runs, postgres, self._secrets)
+        objects = storage.server if storage is not None else None
+        drivers[Component.backup] = BackupDriver(name, store, self.runs, postgres, self._secrets, objects)
         if platform.redis is not None:
             (password,) = await self._admin(platform.redis.admin_secret_ref, "password")
             drivers[Component.cache] = RedisDriver(platform.redis.host, platform.redis.port, password, self._secrets,

@@ -24,7 +24,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO, Any, BinaryIO, cast
+from typing import IO, Any, BinaryIO, Protocol, cast
+
+import urllib3
+from minio.error import S3Error
 
 from controller.clients.backup_records import BackupRecords
 from controller.clients.postgres import CONNECT_TIMEOUT_SECONDS, PostgresServer
@@ -154,7 +157,7 @@ def tail(errors: IO[bytes]) -> str:
     return f": {text}" if text else ""
 
 
-def _now() -> datetime:
+def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
@@ -165,10 +168,8 @@ Finished = Callable[[ProjectKey], None]
 class BackupRunner:
     """Runs claimed records, at most ``concurrency`` at once; one task per record, never two."""
 
-    def __init__(self, records: BackupRecords, concurrency: int = CONCURRENCY,
-                 timeout: float = RUN_TIMEOUT_SECONDS) -> None:  # fmt: skip
+    def __init__(self, records: BackupRecords, concurrency: int = CONCURRENCY) -> None:
         self._records = records
-        self._timeout = timeout
         self._concurrency = concurrency
         self._slots: asyncio.Semaphore | None = None
         self._tasks: dict[str, asyncio.Task[BackupRunStatus]] = {}
@@ -177,30 +178,27 @@ class BackupRunner:
     def running(self, key: ProjectKey, name: str) -> bool:
         return f"{key.namespace}/{name}" in self._tasks
 
-    async def start(self, key: ProjectKey, record: RunRecord, version: str, source: DatabaseAccess,
-                    store: BackupStore, object_key: str) -> bool:  # fmt: skip
-        """Claim a Pending record and run it outside the pass; False when it is not ours to run."""
+    async def start(self, key: ProjectKey, record: RunRecord, version: str, job: Job) -> bool:
+        """Claim a Pending record and run ``job`` outside the pass; False when it is not ours to run."""
         started = await self._claim(key, record.name, record.phase, version)
         if started is None:
             return False
-        task = asyncio.create_task(self._run(key, record.name, started, source, store, object_key))
-        self._track(key, record.name, task)
+        self._track(key, record.name, asyncio.create_task(self._run(key, record.name, started, job)))
         return True
 
-    async def run_now(self, key: ProjectKey, name: str, version: str, source: DatabaseAccess, store: BackupStore,
-                      object_key: str) -> BackupRunStatus | None:  # fmt: skip
-        """Claim a Pending record and run it to its end (a restore's safety backup); None when not ours."""
+    async def run_now(self, key: ProjectKey, name: str, version: str, job: Job) -> BackupRunStatus | None:
+        """Claim a Pending record and run ``job`` to its end (a restore's safety backup); None when not ours."""
         started = await self._claim(key, name, BackupPhase.Pending, version)
         if started is None:
             return None
-        task = asyncio.create_task(self._run(key, name, started, source, store, object_key))
+        task = asyncio.create_task(self._run(key, name, started, job))
         self._track(key, name, task)
         return await task
 
     async def _claim(self, key: ProjectKey, name: str, phase: BackupPhase, version: str) -> datetime | None:
         if self.running(key, name) or phase is not BackupPhase.Pending:
             return None
-        now = _now()
+        now = utcnow()
         claim = BackupRunStatus(phase=BackupPhase.Running, started_at=now, heartbeat_at=now)
         if not await self._records.set_status(key.namespace, name, claim, version):
             return None  # another claimer (or a change) came first
@@ -216,17 +214,16 @@ class BackupRunner:
         seen = record.heartbeat_at or record.started_at
         message = (f"cut short: the operator running it stopped (last heartbeat {seen:%Y-%m-%dT%H:%M:%SZ}); "
                    "nothing it wrote was kept") if seen else "cut short before it started"  # fmt: skip
-        failed = BackupRunStatus(phase=BackupPhase.Failed, started_at=record.started_at, finished_at=_now(),
+        failed = BackupRunStatus(phase=BackupPhase.Failed, started_at=record.started_at, finished_at=utcnow(),
                                  heartbeat_at=record.heartbeat_at, message=message)  # fmt: skip
         return await self._records.set_status(key.namespace, record.name, failed, version)
 
-    async def _run(self, key: ProjectKey, name: str, started: datetime, source: DatabaseAccess, store: BackupStore,
-                   object_key: str) -> BackupRunStatus:  # fmt: skip
+    async def _run(self, key: ProjectKey, name: str, started: datetime, job: Job) -> BackupRunStatus:
         cancelled = threading.Event()
         beating = asyncio.create_task(self._heartbeat(key, name, started, cancelled))
         try:
             async with self._slot():
-                result = await take(key, name, started, source, store, object_key, self._timeout, cancelled)
+                result = await job(started, cancelled)
         finally:
             cancelled.set()
             beating.cancel()
@@ -239,7 +236,7 @@ class BackupRunner:
         """Keep the record fresh; a record deleted meanwhile cancels the run."""
         while not cancelled.is_set():
             await asyncio.sleep(HEARTBEAT_SECONDS)
-            beat = BackupRunStatus(phase=BackupPhase.Running, started_at=started, heartbeat_at=_now())
+            beat = BackupRunStatus(phase=BackupPhase.Running, started_at=started, heartbeat_at=utcnow())
             try:
                 if not await self._records.set_status(key.namespace, name, beat):
                     cancelled.set()
@@ -259,27 +256,57 @@ class BackupRunner:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def take(key: ProjectKey, name: str, started: datetime, source: DatabaseAccess, store: BackupStore,
-               object_key: str, timeout: float, cancelled: threading.Event) -> BackupRunStatus:  # fmt: skip
-    """One dump into the store, as the status that records it (Succeeded only when the upload completed)."""
-    began = time.monotonic()
-    try:
-        version = await _server_version(source)
-        metadata: Metadata = {"codeb-project": str(key), "codeb-project-uid": key.uid, "codeb-backup": name}
-        stored = await asyncio.to_thread(stream_dump, source, store, object_key, metadata, timeout, cancelled)
-    except (RunCut, CodebError, OSError) as exc:
+class Job(Protocol):
+    """One backup run's work, as the status that records its end (Succeeded only when all of it was stored)."""
+
+    async def __call__(self, started: datetime, cancelled: threading.Event) -> BackupRunStatus: ...
+
+
+# What ends a run as Failed (anything else is a bug, and the run goes stale, then Failed).
+RUN_ERRORS = (RunCut, CodebError, OSError, S3Error, urllib3.exceptions.HTTPError)
+
+
+def failed(started: datetime, began: float, exc: BaseException) -> BackupRunStatus:
+    """The Failed status of a run, saying why in words that quote nothing a server sent back."""
+    if isinstance(exc, S3Error):
+        why = f"the backup store refused a request ({exc.code})"
+    elif isinstance(exc, urllib3.exceptions.HTTPError):
+        why = "the backup store or the bucket's server is unreachable"
+    else:
         why = exc.message if isinstance(exc, CodebError) else str(exc) or type(exc).__name__
-        took = round(time.monotonic() - began, 3)
-        return BackupRunStatus(phase=BackupPhase.Failed, started_at=started, finished_at=_now(),
-                               duration_seconds=took, message=why[:1024])  # fmt: skip
-    except asyncio.CancelledError:
-        cancelled.set()  # the thread's pg_dump is killed, so the upload is aborted
-        raise
-    return BackupRunStatus(
-        phase=BackupPhase.Succeeded, started_at=started, finished_at=_now(), heartbeat_at=_now(),
-        duration_seconds=round(time.monotonic() - began, 3), size_bytes=stored.size, sha256=stored.sha256,
-        server_version=version, location=store.location(object_key),
-    )  # fmt: skip
+    return BackupRunStatus(phase=BackupPhase.Failed, started_at=started, finished_at=utcnow(),
+                           duration_seconds=round(time.monotonic() - began, 3), message=why[:1024])  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DatabaseDump:
+    """A database backup: pg_dump into the store."""
+
+    key: ProjectKey
+    name: str
+    source: DatabaseAccess
+    store: BackupStore
+    object_key: str
+    timeout: float = RUN_TIMEOUT_SECONDS
+
+    async def __call__(self, started: datetime, cancelled: threading.Event) -> BackupRunStatus:
+        began = time.monotonic()
+        metadata: Metadata = {"codeb-project": str(self.key), "codeb-project-uid": self.key.uid,
+                              "codeb-backup": self.name}  # fmt: skip
+        try:
+            version = await _server_version(self.source)
+            stored = await asyncio.to_thread(stream_dump, self.source, self.store, self.object_key, metadata,
+                                             self.timeout, cancelled)  # fmt: skip
+        except RUN_ERRORS as exc:
+            return failed(started, began, exc)
+        except asyncio.CancelledError:
+            cancelled.set()  # the thread's pg_dump is killed, so the upload is aborted
+            raise
+        return BackupRunStatus(
+            phase=BackupPhase.Succeeded, started_at=started, finished_at=utcnow(), heartbeat_at=utcnow(),
+            duration_seconds=round(time.monotonic() - began, 3), size_bytes=stored.size, sha256=stored.sha256,
+            server_version=version, location=self.store.location(self.object_key),
+        )  # fmt: skip
 
 
 async def _server_version(source: DatabaseAccess) -> str:

@@ -21,20 +21,27 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 
 from minio.datatypes import Object
 
 from controller.clients.backup_records import BackupRecords, RestoreRecords
 from controller.errors import CodebError, PermanentError
 from controller.jobs.backups import (
+    RUN_ERRORS,
     RUN_TIMEOUT_SECONDS,
     BackupRunner,
     BackupStore,
     DatabaseAccess,
+    DatabaseDump,
+    Job,
     RunCut,
+    failed,
     tail,
+    utcnow,
 )
+from controller.jobs.bucket_copies import BucketAccess, BucketCopy, restore_bucket
 from controller.loop.backups import RestoreRecord
 from controller.loop.naming import ProjectKey
 from controller.specs.backups import object_key, record_body, restore_command
@@ -44,10 +51,6 @@ from schemas.project import BackupTarget
 CHUNK_BYTES = 1024 * 1024
 # A restore's heartbeat carries its progress (`codeb restore` shows it): more often than a backup's.
 PROGRESS_SECONDS = 2.0
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def stream_restore(target: DatabaseAccess, store: BackupStore, key: str, sha256: str, timeout: float,
@@ -100,6 +103,14 @@ def _feed(proc: subprocess.Popen[bytes], chunks: Iterator[bytes], sha256: str, c
     return total
 
 
+@dataclass(frozen=True)
+class Sources:
+    """Where a Project's data lives, as the operator reaches it: its database (as its own role), its bucket."""
+
+    database: DatabaseAccess | None = None
+    bucket: BucketAccess | None = None
+
+
 class RestoreRunner:
     """Runs claimed Restore records, one task per record."""
 
@@ -112,17 +123,17 @@ class RestoreRunner:
     def running(self, key: ProjectKey, name: str) -> bool:
         return f"{key.namespace}/{name}" in self._tasks
 
-    async def start(self, key: ProjectKey, record: RestoreRecord, version: str, access: DatabaseAccess,
+    async def start(self, key: ProjectKey, record: RestoreRecord, version: str, sources: Sources,
                     store: BackupStore) -> bool:  # fmt: skip
         """Claim a Pending restore and run it outside the pass; False when it is not ours to run."""
         ident = f"{key.namespace}/{record.name}"
         if ident in self._tasks or record.phase is not BackupPhase.Pending:
             return False
-        now = _now()
+        now = utcnow()
         claim = RestoreStatus(phase=BackupPhase.Running, started_at=now, heartbeat_at=now)
         if not await self._restores.set_status(key.namespace, record.name, claim, version):
             return False
-        task = asyncio.create_task(self._run(key, record, now, access, store))
+        task = asyncio.create_task(self._run(key, record, now, sources, store))
         self._tasks[ident] = task
         task.add_done_callback(lambda _: self._tasks.pop(ident, None))
         return True
@@ -130,69 +141,84 @@ class RestoreRunner:
     async def fail_stale(self, key: ProjectKey, record: RestoreRecord, version: str) -> bool:
         seen = record.heartbeat_at or record.started_at
         when = f" (last heartbeat {seen:%Y-%m-%dT%H:%M:%SZ})" if seen else ""
-        message = (f"cut short: the operator running it stopped{when}; pg_restore runs in one transaction, so "
-                   "the database is as it was before")  # fmt: skip
-        failed = RestoreStatus(phase=BackupPhase.Failed, started_at=record.started_at, finished_at=_now(),
-                               heartbeat_at=record.heartbeat_at, message=message)  # fmt: skip
-        return await self._restores.set_status(key.namespace, record.name, failed, version)
+        message = (f"cut short: the operator running it stopped{when}; a database restore is one transaction, so "
+                   "the database is as it was; a bucket restore is finished by restoring again")  # fmt: skip
+        cut = RestoreStatus(phase=BackupPhase.Failed, started_at=record.started_at, finished_at=utcnow(),
+                            heartbeat_at=record.heartbeat_at, message=message)  # fmt: skip
+        return await self._restores.set_status(key.namespace, record.name, cut, version)
 
-    async def _run(self, key: ProjectKey, record: RestoreRecord, started: datetime, access: DatabaseAccess,
+    async def _run(self, key: ProjectKey, record: RestoreRecord, started: datetime, sources: Sources,
                    store: BackupStore) -> None:  # fmt: skip
         cancelled = threading.Event()
         state = RestoreStatus(phase=BackupPhase.Running, started_at=started, heartbeat_at=started)
         beating = asyncio.create_task(self._heartbeat(key, record.name, state, cancelled))
         began = time.monotonic()
         try:
-            await self._restore(key, record, access, store, state, cancelled)
-            state.phase, state.message = BackupPhase.Succeeded, f"restored backup {record.backup}"
-        except (RunCut, CodebError, OSError) as exc:
-            state.phase = BackupPhase.Failed
-            state.message = (exc.message if isinstance(exc, CodebError) else str(exc) or type(exc).__name__)[:1024]
+            done = await self._restore(key, record, sources, store, state, cancelled)
+            state.phase, state.message = BackupPhase.Succeeded, f"restored backup {record.backup}{done}"
+        except RUN_ERRORS as exc:
+            state.phase, state.message = BackupPhase.Failed, failed(started, began, exc).message
         finally:
             cancelled.set()
             beating.cancel()
-        state.finished_at, state.duration_seconds = _now(), round(time.monotonic() - began, 3)
+        state.finished_at, state.duration_seconds = utcnow(), round(time.monotonic() - began, 3)
         with contextlib.suppress(CodebError):
             await self._restores.set_status(key.namespace, record.name, state)
 
-    async def _restore(self, key: ProjectKey, record: RestoreRecord, access: DatabaseAccess, store: BackupStore,
-                       state: RestoreStatus, cancelled: threading.Event) -> None:  # fmt: skip
-        sha256, stored_key = await self._checked_backup(key, record.backup, store)
+    async def _restore(self, key: ProjectKey, record: RestoreRecord, sources: Sources, store: BackupStore,
+                       state: RestoreStatus, cancelled: threading.Event) -> str:  # fmt: skip
+        """Check, take the safety backup, restore; a few words on what was done."""
+        target, sha256, stored_key = await self._checked_backup(key, record.backup, store)
         stat: Object = await store.server.call(store.server.s3.stat_object, store.bucket, stored_key)
-        state.total_bytes, state.bytes_restored = stat.size, 0
         if record.safety_backup:
-            state.safety_backup = await self._safety_backup(key, access, store)
+            state.safety_backup = await self._safety_backup(key, target, sources, store)
+        if target is BackupTarget.storage:
+            assert sources.bucket is not None
+            back, deleted = await asyncio.to_thread(restore_bucket, sources.bucket, store, stored_key, sha256,
+                                                    self._timeout, cancelled)  # fmt: skip
+            return f": {back} objects copied back, {deleted} deleted"
+        assert sources.database is not None
+        state.total_bytes, state.bytes_restored = stat.size, 0
 
         def progress(done: int) -> None:
             state.bytes_restored = done
 
-        await asyncio.to_thread(stream_restore, access, store, stored_key, sha256, self._timeout, cancelled,
-                                progress)  # fmt: skip
+        await asyncio.to_thread(stream_restore, sources.database, store, stored_key, sha256, self._timeout,
+                                cancelled, progress)  # fmt: skip
+        return ""
 
-    async def _checked_backup(self, key: ProjectKey, name: str, store: BackupStore) -> tuple[str, str]:
-        """The backup's checksum and key, once it is known to be a successful database backup of this Project."""
+    async def _checked_backup(self, key: ProjectKey, name: str, store: BackupStore) -> tuple[BackupTarget, str, str]:
+        """The backup's target, checksum and key, once it is known to be a successful Backup of this Project."""
         listed = await self._backups.list(key)
         found = listed.get(name)
         status = await self._backups.read_status(key.namespace, name) if found else None
-        if found is None or status is None or found[0].phase is not BackupPhase.Succeeded or not status.sha256 \
-                or found[0].target is not BackupTarget.database:  # fmt: skip
-            raise PermanentError(f"backup {name} is not a successful database Backup of Project {key.name}; "
+        if found is None or status is None or found[0].phase is not BackupPhase.Succeeded or not status.sha256:
+            raise PermanentError(f"backup {name} is not a successful Backup of Project {key.name}; "
                                  "`codeb backups` lists those", reason="BackupNotFound")  # fmt: skip
-        stored_key = object_key(key, BackupTarget.database, name)
+        target = found[0].target
+        stored_key = object_key(key, target, name)
         stat: Object = await store.server.call(store.server.s3.stat_object, store.bucket, stored_key)
         owner = (stat.metadata or {}).get("x-amz-meta-codeb-project")
         if owner != str(key):
             raise PermanentError(f"the stored backup {name} does not belong to {key}; nothing was restored",
                                  reason="BackupNotOwned")  # fmt: skip
-        return status.sha256, stored_key
+        return target, status.sha256, stored_key
 
-    async def _safety_backup(self, key: ProjectKey, access: DatabaseAccess, store: BackupStore) -> str:
+    async def _safety_backup(self, key: ProjectKey, target: BackupTarget, sources: Sources,
+                             store: BackupStore) -> str:  # fmt: skip
         """The data as it is, into a Backup of its own (heart-beating like any), before anything is overwritten."""
-        name = f"{key.name}-database-safety-{_now():%Y%m%d-%H%M%S}"
-        await self._backups.create(record_body(key, name, BackupTarget.database, BackupTrigger.Manual, None))
+        name = f"{key.name}-{target.value}-safety-{utcnow():%Y%m%d-%H%M%S}"
+        await self._backups.create(record_body(key, name, target, BackupTrigger.Manual, None))
         (_, version) = (await self._backups.list(key))[name]
-        stored_key = object_key(key, BackupTarget.database, name)
-        result = await self._backup_runner.run_now(key, name, version, access, store, stored_key)
+        stored_key = object_key(key, target, name)
+        job: Job
+        if target is BackupTarget.storage:
+            assert sources.bucket is not None
+            job = BucketCopy(key, name, sources.bucket, store, stored_key, self._timeout)
+        else:
+            assert sources.database is not None
+            job = DatabaseDump(key, name, sources.database, store, stored_key, self._timeout)
+        result = await self._backup_runner.run_now(key, name, version, job)
         if result is None or result.phase is not BackupPhase.Succeeded:
             why = result.message if result is not None else "another run took it over"
             raise PermanentError(f"safety backup {name} failed ({why}); nothing was overwritten",
@@ -203,7 +229,7 @@ class RestoreRunner:
         """Keep the record fresh and its progress current; a record deleted meanwhile cancels the restore."""
         while not cancelled.is_set():
             await asyncio.sleep(PROGRESS_SECONDS)
-            state.heartbeat_at = _now()
+            state.heartbeat_at = utcnow()
             try:
                 if not await self._restores.set_status(key.namespace, name, state):
                     cancelled.set()

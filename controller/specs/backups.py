@@ -7,6 +7,8 @@ its author could write any ``status.location``.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from datetime import datetime
 from typing import Any
 
@@ -21,7 +23,8 @@ from schemas.backups import (
 )
 from schemas.project import API_GROUP, API_VERSION, KIND, BackupTarget
 
-EXTENSIONS = {BackupTarget.database: "dump"}
+# What a run's own object is: a database's dump, a bucket's manifest.
+EXTENSIONS = {BackupTarget.database: "dump", BackupTarget.storage: "json"}
 
 
 def object_key(key: ProjectKey, target: BackupTarget, record: str) -> str:
@@ -31,6 +34,15 @@ def object_key(key: ProjectKey, target: BackupTarget, record: str) -> str:
 
 def project_prefix(key: ProjectKey) -> str:
     return f"projects/{key.namespace}/{key.name}/"
+
+
+def blobs_prefix(key: ProjectKey) -> str:
+    return f"{project_prefix(key)}storage/blobs/"
+
+
+def blob_key(key: ProjectKey, name: str, etag: str) -> str:
+    """Where one version of one bucket object is kept: by its key's hash (a tenant's key is any text) and ETag."""
+    return f"{blobs_prefix(key)}{hashlib.sha256(name.encode()).hexdigest()}-{re.sub(r'[^A-Za-z0-9-]', '', etag)}"
 
 
 def final_dump_key(key: ProjectKey, database: str, stamp: str) -> str:

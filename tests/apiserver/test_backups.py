@@ -29,12 +29,13 @@ from controller.clients.s3 import S3Server
 from controller.drivers.backups import BackupDriver, Runs
 from controller.drivers.minio import SECRET_KEY, MinioDriver, access_key
 from controller.drivers.postgres import PASSWORD_KEY, PostgresDriver
-from controller.jobs.backups import BackupRunner, BackupStore
+from controller.jobs.backups import BackupRunner, BackupStore, DatabaseDump
+from controller.jobs.bucket_copies import read_manifest
 from controller.loop.backups import RunRecord
 from controller.loop.naming import ProjectKey
 from controller.loop.planner import BACKUP_CONVERGED, Component, desired_state
 from controller.loop.secrets import MemorySecrets
-from controller.specs.backups import object_key, record_body, restore_command
+from controller.specs.backups import blobs_prefix, object_key, record_body, restore_command
 from schemas.backups import BackupPhase, BackupRunStatus, BackupTrigger, RestoreStatus
 from schemas.project import BackupTarget
 from tests.drivers_common import context
@@ -61,7 +62,7 @@ class World:
     def __init__(self, kube: KubeClient, namespace: str, pg: PostgresServer, s3: MinioServer, slug: str) -> None:
         self.pg, self.s3 = pg, s3
         self.secrets = MemorySecrets()
-        base, self.spec = context(slug, features={"database": {"version": "15"}})
+        base, self.spec = context(slug, features={"database": {"version": "15"}, "storage": {}})
         self.key = ProjectKey(namespace, slug, base.key.uid)
         self.ctx = replace(base, key=self.key, backup=self.spec.backup)
         self.where = (namespace, str(self.ctx.allocations.connection_secret))
@@ -71,7 +72,9 @@ class World:
         # A store of its own per test: the MinIO is shared by the module.
         self.bucket = f"codeb-{slug}"
         self.store = BackupStore(S3Server(s3.endpoint, s3.root_user, s3.root_password), self.bucket)
-        self.driver = BackupDriver("shared", self.store, self.runs, self.database.server, self.secrets)
+        self.minio = MinioDriver(s3.endpoint, s3.root_user, s3.root_password, self.secrets)
+        self.driver = BackupDriver("shared", self.store, self.runs, self.database.server, self.secrets,
+                                   self.minio.server)  # fmt: skip
 
     async def create_database(self, rows: int = 2) -> None:
         await self.database.apply(self.ctx, desired_state(self.spec, self.ctx.allocations)[Component.database])
@@ -262,15 +265,15 @@ async def test_two_claimers_one_run(world: World) -> None:
     await world.create_database()
     await world.records.create(record_body(world.key, "once", DB, BackupTrigger.Manual, None))
     (record, version) = (await world.records.list(world.key))["once"]
-    source = await world.driver._source(world.ctx)
+    source = (await world.driver._sources(world.ctx)).database
+    assert source is not None
     other = BackupRunner(world.records)  # a second operator's
     try:
-        claims = await asyncio.gather(
-            world.runner.start(world.key, record, version, source, world.store, object_key(world.key, DB, "once")),
-            other.start(world.key, record, version, source, world.store, object_key(world.key, DB, "once")),
-        )
+        job = DatabaseDump(world.key, "once", source, world.store, object_key(world.key, DB, "once"))
+        claims = await asyncio.gather(world.runner.start(world.key, record, version, job),
+                                      other.start(world.key, record, version, job))  # fmt: skip
         assert sorted(claims) == [False, True]
-        assert not await world.runner.start(world.key, record, version, source, world.store, "x")
+        assert not await world.runner.start(world.key, record, version, job)
     finally:
         await other.stop()
 
@@ -398,3 +401,53 @@ async def test_a_forged_backup_record_restores_nothing(world: World) -> None:
     status = await restored(world, "forged-restore")
     assert status.phase is BackupPhase.Failed and status.message
     assert world.rows() == 2
+
+
+async def test_bucket_backups_are_incremental_and_restore_objects_as_they_were(world: World) -> None:
+    await world.create_database()
+    await world.minio.apply(world.ctx, desired_state(world.spec, world.ctx.allocations)[Component.storage])
+    bucket, s3 = str(world.ctx.allocations.bucket), root(world.s3)
+
+    def put(name: str, body: bytes) -> None:
+        s3.put_object(bucket, name, io.BytesIO(body), len(body))
+
+    def contents() -> dict[str, bytes]:
+        return {str(o.object_name): s3.get_object(bucket, str(o.object_name)).read()
+                for o in s3.list_objects(bucket, recursive=True)}  # fmt: skip
+
+    for name, body in {"a.txt": b"a, first", "b.txt": b"b", "docs/d.txt": b"d, never changes"}.items():
+        put(name, body)
+    ctx = replace(world.ctx, backup=world.spec.backup.model_copy(update={"include": [DB, BackupTarget.storage]}))
+    await world.driver.apply(ctx, BACKUP_CONVERGED)
+    first = next(r for r in (await world.settled()).values() if r.target is BackupTarget.storage)
+    assert first.phase is BackupPhase.Succeeded and first.message == (
+        "3 objects; 3 copied, the rest unchanged since an earlier backup"), first.message  # fmt: skip
+
+    put("a.txt", b"a, second")
+    s3.remove_object(bucket, "b.txt")
+    put("c.txt", b"c, new")
+    await world.records.create(record_body(world.key, "files-2", BackupTarget.storage, BackupTrigger.Manual, None))
+    await world.driver.apply(ctx, BACKUP_CONVERGED)
+    second = (await world.settled())["files-2"]
+    assert second.message == "3 objects; 2 copied, the rest unchanged since an earlier backup"  # d was not copied
+
+    await world.runs.restores.create(restore_body(world, "files-back", first.name))
+    await world.driver.apply(ctx, BACKUP_CONVERGED)
+    status = await restored(world, "files-back")
+    assert status.phase is BackupPhase.Succeeded, status.message
+    assert contents() == {"a.txt": b"a, first", "b.txt": b"b", "docs/d.txt": b"d, never changes"}
+    assert status.message == f"restored backup {first.name}: 2 objects copied back, 1 deleted"
+
+    # Thirty days on: the slot due by then is backed up; then retention keeps only that newest bucket backup,
+    # and the blobs no kept manifest names are collected (the second state's "a" and "c").
+    later = datetime.now(UTC) + timedelta(days=30)
+    world.driver._clock = lambda: later  # type: ignore[method-assign]
+    await world.driver.apply(ctx, BACKUP_CONVERGED)
+    await world.settled()
+    await world.driver.apply(ctx, BACKUP_CONVERGED)
+    (kept,) = [r for r in (await world.records_now()).values() if r.target is BackupTarget.storage]
+    assert kept.trigger is BackupTrigger.Scheduled and kept.phase is BackupPhase.Succeeded
+    blobs = {str(o.object_name) for o in s3.list_objects(world.bucket, prefix=blobs_prefix(world.key), recursive=True)}
+    manifest = read_manifest(world.store, object_key(world.key, BackupTarget.storage, kept.name))
+    assert set(manifest) == {"a.txt", "b.txt", "docs/d.txt"}
+    assert blobs == {entry["blob"] for entry in manifest.values()}
