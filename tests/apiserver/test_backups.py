@@ -261,6 +261,97 @@ async def test_a_run_killed_mid_upload_leaves_no_backup_and_is_recorded_failed(w
     assert not any(r.phase is BackupPhase.Succeeded for r in records.values() if r.name == "cut")
 
 
+KILLED_MID_RESTORE = textwrap.dedent(
+    """
+    import sys, threading, time
+    from controller.clients.postgres import PostgresServer
+    from controller.clients.s3 import S3Server
+    from controller.jobs import backups, restores
+
+    host, port, user, password, database, endpoint, s3_user, s3_password, bucket, key, sha256 = sys.argv[1:]
+    feed = restores._feed
+
+    def slow(proc, chunks, digest, cancelled, progress):
+        def paused():
+            total = 0
+            for chunk in chunks:
+                total += len(chunk)
+                yield chunk
+                if total > 6 * 1024 * 1024:
+                    print("half restored", flush=True)
+                    time.sleep(600)  # killed here, with pg_restore half fed
+        return feed(proc, paused(), digest, cancelled, progress)
+
+    restores._feed = slow
+    access = backups.DatabaseAccess(PostgresServer(host, int(port), user, password), user, password, database)
+    store = backups.BackupStore(S3Server(endpoint, s3_user, s3_password), bucket)
+    restores.stream_restore(access, store, key, sha256, 600, threading.Event(), lambda done: None)
+    """
+)
+
+
+async def test_a_restore_killed_midway_changes_nothing_and_is_recorded_failed(world: World, tmp_path: Path) -> None:
+    await world.create_database(rows=60_000)
+    with world.tenant() as conn:
+        conn.execute("ALTER TABLE orders ADD COLUMN filler text")
+        conn.execute("UPDATE orders SET filler = md5(random()::text) || md5(random()::text) || md5(random()::text)"
+                     " || md5(random()::text) || md5(random()::text) || md5(random()::text)")  # fmt: skip
+    backup = await backed_up(world)
+    with world.tenant() as conn:
+        conn.execute("INSERT INTO orders (id, note) VALUES (-1, 'after the backup')")
+    status = await world.records.read_status(world.key.namespace, backup)
+    assert status is not None and status.sha256
+    now = datetime.now(UTC)
+    await world.runs.restores.create(restore_body(world, "cut-restore", backup, safety=False))
+    (_, version) = (await world.runs.restores.list(world.key))["cut-restore"]
+    running = RestoreStatus(phase=BackupPhase.Running, started_at=now, heartbeat_at=now)
+    assert await world.runs.restores.set_status(world.key.namespace, "cut-restore", running, version)
+    a = world.ctx.allocations
+    script = tmp_path / "killed_restore.py"
+    script.write_text(KILLED_MID_RESTORE)
+    args = [world.pg.host, str(world.pg.port), str(a.database_role), world.password(), str(a.database),
+            world.s3.endpoint, world.s3.root_user, world.s3.root_password, world.bucket,
+            object_key(world.key, DB, backup), status.sha256]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, cwd=Path(__file__).parents[2])
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
+        assert line.strip() == b"half restored"
+        proc.kill()  # kill -9 of the restoring process: pg_restore reads an end of input mid-archive
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+    def restoring() -> bool:
+        with admin_connection(world.pg) as conn:
+            row = conn.execute("SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = %s AND "
+                               "application_name = 'pg_restore'", (a.database,)).fetchone()  # fmt: skip
+            return bool(row and row[0])
+
+    deadline = time.monotonic() + 30
+    while restoring():
+        assert time.monotonic() < deadline, "pg_restore still connected 30 s after its feeder was killed"
+        await asyncio.sleep(0.2)
+    with world.tenant() as conn:  # one transaction, never committed: the rows are as they were
+        assert conn.execute("SELECT note FROM orders WHERE id = -1").fetchone() == ("after the backup",)
+    assert world.rows() == 60_001
+
+    later = now + timedelta(minutes=5)
+    world.driver._clock = lambda: later  # type: ignore[method-assign]
+    assert (await world.driver.observe(world.ctx)).state["restores"] == ["cut-restore"]  # type: ignore[index]
+    await world.driver.apply(world.ctx, BACKUP_CONVERGED)
+    cut = RestoreStatus.model_validate((await world.runs.restores.read(world.key.namespace, "cut-restore") or {})
+                                       .get("status") or {})  # fmt: skip
+    assert cut.phase is BackupPhase.Failed and "as it was" in (cut.message or "")
+
+
+def admin_connection(pg: PostgresServer) -> psycopg.Connection[Any]:
+    return psycopg.connect(host=pg.host, port=pg.port, user=pg.admin_user, password=pg.admin_password,
+                           dbname="postgres", autocommit=True, connect_timeout=5)  # fmt: skip
+
+
 async def test_two_claimers_one_run(world: World) -> None:
     await world.create_database()
     await world.records.create(record_body(world.key, "once", DB, BackupTrigger.Manual, None))
