@@ -205,6 +205,8 @@ class BackupFailure(CodebModel):
 class BackupSummary(CodebModel):
     last_successful: str | None = Field(None, description="The newest Backup that succeeded.", max_length=253)
     last_successful_at: datetime | None = Field(None, description="When it was taken.")
+    last_successful_size_bytes: int | None = Field(None, description="Bytes it stored.")
+    last_successful_duration_seconds: float | None = Field(None, description="How long it took.")
     first_recoverability_point: datetime | None = Field(
         None, description="The oldest moment the data can be restored to (the oldest backup kept)."
     )

@@ -266,9 +266,13 @@ def summary(records: Sequence[RunRecord], next_at: datetime | None) -> BackupSum
     succeeded = sorted((r for r in records if r.phase is BackupPhase.Succeeded), key=lambda r: r.taken_at)
     running = [r for r in records if r.phase is BackupPhase.Running]
     failure = last_failure(records)
+    newest = succeeded[-1] if succeeded else None
+    took = (newest.finished_at - newest.taken_at).total_seconds() if newest and newest.finished_at else None
     return BackupSummary(
-        last_successful=succeeded[-1].name if succeeded else None,
-        last_successful_at=succeeded[-1].taken_at if succeeded else None,
+        last_successful=newest.name if newest else None,
+        last_successful_at=newest.taken_at if newest else None,
+        last_successful_size_bytes=newest.size_bytes if newest else None,
+        last_successful_duration_seconds=round(took, 3) if took is not None else None,
         first_recoverability_point=succeeded[0].taken_at if succeeded else None,
         next_scheduled_at=next_at,
         last_failure=BackupFailure(name=failure.name, at=failure.taken_at, message=failure.message or "")

@@ -210,6 +210,8 @@ def post_events(runtime: Runtime, body: kopf.Body, outcome: Outcome, status_chan
     if outcome.rollout is not None:
         runtime.metrics.record_rollout(outcome.rollout.checks, outcome.rollout.finished)
     runtime.metrics.set_phase(body.metadata.uid or "", outcome.status.phase)
+    runtime.metrics.record_backup(body.metadata.uid or "", body.metadata.namespace or "", body.metadata.name or "",
+                                  outcome.status.backup)  # fmt: skip
 
 
 async def reconcile_body(runtime: Runtime, body: kopf.Body, trigger: str) -> dict[str, Any] | None:

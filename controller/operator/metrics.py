@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from schemas.project import Phase
+from schemas.project import BackupSummary, Phase
 
 
 class Metrics:
@@ -36,9 +38,30 @@ class Metrics:
             self.projects.labels(phase.value).set(0)  # every phase is a series from the start, at 0
         self._phases: dict[str, Phase] = {}
         self._serving = False
+        # Per Project with backups: three series, removed when the Project goes (bounded by the Projects).
+        labels = ["namespace", "project"]
+        self.backup_last_success = Gauge(
+            "codeb_backup_last_success_timestamp_seconds",
+            "When the newest successful backup was taken.",
+            labels,
+            registry=self.registry,
+        )
+        self.backup_size = Gauge(
+            "codeb_backup_last_size_bytes", "Bytes the newest successful backup stored.", labels, registry=self.registry
+        )
+        self.backup_duration = Gauge(
+            "codeb_backup_last_duration_seconds",
+            "How long the newest successful backup took.",
+            labels,
+            registry=self.registry,
+        )
+        self._backups: dict[str, tuple[str, str]] = {}
 
     def set_phase(self, uid: str, phase: Phase | None) -> None:
-        """Move one Project between the phase gauges (each pass calls this: constant time, not a recount)."""
+        """Move one Project between the phase gauges (each pass calls this: constant time, not a recount);
+        None: the Project is gone, and so are its series."""
+        if phase is None:
+            self.record_backup(uid, "", "", None)
         before = self._phases.pop(uid, None) if phase is None else self._phases.get(uid)
         if phase is not None:
             self._phases[uid] = phase
@@ -48,6 +71,20 @@ class Metrics:
             self.projects.labels(before.value).dec()
         if phase is not None:
             self.projects.labels(phase.value).inc()
+
+    def record_backup(self, uid: str, namespace: str, project: str, summary: BackupSummary | None) -> None:
+        """The Project's newest successful backup as series; none without one."""
+        if summary is None or summary.last_successful_at is None:
+            labels = self._backups.pop(uid, None)
+            for gauge in (self.backup_last_success, self.backup_size, self.backup_duration):
+                if labels is not None:
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(*labels)
+            return
+        self._backups[uid] = (namespace, project)
+        self.backup_last_success.labels(namespace, project).set(summary.last_successful_at.timestamp())
+        self.backup_size.labels(namespace, project).set(summary.last_successful_size_bytes or 0)
+        self.backup_duration.labels(namespace, project).set(summary.last_successful_duration_seconds or 0)
 
     def record_rollout(self, checks: list[bool], finished: tuple[str, float] | None) -> None:
         for healthy in checks:

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 
 from prometheus_client import generate_latest
 
 from controller.operator.metrics import Metrics
-from schemas.project import Phase
+from schemas.project import BackupSummary, Phase
 
 
 def test_projects_by_phase_follow_each_project() -> None:
@@ -42,3 +43,26 @@ def test_the_phase_gauges_always_equal_a_recount() -> None:
     for each in Phase:
         expected = sum(1 for p in phases.values() if p is each)
         assert metrics.projects.labels(each.value)._value.get() == expected
+
+
+def test_backup_series_per_project_come_and_go_with_it() -> None:
+    metrics = Metrics()
+    taken = datetime(2026, 12, 3, 3, 4, tzinfo=UTC)
+    summary = BackupSummary(last_successful="shop-database-20261203-0300", last_successful_at=taken,
+                            last_successful_size_bytes=4096, last_successful_duration_seconds=1.5)  # fmt: skip
+    metrics.record_backup("uid-1", "team", "shop", summary)
+    metrics.record_backup("uid-2", "team", "blog", BackupSummary())  # no successful backup yet: no series
+    labels = {"namespace": "team", "project": "shop"}
+    value = metrics.registry.get_sample_value
+    assert value("codeb_backup_last_success_timestamp_seconds", labels) == taken.timestamp()
+    assert value("codeb_backup_last_size_bytes", labels) == 4096
+    assert value("codeb_backup_last_duration_seconds", labels) == 1.5
+    assert value("codeb_backup_last_size_bytes", {"namespace": "team", "project": "blog"}) is None
+    metrics.set_phase("uid-1", Phase.Ready)
+    metrics.set_phase("uid-1", None)  # the Project is gone
+    assert value("codeb_backup_last_size_bytes", labels) is None
+    # A thousand Projects that came and went leave no series behind.
+    for i in range(1000):
+        metrics.record_backup(f"u{i}", "team", f"p{i}", summary)
+        metrics.set_phase(f"u{i}", None)
+    assert "codeb_backup_last_size_bytes{" not in generate_latest(metrics.registry).decode()
