@@ -27,7 +27,7 @@ from controller.jobs.backups import BackupRunner, BackupStore, DatabaseAccess, D
 from controller.jobs.bucket_copies import BucketAccess, BucketCopy, referenced_blobs
 from controller.jobs.restores import RestoreRunner, Sources
 from controller.loop import backups as decide
-from controller.loop.backups import Cron, RunRecord
+from controller.loop.backups import Cron, RestoreRecord, RunRecord
 from controller.loop.interface import DriverContext
 from controller.loop.planner import Component, Observation, State
 from controller.loop.secrets import SecretStore
@@ -53,11 +53,15 @@ class Runs:
     backup_runner: BackupRunner
     restore_runner: RestoreRunner
 
+    # A running record older than this without a heartbeat was cut short.
+    stale_after: float = decide.STALE_SECONDS
+
     @classmethod
-    def on(cls, kube: KubeClient) -> Runs:
+    def on(cls, kube: KubeClient, heartbeat: float = decide.HEARTBEAT_SECONDS, concurrency: int = 2) -> Runs:
         backups, restores = BackupRecords(kube), RestoreRecords(kube)
-        backup_runner = BackupRunner(backups)
-        return cls(backups, restores, backup_runner, RestoreRunner(restores, backups, backup_runner))
+        backup_runner = BackupRunner(backups, concurrency, heartbeat)
+        return cls(backups, restores, backup_runner, RestoreRunner(restores, backups, backup_runner),
+                   heartbeat * decide.STALE_BEATS)  # fmt: skip
 
     async def stop(self) -> None:
         await self.restore_runner.stop()
@@ -74,6 +78,7 @@ class BackupDriver:
         self._objects = objects
         self._records, self._runner = runs.backups, runs.backup_runner
         self._restores, self._restore_runner = runs.restores, runs.restore_runner
+        self._stale_after = runs.stale_after
         self._postgres, self._secrets = postgres, secrets
         self._clock = clock
 
@@ -95,7 +100,7 @@ class BackupDriver:
             "store": store_ready,
             "due": [d.target.value for d in self._due(ctx, backup, listed, now)],
             "pending": sorted(r.name for r in listed if self._unclaimed(ctx, r)),
-            "stale": sorted(r.name for r in listed if r.stale(now) and not self._runner.running(ctx.key, r.name)),
+            "stale": sorted(r.name for r in listed if self._cut_short(ctx, r, now)),
             "expired": [r.name for r in decide.expired(listed, now, backup.retention_days, backup.keep_last)],
             "restores": await self._restores_to_act_on(ctx, now),
         }
@@ -107,8 +112,13 @@ class BackupDriver:
         """The restore to start (one at a time), and restores whose operator is gone."""
         restores = {r.name: r for r, _ in (await self._restores.list(ctx.key)).values()}
         waiting = decide.next_restore(restores.values())
-        stale = [n for n, r in restores.items() if r.stale(now) and not self._restore_runner.running(ctx.key, n)]
+        stale = [n for n, r in restores.items() if self._cut_short(ctx, r, now)]
         return sorted({*stale, *([waiting.name] if waiting is not None else [])})
+
+    def _cut_short(self, ctx: DriverContext, record: RunRecord | RestoreRecord, now: datetime) -> bool:
+        """Running, with no heartbeat for a while, and not running here: its operator is gone."""
+        runner = self._runner if isinstance(record, RunRecord) else self._restore_runner
+        return record.stale(now, self._stale_after) and not runner.running(ctx.key, record.name)
 
     def _unclaimed(self, ctx: DriverContext, record: RunRecord) -> bool:
         return record.phase is BackupPhase.Pending and not self._runner.running(ctx.key, record.name)
@@ -156,7 +166,7 @@ class BackupDriver:
         records = await self._records.list(ctx.key)
         listed = [record for record, _ in records.values()]
         for record, version in records.values():
-            if record.stale(now) and not self._runner.running(ctx.key, record.name):
+            if self._cut_short(ctx, record, now):
                 await self._runner.fail_stale(ctx.key, record, version)
         for due in self._due(ctx, backup, listed, now):
             name = decide.record_name(ctx.key.name, due.target, due.slot, due.trigger, now)
@@ -169,7 +179,7 @@ class BackupDriver:
         assert self._store is not None
         restores = await self._restores.list(ctx.key)
         for record, version in restores.values():
-            if record.stale(now) and not self._restore_runner.running(ctx.key, record.name):
+            if self._cut_short(ctx, record, now):
                 await self._restore_runner.fail_stale(ctx.key, record, version)
         waiting = decide.next_restore(r for r, _ in restores.values())
         if waiting is not None:

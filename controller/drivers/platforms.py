@@ -76,10 +76,10 @@ class MissingService:
 
 
 class PlatformDrivers:
-    def __init__(self, kube: KubeClient, timeout: float = 30.0, concurrency: int = 8) -> None:
+    def __init__(self, kube: KubeClient, timeout: float = 30.0, concurrency: int = 8, runs: Runs | None = None) -> None:
         self._kube = kube
         # One set of runners for every Platform: runs in flight outlive a Platform's drivers being rebuilt.
-        self.runs = Runs.on(kube)
+        self.runs = runs or Runs.on(kube)
         self._timeout, self._concurrency = timeout, concurrency
         self._secrets = KubeSecrets(kube)
         self._cache: dict[str, tuple[str, PlatformSpec, Drivers]] = {}

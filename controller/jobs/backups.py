@@ -168,8 +168,10 @@ Finished = Callable[[ProjectKey], None]
 class BackupRunner:
     """Runs claimed records, at most ``concurrency`` at once; one task per record, never two."""
 
-    def __init__(self, records: BackupRecords, concurrency: int = CONCURRENCY) -> None:
+    def __init__(self, records: BackupRecords, concurrency: int = CONCURRENCY,
+                 heartbeat: float = HEARTBEAT_SECONDS) -> None:  # fmt: skip
         self._records = records
+        self._heartbeat_seconds = heartbeat
         self._concurrency = concurrency
         self._slots: asyncio.Semaphore | None = None
         self._tasks: dict[str, asyncio.Task[BackupRunStatus]] = {}
@@ -235,7 +237,7 @@ class BackupRunner:
     async def _heartbeat(self, key: ProjectKey, name: str, started: datetime, cancelled: threading.Event) -> None:
         """Keep the record fresh; a record deleted meanwhile cancels the run."""
         while not cancelled.is_set():
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+            await asyncio.sleep(self._heartbeat_seconds)
             beat = BackupRunStatus(phase=BackupPhase.Running, started_at=started, heartbeat_at=utcnow())
             try:
                 if not await self._records.set_status(key.namespace, name, beat):

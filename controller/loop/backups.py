@@ -21,9 +21,10 @@ from schemas.project import Allocations, Backup, BackupTarget
 from schemas.status import BackupFailure, BackupSummary
 
 SPREAD_SECONDS = 600
-# A Running record whose heartbeat is older than this was cut short (the operator that ran it is gone).
+# A running record's heartbeat; one older than `STALE_BEATS` beats was cut short (its operator is gone).
 HEARTBEAT_SECONDS = 20.0
-STALE_SECONDS = 120.0
+STALE_BEATS = 6
+STALE_SECONDS = HEARTBEAT_SECONDS * STALE_BEATS
 # Failed records kept for reading, newest first (successful ones go by retention).
 FAILED_HISTORY = 5
 # How far back a slot is looked for: a yearly schedule on 29 February fires every four (or eight) years.
@@ -144,8 +145,8 @@ class RunRecord:
     def taken_at(self) -> datetime:
         return self.started_at or self.created_at
 
-    def stale(self, now: datetime) -> bool:
-        return _stale(self.phase, self.heartbeat_at or self.started_at or self.created_at, now)
+    def stale(self, now: datetime, after: float = STALE_SECONDS) -> bool:
+        return _stale(self.phase, self.heartbeat_at or self.started_at or self.created_at, now, after)
 
 
 @dataclass(frozen=True)
@@ -160,13 +161,13 @@ class RestoreRecord:
     started_at: datetime | None = None
     heartbeat_at: datetime | None = None
 
-    def stale(self, now: datetime) -> bool:
-        return _stale(self.phase, self.heartbeat_at or self.started_at or self.created_at, now)
+    def stale(self, now: datetime, after: float = STALE_SECONDS) -> bool:
+        return _stale(self.phase, self.heartbeat_at or self.started_at or self.created_at, now, after)
 
 
-def _stale(phase: BackupPhase, last_seen: datetime, now: datetime) -> bool:
-    """Running, but nobody has said so for `STALE_SECONDS`: the operator that ran it is gone."""
-    return phase is BackupPhase.Running and (now - last_seen).total_seconds() > STALE_SECONDS
+def _stale(phase: BackupPhase, last_seen: datetime, now: datetime, after: float) -> bool:
+    """Running, but nobody has said so for ``after`` seconds: the operator that ran it is gone."""
+    return phase is BackupPhase.Running and (now - last_seen).total_seconds() > after
 
 
 def next_restore(restores: Iterable[RestoreRecord]) -> RestoreRecord | None:

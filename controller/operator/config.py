@@ -57,6 +57,13 @@ class OperatorConfig(BaseModel):
     reconcile_timeout_seconds: float = Field(
         300.0, gt=0, description="CODEB_RECONCILE_TIMEOUT: seconds before one reconcile pass is abandoned and retried."
     )
+    backup_heartbeat_seconds: float = Field(
+        20.0, ge=0.5, le=600, description="CODEB_BACKUP_HEARTBEAT: seconds between a running backup's signs of life; "
+        "six missed make it stale (cut short, recorded Failed).",
+    )  # fmt: skip
+    backup_concurrency: int = Field(
+        2, ge=1, le=64, description="CODEB_BACKUP_CONCURRENCY: backup runs at once per operator."
+    )
 
     allow_internal_targets: bool = Field(
         False,
@@ -149,6 +156,8 @@ _ENV = {
     "service_timeout_seconds": "CODEB_SERVICE_TIMEOUT",
     "service_concurrency": "CODEB_SERVICE_CONCURRENCY",
     "reconcile_timeout_seconds": "CODEB_RECONCILE_TIMEOUT",
+    "backup_heartbeat_seconds": "CODEB_BACKUP_HEARTBEAT",
+    "backup_concurrency": "CODEB_BACKUP_CONCURRENCY",
     "allow_internal_targets": "CODEB_ALLOW_INTERNAL_TARGETS",
     "local_runtime": "CODEB_LOCAL_RUNTIME",
     "local_runtime_namespaces": "CODEB_LOCAL_RUNTIME_NAMESPACES",

@@ -32,11 +32,13 @@ def operator_drivers(kube: KubeClient, config: OperatorConfig) -> DriverSource:
     """The drivers the operator runs with, and `codeb diff` and `logs` look with."""
     from controller.clients.hostkeys import HostKeys
     from controller.clients.ssh import SshPool
+    from controller.drivers.backups import Runs
     from controller.drivers.clusters import TargetClusters
     from controller.drivers.platforms import PlatformDrivers
     from controller.drivers.registry import DriverRegistry
 
-    platforms = PlatformDrivers(kube, config.service_timeout_seconds, config.service_concurrency)
+    runs = Runs.on(kube, config.backup_heartbeat_seconds, config.backup_concurrency)
+    platforms = PlatformDrivers(kube, config.service_timeout_seconds, config.service_concurrency, runs)
     internal = config.allow_internal_targets
     host_keys = HostKeys(kube, config.claims_namespace)
     ssh = SshPool(allow_internal=internal, host_keys=host_keys)

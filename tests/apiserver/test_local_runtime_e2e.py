@@ -143,12 +143,43 @@ def backups_bring_the_data_back(cluster: LocalCluster, credentials: dict[str, st
     assert "backups:   last " in shown.stdout and re.search(r"BackupReady +True", shown.stdout), shown.stdout
 
 
+def backup_of_hello(cluster: LocalCluster, name: str) -> dict[str, Any]:
+    return dict(get_json(cluster, "backup", name, "-n", NS))
+
+
+def a_backup_cut_by_a_kill_is_failed_and_the_next_succeeds(cluster: LocalCluster, operator: OperatorProcess,
+                                                           credentials: dict[str, str], s3: Any) -> None:  # fmt: skip
+    """kill -9 of the operator while a backup runs (its pg_dump waits for a lock the application holds): the run
+    is recorded Failed once its heartbeat is stale, never Succeeded, nothing of it is kept, and the next succeeds."""
+    holder = psycopg.connect(credentials["DATABASE_URL"], connect_timeout=5)
+    try:
+        holder.execute("LOCK TABLE ledger IN ACCESS EXCLUSIVE MODE")
+        taken = codeb(cluster, "backup", "hello", "-n", NS, "--no-wait", "-o", "json")
+        assert taken.returncode == 0, taken.stdout + taken.stderr
+        name = json.loads(taken.stdout)["backup"]
+        wait_for(lambda: backup_of_hello(cluster, name).get("status", {}).get("phase") == "Running", timeout=30,
+                 what="the backup running")  # fmt: skip
+        time.sleep(1)  # pg_dump has started and waits for the lock
+        operator.kill()
+        operator.start()
+    finally:
+        holder.rollback()  # the lock goes; the orphaned pg_dump writes into a closed pipe and ends
+        holder.close()
+    cut = wait_for(lambda: (b := backup_of_hello(cluster, name))["status"]["phase"] in ("Failed", "Succeeded") and b,
+                   timeout=60, what="the cut backup recorded")  # fmt: skip
+    assert cut["status"]["phase"] == "Failed" and "cut short" in cut["status"]["message"], cut["status"]
+    admin_s3 = Minio(s3.endpoint, access_key=s3.root_user, secret_key=s3.root_password, secure=False)
+    assert not list(admin_s3.list_objects("codeb-backups", prefix=f"projects/{NS}/hello/database/{name}"))
+    again = codeb(cluster, "backup", "hello", "-n", NS, "-o", "json")
+    assert again.returncode == 0 and json.loads(again.stdout)["phase"] == "Succeeded", again.stdout + again.stderr
+
+
 def test_the_example_serves_through_caddy_on_its_real_services(world: dict[str, Any], tmp_path: Path) -> None:
     cluster: LocalCluster = world["cluster"]
     pg, rd, s3, caddy = world["pg"], world["redis"], world["s3"], world["caddy"]
     install_platform(cluster, pg, rd, s3, caddy)
     env = {"CODEB_LOCAL_RUNTIME": "1", "CODEB_LOCAL_ROOT": str(REPO_ROOT), "CODEB_STATE_DIR": str(tmp_path / "state"),
-           "CODEB_DRIFT_INTERVAL": "3"}  # fmt: skip
+           "CODEB_DRIFT_INTERVAL": "3", "CODEB_BACKUP_HEARTBEAT": "1"}  # fmt: skip
     operator = OperatorProcess(cluster, tmp_path / "operator.log", **env).start()
     try:
         started = time.monotonic()
@@ -175,6 +206,7 @@ def test_the_example_serves_through_caddy_on_its_real_services(world: dict[str, 
         admin_s3 = Minio(s3.endpoint, access_key=s3.root_user, secret_key=s3.root_password, secure=False)
         assert admin_s3.stat_object(credentials["S3_BUCKET"], "hello/last-visit.txt").size > 0
         backups_bring_the_data_back(cluster, credentials)
+        a_backup_cut_by_a_kill_is_failed_and_the_next_succeeds(cluster, operator, credentials, s3)
 
         # An operator restart adopts the running process; it is not started again.
         before = supervisors(f"{NS}/hello")
