@@ -25,6 +25,7 @@ from controller.drivers.postgres import PASSWORD_KEY
 from controller.errors import RetryableError
 from controller.jobs.backups import BackupRunner, BackupStore, DatabaseAccess, DatabaseDump, Job
 from controller.jobs.bucket_copies import BucketAccess, BucketCopy, referenced_blobs
+from controller.jobs.cache_copies import CacheAccess, CacheCopy
 from controller.jobs.restores import RestoreRunner, Sources
 from controller.loop import backups as decide
 from controller.loop.backups import Cron, RestoreRecord, RunRecord
@@ -36,8 +37,10 @@ from schemas.backups import BackupPhase
 from schemas.project import Backup, BackupTarget
 
 STORE_PURPOSE = "backups"
+# The Platform's Redis as its admin: host, port, password.
+RedisLogin = tuple[str, int, str | None]
 # What has a runner today; the rest is said, not pretended.
-RUNNABLE = frozenset({BackupTarget.database, BackupTarget.storage})
+RUNNABLE = frozenset({BackupTarget.database, BackupTarget.storage, BackupTarget.redis})
 
 
 def _now() -> datetime:
@@ -72,10 +75,10 @@ class BackupDriver:
     component = Component.backup
 
     def __init__(self, platform: str, store: BackupStore | None, runs: Runs, postgres: PostgresServer | None,
-                 secrets: SecretStore, objects: S3Server | None = None,
+                 secrets: SecretStore, objects: S3Server | None = None, cache: RedisLogin | None = None,
                  clock: Callable[[], datetime] = _now) -> None:  # fmt: skip
         self._platform, self._store = platform, store
-        self._objects = objects
+        self._objects, self._cache = objects, cache
         self._records, self._runner = runs.backups, runs.backup_runner
         self._restores, self._restore_runner = runs.restores, runs.restore_runner
         self._stale_after = runs.stale_after
@@ -203,6 +206,8 @@ class BackupDriver:
             return DatabaseDump(ctx.key, record.name, sources.database, self._store, key)
         if record.target is BackupTarget.storage and sources.bucket is not None:
             return BucketCopy(ctx.key, record.name, sources.bucket, self._store, key)
+        if record.target is BackupTarget.redis and sources.cache is not None:
+            return CacheCopy(ctx.key, record.name, sources.cache, self._store, key)
         return None
 
     async def _sources(self, ctx: DriverContext) -> Sources:
@@ -216,7 +221,9 @@ class BackupDriver:
                                      reason="BackupLoginMissing")  # fmt: skip
             access = DatabaseAccess(self._postgres, role, password, database)
         objects = BucketAccess(self._objects, bucket) if self._objects is not None and bucket else None
-        return Sources(access, objects)
+        prefix = ctx.allocations.redis_prefix
+        cache = CacheAccess(*self._cache, prefix) if self._cache is not None and prefix else None
+        return Sources(access, objects, cache)
 
     async def _prune(self, ctx: DriverContext, listed: list[RunRecord], expired: list[RunRecord]) -> None:
         assert self._store is not None

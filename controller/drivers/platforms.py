@@ -19,7 +19,7 @@ from controller.clients.caddy import admin_client
 from controller.clients.kube import KubeClient, KubeSecrets
 from controller.clients.postgres import PostgresServer
 from controller.clients.s3 import S3Server
-from controller.drivers.backups import STORE_PURPOSE, BackupDriver, Runs
+from controller.drivers.backups import STORE_PURPOSE, BackupDriver, RedisLogin, Runs
 from controller.drivers.caddy import CaddyDriver
 from controller.drivers.minio import MinioDriver, ensure_operator_bucket
 from controller.drivers.postgres import PostgresDriver
@@ -162,11 +162,13 @@ class PlatformDrivers:
                                       self._concurrency, allowed)  # fmt: skip
             drivers[Component.database], postgres = database, database.server
         objects = storage.server if storage is not None else None
-        drivers[Component.backup] = BackupDriver(name, store, self.runs, postgres, self._secrets, objects)
+        cache: RedisLogin | None = None
         if platform.redis is not None:
             (password,) = await self._admin(platform.redis.admin_secret_ref, "password")
+            cache = (platform.redis.host, platform.redis.port, password)
             drivers[Component.cache] = RedisDriver(platform.redis.host, platform.redis.port, password, self._secrets,
                                                    self._timeout, self._concurrency)  # fmt: skip
+        drivers[Component.backup] = BackupDriver(name, store, self.runs, postgres, self._secrets, objects, cache)
         if platform.caddy is not None:
             caddy = platform.caddy
             upstream_dir = Path(caddy.upstream_dir) if caddy.upstream_dir else None

@@ -28,6 +28,7 @@ from typing import IO, Any, BinaryIO, Protocol, cast
 
 import urllib3
 from minio.error import S3Error
+from redis.exceptions import RedisError
 
 from controller.clients.backup_records import BackupRecords
 from controller.clients.postgres import CONNECT_TIMEOUT_SECONDS, PostgresServer
@@ -265,7 +266,7 @@ class Job(Protocol):
 
 
 # What ends a run as Failed (anything else is a bug, and the run goes stale, then Failed).
-RUN_ERRORS = (RunCut, CodebError, OSError, S3Error, urllib3.exceptions.HTTPError)
+RUN_ERRORS = (RunCut, CodebError, OSError, S3Error, urllib3.exceptions.HTTPError, RedisError)
 
 
 def failed(started: datetime, began: float, exc: BaseException) -> BackupRunStatus:
@@ -274,6 +275,8 @@ def failed(started: datetime, began: float, exc: BaseException) -> BackupRunStat
         why = f"the backup store refused a request ({exc.code})"
     elif isinstance(exc, urllib3.exceptions.HTTPError):
         why = "the backup store or the bucket's server is unreachable"
+    elif isinstance(exc, RedisError):
+        why = "Redis refused or dropped a command"  # its replies can echo what was sent
     else:
         why = exc.message if isinstance(exc, CodebError) else str(exc) or type(exc).__name__
     return BackupRunStatus(phase=BackupPhase.Failed, started_at=started, finished_at=utcnow(),

@@ -42,6 +42,7 @@ from controller.jobs.backups import (
     utcnow,
 )
 from controller.jobs.bucket_copies import BucketAccess, BucketCopy, restore_bucket
+from controller.jobs.cache_copies import CacheAccess, CacheCopy, restore_cache
 from controller.loop.backups import RestoreRecord
 from controller.loop.naming import ProjectKey
 from controller.specs.backups import object_key, record_body, restore_command
@@ -109,6 +110,7 @@ class Sources:
 
     database: DatabaseAccess | None = None
     bucket: BucketAccess | None = None
+    cache: CacheAccess | None = None
 
 
 class RestoreRunner:
@@ -177,6 +179,11 @@ class RestoreRunner:
             back, deleted = await asyncio.to_thread(restore_bucket, sources.bucket, store, stored_key, sha256,
                                                     self._timeout, cancelled)  # fmt: skip
             return f": {back} objects copied back, {deleted} deleted"
+        if target is BackupTarget.redis:
+            assert sources.cache is not None
+            back, deleted = await asyncio.to_thread(restore_cache, sources.cache, store, stored_key, sha256,
+                                                    self._timeout, cancelled)  # fmt: skip
+            return f": {back} keys restored, {deleted} deleted"
         assert sources.database is not None
         state.total_bytes, state.bytes_restored = stat.size, 0
 
@@ -215,6 +222,9 @@ class RestoreRunner:
         if target is BackupTarget.storage:
             assert sources.bucket is not None
             job = BucketCopy(key, name, sources.bucket, store, stored_key, self._timeout)
+        elif target is BackupTarget.redis:
+            assert sources.cache is not None
+            job = CacheCopy(key, name, sources.cache, store, stored_key, self._timeout)
         else:
             assert sources.database is not None
             job = DatabaseDump(key, name, sources.database, store, stored_key, self._timeout)

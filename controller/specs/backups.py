@@ -24,7 +24,7 @@ from schemas.backups import (
 from schemas.project import API_GROUP, API_VERSION, KIND, BackupTarget
 
 # What a run's own object is: a database's dump, a bucket's manifest.
-EXTENSIONS = {BackupTarget.database: "dump", BackupTarget.storage: "json"}
+EXTENSIONS = {BackupTarget.database: "dump", BackupTarget.storage: "json", BackupTarget.redis: "jsonl"}
 
 
 def object_key(key: ProjectKey, target: BackupTarget, record: str) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import redis
 from minio import Minio
 from minio.error import S3Error
 
@@ -39,15 +40,16 @@ from controller.specs.backups import blobs_prefix, object_key, record_body, rest
 from schemas.backups import BackupPhase, BackupRunStatus, BackupTrigger, RestoreStatus
 from schemas.project import BackupTarget
 from tests.drivers_common import context
-from tests.servers import MinioServer, PostgresServer, start_minio, start_postgres
+from tests.servers import MinioServer, PostgresServer, RedisServer, start_minio, start_postgres, start_redis
 
 DB = BackupTarget.database
 
 
 @pytest.fixture(scope="module")
-def services() -> Iterator[tuple[PostgresServer, MinioServer]]:
-    pg, s3 = start_postgres(), start_minio()
-    yield pg, s3
+def services() -> Iterator[tuple[PostgresServer, MinioServer, RedisServer]]:
+    pg, s3, rd = start_postgres(), start_minio(), start_redis()
+    yield pg, s3, rd
+    rd.stop()
     s3.stop()
     pg.stop()
 
@@ -59,10 +61,11 @@ def root(s3: MinioServer) -> Minio:
 class World:
     """One Project with a real database, and the backup driver of its Platform."""
 
-    def __init__(self, kube: KubeClient, namespace: str, pg: PostgresServer, s3: MinioServer, slug: str) -> None:
-        self.pg, self.s3 = pg, s3
+    def __init__(self, kube: KubeClient, namespace: str, pg: PostgresServer, s3: MinioServer, rd: RedisServer,
+                 slug: str) -> None:  # fmt: skip
+        self.pg, self.s3, self.rd = pg, s3, rd
         self.secrets = MemorySecrets()
-        base, self.spec = context(slug, features={"database": {"version": "15"}, "storage": {}})
+        base, self.spec = context(slug, features={"database": {"version": "15"}, "storage": {}, "redis": {}})
         self.key = ProjectKey(namespace, slug, base.key.uid)
         self.ctx = replace(base, key=self.key, backup=self.spec.backup)
         self.where = (namespace, str(self.ctx.allocations.connection_secret))
@@ -74,7 +77,7 @@ class World:
         self.store = BackupStore(S3Server(s3.endpoint, s3.root_user, s3.root_password), self.bucket)
         self.minio = MinioDriver(s3.endpoint, s3.root_user, s3.root_password, self.secrets)
         self.driver = BackupDriver("shared", self.store, self.runs, self.database.server, self.secrets,
-                                   self.minio.server)  # fmt: skip
+                                   self.minio.server, (rd.host, rd.port, rd.password))  # fmt: skip
 
     async def create_database(self, rows: int = 2) -> None:
         await self.database.apply(self.ctx, desired_state(self.spec, self.ctx.allocations)[Component.database])
@@ -114,7 +117,10 @@ class World:
             await asyncio.sleep(0.2)
 
     def stored(self, record: str) -> bytes:
-        response = root(self.s3).get_object(self.bucket, object_key(self.key, DB, record))
+        return self.stored_as(DB, record)
+
+    def stored_as(self, target: BackupTarget, record: str) -> bytes:
+        response = root(self.s3).get_object(self.bucket, object_key(self.key, target, record))
         try:
             return response.read()
         finally:
@@ -123,10 +129,10 @@ class World:
 
 
 @pytest.fixture()
-async def world(kube: KubeClient, namespace: str, services: tuple[PostgresServer, MinioServer],
+async def world(kube: KubeClient, namespace: str, services: tuple[PostgresServer, MinioServer, RedisServer],
                 request: pytest.FixtureRequest) -> AsyncIterator[World]:  # fmt: skip
-    pg, s3 = services
-    made = World(kube, namespace, pg, s3, f"bk{abs(hash(request.node.name)) % 10_000}")
+    pg, s3, rd = services
+    made = World(kube, namespace, pg, s3, rd, f"bk{abs(hash(request.node.name)) % 10_000}")
     yield made
     await made.runs.stop()
 
@@ -542,3 +548,32 @@ async def test_bucket_backups_are_incremental_and_restore_objects_as_they_were(w
     manifest = read_manifest(world.store, object_key(world.key, BackupTarget.storage, kept.name))
     assert set(manifest) == {"a.txt", "b.txt", "docs/d.txt"}
     assert blobs == {entry["blob"] for entry in manifest.values()}
+
+
+async def test_cache_backups_keep_the_prefix_keys_with_their_ttls(world: World) -> None:
+    await world.create_database()
+    prefix = str(world.ctx.allocations.redis_prefix)
+    cache = redis.Redis(host=world.rd.host, port=world.rd.port, password=world.rd.password, decode_responses=True)
+    cache.set(prefix + "session", "alice", ex=300)
+    cache.hset(prefix + "cart", mapping={"apples": "3", "pears": "1"})
+    cache.rpush(prefix + "log", "a", "b")
+    cache.set("another-tenant:secret", "theirs")
+    ctx = replace(world.ctx, backup=world.spec.backup.model_copy(update={"include": [BackupTarget.redis]}))
+    await world.driver.apply(ctx, BACKUP_CONVERGED)
+    (taken,) = (await world.settled()).values()
+    assert taken.target is BackupTarget.redis and taken.phase is BackupPhase.Succeeded and taken.message == "3 keys"
+    body = world.stored_as(BackupTarget.redis, taken.name)
+    assert b"another-tenant" not in body and b"theirs" not in body  # only the Project's prefix
+
+    cache.delete(prefix + "session")
+    cache.hset(prefix + "cart", "apples", "0")
+    cache.set(prefix + "new", "x")
+    await world.runs.restores.create(restore_body(world, "keys-back", taken.name))
+    await world.driver.apply(ctx, BACKUP_CONVERGED)
+    status = await restored(world, "keys-back")
+    assert status.phase is BackupPhase.Succeeded, status.message
+    assert status.message == f"restored backup {taken.name}: 3 keys restored, 1 deleted"
+    assert cache.get(prefix + "session") == "alice" and 0 < cache.ttl(prefix + "session") <= 300
+    assert cache.hgetall(prefix + "cart") == {"apples": "3", "pears": "1"}
+    assert cache.lrange(prefix + "log", 0, -1) == ["a", "b"] and cache.get(prefix + "new") is None
+    assert cache.get("another-tenant:secret") == "theirs"
