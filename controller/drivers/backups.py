@@ -12,9 +12,14 @@ are taken as the Project's own role, from its connection Secret.
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from minio.error import S3Error
 
 from controller.clients.backup_records import BackupRecords, RestoreRecords
 from controller.clients.kube import KubeClient
@@ -32,7 +37,7 @@ from controller.loop.backups import Cron, RestoreRecord, RunRecord
 from controller.loop.interface import DriverContext
 from controller.loop.planner import Component, Observation, State
 from controller.loop.secrets import SecretStore
-from controller.specs.backups import blobs_prefix, object_key, record_body
+from controller.specs.backups import PROJECTS_PREFIX, blobs_prefix, object_key, record_body, tombstone_key
 from schemas.backups import BackupPhase
 from schemas.project import Backup, BackupTarget
 
@@ -252,6 +257,63 @@ class BackupDriver:
                 await server.call(server.s3.remove_object, store.bucket, blob)
 
     async def delete(self, ctx: DriverContext, retain: bool) -> None:
-        """Backups outlive the Project either way (its records go with it): a deleted Project's data may
-        be wanted back; the store's own retention, not the deletion, removes them."""
-        return None
+        """Backups outlive the Project (its records go with it): a tombstone says when it went and how long its
+        backups stay; `sweep` removes them after its retention (never with Retain, or when retention is unknown).
+        Written before the database's final dump, which lands beside it."""
+        if self._store is None:
+            return
+        days = ctx.backup.retention_days if ctx.backup is not None else None
+        keep = retain or days is None
+        body = json.dumps({"deletedAt": self._clock().isoformat(), "retain": keep, "retentionDays": days}).encode()
+        server = self._store.server
+        await ensure_operator_bucket(server, self._store.bucket, STORE_PURPOSE)
+        await server.call(server.s3.put_object, self._store.bucket, tombstone_key(ctx.key), io.BytesIO(body),
+                          len(body), content_type="application/json")  # fmt: skip
+
+    async def sweep(self) -> int:
+        """Remove the backups of deleted Projects whose retention has passed; how many objects went."""
+        if self._store is None:
+            return 0
+        store, server, now = self._store, self._store.server, self._clock()
+        removed = 0
+        for instance in await server.call(_instances, store):
+            tombstone = await server.call(_read_tombstone, store, instance + "deleted.json")
+            if tombstone is None or tombstone.get("retain") or tombstone.get("retentionDays") is None:
+                continue
+            gone_at = datetime.fromisoformat(str(tombstone["deletedAt"]))
+            if now < gone_at + timedelta(days=int(tombstone["retentionDays"])):
+                continue
+            names = await server.call(lambda p=instance: [str(o.object_name) for o in server.s3.list_objects(
+                store.bucket, prefix=p, recursive=True)])  # fmt: skip
+            # The tombstone last: a sweep cut short finds the rest again next time.
+            for name in sorted(names, key=lambda n: n.endswith("deleted.json")):
+                await server.call(server.s3.remove_object, store.bucket, name)
+                removed += 1
+        return removed
+
+
+def _instances(store: BackupStore) -> list[str]:
+    """Every Project object's prefix in the store (projects/<namespace>/<name>/<uid>/), listed level by level:
+    one request per namespace and name, not one per backup."""
+    level = [PROJECTS_PREFIX]
+    for _ in range(3):
+        listed = [store.server.s3.list_objects(store.bucket, prefix) for prefix in level]
+        level = [str(o.object_name) for objects in listed for o in objects if o.is_dir]
+    return level
+
+
+def _read_tombstone(store: BackupStore, key: str) -> dict[str, Any] | None:
+    try:
+        response = store.server.s3.get_object(store.bucket, key)
+    except S3Error as exc:
+        if exc.code == "NoSuchKey":
+            return None
+        raise
+    try:
+        found = json.loads(response.read())
+    except ValueError:
+        return None  # not ours to read: kept
+    finally:
+        response.close()
+        response.release_conn()
+    return found if isinstance(found, dict) else None

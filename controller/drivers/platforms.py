@@ -101,6 +101,15 @@ class PlatformDrivers:
         platform = cached[1] if cached is not None else (await self._platform(name))[0]
         await self._quotas.check(platform.quotas, name, key)
 
+    async def sweep(self) -> int:
+        """Remove deleted Projects' backups past their retention, from every backup store in use; objects removed."""
+        removed = 0
+        for _, _, drivers in list(self._cache.values()):
+            backup = drivers.get(Component.backup)
+            if isinstance(backup, BackupDriver):
+                removed += await backup.sweep()
+        return removed
+
     async def _platform(self, name: str) -> tuple[PlatformSpec, Drivers]:
         body = await self._kube.read_platform(name)
         if body is None:

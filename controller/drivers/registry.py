@@ -69,6 +69,8 @@ class PlatformServices(Protocol):
 
     async def admit(self, name: str, key: ProjectKey) -> None: ...
 
+    async def sweep(self) -> int: ...
+
 
 # Infrastructure by provider, or by provider and runtime where the runtime decides what
 # there is to find (existing hosts for quadlet, an existing cluster for kubernetes).
@@ -96,6 +98,10 @@ class DriverRegistry:
         }
         drivers.update(await self._shared(placement.platform, placement.namespace))
         return {component: drivers[component] for component in ORDER}
+
+    async def sweep(self) -> int:
+        """Housekeeping outside any Project's pass: deleted Projects' backups past their retention."""
+        return await self.platforms.sweep() if self.platforms is not None else 0
 
     async def admit(self, placement: Placement, key: ProjectKey) -> None:
         if placement.platform is not None and self.platforms is not None:

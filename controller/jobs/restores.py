@@ -205,8 +205,8 @@ class RestoreRunner:
         target = found[0].target
         stored_key = object_key(key, target, name)
         stat: Object = await store.server.call(store.server.s3.stat_object, store.bucket, stored_key)
-        owner = (stat.metadata or {}).get("x-amz-meta-codeb-project")
-        if owner != str(key):
+        meta = stat.metadata or {}
+        if meta.get("x-amz-meta-codeb-project") != str(key) or meta.get("x-amz-meta-codeb-project-uid") != key.uid:
             raise PermanentError(f"the stored backup {name} does not belong to {key}; nothing was restored",
                                  reason="BackupNotOwned")  # fmt: skip
         return target, status.sha256, stored_key

@@ -153,7 +153,8 @@ class Reconciler:
         notices: list[Event] = []
         ctx = DriverContext(teardown.key, allocations, teardown.final_dump,
                             servers=teardown.spec.servers if teardown.spec else None,
-                            recorded=teardown.status.infrastructure, notify=_collect(notices))  # fmt: skip
+                            recorded=teardown.status.infrastructure, notify=_collect(notices),
+                            backup=teardown.spec.backup if teardown.spec else None)  # fmt: skip
         drivers = await self._teardown_drivers(teardown, notices)
         work = Pass(observed=await self._observe(drivers, ctx), events=notices)
         steps = plan_deletion(work.observed, retain_data=teardown.retain_data)

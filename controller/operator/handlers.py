@@ -39,7 +39,7 @@ from controller.loop.status import format_validation_error, load_status, set_con
 from controller.operator.config import OperatorConfig
 from controller.operator.metrics import Metrics
 from controller.operator.retries import Backoff, Retries
-from controller.operator.runs import run_news, wake_its_project
+from controller.operator.runs import Housekeeping, run_news, wake_its_project
 from schemas.backups import BACKUP_PLURAL, RESTORE_PLURAL
 from schemas.project import (
     API_GROUP,
@@ -77,6 +77,7 @@ class Runtime:
     # The last collection of ledger entries whose Projects are gone (`collect_claims`), and its task.
     collected_at: float = 0.0
     collecting: asyncio.Task[None] | None = None
+    housekeeping: Housekeeping = field(default_factory=lambda: Housekeeping(None))
 
 
 # A write not seen in a body after this long failed or was overtaken: the body is believed again.
@@ -419,6 +420,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     @kopf.timer(*RESOURCE, interval=tick, initial_delay=tick, registry=registry)
     async def drift(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         collect_claims(runtime, time.monotonic())
+        runtime.housekeeping.tick(time.monotonic())
         if drift_due(runtime, body.metadata.uid or "", time.monotonic()):
             await run_reconcile(runtime, body, patch, "timer")
 

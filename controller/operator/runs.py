@@ -1,16 +1,19 @@
-"""Backup and Restore objects as news for their Project: a run just made, or just finished.
+"""Backup and Restore objects as news for their Project, and the backup stores' housekeeping.
 
 A Backup or Restore made by hand (`codeb backup`, `codeb restore`) starts, and a finished run
 reaches the Project's status, without waiting for the drift timer. Heartbeats are not news:
-they are filtered out before kopf calls (or logs) anything.
+they are filtered out before kopf calls (or logs) anything. Deleted Projects' backups are
+swept once their retention has passed, from the drift timer (paused on a standby replica).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import kopf
+import structlog
 
 from controller.clients.kube import KubeClient
 from controller.errors import CodebError
@@ -45,3 +48,33 @@ def _age_seconds(stamp: str) -> float:
         return (datetime.now(UTC) - datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds()
     except ValueError:
         return float("inf")
+
+
+# How often the backup stores are swept for deleted Projects' backups past their retention.
+SWEEP_SECONDS = 3600.0
+log = structlog.get_logger("codeb.operator")
+
+
+class Housekeeping:
+    """Runs ``sweep`` at most every `SWEEP_SECONDS`, one at a time, in the background."""
+
+    def __init__(self, sweep: Callable[[], Awaitable[int]] | None) -> None:
+        self._sweep = sweep
+        self._last = float("-inf")
+        self._task: asyncio.Task[None] | None = None
+
+    def tick(self, now: float) -> None:
+        if self._sweep is None or now - self._last < SWEEP_SECONDS or (self._task and not self._task.done()):
+            return
+        self._last = now
+        self._task = asyncio.create_task(self._run(self._sweep))
+
+    @staticmethod
+    async def _run(sweep: Callable[[], Awaitable[int]]) -> None:
+        try:
+            removed = await sweep()
+        except CodebError as exc:
+            log.warning("backup store sweep failed", retry_in=SWEEP_SECONDS, error=exc.message)
+            return
+        if removed:
+            log.info("removed backups of deleted Projects past their retention", objects=removed)

@@ -111,6 +111,7 @@ def run_operator(make_drivers: Callable[[KubeClient, OperatorConfig], DriverSour
     from controller.operator.logs import configure_logging
     from controller.operator.metrics import Metrics
     from controller.operator.retries import Backoff, Retries
+    from controller.operator.runs import Housekeeping
 
     try:
         config = load_config()
@@ -126,9 +127,9 @@ def run_operator(make_drivers: Callable[[KubeClient, OperatorConfig], DriverSour
                       config.api_timeout_seconds)  # fmt: skip
     claims = ClaimStore(kube, config.claims_namespace, config.reserved_ports, local_port_free)
     retries = Retries(Backoff(cap=config.retry_max_seconds))
-    runtime = Runtime(
-        config, Reconciler(make_drivers(kube, config), claims, kube.namespace_terminating), Metrics(), kube, retries
-    )
+    drivers = make_drivers(kube, config)
+    runtime = Runtime(config, Reconciler(drivers, claims, kube.namespace_terminating), Metrics(), kube, retries,
+                      housekeeping=Housekeeping(getattr(drivers, "sweep", None)))  # fmt: skip
     asyncio.run(
         kopf.operator(
             registry=build_registry(runtime),

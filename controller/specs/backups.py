@@ -28,12 +28,22 @@ EXTENSIONS = {BackupTarget.database: "dump", BackupTarget.storage: "json", Backu
 
 
 def object_key(key: ProjectKey, target: BackupTarget, record: str) -> str:
-    """Where a run's backup is kept in the store: one prefix per Project, never another's."""
+    """Where a run's backup is kept in the store: one prefix per Project object, never another's."""
     return f"{project_prefix(key)}{target.value}/{record}.{EXTENSIONS.get(target, 'tar')}"
 
 
+# Every Project's backups are under here, one prefix per Project object (its uid): a Project re-created
+# under the same name has backups of its own, and the old one's go by the old one's retention.
+PROJECTS_PREFIX = "projects/"
+
+
 def project_prefix(key: ProjectKey) -> str:
-    return f"projects/{key.namespace}/{key.name}/"
+    return f"{PROJECTS_PREFIX}{key.namespace}/{key.name}/{key.uid}/"
+
+
+def tombstone_key(key: ProjectKey) -> str:
+    """Written when the Project is deleted: when, and whether its backups are kept or go by its retention."""
+    return f"{project_prefix(key)}deleted.json"
 
 
 def blobs_prefix(key: ProjectKey) -> str:

@@ -36,7 +36,7 @@ from controller.loop.backups import RunRecord
 from controller.loop.naming import ProjectKey
 from controller.loop.planner import BACKUP_CONVERGED, Component, desired_state
 from controller.loop.secrets import MemorySecrets
-from controller.specs.backups import blobs_prefix, object_key, record_body, restore_command
+from controller.specs.backups import blobs_prefix, object_key, project_prefix, record_body, restore_command
 from schemas.backups import BackupPhase, BackupRunStatus, BackupTrigger, RestoreStatus
 from schemas.project import BackupTarget
 from tests.drivers_common import context
@@ -159,7 +159,7 @@ async def test_first_backup_is_streamed_recorded_and_restores(world: World) -> N
     assert status.sha256 == hashlib.sha256(body).hexdigest()
     assert (
         status.location
-        == f"s3://{world.bucket}/projects/{world.key.namespace}/{world.key.name}/database/{record.name}.dump"
+        == f"s3://{world.bucket}/projects/{world.key.namespace}/{world.key.name}/{world.key.uid}/database/{record.name}.dump"
     )
 
     after = await world.driver.observe(world.ctx)
@@ -475,7 +475,7 @@ async def test_a_backup_that_does_not_verify_restores_nothing(world: World) -> N
     body[-10] ^= 0xFF  # one flipped byte near the end, after most of the data has gone to pg_restore
     key = object_key(world.key, DB, backup)
     root(world.s3).put_object(world.bucket, key, io.BytesIO(bytes(body)), len(body),
-                              metadata={"codeb-project": str(world.key)})  # fmt: skip
+                              metadata={"codeb-project": str(world.key), "codeb-project-uid": world.key.uid})  # fmt: skip
     with world.tenant() as conn:
         conn.execute("INSERT INTO orders VALUES (3, 'kept')")
     await world.runs.restores.create(restore_body(world, "bad", backup, safety=False))
@@ -577,3 +577,26 @@ async def test_cache_backups_keep_the_prefix_keys_with_their_ttls(world: World) 
     assert cache.hgetall(prefix + "cart") == {"apples": "3", "pears": "1"}
     assert cache.lrange(prefix + "log", 0, -1) == ["a", "b"] and cache.get(prefix + "new") is None
     assert cache.get("another-tenant:secret") == "theirs"
+
+
+async def test_a_deleted_projects_backups_go_after_its_retention_unless_retained(world: World) -> None:
+    await world.create_database()
+    await backed_up(world)
+    s3, now = root(world.s3), datetime.now(UTC)
+
+    def under(key: ProjectKey) -> list[str]:
+        return [str(o.object_name) for o in s3.list_objects(world.bucket, prefix=project_prefix(key), recursive=True)]
+
+    # The Project is deleted (deletionPolicy Delete); one of the same name is made again, with backups of its own.
+    await world.driver.delete(world.ctx, retain=False)
+    reborn = ProjectKey(world.key.namespace, world.key.name, "another-uid")
+    s3.put_object(world.bucket, object_key(reborn, DB, "kept"), io.BytesIO(b"PGDMP"), 5)
+    assert await world.driver.sweep() == 0  # within its retention (7 days)
+    world.driver._clock = lambda: now + timedelta(days=8)  # type: ignore[method-assign]
+    assert await world.driver.sweep() == 2  # its backup and its tombstone
+    assert under(world.key) == [] and under(reborn) == [object_key(reborn, DB, "kept")]
+
+    # deletionPolicy Retain keeps everything, however long ago.
+    await world.driver.delete(replace(world.ctx, key=reborn), retain=True)
+    world.driver._clock = lambda: now + timedelta(days=1000)  # type: ignore[method-assign]
+    assert await world.driver.sweep() == 0 and len(under(reborn)) == 2

@@ -346,7 +346,7 @@ async def test_final_dump_is_taken_before_drop(server: PostgresServer, secrets: 
         conn.commit()
     await driver.delete(DriverContext(ctx.key, ctx.allocations, final_dump=True), retain=False)
     [(name, dump)] = kept.items()
-    assert name.startswith("team/dumped/dumped_staging_db-")
+    assert name.startswith(f"projects/team/dumped/{ctx.key.uid}/final/dumped_staging_db-")
     listing = subprocess.run(["pg_restore", "--list", str(dump)], capture_output=True, text=True, check=True).stdout
     assert "TABLE public menu" in listing
     with admin(server) as conn:
