@@ -177,6 +177,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
     backup taken by then), after a safety backup of what is there; asks first unless --yes."""
     api = projects_api()
     key = _key(api, args.namespace, args.project)
+    spec = read_project(api, args.namespace, args.project).get("spec") or {}
+    if (spec.get("backup") or {}).get("enabled") is False:
+        raise CommandError("the operator restores through a Project's backups, which are off for this one; set "
+                           "spec.backup.enabled: true first", EXIT_USAGE)  # fmt: skip
     backup = pick_backup(list_backups(api, args.namespace, args.project), args.to)
     _confirm(args, backup)
     name = f"{key.name}-restore-{datetime.now(UTC):%Y%m%d-%H%M%S}"

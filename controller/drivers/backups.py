@@ -38,7 +38,7 @@ from controller.loop.interface import DriverContext
 from controller.loop.planner import Component, Observation, State
 from controller.loop.secrets import SecretStore
 from controller.specs.backups import PROJECTS_PREFIX, blobs_prefix, object_key, record_body, tombstone_key
-from schemas.backups import BackupPhase
+from schemas.backups import BackupPhase, BackupRunStatus
 from schemas.project import Backup, BackupTarget
 
 STORE_PURPOSE = "backups"
@@ -107,7 +107,7 @@ class BackupDriver:
         state = {
             "store": store_ready,
             "due": [d.target.value for d in self._due(ctx, backup, listed, now)],
-            "pending": sorted(r.name for r in listed if self._unclaimed(ctx, r)),
+            "pending": self._startable(ctx, listed),
             "stale": sorted(r.name for r in listed if self._cut_short(ctx, r, now)),
             "expired": [r.name for r in decide.expired(listed, now, backup.retention_days, backup.keep_last)],
             "restores": await self._restores_to_act_on(ctx, now),
@@ -128,8 +128,10 @@ class BackupDriver:
         runner = self._runner if isinstance(record, RunRecord) else self._restore_runner
         return record.stale(now, self._stale_after) and not runner.running(ctx.key, record.name)
 
-    def _unclaimed(self, ctx: DriverContext, record: RunRecord) -> bool:
-        return record.phase is BackupPhase.Pending and not self._runner.running(ctx.key, record.name)
+    def _startable(self, ctx: DriverContext, listed: list[RunRecord]) -> list[str]:
+        """The run to start now, if any (one at a time per Project; the rest wait their turn)."""
+        record = decide.next_run(listed)
+        return [record.name] if record is not None and not self._runner.running(ctx.key, record.name) else []
 
     def _due(self, ctx: DriverContext, backup: Backup, listed: list[RunRecord], now: datetime) -> list[decide.Due]:
         due = []
@@ -195,14 +197,19 @@ class BackupDriver:
             await self._restore_runner.start(ctx.key, waiting, restores[waiting.name][1], sources, self._store)
 
     async def _start_pending(self, ctx: DriverContext) -> None:
-        pending = [(r, v) for r, v in (await self._records.list(ctx.key)).values() if r.phase is BackupPhase.Pending]
-        if not pending:
+        records = await self._records.list(ctx.key)
+        record = decide.next_run(r for r, _ in records.values())
+        if record is None or self._runner.running(ctx.key, record.name):
             return
-        sources = await self._sources(ctx)
-        for record, version in pending:
-            job = self._job(ctx, record, sources)
-            if job is not None:
-                await self._runner.start(ctx.key, record, version, job)
+        job = self._job(ctx, record, await self._sources(ctx))
+        version = records[record.name][1]
+        if job is not None:
+            await self._runner.start(ctx.key, record, version, job)
+            return
+        # A Backup of something this Project does not have (made by hand): failed, so it blocks no queue.
+        why = f"Project {ctx.key.name} has no {record.target.value} to back up"
+        nothing = BackupRunStatus(phase=BackupPhase.Failed, finished_at=self._clock(), message=why)
+        await self._records.set_status(ctx.key.namespace, record.name, nothing, version)
 
     def _job(self, ctx: DriverContext, record: RunRecord, sources: Sources) -> Job | None:
         assert self._store is not None

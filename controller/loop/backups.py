@@ -170,6 +170,16 @@ def _stale(phase: BackupPhase, last_seen: datetime, now: datetime, after: float)
     return phase is BackupPhase.Running and (now - last_seen).total_seconds() > after
 
 
+def next_run(records: Iterable[RunRecord]) -> RunRecord | None:
+    """The backup run to start: the oldest Pending one, while none of the Project's is Running. One at a time
+    per Project, so a namespace that makes a thousand Backups queues them behind each other, not beside."""
+    listed = list(records)
+    if any(r.phase is BackupPhase.Running for r in listed):
+        return None
+    pending = sorted((r for r in listed if r.phase is BackupPhase.Pending), key=lambda r: (r.created_at, r.name))
+    return pending[0] if pending else None
+
+
 def next_restore(restores: Iterable[RestoreRecord]) -> RestoreRecord | None:
     """The restore to start: the oldest Pending one, while none of the Project's is Running (one at a time)."""
     listed = list(restores)

@@ -33,6 +33,7 @@ from controller.drivers.postgres import PASSWORD_KEY, PostgresDriver
 from controller.jobs.backups import BackupRunner, BackupStore, DatabaseDump
 from controller.jobs.bucket_copies import read_manifest
 from controller.loop.backups import RunRecord
+from controller.loop.interface import DriverContext
 from controller.loop.naming import ProjectKey
 from controller.loop.planner import BACKUP_CONVERGED, Component, desired_state
 from controller.loop.secrets import MemorySecrets
@@ -106,13 +107,16 @@ class World:
     async def records_now(self) -> dict[str, RunRecord]:
         return {name: record for name, (record, _) in (await self.records.list(self.key)).items()}
 
-    async def settled(self, within: float = 60) -> dict[str, RunRecord]:
-        """The records once no run is Pending or Running (the runner works outside the pass)."""
+    async def settled(self, ctx: DriverContext | None = None, within: float = 60) -> dict[str, RunRecord]:
+        """The records once no run is Pending or Running: the runner works outside the pass, one run at a time
+        per Project, and (as the operator does when a run finishes) a pass starts the next one."""
         deadline = time.monotonic() + within
         while True:
             records = await self.records_now()
             if all(r.finished for r in records.values()):
                 return records
+            if not any(r.phase is BackupPhase.Running for r in records.values()):
+                await self.driver.apply(ctx or self.ctx, BACKUP_CONVERGED)
             assert time.monotonic() < deadline, f"runs not finished after {within} s: {records}"
             await asyncio.sleep(0.2)
 
@@ -474,8 +478,11 @@ async def test_a_backup_that_does_not_verify_restores_nothing(world: World) -> N
     body = bytearray(world.stored(backup))
     body[-10] ^= 0xFF  # one flipped byte near the end, after most of the data has gone to pg_restore
     key = object_key(world.key, DB, backup)
-    root(world.s3).put_object(world.bucket, key, io.BytesIO(bytes(body)), len(body),
-                              metadata={"codeb-project": str(world.key), "codeb-project-uid": world.key.uid})  # fmt: skip
+    owner: dict[str, str | list[str] | tuple[str]] = {
+        "codeb-project": str(world.key),
+        "codeb-project-uid": world.key.uid,
+    }
+    root(world.s3).put_object(world.bucket, key, io.BytesIO(bytes(body)), len(body), metadata=owner)
     with world.tenant() as conn:
         conn.execute("INSERT INTO orders VALUES (3, 'kept')")
     await world.runs.restores.create(restore_body(world, "bad", backup, safety=False))
@@ -516,7 +523,7 @@ async def test_bucket_backups_are_incremental_and_restore_objects_as_they_were(w
         put(name, body)
     ctx = replace(world.ctx, backup=world.spec.backup.model_copy(update={"include": [DB, BackupTarget.storage]}))
     await world.driver.apply(ctx, BACKUP_CONVERGED)
-    first = next(r for r in (await world.settled()).values() if r.target is BackupTarget.storage)
+    first = next(r for r in (await world.settled(ctx)).values() if r.target is BackupTarget.storage)
     assert first.phase is BackupPhase.Succeeded and first.message == (
         "3 objects; 3 copied, the rest unchanged since an earlier backup"), first.message  # fmt: skip
 
@@ -525,7 +532,7 @@ async def test_bucket_backups_are_incremental_and_restore_objects_as_they_were(w
     put("c.txt", b"c, new")
     await world.records.create(record_body(world.key, "files-2", BackupTarget.storage, BackupTrigger.Manual, None))
     await world.driver.apply(ctx, BACKUP_CONVERGED)
-    second = (await world.settled())["files-2"]
+    second = (await world.settled(ctx))["files-2"]
     assert second.message == "3 objects; 2 copied, the rest unchanged since an earlier backup"  # d was not copied
 
     await world.runs.restores.create(restore_body(world, "files-back", first.name))
@@ -540,7 +547,7 @@ async def test_bucket_backups_are_incremental_and_restore_objects_as_they_were(w
     later = datetime.now(UTC) + timedelta(days=30)
     world.driver._clock = lambda: later  # type: ignore[method-assign]
     await world.driver.apply(ctx, BACKUP_CONVERGED)
-    await world.settled()
+    await world.settled(ctx)
     await world.driver.apply(ctx, BACKUP_CONVERGED)
     (kept,) = [r for r in (await world.records_now()).values() if r.target is BackupTarget.storage]
     assert kept.trigger is BackupTrigger.Scheduled and kept.phase is BackupPhase.Succeeded
@@ -560,7 +567,7 @@ async def test_cache_backups_keep_the_prefix_keys_with_their_ttls(world: World) 
     cache.set("another-tenant:secret", "theirs")
     ctx = replace(world.ctx, backup=world.spec.backup.model_copy(update={"include": [BackupTarget.redis]}))
     await world.driver.apply(ctx, BACKUP_CONVERGED)
-    (taken,) = (await world.settled()).values()
+    (taken,) = (await world.settled(ctx)).values()
     assert taken.target is BackupTarget.redis and taken.phase is BackupPhase.Succeeded and taken.message == "3 keys"
     body = world.stored_as(BackupTarget.redis, taken.name)
     assert b"another-tenant" not in body and b"theirs" not in body  # only the Project's prefix

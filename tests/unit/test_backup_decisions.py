@@ -172,3 +172,12 @@ def test_only_new_and_just_finished_runs_are_news() -> None:
     old = (now - timedelta(seconds=NEWS_SECONDS + 1)).isoformat()
     assert not run_news(body(phase="Failed", finishedAt=old), None)  # listed again at a restart
     assert not run_news(body(phase="Pending"), "DELETED")
+
+
+def test_runs_of_one_project_go_one_at_a_time() -> None:
+    running = record("r", BackupPhase.Running, T0)
+    first = record("p1", BackupPhase.Pending, T0 + timedelta(seconds=1))
+    second = record("p2", BackupPhase.Pending, T0 + timedelta(seconds=2))
+    assert decide.next_run([second, running, first]) is None  # a thousand Backups made at once queue up
+    assert decide.next_run([second, first, record("s", BackupPhase.Succeeded, T0)]) == first
+    assert decide.next_run([]) is None
