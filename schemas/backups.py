@@ -73,6 +73,15 @@ class RestoreSpec(CodebModel):
     safety_backup: bool = Field(
         True, description="Back up the data as it is first (a Backup of its own), so the restore can be undone."
     )
+    from_project: str | None = Field(
+        None,
+        description=(
+            "Restore a backup of another Project of this namespace (production's into a staging copy, say); "
+            "unset: the Project's own."
+        ),
+        pattern=DNS_LABEL,
+        max_length=63,
+    )
 
 
 class RestoreStatus(CodebModel):

@@ -139,12 +139,12 @@ def cmd_backups(args: argparse.Namespace) -> int:
 
 
 def pick_backup(backups: list[dict[str, Any]], to: str) -> dict[str, Any]:
-    """The backup ``--to`` names, or the newest successful database backup taken at or before a time."""
-    succeeded = [b for b in backups if (b.get("status") or {}).get("phase") == "Succeeded"
-                 and (b.get("spec") or {}).get("target", "database") == "database"]  # fmt: skip
+    """The backup ``--to`` names (any target), or the newest successful database backup taken at or before a time."""
+    done = [b for b in backups if (b.get("status") or {}).get("phase") == "Succeeded"]
+    succeeded = [b for b in done if (b.get("spec") or {}).get("target", "database") == "database"]
     named = next((b for b in backups if b["metadata"]["name"] == to), None)
     if named is not None:
-        if named not in succeeded:
+        if named not in done:
             raise CommandError(f"backup {to} did not succeed; pick another (`codeb backups`)", EXIT_USAGE)
         return named
     try:
@@ -159,9 +159,10 @@ def pick_backup(backups: list[dict[str, Any]], to: str) -> dict[str, Any]:
     return before[0]
 
 
-def _confirm(args: argparse.Namespace, backup: dict[str, Any]) -> None:
-    what = (f"overwrite the database of {args.namespace}/{args.project} with backup {backup['metadata']['name']} "
-            f"(taken {_taken(backup)})")  # fmt: skip
+def _confirm(args: argparse.Namespace, backup: dict[str, Any], into: str) -> None:
+    target = (backup.get("spec") or {}).get("target", "database")
+    what = (f"overwrite the {target} of {args.namespace}/{into} with backup {backup['metadata']['name']} of "
+            f"{args.project} (taken {_taken(backup)})")  # fmt: skip
     if args.yes:
         return
     if not sys.stdin.isatty():
@@ -173,23 +174,26 @@ def _confirm(args: argparse.Namespace, backup: dict[str, Any]) -> None:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    """Restore a Project's database from a backup (--to BACKUP) or as it was at a time (--to TIME: the newest
-    backup taken by then), after a safety backup of what is there; asks first unless --yes."""
+    """Restore a Project's data from a backup (--to BACKUP: its database, bucket or Redis keys) or its database as
+    it was at a time (--to TIME: the newest backup taken by then), into itself or another Project of the namespace
+    (--into), after a safety backup of what is there; asks first unless --yes."""
     api = projects_api()
-    key = _key(api, args.namespace, args.project)
-    spec = read_project(api, args.namespace, args.project).get("spec") or {}
+    into = args.into or args.project
+    key = _key(api, args.namespace, into)
+    spec = read_project(api, args.namespace, into).get("spec") or {}
     if (spec.get("backup") or {}).get("enabled") is False:
-        raise CommandError("the operator restores through a Project's backups, which are off for this one; set "
+        raise CommandError(f"the operator restores through a Project's backups, which are off for {into}; set "
                            "spec.backup.enabled: true first", EXIT_USAGE)  # fmt: skip
     backup = pick_backup(list_backups(api, args.namespace, args.project), args.to)
-    _confirm(args, backup)
+    _confirm(args, backup, into)
     name = f"{key.name}-restore-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     body = {
         "apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": RESTORE_KIND,
         "metadata": {"name": name, "namespace": key.namespace, "labels": {PROJECT_LABEL: key.name},
                      "ownerReferences": record_body(key, name, BackupTarget.database, BackupTrigger.Manual,
                                                     None)["metadata"]["ownerReferences"]},
-        "spec": {"project": key.name, "backup": backup["metadata"]["name"], "safetyBackup": not args.no_safety_backup},
+        "spec": {"project": key.name, "backup": backup["metadata"]["name"], "safetyBackup": not args.no_safety_backup,
+                 **({"fromProject": args.project} if into != args.project else {})},
     }  # fmt: skip
     with api_errors(f"restore {args.namespace}/{name}"):
         api.create_namespaced_custom_object(API_GROUP, API_VERSION, args.namespace, RESTORE_PLURAL, body)

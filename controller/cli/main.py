@@ -238,10 +238,11 @@ def parser() -> argparse.ArgumentParser:
     backups = command("backups", cmd_backups, "a Project's backups, and where its backups stand")
     one_project(backups)
     output(backups)
-    restore = command("restore", cmd_restore, "restore a Project's database from a backup, or as it was at a time")
+    restore = command("restore", cmd_restore, "restore a Project's data from a backup, or as it was at a time")
     one_project(restore)
     restore.add_argument("--to", required=True, help="a Backup's name, or a time (2026-12-03T10:00:00Z): the newest "
                          "backup taken by then")  # fmt: skip
+    restore.add_argument("--into", help="another Project of the namespace to restore into (default: PROJECT itself)")
     restore.add_argument("--yes", action="store_true", help="overwrite without asking")
     restore.add_argument("--no-safety-backup", action="store_true", help="skip the backup of the data as it is")
     restore.add_argument("--timeout", type=float, default=6 * 3600, help="seconds to wait for it (default: 21600)")

@@ -68,7 +68,8 @@ class Runs:
     def on(cls, kube: KubeClient, heartbeat: float = decide.HEARTBEAT_SECONDS, concurrency: int = 2) -> Runs:
         backups, restores = BackupRecords(kube), RestoreRecords(kube)
         backup_runner = BackupRunner(backups, concurrency, heartbeat)
-        return cls(backups, restores, backup_runner, RestoreRunner(restores, backups, backup_runner),
+        restore_runner = RestoreRunner(restores, backups, backup_runner, kube.read_project)
+        return cls(backups, restores, backup_runner, restore_runner,
                    heartbeat * decide.STALE_BEATS)  # fmt: skip
 
     async def stop(self) -> None:

@@ -20,9 +20,10 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from minio.datatypes import Object
 
@@ -113,12 +114,25 @@ class Sources:
     cache: CacheAccess | None = None
 
 
+# Reads a Project object (namespace, name), None when it does not exist.
+ReadProject = Callable[[str, str], Awaitable[dict[str, Any] | None]]
+
+
+def _check_has(key: ProjectKey, target: BackupTarget, sources: Sources) -> None:
+    has = {BackupTarget.database: sources.database, BackupTarget.storage: sources.bucket,
+           BackupTarget.redis: sources.cache}  # fmt: skip
+    if has[target] is None:
+        raise PermanentError(f"Project {key.name} has no {target.value} to restore the backup into",
+                             reason="NothingToRestoreInto")  # fmt: skip
+
+
 class RestoreRunner:
     """Runs claimed Restore records, one task per record."""
 
     def __init__(self, restores: RestoreRecords, backups: BackupRecords, backup_runner: BackupRunner,
-                 timeout: float = RUN_TIMEOUT_SECONDS) -> None:  # fmt: skip
+                 read_project: ReadProject, timeout: float = RUN_TIMEOUT_SECONDS) -> None:  # fmt: skip
         self._restores, self._backups, self._backup_runner = restores, backups, backup_runner
+        self._read_project = read_project
         self._timeout = timeout
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -157,7 +171,8 @@ class RestoreRunner:
         began = time.monotonic()
         try:
             done = await self._restore(key, record, sources, store, state, cancelled)
-            state.phase, state.message = BackupPhase.Succeeded, f"restored backup {record.backup}{done}"
+            of = f" of Project {record.from_project}" if record.from_project not in (None, key.name) else ""
+            state.phase, state.message = BackupPhase.Succeeded, f"restored backup {record.backup}{of}{done}"
         except RUN_ERRORS as exc:
             state.phase, state.message = BackupPhase.Failed, failed(started, began, exc).message
         finally:
@@ -170,7 +185,9 @@ class RestoreRunner:
     async def _restore(self, key: ProjectKey, record: RestoreRecord, sources: Sources, store: BackupStore,
                        state: RestoreStatus, cancelled: threading.Event) -> str:  # fmt: skip
         """Check, take the safety backup, restore; a few words on what was done."""
-        target, sha256, stored_key = await self._checked_backup(key, record.backup, store)
+        source = await self._source_key(key, record.from_project)
+        target, sha256, stored_key = await self._checked_backup(source, record.backup, store)
+        _check_has(key, target, sources)
         stat: Object = await store.server.call(store.server.s3.stat_object, store.bucket, stored_key)
         if record.safety_backup:
             state.safety_backup = await self._safety_backup(key, target, sources, store)
@@ -193,6 +210,17 @@ class RestoreRunner:
         await asyncio.to_thread(stream_restore, sources.database, store, stored_key, sha256, self._timeout,
                                 cancelled, progress)  # fmt: skip
         return ""
+
+    async def _source_key(self, key: ProjectKey, from_project: str | None) -> ProjectKey:
+        """Whose backup it is: the Project's own, or another Project of the same namespace (as it is now)."""
+        if from_project is None or from_project == key.name:
+            return key
+        found = await self._read_project(key.namespace, from_project)
+        uid = ((found or {}).get("metadata") or {}).get("uid")
+        if not uid:
+            raise PermanentError(f"Project {from_project} (spec.fromProject) does not exist in {key.namespace}",
+                                 reason="BackupNotFound")  # fmt: skip
+        return ProjectKey(key.namespace, from_project, str(uid))
 
     async def _checked_backup(self, key: ProjectKey, name: str, store: BackupStore) -> tuple[BackupTarget, str, str]:
         """The backup's target, checksum and key, once it is known to be a successful Backup of this Project."""

@@ -160,6 +160,8 @@ class RestoreRecord:
     created_at: datetime
     started_at: datetime | None = None
     heartbeat_at: datetime | None = None
+    # Whose backup it is, when not the Project's own (another Project of the same namespace).
+    from_project: str | None = None
 
     def stale(self, now: datetime, after: float = STALE_SECONDS) -> bool:
         return _stale(self.phase, self.heartbeat_at or self.started_at or self.created_at, now, after)

@@ -41,6 +41,7 @@ from controller.specs.backups import blobs_prefix, object_key, project_prefix, r
 from schemas.backups import BackupPhase, BackupRunStatus, BackupTrigger, RestoreStatus
 from schemas.project import BackupTarget
 from tests.drivers_common import context
+from tests.factories import project
 from tests.servers import MinioServer, PostgresServer, RedisServer, start_minio, start_postgres, start_redis
 
 DB = BackupTarget.database
@@ -63,11 +64,11 @@ class World:
     """One Project with a real database, and the backup driver of its Platform."""
 
     def __init__(self, kube: KubeClient, namespace: str, pg: PostgresServer, s3: MinioServer, rd: RedisServer,
-                 slug: str) -> None:  # fmt: skip
+                 slug: str, uid: str | None = None) -> None:  # fmt: skip
         self.pg, self.s3, self.rd = pg, s3, rd
         self.secrets = MemorySecrets()
         base, self.spec = context(slug, features={"database": {"version": "15"}, "storage": {}, "redis": {}})
-        self.key = ProjectKey(namespace, slug, base.key.uid)
+        self.key = ProjectKey(namespace, slug, uid or base.key.uid)
         self.ctx = replace(base, key=self.key, backup=self.spec.backup)
         self.where = (namespace, str(self.ctx.allocations.connection_secret))
         self.database = PostgresDriver(pg.host, pg.port, pg.admin_user, pg.admin_password, self.secrets)
@@ -421,13 +422,15 @@ async def test_no_tenant_credential_reaches_the_backup_store(world: World) -> No
             attempt()
 
 
-def restore_body(world: World, name: str, backup: str, safety: bool = True) -> dict[str, Any]:
+def restore_body(world: World, name: str, backup: str, safety: bool = True,
+                 from_project: str | None = None) -> dict[str, Any]:  # fmt: skip
     return {
         "apiVersion": "codeb.dev/v1alpha1",
         "kind": "Restore",
         "metadata": {"name": name, "namespace": world.key.namespace, "labels": {"codeb.dev/project": world.key.name}},
-        "spec": {"project": world.key.name, "backup": backup, "safetyBackup": safety},
-    }
+        "spec": {"project": world.key.name, "backup": backup, "safetyBackup": safety,
+                 **({"fromProject": from_project} if from_project else {})},
+    }  # fmt: skip
 
 
 async def restored(world: World, name: str, within: float = 60) -> RestoreStatus:
@@ -607,3 +610,38 @@ async def test_a_deleted_projects_backups_go_after_its_retention_unless_retained
     await world.driver.delete(replace(world.ctx, key=reborn), retain=True)
     world.driver._clock = lambda: now + timedelta(days=1000)  # type: ignore[method-assign]
     assert await world.driver.sweep() == 0 and len(under(reborn)) == 2
+
+
+async def test_a_backup_restores_into_another_project_of_the_namespace(
+    kube: KubeClient, namespace: str, services: tuple[PostgresServer, MinioServer, RedisServer]
+) -> None:
+    pg, s3, rd = services
+    # Production as a real Project object: whose backup it is is looked up by its uid, never taken from a record.
+    made = await kube.request("POST", f"/apis/codeb.dev/v1alpha1/namespaces/{namespace}/projects",
+                              project("prodcopy", namespace))  # fmt: skip
+    assert made is not None
+    production = World(kube, namespace, pg, s3, rd, "prodcopy", uid=made["metadata"]["uid"])
+    staging = World(kube, namespace, pg, s3, rd, "stagecopy")
+    staging.bucket, staging.store = production.bucket, production.store  # one Platform, one store
+    staging.driver = BackupDriver("shared", production.store, staging.runs, staging.database.server,
+                                  staging.secrets)  # fmt: skip
+    try:
+        await production.create_database(rows=2)
+        backup = await backed_up(production)
+        await staging.create_database(rows=5)
+
+        # Without fromProject, production's backup is not staging's: refused.
+        await staging.runs.restores.create(restore_body(staging, "not-yours", backup, safety=False))
+        await staging.driver.apply(staging.ctx, BACKUP_CONVERGED)
+        refused = await restored(staging, "not-yours")
+        assert refused.phase is BackupPhase.Failed and "not a successful Backup" in (refused.message or "")
+
+        await staging.runs.restores.create(restore_body(staging, "copy", backup, from_project="prodcopy"))
+        await staging.driver.apply(staging.ctx, BACKUP_CONVERGED)
+        copied = await restored(staging, "copy")
+        assert copied.phase is BackupPhase.Succeeded, copied.message
+        assert copied.message == f"restored backup {backup} of Project prodcopy"
+        assert staging.rows() == 2 and production.rows() == 2
+    finally:
+        await staging.runs.stop()
+        await production.runs.stop()
