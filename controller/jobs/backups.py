@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import IO, Any, BinaryIO, Protocol, cast
 
@@ -83,8 +83,12 @@ Metadata = dict[str, str | list[str] | tuple[str]]
 
 @dataclass(frozen=True)
 class Stored:
+    """What a run put in the store: its size and checksum, and a few words on it."""
+
     size: int
     sha256: str
+    message: str | None = None
+    server_version: str | None = None
 
 
 class RunCut(Exception):
@@ -295,23 +299,40 @@ class DatabaseDump:
     timeout: float = RUN_TIMEOUT_SECONDS
 
     async def __call__(self, started: datetime, cancelled: threading.Event) -> BackupRunStatus:
-        began = time.monotonic()
-        metadata: Metadata = {"codeb-project": str(self.key), "codeb-project-uid": self.key.uid,
-                              "codeb-backup": self.name}  # fmt: skip
         try:
             version = await _server_version(self.source)
-            stored = await asyncio.to_thread(stream_dump, self.source, self.store, self.object_key, metadata,
-                                             self.timeout, cancelled)  # fmt: skip
         except RUN_ERRORS as exc:
-            return failed(started, began, exc)
-        except asyncio.CancelledError:
-            cancelled.set()  # the thread's pg_dump is killed, so the upload is aborted
-            raise
-        return BackupRunStatus(
-            phase=BackupPhase.Succeeded, started_at=started, finished_at=utcnow(), heartbeat_at=utcnow(),
-            duration_seconds=round(time.monotonic() - began, 3), size_bytes=stored.size, sha256=stored.sha256,
-            server_version=version, location=self.store.location(self.object_key),
-        )  # fmt: skip
+            return failed(started, time.monotonic(), exc)
+        metadata = owner_metadata(self.key, self.name)
+
+        def dump() -> Stored:
+            stored = stream_dump(self.source, self.store, self.object_key, metadata, self.timeout, cancelled)
+            return replace(stored, server_version=version)
+
+        return await stored_run(started, cancelled, self.store, self.object_key, dump)
+
+
+def owner_metadata(key: ProjectKey, name: str) -> Metadata:
+    """What every stored backup says of itself: whose it is (checked again before any restore)."""
+    return {"codeb-project": str(key), "codeb-project-uid": key.uid, "codeb-backup": name}
+
+
+async def stored_run(started: datetime, cancelled: threading.Event, store: BackupStore, object_key: str,
+                     work: Callable[[], Stored]) -> BackupRunStatus:  # fmt: skip
+    """Run a target's blocking ``work`` in a thread, as the status that records its end."""
+    began = time.monotonic()
+    try:
+        stored = await asyncio.to_thread(work)
+    except RUN_ERRORS as exc:
+        return failed(started, began, exc)
+    except asyncio.CancelledError:
+        cancelled.set()  # the thread's work stops at its next check (pg_dump is killed), so nothing is kept
+        raise
+    return BackupRunStatus(
+        phase=BackupPhase.Succeeded, started_at=started, finished_at=utcnow(), heartbeat_at=utcnow(),
+        duration_seconds=round(time.monotonic() - began, 3), size_bytes=stored.size, sha256=stored.sha256,
+        server_version=stored.server_version, location=store.location(object_key), message=stored.message,
+    )  # fmt: skip
 
 
 async def _server_version(source: DatabaseAccess) -> str:

@@ -12,7 +12,6 @@ first); each step is idempotent, so a restore cut short is finished by running i
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import json
@@ -25,17 +24,17 @@ from typing import Any
 from controller.clients.s3 import S3Server
 from controller.jobs.backups import (
     PART_BYTES,
-    RUN_ERRORS,
     RUN_TIMEOUT_SECONDS,
     BackupStore,
     Metadata,
     RunCut,
-    failed,
-    utcnow,
+    Stored,
+    owner_metadata,
+    stored_run,
 )
 from controller.loop.naming import ProjectKey
 from controller.specs.backups import blob_key, blobs_prefix
-from schemas.backups import BackupPhase, BackupRunStatus
+from schemas.backups import BackupRunStatus
 
 # A bucket with more objects than this is refused, not copied: a manifest is held in memory whole.
 MAX_OBJECTS = 200_000
@@ -50,14 +49,6 @@ class BucketAccess:
     bucket: str
 
 
-@dataclass(frozen=True)
-class Copied:
-    objects: int
-    copied: int
-    size: int
-    sha256: str
-
-
 def _check(cancelled: threading.Event, deadline: float) -> None:
     if cancelled.is_set():
         raise RunCut("cancelled")
@@ -66,7 +57,7 @@ def _check(cancelled: threading.Event, deadline: float) -> None:
 
 
 def copy_bucket(source: BucketAccess, store: BackupStore, key: ProjectKey, manifest_key: str, metadata: Metadata,
-                timeout: float, cancelled: threading.Event) -> Copied:  # fmt: skip
+                timeout: float, cancelled: threading.Event) -> Stored:  # fmt: skip
     """Blocking: every object not yet in the store copied, then the manifest; what it holds, or RunCut."""
     deadline = time.monotonic() + timeout
     have = {o.object_name for o in store.server.s3.list_objects(store.bucket, prefix=blobs_prefix(key),
@@ -87,7 +78,8 @@ def copy_bucket(source: BucketAccess, store: BackupStore, key: ProjectKey, manif
     body = json.dumps({"version": MANIFEST_VERSION, "objects": entries}, sort_keys=True).encode()
     store.server.s3.put_object(store.bucket, manifest_key, io.BytesIO(body), len(body), metadata=dict(metadata),
                                content_type="application/json")  # fmt: skip
-    return Copied(len(entries), copied, sum(e["size"] for e in entries.values()), hashlib.sha256(body).hexdigest())
+    said = f"{len(entries)} objects; {copied} copied, the rest unchanged since an earlier backup"
+    return Stored(sum(e["size"] for e in entries.values()), hashlib.sha256(body).hexdigest(), said)
 
 
 def _copy(source: S3Server, bucket: str, name: str, target: S3Server, target_bucket: str, target_key: str,
@@ -154,20 +146,9 @@ class BucketCopy:
     timeout: float = RUN_TIMEOUT_SECONDS
 
     async def __call__(self, started: datetime, cancelled: threading.Event) -> BackupRunStatus:
-        began = time.monotonic()
-        metadata: Metadata = {"codeb-project": str(self.key), "codeb-project-uid": self.key.uid,
-                              "codeb-backup": self.name}  # fmt: skip
-        try:
-            done = await asyncio.to_thread(copy_bucket, self.source, self.store, self.key, self.manifest_key,
-                                           metadata, self.timeout, cancelled)  # fmt: skip
-        except RUN_ERRORS as exc:
-            return failed(started, began, exc)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        return BackupRunStatus(
-            phase=BackupPhase.Succeeded, started_at=started, finished_at=utcnow(), heartbeat_at=utcnow(),
-            duration_seconds=round(time.monotonic() - began, 3), size_bytes=done.size, sha256=done.sha256,
-            location=self.store.location(self.manifest_key),
-            message=f"{done.objects} objects; {done.copied} copied, the rest unchanged since an earlier backup",
-        )  # fmt: skip
+        metadata = owner_metadata(self.key, self.name)
+
+        def copy() -> Stored:
+            return copy_bucket(self.source, self.store, self.key, self.manifest_key, metadata, self.timeout, cancelled)
+
+        return await stored_run(started, cancelled, self.store, self.manifest_key, copy)

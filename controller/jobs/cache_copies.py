@@ -10,7 +10,6 @@ connection does this (a tenant's ACL has no RESTORE), always bounded to the pref
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -24,16 +23,16 @@ from datetime import datetime
 import redis
 
 from controller.jobs.backups import (
-    RUN_ERRORS,
     RUN_TIMEOUT_SECONDS,
     BackupStore,
     Metadata,
     RunCut,
-    failed,
-    utcnow,
+    Stored,
+    owner_metadata,
+    stored_run,
 )
 from controller.loop.naming import ProjectKey
-from schemas.backups import BackupPhase, BackupRunStatus
+from schemas.backups import BackupRunStatus
 
 SCAN_COUNT = 500
 # A cache with more keys than this is refused rather than half copied.
@@ -65,7 +64,7 @@ def _keys(client: redis.Redis, prefix: str, cancelled: threading.Event, deadline
 
 
 def copy_cache(source: CacheAccess, store: BackupStore, object_key: str, metadata: Metadata, timeout: float,
-               cancelled: threading.Event) -> tuple[int, int, str]:  # fmt: skip
+               cancelled: threading.Event) -> Stored:  # fmt: skip
     """Blocking: the prefix's keys into the store; (keys, bytes, sha256), or RunCut (and no object)."""
     deadline = time.monotonic() + timeout
     client = source.client()
@@ -88,7 +87,7 @@ def copy_cache(source: CacheAccess, store: BackupStore, object_key: str, metadat
         lines.seek(0)
         store.server.s3.put_object(store.bucket, object_key, lines, length=size, metadata=dict(metadata),  # type: ignore[arg-type]
                                    content_type="application/x-ndjson")  # fmt: skip
-    return keys, size, digest.hexdigest()
+    return Stored(size, digest.hexdigest(), f"{keys} keys")
 
 
 def restore_cache(target: CacheAccess, store: BackupStore, object_key: str, sha256: str, timeout: float,
@@ -134,19 +133,9 @@ class CacheCopy:
     timeout: float = RUN_TIMEOUT_SECONDS
 
     async def __call__(self, started: datetime, cancelled: threading.Event) -> BackupRunStatus:
-        began = time.monotonic()
-        metadata: Metadata = {"codeb-project": str(self.key), "codeb-project-uid": self.key.uid,
-                              "codeb-backup": self.name}  # fmt: skip
-        try:
-            keys, size, sha256 = await asyncio.to_thread(copy_cache, self.source, self.store, self.object_key,
-                                                         metadata, self.timeout, cancelled)  # fmt: skip
-        except RUN_ERRORS as exc:
-            return failed(started, began, exc)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        return BackupRunStatus(
-            phase=BackupPhase.Succeeded, started_at=started, finished_at=utcnow(), heartbeat_at=utcnow(),
-            duration_seconds=round(time.monotonic() - began, 3), size_bytes=size, sha256=sha256,
-            location=self.store.location(self.object_key), message=f"{keys} keys",
-        )  # fmt: skip
+        metadata = owner_metadata(self.key, self.name)
+
+        def copy() -> Stored:
+            return copy_cache(self.source, self.store, self.object_key, metadata, self.timeout, cancelled)
+
+        return await stored_run(started, cancelled, self.store, self.object_key, copy)
