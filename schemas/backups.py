@@ -35,6 +35,7 @@ class BackupTrigger(StrEnum):
     Initial = "Initial"  # the Project's first backup, taken once its data exists
     Scheduled = "Scheduled"
     Manual = "Manual"  # codeb backup, or a Backup made by hand
+    Safety = "Safety"  # taken by a restore of the data it is about to overwrite; run by that restore alone
 
 
 class BackupRunSpec(CodebModel):

@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import IO, Any, BinaryIO, Protocol, cast
@@ -166,6 +166,35 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class Heartbeat:
+    """A run's sign of life on its record, every ``every`` seconds, until stopped.
+
+    Stopping waits for a beat in flight: a beat cancelled mid-request could still land after the run's last
+    status and make a finished run look Running (then stale, then Failed). A record gone (deleted while it
+    ran) cancels the run; an API server away skips a beat and the run goes on.
+    """
+
+    def __init__(self, every: float, beat: Callable[[], Awaitable[bool]], cancelled: threading.Event) -> None:
+        self._every, self._beat, self._cancelled = every, beat, cancelled
+        self._stopped = asyncio.Event()
+        self._task = asyncio.create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), self._every)
+                return
+            try:
+                if not await self._beat():
+                    self._cancelled.set()
+            except CodebError:
+                continue
+
+    async def stop(self) -> None:
+        self._stopped.set()
+        await self._task
+
+
 # Called with the Project's key once a run has finished (the operator wakes the Project to report it).
 Finished = Callable[[ProjectKey], None]
 
@@ -227,28 +256,22 @@ class BackupRunner:
 
     async def _run(self, key: ProjectKey, name: str, started: datetime, job: Job) -> BackupRunStatus:
         cancelled = threading.Event()
-        beating = asyncio.create_task(self._heartbeat(key, name, started, cancelled))
+
+        async def beat() -> bool:
+            alive = BackupRunStatus(phase=BackupPhase.Running, started_at=started, heartbeat_at=utcnow())
+            return await self._records.set_status(key.namespace, name, alive)
+
+        heart = Heartbeat(self._heartbeat_seconds, beat, cancelled)
         try:
             async with self._slot():
                 result = await job(started, cancelled)
         finally:
             cancelled.set()
-            beating.cancel()
+            await heart.stop()
         with contextlib.suppress(CodebError):
             await self._records.set_status(key.namespace, name, result)
         self.finished(key)
         return result
-
-    async def _heartbeat(self, key: ProjectKey, name: str, started: datetime, cancelled: threading.Event) -> None:
-        """Keep the record fresh; a record deleted meanwhile cancels the run."""
-        while not cancelled.is_set():
-            await asyncio.sleep(self._heartbeat_seconds)
-            beat = BackupRunStatus(phase=BackupPhase.Running, started_at=started, heartbeat_at=utcnow())
-            try:
-                if not await self._records.set_status(key.namespace, name, beat):
-                    cancelled.set()
-            except CodebError:
-                continue  # the API server is away: the run goes on, the next beat may land
 
     def _slot(self) -> asyncio.Semaphore:
         if self._slots is None:  # made inside the running loop

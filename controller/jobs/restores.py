@@ -36,6 +36,7 @@ from controller.jobs.backups import (
     BackupStore,
     DatabaseAccess,
     DatabaseDump,
+    Heartbeat,
     Job,
     RunCut,
     failed,
@@ -167,7 +168,12 @@ class RestoreRunner:
                    store: BackupStore) -> None:  # fmt: skip
         cancelled = threading.Event()
         state = RestoreStatus(phase=BackupPhase.Running, started_at=started, heartbeat_at=started)
-        beating = asyncio.create_task(self._heartbeat(key, record.name, state, cancelled))
+
+        async def beat() -> bool:  # with the progress so far
+            state.heartbeat_at = utcnow()
+            return await self._restores.set_status(key.namespace, record.name, state)
+
+        heart = Heartbeat(PROGRESS_SECONDS, beat, cancelled)
         began = time.monotonic()
         try:
             done = await self._restore(key, record, sources, store, state, cancelled)
@@ -177,7 +183,7 @@ class RestoreRunner:
             state.phase, state.message = BackupPhase.Failed, failed(started, began, exc).message
         finally:
             cancelled.set()
-            beating.cancel()
+            await heart.stop()
         state.finished_at, state.duration_seconds = utcnow(), round(time.monotonic() - began, 3)
         with contextlib.suppress(CodebError):
             await self._restores.set_status(key.namespace, record.name, state)
@@ -243,7 +249,7 @@ class RestoreRunner:
                              store: BackupStore) -> str:  # fmt: skip
         """The data as it is, into a Backup of its own (heart-beating like any), before anything is overwritten."""
         name = f"{key.name}-{target.value}-safety-{utcnow():%Y%m%d-%H%M%S}"
-        await self._backups.create(record_body(key, name, target, BackupTrigger.Manual, None))
+        await self._backups.create(record_body(key, name, target, BackupTrigger.Safety, None))
         (_, version) = (await self._backups.list(key))[name]
         stored_key = object_key(key, target, name)
         job: Job
@@ -262,17 +268,6 @@ class RestoreRunner:
             raise PermanentError(f"safety backup {name} failed ({why}); nothing was overwritten",
                                  reason="SafetyBackupFailed")  # fmt: skip
         return name
-
-    async def _heartbeat(self, key: ProjectKey, name: str, state: RestoreStatus, cancelled: threading.Event) -> None:
-        """Keep the record fresh and its progress current; a record deleted meanwhile cancels the restore."""
-        while not cancelled.is_set():
-            await asyncio.sleep(PROGRESS_SECONDS)
-            state.heartbeat_at = utcnow()
-            try:
-                if not await self._restores.set_status(key.namespace, name, state):
-                    cancelled.set()
-            except CodebError:
-                continue
 
     async def stop(self) -> None:
         tasks = list(self._tasks.values())

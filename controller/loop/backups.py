@@ -146,6 +146,9 @@ class RunRecord:
         return self.started_at or self.created_at
 
     def stale(self, now: datetime, after: float = STALE_SECONDS) -> bool:
+        if self.trigger is BackupTrigger.Safety and self.phase is BackupPhase.Pending:
+            # Its restore claims it at once; one still unclaimed after a while lost its restore.
+            return (now - self.created_at).total_seconds() > after
         return _stale(self.phase, self.heartbeat_at or self.started_at or self.created_at, now, after)
 
 
@@ -178,7 +181,8 @@ def next_run(records: Iterable[RunRecord]) -> RunRecord | None:
     listed = list(records)
     if any(r.phase is BackupPhase.Running for r in listed):
         return None
-    pending = sorted((r for r in listed if r.phase is BackupPhase.Pending), key=lambda r: (r.created_at, r.name))
+    pending = sorted((r for r in listed if r.phase is BackupPhase.Pending and r.trigger is not BackupTrigger.Safety),
+                     key=lambda r: (r.created_at, r.name))  # fmt: skip
     return pending[0] if pending else None
 
 

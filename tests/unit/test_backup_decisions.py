@@ -181,3 +181,10 @@ def test_runs_of_one_project_go_one_at_a_time() -> None:
     assert decide.next_run([second, running, first]) is None  # a thousand Backups made at once queue up
     assert decide.next_run([second, first, record("s", BackupPhase.Succeeded, T0)]) == first
     assert decide.next_run([]) is None
+
+
+def test_a_restores_safety_backup_is_its_alone_and_stale_if_never_claimed() -> None:
+    safety = record("s", BackupPhase.Pending, T0, trigger=BackupTrigger.Safety)
+    assert decide.next_run([safety]) is None  # never started by a pass: its restore claims it
+    assert not safety.stale(T0 + timedelta(seconds=decide.STALE_SECONDS - 1))
+    assert safety.stale(T0 + timedelta(seconds=decide.STALE_SECONDS + 1))  # its restore died before claiming it
