@@ -132,8 +132,8 @@ def stream_dump(source: DatabaseAccess, store: BackupStore, key: str, metadata: 
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, env=source.environment())
         watchdog = threading.Timer(timeout, proc.kill)
         watchdog.start()
-        stop = threading.Thread(target=_kill_when, args=(cancelled, proc), daemon=True)
-        stop.start()
+        ended = threading.Event()
+        threading.Thread(target=_kill_when, args=(cancelled, ended, proc), daemon=True).start()
         stream = _DumpStream(proc, cancelled)
         try:
             # put_object aborts its multipart upload when a read raises: a cut run leaves no object.
@@ -146,14 +146,16 @@ def stream_dump(source: DatabaseAccess, store: BackupStore, key: str, metadata: 
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
-            cancelled.set()  # ends the stop thread
+            ended.set()
         return Stored(stream.size, stream.sha256)
 
 
-def _kill_when(cancelled: threading.Event, proc: subprocess.Popen[bytes]) -> None:
-    cancelled.wait()
-    if proc.poll() is None:
-        proc.kill()
+def _kill_when(cancelled: threading.Event, ended: threading.Event, proc: subprocess.Popen[bytes]) -> None:
+    """Kill the dump once the run is cancelled: a pg_dump waiting for a lock reads nothing, so no read sees it."""
+    while not ended.wait(0.2):
+        if cancelled.is_set():
+            proc.kill()
+            return
 
 
 def tail(errors: IO[bytes]) -> str:

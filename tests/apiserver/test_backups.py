@@ -645,3 +645,43 @@ async def test_a_backup_restores_into_another_project_of_the_namespace(
     finally:
         await staging.runs.stop()
         await production.runs.stop()
+
+
+async def test_a_run_cancelled_while_pg_dump_waits_for_a_lock_kills_it_and_keeps_nothing(world: World) -> None:
+    """Operator shutdown cancels its runs: a pg_dump blocked on a tenant's lock reads nothing, and is killed."""
+    await world.create_database()
+    holder = world.tenant()
+    holder.autocommit = False
+    try:
+        holder.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+        await world.driver.apply(world.ctx, BACKUP_CONVERGED)
+        (record,) = (await world.records_now()).values()
+        assert record.phase is BackupPhase.Running
+
+        def dumping() -> bool:
+            """A pg_dump process of this database is alive (its server session outlives it while it waits)."""
+            wanted = f"--dbname={world.ctx.allocations.database}".encode()
+            for entry in Path("/proc").iterdir():
+                try:
+                    argv = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
+                    state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] if argv else ""
+                except OSError:
+                    continue
+                if wanted in argv and any(a.endswith(b"pg_dump") for a in argv[:3]) and state != "Z":
+                    return True
+            return False
+
+        deadline = time.monotonic() + 30
+        while not dumping():
+            assert time.monotonic() < deadline, "pg_dump never connected"
+            await asyncio.sleep(0.1)
+        await world.runs.stop()
+        deadline = time.monotonic() + 10
+        while dumping():
+            assert time.monotonic() < deadline, "pg_dump still waiting 10 s after its run was cancelled"
+            await asyncio.sleep(0.1)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert absent(world, object_key(world.key, DB, record.name))
+    assert (await world.records_now())[record.name].phase is not BackupPhase.Succeeded
