@@ -310,9 +310,20 @@ def _success_events(results: list[tuple[Action, str]], trigger: str) -> list[Eve
     grouped: dict[str, list[str]] = {}
     for action, result in results:
         if result == "ok":
-            reason = "DriftRepaired" if trigger in DRIFT_TRIGGERS else action.verb.value.capitalize() + "d"
+            reason = _success_reason(action, trigger)
             grouped.setdefault(reason, []).append(f"{action.component.value} {action.verb.value}: {action.reason}")
     return [Event("Normal", reason, "; ".join(lines)) for reason, lines in grouped.items()]
+
+
+def _success_reason(action: Action, trigger: str) -> str:
+    """What a successful action was: backups' own upkeep (runs due, retention), drift repaired, or the spec's."""
+    if action.component is Component.backup:
+        return "BackupsMaintained"  # a scheduled run or a prune is routine, not drift
+    return "DriftRepaired" if trigger in DRIFT_TRIGGERS else action.verb.value.capitalize() + "d"
+
+
+def is_drift_repair(action: Action, trigger: str) -> bool:
+    return _success_reason(action, trigger) == "DriftRepaired"
 
 
 def _collect(events: list[Event]) -> Notify:

@@ -31,9 +31,9 @@ from controller.loop.naming import ProjectKey, connection_secret_name
 from controller.loop.passes import PAUSED_ANNOTATION, RETRY_ROLLOUT_ANNOTATION, Outcome, ProjectInput, Teardown
 from controller.loop.reconciler import (
     BLOCKED_DELETE_RECHECK_SECONDS,
-    DRIFT_TRIGGERS,
     PROGRESS_RECHECK_SECONDS,
     Reconciler,
+    is_drift_repair,
 )
 from controller.loop.status import format_validation_error, load_status, set_condition, status_patch
 from controller.operator.config import OperatorConfig
@@ -206,7 +206,7 @@ def post_events(runtime: Runtime, body: kopf.Body, outcome: Outcome, status_chan
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     for action, result in outcome.results:
         runtime.metrics.actions.labels(action.component.value, action.verb.value, result).inc()
-        if trigger in DRIFT_TRIGGERS and result == "ok":
+        if result == "ok" and is_drift_repair(action, trigger):
             runtime.metrics.drift_repairs.labels(action.component.value).inc()
     if outcome.rollout is not None:
         runtime.metrics.record_rollout(outcome.rollout.checks, outcome.rollout.finished)

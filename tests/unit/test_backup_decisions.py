@@ -188,3 +188,18 @@ def test_a_restores_safety_backup_is_its_alone_and_stale_if_never_claimed() -> N
     assert decide.next_run([safety]) is None  # never started by a pass: its restore claims it
     assert not safety.stale(T0 + timedelta(seconds=decide.STALE_SECONDS - 1))
     assert safety.stale(T0 + timedelta(seconds=decide.STALE_SECONDS + 1))  # its restore died before claiming it
+
+
+def test_backups_upkeep_is_not_called_drift() -> None:
+    from controller.loop.planner import Action, Component, Verb
+    from controller.loop.reconciler import _success_events, is_drift_repair
+
+    upkeep = Action(Component.backup, Verb.update, "differs in due")
+    repair = Action(Component.database, Verb.update, "differs in loginWorks")
+    events = _success_events([(upkeep, "ok"), (repair, "ok")], "timer")
+    assert {(e.reason, e.message) for e in events} == {
+        ("BackupsMaintained", "Backup update: differs in due"),
+        ("DriftRepaired", "Database update: differs in loginWorks"),
+    }
+    assert not is_drift_repair(upkeep, "wake") and is_drift_repair(repair, "wake")
+    assert not is_drift_repair(repair, "update")
