@@ -247,7 +247,9 @@ class KubeClient:
             size += len(chunk)
             if size > self._max_bytes or time.monotonic() > ends:
                 raw.close()  # the rest unread: this connection is not reused
-                why = f"an answer larger than {self._max_bytes} bytes" if size > self._max_bytes else "too slow"
+                # The same words as the deadline on the whole call, whichever of the two ends it first.
+                late = f"no whole answer within {self._deadline or self._timeout:g} s"
+                why = f"an answer larger than {self._max_bytes} bytes" if size > self._max_bytes else late
                 raise ApiException(status=502 if size > self._max_bytes else 504, reason=why)
         raw.release_conn()
         return b"".join(chunks)

@@ -13,8 +13,9 @@ pass *follows* it with one short command, `FOLLOW`:
   machine's own clock; past its timeout and a grace, it is stopped);
 - a directory with no pid yet, younger than `STARTING_SECONDS`: starting (a loaded machine
   can take seconds to launch it; calling that lost failed a hook that went on to succeed);
-- anything else: it ended without a result (killed, the machine restarted): failed,
-  never started again.
+- anything else, once the ``exit`` file is looked for again (a run that finished between
+  the two looks wrote it before its process ended): it ended without a result (killed,
+  the machine restarted): failed, never started again.
 
 The same script serves the operator's machine (runtime local) and a host over SSH
 (runtime quadlet: the command is ``podman exec`` into the new colour). Every part of a
@@ -50,9 +51,12 @@ if [ "$mode" = stop ]; then
   [ -f "$d/exit" ] || { echo 137 >"$d/exit.tmp" && mv "$d/exit.tmp" "$d/exit"; }
   echo stopped; exit 0
 fi
-if [ -f "$d/exit" ]; then echo "exit $(cat "$d/exit")"; tail -c 16384 "$d/output" 2>/dev/null; exit 0; fi
+finished() { [ -f "$d/exit" ] && { echo "exit $(cat "$d/exit")"; tail -c 16384 "$d/output" 2>/dev/null; }; }
+finished && exit 0
 if [ -d "$d" ]; then
   if alive; then echo "running $(($(date +%s) - $(stat -c %Y "$d/pid")))"
+  # It finished between the first look and this one: its exit file is written before it exits.
+  elif finished; then :
   # Made, but its wrapper has not written its pid yet (a loaded machine, a slow systemd scope).
   elif [ ! -s "$d/pid" ] && [ $(($(date +%s) - $(stat -c %Y "$d"))) -lt $starting ]; then echo starting
   else echo lost; tail -c 16384 "$d/output" 2>/dev/null; fi

@@ -55,3 +55,25 @@ def test_a_run_whose_launcher_has_not_written_its_pid_yet_is_starting_then_lost(
     then = time.time() - STARTING_SECONDS - 5
     os.utime(old, (then, then))
     assert follow(old) == "lost"
+
+
+def test_a_run_that_finishes_between_the_two_looks_is_its_exit_not_lost(tmp_path: Path) -> None:
+    """The wrapper writes its exit file, then ends. FOLLOW looks for the exit file, then for the process:
+    one that finished in between (seen once in the full suite on a loaded machine) has ended with its exit
+    code, not without a result. Made deterministic by a `grep` that finishes the run as the liveness check
+    reads it: the exit file appears, and the process is gone."""
+    run_dir = tmp_path / "0123456789ab"
+    run_dir.mkdir()
+    (run_dir / "pid").write_text("999999999\n")  # no such process: it has just ended
+    (run_dir / "output").write_text("migrating\n")
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    grep = shims / "grep"
+    grep.write_text(f'#!/bin/sh\necho 3 >"{run_dir}/exit"\nexit 1\n')
+    grep.chmod(0o755)
+    argv = follow_argv("follow", str(run_dir), 60, ["true"])
+    env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}"}
+    answer = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True, env=env).stdout
+    assert answer.split("\n")[0] == "exit 3" and "migrating" in answer
+    run, _ = judge(RUN, 60, answer, frozenset())
+    assert run.result == "Failed" and "(exit code 3)" in run.message
