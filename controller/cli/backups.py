@@ -28,8 +28,8 @@ from controller.cli.common import (
 )
 from controller.loop.backups import record_name
 from controller.loop.naming import ProjectKey
-from controller.specs.backups import record_body
-from schemas.backups import BACKUP_PLURAL, PROJECT_LABEL, RESTORE_KIND, RESTORE_PLURAL, BackupTrigger
+from controller.specs.backups import record_body, restore_body
+from schemas.backups import BACKUP_PLURAL, PROJECT_LABEL, RESTORE_PLURAL, BackupTrigger
 from schemas.project import API_GROUP, API_VERSION, BackupTarget
 
 POLL_SECONDS = 1.0
@@ -187,14 +187,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     backup = pick_backup(list_backups(api, args.namespace, args.project), args.to)
     _confirm(args, backup, into)
     name = f"{key.name}-restore-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-    body = {
-        "apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": RESTORE_KIND,
-        "metadata": {"name": name, "namespace": key.namespace, "labels": {PROJECT_LABEL: key.name},
-                     "ownerReferences": record_body(key, name, BackupTarget.database, BackupTrigger.Manual,
-                                                    None)["metadata"]["ownerReferences"]},
-        "spec": {"project": key.name, "backup": backup["metadata"]["name"], "safetyBackup": not args.no_safety_backup,
-                 **({"fromProject": args.project} if into != args.project else {})},
-    }  # fmt: skip
+    source = args.project if into != args.project else None
+    body = restore_body(key, name, backup["metadata"]["name"], not args.no_safety_backup, source)
     with api_errors(f"restore {args.namespace}/{name}"):
         api.create_namespaced_custom_object(API_GROUP, API_VERSION, args.namespace, RESTORE_PLURAL, body)
 

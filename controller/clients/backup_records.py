@@ -44,7 +44,7 @@ def backup_record(raw: dict[str, Any]) -> RunRecord:
         name=str(raw["metadata"]["name"]), target=spec.target, trigger=spec.trigger, phase=status.phase,
         created_at=_created(raw), scheduled_at=spec.scheduled_at, started_at=status.started_at,
         finished_at=status.finished_at, heartbeat_at=status.heartbeat_at, message=status.message,
-        location=status.location, size_bytes=status.size_bytes,
+        size_bytes=status.size_bytes,
     )  # fmt: skip
 
 

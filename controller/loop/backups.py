@@ -12,9 +12,10 @@ one slot is one run however often a pass looks.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import TypeVar
 
 from schemas.backups import BackupPhase, BackupTrigger
 from schemas.project import Allocations, Backup, BackupTarget
@@ -134,7 +135,6 @@ class RunRecord:
     finished_at: datetime | None = None
     heartbeat_at: datetime | None = None
     message: str | None = None
-    location: str | None = None
     size_bytes: int | None = None
 
     @property
@@ -176,22 +176,26 @@ def _stale(phase: BackupPhase, last_seen: datetime, now: datetime, after: float)
 
 
 def next_run(records: Iterable[RunRecord]) -> RunRecord | None:
-    """The backup run to start: the oldest Pending one, while none of the Project's is Running. One at a time
-    per Project, so a namespace that makes a thousand Backups queues them behind each other, not beside."""
-    listed = list(records)
-    if any(r.phase is BackupPhase.Running for r in listed):
-        return None
-    pending = sorted((r for r in listed if r.phase is BackupPhase.Pending and r.trigger is not BackupTrigger.Safety),
-                     key=lambda r: (r.created_at, r.name))  # fmt: skip
-    return pending[0] if pending else None
+    """The backup run to start. One at a time per Project, so a namespace that makes a thousand Backups
+    queues them behind each other, not beside; a restore's safety backup is its restore's to run."""
+    return _oldest_pending(records, lambda r: r.trigger is not BackupTrigger.Safety)
 
 
 def next_restore(restores: Iterable[RestoreRecord]) -> RestoreRecord | None:
-    """The restore to start: the oldest Pending one, while none of the Project's is Running (one at a time)."""
-    listed = list(restores)
+    """The restore to start (one at a time per Project)."""
+    return _oldest_pending(restores, lambda r: True)
+
+
+R = TypeVar("R", RunRecord, RestoreRecord)
+
+
+def _oldest_pending(records: Iterable[R], startable: Callable[[R], bool]) -> R | None:
+    """The oldest Pending record, while none of the Project's is Running."""
+    listed = list(records)
     if any(r.phase is BackupPhase.Running for r in listed):
         return None
-    pending = sorted((r for r in listed if r.phase is BackupPhase.Pending), key=lambda r: (r.created_at, r.name))
+    pending = sorted((r for r in listed if r.phase is BackupPhase.Pending and startable(r)),
+                     key=lambda r: (r.created_at, r.name))  # fmt: skip
     return pending[0] if pending else None
 
 

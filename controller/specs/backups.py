@@ -1,8 +1,8 @@
-"""What a backup run is made of, pure: its Backup object, where it is kept, and the dump command.
+"""What a backup run is made of, pure: its Backup and Restore objects, where it is kept, its commands.
 
-The object key is derived from the Project's namespace and name and the record's name,
-never read back from a record: a Backup object lives in the tenant's namespace, where
-its author could write any ``status.location``.
+The object key is derived from the Project's namespace, name and uid and the record's
+name, never read back from a record: a Backup object lives in the tenant's namespace,
+where its author could write any ``status.location``.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from schemas.backups import (
     BACKUP_KIND,
     BACKUP_PLURAL,
     PROJECT_LABEL,
+    RESTORE_KIND,
     TARGET_LABEL,
     BackupRunSpec,
     BackupTrigger,
+    RestoreSpec,
 )
 from schemas.project import API_GROUP, API_VERSION, KIND, BackupTarget
 
@@ -70,6 +72,23 @@ def record_body(key: ProjectKey, name: str, target: BackupTarget, trigger: Backu
             "name": name,
             "namespace": key.namespace,
             "labels": {PROJECT_LABEL: key.name, TARGET_LABEL: target.value},
+            "ownerReferences": [_owner(key)],
+        },
+        "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+    }
+
+
+def restore_body(key: ProjectKey, name: str, backup: str, safety_backup: bool = True,
+                 from_project: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """The Restore object of one restore into ``key``'s Project, owned by it."""
+    spec = RestoreSpec(project=key.name, backup=backup, safety_backup=safety_backup, from_project=from_project)
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": RESTORE_KIND,
+        "metadata": {
+            "name": name,
+            "namespace": key.namespace,
+            "labels": {PROJECT_LABEL: key.name},
             "ownerReferences": [_owner(key)],
         },
         "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),

@@ -37,6 +37,7 @@ from controller.loop.interface import DriverContext
 from controller.loop.naming import ProjectKey
 from controller.loop.planner import BACKUP_CONVERGED, Component, desired_state
 from controller.loop.secrets import MemorySecrets
+from controller.specs import backups as specs
 from controller.specs.backups import blobs_prefix, object_key, project_prefix, record_body, restore_command
 from schemas.backups import BackupPhase, BackupRunStatus, BackupTrigger, RestoreStatus
 from schemas.project import BackupTarget
@@ -424,13 +425,7 @@ async def test_no_tenant_credential_reaches_the_backup_store(world: World) -> No
 
 def restore_body(world: World, name: str, backup: str, safety: bool = True,
                  from_project: str | None = None) -> dict[str, Any]:  # fmt: skip
-    return {
-        "apiVersion": "codeb.dev/v1alpha1",
-        "kind": "Restore",
-        "metadata": {"name": name, "namespace": world.key.namespace, "labels": {"codeb.dev/project": world.key.name}},
-        "spec": {"project": world.key.name, "backup": backup, "safetyBackup": safety,
-                 **({"fromProject": from_project} if from_project else {})},
-    }  # fmt: skip
+    return specs.restore_body(world.key, name, backup, safety, from_project)
 
 
 async def restored(world: World, name: str, within: float = 60) -> RestoreStatus:
