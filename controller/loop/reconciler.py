@@ -316,10 +316,11 @@ def _success_events(results: list[tuple[Action, str]], trigger: str) -> list[Eve
 
 
 def _success_reason(action: Action, trigger: str) -> str:
-    """What a successful action was: backups' own upkeep (runs due, retention), drift repaired, or the spec's."""
-    if action.component is Component.backup:
-        return "BackupsMaintained"  # a scheduled run or a prune is routine, not drift
-    return "DriftRepaired" if trigger in DRIFT_TRIGGERS else action.verb.value.capitalize() + "d"
+    """What a successful action was: the spec's (Created, Updated…), or, in a pass no spec change asked for,
+    backups' own upkeep (a scheduled run, a prune: routine, not drift) or drift repaired."""
+    if trigger not in DRIFT_TRIGGERS:
+        return action.verb.value.capitalize() + "d"
+    return "BackupsMaintained" if action.component is Component.backup else "DriftRepaired"
 
 
 def is_drift_repair(action: Action, trigger: str) -> bool:

@@ -203,3 +203,6 @@ def test_backups_upkeep_is_not_called_drift() -> None:
     }
     assert not is_drift_repair(upkeep, "wake") and is_drift_repair(repair, "wake")
     assert not is_drift_repair(repair, "update")
+    # Made by a spec change, the backup component is Created like any other.
+    [made] = _success_events([(Action(Component.backup, Verb.create, "missing"), "ok")], "update")
+    assert (made.reason, made.message) == ("Created", "Backup create: missing")
