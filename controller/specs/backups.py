@@ -12,6 +12,8 @@ import re
 from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel
+
 from controller.loop.naming import ProjectKey
 from schemas.backups import (
     BACKUP_KIND,
@@ -65,30 +67,25 @@ def record_body(key: ProjectKey, name: str, target: BackupTarget, trigger: Backu
                 slot: datetime | None) -> dict[str, Any]:  # fmt: skip
     """The Backup object of one run, owned by its Project (it goes when the Project does)."""
     spec = BackupRunSpec(project=key.name, target=target, trigger=trigger, scheduled_at=slot)
-    return {
-        "apiVersion": f"{API_GROUP}/{API_VERSION}",
-        "kind": BACKUP_KIND,
-        "metadata": {
-            "name": name,
-            "namespace": key.namespace,
-            "labels": {PROJECT_LABEL: key.name, TARGET_LABEL: target.value},
-            "ownerReferences": [_owner(key)],
-        },
-        "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
-    }
+    return _run_object(BACKUP_KIND, key, name, {TARGET_LABEL: target.value}, spec)
 
 
 def restore_body(key: ProjectKey, name: str, backup: str, safety_backup: bool = True,
                  from_project: str | None = None) -> dict[str, Any]:  # fmt: skip
     """The Restore object of one restore into ``key``'s Project, owned by it."""
     spec = RestoreSpec(project=key.name, backup=backup, safety_backup=safety_backup, from_project=from_project)
+    return _run_object(RESTORE_KIND, key, name, {}, spec)
+
+
+def _run_object(kind: str, key: ProjectKey, name: str, labels: dict[str, str], spec: BaseModel) -> dict[str, Any]:
+    """A run's record in the Project's namespace: labelled with the Project, owned by it."""
     return {
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
-        "kind": RESTORE_KIND,
+        "kind": kind,
         "metadata": {
             "name": name,
             "namespace": key.namespace,
-            "labels": {PROJECT_LABEL: key.name},
+            "labels": {PROJECT_LABEL: key.name, **labels},
             "ownerReferences": [_owner(key)],
         },
         "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
