@@ -1,4 +1,5 @@
-"""A real SSH server on loopback (asyncssh's), for tests of the SSH transport that need no booted host."""
+"""A real SSH server on loopback or another local address (asyncssh's), for tests of the SSH transport
+that need no booted host."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ async def ssh_server(
     host_key: asyncssh.SSHKey,
     said: list[str],
     answer: Callable[[asyncssh.SSHServerProcess[str]], None] = _done,
+    address: str = "127.0.0.1",
 ) -> AsyncIterator[None]:
     """Runs until the block ends; every command it is sent goes into ``said``, and ``answer`` replies."""
 
@@ -34,7 +36,7 @@ async def ssh_server(
         said.append(str(process.command))
         answer(process)
 
-    server = await asyncssh.create_server(_AnyoneIn, "127.0.0.1", port, server_host_keys=[host_key],
+    server = await asyncssh.create_server(_AnyoneIn, address, port, server_host_keys=[host_key],
                                           process_factory=run)  # fmt: skip
     try:
         yield

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import gzip
 import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+
+from controller.specs import terraform as tf
 
 MIRROR_DIR = "registry.terraform.io"
 
@@ -63,5 +63,6 @@ def planned(workdir: Path, env: dict[str, str]) -> dict[str, Any]:
 
 def stored_state(secret: dict[str, Any]) -> dict[str, Any]:
     """The Terraform state the ``kubernetes`` backend keeps in a Secret (gzip, then base64)."""
-    state: dict[str, Any] = json.loads(gzip.decompress(base64.b64decode(secret["data"]["tfstate"])))
+    state = tf.stored_state(secret)
+    assert state is not None, "the Secret holds no state"
     return state

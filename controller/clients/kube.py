@@ -21,7 +21,6 @@ from typing import Any, TypeVar, cast
 
 import kubernetes.client
 import kubernetes.config
-import yaml
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
@@ -62,62 +61,6 @@ def api_client_from_environment(pool_size: int = 32, config_file: str | None = N
     # One connection per worker thread, or urllib3 discards and reconnects under load.
     configuration.connection_pool_maxsize = pool_size
     return kubernetes.client.ApiClient(configuration)
-
-
-def api_client_from_kubeconfig(text: str, source: str, pool_size: int = 8) -> kubernetes.client.ApiClient:
-    """A client for a cluster named by a kubeconfig that a Project supplied (`check_kubeconfig`)."""
-    configuration = kubernetes.client.Configuration()
-    try:
-        kubernetes.config.load_kube_config_from_dict(  # type: ignore[no-untyped-call]
-            check_kubeconfig(text, source), client_configuration=configuration, persist_config=False
-        )
-    except (kubernetes.config.ConfigException, ValueError, TypeError, KeyError, AttributeError):
-        # The loader's messages can quote the document; name the problem without it.
-        raise PermanentError(
-            f"{source}: the kubeconfig has no usable current context (a cluster with a server, and a user)",
-            reason="KubeconfigInvalid",
-        ) from None
-    configuration.connection_pool_maxsize = pool_size
-    return kubernetes.client.ApiClient(configuration)
-
-
-# Keys that make the client run a program or read a file of the operator's machine.
-FORBIDDEN_KUBECONFIG_KEYS = {
-    "exec": "runs a program",
-    "auth-provider": "runs a provider plugin",
-    "certificate-authority": "reads a file",
-    "client-certificate": "reads a file",
-    "client-key": "reads a file",
-    "tokenFile": "reads a file",
-}
-
-
-def check_kubeconfig(text: str, source: str) -> dict[str, Any]:
-    """The kubeconfig as a document, refusing what would act on the operator's own machine.
-
-    It comes from a Project author's Secret: an exec plugin would run their command in
-    the operator, a file path would read the operator's files as credentials.
-    """
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError:
-        doc = None
-    if not isinstance(doc, dict):
-        raise PermanentError(f"{source}: key kubeconfig is not a kubeconfig document", reason="KubeconfigInvalid")
-    found = [
-        f"{section}[{item.get('name', '?')}].{entry}.{key} {FORBIDDEN_KUBECONFIG_KEYS[key]}"
-        for section, entry in (("users", "user"), ("clusters", "cluster"))
-        for item in doc.get(section) or []
-        if isinstance(item, dict) and isinstance(item.get(entry), dict)
-        for key in sorted(set(item[entry]) & set(FORBIDDEN_KUBECONFIG_KEYS))
-    ]
-    if found:
-        raise PermanentError(
-            f"{source}: {found[0]} on the operator's machine; give the credentials inline "
-            "(kubectl config view --raw --flatten --minify)",
-            reason="KubeconfigInvalid",
-        )
-    return doc
 
 
 def _translate(exc: ApiException, what: str) -> Exception:
@@ -303,8 +246,12 @@ class KubeClient:
         return _stored_config_map(response)
 
     async def project_uids(self) -> set[str]:
-        """The uid of every Project in the cluster (a page at a time: a fleet's list is large)."""
-        uids: set[str] = set()
+        """The uid of every Project in the cluster."""
+        return {uid for uid, _, _ in await self.projects_listed()}
+
+    async def projects_listed(self) -> set[tuple[str, str, str]]:
+        """(uid, namespace, name) of every Project in the cluster (a page at a time: a fleet's list is large)."""
+        found: set[tuple[str, str, str]] = set()
         more: dict[str, str] = {}
         while True:
             page: Any = await self._call(
@@ -312,9 +259,9 @@ class KubeClient:
                 limit=500, _preload_content=False, **more,
             )  # fmt: skip
             listed = json.loads(page.data)
-            uids.update(item["metadata"]["uid"] for item in listed["items"])
+            found.update((m["uid"], m["namespace"], m["name"]) for m in (i["metadata"] for i in listed["items"]))
             if not listed["metadata"].get("continue"):
-                return uids
+                return found
             more = {"_continue": listed["metadata"]["continue"]}
 
     async def list_config_maps(self, namespace: str, label: str) -> dict[str, tuple[str, StoredConfigMap]]:

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import asyncssh
 
-from controller.clients.targets import check_target
+from controller.clients.targets import resolve_target
 from controller.errors import RetryableError
 
 
@@ -141,7 +141,7 @@ class SshPool:
             return connection
 
     async def _connect(self, host: HostAccess) -> asyncssh.SSHClientConnection:
-        await check_target(host.address, f"host {host.address}", self._allow_internal)
+        address = await resolve_target(host.address, f"host {host.address}", self._allow_internal)
         try:
             client_key = asyncssh.import_private_key(host.private_key)
         except (asyncssh.KeyImportError, ValueError):
@@ -154,7 +154,7 @@ class SshPool:
         record = self._host_keys if not host.known_hosts else None
         recorded = await record.known(host.address, host.port) if record is not None else None
         known = host.known_hosts or (known_hosts_line(host.address, host.port, recorded) if recorded else "")
-        connection = await self._open(host, client_key, known, trusted_on_first_use=record is not None)
+        connection = await self._open(host, address, client_key, known, trusted_on_first_use=record is not None)
         if record is not None and recorded is None:
             try:
                 await _trust(record, host, connection)
@@ -163,14 +163,16 @@ class SshPool:
                 raise
         return connection
 
-    async def _open(self, host: HostAccess, client_key: asyncssh.SSHKey, known: str, trusted_on_first_use: bool
-                    ) -> asyncssh.SSHClientConnection:  # fmt: skip
+    async def _open(self, host: HostAccess, address: str, client_key: asyncssh.SSHKey, known: str,
+                    trusted_on_first_use: bool) -> asyncssh.SSHClientConnection:  # fmt: skip
+        """Connect to ``address`` (`resolve_target`'s) and verify the host key of ``host.address`` (the name)."""
         known_hosts = asyncssh.import_known_hosts(known) if known else None
         try:
             return await asyncio.wait_for(
                 asyncssh.connect(
-                    host.address,
+                    address,
                     port=host.port,
+                    host_key_alias=host.address if address != host.address else None,
                     username=host.user,
                     client_keys=[client_key],
                     known_hosts=known_hosts,

@@ -6,7 +6,8 @@ loopback, the operator's own processes answer (its metrics, a local database); a
 link-local address, the cloud's metadata service (169.254.169.254, fd00:ec2::254) hands
 out the machine's credentials; and the errors that come back land in the Project's status,
 an oracle for what listens where. Names are resolved and every address they resolve to is
-checked, so ``localhost`` or a DNS name pointing at 127.0.0.1 is refused too.
+checked, so ``localhost`` or a DNS name pointing at 127.0.0.1 is refused too; the connection
+then goes to the address checked, not to the name (`resolve_target`).
 
 Private ranges (10/8, 192.168/16, …) stay allowed: that is where real hosts and clusters
 live. Tests and ``codeb up`` run everything on loopback and set
@@ -39,18 +40,26 @@ def internal_reason(address: str) -> str | None:
     return None
 
 
-async def check_target(host: str, field: str, allowed: bool) -> None:
-    """Refuse ``host`` (a name or an address, from ``field``) when it is or resolves to an internal address."""
+async def resolve_target(host: str, field: str, allowed: bool) -> str:
+    """The address to connect to for ``host`` (a name or an address, from ``field``): checked, and pinned.
+
+    Refused when ``host`` is or resolves to an internal address. The caller connects to the
+    address returned, never to the name again: a name resolved twice may answer differently
+    the second time (DNS rebinding: a public address for the check, 127.0.0.1 for the
+    connection). TLS and SSH still verify against the name (SNI and certificate, host key).
+    Where internal targets are allowed there is nothing to check, and the name is returned.
+    """
     if allowed:
-        return
+        return host
     try:
         infos = await asyncio.wait_for(
             asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM), RESOLVE_SECONDS
         )
     except (TimeoutError, OSError):
         raise RetryableError(f"{field}: {host} does not resolve", reason="TargetUnresolvable", delay=30) from None
-    for *_, sockaddr in infos:
-        why = internal_reason(str(sockaddr[0]))
+    addresses = [str(sockaddr[0]) for *_, sockaddr in infos]
+    for address in addresses:
+        why = internal_reason(address)
         if why is not None:
             raise PermanentError(
                 f"{field}: {host} is {why}, which a Project may not make the operator connect to; name the "
@@ -58,3 +67,6 @@ async def check_target(host: str, field: str, allowed: bool) -> None:
                 "CODEB_ALLOW_INTERNAL_TARGETS=1)",
                 reason="TargetNotAllowed",
             )
+    if not addresses:
+        raise RetryableError(f"{field}: {host} does not resolve", reason="TargetUnresolvable", delay=30)
+    return addresses[0]

@@ -13,12 +13,15 @@ checks that it can reach the cluster and is let in, and names the cause when not
 from __future__ import annotations
 
 import hashlib
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from controller.clients.kube import KubeClient, api_client_from_kubeconfig
-from controller.clients.targets import check_target
+from controller.clients.kube import KubeClient
+from controller.clients.kubeconfig import api_client_from_kubeconfig, kubeconfig_configuration
+from controller.clients.targets import resolve_target
+from controller.drivers.workloads import SecretReader
 from controller.errors import CodebError, RetryableError
 from controller.loop.interface import DriverContext
 from controller.loop.planner import Component, Observation, State
@@ -32,6 +35,9 @@ TARGET_TIMEOUT_SECONDS = 10.0
 TARGET_THREADS = 2
 TARGET_DEADLINE_SECONDS = 30.0
 TARGET_MAX_BYTES = 8 << 20
+# A client connects to the address its server's name had when checked (`resolve_target`); the name is
+# resolved and checked again this often, so a cluster that moves is followed and still checked.
+RESOLVE_AGAIN_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -42,12 +48,15 @@ class Target:
 
 
 class TargetClusters:
-    def __init__(self, own: KubeClient, allow_internal: bool = False) -> None:
+    def __init__(self, own: KubeClient, allow_internal: bool = False, read_secret: SecretReader | None = None
+                 ) -> None:  # fmt: skip
         self._own = Target(own, OWN_CLUSTER, remote=False)
+        self._read_secret = read_secret or own.read_secret  # the kubeconfig Secret (`KeptSecrets` in the operator)
         # A kubeconfig's server on loopback or link-local (`controller.clients.targets`): only where all
         # runs on one machine.
         self._allow_internal = allow_internal
-        self._clients: dict[tuple[str, str], tuple[str, Target]] = {}  # (namespace, Secret): (digest, target)
+        # (namespace, Secret): (digest of the kubeconfig, its target, when its server's address was resolved)
+        self._clients: dict[tuple[str, str], tuple[str, Target, float]] = {}
 
     @property
     def own(self) -> KubeClient:
@@ -60,29 +69,25 @@ class TargetClusters:
             return self._own
         namespace, secret = ctx.key.namespace, cluster.kubeconfig_secret_ref
         source = f"Secret {namespace}/{secret} (spec.servers.cluster.kubeconfigSecretRef)"
-        data = await self._own.kube.read_secret(namespace, secret, ctx.key.name)
+        data = await self._read_secret(namespace, secret, ctx.key.name)
         if not data or not data.get("kubeconfig"):
             raise RetryableError(f"{source} does not exist or has no key kubeconfig", reason="KubeconfigMissing",
                                  delay=30)  # fmt: skip
         digest = hashlib.sha256(data["kubeconfig"].encode()).hexdigest()
         cached = self._clients.get((namespace, secret))
-        if cached is not None and cached[0] == digest:
+        if cached is not None and cached[0] == digest and time.monotonic() - cached[2] < RESOLVE_AGAIN_SECONDS:
             return cached[1]
         name = f"the cluster of Secret {namespace}/{secret}"
-        api = api_client_from_kubeconfig(data["kubeconfig"], source)
-        server = urlsplit(str(api.configuration.host)).hostname or ""
-        try:
-            await check_target(server, f"{source}: server", self._allow_internal)
-        except CodebError:
-            api.close()  # type: ignore[no-untyped-call]
-            raise
+        server = urlsplit(str(kubeconfig_configuration(data["kubeconfig"], source).host)).hostname or ""
+        address = await resolve_target(server, f"{source}: server", self._allow_internal)
+        api = api_client_from_kubeconfig(data["kubeconfig"], source, connect_to=address)
         threads = ThreadPoolExecutor(TARGET_THREADS, thread_name_prefix="target-cluster")
         client = KubeClient(api, threads, TARGET_TIMEOUT_SECONDS, cluster=name, deadline=TARGET_DEADLINE_SECONDS,
                             max_bytes=TARGET_MAX_BYTES)  # fmt: skip
         target = Target(client, name, remote=True)
         if cached is not None:
-            cached[1].kube.close()  # the Secret changed: its old connections go
-        self._clients[(namespace, secret)] = (digest, target)
+            cached[1].kube.close()  # the Secret changed, or the address is resolved again: old connections go
+        self._clients[(namespace, secret)] = (digest, target, time.monotonic())
         return target
 
 

@@ -268,6 +268,12 @@ class LocalProcesses:
             await _follow("stop", run_dir, hook.timeout_seconds, [], cwd, environment.values)
         return judged
 
+    async def stop_hook(self, ctx: DriverContext, state: State | None, run: HookRun) -> None:
+        """The run's processes killed, by its run directory (its colour's state is not needed)."""
+        hooks = self._directory(ctx.key) / "hooks"
+        if hooks.is_dir():  # else no run ever started here
+            await _follow("stop", str(hooks / hookruns.valid_run_id(run)), 0, [], hooks, {})
+
     # ------------------------------------------------------------ delete
 
     async def delete(self, ctx: DriverContext, retain: bool) -> None:

@@ -78,8 +78,10 @@ class QuadletUnits:
         ssh: SshPool,
         client: httpx.AsyncClient | None = None,
         start_timeout: float = 30.0,
+        read_login: SecretReader | None = None,
     ) -> None:
         self._read_secret = read_secret
+        self._read_login = read_login or read_secret  # the SSH key Secret (`KeptSecrets` in the operator)
         self._ssh = ssh
         self._client = client or httpx.AsyncClient(timeout=5.0)
         self._start_timeout = start_timeout
@@ -334,6 +336,16 @@ class QuadletUnits:
                                                           500)})  # fmt: skip
         return judged.model_copy(update={"message": clip(f"{address}: {judged.message}", frozenset(), 2048)})
 
+    async def stop_hook(self, ctx: DriverContext, state: State | None, run: HookRun) -> None:
+        """The run stopped on the host it runs on (its colour's first); with the colour gone, so is its
+        container, and ``podman exec`` with it."""
+        if state is None or not state.get("hosts") or "port" not in state:
+            return
+        colour = next((c for c in COLOURS if int(state["port"]) == _port_of(ctx, c)), COLOURS[0])
+        run_dir = f"{HOOK_RUNS}/{unit_name(ctx.key, colour)}/{hookruns.valid_run_id(run)}"
+        login = (await self._login(ctx)).at(sorted(state["hosts"])[0])
+        await self._follow(login, "stop", run_dir, 0, [])
+
     async def _follow(self, login: HostAccess, mode: str, run_dir: str, timeout: int, command: list[str]) -> str:
         argv = hookruns.follow_argv(mode, run_dir, timeout, command, launcher="systemd-run")
         line = " ".join(shlex.quote(part) for part in argv)
@@ -367,7 +379,7 @@ class QuadletUnits:
 
     async def _login(self, ctx: DriverContext) -> Login:
         _, ssh = servers_of(ctx)
-        return await login_for(self._read_secret, ctx.key, ssh)
+        return await login_for(self._read_login, ctx.key, ssh)
 
     def _env(self, key: ProjectKey, launch: State, credentials: Credentials) -> str:
         values = {**credentials.values, **launch.get("variables", {})}

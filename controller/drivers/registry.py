@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from controller.claims.quotas import QuotaCheck
+from controller.clients.kept_secrets import KeptSecrets
 from controller.drivers.platforms import SERVICES
 from controller.errors import PermanentError
 from controller.loop.interface import Driver, DriverContext, Drivers, Placement
@@ -86,6 +87,8 @@ class DriverRegistry:
     workload: Mapping[Runtime, Driver] = field(default_factory=dict)
     # What one namespace may take without a Platform (the operator's CODEB_QUOTA_*), and who counts it.
     unplaced_quotas: tuple[NamespaceQuotas, QuotaCheck] | None = None
+    # The copies of the Secrets teardown needs; the operator forgets a Project's once it is gone.
+    kept: KeptSecrets | None = None
 
     async def __call__(self, placement: Placement) -> Drivers:
         provider, runtime = placement.provider, placement.runtime

@@ -51,6 +51,7 @@ from controller.jobs.terraform_records import (
     utc_now,
     who_runs,
 )
+from controller.jobs.terraform_state import StateStore
 from controller.loop.interface import DriverContext
 from controller.loop.naming import ProjectKey
 from controller.loop.planner import Component, Observation, State, host_count, infrastructure_state
@@ -86,10 +87,10 @@ class TerraformHosts:
         self._runner = runner
         self._settings = runner.settings
         self._read_secret = read_secret
-        self._kube = kube
         # What runs this process saw end, newer than status until status is written.
         self._records: dict[tuple[str, str], InfrastructureStatus] = {}
         self._module: dict[str, bytes] | None = None  # the provider's module files, read once
+        self._state = StateStore(kube, runner.settings.state_namespace)
 
     # -- observe
 
@@ -298,12 +299,7 @@ class TerraformHosts:
         """A lock with no live run of ours behind it: released if its holder is gone, else waited for.
 
         The workspace must be initialised (``force-unlock`` goes through its backend)."""
-        suffix = tf.state_suffix(ctx.key)
-        lease = await self._kube.request(
-            "GET", f"/apis/coordination.k8s.io/v1/namespaces/{self._settings.state_namespace}/leases/"
-            f"lock-tfstate-default-{suffix}",
-        )  # fmt: skip
-        lock = tf.lock_info(lease)
+        lock = await self._state.lock(ctx.key)
         if lock is None:
             return
         if not self._holder_gone(lock):
@@ -347,6 +343,7 @@ class TerraformHosts:
             await self._destroy(ctx)
         shutil.rmtree(directory, ignore_errors=True)
         self._records.pop(_id(ctx.key), None)
+        self._state.forget(ctx.key)
 
     async def _destroy(self, ctx: DriverContext) -> None:
         space = await self._workspace(ctx)  # the provider's credentials are needed to destroy
@@ -358,14 +355,7 @@ class TerraformHosts:
             argv = self._runner.argv(space.directory, "apply", input=False, destroy=IsFlagged,
                                      auto_approve=IsFlagged, json=IsFlagged)  # fmt: skip
             await self._carry_out(ctx, space, record, self._Step("destroy", argv))
-        await self._drop_state(ctx.key)
-
-    async def _drop_state(self, key: ProjectKey) -> None:
-        namespace, suffix = self._settings.state_namespace, tf.state_suffix(key)
-        await self._kube.request("DELETE", f"/api/v1/namespaces/{namespace}/secrets/tfstate-default-{suffix}")
-        await self._kube.request(
-            "DELETE", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/lock-tfstate-default-{suffix}"
-        )
+        await self._state.drop(ctx.key)
 
     # -- inputs
 
@@ -380,7 +370,8 @@ class TerraformHosts:
             raise PermanentError(str(exc), reason=exc.reason) from None
         credentials = await self._credentials(ctx, servers)
         login = await self._login(ctx, servers)
-        inputs = tf.module_inputs(ctx.key, servers, ctx.allocations.port, _public_key(login))
+        name = await self._state.resource_name(ctx.key)
+        inputs = tf.module_inputs(ctx.key, servers, ctx.allocations.port, _public_key(login), name)
         directory = self._settings.work_root / tf.state_suffix(ctx.key)
         backend = tf.backend_settings(self._settings.state_namespace, tf.state_suffix(ctx.key),
                                       self._settings.kubeconfig)  # fmt: skip

@@ -107,6 +107,11 @@ class HookRunner(Protocol):
         now stands (``Running``, or its outcome with the output redacted). Never starts a run twice."""
         ...
 
+    async def stop_hook(self, ctx: DriverContext, state: State | None, run: HookRun) -> None:
+        """Stop ``run`` if it still goes (its rollout ended first); ``state``: the colour it runs beside, as
+        seen (None: gone). Stopping a run that ended, or was never started, does nothing."""
+        ...
+
 
 @runtime_checkable
 class WorkloadLogs(Protocol):

@@ -32,7 +32,7 @@ from controller.loop.planner import (
     plan_deletion,
 )
 from controller.loop.rollouts import engine
-from controller.loop.rollouts.engine import DueHook, PassFacts
+from controller.loop.rollouts.engine import DueHook, PassFacts, StaleHook
 from controller.loop.status import set_condition
 from controller.loop.summary import summarize
 from schemas.project import (
@@ -124,10 +124,27 @@ class Reconciler:
         """One step of the post-deploy hook that is due, if any: recorded first; started (or looked at)
         once status holds the record."""
         rollout, runner = work.rollout, drivers.get(Component.workload)
+        if rollout is not None and acting and isinstance(runner, HookRunner):
+            await self._stop_stale_hooks(runner, ctx, rollout.stale_hooks(), work)
         due = rollout.due_hook() if rollout is not None and acting else None
         if rollout is None or due is None or not isinstance(runner, HookRunner):
             return
         rollout.hook_stepped(await self._hook_step(project, runner, ctx.given(work.observed), due, work))
+
+    @staticmethod
+    async def _stop_stale_hooks(runner: HookRunner, ctx: DriverContext, stale: list[StaleHook], work: Pass) -> None:
+        """Before the newer release goes where they ran: once, in the pass that ends their rollout (a kill
+        before status is written ends it again next pass; stopping a stopped run does nothing)."""
+        for hook in stale:
+            try:
+                await runner.stop_hook(ctx, hook.state, hook.run)
+            except CodebError as exc:
+                work.events.append(Event("Warning", "HookNotStopped", f"{hook.name} on {hook.colour}: its "
+                                         f"rollout ended, but stopping it failed ({exc.message}); it ends at its "
+                                         "own timeout"))  # fmt: skip
+                continue
+            work.events.append(Event("Normal", "HookStopped",
+                                     f"{hook.name} on {hook.colour}: its rollout ended before it did"))  # fmt: skip
 
     async def _hook_step(
         self, project: ProjectInput, runner: HookRunner, ctx: DriverContext, due: DueHook, work: Pass

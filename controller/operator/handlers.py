@@ -24,6 +24,7 @@ import kopf
 import structlog
 from pydantic import ValidationError
 
+from controller.clients.kept_secrets import KeptSecrets
 from controller.clients.kube import KubeClient
 from controller.errors import CodebError, PermanentError, RetryableError
 from controller.loop.interface import Placement
@@ -78,6 +79,8 @@ class Runtime:
     collected_at: float = 0.0
     collecting: asyncio.Task[None] | None = None
     housekeeping: Housekeeping = field(default_factory=lambda: Housekeeping(None))
+    # Copies of the Secrets teardown needs (`KeptSecrets`): a Project's go with it.
+    kept: KeptSecrets | None = None
 
 
 # A write not seen in a body after this long failed or was overtaken: the body is believed again.
@@ -324,6 +327,8 @@ async def run_finalize(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, att
                 secret = secret or connection_secret_name(project.spec)
             if secret:
                 await runtime.kube.delete_secret(teardown.key.namespace, secret, teardown.key.name)
+        if runtime.kept is not None:
+            await runtime.kept.forget(teardown.key)
         runtime.metrics.set_phase(uid, None)
         runtime.locks.pop(uid, None)
         runtime.drift_due.pop(uid, None)
@@ -346,6 +351,8 @@ def collect_claims(runtime: Runtime, now: float) -> None:
     async def sweep() -> None:
         try:
             released = await runtime.reconciler.claims.collect(kube.project_uids)
+            if runtime.kept is not None:
+                released += await runtime.kept.collect()
         except CodebError as exc:
             log.warning("ledger sweep failed", retry_in=COLLECT_SECONDS, error=exc.message)
             return

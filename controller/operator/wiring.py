@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from controller.clients.ssh import SshPool
     from controller.drivers.clusters import TargetClusters
     from controller.drivers.registry import InfrastructureDrivers
+    from controller.drivers.workloads import SecretReader
     from controller.loop.interface import Driver
     from controller.loop.reconciler import DriverSource
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 def operator_drivers(kube: KubeClient, config: OperatorConfig) -> DriverSource:
     """The drivers the operator runs with, and `codeb diff` and `logs` look with."""
     from controller.clients.hostkeys import HostKeys
+    from controller.clients.kept_secrets import KeptSecrets
     from controller.clients.ssh import SshPool
     from controller.drivers.backups import Runs
     from controller.drivers.clusters import TargetClusters
@@ -42,21 +44,23 @@ def operator_drivers(kube: KubeClient, config: OperatorConfig) -> DriverSource:
     internal = config.allow_internal_targets
     host_keys = HostKeys(kube, config.claims_namespace)
     ssh = SshPool(allow_internal=internal, host_keys=host_keys)
-    clusters = TargetClusters(kube, allow_internal=internal)
+    kept = KeptSecrets(kube, config.claims_namespace)  # what teardown needs, past its namespace's deletion
+    clusters = TargetClusters(kube, allow_internal=internal, read_secret=kept.read)
     unplaced = NamespaceQuotas(projects=config.quota_projects, domains=config.quota_domains)
     return DriverRegistry(
         platforms=platforms,
-        infrastructure=infrastructure_drivers(kube, ssh, clusters, config),
-        workload=workload_drivers(kube, config, ssh, clusters),
+        infrastructure=infrastructure_drivers(kube, ssh, clusters, config, kept.read),
+        workload=workload_drivers(kube, config, ssh, clusters, kept.read),
         unplaced_quotas=(unplaced, QuotaCheck(kube)),
+        kept=kept,
     )
 
 
 def infrastructure_drivers(
-    kube: KubeClient, ssh: SshPool, clusters: TargetClusters, config: OperatorConfig
+    kube: KubeClient, ssh: SshPool, clusters: TargetClusters, config: OperatorConfig, kept: SecretReader
 ) -> InfrastructureDrivers:
     """Where this operator can run things: its own machine, existing hosts over SSH, existing clusters,
-    and hosts it makes with Terraform."""
+    and hosts it makes with Terraform. ``kept`` reads the Secrets teardown needs (`KeptSecrets`)."""
     from controller.drivers.clusters import ExistingCluster
     from controller.drivers.hosts import ExistingHosts
     from controller.drivers.registry import LocalMachine, NotImplementedDriver
@@ -64,14 +68,14 @@ def infrastructure_drivers(
     from controller.jobs.terraform import TerraformRunner
     from controller.loop.planner import Component
 
-    hosts = ExistingHosts(kube.read_secret, ssh)
+    hosts = ExistingHosts(kept, ssh)
     runner = TerraformRunner(terraform_settings(config))
     return {
         Provider.local: LocalMachine(),
         Provider.existing: hosts,
         (Provider.existing, Runtime.kubernetes): ExistingCluster(clusters),
-        Provider.vultr: TerraformHosts(Provider.vultr, runner, kube.read_secret, kube, hosts),
-        Provider.lightsail: TerraformHosts(Provider.lightsail, runner, kube.read_secret, kube, hosts),
+        Provider.vultr: TerraformHosts(Provider.vultr, runner, kept, kube, hosts),
+        Provider.lightsail: TerraformHosts(Provider.lightsail, runner, kept, kube, hosts),
         (Provider.vultr, Runtime.kubernetes): NotImplementedDriver(
             Component.infrastructure, "provider vultr with runtime kubernetes: VKE clusters are not made yet"
         ),
@@ -79,7 +83,7 @@ def infrastructure_drivers(
 
 
 def workload_drivers(
-    kube: KubeClient, config: OperatorConfig, ssh: SshPool, clusters: TargetClusters
+    kube: KubeClient, config: OperatorConfig, ssh: SshPool, clusters: TargetClusters, kept: SecretReader | None = None
 ) -> dict[Runtime, Driver]:
     """The runtimes this operator may run workloads on; local only where it was switched on."""
     from controller.drivers.kubernetes import KubernetesWorkload
@@ -88,7 +92,7 @@ def workload_drivers(
 
     drivers: dict[Runtime, Driver] = {
         Runtime.kubernetes: KubernetesWorkload(clusters),
-        Runtime.quadlet: QuadletUnits(kube.read_secret, ssh),
+        Runtime.quadlet: QuadletUnits(kube.read_secret, ssh, read_login=kept),
     }
     if config.local_runtime:
         drivers[Runtime.local] = LocalProcesses(kube.read_secret, config.local_root, config.state_dir,
@@ -129,7 +133,8 @@ def run_operator(make_drivers: Callable[[KubeClient, OperatorConfig], DriverSour
     retries = Retries(Backoff(cap=config.retry_max_seconds))
     drivers = make_drivers(kube, config)
     runtime = Runtime(config, Reconciler(drivers, claims, kube.namespace_terminating), Metrics(), kube, retries,
-                      housekeeping=Housekeeping(getattr(drivers, "sweep", None)))  # fmt: skip
+                      housekeeping=Housekeeping(getattr(drivers, "sweep", None)),
+                      kept=getattr(drivers, "kept", None))  # fmt: skip
     asyncio.run(
         kopf.operator(
             registry=build_registry(runtime),

@@ -16,9 +16,12 @@ has not.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import re
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -86,9 +89,39 @@ def module_dir(provider: Provider) -> Path:
     return MODULES / provider.value
 
 
+NAME_LIMIT = 48  # the longest prefix the providers take with ``-<index>`` / ``-lb`` appended
+_DIGEST = 10  # hex characters of sha256(namespace/name): 40 bits against an accidental meeting
+
+
 def resource_name(key: ProjectKey) -> str:
-    """The prefix of every resource's name: unique per Project, within the providers' limits."""
-    return re.sub(r"[^a-z0-9-]", "-", f"codeb-{key.namespace}-{key.name}")[:48].rstrip("-")
+    """The prefix of every resource's name: readable, and unique per Project within the providers' limits.
+
+    The readable part alone is not: ``a-b``/``c`` and ``a``/``b-c`` meet, and so do long names
+    cut at the limit. The digest of ``<namespace>/<name>`` (a namespace has no ``/``) tells them apart.
+    """
+    digest = hashlib.sha256(f"{key.namespace}/{key.name}".encode()).hexdigest()[:_DIGEST]
+    readable = re.sub(r"[^a-z0-9-]", "-", f"codeb-{key.namespace}-{key.name}")[: NAME_LIMIT - _DIGEST - 1]
+    return f"{readable.rstrip('-')}-{digest}"
+
+
+def legacy_resource_name(key: ProjectKey) -> str:
+    """The prefix earlier releases gave (not injective): kept for the resources made with it."""
+    return re.sub(r"[^a-z0-9-]", "-", f"codeb-{key.namespace}-{key.name}")[:NAME_LIMIT].rstrip("-")
+
+
+def name_in_state(key: ProjectKey, state: Mapping[str, Any] | None) -> str:
+    """The prefix to pass for a Project whose Terraform state is ``state``: the one its resources have.
+
+    A rename would replace every resource (on Lightsail, the instances and their disks), so a
+    state made with the legacy prefix keeps it. Every module puts the prefix in its resources'
+    names, so a state whose resources carry the injective prefix was made with it; a state
+    with resources that do not was made before it. No state, or no resource: the injective one.
+    """
+    injective = resource_name(key)
+    made = [r for r in (state or {}).get("resources", []) if isinstance(r, dict) and r.get("instances")]
+    if not made or injective in json.dumps(made):
+        return injective
+    return legacy_resource_name(key)
 
 
 def cloud_init(key: ProjectKey, ssh_public_key: str) -> str:
@@ -99,11 +132,15 @@ def cloud_init(key: ProjectKey, ssh_public_key: str) -> str:
     )
 
 
-def module_inputs(key: ProjectKey, servers: Servers, app_port: int | None, ssh_public_key: str) -> dict[str, Any]:
-    """The variables of the provider's module (raises `InputError` for what it cannot take)."""
+def module_inputs(key: ProjectKey, servers: Servers, app_port: int | None, ssh_public_key: str,
+                  name: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """The variables of the provider's module (raises `InputError` for what it cannot take).
+
+    ``name``: the resources' prefix (`name_in_state`); the injective one when not given.
+    """
     check_servers(servers)
     common = {
-        "name": resource_name(key),
+        "name": name or resource_name(key),
         "host_count": host_count(servers),
         "ssh_public_key": ssh_public_key.strip(),
         "user_data": cloud_init(key, ssh_public_key),
@@ -162,6 +199,28 @@ def state_suffix(key: ProjectKey) -> str:
     A namespace has no dot, so ``<namespace>.<name>`` cannot belong to two Projects.
     """
     return f"{key.namespace}.{key.name}"
+
+
+STATE_LIMIT = 64 << 20  # bytes of state JSON: far above any Project's (hosts, a balancer, a firewall)
+
+
+def stored_state(secret: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The Terraform state the ``kubernetes`` backend keeps in a Secret (``data.tfstate``: gzip, then base64).
+
+    None when there is no Secret; unreadable or larger than `STATE_LIMIT` raises ValueError.
+    """
+    encoded = ((secret or {}).get("data") or {}).get("tfstate")
+    if not encoded:
+        return None
+    inflate = zlib.decompressobj(wbits=31)  # gzip framing
+    try:
+        text = inflate.decompress(base64.b64decode(encoded), STATE_LIMIT + 1)
+        state = json.loads(text) if len(text) <= STATE_LIMIT and inflate.eof else None
+    except (zlib.error, ValueError, binascii.Error):
+        state = None
+    if not isinstance(state, dict):
+        raise ValueError("the Terraform state Secret does not hold a whole gzip-compressed JSON state")
+    return state
 
 
 def backend_settings(namespace: str, suffix: str, kubeconfig: str | None) -> dict[str, Any]:

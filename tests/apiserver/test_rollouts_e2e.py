@@ -154,5 +154,37 @@ def test_a_hook_runs_outside_the_pass_once_even_when_the_operator_is_killed_whil
     assert served_before == "r1" and served(world, name)["revision"] == "r2"  # switched only after the hook
 
 
+def test_a_hook_still_running_when_its_rollout_is_superseded_is_stopped(world: RolloutWorld) -> None:
+    """r2's hook would run ten minutes beside r3; it is killed in the pass that supersedes r2."""
+    name = "overtaken"
+    pid_file = world.counts / f"{name}-hook-pid"
+    # r2's run waits (its pid noted); the others finish at once.
+    script = f'if [ "$CODEB_REVISION" = r2 ]; then echo $$ > {pid_file}; exec sleep 600; fi; echo migrated'
+    hooks = [{"name": "migrate", "command": ["sh", "-c", script], "timeoutSeconds": 900}]
+    world.apply(name, "r1", hooks=hooks)
+    world.wait_rollout(name, "r1")
+    world.apply(name, "r2", hooks=hooks)
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout=30, what="r2's hook running")
+    pid = int(pid_file.read_text())
+    assert _alive(pid)
+
+    world.apply(name, "r3", hooks=hooks)
+    wait_for(lambda: not _alive(pid), timeout=30, what="r2's hook stopped once r2 was superseded")
+    done = world.wait_rollout(name, "r3")
+    assert [(h["name"], h["result"]) for h in done["hooks"]] == [("migrate", "Succeeded")]
+    assert [(d["revision"], d["result"]) for d in world.status(name)["deployments"][:2]] == [
+        ("r3", "Succeeded"), ("r2", "Superseded")]  # fmt: skip
+    said = world.cluster.kubectl("get", "events", "-n", NS, "--field-selector", "reason=HookStopped", "-o", "json")
+    assert any(name in e["involvedObject"]["name"] for e in json.loads(said.stdout)["items"])
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its parent."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _green_started(world: RolloutWorld, name: str) -> list[Path]:
     return list((world.root / "state" / "workloads" / NS / name).glob("green.json"))

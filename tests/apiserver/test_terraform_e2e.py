@@ -24,6 +24,8 @@ import asyncssh
 import pytest
 
 from controller.local.cluster import LocalCluster
+from controller.loop.naming import ProjectKey
+from controller.specs import terraform as tf
 from tests.apiserver.test_terraform_runs import CREDENTIALS, MODULES, counting_terraform
 from tests.conftest import start_cluster
 from tests.factories import project
@@ -34,6 +36,11 @@ pytestmark = pytest.mark.apiserver
 
 NS = "o4o"
 STATE_NS = "codeb-system"
+
+
+def prefix_of(name: str) -> str:
+    """The prefix of the resources' names Terraform makes for Project ``name``."""
+    return tf.resource_name(ProjectKey(NS, name, ""))
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +138,7 @@ def test_terraform_outliving_a_killed_operator_finishes_and_is_not_started_again
         infrastructure = site.status()["infrastructure"]
         assert infrastructure["outputs"]["publicAddresses"] == ["127.0.1.10", "127.0.1.11"]
         assert infrastructure["lastRun"]["result"] == "Succeeded"
-        assert sorted(site.ledger()) == [f"made codeb-{NS}-survivor-{i}" for i in (0, 1)]
+        assert sorted(site.ledger()) == [f"made {prefix_of('survivor')}-{i}" for i in (0, 1)]
         assert site.ran().count("apply") == 1 and site.lock_holder() is None
         assert site.events("TerraformLockReleased") == []
         # The hosts answer no SSH: the workload waits for them, and status.hosts says why.
@@ -173,7 +180,7 @@ def test_a_lock_left_by_a_run_killed_with_its_machine_is_released_and_the_state_
         assert len(released) == 1 and "its run is gone" in released[0]
         ids = site.state_ids()
         assert len(ids) == 3 and ids[0] == first[0]  # the state from before the crash was kept
-        assert site.ledger().count(f"made codeb-{NS}-crashed-0") == 1
+        assert site.ledger().count(f"made {prefix_of('crashed')}-0") == 1
         assert site.lock_holder() is None
         assert site.status()["infrastructure"]["outputs"]["publicAddresses"] == [f"127.0.1.1{i}" for i in range(3)]
     except AssertionError:

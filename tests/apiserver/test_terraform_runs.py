@@ -21,12 +21,14 @@ import pytest
 
 from controller.clients.kube import KubeClient
 from controller.drivers.terraform import TerraformHosts
+from controller.drivers.workloads import SecretReader
 from controller.errors import CodebError, PermanentError, RetryableError
 from controller.jobs.terraform import TerraformRunner, TerraformSettings
 from controller.local.cluster import LocalCluster
 from controller.loop.interface import DriverContext
 from controller.loop.naming import ProjectKey
 from controller.loop.planner import Observation
+from controller.specs import terraform as tf
 from schemas.project import Allocations, InfrastructureStatus, ProjectSpec, Provider
 from tests.factories import project_spec
 from tests.terraform_tools import stored_state, terraform_binary
@@ -54,9 +56,9 @@ class World:
     kube: KubeClient
     settings: TerraformSettings
 
-    def driver(self, **settings: Any) -> TerraformHosts:
+    def driver(self, read_secret: SecretReader | None = None, **settings: Any) -> TerraformHosts:
         runner = TerraformRunner(replace(self.settings, **settings))
-        return TerraformHosts(Provider.lightsail, runner, self.kube.read_secret, self.kube)
+        return TerraformHosts(Provider.lightsail, runner, read_secret or self.kube.read_secret, self.kube)
 
     def ctx(self, name: str = "shop", recorded: InfrastructureStatus | None = None, **servers: Any) -> DriverContext:
         on_lightsail = {"provider": "lightsail", "region": "ap-northeast-2", "runtime": "quadlet", "count": 1}
@@ -118,7 +120,9 @@ async def test_apply_records_outputs_then_an_unchanged_project_starts_no_terrafo
     assert record.outputs.public_addresses == ["127.0.1.10", "127.0.1.11"]
     assert record.outputs.load_balancer_address == "198.51.100.1"
     assert record.applied_hash and record.last_run and record.last_run.result == "Succeeded"
-    assert sorted(world.ledger()) == ["made codeb-" + f"{world.namespace}-shop-{i}" for i in (0, 1)]
+    prefix = tf.resource_name(ProjectKey(world.namespace, "shop", ""))
+    assert prefix.startswith(f"codeb-{world.namespace}-shop-")
+    assert sorted(world.ledger()) == [f"made {prefix}-{i}" for i in (0, 1)]
     assert world.ran() == ["providers", "init", "apply", "output"]
     # The state is in the cluster, not in the workspace.
     assert [r["type"] for r in world.state()["resources"]] == ["terraform_data"]
@@ -146,6 +150,33 @@ async def test_three_hosts_from_one_make_exactly_two_and_back_to_one_destroys_th
         "destroyed 127.0.1.12",
     ]
     assert recorded(seen).outputs.public_addresses == ["127.0.1.10"]
+
+
+async def test_hosts_made_with_the_earlier_prefix_keep_it_after_an_upgrade(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rename would replace the hosts (the stand-in, like Lightsail, remakes a host whose name changes)."""
+    key = ProjectKey(world.namespace, "shop", "uid-shop")
+    legacy = tf.legacy_resource_name(key)
+    with monkeypatch.context() as earlier_release:  # the release before injective names made the hosts
+        earlier_release.setattr(tf, "resource_name", tf.legacy_resource_name)
+        record = recorded(await converge(world.driver(), world.ctx(count=1)))
+    assert world.ledger() == [f"made {legacy}-0"]
+
+    # The upgraded operator reads the state: the same prefix, so the same inputs, and no run at all.
+    upgraded = world.driver()
+    seen = await converge(upgraded, world.ctx(count=1, recorded=record))
+    assert (
+        seen.state is not None and seen.state["converged"] and world.ran() == ["providers", "init", "apply", "output"]
+    )
+    # A second host gets the prefix of the first; the first is not made again.
+    await converge(upgraded, world.ctx(count=2, recorded=record))
+    assert world.ledger() == [f"made {legacy}-0", f"made {legacy}-1"]
+
+    # Gone, and made again under the same name: the state was dropped, so the injective prefix.
+    await upgraded.delete(world.ctx(count=2, recorded=record), retain=False)
+    await converge(world.driver(), world.ctx(count=1))
+    assert world.ledger()[-1] == f"made {tf.resource_name(key)}-0" != f"made {legacy}-0"
 
 
 async def test_deletion_destroys_and_drops_the_state_or_retains_both(world: World) -> None:

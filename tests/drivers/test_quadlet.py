@@ -290,6 +290,13 @@ async def test_a_hook_runs_detached_on_the_host_once_and_goes_with_the_project(w
     assert finished.result == "Succeeded" and finished.message.endswith("done\n(exit code 0)")
     first = hosts.hosts[0]
     assert hosts.ssh(first, f"podman exec {unit_name(ctx.key, 'blue')} cat /tmp/hook-runs").split() == ["ran"]
+    # A hook whose rollout was superseded is stopped on its host, and reads as killed from then on.
+    overtaken, run = Hook(name="overtaken", command=["sleep", "700"]), recorded("overtaken")
+    assert (await workload.follow_hook(ctx, state, endpoints, overtaken, run)).result == "Running"
+    await workload.stop_hook(ctx, state, run)
+    assert hosts.ssh(first, "pgrep -f '[s]leep 700' || true").strip() == ""
+    stopped = await workload.follow_hook(ctx, state, endpoints, overtaken, run)
+    assert stopped.result == "Failed" and "(exit code 137)" in stopped.message
     # A hook still running when the Project is deleted is stopped with it, its runs removed.
     endless = Hook(name="endless", command=["sleep", "600"])
     assert (await workload.follow_hook(ctx, state, endpoints, endless, recorded("endless"))).result == "Running"

@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from controller.clients.http import BODY_BYTES, probe_http
-from controller.clients.kube import KubeClient, api_client_from_kubeconfig
+from controller.clients.kube import KubeClient
+from controller.clients.kubeconfig import api_client_from_kubeconfig
 from controller.clients.ssh import OUTPUT_BYTES, HostAccess, SshPool
 from controller.drivers.proctable import tail_lines
 from controller.errors import RetryableError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from controller.clients.kube import api_client_from_kubeconfig, check_kubeconfig
+from controller.clients.kubeconfig import api_client_from_kubeconfig, check_kubeconfig
 from controller.errors import PermanentError
 
 SOURCE = "Secret apps/target (spec.servers.cluster.kubeconfigSecretRef)"

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from controller.loop.planner import State
-from controller.loop.rollouts.bluegreen import HOOK_FOLLOW_SECONDS, advance, hook_result
+from controller.loop.rollouts.bluegreen import HOOK_FOLLOW_SECONDS, abandoned_runs, advance, hook_result
 from controller.loop.rollouts.colours import ColourSeen, Decision, Facts, merge, release_of
 from schemas.project import Colour, HookRun, Rollout, RolloutStep
 
@@ -312,3 +312,21 @@ def test_the_warm_record_never_names_the_serving_colour() -> None:
                                               "warm_until": world.now + timedelta(hours=1)})  # fmt: skip
     decision = advance(replace(world.look("r1", steady), serving=stale))
     assert decision.serving is not None and decision.serving.colour is BLUE and decision.serving.warm is None
+
+
+def test_a_hook_running_when_its_rollout_is_superseded_is_named_for_stopping() -> None:
+    world = World()
+    d = deployed(world, "r1")
+    d = world.pass_("r2", d)
+    assert d.rollout is not None
+    running = HookRun(name="migrate", result="Running", run_id="0123456789ab", started_at=world.now)
+    stored = d.rollout.model_copy(update={"step": RolloutStep.hooks, "hooks": [running]})
+    # Still the rollout it belongs to, at its hooks: followed, not stopped.
+    assert abandoned_runs(stored, stored) == []
+    # The spec moved on: that rollout is closed and another starts; its run is left behind.
+    d = world.pass_("r3", replace(d, rollout=stored))
+    assert d.rollout is not None and d.rollout.revision == "r3"
+    assert abandoned_runs(stored, d.rollout) == [running]
+    assert abandoned_runs(stored, None) == [running]  # rolled back, or nothing rolls any more
+    finished = running.model_copy(update={"result": "Succeeded"})
+    assert abandoned_runs(stored.model_copy(update={"hooks": [finished]}), d.rollout) == []  # nothing left going

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from controller.clients.ssh import HostAccess, SshPool
-from controller.clients.targets import check_target, internal_reason
+from controller.clients.targets import internal_reason, resolve_target
 from controller.errors import PermanentError
 
 
@@ -34,9 +34,13 @@ def test_ordinary_addresses_do_not(address: str) -> None:
 @pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "169.254.169.254", "::1"])
 async def test_names_and_addresses_are_checked_after_resolving(host: str) -> None:
     with pytest.raises(PermanentError, match="may not make the operator connect") as exc:
-        await check_target(host, "spec.servers.hosts", allowed=False)
+        await resolve_target(host, "spec.servers.hosts", allowed=False)
     assert exc.value.reason == "TargetNotAllowed"
-    await check_target(host, "spec.servers.hosts", allowed=True)  # codeb up and the tests
+    assert await resolve_target(host, "spec.servers.hosts", allowed=True) == host  # codeb up and the tests
+
+
+async def test_a_name_is_pinned_to_the_address_that_was_checked() -> None:
+    assert await resolve_target("192.0.2.44", "spec.servers.hosts", allowed=False) == "192.0.2.44"
 
 
 async def test_ssh_refuses_before_it_connects() -> None:

@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncssh
+import pytest
 
 from controller.clients.ssh import Login
 from controller.drivers.terraform import _public_key
 from controller.loop.naming import ProjectKey
 from controller.specs.terraform import (
+    NAME_LIMIT,
+    STATE_LIMIT,
     backend_settings,
     config_hash,
     diagnostics,
     input_values,
+    legacy_resource_name,
     lock_info,
+    name_in_state,
     read_outputs,
+    resource_name,
     root_module,
     state_suffix,
+    stored_state,
     summarize_plan,
 )
 
@@ -119,3 +128,46 @@ def test_the_hosts_key_carries_no_comment_of_the_key_files_author() -> None:
     login = Login("root", 22, key.export_private_key().decode(), "", "Secret team/deploy-key")
     public = _public_key(login)
     assert public.split() == key.export_public_key().decode().split()[:2] and "$" not in public
+
+
+def test_resource_names_tell_every_project_apart_within_the_limit() -> None:
+    long = "n" * 63
+    pairs = [
+        (ProjectKey("a-b", "c", ""), ProjectKey("a", "b-c", "")),  # the readable parts meet
+        (ProjectKey(long, long + "x", ""), ProjectKey(long, long + "y", "")),  # the same after the cut
+        (ProjectKey("shop", "web.eu", ""), ProjectKey("shop", "web-eu", "")),  # a dot reads as a dash
+    ]
+    for one, other in pairs:
+        assert resource_name(one) != resource_name(other)
+        # The earlier prefix, for contrast: exactly the meetings the digest ends.
+        assert legacy_resource_name(one) == legacy_resource_name(other)
+    for key in (key for pair in pairs for key in pair):
+        name = resource_name(key)
+        assert len(name) <= NAME_LIMIT and name[0].isalpha() and name.replace("-", "").isalnum() and "--" not in name
+    assert resource_name(ProjectKey("shop", "web", "uid-1")) == resource_name(ProjectKey("shop", "web", "uid-2"))
+
+
+def test_a_state_keeps_the_prefix_its_resources_were_made_with() -> None:
+    key = ProjectKey("shop", "web", "uid-1")
+    legacy, injective = legacy_resource_name(key), resource_name(key)
+
+    def state(name: str | None) -> dict[str, Any]:
+        instances = [] if name is None else [{"attributes": {"name": f"{name}-0", "id": "i-1"}}]
+        return {"version": 4, "resources": [{"type": "aws_lightsail_instance", "instances": instances}]}
+
+    assert name_in_state(key, None) == injective  # no state: a new Project
+    assert name_in_state(key, state(None)) == injective  # resources declared, none made
+    assert name_in_state(key, state(injective)) == injective
+    assert name_in_state(key, state(legacy)) == legacy  # made by an earlier release: never renamed
+
+
+def test_the_state_secret_is_read_whole_or_refused() -> None:
+    state = {"version": 4, "resources": []}
+    packed = base64.b64encode(gzip.compress(json.dumps(state).encode())).decode()
+    assert stored_state({"data": {"tfstate": packed}}) == state
+    assert stored_state(None) is None and stored_state({"data": {}}) is None
+    cut = base64.b64encode(gzip.compress(json.dumps(state).encode())[:-12]).decode()
+    bomb = base64.b64encode(gzip.compress(b" " * (STATE_LIMIT + 10))).decode()  # 64 MiB of blanks: 64 KiB here
+    for bad in (cut, bomb, "not base64!", base64.b64encode(b"plain").decode()):
+        with pytest.raises(ValueError, match="does not hold a whole gzip-compressed JSON state"):
+            stored_state({"data": {"tfstate": bad}})

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from controller.loop.naming import ProjectKey
-from controller.specs.terraform import InputError, module_dir, module_inputs
+from controller.specs.terraform import InputError, module_dir, module_inputs, resource_name
 from schemas.project import ProjectSpec, Provider
 from tests.factories import project_spec
 from tests.terraform_schema import ModuleChecker, conforms, parse_type
@@ -88,7 +88,7 @@ def test_inputs_follow_the_spec() -> None:
                "firewall": {"ports": [443], "allowedCidrs": ["10.0.0.0/8", "2001:db8::/32"]}}  # fmt: skip
     inputs = module_inputs(KEY, spec(**servers).servers, 4512, PUBLIC_KEY)
     assert {k: inputs[k] for k in ("name", "region", "plan", "host_count", "load_balancer_count", "app_port")} == {
-        "name": "codeb-apps-shop", "region": "icn", "plan": "vc2-2c-4gb", "host_count": 2,
+        "name": resource_name(KEY), "region": "icn", "plan": "vc2-2c-4gb", "host_count": 2,
         "load_balancer_count": 1, "app_port": 4512,
     }  # fmt: skip
     assert inputs["firewall_rules"] == {

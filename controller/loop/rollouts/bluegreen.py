@@ -362,6 +362,17 @@ class _Draft:
                         self.checks, self.finished, self.facts.release)  # fmt: skip
 
 
+def abandoned_runs(stored: RolloutStatus | None, decided: RolloutStatus | None) -> list[HookRun]:
+    """Hook runs the stored rollout had going that the decision no longer follows (it was superseded,
+    rolled back, or ended): stopped now, not left running to their own timeout beside a newer release."""
+    running = [run for run in (stored.hooks if stored is not None else []) if run.result == "Running" and run.run_id]
+    if stored is None or not running:
+        return []
+    followed = (decided is not None and decided.step is RolloutStep.hooks
+                and (decided.started_at, decided.release) == (stored.started_at, stored.release))  # fmt: skip
+    return [] if followed else running
+
+
 def hook_result(record: RolloutStatus, run: HookRun) -> RolloutStatus:
     """The record with this hook's run as it now stands (a restart finds it, and never starts it again)."""
     return record.model_copy(update={"hooks": [*(h for h in record.hooks if h.name != run.name), run]})

@@ -79,6 +79,16 @@ class DueHook:
     now: datetime
 
 
+@dataclass(frozen=True)
+class StaleHook:
+    """A hook run the stored rollout had going that this pass's decision no longer follows: to be stopped."""
+
+    name: str
+    run: HookRun
+    state: State | None  # the colour it runs beside, as seen (None: that colour is gone)
+    colour: str
+
+
 class Rollout(Protocol):
     """One pass of one Project's rollout, whichever engine runs it."""
 
@@ -109,6 +119,9 @@ class Rollout(Protocol):
     def hook_stepped(self, run: HookRun) -> None:
         """The due hook's run as it now stands: recorded, and the rollout moved on from it."""
 
+    def stale_hooks(self) -> list[StaleHook]:
+        """Runs of a rollout this pass ended or replaced that may still be going."""
+
 
 def start(facts: PassFacts) -> Rollout | None:
     """The engine for this Project's runtime, once the workload could be looked at; None: no rollout."""
@@ -129,15 +142,27 @@ def in_progress(decision: Decided) -> bool:
 class BlueGreenRollout:
     """Two colours behind the route (`controller.loop.rollouts.bluegreen`)."""
 
-    def __init__(self, facts: colours.Facts, decision: colours.Decision, raw: Observation, spec: ProjectSpec) -> None:
+    def __init__(self, facts: colours.Facts, decision: colours.Decision, raw: Observation, spec: ProjectSpec,
+                 stored: RolloutStatus | None = None) -> None:  # fmt: skip
         self.facts, self.decision, self.raw, self.spec = facts, decision, raw, spec
+        self._stale = self._abandoned(stored)
 
     @classmethod
     def begin(cls, facts: PassFacts, raw: Observation) -> BlueGreenRollout:
         known = colours.facts_for(facts.spec, facts.status, facts.allocations, facts.wanted, raw,
                                   facts.observed.get(Component.route), facts.now, facts.retry,
                                   facts.watching_since)  # fmt: skip
-        return cls(known, bluegreen.advance(known), raw, facts.spec)
+        return cls(known, bluegreen.advance(known), raw, facts.spec, facts.status.rollout)
+
+    def _abandoned(self, stored: RolloutStatus | None) -> list[StaleHook]:
+        runs = bluegreen.abandoned_runs(stored, self.decision.rollout)
+        if stored is None or not runs:
+            return []
+        seen = self.facts.seen.get(stored.new_colour)
+        return [StaleHook(run.name, run, seen.state if seen else None, stored.new_colour.value) for run in runs]
+
+    def stale_hooks(self) -> list[StaleHook]:
+        return self._stale
 
     def desired(self) -> State:
         return colours.desired(self.decision)
@@ -252,3 +277,6 @@ class RollingRollout:
 
     def hook_stepped(self, run: HookRun) -> None:
         raise AssertionError("no hook is ever due on a rolling update")
+
+    def stale_hooks(self) -> list[StaleHook]:
+        return []  # no hook runs on a rolling update

@@ -27,6 +27,8 @@ locals {
 resource "terraform_data" "hosts" {
   count = var.host_count
   input = local.addresses[count.index]
+  # As on Lightsail, where an instance's name is fixed: a new name replaces the host.
+  triggers_replace = "${var.name}-${count.index}"
 
   provisioner "local-exec" {
     command = "sleep $(cat ../delay 2>/dev/null || echo 0); echo \"made ${var.name}-${count.index}\" >> ../ledger"
