@@ -225,6 +225,10 @@ def project_crd() -> Schema:
     spec["description"] = "Desired state of the project: seven sections plus deletion and management policies."
     status = _status_schema()
     status["description"] = "Observed state, written by the operator."
+    # Until the operator's first pass writes status, the API server answers observedGeneration 0: kstatus
+    # (Flux's wait, kubectl wait --for) reads a generation not yet observed as in progress, where an absent
+    # status would read as current (reconciled) before anything was done.
+    status["default"] = {"observedGeneration": 0}
     description = "A web application, declared once, converged by the CodeB operator."
     return _crd(KIND, PLURAL, "Namespaced", description, spec, status, PRINTER_COLUMNS, ["proj", "cbp"])
 

@@ -114,17 +114,21 @@ class CaddyServer(_Spawned):
     root: Path
     admin_port: int
     https_port: int
+    http_port: int = 0  # where Caddy redirects plain HTTP to HTTPS (a free port when 0)
 
     @property
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
 
     def start(self, with_tls_policy: bool = True) -> CaddyServer:
+        self.http_port = self.http_port or free_port()
         config: dict[str, Any] = {"admin": {"listen": f"127.0.0.1:{self.admin_port}"}}
         if with_tls_policy:
             # Certificates from Caddy's own internal CA: no ACME in tests.
             config["apps"] = {
-                "http": {"https_port": self.https_port, "http_port": free_port(), "servers": {}},
+                # https_port stays 443: the operator's server says TLS itself, and Caddy's redirects name
+                # a listener's port only when it is not the https_port (`controller.specs.caddy`).
+                "http": {"http_port": self.http_port, "servers": {}},
                 "tls": {"automation": {"policies": [{"issuers": [{"module": "internal"}]}]}},
                 # Not into this machine's trust store (and not again, 1-2 s, on every route change).
                 "pki": {"certificate_authorities": {"local": {"install_trust": False}}},

@@ -32,7 +32,7 @@ from controller.clients.caddy import CaddyAdmin, admin_client
 from controller.errors import RetryableError
 from controller.loop.interface import DriverContext
 from controller.loop.planner import Component, Observation, State
-from controller.specs.caddy import SERVER, render_route, render_server, route_id
+from controller.specs.caddy import SERVER, SERVER_SETTINGS, render_route, render_server, route_id
 
 
 class UpstreamFiles:
@@ -127,6 +127,7 @@ class CaddyDriver:
         existing = await self._request("GET", f"/id/{route_id(ctx)}")
         if existing.status_code == 200:
             if existing.json() != route:
+                await self._ensure_server()
                 await self._checked("PATCH", f"/id/{route_id(ctx)}", route)
         else:
             await self._ensure_server()
@@ -155,3 +156,9 @@ class CaddyDriver:
             await self._checked("POST", "/config/apps/http", {"servers": {SERVER: render_server(self._listen)}})
         elif SERVER not in apps["http"].get("servers", {}):
             await self._checked("POST", f"/config/apps/http/servers/{SERVER}", render_server(self._listen))
+        else:  # a server made by an earlier release (its redirect off, its TLS implied): set as it is now
+            server = apps["http"]["servers"][SERVER]
+            for key, value in SERVER_SETTINGS.items():
+                if server.get(key) != value:
+                    method = "PATCH" if key in server else "PUT"  # Caddy: PATCH replaces, PUT creates
+                    await self._checked(method, f"/config/apps/http/servers/{SERVER}/{key}", value)

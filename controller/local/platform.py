@@ -32,6 +32,7 @@ MINIO_BUILD = REPO_ROOT / "deploy" / "localcluster" / "build-minio.sh"
 PLATFORM_NAME = "local"
 ADMIN_NAMESPACE = "codeb-system"
 PREFERRED_HTTPS_PORT = 8443
+PREFERRED_HTTP_PORT = 8080  # plain HTTP, which Caddy redirects to HTTPS
 ROOT_POSTGRES_HOMES = Path("/var/lib/codeb/local-postgres")
 
 
@@ -89,7 +90,11 @@ class LocalPlatform:
             "postgres": {"port": free_port(), "user": "codeb_admin", "password": secrets.token_urlsafe(18)},
             "redis": {"port": free_port(), "password": secrets.token_urlsafe(18)},
             "minio": {"port": free_port(), "user": "codeb-root", "password": secrets.token_urlsafe(18)},
-            "caddy": {"adminPort": free_port(), "httpsPort": _port(PREFERRED_HTTPS_PORT), "httpPort": free_port()},
+            "caddy": {
+                "adminPort": free_port(),
+                "httpsPort": _port(PREFERRED_HTTPS_PORT),
+                "httpPort": _port(PREFERRED_HTTP_PORT),
+            },
         }
         saved.touch(mode=0o600)
         saved.write_text(json.dumps(settings, indent=2))
@@ -191,7 +196,9 @@ class LocalPlatform:
         config = {
             "admin": {"listen": f"127.0.0.1:{caddy['adminPort']}"},
             "apps": {
-                "http": {"https_port": caddy["httpsPort"], "http_port": caddy["httpPort"], "servers": {}},
+                # https_port stays 443: the operator's server says TLS itself, and Caddy's redirect from
+                # http_port names the port it listens on only when that is not the https_port.
+                "http": {"http_port": caddy["httpPort"], "servers": {}},
                 # Certificates from Caddy's own CA: no ACME for *.localhost.
                 "tls": {"automation": {"policies": [{"issuers": [{"module": "internal"}]}]}},
                 # Not into the machine's trust store: that is the user's call, and Caddy would

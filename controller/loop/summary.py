@@ -18,6 +18,8 @@ from controller.loop.status import set_condition
 from schemas.project import (
     Allocations,
     BackupSummary,
+    Condition,
+    ConditionStatus,
     Endpoints,
     HostReport,
     InfrastructureStatus,
@@ -40,7 +42,7 @@ def summarize(
     status = project.status.model_copy(deep=True)
     status.observed_generation = gen
     status.allocations = allocations
-    kept = ("Ready", "Synced", "Serving") if work.decided is not None else ("Ready", "Synced")
+    kept = ("Ready", "Synced", "Reconciling", "Stalled", *(("Serving",) if work.decided is not None else ()))
     conditions = [c for c in status.conditions if c.type in kept or _is_wanted(c.type, desired)]
     component_ok: dict[Component, bool] = {}
     for component, want in desired.items():
@@ -66,7 +68,8 @@ def summarize(
         conditions = set_condition(conditions, "Synced", False, "NotImplemented", _unsupported(steps), gen)
     else:
         conditions = set_condition(conditions, "Synced", True, "Converged", "all components match the spec", gen)
-    conditions = set_condition(conditions, "Ready", *_readiness(component_ok, steps, work.decided), gen)
+    readiness = _readiness(component_ok, steps, work.decided)
+    conditions = set_condition(conditions, "Ready", *readiness, gen)
     if work.rollout is not None:
         conditions = set_condition(conditions, "Serving", *work.rollout.serving_condition(), gen)
         if acting:
@@ -78,7 +81,47 @@ def summarize(
     status.infrastructure = _infrastructure(work.observed, status.infrastructure)
     status.backup = _backup(work.observed, status.backup, Component.backup in desired)
     status.phase = _phase(project, component_ok, work)
+    stalled = _stalled(status, work, steps, readiness, acting)
+    status.conditions = kstatus_conditions(status.conditions, stalled, gen)
     return status
+
+
+# Why a Project will not get Ready by waiting: only a change (to the spec, the operator, or outside) helps.
+STALLED_READY_REASONS = frozenset({"NotImplemented", "RolloutFailed"})
+
+
+def _stalled(status: ProjectStatus, work: Pass, steps: Plan, readiness: tuple[bool, str, str],
+             acting: bool) -> tuple[str, str] | None:  # fmt: skip
+    """(reason, message) when waiting will not converge the Project; None while it may (or it has)."""
+    ready, reason, message = readiness
+    synced = next(c for c in status.conditions if c.type == "Synced")
+    if not acting and synced.status is not ConditionStatus.true:
+        return synced.reason, synced.message  # paused or observe-only with drift: nothing is done about it
+    if ready:
+        return None
+    permanent = next((e for e in work.failed.values() if isinstance(e, PermanentError)), None)
+    if permanent is not None:
+        return permanent.reason, status.last_error or permanent.message
+    refused = next(iter(steps.refused.values()), None)  # a name another Project holds, a quota: not by waiting
+    if refused is not None:
+        return refused
+    if reason in STALLED_READY_REASONS:
+        return reason, message
+    return None
+
+
+def kstatus_conditions(conditions: list[Condition], stalled: tuple[str, str] | None, gen: int | None
+                       ) -> list[Condition]:  # fmt: skip
+    """kstatus' abnormal-true conditions, present only while true: ``Stalled`` while waiting will not help,
+    else ``Reconciling`` while not Ready (tools such as Flux's ``wait`` read these, and ``Ready`` alone
+    would look reconciled the moment it first appears)."""
+    ready = next((c for c in conditions if c.type == "Ready"), None)
+    if stalled is not None:
+        return set_condition([c for c in conditions if c.type != "Reconciling"], "Stalled", True, *stalled, gen)
+    if ready is not None and ready.status is not ConditionStatus.true:
+        unstalled = [c for c in conditions if c.type != "Stalled"]
+        return set_condition(unstalled, "Reconciling", True, ready.reason, ready.message, gen)
+    return [c for c in conditions if c.type not in ("Reconciling", "Stalled")]
 
 
 def _unsupported(steps: Plan) -> str:

@@ -37,6 +37,7 @@ from controller.loop.reconciler import (
     is_drift_repair,
 )
 from controller.loop.status import format_validation_error, load_status, set_condition, status_patch
+from controller.loop.summary import kstatus_conditions
 from controller.operator.config import OperatorConfig
 from controller.operator.metrics import Metrics
 from controller.operator.retries import Backoff, Retries
@@ -156,6 +157,7 @@ def project_input(body: kopf.Body, stored: dict[str, Any] | None = None) -> Proj
         status.phase, status.observed_generation, status.last_error = Phase.Failed, generation, message
         status.conditions = set_condition(status.conditions, "Synced", False, "InvalidSpec", message, generation)
         status.conditions = set_condition(status.conditions, "Ready", False, "InvalidSpec", message, generation)
+        status.conditions = kstatus_conditions(status.conditions, ("InvalidSpec", message), generation)
         raise InvalidSpec(status, message) from None
     annotations = body.metadata.annotations or {}
     paused = annotations.get(PAUSED_ANNOTATION) == "true"

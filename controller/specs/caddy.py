@@ -55,5 +55,13 @@ def render_route(ctx: DriverContext, desired: State, dials: list[str] | None = N
     }
 
 
+# The operator's server, beside its routes. TLS on every listener, said outright: Caddy
+# would assume it only for listeners on its https_port, and a local Caddy listens on
+# another port (8443) while https_port stays 443, so that its redirects name the port.
+# Automatic HTTPS left on: plain HTTP for every routed name (on the http app's http_port)
+# answers a permanent redirect to HTTPS, so nothing a Project serves goes in the clear.
+SERVER_SETTINGS: dict[str, Any] = {"automatic_https": {}, "tls_connection_policies": [{}]}
+
+
 def render_server(listen: list[str]) -> dict[str, Any]:
-    return {"listen": listen, "routes": [], "automatic_https": {"disable_redirects": True}}
+    return {"listen": listen, "routes": [], **SERVER_SETTINGS}

@@ -280,6 +280,8 @@ async def test_a_taken_domain_holds_back_only_the_route(claims: ClaimStore) -> N
     assert route is not None and (route.status.value, route.reason) == ("False", "DomainTaken")
     assert "shop.example.com is already routed by ns/shop" in route.message
     assert cond(taken.status, "DatabaseReady") == ("True", "Ready")  # everything else converged
+    assert cond(taken.status, "Stalled") == ("True", "DomainTaken")  # waiting alone will not route it
+    assert cond(first.status, "Ready") == ("True", "AllComponentsReady") and condition(first.status, "Stalled") is None
     assert "uid-2" not in drivers[Component.route].world  # no route made for the second
     assert drivers[Component.route].world["uid-1"] == route_before  # the first keeps serving, untouched
     assert first.status.phase is Phase.Ready and taken.retry_after is None  # no retry loop: the drift check looks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -192,3 +193,30 @@ class Thief(BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:
         pass
+
+
+def http_get(caddy: CaddyServer, host: str, path: str) -> tuple[str, str]:
+    """A plain-HTTP request for ``host``: the status code and where it redirects."""
+    done = subprocess.run(["curl", "-s", "-o", "/dev/null", "--max-time", "10", "-w", "%{http_code} %{redirect_url}",
+                           "--resolve", f"{host}:{caddy.http_port}:127.0.0.1", f"http://{host}:{caddy.http_port}{path}"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    code, _, location = done.stdout.partition(" ")
+    return code, location
+
+
+async def test_plain_http_is_redirected_to_https_also_on_a_server_made_without_it(
+    driver: CaddyDriver, caddy: CaddyServer, backend: int
+) -> None:
+    # The operator's server as an earlier release made it: Caddy's redirect turned off.
+    earlier = {
+        "listen": [f"127.0.0.1:{caddy.https_port}"],
+        "routes": [],
+        "automatic_https": {"disable_redirects": True},
+    }
+    httpx.post(f"{caddy.admin_url}/config/apps/http/servers/codeb", json=earlier, timeout=10).raise_for_status()
+    ctx, _, want = project("shop", backend)
+    await driver.apply(ctx, want)
+    _, location = wait_for(lambda: (r := http_get(caddy, "shop.example.com", "/cart?id=7"))[0] == "308" and r,
+                              timeout=15, what="a redirect for plain HTTP")  # fmt: skip
+    assert location == f"https://shop.example.com:{caddy.https_port}/cart?id=7"
+    assert "hello via https" in https_get(caddy, "shop.example.com").stdout  # and HTTPS serves the app

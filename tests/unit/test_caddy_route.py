@@ -50,9 +50,7 @@ def test_ids_of_two_projects_never_meet() -> None:
     assert route_id(first) != route_id(second)
 
 
-def test_server_keeps_its_own_redirects_off() -> None:
-    assert render_server([":8443"]) == {
-        "listen": [":8443"],
-        "routes": [],
-        "automatic_https": {"disable_redirects": True},
-    }
+def test_server_leaves_caddys_http_to_https_redirect_on() -> None:
+    server = render_server([":8443"])
+    assert server["listen"] == [":8443"] and server["routes"] == []
+    assert not server["automatic_https"].get("disable") and not server["automatic_https"].get("disable_redirects")

@@ -3,6 +3,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from controller.loop.status import dump_status, set_condition, status_patch
+from controller.loop.summary import kstatus_conditions
 from controller.operator.config import ConfigError, load_config
 from schemas.project import Phase, ProjectStatus
 
@@ -36,3 +37,17 @@ def test_config_errors_name_the_variable() -> None:
     else:
         raise AssertionError("accepted an invalid interval")
     assert load_config({"CODEB_RESERVED_PORTS": "4000,4001"}).reserved_ports == {4000, 4001}
+
+
+def test_kstatus_conditions_are_present_only_while_true_and_keep_their_transition_time() -> None:
+    not_ready = set_condition([], "Ready", False, "ComponentsNotReady", "not ready: database", at=T0)
+    converging = kstatus_conditions(not_ready, None, 3)
+    [reconciling] = [c for c in converging if c.type == "Reconciling"]
+    assert (reconciling.status.value, reconciling.reason, reconciling.observed_generation) == (
+        "True", "ComponentsNotReady", 3)  # fmt: skip
+    again = kstatus_conditions(converging, None, 3)  # the next pass: no new transition, so no status write
+    assert [c.last_transition_time for c in again if c.type == "Reconciling"] == [reconciling.last_transition_time]
+    stalled = kstatus_conditions(again, ("RolloutFailed", "r2 failed its health checks"), 3)
+    assert [c.type for c in stalled] == ["Ready", "Stalled"]  # Reconciling gone: never both
+    ready = kstatus_conditions(set_condition(stalled, "Ready", True, "AllComponentsReady", at=T0), None, 4)
+    assert [c.type for c in ready] == ["Ready"]  # neither, once Ready

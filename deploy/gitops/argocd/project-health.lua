@@ -1,0 +1,44 @@
+-- Argo CD health of a codeb.dev Project, from what the operator writes to status.
+-- Progressing until the operator observed this generation, then: Healthy when Ready;
+-- Suspended when paused (the codeb.dev/paused annotation, or Stalled for that reason);
+-- Degraded when Stalled (waiting will not help: a failed rollout, an invalid spec, a
+-- refusal, a component with no driver) or when the Project was Ready and no longer is;
+-- else Progressing, with the operator's own words.
+local hs = {}
+local status = obj.status
+local generation = obj.metadata.generation or 0
+if status == nil or status.observedGeneration == nil or status.observedGeneration < generation then
+  hs.status = "Progressing"
+  hs.message = "Waiting for the operator to observe generation " .. generation
+  return hs
+end
+local conditions = {}
+for _, condition in ipairs(status.conditions or {}) do
+  conditions[condition.type] = condition
+end
+local ready, stalled = conditions["Ready"], conditions["Stalled"]
+local annotations = obj.metadata.annotations or {}
+if annotations["codeb.dev/paused"] == "true" or (stalled ~= nil and stalled.status == "True"
+    and (stalled.reason == "Paused" or stalled.reason == "ObserveOnly")) then
+  hs.status = "Suspended"
+  hs.message = (stalled ~= nil and stalled.message) or "Paused by the codeb.dev/paused annotation"
+  return hs
+end
+if ready ~= nil and ready.status == "True" then
+  hs.status = "Healthy"
+  hs.message = ready.message or ""
+  return hs
+end
+if stalled ~= nil and stalled.status == "True" then
+  hs.status = "Degraded"
+  hs.message = (stalled.reason or "Stalled") .. ": " .. (stalled.message or "")
+  return hs
+end
+if status.phase == "Degraded" then
+  hs.status = "Degraded"
+  hs.message = (ready ~= nil and ready.message) or "no longer ready"
+  return hs
+end
+hs.status = "Progressing"
+hs.message = (ready ~= nil and ready.message) or "Waiting for the operator's first pass"
+return hs

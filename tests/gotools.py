@@ -1,0 +1,45 @@
+"""Small Go programs the tests run (`tests/tools/<name>`), built from the Go module proxy once per source.
+
+They bring in the real libraries other tools judge our objects with: kstatus (cli-utils, what
+Flux's ``wait`` and health checks compute) and gopher-lua (the interpreter Argo CD runs health
+checks in). Built into the cache like the other real parts, keyed by their sources.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from controller.local.cluster import cache_dir
+
+TOOLS = Path(__file__).parent / "tools"
+
+
+def go_tool(name: str) -> Path:
+    """The built ``tests/tools/<name>``: from the cache, or built now (the first build downloads modules)."""
+    source = TOOLS / name
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(source.iterdir()))).hexdigest()[:12]
+    binary = cache_dir() / "bin" / f"{name}-{digest}"
+    if binary.exists():
+        return binary
+    go = shutil.which("go")
+    assert go, "Go is needed to build the test tool " + name + " (from the Go module proxy)"
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    built = subprocess.run([go, "build", "-o", str(binary), "."], cwd=source, capture_output=True, text=True,
+                           timeout=900, check=False, env={**os.environ, "CGO_ENABLED": "0"})  # fmt: skip
+    assert built.returncode == 0, f"building {name} failed: {built.stderr[-3000:]}"
+    return binary
+
+
+def judged(name: str, objects: list[dict[str, Any]], *args: str) -> list[dict[str, str]]:
+    """What tool ``name`` answers for each object (one JSON answer per object)."""
+    given = "\n".join(json.dumps(o) for o in objects)
+    ran = subprocess.run([str(go_tool(name)), *args], input=given, capture_output=True, text=True, timeout=60,
+                         check=False)  # fmt: skip
+    assert ran.returncode == 0, f"{name}: {ran.stderr[-2000:]}"
+    return [json.loads(line) for line in ran.stdout.splitlines()]
