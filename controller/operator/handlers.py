@@ -216,8 +216,9 @@ def post_events(runtime: Runtime, body: kopf.Body, outcome: Outcome, status_chan
     if outcome.rollout is not None:
         runtime.metrics.record_rollout(outcome.rollout.checks, outcome.rollout.finished)
     runtime.metrics.set_phase(body.metadata.uid or "", outcome.status.phase)
-    runtime.metrics.record_backup(body.metadata.uid or "", body.metadata.namespace or "", body.metadata.name or "",
-                                  outcome.status.backup)  # fmt: skip
+    uid, namespace, name = body.metadata.uid or "", body.metadata.namespace or "", body.metadata.name or ""
+    runtime.metrics.record_backup(uid, namespace, name, outcome.status.backup)
+    runtime.metrics.record_status(uid, namespace, name, outcome.status)
 
 
 async def reconcile_body(runtime: Runtime, body: kopf.Body, trigger: str) -> dict[str, Any] | None:

@@ -6,7 +6,7 @@ import contextlib
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from schemas.project import BackupSummary, Phase
+from schemas.project import BackupSummary, ConditionStatus, Phase, ProjectStatus
 
 
 class Metrics:
@@ -56,12 +56,23 @@ class Metrics:
             registry=self.registry,
         )
         self._backups: dict[str, tuple[str, str]] = {}
+        # Per Project: two series while it exists, what the alert rules (deploy/monitoring) watch.
+        self.project_ready = Gauge(
+            "codeb_project_ready", "1 while the Project is Ready at its current generation, else 0.", labels,
+            registry=self.registry,
+        )  # fmt: skip
+        self.project_stalled = Gauge(
+            "codeb_project_stalled", "1 while the Project is Stalled (waiting will not make it converge), else 0.",
+            labels, registry=self.registry,
+        )  # fmt: skip
+        self._statuses: dict[str, tuple[str, str]] = {}
 
     def set_phase(self, uid: str, phase: Phase | None) -> None:
         """Move one Project between the phase gauges (each pass calls this: constant time, not a recount);
         None: the Project is gone, and so are its series."""
         if phase is None:
             self.record_backup(uid, "", "", None)
+            self.record_status(uid, "", "", None)
         before = self._phases.pop(uid, None) if phase is None else self._phases.get(uid)
         if phase is not None:
             self._phases[uid] = phase
@@ -85,6 +96,21 @@ class Metrics:
         self.backup_last_success.labels(namespace, project).set(summary.last_successful_at.timestamp())
         self.backup_size.labels(namespace, project).set(summary.last_successful_size_bytes or 0)
         self.backup_duration.labels(namespace, project).set(summary.last_successful_duration_seconds or 0)
+
+    def record_status(self, uid: str, namespace: str, project: str, status: ProjectStatus | None) -> None:
+        """Whether the Project is Ready and whether it is Stalled, as series; none once it is gone."""
+        if status is None:
+            labels = self._statuses.pop(uid, None)
+            for gauge in (self.project_ready, self.project_stalled):
+                if labels is not None:
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(*labels)
+            return
+        self._statuses[uid] = (namespace, project)
+        true = {c.type: c for c in status.conditions if c.status is ConditionStatus.true}
+        ready = "Ready" in true and true["Ready"].observed_generation == status.observed_generation
+        self.project_ready.labels(namespace, project).set(1 if ready else 0)
+        self.project_stalled.labels(namespace, project).set(1 if "Stalled" in true else 0)
 
     def record_rollout(self, checks: list[bool], finished: tuple[str, float] | None) -> None:
         for healthy in checks:

@@ -5,8 +5,9 @@ from datetime import UTC, datetime
 
 from prometheus_client import generate_latest
 
+from controller.loop.status import set_condition
 from controller.operator.metrics import Metrics
-from schemas.project import BackupSummary, Phase
+from schemas.project import BackupSummary, Phase, ProjectStatus
 
 
 def test_projects_by_phase_follow_each_project() -> None:
@@ -66,3 +67,20 @@ def test_backup_series_per_project_come_and_go_with_it() -> None:
         metrics.record_backup(f"u{i}", "team", f"p{i}", summary)
         metrics.set_phase(f"u{i}", None)
     assert "codeb_backup_last_size_bytes{" not in generate_latest(metrics.registry).decode()
+
+
+def test_ready_and_stalled_series_per_project_come_and_go_with_it() -> None:
+    metrics = Metrics()
+    value = metrics.registry.get_sample_value
+    labels = {"namespace": "team", "project": "shop"}
+    ready = ProjectStatus(observed_generation=2, conditions=set_condition([], "Ready", True, "AllComponentsReady",
+                                                                          generation=2))  # fmt: skip
+    metrics.record_status("uid-1", "team", "shop", ready)
+    assert (value("codeb_project_ready", labels), value("codeb_project_stalled", labels)) == (1, 0)
+    failed = set_condition(set_condition([], "Ready", False, "RolloutFailed", generation=3), "Stalled", True,
+                           "RolloutFailed", generation=3)  # fmt: skip
+    metrics.record_status("uid-1", "team", "shop", ProjectStatus(observed_generation=3, conditions=failed))
+    assert (value("codeb_project_ready", labels), value("codeb_project_stalled", labels)) == (0, 1)
+    metrics.set_phase("uid-1", Phase.Degraded)
+    metrics.set_phase("uid-1", None)  # the Project is gone, and its series with it
+    assert value("codeb_project_ready", labels) is None and value("codeb_project_stalled", labels) is None
