@@ -21,6 +21,11 @@ from controller.errors import PermanentError, RetryableError
 T = TypeVar("T")
 
 
+# Answers of a MinIO that is starting, restarting or overloaded: an outage that passes, not a refusal.
+PASSING_CODES = frozenset({"XMinioServerNotInitialized", "ServiceUnavailable", "SlowDown", "SlowDownRead",
+                           "SlowDownWrite", "InternalError", "RequestTimeout"})  # fmt: skip
+
+
 class S3Server:
     """One MinIO server: S3 and its admin API as the root user, and S3 as a tenant's key."""
 
@@ -50,6 +55,9 @@ class S3Server:
         except (urllib3.exceptions.HTTPError, OSError):
             raise RetryableError(f"MinIO at {self.endpoint} is unreachable", reason="StorageUnavailable") from None
         except S3Error as exc:
+            if exc.code in PASSING_CODES:
+                raise RetryableError(f"MinIO at {self.endpoint} is not serving yet ({exc.code})",
+                                     reason="StorageUnavailable") from None  # fmt: skip
             raise PermanentError(f"MinIO refused the request ({exc.code})", reason="StorageRefused") from None
         except MinioAdminException as exc:
             raise PermanentError(f"MinIO admin API refused the request ({exc._code})",

@@ -168,8 +168,10 @@ class LocalCluster:
         return [
             f"--kubeconfig={self.kubeconfig}", "--leader-elect=false", "--use-service-account-credentials=false",
             "--bind-address=127.0.0.1", f"--secure-port={free_port()}", f"--cert-dir={self.root / 'kcm-certs'}",
-            # What a workload needs; no node, service-account or certificate controllers.
-            "--controllers=deployment,replicaset,disruption,horizontalpodautoscaling,garbagecollector",
+            # What a workload needs (and Kubernetes' own roles aggregated); no node, service-account or
+            # certificate controllers.
+            "--controllers=deployment,replicaset,disruption,horizontalpodautoscaling,garbagecollector,"
+            "clusterrole-aggregation",
             f"--root-ca-file={pki / 'ca.crt'}",
         ]  # fmt: skip
 

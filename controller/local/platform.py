@@ -54,11 +54,14 @@ def wait_port(port: int, what: str, timeout: float = 60.0, host: str = "127.0.0.
 
 
 def wait_minio_ready(endpoint: str, timeout: float = 60.0) -> None:
-    """MinIO opens its port before it can serve (XMinioServerNotInitialized): wait for its readiness answer."""
+    """MinIO opens its port before it can serve (XMinioServerNotInitialized): wait for its readiness answer,
+    and for its S3 API to answer (403 to an anonymous listing) rather than 503 (under load the S3 API
+    was seen still initialising after the readiness answer)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"http://{endpoint}/minio/health/ready", timeout=2).status_code == 200:
+            ready = httpx.get(f"http://{endpoint}/minio/health/ready", timeout=2).status_code == 200
+            if ready and httpx.get(f"http://{endpoint}/", timeout=2).status_code != 503:
                 return
         except httpx.HTTPError:
             pass

@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 
 from controller.loop.naming import ProjectKey
-from controller.specs.terraform import INPUT_VALUES_FILE, input_values, module_dir, module_inputs, root_module
+from controller.specs.terraform import (
+    INPUT_VALUES_FILE,
+    input_values,
+    module_dir,
+    module_inputs,
+    resource_name,
+    root_module,
+)
 from schemas.project import ProjectSpec, Provider
 from tests.factories import project_spec
 from tests.terraform_tools import offline_environment, planned, terraform
@@ -66,7 +73,7 @@ def test_the_module_validates_and_plans_hosts_ports_and_a_balancer(one_host: tup
     ]  # fmt: skip
     instance = made["aws_lightsail_instance.hosts[0]"]
     assert (instance["name"], instance["availability_zone"], instance["blueprint_id"], instance["bundle_id"]) == (
-        "codeb-apps-o4o-0", "ap-northeast-2a", "ubuntu_24_04", "small_3_0")  # fmt: skip
+        f"{resource_name(KEY)}-0", "ap-northeast-2a", "ubuntu_24_04", "small_3_0")  # fmt: skip
     assert PUBLIC_KEY in instance["user_data"] and instance["tags"] == {"codeb.dev/project": "apps/o4o"}
     ports = made["aws_lightsail_instance_public_ports.hosts[0]"]["port_info"]
     anywhere = ("0.0.0.0/0",)
