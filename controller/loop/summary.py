@@ -113,15 +113,17 @@ def _stalled(status: ProjectStatus, work: Pass, steps: Plan, readiness: tuple[bo
 def kstatus_conditions(conditions: list[Condition], stalled: tuple[str, str] | None, gen: int | None
                        ) -> list[Condition]:  # fmt: skip
     """kstatus' abnormal-true conditions, present only while true: ``Stalled`` while waiting will not help,
-    else ``Reconciling`` while not Ready (tools such as Flux's ``wait`` read these, and ``Ready`` alone
-    would look reconciled the moment it first appears)."""
-    ready = next((c for c in conditions if c.type == "Ready"), None)
+    else ``Reconciling`` while the Project is not Ready or not yet Synced (a new revision rolling out while
+    the old one serves, Ready all along). Tools such as Flux's ``wait`` read these: ``Ready`` alone would
+    look reconciled the moment it first appears, and before a new revision serves."""
     if stalled is not None:
         return set_condition([c for c in conditions if c.type != "Reconciling"], "Stalled", True, *stalled, gen)
-    if ready is not None and ready.status is not ConditionStatus.true:
-        unstalled = [c for c in conditions if c.type != "Stalled"]
-        return set_condition(unstalled, "Reconciling", True, ready.reason, ready.message, gen)
-    return [c for c in conditions if c.type not in ("Reconciling", "Stalled")]
+    unstalled = [c for c in conditions if c.type != "Stalled"]
+    behind = next((c for t in ("Synced", "Ready") for c in conditions
+                   if c.type == t and c.status is not ConditionStatus.true), None)  # fmt: skip
+    if behind is not None:
+        return set_condition(unstalled, "Reconciling", True, behind.reason, behind.message, gen)
+    return [c for c in unstalled if c.type != "Reconciling"]
 
 
 def _unsupported(steps: Plan) -> str:

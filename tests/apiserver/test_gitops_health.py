@@ -5,7 +5,8 @@ gopher-lua as Argo CD runs it).
 
 The life: applied (before and during the first pass), converging, Ready, changed, a rollout that
 fails, deleting. At every look, "done" (kstatus Current, Argo CD Healthy) is said exactly when the
-Project is Ready at its current generation; a failed rollout is Failed / Degraded, not in progress
+Project is Ready and Synced at its current generation: a new revision still rolling out (the old
+one serving, Ready all along) is in progress; a failed rollout is Failed / Degraded, not in progress
 forever; and nothing reads as done before the operator has looked.
 """
 
@@ -59,10 +60,12 @@ class Looks:
         raise AssertionError(f"{what}: last kstatus {kstatus}, Argo CD {argo}, status {json.dumps(found['status'])}")
 
 
-def ready_now(found: dict[str, Any]) -> bool:
+def done_now(found: dict[str, Any]) -> bool:
+    """Ready at its current generation, and nothing left to do (no new revision still rolling out)."""
     status = found.get("status") or {}
-    ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
-    return ready and status.get("observedGeneration") == found["metadata"]["generation"]
+    true = {c["type"] for c in status.get("conditions", []) if c["status"] == "True"}
+    converged = "Ready" in true and "Synced" in true and not true & {"Reconciling", "Stalled"}
+    return converged and status.get("observedGeneration") == found["metadata"]["generation"]
 
 
 def test_flux_and_argo_cd_read_a_projects_life_as_it_is(world: RolloutWorld) -> None:
@@ -70,13 +73,13 @@ def test_flux_and_argo_cd_read_a_projects_life_as_it_is(world: RolloutWorld) -> 
     world.apply("watched", "r1")
     _, kstatus, argo = looks.look()  # at once: before the operator's first pass, or just after
     assert (kstatus, argo) == ("InProgress", "Progressing")
-    looks.until(lambda found, k, a: ready_now(found), "Ready on r1")
+    looks.until(lambda found, k, a: done_now(found), "Ready on r1")
     assert looks.seen[-1][1:] == ("Current", "Healthy")
 
     world.apply("watched", "r2")  # a new revision: a blue-green rollout
     _, kstatus, argo = looks.look()
     assert (kstatus, argo) == ("InProgress", "Progressing")  # a rollout takes several health checks
-    looks.until(lambda found, k, a: ready_now(found) and found["status"]["serving"]["revision"] == "r2", "r2 served")
+    looks.until(lambda found, k, a: done_now(found) and found["status"]["serving"]["revision"] == "r2", "r2 served")
 
     world.apply("watched", "bad", mode="broken")  # never healthy: the rollout fails, r2 keeps serving
     looks.until(lambda found, k, a: k == "Failed", "the failed rollout read as failed")
@@ -87,7 +90,7 @@ def test_flux_and_argo_cd_read_a_projects_life_as_it_is(world: RolloutWorld) -> 
 
     # Every look, whatever the moment: done exactly when Ready at the current generation.
     for found, kstatus, argo in looks.seen:
-        assert (kstatus == "Current") == ready_now(found) == (argo == "Healthy"), (kstatus, argo, found["status"])
+        assert (kstatus == "Current") == done_now(found) == (argo == "Healthy"), (kstatus, argo, found["status"])
         assert kstatus in ("InProgress", "Current", "Failed")
 
     world.cluster.kubectl("delete", "project", "watched", "-n", NS, "--wait=false")
@@ -104,9 +107,9 @@ def test_the_argo_cd_snippet_carries_the_script() -> None:
 def test_a_paused_project_with_drift_reads_as_stalled_and_suspended(world: RolloutWorld) -> None:
     looks = Looks(world, "paused")
     world.apply("paused", "r1")
-    looks.until(lambda found, k, a: ready_now(found), "Ready on r1")
+    looks.until(lambda found, k, a: done_now(found), "Ready on r1")
     world.cluster.kubectl("annotate", "project", "paused", "-n", NS, "codeb.dev/paused=true")
     world.apply("paused", "r2")  # drift the operator will not act on while paused
     looks.until(lambda found, k, a: k == "Failed" and a == "Suspended", "paused with drift: stalled, suspended")
     world.cluster.kubectl("annotate", "project", "paused", "-n", NS, "codeb.dev/paused-")
-    looks.until(lambda found, k, a: ready_now(found) and k == "Current" and a == "Healthy", "acting again: r2")
+    looks.until(lambda found, k, a: done_now(found) and k == "Current" and a == "Healthy", "acting again: r2")

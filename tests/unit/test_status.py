@@ -51,3 +51,12 @@ def test_kstatus_conditions_are_present_only_while_true_and_keep_their_transitio
     assert [c.type for c in stalled] == ["Ready", "Stalled"]  # Reconciling gone: never both
     ready = kstatus_conditions(set_condition(stalled, "Ready", True, "AllComponentsReady", at=T0), None, 4)
     assert [c.type for c in ready] == ["Ready"]  # neither, once Ready
+
+
+def test_a_ready_project_rolling_out_a_new_revision_is_still_reconciling() -> None:
+    serving = set_condition([], "Ready", True, "AllComponentsReady", at=T0)
+    rolling = set_condition(serving, "Synced", False, "Progressing", "blue serves r1; r2 as green: 1 healthy check")
+    [reconciling] = [c for c in kstatus_conditions(rolling, None, 2) if c.type == "Reconciling"]
+    assert (reconciling.reason, reconciling.message) == ("Progressing", "blue serves r1; r2 as green: 1 healthy check")
+    converged = set_condition(rolling, "Synced", True, "Converged")
+    assert [c.type for c in kstatus_conditions(converged, None, 2)] == ["Ready", "Synced"]

@@ -1,9 +1,10 @@
 -- Argo CD health of a codeb.dev Project, from what the operator writes to status.
--- Progressing until the operator observed this generation, then: Healthy when Ready;
--- Suspended when paused (the codeb.dev/paused annotation, or Stalled for that reason);
--- Degraded when Stalled (waiting will not help: a failed rollout, an invalid spec, a
--- refusal, a component with no driver) or when the Project was Ready and no longer is;
--- else Progressing, with the operator's own words.
+-- Progressing until the operator observed this generation, then: Suspended when paused
+-- (the codeb.dev/paused annotation, or Stalled for that reason); Degraded when Stalled
+-- (waiting will not help: a failed rollout, an invalid spec, a refusal, a component with
+-- no driver); Healthy when Ready and not Reconciling (a new revision still rolling out is
+-- Progressing, though the old one serves); Degraded when the Project was Ready and no
+-- longer is; else Progressing, with the operator's own words.
 local hs = {}
 local status = obj.status
 local generation = obj.metadata.generation or 0
@@ -24,14 +25,16 @@ if annotations["codeb.dev/paused"] == "true" or (stalled ~= nil and stalled.stat
   hs.message = (stalled ~= nil and stalled.message) or "Paused by the codeb.dev/paused annotation"
   return hs
 end
-if ready ~= nil and ready.status == "True" then
-  hs.status = "Healthy"
-  hs.message = ready.message or ""
-  return hs
-end
 if stalled ~= nil and stalled.status == "True" then
   hs.status = "Degraded"
   hs.message = (stalled.reason or "Stalled") .. ": " .. (stalled.message or "")
+  return hs
+end
+local reconciling = conditions["Reconciling"]
+local busy = reconciling ~= nil and reconciling.status == "True"
+if ready ~= nil and ready.status == "True" and not busy then
+  hs.status = "Healthy"
+  hs.message = ready.message or ""
   return hs
 end
 if status.phase == "Degraded" then
@@ -40,5 +43,5 @@ if status.phase == "Degraded" then
   return hs
 end
 hs.status = "Progressing"
-hs.message = (ready ~= nil and ready.message) or "Waiting for the operator's first pass"
+hs.message = (busy and reconciling.message) or (ready ~= nil and ready.message) or "Waiting for the operator"
 return hs
