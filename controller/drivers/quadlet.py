@@ -324,7 +324,9 @@ class QuadletUnits:
         colour = next((c for c in COLOURS if int(wanted["port"]) == _port_of(ctx, c)), COLOURS[0])
         address = sorted(state.get("hosts", []))[0]
         run_dir = f"{HOOK_RUNS}/{unit_name(ctx.key, colour)}/{hookruns.valid_run_id(run)}"
-        command = ["podman", "exec", unit_name(ctx.key, colour), *hook.command]
+        # The run's id in the hook's environment: how a stop finds it inside the container (`hookruns.FOLLOW`).
+        marker = f"CODEB_HOOK_RUN={hookruns.valid_run_id(run)}"
+        command = ["podman", "exec", "--env", marker, unit_name(ctx.key, colour), *hook.command]
         login = (await self._login(ctx)).at(address)
         try:
             answer = await self._follow(login, "follow", run_dir, hook.timeout_seconds, command)

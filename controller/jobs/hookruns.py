@@ -46,9 +46,18 @@ alive() {
   p=$(cat "$d/pid" 2>/dev/null) && [ -n "$p" ] && tr '\0' '\n' <"/proc/$p/cmdline" 2>/dev/null | grep -qxF -- "$d"
 }
 if [ "$mode" = stop ]; then
-  # timeout(1) leads a process group of its own (the command's); the wrapper leads the session.
-  alive && { kill -KILL "-$(cat "$d/tpid")" 2>/dev/null; kill -KILL "-$p" 2>/dev/null; }
-  [ -f "$d/exit" ] || { echo 137 >"$d/exit.tmp" && mv "$d/exit.tmp" "$d/exit"; }
+  # The exit file first: a wrapper that has written its pid but not yet started the command sees it
+  # and starts nothing; one that started it already is alive below. (Each writes, then reads the other.)
+  [ -f "$d/exit" ] || { echo 137 >"$d/exit.tmp" && mv "$d/exit.tmp" "$d/exit"; } 2>/dev/null
+  if alive; then
+    i=0; while [ ! -s "$d/tpid" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+    # timeout(1) leads a process group of its own (the command's); the wrapper leads the session.
+    kill -KILL "-$(cat "$d/tpid" 2>/dev/null)" 2>/dev/null; kill -KILL "-$p" 2>/dev/null
+  fi
+  # What runs elsewhere (inside a container, under podman exec) carries the run's id in its environment.
+  for q in /proc/[0-9]*; do
+    tr '\0' '\n' <"$q/environ" 2>/dev/null | grep -qxF "CODEB_HOOK_RUN=${d##*/}" && kill -KILL "${q#/proc/}" 2>/dev/null
+  done
   echo stopped; exit 0
 fi
 finished() { [ -f "$d/exit" ] && { echo "exit $(cat "$d/exit")"; tail -c 16384 "$d/output" 2>/dev/null; }; }
@@ -64,7 +73,8 @@ if [ -d "$d" ]; then
 fi
 mkdir -p "$d" || exit 1
 find "${d%/*}" -mindepth 1 -maxdepth 1 -type d -mtime +7 -exec rm -rf {} + 2>/dev/null
-run='echo $$ >"$1/pid"; d=$1; shift; timeout -k 5 "$@" >"$d/output" 2>&1 </dev/null & echo $! >"$d/tpid"
+run='echo $$ >"$1/pid"; d=$1; shift; [ -e "$d/exit" ] && exit 0
+  CODEB_HOOK_RUN=${d##*/} timeout -k 5 "$@" >"$d/output" 2>&1 </dev/null & echo $! >"$d/tpid"
   wait $!; echo $? >"$d/exit.tmp"; mv "$d/exit.tmp" "$d/exit"'
 # A scope of its own (systemd-run --scope execs the command itself: nothing in it is expanded)
 # outlives the login session that started it.
