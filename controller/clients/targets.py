@@ -56,8 +56,10 @@ async def resolve_target(host: str, field: str, allowed: bool) -> str:
             asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM), RESOLVE_SECONDS
         )
     except (TimeoutError, OSError):
-        raise RetryableError(f"{field}: {host} does not resolve", reason="TargetUnresolvable", delay=30) from None
+        infos = []
     addresses = [str(sockaddr[0]) for *_, sockaddr in infos]
+    if not addresses:
+        raise RetryableError(f"{field}: {host} does not resolve", reason="TargetUnresolvable", delay=30)
     for address in addresses:
         why = internal_reason(address)
         if why is not None:
@@ -67,6 +69,4 @@ async def resolve_target(host: str, field: str, allowed: bool) -> str:
                 "CODEB_ALLOW_INTERNAL_TARGETS=1)",
                 reason="TargetNotAllowed",
             )
-    if not addresses:
-        raise RetryableError(f"{field}: {host} does not resolve", reason="TargetUnresolvable", delay=30)
     return addresses[0]

@@ -100,13 +100,16 @@ def resource_name(key: ProjectKey) -> str:
     cut at the limit. The digest of ``<namespace>/<name>`` (a namespace has no ``/``) tells them apart.
     """
     digest = hashlib.sha256(f"{key.namespace}/{key.name}".encode()).hexdigest()[:_DIGEST]
-    readable = re.sub(r"[^a-z0-9-]", "-", f"codeb-{key.namespace}-{key.name}")[: NAME_LIMIT - _DIGEST - 1]
-    return f"{readable.rstrip('-')}-{digest}"
+    return f"{_readable(key)[: NAME_LIMIT - _DIGEST - 1].rstrip('-')}-{digest}"
 
 
 def legacy_resource_name(key: ProjectKey) -> str:
     """The prefix earlier releases gave (not injective): kept for the resources made with it."""
-    return re.sub(r"[^a-z0-9-]", "-", f"codeb-{key.namespace}-{key.name}")[:NAME_LIMIT].rstrip("-")
+    return _readable(key)[:NAME_LIMIT].rstrip("-")
+
+
+def _readable(key: ProjectKey) -> str:
+    return re.sub(r"[^a-z0-9-]", "-", f"codeb-{key.namespace}-{key.name}")
 
 
 def name_in_state(key: ProjectKey, state: Mapping[str, Any] | None) -> str:
