@@ -44,6 +44,8 @@ EXTENSION_NAME = r"^[a-z0-9_]+$"
 # Text that ends up in a file on a host (environment files, units): no control
 # characters, so no value can start a new line or smuggle a terminal escape.
 PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+# What `codeb restart` writes: a timestamp (RFC 3339), or any short token a GitOps commit prefers.
+RESTART_TOKEN = r"^[A-Za-z0-9][A-Za-z0-9:.+_-]{0,63}$"
 
 # What a pattern means, for error messages people read instead of the expression.
 PATTERN_HINTS = {

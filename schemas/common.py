@@ -122,6 +122,7 @@ class Phase(StrEnum):
     Ready = "Ready"
     Degraded = "Degraded"
     Failed = "Failed"
+    Suspended = "Suspended"  # spec.suspended: stopped on purpose, its domains answer a maintenance page
     Deleting = "Deleting"
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import Field
 
 from schemas.base import (
+    RESTART_TOKEN,
     CodebModel,
     Rule,
 )
@@ -169,6 +170,23 @@ class ProjectSpec(CodebModel):
     management_policy: ManagementPolicy = Field(
         ManagementPolicy.Manage,
         description="Manage converges the world to this spec; ObserveOnly reports drift and changes nothing.",
+    )
+    suspended: bool = Field(
+        False,
+        description=(
+            "Stop the application without deleting it (`codeb stop`): its processes, units or Pods stop, and its "
+            "domains answer a maintenance page (503). Its data, ports, names and backups are kept; false starts it "
+            "again (`codeb start`)."
+        ),
+    )
+    restarted_at: str | None = Field(
+        None,
+        description=(
+            "Set by `codeb restart` (a timestamp): a new value restarts the application as a new deploy of the same "
+            "revision (blue-green or rolling, so it keeps serving), recorded in the deployment history."
+        ),
+        pattern=RESTART_TOKEN,
+        max_length=64,
     )
 
 

@@ -31,6 +31,7 @@ from controller.cli.common import (
     read_project,
     run,
 )
+from controller.cli.lifecycle import cmd_restart, cmd_start, cmd_stop
 from controller.cli.up import cmd_down, cmd_up
 from controller.local.cluster import REPO_ROOT
 from controller.loop.rollouts.records import rollback_target
@@ -230,6 +231,14 @@ def parser() -> argparse.ArgumentParser:
     one_project(rollback)
     rollback.add_argument("--to", help="the revision (default: the newest success before the current one)")
     output(rollback)
+    for name, func, summary in (
+        ("stop", cmd_stop, "stop a Project without deleting it; its domains answer a maintenance page"),
+        ("start", cmd_start, "start a stopped Project again"),
+        ("restart", cmd_restart, "restart a Project's application without dropping a request"),
+    ):
+        lifecycle = command(name, func, summary)
+        one_project(lifecycle)
+        output(lifecycle)
     backup = command("backup", cmd_backup, "back up a Project's database now")
     one_project(backup)
     backup.add_argument("--no-wait", action="store_true", help="return once it is recorded")

@@ -110,12 +110,12 @@ class CaddyDriver:
             return Observation()
         route = response.json()
         hosts = [h for m in route.get("match", []) for h in m.get("host", [])]
-        proxies = [
-            h for r in route["handle"][0].get("routes", []) for h in r["handle"] if h["handler"] == "reverse_proxy"
-        ]
+        handlers = [h for r in route["handle"][0].get("routes", []) for h in r["handle"]]
+        proxies = [h for h in handlers if h["handler"] == "reverse_proxy"]
         dials = [u["dial"] for p in proxies for u in p.get("upstreams", [])]
         upstreams = [self._files.read(d) for d in dials] if self._files is not None else dials
-        state = {"domains": hosts, "upstreams": upstreams}
+        maintenance = any(h["handler"] == "static_response" for h in handlers)
+        state = {"domains": hosts, "upstreams": upstreams, "maintenance": maintenance}
         matches = route == render_route(ctx, state, self._dials(ctx, state)) and all(upstreams)
         return Observation(state={**state, "routeMatches": matches})
 

@@ -37,6 +37,7 @@ from controller.specs.kubernetes import (
     GATE_FIELDS,
     HELD_BACK,
     MANAGER,
+    RESTARTED,
     REVISION,
     Object,
     labels,
@@ -330,4 +331,5 @@ def _state_of(deployment: Object, service: Object | None, autoscaler: Object | N
         "readinessGate": {k: probe.get(k) for k in GATE_FIELDS},
         "progressDeadlineSeconds": deployment["spec"].get("progressDeadlineSeconds"),
         "heldBack": deployment["metadata"].get("annotations", {}).get(HELD_BACK) or None,
+        **({"restartedAt": restarted} if (restarted := template.get("annotations", {}).get(RESTARTED)) else {}),
     }

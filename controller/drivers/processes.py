@@ -281,7 +281,8 @@ class LocalProcesses:
         hooks = self._directory(ctx.key) / "hooks"
         for run_dir in sorted(hooks.iterdir()) if hooks.is_dir() else []:
             await _follow("stop", str(run_dir), 0, [], hooks, {})  # a hook still running goes with the Project
-        shutil.rmtree(self._directory(ctx.key), ignore_errors=True)
+        if not retain:  # suspended (retain): stopped, and its home directory is there when it starts again
+            shutil.rmtree(self._directory(ctx.key), ignore_errors=True)
 
     def _stop_all(self, processes: Iterable[Supervised]) -> None:
         _stop(list(processes), self._running)

@@ -1,7 +1,8 @@
 """Drivers: one per external system, each with the same small shape.
 
 ``observe`` reports what exists, ``apply`` makes it match a desired state,
-``delete`` removes it (or, with ``retain``, stops managing it and keeps the data).
+``delete`` removes it (or, with ``retain``, stops managing it and keeps the data; for the
+workload, whose data lives elsewhere, ``retain`` means suspended: stopped, with its files kept).
 All three are idempotent and safe to repeat after a crash at any line. Drivers
 raise `controller.errors` types only.
 """

@@ -54,6 +54,8 @@ ORDER: tuple[Component, ...] = tuple(DEPENDS_ON)
 DATA_COMPONENTS = frozenset({Component.database, Component.cache, Component.storage, Component.backup})
 # What deletionPolicy Retain keeps when the Project goes: the data, and the hosts made for it.
 RETAINED_ON_DELETE = DATA_COMPONENTS | {Component.infrastructure}
+# Absent from the desired state only while the Project is suspended: then stopped, never deleted.
+STOPPED_WHEN_SUSPENDED = frozenset({Component.workload})
 
 
 class Verb(StrEnum):
@@ -61,6 +63,7 @@ class Verb(StrEnum):
     update = "update"
     delete = "delete"
     release = "release"  # stop managing, keep the data (deletionPolicy: Retain)
+    stop = "stop"  # stop running, keep what it holds (spec.suspended)
 
 
 @dataclass(frozen=True)
@@ -156,10 +159,13 @@ def desired_state(
             "policyMatches": True,
             "loginWorks": True,
         }
-    states[Component.workload] = _workload(spec, allocations, outputs.get(Component.infrastructure, {}))
+    if not spec.suspended:
+        states[Component.workload] = _workload(spec, allocations, outputs.get(Component.infrastructure, {}))
     states[Component.route] = {
         "domains": list(spec.environment.domains),
-        "upstreams": list(outputs.get(Component.workload, {}).get("endpoints", [])),
+        # Suspended: nothing runs, and every domain answers the maintenance page instead.
+        "upstreams": [] if spec.suspended else list(outputs.get(Component.workload, {}).get("endpoints", [])),
+        "maintenance": spec.suspended,
         "routeMatches": True,  # headers, compression, TLS: the whole rendered route
     }
     if spec.backup.enabled:
@@ -227,7 +233,14 @@ def _container_workload(spec: ProjectSpec, allocations: Allocations) -> State:
         "secretRefs": sorted(ref.name for ref in spec.environment.secret_refs),
         "connectionSecret": allocations.connection_secret,
         "healthPath": spec.monitoring.health_path,
+        **_restart(spec),
     }
+
+
+def _restart(spec: ProjectSpec) -> State:
+    """`codeb restart`'s token, part of the release so that a new one deploys again; absent when never set,
+    so the release of every Project never restarted stays what it was."""
+    return {"restartedAt": spec.restarted_at} if spec.restarted_at else {}
 
 
 def _quadlet_workload(spec: ProjectSpec, allocations: Allocations, infrastructure: State) -> State:
@@ -309,6 +322,7 @@ def _local_workload(spec: ProjectSpec, allocations: Allocations) -> State:
         "healthPath": spec.monitoring.health_path,
         # The process runs with the credentials the Secrets hold now: a rotation is drift.
         "environmentCurrent": True,
+        **_restart(spec),
     }
 
 
@@ -348,7 +362,7 @@ def plan(
                 parked.add(component)
                 blocked[component] += " (no driver yet)"
             continue
-        action = _converge(component, desired[component], seen)
+        action = _converge(component, desired[component], seen, Component.workload in desired)
         if action is not None:
             actions.append(action)
     actions = _shrink_last(actions, desired, observed)
@@ -357,9 +371,15 @@ def plan(
     for component in reversed(ORDER):
         leftover = observed.get(component)
         if component not in desired and component not in refused and leftover is not None and leftover.state:
-            verb = Verb.release if retain_data and component in DATA_COMPONENTS else Verb.delete
-            actions.append(Action(component, verb, "no longer requested"))
+            actions.append(_leftover(component, retain_data))
     return Plan(actions, blocked, unsupported, frozenset(parked), refused)
+
+
+def _leftover(component: Component, retain_data: bool) -> Action:
+    if component in STOPPED_WHEN_SUSPENDED:
+        return Action(component, Verb.stop, "suspended")
+    verb = Verb.release if retain_data and component in DATA_COMPONENTS else Verb.delete
+    return Action(component, verb, "no longer requested")
 
 
 def _shrink_last(
@@ -382,8 +402,9 @@ def _shrink_last(
     return rest + [replace(a, requires_healthy=gate, reason=f"{a.reason}; after the workload left") for a in shrink]
 
 
-def _converge(component: Component, want: State, seen: Observation) -> Action | None:
-    gate = (Component.workload,) if component is Component.route else ()
+def _converge(component: Component, want: State, seen: Observation, workload_wanted: bool) -> Action | None:
+    # The route sends traffic only to a healthy workload; suspended, it sends none, and waits for nothing.
+    gate = (Component.workload,) if component is Component.route and workload_wanted else ()
     if seen.state is None:
         return Action(component, Verb.create, "missing", want, gate)
     if "colours" in want:

@@ -31,7 +31,7 @@ from controller.loop.planner import (
     plan,
     plan_deletion,
 )
-from controller.loop.rollouts import engine
+from controller.loop.rollouts import engine, records
 from controller.loop.rollouts.engine import DueHook, PassFacts, StaleHook
 from controller.loop.status import set_condition
 from controller.loop.summary import summarize
@@ -89,11 +89,12 @@ class Reconciler:
         work = Pass(observed=await self._observe(drivers, ctx), events=notices)
         acting = not project.paused and spec.management_policy is ManagementPolicy.Manage
         desired = Desired(spec, allocations)
-        wanted = desired.base(work.observed)[Component.workload]
+        wanted = desired.base(work.observed).get(Component.workload)  # None: suspended
         now = datetime.now(UTC)
-        facts = PassFacts(spec, project.status, allocations, wanted, work.observed, now, project.retry_rollout,
-                          self.watching_since)  # fmt: skip
-        work.rollout = engine.start(facts)
+        if wanted is not None:
+            facts = PassFacts(spec, project.status, allocations, wanted, work.observed, now, project.retry_rollout,
+                              self.watching_since)  # fmt: skip
+            work.rollout = engine.start(facts)
         if work.rollout is not None:
             await self._follow_due_hook(project, drivers, ctx, work, acting)
             work.observed[Component.workload] = work.rollout.view()
@@ -106,6 +107,9 @@ class Reconciler:
             await self._execute(drivers, ctx, steps, work, trigger, desire)
             work.settle()
         status = summarize(project, allocations, desire(work.observed), steps, work, acting)
+        if spec.suspended and acting:
+            status, notice = records.suspended(status, now)
+            work.events += [Event(notice.type, notice.reason, notice.message)] if notice else []
         decided = work.decided if acting else None
         return Outcome(
             status=status,
@@ -269,7 +273,7 @@ class Reconciler:
             assert action.desired is not None
             await driver.apply(ctx, action.desired)
         else:
-            await driver.delete(ctx, retain=action.verb is Verb.release)
+            await driver.delete(ctx, retain=action.verb in (Verb.release, Verb.stop))
 
     def _failed_before_acting(self, project: ProjectInput, exc: CodebError) -> Outcome:
         status = project.status.model_copy(deep=True)
@@ -284,6 +288,10 @@ class Reconciler:
         status.phase = Phase.Failed
         return Outcome(status, [event], permanent_error=exc.message)
 
+
+# The Event reason of an action the spec asked for, done.
+DONE = {Verb.create: "Created", Verb.update: "Updated", Verb.delete: "Deleted", Verb.release: "Released",
+        Verb.stop: "Stopped"}  # fmt: skip
 
 # Passes no spec change asked for (the drift timer's, a wake for a backup's news): what they repair was drift.
 DRIFT_TRIGGERS = frozenset({"timer", "wake"})
@@ -336,7 +344,7 @@ def _success_reason(action: Action, trigger: str) -> str:
     """What a successful action was: the spec's (Created, Updated…), or, in a pass no spec change asked for,
     backups' own upkeep (a scheduled run, a prune: routine, not drift) or drift repaired."""
     if trigger not in DRIFT_TRIGGERS:
-        return action.verb.value.capitalize() + "d"
+        return DONE[action.verb]
     return "BackupsMaintained" if action.component is Component.backup else "DriftRepaired"
 
 

@@ -68,7 +68,7 @@ def summarize(
         conditions = set_condition(conditions, "Synced", False, "NotImplemented", _unsupported(steps), gen)
     else:
         conditions = set_condition(conditions, "Synced", True, "Converged", "all components match the spec", gen)
-    readiness = _readiness(component_ok, steps, work.decided)
+    readiness = _suspended(_readiness(component_ok, steps, work.decided), project.spec)
     conditions = set_condition(conditions, "Ready", *readiness, gen)
     if work.rollout is not None:
         conditions = set_condition(conditions, "Serving", *work.rollout.serving_condition(), gen)
@@ -81,6 +81,8 @@ def summarize(
     status.infrastructure = _infrastructure(work.observed, status.infrastructure)
     status.backup = _backup(work.observed, status.backup, Component.backup in desired)
     status.phase = _phase(project, component_ok, work)
+    if readiness[1] == SUSPENDED:
+        status.phase = Phase.Suspended
     stalled = _stalled(status, work, steps, readiness, acting)
     status.conditions = kstatus_conditions(status.conditions, stalled, gen)
     return status
@@ -124,6 +126,21 @@ def kstatus_conditions(conditions: list[Condition], stalled: tuple[str, str] | N
     if behind is not None:
         return set_condition(unstalled, "Reconciling", True, behind.reason, behind.message, gen)
     return [c for c in unstalled if c.type != "Reconciling"]
+
+
+# Ready's reason while spec.suspended holds and the Project is as suspended as asked. Ready stays True: the
+# world is as the spec asks (nothing runs, the maintenance page is served), and a Ready=False would read as
+# in progress forever to kstatus, so a GitOps commit that suspends a Project would never finish syncing.
+# The phase (Suspended) and Argo CD's health (Suspended) say it does not serve.
+SUSPENDED = "Suspended"
+SUSPENDED_MESSAGE = ("suspended as asked (spec.suspended): nothing runs and its domains answer a maintenance page; "
+                     "its data, ports and names are kept (`codeb start` starts it again)")  # fmt: skip
+
+
+def _suspended(readiness: tuple[bool, str, str], spec: ProjectSpec) -> tuple[bool, str, str]:
+    if not spec.suspended or not readiness[0]:
+        return readiness
+    return True, SUSPENDED, SUSPENDED_MESSAGE
 
 
 def _unsupported(steps: Plan) -> str:

@@ -56,13 +56,17 @@ class Metrics:
             registry=self.registry,
         )
         self._backups: dict[str, tuple[str, str]] = {}
-        # Per Project: two series while it exists, what the alert rules (deploy/monitoring) watch.
+        # Per Project: three series while it exists, what the alert rules (deploy/monitoring) watch.
         self.project_ready = Gauge(
             "codeb_project_ready", "1 while the Project is Ready at its current generation, else 0.", labels,
             registry=self.registry,
         )  # fmt: skip
         self.project_stalled = Gauge(
             "codeb_project_stalled", "1 while the Project is Stalled (waiting will not make it converge), else 0.",
+            labels, registry=self.registry,
+        )  # fmt: skip
+        self.project_suspended = Gauge(
+            "codeb_project_suspended", "1 while the Project is suspended as asked (spec.suspended), else 0.",
             labels, registry=self.registry,
         )  # fmt: skip
         self._statuses: dict[str, tuple[str, str]] = {}
@@ -101,7 +105,7 @@ class Metrics:
         """Whether the Project is Ready and whether it is Stalled, as series; none once it is gone."""
         if status is None:
             labels = self._statuses.pop(uid, None)
-            for gauge in (self.project_ready, self.project_stalled):
+            for gauge in (self.project_ready, self.project_stalled, self.project_suspended):
                 if labels is not None:
                     with contextlib.suppress(KeyError):
                         gauge.remove(*labels)
@@ -111,6 +115,7 @@ class Metrics:
         ready = "Ready" in true and true["Ready"].observed_generation == status.observed_generation
         self.project_ready.labels(namespace, project).set(1 if ready else 0)
         self.project_stalled.labels(namespace, project).set(1 if "Stalled" in true else 0)
+        self.project_suspended.labels(namespace, project).set(1 if status.phase is Phase.Suspended else 0)
 
     def record_rollout(self, checks: list[bool], finished: tuple[str, float] | None) -> None:
         for healthy in checks:

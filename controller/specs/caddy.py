@@ -27,10 +27,35 @@ def route_id(ctx: DriverContext) -> str:
     return f"codeb.{ctx.key.namespace}.{ctx.key.name}"
 
 
+# What a suspended Project's domains answer: the same page for every Project (nothing a manifest says is
+# in it), never cached, and a hint to come back in a while.
+MAINTENANCE_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Temporarily unavailable</title></head>
+<body><h1>Temporarily unavailable</h1><p>This site is paused for maintenance. Please come back later.</p></body>
+</html>
+"""
+MAINTENANCE_RESPONSE: dict[str, Any] = {
+    "handler": "static_response",
+    "status_code": 503,
+    "headers": {
+        "Content-Type": ["text/html; charset=utf-8"],
+        "Cache-Control": ["no-store"],
+        "Retry-After": ["600"],
+    },
+    "body": MAINTENANCE_PAGE,
+}
+
+
 def render_route(ctx: DriverContext, desired: State, dials: list[str] | None = None) -> dict[str, Any]:
     """The Caddy route for a Project (pure): upstreams dialled directly, or through ``dials`` (one
-    per upstream, e.g. the `{file.*}` placeholders of `UpstreamFiles`)."""
+    per upstream, e.g. the `{file.*}` placeholders of `UpstreamFiles`); a suspended Project's
+    (``maintenance``) answers the maintenance page instead."""
     dials = dials if dials is not None else list(desired["upstreams"])
+    answer = (
+        MAINTENANCE_RESPONSE
+        if desired.get("maintenance")
+        else {"handler": "reverse_proxy", "upstreams": [{"dial": dial} for dial in dials]}
+    )
     return {
         "@id": route_id(ctx),
         "match": [{"host": list(desired["domains"])}],
@@ -42,10 +67,7 @@ def render_route(ctx: DriverContext, desired: State, dials: list[str] | None = N
                         "handle": [
                             {"handler": "headers", "response": {"set": SECURITY_HEADERS, "deferred": True}},
                             {"handler": "encode", "encodings": {"zstd": {}, "gzip": {}}, "prefer": ["zstd", "gzip"]},
-                            {
-                                "handler": "reverse_proxy",
-                                "upstreams": [{"dial": dial} for dial in dials],
-                            },
+                            answer,
                         ]
                     }
                 ],

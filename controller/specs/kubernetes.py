@@ -25,6 +25,8 @@ CREDENTIALS = "codeb.dev/credentials-digest"
 
 
 REVISION = "codeb.dev/revision"
+# `codeb restart`'s token on the Pod template (as `kubectl rollout restart` does): a new one rolls every Pod.
+RESTARTED = "codeb.dev/restartedAt"
 
 
 # The release a failed rollout was rolled back from (`controller.loop.rollouts.rolling`): on the
@@ -93,7 +95,11 @@ def _deployment(ctx: DriverContext, desired: State, credentials_digest: str) -> 
             # The revision is in the template too, so each ReplicaSet says what it runs (a rollback reads it).
             "metadata": {
                 "labels": {**labels(ctx, desired)},
-                "annotations": {CREDENTIALS: credentials_digest, REVISION: desired["revision"] or ""},
+                "annotations": {
+                    CREDENTIALS: credentials_digest,
+                    REVISION: desired["revision"] or "",
+                    **({RESTARTED: desired["restartedAt"]} if desired.get("restartedAt") else {}),
+                },
             },
             "spec": {"containers": [container], "enableServiceLinks": False},
         },

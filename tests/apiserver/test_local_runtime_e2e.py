@@ -176,6 +176,23 @@ def a_backup_cut_by_a_kill_is_failed_and_the_next_succeeds(cluster: LocalCluster
     assert again.returncode == 0 and json.loads(again.stdout)["phase"] == "Succeeded", again.stdout + again.stderr
 
 
+def stopped_and_started_with_its_data(cluster: LocalCluster, caddy: Any) -> None:
+    """Suspended: the process stops and the maintenance page answers; started again, the same database
+    serves on (its visits go on from where they were)."""
+    before = json.loads(https_get(caddy, "hello.localhost", path="/api/visit").stdout)["database"]["visits"]
+    pids = supervisors(f"{NS}/hello")
+    suspend = json.dumps({"spec": {"suspended": True}})
+    cluster.kubectl("patch", "project", "hello", "-n", NS, "--type=merge", "-p", suspend)
+    wait_for(lambda: status(cluster).get("phase") == "Suspended", timeout=60, what="hello suspended")
+    assert supervisors(f"{NS}/hello") == {} and all(gone(pid) for pid in pids)
+    page = https_get(caddy, "hello.localhost", "-w", "%{http_code}")
+    assert page.stdout.endswith("503") and "Temporarily unavailable" in page.stdout
+    cluster.kubectl("patch", "project", "hello", "-n", NS, "--type=merge", "-p", suspend.replace("true", "false"))
+    wait_for(lambda: condition(cluster, "Ready").get("reason") == "AllComponentsReady", timeout=60, what="started")
+    after = json.loads(https_get(caddy, "hello.localhost", path="/api/visit").stdout)["database"]["visits"]
+    assert after == before + 1  # the same database, its rows intact
+
+
 def test_the_example_serves_through_caddy_on_its_real_services(world: dict[str, Any], tmp_path: Path) -> None:
     cluster: LocalCluster = world["cluster"]
     pg, rd, s3, caddy = world["pg"], world["redis"], world["s3"], world["caddy"]
@@ -245,6 +262,8 @@ def test_the_example_serves_through_caddy_on_its_real_services(world: dict[str, 
         assert "Hello, CodeB" in https_get(caddy, "hello.localhost").stdout  # blue serves on
         cluster.kubectl("apply", "-f", "-", input_text=json.dumps(hello()))
         wait_for(lambda: condition(cluster, "Ready").get("status") == "True", timeout=60, what="Ready again")
+
+        stopped_and_started_with_its_data(cluster, caddy)
 
         # Deleting the Project stops the process and removes the route; the data is retained.
         pids = supervisors(f"{NS}/hello")

@@ -81,6 +81,12 @@ def test_ready_and_stalled_series_per_project_come_and_go_with_it() -> None:
                            "RolloutFailed", generation=3)  # fmt: skip
     metrics.record_status("uid-1", "team", "shop", ProjectStatus(observed_generation=3, conditions=failed))
     assert (value("codeb_project_ready", labels), value("codeb_project_stalled", labels)) == (0, 1)
+    assert value("codeb_project_suspended", labels) == 0
+    stopped = set_condition([], "Ready", True, "Suspended", generation=4)
+    metrics.record_status("uid-1", "team", "shop", ProjectStatus(observed_generation=4, conditions=stopped,
+                                                                 phase=Phase.Suspended))  # fmt: skip
+    assert (value("codeb_project_ready", labels), value("codeb_project_suspended", labels)) == (1, 1)
     metrics.set_phase("uid-1", Phase.Degraded)
     metrics.set_phase("uid-1", None)  # the Project is gone, and its series with it
-    assert value("codeb_project_ready", labels) is None and value("codeb_project_stalled", labels) is None
+    gone = [value(name, labels) for name in ("codeb_project_ready", "codeb_project_stalled", "codeb_project_suspended")]
+    assert gone == [None, None, None]

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 
 from controller.loop.planner import State
 from controller.loop.rollouts.colours import ACTIVE, BEFORE_SWITCH, PLACEMENT_KEYS, Decision, Facts
-from controller.loop.rollouts.records import HISTORY, Notice, release_label, update_history
+from controller.loop.rollouts.records import HISTORY, Notice, release_label, update_history, what_changed
 from schemas.project import (
     Colour,
     DeploymentRecord,
@@ -329,11 +329,7 @@ class _Draft:
         facts = self.facts
         if serving is None or serving not in facts.seen:
             return "first deploy"
-        before = {k: v for k, v in facts.seen[serving].state.items() if k not in PLACEMENT_KEYS}
-        if before.get("revision") != facts.wanted.get("revision"):
-            return f"revision {before.get('revision')} → {facts.wanted.get('revision')}"
-        keys = sorted(k for k in before.keys() | facts.wanted.keys() if before.get(k) != facts.wanted.get(k))
-        return "differs in " + ", ".join(keys)
+        return what_changed(facts.seen[serving].state, facts.wanted, PLACEMENT_KEYS)
 
     def notice(self, type_: str, reason: str, message: str, record: RolloutStatus | None = None) -> None:
         # A first deploy's steps go unsaid (its status says them): at a thousand new Projects,

@@ -3,14 +3,19 @@ is named to people, and which hooks a release runs."""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from schemas.project import (
     App,
     DeploymentRecord,
     Hook,
     ProjectSpec,
+    ProjectStatus,
     RolloutStatus,
+    RolloutStep,
 )
 
 HISTORY = 20
@@ -29,6 +34,38 @@ def update_history(history: list[DeploymentRecord], record: RolloutStatus, **cha
         if entry.release == record.release and entry.started_at == record.started_at:
             history[index] = entry.model_copy(update=changes)
             return
+
+
+def what_changed(before: Mapping[str, Any], wanted: Mapping[str, Any], ignored: Collection[str] = ()) -> str:
+    """A new release in words: its revision, a restart (`codeb restart`), or the settings that differ."""
+    if before.get("revision") != wanted.get("revision"):
+        return f"revision {before.get('revision')} → {wanted.get('revision')}"
+    keys = sorted(k for k in before.keys() | wanted.keys() if k not in ignored and before.get(k) != wanted.get(k))
+    if keys == ["restartedAt"]:
+        return f"restart ({wanted.get('restartedAt')})"
+    return "differs in " + ", ".join(keys)
+
+
+# Steps after which the new release serves: a rollout that a suspension ends there has succeeded.
+SWITCHED = frozenset({RolloutStep.draining})
+ENDED = frozenset({RolloutStep.succeeded, RolloutStep.failed, RolloutStep.superseded})
+
+
+def suspended(status: ProjectStatus, now: datetime) -> tuple[ProjectStatus, Notice | None]:
+    """The status once the Project is suspended: nothing serves, and a rollout under way ends (superseded
+    before its switch, succeeded after it), so that starting again begins from what runs, not from a
+    half-done rollout whose windows ran out while it was stopped."""
+    status = status.model_copy(deep=True)
+    status.serving = None
+    record = status.rollout
+    if record is None or record.step in ENDED:
+        return status, None
+    done = record.step in SWITCHED
+    step, reason = (RolloutStep.succeeded, "RolloutSucceeded") if done else (RolloutStep.superseded, "Suspended")
+    message = "suspended after the switch" if done else "suspended before the switch"
+    status.rollout = record.model_copy(update={"step": step, "finished_at": now, "message": message})
+    update_history(status.deployments, record, result=step.value, reason=reason, finished_at=now, message=message)
+    return status, Notice("Normal", reason, f"{release_label(record)}: {message}")
 
 
 def release_label(record: RolloutStatus) -> str:

@@ -33,7 +33,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from controller.loop.planner import Observation, State
-from controller.loop.rollouts.records import HISTORY, Notice, hook_names, revision_label, update_history
+from controller.loop.rollouts.records import HISTORY, Notice, hook_names, revision_label, update_history, what_changed
 from schemas.project import (
     DeploymentRecord,
     ProjectSpec,
@@ -317,12 +317,7 @@ class _Draft:
         facts, seen = self.facts, self.facts.seen
         if seen is None or self.serving is None:
             return "first deploy"
-        before = seen.state
-        if before.get("revision") != facts.wanted.get("revision"):
-            return f"revision {before.get('revision')} → {facts.wanted.get('revision')}"
-        keys = sorted(k for k in before.keys() | facts.wanted.keys()
-                      if k not in OUTSIDE_TEMPLATE and before.get(k) != facts.wanted.get(k))  # fmt: skip
-        return "differs in " + ", ".join(keys)
+        return what_changed(seen.state, facts.wanted, OUTSIDE_TEMPLATE)
 
     def notice(self, type_: str, reason: str, message: str) -> None:
         # A first deploy's steps go unsaid (its status says them); its failure is said.

@@ -1,6 +1,7 @@
 -- Argo CD health of a codeb.dev Project, from what the operator writes to status.
 -- Progressing until the operator observed this generation, then: Suspended when paused
--- (the codeb.dev/paused annotation, or Stalled for that reason); Degraded when Stalled
+-- (the codeb.dev/paused annotation, or Stalled for that reason) or stopped (spec.suspended,
+-- once the operator has stopped it); Degraded when Stalled
 -- (waiting will not help: a failed rollout, an invalid spec, a refusal, a component with
 -- no driver); Healthy when Ready and not Reconciling (a new revision still rolling out is
 -- Progressing, though the old one serves); Degraded when the Project was Ready and no
@@ -23,6 +24,11 @@ if annotations["codeb.dev/paused"] == "true" or (stalled ~= nil and stalled.stat
     and (stalled.reason == "Paused" or stalled.reason == "ObserveOnly")) then
   hs.status = "Suspended"
   hs.message = (stalled ~= nil and stalled.message) or "Paused by the codeb.dev/paused annotation"
+  return hs
+end
+if status.phase == "Suspended" and ready ~= nil and ready.reason == "Suspended" then
+  hs.status = "Suspended"
+  hs.message = ready.message or "Suspended by spec.suspended"
   return hs
 end
 if stalled ~= nil and stalled.status == "True" then
