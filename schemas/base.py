@@ -23,6 +23,8 @@ from pydantic.alias_generators import to_camel
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # A hostname with at least two labels; a leading "*." allows wildcard routes.
 DOMAIN = r"^(\*\.)?([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"
+# A domain names are made under (a Platform's): no wildcard, and one label will do (localhost).
+BASE_DOMAIN = r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)*[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"
 ENV_VAR_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 # Kubernetes resource quantities as users write them for cpu and memory.
 CPU_QUANTITY = r"^([0-9]+m|[0-9]+(\.[0-9]{1,3})?)$"
@@ -55,6 +57,7 @@ PATTERN_HINTS = {
     CONTAINER_IMAGE: "must be an image reference such as registry.example.com/team/app:1.2.3",
     DNS_LABEL: "must be a DNS label: lowercase letters, digits and '-', starting and ending alphanumeric",
     DOMAIN: "must be a lowercase domain name with at least two labels, e.g. shop.example.com",
+    BASE_DOMAIN: "must be a lowercase domain name without a wildcard, e.g. apps.example.com",
 }
 
 

@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from schemas.base import DNS_LABEL, EXTENSION_NAME, HOST, CodebModel
+from schemas.base import BASE_DOMAIN, DNS_LABEL, EXTENSION_NAME, HOST, CodebModel
 
 PLATFORM_KIND = "Platform"
 PLATFORM_PLURAL = "platforms"
@@ -160,6 +160,17 @@ class PlatformSpec(CodebModel):
     redis: RedisEndpoint | None = Field(None, description="Shared Redis for Project caches.")
     object_storage: ObjectStorageEndpoint | None = Field(None, description="Shared MinIO for Project buckets.")
     caddy: CaddyEndpoint | None = Field(None, description="Caddy instance that routes the Projects' domains.")
+    domain: str | None = Field(
+        None,
+        description=(
+            "The Platform's own domain, e.g. apps.example.com: a Project on it that names no "
+            "environment.domains is routed at <slug>.<domain> (production), <slug>-staging.<domain>, or "
+            "pr-<N>.<slug>.<domain> (a preview). Point a wildcard DNS record at Caddy, or let spec.dns write "
+            "each name."
+        ),
+        pattern=BASE_DOMAIN,
+        max_length=200,
+    )
     backup: BackupStore | None = Field(
         None,
         description=(

@@ -72,18 +72,20 @@ class QuotaCheck:
         self._kube = kube
         self._listed: dict[tuple[str, str | None], tuple[float, list[Member]]] = {}
 
-    async def check(self, quotas: NamespaceQuotas | None, platform: str | None, key: ProjectKey) -> None:
-        """Raises ``QuotaExceeded`` (retried: an older Project may go) when ``key`` is past a quota."""
+    async def check(self, quotas: NamespaceQuotas | None, platform: str | None, key: ProjectKey,
+                    names_domain: bool = False) -> None:  # fmt: skip
+        """Raises ``QuotaExceeded`` (retried: an older Project may go) when ``key`` is past a quota.
+        ``names_domain``: the Platform gives a Project without domains one of its own, which counts."""
         if quotas is None or (quotas.projects is None and quotas.domains is None):
             return
-        members = await self._members(platform, key, fresh=False)
+        members = await self._members(platform, key, names_domain, fresh=False)
         if not any(m.uid == key.uid for m in members):
-            members = await self._members(platform, key, fresh=True)  # newer than the list
+            members = await self._members(platform, key, names_domain, fresh=True)  # newer than the list
         why = refusal(quotas, platform, key.namespace, key.uid, members)
         if why is not None:
             raise RetryableError(why, reason="QuotaExceeded", delay=60)
 
-    async def _members(self, platform: str | None, key: ProjectKey, fresh: bool) -> list[Member]:
+    async def _members(self, platform: str | None, key: ProjectKey, names_domain: bool, fresh: bool) -> list[Member]:
         cached = self._listed.get((key.namespace, platform))
         if not fresh and cached is not None and time.monotonic() - cached[0] < LIST_SECONDS:
             return cached[1]
@@ -94,7 +96,7 @@ class QuotaCheck:
                 "GET", f"/apis/codeb.dev/v1alpha1/namespaces/{key.namespace}/projects", limit=str(PAGE), **more
             )
             items: list[dict[str, Any]] = (page or {}).get("items") or []
-            members += [member for item in items if (member := _member(item, platform)) is not None]
+            members += [member for item in items if (member := _member(item, platform, names_domain)) is not None]
             token = ((page or {}).get("metadata") or {}).get("continue")
             if not token:
                 break
@@ -103,10 +105,10 @@ class QuotaCheck:
         return members
 
 
-def _member(item: dict[str, Any], platform: str | None) -> Member | None:
+def _member(item: dict[str, Any], platform: str | None, names_domain: bool = False) -> Member | None:
     spec = item.get("spec") or {}
     if ((spec.get("servers") or {}).get("platform") or None) != platform:
         return None
     meta = item.get("metadata") or {}
-    domains = (spec.get("environment") or {}).get("domains") or []
-    return Member(str(meta.get("name")), str(meta.get("uid")), str(meta.get("creationTimestamp")), len(domains))
+    domains = len((spec.get("environment") or {}).get("domains") or []) or (1 if names_domain else 0)
+    return Member(str(meta.get("name")), str(meta.get("uid")), str(meta.get("creationTimestamp")), domains)

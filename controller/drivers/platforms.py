@@ -99,7 +99,13 @@ class PlatformDrivers:
         the Platform as they cached it, not a second read."""
         cached = self._cache.get(name)
         platform = cached[1] if cached is not None else (await self._platform(name))[0]
-        await self._quotas.check(platform.quotas, name, key)
+        await self._quotas.check(platform.quotas, name, key, names_domain=platform.domain is not None)
+
+    async def domain(self, name: str) -> str | None:
+        """The Platform's ``spec.domain``, as the drivers were just built from (not a second read)."""
+        cached = self._cache.get(name)
+        platform = cached[1] if cached is not None else (await self._platform(name))[0]
+        return platform.domain
 
     async def sweep(self) -> int:
         """Remove deleted Projects' backups past their retention, from every backup store in use; objects removed."""

@@ -70,6 +70,8 @@ class PlatformServices(Protocol):
 
     async def admit(self, name: str, key: ProjectKey) -> None: ...
 
+    async def domain(self, name: str) -> str | None: ...
+
     async def sweep(self) -> int: ...
 
 
@@ -112,6 +114,11 @@ class DriverRegistry:
         elif placement.platform is None and self.unplaced_quotas is not None:
             quotas, check = self.unplaced_quotas
             await check.check(quotas, None, key)
+
+    async def platform_domain(self, placement: Placement) -> str | None:
+        if placement.platform is None or self.platforms is None:
+            return None
+        return await self.platforms.domain(placement.platform)
 
     async def _shared(self, name: str | None, namespace: str | None) -> Drivers:
         if name is None or self.platforms is None:

@@ -249,5 +249,8 @@ class LocalPlatform:
                           "upstreamDir": str(self.root / "caddy" / "upstreams")},
                 # Backups go to the same MinIO, in the operator's own bucket: they work out of the box here.
                 "backup": {"bucket": "codeb-backups"},
+                # A Project that names no domain is served at <slug>-staging.localhost (and so on), which
+                # resolves to this machine without any DNS.
+                "domain": "localhost",
             },
         }  # fmt: skip

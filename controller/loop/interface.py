@@ -97,6 +97,15 @@ class Admission(Protocol):
 
 
 @runtime_checkable
+class PlatformDomains(Protocol):
+    """A driver source that knows the domain a Project's Platform names its Projects under."""
+
+    async def platform_domain(self, placement: Placement) -> str | None:
+        """The Platform's ``spec.domain`` (None: no Platform, or none set), as the drivers last read it."""
+        ...
+
+
+@runtime_checkable
 class HookRunner(Protocol):
     """A workload driver that can run post-deploy hooks against one colour before it takes traffic."""
 

@@ -72,6 +72,23 @@ def connection_secret_name(spec: ProjectSpec) -> str:
     return f"{instance_name(spec)}-connection"
 
 
+def platform_domain_name(spec: ProjectSpec, domain: str) -> str:
+    """The name a Platform's ``domain`` gives a Project: shop.<domain>, shop-staging.<domain>, and for a
+    preview pr-42.shop.<domain> (the seeds' celly-creative.codeb.one-q.xyz)."""
+    env = spec.environment
+    if env.type is EnvironmentType.preview:
+        return f"pr-{env.pull_request}.{spec.project.slug}.{domain}"
+    return f"{instance_name(spec)}.{domain}"
+
+
+def routed(spec: ProjectSpec, platform_domain: str | None) -> ProjectSpec:
+    """The spec as it is routed: its own domains, or else the one its Platform's domain gives it."""
+    if spec.environment.domains or platform_domain is None:
+        return spec
+    environment = spec.environment.model_copy(update={"domains": [platform_domain_name(spec, platform_domain)]})
+    return spec.model_copy(update={"environment": environment})
+
+
 def primary_url(spec: ProjectSpec) -> str | None:
     domains = spec.environment.domains
     return f"https://{domains[0]}" if domains else None

@@ -18,7 +18,18 @@ from datetime import UTC, datetime
 import structlog
 
 from controller.errors import CodebError, PermanentError, RetryableError
-from controller.loop.interface import Admission, Claims, Driver, DriverContext, Drivers, HookRunner, Notify, Placement
+from controller.loop import naming
+from controller.loop.interface import (
+    Admission,
+    Claims,
+    Driver,
+    DriverContext,
+    Drivers,
+    HookRunner,
+    Notify,
+    Placement,
+    PlatformDomains,
+)
 from controller.loop.passes import Desired, Event, Outcome, Pass, ProjectInput, Teardown
 from controller.loop.planner import (
     DEPENDS_ON,
@@ -61,19 +72,21 @@ class Reconciler:
                  namespace_leaving: NamespaceLeaving | None = None) -> None:  # fmt: skip
         self._drivers_for: DriverSource = drivers if callable(drivers) else _static(drivers)
         self._admission = drivers if isinstance(drivers, Admission) else None
+        self._domains = drivers if isinstance(drivers, PlatformDomains) else None
         self.claims = claims
         self._namespace_leaving = namespace_leaving
         # A rollout's start window runs out only while this operator watches it (`bluegreen.Facts`).
         self.watching_since = datetime.now(UTC)
 
     async def reconcile(self, project: ProjectInput, trigger: str = "event") -> Outcome:
-        spec = project.spec
-        placement = Placement.of(spec, project.key.namespace)
+        placement = Placement.of(project.spec, project.key.namespace)
         try:
             # A namespace its Platform does not allow (refused here), or one past its quota, claims nothing.
             drivers = await self._drivers_for(placement)
             if self._admission is not None:
                 await self._admission.admit(placement, project.key)
+            project = await self._routed(project, placement)
+            spec = project.spec
             recorded = project.status.allocations
             claimed = await self.claims.ensure(project.key, spec, recorded.port, recorded.alternate_port)
         except CodebError as exc:
@@ -121,6 +134,12 @@ class Reconciler:
             wake_after=_earliest(decided.wake_after if decided is not None else None, work.observed, acting),
             rollout=decided,
         )
+
+    async def _routed(self, project: ProjectInput, placement: Placement) -> ProjectInput:
+        """With no domains of its own, a Project is routed at the one its Platform's domain gives it."""
+        if self._domains is None:
+            return project
+        return replace(project, spec=naming.routed(project.spec, await self._domains.platform_domain(placement)))
 
     async def _follow_due_hook(
         self, project: ProjectInput, drivers: Drivers, ctx: DriverContext, work: Pass, acting: bool

@@ -7,6 +7,7 @@ from controller.drivers.caddy import UpstreamFiles
 from controller.loop import naming
 from controller.loop.interface import DriverContext
 from controller.loop.naming import ProjectKey
+from schemas.platform import PlatformSpec
 from schemas.project import Allocations, ProjectSpec
 from tests.factories import project_spec
 
@@ -51,3 +52,23 @@ def test_a_routes_upstream_files_never_include_another_projects(tmp_path: Path) 
     files.write(dotted, ["127.0.0.1:3"])
     files.remove(shop)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["codeb.ns.shop.x.0"]
+
+
+def test_a_platform_domain_names_projects_that_name_none() -> None:
+    def routed(env: str, domains: list[str] | None = None) -> list[str]:
+        raw = project_spec(slug="celly-creative", env=env)
+        raw["environment"]["domains"] = domains or []
+        return naming.routed(ProjectSpec.model_validate(raw), "codeb.one-q.xyz").environment.domains
+
+    assert routed("production") == ["celly-creative.codeb.one-q.xyz"]  # the seeds' name
+    assert routed("staging") == ["celly-creative-staging.codeb.one-q.xyz"]
+    assert routed("preview") == ["pr-7.celly-creative.codeb.one-q.xyz"]
+    assert routed("production", ["celly.example.com"]) == ["celly.example.com"]  # its own win
+    spec = ProjectSpec.model_validate(project_spec())
+    assert naming.routed(spec, None) is spec
+    # The longest slug, preview number and Platform domain still make a valid domain name.
+    longest = project_spec(slug="a" * 30, env="preview", environment={"type": "preview", "pullRequest": 99999})
+    widest = PlatformSpec.model_validate({"domain": ".".join(["b" * 63, "c" * 63, "d" * 63, "e" * 8])}).domain
+    assert widest is not None and len(widest) == 200  # the longest a Platform may name
+    made = naming.platform_domain_name(ProjectSpec.model_validate(longest), widest)
+    assert len(made) <= 253 and all(len(label) <= 63 for label in made.split("."))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controller.claims.quotas import Member, refusal
+from controller.claims.quotas import Member, _member, refusal
 from schemas.platform import NamespaceQuotas
 
 
@@ -52,3 +52,13 @@ def test_projects_without_a_platform_are_counted_against_the_operators_limits() 
     assert "the operator's admin" in why and "Platform's admin" not in why
     why = refusal(NamespaceQuotas(domains=2), None, "team", "uid-1", team)
     assert why is not None and "may route 2 domains without a Platform (CODEB_QUOTA_DOMAINS)" in why
+
+
+def test_a_project_named_by_its_platforms_domain_counts_that_domain() -> None:
+    item = {"metadata": {"name": "shop", "uid": "u1", "creationTimestamp": "2026-12-03T10:00:00Z"},
+            "spec": {"servers": {"platform": "edge"}, "environment": {"domains": []}}}  # fmt: skip
+    named = _member(item, "edge", names_domain=True)
+    unnamed = _member(item, "edge", names_domain=False)
+    assert named is not None and unnamed is not None and (named.domains, unnamed.domains) == (1, 0)
+    item["spec"]["environment"]["domains"] = ["a.example.com", "b.example.com"]
+    assert (member := _member(item, "edge", names_domain=True)) is not None and member.domains == 2
