@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from schemas.base import BASE_DOMAIN, DNS_LABEL, EXTENSION_NAME, HOST, CodebModel
+from schemas.base import BASE_DOMAIN, DNS_LABEL, EXTENSION_NAME, HOST, CodebModel, Rule
 
 PLATFORM_KIND = "Platform"
 PLATFORM_PLURAL = "platforms"
@@ -72,6 +72,58 @@ class BackupStore(CodebModel):
     )
     object_storage: ObjectStorageEndpoint | None = Field(
         None, description="An S3 store of its own (recommended: off the Platform's servers); unset: objectStorage."
+    )
+
+
+# An IPv4 or IPv6 address as written in an A or AAAA record (the driver parses it exactly).
+IP_ADDRESS = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)$"
+
+
+class DnsTarget(CodebModel):
+    rules = (
+        Rule(
+            cel="has(self.addresses) != has(self.cname)",
+            message="set exactly one of addresses (A/AAAA records) or cname (a CNAME record)",
+            field_path="",
+            check=lambda t: bool(t.addresses) != (t.cname is not None),
+        ),
+    )
+
+    addresses: list[Annotated[str, Field(pattern=IP_ADDRESS, max_length=45)]] | None = Field(
+        None, description="Where Caddy answers: A and AAAA records to these addresses.", min_length=1, max_length=8
+    )
+    cname: str | None = Field(
+        None, description="Where Caddy answers, as a name: a CNAME record to it.", pattern=BASE_DOMAIN, max_length=253
+    )
+
+
+class DnsEndpoint(CodebModel):
+    api_url: str = Field(
+        description="PowerDNS HTTP API URL (its webserver), e.g. http://10.0.0.3:8081.",
+        pattern=r"^https?://[^\s/]+/?$",
+        max_length=260,
+    )
+    server_id: str = Field("localhost", description="The PowerDNS server id in the API's paths.", pattern=DNS_LABEL,
+                           max_length=63)  # fmt: skip
+    api_key_secret_ref: SecretKeyReference = Field(description="Secret with key apiKey: the PowerDNS API key.")
+    zones: list[Annotated[str, Field(pattern=BASE_DOMAIN, max_length=253)]] | None = Field(
+        None,
+        description=(
+            "The zones the operator may write Projects' records in (without the trailing dot). Unset: every zone "
+            "the server serves. A domain in none of them gets DnsReady=False (ZoneNotServed)."
+        ),
+        max_length=100,
+    )
+    target: DnsTarget = Field(description="What every Project's records point at: the Caddy that routes them.")
+    ttl: int = Field(300, description="TTL of the records the operator writes, in seconds.", ge=30, le=86400)
+    owner: str = Field(
+        "codeb",
+        description=(
+            "This operator's name in the ownership TXT record beside each record it writes (as external-dns does),"
+            " so that two operators sharing a DNS server never touch each other's records."
+        ),
+        pattern=DNS_LABEL,
+        max_length=63,
     )
 
 
@@ -160,6 +212,13 @@ class PlatformSpec(CodebModel):
     redis: RedisEndpoint | None = Field(None, description="Shared Redis for Project caches.")
     object_storage: ObjectStorageEndpoint | None = Field(None, description="Shared MinIO for Project buckets.")
     caddy: CaddyEndpoint | None = Field(None, description="Caddy instance that routes the Projects' domains.")
+    dns: DnsEndpoint | None = Field(
+        None,
+        description=(
+            "A PowerDNS server the operator writes each Project's records to (and removes them from), marked as"
+            " its own; records it did not make are never touched. Unset: DNS is managed elsewhere."
+        ),
+    )
     domain: str | None = Field(
         None,
         description=(

@@ -59,25 +59,25 @@ BODY_BYTES = 64 * 1024
 
 async def read_bounded(
     client: httpx.AsyncClient, method: str, url: str, timeout: float | None, read_body: Callable[[int], bool],
-    json_body: object = None,
+    json_body: object = None, headers: dict[str, str] | None = None, limit: int = BODY_BYTES,
 ) -> tuple[int, str]:  # fmt: skip
-    """One request to an endpoint a Project controls: its status, and at most `BODY_BYTES` of its body
+    """One request to an endpoint a Project controls: its status, and at most ``limit`` bytes of its body
     (when ``read_body(status)``), all within ``timeout`` (the client's own when None)."""
     total = timeout if timeout is not None else (client.timeout.read or 30.0)
 
     async def request() -> tuple[int, str]:
         # Raw bytes, asked for uncompressed: a compressed answer could be small on the wire and huge in memory.
-        headers = {"Accept-Encoding": "identity"}
-        async with client.stream(method, url, json=json_body, timeout=total, headers=headers) as response:
+        sent = {**(headers or {}), "Accept-Encoding": "identity"}
+        async with client.stream(method, url, json=json_body, timeout=total, headers=sent) as response:
             if not read_body(response.status_code):
                 return response.status_code, ""
             chunks, size = [], 0
             async for chunk in response.aiter_raw():
                 chunks.append(chunk)
                 size += len(chunk)
-                if size >= BODY_BYTES:
+                if size >= limit:
                     break
-            return response.status_code, b"".join(chunks)[:BODY_BYTES].decode(errors="replace")
+            return response.status_code, b"".join(chunks)[:limit].decode(errors="replace")
 
     try:
         return await asyncio.wait_for(request(), total)

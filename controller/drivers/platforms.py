@@ -12,15 +12,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 from pydantic import ValidationError
 
 from controller.claims.quotas import QuotaCheck
 from controller.clients.caddy import admin_client
 from controller.clients.kube import KubeClient, KubeSecrets
 from controller.clients.postgres import PostgresServer
+from controller.clients.powerdns import PowerDns
 from controller.clients.s3 import S3Server
 from controller.drivers.backups import STORE_PURPOSE, BackupDriver, RedisLogin, Runs
 from controller.drivers.caddy import CaddyDriver
+from controller.drivers.dns import DnsDriver
 from controller.drivers.minio import MinioDriver, ensure_operator_bucket
 from controller.drivers.postgres import PostgresDriver
 from controller.drivers.redis import RedisDriver
@@ -184,6 +187,11 @@ class PlatformDrivers:
             drivers[Component.cache] = RedisDriver(platform.redis.host, platform.redis.port, password, self._secrets,
                                                    self._timeout, self._concurrency)  # fmt: skip
         drivers[Component.backup] = BackupDriver(name, store, self.runs, postgres, self._secrets, objects, cache)
+        if platform.dns is not None:
+            dns = platform.dns
+            (key,) = await self._admin(dns.api_key_secret_ref, "apiKey")
+            drivers[Component.dns] = DnsDriver(PowerDns(dns.api_url, dns.server_id, key, httpx.AsyncClient(
+                timeout=self._timeout)), dns)  # fmt: skip
         if platform.caddy is not None:
             caddy = platform.caddy
             upstream_dir = Path(caddy.upstream_dir) if caddy.upstream_dir else None

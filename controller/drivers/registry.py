@@ -102,7 +102,7 @@ class DriverRegistry:
             or NotImplementedDriver(Component.workload, _missing_runtime(runtime)),
         }
         drivers.update(await self._shared(placement.platform, placement.namespace))
-        return {component: drivers[component] for component in ORDER}
+        return {component: drivers[component] for component in ORDER if component in drivers}
 
     async def sweep(self) -> int:
         """Housekeeping outside any Project's pass: deleted Projects' backups past their retention."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -11,6 +11,8 @@ from controller.errors import CodebError
 from controller.loop.interface import Placement
 from controller.loop.naming import ProjectKey
 from controller.loop.planner import (
+    OPTIONAL,
+    ORDER,
     Action,
     Component,
     Observation,
@@ -129,8 +131,10 @@ class Desired:
     recomputes it after each look; the rollout, if any, decides what the workload runs.
     """
 
-    def __init__(self, spec: ProjectSpec, allocations: Allocations) -> None:
+    def __init__(self, spec: ProjectSpec, allocations: Allocations, drivers: Collection[Component] = ORDER) -> None:
         self._spec, self._allocations = spec, allocations
+        # Optional components (DNS) are desired only where there is a driver for them.
+        self._skipped = OPTIONAL - set(drivers)
         self._outputs: dict[Component, Mapping[str, Any]] | None = None
         self._states: dict[Component, State] = {}
 
@@ -138,7 +142,8 @@ class Desired:
         """What the spec asks for, before any rollout decides the workload."""
         outputs = {c: o.outputs for c, o in observed.items()}
         if outputs != self._outputs:
-            self._outputs, self._states = outputs, desired_state(self._spec, self._allocations, outputs)
+            states = desired_state(self._spec, self._allocations, outputs)
+            self._outputs, self._states = outputs, {c: s for c, s in states.items() if c not in self._skipped}
         return dict(self._states)
 
     def of(self, observed: Mapping[Component, Observation], rollout: Rollout | None) -> dict[Component, State]:

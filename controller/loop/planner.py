@@ -32,6 +32,7 @@ class Component(StrEnum):
     storage = "Storage"
     workload = "Workload"
     route = "Route"
+    dns = "Dns"
     backup = "Backup"
 
     @property
@@ -46,6 +47,8 @@ DEPENDS_ON: dict[Component, tuple[Component, ...]] = {
     Component.storage: (Component.infrastructure,),
     Component.workload: (Component.infrastructure, Component.database, Component.cache, Component.storage),
     Component.route: (Component.workload,),
+    # A domain the route was refused (another Project's, a public suffix) gets no record either.
+    Component.dns: (Component.route,),
     Component.backup: (Component.database, Component.storage),
 }
 # Declaration order above is a valid topological order.
@@ -54,6 +57,8 @@ ORDER: tuple[Component, ...] = tuple(DEPENDS_ON)
 DATA_COMPONENTS = frozenset({Component.database, Component.cache, Component.storage, Component.backup})
 # What deletionPolicy Retain keeps when the Project goes: the data, and the hosts made for it.
 RETAINED_ON_DELETE = DATA_COMPONENTS | {Component.infrastructure}
+# Desired only where the drivers have one: DNS is written only by a Platform that declares a server.
+OPTIONAL = frozenset({Component.dns})
 # Absent from the desired state only while the Project is suspended: then stopped, never deleted.
 STOPPED_WHEN_SUSPENDED = frozenset({Component.workload})
 
@@ -168,6 +173,9 @@ def desired_state(
         "maintenance": spec.suspended,
         "routeMatches": True,  # headers, compression, TLS: the whole rendered route
     }
+    if spec.environment.domains:
+        # The records the Project's marks are on, each pointing where the Platform's Caddy answers.
+        states[Component.dns] = {"names": sorted(spec.environment.domains), "recordsMatch": True}
     if spec.backup.enabled:
         # Nothing due, nothing unclaimed or cut short, nothing past retention, and the store in place: the
         # schedule itself is read from the spec by the driver (`controller.loop.backups`).
@@ -360,7 +368,7 @@ def plan(
             blocked[component] = f"waiting for {', '.join(stuck)}"
             if all(d in unsupported or d in parked or d in refused for d in stuck):
                 parked.add(component)
-                blocked[component] += " (no driver yet)"
+                blocked[component] += " (refused)" if any(d in refused for d in stuck) else " (no driver yet)"
             continue
         action = _converge(component, desired[component], seen, Component.workload in desired)
         if action is not None:

@@ -101,7 +101,7 @@ class Reconciler:
                             backup=spec.backup)  # fmt: skip
         work = Pass(observed=await self._observe(drivers, ctx), events=notices)
         acting = not project.paused and spec.management_policy is ManagementPolicy.Manage
-        desired = Desired(spec, allocations)
+        desired = Desired(spec, allocations, drivers)
         wanted = desired.base(work.observed).get(Component.workload)  # None: suspended
         now = datetime.now(UTC)
         if wanted is not None:

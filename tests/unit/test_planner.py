@@ -89,6 +89,7 @@ def test_crash_leftovers_resume_where_they_stopped() -> None:
         (Component.storage, Verb.create),
         (Component.workload, Verb.create),
         (Component.route, Verb.create),
+        (Component.dns, Verb.create),
         (Component.backup, Verb.create),
     ]
 
@@ -135,6 +136,7 @@ def test_deletion_runs_in_reverse_order_and_retains_data_and_hosts() -> None:
     seen = converged(desired())
     assert verbs(plan_deletion(seen, retain_data=True)) == [
         (Component.backup, Verb.release),
+        (Component.dns, Verb.delete),  # records are not data: they go whatever the policy
         (Component.route, Verb.delete),
         (Component.workload, Verb.delete),
         (Component.storage, Verb.release),
@@ -188,7 +190,7 @@ def test_unsupported_component_is_never_planned_and_parks_its_dependents() -> No
     assert verbs(result) == []  # nothing acts on a component no driver can observe
     assert result.unsupported == {Component.workload: "runtime local has no workload driver yet"}
     assert result.blocked[Component.route] == "waiting for Workload (no driver yet)"
-    assert result.parked == {Component.route} and not result.progressing
+    assert result.parked == {Component.route, Component.dns} and not result.progressing
 
 
 def test_blocked_behind_an_unobservable_component_keeps_progressing() -> None:
@@ -234,3 +236,10 @@ def test_fewer_hosts_wait_for_the_workload_to_leave_them_more_hosts_come_first()
     seen[Component.workload] = Observation(state=dict(one[Component.workload]))
     grow = plan(three, seen)
     assert verbs(grow)[0] == (Component.infrastructure, Verb.update) and grow.actions[0].requires_healthy == ()
+
+
+def test_dns_waits_for_the_route_so_a_refused_domain_gets_no_record() -> None:
+    want = desired()
+    refused = {Component.route: ("DomainTaken", "shop.example.com is team-b/shop's")}
+    result = plan(want, {**converged(want), Component.dns: Observation()}, refused=refused)
+    assert verbs(result) == [] and result.blocked[Component.dns] == "waiting for Route (refused)"
