@@ -23,6 +23,7 @@ from controller.claims.ledger import (
     encode_domain,
     port_candidates,
 )
+from controller.loop import naming
 from controller.loop.naming import ProjectKey
 from controller.loop.rollouts.bluegreen import blue_green
 from schemas.project import PORT_RANGES, DeletionPolicy, ProjectSpec, Provider, Runtime
@@ -131,7 +132,7 @@ def plan_claims(
         elif not drop:  # the feature is off and its data kept: so are the names that hold it
             kept.update({ledger: values for ledger, values in held.items() if ledger.startswith(f"ledger-{pool}")})
     domains_by_ledger: dict[str, list[str]] = {}
-    for domain in spec.environment.domains:
+    for domain in naming.served_domains(spec):
         domains_by_ledger.setdefault(name_ledger("domain", encode_domain(domain)), []).append(encode_domain(domain))
     for ledger, names in domains_by_ledger.items():
         claims[ledger] = NameSetRequest(holder, "domain", tuple(names), release=False)

@@ -18,6 +18,7 @@ from typing import Any
 
 from controller.clients.kube import KubeClient
 from controller.errors import RetryableError
+from controller.loop import naming
 from controller.loop.naming import ProjectKey
 from schemas.platform import NamespaceQuotas
 
@@ -110,5 +111,10 @@ def _member(item: dict[str, Any], platform: str | None, names_domain: bool = Fal
     if ((spec.get("servers") or {}).get("platform") or None) != platform:
         return None
     meta = item.get("metadata") or {}
-    domains = len((spec.get("environment") or {}).get("domains") or []) or (1 if names_domain else 0)
+    environment = spec.get("environment") or {}
+    named = [str(d) for d in environment.get("domains") or []]
+    routed = len(named) or (1 if names_domain else 0)
+    # With redirectWww each www name is routed too (a derived name has one; a wildcard has none).
+    wwws = (len(naming.www_redirects(named)) if named else routed) if environment.get("redirectWww") else 0
+    domains = routed + wwws
     return Member(str(meta.get("name")), str(meta.get("uid")), str(meta.get("creationTimestamp")), domains)

@@ -32,7 +32,7 @@ from controller.clients.caddy import CaddyAdmin, admin_client
 from controller.errors import RetryableError
 from controller.loop.interface import DriverContext
 from controller.loop.planner import Component, Observation, State
-from controller.specs.caddy import SERVER, SERVER_SETTINGS, render_route, render_server, route_id
+from controller.specs.caddy import SERVER, SERVER_SETTINGS, redirects_of, render_route, render_server, route_id
 
 
 class UpstreamFiles:
@@ -110,12 +110,15 @@ class CaddyDriver:
             return Observation()
         route = response.json()
         hosts = [h for m in route.get("match", []) for h in m.get("host", [])]
-        handlers = [h for r in route["handle"][0].get("routes", []) for h in r["handle"]]
+        # Redirects first, then the route that serves (`render_route`).
+        *redirecting, serving = route["handle"][0].get("routes", []) or [{}]
+        handlers = serving.get("handle", [])
         proxies = [h for h in handlers if h["handler"] == "reverse_proxy"]
         dials = [u["dial"] for p in proxies for u in p.get("upstreams", [])]
         upstreams = [self._files.read(d) for d in dials] if self._files is not None else dials
         maintenance = any(h["handler"] == "static_response" for h in handlers)
-        state = {"domains": hosts, "upstreams": upstreams, "maintenance": maintenance}
+        state = {"domains": hosts, "upstreams": upstreams, "maintenance": maintenance,
+                 "redirects": redirects_of(redirecting)}  # fmt: skip
         matches = route == render_route(ctx, state, self._dials(ctx, state)) and all(upstreams)
         return Observation(state={**state, "routeMatches": matches})
 

@@ -89,6 +89,22 @@ def routed(spec: ProjectSpec, platform_domain: str | None) -> ProjectSpec:
     return spec.model_copy(update={"environment": environment})
 
 
+def www_redirects(domains: list[str]) -> dict[str, str]:
+    """``www.<domain>`` for each domain that can have one and does not name it itself, to that domain."""
+    redirects = {f"www.{d}": d for d in domains if not d.startswith(("*.", "www."))}
+    return {www: d for www, d in redirects.items() if www not in domains}
+
+
+def redirects(spec: ProjectSpec) -> dict[str, str]:
+    """The names that answer a redirect to another of the Project's domains (``redirectWww``)."""
+    return www_redirects(list(spec.environment.domains)) if spec.environment.redirect_www else {}
+
+
+def served_domains(spec: ProjectSpec) -> list[str]:
+    """Every name the Project's route answers, redirects included: what it claims, routes and resolves."""
+    return [*spec.environment.domains, *redirects(spec)]
+
+
 def primary_url(spec: ProjectSpec) -> str | None:
     domains = spec.environment.domains
     return f"https://{domains[0]}" if domains else None

@@ -166,16 +166,18 @@ def desired_state(
         }
     if not spec.suspended:
         states[Component.workload] = _workload(spec, allocations, outputs.get(Component.infrastructure, {}))
+    served = naming.served_domains(spec)
     states[Component.route] = {
-        "domains": list(spec.environment.domains),
+        "domains": served,
         # Suspended: nothing runs, and every domain answers the maintenance page instead.
         "upstreams": [] if spec.suspended else list(outputs.get(Component.workload, {}).get("endpoints", [])),
         "maintenance": spec.suspended,
+        "redirects": naming.redirects(spec),  # www.<domain> -> <domain>
         "routeMatches": True,  # headers, compression, TLS: the whole rendered route
     }
-    if spec.environment.domains:
+    if served:
         # The records the Project's marks are on, each pointing where the Platform's Caddy answers.
-        states[Component.dns] = {"names": sorted(spec.environment.domains), "recordsMatch": True}
+        states[Component.dns] = {"names": sorted(served), "recordsMatch": True}
     if spec.backup.enabled:
         # Nothing due, nothing unclaimed or cut short, nothing past retention, and the store in place: the
         # schedule itself is read from the spec by the driver (`controller.loop.backups`).

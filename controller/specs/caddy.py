@@ -56,25 +56,42 @@ def render_route(ctx: DriverContext, desired: State, dials: list[str] | None = N
         if desired.get("maintenance")
         else {"handler": "reverse_proxy", "upstreams": [{"dial": dial} for dial in dials]}
     )
+    main = {
+        "handle": [
+            {"handler": "headers", "response": {"set": SECURITY_HEADERS, "deferred": True}},
+            {"handler": "encode", "encodings": {"zstd": {}, "gzip": {}}, "prefer": ["zstd", "gzip"]},
+            answer,
+        ]
+    }
+    redirects = [_redirect(www, to) for www, to in sorted(desired.get("redirects", {}).items())]
     return {
         "@id": route_id(ctx),
         "match": [{"host": list(desired["domains"])}],
-        "handle": [
-            {
-                "handler": "subroute",
-                "routes": [
-                    {
-                        "handle": [
-                            {"handler": "headers", "response": {"set": SECURITY_HEADERS, "deferred": True}},
-                            {"handler": "encode", "encodings": {"zstd": {}, "gzip": {}}, "prefer": ["zstd", "gzip"]},
-                            answer,
-                        ]
-                    }
-                ],
-            }
-        ],
+        "handle": [{"handler": "subroute", "routes": [*redirects, main]}],
         "terminal": True,
     }
+
+
+# Where a redirected name sends a request: the same path and query on the name it redirects to.
+REDIRECT_TARGET = "https://{to}{{http.request.uri}}"
+
+
+def _redirect(www: str, to: str) -> dict[str, Any]:
+    location = REDIRECT_TARGET.format(to=to)
+    answer = {"handler": "static_response", "status_code": 308, "headers": {"Location": [location]}}
+    return {"match": [{"host": [www]}], "terminal": True, "handle": [answer]}
+
+
+def redirects_of(routes: list[dict[str, Any]]) -> dict[str, str]:
+    """The redirects a route's subroutes answer (``render_route``'s, read back), by the name redirected."""
+    found = {}
+    for route in routes:
+        hosts = [h for m in route.get("match", []) for h in m.get("host", [])]
+        for handler in route.get("handle", []):
+            location = (handler.get("headers") or {}).get("Location", [""])[0]
+            if handler.get("handler") == "static_response" and handler.get("status_code") == 308 and len(hosts) == 1:
+                found[hosts[0]] = location.removeprefix("https://").removesuffix("{http.request.uri}")
+    return found
 
 
 # The operator's server, beside its routes. TLS on every listener, said outright: Caddy

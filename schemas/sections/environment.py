@@ -54,6 +54,14 @@ class Environment(CodebModel):
         description="Public hostnames routed to the application (HTTPS certificates are issued automatically).",
         max_length=20,
     )
+    redirect_www: bool = Field(
+        False,
+        description=(
+            "Also route www.<domain> for each domain (not a wildcard, not already www.), answering a permanent "
+            "redirect (308) to https://<domain> with the path and query kept; the www names are claimed like the "
+            "others and get DNS records where the Platform writes them."
+        ),
+    )
     pull_request: int | None = Field(
         None, description="Pull request number; required for preview.", ge=1, le=PULL_REQUEST_MAX
     )

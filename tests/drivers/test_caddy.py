@@ -221,3 +221,26 @@ async def test_plain_http_is_redirected_to_https_also_on_a_server_made_without_i
     assert location == f"https://shop.example.com:{caddy.https_port}/cart?id=7"
     # And HTTPS serves the app (once Caddy's internal CA has issued the name's certificate, in the background).
     wait_for(lambda: "hello via https" in https_get(caddy, "shop.example.com").stdout, timeout=15, what="HTTPS")
+
+
+async def test_www_names_redirect_to_their_domain_and_read_back_as_the_spec(
+    driver: CaddyDriver, caddy: CaddyServer, backend: int
+) -> None:
+    ctx, spec = context("shop", port=backend, environment={"type": "staging", "redirectWww": True,
+                        "domains": ["shop.example.com", "*.preview.example.com"]})  # fmt: skip
+    want = desired_state(spec, ctx.allocations, {Component.workload: {"endpoints": [f"127.0.0.1:{backend}"]}})
+    route = want[Component.route]
+    assert route["domains"] == ["shop.example.com", "*.preview.example.com", "www.shop.example.com"]
+    assert route["redirects"] == {"www.shop.example.com": "shop.example.com"}  # never a www. for a wildcard
+    await driver.apply(ctx, route)
+    assert (await driver.observe(ctx)).state == route
+    answer = wait_for(lambda: (r := https_get(caddy, "www.shop.example.com", "-o", "/dev/null", "-w",
+                                              "%{http_code} %{redirect_url}", path="/cart?id=7")).returncode == 0 and r,
+                      timeout=15, what="a TLS answer for the www name")  # fmt: skip
+    assert answer.stdout == "308 https://shop.example.com/cart?id=7"
+    wait_for(lambda: "hello via https for shop.example.com" in https_get(caddy, "shop.example.com").stdout,
+             timeout=15, what="the domain itself served")  # fmt: skip
+    # Turned off: the www name goes from the route.
+    plain = {**route, "domains": route["domains"][:2], "redirects": {}}
+    await driver.apply(ctx, plain)
+    assert (await driver.observe(ctx)).state == plain

@@ -109,3 +109,10 @@ def test_a_retained_feature_switched_off_keeps_its_name_wherever_it_is() -> None
     held = {name_ledger("database", "web_staging_db"): frozenset({"web_staging_db"})}
     plan = plan_claims(KEY, retained, held, port_request(KEY, retained))
     assert plan.keep(held, (4500,)) == {}
+
+
+def test_www_names_are_claimed_with_their_domains() -> None:
+    redirected = spec(environment={"type": "staging", "domains": ["a.example.com"], "redirectWww": True})
+    plan = plan_claims(KEY, redirected, {}, port_request(KEY, redirected))
+    claimed = {n for r in plan.claims.values() if isinstance(r, NameSetRequest) for n in r.names}
+    assert claimed == {encode_domain("a.example.com"), encode_domain("www.a.example.com")}

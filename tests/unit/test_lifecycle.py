@@ -35,7 +35,7 @@ def test_suspended_stops_the_workload_and_routes_every_domain_to_the_maintenance
     stopped = desired_state(spec(suspended=True), ALLOC, {Component.workload: {"endpoints": ["127.0.0.1:4512"]}})
     assert Component.workload not in stopped
     assert stopped[Component.route] == {"domains": ["shop.example.com"], "upstreams": [], "maintenance": True,
-                                        "routeMatches": True}  # fmt: skip
+                                        "redirects": {}, "routeMatches": True}  # fmt: skip
     steps = plan(stopped, world)
     # The route answers the page without waiting for a workload that is going; the workload is stopped,
     # never deleted, whatever deletionPolicy says.

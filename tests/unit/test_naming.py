@@ -72,3 +72,15 @@ def test_a_platform_domain_names_projects_that_name_none() -> None:
     assert widest is not None and len(widest) == 200  # the longest a Platform may name
     made = naming.platform_domain_name(ProjectSpec.model_validate(longest), widest)
     assert len(made) <= 253 and all(len(label) <= 63 for label in made.split("."))
+
+
+def test_www_names_redirect_to_the_domains_that_can_have_one() -> None:
+    raw = project_spec(environment={"type": "staging", "redirectWww": True,
+                                    "domains": ["shop.example.com", "*.x.example.com", "www.blog.example.com",
+                                                "blog.example.com"]})  # fmt: skip
+    spec = ProjectSpec.model_validate(raw)
+    # A wildcard has no www name, a www. name none of its own, and one named outright is served, not redirected.
+    assert naming.redirects(spec) == {"www.shop.example.com": "shop.example.com"}
+    assert naming.served_domains(spec)[-1] == "www.shop.example.com"
+    raw["environment"]["redirectWww"] = False
+    assert naming.redirects(ProjectSpec.model_validate(raw)) == {}

@@ -62,3 +62,12 @@ def test_a_project_named_by_its_platforms_domain_counts_that_domain() -> None:
     assert named is not None and unnamed is not None and (named.domains, unnamed.domains) == (1, 0)
     item["spec"]["environment"]["domains"] = ["a.example.com", "b.example.com"]
     assert (member := _member(item, "edge", names_domain=True)) is not None and member.domains == 2
+
+
+def test_www_names_count_against_the_domain_quota() -> None:
+    environment = {"domains": ["a.example.com", "*.b.example.com"], "redirectWww": True}
+    item = {"metadata": {"name": "shop", "uid": "u1", "creationTimestamp": "2026-12-03T10:00:00Z"},
+            "spec": {"servers": {"platform": "edge"}, "environment": environment}}  # fmt: skip
+    assert (member := _member(item, "edge")) is not None and member.domains == 3
+    item["spec"]["environment"]["domains"] = []  # the Platform's name, and its www
+    assert (member := _member(item, "edge", names_domain=True)) is not None and member.domains == 2
