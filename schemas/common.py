@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated
 
@@ -64,9 +65,30 @@ PortNumber = Annotated[int, Field(ge=1, le=65535)]
 
 class Template(StrEnum):
     nextjs = "nextjs"
-    node = "node"
+    nodejs = "nodejs"
+    node = "node"  # the first spelling; the same as nodejs
+    python = "python"
     static = "static"
     container = "container"
+
+
+@dataclass(frozen=True)
+class TemplateDefaults:
+    """What a template presets: the settings a manifest leaves out (one it states always wins)."""
+
+    container_port: int
+    health_path: str
+
+
+# Every application the seeds describe answers GET /api/health; a static site has only its pages.
+TEMPLATE_DEFAULTS: dict[Template, TemplateDefaults] = {
+    Template.nextjs: TemplateDefaults(3000, "/api/health"),  # `next start`'s port
+    Template.nodejs: TemplateDefaults(3000, "/api/health"),
+    Template.node: TemplateDefaults(3000, "/api/health"),
+    Template.python: TemplateDefaults(8000, "/api/health"),  # gunicorn's and uvicorn's usual port
+    Template.static: TemplateDefaults(8080, "/"),  # a static server: its index page is its health
+    Template.container: TemplateDefaults(3000, "/api/health"),
+}
 
 
 class EnvironmentType(StrEnum):

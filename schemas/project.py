@@ -33,6 +33,7 @@ from schemas.common import (
     PULL_REQUEST_MAX,
     RENAME_WHY,
     SLUG_MAX_LENGTH,
+    TEMPLATE_DEFAULTS,
     ApplyMode,
     BackupTarget,
     DeletionPolicy,
@@ -188,6 +189,16 @@ class ProjectSpec(CodebModel):
         pattern=RESTART_TOKEN,
         max_length=64,
     )
+
+    @property
+    def container_port(self) -> int:
+        """The port the application listens on: as stated, else its template's."""
+        return self.resources.container_port or TEMPLATE_DEFAULTS[self.project.template].container_port
+
+    @property
+    def health_path(self) -> str:
+        """The path its health is checked at: as stated, else its template's."""
+        return self.monitoring.health_path or TEMPLATE_DEFAULTS[self.project.template].health_path
 
 
 def spec_from_body(body: dict[str, Any]) -> ProjectSpec:

@@ -235,14 +235,14 @@ def _container_workload(spec: ProjectSpec, allocations: Allocations) -> State:
         "git": source.git.model_dump(mode="json") if source.git else None,
         "revision": spec.project.revision,
         "port": allocations.port,
-        "containerPort": spec.resources.container_port,
+        "containerPort": spec.container_port,
         "replicas": spec.resources.replicas,
         "cpu": spec.resources.cpu,
         "memory": spec.resources.memory,
         "variables": dict(sorted(spec.environment.variables.items())),
         "secretRefs": sorted(ref.name for ref in spec.environment.secret_refs),
         "connectionSecret": allocations.connection_secret,
-        "healthPath": spec.monitoring.health_path,
+        "healthPath": spec.health_path,
         **_restart(spec),
     }
 
@@ -329,7 +329,7 @@ def _local_workload(spec: ProjectSpec, allocations: Allocations) -> State:
         "secretRefs": sorted(ref.name for ref in spec.environment.secret_refs),
         "optionalSecretRefs": sorted(ref.name for ref in spec.environment.secret_refs if ref.optional),
         "connectionSecret": allocations.connection_secret,
-        "healthPath": spec.monitoring.health_path,
+        "healthPath": spec.health_path,
         # The process runs with the credentials the Secrets hold now: a rotation is drift.
         "environmentCurrent": True,
         **_restart(spec),

@@ -20,9 +20,12 @@ class Alerts(CodebModel):
 
 
 class Monitoring(CodebModel):
-    health_path: str = Field(
-        "/api/health",
-        description="HTTP path that answers 200 when the application is healthy.",
+    health_path: str | None = Field(
+        None,
+        description=(
+            "HTTP path that answers 200 when the application is healthy. Unset: its template's (project.template: "
+            "/api/health, as the seeds' applications answer; static /)."
+        ),
         pattern=HTTP_PATH,
         max_length=256,
     )

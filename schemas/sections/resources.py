@@ -22,7 +22,13 @@ class Resources(CodebModel):
         ge=1024,
         le=65535,
     )
-    container_port: PortNumber = Field(3000, description="Port the application listens on inside its container.")
+    container_port: PortNumber | None = Field(
+        None,
+        description=(
+            "Port the application listens on inside its container (and PORT it is given). Unset: its template's "
+            "(project.template: nextjs, nodejs, node and container 3000; python 8000; static 8080)."
+        ),
+    )
     cpu: str = Field("500m", description="CPU limit per replica, e.g. 500m or 2.", pattern=CPU_QUANTITY, max_length=16)
     memory: str = Field(
         "512Mi", description="Memory limit per replica, e.g. 512Mi or 2Gi.", pattern=MEMORY_QUANTITY, max_length=16

@@ -11,11 +11,12 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from controller.cli.main import generated_files, validate_documents
+from controller.loop.planner import Component, desired_state
 from controller.loop.status import format_validation_error
 from schemas.base import CRON, matches
 from schemas.crd import SchemaTranslationError, project_crd, to_structural
 from schemas.platform import PlatformSpec
-from schemas.project import ProjectSpec, ProjectStatus
+from schemas.project import Allocations, ProjectSpec, ProjectStatus
 from tests.bad_manifests import CORPUS, BadManifest
 from tests.factories import project_spec
 
@@ -122,3 +123,19 @@ def test_round_trip_uses_camel_case() -> None:
     spec = ProjectSpec.model_validate(yaml.safe_load(EXAMPLES[0].read_text())["spec"])
     dumped = spec.model_dump(by_alias=True, exclude_none=True)
     assert "pullRequest" in dumped["environment"] and "loadBalancer" in dumped["servers"]
+
+
+@pytest.mark.parametrize(("template", "port", "health"), [
+    ("nextjs", 3000, "/api/health"), ("nodejs", 3000, "/api/health"), ("node", 3000, "/api/health"),
+    ("python", 8000, "/api/health"), ("static", 8080, "/"), ("container", 3000, "/api/health"),
+])  # fmt: skip
+def test_a_template_presets_what_the_manifest_leaves_out_and_what_it_states_wins(
+    template: str, port: int, health: str
+) -> None:
+    raw = project_spec()
+    raw["project"]["template"] = template
+    preset = desired_state(ProjectSpec.model_validate(raw), Allocations(port=4500))[Component.workload]
+    assert (preset["healthPath"], ProjectSpec.model_validate(raw).container_port) == (health, port)
+    raw |= {"resources": {"containerPort": 9000}, "monitoring": {"healthPath": "/ready"}}
+    stated = ProjectSpec.model_validate(raw)
+    assert (stated.container_port, stated.health_path) == (9000, "/ready")
