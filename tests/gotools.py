@@ -43,3 +43,24 @@ def judged(name: str, objects: list[dict[str, Any]], *args: str) -> list[dict[st
                          check=False)  # fmt: skip
     assert ran.returncode == 0, f"{name}: {ran.stderr[-2000:]}"
     return [json.loads(line) for line in ran.stdout.splitlines()]
+
+
+# The Prometheus Operator release whose CRDs the tests install (its module carries them as YAML).
+PROMETHEUS_OPERATOR = "github.com/prometheus-operator/prometheus-operator@v0.87.1"
+
+
+def module_dir(module: str) -> Path:
+    """Where Go module ``module`` (path@version) is unpacked, fetched through the module proxy if need be."""
+    go = shutil.which("go")
+    assert go, "Go is needed to fetch " + module + " (from the Go module proxy)"
+    done = subprocess.run([go, "mod", "download", "-json", module], capture_output=True, text=True, timeout=600,
+                          check=False)  # fmt: skip
+    assert done.returncode == 0, f"go mod download {module}: {done.stdout[-1000:]}{done.stderr[-1000:]}"
+    return Path(json.loads(done.stdout)["Dir"])
+
+
+def prometheus_rule_crd() -> Path:
+    """The real PrometheusRule CRD, as the Prometheus Operator installs it."""
+    return (
+        module_dir(PROMETHEUS_OPERATOR) / "example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml"
+    )

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from controller.local.cluster import find_binary, free_port
 from controller.local.platform import postgres_bin, wait_minio_ready, wait_port
 
@@ -234,3 +236,48 @@ def start_powerdns() -> PowerDnsServer:
         raise RuntimeError("PowerDNS not installed: run deploy/dev test (pdns-server pdns-backend-sqlite3 dnsutils)")
     root = Path(tempfile.mkdtemp(prefix="codeb-pdns-"))
     return PowerDnsServer(root, free_port(), free_port(), secrets.token_urlsafe(16)).start()
+
+
+@dataclass
+class PrometheusServer(_Spawned):
+    """Prometheus (Debian's prometheus package) scraping ``targets`` every second with ``rules`` loaded."""
+
+    root: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, targets: list[str], rules: dict[str, Any]) -> PrometheusServer:
+        (self.root / "rules.yaml").write_text(json.dumps(rules))  # JSON is YAML
+        config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"}, "rule_files": ["rules.yaml"],
+                  "scrape_configs": [{"job_name": "caddy", "static_configs": [{"targets": targets}]}]}  # fmt: skip
+        (self.root / "prometheus.yml").write_text(json.dumps(config))
+        binary = shutil.which("prometheus") or "/usr/bin/prometheus"
+        args = [binary, f"--config.file={self.root / 'prometheus.yml'}", f"--storage.tsdb.path={self.root / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}"]  # fmt: skip
+        self.proc = _spawn(args, self.root, self.port, timeout=60)
+        return self
+
+    def firing(self) -> list[dict[str, Any]]:
+        """The alerts firing now, as its API says."""
+        alerts = httpx.get(f"{self.url}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+        return [a for a in alerts if a["state"] == "firing"]
+
+    def explain(self) -> str:
+        """What it scraped and how its rules evaluated: for a failed test's message."""
+        query = httpx.get(f"{self.url}/api/v1/query", params={"query": "caddy_http_request_duration_seconds_count"},
+                          timeout=10).json()  # fmt: skip
+        rules = httpx.get(f"{self.url}/api/v1/rules", timeout=10).json()
+        targets = httpx.get(f"{self.url}/api/v1/targets", timeout=10).json()
+        return json.dumps({"series": query, "rules": rules, "targets": targets})[:6000]
+
+    def stop(self) -> None:
+        super().stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_prometheus(targets: list[str], rules: dict[str, Any]) -> PrometheusServer:
+    root = Path(tempfile.mkdtemp(prefix="codeb-prometheus-"))
+    return PrometheusServer(root, free_port()).start(targets, rules)

@@ -59,16 +59,19 @@ BODY_BYTES = 64 * 1024
 
 async def read_bounded(
     client: httpx.AsyncClient, method: str, url: str, timeout: float | None, read_body: Callable[[int], bool],
-    json_body: object = None, headers: dict[str, str] | None = None, limit: int = BODY_BYTES,
+    json_body: object = None, headers: dict[str, str] | None = None, limit: int = BODY_BYTES, sni: str | None = None,
 ) -> tuple[int, str]:  # fmt: skip
     """One request to an endpoint a Project controls: its status, and at most ``limit`` bytes of its body
-    (when ``read_body(status)``), all within ``timeout`` (the client's own when None)."""
+    (when ``read_body(status)``), all within ``timeout`` (the client's own when None). ``sni``: the name TLS
+    sends and verifies when the URL names the address it was resolved to (`resolve_target`)."""
     total = timeout if timeout is not None else (client.timeout.read or 30.0)
 
     async def request() -> tuple[int, str]:
         # Raw bytes, asked for uncompressed: a compressed answer could be small on the wire and huge in memory.
         sent = {**(headers or {}), "Accept-Encoding": "identity"}
-        async with client.stream(method, url, json=json_body, timeout=total, headers=sent) as response:
+        extensions = {"sni_hostname": sni} if sni else None
+        async with client.stream(method, url, json=json_body, timeout=total, headers=sent,
+                                 extensions=extensions) as response:  # fmt: skip
             if not read_body(response.status_code):
                 return response.status_code, ""
             chunks, size = [], 0

@@ -32,7 +32,15 @@ from controller.clients.caddy import CaddyAdmin, admin_client
 from controller.errors import RetryableError
 from controller.loop.interface import DriverContext
 from controller.loop.planner import Component, Observation, State
-from controller.specs.caddy import SERVER, SERVER_SETTINGS, redirects_of, render_route, render_server, route_id
+from controller.specs.caddy import (
+    HTTP_METRICS,
+    SERVER,
+    SERVER_SETTINGS,
+    redirects_of,
+    render_route,
+    render_server,
+    route_id,
+)
 
 
 class UpstreamFiles:
@@ -150,14 +158,21 @@ class CaddyDriver:
             self._files.remove(ctx)
 
     async def _ensure_server(self) -> None:
-        """Create the operator's server (and any missing parent) without touching anything else."""
+        """Create the operator's server (and any missing parent), and turn on per-host request metrics, without
+        touching anything else."""
         config = (await self._request("GET", "/config/")).json() or {}
         apps = config.get("apps")
+        http = {"servers": {SERVER: render_server(self._listen)}, "metrics": HTTP_METRICS}
         if apps is None:
-            await self._checked("POST", "/config/apps", {"http": {"servers": {SERVER: render_server(self._listen)}}})
-        elif "http" not in apps:
-            await self._checked("POST", "/config/apps/http", {"servers": {SERVER: render_server(self._listen)}})
-        elif SERVER not in apps["http"].get("servers", {}):
+            await self._checked("POST", "/config/apps", {"http": http})
+            return
+        if "http" not in apps:
+            await self._checked("POST", "/config/apps/http", http)
+            return
+        if apps["http"].get("metrics") != HTTP_METRICS:
+            method = "PATCH" if "metrics" in apps["http"] else "PUT"
+            await self._checked(method, "/config/apps/http/metrics", HTTP_METRICS)
+        if SERVER not in apps["http"].get("servers", {}):
             await self._checked("POST", f"/config/apps/http/servers/{SERVER}", render_server(self._listen))
         else:  # a server made by an earlier release (its redirect off, its TLS implied): set as it is now
             server = apps["http"]["servers"][SERVER]

@@ -75,6 +75,12 @@ class PlatformServices(Protocol):
     async def sweep(self) -> int: ...
 
 
+class AlertRules(Driver, Protocol):
+    """The alerts driver (`controller.drivers.alerts`): offered only where its objects can exist."""
+
+    async def available(self) -> bool: ...
+
+
 # Infrastructure by provider, or by provider and runtime where the runtime decides what
 # there is to find (existing hosts for quadlet, an existing cluster for kubernetes).
 InfrastructureDrivers = Mapping[Provider | tuple[Provider, Runtime], Driver]
@@ -91,6 +97,8 @@ class DriverRegistry:
     unplaced_quotas: tuple[NamespaceQuotas, QuotaCheck] | None = None
     # The copies of the Secrets teardown needs; the operator forgets a Project's once it is gone.
     kept: KeptSecrets | None = None
+    # Each Project's alert rules as a PrometheusRule, where the cluster serves them.
+    alerts: AlertRules | None = None
 
     async def __call__(self, placement: Placement) -> Drivers:
         provider, runtime = placement.provider, placement.runtime
@@ -102,6 +110,8 @@ class DriverRegistry:
             or NotImplementedDriver(Component.workload, _missing_runtime(runtime)),
         }
         drivers.update(await self._shared(placement.platform, placement.namespace))
+        if self.alerts is not None and await self.alerts.available():
+            drivers[Component.alerts] = self.alerts
         return {component: drivers[component] for component in ORDER if component in drivers}
 
     async def sweep(self) -> int:

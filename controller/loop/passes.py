@@ -133,7 +133,7 @@ class Desired:
 
     def __init__(self, spec: ProjectSpec, allocations: Allocations, drivers: Collection[Component] = ORDER) -> None:
         self._spec, self._allocations = spec, allocations
-        # Optional components (DNS) are desired only where there is a driver for them.
+        # Optional components (DNS, alert rules) are desired only where there is a driver for them.
         self._skipped = OPTIONAL - set(drivers)
         self._outputs: dict[Component, Mapping[str, Any]] | None = None
         self._states: dict[Component, State] = {}

@@ -13,16 +13,17 @@ healthy, backups once there is data to back up.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any
 
 from controller.loop import naming
-from schemas.project import Allocations, ProjectSpec, Provider, Runtime, Servers
 
-State = Mapping[str, Any]
+# State (plain data, what every component's desired and observed state is) is defined beside the workload's,
+# which this module builds on, and is this module's to export.
+from controller.loop.workload_states import State as State
+from controller.loop.workload_states import workload_state
+from schemas.project import Allocations, ProjectSpec, Provider, Runtime, Servers
 
 
 class Component(StrEnum):
@@ -33,6 +34,7 @@ class Component(StrEnum):
     workload = "Workload"
     route = "Route"
     dns = "Dns"
+    alerts = "Alerts"
     backup = "Backup"
 
     @property
@@ -49,6 +51,7 @@ DEPENDS_ON: dict[Component, tuple[Component, ...]] = {
     Component.route: (Component.workload,),
     # A domain the route was refused (another Project's, a public suffix) gets no record either.
     Component.dns: (Component.route,),
+    Component.alerts: (Component.route,),
     Component.backup: (Component.database, Component.storage),
 }
 # Declaration order above is a valid topological order.
@@ -57,8 +60,9 @@ ORDER: tuple[Component, ...] = tuple(DEPENDS_ON)
 DATA_COMPONENTS = frozenset({Component.database, Component.cache, Component.storage, Component.backup})
 # What deletionPolicy Retain keeps when the Project goes: the data, and the hosts made for it.
 RETAINED_ON_DELETE = DATA_COMPONENTS | {Component.infrastructure}
-# Desired only where the drivers have one: DNS is written only by a Platform that declares a server.
-OPTIONAL = frozenset({Component.dns})
+# Desired only where the drivers have one: DNS is written only by a Platform that declares a server, alert
+# rules only in a cluster that serves PrometheusRules.
+OPTIONAL = frozenset({Component.dns, Component.alerts})
 # Absent from the desired state only while the Project is suspended: then stopped, never deleted.
 STOPPED_WHEN_SUSPENDED = frozenset({Component.workload})
 
@@ -165,7 +169,7 @@ def desired_state(
             "loginWorks": True,
         }
     if not spec.suspended:
-        states[Component.workload] = _workload(spec, allocations, outputs.get(Component.infrastructure, {}))
+        states[Component.workload] = workload_state(spec, allocations, outputs.get(Component.infrastructure, {}))
     served = naming.served_domains(spec)
     states[Component.route] = {
         "domains": served,
@@ -178,6 +182,11 @@ def desired_state(
     if served:
         # The records the Project's marks are on, each pointing where the Platform's Caddy answers.
         states[Component.dns] = {"names": sorted(served), "recordsMatch": True}
+    if served and not spec.suspended:  # stopped on purpose: its maintenance page's 503s are no alarm
+        alerts = spec.monitoring.alerts
+        states[Component.alerts] = {"hosts": sorted(served), "errorRatePercent": alerts.error_rate_percent,
+                                    "latencyP95Ms": alerts.latency_p95_ms, "forSeconds": alerts.for_seconds,
+                                    "rulesMatch": True}  # fmt: skip
     if spec.backup.enabled:
         # Nothing due, nothing unclaimed or cut short, nothing past retention, and the store in place: the
         # schedule itself is read from the spec by the driver (`controller.loop.backups`).
@@ -216,124 +225,6 @@ def infrastructure_state(servers: Servers) -> State:
 def host_count(servers: Servers) -> int:
     """Hosts to make: the fixed count, or the fewest when autoscaling."""
     return servers.count if servers.count is not None else (servers.min or 1)
-
-
-def _workload(spec: ProjectSpec, allocations: Allocations, infrastructure: State) -> State:
-    if spec.servers.runtime is Runtime.local:
-        return _local_workload(spec, allocations)
-    if spec.servers.runtime is Runtime.kubernetes:
-        return _kubernetes_workload(spec, allocations)
-    return _quadlet_workload(spec, allocations, infrastructure)
-
-
-def _container_workload(spec: ProjectSpec, allocations: Allocations) -> State:
-    source = spec.project.source
-    return {
-        "instance": naming.instance_name(spec),
-        "runtime": spec.servers.runtime.value,
-        "image": source.image,
-        "git": source.git.model_dump(mode="json") if source.git else None,
-        "revision": spec.project.revision,
-        "port": allocations.port,
-        "containerPort": spec.container_port,
-        "replicas": spec.resources.replicas,
-        "cpu": spec.resources.cpu,
-        "memory": spec.resources.memory,
-        "variables": dict(sorted(spec.environment.variables.items())),
-        "secretRefs": sorted(ref.name for ref in spec.environment.secret_refs),
-        "connectionSecret": allocations.connection_secret,
-        "healthPath": spec.health_path,
-        **_restart(spec),
-    }
-
-
-def _restart(spec: ProjectSpec) -> State:
-    """`codeb restart`'s token, part of the release so that a new one deploys again; absent when never set,
-    so the release of every Project never restarted stays what it was."""
-    return {"restartedAt": spec.restarted_at} if spec.restarted_at else {}
-
-
-def _quadlet_workload(spec: ProjectSpec, allocations: Allocations, infrastructure: State) -> State:
-    """One Quadlet unit per host (`controller.drivers.quadlet`), on the hosts the infrastructure was seen to have.
-
-    The units themselves depend on what each host's podman and kernel support, so
-    whether they match is the driver's to judge (``unitsMatch``).
-    """
-    state = {k: v for k, v in _container_workload(spec, allocations).items() if k != "replicas"}
-    return {
-        **state,
-        "hosts": sorted(host["address"] for host in infrastructure.get("hosts", [])),
-        "optionalSecretRefs": sorted(ref.name for ref in spec.environment.secret_refs if ref.optional),
-        "probeIntervalSeconds": spec.monitoring.probe_interval_seconds,
-        "environmentCurrent": True,
-        "unitsMatch": True,
-    }
-
-
-def _kubernetes_workload(spec: ProjectSpec, allocations: Allocations) -> State:
-    """A Deployment, Service, PodDisruptionBudget and (with servers.min/max) an autoscaler.
-
-    With an autoscaler the replica count is its business, so the state does not fix one.
-    """
-    servers, features = spec.servers, spec.features
-    autoscaling = {"min": servers.min, "max": servers.max} if servers.min is not None else None
-    uses_services = any(f is not None and f.enabled for f in (features.database, features.redis, features.storage))
-    return {
-        **_container_workload(spec, allocations),
-        "replicas": None if autoscaling else spec.resources.replicas,
-        "autoscaling": autoscaling,
-        "optionalSecretRefs": sorted(ref.name for ref in spec.environment.secret_refs if ref.optional),
-        # No data service, no connection Secret: Pods must not wait for one that never comes.
-        "connectionSecret": allocations.connection_secret if uses_services else None,
-        "probeIntervalSeconds": spec.monitoring.probe_interval_seconds,
-        **_kubernetes_gate(spec),
-        # The release a failed rollout was rolled back from: none while the spec's own runs.
-        "heldBack": None,
-        "environmentCurrent": True,
-        "objectsMatch": True,
-    }
-
-
-def _kubernetes_gate(spec: ProjectSpec) -> State:
-    """The rollout's health gate as the Deployment's rolling update enforces it: a new Pod takes traffic
-    (is ready) after healthyThreshold passing checks, and a rollout that is not done within
-    startTimeoutSeconds is reported failed. Kubernetes counts whole seconds, at least one."""
-    rollout = spec.project.rollout
-    gate = rollout.health_check
-    return {
-        "readinessGate": {
-            "periodSeconds": max(1, math.ceil(gate.interval_seconds)),
-            "timeoutSeconds": max(1, math.ceil(gate.timeout_seconds)),
-            "successThreshold": gate.healthy_threshold,
-            "failureThreshold": gate.unhealthy_threshold,
-        },
-        "progressDeadlineSeconds": max(1, math.ceil(rollout.start_timeout_seconds)),
-    }
-
-
-def _local_workload(spec: ProjectSpec, allocations: Allocations) -> State:
-    """One supervised process on the operator's machine (`controller.drivers.processes`).
-
-    cpu, memory and replicas are not here: a local process is neither limited nor
-    replicated, and a state that listed them would claim what nobody enforces.
-    """
-    source = spec.project.source
-    return {
-        "instance": naming.instance_name(spec),
-        "runtime": Runtime.local.value,
-        "command": list(source.command or []),
-        "workingDir": source.working_dir,
-        "revision": spec.project.revision,
-        "port": allocations.port,
-        "variables": dict(sorted(spec.environment.variables.items())),
-        "secretRefs": sorted(ref.name for ref in spec.environment.secret_refs),
-        "optionalSecretRefs": sorted(ref.name for ref in spec.environment.secret_refs if ref.optional),
-        "connectionSecret": allocations.connection_secret,
-        "healthPath": spec.health_path,
-        # The process runs with the credentials the Secrets hold now: a rotation is drift.
-        "environmentCurrent": True,
-        **_restart(spec),
-    }
 
 
 def _changed_keys(desired: State, observed: State) -> list[str]:

@@ -39,7 +39,9 @@ from controller.loop.reconciler import (
 from controller.loop.status import format_validation_error, load_status, set_condition, status_patch
 from controller.loop.summary import kstatus_conditions
 from controller.operator.config import OperatorConfig
+from controller.operator.expectations import Expected
 from controller.operator.metrics import Metrics
+from controller.operator.notify import Notifier
 from controller.operator.retries import Backoff, Retries
 from controller.operator.runs import Housekeeping, run_news, wake_its_project
 from schemas.backups import BACKUP_PLURAL, RESTORE_PLURAL
@@ -82,44 +84,7 @@ class Runtime:
     housekeeping: Housekeeping = field(default_factory=lambda: Housekeeping(None))
     # Copies of the Secrets teardown needs (`KeptSecrets`): a Project's go with it.
     kept: KeptSecrets | None = None
-
-
-# A write not seen in a body after this long failed or was overtaken: the body is believed again.
-EXPECTATION_SECONDS = 60.0
-
-
-@dataclass
-class Expected:
-    """Status a pass wrote that the bodies kopf hands over may not show yet.
-
-    Kubernetes' own controllers keep "expectations" for the same reason: a body is a
-    snapshot from the watch, and a handler that waited on the Project's lock while another
-    pass wrote status holds one from before that write (as does a retry that reads the
-    object before kopf has applied the last handler's patch). A pass that read it would
-    act on a superseded record, e.g. restart a colour the last pass stopped when its
-    rollout failed. Until a body shows the write, the write is what status is.
-    """
-
-    changes: dict[str, Any]  # top-level status keys as written (None: removed)
-    until: float
-
-    @staticmethod
-    def status(runtime: Runtime, uid: str, stored: dict[str, Any], now: float) -> dict[str, Any]:
-        """``stored`` with this Project's writes that it does not show yet."""
-        expected = runtime.expected.get(uid)
-        if expected is None:
-            return stored
-        if now > expected.until or all(stored.get(k) == v for k, v in expected.changes.items()):
-            del runtime.expected[uid]  # caught up (or given up on): the body is the truth again
-            return stored
-        merged = {**stored, **expected.changes}
-        return {k: v for k, v in merged.items() if v is not None}
-
-    @staticmethod
-    def wrote(runtime: Runtime, uid: str, changes: dict[str, Any], now: float) -> None:
-        pending = runtime.expected.get(uid)
-        earlier = pending.changes if pending is not None else {}
-        runtime.expected[uid] = Expected({**earlier, **changes}, now + EXPECTATION_SECONDS)
+    notifier: Notifier | None = None  # deploy news to the Projects' receivers
 
 
 class StatusDiffBase(kopf.StatusDiffBaseStorage):
@@ -215,6 +180,8 @@ def post_events(runtime: Runtime, body: kopf.Body, outcome: Outcome, status_chan
             runtime.metrics.drift_repairs.labels(action.component.value).inc()
     if outcome.rollout is not None:
         runtime.metrics.record_rollout(outcome.rollout.checks, outcome.rollout.finished)
+    if runtime.notifier is not None:
+        runtime.notifier.tell(_key(body), dict(body.get("spec") or {}), outcome)
     runtime.metrics.set_phase(body.metadata.uid or "", outcome.status.phase)
     uid, namespace, name = body.metadata.uid or "", body.metadata.namespace or "", body.metadata.name or ""
     runtime.metrics.record_backup(uid, namespace, name, outcome.status.backup)

@@ -19,6 +19,10 @@ class Metrics:
             "codeb_actions_total", "Driver actions by component, verb and result.",
             ["component", "verb", "result"], registry=self.registry,
         )  # fmt: skip
+        self.notifications = Counter(
+            "codeb_notifications_total", "Deploy notifications to Projects' receivers, by result (sent, failed, "
+            "dropped).", ["result"], registry=self.registry,
+        )  # fmt: skip
         self.drift_repairs = Counter(
             "codeb_drift_repairs_total", "Actions taken by the drift timer.", ["component"], registry=self.registry
         )

@@ -34,6 +34,7 @@ def operator_drivers(kube: KubeClient, config: OperatorConfig) -> DriverSource:
     from controller.clients.hostkeys import HostKeys
     from controller.clients.kept_secrets import KeptSecrets
     from controller.clients.ssh import SshPool
+    from controller.drivers.alerts import PrometheusRules
     from controller.drivers.backups import Runs
     from controller.drivers.clusters import TargetClusters
     from controller.drivers.platforms import PlatformDrivers
@@ -53,6 +54,7 @@ def operator_drivers(kube: KubeClient, config: OperatorConfig) -> DriverSource:
         workload=workload_drivers(kube, config, ssh, clusters, kept.read),
         unplaced_quotas=(unplaced, QuotaCheck(kube)),
         kept=kept,
+        alerts=PrometheusRules(kube),
     )
 
 
@@ -114,6 +116,7 @@ def run_operator(make_drivers: Callable[[KubeClient, OperatorConfig], DriverSour
     from controller.operator.handlers import Runtime, build_registry
     from controller.operator.logs import configure_logging
     from controller.operator.metrics import Metrics
+    from controller.operator.notify import Notifier
     from controller.operator.retries import Backoff, Retries
     from controller.operator.runs import Housekeeping
 
@@ -132,9 +135,11 @@ def run_operator(make_drivers: Callable[[KubeClient, OperatorConfig], DriverSour
     claims = ClaimStore(kube, config.claims_namespace, config.reserved_ports, local_port_free)
     retries = Retries(Backoff(cap=config.retry_max_seconds))
     drivers = make_drivers(kube, config)
-    runtime = Runtime(config, Reconciler(drivers, claims, kube.namespace_terminating), Metrics(), kube, retries,
+    metrics = Metrics()
+    notifier = Notifier(kube, config.allow_internal_targets, counted=metrics.notifications)
+    runtime = Runtime(config, Reconciler(drivers, claims, kube.namespace_terminating), metrics, kube, retries,
                       housekeeping=Housekeeping(getattr(drivers, "sweep", None)),
-                      kept=getattr(drivers, "kept", None))  # fmt: skip
+                      kept=getattr(drivers, "kept", None), notifier=notifier)  # fmt: skip
     asyncio.run(
         kopf.operator(
             registry=build_registry(runtime),

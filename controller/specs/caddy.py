@@ -102,5 +102,10 @@ def redirects_of(routes: list[dict[str, Any]]) -> dict[str, str]:
 SERVER_SETTINGS: dict[str, Any] = {"automatic_https": {}, "tls_connection_policies": [{}]}
 
 
+# Caddy's request metrics, per host: each Project's traffic as its users see it, what its alert rules
+# (`controller.specs.alerts`) read. A setting of the http app, so of every server of that Caddy.
+HTTP_METRICS: dict[str, Any] = {"per_host": True}
+
+
 def render_server(listen: list[str]) -> dict[str, Any]:
     return {"listen": listen, "routes": [], **SERVER_SETTINGS}

@@ -1,13 +1,47 @@
-"""Section ``monitoring``: the health path, metrics and alert thresholds."""
+"""Section ``monitoring``: the health path, metrics, alert thresholds and who hears of deploys."""
 
 from __future__ import annotations
+
+from enum import StrEnum
 
 from pydantic import Field
 
 from schemas.base import (
+    DNS_LABEL,
     HTTP_PATH,
     CodebModel,
 )
+
+
+class ReceiverKind(StrEnum):
+    slack = "slack"  # a Slack-compatible incoming webhook: {"text": ...}
+    webhook = "webhook"  # any HTTPS endpoint: the event as JSON
+
+
+class NotifyEvent(StrEnum):
+    deploy_succeeded = "DeploySucceeded"
+    deploy_failed = "DeployFailed"
+    hook_failed = "HookFailed"
+
+
+class Receiver(CodebModel):
+    name: str = Field(description="A name for the receiver (DNS label), for logs and metrics.", pattern=DNS_LABEL,
+                      max_length=63)  # fmt: skip
+    kind: ReceiverKind = Field(ReceiverKind.webhook, description="slack (a Slack-compatible webhook) or webhook.")
+    url_secret_ref: str = Field(
+        description=(
+            "A Secret in the Project's namespace whose key url holds the receiver's HTTPS URL (a Slack webhook "
+            "URL is a credential, so it is never written in the manifest)."
+        ),
+        pattern=DNS_LABEL,
+        max_length=253,
+    )
+    events: list[NotifyEvent] = Field(
+        default_factory=lambda: list(NotifyEvent),
+        description="What it hears of: DeploySucceeded, DeployFailed (a failed rollout, with what its check said), "
+        "HookFailed. Default: all.",
+        max_length=10,
+    )
 
 
 class Alerts(CodebModel):
@@ -16,6 +50,15 @@ class Alerts(CodebModel):
     )
     latency_p95_ms: int = Field(
         1000, description="Alert when the 95th percentile latency exceeds this.", ge=1, le=600000
+    )
+    for_seconds: int = Field(
+        300,
+        description=(
+            "How long a threshold must be crossed before its alert fires (the rule's `for`). The rates are taken "
+            "over the last 5 minutes of the Platform's Caddy's requests for the Project's domains."
+        ),
+        ge=0,
+        le=86400,
     )
 
 
@@ -34,3 +77,8 @@ class Monitoring(CodebModel):
         None, description="Prometheus metrics path, if the application exposes one.", pattern=HTTP_PATH, max_length=256
     )
     alerts: Alerts = Field(default_factory=Alerts, description="Alert thresholds.")
+    notify: list[Receiver] = Field(
+        default_factory=list,
+        description="Where deploys and their failures are told, as they happen (best effort: one try and a retry).",
+        max_length=5,
+    )

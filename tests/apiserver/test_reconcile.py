@@ -78,7 +78,7 @@ async def test_fresh_project_converges_to_ready(claims: ClaimStore) -> None:
 
 async def test_a_first_clean_converge_posts_no_event(claims: ClaimStore) -> None:
     outcome = await Reconciler(memory_drivers(), claims).reconcile(project(), trigger="create")
-    assert outcome.status.phase is Phase.Ready and len(outcome.results) == 7 and outcome.events == []
+    assert outcome.status.phase is Phase.Ready and len(outcome.results) == len(ORDER) and outcome.events == []
 
 
 async def test_second_pass_does_nothing(claims: ClaimStore) -> None:
@@ -108,7 +108,7 @@ async def test_paused_or_observe_only_reports_drift_and_changes_nothing(
     drivers = memory_drivers()
     outcome = await Reconciler(drivers, claims).reconcile(project(paused=paused, managementPolicy=policy))
     assert all(d.calls == [] for d in drivers.values())
-    assert len(outcome.drift) == 7
+    assert len(outcome.drift) == len(ORDER)  # every component, absent
     assert cond(outcome.status, "Synced") == ("False", reason)
     assert "drift: Infrastructure create" in (condition(outcome.status, "Synced").message)  # type: ignore[union-attr]
 

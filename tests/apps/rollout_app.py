@@ -1,7 +1,8 @@
 """A small application for rollout tests and the rollout bench: standard library only.
 
 It listens on PORT and answers ``/`` with its revision and pid, ``/slow?ms=N`` after N
-milliseconds (requests in flight across a switch), and ``/api/health`` as MODE says:
+milliseconds (requests in flight across a switch), ``/fail`` with a 500, and ``/api/health`` as
+MODE says:
 
   ok          always 200
   broken      always 503
@@ -60,6 +61,9 @@ class Handler(BaseHTTPRequestHandler):
         self._count()
         if url.path == "/slow":
             time.sleep(int(parse_qs(url.query).get("ms", ["100"])[0]) / 1000)
+        if url.path == "/fail":  # an application error, as users would meet it (alert tests)
+            self._send(500, {"error": "failed on purpose"})
+            return
         self._send(200, {"revision": REVISION, "pid": os.getpid()})
 
     def _count(self) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -11,9 +12,13 @@ from pathlib import Path
 
 from prometheus_client import generate_latest
 
+from controller.drivers.alerts import render_rule
+from controller.loop.interface import DriverContext
+from controller.loop.naming import ProjectKey
 from controller.loop.status import set_condition
 from controller.operator.metrics import Metrics
-from schemas.project import BackupSummary, Phase, ProjectStatus
+from controller.specs.alerts import host_pattern
+from schemas.project import Allocations, BackupSummary, Phase, ProjectStatus
 
 ROOT = Path(__file__).parents[2]
 RULES = ROOT / "deploy" / "monitoring" / "codeb-rules.yaml"
@@ -46,3 +51,22 @@ def test_every_series_the_rules_read_is_one_the_operator_exports() -> None:
     exported = set(re.findall(r"^(codeb_[a-z_]+)", generate_latest(metrics.registry).decode(), re.MULTILINE))
     read = set(re.findall(r"\b(codeb_[a-z_]+)", RULES.read_text()))
     assert read and read <= exported, read - exported
+
+
+def test_a_projects_rendered_rules_load_in_promtool_and_match_only_its_hosts(tmp_path: Path) -> None:
+    ctx = DriverContext(ProjectKey("team", "shop", "uid-1"), Allocations())
+    hosts = ["*.preview.example.com", "shop.example.com"]
+    desired = {"hosts": hosts, "errorRatePercent": 2.5, "latencyP95Ms": 800, "forSeconds": 120, "rulesMatch": True}
+    rule = render_rule(ctx, desired)
+    (tmp_path / "shop.yaml").write_text(json.dumps({"groups": rule["spec"]["groups"]}))
+    checked = promtool("check", "rules", str(tmp_path / "shop.yaml"))
+    assert checked.returncode == 0 and "SUCCESS: 2 rules found" in checked.stdout, checked.stdout + checked.stderr
+    [error_rate, latency] = rule["spec"]["groups"][0]["rules"]
+    assert error_rate["expr"].endswith("> 2.5") and latency["expr"].endswith("> 800") and error_rate["for"] == "120s"
+    assert error_rate["labels"] == {"severity": "warning", "namespace": "team", "project": "shop"}
+    # The regex, as Prometheus reads it (RE2, anchored): exactly these hosts, with or without a port.
+    pattern = re.compile(host_pattern(hosts).replace("\\\\", "\\"))
+    for host in ("shop.example.com", "shop.example.com:8443", "pr-7.preview.example.com"):
+        assert pattern.fullmatch(host), host
+    for host in ("shopxexample.com", "a.b.preview.example.com", "preview.example.com", "blog.example.com"):
+        assert not pattern.fullmatch(host), host

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from controller.loop.reconciler import Reconciler
 from controller.operator.config import OperatorConfig
-from controller.operator.handlers import EXPECTATION_SECONDS, Expected, Runtime
+from controller.operator.expectations import EXPECTATION_SECONDS, Expected
+from controller.operator.handlers import Runtime
 from controller.operator.metrics import Metrics
 
 UID = "uid-1"

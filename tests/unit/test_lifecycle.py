@@ -38,15 +38,17 @@ def test_suspended_stops_the_workload_and_routes_every_domain_to_the_maintenance
                                         "redirects": {}, "routeMatches": True}  # fmt: skip
     steps = plan(stopped, world)
     # The route answers the page without waiting for a workload that is going; the workload is stopped,
-    # never deleted, whatever deletionPolicy says.
+    # never deleted, whatever deletionPolicy says; its alert rules go while the page answers 503 on purpose.
     assert [(a.component, a.verb, a.requires_healthy) for a in steps.actions] == [
-        (Component.route, Verb.update, ()), (Component.workload, Verb.stop, ())]  # fmt: skip
-    assert [a.verb for a in plan(stopped, world, retain_data=False).actions] == [Verb.update, Verb.stop]
+        (Component.route, Verb.update, ()), (Component.alerts, Verb.delete, ()), (Component.workload, Verb.stop, ()),
+    ]  # fmt: skip
+    assert [a.verb for a in plan(stopped, world, retain_data=False).actions] == [Verb.update, Verb.delete, Verb.stop]
     # Started again: the workload is created, and the route waits for it to be healthy.
-    back = plan(running, {**world, Component.workload: Observation(), Component.route: Observation(
-        state=dict(stopped[Component.route]))})  # fmt: skip
+    back = plan(running, {**world, Component.workload: Observation(), Component.alerts: Observation(),
+                          Component.route: Observation(state=dict(stopped[Component.route]))})  # fmt: skip
     assert [(a.component, a.verb, a.requires_healthy) for a in back.actions] == [
-        (Component.workload, Verb.create, ()), (Component.route, Verb.update, (Component.workload,))]  # fmt: skip
+        (Component.workload, Verb.create, ()), (Component.route, Verb.update, (Component.workload,)),
+        (Component.alerts, Verb.create, ())]  # fmt: skip
 
 
 def test_the_maintenance_route_says_nothing_the_manifest_wrote() -> None:

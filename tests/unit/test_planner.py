@@ -90,6 +90,7 @@ def test_crash_leftovers_resume_where_they_stopped() -> None:
         (Component.workload, Verb.create),
         (Component.route, Verb.create),
         (Component.dns, Verb.create),
+        (Component.alerts, Verb.create),
         (Component.backup, Verb.create),
     ]
 
@@ -136,7 +137,8 @@ def test_deletion_runs_in_reverse_order_and_retains_data_and_hosts() -> None:
     seen = converged(desired())
     assert verbs(plan_deletion(seen, retain_data=True)) == [
         (Component.backup, Verb.release),
-        (Component.dns, Verb.delete),  # records are not data: they go whatever the policy
+        (Component.alerts, Verb.delete),  # rules and records are not data: they go whatever the policy
+        (Component.dns, Verb.delete),
         (Component.route, Verb.delete),
         (Component.workload, Verb.delete),
         (Component.storage, Verb.release),
@@ -190,7 +192,7 @@ def test_unsupported_component_is_never_planned_and_parks_its_dependents() -> No
     assert verbs(result) == []  # nothing acts on a component no driver can observe
     assert result.unsupported == {Component.workload: "runtime local has no workload driver yet"}
     assert result.blocked[Component.route] == "waiting for Workload (no driver yet)"
-    assert result.parked == {Component.route, Component.dns} and not result.progressing
+    assert result.parked == {Component.route, Component.dns, Component.alerts} and not result.progressing
 
 
 def test_blocked_behind_an_unobservable_component_keeps_progressing() -> None:

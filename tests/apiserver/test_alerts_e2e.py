@@ -1,0 +1,133 @@
+"""A Project's alerts and notifications end to end, with the real operator.
+
+It writes each Project's PrometheusRule (the Prometheus Operator's real CRD, from its Go module), and a
+real Prometheus (Debian) loading exactly those rules and scraping the real Caddy fires the Project's
+error-rate alert when a share of its requests through Caddy fail, and not for a Project whose requests
+do not. It tells a Project's receivers of its deploys, a first one included, and of a failed one, once.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+from controller.specs.alerts import RUNBOOK
+from tests.gotools import prometheus_rule_crd
+from tests.helpers import get_json, wait_for
+from tests.rollouts import NS, RolloutWorld, rollout_project, rollout_world
+from tests.servers import start_prometheus
+
+pytestmark = pytest.mark.apiserver
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RolloutWorld]:
+    crd = prometheus_rule_crd()  # before the world: a download must not eat into its timeouts
+    with rollout_world(tmp_path_factory.mktemp("alerts")) as made:
+        made.cluster.kubectl("apply", "--server-side", "-f", str(crd))
+        made.cluster.kubectl("wait", "--for=condition=Established", "crd/prometheusrules.monitoring.coreos.com",
+                             "--timeout=60s")  # fmt: skip
+        yield made
+
+
+def watched(world: RolloutWorld, name: str) -> None:
+    doc = rollout_project(name, "r1", world.counts)
+    doc["spec"]["monitoring"] = {"alerts": {"errorRatePercent": 20, "latencyP95Ms": 5000, "forSeconds": 2}}
+    world.cluster.kubectl("apply", "-f", "-", input_text=json.dumps(doc))
+
+
+def send(world: RolloutWorld, host: str, paths: list[str], seconds: float) -> int:
+    """Requests through Caddy's TLS listener, cycling over ``paths``, for ``seconds``; how many answered 500."""
+    url = f"https://127.0.0.1:{world.caddy.https_port}"
+    failed, ends = 0, time.monotonic() + seconds
+    with httpx.Client(verify=False, timeout=10) as client:
+        while time.monotonic() < ends:
+            for path in paths:
+                answer = client.get(url + path, headers={"Host": host}, extensions={"sni_hostname": host})
+                failed += answer.status_code == 500
+            time.sleep(0.05)
+    return failed
+
+
+def test_a_projects_error_rate_alert_fires_in_a_real_prometheus_from_the_rules_the_operator_wrote(
+    world: RolloutWorld,
+) -> None:
+    for name in ("loud", "calm"):
+        watched(world, name)
+        world.wait_rollout(name, "r1")
+        wait_for(lambda n=name: world.condition(n, "AlertsReady").get("status") == "True", timeout=30,
+                 what=f"{name}'s alert rules written")  # fmt: skip
+    rules: dict[str, Any] = {"groups": []}
+    for name in ("loud", "calm"):
+        rule = get_json(world.cluster, "prometheusrule", f"codeb-{name}", "-n", NS)
+        assert rule["metadata"]["annotations"]["codeb.dev/owner-uid"]
+        [group] = rule["spec"]["groups"]
+        assert {r["alert"] for r in group["rules"]} == {"CodebProjectErrorRate", "CodebProjectLatencyP95"}
+        assert all(r["annotations"]["runbook_url"] == RUNBOOK for r in group["rules"])
+        rules["groups"].append(group)
+    # Exactly what the Prometheus Operator would load from those objects, into a real Prometheus.
+    caddy_metrics = f"127.0.0.1:{world.caddy.admin_port}"
+    prometheus = start_prometheus([caddy_metrics], rules)
+    try:
+        failed = send(world, "loud.localhost", ["/", "/fail"], 8)  # half of loud's requests fail
+        send(world, "calm.localhost", ["/"], 2)
+        assert failed > 20
+
+        def error_rate() -> list[dict[str, Any]]:
+            return [a for a in prometheus.firing() if a["labels"]["alertname"] == "CodebProjectErrorRate"]
+
+        try:
+            firing = wait_for(error_rate, timeout=60, what="the error-rate alert firing")
+        except AssertionError:
+            raise AssertionError(prometheus.explain()) from None
+        assert [(a["labels"]["namespace"], a["labels"]["project"]) for a in firing] == [(NS, "loud")]
+        assert float(firing[0]["value"]) > 20
+        assert "more than 20% of requests fail" in firing[0]["annotations"]["summary"]
+    finally:
+        prometheus.stop()
+    # The rules go with the Project.
+    world.cluster.kubectl("delete", "project", "calm", "-n", NS, "--timeout=60s")
+    assert world.cluster.kubectl("get", "prometheusrule", "codeb-calm", "-n", NS, check=False).returncode != 0
+
+
+def test_deploys_and_their_failures_are_told_to_the_projects_receivers(world: RolloutWorld) -> None:
+    heard: list[dict[str, Any]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            heard.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"  # http: this operator allows internal targets
+        world.cluster.kubectl("create", "secret", "generic", "team-hook", "-n", NS, f"--from-literal=url={url}")
+        notify = [{"name": "team", "kind": "slack", "urlSecretRef": "team-hook"}]
+
+        def apply(revision: str, mode: str = "ok") -> None:
+            doc = rollout_project("told", revision, world.counts, mode)
+            doc["spec"]["monitoring"] = {"notify": notify}
+            world.cluster.kubectl("apply", "-f", "-", input_text=json.dumps(doc))
+
+        apply("r1")
+        first = {"text": f"{NS}/told revision r1: deployed"}
+        wait_for(lambda: first in heard, timeout=60, what="the first deploy told")
+        apply("bad", "broken")
+        world.wait_rollout("told", "bad", step="Failed")
+        told = wait_for(lambda: [h for h in heard if "failed to deploy" in h["text"]], timeout=30, what="the failure")
+        assert told[0]["text"].startswith(f"{NS}/told revision bad: failed to deploy (green failed 3 consecutive")
+        assert len(heard) == 2  # once each: no repeat on later passes
+    finally:
+        server.shutdown()
