@@ -17,7 +17,7 @@ from controller.loop.interface import DriverContext
 from controller.loop.naming import ProjectKey
 from controller.loop.status import set_condition
 from controller.operator.metrics import Metrics
-from controller.specs.alerts import host_pattern
+from controller.specs.alerts import SERIES, host_pattern
 from schemas.project import Allocations, BackupSummary, Phase, ProjectStatus
 
 ROOT = Path(__file__).parents[2]
@@ -70,3 +70,31 @@ def test_a_projects_rendered_rules_load_in_promtool_and_match_only_its_hosts(tmp
         assert pattern.fullmatch(host), host
     for host in ("shopxexample.com", "a.b.preview.example.com", "preview.example.com", "blog.example.com"):
         assert not pattern.fullmatch(host), host
+
+
+DASHBOARD = ROOT / "deploy" / "monitoring" / "codeb-dashboard.json"
+
+
+def test_every_dashboard_query_parses_and_reads_series_that_exist(tmp_path: Path) -> None:
+    """Each panel's query, checked by promtool as a recording rule; each series it reads, one the operator
+    exports or Caddy's request series (which the alert rules fire on in tests/apiserver/test_alerts_e2e.py)."""
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    queries = [t["expr"] for p in panels for t in p.get("targets", [])]
+    rules = [{"record": f"dashboard:query_{i}", "expr": q} for i, q in enumerate(queries)]
+    (tmp_path / "dashboard.yaml").write_text(json.dumps({"groups": [{"name": "dashboard", "rules": rules}]}))
+    checked = promtool("check", "rules", str(tmp_path / "dashboard.yaml"))
+    assert checked.returncode == 0 and f"SUCCESS: {len(queries)} rules found" in checked.stdout, checked.stderr
+    metrics = Metrics()
+    metrics.set_phase("uid-1", Phase.Ready)
+    metrics.record_status("uid-1", "team", "shop", ProjectStatus())
+    metrics.record_backup("uid-1", "team", "shop", BackupSummary(last_successful_at=datetime(2026, 12, 3, tzinfo=UTC)))
+    metrics.record_rollout([True], ("Failed", 3.0))
+    metrics.actions.labels("database", "create", "ok").inc()
+    metrics.drift_repairs.labels("database").inc()
+    metrics.notifications.labels("sent").inc()
+    metrics.reconcile_seconds.labels("create").observe(0.1)
+    exported = set(re.findall(r"^(codeb_[a-z_]+)", generate_latest(metrics.registry).decode(), re.MULTILINE))
+    caddy = {f"{SERIES}_count", f"{SERIES}_bucket"}
+    read = {name for q in queries for name in re.findall(r"\b((?:codeb|caddy)_[a-z_]+)", q)}
+    assert read <= exported | caddy, read - exported - caddy
+    assert {"codeb_projects", "codeb_rollouts_total", "codeb_backup_last_success_timestamp_seconds"} <= read
