@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,7 @@ import pytest
 from controller.cli.common import CRD_PATH
 from controller.clients.kube import KubeClient, api_client_from_environment
 from controller.local.cluster import LocalCluster
-from tests import process_sweep
+from tests import process_sweep, servers
 
 # Set before any fixture starts a process: what a test starts inherits it and can be found again.
 SESSION_MARK = process_sweep.mark_session()
@@ -29,6 +30,13 @@ def start_cluster(root: Path, audit_policy: str | None = None, controllers: bool
         local.stop()
         raise
     return local
+
+
+@pytest.fixture(scope="session", autouse=True)
+def scratch_removed() -> Iterator[None]:
+    """The servers' directories (`tests.servers.scratch`) go when the session ends, passed or not."""
+    yield
+    shutil.rmtree(servers.SCRATCH, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

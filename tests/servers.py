@@ -25,6 +25,15 @@ import httpx
 from controller.local.cluster import find_binary, free_port
 from controller.local.platform import postgres_bin, wait_minio_ready, wait_port
 
+# Every server's directory lives under one per test session, removed when the session ends
+# (`tests.conftest`), so a run leaves nothing behind, even of servers a test stops and starts again.
+SCRATCH = Path(tempfile.gettempdir()) / f"codeb-tests-{os.getpid()}"
+
+
+def scratch(prefix: str) -> Path:
+    SCRATCH.mkdir(mode=0o755, exist_ok=True)  # PostgreSQL's own user must reach its directory through it
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=SCRATCH))
+
 
 @dataclass
 class PostgresServer:
@@ -67,7 +76,7 @@ class PostgresServer:
 
 
 def start_postgres(host: str = "127.0.0.1") -> PostgresServer:
-    root = Path(tempfile.mkdtemp(prefix="codeb-pg-"))
+    root = scratch("codeb-pg-")
     os.chmod(root, 0o755)
     return PostgresServer(root, free_port(), host=host).init()
 
@@ -101,7 +110,7 @@ class RedisServer(_Spawned):
 def start_redis(host: str = "127.0.0.1") -> RedisServer:
     if shutil.which("redis-server") is None:
         raise RuntimeError("redis-server not installed: run deploy/dev test (apt-get install redis-server)")
-    root = Path(tempfile.mkdtemp(prefix="codeb-redis-"))
+    root = scratch("codeb-redis-")
     return RedisServer(root, free_port(), secrets.token_urlsafe(16), host).start()
 
 
@@ -151,7 +160,7 @@ def https_get(caddy: CaddyServer, host: str, *extra: str, path: str = "/") -> su
 
 
 def start_caddy() -> CaddyServer:
-    return CaddyServer(Path(tempfile.mkdtemp(prefix="codeb-caddy-")), free_port(), free_port()).start()
+    return CaddyServer(scratch("codeb-caddy-"), free_port(), free_port()).start()
 
 
 @dataclass
@@ -178,7 +187,7 @@ class MinioServer(_Spawned):
 
 
 def start_minio(host: str = "127.0.0.1") -> MinioServer:
-    root = Path(tempfile.mkdtemp(prefix="codeb-minio-"))
+    root = scratch("codeb-minio-")
     return MinioServer(root, free_port(), root_password=secrets.token_urlsafe(16), host=host).start()
 
 
@@ -234,7 +243,7 @@ class PowerDnsServer(_Spawned):
 def start_powerdns() -> PowerDnsServer:
     if not PDNS_SCHEMA.exists() or shutil.which("dig") is None:
         raise RuntimeError("PowerDNS not installed: run deploy/dev test (pdns-server pdns-backend-sqlite3 dnsutils)")
-    root = Path(tempfile.mkdtemp(prefix="codeb-pdns-"))
+    root = scratch("codeb-pdns-")
     return PowerDnsServer(root, free_port(), free_port(), secrets.token_urlsafe(16)).start()
 
 
@@ -279,5 +288,5 @@ class PrometheusServer(_Spawned):
 
 
 def start_prometheus(targets: list[str], rules: dict[str, Any]) -> PrometheusServer:
-    root = Path(tempfile.mkdtemp(prefix="codeb-prometheus-"))
+    root = scratch("codeb-prometheus-")
     return PrometheusServer(root, free_port()).start(targets, rules)
