@@ -45,6 +45,8 @@ def judged(name: str, objects: list[dict[str, Any]], *args: str) -> list[dict[st
     return [json.loads(line) for line in ran.stdout.splitlines()]
 
 
+# Helm for the chart's tests (tests/apiserver/test_helm.py): v4, as the module list advises.
+HELM = "helm.sh/helm/v4/cmd/helm@v4.3.2"
 # The Prometheus Operator release whose CRDs the tests install (its module carries them as YAML).
 PROMETHEUS_OPERATOR = "github.com/prometheus-operator/prometheus-operator@v0.87.1"
 
@@ -64,3 +66,25 @@ def prometheus_rule_crd() -> Path:
     return (
         module_dir(PROMETHEUS_OPERATOR) / "example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml"
     )
+
+
+def go_installed(package: str, binary: str) -> Path:
+    """The command ``package@version`` (e.g. helm) built from the module proxy once per machine, then cached."""
+    path = cache_dir() / "bin" / f"{binary}-{package.rsplit('@', 1)[1]}"
+    if path.exists():
+        return path
+    go = shutil.which("go")
+    assert go, "Go is needed to build " + package + " (from the Go module proxy)"
+    built_to = path.parent / f".{path.name}.partial"
+    built_to.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([go, "install", package], capture_output=True, text=True, timeout=1800, check=False,
+                          env={**os.environ, "GOBIN": str(built_to), "CGO_ENABLED": "0"})  # fmt: skip
+    assert done.returncode == 0, f"go install {package} failed: {done.stderr[-3000:]}"
+    (built_to / binary).rename(path)
+    shutil.rmtree(built_to, ignore_errors=True)
+    return path
+
+
+if __name__ == "__main__":
+    # deploy/dev test builds the commands the tests use beforehand, where a cold build has the time it needs.
+    print(go_installed(HELM, "helm"))

@@ -18,6 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from controller.cli.backups import cmd_backup, cmd_backups, cmd_restore
+from controller.cli.chart import chart_files
 from controller.cli.commands import cmd_diff, cmd_init, cmd_logs, cmd_status
 from controller.cli.common import (
     CRD_PATH,
@@ -48,14 +49,13 @@ CLI_DOCS = REPO_ROOT / "docs" / "cli"
 
 
 def generated_files() -> dict[Path, str]:
-    return {
+    crds = {
         CRD_PATH: render_yaml(project_crd()),
         PLATFORM_CRD_PATH: render_yaml(platform_crd()),
         BACKUP_CRD_PATH: render_yaml(backup_crd()),
         RESTORE_CRD_PATH: render_yaml(restore_crd()),
-        DOCS_PATH: render_markdown(),
-        **cli_docs(),
     }
+    return {**crds, DOCS_PATH: render_markdown(), **cli_docs(), **chart_files(crds)}
 
 
 def cli_docs() -> dict[Path, str]:
