@@ -61,10 +61,10 @@ def module_dir(module: str) -> Path:
     return Path(json.loads(done.stdout)["Dir"])
 
 
-def prometheus_rule_crd() -> Path:
-    """The real PrometheusRule CRD, as the Prometheus Operator installs it."""
+def prometheus_crd(plural: str) -> Path:
+    """One of the Prometheus Operator's real CRDs (``prometheusrules``, ``servicemonitors``), as it installs them."""
     return (
-        module_dir(PROMETHEUS_OPERATOR) / "example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml"
+        module_dir(PROMETHEUS_OPERATOR) / "example" / "prometheus-operator-crd" / f"monitoring.coreos.com_{plural}.yaml"
     )
 
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from controller.specs.alerts import RUNBOOK
-from tests.gotools import prometheus_rule_crd
+from tests.gotools import prometheus_crd
 from tests.helpers import get_json, wait_for
 from tests.rollouts import NS, RolloutWorld, rollout_project, rollout_world
 from tests.servers import start_prometheus
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.apiserver
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RolloutWorld]:
-    crd = prometheus_rule_crd()  # before the world: a download must not eat into its timeouts
+    crd = prometheus_crd("prometheusrules")  # before the world: a download must not eat into its timeouts
     with rollout_world(tmp_path_factory.mktemp("alerts")) as made:
         made.cluster.kubectl("apply", "--server-side", "-f", str(crd))
         made.cluster.kubectl("wait", "--for=condition=Established", "crd/prometheusrules.monitoring.coreos.com",

@@ -22,7 +22,7 @@ from controller.local.cluster import LocalCluster, find_binary
 from tests.apiserver.test_install import GOLDEN, can_i
 from tests.conftest import start_cluster
 from tests.factories import project
-from tests.gotools import HELM, go_installed
+from tests.gotools import HELM, go_installed, prometheus_crd
 from tests.helpers import get_json
 
 pytestmark = pytest.mark.apiserver
@@ -101,3 +101,21 @@ def test_install_upgrade_uninstall_and_install_again(helm: Helm, fresh: LocalClu
     assert get_json(fresh, "project", "shop", "-n", "tenant")["metadata"]["name"] == "shop"  # CRDs and Projects stay
     helm(fresh, "install", "codeb", chart, "-n", "ops")
     assert get_json(fresh, "deployment", "codeb-operator", "-n", "ops")["spec"]["replicas"] == 1
+
+
+def test_the_optional_service_monitor_and_network_policy_are_valid_objects(helm: Helm, fresh: LocalCluster) -> None:
+    off = objects(helm(None, "template", "codeb", str(CHART)))
+    assert not {kind for kind, _ in off} & {"ServiceMonitor", "NetworkPolicy"}
+    scrapers = '[{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]'
+    rendered = helm(None, "template", "codeb", str(CHART), "-n", "ops", "--set", "serviceMonitor.enabled=true",
+                    "--set", "networkPolicy.enabled=true", "--set-json", f"networkPolicy.metricsFrom={scrapers}",
+                    "--set", "serviceMonitor.labels.release=prometheus",
+                    "--show-only", "templates/monitoring.yaml")  # fmt: skip
+    made = objects(rendered)
+    assert sorted(made) == [("NetworkPolicy", "codeb-operator"), ("ServiceMonitor", "codeb-operator")]
+    assert made[("ServiceMonitor", "codeb-operator")]["metadata"]["labels"]["release"] == "prometheus"
+    # Both as the API server validates them: the NetworkPolicy's own schema, the Prometheus Operator's CRD.
+    fresh.kubectl("apply", "--server-side", "-f", str(prometheus_crd("servicemonitors")))
+    fresh.kubectl("wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com", "--timeout=60s")
+    fresh.kubectl("create", "namespace", "ops", check=False)
+    fresh.kubectl("apply", "--dry-run=server", "-f", "-", input_text=rendered)
