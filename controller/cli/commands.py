@@ -35,6 +35,7 @@ from controller.cli.common import (
     read_project,
     table,
 )
+from controller.cli.traffic import project_traffic, traffic_line
 from controller.loop.status import format_validation_error, load_status
 from schemas.project import API_GROUP, API_VERSION, KIND, ProjectSpec, ProjectStatus
 
@@ -91,10 +92,13 @@ def detail(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """A table across Projects, or everything about one."""
+    """A table across Projects, or everything about one (with --prometheus, its last hour of traffic too)."""
     api = projects_api()
     if args.project:
-        shown = detail(read_project(api, args.namespace, args.project))
+        body = read_project(api, args.namespace, args.project)
+        shown = detail(body)
+        if args.prometheus:
+            shown["traffic"] = project_traffic(args.prometheus, body, shown["url"])
         print(json.dumps(shown, indent=2) if args.output == "json" else render_detail(shown))
         return EXIT_OK
     rows = [summary(body) for body in list_projects(api, None if args.all_namespaces else args.namespace)]
@@ -139,6 +143,8 @@ def render_detail(shown: dict[str, Any]) -> str:
     plan = shown["pendingPlan"]
     lines.append(f"  terraform: {json.dumps(plan) if plan else 'no pending plan'}")
     lines += _backup_lines(shown["backup"])
+    if "traffic" in shown:
+        lines.append(traffic_line(shown["traffic"]))
     if shown["lastError"]:
         lines.append(f"  last error: {shown['lastError']}")
     rows = [[c["type"], c["status"], c["reason"], c.get("message", "")] for c in shown["conditions"]]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -219,6 +220,9 @@ def parser() -> argparse.ArgumentParser:
     status = command("status", cmd_status, "Projects in a table, or everything about one")
     one_project(status, required=False)
     status.add_argument("-A", "--all-namespaces", action="store_true", help="list every namespace's Projects")
+    status.add_argument("--prometheus", default=os.environ.get("CODEB_PROMETHEUS_URL"),
+                        help="a Prometheus that scrapes the Platform's Caddy (default: CODEB_PROMETHEUS_URL): one "
+                        "Project's last hour of traffic, as its alerts see it")  # fmt: skip
     output(status)
     logs = command("logs", cmd_logs, "the operator's lines about a Project and the application's own output")
     one_project(logs)

@@ -88,3 +88,16 @@ def render_group(ctx: DriverContext, desired: State) -> dict[str, Any]:
             },
         ],
     }
+
+
+def traffic_queries(domains: list[str], window: str = "1h") -> dict[str, str]:
+    """What `codeb status` asks a Prometheus about a Project's traffic over ``window``: the same series, the
+    same selection as its alerts."""
+    hosts = host_pattern(domains)
+    every, failing = _selector(hosts), _selector(hosts, ',code=~"5.."')
+    total = f"sum(rate({SERIES}_count{every}[{window}]))"
+    return {
+        "requestsPerSecond": total,
+        "errorPercent": f"100 * (sum(rate({SERIES}_count{failing}[{window}])) or vector(0)) / {total}",
+        "latencyP95Ms": f"1000 * histogram_quantile(0.95, sum by (le) (rate({SERIES}_bucket{every}[{window}])))",
+    }

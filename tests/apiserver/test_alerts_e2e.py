@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from controller.cli.main import main
 from controller.specs.alerts import RUNBOOK
 from tests.gotools import prometheus_crd
 from tests.helpers import get_json, wait_for
@@ -57,7 +58,7 @@ def send(world: RolloutWorld, host: str, paths: list[str], seconds: float) -> in
 
 
 def test_a_projects_error_rate_alert_fires_in_a_real_prometheus_from_the_rules_the_operator_wrote(
-    world: RolloutWorld,
+    world: RolloutWorld, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     for name in ("loud", "calm"):
         watched(world, name)
@@ -90,6 +91,14 @@ def test_a_projects_error_rate_alert_fires_in_a_real_prometheus_from_the_rules_t
         assert [(a["labels"]["namespace"], a["labels"]["project"]) for a in firing] == [(NS, "loud")]
         assert float(firing[0]["value"]) > 20
         assert "more than 20% of requests fail" in firing[0]["annotations"]["summary"]
+        # And as people read it: `codeb status` asks the same Prometheus about the same series.
+        monkeypatch.setenv("KUBECONFIG", str(world.cluster.kubeconfig))
+        assert main(["status", "loud", "-n", NS, "--prometheus", prometheus.url, "-o", "json"]) == 0
+        traffic = json.loads(capsys.readouterr().out)["traffic"]
+        assert traffic["requestsPerSecond"] > 0 and 30 < traffic["errorPercent"] < 70, traffic
+        assert traffic["latencyP95Ms"] is not None
+        assert main(["status", "calm", "-n", NS, "--prometheus", prometheus.url]) == 0
+        assert "req/s, 0.0% 5xx, p95" in capsys.readouterr().out
     finally:
         prometheus.stop()
     # The rules go with the Project.
