@@ -212,4 +212,16 @@ CORPUS = [
         "spec.environment.pullRequest",
     ),
     BadManifest("redis-db-index", _set("features.redis", {"isolation": "dbIndex"}), "spec.features.redis.isolation"),
+    BadManifest("restart-token-with-space", _set("restartedAt", "now please"), "spec.restartedAt"),
+    BadManifest("template-unknown", _set("project.template", "rails"), "spec.project.template"),
+    BadManifest(
+        "notify-url-in-manifest",
+        _set("monitoring.notify", [{"name": "team", "urlSecretRef": "https://hooks.slack.com/services/T0/B0/x"}]),
+        "spec.monitoring.notify[0].urlSecretRef",
+    ),
+    BadManifest(
+        "notify-unknown-event",
+        _set("monitoring.notify", [{"name": "team", "urlSecretRef": "hook", "events": ["Deployed"]}]),
+        "spec.monitoring.notify[0].events[0]",
+    ),
 ]
