@@ -73,8 +73,13 @@ class PrometheusRules:
         live = await self._read(ctx)
         if live is None:
             return Observation()
-        state = json.loads(live["metadata"]["annotations"].get(RENDERED_FROM) or "{}")
-        matches = bool(state) and live.get("spec") == render_rule(ctx, state)["spec"]
+        try:
+            state = json.loads(live["metadata"]["annotations"].get(RENDERED_FROM) or "{}")
+            if not isinstance(state, dict):
+                raise TypeError("not an object")
+            matches = bool(state) and live.get("spec") == render_rule(ctx, state)["spec"]
+        except (ValueError, KeyError, TypeError):  # the annotation edited by hand: drift, written again
+            state, matches = {}, False
         return Observation(state={**state, "rulesMatch": matches})
 
     async def apply(self, ctx: DriverContext, desired: State) -> None:
