@@ -140,3 +140,15 @@ def test_deploys_and_their_failures_are_told_to_the_projects_receivers(world: Ro
         assert len(heard) == 2  # once each: no repeat on later passes
     finally:
         server.shutdown()
+
+
+def test_a_rule_object_the_operator_did_not_make_is_left_alone(world: RolloutWorld) -> None:
+    theirs = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+              "metadata": {"name": "codeb-squatted", "namespace": NS},
+              "spec": {"groups": [{"name": "theirs", "rules": [{"record": "theirs:up", "expr": "up"}]}]}}  # fmt: skip
+    world.cluster.kubectl("apply", "-f", "-", input_text=json.dumps(theirs))
+    watched(world, "squatted")
+    refused = wait_for(lambda: (c := world.condition("squatted", "AlertsReady")).get("reason") == "NotOwned" and c,
+                       timeout=60, what="the rule object refused")  # fmt: skip
+    assert "not made by the operator" in refused["message"]
+    assert get_json(world.cluster, "prometheusrule", "codeb-squatted", "-n", NS)["spec"] == theirs["spec"]
