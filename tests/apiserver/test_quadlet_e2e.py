@@ -109,6 +109,22 @@ def test_a_project_on_two_quadlet_hosts_serves_through_caddy_and_is_removed_on_d
         for host in hosts.hosts:
             assert hosts.ssh(host, "systemctl is-active codeb.apps.shop.blue.service").strip() == "active"
 
+        # Stopped: no container runs on either host and Caddy answers the maintenance page; started
+        # again, it serves on the same database.
+        suspend = json.dumps({"spec": {"suspended": True}})
+        cluster.kubectl("patch", "project", "shop", "-n", NS, "--type=merge", "-p", suspend)
+        wait_for(lambda: get_json(cluster, "project", "shop", "-n", NS)["status"].get("phase") == "Suspended",
+                 timeout=90, what="shop suspended")  # fmt: skip
+        for host in hosts.hosts:
+            assert hosts.ssh(host, "podman ps --format '{{.Names}}'").strip() == ""
+        assert "Temporarily unavailable" in https_get(caddy, DOMAIN).stdout
+        cluster.kubectl("patch", "project", "shop", "-n", NS, "--type=merge", "-p", suspend.replace("true", "false"))
+        wait_for(lambda: condition(cluster, "Ready").get("reason") == "AllComponentsReady", timeout=120,
+                 what="shop started again")  # fmt: skip
+        upstream = get_json(cluster, "project", "shop", "-n", NS)["status"]["endpoints"]["internal"][0]
+        again = httpx.get(f"http://{upstream}/api/visit", timeout=10).json()
+        assert again["database"]["visits"] > visits[1], again  # the same database, its rows kept
+
         # Deleting the Project stops and removes the units, their environment files and containers.
         cluster.kubectl("delete", "project", "shop", "-n", NS, "--timeout=120s")
         for host in hosts.hosts:
