@@ -48,15 +48,26 @@ alive() {
 if [ "$mode" = stop ]; then
   # The exit file first: a wrapper that has written its pid but not yet started the command sees it
   # and starts nothing; one that started it already is alive below. (Each writes, then reads the other.)
-  [ -f "$d/exit" ] || { echo 137 >"$d/exit.tmp" && mv "$d/exit.tmp" "$d/exit"; } 2>/dev/null
+  # A run that ended (or was stopped before) has its exit file, and nothing of it runs.
+  [ -f "$d/exit" ] && { echo stopped; exit 0; }
+  { echo 137 >"$d/exit.tmp" && mv "$d/exit.tmp" "$d/exit"; } 2>/dev/null
   if alive; then
     i=0; while [ ! -s "$d/tpid" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
     # timeout(1) leads a process group of its own (the command's); the wrapper leads the session.
     kill -KILL "-$(cat "$d/tpid" 2>/dev/null)" 2>/dev/null; kill -KILL "-$p" 2>/dev/null
   fi
   # What runs elsewhere (inside a container, under podman exec) carries the run's id in its environment.
-  for q in /proc/[0-9]*; do
-    tr '\0' '\n' <"$q/environ" 2>/dev/null | grep -qxF "CODEB_HOOK_RUN=${d##*/}" && kill -KILL "${q#/proc/}" 2>/dev/null
+  # One whose client was just killed may still be starting there (conmon goes on without the client):
+  # look until nothing has carried the id for 3 s (at most 12 s).
+  quiet=0 i=0
+  while [ $quiet -lt 12 ] && [ $i -lt 48 ]; do
+    found=0
+    for q in /proc/[0-9]*; do
+      tr '\0' '\n' <"$q/environ" 2>/dev/null | grep -qxF "CODEB_HOOK_RUN=${d##*/}" \
+        && { kill -KILL "${q#/proc/}" 2>/dev/null; found=1; }
+    done
+    if [ $found = 1 ]; then quiet=0; else quiet=$((quiet + 1)); fi
+    i=$((i + 1)); sleep 0.25
   done
   echo stopped; exit 0
 fi
