@@ -15,6 +15,7 @@ import httpx
 
 from controller.clients.http import read_bounded
 from controller.errors import PermanentError, RetryableError
+from controller.specs.dns import absolute
 
 # A zone listing of a few thousand zones fits; anything bigger is not an answer this driver needs.
 ANSWER_BYTES = 8 * 1024 * 1024
@@ -39,13 +40,13 @@ class PowerDns:
 
     async def rrsets(self, zone: str, name: str, kind: str | None = None) -> list[dict[str, Any]]:
         """The rrsets at ``name`` in ``zone`` (of ``kind`` only, when given)."""
-        params = {"rrset_name": _absolute(name), **({"rrset_type": kind} if kind else {})}
-        found = await self._json("GET", f"/zones/{quote(_absolute(zone))}", params=params)
-        return [r for r in (found or {}).get("rrsets", []) if r.get("name") == _absolute(name)]
+        params = {"rrset_name": absolute(name), **({"rrset_type": kind} if kind else {})}
+        found = await self._json("GET", f"/zones/{quote(absolute(zone))}", params=params)
+        return [r for r in (found or {}).get("rrsets", []) if r.get("name") == absolute(name)]
 
     async def change(self, zone: str, rrsets: list[dict[str, Any]]) -> None:
         """One PATCH of the zone: PowerDNS applies all of ``rrsets`` in one transaction, or none."""
-        await self._json("PATCH", f"/zones/{quote(_absolute(zone))}", body={"rrsets": rrsets})
+        await self._json("PATCH", f"/zones/{quote(absolute(zone))}", body={"rrsets": rrsets})
 
     async def search(self, term: str) -> list[dict[str, Any]]:
         """Records whose name or content matches ``term`` (``*`` matches anything)."""
@@ -72,10 +73,6 @@ class PowerDns:
             return json.loads(text) if text.strip() else None
         except ValueError:
             raise RetryableError(f"{what} answered something that is not JSON", reason="DnsUnavailable") from None
-
-
-def _absolute(name: str) -> str:
-    return name if name.endswith(".") else f"{name}."
 
 
 def _error(text: str) -> str:

@@ -20,9 +20,9 @@ from controller.errors import CodebError, PermanentError
 from controller.loop.interface import DriverContext
 from controller.loop.planner import Component, Observation, State
 from controller.specs.alerts import render_group
+from controller.specs.kubernetes import MANAGER
 
 API = "/apis/monitoring.coreos.com/v1"
-MANAGER = "codeb"
 OWNER_UID = "codeb.dev/owner-uid"
 RENDERED_FROM = "codeb.dev/alerts"
 # How long the answer to "does this cluster serve PrometheusRules?" is kept (an install is noticed within it).

@@ -15,6 +15,8 @@ domain ledger: DNS waits for the route, and a route refused its domains gets no 
 
 from __future__ import annotations
 
+from typing import Any
+
 from controller.clients.powerdns import PowerDns
 from controller.errors import PermanentError
 from controller.loop.interface import DriverContext
@@ -47,9 +49,7 @@ class DnsDriver:
             return Observation()
         matches = True
         for domain, zone in owned.items():
-            present = await self._api.rrsets(zone, domain)
-            wanted = address_rrsets(domain, self._endpoint)
-            matches &= records_of([r for r in present if r["type"] in ADDRESS_TYPES]) == records_of(wanted)
+            matches &= self._points_at_target(domain, await self._api.rrsets(zone, domain))
         return Observation(state={"names": sorted(owned), "recordsMatch": matches})
 
     async def apply(self, ctx: DriverContext, desired: State) -> None:
@@ -92,11 +92,15 @@ class DnsDriver:
         beside = sorted(r["type"] for r in present if r["type"] not in ADDRESS_TYPES)
         if self._endpoint.target.cname is not None and beside:
             return f"a CNAME cannot sit beside its {', '.join(beside)} records; they are left as they are"
-        wanted = address_rrsets(domain, self._endpoint)
-        if mine and records_of([r for r in present if r["type"] in ADDRESS_TYPES]) == records_of(wanted):
+        if mine and self._points_at_target(domain, present):
             return None
         await self._api.change(zone, replacing(domain, self._endpoint, ctx.key, present))
         return None
+
+    def _points_at_target(self, domain: str, present: list[dict[str, Any]]) -> bool:
+        """Whether the address records at ``domain`` are exactly the ones the Platform's target asks for."""
+        found = [r for r in present if r["type"] in ADDRESS_TYPES]
+        return records_of(found) == records_of(address_rrsets(domain, self._endpoint))
 
     async def _owned(self, ctx: DriverContext) -> dict[str, str]:
         """The domains this Project's marks are on, with the zone each is in."""

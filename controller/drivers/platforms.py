@@ -100,15 +100,17 @@ class PlatformDrivers:
 
         Called right after the drivers (which read the Platform and check the namespace is allowed):
         the Platform as they cached it, not a second read."""
-        cached = self._cache.get(name)
-        platform = cached[1] if cached is not None else (await self._platform(name))[0]
+        platform = await self._as_read(name)
         await self._quotas.check(platform.quotas, name, key, names_domain=platform.domain is not None)
 
     async def domain(self, name: str) -> str | None:
         """The Platform's ``spec.domain``, as the drivers were just built from (not a second read)."""
+        return (await self._as_read(name)).domain
+
+    async def _as_read(self, name: str) -> PlatformSpec:
+        """The Platform as the drivers last read it (read now only if they never did)."""
         cached = self._cache.get(name)
-        platform = cached[1] if cached is not None else (await self._platform(name))[0]
-        return platform.domain
+        return cached[1] if cached is not None else (await self._platform(name))[0]
 
     async def sweep(self) -> int:
         """Remove deleted Projects' backups past their retention, from every backup store in use; objects removed."""

@@ -12,7 +12,6 @@ from controller.loop.interface import Placement
 from controller.loop.naming import ProjectKey
 from controller.loop.planner import (
     OPTIONAL,
-    ORDER,
     Action,
     Component,
     Observation,
@@ -131,7 +130,7 @@ class Desired:
     recomputes it after each look; the rollout, if any, decides what the workload runs.
     """
 
-    def __init__(self, spec: ProjectSpec, allocations: Allocations, drivers: Collection[Component] = ORDER) -> None:
+    def __init__(self, spec: ProjectSpec, allocations: Allocations, drivers: Collection[Component]) -> None:
         self._spec, self._allocations = spec, allocations
         # Optional components (DNS, alert rules) are desired only where there is a driver for them.
         self._skipped = OPTIONAL - set(drivers)

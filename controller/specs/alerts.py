@@ -48,12 +48,8 @@ def _selector(hosts: str, extra: str = "") -> str:
 
 def render_group(ctx: DriverContext, desired: State) -> dict[str, Any]:
     """The Project's rule group: error rate and p95 latency over its thresholds (`desired` from the planner)."""
-    hosts = host_pattern(list(desired["hosts"]))
+    figures = traffic_queries(list(desired["hosts"]), WINDOW)
     labels = {"severity": "warning", "namespace": ctx.key.namespace, "project": ctx.key.name}
-    failing, every = _selector(hosts, ',code=~"5.."'), _selector(hosts)
-    errors = f"sum(rate({SERIES}_count{failing}[{WINDOW}]))"
-    total = f"sum(rate({SERIES}_count{every}[{WINDOW}]))"
-    p95 = f"histogram_quantile(0.95, sum by (le) (rate({SERIES}_bucket{every}[{WINDOW}])))"
     project = f"{ctx.key.namespace}/{ctx.key.name}"
     held = f"{desired['forSeconds']}s"
     return {
@@ -61,7 +57,7 @@ def render_group(ctx: DriverContext, desired: State) -> dict[str, Any]:
         "rules": [
             {
                 "alert": "CodebProjectErrorRate",
-                "expr": f"100 * ({errors} or vector(0)) / {total} > {desired['errorRatePercent']:g}",
+                "expr": f"{figures['errorPercent']} > {desired['errorRatePercent']:g}",
                 "for": held,
                 "labels": dict(labels),
                 "annotations": {
@@ -75,7 +71,7 @@ def render_group(ctx: DriverContext, desired: State) -> dict[str, Any]:
             },
             {
                 "alert": "CodebProjectLatencyP95",
-                "expr": f"1000 * {p95} > {desired['latencyP95Ms']}",
+                "expr": f"{figures['latencyP95Ms']} > {desired['latencyP95Ms']}",
                 "for": held,
                 "labels": dict(labels),
                 "annotations": {
@@ -91,8 +87,8 @@ def render_group(ctx: DriverContext, desired: State) -> dict[str, Any]:
 
 
 def traffic_queries(domains: list[str], window: str = "1h") -> dict[str, str]:
-    """What `codeb status` asks a Prometheus about a Project's traffic over ``window``: the same series, the
-    same selection as its alerts."""
+    """A Project's traffic over ``window``, as PromQL: what its alert rules compare with their thresholds,
+    and what `codeb status` shows."""
     hosts = host_pattern(domains)
     every, failing = _selector(hosts), _selector(hosts, ',code=~"5.."')
     total = f"sum(rate({SERIES}_count{every}[{window}]))"
