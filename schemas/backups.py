@@ -14,7 +14,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from schemas.base import DNS_LABEL, CodebModel
+from schemas.base import DNS_LABEL, CodebModel, Rule
 from schemas.common import BackupTarget
 
 BACKUP_KIND = "Backup"
@@ -36,6 +36,11 @@ class BackupTrigger(StrEnum):
     Scheduled = "Scheduled"
     Manual = "Manual"  # codeb backup, or a Backup made by hand
     Safety = "Safety"  # taken by a restore of the data it is about to overwrite; run by that restore alone
+    PointInTime = "PointInTime"  # the database as it was at a time, dumped by a restore from a side instance
+
+
+# Runs a restore makes and runs itself: never started by a pass.
+RESTORE_TRIGGERS = frozenset({BackupTrigger.Safety, BackupTrigger.PointInTime})
 
 
 class BackupRunSpec(CodebModel):
@@ -67,10 +72,26 @@ RESTORE_PLURAL = "restores"
 
 
 class RestoreSpec(CodebModel):
+    rules = (
+        Rule(
+            cel="has(self.backup) != has(self.targetTime)",
+            message="set exactly one of backup (a Backup to restore) or targetTime (a moment to go back to)",
+            field_path="",
+            check=lambda r: (r.backup is None) != (r.target_time is None),
+        ),
+    )
+
     project: str = Field(description="The Project (in this namespace) whose database is overwritten.",
                          pattern=DNS_LABEL, max_length=63)  # fmt: skip
-    backup: str = Field(description="The Backup (in this namespace, of this Project) to restore.",
-                        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)  # fmt: skip
+    backup: str | None = Field(None, description="The Backup (in this namespace, of this Project) to restore.",
+                               pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)  # fmt: skip
+    target_time: datetime | None = Field(
+        None,
+        description=(
+            "Restore the database as it was at this moment, from the Platform's WAL archive (the Project has"
+            " backup.walArchiving); unset: backup."
+        ),
+    )
     safety_backup: bool = Field(
         True, description="Back up the data as it is first (a Backup of its own), so the restore can be undone."
     )
@@ -94,4 +115,9 @@ class RestoreStatus(CodebModel):
     bytes_restored: int | None = Field(None, description="Bytes of the backup read so far.")
     total_bytes: int | None = Field(None, description="Bytes of the backup in all.")
     safety_backup: str | None = Field(None, description="The Backup taken of the data just before.", max_length=253)
+    point_in_time_backup: str | None = Field(
+        None,
+        description="With targetTime: the Backup of the database as it was then, which was restored.",
+        max_length=253,
+    )
     message: str | None = Field(None, description="What happened, in words (why it failed).", max_length=4096)

@@ -58,6 +58,28 @@ class ObjectStorageEndpoint(CodebModel):
     admin_secret_ref: SecretKeyReference = Field(
         description="Secret with keys accessKey and secretKey of a MinIO admin."
     )
+    ca_secret_ref: SecretKeyReference | None = Field(
+        None,
+        description=(
+            "Secret with key ca.crt: the CA that signed MinIO's certificate, when it is not one this machine trusts"
+            " already (with secure)."
+        ),
+    )
+
+
+class PointInTimeArchive(CodebModel):
+    """Where the Platform's PostgreSQL archives WAL and its base backups with pgBackRest: the backup store."""
+
+    stanza: str = Field("codeb", description="The pgBackRest stanza the PostgreSQL server archives as.",
+                        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$", max_length=63)  # fmt: skip
+    repo_path: str = Field(
+        "/pgbackrest",
+        description="pgBackRest's repo1-path: the prefix in the backup store's bucket.",
+        pattern=r"^/[A-Za-z0-9._/-]{0,254}$",
+        max_length=255,
+    )
+    region: str = Field("us-east-1", description="pgBackRest's repo1-s3-region (MinIO accepts any).",
+                        pattern=r"^[a-z0-9-]{1,63}$", max_length=63)  # fmt: skip
 
 
 class BackupStore(CodebModel):
@@ -72,6 +94,13 @@ class BackupStore(CodebModel):
     )
     object_storage: ObjectStorageEndpoint | None = Field(
         None, description="An S3 store of its own (recommended: off the Platform's servers); unset: objectStorage."
+    )
+    point_in_time: PointInTimeArchive | None = Field(
+        None,
+        description=(
+            "The Platform's PostgreSQL archives WAL and base backups here with pgBackRest (docs/backups.md says"
+            " what to set on the server): Projects with walArchiving can be restored to a time."
+        ),
     )
 
 

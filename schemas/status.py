@@ -202,6 +202,20 @@ class BackupFailure(CodebModel):
     message: str = Field("", description="Why it failed.", max_length=1024)
 
 
+class WalArchiveStatus(CodebModel):
+    """The Platform's WAL archive, as PostgreSQL (pg_stat_archiver) and the archive itself report it."""
+
+    last_archived_wal: str | None = Field(None, description="The newest WAL file archived.", max_length=64)
+    last_archived_at: datetime | None = Field(None, description="When it was archived.")
+    last_failed_wal: str | None = Field(None, description="The newest WAL file that failed to archive.",
+                                        max_length=64)  # fmt: skip
+    last_failed_at: datetime | None = Field(None, description="When it failed.")
+    base_backups: int | None = Field(None, description="Base backups in the archive.")
+    oldest_base_backup_at: datetime | None = Field(
+        None, description="When the oldest base backup ended: the earliest time the cluster can be recovered to."
+    )
+
+
 class BackupSummary(CodebModel):
     last_successful: str | None = Field(None, description="The newest Backup that succeeded.", max_length=253)
     last_successful_at: datetime | None = Field(None, description="When it was taken.")
@@ -215,6 +229,9 @@ class BackupSummary(CodebModel):
         None, description="The newest finished run, when it failed (cleared by the next success)."
     )
     running: str | None = Field(None, description="The run in progress, if any.", max_length=253)
+    wal_archive: WalArchiveStatus | None = Field(
+        None, description="With walArchiving: where the Platform's WAL archive stands (point-in-time recovery)."
+    )
 
 
 class ProjectStatus(CodebModel):

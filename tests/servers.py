@@ -42,6 +42,7 @@ class PostgresServer:
     admin_user: str = "codeb_admin"
     admin_password: str = ""
     host: str = "127.0.0.1"
+    settings: str = ""  # more -c options for the server
 
     def _as_postgres(self, *args: str) -> None:
         subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True, capture_output=True)
@@ -63,7 +64,8 @@ class PostgresServer:
 
     def start(self) -> PostgresServer:
         # Every statement is logged, so tests can prove no password ever reaches the log.
-        options = f"-p {self.port} -k {self.root} -c listen_addresses={self.host} -c fsync=off -c log_statement=all"
+        options = (f"-p {self.port} -k {self.root} -c listen_addresses={self.host} -c fsync=off -c log_statement=all "
+                   f"{self.settings}")  # fmt: skip
         self._as_postgres(str(postgres_bin() / "pg_ctl"), "-D", str(self.root / "data"), "-o", options,
                           "-l", str(self.root / "log"), "-w", "start")  # fmt: skip
         return self
@@ -170,25 +172,111 @@ class MinioServer(_Spawned):
     root_user: str = "codeb-root"
     root_password: str = ""
     host: str = "127.0.0.1"
+    tls: bool = False  # HTTPS with a certificate from a CA of its own (ca_file)
 
     @property
     def endpoint(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def ca_file(self) -> Path | None:
+        return self.root / "ca.crt" if self.tls else None
+
+    def _certificates(self) -> list[str]:
+        """A CA and MinIO's certificate for its address (as an IP, and as a DNS name: pgBackRest reads only those)."""
+        if not self.tls:
+            return []
+        certs = self.root / "certs"
+        certs.mkdir(exist_ok=True)
+        (self.root / "server.ext").write_text(f"subjectAltName=IP:{self.host},DNS:{self.host},DNS:localhost\n"
+                                              "extendedKeyUsage=serverAuth\n")  # fmt: skip
+        steps = [
+            ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=codeb-test-store-ca",
+             "-keyout", "ca.key", "-out", "ca.crt"],
+            ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=minio", "-keyout", "certs/private.key", "-out",
+             "server.csr"],
+            ["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "30",
+             "-extfile", "server.ext", "-out", "certs/public.crt"],
+        ]  # fmt: skip
+        for step in steps:
+            subprocess.run(["openssl", *step], cwd=self.root, check=True, capture_output=True)
+        return ["--certs-dir", str(certs)]
 
     def start(self) -> MinioServer:
         binary = subprocess.run(["bash", str(REPO / "deploy/localcluster/build-minio.sh")], check=True,
                                 capture_output=True, text=True).stdout.strip()  # fmt: skip
         env = {**os.environ, "MINIO_ROOT_USER": self.root_user, "MINIO_ROOT_PASSWORD": self.root_password,
                "MINIO_BROWSER": "off", "MINIO_UPDATE": "off"}  # fmt: skip
-        args = [binary, "server", str(self.root / "data"), "--address", self.endpoint, "--quiet"]
+        args = [binary, "server", str(self.root / "data"), "--address", self.endpoint, "--quiet",
+                *(self._certificates() if self.ca_file is None or not self.ca_file.exists() else
+                  ["--certs-dir", str(self.root / "certs")])]  # fmt: skip
         self.proc = _spawn(args, self.root, self.port, env, timeout=60, host=self.host)
-        wait_minio_ready(self.endpoint)
+        wait_minio_ready(self.endpoint, ca_file=self.ca_file)
         return self
 
 
-def start_minio(host: str = "127.0.0.1") -> MinioServer:
+def start_minio(host: str = "127.0.0.1", tls: bool = False) -> MinioServer:
     root = scratch("codeb-minio-")
-    return MinioServer(root, free_port(), root_password=secrets.token_urlsafe(16), host=host).start()
+    return MinioServer(root, free_port(), root_password=secrets.token_urlsafe(16), host=host, tls=tls).start()
+
+
+@dataclass
+class ArchivingPostgres:
+    """A PostgreSQL that archives its WAL with pgBackRest into a TLS MinIO, as docs/backups.md tells an admin to
+    set one up: archive_command, a stanza, and base backups taken by its admin."""
+
+    server: PostgresServer
+    config: Path
+
+    def pgbackrest(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": "/usr/sbin:/usr/bin:/bin", "PGPASSWORD": self.server.admin_password}
+        return subprocess.run(["runuser", "-u", "postgres", "--", "pgbackrest", f"--config={self.config}",
+                               "--stanza=codeb", *args], capture_output=True, text=True, env=env,
+                              timeout=300)  # fmt: skip
+
+    def base_backup(self) -> None:
+        done = self.pgbackrest("backup", "--type=full", "--start-fast")  # a checkpoint now, not at the next one
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def start_archiving_postgres(store: MinioServer, bucket: str, archive_timeout: int = 5) -> ArchivingPostgres:
+    """PostgreSQL archiving into ``bucket`` of ``store`` (which must exist) under /pgbackrest as stanza codeb."""
+    assert store.ca_file is not None, "pgBackRest reaches S3 over HTTPS only"
+    root = scratch("codeb-pg-")
+    os.chmod(root, 0o755)
+    server = PostgresServer(root, free_port())
+    config, ca = root / "pgbackrest.conf", root / "store-ca.crt"
+    shutil.copy(store.ca_file, ca)
+    config.write_text(f"""[global]
+repo1-type=s3
+repo1-path=/pgbackrest
+repo1-s3-bucket={bucket}
+repo1-s3-endpoint={store.host}
+repo1-storage-port={store.port}
+repo1-s3-region=us-east-1
+repo1-s3-uri-style=path
+repo1-s3-key={store.root_user}
+repo1-s3-key-secret={store.root_password}
+repo1-storage-ca-file={ca}
+log-path={root}
+lock-path={root}
+log-level-file=off
+[codeb]
+pg1-path={root / "data"}
+pg1-port={server.port}
+pg1-socket-path={root}
+pg1-user={server.admin_user}
+""")
+    for path in (config, ca):
+        shutil.chown(path, "postgres")
+    config.chmod(0o600)
+    command = f"pgbackrest --config={config} --stanza=codeb archive-push %p"
+    server.settings = (f"-c archive_mode=on -c wal_level=replica -c archive_timeout={archive_timeout} "
+                       f"-c \"archive_command={command}\"")  # fmt: skip
+    archiving = ArchivingPostgres(server.init(), config)
+    done = archiving.pgbackrest("stanza-create")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return archiving
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -53,7 +53,8 @@ def restore_record(raw: dict[str, Any]) -> RestoreRecord:
     status = RestoreStatus.model_validate(raw.get("status") or {})
     return RestoreRecord(name=str(raw["metadata"]["name"]), backup=spec.backup, safety_backup=spec.safety_backup,
                          phase=status.phase, created_at=_created(raw), started_at=status.started_at,
-                         heartbeat_at=status.heartbeat_at, from_project=spec.from_project)  # fmt: skip
+                         heartbeat_at=status.heartbeat_at, from_project=spec.from_project,
+                         target_time=spec.target_time)  # fmt: skip
 
 
 class Records(Generic[R]):

@@ -7,6 +7,7 @@ error codes reach our errors, never MinIO's text: it can echo the request.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -30,11 +31,14 @@ class S3Server:
     """One MinIO server: S3 and its admin API as the root user, and S3 as a tenant's key."""
 
     def __init__(self, endpoint: str, root_user: str, root_password: str, secure: bool = False,
-                 timeout: float = 10.0) -> None:  # fmt: skip
-        self.endpoint, self.secure = endpoint, secure
+                 timeout: float = 10.0, ca_pem: str | None = None) -> None:  # fmt: skip
+        self.endpoint, self.secure, self.ca_pem = endpoint, secure, ca_pem
+        self.credentials = (root_user, root_password)
+        # The Platform's own CA when it names one: then that CA alone is trusted for this server.
+        tls = ssl.create_default_context(cadata=ca_pem) if ca_pem else None
         # Fail fast on an outage instead of urllib3's default retries; one pool for every client here.
         self._http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=min(3.0, timeout), read=timeout),
-                                         retries=urllib3.Retry(total=0), maxsize=8)  # fmt: skip
+                                         retries=urllib3.Retry(total=0), maxsize=8, ssl_context=tls)  # fmt: skip
         self.s3 = Minio(endpoint, access_key=root_user, secret_key=root_password, secure=secure, http_client=self._http)
         self.admin = MinioAdmin(endpoint=endpoint, credentials=StaticProvider(root_user, root_password),
                                 secure=secure, http_client=self._http)  # fmt: skip

@@ -23,10 +23,12 @@ from minio.error import S3Error
 
 from controller.clients.backup_records import BackupRecords, RestoreRecords
 from controller.clients.kube import KubeClient
+from controller.clients.pgbackrest import Repository
 from controller.clients.postgres import PostgresServer
 from controller.clients.s3 import S3Server
 from controller.drivers.minio import ensure_operator_bucket
 from controller.drivers.postgres import PASSWORD_KEY
+from controller.drivers.wal_archive import WalArchiveWatch
 from controller.errors import RetryableError
 from controller.jobs.backups import BackupRunner, BackupStore, DatabaseAccess, DatabaseDump, Job
 from controller.jobs.bucket_copies import BucketAccess, BucketCopy, referenced_blobs
@@ -40,6 +42,7 @@ from controller.loop.secrets import SecretStore
 from controller.specs.backups import PROJECTS_PREFIX, blobs_prefix, object_key, record_body, tombstone_key
 from schemas.backups import BackupPhase, BackupRunStatus
 from schemas.project import Backup, BackupTarget
+from schemas.status import WalArchiveStatus
 
 STORE_PURPOSE = "backups"
 # The Platform's Redis as its admin: host, port, password.
@@ -90,6 +93,8 @@ class BackupDriver:
         self._stale_after = runs.stale_after
         self._postgres, self._secrets = postgres, secrets
         self._clock = clock
+        self._archive = (WalArchiveWatch(postgres, Repository(store.server, store.bucket, store.archive))
+                         if store is not None and store.archive is not None else None)  # fmt: skip
 
     async def observe(self, ctx: DriverContext) -> Observation:
         backup = ctx.backup
@@ -113,9 +118,22 @@ class BackupDriver:
             "expired": [r.name for r in decide.expired(listed, now, backup.retention_days, backup.keep_last)],
             "restores": await self._restores_to_act_on(ctx, now),
         }
-        reason, detail = self._trouble(ctx, backup, listed)
-        return Observation(state=state, outputs=self._outputs(ctx, backup, listed, now), healthy=reason is None,
-                           reason=reason, detail=detail)  # fmt: skip
+        archiving = await self._archiving(backup)
+        reason, detail = self._trouble(ctx, backup, listed, archiving)
+        outputs = self._outputs(ctx, backup, listed, now, archiving[0] if archiving else None)
+        return Observation(state=state, outputs=outputs, healthy=reason is None, reason=reason,
+                           detail=detail)  # fmt: skip
+
+    async def _archiving(self, backup: Backup) -> tuple[WalArchiveStatus | None, tuple[str, str] | None] | None:
+        """With walArchiving: where the Platform's archive stands, and what keeps it from serving, if anything."""
+        if not backup.wal_archiving:
+            return None
+        if self._archive is None:
+            return None, ("NoWalArchive", f"Platform {self._platform} archives no WAL: its admin sets "
+                          "spec.backup.pointInTime and archiving on its PostgreSQL (docs/backups.md); scheduled "
+                          "dumps are still taken")  # fmt: skip
+        state = await self._archive.state()
+        return state.status, decide.archiving_trouble(state)
 
     async def _restores_to_act_on(self, ctx: DriverContext, now: datetime) -> list[str]:
         """The restore to start (one at a time), and restores whose operator is gone."""
@@ -142,22 +160,25 @@ class BackupDriver:
                 due += [run] if run is not None else []
         return due
 
-    def _outputs(self, ctx: DriverContext, backup: Backup, listed: list[RunRecord], now: datetime) -> State:
+    def _outputs(self, ctx: DriverContext, backup: Backup, listed: list[RunRecord], now: datetime,
+                 archive: WalArchiveStatus | None) -> State:  # fmt: skip
         starts = [decide.next_start(Cron.parse(backup.schedule_of(t)), ctx.key.uid, now)
                   for t in decide.targets(backup, ctx.allocations) if t in RUNNABLE]  # fmt: skip
         upcoming = min((s for s in starts if s is not None), default=None)
-        summary = decide.summary(listed, upcoming)
+        summary = decide.summary(listed, upcoming, archive)
         wake = max(1.0, (upcoming - now).total_seconds()) if upcoming is not None else None
         return {"summary": summary.model_dump(mode="json", by_alias=True, exclude_none=True), "wakeAfter": wake}
 
     @staticmethod
-    def _trouble(ctx: DriverContext, backup: Backup, listed: list[RunRecord]) -> tuple[str | None, str | None]:
+    def _trouble(ctx: DriverContext, backup: Backup, listed: list[RunRecord],
+                 archiving: tuple[WalArchiveStatus | None, tuple[str, str] | None] | None,
+                 ) -> tuple[str | None, str | None]:  # fmt: skip
         """Why backups are not healthy, as (reason, detail); (None, None) when they are."""
         missing = [t.value for t in decide.targets(backup, ctx.allocations) if t not in RUNNABLE]
-        if backup.wal_archiving:
-            missing.append("walArchiving (point-in-time recovery)")
         if missing:
             return "NotImplemented", f"backups of {', '.join(missing)} are not built yet; the rest are taken"
+        if archiving is not None and archiving[1] is not None:
+            return archiving[1]
         failure = decide.last_failure(listed)
         if failure is not None:
             return "LastBackupFailed", f"backup {failure.name} failed: {failure.message or 'no reason recorded'}"

@@ -65,8 +65,8 @@ class MinioDriver:
     component = Component.storage
 
     def __init__(self, endpoint: str, root_user: str, root_password: str, secrets: SecretStore,
-                 secure: bool = False, timeout: float = 10.0) -> None:  # fmt: skip
-        self._server = S3Server(endpoint, root_user, root_password, secure, timeout)
+                 secure: bool = False, timeout: float = 10.0, ca_pem: str | None = None) -> None:  # fmt: skip
+        self._server = S3Server(endpoint, root_user, root_password, secure, timeout, ca_pem)
         # Shared with the backup driver, which copies the Projects' buckets.
         self.server = self._server
         self._s3, self._admin, self._call = self._server.s3, self._server.admin, self._server.call

@@ -9,6 +9,7 @@ come from here at all is the registry's business (`controller.drivers.registry`)
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,9 +168,9 @@ class PlatformDrivers:
         drivers: dict[Component, Driver] = {component: MissingService(component, name) for component in SERVICES}
         storage: MinioDriver | None = None
         if platform.object_storage is not None:
-            s3 = platform.object_storage
-            access, secret = await self._admin(s3.admin_secret_ref, "accessKey", "secretKey")
-            storage = MinioDriver(s3.endpoint, access, secret, self._secrets, secure=s3.secure, timeout=self._timeout)
+            server = await self._s3(platform.object_storage)
+            storage = MinioDriver(server.endpoint, *server.credentials, self._secrets, secure=server.secure,
+                                  timeout=self._timeout, ca_pem=server.ca_pem)  # fmt: skip
             drivers[Component.storage] = storage
         store = await self._backup_store(platform)
         postgres: PostgresServer | None = None
@@ -203,7 +204,17 @@ class PlatformDrivers:
 
     async def _s3(self, endpoint: ObjectStorageEndpoint) -> S3Server:
         access, secret = await self._admin(endpoint.admin_secret_ref, "accessKey", "secretKey")
-        return S3Server(endpoint.endpoint, access, secret, endpoint.secure, self._timeout)
+        ca = (await self._admin(endpoint.ca_secret_ref, "ca.crt"))[0] if endpoint.ca_secret_ref else None
+        try:
+            return S3Server(endpoint.endpoint, access, secret, endpoint.secure, self._timeout, ca)
+        except ssl.SSLError:
+            assert endpoint.ca_secret_ref is not None
+            ref = endpoint.ca_secret_ref
+            raise PermanentError(
+                f"Secret {ref.namespace}/{ref.name} key ca.crt is not a PEM certificate; put the "
+                "CA that signed MinIO's certificate there",
+                reason="PlatformInvalid",
+            ) from None
 
     async def _backup_store(self, platform: PlatformSpec) -> BackupStore | None:
         """The Platform's backup store: its own S3 endpoint, or the Platform's objectStorage."""
@@ -214,7 +225,7 @@ class PlatformDrivers:
             raise PermanentError(
                 "the Platform's spec.backup has no objectStorage and the Platform declares none; "
                 "add spec.backup.objectStorage (or spec.objectStorage)", reason="PlatformInvalid")  # fmt: skip
-        return BackupStore(await self._s3(endpoint), platform.backup.bucket)
+        return BackupStore(await self._s3(endpoint), platform.backup.bucket, platform.backup.point_in_time)
 
 
 def _store_sink(store: BackupStore) -> DumpSink:

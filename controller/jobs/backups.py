@@ -38,6 +38,7 @@ from controller.loop.backups import HEARTBEAT_SECONDS, RunRecord
 from controller.loop.naming import ProjectKey
 from controller.specs.backups import dump_command
 from schemas.backups import BackupPhase, BackupRunStatus
+from schemas.platform import PointInTimeArchive
 
 RUN_TIMEOUT_SECONDS = 6 * 3600.0
 CONCURRENCY = 2
@@ -54,6 +55,8 @@ class BackupStore:
 
     server: S3Server
     bucket: str
+    # Where the Platform's PostgreSQL archives WAL with pgBackRest, in this store; None: no point-in-time recovery.
+    archive: PointInTimeArchive | None = None
 
     def location(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"

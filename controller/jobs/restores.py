@@ -45,10 +45,11 @@ from controller.jobs.backups import (
 )
 from controller.jobs.bucket_copies import BucketAccess, BucketCopy, restore_bucket
 from controller.jobs.cache_copies import CacheAccess, CacheCopy, restore_cache
+from controller.jobs.point_in_time import PointInTimeDump
 from controller.loop.backups import RestoreRecord
 from controller.loop.naming import ProjectKey
 from controller.specs.backups import object_key, record_body, restore_command
-from schemas.backups import BackupPhase, BackupTrigger, RestoreStatus
+from schemas.backups import BackupPhase, BackupRunStatus, BackupTrigger, RestoreStatus
 from schemas.project import BackupTarget
 
 CHUNK_BYTES = 1024 * 1024
@@ -127,6 +128,26 @@ def _check_has(key: ProjectKey, target: BackupTarget, sources: Sources) -> None:
                              reason="NothingToRestoreInto")  # fmt: skip
 
 
+def _check_to_time(key: ProjectKey, record: RestoreRecord, moment: datetime, sources: Sources,
+                   store: BackupStore) -> None:  # fmt: skip
+    """A restore to a time needs the Project's own database and the Platform's WAL archive, and a past moment."""
+    if record.from_project not in (None, key.name):
+        raise PermanentError(
+            "targetTime takes a Project's own database back in time; to copy another Project's, "
+            "restore one of its Backups (spec.backup) with fromProject",
+            reason="InvalidRestore",
+        )
+    if store.archive is None:
+        raise PermanentError(
+            "the Platform archives no WAL (its spec.backup.pointInTime is unset), so there is no "
+            "point in time to go back to; restore a Backup instead",
+            reason="NoWalArchive",
+        )
+    _check_has(key, BackupTarget.database, sources)
+    if moment > utcnow():
+        raise PermanentError(f"targetTime {moment:%Y-%m-%dT%H:%M:%SZ} is in the future", reason="InvalidRestore")
+
+
 class RestoreRunner:
     """Runs claimed Restore records, one task per record."""
 
@@ -178,7 +199,8 @@ class RestoreRunner:
         try:
             done = await self._restore(key, record, sources, store, state, cancelled)
             of = f" of Project {record.from_project}" if record.from_project not in (None, key.name) else ""
-            state.phase, state.message = BackupPhase.Succeeded, f"restored backup {record.backup}{of}{done}"
+            what = f"backup {record.backup}{of}" if record.backup else "the database"
+            state.phase, state.message = BackupPhase.Succeeded, f"restored {what}{done}"
         except RUN_ERRORS as exc:
             state.phase, state.message = BackupPhase.Failed, failed(started, began, exc).message
         finally:
@@ -191,6 +213,9 @@ class RestoreRunner:
     async def _restore(self, key: ProjectKey, record: RestoreRecord, sources: Sources, store: BackupStore,
                        state: RestoreStatus, cancelled: threading.Event) -> str:  # fmt: skip
         """Check, take the safety backup, restore; a few words on what was done."""
+        if record.target_time is not None:
+            return await self._restore_to_time(key, record, record.target_time, sources, store, state)
+        assert record.backup is not None  # one of backup and targetTime (the CRD's rule, and the model's)
         source = await self._source_key(key, record.from_project)
         target, sha256, stored_key = await self._checked_backup(source, record.backup, store)
         _check_has(key, target, sources)
@@ -208,14 +233,49 @@ class RestoreRunner:
                                                     self._timeout, cancelled)  # fmt: skip
             return f": {back} keys restored, {deleted} deleted"
         assert sources.database is not None
-        state.total_bytes, state.bytes_restored = stat.size, 0
+        await self._stream_back(sources.database, store, stored_key, sha256, stat.size or 0, state, cancelled)
+        return ""
+
+    async def _stream_back(self, target: DatabaseAccess, store: BackupStore, stored_key: str, sha256: str,
+                           size: int, state: RestoreStatus, cancelled: threading.Event) -> None:  # fmt: skip
+        state.total_bytes, state.bytes_restored = size, 0
 
         def progress(done: int) -> None:
             state.bytes_restored = done
 
-        await asyncio.to_thread(stream_restore, sources.database, store, stored_key, sha256, self._timeout,
-                                cancelled, progress)  # fmt: skip
-        return ""
+        await asyncio.to_thread(stream_restore, target, store, stored_key, sha256, self._timeout, cancelled,
+                                progress)  # fmt: skip
+
+    async def _restore_to_time(self, key: ProjectKey, record: RestoreRecord, moment: datetime, sources: Sources,
+                               store: BackupStore, state: RestoreStatus) -> str:  # fmt: skip
+        """The database as it was at ``moment``: a safety backup, then a Backup dumped from the cluster recovered
+        to that moment in a side instance, then that Backup restored like any."""
+        _check_to_time(key, record, moment, sources, store)
+        assert sources.database is not None
+        if record.safety_backup:
+            state.safety_backup = await self._safety_backup(key, BackupTarget.database, sources, store)
+        name = f"{key.name}-database-pitr-{utcnow():%Y%m%d-%H%M%S}"
+        stored_key = object_key(key, BackupTarget.database, name)
+        job = PointInTimeDump(key, name, sources.database, store, stored_key, moment, self._timeout)
+        result = await self._run_own(key, name, BackupTarget.database, BackupTrigger.PointInTime, job)
+        state.point_in_time_backup = name
+        if result.phase is not BackupPhase.Succeeded or not result.sha256 or result.size_bytes is None:
+            raise PermanentError(f"the database as it was at {moment:%Y-%m-%dT%H:%M:%SZ} could not be recovered: "
+                                 f"{result.message}; nothing was overwritten", reason="PointInTimeFailed")  # fmt: skip
+        await self._stream_back(sources.database, store, stored_key, result.sha256, result.size_bytes, state,
+                                threading.Event())  # fmt: skip
+        return f" as it was at {moment:%Y-%m-%dT%H:%M:%S.%fZ} (through backup {name})"
+
+    async def _run_own(self, key: ProjectKey, name: str, target: BackupTarget, trigger: BackupTrigger,
+                       job: Job) -> BackupRunStatus:  # fmt: skip
+        """A Backup this restore records and runs itself (heart-beating like any); its final status."""
+        await self._backups.create(record_body(key, name, target, trigger, None))
+        (_, version) = (await self._backups.list(key))[name]
+        result = await self._backup_runner.run_now(key, name, version, job)
+        if result is None:
+            raise PermanentError(f"backup {name} was taken over by another run; nothing was overwritten",
+                                 reason="SafetyBackupFailed")  # fmt: skip
+        return result
 
     async def _source_key(self, key: ProjectKey, from_project: str | None) -> ProjectKey:
         """Whose backup it is: the Project's own, or another Project of the same namespace (as it is now)."""
@@ -249,8 +309,6 @@ class RestoreRunner:
                              store: BackupStore) -> str:  # fmt: skip
         """The data as it is, into a Backup of its own (heart-beating like any), before anything is overwritten."""
         name = f"{key.name}-{target.value}-safety-{utcnow():%Y%m%d-%H%M%S}"
-        await self._backups.create(record_body(key, name, target, BackupTrigger.Safety, None))
-        (_, version) = (await self._backups.list(key))[name]
         stored_key = object_key(key, target, name)
         job: Job
         if target is BackupTarget.storage:
@@ -262,9 +320,9 @@ class RestoreRunner:
         else:
             assert sources.database is not None
             job = DatabaseDump(key, name, sources.database, store, stored_key, self._timeout)
-        result = await self._backup_runner.run_now(key, name, version, job)
-        if result is None or result.phase is not BackupPhase.Succeeded:
-            why = result.message if result is not None else "another run took it over"
+        result = await self._run_own(key, name, target, BackupTrigger.Safety, job)
+        if result.phase is not BackupPhase.Succeeded:
+            why = result.message
             raise PermanentError(f"safety backup {name} failed ({why}); nothing was overwritten",
                                  reason="SafetyBackupFailed")  # fmt: skip
         return name

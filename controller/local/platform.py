@@ -18,6 +18,7 @@ import os
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -53,15 +54,17 @@ def wait_port(port: int, what: str, timeout: float = 60.0, host: str = "127.0.0.
     raise LocalClusterError(f"{what} is not listening on {host}:{port} after {timeout:.0f}s")
 
 
-def wait_minio_ready(endpoint: str, timeout: float = 60.0) -> None:
+def wait_minio_ready(endpoint: str, timeout: float = 60.0, ca_file: Path | None = None) -> None:
     """MinIO opens its port before it can serve (XMinioServerNotInitialized): wait for its readiness answer,
     and for its S3 API to answer (403 to an anonymous listing) rather than 503 (under load the S3 API
     was seen still initialising after the readiness answer)."""
     deadline = time.monotonic() + timeout
+    base = f"https://{endpoint}" if ca_file else f"http://{endpoint}"
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
     while time.monotonic() < deadline:
         try:
-            ready = httpx.get(f"http://{endpoint}/minio/health/ready", timeout=2).status_code == 200
-            if ready and httpx.get(f"http://{endpoint}/", timeout=2).status_code != 503:
+            ready = httpx.get(f"{base}/minio/health/ready", timeout=2, verify=verify).status_code == 200
+            if ready and httpx.get(f"{base}/", timeout=2, verify=verify).status_code != 503:
                 return
         except httpx.HTTPError:
             pass

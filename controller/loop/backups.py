@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import TypeVar
 
-from schemas.backups import BackupPhase, BackupTrigger
+from schemas.backups import RESTORE_TRIGGERS, BackupPhase, BackupTrigger
 from schemas.project import Allocations, Backup, BackupTarget
-from schemas.status import BackupFailure, BackupSummary
+from schemas.status import BackupFailure, BackupSummary, WalArchiveStatus
 
 SPREAD_SECONDS = 600
 # A running record's heartbeat; one older than `STALE_BEATS` beats was cut short (its operator is gone).
@@ -146,7 +146,7 @@ class RunRecord:
         return self.started_at or self.created_at
 
     def stale(self, now: datetime, after: float = STALE_SECONDS) -> bool:
-        if self.trigger is BackupTrigger.Safety and self.phase is BackupPhase.Pending:
+        if self.trigger in RESTORE_TRIGGERS and self.phase is BackupPhase.Pending:
             # Its restore claims it at once; one still unclaimed after a while lost its restore.
             return (now - self.created_at).total_seconds() > after
         return _stale(self.phase, self.heartbeat_at or self.started_at or self.created_at, now, after)
@@ -157,7 +157,7 @@ class RestoreRecord:
     """A Restore object as the decisions here need it."""
 
     name: str
-    backup: str
+    backup: str | None
     safety_backup: bool
     phase: BackupPhase
     created_at: datetime
@@ -165,6 +165,8 @@ class RestoreRecord:
     heartbeat_at: datetime | None = None
     # Whose backup it is, when not the Project's own (another Project of the same namespace).
     from_project: str | None = None
+    # With no backup: the moment to take the database back to, from the WAL archive.
+    target_time: datetime | None = None
 
     def stale(self, now: datetime, after: float = STALE_SECONDS) -> bool:
         return _stale(self.phase, self.heartbeat_at or self.started_at or self.created_at, now, after)
@@ -178,7 +180,7 @@ def _stale(phase: BackupPhase, last_seen: datetime, now: datetime, after: float)
 def next_run(records: Iterable[RunRecord]) -> RunRecord | None:
     """The backup run to start. One at a time per Project, so a namespace that makes a thousand Backups
     queues them behind each other, not beside; a restore's safety backup is its restore's to run."""
-    return _oldest_pending(records, lambda r: r.trigger is not BackupTrigger.Safety)
+    return _oldest_pending(records, lambda r: r.trigger not in RESTORE_TRIGGERS)
 
 
 def next_restore(restores: Iterable[RestoreRecord]) -> RestoreRecord | None:
@@ -282,8 +284,10 @@ def last_failure(records: Iterable[RunRecord]) -> RunRecord | None:
     return max(failed, key=lambda r: r.taken_at) if failed else None
 
 
-def summary(records: Sequence[RunRecord], next_at: datetime | None) -> BackupSummary:
-    """The Project's backup block (`status.backup`), from its records."""
+def summary(records: Sequence[RunRecord], next_at: datetime | None,
+            archive: WalArchiveStatus | None = None) -> BackupSummary:  # fmt: skip
+    """The Project's backup block (`status.backup`), from its records and (with walArchiving) the WAL archive:
+    a base backup older than the oldest dump moves the first point of recoverability back."""
     succeeded = sorted((r for r in records if r.phase is BackupPhase.Succeeded), key=lambda r: r.taken_at)
     running = [r for r in records if r.phase is BackupPhase.Running]
     failure = last_failure(records)
@@ -294,9 +298,48 @@ def summary(records: Sequence[RunRecord], next_at: datetime | None) -> BackupSum
         last_successful_at=newest.taken_at if newest else None,
         last_successful_size_bytes=newest.size_bytes if newest else None,
         last_successful_duration_seconds=round(took, 3) if took is not None else None,
-        first_recoverability_point=succeeded[0].taken_at if succeeded else None,
+        first_recoverability_point=min((t for t in (succeeded[0].taken_at if succeeded else None,
+                                                     archive.oldest_base_backup_at if archive else None) if t),
+                                       default=None),
+        wal_archive=archive,
         next_scheduled_at=next_at,
         last_failure=BackupFailure(name=failure.name, at=failure.taken_at, message=failure.message or "")
         if failure else None,
         running=running[0].name if running else None,
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ArchiverState:
+    """The Platform's archiving as read (`controller.drivers.wal_archive`): PostgreSQL's archiver and the archive."""
+
+    reachable: bool
+    mode: str = "off"
+    archived: int = 0
+    failed: int = 0
+    status: WalArchiveStatus | None = None
+    error: str | None = None  # why PostgreSQL could not be read
+    info_error: str | None = None  # why the archive could not be read
+
+
+def archiving_trouble(state: ArchiverState) -> tuple[str, str] | None:
+    """Why point-in-time recovery is not there, as (reason, detail); None when archiving works and the archive
+    has a base backup to start from. A failure counts until a later WAL archives (as CloudNativePG reads it)."""
+    if not state.reachable:
+        return "ArchivingUnknown", f"the Platform's PostgreSQL could not be read: {state.error}"
+    if state.mode == "off":
+        return "ArchivingOff", ("the Platform's PostgreSQL has archive_mode off, so no WAL is archived; its admin "
+                                "sets archive_mode and archive_command (docs/backups.md)")  # fmt: skip
+    status = state.status or WalArchiveStatus()
+    failed_at, archived_at = status.last_failed_at, status.last_archived_at
+    if failed_at is not None and (archived_at is None or failed_at > archived_at):
+        since = f"; the last one archived was {status.last_archived_wal} at {archived_at:%Y-%m-%dT%H:%M:%SZ}" if (
+            archived_at is not None) else "; none has been archived yet"  # fmt: skip
+        return "ArchivingStalled", (f"WAL {status.last_failed_wal} failed to archive at "
+                                    f"{failed_at:%Y-%m-%dT%H:%M:%SZ}{since}")  # fmt: skip
+    if state.info_error is not None:
+        return "ArchiveUnreadable", f"the WAL archive could not be read: {state.info_error}"
+    if not status.base_backups:
+        return "NoBaseBackup", ("the WAL archive has no base backup to recover from yet; the Platform's admin "
+                                "takes one (pgbackrest backup, docs/backups.md)")  # fmt: skip
+    return None

@@ -70,10 +70,11 @@ def record_body(key: ProjectKey, name: str, target: BackupTarget, trigger: Backu
     return _run_object(BACKUP_KIND, key, name, {TARGET_LABEL: target.value}, spec)
 
 
-def restore_body(key: ProjectKey, name: str, backup: str, safety_backup: bool = True,
-                 from_project: str | None = None) -> dict[str, Any]:  # fmt: skip
-    """The Restore object of one restore into ``key``'s Project, owned by it."""
-    spec = RestoreSpec(project=key.name, backup=backup, safety_backup=safety_backup, from_project=from_project)
+def restore_body(key: ProjectKey, name: str, backup: str | None, safety_backup: bool = True,
+                 from_project: str | None = None, target_time: datetime | None = None) -> dict[str, Any]:  # fmt: skip
+    """The Restore object of one restore into ``key``'s Project (of a Backup, or to a time), owned by it."""
+    spec = RestoreSpec(project=key.name, backup=backup, safety_backup=safety_backup, from_project=from_project,
+                       target_time=target_time)  # fmt: skip
     return _run_object(RESTORE_KIND, key, name, {}, spec)
 
 
