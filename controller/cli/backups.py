@@ -128,6 +128,12 @@ def cmd_backups(args: argparse.Namespace) -> int:
     print(f"last successful: {last}")
     print(f"recoverable from: {summary.get('firstRecoverabilityPoint') or '-'}   "
           f"next: {summary.get('nextScheduledAt') or '-'}")  # fmt: skip
+    archive = summary.get("walArchive")
+    if archive:  # as `kubectl cnpg status` shows continuous archiving
+        last_wal, at = archive.get("lastArchivedWal") or "-", archive.get("lastArchivedAt") or "never"
+        print(f"WAL archive: last archived {last_wal} ({at}); base backups {archive.get('baseBackups', '-')}")
+        if archive.get("lastFailedWal"):
+            print(f"last archive failure: {archive['lastFailedWal']} ({archive.get('lastFailedAt') or '-'})")
     failure = summary.get("lastFailure")
     if failure:
         print(f"last failure: {failure['name']}: {failure.get('message') or '-'}")
@@ -147,22 +153,43 @@ def pick_backup(backups: list[dict[str, Any]], to: str) -> dict[str, Any]:
         if named not in done:
             raise CommandError(f"backup {to} did not succeed; pick another (`codeb backups`)", EXIT_USAGE)
         return named
-    try:
-        moment = datetime.fromisoformat(to.replace("Z", "+00:00"))
-    except ValueError:
-        raise CommandError(f"--to {to}: neither a Backup of this Project nor a time such as 2026-12-03T10:00:00Z",
-                           EXIT_USAGE) from None  # fmt: skip
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    moment = parse_moment(to)
     before = [b for b in succeeded if datetime.fromisoformat(_taken(b).replace("Z", "+00:00")) <= moment]
     if not before:
         raise CommandError(f"no successful backup was taken at or before {to}", EXIT_USAGE)
     return before[0]
 
 
-def _confirm(args: argparse.Namespace, backup: dict[str, Any], into: str) -> None:
-    target = (backup.get("spec") or {}).get("target", "database")
-    what = (f"overwrite the {target} of {args.namespace}/{into} with backup {backup['metadata']['name']} of "
-            f"{args.project} (taken {_taken(backup)})")  # fmt: skip
+def parse_moment(to: str) -> datetime:
+    """``--to`` as a moment (UTC unless it says otherwise)."""
+    try:
+        moment = datetime.fromisoformat(to.replace("Z", "+00:00"))
+    except ValueError:
+        raise CommandError(f"--to {to}: neither a Backup of this Project nor a time such as 2026-12-03T10:00:00Z",
+                           EXIT_USAGE) from None  # fmt: skip
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _point_in_time(args: argparse.Namespace, spec: dict[str, Any], backups: list[dict[str, Any]]) -> datetime | None:
+    """The moment to recover the database to from the WAL archive: --to names a time, the Project restores into
+    itself, and it has walArchiving. None: a Backup is restored (the one named, or the newest taken by then)."""
+    if not (spec.get("backup") or {}).get("walArchiving") or (args.into or args.project) != args.project:
+        return None
+    if any(b["metadata"]["name"] == args.to for b in backups):
+        return None
+    return parse_moment(args.to)
+
+
+def _confirm(args: argparse.Namespace, backup: dict[str, Any] | None, into: str,
+             moment: datetime | None = None) -> None:  # fmt: skip
+    if backup is None:
+        what = (
+            f"overwrite the database of {args.namespace}/{into} with its data as it was at {moment:%Y-%m-%dT%H:%M:%SZ}"
+        )
+    else:
+        target = (backup.get("spec") or {}).get("target", "database")
+        what = (f"overwrite the {target} of {args.namespace}/{into} with backup {backup['metadata']['name']} of "
+                f"{args.project} (taken {_taken(backup)})")  # fmt: skip
     if args.yes:
         return
     if not sys.stdin.isatty():
@@ -175,7 +202,8 @@ def _confirm(args: argparse.Namespace, backup: dict[str, Any], into: str) -> Non
 
 def cmd_restore(args: argparse.Namespace) -> int:
     """Restore a Project's data from a backup (--to BACKUP: its database, bucket or Redis keys) or its database as
-    it was at a time (--to TIME: the newest backup taken by then), into itself or another Project of the namespace
+    it was at a time (--to TIME: with walArchiving, that very moment from the WAL archive; else the newest backup
+    taken by then), into itself or another Project of the namespace
     (--into), after a safety backup of what is there; asks first unless --yes."""
     api = projects_api()
     into = args.into or args.project
@@ -184,11 +212,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if (spec.get("backup") or {}).get("enabled") is False:
         raise CommandError(f"the operator restores through a Project's backups, which are off for {into}; set "
                            "spec.backup.enabled: true first", EXIT_USAGE)  # fmt: skip
-    backup = pick_backup(list_backups(api, args.namespace, args.project), args.to)
-    _confirm(args, backup, into)
+    backups = list_backups(api, args.namespace, args.project)
+    moment = _point_in_time(args, spec, backups)
+    backup = pick_backup(backups, args.to) if moment is None else None
+    _confirm(args, backup, into, moment)
     name = f"{key.name}-restore-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     source = args.project if into != args.project else None
-    body = restore_body(key, name, backup["metadata"]["name"], not args.no_safety_backup, source)
+    body = restore_body(key, name, backup["metadata"]["name"] if backup else None, not args.no_safety_backup, source,
+                        moment)  # fmt: skip
     with api_errors(f"restore {args.namespace}/{name}"):
         api.create_namespaced_custom_object(API_GROUP, API_VERSION, args.namespace, RESTORE_PLURAL, body)
 
@@ -199,7 +230,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     status = _follow(read, lambda s: progress(s, time.monotonic() - started), args.timeout, args.output == "json")
-    result = {"restore": name, "backup": backup["metadata"]["name"], "phase": status.get("phase"),
+    used = backup["metadata"]["name"] if backup else status.get("pointInTimeBackup")
+    result = {"restore": name, "backup": used, "phase": status.get("phase"),
               "safetyBackup": status.get("safetyBackup"), "message": status.get("message")}  # fmt: skip
     print(json.dumps(result) if args.output == "json" else f"{name}: {result['phase']}: {result['message']}")
     return EXIT_OK if result["phase"] == "Succeeded" else EXIT_DIFFERS
