@@ -48,10 +48,17 @@ class WalArchiveWatch:
 
     async def _cached(self, what: str, read: Any) -> Any:
         seen = self._seen.get(what)
-        if seen is None or time.monotonic() - seen[0] > self._every[what]:
+        if seen is None or time.monotonic() - seen[0] > self._every_after(what, seen[1]):
             seen = (time.monotonic(), await read())
             self._seen[what] = seen
         return seen[1]
+
+    def _every_after(self, what: str, value: Any) -> float:
+        """An archive with no base backup yet (or unreadable) is read again as often as the archiver: the first
+        base backup is awaited, not found five minutes late."""
+        if what == "info" and (value[0] is None or value[0].base_backups == 0):
+            return self._every["archiver"]
+        return self._every[what]
 
     async def _archiver(self) -> dict[str, Any]:
         if self._postgres is None:

@@ -21,12 +21,14 @@ import socket
 import ssl
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from controller.local import archive
 from controller.local.cluster import REPO_ROOT, LocalClusterError, find_binary, free_port, stop_process
 
 MINIO_BUILD = REPO_ROOT / "deploy" / "localcluster" / "build-minio.sh"
@@ -52,6 +54,11 @@ def wait_port(port: int, what: str, timeout: float = 60.0, host: str = "127.0.0.
                 return
         time.sleep(0.1)
     raise LocalClusterError(f"{what} is not listening on {host}:{port} after {timeout:.0f}s")
+
+
+def _minio_env(login: dict[str, Any]) -> dict[str, str]:
+    return {**os.environ, "MINIO_ROOT_USER": login["user"], "MINIO_ROOT_PASSWORD": login["password"],
+            "MINIO_BROWSER": "off", "MINIO_UPDATE": "off"}  # fmt: skip
 
 
 def wait_minio_ready(endpoint: str, timeout: float = 60.0, ca_file: Path | None = None) -> None:
@@ -84,6 +91,7 @@ class LocalPlatform:
     root: Path
     settings: dict[str, Any] = field(default_factory=dict)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _stopping: list[Callable[[], None]] = field(default_factory=list)
 
     @classmethod
     def open(cls, root: Path) -> LocalPlatform:
@@ -101,6 +109,7 @@ class LocalPlatform:
                 "httpsPort": _port(PREFERRED_HTTPS_PORT),
                 "httpPort": _port(PREFERRED_HTTP_PORT),
             },
+            "backupStore": archive.new_settings(),
         }
         saved.touch(mode=0o600)
         saved.write_text(json.dumps(settings, indent=2))
@@ -110,24 +119,47 @@ class LocalPlatform:
     def https_port(self) -> int:
         return int(self.settings["caddy"]["httpsPort"])
 
+    @property
+    def archive(self) -> archive.LocalArchive | None:
+        """The backup store of its own (state directories made before it have none: theirs is the MinIO)."""
+        store = self.settings.get("backupStore")
+        return archive.LocalArchive(self.root / "backup-store", store, self.postgres_home) if store else None
+
+    @property
+    def archiving(self) -> bool:
+        return self.archive is not None and archive.available()
+
     def start(self) -> LocalPlatform:
         try:
+            self._backup_store()  # first: it gets ready while the others start
             self._postgres()
             self._redis()
             self._minio()
             self._caddy()
+            store = self.archive
+            if store is not None:
+                wait_minio_ready(store.endpoint, ca_file=store.ca_file)
+                if self.archiving:
+                    pg = self.settings["postgres"]
+                    store.start_base_backups(pg["port"], pg["user"], pg["password"])
+                    self._stopping.append(store.stop)
         except BaseException:
             self.stop()
             raise
         return self
 
     def stop(self) -> None:
-        for proc in reversed(self.processes):
-            stop_process(proc, 10)
-        self.processes.clear()
+        for stopping in self._stopping:
+            stopping()
+        self._stopping.clear()
+        # PostgreSQL first: at shutdown it archives the WAL it has left, into the backup store, so that must
+        # still answer (and a server stopped unarchived would leave a gap in what can be recovered).
         if (self.postgres_home / "data" / "postmaster.pid").exists():
             self._as_postgres(str(postgres_bin() / "pg_ctl"), "-D", str(self.postgres_home / "data"),
                               "-m", "fast", "stop", check=False)  # fmt: skip
+        for proc in reversed(self.processes):
+            stop_process(proc, 10)
+        self.processes.clear()
 
     # ------------------------------------------------------------ the servers
 
@@ -158,6 +190,9 @@ class LocalPlatform:
                               f"--pwfile={pwfile}", "--auth=scram-sha-256")  # fmt: skip
             pwfile.unlink()
         options = f"-p {pg['port']} -k {home} -c listen_addresses=127.0.0.1"
+        store = self.archive
+        if store is not None and self.archiving:
+            options += " " + store.postgres_options()
         self._as_postgres(str(postgres_bin() / "pg_ctl"), "-D", str(home / "data"), "-o", options,
                           "-l", str(home / "log"), "-w", "start")  # fmt: skip
 
@@ -186,15 +221,23 @@ class LocalPlatform:
 
     def _minio(self) -> None:
         s3 = self.settings["minio"]
+        self._spawn("minio", self._minio_args("minio", s3["port"]), s3["port"], _minio_env(s3))
+        wait_minio_ready(f"127.0.0.1:{s3['port']}")
+
+    def _minio_args(self, name: str, port: int) -> list[str]:
         built = subprocess.run(["bash", str(MINIO_BUILD)], capture_output=True, text=True, check=False)
         if built.returncode != 0:
             raise LocalClusterError(f"building MinIO failed: {built.stderr.strip()[-500:]}")
-        env = {**os.environ, "MINIO_ROOT_USER": s3["user"], "MINIO_ROOT_PASSWORD": s3["password"],
-               "MINIO_BROWSER": "off", "MINIO_UPDATE": "off"}  # fmt: skip
-        args = [built.stdout.strip(), "server", str(self.root / "minio" / "data"), "--address",
-                f"127.0.0.1:{s3['port']}", "--quiet"]  # fmt: skip
-        self._spawn("minio", args, s3["port"], env)
-        wait_minio_ready(f"127.0.0.1:{s3['port']}")
+        return [built.stdout.strip(), "server", str(self.root / name / "data"), "--address", f"127.0.0.1:{port}",
+                "--quiet"]  # fmt: skip
+
+    def _backup_store(self) -> None:
+        store = self.archive
+        if store is None:
+            return
+        store.home.mkdir(parents=True, exist_ok=True)
+        args = [*self._minio_args("backup-store", store.settings["port"]), "--certs-dir", str(store.certificates())]
+        self._spawn("backup-store", args, store.settings["port"], _minio_env(store.settings))
 
     def _caddy(self) -> None:
         caddy, home = self.settings["caddy"], self.root / "caddy"
@@ -219,6 +262,19 @@ class LocalPlatform:
 
     # ------------------------------------------------------------ what the cluster gets
 
+    def _backup(self) -> dict[str, Any]:
+        """The Platform's spec.backup: the store of its own (TLS, this directory's CA) with the WAL archive."""
+        store = self.archive
+        if store is None:  # made before the store existed: backups stay where they are, in the MinIO
+            return {"bucket": "codeb-backups"}
+        ref = {"namespace": ADMIN_NAMESPACE}
+        return {"bucket": archive.BUCKET,
+                "objectStorage": {"endpoint": store.endpoint, "secure": True,
+                                  "adminSecretRef": {**ref, "name": "local-backup-store-admin"},
+                                  "caSecretRef": {**ref, "name": "local-backup-store-ca"}},
+                **({"pointInTime": {"stanza": archive.STANZA, "repoPath": archive.REPO_PATH}}
+                   if self.archiving else {})}  # fmt: skip
+
     def postgres_major(self) -> str:
         return (self.postgres_home / "data" / "PG_VERSION").read_text().strip()
 
@@ -228,7 +284,16 @@ class LocalPlatform:
             "local-postgres-admin": {"username": pg["user"], "password": pg["password"]},
             "local-redis-admin": {"password": rd["password"]},
             "local-minio-admin": {"accessKey": s3["user"], "secretKey": s3["password"]},
+            **self._store_secrets(),
         }
+
+    def _store_secrets(self) -> dict[str, dict[str, str]]:
+        store = self.archive
+        if store is None:
+            return {}
+        return {"local-backup-store-admin": {"accessKey": store.settings["user"],
+                                             "secretKey": store.settings["password"]},
+                "local-backup-store-ca": {"ca.crt": store.ca_file.read_text()}}  # fmt: skip
 
     def platform_object(self) -> dict[str, Any]:
         def ref(name: str) -> dict[str, str]:
@@ -250,8 +315,8 @@ class LocalPlatform:
                           "listen": [f"127.0.0.1:{caddy['httpsPort']}"],
                           # Caddy runs here, beside the operator: switches without reloads.
                           "upstreamDir": str(self.root / "caddy" / "upstreams")},
-                # Backups go to the same MinIO, in the operator's own bucket: they work out of the box here.
-                "backup": {"bucket": "codeb-backups"},
+                # Backups go to a MinIO of their own, with the WAL archive: they work out of the box here.
+                "backup": self._backup(),
                 # A Project that names no domain is served at <slug>-staging.localhost (and so on), which
                 # resolves to this machine without any DNS.
                 "domain": "localhost",

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,7 @@ def test_up_serves_the_example_stops_cleanly_and_keeps_its_data(tmp_path: Path) 
         assert "Hello, CodeB" in page.stdout and page.stdout.count("<td>works</td>") == 3, page.stdout
         visits = json.loads(fetch(url, "/api/visit").stdout)["database"]["visits"]
         the_cli_reads_what_up_serves(cache, url)
+        visits = the_example_goes_back_to_a_moment(cache, url)
         down = codeb(cache, "down", "-o", "json")
         assert down.returncode == 0 and json.loads(down.stdout)["stopped"] is True, down.stderr
         print(f"codeb down: stopped in {json.loads(down.stdout)['seconds']}s")
@@ -138,6 +140,42 @@ def the_cli_reads_what_up_serves(cache: Path, url: str) -> None:
     # The same with KUBECONFIG exported as `up` suggests: its operator's settings come along.
     named = codeb(cache, "diff", "hello", kubeconfig=cache / "local" / "kubeconfig")
     assert named.returncode == 0 and "in sync" in named.stdout, named.stdout + named.stderr
+
+
+def backup_ready(cache: Path) -> dict[str, Any] | None:
+    """The example's BackupReady condition once it is True."""
+    shown = subprocess.run(["kubectl", "--kubeconfig", str(cache / "local" / "kubeconfig"), "get", "project", "hello",
+                            "-o", "json"], capture_output=True, text=True)  # fmt: skip
+    if shown.returncode != 0:
+        return None
+    conditions = {c["type"]: c for c in json.loads(shown.stdout).get("status", {}).get("conditions", [])}
+    found = conditions.get("BackupReady", {})
+    return found if found.get("status") == "True" else None
+
+
+def the_example_goes_back_to_a_moment(cache: Path, url: str) -> int:
+    """up's PostgreSQL archives WAL into its backup store: with walArchiving, `codeb restore --to TIME` takes
+    the example's database back to that very moment (its visit counter, two visits back)."""
+    kubeconfig = cache / "local" / "kubeconfig"
+    patch = json.dumps({"spec": {"backup": {"walArchiving": True}}})
+    subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig), "patch", "project", "hello", "--type=merge", "-p",
+                    patch], check=True, capture_output=True)  # fmt: skip
+    wait_until(lambda: backup_ready(cache), 180)  # the first base backup, then the operator's look at it
+    then = json.loads(fetch(url, "/api/visit").stdout)["database"]["visits"]
+    time.sleep(1)
+    moment = datetime.now(UTC).isoformat()
+    time.sleep(1)
+    for _ in range(2):
+        fetch(url, "/api/visit")
+    restored = codeb(cache, "restore", "hello", "--to", moment, "--yes", "-o", "json")
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    said = json.loads(restored.stdout.splitlines()[-1])
+    assert said["phase"] == "Succeeded" and said["backup"].startswith("hello-database-pitr-"), said
+    now = json.loads(fetch(url, "/api/visit").stdout)["database"]["visits"]
+    assert now == then + 1, (then, now)
+    backups = codeb(cache, "backups", "hello")
+    assert "WAL archive: last archived" in backups.stdout, backups.stdout
+    return now
 
 
 def operator_pid(cache: Path) -> int | None:
