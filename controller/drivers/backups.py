@@ -17,6 +17,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from minio.error import S3Error
@@ -33,6 +34,7 @@ from controller.errors import RetryableError
 from controller.jobs.backups import BackupRunner, BackupStore, DatabaseAccess, DatabaseDump, Job
 from controller.jobs.bucket_copies import BucketAccess, BucketCopy, referenced_blobs
 from controller.jobs.cache_copies import CacheAccess, CacheCopy
+from controller.jobs.point_in_time import SIDE_ROOT
 from controller.jobs.restores import RestoreRunner, Sources
 from controller.loop import backups as decide
 from controller.loop.backups import Cron, RestoreRecord, RunRecord
@@ -68,10 +70,12 @@ class Runs:
     stale_after: float = decide.STALE_SECONDS
 
     @classmethod
-    def on(cls, kube: KubeClient, heartbeat: float = decide.HEARTBEAT_SECONDS, concurrency: int = 2) -> Runs:
+    def on(cls, kube: KubeClient, heartbeat: float = decide.HEARTBEAT_SECONDS, concurrency: int = 2,
+           side_instances: Path = SIDE_ROOT) -> Runs:  # fmt: skip
         backups, restores = BackupRecords(kube), RestoreRecords(kube)
         backup_runner = BackupRunner(backups, concurrency, heartbeat)
-        restore_runner = RestoreRunner(restores, backups, backup_runner, kube.read_project)
+        restore_runner = RestoreRunner(restores, backups, backup_runner, kube.read_project,
+                                       side_instances=side_instances)  # fmt: skip
         return cls(backups, restores, backup_runner, restore_runner,
                    heartbeat * decide.STALE_BEATS)  # fmt: skip
 

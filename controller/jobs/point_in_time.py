@@ -49,7 +49,7 @@ from controller.jobs.backups import (
 from controller.loop.naming import ProjectKey
 from schemas.backups import BackupRunStatus
 
-SIDE_ROOT = Path(os.environ.get("CODEB_SIDE_INSTANCES", Path(tempfile.gettempdir()) / "codeb-side-instances"))
+SIDE_ROOT = Path(tempfile.gettempdir()) / "codeb-side-instances"  # CODEB_SIDE_INSTANCES overrides it
 # Names the socket file only: a side instance has no TCP listener.
 PORT = 5432
 _STOP_SECONDS = 10.0
@@ -241,6 +241,7 @@ class PointInTimeDump:
     object_key: str
     moment: datetime
     timeout: float = RUN_TIMEOUT_SECONDS
+    root: Path = SIDE_ROOT
 
     async def __call__(self, started: datetime, cancelled: threading.Event) -> BackupRunStatus:
         assert self.store.archive is not None
@@ -253,8 +254,8 @@ class PointInTimeDump:
             return failed(started, time.monotonic(), exc)
 
         def work() -> Stored:
-            sweep()
-            with SideInstance(repo, self.moment, cancelled, self.timeout) as side:
+            sweep(self.root)
+            with SideInstance(repo, self.moment, cancelled, self.timeout, self.root) as side:
                 server = PostgresServer(str(side.socket_dir), PORT, "", "")
                 source = DatabaseAccess(server, self.live.user, "", self.live.database)
                 stored = stream_dump(source, self.store, self.object_key, metadata, self.timeout, cancelled)

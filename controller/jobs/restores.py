@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from minio.datatypes import Object
@@ -45,7 +46,7 @@ from controller.jobs.backups import (
 )
 from controller.jobs.bucket_copies import BucketAccess, BucketCopy, restore_bucket
 from controller.jobs.cache_copies import CacheAccess, CacheCopy, restore_cache
-from controller.jobs.point_in_time import PointInTimeDump
+from controller.jobs.point_in_time import SIDE_ROOT, PointInTimeDump
 from controller.loop.backups import RestoreRecord
 from controller.loop.naming import ProjectKey
 from controller.specs.backups import object_key, record_body, restore_command
@@ -152,9 +153,10 @@ class RestoreRunner:
     """Runs claimed Restore records, one task per record."""
 
     def __init__(self, restores: RestoreRecords, backups: BackupRecords, backup_runner: BackupRunner,
-                 read_project: ReadProject, timeout: float = RUN_TIMEOUT_SECONDS) -> None:  # fmt: skip
+                 read_project: ReadProject, timeout: float = RUN_TIMEOUT_SECONDS,
+                 side_instances: Path = SIDE_ROOT) -> None:  # fmt: skip
         self._restores, self._backups, self._backup_runner = restores, backups, backup_runner
-        self._read_project = read_project
+        self._read_project, self._side_instances = read_project, side_instances
         self._timeout = timeout
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -256,7 +258,8 @@ class RestoreRunner:
             state.safety_backup = await self._safety_backup(key, BackupTarget.database, sources, store)
         name = f"{key.name}-database-pitr-{utcnow():%Y%m%d-%H%M%S}"
         stored_key = object_key(key, BackupTarget.database, name)
-        job = PointInTimeDump(key, name, sources.database, store, stored_key, moment, self._timeout)
+        job = PointInTimeDump(key, name, sources.database, store, stored_key, moment, self._timeout,
+                              self._side_instances)  # fmt: skip
         result = await self._run_own(key, name, BackupTarget.database, BackupTrigger.PointInTime, job)
         state.point_in_time_backup = name
         if result.phase is not BackupPhase.Succeeded or not result.sha256 or result.size_bytes is None:

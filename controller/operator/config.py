@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from controller.jobs.point_in_time import SIDE_ROOT
 from controller.specs.terraform import MODULES
 
 
@@ -64,6 +65,10 @@ class OperatorConfig(BaseModel):
     backup_concurrency: int = Field(
         2, ge=1, le=64, description="CODEB_BACKUP_CONCURRENCY: backup runs at once per operator."
     )
+    side_instances_dir: Path = Field(
+        SIDE_ROOT, description="CODEB_SIDE_INSTANCES: where a point-in-time restore recovers the Platform's cluster "
+        "(room for the whole cluster).",
+    )  # fmt: skip
 
     allow_internal_targets: bool = Field(
         False,
@@ -158,6 +163,7 @@ _ENV = {
     "reconcile_timeout_seconds": "CODEB_RECONCILE_TIMEOUT",
     "backup_heartbeat_seconds": "CODEB_BACKUP_HEARTBEAT",
     "backup_concurrency": "CODEB_BACKUP_CONCURRENCY",
+    "side_instances_dir": "CODEB_SIDE_INSTANCES",
     "allow_internal_targets": "CODEB_ALLOW_INTERNAL_TARGETS",
     "local_runtime": "CODEB_LOCAL_RUNTIME",
     "local_runtime_namespaces": "CODEB_LOCAL_RUNTIME_NAMESPACES",

@@ -40,7 +40,7 @@ def operator_drivers(kube: KubeClient, config: OperatorConfig) -> DriverSource:
     from controller.drivers.platforms import PlatformDrivers
     from controller.drivers.registry import DriverRegistry
 
-    runs = Runs.on(kube, config.backup_heartbeat_seconds, config.backup_concurrency)
+    runs = Runs.on(kube, config.backup_heartbeat_seconds, config.backup_concurrency, config.side_instances_dir)
     platforms = PlatformDrivers(kube, config.service_timeout_seconds, config.service_concurrency, runs)
     internal = config.allow_internal_targets
     host_keys = HostKeys(kube, config.claims_namespace)
