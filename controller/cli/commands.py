@@ -122,6 +122,12 @@ def _backup_lines(backup: dict[str, Any] | None) -> list[str]:
     lines = [f"  backups:   last {last}, recoverable from {since}, next {upcoming}"]
     if backup.get("running"):
         lines.append(f"             running: {backup['running']}")
+    archive = backup.get("walArchive")
+    if archive:
+        wal, at = archive.get("lastArchivedWal") or "none", archive.get("lastArchivedAt") or "-"
+        failed = (f", last failed {archive['lastFailedWal']} ({archive.get('lastFailedAt') or '-'})"
+                  if archive.get("lastFailedWal") else "")  # fmt: skip
+        lines.append(f"             WAL archive: last archived {wal} ({at}){failed}")
     failure = backup.get("lastFailure")
     if failure:
         lines.append(f"             last failure: {failure['name']}: {failure.get('message') or '-'}")
