@@ -281,6 +281,7 @@ def restore_crd() -> Schema:
     columns = [
         {"name": "Project", "type": "string", "jsonPath": ".spec.project"},
         {"name": "Backup", "type": "string", "jsonPath": ".spec.backup"},
+        {"name": "To", "type": "string", "jsonPath": ".spec.targetTime"},
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Restored", "type": "integer", "jsonPath": ".status.bytesRestored"},
     ]

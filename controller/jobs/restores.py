@@ -216,7 +216,7 @@ class RestoreRunner:
                        state: RestoreStatus, cancelled: threading.Event) -> str:  # fmt: skip
         """Check, take the safety backup, restore; a few words on what was done."""
         if record.target_time is not None:
-            return await self._restore_to_time(key, record, record.target_time, sources, store, state)
+            return await self._restore_to_time(key, record, record.target_time, sources, store, state, cancelled)
         assert record.backup is not None  # one of backup and targetTime (the CRD's rule, and the model's)
         source = await self._source_key(key, record.from_project)
         target, sha256, stored_key = await self._checked_backup(source, record.backup, store)
@@ -249,7 +249,8 @@ class RestoreRunner:
                                 progress)  # fmt: skip
 
     async def _restore_to_time(self, key: ProjectKey, record: RestoreRecord, moment: datetime, sources: Sources,
-                               store: BackupStore, state: RestoreStatus) -> str:  # fmt: skip
+                               store: BackupStore, state: RestoreStatus,
+                               cancelled: threading.Event) -> str:  # fmt: skip
         """The database as it was at ``moment``: a safety backup, then a Backup dumped from the cluster recovered
         to that moment in a side instance, then that Backup restored like any."""
         _check_to_time(key, record, moment, sources, store)
@@ -266,7 +267,7 @@ class RestoreRunner:
             raise PermanentError(f"the database as it was at {moment:%Y-%m-%dT%H:%M:%SZ} could not be recovered: "
                                  f"{result.message}; nothing was overwritten", reason="PointInTimeFailed")  # fmt: skip
         await self._stream_back(sources.database, store, stored_key, result.sha256, result.size_bytes, state,
-                                threading.Event())  # fmt: skip
+                                cancelled)  # fmt: skip
         return f" as it was at {moment:%Y-%m-%dT%H:%M:%S.%fZ} (through backup {name})"
 
     async def _run_own(self, key: ProjectKey, name: str, target: BackupTarget, trigger: BackupTrigger,
