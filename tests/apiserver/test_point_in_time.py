@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import yaml
 
 from controller.clients.kube import KubeClient
 from controller.clients.s3 import S3Server
@@ -29,10 +30,11 @@ from controller.drivers.backups import BackupDriver
 from controller.drivers.minio import ensure_operator_bucket
 from controller.jobs import point_in_time
 from controller.jobs.backups import BackupStore
-from controller.loop.planner import BACKUP_CONVERGED
+from controller.loop.planner import BACKUP_CONVERGED, Component, desired_state
 from controller.specs import backups as specs
 from schemas.backups import BackupPhase, BackupTrigger
 from schemas.platform import PointInTimeArchive
+from schemas.project import Backup
 from tests.apiserver.test_backups import World, restored
 from tests.servers import (
     ArchivingPostgres,
@@ -268,3 +270,26 @@ async def test_a_side_instance_left_by_a_killed_operator_is_removed(world: PitrW
     while Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
         assert time.monotonic() < deadline, "the orphaned side instance still runs"
         time.sleep(0.1)
+
+
+EXAMPLES = sorted((Path(__file__).parents[2] / "manifests" / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("example", [p for p in EXAMPLES if yaml.safe_load(p.read_text())["spec"].get("backup", {})
+                                     .get("enabled", True)], ids=lambda p: p.stem)  # fmt: skip
+async def test_every_examples_backups_are_kept_on_a_platform_with_an_archive(world: PitrWorld, example: Path) -> None:
+    """Each example's backup section (its targets, walArchiving) on a Platform set up as codeb up's is: its first
+    backups are taken at once, and BackupReady is True."""
+    section = Backup.model_validate(yaml.safe_load(example.read_text())["spec"]["backup"])
+    world.ctx = replace(world.ctx, backup=section)
+    world.archiving.base_backup()
+    world.fresh_driver()
+    await world.create_database(rows=2)
+    await world.minio.apply(world.ctx, desired_state(world.spec, world.ctx.allocations)[Component.storage])
+    await world.driver.apply(world.ctx, BACKUP_CONVERGED)
+    records = await world.settled()
+    taken = {r.target for r in records.values() if r.phase is BackupPhase.Succeeded}
+    assert taken == set(section.include), records
+    seen = await world.driver.observe(world.ctx)
+    assert seen.healthy and seen.state == BACKUP_CONVERGED, (seen.reason, seen.detail)
+    assert ("walArchive" in seen.outputs["summary"]) is section.wal_archiving
