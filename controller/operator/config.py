@@ -39,6 +39,10 @@ class OperatorConfig(BaseModel):
         ge=0,
         description="CODEB_PEERING_PRIORITY: highest priority acts, others stand by; random when unset.",
     )
+    peering_lifetime_seconds: int = Field(
+        30, ge=5, le=600, description="CODEB_PEERING_LIFETIME: seconds a replica that stopped renewing its peering "
+        "record still counts as alive; the bound on a standby's takeover after the active replica dies.",
+    )  # fmt: skip
     max_workers: int = Field(32, ge=1, description="CODEB_MAX_WORKERS: threads for blocking driver calls.")
     log_format: str = Field("json", pattern="^(json|console)$", description="CODEB_LOG_FORMAT: json or console.")
     retry_max_seconds: float = Field(
@@ -154,6 +158,7 @@ _ENV = {
     "quota_domains": "CODEB_QUOTA_DOMAINS",
     "peering": "CODEB_PEERING",
     "peering_priority": "CODEB_PEERING_PRIORITY",
+    "peering_lifetime_seconds": "CODEB_PEERING_LIFETIME",
     "max_workers": "CODEB_MAX_WORKERS",
     "log_format": "CODEB_LOG_FORMAT",
     "retry_max_seconds": "CODEB_RETRY_MAX",

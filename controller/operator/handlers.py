@@ -362,6 +362,9 @@ async def start_up(runtime: Runtime, settings: kopf.OperatorSettings) -> None:
         # highest act while the others stand by until its keep-alive lapses.
         priority = config.peering_priority
         settings.peering.priority = priority if priority is not None else random.randint(1, 1_000_000)
+        # A killed replica counts as alive until its record's lifetime has passed: that is the takeover
+        # time. kopf renews it every lifetime minus 5-10 s, so a short one costs a PATCH every few seconds.
+        settings.peering.lifetime = config.peering_lifetime_seconds
     runtime.metrics.serve(config.metrics_port)  # binds once, however often this runs
     try:
         await runtime.reconciler.claims.setup()

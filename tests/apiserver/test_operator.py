@@ -183,13 +183,76 @@ def test_standby_replica_does_not_act_twice(audited: LocalCluster, tmp_path: Pat
             r.stop()
 
 
-def peering_settled(cluster: LocalCluster, replicas: list[OperatorProcess]) -> bool:
+TAKEOVER_LIFETIME = 10
+
+
+def test_the_standby_takes_over_when_the_active_replica_is_killed(audited: LocalCluster, tmp_path: Path) -> None:
+    """SIGKILL of the active replica: the standby resumes within the peering lifetime (and a little), settles
+    the Projects that came meanwhile, and redoes nothing the killed one finished (counted from the audit log)."""
+    cluster, namespace = audited, "takeover"
+    cluster.kubectl("create", "namespace", namespace)
+    took = takeover(cluster, namespace, tmp_path, "takeover")
+    print(f"\nstandby took over {took:.1f} s after the active replica was killed (lifetime {TAKEOVER_LIFETIME} s)")
+    assert took <= TAKEOVER_LIFETIME + 10
+
+
+def takeover(cluster: LocalCluster, namespace: str, logs: Path, peering: str, before: int = 4, after: int = 4) -> float:
+    """Two replicas; ``before`` Projects settled by the active one; it is killed; ``after`` more arrive. Seconds
+    from the kill until the standby resumed (asserting it settles all, once). Used by bench/takeover.py too."""
+    cluster.kubectl("apply", "-f", "-", input_text=json.dumps(
+        {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": peering}}
+    ))  # fmt: skip
+    lifetime = str(TAKEOVER_LIFETIME)
+    replicas = [OperatorProcess(cluster, logs / f"{peering}-{i}.log", CODEB_PEERING=peering,
+                                CODEB_PEERING_PRIORITY=str(p), CODEB_PEERING_LIFETIME=lifetime)
+                for i, p in enumerate((100, 200))]  # fmt: skip
+    for replica in replicas:
+        replica.start()
+    try:
+        wait_for(lambda: peering_settled(cluster, replicas, peering), timeout=90, what="one replica active")
+        cluster.kubectl("apply", "-f", "-", input_text=fleet(namespace, before))
+        wait_for(lambda: all_settled(cluster, namespace, before), timeout=120, what=f"{before} Projects settled")
+        standby, active = replicas
+        resumed_before = standby.log().count("Resuming operations")
+        offset = cluster.audit_log.stat().st_size
+        active.kill()
+        killed = time.monotonic()
+        cluster.kubectl("apply", "-f", "-", input_text=fleet(namespace, before + after))
+        wait_for(lambda: standby.log().count("Resuming operations") > resumed_before, timeout=TAKEOVER_LIFETIME + 60,
+                 what="the standby resumed", interval=0.1)  # fmt: skip
+        took = time.monotonic() - killed
+        wait_for(lambda: all_settled(cluster, namespace, before + after), timeout=120, what="all Projects settled")
+        assert_claims_consistent(cluster, namespace)
+        redone = writes_to(cluster, offset, {f"app-{i:03d}" for i in range(before)})
+        assert redone == Counter(), f"the standby rewrote what the killed replica had finished: {redone}"
+        return took
+    finally:
+        for r in replicas:
+            r.stop()
+
+
+def writes_to(cluster: LocalCluster, since: int, names: set[str]) -> Counter[str]:
+    """The operator's writes since byte ``since`` to the objects named ``names`` (a Project's, its status)."""
+    counts: Counter[str] = Counter()
+    with cluster.audit_log.open() as log:
+        log.seek(since)
+        for line in log:
+            entry: dict[str, Any] = json.loads(line)
+            ref = entry.get("objectRef", {})
+            if entry["user"]["username"] != "codeb-admin" or entry.get("userAgent", "").startswith("kubectl"):
+                continue
+            if ref.get("name") in names:
+                counts[f"{entry['verb']} {ref.get('resource')}/{ref.get('subresource', '')} {ref['name']}"] += 1
+    return counts
+
+
+def peering_settled(cluster: LocalCluster, replicas: list[OperatorProcess], peering: str = "codeb") -> bool:
     """Both replicas in the peering object, the higher one resumed, the lower one paused.
 
     kopf starts a replica with mandatory peering paused and resumes it once it sees no peer above it;
     the standby never resumes, or pauses again once it sees the other ("Pausing ... in favour of").
     """
-    peers = get_json(cluster, "clusterkopfpeering", "codeb").get("status") or {}
+    peers = get_json(cluster, "clusterkopfpeering", peering).get("status") or {}
     standby, active = replicas[0].log(), replicas[1].log()
     resumed = "Resuming operations" in active
     return len(peers) >= 2 and resumed and standby.rfind("Resuming operations") <= standby.rfind("Pausing operations")
