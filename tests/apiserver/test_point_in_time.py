@@ -103,15 +103,18 @@ class PitrWorld(World):
         return str(row[0])
 
     def archived(self, wal: str, within: float = 60) -> None:
-        """Until PostgreSQL archived ``wal`` (archive_timeout switches to the next file within 5 s)."""
+        """Until PostgreSQL archived ``wal``: a commit and a switch to the next file make it complete (a file
+        with nothing in it is never switched), then the archiver pushes it (it retries failures on new WAL)."""
         deadline = time.monotonic() + within
         while True:
             with self.admin() as conn:
+                conn.execute("SELECT txid_current()")
+                conn.execute("SELECT pg_switch_wal()")
                 row = conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()
             if row is not None and row[0] is not None and str(row[0])[:24] >= wal:
                 return
             assert time.monotonic() < deadline, f"WAL {wal} not archived after {within} s (last: {row})"
-            time.sleep(0.5)
+            time.sleep(1.0)
 
 
 @pytest.fixture()

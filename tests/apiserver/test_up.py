@@ -143,14 +143,16 @@ def the_cli_reads_what_up_serves(cache: Path, url: str) -> None:
 
 
 def backup_ready(cache: Path) -> dict[str, Any] | None:
-    """The example's BackupReady condition once it is True."""
+    """The example's BackupReady condition once it is True with the WAL archive looked at (a base backup in it)."""
     shown = subprocess.run(["kubectl", "--kubeconfig", str(cache / "local" / "kubeconfig"), "get", "project", "hello",
                             "-o", "json"], capture_output=True, text=True)  # fmt: skip
     if shown.returncode != 0:
         return None
-    conditions = {c["type"]: c for c in json.loads(shown.stdout).get("status", {}).get("conditions", [])}
+    status = json.loads(shown.stdout).get("status", {})
+    conditions = {c["type"]: c for c in status.get("conditions", [])}
     found = conditions.get("BackupReady", {})
-    return found if found.get("status") == "True" else None
+    archive = status.get("backup", {}).get("walArchive", {})
+    return found if found.get("status") == "True" and archive.get("baseBackups", 0) >= 1 else None
 
 
 def the_example_goes_back_to_a_moment(cache: Path, url: str) -> int:
