@@ -41,7 +41,7 @@ def audited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     local.stop()
 
 
-def fleet(namespace: str, count: int, per_host: int | None = None) -> str:
+def fleet(namespace: str, count: int, per_host: int | None = None, prefix: str = "app") -> str:
     """``count`` Projects spread over the three environments, half with data features.
 
     Provider local (all on this machine), or with ``per_host`` quadlet on shared ``existing``
@@ -55,7 +55,8 @@ def fleet(namespace: str, count: int, per_host: int | None = None) -> str:
             "provider": "existing", "runtime": "quadlet", "hosts": [f"h{i // per_host}.fleet.example"],
             "ssh": {"secretRef": "deploy-key"},
         }}  # fmt: skip
-        doc = project(f"app-{i:03d}", namespace, env=envs[i % 3], features=features, **servers)
+        # Names (and so domains) are the fleet's own: two fleets of the cluster never claim the same.
+        doc = project(f"{prefix}-{i:03d}", namespace, env=envs[i % 3], features=features, **servers)
         docs.append(json.dumps(doc))
     return "\n---\n".join(docs)
 
@@ -85,7 +86,9 @@ def assert_claims_consistent(cluster: LocalCluster, namespace: str) -> None:
     by_owner: dict[str, list[tuple[str, str]]] = {}
     for pool, entries in ledger_entries(cluster, CLAIMS_NS).items():
         for value, holder in entries.items():
-            by_owner.setdefault(holder.split(" ", 1)[0], []).append((pool, value))
+            uid, _, owner = holder.partition(" ")
+            if owner.startswith(f"{namespace}/"):  # the ledgers are the cluster's; other tests' fleets are theirs
+                by_owner.setdefault(uid, []).append((pool, value))
     assert set(by_owner) <= set(uids), "a claim outlived its Project (leak)"
     ports = []
     for uid, item in uids.items():
@@ -210,20 +213,20 @@ def takeover(cluster: LocalCluster, namespace: str, logs: Path, peering: str, be
         replica.start()
     try:
         wait_for(lambda: peering_settled(cluster, replicas, peering), timeout=90, what="one replica active")
-        cluster.kubectl("apply", "-f", "-", input_text=fleet(namespace, before))
+        cluster.kubectl("apply", "-f", "-", input_text=fleet(namespace, before, prefix=peering))
         wait_for(lambda: all_settled(cluster, namespace, before), timeout=120, what=f"{before} Projects settled")
         standby, active = replicas
         resumed_before = standby.log().count("Resuming operations")
         offset = cluster.audit_log.stat().st_size
         active.kill()
         killed = time.monotonic()
-        cluster.kubectl("apply", "-f", "-", input_text=fleet(namespace, before + after))
+        cluster.kubectl("apply", "-f", "-", input_text=fleet(namespace, before + after, prefix=peering))
         wait_for(lambda: standby.log().count("Resuming operations") > resumed_before, timeout=TAKEOVER_LIFETIME + 60,
                  what="the standby resumed", interval=0.1)  # fmt: skip
         took = time.monotonic() - killed
         wait_for(lambda: all_settled(cluster, namespace, before + after), timeout=120, what="all Projects settled")
         assert_claims_consistent(cluster, namespace)
-        redone = writes_to(cluster, offset, {f"app-{i:03d}" for i in range(before)})
+        redone = writes_to(cluster, offset, {f"{peering}-{i:03d}" for i in range(before)})
         assert redone == Counter(), f"the standby rewrote what the killed replica had finished: {redone}"
         return took
     finally:
