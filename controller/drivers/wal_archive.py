@@ -2,8 +2,10 @@
 
 Both are Platform-wide, so one watch per Platform serves every Project's pass: PostgreSQL's
 ``pg_stat_archiver`` is read at most every 30 s, the archive's contents (`pgbackrest info`,
-a process and a few S3 reads) at most every 5 minutes. What each says is decided in
-`controller.loop.backups.archiving_trouble`.
+a process and a few S3 reads) at most every 5 minutes. Only the first read is waited for;
+later ones refresh in the background while passes use the last answer, so a store that
+hangs (pgBackRest waits up to its I/O timeout) never holds up a pass. What each says is
+decided in `controller.loop.backups.archiving_trouble`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class WalArchiveWatch:
         self._postgres, self._repo = postgres, repo
         self._every = {"archiver": archiver_every, "info": info_every}
         self._seen: dict[str, tuple[float, Any]] = {}
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
         self._lock = asyncio.Lock()
 
     async def state(self) -> ArchiverState:
@@ -48,10 +51,17 @@ class WalArchiveWatch:
 
     async def _cached(self, what: str, read: Any) -> Any:
         seen = self._seen.get(what)
-        if seen is None or time.monotonic() - seen[0] > self._every_after(what, seen[1]):
-            seen = (time.monotonic(), await read())
-            self._seen[what] = seen
+        if seen is None:
+            seen = self._seen[what] = (time.monotonic(), await read())
+        elif time.monotonic() - seen[0] > self._every_after(what, seen[1]) and what not in self._refreshing:
+            self._refreshing[what] = asyncio.create_task(self._refresh(what, read))
         return seen[1]
+
+    async def _refresh(self, what: str, read: Any) -> None:
+        try:
+            self._seen[what] = (time.monotonic(), await read())
+        finally:
+            self._refreshing.pop(what, None)
 
     def _every_after(self, what: str, value: Any) -> float:
         """An archive with no base backup yet (or unreadable) is read again as often as the archiver: the first
@@ -79,3 +89,5 @@ class WalArchiveWatch:
             return await asyncio.to_thread(pgbackrest.info, self._repo), None
         except CodebError as exc:
             return None, exc.message
+        except OSError as exc:  # the process could not be started (its scratch directory, say)
+            return None, f"pgBackRest could not run ({type(exc).__name__})"
