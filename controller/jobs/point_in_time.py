@@ -110,6 +110,9 @@ class SideInstance:
             (self._data / name).touch()
         self._chown(*(self._data / n for n in ("pg_hba.conf", "postgresql.conf", "pg_ident.conf")))
         self.version = (self._data / "PG_VERSION").read_text().strip()
+        if not self.version.isdigit():  # it names the programs to run: a number, or nothing is run
+            raise PermanentError(f"the restored cluster's PG_VERSION is not a major version ({self.version[:16]!r})",
+                                 reason="PointInTimeUnreachable")  # fmt: skip
 
     def _binary(self, name: str) -> str:
         path = Path(f"/usr/lib/postgresql/{self.version}/bin/{name}")
@@ -120,8 +123,10 @@ class SideInstance:
         return str(path)
 
     def _start(self, env: dict[str, str]) -> None:
+        # hot_standby off: no connection is wanted before promotion, and a standby that takes connections must
+        # have max_connections (and a few more) at least the primary's, which this machine may not afford.
         settings = {"listen_addresses": "", "unix_socket_permissions": "0700", "archive_mode": "off", "ssl": "off",
-                    "shared_preload_libraries": "", "logging_collector": "off", "hot_standby": "on"}  # fmt: skip
+                    "shared_preload_libraries": "", "logging_collector": "off", "hot_standby": "off"}  # fmt: skip
         options = [arg for key, value in settings.items() for arg in ("-c", f"{key}={value}")]
         log = self.socket_dir / "log"
         with log.open("ab") as out:
