@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from controller.local.archive import store_certificates
 from controller.local.cluster import find_binary, free_port
 from controller.local.platform import postgres_bin, wait_minio_ready, wait_port
 
@@ -183,33 +184,15 @@ class MinioServer(_Spawned):
         return self.root / "ca.crt" if self.tls else None
 
     def _certificates(self) -> list[str]:
-        """A CA and MinIO's certificate for its address (as an IP, and as a DNS name: pgBackRest reads only those)."""
-        if not self.tls:
-            return []
-        certs = self.root / "certs"
-        certs.mkdir(exist_ok=True)
-        (self.root / "server.ext").write_text(f"subjectAltName=IP:{self.host},DNS:{self.host},DNS:localhost\n"
-                                              "extendedKeyUsage=serverAuth\n")  # fmt: skip
-        steps = [
-            ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=codeb-test-store-ca",
-             "-keyout", "ca.key", "-out", "ca.crt"],
-            ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=minio", "-keyout", "certs/private.key", "-out",
-             "server.csr"],
-            ["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "30",
-             "-extfile", "server.ext", "-out", "certs/public.crt"],
-        ]  # fmt: skip
-        for step in steps:
-            subprocess.run(["openssl", *step], cwd=self.root, check=True, capture_output=True)
-        return ["--certs-dir", str(certs)]
+        """MinIO's TLS options: a CA of its own and a certificate for its address, as codeb up's store has."""
+        return ["--certs-dir", str(store_certificates(self.root, self.host))] if self.tls else []
 
     def start(self) -> MinioServer:
         binary = subprocess.run(["bash", str(REPO / "deploy/localcluster/build-minio.sh")], check=True,
                                 capture_output=True, text=True).stdout.strip()  # fmt: skip
         env = {**os.environ, "MINIO_ROOT_USER": self.root_user, "MINIO_ROOT_PASSWORD": self.root_password,
                "MINIO_BROWSER": "off", "MINIO_UPDATE": "off"}  # fmt: skip
-        args = [binary, "server", str(self.root / "data"), "--address", self.endpoint, "--quiet",
-                *(self._certificates() if self.ca_file is None or not self.ca_file.exists() else
-                  ["--certs-dir", str(self.root / "certs")])]  # fmt: skip
+        args = [binary, "server", str(self.root / "data"), "--address", self.endpoint, "--quiet", *self._certificates()]
         self.proc = _spawn(args, self.root, self.port, env, timeout=60, host=self.host)
         wait_minio_ready(self.endpoint, ca_file=self.ca_file)
         return self

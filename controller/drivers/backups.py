@@ -122,16 +122,16 @@ class BackupDriver:
             "expired": [r.name for r in decide.expired(listed, now, backup.retention_days, backup.keep_last)],
             "restores": await self._restores_to_act_on(ctx, now),
         }
-        archiving = await self._archiving(backup)
-        reason, detail = self._trouble(ctx, backup, listed, archiving)
-        outputs = self._outputs(ctx, backup, listed, now, archiving[0] if archiving else None)
+        archive, archive_trouble = await self._archiving(backup)
+        reason, detail = self._trouble(ctx, backup, listed, archive_trouble)
+        outputs = self._outputs(ctx, backup, listed, now, archive)
         return Observation(state=state, outputs=outputs, healthy=reason is None, reason=reason,
                            detail=detail)  # fmt: skip
 
-    async def _archiving(self, backup: Backup) -> tuple[WalArchiveStatus | None, tuple[str, str] | None] | None:
+    async def _archiving(self, backup: Backup) -> tuple[WalArchiveStatus | None, tuple[str, str] | None]:
         """With walArchiving: where the Platform's archive stands, and what keeps it from serving, if anything."""
         if not backup.wal_archiving:
-            return None
+            return None, None
         if self._archive is None:
             return None, ("NoWalArchive", f"Platform {self._platform} archives no WAL: its admin sets "
                           "spec.backup.pointInTime and archiving on its PostgreSQL (docs/backups.md); scheduled "
@@ -175,14 +175,13 @@ class BackupDriver:
 
     @staticmethod
     def _trouble(ctx: DriverContext, backup: Backup, listed: list[RunRecord],
-                 archiving: tuple[WalArchiveStatus | None, tuple[str, str] | None] | None,
-                 ) -> tuple[str | None, str | None]:  # fmt: skip
+                 archive_trouble: tuple[str, str] | None) -> tuple[str | None, str | None]:  # fmt: skip
         """Why backups are not healthy, as (reason, detail); (None, None) when they are."""
         missing = [t.value for t in decide.targets(backup, ctx.allocations) if t not in RUNNABLE]
         if missing:
             return "NotImplemented", f"backups of {', '.join(missing)} are not built yet; the rest are taken"
-        if archiving is not None and archiving[1] is not None:
-            return archiving[1]
+        if archive_trouble is not None:
+            return archive_trouble
         failure = decide.last_failure(listed)
         if failure is not None:
             return "LastBackupFailed", f"backup {failure.name} failed: {failure.message or 'no reason recorded'}"

@@ -65,8 +65,18 @@ class MinioDriver:
     component = Component.storage
 
     def __init__(self, endpoint: str, root_user: str, root_password: str, secrets: SecretStore,
-                 secure: bool = False, timeout: float = 10.0, ca_pem: str | None = None) -> None:  # fmt: skip
-        self._server = S3Server(endpoint, root_user, root_password, secure, timeout, ca_pem)
+                 secure: bool = False, timeout: float = 10.0) -> None:  # fmt: skip
+        self._serve(S3Server(endpoint, root_user, root_password, secure, timeout), secrets)
+
+    @classmethod
+    def on(cls, server: S3Server, secrets: SecretStore) -> MinioDriver:
+        """The driver of a server already made (a Platform's, with its CA)."""
+        driver = cls.__new__(cls)
+        driver._serve(server, secrets)
+        return driver
+
+    def _serve(self, server: S3Server, secrets: SecretStore) -> None:
+        self._server = server
         # Shared with the backup driver, which copies the Projects' buckets.
         self.server = self._server
         self._s3, self._admin, self._call = self._server.s3, self._server.admin, self._server.call

@@ -168,9 +168,7 @@ class PlatformDrivers:
         drivers: dict[Component, Driver] = {component: MissingService(component, name) for component in SERVICES}
         storage: MinioDriver | None = None
         if platform.object_storage is not None:
-            server = await self._s3(platform.object_storage)
-            storage = MinioDriver(server.endpoint, *server.credentials, self._secrets, secure=server.secure,
-                                  timeout=self._timeout, ca_pem=server.ca_pem)  # fmt: skip
+            storage = MinioDriver.on(await self._s3(platform.object_storage), self._secrets)
             drivers[Component.storage] = storage
         store = await self._backup_store(platform)
         postgres: PostgresServer | None = None

@@ -326,8 +326,7 @@ class RestoreRunner:
             job = DatabaseDump(key, name, sources.database, store, stored_key, self._timeout)
         result = await self._run_own(key, name, target, BackupTrigger.Safety, job)
         if result.phase is not BackupPhase.Succeeded:
-            why = result.message
-            raise PermanentError(f"safety backup {name} failed ({why}); nothing was overwritten",
+            raise PermanentError(f"safety backup {name} failed ({result.message}); nothing was overwritten",
                                  reason="SafetyBackupFailed")  # fmt: skip
         return name
 

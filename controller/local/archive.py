@@ -29,7 +29,7 @@ from typing import Any
 from controller.clients import pgbackrest
 from controller.clients.s3 import S3Server
 from controller.errors import CodebError
-from controller.local.cluster import free_port
+from controller.local.cluster import free_port, openssl
 
 STANZA = "codeb"
 BUCKET = "codeb-backups"
@@ -37,6 +37,25 @@ REPO_PATH = "/pgbackrest"
 ARCHIVE_TIMEOUT_SECONDS = 60
 BASE_BACKUP_EVERY = timedelta(days=1)
 _CHECK_SECONDS = 3600.0
+
+
+def store_certificates(home: Path, host: str = "127.0.0.1") -> Path:
+    """A CA of its own (``home/ca.crt``) and a certificate it signed for ``host``, in ``home/certs`` (MinIO's
+    --certs-dir), made once. The host is a DNS name in it too: pgBackRest matches DNS names only."""
+    certs = home / "certs"
+    if (certs / "public.crt").exists():
+        return certs
+    certs.mkdir(parents=True, exist_ok=True)
+    (home / "server.ext").write_text(f"subjectAltName=IP:{host},DNS:{host},DNS:localhost\n"
+                                     "extendedKeyUsage=serverAuth\n")  # fmt: skip
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=codeb-backup-store-ca",
+            "-keyout", "ca.key", "-out", "ca.crt", cwd=home)  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=codeb-backup-store", "-keyout", "certs/private.key",
+            "-out", "server.csr", cwd=home)  # fmt: skip
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days",
+            "3650", "-extfile", "server.ext", "-out", "certs/public.crt", cwd=home)  # fmt: skip
+    (home / "ca.key").unlink()  # nothing more is ever signed with it
+    return certs
 
 
 def new_settings() -> dict[str, Any]:
@@ -65,26 +84,8 @@ class LocalArchive:
         return self.home / "ca.crt"
 
     def certificates(self) -> Path:
-        """The store's CA and certificate (made once); the certs directory MinIO reads. 127.0.0.1 is a DNS name
-        in it too: pgBackRest matches the host against DNS names only."""
-        certs = self.home / "certs"
-        if (certs / "public.crt").exists():
-            return certs
-        certs.mkdir(parents=True, exist_ok=True)
-        (self.home / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:127.0.0.1,DNS:localhost\n"
-                                              "extendedKeyUsage=serverAuth\n")  # fmt: skip
-        steps = [
-            ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=codeb-local-backups-ca",
-             "-keyout", "ca.key", "-out", "ca.crt"],
-            ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=codeb-local-backups", "-keyout",
-             "certs/private.key", "-out", "server.csr"],
-            ["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days",
-             "3650", "-extfile", "server.ext", "-out", "certs/public.crt"],
-        ]  # fmt: skip
-        for step in steps:
-            subprocess.run(["openssl", *step], cwd=self.home, check=True, capture_output=True)
-        (self.home / "ca.key").unlink()  # nothing more is ever signed with it
-        return certs
+        """The store's CA and certificate (made once); the certs directory MinIO reads."""
+        return store_certificates(self.home)
 
     def server(self) -> S3Server:
         return S3Server(self.endpoint, self.settings["user"], self.settings["password"], True,

@@ -23,6 +23,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,7 @@ class LocalPlatform:
     def https_port(self) -> int:
         return int(self.settings["caddy"]["httpsPort"])
 
-    @property
+    @cached_property
     def archive(self) -> archive.LocalArchive | None:
         """The backup store of its own (state directories made before it have none: theirs is the MinIO)."""
         store = self.settings.get("backupStore")
@@ -224,11 +225,16 @@ class LocalPlatform:
         self._spawn("minio", self._minio_args("minio", s3["port"]), s3["port"], _minio_env(s3))
         wait_minio_ready(f"127.0.0.1:{s3['port']}")
 
-    def _minio_args(self, name: str, port: int) -> list[str]:
+    @cached_property
+    def _minio_binary(self) -> str:
+        """Built once (then cached on disk); both MinIOs run it."""
         built = subprocess.run(["bash", str(MINIO_BUILD)], capture_output=True, text=True, check=False)
         if built.returncode != 0:
             raise LocalClusterError(f"building MinIO failed: {built.stderr.strip()[-500:]}")
-        return [built.stdout.strip(), "server", str(self.root / name / "data"), "--address", f"127.0.0.1:{port}",
+        return built.stdout.strip()
+
+    def _minio_args(self, name: str, port: int) -> list[str]:
+        return [self._minio_binary, "server", str(self.root / name / "data"), "--address", f"127.0.0.1:{port}",
                 "--quiet"]  # fmt: skip
 
     def _backup_store(self) -> None:
