@@ -113,13 +113,13 @@ class RolloutWorld:
 
 
 @contextmanager
-def rollout_world(root: Path, drift_interval: float = 30) -> Iterator[RolloutWorld]:
+def rollout_world(root: Path, drift_interval: float = 30, **settings: str) -> Iterator[RolloutWorld]:
     caddy = start_caddy()
     cluster = start_cluster(root / "cluster")
     state = root / "state"
     (root / "counts").mkdir(parents=True, exist_ok=True)
     env = {"CODEB_LOCAL_RUNTIME": "1", "CODEB_LOCAL_ROOT": str(REPO_ROOT), "CODEB_STATE_DIR": str(state),
-           "CODEB_DRIFT_INTERVAL": str(drift_interval)}  # fmt: skip
+           "CODEB_DRIFT_INTERVAL": str(drift_interval), **settings}  # fmt: skip
     operator = OperatorProcess(cluster, root / "operator.log", **env)
     try:
         cluster.kubectl("create", "namespace", NS)

@@ -329,10 +329,14 @@ class PrometheusServer(_Spawned):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, targets: list[str], rules: dict[str, Any]) -> PrometheusServer:
+    def start(self, targets: list[str], rules: dict[str, Any], alertmanager: str | None = None) -> PrometheusServer:
         (self.root / "rules.yaml").write_text(json.dumps(rules))  # JSON is YAML
-        config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"}, "rule_files": ["rules.yaml"],
-                  "scrape_configs": [{"job_name": "caddy", "static_configs": [{"targets": targets}]}]}  # fmt: skip
+        config: dict[str, Any] = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"}, "rule_files": ["rules.yaml"],
+            "scrape_configs": [{"job_name": "caddy", "static_configs": [{"targets": targets}]}],
+        }  # fmt: skip
+        if alertmanager:
+            config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
         (self.root / "prometheus.yml").write_text(json.dumps(config))
         binary = shutil.which("prometheus") or "/usr/bin/prometheus"
         args = [binary, f"--config.file={self.root / 'prometheus.yml'}", f"--storage.tsdb.path={self.root / 'data'}",
@@ -358,6 +362,50 @@ class PrometheusServer(_Spawned):
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start_prometheus(targets: list[str], rules: dict[str, Any]) -> PrometheusServer:
+def start_prometheus(targets: list[str], rules: dict[str, Any], alertmanager: str | None = None) -> PrometheusServer:
     root = scratch("codeb-prometheus-")
-    return PrometheusServer(root, free_port()).start(targets, rules)
+    return PrometheusServer(root, free_port()).start(targets, rules, alertmanager)
+
+
+@dataclass
+class AlertmanagerServer(_Spawned):
+    """Alertmanager (Debian's prometheus-alertmanager) sending every alert, grouped per Project, to one
+    webhook with a bearer token, as docs/operations.md configures it for the operator."""
+
+    root: Path
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, webhook: str, token: str) -> AlertmanagerServer:
+        (self.root / "token").write_text(token)
+        config = {
+            "route": {"receiver": "codeb", "group_by": ["namespace", "project", "alertname"], "group_wait": "1s",
+                      "group_interval": "1s", "repeat_interval": "1h"},
+            "receivers": [{"name": "codeb", "webhook_configs": [{
+                "url": webhook, "send_resolved": True,
+                "http_config": {"authorization": {"credentials_file": str(self.root / "token")}},
+            }]}],
+        }  # fmt: skip
+        (self.root / "alertmanager.yml").write_text(json.dumps(config))
+        binary = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
+        cluster = free_port()  # its gossip listener, on loopback (there is no peer)
+        args = [binary, f"--config.file={self.root / 'alertmanager.yml'}", f"--storage.path={self.root / 'data'}",
+                f"--web.listen-address={self.address}", f"--cluster.listen-address=127.0.0.1:{cluster}"]  # fmt: skip
+        self.proc = _spawn(args, self.root, self.port, timeout=60)
+        return self
+
+    def log(self) -> str:
+        return (self.root / "log").read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        super().stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_alertmanager(webhook: str, token: str) -> AlertmanagerServer:
+    if shutil.which("prometheus-alertmanager") is None:
+        raise RuntimeError("prometheus-alertmanager not installed: run deploy/dev test")
+    return AlertmanagerServer(scratch("codeb-alertmanager-"), free_port()).start(webhook, token)

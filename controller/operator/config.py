@@ -25,6 +25,14 @@ class OperatorConfig(BaseModel):
         frozenset(), description="CODEB_RESERVED_PORTS: comma-separated ports never allocated."
     )
     metrics_port: int = Field(0, ge=0, le=65535, description="CODEB_METRICS_PORT: Prometheus port; 0 disables.")
+    inbound_port: int = Field(
+        0, ge=0, le=65535, description="CODEB_INBOUND_PORT: where Alertmanager posts the Projects' alerts "
+        "(POST /alertmanager); 0 disables."
+    )  # fmt: skip
+    inbound_token_file: Path | None = Field(
+        None, description="CODEB_INBOUND_TOKEN_FILE: a file holding the bearer token Alertmanager sends (a mounted "
+        "Secret; read at each delivery); unset: alert delivery is off."
+    )  # fmt: skip
     quota_projects: int | None = Field(
         None, ge=0, description="CODEB_QUOTA_PROJECTS: Projects one namespace may have without a Platform; unset: any."
     )
@@ -154,6 +162,8 @@ _ENV = {
     "claims_namespace": "CODEB_CLAIMS_NAMESPACE",
     "reserved_ports": "CODEB_RESERVED_PORTS",
     "metrics_port": "CODEB_METRICS_PORT",
+    "inbound_port": "CODEB_INBOUND_PORT",
+    "inbound_token_file": "CODEB_INBOUND_TOKEN_FILE",
     "quota_projects": "CODEB_QUOTA_PROJECTS",
     "quota_domains": "CODEB_QUOTA_DOMAINS",
     "peering": "CODEB_PEERING",

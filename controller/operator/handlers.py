@@ -40,10 +40,11 @@ from controller.loop.status import format_validation_error, load_status, set_con
 from controller.loop.summary import kstatus_conditions
 from controller.operator.config import OperatorConfig
 from controller.operator.expectations import Expected
+from controller.operator.inbound import Inbound
 from controller.operator.metrics import Metrics
 from controller.operator.notify import Notifier
 from controller.operator.retries import Backoff, Retries
-from controller.operator.runs import Housekeeping, run_news, wake_its_project
+from controller.operator.runs import FailedBackups, Housekeeping, run_news, wake_its_project
 from schemas.backups import BACKUP_PLURAL, RESTORE_PLURAL
 from schemas.project import (
     API_GROUP,
@@ -85,6 +86,8 @@ class Runtime:
     # Copies of the Secrets teardown needs (`KeptSecrets`): a Project's go with it.
     kept: KeptSecrets | None = None
     notifier: Notifier | None = None  # deploy news to the Projects' receivers
+    failed_backups: FailedBackups = field(default_factory=FailedBackups)  # which were told of
+    inbound: Inbound | None = None  # Alertmanager's deliveries
 
 
 class StatusDiffBase(kopf.StatusDiffBaseStorage):
@@ -366,6 +369,8 @@ async def start_up(runtime: Runtime, settings: kopf.OperatorSettings) -> None:
         # time. kopf renews it every lifetime minus 5-10 s, so a short one costs a PATCH every few seconds.
         settings.peering.lifetime = config.peering_lifetime_seconds
     runtime.metrics.serve(config.metrics_port)  # binds once, however often this runs
+    if runtime.inbound is not None:
+        await runtime.inbound.start(config.inbound_port)  # once, too
     try:
         await runtime.reconciler.claims.setup()
     except RetryableError as exc:
@@ -387,6 +392,11 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         await start_up(runtime, settings)
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        if runtime.inbound is not None:
+            await runtime.inbound.stop()
 
     @kopf.on.resume(*RESOURCE, registry=registry)
     @kopf.on.create(*RESOURCE, registry=registry)
@@ -414,8 +424,12 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.event(API_GROUP, API_VERSION, BACKUP_PLURAL, registry=registry, when=news)
     @kopf.on.event(API_GROUP, API_VERSION, RESTORE_PLURAL, registry=registry, when=news)
     async def run_changed(body: kopf.Body, **_: Any) -> None:
-        if runtime.kube is not None:
-            await wake_its_project(runtime.kube, body, wake)
+        if runtime.kube is None:
+            return
+        found = await wake_its_project(runtime.kube, body, wake)
+        failed = runtime.failed_backups.news(body) if found else None
+        if found and failed and runtime.notifier is not None:
+            runtime.notifier.announce(*found, [failed])
 
     @kopf.on.delete(*RESOURCE, registry=registry)
     async def deleted(body: kopf.Body, patch: kopf.Patch, retry: int, **_: Any) -> None:

@@ -1,10 +1,11 @@
-"""Deploy notifications: a Project's rollout news, told to the receivers its manifest names (best effort).
+"""Notifications: a Project's news, told to the receivers its manifest names (best effort).
 
-A rollout that ended in a pass (succeeded or failed, a first deploy included) and a post-deploy
-hook that failed are sent outside the pass, in the background: at most `CONCURRENCY` at a time
-and `BACKLOG` waiting (beyond that, dropped and counted), each try within `SEND_SECONDS`, tried
-twice. A pass whose status write is lost is decided again, so a receiver may hear of one rollout
-twice; an operator killed mid-send may leave one unsaid. Both are said in docs/operations.md.
+A rollout that ended in a pass (succeeded or failed, a first deploy included), a post-deploy
+hook that failed, a backup that failed and the Project's alerts (`controller.operator.inbound`)
+are sent outside the pass, in the background: at most `CONCURRENCY` at a time and `BACKLOG`
+waiting (beyond that, dropped and counted), each try within `SEND_SECONDS`, tried twice. A
+pass whose status write is lost is decided again, so a receiver may hear of one rollout twice;
+an operator killed mid-send may leave one unsaid. Both are said in docs/operations.md.
 
 A receiver's URL is a credential (a Slack webhook's is), so it comes from a Secret of the
 Project's namespace (`KubeClient.read_secret`'s rules apply) and appears in no log, Event or
@@ -39,6 +40,9 @@ SEND_SECONDS = 10.0
 RETRY_SECONDS = 2.0
 RESULTS = {"Succeeded": NotifyEvent.deploy_succeeded, "Failed": NotifyEvent.deploy_failed}
 RECEIVERS = TypeAdapter(list[Receiver])
+WORDS = {NotifyEvent.deploy_succeeded: "deployed", NotifyEvent.deploy_failed: "failed to deploy",
+         NotifyEvent.hook_failed: "post-deploy hook failed", NotifyEvent.backup_failed: "backup failed",
+         NotifyEvent.alert_firing: "alert firing", NotifyEvent.alert_resolved: "alert resolved"}  # fmt: skip
 
 
 class SecretSource(Protocol):
@@ -76,7 +80,11 @@ class Notifier:
 
     def tell(self, key: ProjectKey, spec: dict[str, Any], outcome: Outcome) -> None:
         """Send this pass's news to the Project's receivers that listen for it, in the background."""
-        news = news_of(outcome)
+        self.announce(key, spec, news_of(outcome))
+
+    def announce(self, key: ProjectKey, spec: dict[str, Any], news: list[News]) -> None:
+        """Send ``news`` to the Project's receivers that listen for it (``spec``: the Project's), in the
+        background: a pass's rollout news, a backup's failure, an alert Alertmanager delivered."""
         if not news:
             return
         for receiver in _receivers(spec):
@@ -148,8 +156,7 @@ def _url(field: str, written: str, allow_internal: bool) -> httpx.URL:
 
 
 def _payload(kind: ReceiverKind, key: ProjectKey, news: News) -> dict[str, Any]:
-    what = {NotifyEvent.deploy_succeeded: "deployed", NotifyEvent.deploy_failed: "failed to deploy",
-            NotifyEvent.hook_failed: "post-deploy hook failed"}[news.event]  # fmt: skip
+    what = WORDS[news.event]
     revision = f" revision {news.revision}" if news.revision else ""
     text = f"{key.namespace}/{key.name}{revision}: {what}" + (f" ({news.message})" if news.message else "")
     if kind is ReceiverKind.slack:

@@ -1,7 +1,8 @@
 """Backup and Restore objects as news for their Project, and the backup stores' housekeeping.
 
 A Backup or Restore made by hand (`codeb backup`, `codeb restore`) starts, and a finished run
-reaches the Project's status, without waiting for the drift timer. Heartbeats are not news:
+reaches the Project's status, without waiting for the drift timer; a Backup that failed is told to
+the Project's receivers. Heartbeats are not news:
 they are filtered out before kopf calls (or logs) anything. Deleted Projects' backups are
 swept once their retention has passed, from the drift timer (paused on a standby replica).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import kopf
 import structlog
@@ -18,6 +20,8 @@ import structlog
 from controller.clients.kube import KubeClient
 from controller.errors import CodebError
 from controller.loop.naming import ProjectKey
+from controller.operator.notify import News
+from schemas.sections.monitoring import NotifyEvent
 
 # A finished run younger than this wakes its Project (older ones are what a restart lists again).
 NEWS_SECONDS = 120.0
@@ -31,16 +35,43 @@ def run_news(body: kopf.Body, event: str | None) -> bool:
     return event != "DELETED" and (phase in (None, "Pending") or fresh)
 
 
-async def wake_its_project(kube: KubeClient, body: kopf.Body, wake: Callable[[ProjectKey], None]) -> None:
-    """Wake the Project the run names (in the run's namespace), if it exists."""
+async def wake_its_project(
+    kube: KubeClient, body: kopf.Body, wake: Callable[[ProjectKey], None]
+) -> tuple[ProjectKey, dict[str, Any]] | None:
+    """Wake the Project the run names (in the run's namespace), if it exists; it and its spec."""
     namespace, project = body.metadata.namespace or "", str((body.get("spec") or {}).get("project") or "")
     try:
         raw = await kube.read_project(namespace, project) if project else None
     except CodebError:
-        return  # the drift timer will get to it
+        return None  # the drift timer will get to it
     uid = (raw or {}).get("metadata", {}).get("uid")
-    if uid:
-        wake(ProjectKey(namespace, project, uid))
+    if not uid:
+        return None
+    key = ProjectKey(namespace, project, uid)
+    wake(key)
+    return key, dict((raw or {}).get("spec") or {})
+
+
+class FailedBackups:
+    """Which fresh failed Backups were told of, so each is told once per operator (a restart or another
+    replica may tell one again: notifications are best effort). Bounded: the oldest are forgotten."""
+
+    REMEMBERED = 1000
+
+    def __init__(self) -> None:
+        self._told: dict[str, None] = {}
+
+    def news(self, body: kopf.Body) -> News | None:
+        status = body.get("status") or {}
+        uid = body.metadata.uid or ""
+        if body.get("kind") != "Backup" or status.get("phase") != "Failed" or uid in self._told:
+            return None
+        self._told[uid] = None
+        while len(self._told) > self.REMEMBERED:
+            del self._told[next(iter(self._told))]
+        # The run's own message is the operator's words (why the dump or upload failed), clipped.
+        why = str(status.get("message") or "")[:300]
+        return News(NotifyEvent.backup_failed, None, f"{body.metadata.name}: {why}" if why else body.metadata.name)
 
 
 def _age_seconds(stamp: str) -> float:

@@ -114,6 +114,7 @@ def run_operator(make_drivers: Callable[[KubeClient, OperatorConfig], DriverSour
     from controller.loop.reconciler import Reconciler
     from controller.operator.config import ConfigError, load_config
     from controller.operator.handlers import Runtime, build_registry
+    from controller.operator.inbound import Inbound
     from controller.operator.logs import configure_logging
     from controller.operator.metrics import Metrics
     from controller.operator.notify import Notifier
@@ -139,7 +140,8 @@ def run_operator(make_drivers: Callable[[KubeClient, OperatorConfig], DriverSour
     notifier = Notifier(kube, config.allow_internal_targets, counted=metrics.notifications)
     runtime = Runtime(config, Reconciler(drivers, claims, kube.namespace_terminating), metrics, kube, retries,
                       housekeeping=Housekeeping(getattr(drivers, "sweep", None)),
-                      kept=getattr(drivers, "kept", None), notifier=notifier)  # fmt: skip
+                      kept=getattr(drivers, "kept", None), notifier=notifier,
+                      inbound=Inbound(kube, notifier, config.inbound_token_file))  # fmt: skip
     asyncio.run(
         kopf.operator(
             registry=build_registry(runtime),

@@ -17,6 +17,8 @@ from controller.loop.planner import State
 from controller.specs.caddy import SERVER
 
 SERIES = "caddy_http_request_duration_seconds"
+ERROR_RATE = "CodebProjectErrorRate"
+LATENCY = "CodebProjectLatencyP95"
 WINDOW = "5m"
 RUNBOOK = "docs/operations.md#project-alerts"
 # The alert's value, as Prometheus' templates print it.
@@ -56,7 +58,7 @@ def render_group(ctx: DriverContext, desired: State) -> dict[str, Any]:
         "name": f"codeb-project.{ctx.key.namespace}.{ctx.key.name}",
         "rules": [
             {
-                "alert": "CodebProjectErrorRate",
+                "alert": ERROR_RATE,
                 "expr": f"{figures['errorPercent']} > {desired['errorRatePercent']:g}",
                 "for": held,
                 "labels": dict(labels),
@@ -70,7 +72,7 @@ def render_group(ctx: DriverContext, desired: State) -> dict[str, Any]:
                 },
             },
             {
-                "alert": "CodebProjectLatencyP95",
+                "alert": LATENCY,
                 "expr": f"{figures['latencyP95Ms']} > {desired['latencyP95Ms']}",
                 "for": held,
                 "labels": dict(labels),

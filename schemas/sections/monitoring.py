@@ -22,6 +22,9 @@ class NotifyEvent(StrEnum):
     deploy_succeeded = "DeploySucceeded"
     deploy_failed = "DeployFailed"
     hook_failed = "HookFailed"
+    backup_failed = "BackupFailed"
+    alert_firing = "AlertFiring"  # the Project's alert rules, through Alertmanager (docs/operations.md)
+    alert_resolved = "AlertResolved"
 
 
 class Receiver(CodebModel):
@@ -39,7 +42,8 @@ class Receiver(CodebModel):
     events: list[NotifyEvent] = Field(
         default_factory=lambda: list(NotifyEvent),
         description="What it hears of: DeploySucceeded, DeployFailed (a failed rollout, with what its check said), "
-        "HookFailed. Default: all.",
+        "HookFailed, BackupFailed, AlertFiring and AlertResolved (its monitoring.alerts, where the operator "
+        "receives Alertmanager's webhooks). Default: all.",
         max_length=10,
     )
 
@@ -79,6 +83,6 @@ class Monitoring(CodebModel):
     alerts: Alerts = Field(default_factory=Alerts, description="Alert thresholds.")
     notify: list[Receiver] = Field(
         default_factory=list,
-        description="Where deploys and their failures are told, as they happen (best effort: one try and a retry).",
+        description="Where deploys, failures and alerts are told, as they happen (best effort: one try and a retry).",
         max_length=5,
     )

@@ -3,12 +3,14 @@
 It writes each Project's PrometheusRule (the Prometheus Operator's real CRD, from its Go module), and a
 real Prometheus (Debian) loading exactly those rules and scraping the real Caddy fires the Project's
 error-rate alert when a share of its requests through Caddy fail, and not for a Project whose requests
-do not. It tells a Project's receivers of its deploys, a first one included, and of a failed one, once.
+do not; a real Alertmanager delivers it to the operator, which tells the Project's receivers, and
+again when it resolves. It tells a Project's receivers of its deploys, a first one included, and of a failed one, once.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -23,24 +25,62 @@ from controller.specs.alerts import RUNBOOK
 from tests.gotools import prometheus_crd
 from tests.helpers import get_json, wait_for
 from tests.rollouts import NS, RolloutWorld, rollout_project, rollout_world
-from tests.servers import start_prometheus
+from tests.servers import free_port, start_alertmanager, start_prometheus
 
 pytestmark = pytest.mark.apiserver
+
+
+TOKEN = "alertmanager-" + secrets.token_hex(8)
+INBOUND = free_port()
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RolloutWorld]:
     crd = prometheus_crd("prometheusrules")  # before the world: a download must not eat into its timeouts
-    with rollout_world(tmp_path_factory.mktemp("alerts")) as made:
+    root = tmp_path_factory.mktemp("alerts")
+    (root / "inbound-token").write_text(TOKEN + "\n")
+    settings = {"CODEB_INBOUND_PORT": str(INBOUND), "CODEB_INBOUND_TOKEN_FILE": str(root / "inbound-token")}
+    with rollout_world(root, **settings) as made:
         made.cluster.kubectl("apply", "--server-side", "-f", str(crd))
         made.cluster.kubectl("wait", "--for=condition=Established", "crd/prometheusrules.monitoring.coreos.com",
                              "--timeout=60s")  # fmt: skip
         yield made
 
 
-def watched(world: RolloutWorld, name: str) -> None:
+class Heard:
+    """A receiver of notifications on loopback (this operator allows internal targets): what it was told."""
+
+    def __init__(self) -> None:
+        heard = self.bodies = list[dict[str, Any]]()
+
+        class Receiver(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                heard.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def texts(self, containing: str) -> list[str]:
+        return [b["text"] for b in self.bodies if containing in b["text"]]
+
+
+@pytest.fixture
+def heard() -> Iterator[Heard]:
+    receiver = Heard()
+    yield receiver
+    receiver.server.shutdown()
+
+
+def watched(world: RolloutWorld, name: str, notify: list[dict[str, Any]] | None = None) -> None:
     doc = rollout_project(name, "r1", world.counts)
-    doc["spec"]["monitoring"] = {"alerts": {"errorRatePercent": 20, "latencyP95Ms": 5000, "forSeconds": 2}}
+    doc["spec"]["monitoring"] = {"alerts": {"errorRatePercent": 20, "latencyP95Ms": 5000, "forSeconds": 2},
+                                 "notify": notify or []}  # fmt: skip
     world.cluster.kubectl("apply", "-f", "-", input_text=json.dumps(doc))
 
 
@@ -58,10 +98,12 @@ def send(world: RolloutWorld, host: str, paths: list[str], seconds: float) -> in
 
 
 def test_a_projects_error_rate_alert_fires_in_a_real_prometheus_from_the_rules_the_operator_wrote(
-    world: RolloutWorld, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    world: RolloutWorld, heard: Heard, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    world.cluster.kubectl("create", "secret", "generic", "pager", "-n", NS, f"--from-literal=url={heard.url}")
+    pager = [{"name": "pager", "urlSecretRef": "pager", "events": ["AlertFiring", "AlertResolved"]}]
     for name in ("loud", "calm"):
-        watched(world, name)
+        watched(world, name, pager)
         world.wait_rollout(name, "r1")
         wait_for(lambda n=name: world.condition(n, "AlertsReady").get("status") == "True", timeout=30,
                  what=f"{name}'s alert rules written")  # fmt: skip
@@ -75,7 +117,9 @@ def test_a_projects_error_rate_alert_fires_in_a_real_prometheus_from_the_rules_t
         rules["groups"].append(group)
     # Exactly what the Prometheus Operator would load from those objects, into a real Prometheus.
     caddy_metrics = f"127.0.0.1:{world.caddy.admin_port}"
-    prometheus = start_prometheus([caddy_metrics], rules)
+    # Alertmanager routes what fires to the operator, which tells each Project's receivers.
+    alertmanager = start_alertmanager(f"http://127.0.0.1:{INBOUND}/alertmanager", TOKEN)
+    prometheus = start_prometheus([caddy_metrics], rules, alertmanager.address)
     try:
         failed = send(world, "loud.localhost", ["/", "/fail"], 8)  # half of loud's requests fail
         send(world, "calm.localhost", ["/"], 2)
@@ -99,47 +143,71 @@ def test_a_projects_error_rate_alert_fires_in_a_real_prometheus_from_the_rules_t
         assert traffic["latencyP95Ms"] is not None
         assert main(["status", "calm", "-n", NS, "--prometheus", prometheus.url]) == 0
         assert "req/s, 0.0% 5xx, p95" in capsys.readouterr().out
+        # Through Alertmanager and the operator, in the operator's words: only loud's receiver is told.
+        firing_text = f"{NS}/loud: alert firing (CodebProjectErrorRate: more than 20% of requests answer 5xx)"
+        wait_for(lambda: heard.texts("alert firing"), timeout=60, what="the alert delivered: " + alertmanager.log())
+        assert heard.texts("alert firing") == [firing_text]
+        # The errors stop: enough good requests bring the share under the threshold, and it resolves.
+        send(world, "loud.localhost", ["/"], 20)
+        resolved = f"{NS}/loud: alert resolved (CodebProjectErrorRate: more than 20% of requests answer 5xx)"
+        wait_for(lambda: heard.texts("alert resolved"), timeout=90, what="the resolution delivered")
+        assert heard.texts("alert resolved") == [resolved]
+        assert heard.texts("calm") == []
     finally:
         prometheus.stop()
+        alertmanager.stop()
     # The rules go with the Project.
     world.cluster.kubectl("delete", "project", "calm", "-n", NS, "--timeout=60s")
     assert world.cluster.kubectl("get", "prometheusrule", "codeb-calm", "-n", NS, check=False).returncode != 0
 
 
-def test_deploys_and_their_failures_are_told_to_the_projects_receivers(world: RolloutWorld) -> None:
-    heard: list[dict[str, Any]] = []
+def test_deploys_and_their_failures_are_told_to_the_projects_receivers(world: RolloutWorld, heard: Heard) -> None:
+    world.cluster.kubectl("create", "secret", "generic", "team-hook", "-n", NS, f"--from-literal=url={heard.url}")
+    notify = [{"name": "team", "kind": "slack", "urlSecretRef": "team-hook"}]
 
-    class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            heard.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.end_headers()
+    def apply(revision: str, mode: str = "ok") -> None:
+        doc = rollout_project("told", revision, world.counts, mode)
+        doc["spec"]["monitoring"] = {"notify": notify}
+        world.cluster.kubectl("apply", "-f", "-", input_text=json.dumps(doc))
 
-        def log_message(self, *args: Any) -> None:
-            pass
+    apply("r1")
+    first = {"text": f"{NS}/told revision r1: deployed"}
+    wait_for(lambda: first in heard.bodies, timeout=60, what="the first deploy told")
+    apply("bad", "broken")
+    world.wait_rollout("told", "bad", step="Failed")
+    told = wait_for(lambda: heard.texts("failed to deploy"), timeout=30, what="the failure")
+    assert told[0].startswith(f"{NS}/told revision bad: failed to deploy (green failed 3 consecutive")
+    assert len(heard.bodies) == 2  # once each: no repeat on later passes
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/hook"  # http: this operator allows internal targets
-        world.cluster.kubectl("create", "secret", "generic", "team-hook", "-n", NS, f"--from-literal=url={url}")
-        notify = [{"name": "team", "kind": "slack", "urlSecretRef": "team-hook"}]
 
-        def apply(revision: str, mode: str = "ok") -> None:
-            doc = rollout_project("told", revision, world.counts, mode)
-            doc["spec"]["monitoring"] = {"notify": notify}
-            world.cluster.kubectl("apply", "-f", "-", input_text=json.dumps(doc))
+def test_alertmanager_deliveries_need_the_token_and_name_only_the_operators_alerts(
+    world: RolloutWorld, heard: Heard
+) -> None:
+    """The operator's listener, as anyone who reaches it: no token, a wrong one, a forged alert, a label
+    that is no name; only the operator's alert for an existing Project is told, in its own words."""
+    world.cluster.kubectl("create", "secret", "generic", "watch-hook", "-n", NS, f"--from-literal=url={heard.url}")
+    watched(world, "watched", [{"name": "watch", "urlSecretRef": "watch-hook", "events": ["AlertFiring"]}])
+    world.wait_rollout("watched", "r1")
+    url = f"http://127.0.0.1:{INBOUND}/alertmanager"
 
-        apply("r1")
-        first = {"text": f"{NS}/told revision r1: deployed"}
-        wait_for(lambda: first in heard, timeout=60, what="the first deploy told")
-        apply("bad", "broken")
-        world.wait_rollout("told", "bad", step="Failed")
-        told = wait_for(lambda: [h for h in heard if "failed to deploy" in h["text"]], timeout=30, what="the failure")
-        assert told[0]["text"].startswith(f"{NS}/told revision bad: failed to deploy (green failed 3 consecutive")
-        assert len(heard) == 2  # once each: no repeat on later passes
-    finally:
-        server.shutdown()
+    def alert(name: str, project: str = "watched", **annotations: str) -> dict[str, Any]:
+        return {"status": "firing", "labels": {"alertname": name, "namespace": NS, "project": project},
+                "annotations": annotations}  # fmt: skip
+
+    body = {"version": "4", "alerts": [alert("CodebProjectLatencyP95", summary="click http://phish.example")]}
+    assert httpx.post(url, json=body, timeout=10).status_code == 401
+    assert httpx.post(url, json=body, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 401
+    assert httpx.post(url, content=b"x" * (2 << 20), headers={"Authorization": f"Bearer {TOKEN}"},
+                      timeout=10).status_code == 413  # fmt: skip
+    body["alerts"] += [alert("Forged"), alert("CodebProjectErrorRate", project="../x"),
+                       alert("CodebProjectErrorRate", project="nobody")]  # fmt: skip
+    answer = httpx.post(url, json=body, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    assert answer.status_code == 200 and answer.json() == {"told": 1}
+    wait_for(lambda: heard.bodies, timeout=30, what="the alert told")
+    time.sleep(1)
+    assert [b["text"] for b in heard.bodies] == [
+        f"{NS}/watched: alert firing (CodebProjectLatencyP95: p95 latency above 5000 ms)"
+    ]
 
 
 def test_a_rule_object_the_operator_did_not_make_is_left_alone(world: RolloutWorld) -> None:
