@@ -8,7 +8,8 @@ such an answer; `probe_http` is the health check built on it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -24,6 +25,17 @@ class Probe:
     detail: str | None = None
     # An HTTP status came back (or the process exited). False: refused or timed out, i.e. still starting.
     answered: bool = True
+    status: int | None = None  # the HTTP status, when one came back
+    seconds: float | None = None  # how long the request took (to its answer, or to the timeout)
+
+
+def probe_sample(probes: Sequence[Probe]) -> dict[str, float | int | None]:
+    """What the operator's metrics keep of one look at a colour (`Metrics.record_probe`): its HTTP status
+    (a failing host's, where one fails) and its slowest probe."""
+    failing = [p for p in probes if not p.healthy]
+    status = next((p.status for p in (failing or probes) if p.status is not None), None)
+    timed = [p.seconds for p in probes if p.seconds is not None]
+    return {"httpStatus": status, "probeSeconds": max(timed) if timed else None}
 
 
 async def probe_http(
@@ -41,16 +53,19 @@ async def probe_http(
     only the first `BODY_BYTES` are read (a 2xx: none).
     """
     target = f"GET {path} on {address}:{port}"
+    started = time.monotonic()
     try:
         status, body = await read_bounded(client, "GET", f"http://{address}:{port}{path}", timeout,
                                           read_body=lambda code: not 200 <= code < 300)  # fmt: skip
     except httpx.TimeoutException:
-        return Probe(False, f"{target} timed out", answered=False)
+        return Probe(False, f"{target} timed out", answered=False, seconds=time.monotonic() - started)
     except httpx.TransportError:
         return Probe(False, f"{target} was refused: nothing listens on the port", answered=False)
+    took = time.monotonic() - started
     if 200 <= status < 300:
-        return Probe(True)
-    return Probe(False, f"{target} answered {status}: {clip(body.strip(), secret_values, 200)}")
+        return Probe(True, status=status, seconds=took)
+    detail = f"{target} answered {status}: {clip(body.strip(), secret_values, 200)}"
+    return Probe(False, detail, status=status, seconds=took)
 
 
 # The most of a tenant's answer the operator reads: enough to say why, never enough to exhaust it.

@@ -37,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from controller.clients.http import Probe, probe_http
+from controller.clients.http import Probe, probe_http, probe_sample
 from controller.drivers.proctable import (
     LAUNCH_ENV,
     alive,
@@ -140,7 +140,8 @@ class LocalProcesses:
         current_env = len(mine) == 1 and environment.digest == current.launch["digest"]
         probe = await self._health(current, environment.secret_values, ctx.health_timeout)
         endpoint = f"{LISTEN_HOST}:{current.port}"
-        health = {"healthy": probe.healthy, "detail": probe.detail, "answered": probe.answered, "endpoints": [endpoint]}
+        health = {"healthy": probe.healthy, "detail": probe.detail, "answered": probe.answered, "endpoints": [endpoint],
+                  **probe_sample([probe])}  # fmt: skip
         return colour, {**launched, "environmentCurrent": current_env}, health
 
     async def _health(self, process: Supervised, secret_values: frozenset[str], timeout: float | None) -> Probe:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from controller.clients.http import Probe, probe_http
+from controller.clients.http import Probe, probe_http, probe_sample
 from controller.clients.ssh import HostAccess, Login, SshPool
 from controller.drivers.hosts import login_for, servers_of
 from controller.drivers.workloads import Credentials, SecretReader, install_app, read_credentials
@@ -135,6 +135,7 @@ class QuadletUnits:
             "answered": any(probe.answered for _, probe in failing),
             "endpoints": [views[colour].endpoint for views, probe in zip(current, probes, strict=True)
                           if probe.healthy],
+            **probe_sample(probes),
         }  # fmt: skip
         return colour, state, verdict
 

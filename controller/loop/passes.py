@@ -88,6 +88,8 @@ class Outcome:
     # Exactly when to look again for a timed step (the next health check, the end of a drain): no backoff.
     wake_after: float | None = None
     rollout: Decided | None = None
+    # The serving colour's last health probe (up, httpStatus, probeSeconds) where the operator probes it.
+    probe: State | None = None
 
 
 @dataclass

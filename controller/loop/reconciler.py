@@ -133,6 +133,7 @@ class Reconciler:
             drift=[] if acting else steps.actions,
             wake_after=_earliest(decided.wake_after if decided is not None else None, work.observed, acting),
             rollout=decided,
+            probe=_probe(work.observed.get(Component.workload)),
         )
 
     async def _routed(self, project: ProjectInput, placement: Placement) -> ProjectInput:
@@ -402,3 +403,9 @@ def _retry_after(work: Pass, steps: Plan) -> float | None:
     if work.waiting or steps.progressing:
         delays.append(PROGRESS_RECHECK_SECONDS)
     return min(delays) if delays else None
+
+
+def _probe(workload: Observation | None) -> State | None:
+    """The serving colour's last probe, as the rollout's view of the workload carries it."""
+    found = workload.outputs.get("probe") if workload is not None else None
+    return dict(found) if isinstance(found, dict) else None

@@ -189,6 +189,7 @@ def post_events(runtime: Runtime, body: kopf.Body, outcome: Outcome, status_chan
     uid, namespace, name = body.metadata.uid or "", body.metadata.namespace or "", body.metadata.name or ""
     runtime.metrics.record_backup(uid, namespace, name, outcome.status.backup)
     runtime.metrics.record_status(uid, namespace, name, outcome.status)
+    runtime.metrics.record_probe(uid, namespace, name, outcome.probe)
 
 
 async def reconcile_body(runtime: Runtime, body: kopf.Body, trigger: str) -> dict[str, Any] | None:

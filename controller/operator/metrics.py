@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from schemas.project import BackupSummary, ConditionStatus, Phase, ProjectStatus
+
+# A health endpoint answers in milliseconds; a probe times out at healthCheck.timeoutSeconds (2 s by default).
+PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Metrics:
@@ -74,6 +79,22 @@ class Metrics:
             labels, registry=self.registry,
         )  # fmt: skip
         self._statuses: dict[str, tuple[str, str]] = {}
+        # Per Project the operator probes (runtimes local and quadlet): its serving colour's health probe,
+        # as the rollouts' health gate sees it. 17 series each (the histogram's 15 with its buckets), none per
+        # colour or host: bounded by the Projects.
+        self.probe_up = Gauge(
+            "codeb_project_probe_up", "1 while the serving colour's last health probe passed, else 0.", labels,
+            registry=self.registry,
+        )  # fmt: skip
+        self.probe_status = Gauge(
+            "codeb_project_probe_http_status", "The HTTP status of the serving colour's last health probe (0: no "
+            "answer).", labels, registry=self.registry,
+        )  # fmt: skip
+        self.probe_seconds = Histogram(
+            "codeb_project_probe_duration_seconds", "How long the serving colour's health probes took.", labels,
+            buckets=PROBE_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self._probed: dict[str, tuple[str, str]] = {}
 
     def set_phase(self, uid: str, phase: Phase | None) -> None:
         """Move one Project between the phase gauges (each pass calls this: constant time, not a recount);
@@ -81,6 +102,7 @@ class Metrics:
         if phase is None:
             self.record_backup(uid, "", "", None)
             self.record_status(uid, "", "", None)
+            self.record_probe(uid, "", "", None)
         before = self._phases.pop(uid, None) if phase is None else self._phases.get(uid)
         if phase is not None:
             self._phases[uid] = phase
@@ -120,6 +142,22 @@ class Metrics:
         self.project_ready.labels(namespace, project).set(1 if ready else 0)
         self.project_stalled.labels(namespace, project).set(1 if "Stalled" in true else 0)
         self.project_suspended.labels(namespace, project).set(1 if status.phase is Phase.Suspended else 0)
+
+    def record_probe(self, uid: str, namespace: str, project: str, probe: Mapping[str, Any] | None) -> None:
+        """The serving colour's last probe (`Outcome.probe`) as series; none without one (suspended, gone,
+        or a runtime whose own probes decide, as Kubernetes' readiness does)."""
+        if probe is None:
+            labels = self._probed.pop(uid, None)
+            for metric in (self.probe_up, self.probe_status, self.probe_seconds):
+                if labels is not None:
+                    with contextlib.suppress(KeyError):
+                        metric.remove(*labels)
+            return
+        self._probed[uid] = (namespace, project)
+        self.probe_up.labels(namespace, project).set(1 if probe.get("up") else 0)
+        self.probe_status.labels(namespace, project).set(int(probe.get("httpStatus") or 0))
+        if isinstance(probe.get("probeSeconds"), int | float):
+            self.probe_seconds.labels(namespace, project).observe(float(probe["probeSeconds"]))
 
     def record_rollout(self, checks: list[bool], finished: tuple[str, float] | None) -> None:
         for healthy in checks:

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.apiserver
 
 
 TOKEN = "alertmanager-" + secrets.token_hex(8)
-INBOUND = free_port()
+INBOUND, METRICS = free_port(), free_port()
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RolloutWorld]:
     crd = prometheus_crd("prometheusrules")  # before the world: a download must not eat into its timeouts
     root = tmp_path_factory.mktemp("alerts")
     (root / "inbound-token").write_text(TOKEN + "\n")
-    settings = {"CODEB_INBOUND_PORT": str(INBOUND), "CODEB_INBOUND_TOKEN_FILE": str(root / "inbound-token")}
+    settings = {"CODEB_INBOUND_PORT": str(INBOUND), "CODEB_INBOUND_TOKEN_FILE": str(root / "inbound-token"),
+                "CODEB_METRICS_PORT": str(METRICS)}  # fmt: skip
     with rollout_world(root, **settings) as made:
         made.cluster.kubectl("apply", "--server-side", "-f", str(crd))
         made.cluster.kubectl("wait", "--for=condition=Established", "crd/prometheusrules.monitoring.coreos.com",
@@ -178,6 +179,20 @@ def test_deploys_and_their_failures_are_told_to_the_projects_receivers(world: Ro
     told = wait_for(lambda: heard.texts("failed to deploy"), timeout=30, what="the failure")
     assert told[0].startswith(f"{NS}/told revision bad: failed to deploy (green failed 3 consecutive")
     assert len(heard.bodies) == 2  # once each: no repeat on later passes
+
+    # The operator's own probes of the serving colour (r1 still serves), as series for this Project.
+    def probed() -> dict[str, float]:
+        text = httpx.get(f"http://127.0.0.1:{METRICS}/metrics", timeout=10).text
+        labels = f'{{namespace="{NS}",project="told"}}'
+        return {line.split(labels)[0]: float(line.split()[-1]) for line in text.splitlines()
+                if line.startswith("codeb_project_probe_") and labels in line}  # fmt: skip
+
+    samples = wait_for(lambda: (found := probed()).get("codeb_project_probe_up") == 1 and found, timeout=30,
+                       what="the probe series")  # fmt: skip
+    assert samples["codeb_project_probe_http_status"] == 200
+    assert samples["codeb_project_probe_duration_seconds_count"] >= 1
+    world.cluster.kubectl("delete", "project", "told", "-n", NS, "--timeout=60s")
+    assert probed() == {}  # gone with the Project
 
 
 def test_alertmanager_deliveries_need_the_token_and_name_only_the_operators_alerts(

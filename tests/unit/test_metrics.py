@@ -90,3 +90,48 @@ def test_ready_and_stalled_series_per_project_come_and_go_with_it() -> None:
     metrics.set_phase("uid-1", None)  # the Project is gone, and its series with it
     gone = [value(name, labels) for name in ("codeb_project_ready", "codeb_project_stalled", "codeb_project_suspended")]
     assert gone == [None, None, None]
+
+
+def test_probe_series_per_project_come_and_go_with_it_and_name_no_colour() -> None:
+    metrics = Metrics()
+    value = metrics.registry.get_sample_value
+    labels = {"namespace": "team", "project": "shop"}
+    metrics.record_probe("uid-1", "team", "shop", {"up": True, "httpStatus": 200, "probeSeconds": 0.02})
+    metrics.record_probe("uid-1", "team", "shop", {"up": False, "httpStatus": 503, "probeSeconds": 0.3})
+    assert (value("codeb_project_probe_up", labels), value("codeb_project_probe_http_status", labels)) == (0, 503)
+    assert value("codeb_project_probe_duration_seconds_count", labels) == 2
+    assert value("codeb_project_probe_duration_seconds_bucket", {**labels, "le": "0.025"}) == 1
+    metrics.record_probe("uid-1", "team", "shop", {"up": False, "httpStatus": None, "probeSeconds": None})
+    assert value("codeb_project_probe_http_status", labels) == 0  # no answer (timed out, refused)
+    assert value("codeb_project_probe_duration_seconds_count", labels) == 2
+    metrics.record_probe("uid-1", "team", "shop", None)  # suspended: no probe, no series
+    assert value("codeb_project_probe_up", labels) is None
+    metrics.record_probe("uid-1", "team", "shop", {"up": True, "httpStatus": 200, "probeSeconds": 0.01})
+    metrics.set_phase("uid-1", None)
+    assert value("codeb_project_probe_up", labels) is None
+    assert value("codeb_project_probe_duration_seconds_count", labels) is None
+
+
+def series(metrics: Metrics) -> int:
+    return sum(1 for line in generate_latest(metrics.registry).decode().splitlines() if not line.startswith("#"))
+
+
+def test_per_project_series_are_a_fixed_number_per_project_at_ten_thousand_projects() -> None:
+    metrics = Metrics()
+    empty = series(metrics)
+    ready = ProjectStatus(observed_generation=1, conditions=set_condition([], "Ready", True, "AllComponentsReady",
+                                                                          generation=1))  # fmt: skip
+    backup = BackupSummary(last_successful="b", last_successful_at=datetime.now(UTC), last_successful_size_bytes=1,
+                           last_successful_duration_seconds=1.0)  # fmt: skip
+    for n in range(10_000):
+        uid, name = f"uid-{n}", f"p{n}"
+        metrics.set_phase(uid, Phase.Ready)
+        metrics.record_status(uid, "team", name, ready)
+        metrics.record_backup(uid, "team", name, backup)
+        for look in range(3):  # many passes add no series
+            metrics.record_probe(uid, "team", name, {"up": True, "httpStatus": 200, "probeSeconds": 0.01 * look})
+    per_project = (series(metrics) - empty) / 10_000
+    assert per_project == 3 + 3 + 2 + 15, per_project  # status, backup, probe up and status, probe histogram
+    for n in range(10_000):
+        metrics.set_phase(f"uid-{n}", None)
+    assert series(metrics) == empty

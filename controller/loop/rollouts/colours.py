@@ -55,6 +55,7 @@ class ColourSeen:
     endpoints: tuple[str, ...] = ()
     # It answered at all: an HTTP status, or its process exited. False while it boots.
     answered: bool = True
+    probe: State = field(default_factory=dict)  # the driver's probe sample: httpStatus, probeSeconds
 
     @property
     def release(self) -> str:
@@ -119,7 +120,9 @@ def view(raw: Observation, decision: Decision) -> Observation:
     if chosen is None:
         detail = raw.detail or "no colour serves yet"
         return Observation(state=raw.state, healthy=False, detail=detail, outputs={"endpoints": []})
-    outputs = {"endpoints": list(chosen.endpoints)}
+    # The serving colour's last probe, for the operator's per-Project series (`Outcome.probe`).
+    probe = {"up": chosen.healthy, **chosen.probe}
+    outputs = {"endpoints": list(chosen.endpoints), "probe": probe}
     return Observation(state=raw.state, healthy=chosen.healthy, detail=chosen.detail, outputs=outputs)
 
 
@@ -140,6 +143,7 @@ def seen_colours(raw: Observation) -> dict[Colour, ColourSeen]:
             detail=looked.get("detail"),
             endpoints=tuple(looked.get("endpoints", ())),
             answered=bool(looked.get("answered", True)),
+            probe={k: looked.get(k) for k in ("httpStatus", "probeSeconds")},
         )
     return found
 
