@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import sys
 import tempfile
@@ -97,8 +98,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.project:
         body = read_project(api, args.namespace, args.project)
         shown = detail(body)
-        if args.prometheus:
-            shown["traffic"] = project_traffic(args.prometheus, body, shown["url"])
+        prometheus = args.prometheus or os.environ.get("CODEB_PROMETHEUS_URL")  # codeb up's, once targeted
+        if prometheus:
+            shown["traffic"] = project_traffic(prometheus, body, shown["url"])
         print(json.dumps(shown, indent=2) if args.output == "json" else render_detail(shown))
         return EXIT_OK
     rows = [summary(body) for body in list_projects(api, None if args.all_namespaces else args.namespace)]

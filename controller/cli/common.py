@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -72,7 +73,21 @@ def local_operator_env(home: Path) -> dict[str, str]:
         "CODEB_STATE_DIR": str(home / "state"),
         "CODEB_DRIFT_INTERVAL": "30",
         "CODEB_LOG_FORMAT": "console",
+        **_local_prometheus(home),
     }
+
+
+def _local_prometheus(home: Path) -> dict[str, str]:
+    """The operator's metrics port `codeb up`'s Prometheus scrapes, and that Prometheus for `codeb status`."""
+    saved = home / "platform" / "platform.json"
+    try:
+        chosen = json.loads(saved.read_text())["prometheus"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    found = {"CODEB_METRICS_PORT": str(chosen["operatorMetricsPort"])}
+    if shutil.which("prometheus"):
+        found["CODEB_PROMETHEUS_URL"] = f"http://127.0.0.1:{chosen['port']}"
+    return found
 
 
 def target_environment() -> None:

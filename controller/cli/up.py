@@ -80,9 +80,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         step(f"serving: {url}")
         if args.output == "json":
             serving = {"url": url, "kubeconfig": str(cluster.kubeconfig), "operatorLog": str(home / "operator.log"),
-                       "seconds": round(time.monotonic() - started, 1)}  # fmt: skip
+                       "seconds": round(time.monotonic() - started, 1),
+                       "prometheus": platform.prometheus.url if platform.prometheus.proc else None}  # fmt: skip
             print(json.dumps(serving), flush=True)
         hints = (f"open it (Caddy's local CA: accept the warning), or: curl -k {url}",
+                 _prometheus_hint(platform),
                  "in another shell: codeb status hello; codeb logs hello; codeb diff hello; codeb down",
                  f"kubectl: export KUBECONFIG={cluster.kubeconfig}; kubectl get projects -A",
                  "Ctrl-C (or `codeb down`) stops everything; the next `codeb up` finds the same data.")  # fmt: skip
@@ -103,6 +105,16 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 UP_PID = "up.pid"
+
+
+def _prometheus_hint(platform: LocalPlatform) -> str:
+    """Where its Prometheus answers (waited for here, after the first URL), or how to get one."""
+    prometheus = platform.prometheus
+    if prometheus.proc is None:
+        return "metrics: apt-get install prometheus, and the next `codeb up` starts one scraping the operator and Caddy"
+    if not prometheus.ready(timeout=15):
+        return f"metrics: Prometheus did not start; its log: {prometheus.home / 'log'}"
+    return f"metrics: {prometheus.url} (the operator's and Caddy's series; `codeb status hello` shows its traffic)"
 
 
 def _up_running(home: Path) -> int | None:

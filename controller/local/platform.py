@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from controller.local import archive
+from controller.local import archive, monitoring
 from controller.local.cluster import REPO_ROOT, LocalClusterError, find_binary, free_port, stop_process
 
 MINIO_BUILD = REPO_ROOT / "deploy" / "localcluster" / "build-minio.sh"
@@ -100,7 +100,11 @@ class LocalPlatform:
         root.mkdir(parents=True, exist_ok=True)
         saved = root / "platform.json"
         if saved.exists():
-            return cls(root, json.loads(saved.read_text()))
+            kept = json.loads(saved.read_text())
+            if "prometheus" not in kept:  # made before codeb up had a Prometheus
+                kept["prometheus"] = monitoring.new_settings()
+                saved.write_text(json.dumps(kept, indent=2))
+            return cls(root, kept)
         settings = {
             "postgres": {"port": free_port(), "user": "codeb_admin", "password": secrets.token_urlsafe(18)},
             "redis": {"port": free_port(), "password": secrets.token_urlsafe(18)},
@@ -111,6 +115,7 @@ class LocalPlatform:
                 "httpPort": _port(PREFERRED_HTTP_PORT),
             },
             "backupStore": archive.new_settings(),
+            "prometheus": monitoring.new_settings(),
         }
         saved.touch(mode=0o600)
         saved.write_text(json.dumps(settings, indent=2))
@@ -126,6 +131,11 @@ class LocalPlatform:
         store = self.settings.get("backupStore")
         return archive.LocalArchive(self.root / "backup-store", store, self.postgres_home) if store else None
 
+    @cached_property
+    def prometheus(self) -> monitoring.LocalPrometheus:
+        caddy_admin = int(self.settings["caddy"]["adminPort"])
+        return monitoring.LocalPrometheus(self.root / "prometheus", self.settings["prometheus"], caddy_admin)
+
     @property
     def archiving(self) -> bool:
         return self.archive is not None and archive.available()
@@ -137,6 +147,8 @@ class LocalPlatform:
             self._redis()
             self._minio()
             self._caddy()
+            if self.prometheus.start():  # not waited for: `codeb up` prints its URL once it answers
+                self._stopping.append(self.prometheus.stop)
             store = self.archive
             if store is not None:
                 wait_minio_ready(store.endpoint, ca_file=store.ca_file)

@@ -20,7 +20,8 @@ from controller.local.platform import LocalPlatform
 
 # Processes `up` starts; none may outlive it.
 EXAMPLE_APP = REPO_ROOT / "deploy" / "hello"
-STARTED = ("supervise.py", "kube-apiserver", "etcd", "redis-server", "minio", "caddy", "postgres", "app.py")
+STARTED = ("supervise.py", "kube-apiserver", "etcd", "redis-server", "minio", "caddy", "postgres", "app.py",
+           "prometheus")  # fmt: skip
 
 
 def isolated_cache(tmp_path: Path) -> Path:
@@ -90,6 +91,7 @@ def test_up_serves_the_example_stops_cleanly_and_keeps_its_data(tmp_path: Path) 
         assert "Hello, CodeB" in page.stdout and page.stdout.count("<td>works</td>") == 3, page.stdout
         visits = json.loads(fetch(url, "/api/visit").stdout)["database"]["visits"]
         the_cli_reads_what_up_serves(cache, url)
+        its_prometheus_watches_the_operator_and_caddy(cache, tmp_path / "up1.log")
         visits = the_example_goes_back_to_a_moment(cache, url)
         down = codeb(cache, "down", "-o", "json")
         assert down.returncode == 0 and json.loads(down.stdout)["stopped"] is True, down.stderr
@@ -105,6 +107,7 @@ def test_up_serves_the_example_stops_cleanly_and_keeps_its_data(tmp_path: Path) 
         url = wait_url(second, tmp_path / "up2.log")
         said = json.loads(next(line for line in (tmp_path / "up2.log").read_text().splitlines() if line[:1] == "{"))
         assert said["url"] == url and Path(said["kubeconfig"]).exists() and said["seconds"] > 0
+        assert said["prometheus"].startswith("http://127.0.0.1:")
         again = json.loads(fetch(url, "/api/visit").stdout)
         assert again["database"]["visits"] == visits + 1 and again["bucket"]["readBack"], again
         an_operator_killed_under_load_is_restarted_and_nothing_fails(cache, url, tmp_path / "up2.log")
@@ -140,6 +143,27 @@ def the_cli_reads_what_up_serves(cache: Path, url: str) -> None:
     # The same with KUBECONFIG exported as `up` suggests: its operator's settings come along.
     named = codeb(cache, "diff", "hello", kubeconfig=cache / "local" / "kubeconfig")
     assert named.returncode == 0 and "in sync" in named.stdout, named.stdout + named.stderr
+
+
+def its_prometheus_watches_the_operator_and_caddy(cache: Path, log: Path) -> None:
+    """`up` prints its Prometheus' URL once it answers; it scrapes the operator's per-Project series and
+    Caddy's per-host requests, and `codeb status` reads the example's traffic from it unasked."""
+    found = wait_until(lambda: re.search(r"metrics: (http://\S+)", log.read_text()), 60)
+    prometheus = found.group(1)
+
+    def scraped(query: str) -> list[dict[str, Any]]:
+        answer = subprocess.run(["curl", "-s", "--max-time", "10", f"{prometheus}/api/v1/query", "--data-urlencode",
+                                 f"query={query}"], capture_output=True, text=True)  # fmt: skip
+        return list(json.loads(answer.stdout or "{}").get("data", {}).get("result", [])) if answer.stdout else []
+
+    # Scraped every 15 s: the operator's probe of the example, and Caddy's count of its requests.
+    probe = wait_until(lambda: scraped('codeb_project_probe_up{project="hello"}'), 60)
+    assert probe[0]["value"][1] == "1"
+    wait_until(lambda: scraped('caddy_http_request_duration_seconds_count{host=~"hello.localhost.*"}'), 60)
+    status = codeb(cache, "status", "hello", "-o", "json")
+    assert status.returncode == 0, status.stderr
+    traffic = json.loads(status.stdout)["traffic"]
+    assert "error" not in traffic and set(traffic) == {"requestsPerSecond", "errorPercent", "latencyP95Ms"}, traffic
 
 
 def backup_ready(cache: Path) -> dict[str, Any] | None:
