@@ -92,6 +92,15 @@ class TerraformRun(CodebModel):
     message: str = Field("", description="What Terraform said, when it failed.", max_length=4096)
 
 
+class AutoscalingStatus(CodebModel):
+    hosts: int = Field(description="Hosts the autoscaler decided on (between servers.min and max).", ge=1, le=100)
+    decided_at: datetime | None = Field(None, description="When that number last changed.")
+    requests_per_second: float | None = Field(
+        None, description="The load it last read: requests per second to the Project's domains, over the last minute."
+    )
+    message: str | None = Field(None, description="Why the number is what it is, with the figure.", max_length=1024)
+
+
 class InfrastructureStatus(CodebModel):
     applied_hash: str | None = Field(
         None, description="Hash of the module and inputs last applied: unchanged, no Terraform runs."
@@ -249,6 +258,9 @@ class ProjectStatus(CodebModel):
     )
     infrastructure: InfrastructureStatus | None = Field(
         None, description="Hosts made by Terraform (vultr, lightsail): what was applied, the pending plan, runs."
+    )
+    autoscaling: AutoscalingStatus | None = Field(
+        None, description="With servers.min/max on hosts a cloud makes: how many the load asks for, and why."
     )
     rollout: RolloutStatus | None = Field(None, description="The last rollout, or the one in progress.")
     serving: ServingStatus | None = Field(None, description="Which colour takes the traffic, and which is warm.")

@@ -63,6 +63,7 @@ from schemas.project import App, Colour, Hook, HookRun
 
 # Fields of a colour's state that are judged, not launched: never part of a unit's record.
 JUDGED = ("hosts", "environmentCurrent", "unitsMatch")
+DRAIN_CAP = 10.0  # the longest a pass waits for requests in flight to a departing host
 # Where hooks run on a host, a directory per unit and run (`controller.jobs.hookruns`).
 HOOK_RUNS = "/var/lib/codeb/hooks"
 # One step of following a hook (start it, or look at it) answers within this.
@@ -200,8 +201,23 @@ class QuadletUnits:
             await self._remove_from(ctx.key, login, list(hosts.values()), stale)
         for colour, target in sorted(targets.items()):
             await self._converge_colour(ctx, login, colour, target, hosts)
-        # Hosts being taken away (a scale-down) lose every unit once the others serve, before they go.
-        await self._remove_from(ctx.key, login, _departing(ctx), COLOURS)
+        await self._leave_departing(ctx, login)
+
+    async def _leave_departing(self, ctx: DriverContext, login: Login) -> None:
+        """Hosts being taken away (a scale-down) lose every unit once the others serve, before they go.
+
+        The route stopped sending to them earlier in this pass (`planner._shrink_last` orders it first);
+        what it had sent finishes within drainSeconds, waited here, capped at `DRAIN_CAP` so the pass
+        stays short (a request longer than that is cut, as the host's destruction would cut it)."""
+        holding = []
+        for facts in _departing(ctx):
+            paths = " ".join(shlex.quote(unit_path(ctx.key, colour)) for colour in COLOURS)
+            found = await self._ssh.run(login.at(facts.address), f"ls {paths} 2>/dev/null | wc -l")
+            if not found.ok or found.stdout.strip() != "0":
+                holding.append(facts)
+        if holding:
+            await asyncio.sleep(min(ctx.drain_seconds, DRAIN_CAP))
+            await self._remove_from(ctx.key, login, holding, COLOURS)
 
     async def _converge_colour(
         self, ctx: DriverContext, login: Login, colour: str, target: State, hosts: Mapping[str, HostFacts]

@@ -55,6 +55,9 @@ class DriverContext:
     notify: Notify = _ignore
     # Seconds before a health probe counts as failed (project.rollout.healthCheck.timeoutSeconds).
     health_timeout: float | None = None
+    # Seconds requests in flight get before the workload leaves a host the route stopped sending to
+    # (project.rollout.drainSeconds).
+    drain_seconds: float = 0.0
     # The spec's backup section: what to back up, when, for how long. None while tearing down.
     backup: Backup | None = None
 

@@ -286,10 +286,11 @@ def _leftover(component: Component, retain_data: bool) -> Action:
 def _shrink_last(
     actions: list[Action], desired: Mapping[Component, State], observed: Mapping[Component, Observation]
 ) -> list[Action]:
-    """Fewer hosts: the workload leaves the departing ones, and the route stops sending there, first.
+    """Fewer hosts: the route stops sending to the departing ones, then the workload leaves them (after
+    the requests in flight), then the infrastructure takes them away.
 
-    So the infrastructure's update goes after every other create and update, and only once
-    the workload is seen healthy (on the hosts that stay).
+    So the route's update goes before the workload's, and the infrastructure's after every other
+    create and update, only once the workload is seen healthy (on the hosts that stay).
     """
     seen = observed.get(Component.infrastructure, Observation()).state or {}
     want = desired.get(Component.infrastructure, {})
@@ -298,7 +299,10 @@ def _shrink_last(
     if seen["count"] <= want["count"]:
         return actions
     shrink = [a for a in actions if a.component is Component.infrastructure]
-    rest = [a for a in actions if a.component is not Component.infrastructure]
+    route = [a for a in actions if a.component is Component.route and a.verb is Verb.update]
+    rest = [a for a in actions if a.component is not Component.infrastructure and a not in route]
+    first = next((i for i, a in enumerate(rest) if a.component is Component.workload), len(rest))
+    rest[first:first] = route  # the route drops the departing hosts before the workload leaves them
     gate = (Component.workload,) if Component.workload in desired else ()
     return rest + [replace(a, requires_healthy=gate, reason=f"{a.reason}; after the workload left") for a in shrink]
 

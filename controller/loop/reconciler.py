@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 import structlog
 
 from controller.errors import CodebError, PermanentError, RetryableError
-from controller.loop import naming
+from controller.loop import autoscaling, naming
+from controller.loop.autoscaling import LoadSource
 from controller.loop.interface import (
     Admission,
     Claims,
@@ -69,12 +70,14 @@ SECRET_GONE = frozenset({"SSHKeyMissing", "CredentialsMissing", "KubeconfigMissi
 
 class Reconciler:
     def __init__(self, drivers: Drivers | DriverSource, claims: Claims,
-                 namespace_leaving: NamespaceLeaving | None = None) -> None:  # fmt: skip
+                 namespace_leaving: NamespaceLeaving | None = None,
+                 load: LoadSource | None = None) -> None:  # fmt: skip
         self._drivers_for: DriverSource = drivers if callable(drivers) else _static(drivers)
         self._admission = drivers if isinstance(drivers, Admission) else None
         self._domains = drivers if isinstance(drivers, PlatformDomains) else None
         self.claims = claims
         self._namespace_leaving = namespace_leaving
+        self._load = load  # what autoscaling reads (None: no Prometheus; the host count stays)
         # A rollout's start window runs out only while this operator watches it (`bluegreen.Facts`).
         self.watching_since = datetime.now(UTC)
 
@@ -86,6 +89,9 @@ class Reconciler:
             if self._admission is not None:
                 await self._admission.admit(placement, project.key)
             project = await self._routed(project, placement)
+            scaled = await self._autoscale(project)
+            if scaled is not None:  # carried out as a count changed by hand
+                project = replace(project, spec=autoscaling.with_hosts(project.spec, scaled.status.hosts))
             spec = project.spec
             recorded = project.status.allocations
             claimed = await self.claims.ensure(project.key, spec, recorded.port, recorded.alternate_port)
@@ -98,6 +104,7 @@ class Reconciler:
         ctx = DriverContext(project.key, allocations, servers=spec.servers, recorded=project.status.infrastructure,
                             notify=_collect(notices),
                             health_timeout=spec.project.rollout.health_check.timeout_seconds,
+                            drain_seconds=spec.project.rollout.drain_seconds,
                             backup=spec.backup)  # fmt: skip
         work = Pass(observed=await self._observe(drivers, ctx), events=notices)
         acting = not project.paused and spec.management_policy is ManagementPolicy.Manage
@@ -123,6 +130,9 @@ class Reconciler:
         if spec.suspended and acting:
             status, notice = records.suspended(status, now)
             work.events += [Event(notice.type, notice.reason, notice.message)] if notice else []
+        status = status.model_copy(update={"autoscaling": scaled.status if scaled else None})
+        if scaled is not None and scaled.event is not None and acting:
+            work.events.append(Event("Normal", *scaled.event))
         decided = work.decided if acting else None
         return Outcome(
             status=status,
@@ -135,6 +145,14 @@ class Reconciler:
             rollout=decided,
             probe=_probe(work.observed.get(Component.workload)),
         )
+
+    async def _autoscale(self, project: ProjectInput) -> autoscaling.Scaled | None:
+        """The hosts the load asks for (with servers.min/max on hosts the operator makes); None: not autoscaled."""
+        if not autoscaling.autoscaled(project.spec):
+            return None
+        domains = list(project.spec.environment.domains)
+        load = await self._load.requests_per_second(domains) if self._load is not None else None
+        return autoscaling.decide(project.spec, project.status.autoscaling, load, datetime.now(UTC))
 
     async def _routed(self, project: ProjectInput, placement: Placement) -> ProjectInput:
         """With no domains of its own, a Project is routed at the one its Platform's domain gives it."""

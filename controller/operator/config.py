@@ -25,6 +25,10 @@ class OperatorConfig(BaseModel):
         frozenset(), description="CODEB_RESERVED_PORTS: comma-separated ports never allocated."
     )
     metrics_port: int = Field(0, ge=0, le=65535, description="CODEB_METRICS_PORT: Prometheus port; 0 disables.")
+    prometheus_url: str | None = Field(
+        None, description="CODEB_PROMETHEUS_URL: a Prometheus scraping the Platforms' Caddy, where autoscaling reads "
+        "each Project's load (servers.min/max on hosts); unset: the host count stays."
+    )  # fmt: skip
     inbound_port: int = Field(
         0, ge=0, le=65535, description="CODEB_INBOUND_PORT: where Alertmanager posts the Projects' alerts "
         "(POST /alertmanager); 0 disables."
@@ -163,6 +167,7 @@ _ENV = {
     "reserved_ports": "CODEB_RESERVED_PORTS",
     "metrics_port": "CODEB_METRICS_PORT",
     "inbound_port": "CODEB_INBOUND_PORT",
+    "prometheus_url": "CODEB_PROMETHEUS_URL",
     "inbound_token_file": "CODEB_INBOUND_TOKEN_FILE",
     "quota_projects": "CODEB_QUOTA_PROJECTS",
     "quota_domains": "CODEB_QUOTA_DOMAINS",

@@ -111,6 +111,7 @@ def run_operator(make_drivers: Callable[[KubeClient, OperatorConfig], DriverSour
 
     from controller.claims.store import ClaimStore, local_port_free
     from controller.clients.kube import KubeClient
+    from controller.drivers.load import PrometheusLoad
     from controller.loop.reconciler import Reconciler
     from controller.operator.config import ConfigError, load_config
     from controller.operator.handlers import Runtime, build_registry
@@ -138,7 +139,9 @@ def run_operator(make_drivers: Callable[[KubeClient, OperatorConfig], DriverSour
     drivers = make_drivers(kube, config)
     metrics = Metrics()
     notifier = Notifier(kube, config.allow_internal_targets, counted=metrics.notifications)
-    runtime = Runtime(config, Reconciler(drivers, claims, kube.namespace_terminating), metrics, kube, retries,
+    load = PrometheusLoad(config.prometheus_url) if config.prometheus_url else None
+    reconciler = Reconciler(drivers, claims, kube.namespace_terminating, load=load)
+    runtime = Runtime(config, reconciler, metrics, kube, retries,
                       housekeeping=Housekeeping(getattr(drivers, "sweep", None)),
                       kept=getattr(drivers, "kept", None), notifier=notifier,
                       inbound=Inbound(kube, notifier, config.inbound_token_file))  # fmt: skip

@@ -81,6 +81,28 @@ class KubernetesCluster(CodebModel):
     )
 
 
+class Autoscale(CodebModel):
+    requests_per_host: float = Field(
+        50.0,
+        description=(
+            "Requests per second one host should take, as the Platform's Caddy counts them over the last minute "
+            "(the operator's Prometheus, CODEB_PROMETHEUS_URL): more adds hosts, fewer removes them, between "
+            "min and max."
+        ),
+        ge=0.1,
+        le=1000000,
+    )
+    scale_out_cooldown_seconds: int = Field(
+        60, description="Seconds after a change before hosts are added again.", ge=0, le=86400
+    )
+    scale_in_cooldown_seconds: int = Field(
+        300,
+        description="Seconds after a change before hosts are removed (each drained first, as a count change is).",
+        ge=0,
+        le=86400,
+    )
+
+
 class Servers(CodebModel):
     rules = (
         Rule(
@@ -191,6 +213,13 @@ class Servers(CodebModel):
     count: int | None = Field(None, description="Fixed number of hosts. Exclusive with min/max.", ge=1, le=100)
     min: int | None = Field(None, description="Fewest hosts when autoscaling.", ge=1, le=100)
     max: int | None = Field(None, description="Most hosts when autoscaling.", ge=1, le=100)
+    autoscale: Autoscale = Field(
+        default_factory=Autoscale,
+        description=(
+            "How min/max hosts follow the load (providers vultr and lightsail; on runtime kubernetes, min/max are "
+            "Pod replicas for the HorizontalPodAutoscaler)."
+        ),
+    )
     runtime: Runtime = Field(
         description="How the workload runs: Podman Quadlet units, Kubernetes pods, or local processes."
     )

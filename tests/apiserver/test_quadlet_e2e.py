@@ -25,7 +25,7 @@ from tests.apiserver.test_terraform_runs import CREDENTIALS, MODULES, counting_t
 from tests.factories import project
 from tests.helpers import OperatorProcess, get_json, wait_for
 from tests.rollouts import Load
-from tests.servers import CaddyServer, https_get
+from tests.servers import CaddyServer, https_get, start_prometheus
 from tests.testhosts import HELLO_IMAGE, ROLLOUT_IMAGE, SERVICES_ADDRESS, BootedHosts, booted
 
 DOMAIN = "shop.quadlet.localhost"
@@ -144,8 +144,8 @@ def test_hosts_terraform_makes_take_the_workload_and_a_scale_down_drains_them_fi
     installed: dict[str, Any], hosts: BootedHosts, tmp_path: Path
 ) -> None:
     """Provider lightsail with the Terraform stand-in module, whose hosts are the two booted machines:
-    the workload lands on the hosts Terraform made; count 2 -> 1 takes it off the second host,
-    and the route with it, before Terraform destroys that host."""
+    the workload lands on the hosts Terraform made; count 2 -> 1 takes the route off the second host,
+    then the workload, before Terraform destroys that host."""
     cluster: LocalCluster = installed["cluster"]
     caddy = installed["caddy"]
     cluster.kubectl("create", "secret", "generic", "cloud-credentials", "-n", NS,
@@ -187,11 +187,12 @@ def test_hosts_terraform_makes_take_the_workload_and_a_scale_down_drains_them_fi
             == ""
         )
         assert f"destroyed {made[1]}" in (work / "ledger").read_text()
-        # One pass did it, in this order: the workload left, the route followed, then Terraform.
+        # One pass did it, in this order: the route stopped sending there, the workload left (after the
+        # requests in flight), then Terraform.
         passes = [json.loads(line) for line in operator.log().splitlines() if '"reconciled"' in line]
         shrink = next(p["actions"] for p in passes if "Infrastructure update" in p["actions"] and
                       "Workload update" in p["actions"])  # fmt: skip
-        assert shrink.index("Workload update") < shrink.index("Route update") < shrink.index("Infrastructure update")
+        assert shrink.index("Route update") < shrink.index("Workload update") < shrink.index("Infrastructure update")
         assert "Hello, CodeB" in https_get(caddy, "site.quadlet.localhost").stdout
         cluster.kubectl("delete", "project", "site", "-n", NS, "--timeout=120s")
         assert (
@@ -222,6 +223,15 @@ def roll(hosts: BootedHosts, revision: str, mode: str = "ok") -> dict[str, Any]:
         servers=servers,
         backup={"enabled": False},
     )
+
+
+def edge_platform(cluster: LocalCluster, caddy: CaddyServer) -> None:
+    """Platform quadlet-edge: only the Caddy (the services of Platform shared are not needed)."""
+    edge = {"apiVersion": "codeb.dev/v1alpha1", "kind": "Platform", "metadata": {"name": "quadlet-edge"},
+            "spec": {"namespaces": {"selector": {}},
+                     "caddy": {"adminUrl": caddy.admin_url, "listen": [f"127.0.0.1:{caddy.https_port}"],
+                               "upstreamDir": str(caddy.root / "upstreams")}}}  # fmt: skip
+    cluster.kubectl("apply", "-f", "-", input_text=json.dumps(edge))
 
 
 def rollout_reaches(cluster: LocalCluster, revision: str, step: str, operator: OperatorProcess) -> dict[str, Any]:
@@ -268,11 +278,7 @@ def test_blue_green_on_two_quadlet_hosts_never_serves_a_broken_revision(
     revision back switches to the warm colour at once. No request fails throughout."""
     cluster: LocalCluster = installed["cluster"]
     caddy: CaddyServer = installed["caddy"]
-    edge = {"apiVersion": "codeb.dev/v1alpha1", "kind": "Platform", "metadata": {"name": "quadlet-edge"},
-            "spec": {"namespaces": {"selector": {}},
-                     "caddy": {"adminUrl": caddy.admin_url, "listen": [f"127.0.0.1:{caddy.https_port}"],
-                               "upstreamDir": str(caddy.root / "upstreams")}}}  # fmt: skip
-    cluster.kubectl("apply", "-f", "-", input_text=json.dumps(edge))
+    edge_platform(cluster, caddy)
     operator = OperatorProcess(cluster, tmp_path / "operator.log", CODEB_DRIFT_INTERVAL="5").start()
     load = Load(caddy, ROLL, threads=2)
     try:
@@ -316,3 +322,71 @@ def test_blue_green_on_two_quadlet_hosts_never_serves_a_broken_revision(
     assert all(count > 0 for count in served_on(hosts, "r2"))  # the count works: both hosts served r2
     assert load.failures == [] and set(load.revisions) == {"r1", "r2"} and load.sent > 100, load.failures[:5]
     print(f"quadlet rollouts under load: {load.sent} requests, 0 failed, p99 {load.p99() * 1000:.0f} ms")
+
+
+AUTO = "auto.quadlet.localhost"
+
+
+def test_load_scales_hosts_terraform_makes_out_and_back_in_without_a_failed_request(
+    installed: dict[str, Any], hosts: BootedHosts, tmp_path: Path
+) -> None:
+    """servers min 1, max 2 with the Terraform stand-in whose hosts are the two booted machines, and a real
+    Prometheus scraping the real Caddy: load through Caddy adds the second host, the cool-down passes, a
+    light load takes it away again (drained first), and no request fails on the way."""
+    cluster: LocalCluster = installed["cluster"]
+    caddy: CaddyServer = installed["caddy"]
+    cluster.kubectl("create", "secret", "generic", "cloud-credentials", "-n", NS,
+                    *(f"--from-literal={k}={v}" for k, v in CREDENTIALS.items()), check=False)  # fmt: skip
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "addresses").write_text(" ".join(h.address for h in hosts.hosts))
+    binary, _ = counting_terraform(tmp_path)
+    prometheus = start_prometheus([f"127.0.0.1:{caddy.admin_port}"], {"groups": []})
+    edge_platform(cluster, caddy)
+    settings = {"CODEB_TERRAFORM": str(binary), "CODEB_TERRAFORM_DIR": str(work),
+                "CODEB_TERRAFORM_MODULES": str(MODULES), "CODEB_TERRAFORM_WAIT": "5", "CODEB_DRIFT_INTERVAL": "5",
+                "CODEB_PROMETHEUS_URL": prometheus.url}  # fmt: skip
+    operator = OperatorProcess(cluster, tmp_path / "operator.log", **settings).start()
+    doc = roll(hosts, "r1")
+    doc["metadata"]["name"] = doc["spec"]["project"]["slug"] = "auto"
+    doc["spec"]["environment"]["domains"] = [AUTO]
+    policy = {"requestsPerHost": 5, "scaleOutCooldownSeconds": 0, "scaleInCooldownSeconds": 20}
+    doc["spec"]["servers"] = {"provider": "lightsail", "region": "ap-northeast-2", "runtime": "quadlet", "min": 1,
+                              "max": 2, "autoscale": policy, "ssh": {"secretRef": "deploy-key"},
+                              "credentialsSecretRef": "cloud-credentials", "platform": "quadlet-edge"}  # fmt: skip
+
+    def addresses() -> list[str]:
+        status = get_json(cluster, "project", "auto", "-n", NS)["status"]
+        return list(((status.get("infrastructure") or {}).get("outputs") or {}).get("publicAddresses") or [])
+
+    def serving_on(count: int) -> bool:
+        status = get_json(cluster, "project", "auto", "-n", NS)["status"]
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
+        return ready and len(addresses()) == count and len(status["endpoints"].get("internal") or []) == count
+
+    try:
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(doc))
+        operator.wait_ready(NS, "auto", timeout=180)
+        assert addresses() == [hosts.hosts[0].address]
+        heavy = Load(caddy, AUTO, threads=2).start()  # tens of requests per second: more than 5 per host
+        wait_for(lambda: serving_on(2), timeout=180, what="scaled out to two hosts")
+        light = Load(caddy, AUTO, threads=1, path="/slow?ms=500").start()  # about 2 per second: one host's worth
+        heavy.stop()
+        wait_for(lambda: serving_on(1), timeout=240, what="scaled back in to one host")
+        light.stop()
+        assert heavy.failures == [] and light.failures == [], (heavy.failures[:5], light.failures[:5])
+        assert len(heavy.latencies) > 200 and len(light.latencies) > 20
+        assert f"destroyed {hosts.hosts[1].address}" in (work / "ledger").read_text()
+        # Each decision an Event with the figure that caused it.
+        events = get_json(cluster, "events", "-n", NS, "--field-selector", "involvedObject.name=auto")["items"]
+        said = {e["reason"]: e["message"] for e in events if e["reason"] in ("ScaledOut", "ScaledIn")}
+        assert said["ScaledOut"].startswith("1 -> 2 hosts: ") and "more than 5 per host" in said["ScaledOut"]
+        assert said["ScaledIn"].startswith("2 -> 1 hosts: ") and "less than 5 per host" in said["ScaledIn"]
+        recorded = get_json(cluster, "project", "auto", "-n", NS)["status"]["autoscaling"]
+        assert recorded["hosts"] == 1 and recorded["requestsPerSecond"] is not None
+        cluster.kubectl("delete", "project", "auto", "-n", NS, "--timeout=120s")
+    except AssertionError as failed:
+        raise AssertionError(f"{failed}\n{operator.log()[-4000:]}") from None
+    finally:
+        operator.stop()
+        prometheus.stop()
