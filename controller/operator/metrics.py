@@ -116,11 +116,7 @@ class Metrics:
     def record_backup(self, uid: str, namespace: str, project: str, summary: BackupSummary | None) -> None:
         """The Project's newest successful backup as series; none without one."""
         if summary is None or summary.last_successful_at is None:
-            labels = self._backups.pop(uid, None)
-            for gauge in (self.backup_last_success, self.backup_size, self.backup_duration):
-                if labels is not None:
-                    with contextlib.suppress(KeyError):
-                        gauge.remove(*labels)
+            _forget(self._backups.pop(uid, None), (self.backup_last_success, self.backup_size, self.backup_duration))
             return
         self._backups[uid] = (namespace, project)
         self.backup_last_success.labels(namespace, project).set(summary.last_successful_at.timestamp())
@@ -130,11 +126,7 @@ class Metrics:
     def record_status(self, uid: str, namespace: str, project: str, status: ProjectStatus | None) -> None:
         """Whether the Project is Ready and whether it is Stalled, as series; none once it is gone."""
         if status is None:
-            labels = self._statuses.pop(uid, None)
-            for gauge in (self.project_ready, self.project_stalled, self.project_suspended):
-                if labels is not None:
-                    with contextlib.suppress(KeyError):
-                        gauge.remove(*labels)
+            _forget(self._statuses.pop(uid, None), (self.project_ready, self.project_stalled, self.project_suspended))
             return
         self._statuses[uid] = (namespace, project)
         true = {c.type: c for c in status.conditions if c.status is ConditionStatus.true}
@@ -147,11 +139,7 @@ class Metrics:
         """The serving colour's last probe (`Outcome.probe`) as series; none without one (suspended, gone,
         or a runtime whose own probes decide, as Kubernetes' readiness does)."""
         if probe is None:
-            labels = self._probed.pop(uid, None)
-            for metric in (self.probe_up, self.probe_status, self.probe_seconds):
-                if labels is not None:
-                    with contextlib.suppress(KeyError):
-                        metric.remove(*labels)
+            _forget(self._probed.pop(uid, None), (self.probe_up, self.probe_status, self.probe_seconds))
             return
         self._probed[uid] = (namespace, project)
         self.probe_up.labels(namespace, project).set(1 if probe.get("up") else 0)
@@ -172,3 +160,12 @@ class Metrics:
         if port and not self._serving:
             start_http_server(port, addr="0.0.0.0", registry=self.registry)
             self._serving = True
+
+
+def _forget(labels: tuple[str, str] | None, metrics: tuple[Gauge | Histogram, ...]) -> None:
+    """A gone Project's series, removed from each of ``metrics`` (``labels`` None: it had none)."""
+    if labels is None:
+        return
+    for metric in metrics:
+        with contextlib.suppress(KeyError):
+            metric.remove(*labels)
