@@ -181,12 +181,12 @@ def post_events(runtime: Runtime, body: kopf.Body, outcome: Outcome, status_chan
         runtime.metrics.actions.labels(action.component.value, action.verb.value, result).inc()
         if result == "ok" and is_drift_repair(action, trigger):
             runtime.metrics.drift_repairs.labels(action.component.value).inc()
+    uid, namespace, name = body.metadata.uid or "", body.metadata.namespace or "", body.metadata.name or ""
     if outcome.rollout is not None:
-        runtime.metrics.record_rollout(outcome.rollout.checks, outcome.rollout.finished)
+        runtime.metrics.record_rollout(outcome.rollout.checks, outcome.rollout.finished, uid, namespace, name)
     if runtime.notifier is not None:
         runtime.notifier.tell(_key(body), dict(body.get("spec") or {}), outcome)
-    runtime.metrics.set_phase(body.metadata.uid or "", outcome.status.phase)
-    uid, namespace, name = body.metadata.uid or "", body.metadata.namespace or "", body.metadata.name or ""
+    runtime.metrics.set_phase(uid, outcome.status.phase)
     runtime.metrics.record_backup(uid, namespace, name, outcome.status.backup)
     runtime.metrics.record_status(uid, namespace, name, outcome.status)
     runtime.metrics.record_probe(uid, namespace, name, outcome.probe)

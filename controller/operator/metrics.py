@@ -95,6 +95,12 @@ class Metrics:
             buckets=PROBE_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self._probed: dict[str, tuple[str, str]] = {}
+        # Per Project: its rollouts ended, by result (at most Succeeded, Failed, Superseded: three series).
+        self.project_rollouts = Counter(
+            "codeb_project_rollouts_total", "The Project's rollouts ended, by result.",
+            ["namespace", "project", "result"], registry=self.registry,
+        )  # fmt: skip
+        self._rolled: dict[str, set[tuple[str, str, str]]] = {}
 
     def set_phase(self, uid: str, phase: Phase | None) -> None:
         """Move one Project between the phase gauges (each pass calls this: constant time, not a recount);
@@ -103,6 +109,9 @@ class Metrics:
             self.record_backup(uid, "", "", None)
             self.record_status(uid, "", "", None)
             self.record_probe(uid, "", "", None)
+            for labels in self._rolled.pop(uid, set()):
+                with contextlib.suppress(KeyError):
+                    self.project_rollouts.remove(*labels)
         before = self._phases.pop(uid, None) if phase is None else self._phases.get(uid)
         if phase is not None:
             self._phases[uid] = phase
@@ -147,13 +156,17 @@ class Metrics:
         if isinstance(probe.get("probeSeconds"), int | float):
             self.probe_seconds.labels(namespace, project).observe(float(probe["probeSeconds"]))
 
-    def record_rollout(self, checks: list[bool], finished: tuple[str, float] | None) -> None:
+    def record_rollout(self, checks: list[bool], finished: tuple[str, float] | None,
+                       uid: str = "", namespace: str = "", project: str = "") -> None:  # fmt: skip
         for healthy in checks:
             self.health_checks.labels("healthy" if healthy else "unhealthy").inc()
         if finished is not None:
             result, seconds = finished
             self.rollouts.labels(result).inc()
             self.rollout_seconds.labels(result).observe(seconds)
+            if uid:
+                self.project_rollouts.labels(namespace, project, result).inc()
+                self._rolled.setdefault(uid, set()).add((namespace, project, result))
 
     def serve(self, port: int) -> None:
         """Serve on ``port`` (0: not at all); a second call is a no-op, not EADDRINUSE."""

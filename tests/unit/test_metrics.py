@@ -107,7 +107,10 @@ def test_probe_series_per_project_come_and_go_with_it_and_name_no_colour() -> No
     metrics.record_probe("uid-1", "team", "shop", None)  # suspended: no probe, no series
     assert value("codeb_project_probe_up", labels) is None
     metrics.record_probe("uid-1", "team", "shop", {"up": True, "httpStatus": 200, "probeSeconds": 0.01})
+    metrics.record_rollout([], ("Succeeded", 4.0), "uid-1", "team", "shop")
+    assert value("codeb_project_rollouts_total", {**labels, "result": "Succeeded"}) == 1
     metrics.set_phase("uid-1", None)
+    assert value("codeb_project_rollouts_total", {**labels, "result": "Succeeded"}) is None
     assert value("codeb_project_probe_up", labels) is None
     assert value("codeb_project_probe_duration_seconds_count", labels) is None
 
@@ -123,15 +126,24 @@ def test_per_project_series_are_a_fixed_number_per_project_at_ten_thousand_proje
                                                                           generation=1))  # fmt: skip
     backup = BackupSummary(last_successful="b", last_successful_at=datetime.now(UTC), last_successful_size_bytes=1,
                            last_successful_duration_seconds=1.0)  # fmt: skip
-    for n in range(10_000):
+
+    def one(n: int) -> None:
         uid, name = f"uid-{n}", f"p{n}"
         metrics.set_phase(uid, Phase.Ready)
         metrics.record_status(uid, "team", name, ready)
         metrics.record_backup(uid, "team", name, backup)
         for look in range(3):  # many passes add no series
             metrics.record_probe(uid, "team", name, {"up": True, "httpStatus": 200, "probeSeconds": 0.01 * look})
-    per_project = (series(metrics) - empty) / 10_000
-    assert per_project == 3 + 3 + 2 + 15, per_project  # status, backup, probe up and status, probe histogram
+        for result in ("Succeeded", "Failed", "Succeeded"):  # a result's series counts, once made
+            metrics.record_rollout([True], (result, 3.0), uid, "team", name)
+
+    one(0)
+    first = series(metrics)  # the fleet-wide series the first Project's rollouts made, and its own
+    for n in range(1, 10_000):
+        one(n)
+    per_project = (series(metrics) - first) / 9_999
+    # status, backup, probe up and status, probe histogram, rollouts by result (each with its _created)
+    assert per_project == 3 + 3 + 2 + 15 + 2 * 2, per_project
     for n in range(10_000):
         metrics.set_phase(f"uid-{n}", None)
-    assert series(metrics) == empty
+    assert series(metrics) - empty == first - empty - (3 + 3 + 2 + 15 + 2 * 2)  # only the fleet-wide ones stay
