@@ -41,6 +41,7 @@ RETRY_SECONDS = 2.0
 RESULTS = {"Succeeded": NotifyEvent.deploy_succeeded, "Failed": NotifyEvent.deploy_failed}
 RECEIVERS = TypeAdapter(list[Receiver])
 WORDS = {NotifyEvent.deploy_succeeded: "deployed", NotifyEvent.deploy_failed: "failed to deploy",
+         NotifyEvent.rolled_back: "rolled back",
          NotifyEvent.hook_failed: "post-deploy hook failed", NotifyEvent.backup_failed: "backup failed",
          NotifyEvent.alert_firing: "alert firing", NotifyEvent.alert_resolved: "alert resolved"}  # fmt: skip
 
@@ -62,11 +63,18 @@ def news_of(outcome: Outcome) -> list[News]:
     decided = outcome.rollout
     if decided is not None and decided.finished is not None and decided.finished[0] in RESULTS:
         record, event = decided.rollout, RESULTS[decided.finished[0]]
+        if event is NotifyEvent.deploy_succeeded and record is not None and _served_before(outcome, record.release):
+            event = NotifyEvent.rolled_back
         revision = record.revision if record is not None else None
         why = record.message if record is not None and event is NotifyEvent.deploy_failed else ""  # what failed
         found.append(News(event, revision, why))
     found += [News(NotifyEvent.hook_failed, None, e.message) for e in outcome.events if e.reason == "HookFailed"]
     return found
+
+
+def _served_before(outcome: Outcome, release: str) -> bool:
+    """An earlier deploy of this very release succeeded too (history holds this one and that one)."""
+    return sum(1 for d in outcome.status.deployments if d.release == release and d.result == "Succeeded") > 1
 
 
 class Notifier:

@@ -21,6 +21,7 @@ class ReceiverKind(StrEnum):
 class NotifyEvent(StrEnum):
     deploy_succeeded = "DeploySucceeded"
     deploy_failed = "DeployFailed"
+    rolled_back = "RolledBack"  # a release that served before took the traffic again (`codeb rollback`)
     hook_failed = "HookFailed"
     backup_failed = "BackupFailed"
     alert_firing = "AlertFiring"  # the Project's alert rules, through Alertmanager (docs/operations.md)
@@ -42,8 +43,8 @@ class Receiver(CodebModel):
     events: list[NotifyEvent] = Field(
         default_factory=lambda: list(NotifyEvent),
         description="What it hears of: DeploySucceeded, DeployFailed (a failed rollout, with what its check said), "
-        "HookFailed, BackupFailed, AlertFiring and AlertResolved (its monitoring.alerts, where the operator "
-        "receives Alertmanager's webhooks). Default: all.",
+        "RolledBack (a release that served before serves again), HookFailed, BackupFailed, AlertFiring and "
+        "AlertResolved (its monitoring.alerts, where the operator receives Alertmanager's webhooks). Default: all.",
         max_length=10,
     )
 

@@ -22,8 +22,9 @@ from controller.loop.naming import ProjectKey
 from controller.loop.passes import Event, Outcome
 from controller.operator import notify
 from controller.operator.metrics import Metrics
-from controller.operator.notify import Notifier
-from schemas.project import ProjectStatus, RolloutStatus, RolloutStep
+from controller.operator.notify import Notifier, news_of
+from schemas.project import DeploymentRecord, ProjectStatus, RolloutStatus, RolloutStep
+from schemas.sections.monitoring import NotifyEvent
 
 KEY = ProjectKey("team", "shop", "uid-1")
 
@@ -126,3 +127,15 @@ async def test_a_receiver_that_is_internal_plain_http_missing_or_hanging_is_not_
     await hanging.drain()
     assert time.monotonic() - started < 4  # not the 5 s the receiver would take
     assert metrics.registry.get_sample_value("codeb_notifications_total", {"result": "failed"}) == 5
+
+
+def test_a_release_that_served_before_is_told_as_rolled_back() -> None:
+    def deployed(release: str, revision: str) -> DeploymentRecord:
+        return DeploymentRecord(release=release, revision=revision, started_at=datetime.now(UTC), result="Succeeded")
+
+    again = outcome("Succeeded")
+    again.status.deployments = [deployed("c2", "r2"), deployed("c3", "r3"), deployed("c2", "r2")]
+    assert [n.event for n in news_of(again)] == [NotifyEvent.rolled_back]
+    first = outcome("Succeeded")
+    first.status.deployments = [deployed("c2", "r2"), deployed("c1", "r1")]
+    assert [n.event for n in news_of(first)] == [NotifyEvent.deploy_succeeded]
