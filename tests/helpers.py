@@ -7,8 +7,10 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -109,3 +111,26 @@ class OperatorProcess:
             wait_for(ready, timeout=timeout, what=f"{name} Ready")
         except AssertionError:
             raise AssertionError(json.dumps(conditions(), indent=1) + self.log()[-3000:]) from None
+
+
+class Heard:
+    """A receiver of notifications on loopback (this operator allows internal targets): what it was told."""
+
+    def __init__(self) -> None:
+        heard = self.bodies = list[dict[str, Any]]()
+
+        class Receiver(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                heard.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def texts(self, containing: str) -> list[str]:
+        return [b["text"] for b in self.bodies if containing in b["text"]]

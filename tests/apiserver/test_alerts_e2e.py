@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import secrets
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -23,7 +21,7 @@ import pytest
 from controller.cli.main import main
 from controller.specs.alerts import RUNBOOK
 from tests.gotools import prometheus_crd
-from tests.helpers import get_json, wait_for
+from tests.helpers import Heard, get_json, wait_for
 from tests.rollouts import NS, RolloutWorld, rollout_project, rollout_world
 from tests.servers import free_port, start_alertmanager, start_prometheus
 
@@ -46,29 +44,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RolloutWorld]:
         made.cluster.kubectl("wait", "--for=condition=Established", "crd/prometheusrules.monitoring.coreos.com",
                              "--timeout=60s")  # fmt: skip
         yield made
-
-
-class Heard:
-    """A receiver of notifications on loopback (this operator allows internal targets): what it was told."""
-
-    def __init__(self) -> None:
-        heard = self.bodies = list[dict[str, Any]]()
-
-        class Receiver(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                heard.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def texts(self, containing: str) -> list[str]:
-        return [b["text"] for b in self.bodies if containing in b["text"]]
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,12 @@ from minio.error import S3Error
 from redis.exceptions import NoPermissionError
 
 from controller.local.cluster import LocalCluster
+from controller.loop.naming import ProjectKey
+from controller.specs.backups import record_body
+from schemas.backups import BackupTarget, BackupTrigger
 from tests.conftest import start_cluster
 from tests.factories import project
-from tests.helpers import OperatorProcess, get_json, wait_for
+from tests.helpers import Heard, OperatorProcess, get_json, wait_for
 from tests.servers import (
     CaddyServer,
     MinioServer,
@@ -239,3 +243,33 @@ def test_a_namespace_the_platform_does_not_allow_gets_nothing_from_it(world: dic
 def condition_in(cluster: LocalCluster, namespace: str, name: str, type_: str) -> dict[str, Any]:
     status = get_json(cluster, "project", name, "-n", namespace).get("status", {})
     return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
+
+
+def test_a_backup_that_fails_is_told_to_the_projects_receivers(world: dict[str, Any], tmp_path: Path) -> None:
+    """A Backup of something the Project does not have (made by hand) fails; the real operator tells the
+    Project's receiver so, once, with why."""
+    cluster: LocalCluster = world["cluster"]
+    install_platform(cluster, world["pg"], world["redis"], world["s3"], world["caddy"])
+    heard = Heard()
+    operator = OperatorProcess(cluster, tmp_path / "operator.log", CODEB_DRIFT_INTERVAL="3").start()
+    try:
+        cluster.kubectl("create", "secret", "generic", "ops-hook", "-n", NS, f"--from-literal=url={heard.url}")
+        ops = {"name": "ops", "urlSecretRef": "ops-hook", "events": ["BackupFailed"]}
+        doc = project("charlie", NS, features={"database": {"version": "15"}}, monitoring={"notify": [ops]})
+        doc["spec"]["servers"]["platform"] = "shared"
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(doc))
+        wait_for(lambda: condition(cluster, "charlie", "DatabaseReady").get("status") == "True", timeout=90,
+                 what="charlie's database")  # fmt: skip
+        uid = get_json(cluster, "project", "charlie", "-n", NS)["metadata"]["uid"]
+        body = record_body(ProjectKey(NS, "charlie", uid), "charlie-storage-by-hand", BackupTarget.storage,
+                           BackupTrigger.Manual, None)  # fmt: skip
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(body))
+        told = wait_for(lambda: heard.texts("backup failed"), timeout=60, what="the failed backup told")
+        assert told == [f"{NS}/charlie: backup failed (charlie-storage-by-hand: Project charlie has no storage "
+                        "to back up)"]  # fmt: skip
+        time.sleep(5)  # later passes and watch events tell it no more
+        assert len(heard.bodies) == 1
+        cluster.kubectl("delete", "project", "charlie", "-n", NS, "--timeout=60s")
+    finally:
+        operator.stop()
+        heard.server.shutdown()
