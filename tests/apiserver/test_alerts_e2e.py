@@ -153,7 +153,13 @@ def test_deploys_and_their_failures_are_told_to_the_projects_receivers(world: Ro
     world.wait_rollout("told", "bad", step="Failed")
     told = wait_for(lambda: heard.texts("failed to deploy"), timeout=30, what="the failure")
     assert told[0].startswith(f"{NS}/told revision bad: failed to deploy (green failed 3 consecutive")
-    assert len(heard.bodies) == 2  # once each: no repeat on later passes
+    # r2 deploys; going back to r1 (as `codeb rollback` does), a release that served before, is a rollback.
+    apply("r2")
+    wait_for(lambda: heard.texts("revision r2: deployed"), timeout=60, what="r2 told")
+    apply("r1")
+    wait_for(lambda: heard.texts("revision r1: rolled back"), timeout=60, what="the rollback told")
+    time.sleep(2)
+    assert len(heard.bodies) == 4  # once each: no repeat on later passes
 
     # The operator's own probes of the serving colour (r1 still serves), as series for this Project.
     def probed() -> dict[str, float]:
