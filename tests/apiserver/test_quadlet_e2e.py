@@ -364,13 +364,15 @@ def test_load_scales_hosts_terraform_makes_out_and_back_in_without_a_failed_requ
         ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
         return ready and len(addresses()) == count and len(status["endpoints"].get("internal") or []) == count
 
+    heavy = Load(caddy, AUTO, threads=2)  # tens of requests per second: more than 5 per host
+    light = Load(caddy, AUTO, threads=1, path="/slow?ms=500")  # about 2 per second: one host's worth
     try:
         cluster.kubectl("apply", "-f", "-", input_text=json.dumps(doc))
         operator.wait_ready(NS, "auto", timeout=180)
         assert addresses() == [hosts.hosts[0].address]
-        heavy = Load(caddy, AUTO, threads=2).start()  # tens of requests per second: more than 5 per host
+        heavy.start()
         wait_for(lambda: serving_on(2), timeout=180, what="scaled out to two hosts")
-        light = Load(caddy, AUTO, threads=1, path="/slow?ms=500").start()  # about 2 per second: one host's worth
+        light.start()
         heavy.stop()
         wait_for(lambda: serving_on(1), timeout=240, what="scaled back in to one host")
         light.stop()
@@ -388,5 +390,7 @@ def test_load_scales_hosts_terraform_makes_out_and_back_in_without_a_failed_requ
     except AssertionError as failed:
         raise AssertionError(f"{failed}\n{operator.log()[-4000:]}") from None
     finally:
+        heavy.stop()
+        light.stop()
         operator.stop()
         prometheus.stop()
