@@ -43,9 +43,13 @@ class FluxControllers:
         storage = free_port()
         (root / "artifacts").mkdir()  # it must exist
         common = ["--enable-leader-election=false", "--watch-all-namespaces=true", "--log-encoding=console"]
-        self._start("source-controller", env, common, f"--storage-path={root / 'artifacts'}",
-                    f"--storage-addr=127.0.0.1:{storage}", f"--storage-adv-addr=127.0.0.1:{storage}")  # fmt: skip
-        self._start("kustomize-controller", env, common)
+        try:
+            self._start("source-controller", env, common, f"--storage-path={root / 'artifacts'}",
+                        f"--storage-addr=127.0.0.1:{storage}", f"--storage-adv-addr=127.0.0.1:{storage}")  # fmt: skip
+            self._start("kustomize-controller", env, common)
+        except BaseException:
+            self.stop()  # one that started is stopped when the other does not
+            raise
 
     def _start(self, name: str, env: dict[str, str], *args: str | list[str]) -> None:
         flat = [a for arg in args for a in ([arg] if isinstance(arg, str) else arg)]
@@ -88,11 +92,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RolloutWor
         made.cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
         made.cluster.kubectl("create", "namespace", FLUX_NS)
         git = GitServer(root / "git")
-        flux = FluxControllers(made, root)
         try:
-            yield made, flux, git
+            flux = FluxControllers(made, root)
+            try:
+                yield made, flux, git
+            finally:
+                flux.stop()
         finally:
-            flux.stop()
             git.stop()
 
 
