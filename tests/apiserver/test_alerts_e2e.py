@@ -95,7 +95,11 @@ def test_a_projects_error_rate_alert_fires_in_a_real_prometheus_from_the_rules_t
     caddy_metrics = f"127.0.0.1:{world.caddy.admin_port}"
     # Alertmanager routes what fires to the operator, which tells each Project's receivers.
     alertmanager = start_alertmanager(f"http://127.0.0.1:{INBOUND}/alertmanager", TOKEN)
-    prometheus = start_prometheus([caddy_metrics], rules, alertmanager.address)
+    try:
+        prometheus = start_prometheus([caddy_metrics], rules, alertmanager.address)
+    except BaseException:
+        alertmanager.stop()
+        raise
     try:
         failed = send(world, "loud.localhost", ["/", "/fail"], 8)  # half of loud's requests fail
         send(world, "calm.localhost", ["/"], 2)
