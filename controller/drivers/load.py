@@ -55,10 +55,9 @@ class PrometheusLoad:
             if status != 200:
                 raise ValueError(f"answered {status}")
             result = json.loads(body)["data"]["result"]
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            # No request counted in the window: no load.
+            value = float(result[0]["value"][1]) if result else 0.0
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, IndexError) as exc:
             log.warning("no load figure from Prometheus", reason=f"{type(exc).__name__}: {str(exc)[:200]}")
             return None
-        if not result:
-            return 0.0  # no request counted in the window: no load
-        value = float(result[0]["value"][1])
         return None if math.isnan(value) else value
