@@ -52,6 +52,7 @@ def decide(spec: ProjectSpec, recorded: AutoscalingStatus | None, load: float | 
     if load is None:
         why = "no load figure (is CODEB_PROMETHEUS_URL set and answering?): the number of hosts stays"
         return Scaled(AutoscalingStatus(hosts=current, decided_at=since, requests_per_second=None, message=why))
+    load = round(load, 1)  # as shown: a figure that moves in its noise is not a status write every pass
     wanted = min(max(math.ceil(load / policy.requests_per_host), low), high)
     figure = f"{load:.1f} requests/s over {current} host{'s' if current != 1 else ''}"
     target = f"{policy.requests_per_host:g} per host (servers.autoscale.requestsPerHost)"
