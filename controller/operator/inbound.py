@@ -23,13 +23,14 @@ from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
+from pydantic import ValidationError
 
 from controller.errors import CodebError
 from controller.loop.naming import ProjectKey
 from controller.operator.notify import News
 from controller.specs.alerts import ERROR_RATE, LATENCY
 from schemas.base import DNS_LABEL
-from schemas.sections.monitoring import NotifyEvent
+from schemas.sections.monitoring import Alerts, NotifyEvent
 
 log = structlog.get_logger("codeb.inbound")
 
@@ -53,15 +54,23 @@ def alert_news(alert: object, spec: dict[str, Any]) -> News | None:
     if not isinstance(alert, dict) or not isinstance(alert.get("labels"), dict):
         return None
     name = alert["labels"].get("alertname")
-    thresholds = (spec.get("monitoring") or {}).get("alerts") or {}
+    thresholds = _thresholds(spec)
     if name == ERROR_RATE:
-        what = f"more than {float(thresholds.get('errorRatePercent', 5.0)):g}% of requests answer 5xx"
+        what = f"more than {thresholds.error_rate_percent:g}% of requests answer 5xx"
     elif name == LATENCY:
-        what = f"p95 latency above {int(thresholds.get('latencyP95Ms', 1000))} ms"
+        what = f"p95 latency above {thresholds.latency_p95_ms} ms"
     else:
         return None
     event = NotifyEvent.alert_resolved if alert.get("status") == "resolved" else NotifyEvent.alert_firing
     return News(event, None, f"{name}: {what}")
+
+
+def _thresholds(spec: dict[str, Any]) -> Alerts:
+    """The Project's monitoring.alerts as the manifest defines them (its defaults included)."""
+    try:
+        return Alerts.model_validate((spec.get("monitoring") or {}).get("alerts") or {})
+    except ValidationError:
+        return Alerts()  # the spec's own validation says why; the words still name a threshold
 
 
 def alert_project(alert: object) -> tuple[str, str] | None:
