@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,7 +47,7 @@ import kubernetes.watch
 
 from controller.cli.common import CRD_PATH
 from controller.clients.kube import api_client_from_environment
-from controller.local.cluster import LocalCluster, find_binary
+from controller.local.cluster import LocalCluster, find_binary, free_port
 from schemas.project import API_GROUP, API_VERSION, PLURAL
 from tests.apiserver.test_operator import AUDIT_WRITES, fleet, operator_writes
 
@@ -127,12 +126,6 @@ def peak_rss_mb(pid: int) -> float:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def reconciles(port: int) -> float:

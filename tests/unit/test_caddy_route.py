@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
+import pytest
+
+from controller.clients.caddy import CaddyAdmin
 from controller.drivers.caddy import UpstreamFiles
+from controller.errors import RetryableError
 from controller.loop.interface import DriverContext
 from controller.loop.naming import ProjectKey
 from controller.specs.caddy import SECURITY_HEADERS, render_route, render_server, route_id
@@ -54,3 +59,19 @@ def test_server_leaves_caddys_http_to_https_redirect_on() -> None:
     server = render_server([":8443"])
     assert server["listen"] == [":8443"] and server["routes"] == []
     assert not server["automatic_https"].get("disable") and not server["automatic_https"].get("disable_redirects")
+
+
+async def test_a_failed_change_says_what_caddy_said() -> None:
+    """Caddy refuses a whole config load for one listener in use; the status shows that reason."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        error = "loading new config: http app module: start: listening on 127.0.0.1:4443: bind: address already in use"
+        return httpx.Response(500, json={"error": error})
+
+    api = CaddyAdmin("http://caddy.test", httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+    with pytest.raises(RetryableError) as failed:
+        await api.checked("POST", "/config/apps/http/servers/codeb", {})
+    assert str(failed.value) == (
+        "Caddy answered 500 to POST /config/apps/http/servers/codeb: loading new config: http app module: "
+        "start: listening on 127.0.0.1:4443: bind: address already in use"
+    )

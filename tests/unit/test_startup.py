@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -52,3 +53,11 @@ async def test_a_refusal_stops_start_up_with_the_reason() -> None:
     claims = FlakyClaims(PermanentError("namespace codeb-system: API server refused (403 Forbidden)"))
     with pytest.raises(kopf.PermanentError, match="403 Forbidden"):
         await start_up(runtime(claims, 0), kopf.OperatorSettings())
+
+
+def test_free_ports_are_outside_the_kernels_ephemeral_range_and_never_handed_out_twice() -> None:
+    """An outgoing connection can take an ephemeral port before its server binds it; these it never takes."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50
+    assert all(10000 <= port < low for port in ports)
