@@ -41,6 +41,8 @@ HOST = (
 )
 # A revision or version: an image tag, a commit, a release name (Docker's tag shape).
 REVISION = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"
+# A path inside a checkout: relative, no '..' segment, no empty one.
+RELATIVE_PATH = r"^(\.|([A-Za-z0-9_][A-Za-z0-9._-]*)(/[A-Za-z0-9_][A-Za-z0-9._-]*)*)$"
 # A PostgreSQL extension as the manifest names it.
 EXTENSION_NAME = r"^[a-z0-9_]+$"
 # Text that ends up in a file on a host (environment files, units): no control

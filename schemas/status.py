@@ -243,6 +243,38 @@ class BackupSummary(CodebModel):
     )
 
 
+class BuiltImage(CodebModel):
+    revision: str | None = Field(None, description="project.revision it was built for.", max_length=128)
+    image: str = Field(description="The image on every host, tagged by its build.", max_length=512)
+    commit: str | None = Field(None, description="The commit it was built from.", pattern="^[0-9a-f]{40}$")
+
+
+class BuildStatus(CodebModel):
+    """The newest build of source.git, and the last one that succeeded (what the workload runs)."""
+
+    inputs: str = Field(description="Digest of what is built (repository, ref, revision, paths, hosts).",
+                        max_length=64)  # fmt: skip
+    revision: str | None = Field(None, description="project.revision being built.", max_length=128)
+    run_id: str = Field(
+        description="Names the run on every host; recorded before it starts, so a restart finds it, never "
+        "starting it twice.",
+        pattern="^[0-9a-f]{12}$",
+    )
+    image: str = Field(description="The tag the build makes.", max_length=512)
+    result: str = Field(description="Running, Succeeded or Failed.", max_length=16)
+    commit: str | None = Field(None, description="The commit built, once known.", pattern="^[0-9a-f]{40}$")
+    hosts: list[HookRun] = Field(
+        default_factory=list, description="Each host's run (name: its address), with its last output lines.",
+        max_length=100,
+    )  # fmt: skip
+    started_at: datetime | None = Field(None, description="When the build was recorded (its timeout counts from here).")
+    finished_at: datetime | None = Field(None, description="When it ended.")
+    message: str = Field("", description="Why it failed, or where it stands.", max_length=2048)
+    last_succeeded: BuiltImage | None = Field(
+        None, description="The last build that succeeded: what the workload runs (a failed one never replaces it)."
+    )
+
+
 class ProjectStatus(CodebModel):
     model_config = CodebModel.model_config | {"extra": "ignore"}
 
@@ -268,4 +300,5 @@ class ProjectStatus(CodebModel):
         default_factory=list, description="Recent deploys, newest first.", max_length=20
     )
     backup: BackupSummary | None = Field(None, description="Backups: the last good one, the next, the oldest kept.")
+    build: BuildStatus | None = Field(None, description="With source.git: the newest build and the last good one.")
     last_error: str | None = Field(None, description="The last error, when the last reconcile failed.")

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from controller.local.archive import store_certificates
 
 BACKEND = Path("/usr/lib/git-core/git-http-backend")
 AUTHOR = {"GIT_AUTHOR_NAME": "codeb tests", "GIT_AUTHOR_EMAIL": "tests@codeb.invalid",
@@ -64,19 +67,31 @@ class _Backend(BaseHTTPRequestHandler):
 
 
 class GitServer:
-    """Bare repositories under ``root``, served at ``http://127.0.0.1:<port>/<name>.git``."""
+    """Bare repositories under ``root``, served at ``http://<host>:<port>/<name>.git``; with ``tls``, at
+    ``https://`` with a certificate from a CA of its own (``ca_file``), as a real Git host serves them."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, host: str = "127.0.0.1", tls: bool = False) -> None:
         assert BACKEND.exists(), "git http-backend is missing: apt-get install git"
-        self.root = root
+        self.root, self.host, self.tls = root, host, tls
         root.mkdir(parents=True, exist_ok=True)
         handler = type("Backend", (_Backend,), {"root": root})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server = ThreadingHTTPServer((host, 0), handler)
+        if tls:
+            certs = store_certificates(root / "tls", host)
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(certs / "public.crt", certs / "private.key")
+            # The handshake happens in each request's own thread, on its first read.
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True,
+                                                      do_handshake_on_connect=False)  # fmt: skip
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         self.port = self._server.server_address[1]
 
+    @property
+    def ca_file(self) -> Path:
+        return self.root / "tls" / "ca.crt"
+
     def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{name}.git"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}/{name}.git"
 
     def stop(self) -> None:
         self._server.shutdown()

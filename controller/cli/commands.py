@@ -83,6 +83,7 @@ def detail(body: dict[str, Any]) -> dict[str, Any]:
         "rollout": dumped.get("rollout"),
         "deployments": dumped.get("deployments", []),
         "backup": dumped.get("backup"),
+        "build": dumped.get("build"),
         "pendingPlan": (
             infrastructure.plan.model_dump(mode="json", by_alias=True, exclude_none=True)
             if infrastructure is not None and infrastructure.plan is not None
@@ -151,6 +152,11 @@ def render_detail(shown: dict[str, Any]) -> str:
     plan = shown["pendingPlan"]
     lines.append(f"  terraform: {json.dumps(plan) if plan else 'no pending plan'}")
     lines += _backup_lines(shown["backup"])
+    if shown.get("build"):
+        build = shown["build"]
+        last = (build.get("lastSucceeded") or {}).get("revision") or "none yet"
+        lines.append(f"  build:     {build.get('revision') or '-'} {build['result']} ({build['image']}), "
+                     f"last good {last}")  # fmt: skip
     if "traffic" in shown:
         lines.append(traffic_line(shown["traffic"]))
     if shown["lastError"]:

@@ -32,7 +32,7 @@ import httpx
 
 from controller.clients.http import Probe, probe_http, probe_sample
 from controller.clients.ssh import HostAccess, Login, SshPool
-from controller.drivers.hosts import login_for, servers_of
+from controller.drivers.builds import HostBuilds
 from controller.drivers.workloads import Credentials, SecretReader, install_app, read_credentials
 from controller.errors import CodebError, PermanentError, RetryableError
 from controller.jobs import hookruns
@@ -70,7 +70,7 @@ HOOK_RUNS = "/var/lib/codeb/hooks"
 FOLLOW_SECONDS = 30.0
 
 
-class QuadletUnits:
+class QuadletUnits(HostBuilds):
     component = Component.workload
 
     def __init__(
@@ -224,10 +224,8 @@ class QuadletUnits:
     ) -> None:
         launch = {k: v for k, v in target.items() if k not in JUDGED}
         if not launch.get("image"):
-            raise PermanentError(
-                "spec.project.source: runtime quadlet runs images; building from git is not supported yet",
-                reason="NotImplemented",
-            )
+            raise PermanentError("spec.project.source: no image to run (set source.image or source.git)",
+                                 reason="NoImage")  # fmt: skip
         credentials = await read_credentials(self._read_secret, ctx.key, launch, missing_ok=False)
         try:
             env_text = self._env(ctx.key, launch, credentials)
@@ -395,10 +393,6 @@ class QuadletUnits:
                 raise RetryableError(f"{facts.address}: could not remove the units: {result.stderr.strip()[:300]}")
 
     # ------------------------------------------------------------ helpers
-
-    async def _login(self, ctx: DriverContext) -> Login:
-        _, ssh = servers_of(ctx)
-        return await login_for(self._read_login, ctx.key, ssh)
 
     def _env(self, key: ProjectKey, launch: State, credentials: Credentials) -> str:
         values = {**credentials.values, **launch.get("variables", {})}

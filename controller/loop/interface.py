@@ -20,6 +20,8 @@ from schemas.project import (
     Allocations,
     App,
     Backup,
+    BuildStatus,
+    GitSource,
     Hook,
     HookRun,
     InfrastructureStatus,
@@ -123,6 +125,21 @@ class HookRunner(Protocol):
     async def stop_hook(self, ctx: DriverContext, state: State | None, run: HookRun) -> None:
         """Stop ``run`` if it still goes (its rollout ended first); ``state``: the colour it runs beside, as
         seen (None: gone). Stopping a run that ended, or was never started, does nothing."""
+        ...
+
+
+@runtime_checkable
+class Builder(Protocol):
+    """A workload driver that builds source.git where its workload runs (`controller.loop.builds`)."""
+
+    async def follow_build(self, ctx: DriverContext, git: GitSource, commit: str, build: BuildStatus) -> list[HookRun]:
+        """One step of ``build`` (recorded in status before this is called) on each of its hosts: started
+        where it never was, else looked at; stopped once past its timeout. Each host's run as it now stands.
+        Never starts a run twice."""
+        ...
+
+    async def stop_build(self, ctx: DriverContext, build: BuildStatus) -> None:
+        """Stop ``build`` on its hosts (a newer one supersedes it); one that ended, or never started, stays."""
         ...
 
 

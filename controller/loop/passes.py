@@ -102,6 +102,8 @@ class Pass:
     events: list[Event] = field(default_factory=list)
     results: list[tuple[Action, str]] = field(default_factory=list)
     rollout: Rollout | None = None  # this pass's rollout, whichever engine the runtime takes
+    # (reason, message) when the spec's build failed: the last good build serves, but not what the spec asks.
+    build_failed: tuple[str, str] | None = None
 
     def saw(self, component: Component, seen: Observation) -> None:
         """Record an observation. A new look at the workload moves the rollout on (a colour that just

@@ -27,6 +27,7 @@ from schemas.project import Allocations, ProjectSpec, Provider, Runtime, Servers
 
 
 class Component(StrEnum):
+    build = "Build"  # source.git's image: followed beside the plan (`controller.loop.build_step`), never planned
     infrastructure = "Infrastructure"
     database = "Database"
     cache = "Cache"
@@ -42,6 +43,7 @@ class Component(StrEnum):
         return f"{self.value}Ready"
 
 
+# Every planned component (not the build, which is followed beside the plan).
 DEPENDS_ON: dict[Component, tuple[Component, ...]] = {
     Component.infrastructure: (),
     Component.database: (Component.infrastructure,),

@@ -18,10 +18,12 @@ from datetime import UTC, datetime
 import structlog
 
 from controller.errors import CodebError, PermanentError, RetryableError
-from controller.loop import autoscaling, naming
+from controller.loop import autoscaling, builds, naming
 from controller.loop.autoscaling import LoadSource
+from controller.loop.build_step import build_step
 from controller.loop.interface import (
     Admission,
+    Builder,
     Claims,
     Driver,
     DriverContext,
@@ -108,12 +110,18 @@ class Reconciler:
                             backup=spec.backup)  # fmt: skip
         work = Pass(observed=await self._observe(drivers, ctx), events=notices)
         acting = not project.paused and spec.management_policy is ManagementPolicy.Manage
-        desired = Desired(spec, allocations, drivers)
-        wanted = desired.base(work.observed).get(Component.workload)  # None: suspended
         now = datetime.now(UTC)
-        if wanted is not None:
-            facts = PassFacts(spec, project.status, allocations, wanted, work.observed, now, project.retry_rollout,
-                              self.watching_since)  # fmt: skip
+        builder = drivers.get(Component.workload)  # a runtime that cannot build refuses source.git itself
+        built = await build_step(project, builder, ctx, work, acting, now)
+        # With source.git: the last image built, never one building.
+        deploying = builds.deployable(spec, built) if isinstance(builder, Builder) else spec
+        if deploying is None:
+            work.observed[Component.workload] = builds.unbuilt(work.observed.get(Component.workload))
+        desired = Desired(deploying or spec, allocations, drivers)
+        wanted = desired.base(work.observed).get(Component.workload)  # None: suspended
+        if wanted is not None and deploying is not None:
+            facts = PassFacts(deploying, project.status, allocations, wanted, work.observed, now,
+                              project.retry_rollout, self.watching_since)  # fmt: skip
             work.rollout = engine.start(facts)
         if work.rollout is not None:
             await self._follow_due_hook(project, drivers, ctx, work, acting)
@@ -130,7 +138,8 @@ class Reconciler:
         if spec.suspended and acting:
             status, notice = records.suspended(status, now)
             work.events += [Event(notice.type, notice.reason, notice.message)] if notice else []
-        status = status.model_copy(update={"autoscaling": scaled.status if scaled else None})
+        status = builds.reported(status.model_copy(update={"autoscaling": scaled.status if scaled else None}),
+                                 built, project.generation)  # fmt: skip
         if scaled is not None and scaled.event is not None and acting:
             work.events.append(Event("Normal", *scaled.event))
         decided = work.decided if acting else None

@@ -68,7 +68,7 @@ def summarize(
         conditions = set_condition(conditions, "Synced", False, "NotImplemented", _unsupported(steps), gen)
     else:
         conditions = set_condition(conditions, "Synced", True, "Converged", "all components match the spec", gen)
-    readiness = _suspended(_readiness(component_ok, steps, work.decided), project.spec)
+    readiness = _suspended(_readiness(component_ok, steps, work.decided, work.build_failed), project.spec)
     conditions = set_condition(conditions, "Ready", *readiness, gen)
     if work.rollout is not None:
         conditions = set_condition(conditions, "Serving", *work.rollout.serving_condition(), gen)
@@ -89,7 +89,7 @@ def summarize(
 
 
 # Why a Project will not get Ready by waiting: only a change (to the spec, the operator, or outside) helps.
-STALLED_READY_REASONS = frozenset({"NotImplemented", "RolloutFailed"})
+STALLED_READY_REASONS = frozenset({"NotImplemented", "RolloutFailed", "BuildFailed"})
 
 
 def _stalled(status: ProjectStatus, work: Pass, steps: Plan, readiness: tuple[bool, str, str],
@@ -151,8 +151,13 @@ def _readiness(
     component_ok: Mapping[Component, bool],
     steps: Plan,
     decided: Decided | None = None,
+    build_failed: tuple[str, str] | None = None,
 ) -> tuple[bool, str, str]:
     not_ready = [c for c, ok in component_ok.items() if not ok]
+    if build_failed is not None:  # what the spec asks for did not build (the last good build serves, if any)
+        reason, failed_message = build_failed
+        return False, reason, failed_message + (f"; not ready: {', '.join(c.value for c in not_ready)}"
+                                                if not_ready else "")  # fmt: skip
     if not not_ready:
         return True, "AllComponentsReady", "all components ready"
     message = "not ready: " + ", ".join(c.value for c in not_ready)
@@ -243,7 +248,7 @@ def _backup(observed: Mapping[Component, Observation], before: BackupSummary | N
 def _phase(project: ProjectInput, component_ok: Mapping[Component, bool], work: Pass) -> Phase:
     if any(isinstance(e, PermanentError) for e in work.failed.values()):
         return Phase.Failed
-    if all(component_ok.values()):
+    if all(component_ok.values()) and work.build_failed is None:
         return Phase.Ready
     if project.status.phase in (Phase.Ready, Phase.Degraded):
         return Phase.Degraded

@@ -134,9 +134,12 @@ def project_input(body: kopf.Body, stored: dict[str, Any] | None = None) -> Proj
 
 
 def recorded_runs(stored: dict[str, Any]) -> frozenset[str]:
-    """The hook runs status holds as the API server stored it (the body, not what this process wrote since)."""
+    """The hook and build runs status holds as the API server stored it (the body, not what this process wrote
+    since)."""
     hooks = (stored.get("rollout") or {}).get("hooks") or []
-    return frozenset(str(run["runId"]) for run in hooks if isinstance(run, dict) and run.get("runId"))
+    build = stored.get("build") or {}
+    built = {str(build["runId"])} if isinstance(build, dict) and build.get("runId") else set()
+    return frozenset(str(run["runId"]) for run in hooks if isinstance(run, dict) and run.get("runId")) | built
 
 
 def recorded_teardown(body: kopf.Body) -> Teardown:

@@ -7,7 +7,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cache="${CODEB_CACHE:-$HOME/.cache/codeb}/testhost"
-version=4  # bump when the packages or the configuration below change
+version=5  # bump when the packages or the configuration below change
 rootfs="$cache/rootfs-v$version"
 # The example application and the rollout tests' application, in one image named by their content.
 apps=("$here/../hello/app.py" "$here/../../tests/apps/rollout_app.py")
@@ -50,7 +50,7 @@ build_rootfs() {
   local tmp="$rootfs.tmp"
   remove_tree "$tmp"
   debootstrap --variant=minbase \
-    --include=systemd,systemd-sysv,dbus,openssh-server,podman,runc,conmon,netavark,aardvark-dns,iptables,iproute2,catatonit,curl,ca-certificates \
+    --include=systemd,systemd-sysv,dbus,openssh-server,podman,runc,conmon,netavark,aardvark-dns,iptables,iproute2,catatonit,curl,ca-certificates,git \
     "$(suite)" "$tmp" "$(mirror)" >"$cache/debootstrap-rootfs.log" 2>&1
   bash "$here/configure-rootfs.sh" "$tmp" "$(go_quadlet)"
   touch "$tmp/.codeb-ready"

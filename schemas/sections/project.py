@@ -10,16 +10,28 @@ from schemas.base import (
     CONTAINER_IMAGE,
     CONTAINER_IMAGE_MAX_LENGTH,
     DNS_LABEL,
+    ENV_VAR_NAME,
     PRINTABLE,
+    RELATIVE_PATH,
     REVISION,
     CodebModel,
     Rule,
     immutable,
+    matches,
 )
 from schemas.common import RENAME_WHY, SLUG_MAX_LENGTH, Template
 
 
 class GitSource(CodebModel):
+    rules = (
+        Rule(
+            cel="!has(self.buildArgs) || self.buildArgs.all(k, k.matches('" + ENV_VAR_NAME + "'))",
+            message="build argument names must match [A-Za-z_][A-Za-z0-9_]* (letters, digits, underscore)",
+            field_path=".buildArgs",
+            check=lambda g: all(matches(ENV_VAR_NAME, k) for k in g.build_args),
+        ),
+    )
+
     url: str = Field(
         description="Git repository to build from, https:// or ssh (git@host:org/repo.git).",
         pattern=r"^(https://|ssh://|git@)[^\s\x00-\x1f\x7f]+$",
@@ -27,10 +39,34 @@ class GitSource(CodebModel):
     )
     ref: str = Field(
         "main",
-        description="Branch, tag or commit to build.",
-        pattern=r"^[A-Za-z0-9._/-]+$",
+        description=(
+            "Branch or tag to build. With a commit as project.revision (7 to 40 hex digits), that commit of "
+            "this branch is built; otherwise the branch's head when the build starts."
+        ),
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$",
         max_length=255,
     )
+    context: str = Field(
+        ".",
+        description="Directory of the repository to build in (relative; '..' is refused).",
+        pattern=RELATIVE_PATH,
+        max_length=255,
+    )
+    containerfile: str = Field(
+        "Containerfile",
+        description="The Containerfile (or Dockerfile), relative to context; it must be a file in the repository.",
+        pattern=RELATIVE_PATH,
+        max_length=255,
+    )
+    build_args: dict[str, Annotated[str, Field(pattern=PRINTABLE, max_length=1024)]] = Field(
+        default_factory=dict,
+        description="--build-arg values (not secret: they are recorded in the image's history).",
+        max_length=32,
+    )  # fmt: skip
+    timeout_seconds: int = Field(
+        1800, description="Seconds a build may run (the clone and every host's build) before it fails.", ge=30,
+        le=4 * 3600,
+    )  # fmt: skip
 
 
 class Source(CodebModel):

@@ -101,7 +101,10 @@ def test_inputs_follow_the_spec() -> None:
     # cloud-init reads the key back whole, even with characters YAML would otherwise take as syntax.
     odd = PUBLIC_KEY + " ops #1: key"
     config = yaml.safe_load(module_inputs(KEY, spec().servers, 4512, odd)["user_data"])
-    assert config["users"] == [{"name": "root", "ssh_authorized_keys": [odd]}] and config["packages"] == ["podman"]
+    assert config["users"] == [{"name": "root", "ssh_authorized_keys": [odd]}] and config["packages"] == [
+        "podman",
+        "git",
+    ]
 
 
 def test_a_public_key_that_spans_lines_never_reaches_cloud_init() -> None:

@@ -1,0 +1,73 @@
+"""Builds of source.git on the Project's own hosts over SSH (runtime quadlet's `Builder`).
+
+Each host builds the same commit into the same tag (`controller.loop.builds.build_image`) with
+podman, so its units find the image locally: no registry between the build and the hosts. A build
+runs detached on each host in a directory named by its run id (``/var/lib/codeb/builds/…``),
+followed by `controller.jobs.hookruns.FOLLOW` exactly as a post-deploy hook is: started once,
+found again after a restart, stopped at its timeout. What it runs is `controller.specs.builds`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+
+from controller.clients.ssh import HostAccess, Login, SshPool
+from controller.drivers.hosts import login_for, servers_of
+from controller.drivers.workloads import SecretReader
+from controller.errors import CodebError
+from controller.jobs import hookruns
+from controller.loop.interface import DriverContext
+from controller.loop.secrets import clip
+from controller.specs.builds import build_argv
+from schemas.project import BuildStatus, GitSource, HookRun
+
+BUILD_RUNS = "/var/lib/codeb/builds"
+FOLLOW_SECONDS = 30.0  # one step of following a build (start it, or look at it) answers within this
+
+
+def run_dir(ctx: DriverContext, build: BuildStatus) -> str:
+    run = HookRun(name="build", result=build.result, run_id=build.run_id)
+    return f"{BUILD_RUNS}/{ctx.key.namespace}.{ctx.key.name}/{hookruns.valid_run_id(run)}"
+
+
+class HostBuilds:
+    """Builds on the hosts a Project's workload runs on; mixed into the quadlet driver, whose SSH it shares."""
+
+    _ssh: SshPool
+    _read_login: SecretReader
+
+    async def follow_build(self, ctx: DriverContext, git: GitSource, commit: str, build: BuildStatus) -> list[HookRun]:
+        login = await self._login(ctx)
+        command = build_argv(git, commit, build.image)
+        steps = [self._follow_one(login.at(run.name), ctx, build, run, git.timeout_seconds, command)
+                 for run in build.hosts]  # fmt: skip
+        return list(await asyncio.gather(*steps))
+
+    async def stop_build(self, ctx: DriverContext, build: BuildStatus) -> None:
+        login = await self._login(ctx)
+        await asyncio.gather(*(self._follow(login.at(run.name), "stop", run_dir(ctx, build), 0, [])
+                               for run in build.hosts if run.result == "Running"))  # fmt: skip
+
+    async def _follow_one(self, access: HostAccess, ctx: DriverContext, build: BuildStatus, run: HookRun,
+                          timeout: int, command: list[str]) -> HookRun:  # fmt: skip
+        if run.result != "Running":
+            return run
+        directory = run_dir(ctx, build)
+        try:
+            answer = await self._follow(access, "follow", directory, timeout, command)
+            judged, overdue = hookruns.judge(run, timeout, answer, frozenset())
+            if overdue:
+                await self._follow(access, "stop", directory, timeout, [])
+        except CodebError as exc:  # this look failed; the run is looked at again next pass
+            return run.model_copy(update={"message": clip(exc.message, frozenset(), 500)})
+        return judged.model_copy(update={"name": run.name})
+
+    async def _follow(self, access: HostAccess, mode: str, directory: str, timeout: int, command: list[str]) -> str:
+        argv = hookruns.follow_argv(mode, directory, timeout, command, launcher="systemd-run")
+        line = " ".join(shlex.quote(part) for part in argv)
+        return (await self._ssh.run(access, line, timeout=FOLLOW_SECONDS)).stdout
+
+    async def _login(self, ctx: DriverContext) -> Login:
+        _, ssh = servers_of(ctx)
+        return await login_for(self._read_login, ctx.key, ssh)

@@ -1,0 +1,56 @@
+"""One pass's step of a build from git, through the workload driver's `Builder` (decisions: `builds`).
+
+Recorded first: a new build is only written to status in the pass that decides it, and started on
+its hosts from the first pass that reads it back from the API server (``recorded_runs``), so an
+operator killed in between starts it once, after its restart. A superseded build is stopped before
+the newer one is recorded. While it runs the Project is progressing (looked at again in seconds); a
+failed one makes it not Ready (BuildFailed) and Stalled until the spec changes. The last good image
+keeps serving either way.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from controller.errors import CodebError
+from controller.loop import builds
+from controller.loop.interface import Builder, DriverContext
+from controller.loop.passes import Event, Pass, ProjectInput
+from controller.loop.planner import Component, Observation
+from schemas.project import BuildStatus
+
+
+async def build_step(project: ProjectInput, builder: object, ctx: DriverContext, work: Pass, acting: bool,
+                     now: datetime) -> BuildStatus | None:  # fmt: skip
+    """The build record after this pass (None: the Project does not build from git)."""
+    spec, recorded = project.spec, project.status.build
+    git = spec.project.source.git
+    if git is None or not isinstance(builder, Builder):
+        return None if git is None else recorded  # a runtime that cannot build: its workload driver says why
+    infrastructure = work.observed.get(Component.infrastructure, Observation()).outputs
+    hosts = sorted(str(host["address"]) for host in infrastructure.get("hosts", []))
+    step = builds.due(spec, project.key, recorded, hosts, now)
+    if not acting:
+        return recorded
+    if step.stop is not None:
+        try:
+            await builder.stop_build(ctx, step.stop)
+        except CodebError as exc:
+            work.events.append(Event("Warning", "BuildNotStopped", f"{step.stop.revision}: {exc.message}; it "
+                                     "ends at its own timeout"))  # fmt: skip
+    build = step.status
+    if step.follow is not None and step.follow.run_id in project.recorded_runs:
+        runs = await builder.follow_build(ctx.given(work.observed), git, builds.wanted_commit(spec), step.follow)
+        build = builds.followed(step.follow, runs, now)
+        if build.result == "Succeeded":
+            work.events.append(Event("Normal", "Built", f"{build.revision}: {build.image} from {build.commit}"))
+        elif build.result == "Failed":
+            work.events.append(Event("Warning", "BuildFailed", f"{build.revision}: {build.message}"[:1024]))
+    if build is None:
+        return None
+    _, reason, message = builds.condition(build)
+    if build.result == "Running":
+        work.waiting[Component.build] = message
+    elif build.result == "Failed":
+        work.build_failed = (reason, message)
+    return build

@@ -1,0 +1,154 @@
+"""Builds from git end to end: a Project whose source is a Git repository served over HTTPS is built by
+podman on each of its two quadlet hosts (Debian booted with systemd-nspawn), and deployed blue-green
+from the image it built, through the real Caddy, under load.
+
+A commit that does not build leaves the last good one serving, with the build's error in status
+(`BuildReady` False, `Stalled`); the next good commit rolls out; no request fails throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.local.cluster import LocalCluster
+from tests.apiserver.test_quadlet_e2e import QUICK, edge_platform
+from tests.conftest import start_cluster
+from tests.factories import project
+from tests.gitserver import GitServer, WorkTree
+from tests.helpers import OperatorProcess, get_json, wait_for
+from tests.rollouts import Load
+from tests.servers import CaddyServer, https_get, start_caddy
+from tests.testhosts import ROLLOUT_IMAGE, SERVICES_ADDRESS, BootedHosts, booted
+
+NS = "apps"
+DOMAIN = "built.quadlet.localhost"
+CONTAINERFILE = f'FROM {ROLLOUT_IMAGE}\nARG GREETING\nRUN echo "$GREETING" > /app/greeting.txt\n'
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[BootedHosts]:
+    with booted(2) as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, hosts: BootedHosts) -> Iterator[dict[str, Any]]:
+    """The control plane, Caddy, and a Git server on the address the hosts reach, whose CA they trust."""
+    root = tmp_path_factory.mktemp("builds")
+    git = GitServer(root / "git", host=SERVICES_ADDRESS, tls=True)
+    caddy = start_caddy()
+    cluster = start_cluster(root / "cluster")
+    try:
+        ca = shlex.quote(git.ca_file.read_text())
+        for host in hosts.hosts:
+            hosts.ssh(host, f"printf '%s' {ca} >/usr/local/share/ca-certificates/codeb-git.crt && "
+                            "update-ca-certificates >/dev/null 2>&1")  # fmt: skip
+        cluster.kubectl("create", "namespace", NS)
+        cluster.kubectl("create", "secret", "generic", "deploy-key", "-n", NS,
+                        f"--from-literal=privateKey={hosts.private_key}")  # fmt: skip
+        edge_platform(cluster, caddy)
+        yield {"git": git, "caddy": caddy, "cluster": cluster, "root": root}
+    finally:
+        cluster.stop()
+        caddy.stop()
+        git.stop()
+
+
+def built(hosts: BootedHosts, url: str, revision: str) -> dict[str, Any]:
+    servers = {"provider": "existing", "runtime": "quadlet", "hosts": [h.address for h in hosts.hosts],
+               "ssh": {"secretRef": "deploy-key"}, "platform": "quadlet-edge"}  # fmt: skip
+    git = {"url": url, "ref": "main", "buildArgs": {"GREETING": f"hello from {revision[:7]}"}, "timeoutSeconds": 300}
+    return project("built", NS,
+                   project={"slug": "built", "source": {"git": git}, "revision": revision, "rollout": QUICK},
+                   environment={"type": "staging", "domains": [DOMAIN], "variables": {"MODE": "ok"}},
+                   servers=servers, backup={"enabled": False})  # fmt: skip
+
+
+def status(cluster: LocalCluster) -> dict[str, Any]:
+    found: dict[str, Any] = get_json(cluster, "project", "built", "-n", NS).get("status", {})
+    return found
+
+
+def condition(cluster: LocalCluster, type_: str) -> dict[str, Any]:
+    return next((c for c in status(cluster).get("conditions", []) if c["type"] == type_), {})
+
+
+def served(caddy: CaddyServer) -> str | None:
+    try:
+        answer: dict[str, Any] = json.loads(https_get(caddy, DOMAIN).stdout)
+    except ValueError:
+        return None
+    return answer.get("revision")
+
+
+def rolled_out(cluster: LocalCluster, revision: str, operator: OperatorProcess) -> None:
+    def reached() -> bool:
+        rollout = status(cluster).get("rollout") or {}
+        return (rollout.get("revision"), rollout.get("step")) == (revision, "Succeeded")
+
+    try:
+        wait_for(reached, timeout=300, what=f"{revision[:7]} built and rolled out")
+    except AssertionError:
+        raise AssertionError(json.dumps(status(cluster), indent=1)[-4000:] + operator.log()[-3000:]) from None
+
+
+def test_commits_are_built_on_each_host_and_deployed_and_one_that_does_not_build_never_serves(
+    world: dict[str, Any], hosts: BootedHosts, tmp_path: Path
+) -> None:
+    cluster: LocalCluster = world["cluster"]
+    caddy: CaddyServer = world["caddy"]
+    git: GitServer = world["git"]
+    tree = WorkTree(git, "site", tmp_path / "tree")
+    operator = OperatorProcess(cluster, tmp_path / "operator.log", CODEB_DRIFT_INTERVAL="5").start()
+    load = Load(caddy, DOMAIN, threads=2)
+    try:
+        one = tree.commit("one", {"Containerfile": CONTAINERFILE})
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(built(hosts, git.url("site"), one)))
+        rolled_out(cluster, one, operator)
+        build = status(cluster)["build"]
+        assert (build["result"], build["commit"], build["revision"]) == ("Succeeded", one, one), build
+        assert condition(cluster, "BuildReady")["status"] == "True"
+        image = build["image"]
+        for host in hosts.hosts:  # the unit runs the image this build made there, with its RUN step's file
+            running = hosts.ssh(host, "podman ps --format '{{.Image}}'").split()
+            assert running == [image], running
+            greeting = hosts.ssh(host, f"podman run --rm {shlex.quote(image)} cat /app/greeting.txt").strip()
+            assert greeting == f"hello from {one[:7]}"
+        wait_for(lambda: served(caddy) == one, timeout=30, what="the first build served through Caddy")
+        load.start()
+
+        # A commit that does not build: the last good one keeps serving, and status says why.
+        broken = tree.commit("broken", {"Containerfile": CONTAINERFILE + "RUN echo the build broke >&2; exit 3\n"})
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(built(hosts, git.url("site"), broken)))
+        wait_for(lambda: condition(cluster, "BuildReady").get("reason") == "BuildFailed", timeout=240,
+                 what="the broken commit's build failed")  # fmt: skip
+        failed = condition(cluster, "BuildReady")["message"]
+        assert "the build broke" in failed and f"{one} keeps serving" in failed, failed
+        assert condition(cluster, "Stalled").get("reason") == "BuildFailed"  # kstatus: waiting will not help
+        assert (condition(cluster, "Ready")["status"], condition(cluster, "Ready")["reason"]) == (
+            "False",
+            "BuildFailed",
+        )
+        assert status(cluster)["rollout"]["revision"] == one and served(caddy) == one
+
+        # The next good commit is built and rolls out, under load.
+        three = tree.commit("three", {"Containerfile": CONTAINERFILE, "README": "fixed\n"})
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(built(hosts, git.url("site"), three)))
+        rolled_out(cluster, three, operator)
+        wait_for(lambda: load.revisions.get(three, 0) > 10, timeout=30, what="the fixed commit served through Caddy")
+        assert condition(cluster, "Ready")["status"] == "True" and not condition(cluster, "Stalled")
+    except AssertionError as failure:
+        raise AssertionError(f"{failure}\n{operator.log()[-3000:]}") from None
+    finally:
+        load.stop()
+        cluster.kubectl("delete", "project", "built", "-n", NS, "--timeout=120s", check=False)
+        operator.stop()
+    assert broken not in load.revisions and load.failures == [] and load.sent > 50, load.failures[:5]
+    assert hosts.private_key.splitlines()[1] not in operator.log()
+    print(f"builds on two quadlet hosts under load: {load.sent} requests, 0 failed")

@@ -1,0 +1,95 @@
+"""The build script a host runs for source.git (`controller.specs.builds.BUILD`), against a real Git server.
+
+Real git clones from `git http-backend` over HTTPS; the builder at the end is a recorder standing in
+for podman (the real podman build runs on the quadlet hosts in `tests.apiserver.test_builds_e2e`).
+What is proven here is what reaches the builder: the commit asked for, the directory and file inside
+the checkout, the build arguments as arguments, and refusals of everything that leaves the checkout
+or is not a repository over https.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controller.specs.builds import build_argv
+from schemas.project import GitSource
+from tests.gitserver import GitServer, WorkTree
+
+RECORDER = """#!/bin/sh
+python3 -c 'import json, os, sys; print(json.dumps({"cwd": os.getcwd(), "argv": sys.argv[1:]}))' "$@" >>"$RECORD"
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
+    served = GitServer(tmp_path_factory.mktemp("git"), tls=True)
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+@pytest.fixture
+def builder(tmp_path: Path, server: GitServer) -> dict[str, str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "podman").write_text(RECORDER)
+    (bin_dir / "podman").chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "RECORD": str(tmp_path / "record.json"),
+            "GIT_SSL_CAINFO": str(server.ca_file)}  # fmt: skip
+
+
+def build(git: GitSource, commit: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    argv = build_argv(git, commit, "localhost/codeb/apps/shop:0123456789ab")
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, check=False)
+
+
+def test_the_commit_asked_for_is_built_in_its_context_with_its_arguments(
+    server: GitServer, builder: dict[str, str], tmp_path: Path
+) -> None:
+    tree = WorkTree(server, "shop", tmp_path / "tree")
+    first = tree.commit("one", {"web/Containerfile": "FROM scratch\n", "web/index.html": "one"})
+    tree.commit("two", {"web/index.html": "two"})
+    git = GitSource(url=server.url("shop"), context="web", build_args={"GREETING": "hi $(id) `id`"})
+    done = build(git, first, builder)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == f"built localhost/codeb/apps/shop:0123456789ab from commit {first}"
+    record = json.loads(Path(builder["RECORD"]).read_text().splitlines()[0])  # the build; then its pruning
+    assert Path(record["cwd"]).name == "web"
+    tag = "localhost/codeb/apps/shop:0123456789ab"
+    assert record["argv"] == ["build", "--layers", "--file", "Containerfile", "--tag", tag,
+                              "--build-arg", "GREETING=hi $(id) `id`", "."]  # fmt: skip
+    third = tree.commit("three", {"web/index.html": "three"})
+    head = build(GitSource(url=server.url("shop"), context="web"), "", builder)  # no commit: the branch's head
+    assert head.returncode == 0 and head.stdout.splitlines()[-1].endswith(f"from commit {third}"), head
+
+
+def test_what_leaves_the_checkout_or_is_not_https_is_refused(
+    server: GitServer, builder: dict[str, str], tmp_path: Path
+) -> None:
+    tree = WorkTree(server, "hostile", tmp_path / "tree")
+    (tmp_path / "tree").mkdir(exist_ok=True)
+    os.symlink("/etc", tmp_path / "tree" / "out")
+    os.symlink("/etc/passwd", tmp_path / "tree" / "Dockerfile")
+    tree.commit("links", {"Containerfile": "FROM scratch\n"})
+    refused = {
+        "out": build(GitSource(url=server.url("hostile"), context="out"), "", builder),
+        "Dockerfile": build(GitSource(url=server.url("hostile"), containerfile="Dockerfile"), "", builder),
+    }
+    assert "context out leaves the repository" in refused["out"].stderr
+    assert "./Dockerfile is not a file in the repository" in refused["Dockerfile"].stderr
+    assert all(r.returncode != 0 for r in refused.values()) and not Path(builder["RECORD"]).exists()
+    # git itself may use https and ssh only: no ext:: command, no file:// or plain http.
+    for url in ("ext::sh -c touch% /tmp/codeb-pwned", f"file://{server.root}/hostile.git",
+                server.url("hostile").replace("https://", "http://")):  # fmt: skip
+        argv = build_argv(GitSource.model_construct(url=url, ref="main", context=".", containerfile="Containerfile",
+                                                    build_args={}), "", "localhost/x:y")  # fmt: skip
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=builder, check=False)
+        assert done.returncode != 0 and not Path(builder["RECORD"]).exists(), (url, done.stdout)
+    assert not Path("/tmp/codeb-pwned").exists()

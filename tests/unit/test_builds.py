@@ -1,0 +1,81 @@
+"""Builds from git, decided on plain data (`controller.loop.builds`): recorded first, superseded, and never
+deployed before they succeed."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from controller.loop import builds
+from controller.loop.naming import ProjectKey
+from schemas.project import HookRun, ProjectSpec
+from tests.factories import project_spec
+
+KEY = ProjectKey("apps", "shop", "uid-1")
+NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+SHA = "0123456789abcdef0123456789abcdef01234567"
+HOSTS = ["10.0.0.2", "10.0.0.1"]
+
+
+def spec(revision: str = SHA, **git: Any) -> ProjectSpec:
+    source = {"git": {"url": "https://git.example.com/acme/shop.git", **git}}
+    servers = {"provider": "existing", "runtime": "quadlet", "hosts": HOSTS, "ssh": {"secretRef": "key"}}
+    return ProjectSpec.model_validate(project_spec(project={"slug": "shop", "source": source, "revision": revision},
+                                                   servers=servers))  # fmt: skip
+
+
+def succeeded(run: HookRun, commit: str = SHA) -> HookRun:
+    return run.model_copy(update={"result": "Succeeded", "message": f"STEP 2/2\nbuilt x from commit {commit}"})
+
+
+def test_a_build_is_recorded_first_then_followed_and_only_a_success_is_deployed() -> None:
+    first = builds.due(spec(), KEY, None, HOSTS, NOW)
+    record = first.status
+    assert record is not None and first.follow is None and first.stop is None  # recorded, not started
+    assert record.result == "Running" and record.image == f"localhost/codeb/apps/shop:{record.run_id}"
+    assert [h.name for h in record.hosts] == ["10.0.0.1", "10.0.0.2"]
+    assert builds.deployable(spec(), record) is None  # nothing built yet: nothing to run
+    again = builds.due(spec(), KEY, record, HOSTS, NOW)
+    assert again.follow == record and again.status == record  # the same inputs: followed, not recorded anew
+    half = builds.followed(record, [succeeded(record.hosts[0]), record.hosts[1]], NOW)
+    assert half.result == "Running" and half.message == "building on 10.0.0.2"
+    done = builds.followed(record, [succeeded(h) for h in record.hosts], NOW)
+    assert (done.result, done.commit) == ("Succeeded", SHA)
+    deployed = builds.deployable(spec(), done)
+    assert deployed is not None and deployed.project.source.image == record.image
+    assert deployed.project.source.git is None and deployed.project.revision == SHA
+    assert builds.condition(done)[:2] == (True, "Built")
+
+
+def test_a_failed_build_keeps_the_last_good_image_and_a_newer_revision_supersedes_a_running_one() -> None:
+    good = builds.followed(builds.due(spec(), KEY, None, HOSTS, NOW).status,  # type: ignore[arg-type]
+                           [succeeded(HookRun(name=h, result="Running")) for h in sorted(HOSTS)], NOW)  # fmt: skip
+    newer = builds.due(spec("fedcba9"), KEY, good, HOSTS, NOW)
+    assert newer.status is not None and newer.stop is None and newer.status.run_id != good.run_id
+    assert newer.status.last_succeeded == good.last_succeeded
+    broken = HookRun(name="10.0.0.1", result="Failed", message="Error: building at STEP 2: exit status 1")
+    failed = builds.followed(newer.status, [broken, newer.status.hosts[1]], NOW)
+    assert failed.result == "Failed" and "exit status 1" in failed.message
+    kept = builds.deployable(spec("fedcba9"), failed)
+    assert kept is not None and kept.project.source.image == good.image and kept.project.revision == SHA
+    ok, reason, message = builds.condition(failed)
+    assert (ok, reason) == (False, "BuildFailed") and f"{SHA} keeps serving" in message
+    # A newer revision while one still builds: the running one is stopped first.
+    running = builds.due(spec("abcdef1"), KEY, newer.status, HOSTS, NOW)
+    assert running.stop == newer.status and running.status is not None and running.status.revision == "abcdef1"
+    # A host more is a new build too (its units need the image); no hosts yet, nothing is recorded.
+    assert builds.due(spec("fedcba9"), KEY, failed, [*HOSTS, "10.0.0.3"], NOW).status != failed
+    assert builds.due(spec(), KEY, None, [], NOW).status is None
+
+
+def test_the_commit_is_the_revision_only_when_it_is_one_and_paths_stay_inside() -> None:
+    assert builds.wanted_commit(spec(SHA)) == SHA and builds.wanted_commit(spec("abc1234")) == "abc1234"
+    assert builds.wanted_commit(spec("release-2")) == ""  # a name: the ref's head
+    for bad in ({"context": "../up"}, {"context": "/etc"}, {"containerfile": "a/../../b"}, {"context": ".git"},
+                {"ref": "--upload-pack=x"}, {"buildArgs": {"A B": "x"}},
+                {"url": "http://plain.example.com/r.git"}):  # fmt: skip
+        with pytest.raises(ValidationError):
+            spec(**bad)
