@@ -234,6 +234,14 @@ class KubeClient:
                 "codeb.dev", "v1alpha1", namespace, "projects", name, {"status": changes}, _preload_content=False,
             )  # fmt: skip
 
+    async def patch_project(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        """A merge patch of the Project (a resourceVersion in it makes it conditional: Conflict when stale)."""
+        await self._call(
+            f"project {namespace}/{name}", self._custom.patch_namespaced_custom_object,
+            "codeb.dev", "v1alpha1", namespace, "projects", name, patch, field_manager="codeb-push",
+            _preload_content=False,
+        )  # fmt: skip
+
     async def read_config_map(self, namespace: str, name: str) -> StoredConfigMap | None:
         try:
             # Raw JSON: the client's model deserialisation costs more than the request itself.

@@ -1,4 +1,5 @@
-"""What the operator receives over HTTP: Alertmanager's webhooks for the Projects' alerts.
+"""What the operator receives over HTTP: Alertmanager's webhooks for the Projects' alerts, and Git hosts'
+push webhooks (`controller.operator.pushes`).
 
 Alertmanager (configured as docs/operations.md shows) posts the operator's alerts (`ERROR_RATE`,
 `LATENCY`, labelled with the Project's namespace and name) to ``POST /alertmanager`` as they fire
@@ -28,6 +29,7 @@ from pydantic import ValidationError
 from controller.errors import CodebError
 from controller.loop.naming import ProjectKey
 from controller.operator.notify import News
+from controller.operator.pushes import Pushes
 from controller.specs.alerts import ERROR_RATE, LATENCY
 from schemas.base import DNS_LABEL
 from schemas.sections.monitoring import Alerts, NotifyEvent
@@ -88,13 +90,17 @@ def alert_project(alert: object) -> tuple[str, str] | None:
 class Inbound:
     """The operator's HTTP listener for what is pushed to it; started once, on kopf's start-up."""
 
-    def __init__(self, projects: Projects, notifier: Announcer, token_file: Path | None) -> None:
+    def __init__(self, projects: Projects, notifier: Announcer, token_file: Path | None,
+                 pushes: Pushes | None = None) -> None:  # fmt: skip
         self._projects, self._notifier, self._token_file = projects, notifier, token_file
+        self._pushes = pushes  # Git hosts' push webhooks (`controller.operator.pushes`)
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=BODY_BYTES)
         app.router.add_post("/alertmanager", self._alertmanager)
+        if self._pushes is not None:
+            app.router.add_post("/push/{namespace}/{name}", self._pushes.handle)
         return app
 
     async def start(self, port: int, address: str = "0.0.0.0") -> None:

@@ -28,6 +28,10 @@ class Metrics:
             "codeb_notifications_total", "Deploy notifications to Projects' receivers, by result (sent, failed, "
             "dropped).", ["result"], registry=self.registry,
         )  # fmt: skip
+        self.push_deliveries = Counter(
+            "codeb_push_deliveries_total", "Git hosts' push webhooks, by result (accepted, forged, replayed, stale, "
+            "ignored, conflict, failed, busy).", ["result"], registry=self.registry,
+        )  # fmt: skip
         self.drift_repairs = Counter(
             "codeb_drift_repairs_total", "Actions taken by the drift timer.", ["component"], registry=self.registry
         )

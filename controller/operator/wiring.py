@@ -119,6 +119,7 @@ def run_operator(make_drivers: Callable[[KubeClient, OperatorConfig], DriverSour
     from controller.operator.logs import configure_logging
     from controller.operator.metrics import Metrics
     from controller.operator.notify import Notifier
+    from controller.operator.pushes import Pushes
     from controller.operator.retries import Backoff, Retries
     from controller.operator.runs import Housekeeping
 
@@ -144,7 +145,8 @@ def run_operator(make_drivers: Callable[[KubeClient, OperatorConfig], DriverSour
     runtime = Runtime(config, reconciler, metrics, kube, retries,
                       housekeeping=Housekeeping(getattr(drivers, "sweep", None)),
                       kept=getattr(drivers, "kept", None), notifier=notifier,
-                      inbound=Inbound(kube, notifier, config.inbound_token_file))  # fmt: skip
+                      inbound=Inbound(kube, notifier, config.inbound_token_file,
+                                      Pushes(kube, metrics.push_deliveries)))  # fmt: skip
     asyncio.run(
         kopf.operator(
             registry=build_registry(runtime),

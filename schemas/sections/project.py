@@ -67,6 +67,16 @@ class GitSource(CodebModel):
         1800, description="Seconds a build may run (the clone and every host's build) before it fails.", ge=30,
         le=4 * 3600,
     )  # fmt: skip
+    webhook_secret_ref: str | None = Field(
+        None,
+        description=(
+            "Secret (key `secret`) shared with the Git host's push webhook, sent to "
+            "/push/<namespace>/<name> on the operator's inbound listener: GitHub signs with it (HMAC-SHA256), "
+            "GitLab sends it as its token. A push to ref then sets project.revision to the pushed commit."
+        ),
+        pattern=DNS_LABEL,
+        max_length=253,
+    )
 
 
 class Source(CodebModel):

@@ -3,20 +3,26 @@ podman on each of its two quadlet hosts (Debian booted with systemd-nspawn), and
 from the image it built, through the real Caddy, under load.
 
 A commit that does not build leaves the last good one serving, with the build's error in status
-(`BuildReady` False, `Stalled`); the next good commit rolls out; no request fails throughout.
+(`BuildReady` False, `Stalled`); the next good commit, pushed through GitHub's webhook to the operator's
+inbound listener, rolls out; no request fails throughout.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import shlex
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from controller.local.cluster import LocalCluster
+from controller.local.cluster import LocalCluster, free_port
 from tests.apiserver.test_quadlet_e2e import QUICK, edge_platform
 from tests.conftest import start_cluster
 from tests.factories import project
@@ -28,6 +34,7 @@ from tests.testhosts import ROLLOUT_IMAGE, SERVICES_ADDRESS, BootedHosts, booted
 
 NS = "apps"
 DOMAIN = "built.quadlet.localhost"
+WEBHOOK_SECRET = "the-site-webhook-secret"
 CONTAINERFILE = f'FROM {ROLLOUT_IMAGE}\nARG GREETING\nRUN echo "$GREETING" > /app/greeting.txt\n'
 
 
@@ -52,6 +59,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, hosts: BootedHosts) -> Itera
         cluster.kubectl("create", "namespace", NS)
         cluster.kubectl("create", "secret", "generic", "deploy-key", "-n", NS,
                         f"--from-literal=privateKey={hosts.private_key}")  # fmt: skip
+        cluster.kubectl("create", "secret", "generic", "site-webhook", "-n", NS,
+                        f"--from-literal=secret={WEBHOOK_SECRET}")  # fmt: skip
         edge_platform(cluster, caddy)
         yield {"git": git, "caddy": caddy, "cluster": cluster, "root": root}
     finally:
@@ -63,7 +72,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, hosts: BootedHosts) -> Itera
 def built(hosts: BootedHosts, url: str, revision: str) -> dict[str, Any]:
     servers = {"provider": "existing", "runtime": "quadlet", "hosts": [h.address for h in hosts.hosts],
                "ssh": {"secretRef": "deploy-key"}, "platform": "quadlet-edge"}  # fmt: skip
-    git = {"url": url, "ref": "main", "buildArgs": {"GREETING": f"hello from {revision[:7]}"}, "timeoutSeconds": 300}
+    git = {"url": url, "ref": "main", "buildArgs": {"GREETING": "hello"}, "timeoutSeconds": 300,
+           "webhookSecretRef": "site-webhook"}  # fmt: skip
     return project("built", NS,
                    project={"slug": "built", "source": {"git": git}, "revision": revision, "rollout": QUICK},
                    environment={"type": "staging", "domains": [DOMAIN], "variables": {"MODE": "ok"}},
@@ -105,7 +115,9 @@ def test_commits_are_built_on_each_host_and_deployed_and_one_that_does_not_build
     caddy: CaddyServer = world["caddy"]
     git: GitServer = world["git"]
     tree = WorkTree(git, "site", tmp_path / "tree")
-    operator = OperatorProcess(cluster, tmp_path / "operator.log", CODEB_DRIFT_INTERVAL="5").start()
+    inbound = free_port()
+    operator = OperatorProcess(cluster, tmp_path / "operator.log", CODEB_DRIFT_INTERVAL="5",
+                               CODEB_INBOUND_PORT=str(inbound)).start()  # fmt: skip
     load = Load(caddy, DOMAIN, threads=2)
     try:
         one = tree.commit("one", {"Containerfile": CONTAINERFILE})
@@ -119,7 +131,7 @@ def test_commits_are_built_on_each_host_and_deployed_and_one_that_does_not_build
             running = hosts.ssh(host, "podman ps --format '{{.Image}}'").split()
             assert running == [image], running
             greeting = hosts.ssh(host, f"podman run --rm {shlex.quote(image)} cat /app/greeting.txt").strip()
-            assert greeting == f"hello from {one[:7]}"
+            assert greeting == "hello"
         wait_for(lambda: served(caddy) == one, timeout=30, what="the first build served through Caddy")
         load.start()
 
@@ -137,9 +149,13 @@ def test_commits_are_built_on_each_host_and_deployed_and_one_that_does_not_build
         )
         assert status(cluster)["rollout"]["revision"] == one and served(caddy) == one
 
-        # The next good commit is built and rolls out, under load.
+        # The next good commit is pushed: GitHub's webhook sets the revision, and it is built and rolls out.
         three = tree.commit("three", {"Containerfile": CONTAINERFILE, "README": "fixed\n"})
-        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(built(hosts, git.url("site"), three)))
+        body = json.dumps({"ref": "refs/heads/main", "after": three, "repository": {"pushed_at": int(time.time())}})
+        signature = "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), body.encode(), hashlib.sha256).hexdigest()
+        headers = {"X-GitHub-Event": "push", "X-GitHub-Delivery": str(uuid.uuid4()), "X-Hub-Signature-256": signature}
+        delivered = httpx.post(f"http://127.0.0.1:{inbound}/push/{NS}/built", content=body, headers=headers, timeout=10)
+        assert delivered.status_code == 202, delivered.text
         rolled_out(cluster, three, operator)
         wait_for(lambda: load.revisions.get(three, 0) > 10, timeout=30, what="the fixed commit served through Caddy")
         assert condition(cluster, "Ready")["status"] == "True" and not condition(cluster, "Stalled")
