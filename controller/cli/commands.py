@@ -38,6 +38,7 @@ from controller.cli.common import (
 )
 from controller.cli.traffic import project_traffic, traffic_line
 from controller.loop.status import format_validation_error, load_status
+from controller.specs.ci import github_workflow
 from schemas.project import API_GROUP, API_VERSION, KIND, ProjectSpec, ProjectStatus
 
 # ------------------------------------------------------------------ status
@@ -178,6 +179,8 @@ def scaffold(args: argparse.Namespace) -> dict[str, Any]:
     runtime = args.runtime
     provider = args.provider or ("local" if runtime == "local" else "existing")
     source: dict[str, Any] = {"image": args.image} if args.image else {"command": args.command or ["python3", "app.py"]}
+    if getattr(args, "git", None):
+        source = {"git": {"url": args.git, "ref": args.ref}}
     if args.working_dir and "command" in source:
         source["workingDir"] = args.working_dir
     servers: dict[str, Any] = {"provider": provider, "runtime": runtime}
@@ -211,14 +214,26 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise CommandError(f"that would not be a valid Project: {format_validation_error(exc)}", EXIT_USAGE) from None
     text = json.dumps(manifest, indent=2) + "\n" if args.output == "json" else yaml.safe_dump(manifest, sort_keys=False)
     if args.file is None:
+        if getattr(args, "ci", None):
+            raise CommandError("--ci writes files: give the manifest's --file too", EXIT_USAGE)
         print(text, end="")
         return EXIT_OK
-    path = Path(args.file)
-    if path.exists() and not args.force:
-        raise CommandError(f"{path} exists: choose another --file, or --force to replace it", EXIT_USAGE)
-    path.write_text(text)
-    print(f"wrote {path}: kubectl apply -f {path}", file=sys.stderr)
+    _write(Path(args.file), text, args.force, f"kubectl apply -f {args.file}")
+    if getattr(args, "ci", None) == "github":
+        try:
+            workflow = github_workflow(manifest, args.namespace or "default")
+        except ValueError as exc:
+            raise CommandError(str(exc), EXIT_USAGE) from None
+        _write(Path(args.ci_file), workflow, args.force, "commit it, and set the secrets it names")
     return EXIT_OK
+
+
+def _write(path: Path, text: str, force: bool, next_step: str) -> None:
+    if path.exists() and not force:
+        raise CommandError(f"{path} exists: choose another path, or --force to replace it", EXIT_USAGE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(f"wrote {path}: {next_step}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------ diff

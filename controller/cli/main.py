@@ -199,6 +199,10 @@ def parser() -> argparse.ArgumentParser:
     init.add_argument("--provider", choices=("local", "existing", "vultr", "lightsail"),
                       help="default: local for runtime local, else existing")  # fmt: skip
     init.add_argument("--image", help="the image to run (runtimes quadlet and kubernetes)")
+    init.add_argument("--git", help="source.git: a repository the operator builds (https:// or ssh://)")
+    init.add_argument("--ref", default="main", help="source.git.ref: the branch to build and deploy (default main)")
+    init.add_argument("--ci", choices=("github",), help="also write a CI workflow that deploys each push")
+    init.add_argument("--ci-file", default=".github/workflows/codeb-deploy.yml", help="where --ci writes it")
     init.add_argument("--command", nargs="+", help="the command to run (runtime local; default: python3 app.py)")
     init.add_argument("--working-dir", help="where the command runs, relative to the operator's root")
     init.add_argument("--host", action="append", help="servers.hosts: an existing host (repeatable)")

@@ -20,7 +20,7 @@ from controller.cli.common import EXIT_DIFFERS, EXIT_NOT_FOUND, EXIT_OK, EXIT_UN
 from controller.cli.main import main
 from controller.local.cluster import REPO_ROOT, LocalCluster, find_binary
 from tests.factories import project
-from tests.helpers import get_json
+from tests.helpers import get_json, wait_for
 
 T = "2026-11-24T10:00:00Z"
 
@@ -123,11 +123,64 @@ def test_init_writes_what_the_api_server_accepts(cli: LocalCluster, namespace: s
     assert said(capsys) == {"valid": True, "problems": []}
 
     assert main(["init", "api", "-f", str(written)]) == EXIT_USAGE
-    assert f"{written} exists: choose another --file, or --force to replace it" in capsys.readouterr().err
+    assert f"{written} exists: choose another path, or --force to replace it" in capsys.readouterr().err
     assert main(["init", "Bad_Name"]) == EXIT_USAGE
     assert "spec.project.slug" in capsys.readouterr().err
     assert main(["init", "api", "--runtime", "kubernetes"]) == EXIT_USAGE  # no image for a container runtime
     assert "spec.project.source" in capsys.readouterr().err
+
+
+def run_deploy_step(workflow: dict[str, Any], cluster: LocalCluster, revision: str) -> subprocess.Popen[str]:
+    """The workflow's deploy step as GitHub's runner would run it: its env, its script, with bash."""
+    step = next(s for s in workflow["jobs"]["deploy"]["steps"] if s.get("name") == "Deploy the commit")
+    env = {k: v.replace("${{ github.sha }}", revision) for k, v in step["env"].items()}
+    env["CODEB_KUBECONFIG"] = cluster.kubeconfig.read_text()  # the repository secret
+    return subprocess.Popen(["bash", "-c", step["run"]], env={**os.environ, **env, "WAIT": "60s"}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def test_init_ci_github_writes_a_workflow_whose_deploy_step_sets_the_pushed_commit(
+    cli: LocalCluster, namespace: str, tmp_path: Path
+) -> None:
+    manifest, workflow_file = tmp_path / "site.yaml", tmp_path / "wf" / "deploy.yml"
+    assert main(["init", "site", "-n", namespace, "--runtime", "quadlet", "--git", "https://git.example.com/a/site.git",
+                 "--ref", "release", "--host", "10.0.0.5", "--ssh-secret", "key", "-f", str(manifest),
+                 "--ci", "github", "--ci-file", str(workflow_file)]) == EXIT_OK  # fmt: skip
+    cli.kubectl("apply", "-f", str(manifest))
+    workflow = yaml.safe_load(workflow_file.read_text())
+    assert workflow[True]["push"]["branches"] == ["release"]  # YAML 1.1 reads the key `on` as True
+    assert [s["name"] for s in workflow["jobs"]["deploy"]["steps"]] == ["Deploy the commit"]  # the operator builds
+    commit = "9" * 40
+    step = run_deploy_step(workflow, cli, commit)
+    try:
+        wait_for(lambda: get_json(cli, "project", "site", "-n", namespace)["spec"]["project"].get("revision")
+                 == commit, timeout=30, what="the deploy step's patch")  # fmt: skip
+        assert step.poll() is None  # waiting until the commit serves, as the operator will say it does
+        serving = {"status": {"serving": {"release": "r", "revision": commit, "since": T}}}
+        cli.kubectl("patch", "project", "site", "-n", namespace, "--subresource=status", "--type=merge",
+                    "-p", json.dumps(serving))  # fmt: skip
+        output, _ = step.communicate(timeout=60)
+        assert step.returncode == 0, output
+    finally:
+        step.kill()
+        step.communicate()
+
+    # With an image, CI builds it: a build step, and the deploy sets the image tagged by the commit too.
+    assert main(["init", "api", "-n", namespace, "--runtime", "quadlet", "--image", "localhost:5000/acme/api:1",
+                 "--host", "10.0.0.5", "--ssh-secret", "key", "-f", str(tmp_path / "api.yaml"), "--ci", "github",
+                 "--ci-file", str(workflow_file), "--force"]) == EXIT_OK  # fmt: skip
+    cli.kubectl("apply", "-f", str(tmp_path / "api.yaml"))
+    built = yaml.safe_load(workflow_file.read_text())
+    assert [s.get("name") for s in built["jobs"]["deploy"]["steps"]] == [None, "Build and push the image",
+                                                                         "Deploy the commit"]  # fmt: skip
+    assert built["jobs"]["deploy"]["steps"][1]["env"]["IMAGE"] == "localhost:5000/acme/api"
+    step = run_deploy_step(built, cli, commit)
+    try:
+        wait_for(lambda: get_json(cli, "project", "api", "-n", namespace)["spec"]["project"]["source"]
+                 == {"image": f"localhost:5000/acme/api:{commit}"}, timeout=30, what="the image patched")  # fmt: skip
+    finally:
+        step.kill()
+        step.communicate()
 
 
 def test_generate_check_reports_in_json(capsys: pytest.CaptureFixture[str]) -> None:
