@@ -364,24 +364,27 @@ def cmd_logs(args: argparse.Namespace) -> int:
     api = projects_api()
     body = read_project(api, args.namespace, args.project)
     result: dict[str, Any] = {"project": f"{args.namespace}/{args.project}"}
-    if args.operator or not args.workload:
+    if args.operator or not (args.workload or args.build):
         log = Path(args.operator_log) if args.operator_log else local_home() / "operator.log"
         result["operator"] = operator_lines(log, args.namespace, args.project, args.tail)
-    if args.workload or not args.operator:
+    if args.build:
+        result["build"] = asyncio.run(_workload_logs(body, args.tail, build=True))
+    elif args.workload or not args.operator:
         result["workload"] = asyncio.run(_workload_logs(body, args.tail))
     if args.output == "json":
         print(json.dumps(result, indent=2))
         return EXIT_OK
     for line in result.get("operator", []):
         print(f"[operator] {line}")
-    for source, lines in result.get("workload", {}).items():
+    for source, lines in (result.get("workload") or result.get("build") or {}).items():
         for line in lines:
             print(f"[{source}] {line}")
     return EXIT_OK
 
 
-async def _workload_logs(body: dict[str, Any], tail: int) -> dict[str, list[str]]:
-    from controller.loop.interface import DriverContext, Placement, WorkloadLogs
+async def _workload_logs(body: dict[str, Any], tail: int, build: bool = False) -> dict[str, list[str]]:
+    """The application's own output, or (``build``) its newest build's, from where it runs."""
+    from controller.loop.interface import Builder, DriverContext, Placement, WorkloadLogs
     from controller.loop.naming import ProjectKey
     from controller.loop.planner import Component
     from controller.operator.wiring import operator_drivers
@@ -400,6 +403,11 @@ async def _workload_logs(body: dict[str, Any], tail: int) -> dict[str, list[str]
                            "(runtime local needs CODEB_LOCAL_RUNTIME=1)", EXIT_USAGE)  # fmt: skip
     ctx = DriverContext(ProjectKey(meta["namespace"], meta["name"], meta["uid"]), status.allocations,
                         servers=spec.servers, recorded=status.infrastructure)  # fmt: skip
+    if build:
+        if status.build is None or not isinstance(driver, Builder):
+            raise CommandError(f"{meta['namespace']}/{meta['name']} has no build (source.git, runtime quadlet)",
+                               EXIT_NOT_FOUND)  # fmt: skip
+        return await driver.build_log(ctx, status.build, tail)
     # Where the workload runs comes from the infrastructure, as in a reconcile.
     infrastructure = drivers.get(Component.infrastructure)
     observed = {Component.infrastructure: await infrastructure.observe(ctx)} if infrastructure is not None else {}

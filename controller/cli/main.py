@@ -232,6 +232,7 @@ def parser() -> argparse.ArgumentParser:
     one_project(logs)
     logs.add_argument("--operator", action="store_true", help="only the operator's lines")
     logs.add_argument("--workload", action="store_true", help="only the application's output")
+    logs.add_argument("--build", action="store_true", help="the newest build's output on each host (source.git)")
     logs.add_argument("--operator-log", help="the operator's log file (default: the one `codeb up` writes)")
     logs.add_argument("--tail", type=int, default=100, help="lines of each (default: 100)")
     output(logs)

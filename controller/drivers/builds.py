@@ -49,6 +49,19 @@ class HostBuilds:
         await asyncio.gather(*(self._follow(login.at(run.name), "stop", run_dir(ctx, build), 0, [])
                                for run in build.hosts if run.result == "Running"))  # fmt: skip
 
+    async def build_log(self, ctx: DriverContext, build: BuildStatus, tail: int) -> dict[str, list[str]]:
+        login = await self._login(ctx)
+        output = shlex.quote(f"{run_dir(ctx, build)}/output")
+        count = max(1, min(tail, 10000))
+
+        async def one(address: str) -> list[str]:
+            result = await self._ssh.run(login.at(address), f"tail -n {count} {output} 2>/dev/null | tail -c 1048576")
+            return result.stdout.splitlines() or ["(no output on this host: the build has not run here, or was "
+                                                  "cleaned up after 7 days)"]  # fmt: skip
+
+        found = await asyncio.gather(*(one(run.name) for run in build.hosts))
+        return {f"build {build.run_id} on {run.name}": said for run, said in zip(build.hosts, found, strict=True)}
+
     async def _follow_one(self, access: HostAccess, ctx: DriverContext, build: BuildStatus, run: HookRun,
                           timeout: int, command: list[str]) -> HookRun:  # fmt: skip
         if run.result != "Running":

@@ -142,6 +142,10 @@ class Builder(Protocol):
         """Stop ``build`` on its hosts (a newer one supersedes it); one that ended, or never started, stays."""
         ...
 
+    async def build_log(self, ctx: DriverContext, build: BuildStatus, tail: int) -> dict[str, list[str]]:
+        """The last ``tail`` lines of ``build``'s output, by host (`codeb logs --build`)."""
+        ...
+
 
 @runtime_checkable
 class WorkloadLogs(Protocol):

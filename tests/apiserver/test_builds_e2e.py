@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from controller.cli.main import main
 from controller.local.cluster import LocalCluster, free_port
 from tests.apiserver.test_quadlet_e2e import QUICK, edge_platform
 from tests.conftest import start_cluster
@@ -109,7 +110,11 @@ def rolled_out(cluster: LocalCluster, revision: str, operator: OperatorProcess) 
 
 
 def test_commits_are_built_on_each_host_and_deployed_and_one_that_does_not_build_never_serves(
-    world: dict[str, Any], hosts: BootedHosts, tmp_path: Path
+    world: dict[str, Any],
+    hosts: BootedHosts,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     cluster: LocalCluster = world["cluster"]
     caddy: CaddyServer = world["caddy"]
@@ -148,6 +153,11 @@ def test_commits_are_built_on_each_host_and_deployed_and_one_that_does_not_build
             "BuildFailed",
         )
         assert status(cluster)["rollout"]["revision"] == one and served(caddy) == one
+        # Its log, from each host, as `codeb logs --build` shows it.
+        monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+        assert main(["logs", "built", "-n", NS, "--build", "-o", "json"]) == 0
+        logs = json.loads(capsys.readouterr().out)["build"]
+        assert len(logs) == 2 and all(any("the build broke" in line for line in lines) for lines in logs.values())
 
         # The next good commit is pushed: GitHub's webhook sets the revision, and it is built and rolls out.
         three = tree.commit("three", {"Containerfile": CONTAINERFILE, "README": "fixed\n"})
