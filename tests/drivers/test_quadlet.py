@@ -8,8 +8,12 @@ rollout engine's (`controller.loop.rollouts.bluegreen`): what each colour runs, 
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import socket
+import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncssh
@@ -20,6 +24,7 @@ from controller.clients.ssh import SshPool
 from controller.drivers.hosts import ExistingHosts
 from controller.drivers.quadlet import QuadletUnits
 from controller.errors import RetryableError
+from controller.loop import builds
 from controller.loop.interface import DriverContext
 from controller.loop.naming import ProjectKey
 from controller.loop.planner import Component, Observation, desired_state
@@ -28,7 +33,7 @@ from schemas.project import Allocations, Hook, ProjectSpec
 from tests.drivers_common import follow_to_end, recorded
 from tests.factories import project_spec
 from tests.helpers import observe_until
-from tests.testhosts import HELLO_IMAGE, BootedHosts, booted
+from tests.testhosts import HELLO_IMAGE, SERVICES_ADDRESS, BootedHosts, booted
 
 NS = "shop"
 CREDENTIAL = "pa55-word-that-must-stay-on-the-host"
@@ -381,3 +386,45 @@ async def test_a_unit_of_the_earlier_naming_is_replaced_only_if_it_is_this_proje
 def write(hosts: BootedHosts, host: Any, path: str, content: str) -> None:
     encoded = base64.b64encode(content.encode()).decode()
     hosts.ssh(host, f"echo {encoded} | base64 -d > {path}")
+
+
+async def test_a_build_starts_once_is_found_again_after_a_restart_and_a_silent_git_server_ends_at_its_timeout(
+    world: dict[str, Any],
+) -> None:
+    """What a kill -9 between passes leaves (a recorded build, running on the hosts) is followed, not started
+    again; two operators following at once start one run; a Git server that accepts and never answers
+    holds a build only until its timeoutSeconds; a superseded build is stopped on every host."""
+    hosts = world["hosts"]
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog), never answers a byte
+        silent.bind((SERVICES_ADDRESS, 0))
+        silent.listen(16)
+        url = f"https://{SERVICES_ADDRESS}:{silent.getsockname()[1]}/site.git"
+        project = spec(hosts, project={"slug": "web", "source": {"git": {"url": url, "timeoutSeconds": 30}},
+                                       "revision": "a" * 40})  # fmt: skip
+        ctx = await context(world["infrastructure"], project)
+        addresses = [h.address for h in hosts.hosts]
+        build = builds.due(project, ctx.key, None, addresses, datetime.now(UTC)).status
+        assert build is not None and project.project.source.git is not None
+        git, commit = project.project.source.git, "a" * 40
+        both = await asyncio.gather(*(world["workload"].follow_build(ctx, git, commit, build) for _ in range(2)))
+        assert all(run.result == "Running" for runs in both for run in runs)
+        pool = SshPool(connect_timeout=3, allow_internal=True)
+        restarted = QuadletUnits(world["secrets"].read, pool)
+        again = await restarted.follow_build(ctx, git, commit, build)  # the operator after a restart
+        assert [run.result for run in again] == ["Running", "Running"]
+        clones = "pgrep -fc '[g]it-remote-https' || true"
+        assert [hosts.ssh(h, clones).strip() for h in hosts.hosts] == ["1", "1"]  # one run per host, not three
+        deadline = time.monotonic() + 90
+        while any(run.result == "Running" for run in again) and time.monotonic() < deadline:
+            await asyncio.sleep(2)
+            again = await restarted.follow_build(ctx, git, commit, build)
+        assert all(run.result == "Failed" and "timed out after 30 s" in run.message for run in again), again
+        # A newer build supersedes one that runs: it is stopped on every host.
+        newer = builds.due(project, ctx.key, None, addresses, datetime.now(UTC)).status
+        assert newer is not None
+        assert all(r.result == "Running" for r in await restarted.follow_build(ctx, git, commit, newer))
+        await restarted.stop_build(ctx, newer)
+        assert [hosts.ssh(h, clones).strip() for h in hosts.hosts] == ["0", "0"]
+        stopped = await restarted.follow_build(ctx, git, commit, newer)
+        await pool.close()
+        assert all(run.result == "Failed" and "(exit code 137)" in run.message for run in stopped), stopped
