@@ -19,6 +19,7 @@ sets sysctls in the host's namespace).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -43,6 +44,7 @@ ROLLOUT_IMAGE = "localhost/codeb-rollout:1"
 APPS = (REPO / "deploy/hello/app.py", REPO / "tests/apps/rollout_app.py")
 MAX_HOSTS = 3
 BOOT_SECONDS = 90.0
+LOCK_WAIT_SECONDS = 480  # within pytest's 600 s for the test that boots them
 
 
 @dataclass
@@ -95,14 +97,24 @@ def booted(count: int) -> Iterator[BootedHosts]:
     """``count`` hosts, booted and reachable over SSH with a fresh key; all gone afterwards."""
     assert 1 <= count <= MAX_HOSTS
     cache = build_cache()
-    rootfs = sorted(cache.glob("rootfs-v*"))[-1]
+    # The newest finished rootfs (by its version as a number: v10 after v9; never a build's .tmp).
+    built = [p for p in cache.glob("rootfs-v*") if p.name.removeprefix("rootfs-v").isdigit()]
+    rootfs = max(built, key=lambda p: int(p.name.removeprefix("rootfs-v")))
     image = cache / f"hello-image-{hashlib.sha256(b''.join(p.read_bytes() for p in APPS)).hexdigest()[:12]}.tar"
+    with _machine_lock():
+        yield from _booted(count, cache, rootfs, image)
+
+
+def _booted(count: int, cache: Path, rootfs: Path, image: Path) -> Iterator[BootedHosts]:
     work = Path(tempfile.mkdtemp(prefix="codeb-hosts-"))
     key = asyncssh.generate_private_key("ssh-ed25519")
     key_file = work / "id_ed25519"
     key_file.write_bytes(key.export_private_key())
     key_file.chmod(0o600)
+    # Under the machine's lock, whatever is left is a killed run's: its hosts, links and address go.
     _clean_leftovers()
+    with contextlib.suppress(subprocess.CalledProcessError):
+        _run("ip", "addr", "del", f"{SERVICES_ADDRESS}/32", "dev", "lo")
     _run("ip", "addr", "add", f"{SERVICES_ADDRESS}/32", "dev", "lo")
     hosts: list[BootedHost] = []
     try:
@@ -150,6 +162,28 @@ def _boot(index: int, work: Path, rootfs: Path, cache: Path, public_key: str) ->
     process = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True)  # fmt: skip
     return BootedHost(index, directory, process)
+
+
+@contextlib.contextmanager
+def _machine_lock() -> Iterator[None]:
+    """The hosts' names, links and address are one set per machine: a second test run (CI beside a
+    developer's) waits for the first to be done with them instead of tearing them down under it."""
+    path = Path("/run/lock" if Path("/run/lock").is_dir() else tempfile.gettempdir()) / "codeb-testhosts.lock"
+    with path.open("a") as lock:
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"another test run has held the test hosts ({path}) for "
+                                       f"{LOCK_WAIT_SECONDS} s; they are one set per machine") from None  # fmt: skip
+                time.sleep(1)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _wait_ssh(host: BootedHost) -> None:
