@@ -17,10 +17,10 @@ from controller.drivers.hosts import login_for, servers_of
 from controller.drivers.workloads import SecretReader
 from controller.errors import CodebError
 from controller.jobs import hookruns
-from controller.loop.interface import DriverContext
+from controller.loop.interface import BuildSource, DriverContext
 from controller.loop.secrets import clip
 from controller.specs.builds import build_argv
-from schemas.project import BuildStatus, GitSource, HookRun
+from schemas.project import BuildStatus, HookRun
 
 BUILD_RUNS = "/var/lib/codeb/builds"
 FOLLOW_SECONDS = 30.0  # one step of following a build (start it, or look at it) answers within this
@@ -37,10 +37,10 @@ class HostBuilds:
     _ssh: SshPool
     _read_login: SecretReader
 
-    async def follow_build(self, ctx: DriverContext, git: GitSource, commit: str, build: BuildStatus) -> list[HookRun]:
+    async def follow_build(self, ctx: DriverContext, source: BuildSource, build: BuildStatus) -> list[HookRun]:
         login = await self._login(ctx)
-        command = build_argv(git, commit, build.image)
-        steps = [self._follow_one(login.at(run.name), ctx, build, run, git.timeout_seconds, command)
+        command = build_argv(source.git, source.commit, build.image, source.template)
+        steps = [self._follow_one(login.at(run.name), ctx, build, run, source.git.timeout_seconds, command)
                  for run in build.hosts]  # fmt: skip
         return list(await asyncio.gather(*steps))
 

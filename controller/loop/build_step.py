@@ -14,7 +14,7 @@ from datetime import datetime
 
 from controller.errors import CodebError
 from controller.loop import builds
-from controller.loop.interface import Builder, DriverContext
+from controller.loop.interface import Builder, BuildSource, DriverContext
 from controller.loop.passes import Event, Pass, ProjectInput
 from controller.loop.planner import Component, Observation
 from schemas.project import BuildStatus
@@ -40,7 +40,8 @@ async def build_step(project: ProjectInput, builder: object, ctx: DriverContext,
                                      "ends at its own timeout"))  # fmt: skip
     build = step.status
     if step.follow is not None and step.follow.run_id in project.recorded_runs:
-        runs = await builder.follow_build(ctx.given(work.observed), git, builds.wanted_commit(spec), step.follow)
+        source = BuildSource(git, builds.wanted_commit(spec), spec.project.template)
+        runs = await builder.follow_build(ctx.given(work.observed), source, step.follow)
         build = builds.followed(step.follow, runs, now)
         if build.result == "Succeeded":
             work.events.append(Event("Normal", "Built", f"{build.revision}: {build.image} from {build.commit}"))

@@ -46,7 +46,8 @@ def build_inputs(spec: ProjectSpec, hosts: list[str]) -> str:
     git = spec.project.source.git
     assert git is not None
     what = {"git": git.model_dump(mode="json", by_alias=True), "revision": spec.project.revision,
-            "restartedAt": spec.restarted_at, "hosts": sorted(hosts)}  # fmt: skip
+            "template": spec.project.template.value, "restartedAt": spec.restarted_at,
+            "hosts": sorted(hosts)}  # fmt: skip
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
 
 

@@ -29,6 +29,7 @@ from schemas.project import (
     Provider,
     Runtime,
     Servers,
+    Template,
 )
 
 # Posts a Warning Event on the Project: (reason, message). For what a driver did on its own
@@ -128,11 +129,20 @@ class HookRunner(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class BuildSource:
+    """What a build builds: the repository, the commit ('' for the ref's head), the template's preset."""
+
+    git: GitSource
+    commit: str
+    template: Template
+
+
 @runtime_checkable
 class Builder(Protocol):
     """A workload driver that builds source.git where its workload runs (`controller.loop.builds`)."""
 
-    async def follow_build(self, ctx: DriverContext, git: GitSource, commit: str, build: BuildStatus) -> list[HookRun]:
+    async def follow_build(self, ctx: DriverContext, source: BuildSource, build: BuildStatus) -> list[HookRun]:
         """One step of ``build`` (recorded in status before this is called) on each of its hosts: started
         where it never was, else looked at; stopped once past its timeout. Each host's run as it now stands.
         Never starts a run twice."""

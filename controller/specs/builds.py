@@ -10,13 +10,14 @@ the context and Containerfile must resolve inside the checkout (a symlink out is
 
 from __future__ import annotations
 
-from schemas.project import GitSource
+from schemas.project import GitSource, Template
 
-# $1 url, $2 ref, $3 commit ('' for the ref's head), $4 context, $5 Containerfile, $6 tag, then build args
-# (KEY=VALUE). Its last line, on success: "built <tag> from commit <sha>" (`controller.loop.builds`).
+# $1 url, $2 ref, $3 commit ('' for the ref's head), $4 context, $5 Containerfile, $6 tag, $7 the template's
+# Containerfile for a repository without one ('' for none), then build args (KEY=VALUE). Its last line, on
+# success: "built <tag> from commit <sha>" (`controller.loop.builds`).
 BUILD = r"""
 set -eu
-url=$1 ref=$2 commit=$3 context=$4 file=$5 tag=$6; shift 6
+url=$1 ref=$2 commit=$3 context=$4 file=$5 tag=$6 preset=$7; shift 7
 work=$(mktemp -d /var/tmp/codeb-build.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 export GIT_ALLOW_PROTOCOL=https:ssh GIT_TERMINAL_PROMPT=0 GIT_CONFIG_NOSYSTEM=1 HOME="$work"
@@ -28,7 +29,12 @@ echo "checked out $sha"
 src=$(realpath "$work/src")
 dir=$(realpath -e "$src/$context") || { echo "context $context is not in the repository" >&2; exit 2; }
 case "$dir/" in "$src"/*) ;; *) echo "context $context leaves the repository" >&2; exit 2;; esac
-[ -f "$dir/$file" ] && [ ! -L "$dir/$file" ] || { echo "$context/$file is not a file in the repository" >&2; exit 2; }
+if [ -n "$preset" ] && [ ! -e "$dir/$file" ] && [ ! -L "$dir/$file" ]; then
+  echo "no $context/$file in the repository: the template's is built"
+  printf '%s' "$preset" >"$work/Containerfile.template"; file=$work/Containerfile.template
+else
+  [ -f "$dir/$file" ] && [ ! -L "$dir/$file" ] || { echo "$context/$file is not a file in the repository" >&2; exit 2; }
+fi
 n=$#; for arg in "$@"; do set -- "$@" --build-arg "$arg"; done; shift "$n"
 cd "$dir"
 podman build --layers --file "$file" --tag "$tag" "$@" .
@@ -40,7 +46,46 @@ echo "built $tag from commit $sha"
 """
 
 
-def build_argv(git: GitSource, commit: str, tag: str) -> list[str]:
+# What a template builds when the repository has no Containerfile: its base image (source.git.baseImage
+# replaces it) and the steps. The application listens on $PORT, as every runtime tells it to.
+NODE, PYTHON = "docker.io/library/node:22-slim", "docker.io/library/python:3.12-slim"
+NODE_STEPS = """WORKDIR /app
+COPY . .
+RUN if [ -f package-lock.json ]; then npm ci; elif [ -f package.json ]; then npm install; fi
+{build}ENV NODE_ENV=production
+CMD ["npm", "start"]
+"""
+PRESETS: dict[Template, tuple[str, str]] = {
+    Template.nodejs: (NODE, NODE_STEPS.format(build="")),
+    Template.node: (NODE, NODE_STEPS.format(build="")),
+    Template.nextjs: (NODE, NODE_STEPS.format(build="RUN npm run build\n")),
+    Template.python: (
+        PYTHON,
+        """WORKDIR /app
+COPY . .
+RUN if [ -f requirements.txt ]; then pip install --no-cache-dir -r requirements.txt; fi
+CMD ["python3", "app.py"]
+""",
+    ),
+    Template.static: (
+        PYTHON,
+        """COPY . /srv
+CMD ["sh", "-c", "exec python3 -m http.server ${PORT:-8080} --directory /srv"]
+""",
+    ),
+}
+
+
+def preset(template: Template, git: GitSource) -> str:
+    """The Containerfile ``template`` builds for a repository without one ('' for template container)."""
+    if template not in PRESETS:
+        return ""
+    base, steps = PRESETS[template]
+    return f"FROM {git.base_image or base}\n{steps}"
+
+
+def build_argv(git: GitSource, commit: str, tag: str, template: Template = Template.container) -> list[str]:
     """The command a host runs (under `hookruns.FOLLOW`): ``sh -c BUILD`` and its arguments."""
     args = [f"{name}={value}" for name, value in sorted(git.build_args.items())]
-    return ["sh", "-c", BUILD, "codeb-build", git.url, git.ref, commit, git.context, git.containerfile, tag, *args]
+    return ["sh", "-c", BUILD, "codeb-build", git.url, git.ref, commit, git.context, git.containerfile, tag,
+            preset(template, git), *args]  # fmt: skip

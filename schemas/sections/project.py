@@ -67,6 +67,15 @@ class GitSource(CodebModel):
         1800, description="Seconds a build may run (the clone and every host's build) before it fails.", ge=30,
         le=4 * 3600,
     )  # fmt: skip
+    base_image: str | None = Field(
+        None,
+        description=(
+            "With template nodejs, nextjs, python or static and no Containerfile in the repository: the image "
+            "the template's Containerfile starts FROM (default: Docker Hub's node:22-slim or python:3.12-slim)."
+        ),
+        pattern=CONTAINER_IMAGE,
+        max_length=CONTAINER_IMAGE_MAX_LENGTH,
+    )
     webhook_secret_ref: str | None = Field(
         None,
         description=(

@@ -178,3 +178,33 @@ def test_commits_are_built_on_each_host_and_deployed_and_one_that_does_not_build
     assert broken not in load.revisions and load.failures == [] and load.sent > 50, load.failures[:5]
     assert hosts.private_key.splitlines()[1] not in operator.log()
     print(f"builds on two quadlet hosts under load: {load.sent} requests, 0 failed")
+
+
+PAGES = "pages.quadlet.localhost"
+
+
+def test_a_static_site_without_a_containerfile_is_built_by_its_template_and_served(
+    world: dict[str, Any], hosts: BootedHosts, tmp_path: Path
+) -> None:
+    """The seeds' flow: a git URL, a name and a template. The repository has pages only; template static
+    builds them into an image that serves them (its base image from source.git.baseImage: no registry)."""
+    cluster: LocalCluster = world["cluster"]
+    git: GitServer = world["git"]
+    commit = WorkTree(git, "pages", tmp_path / "tree").commit("pages", {"index.html": "<h1>built by its template</h1>"})
+    servers = {"provider": "existing", "runtime": "quadlet", "hosts": [h.address for h in hosts.hosts],
+               "ssh": {"secretRef": "deploy-key"}, "platform": "quadlet-edge"}  # fmt: skip
+    source = {"git": {"url": git.url("pages"), "baseImage": ROLLOUT_IMAGE}}
+    info = {"slug": "pages", "template": "static", "source": source, "revision": commit, "rollout": QUICK}
+    doc = project("pages", NS, project=info, environment={"type": "staging", "domains": [PAGES]}, servers=servers,
+                  backup={"enabled": False})  # fmt: skip
+    operator = OperatorProcess(cluster, tmp_path / "operator.log", CODEB_DRIFT_INTERVAL="5").start()
+    try:
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(doc))
+        operator.wait_ready(NS, "pages", timeout=300)
+        wait_for(lambda: "<h1>built by its template</h1>" in https_get(world["caddy"], PAGES).stdout, timeout=30,
+                 what="the pages served through Caddy")  # fmt: skip
+        built = get_json(cluster, "project", "pages", "-n", NS)["status"]["build"]
+        assert (built["result"], built["commit"]) == ("Succeeded", commit)  # the repository has no Containerfile
+    finally:
+        cluster.kubectl("delete", "project", "pages", "-n", NS, "--timeout=120s", check=False)
+        operator.stop()

@@ -17,12 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from controller.specs.builds import build_argv
-from schemas.project import GitSource
+from controller.specs.builds import build_argv, preset
+from schemas.project import GitSource, Template
 from tests.gitserver import GitServer, WorkTree
 
 RECORDER = """#!/bin/sh
-python3 -c 'import json, os, sys; print(json.dumps({"cwd": os.getcwd(), "argv": sys.argv[1:]}))' "$@" >>"$RECORD"
+python3 - "$@" >>"$RECORD" <<'PY'
+import json, os, sys
+argv = sys.argv[1:]
+used = argv[argv.index("--file") + 1] if "--file" in argv else ""
+text = open(used).read() if used.startswith("/") else None
+print(json.dumps({"cwd": os.getcwd(), "argv": argv, "containerfile": text}))
+PY
 """
 
 
@@ -45,8 +51,9 @@ def builder(tmp_path: Path, server: GitServer) -> dict[str, str]:
             "GIT_SSL_CAINFO": str(server.ca_file)}  # fmt: skip
 
 
-def build(git: GitSource, commit: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    argv = build_argv(git, commit, "localhost/codeb/apps/shop:0123456789ab")
+def build(git: GitSource, commit: str, env: dict[str, str],
+          template: Template = Template.container) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    argv = build_argv(git, commit, "localhost/codeb/apps/shop:0123456789ab", template)
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, check=False)
 
 
@@ -93,3 +100,23 @@ def test_what_leaves_the_checkout_or_is_not_https_is_refused(
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=builder, check=False)
         assert done.returncode != 0 and not Path(builder["RECORD"]).exists(), (url, done.stdout)
     assert not Path("/tmp/codeb-pwned").exists()
+
+
+def test_a_template_builds_its_own_containerfile_only_where_the_repository_has_none(
+    server: GitServer, builder: dict[str, str], tmp_path: Path
+) -> None:
+    tree = WorkTree(server, "pages", tmp_path / "tree")
+    tree.commit("pages", {"index.html": "<h1>hi</h1>"})
+    git = GitSource(url=server.url("pages"), base_image="localhost/codeb-rollout:1")
+    done = build(git, "", builder, Template.static)
+    assert done.returncode == 0 and "the template's is built" in done.stdout, done.stderr
+    record = json.loads(Path(builder["RECORD"]).read_text().splitlines()[0])
+    assert record["containerfile"] == preset(Template.static, git)
+    assert record["containerfile"].startswith("FROM localhost/codeb-rollout:1\n")
+    assert build(GitSource(url=server.url("pages")), "", builder).returncode != 0  # template container: none
+    # The repository's own wins, whatever the template.
+    tree.commit("own", {"Containerfile": "FROM scratch\n"})
+    Path(builder["RECORD"]).unlink()
+    assert build(git, "", builder, Template.nodejs).returncode == 0
+    own = json.loads(Path(builder["RECORD"]).read_text().splitlines()[0])
+    assert own["containerfile"] is None and own["argv"][2:4] == ["--file", "Containerfile"]

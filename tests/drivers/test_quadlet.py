@@ -25,7 +25,7 @@ from controller.drivers.hosts import ExistingHosts
 from controller.drivers.quadlet import QuadletUnits
 from controller.errors import RetryableError
 from controller.loop import builds
-from controller.loop.interface import DriverContext
+from controller.loop.interface import BuildSource, DriverContext
 from controller.loop.naming import ProjectKey
 from controller.loop.planner import Component, Observation, desired_state
 from controller.specs.quadlet import unit_name
@@ -405,26 +405,26 @@ async def test_a_build_starts_once_is_found_again_after_a_restart_and_a_silent_g
         addresses = [h.address for h in hosts.hosts]
         build = builds.due(project, ctx.key, None, addresses, datetime.now(UTC)).status
         assert build is not None and project.project.source.git is not None
-        git, commit = project.project.source.git, "a" * 40
-        both = await asyncio.gather(*(world["workload"].follow_build(ctx, git, commit, build) for _ in range(2)))
+        source = BuildSource(project.project.source.git, "a" * 40, project.project.template)
+        both = await asyncio.gather(*(world["workload"].follow_build(ctx, source, build) for _ in range(2)))
         assert all(run.result == "Running" for runs in both for run in runs)
         pool = SshPool(connect_timeout=3, allow_internal=True)
         restarted = QuadletUnits(world["secrets"].read, pool)
-        again = await restarted.follow_build(ctx, git, commit, build)  # the operator after a restart
+        again = await restarted.follow_build(ctx, source, build)  # the operator after a restart
         assert [run.result for run in again] == ["Running", "Running"]
         clones = "pgrep -fc '[g]it-remote-https' || true"
         assert [hosts.ssh(h, clones).strip() for h in hosts.hosts] == ["1", "1"]  # one run per host, not three
         deadline = time.monotonic() + 90
         while any(run.result == "Running" for run in again) and time.monotonic() < deadline:
             await asyncio.sleep(2)
-            again = await restarted.follow_build(ctx, git, commit, build)
+            again = await restarted.follow_build(ctx, source, build)
         assert all(run.result == "Failed" and "timed out after 30 s" in run.message for run in again), again
         # A newer build supersedes one that runs: it is stopped on every host.
         newer = builds.due(project, ctx.key, None, addresses, datetime.now(UTC)).status
         assert newer is not None
-        assert all(r.result == "Running" for r in await restarted.follow_build(ctx, git, commit, newer))
+        assert all(r.result == "Running" for r in await restarted.follow_build(ctx, source, newer))
         await restarted.stop_build(ctx, newer)
         assert [hosts.ssh(h, clones).strip() for h in hosts.hosts] == ["0", "0"]
-        stopped = await restarted.follow_build(ctx, git, commit, newer)
+        stopped = await restarted.follow_build(ctx, source, newer)
         await pool.close()
         assert all(run.result == "Failed" and "(exit code 137)" in run.message for run in stopped), stopped

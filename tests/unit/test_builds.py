@@ -3,6 +3,7 @@ deployed before they succeed."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,7 +12,8 @@ from pydantic import ValidationError
 
 from controller.loop import builds
 from controller.loop.naming import ProjectKey
-from schemas.project import HookRun, ProjectSpec
+from controller.specs.builds import PRESETS, preset
+from schemas.project import GitSource, HookRun, ProjectSpec, Template
 from tests.factories import project_spec
 
 KEY = ProjectKey("apps", "shop", "uid-1")
@@ -79,3 +81,13 @@ def test_the_commit_is_the_revision_only_when_it_is_one_and_paths_stay_inside() 
                 {"url": "http://plain.example.com/r.git"}):  # fmt: skip
         with pytest.raises(ValidationError):
             spec(**bad)
+
+
+def test_every_templates_containerfile_runs_its_command_in_exec_form() -> None:
+    """A CMD that is not a JSON array is run by a shell as one word (exit 127 in the container)."""
+    for template in PRESETS:
+        text = preset(template, GitSource(url="https://git.example.com/a/b.git", base_image="registry.local/base:1"))
+        assert text.startswith("FROM registry.local/base:1\n"), template
+        commands = [line.removeprefix("CMD ") for line in text.splitlines() if line.startswith("CMD ")]
+        assert len(commands) == 1 and isinstance(json.loads(commands[0]), list), template
+    assert preset(Template.container, GitSource(url="https://git.example.com/a/b.git")) == ""
