@@ -70,15 +70,19 @@ def world(tmp_path_factory: pytest.TempPathFactory, hosts: BootedHosts) -> Itera
         git.stop()
 
 
+def on_hosts(hosts: BootedHosts) -> dict[str, Any]:
+    """servers: the two booted hosts, over the deploy key, routed by Platform quadlet-edge's Caddy."""
+    return {"provider": "existing", "runtime": "quadlet", "hosts": [h.address for h in hosts.hosts],
+            "ssh": {"secretRef": "deploy-key"}, "platform": "quadlet-edge"}  # fmt: skip
+
+
 def built(hosts: BootedHosts, url: str, revision: str) -> dict[str, Any]:
-    servers = {"provider": "existing", "runtime": "quadlet", "hosts": [h.address for h in hosts.hosts],
-               "ssh": {"secretRef": "deploy-key"}, "platform": "quadlet-edge"}  # fmt: skip
     git = {"url": url, "ref": "main", "buildArgs": {"GREETING": "hello"}, "timeoutSeconds": 300,
            "webhookSecretRef": "site-webhook"}  # fmt: skip
     return project("built", NS,
                    project={"slug": "built", "source": {"git": git}, "revision": revision, "rollout": QUICK},
                    environment={"type": "staging", "domains": [DOMAIN], "variables": {"MODE": "ok"}},
-                   servers=servers, backup={"enabled": False})  # fmt: skip
+                   servers=on_hosts(hosts), backup={"enabled": False})  # fmt: skip
 
 
 def status(cluster: LocalCluster) -> dict[str, Any]:
@@ -191,12 +195,10 @@ def test_a_static_site_without_a_containerfile_is_built_by_its_template_and_serv
     cluster: LocalCluster = world["cluster"]
     git: GitServer = world["git"]
     commit = WorkTree(git, "pages", tmp_path / "tree").commit("pages", {"index.html": "<h1>built by its template</h1>"})
-    servers = {"provider": "existing", "runtime": "quadlet", "hosts": [h.address for h in hosts.hosts],
-               "ssh": {"secretRef": "deploy-key"}, "platform": "quadlet-edge"}  # fmt: skip
     source = {"git": {"url": git.url("pages"), "baseImage": ROLLOUT_IMAGE}}
     info = {"slug": "pages", "template": "static", "source": source, "revision": commit, "rollout": QUICK}
-    doc = project("pages", NS, project=info, environment={"type": "staging", "domains": [PAGES]}, servers=servers,
-                  backup={"enabled": False})  # fmt: skip
+    doc = project("pages", NS, project=info, environment={"type": "staging", "domains": [PAGES]},
+                  servers=on_hosts(hosts), backup={"enabled": False})  # fmt: skip
     operator = OperatorProcess(cluster, tmp_path / "operator.log", CODEB_DRIFT_INTERVAL="5").start()
     try:
         cluster.kubectl("apply", "-f", "-", input_text=json.dumps(doc))
