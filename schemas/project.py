@@ -141,7 +141,8 @@ class ProjectSpec(CodebModel):
             cel="(self.servers.runtime == 'local') == has(self.project.source.command)",
             message=(
                 "runtime local runs project.source.command on the operator's machine, and only it does: "
-                "use source.command with runtime local, source.image with quadlet or kubernetes"
+                "use source.command with runtime local, source.image (or source.git, built on the hosts) with "
+                "quadlet, source.image with kubernetes"
             ),
             field_path=".project.source.command",
             check=lambda s: (s.servers.runtime is Runtime.local) == (s.project.source.command is not None),
