@@ -18,6 +18,7 @@ from controller.drivers.workloads import SecretReader
 from controller.errors import CodebError
 from controller.jobs import hookruns
 from controller.loop.interface import BuildSource, DriverContext
+from controller.loop.naming import ProjectKey
 from controller.loop.secrets import clip
 from controller.specs.builds import build_argv
 from schemas.project import BuildStatus, HookRun
@@ -29,6 +30,14 @@ FOLLOW_SECONDS = 30.0  # one step of following a build (start it, or look at it)
 def run_dir(ctx: DriverContext, build: BuildStatus) -> str:
     run = HookRun(name="build", result=build.result, run_id=build.run_id)
     return f"{BUILD_RUNS}/{ctx.key.namespace}.{ctx.key.name}/{hookruns.valid_run_id(run)}"
+
+
+def forget_builds_line(key: ProjectKey) -> str:
+    """A shell line that stops a Project's builds on a host and removes their runs and images (it is deleted)."""
+    images = shlex.quote(f"localhost/codeb/{key.namespace}/{key.name}")
+    return (hookruns.stop_all_line(f"{BUILD_RUNS}/{key.namespace}.{key.name}") + "; "
+            f"podman images --format '{{{{.Repository}}}}:{{{{.Tag}}}}' --filter reference={images} "
+            "| xargs -r podman rmi -f >/dev/null 2>&1")  # fmt: skip
 
 
 class HostBuilds:

@@ -32,7 +32,7 @@ import httpx
 
 from controller.clients.http import Probe, probe_http, probe_sample
 from controller.clients.ssh import HostAccess, Login, SshPool
-from controller.drivers.builds import HostBuilds
+from controller.drivers.builds import HostBuilds, forget_builds_line
 from controller.drivers.workloads import Credentials, SecretReader, install_app, read_credentials
 from controller.errors import CodebError, PermanentError, RetryableError
 from controller.jobs import hookruns
@@ -374,18 +374,19 @@ class QuadletUnits(HostBuilds):
         hosts = [*(_hosts(ctx) or []), *_departing(ctx)]
         if not hosts:
             return  # no host observed: nothing of ours can be reached (infrastructure keeps the finalizer)
-        await self._remove_from(ctx.key, await self._login(ctx), hosts, COLOURS)
+        # Suspended (retain), its built images stay: starting again runs them. Deleted, its builds go too.
+        await self._remove_from(ctx.key, await self._login(ctx), hosts, COLOURS, forget_builds=not retain)
 
     async def _remove_from(self, key: ProjectKey, login: Login, hosts: Sequence[HostFacts],
-                           colours: Sequence[str]) -> None:  # fmt: skip
-        lines = []
+                           colours: Sequence[str], forget_builds: bool = False) -> None:  # fmt: skip
+        lines = [forget_builds_line(key)] if forget_builds else []
         for colour in colours:
             service = shlex.quote(unit_name(key, colour) + ".service")
             lines.append(f"systemctl stop {service} 2>/dev/null; rm -f {shlex.quote(unit_path(key, colour))} "
                          f"{shlex.quote(env_path(key, colour))}; "
                          f"podman rm -f -i {shlex.quote(unit_name(key, colour))} >/dev/null")  # fmt: skip
             lines.append(legacy_cleanup(key, colour))
-            lines.append(_stop_hooks(f"{HOOK_RUNS}/{unit_name(key, colour)}"))
+            lines.append(hookruns.stop_all_line(f"{HOOK_RUNS}/{unit_name(key, colour)}"))
         line = "; ".join([*lines, "systemctl daemon-reload"])
         for facts in hosts:
             result = await self._ssh.run(login.at(facts.address), line)
@@ -425,12 +426,6 @@ def _hosts(ctx: DriverContext) -> list[HostFacts] | None:
 def _departing(ctx: DriverContext) -> list[HostFacts]:
     """Hosts the infrastructure is about to take away (a scale-down): the workload leaves them first."""
     return [HostFacts.of(host) for host in ctx.inputs.get(Component.infrastructure, {}).get("departing", [])]
-
-
-def _stop_hooks(runs: str) -> str:
-    """Stop every hook still running for a unit and remove its run directories (the unit is going)."""
-    stop = f'sh -c {shlex.quote(hookruns.FOLLOW)} codeb-hook stop "${{run%/}}" 0 -'  # $run: the loop's, on the host
-    return f'for run in {shlex.quote(runs)}/*/; do [ -d "$run" ] && {stop} >/dev/null; done; rm -rf {shlex.quote(runs)}'
 
 
 def _port_of(ctx: DriverContext, colour: str) -> int | None:

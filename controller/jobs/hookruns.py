@@ -25,6 +25,7 @@ hook's command is an argument, never shell text: nothing in it is evaluated.
 from __future__ import annotations
 
 import re
+import shlex
 from datetime import UTC, datetime, timedelta
 
 from controller.loop.secrets import clip
@@ -99,6 +100,13 @@ echo started
 def follow_argv(mode: str, run_dir: str, timeout: int, command: list[str], launcher: str = "setsid") -> list[str]:
     """The argv that follows (or stops) the run in ``run_dir``: ``sh -c FOLLOW``, every value an argument."""
     return ["sh", "-c", FOLLOW, "codeb-hook", mode, run_dir, str(timeout), launcher, *command]
+
+
+def stop_all_line(runs: str) -> str:
+    """A shell line that stops every run still going under ``runs`` and removes their directories (what they
+    belong to is going)."""
+    stop = f'sh -c {shlex.quote(FOLLOW)} codeb-hook stop "${{run%/}}" 0 -'  # $run: the loop's, on the machine
+    return f'for run in {shlex.quote(runs)}/*/; do [ -d "$run" ] && {stop} >/dev/null; done; rm -rf {shlex.quote(runs)}'
 
 
 def judge(

@@ -180,6 +180,9 @@ def test_commits_are_built_on_each_host_and_deployed_and_one_that_does_not_build
         cluster.kubectl("delete", "project", "built", "-n", NS, "--timeout=120s", check=False)
         operator.stop()
     assert broken not in load.revisions and load.failures == [] and load.sent > 50, load.failures[:5]
+    for host in hosts.hosts:  # deleted, its builds went with it: their images and their runs
+        assert hosts.ssh(host, "podman images -q --filter reference=localhost/codeb/apps/built").strip() == ""
+        assert hosts.ssh(host, "ls -A /var/lib/codeb/builds").strip() == ""
     assert hosts.private_key.splitlines()[1] not in operator.log()
     print(f"builds on two quadlet hosts under load: {load.sent} requests, 0 failed")
 
