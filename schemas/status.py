@@ -252,7 +252,7 @@ class BuiltImage(CodebModel):
 class BuildStatus(CodebModel):
     """The newest build of source.git, and the last one that succeeded (what the workload runs)."""
 
-    inputs: str = Field(description="Digest of what is built (repository, ref, revision, paths, hosts).",
+    inputs: str = Field(description="Digest of what is built from (repository, ref, revision, paths, template).",
                         max_length=64)  # fmt: skip
     revision: str | None = Field(None, description="project.revision being built.", max_length=128)
     run_id: str = Field(

@@ -5,7 +5,8 @@ building or one that failed: `deployable` turns the spec into the same spec with
 the rollout starts only once a build has made its image on every host. A build is recorded in
 status before it starts (`due`: a new record, followed from the next pass once the API server holds
 it), so a restarted operator finds it again and never starts it twice; a newer revision, a changed
-source or a new set of hosts supersedes it (the old run is stopped first).
+source supersedes it (the old run is stopped first). A host that joins after a success gets a new
+build; one that leaves changes nothing.
 """
 
 from __future__ import annotations
@@ -41,13 +42,12 @@ def built_from_git(spec: ProjectSpec) -> bool:
     return spec.project.source.git is not None
 
 
-def build_inputs(spec: ProjectSpec, hosts: list[str]) -> str:
-    """Digest of everything a build depends on: a change to any of them is a new build."""
+def build_inputs(spec: ProjectSpec) -> str:
+    """Digest of everything a build is made from: a change to any of them is a new build."""
     git = spec.project.source.git
     assert git is not None
     what = {"git": git.model_dump(mode="json", by_alias=True), "revision": spec.project.revision,
-            "template": spec.project.template.value, "restartedAt": spec.restarted_at,
-            "hosts": sorted(hosts)}  # fmt: skip
+            "template": spec.project.template.value, "restartedAt": spec.restarted_at}  # fmt: skip
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -67,8 +67,11 @@ def due(spec: ProjectSpec, key: ProjectKey, recorded: BuildStatus | None, hosts:
     """The build step of a pass, from the spec, the stored record and the hosts the workload runs on."""
     if not built_from_git(spec) or not hosts:
         return BuildStep(recorded)
-    inputs = build_inputs(spec, hosts)
-    if recorded is not None and recorded.inputs == inputs:
+    inputs = build_inputs(spec)
+    # A host that joined since needs the image too; one that left (or does not answer for a while) does not
+    # make the others build again, nor the workload roll out the same commit anew.
+    joined = recorded is not None and recorded.result == "Succeeded" and bool(set(hosts) - _built_on(recorded))
+    if recorded is not None and recorded.inputs == inputs and not joined:
         return BuildStep(recorded, follow=recorded if recorded.result == "Running" else None)
     run_id = uuid.uuid4().hex[:12]
     fresh = BuildStatus(inputs=inputs, revision=spec.project.revision, run_id=run_id,
@@ -78,6 +81,10 @@ def due(spec: ProjectSpec, key: ProjectKey, recorded: BuildStatus | None, hosts:
                         last_succeeded=recorded.last_succeeded if recorded else None)  # fmt: skip
     running = recorded is not None and recorded.result == "Running"
     return BuildStep(fresh, stop=recorded if running else None)
+
+
+def _built_on(build: BuildStatus) -> set[str]:
+    return {run.name for run in build.hosts}
 
 
 def followed(build: BuildStatus, runs: list[HookRun], now: datetime) -> BuildStatus:

@@ -68,8 +68,10 @@ def test_a_failed_build_keeps_the_last_good_image_and_a_newer_revision_supersede
     # A newer revision while one still builds: the running one is stopped first.
     running = builds.due(spec("abcdef1"), KEY, newer.status, HOSTS, NOW)
     assert running.stop == newer.status and running.status is not None and running.status.revision == "abcdef1"
-    # A host more is a new build too (its units need the image); no hosts yet, nothing is recorded.
-    assert builds.due(spec("fedcba9"), KEY, failed, [*HOSTS, "10.0.0.3"], NOW).status != failed
+    # A host that joins after a success is a new build (its units need the image); one that leaves, or does
+    # not answer for a while, is not (the others keep theirs, and the same commit is not rolled out anew).
+    assert builds.due(spec(), KEY, good, [*HOSTS, "10.0.0.3"], NOW).status != good
+    assert builds.due(spec(), KEY, good, HOSTS[:1], NOW).status == good
     assert builds.due(spec(), KEY, None, [], NOW).status is None
 
 
