@@ -103,6 +103,11 @@ CORPUS = [
         "image-and-git", _set("project.source.git", {"url": "https://github.com/acme/shop.git"}), "spec.project.source"
     ),
     BadManifest("missing-source", _drop("project.source"), "spec.project.source"),
+    BadManifest(
+        "ssh-git-without-credentials",
+        _set("project.source", {"git": {"url": "git@github.com:acme/shop.git"}}),
+        "spec.project.source.git.credentialsSecretRef",
+    ),
     BadManifest("bad-env-var-name", _set("environment.variables", {"1ST": "x"}), "spec.environment.variables"),
     BadManifest("bad-memory-quantity", _set("resources.memory", "lots"), "spec.resources.memory"),
     BadManifest(

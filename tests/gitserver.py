@@ -7,6 +7,7 @@ under one root; a test commits through a work tree of its own and pushes to the 
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import ssl
@@ -33,6 +34,7 @@ def git(*args: str, cwd: Path) -> str:
 
 class _Backend(BaseHTTPRequestHandler):
     root: Path  # set on the class made for each server
+    authorization: str | None  # the Authorization header a private server requires (None: public)
 
     def do_GET(self) -> None:
         self._serve(b"")
@@ -41,6 +43,12 @@ class _Backend(BaseHTTPRequestHandler):
         self._serve(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
 
     def _serve(self, body: bytes) -> None:
+        if self.authorization is not None and self.headers.get("Authorization") != self.authorization:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="git"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         url = urlsplit(self.path)
         env = {"GIT_PROJECT_ROOT": str(self.root), "GIT_HTTP_EXPORT_ALL": "1", "PATH_INFO": url.path,
                "QUERY_STRING": url.query, "REQUEST_METHOD": self.command, "REMOTE_ADDR": self.client_address[0],
@@ -68,13 +76,16 @@ class _Backend(BaseHTTPRequestHandler):
 
 class GitServer:
     """Bare repositories under ``root``, served at ``http://<host>:<port>/<name>.git``; with ``tls``, at
-    ``https://`` with a certificate from a CA of its own (``ca_file``), as a real Git host serves them."""
+    ``https://`` with a certificate from a CA of its own (``ca_file``), as a real Git host serves them; with
+    ``login`` (user, token), only to a client that sends them (HTTP basic), as a private repository is."""
 
-    def __init__(self, root: Path, host: str = "127.0.0.1", tls: bool = False) -> None:
+    def __init__(self, root: Path, host: str = "127.0.0.1", tls: bool = False,
+                 login: tuple[str, str] | None = None) -> None:  # fmt: skip
         assert BACKEND.exists(), "git http-backend is missing: apt-get install git"
         self.root, self.host, self.tls = root, host, tls
         root.mkdir(parents=True, exist_ok=True)
-        handler = type("Backend", (_Backend,), {"root": root})
+        required = "Basic " + base64.b64encode(":".join(login).encode()).decode() if login else None
+        handler = type("Backend", (_Backend,), {"root": root, "authorization": required})
         self._server = ThreadingHTTPServer((host, 0), handler)
         if tls:
             certs = store_certificates(root / "tls", host)

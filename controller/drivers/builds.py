@@ -10,7 +10,9 @@ found again after a restart, stopped at its timeout. What it runs is `controller
 from __future__ import annotations
 
 import asyncio
+import base64
 import shlex
+from dataclasses import dataclass
 
 from controller.clients.ssh import HostAccess, Login, SshPool
 from controller.drivers.hosts import login_for, servers_of
@@ -20,10 +22,14 @@ from controller.jobs import hookruns
 from controller.loop.interface import BuildSource, DriverContext
 from controller.loop.naming import ProjectKey
 from controller.loop.secrets import clip
-from controller.specs.builds import build_argv
-from schemas.project import BuildStatus, HookRun
+from controller.specs.builds import build_argv, credential_files
+from schemas.project import BuildStatus, GitSource, HookRun
 
 BUILD_RUNS = "/var/lib/codeb/builds"
+# A run's git credentials: on the host's tmpfs (never on its disk), root's alone, for the clone only (the
+# build removes them once it checked out; one killed before that leaves them until the next run's sweep).
+GIT_CREDENTIALS = "/run/codeb/git"
+CREDENTIALS_MINUTES = 4 * 60 + 10  # the longest timeoutSeconds, and a margin
 FOLLOW_SECONDS = 30.0  # one step of following a build (start it, or look at it) answers within this
 
 
@@ -32,12 +38,37 @@ def run_dir(ctx: DriverContext, build: BuildStatus) -> str:
     return f"{BUILD_RUNS}/{ctx.key.namespace}.{ctx.key.name}/{hookruns.valid_run_id(run)}"
 
 
+def credentials_dir(ctx: DriverContext, build: BuildStatus) -> str:
+    return f"{GIT_CREDENTIALS}/{ctx.key.namespace}.{ctx.key.name}.{run_dir(ctx, build).rsplit('/', 1)[1]}"
+
+
 def forget_builds_line(key: ProjectKey) -> str:
     """A shell line that stops a Project's builds on a host and removes their runs and images (it is deleted)."""
     images = shlex.quote(f"localhost/codeb/{key.namespace}/{key.name}")
+    credentials = shlex.quote(f"{GIT_CREDENTIALS}/{key.namespace}.{key.name}.")
     return (hookruns.stop_all_line(f"{BUILD_RUNS}/{key.namespace}.{key.name}") + "; "
+            f"rm -rf {credentials}*; "
             f"podman images --format '{{{{.Repository}}}}:{{{{.Tag}}}}' --filter reference={images} "
             "| xargs -r podman rmi -f >/dev/null 2>&1")  # fmt: skip
+
+
+def deliver_line(run: str, credentials: str) -> str:
+    """A shell line that writes a run's credentials (stdin: ``name base64`` lines) unless the run started
+    already (then it reads them no more, and may have removed them), and sweeps those of runs long gone."""
+    run, credentials, root = shlex.quote(run), shlex.quote(credentials), shlex.quote(GIT_CREDENTIALS)
+    return (
+        f"[ -d {run} ] || (umask 077; mkdir -p {root} && find {root} -mindepth 1 -maxdepth 1 "
+        f"-mmin +{CREDENTIALS_MINUTES} -exec rm -rf {{}} +; mkdir -p {credentials} && "
+        f'while read -r name value; do printf %s "$value" | base64 -d >{credentials}/"$name"; done) && '
+    )
+
+
+@dataclass(frozen=True)
+class Start:
+    """What a run that has not started yet is given before it starts: its git credentials' files, and where."""
+
+    where: str
+    files: dict[str, str]
 
 
 class HostBuilds:
@@ -48,14 +79,18 @@ class HostBuilds:
 
     async def follow_build(self, ctx: DriverContext, source: BuildSource, build: BuildStatus) -> list[HookRun]:
         login = await self._login(ctx)
-        command = build_argv(source.git, source.commit, build.image, source.template)
-        steps = [self._follow_one(login.at(run.name), ctx, build, run, source.git.timeout_seconds, command)
+        files = await self._credentials(ctx, source.git) if any(r.result == "Running" for r in build.hosts) else {}
+        where = credentials_dir(ctx, build) if files else ""
+        command = build_argv(source.git, source.commit, build.image, source.template, where)
+        start = Start(where, files)
+        steps = [self._follow_one(login.at(run.name), ctx, build, run, source.git.timeout_seconds, command, start)
                  for run in build.hosts]  # fmt: skip
         return list(await asyncio.gather(*steps))
 
     async def stop_build(self, ctx: DriverContext, build: BuildStatus) -> None:
         login = await self._login(ctx)
-        await asyncio.gather(*(self._follow(login.at(run.name), "stop", run_dir(ctx, build), 0, [])
+        gone = f"; rm -rf {shlex.quote(credentials_dir(ctx, build))}"
+        await asyncio.gather(*(self._step(login.at(run.name), "stop", run_dir(ctx, build), 0, [], after=gone)
                                for run in build.hosts if run.result == "Running"))  # fmt: skip
 
     async def build_log(self, ctx: DriverContext, build: BuildStatus, tail: int) -> dict[str, list[str]]:
@@ -72,23 +107,38 @@ class HostBuilds:
         return {f"build {build.run_id} on {run.name}": said for run, said in zip(build.hosts, found, strict=True)}
 
     async def _follow_one(self, access: HostAccess, ctx: DriverContext, build: BuildStatus, run: HookRun,
-                          timeout: int, command: list[str]) -> HookRun:  # fmt: skip
+                          timeout: int, command: list[str], start: Start) -> HookRun:  # fmt: skip
         if run.result != "Running":
             return run
         directory = run_dir(ctx, build)
+        secrets = frozenset(start.files.values())
         try:
-            answer = await self._follow(access, "follow", directory, timeout, command)
-            judged, overdue = hookruns.judge(run, timeout, answer, frozenset())
+            answer = await self._step(access, "follow", directory, timeout, command, start)
+            judged, overdue = hookruns.judge(run, timeout, answer, secrets)
             if overdue:
-                await self._follow(access, "stop", directory, timeout, [])
+                await self._step(access, "stop", directory, timeout, [])
         except CodebError as exc:  # this look failed; the run is looked at again next pass
-            return run.model_copy(update={"message": clip(exc.message, frozenset(), 500)})
-        return judged.model_copy(update={"name": run.name})
+            return run.model_copy(update={"message": clip(exc.message, secrets, 500)})
+        return judged.model_copy(update={"name": run.name, "message": judged.message if judged is not run else ""})
 
-    async def _follow(self, access: HostAccess, mode: str, directory: str, timeout: int, command: list[str]) -> str:
+    async def _step(self, access: HostAccess, mode: str, directory: str, timeout: int, command: list[str],
+                      start: Start | None = None, after: str = "") -> str:  # fmt: skip
         argv = hookruns.follow_argv(mode, directory, timeout, command, launcher="systemd-run")
-        line = " ".join(shlex.quote(part) for part in argv)
-        return (await self._ssh.run(access, line, timeout=FOLLOW_SECONDS)).stdout
+        line = " ".join(shlex.quote(part) for part in argv) + after
+        stdin = None
+        if start is not None and start.files:
+            # The content on stdin, never in the command line (a host's ps shows that).
+            line = deliver_line(directory, start.where) + line
+            stdin = "".join(f"{name} {base64.b64encode(value.encode()).decode()}\n" for name, value in
+                            start.files.items())  # fmt: skip
+        return (await self._ssh.run(access, line, stdin=stdin, timeout=FOLLOW_SECONDS)).stdout
+
+    async def _credentials(self, ctx: DriverContext, git: GitSource) -> dict[str, str]:
+        if git.credentials_secret_ref is None:
+            return {}
+        name = git.credentials_secret_ref
+        secret = await self._read_login(ctx.key.namespace, name, ctx.key.name)
+        return credential_files(git, secret, f"Secret {ctx.key.namespace}/{name}")
 
     async def _login(self, ctx: DriverContext) -> Login:
         _, ssh = servers_of(ctx)

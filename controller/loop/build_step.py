@@ -41,7 +41,10 @@ async def build_step(project: ProjectInput, builder: object, ctx: DriverContext,
     build = step.status
     if step.follow is not None and step.follow.run_id in project.recorded_runs:
         source = BuildSource(git, builds.wanted_commit(spec), spec.project.template)
-        runs = await builder.follow_build(ctx.given(work.observed), source, step.follow)
+        try:
+            runs = await builder.follow_build(ctx.given(work.observed), source, step.follow)
+        except CodebError as exc:  # not started, or not looked at, this pass (a Secret it needs, a host): again
+            runs = [run.model_copy(update={"message": exc.message}) for run in step.follow.hosts]
         build = builds.followed(step.follow, runs, now)
         if build.result == "Succeeded":
             work.events.append(Event("Normal", "Built", f"{build.revision}: {build.image} from {build.commit}"))

@@ -92,8 +92,10 @@ def followed(build: BuildStatus, runs: list[HookRun], now: datetime) -> BuildSta
     failed = [r for r in runs if r.result == "Failed"]
     done = all(r.result == "Succeeded" for r in runs)
     if not failed and not done:
-        running = ", ".join(r.name for r in runs if r.result == "Running")
-        return build.model_copy(update={"hosts": runs, "message": f"building on {running}"})
+        running = [r for r in runs if r.result == "Running"]
+        waits = next((f"; {r.name}: {r.message}" for r in running if r.message), "")  # a Secret it needs, a host
+        message = f"building on {', '.join(r.name for r in running)}{waits}"[:2048]
+        return build.model_copy(update={"hosts": runs, "message": message})
     if failed:
         first = failed[0]
         message = f"{first.name}: {first.message}"[-2048:]

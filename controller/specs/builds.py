@@ -10,20 +10,40 @@ the context and Containerfile must resolve inside the checkout (a symlink out is
 
 from __future__ import annotations
 
+from controller.errors import PermanentError, RetryableError
 from schemas.project import GitSource, Template
 
 # $1 url, $2 ref, $3 commit ('' for the ref's head), $4 context, $5 Containerfile, $6 tag, $7 the template's
-# Containerfile for a repository without one ('' for none), then build args (KEY=VALUE). Its last line, on
-# success: "built <tag> from commit <sha>" (`controller.loop.builds`).
+# Containerfile for a repository without one ('' for none), $8 the directory of the run's git credentials
+# ('' for none: `credential_files`), then build args (KEY=VALUE). Its last line, on success: "built <tag> from
+# commit <sha>" (`controller.loop.builds`).
 BUILD = r"""
 set -eu
-url=$1 ref=$2 commit=$3 context=$4 file=$5 tag=$6 preset=$7; shift 7
+url=$1 ref=$2 commit=$3 context=$4 file=$5 tag=$6 preset=$7 creds=$8; shift 8
 work=$(mktemp -d /var/tmp/codeb-build.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+trap 'rm -rf "$work" ${creds:+"$creds"}' EXIT
 export GIT_ALLOW_PROTOCOL=https:ssh GIT_TERMINAL_PROMPT=0 GIT_CONFIG_NOSYSTEM=1 HOME="$work"
+# ssh reads no config and no key of the host's (its root's own keys are the operator's, not the Project's):
+# only the Project's deploy key, only to a host its knownHosts names.
+known=/dev/null key=/dev/null askpass=/bin/false redirects=initial
+if [ -n "$creds" ]; then
+  [ -f "$creds/privateKey" ] && key=$creds/privateKey known=$creds/knownHosts
+  if [ -f "$creds/token" ]; then
+    # The token answers the URL's host only: redirects elsewhere are not followed.
+    askpass=$work/askpass redirects=false
+    printf '#!/bin/sh\ncase "$1" in Username*) cat %s/username;; *) cat %s/token;; esac\n' "$creds" "$creds" >"$askpass"
+    chmod 700 "$askpass"
+  fi
+fi
+ssh="ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o IdentityFile=$key -o StrictHostKeyChecking=yes"
+ssh="$ssh -o UserKnownHostsFile=$known -o GlobalKnownHostsFile=/dev/null -o ConnectTimeout=30"
 depth=; [ -z "$commit" ] && depth=--depth=1
-git -c protocol.file.allow=never clone --quiet --no-tags --single-branch $depth --branch="$ref" -- "$url" "$work/src"
+git -c protocol.file.allow=never -c core.askPass="$askpass" -c core.sshCommand="$ssh" \
+  -c http.followRedirects=$redirects \
+  clone --quiet --no-tags --single-branch $depth --branch="$ref" -- "$url" "$work/src"
 if [ -n "$commit" ]; then git -C "$work/src" checkout --quiet --detach "$commit^{commit}"; fi
+# The credentials go before anything of the repository's runs.
+[ -z "$creds" ] || rm -rf "$creds" "$work/askpass"
 sha=$(git -C "$work/src" rev-parse HEAD)
 echo "checked out $sha"
 src=$(realpath "$work/src")
@@ -84,8 +104,37 @@ def preset(template: Template, git: GitSource) -> str:
     return f"FROM {git.base_image or base}\n{steps}"
 
 
-def build_argv(git: GitSource, commit: str, tag: str, template: Template = Template.container) -> list[str]:
-    """The command a host runs (under `hookruns.FOLLOW`): ``sh -c BUILD`` and its arguments."""
+def build_argv(git: GitSource, commit: str, tag: str, template: Template = Template.container,
+               credentials: str = "") -> list[str]:  # fmt: skip
+    """The command a host runs (under `hookruns.FOLLOW`): ``sh -c BUILD`` and its arguments; ``credentials``
+    the directory `credential_files` were written to (never their content: arguments are seen in ``ps``)."""
     args = [f"{name}={value}" for name, value in sorted(git.build_args.items())]
     return ["sh", "-c", BUILD, "codeb-build", git.url, git.ref, commit, git.context, git.containerfile, tag,
-            preset(template, git), *args]  # fmt: skip
+            preset(template, git), credentials, *args]  # fmt: skip
+
+
+def credential_files(git: GitSource, secret: dict[str, str] | None, source: str) -> dict[str, str]:
+    """The files the build's git reads a private repository with (none without credentialsSecretRef), from
+    the Secret ``source`` names: ``token`` (and ``username``) for https, ``privateKey`` and ``knownHosts`` for
+    ssh. A Secret that lacks them is named with what to put in it; no value is ever in the message."""
+    if git.credentials_secret_ref is None:
+        return {}
+    where = f"{source} (spec.project.source.git.credentialsSecretRef)"
+    if secret is None:
+        raise RetryableError(f"{where} does not exist: create it, and the build starts", reason="GitCredentials",
+                             delay=30)  # fmt: skip
+    if git.url.startswith("https://"):
+        token, username = secret.get("token", ""), secret.get("username", "x-access-token")
+        if not token or not _one_line(token) or not username or not _one_line(username):
+            raise PermanentError(f"{where} needs key token (one line): the access token of an https repository",
+                                 reason="GitCredentials")  # fmt: skip
+        return {"username": username, "token": token}
+    key, known = secret.get("privateKey", ""), secret.get("knownHosts", "")
+    if "PRIVATE KEY" not in key or not known.strip():
+        needs = "privateKey (a deploy key, PEM or OpenSSH) and knownHosts (the Git host's keys, as ssh-keyscan prints)"
+        raise PermanentError(f"{where} needs keys {needs}", reason="GitCredentials")
+    return {"privateKey": key.rstrip("\n") + "\n", "knownHosts": known.rstrip("\n") + "\n"}
+
+
+def _one_line(value: str) -> bool:
+    return value.isprintable() and value == value.strip()

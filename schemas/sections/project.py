@@ -30,6 +30,15 @@ class GitSource(CodebModel):
             field_path=".buildArgs",
             check=lambda g: all(matches(ENV_VAR_NAME, k) for k in g.build_args),
         ),
+        Rule(
+            cel="!(self.url.startsWith('ssh://') || self.url.startsWith('git@')) || has(self.credentialsSecretRef)",
+            message=(
+                "an ssh:// or git@ url needs credentialsSecretRef: a Secret with privateKey (a deploy key) and "
+                "knownHosts (the Git host's keys)"
+            ),
+            field_path=".credentialsSecretRef",
+            check=lambda g: not g.url.startswith(("ssh://", "git@")) or g.credentials_secret_ref is not None,
+        ),
     )
 
     url: str = Field(
@@ -75,6 +84,17 @@ class GitSource(CodebModel):
         ),
         pattern=CONTAINER_IMAGE,
         max_length=CONTAINER_IMAGE_MAX_LENGTH,
+    )
+    credentials_secret_ref: str | None = Field(
+        None,
+        description=(
+            "Secret in the Project's namespace that reads a private repository. For https: key `token` (a "
+            "personal or deploy token; key `username` optional, default x-access-token). For ssh (required): "
+            "keys `privateKey` (a deploy key) and `knownHosts` (the Git host's public keys; any other host key "
+            "is refused). It reaches the build's git only, never the Containerfile's steps."
+        ),
+        pattern=DNS_LABEL,
+        max_length=253,
     )
     webhook_secret_ref: str | None = Field(
         None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import itertools
 import subprocess
 import sys
 import textwrap
@@ -134,11 +135,16 @@ class World:
             response.release_conn()
 
 
+# A slug of its own per test: roles and databases stay on the module's PostgreSQL, and a role
+# already held by another Project is refused (as it must be).
+SLUGS = itertools.count()
+
+
 @pytest.fixture()
-async def world(kube: KubeClient, namespace: str, services: tuple[PostgresServer, MinioServer, RedisServer],
-                request: pytest.FixtureRequest) -> AsyncIterator[World]:  # fmt: skip
+async def world(kube: KubeClient, namespace: str,
+                services: tuple[PostgresServer, MinioServer, RedisServer]) -> AsyncIterator[World]:  # fmt: skip
     pg, s3, rd = services
-    made = World(kube, namespace, pg, s3, rd, f"bk{abs(hash(request.node.name)) % 10_000}")
+    made = World(kube, namespace, pg, s3, rd, f"bk{next(SLUGS)}")
     yield made
     await made.runs.stop()
 

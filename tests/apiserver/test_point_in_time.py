@@ -9,6 +9,7 @@ is built for real: a side instance whose operator process was killed while it ra
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -117,10 +118,15 @@ class PitrWorld(World):
             time.sleep(1.0)
 
 
+# A slug of its own per test: roles and databases stay on the module's PostgreSQL, and a role
+# already held by another Project is refused (as it must be).
+SLUGS = itertools.count()
+
+
 @pytest.fixture()
 async def world(kube: KubeClient, namespace: str, services: tuple[ArchivingPostgres, MinioServer, MinioServer,
-                RedisServer], request: pytest.FixtureRequest) -> AsyncIterator[PitrWorld]:  # fmt: skip
-    made = PitrWorld(kube, namespace, services, f"pt{abs(hash(request.node.name)) % 10_000}")
+                RedisServer]) -> AsyncIterator[PitrWorld]:  # fmt: skip
+    made = PitrWorld(kube, namespace, services, f"pt{next(SLUGS)}")
     yield made
     await made.runs.stop()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.specs.builds import build_argv, preset
+from controller.specs.builds import build_argv, credential_files, preset
 from schemas.project import GitSource, Template
 from tests.gitserver import GitServer, WorkTree
 
@@ -27,7 +27,8 @@ import json, os, sys
 argv = sys.argv[1:]
 used = argv[argv.index("--file") + 1] if "--file" in argv else ""
 text = open(used).read() if used.startswith("/") else None
-print(json.dumps({"cwd": os.getcwd(), "argv": argv, "containerfile": text}))
+left = os.path.exists(os.environ.get("CREDENTIALS", "/nonexistent"))
+print(json.dumps({"cwd": os.getcwd(), "argv": argv, "containerfile": text, "credentials_left": left}))
 PY
 """
 
@@ -51,9 +52,9 @@ def builder(tmp_path: Path, server: GitServer) -> dict[str, str]:
             "GIT_SSL_CAINFO": str(server.ca_file)}  # fmt: skip
 
 
-def build(git: GitSource, commit: str, env: dict[str, str],
-          template: Template = Template.container) -> subprocess.CompletedProcess[str]:  # fmt: skip
-    argv = build_argv(git, commit, "localhost/codeb/apps/shop:0123456789ab", template)
+def build(git: GitSource, commit: str, env: dict[str, str], template: Template = Template.container,
+          credentials: str = "") -> subprocess.CompletedProcess[str]:  # fmt: skip
+    argv = build_argv(git, commit, "localhost/codeb/apps/shop:0123456789ab", template, credentials)
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, check=False)
 
 
@@ -120,3 +121,40 @@ def test_a_template_builds_its_own_containerfile_only_where_the_repository_has_n
     assert build(git, "", builder, Template.nodejs).returncode == 0
     own = json.loads(Path(builder["RECORD"]).read_text().splitlines()[0])
     assert own["containerfile"] is None and own["argv"][2:4] == ["--file", "Containerfile"]
+
+
+def test_a_private_repository_is_read_with_its_secrets_token_for_the_clone_only(
+    builder: dict[str, str], tmp_path: Path
+) -> None:
+    private = GitServer(tmp_path / "private", tls=True, login=("deploy", "s3cret-token-value"))
+    try:
+        tree = WorkTree(private, "app", tmp_path / "tree")
+        head = tree.commit("one", {"Containerfile": "FROM scratch\n"})
+        git = GitSource(url=private.url("app"), credentials_secret_ref="git-token")
+        env = {**builder, "GIT_SSL_CAINFO": str(private.ca_file)}
+
+        def delivered(name: str, secret: dict[str, str]) -> str:
+            """What the driver writes on a host before the run starts (`controller.drivers.builds`)."""
+            where = tmp_path / name
+            where.mkdir(mode=0o700)
+            for file, value in credential_files(git, secret, "Secret apps/git-token").items():
+                (where / file).write_text(value)
+            return str(where)
+
+        # No credentials: git is never prompted, the clone is refused.
+        denied = build(git, "", env)
+        assert denied.returncode != 0 and "could not read Username" in denied.stderr, denied.stderr
+        wrong = delivered("wrong", {"username": "deploy", "token": "a-guess"})
+        refused = build(git, "", env, credentials=wrong)
+        assert refused.returncode != 0 and not Path(builder["RECORD"]).exists()
+        assert not Path(wrong).exists()  # removed even when the clone fails
+        right = delivered("right", {"username": "deploy", "token": "s3cret-token-value"})
+        done = build(git, "", {**env, "CREDENTIALS": right}, credentials=right)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[-1].endswith(f"from commit {head}")
+        assert "s3cret-token-value" not in done.stdout + done.stderr
+        record = json.loads(Path(builder["RECORD"]).read_text().splitlines()[0])
+        assert record["credentials_left"] is False  # gone before the Containerfile's steps run
+        assert not Path(right).exists()
+    finally:
+        private.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import shlex
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -428,3 +429,60 @@ async def test_a_build_starts_once_is_found_again_after_a_restart_and_a_silent_g
         stopped = await restarted.follow_build(ctx, source, newer)
         await pool.close()
         assert all(run.result == "Failed" and "(exit code 137)" in run.message for run in stopped), stopped
+
+
+async def built(workload: QuadletUnits, ctx: DriverContext, source: BuildSource, build: Any) -> list[Any]:
+    runs = await workload.follow_build(ctx, source, build)
+    deadline = time.monotonic() + 120
+    while any(run.result == "Running" for run in runs) and time.monotonic() < deadline:
+        await asyncio.sleep(1)
+        runs = await workload.follow_build(ctx, source, build.model_copy(update={"hosts": runs}))
+    return runs
+
+
+async def test_a_private_repository_over_ssh_is_read_with_the_projects_deploy_key_alone(
+    world: dict[str, Any],
+) -> None:
+    """Real OpenSSH on both ends: the host's own root key (authorized) is never used, a Git host whose key is
+    not in knownHosts is refused, and the deploy key clones; its files leave the host once the clone is done."""
+    hosts, workload = world["hosts"], world["workload"]
+    host = hosts.hosts[1]
+    deploy, stranger = asyncssh.generate_private_key("ssh-ed25519"), asyncssh.generate_private_key("ssh-ed25519")
+    roots = asyncssh.generate_private_key("ssh-ed25519")
+    write(hosts, host, "/root/.ssh/id_ed25519", roots.export_private_key().decode())
+    lines = " ".join(shlex.quote(f"restrict {k.export_public_key().decode().strip()}") for k in (deploy, roots))
+    hosts.ssh(host, "chmod 600 /root/.ssh/id_ed25519 && cp /root/.ssh/authorized_keys /root/.ssh/kept && "
+                    f"printf '%s\\n' {lines} >> /root/.ssh/authorized_keys")  # fmt: skip
+    head = hosts.ssh(host, "rm -rf /srv/private.git /tmp/w && git init -q --bare -b main /srv/private.git && "
+                           "git init -q -b main /tmp/w && cd /tmp/w && printf 'FROM scratch\\nCOPY index.html /\\n' "
+                           ">Containerfile && echo private >index.html && git add -A && git -c user.name=t -c "
+                           "user.email=t@t.invalid commit -qm one && git push -q /srv/private.git main && "
+                           "git rev-parse HEAD").strip()  # fmt: skip
+    host_key = hosts.ssh(host, "cut -d' ' -f1,2 /etc/ssh/ssh_host_ed25519_key.pub").strip()
+    other_key = hosts.ssh(hosts.hosts[0], "cut -d' ' -f1,2 /etc/ssh/ssh_host_ed25519_key.pub").strip()
+    try:
+        git = {"url": "ssh://root@127.0.0.1/srv/private.git", "credentialsSecretRef": "git-key"}
+        project = spec(hosts, [host.address], project={"slug": "web", "source": {"git": git}})
+        ctx = await context(world["infrastructure"], project)
+        assert project.project.source.git is not None
+        source = BuildSource(project.project.source.git, "", project.project.template)
+
+        async def build_with(key: asyncssh.SSHKey, known: str) -> list[Any]:
+            world["secrets"].data[(NS, "git-key")] = {"privateKey": key.export_private_key().decode(),
+                                                      "knownHosts": f"127.0.0.1 {known}"}  # fmt: skip
+            build = builds.due(project, ctx.key, None, [host.address], datetime.now(UTC)).status
+            return await built(workload, ctx, source, build)
+
+        # A key the Git host does not know: refused, though the host's root has an authorized key of its own.
+        [unknown] = await build_with(stranger, host_key)
+        assert unknown.result == "Failed" and "Permission denied (publickey)" in unknown.message, unknown
+        # The right key, but a Git host that is not the one knownHosts names: refused before any key is offered.
+        [spoofed] = await build_with(deploy, other_key)
+        assert spoofed.result == "Failed" and "Host key verification failed" in spoofed.message, spoofed
+        [cloned] = await build_with(deploy, host_key)
+        assert cloned.result == "Succeeded" and f"from commit {head}" in cloned.message, cloned
+        assert "PRIVATE KEY" not in cloned.message
+        assert hosts.ssh(host, "ls -A /run/codeb/git").strip() == ""  # no run's credentials stay on the host
+    finally:
+        hosts.ssh(host, "mv /root/.ssh/kept /root/.ssh/authorized_keys; rm -rf /root/.ssh/id_ed25519 /srv/private.git "
+                        "/tmp/w")  # fmt: skip

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from controller.errors import PermanentError, RetryableError
 from controller.loop import builds
 from controller.loop.naming import ProjectKey
-from controller.specs.builds import PRESETS, preset
+from controller.specs.builds import PRESETS, credential_files, preset
 from schemas.project import GitSource, HookRun, ProjectSpec, Template
 from tests.factories import project_spec
 
@@ -44,6 +45,10 @@ def test_a_build_is_recorded_first_then_followed_and_only_a_success_is_deployed(
     assert again.follow == record and again.status == record  # the same inputs: followed, not recorded anew
     half = builds.followed(record, [succeeded(record.hosts[0]), record.hosts[1]], NOW)
     assert half.result == "Running" and half.message == "building on 10.0.0.2"
+    waiting = record.hosts[1].model_copy(update={"message": "Secret apps/git does not exist"})
+    assert builds.followed(record, [record.hosts[0], waiting], NOW).message == (
+        "building on 10.0.0.1, 10.0.0.2; 10.0.0.2: Secret apps/git does not exist"
+    )
     done = builds.followed(record, [succeeded(h) for h in record.hosts], NOW)
     assert (done.result, done.commit) == ("Succeeded", SHA)
     deployed = builds.deployable(spec(), done)
@@ -93,3 +98,26 @@ def test_every_templates_containerfile_runs_its_command_in_exec_form() -> None:
         commands = [line.removeprefix("CMD ") for line in text.splitlines() if line.startswith("CMD ")]
         assert len(commands) == 1 and isinstance(json.loads(commands[0]), list), template
     assert preset(Template.container, GitSource(url="https://git.example.com/a/b.git")) == ""
+
+
+KEY_TEXT = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk=\n-----END OPENSSH PRIVATE KEY-----"
+
+
+def test_git_credentials_come_from_the_named_secret_by_the_urls_kind_and_no_value_is_ever_said() -> None:
+    with pytest.raises(ValidationError, match="credentialsSecretRef"):
+        spec(url="git@git.example.com:acme/shop.git")  # ssh: a deploy key and the host's keys, or nothing
+    https = spec(credentialsSecretRef="git").project.source.git
+    ssh = spec(url="ssh://git@git.example.com/acme/shop.git", credentialsSecretRef="git").project.source.git
+    assert https is not None and ssh is not None
+    assert credential_files(GitSource(url="https://git.example.com/a.git"), None, "Secret apps/git") == {}
+    assert credential_files(https, {"token": "t0k"}, "s") == {"username": "x-access-token", "token": "t0k"}
+    files = credential_files(ssh, {"privateKey": KEY_TEXT, "knownHosts": "git.example.com ssh-ed25519 AAAA"}, "s")
+    assert files == {"privateKey": KEY_TEXT + "\n", "knownHosts": "git.example.com ssh-ed25519 AAAA\n"}
+    with pytest.raises(RetryableError, match=r"Secret apps/git \(spec.project.source.git.credentialsSecretRef\)"):
+        credential_files(https, None, "Secret apps/git")
+    for kind, secret in ((https, {"privateKey": KEY_TEXT}), (https, {"token": "two\nlines"}),
+                         (ssh, {"token": "t0k"}), (ssh, {"privateKey": KEY_TEXT}),
+                         (ssh, {"privateKey": "not-a-key", "knownHosts": "h k"})):  # fmt: skip
+        with pytest.raises(PermanentError) as refused:
+            credential_files(kind, secret, "Secret apps/git")
+        assert all(value not in str(refused.value) for value in secret.values())
