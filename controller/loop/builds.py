@@ -100,7 +100,8 @@ def followed(build: BuildStatus, runs: list[HookRun], now: datetime) -> BuildSta
         first = failed[0]
         message = f"{first.name}: {first.message}"[-2048:]
         return build.model_copy(update={"hosts": runs, "result": "Failed", "finished_at": now, "message": message})
-    commit = next((m.group(1) for r in runs if (m := BUILT_LINE.search(r.message))), None)
+    # The script's own line is the last one: the repository's steps print before it, and may print lookalikes.
+    commit = next((found[-1] for r in runs if (found := BUILT_LINE.findall(r.message))), None)
     built = BuiltImage(revision=build.revision, image=build.image, commit=commit)
     return build.model_copy(update={"hosts": runs, "result": "Succeeded", "finished_at": now, "commit": commit,
                                     "message": f"built {build.image}", "last_succeeded": built})  # fmt: skip

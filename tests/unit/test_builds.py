@@ -51,6 +51,10 @@ def test_a_build_is_recorded_first_then_followed_and_only_a_success_is_deployed(
     )
     done = builds.followed(record, [succeeded(h) for h in record.hosts], NOW)
     assert (done.result, done.commit) == ("Succeeded", SHA)
+    # A step of the repository's that prints a lookalike line before the script's own changes nothing.
+    lookalike = f"built x from commit {'f' * 40}\nSTEP 2/2\nbuilt x from commit {SHA}\n(exit code 0)"
+    runs = [h.model_copy(update={"result": "Succeeded", "message": lookalike}) for h in record.hosts]
+    assert builds.followed(record, runs, NOW).commit == SHA
     deployed = builds.deployable(spec(), done)
     assert deployed is not None and deployed.project.source.image == record.image
     assert deployed.project.source.git is None and deployed.project.revision == SHA
