@@ -126,14 +126,15 @@ def openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def _write_pki(pki: Path) -> None:
-    """A CA, a serving certificate for 127.0.0.1 and an admin client certificate."""
+def _write_pki(pki: Path, address: str = "127.0.0.1") -> None:
+    """A CA, a serving certificate for 127.0.0.1 (and ``address``) and an admin client certificate."""
     if (pki / "admin.crt").exists():
         return
     pki.mkdir(parents=True, exist_ok=True)
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=codeb-local-ca",
              "-keyout", "ca.key", "-out", "ca.crt", cwd=pki)  # fmt: skip
-    (pki / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+    names = "IP:127.0.0.1,DNS:localhost" + (f",IP:{address}" if address != "127.0.0.1" else "")
+    (pki / "server.ext").write_text(f"subjectAltName={names}\nextendedKeyUsage=serverAuth\n")
     (pki / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
     for name, subject, ext in (
         ("server", "/CN=kube-apiserver", "server.ext"),
@@ -146,13 +147,13 @@ def _write_pki(pki: Path) -> None:
     openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
 
 
-def _kubeconfig(pki: Path, port: int) -> str:
+def _kubeconfig(pki: Path, port: int, address: str = "127.0.0.1") -> str:
     return f"""apiVersion: v1
 kind: Config
 clusters:
 - name: codeb-local
   cluster:
-    server: https://127.0.0.1:{port}
+    server: https://{address}:{port}
     certificate-authority: {pki / "ca.crt"}
 users:
 - name: codeb-admin
@@ -175,6 +176,9 @@ class LocalCluster:
     fast_storage: bool = True
     controllers: bool = False
     api_port: int = 0
+    # Where the API server listens: loopback, unless something outside this machine's loopback must reach it
+    # (an operator run in a test host's container, `tests.apiserver.test_operator_image`).
+    address: str = "127.0.0.1"
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -190,12 +194,12 @@ class LocalCluster:
         manager = ensure_kube_binary("kube-controller-manager") if self.controllers else None
         self.root.mkdir(parents=True, exist_ok=True)
         pki = self.root / "pki"
-        _write_pki(pki)
+        _write_pki(pki, self.address)
         etcd_port, peer_port = free_port(), free_port()
         self.api_port = self.api_port or free_port()
         self._spawn(find_binary("etcd"), self._etcd_args(etcd_port, peer_port))
         self._spawn(str(apiserver), self._apiserver_args(pki, etcd_port))
-        self.kubeconfig.write_text(_kubeconfig(pki, self.api_port))
+        self.kubeconfig.write_text(_kubeconfig(pki, self.api_port, self.address))
         self._wait_ready(pki, timeout)
         if manager is not None:
             self._spawn(str(manager), self._controller_manager_args(pki))
@@ -225,7 +229,7 @@ class LocalCluster:
     def _apiserver_args(self, pki: Path, etcd_port: int) -> list[str]:
         args = [
             f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={self.api_port}",
+            f"--bind-address={self.address}", f"--advertise-address={self.address}", f"--secure-port={self.api_port}",
             f"--cert-dir={self.root / 'certs'}",
             f"--tls-cert-file={pki / 'server.crt'}", f"--tls-private-key-file={pki / 'server.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
@@ -261,7 +265,7 @@ class LocalCluster:
                         self.stop()
                         raise LocalClusterError(f"{name} exited with {proc.returncode}; see logs in {self.root}")
                 try:
-                    if client.get(f"https://127.0.0.1:{self.api_port}/readyz").status_code == 200:
+                    if client.get(f"https://{self.address}:{self.api_port}/readyz").status_code == 200:
                         return
                 except httpx.TransportError:
                     pass

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds, once, the Debian rootfs the quadlet tests boot as hosts with `systemd-nspawn -b`
 # (systemd, podman, runc, openssh-server and the quadlet generator), and the example
-# application's image made from Debian packages (no registry). Prints the cache directory.
+# application's image made from Debian packages (no registry), and the operator image's Debian base.
+# Prints the cache directory.
 #
 # Both come from the mirror apt already uses, so they build wherever `apt-get install` works.
 set -euo pipefail
@@ -12,6 +13,8 @@ rootfs="$cache/rootfs-v$version"
 # The example application and the rollout tests' application, in one image named by their content.
 apps=("$here/../hello/app.py" "$here/../../tests/apps/rollout_app.py")
 image="$cache/hello-image-$(cat "${apps[@]}" | sha256sum | cut -c1-12).tar"
+# The operator image's BASE (deploy/operator/Containerfile) without Docker Hub; bump when its packages change.
+operator_base="$cache/operator-base-v1.tar"
 mkdir -p "$cache"
 # One build at a time per cache: a second caller (another test run, CI beside a developer) waits for the first.
 exec 9>"$cache/.build.lock"
@@ -88,7 +91,20 @@ build_image() {
   remove_tree "$tmp"
 }
 
+build_operator_base() {
+  # Debian's Python and the tools the operator runs beside its code (ssh, psql and pg_dump).
+  [[ -f "$operator_base" ]] && return
+  local tmp="$cache/operator-base.tmp"
+  remove_tree "$tmp"
+  debootstrap --variant=minbase --include=python3,python3-venv,openssh-client,postgresql-client,ca-certificates \
+    "$(suite)" "$tmp" "$(mirror)" >"$cache/debootstrap-operator.log" 2>&1
+  rm -rf "$tmp"/var/cache/apt/archives/*.deb "$tmp"/var/lib/apt/lists/*
+  tar -C "$tmp" -cf "$operator_base.tmp" . && mv "$operator_base.tmp" "$operator_base"
+  remove_tree "$tmp"
+}
+
 need
 build_rootfs
 build_image
+build_operator_base
 echo "$cache"
