@@ -126,6 +126,16 @@ def _port_range_cel() -> str:
     return "!has(self.resources) || !has(self.resources.port) || " + " || ".join(clauses)
 
 
+# Templates whose steps and command runtime local builds a checkout with (`controller.specs.builds.LOCAL_PRESETS`).
+LOCAL_BUILD_TEMPLATES = ("nodejs", "node", "nextjs", "python", "static")
+LOCAL_BUILD_TEMPLATES_CEL = "[" + ", ".join(f"'{t}'" for t in LOCAL_BUILD_TEMPLATES) + "]"
+
+
+def _source_fits_runtime(spec: ProjectSpec) -> bool:
+    source, local = spec.project.source, spec.servers.runtime is Runtime.local
+    return local if source.command is not None else (not local or source.git is not None)
+
+
 class ProjectSpec(CodebModel):
     rules = (
         Rule(
@@ -138,14 +148,26 @@ class ProjectSpec(CodebModel):
             check=_port_in_range,
         ),
         Rule(
-            cel="(self.servers.runtime == 'local') == has(self.project.source.command)",
+            cel="has(self.project.source.command) ? self.servers.runtime == 'local' : "
+            "(self.servers.runtime != 'local' || has(self.project.source.git))",
             message=(
-                "runtime local runs project.source.command on the operator's machine, and only it does: "
-                "use source.command with runtime local, source.image (or source.git, built on the hosts) with "
-                "quadlet, source.image with kubernetes"
+                "runtime local runs project.source.command (or a checkout of source.git) on the operator's machine, "
+                "and only it runs a command: use source.command or source.git with runtime local, source.image or "
+                "source.git (built on the hosts) with quadlet, source.image with kubernetes"
             ),
             field_path=".project.source.command",
-            check=lambda s: (s.servers.runtime is Runtime.local) == (s.project.source.command is not None),
+            check=_source_fits_runtime,
+        ),
+        Rule(
+            cel="!(self.servers.runtime == 'local' && has(self.project.source.git)) || "
+            "(has(self.project.template) && self.project.template in " + LOCAL_BUILD_TEMPLATES_CEL + ")",
+            message=(
+                "runtime local runs a checkout of source.git with its template's steps and command: set "
+                "project.template to nodejs, node, nextjs, python or static (a Containerfile needs runtime quadlet)"
+            ),
+            field_path=".project.template",
+            check=lambda s: not (s.servers.runtime is Runtime.local and s.project.source.git is not None)
+            or s.project.template.value in LOCAL_BUILD_TEMPLATES,
         ),
         Rule(
             cel="!(self.servers.runtime in ['local', 'quadlet']) || !has(self.resources) "

@@ -104,6 +104,14 @@ CORPUS = [
     ),
     BadManifest("missing-source", _drop("project.source"), "spec.project.source"),
     BadManifest(
+        "local-git-with-a-containerfile-template",
+        _all(
+            _set("project.source", {"git": {"url": "https://github.com/acme/shop.git"}}),
+            _set("project.template", "container"),
+        ),
+        "spec.project.template",
+    ),
+    BadManifest(
         "ssh-git-without-credentials",
         _set("project.source", {"git": {"url": "git@github.com:acme/shop.git"}}),
         "spec.project.source.git.credentialsSecretRef",

@@ -19,11 +19,13 @@ from controller.drivers.hosts import login_for, servers_of
 from controller.drivers.workloads import SecretReader
 from controller.errors import CodebError
 from controller.jobs import hookruns
+from controller.loop.builds import build_image
 from controller.loop.interface import BuildSource, DriverContext
 from controller.loop.naming import ProjectKey
+from controller.loop.planner import Component
 from controller.loop.secrets import clip
 from controller.specs.builds import build_argv, credential_files
-from schemas.project import BuildStatus, GitSource, HookRun
+from schemas.project import BuildStatus, GitSource, HookRun, Source, Template
 
 BUILD_RUNS = "/var/lib/codeb/builds"
 # A run's git credentials: on the host's tmpfs (never on its disk), root's alone, for the clone only (the
@@ -86,6 +88,16 @@ class HostBuilds:
         steps = [self._follow_one(login.at(run.name), ctx, build, run, source.git.timeout_seconds, command, start)
                  for run in build.hosts]  # fmt: skip
         return list(await asyncio.gather(*steps))
+
+    def build_places(self, ctx: DriverContext) -> list[str]:
+        """Each host the workload runs on builds its own image (no registry between them)."""
+        return [str(host["address"]) for host in ctx.inputs.get(Component.infrastructure, {}).get("hosts", [])]
+
+    def build_target(self, key: ProjectKey, run_id: str, git: GitSource) -> str:
+        return build_image(key, run_id)
+
+    def built_source(self, template: Template, built: str) -> Source:
+        return Source(image=built)
 
     async def stop_build(self, ctx: DriverContext, build: BuildStatus) -> None:
         login = await self._login(ctx)

@@ -38,9 +38,11 @@ from typing import Any
 import httpx
 
 from controller.clients.http import Probe, probe_http, probe_sample
+from controller.drivers.local_builds import LocalBuilds
 from controller.drivers.proctable import (
     LAUNCH_ENV,
     alive,
+    follow_local,
     group_of,
     launch_record,
     listeners,
@@ -67,8 +69,6 @@ LISTEN_HOST = "127.0.0.1"
 # Not HOME: the operator's own (its kubeconfig, its keys) is no Project's; each gets a HOME of its own.
 INHERITED = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONPATH")
 STOP_SECONDS = 15.0
-# One step of following a hook (start it, or look at it) answers within this.
-FOLLOW_SECONDS = 30.0
 OUTPUT_LINES = 3
 
 
@@ -93,7 +93,7 @@ class Environment:
     secret_values: frozenset[str]
 
 
-class LocalProcesses:
+class LocalProcesses(LocalBuilds):
     component = Component.workload
 
     def __init__(
@@ -111,6 +111,7 @@ class LocalProcesses:
         # Where Projects may run commands on this machine; None: every namespace.
         self._namespaces = namespaces
         self._state_dir = state_dir / "workloads"
+        self._builds_dir = state_dir / "builds"
         self._start_timeout = start_timeout
         # One pool for every health probe; probes never follow redirects.
         self._client = client or httpx.AsyncClient(timeout=health_timeout)
@@ -263,17 +264,17 @@ class LocalProcesses:
             return hook_run(hook.name, False, f"{name}: no such program on the operator's machine", frozenset())
         run_dir = str(self._directory(ctx.key) / "hooks" / hookruns.valid_run_id(run))
         argv = [program, *hook.command[1:]]
-        answer = await _follow("follow", run_dir, hook.timeout_seconds, argv, cwd, environment.values)
+        answer = await follow_local("follow", run_dir, hook.timeout_seconds, argv, cwd, environment.values)
         judged, overdue = hookruns.judge(run, hook.timeout_seconds, answer, environment.secret_values)
         if overdue:
-            await _follow("stop", run_dir, hook.timeout_seconds, [], cwd, environment.values)
+            await follow_local("stop", run_dir, hook.timeout_seconds, [], cwd, environment.values)
         return judged
 
     async def stop_hook(self, ctx: DriverContext, state: State | None, run: HookRun) -> None:
         """The run's processes killed, by its run directory (its colour's state is not needed)."""
         hooks = self._directory(ctx.key) / "hooks"
         if hooks.is_dir():  # else no run ever started here
-            await _follow("stop", str(hooks / hookruns.valid_run_id(run)), 0, [], hooks, {})
+            await follow_local("stop", str(hooks / hookruns.valid_run_id(run)), 0, [], hooks, {})
 
     # ------------------------------------------------------------ delete
 
@@ -281,9 +282,10 @@ class LocalProcesses:
         await asyncio.to_thread(self._stop_all, self._find(ctx.key))
         hooks = self._directory(ctx.key) / "hooks"
         for run_dir in sorted(hooks.iterdir()) if hooks.is_dir() else []:
-            await _follow("stop", str(run_dir), 0, [], hooks, {})  # a hook still running goes with the Project
-        if not retain:  # suspended (retain): stopped, and its home directory is there when it starts again
+            await follow_local("stop", str(run_dir), 0, [], hooks, {})  # a hook still running goes with the Project
+        if not retain:  # suspended (retain): stopped, its home directory and checkouts there when it starts again
             shutil.rmtree(self._directory(ctx.key), ignore_errors=True)
+            await self.forget_builds(ctx.key)
 
     def _stop_all(self, processes: Iterable[Supervised]) -> None:
         _stop(list(processes), self._running)
@@ -335,21 +337,6 @@ class LocalProcesses:
                 continue
             found.append((started_ticks(pid), Supervised(pid, options["--colour"], Path(options["--dir"]), launch)))
         return [s for _, s in sorted(found, key=lambda item: item[0])]
-
-
-async def _follow(mode: str, run_dir: str, timeout: int, argv: list[str], cwd: Path, env: dict[str, str]) -> str:
-    """One `hookruns.FOLLOW` step on this machine: its answer (a few lines and an output tail, bounded)."""
-    process = await asyncio.create_subprocess_exec(
-        *hookruns.follow_argv(mode, run_dir, timeout, argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        output, _ = await asyncio.wait_for(process.communicate(), FOLLOW_SECONDS)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        return ""  # no answer this time: followed again next pass
-    return output.decode(errors="replace")
 
 
 def _colours(found: list[Supervised]) -> list[str]:

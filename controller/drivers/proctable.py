@@ -1,4 +1,5 @@
-"""This machine's process table, read from /proc: supervisors, their launch records, listeners, signals.
+"""This machine's process table, read from /proc: supervisors, their launch records, listeners, signals;
+and the one step that starts or looks at a detached run here (`follow_local`).
 
 Runtime local finds its workloads by looking, not by remembering: a supervisor is a
 process running `controller/local/supervise.py`, its launch record is in its environment
@@ -7,15 +8,21 @@ process running `controller/local/supervise.py`, its launch record is in its env
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import signal
+import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from controller.jobs import hookruns
+
 LAUNCH_ENV = "CODEB_LAUNCH"
+# One step of following a detached run (a hook, a build: start it, or look at it) answers within this.
+FOLLOW_SECONDS = 30.0
 
 
 def supervisors() -> Iterable[tuple[int, list[str]]]:
@@ -126,3 +133,18 @@ def send_signal(pid: int, sig: signal.Signals) -> None:
 def signal_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
+
+
+async def follow_local(mode: str, run_dir: str, timeout: int, argv: list[str], cwd: Path, env: dict[str, str]) -> str:
+    """One `hookruns.FOLLOW` step on this machine: its answer (a few lines and an output tail, bounded)."""
+    process = await asyncio.create_subprocess_exec(
+        *hookruns.follow_argv(mode, run_dir, timeout, argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), FOLLOW_SECONDS)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        return ""  # no answer this time: followed again next pass
+    return output.decode(errors="replace")

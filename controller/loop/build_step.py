@@ -16,7 +16,7 @@ from controller.errors import CodebError
 from controller.loop import builds
 from controller.loop.interface import Builder, BuildSource, DriverContext
 from controller.loop.passes import Event, Pass, ProjectInput
-from controller.loop.planner import Component, Observation
+from controller.loop.planner import Component
 from schemas.project import BuildStatus
 
 
@@ -27,9 +27,8 @@ async def build_step(project: ProjectInput, builder: object, ctx: DriverContext,
     git = spec.project.source.git
     if git is None or not isinstance(builder, Builder):
         return None if git is None else recorded  # a runtime that cannot build: its workload driver says why
-    infrastructure = work.observed.get(Component.infrastructure, Observation()).outputs
-    hosts = sorted(str(host["address"]) for host in infrastructure.get("hosts", []))
-    step = builds.due(spec, project.key, recorded, hosts, now)
+    hosts = sorted(builder.build_places(ctx.given(work.observed)))
+    step = builds.due(spec, project.key, recorded, hosts, now, builder.build_target)
     if not acting:
         return recorded
     if step.stop is not None:

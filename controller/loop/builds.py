@@ -15,13 +15,23 @@ import hashlib
 import json
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from controller.loop.naming import ProjectKey
 from controller.loop.planner import Component, Observation
 from controller.loop.status import set_condition
-from schemas.project import BuildStatus, BuiltImage, HookRun, ProjectSpec, ProjectStatus, Source
+from schemas.project import (
+    BuildStatus,
+    BuiltImage,
+    GitSource,
+    HookRun,
+    ProjectSpec,
+    ProjectStatus,
+    Source,
+    Template,
+)
 
 # A project.revision that names a commit: that commit of the ref is built.
 COMMIT = re.compile(r"^[0-9a-f]{7,40}$")
@@ -62,12 +72,15 @@ def wanted_commit(spec: ProjectSpec) -> str:
     return revision if COMMIT.match(revision) else ""
 
 
-def due(spec: ProjectSpec, key: ProjectKey, recorded: BuildStatus | None, hosts: list[str],
-        now: datetime) -> BuildStep:  # fmt: skip
-    """The build step of a pass, from the spec, the stored record and the hosts the workload runs on."""
+def due(spec: ProjectSpec, key: ProjectKey, recorded: BuildStatus | None, hosts: list[str], now: datetime,
+        target: Callable[[ProjectKey, str, GitSource], str] | None = None) -> BuildStep:  # fmt: skip
+    """The build step of a pass, from the spec, the stored record and the places it builds in (the hosts the
+    workload runs on); ``target`` names what a run makes (`Builder.build_target`)."""
     if not built_from_git(spec) or not hosts:
         return BuildStep(recorded)
     inputs = build_inputs(spec)
+    git = spec.project.source.git
+    assert git is not None
     # A host that joined since needs the image too; one that left (or does not answer for a while) does not
     # make the others build again, nor the workload roll out the same commit anew.
     joined = recorded is not None and recorded.result == "Succeeded" and bool(set(hosts) - _built_on(recorded))
@@ -75,12 +88,16 @@ def due(spec: ProjectSpec, key: ProjectKey, recorded: BuildStatus | None, hosts:
         return BuildStep(recorded, follow=recorded if recorded.result == "Running" else None)
     run_id = uuid.uuid4().hex[:12]
     fresh = BuildStatus(inputs=inputs, revision=spec.project.revision, run_id=run_id,
-                        image=build_image(key, run_id), result="Running", started_at=now,
+                        image=(target or _tagged)(key, run_id, git), result="Running", started_at=now,
                         hosts=[HookRun(name=h, result="Running", run_id=run_id, started_at=now) for h in sorted(hosts)],
                         message="recorded; starts once the record is stored",
                         last_succeeded=recorded.last_succeeded if recorded else None)  # fmt: skip
     running = recorded is not None and recorded.result == "Running"
     return BuildStep(fresh, stop=recorded if running else None)
+
+
+def _tagged(key: ProjectKey, run_id: str, git: GitSource) -> str:
+    return build_image(key, run_id)
 
 
 def _built_on(build: BuildStatus) -> set[str]:
@@ -107,15 +124,19 @@ def followed(build: BuildStatus, runs: list[HookRun], now: datetime) -> BuildSta
                                     "message": f"built {build.image}", "last_succeeded": built})  # fmt: skip
 
 
-def deployable(spec: ProjectSpec, build: BuildStatus | None) -> ProjectSpec | None:
-    """The spec the workload deploys: its source the last image built, its revision that build's; None
-    while no build has succeeded. Any other spec is returned as it is."""
+def deployable(spec: ProjectSpec, build: BuildStatus | None,
+               source_of: Callable[[Template, str], Source] = lambda _, image: Source(image=image),
+               ) -> ProjectSpec | None:  # fmt: skip
+    """The spec the workload deploys: its source what the last build made (``source_of``: the runtime's
+    `Builder.built_source`), its revision that build's; None while no build has succeeded. Any other spec is
+    returned as it is."""
     if not built_from_git(spec):
         return spec
     if build is None or build.last_succeeded is None:
         return None
     last = build.last_succeeded
-    project = spec.project.model_copy(update={"source": Source(image=last.image), "revision": last.revision})
+    source = source_of(spec.project.template, last.image)
+    project = spec.project.model_copy(update={"source": source, "revision": last.revision})
     return spec.model_copy(update={"project": project})
 
 

@@ -29,6 +29,7 @@ from schemas.project import (
     Provider,
     Runtime,
     Servers,
+    Source,
     Template,
 )
 
@@ -154,6 +155,20 @@ class Builder(Protocol):
 
     async def build_log(self, ctx: DriverContext, build: BuildStatus, tail: int) -> dict[str, list[str]]:
         """The last ``tail`` lines of ``build``'s output, by host (`codeb logs --build`)."""
+        ...
+
+    def build_places(self, ctx: DriverContext) -> list[str]:
+        """Where a build runs, by name (``ctx`` holds what the infrastructure observed): each of the workload's
+        hosts, or the operator's own machine; none yet, no build."""
+        ...
+
+    def build_target(self, key: ProjectKey, run_id: str, git: GitSource) -> str:
+        """What run ``run_id`` of ``git`` makes (an image's tag, the directory to run in), recorded in status
+        before it starts."""
+        ...
+
+    def built_source(self, template: Template, built: str) -> Source:
+        """What the workload runs once ``built`` (a build's image, or the directory it made) succeeded."""
         ...
 
 

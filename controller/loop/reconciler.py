@@ -114,7 +114,7 @@ class Reconciler:
         builder = drivers.get(Component.workload)  # a runtime that cannot build refuses source.git itself
         built = await build_step(project, builder, ctx, work, acting, now)
         # With source.git: the last image built, never one building.
-        deploying = builds.deployable(spec, built) if isinstance(builder, Builder) else spec
+        deploying = builds.deployable(spec, built, builder.built_source) if isinstance(builder, Builder) else spec
         if deploying is None:
             work.observed[Component.workload] = builds.unbuilt(work.observed.get(Component.workload))
         desired = Desired(deploying or spec, allocations, drivers)

@@ -13,13 +13,12 @@ from __future__ import annotations
 from controller.errors import PermanentError, RetryableError
 from schemas.project import GitSource, Template
 
-# $1 url, $2 ref, $3 commit ('' for the ref's head), $4 context, $5 Containerfile, $6 tag, $7 the template's
-# Containerfile for a repository without one ('' for none), $8 the directory of the run's git credentials
-# ('' for none: `credential_files`), then build args (KEY=VALUE). Its last line, on success: "built <tag> from
-# commit <sha>" (`controller.loop.builds`).
-BUILD = r"""
+# The clone every build starts with (on a host, or on the operator's machine for runtime local): $1 url, $2 ref,
+# $3 commit ('' for the ref's head), $4 context, $5 the directory of the run's git credentials ('' for none:
+# `credential_files`). It leaves $sha (the commit checked out), $src (the checkout) and $dir (the context in it).
+CLONE = r"""
 set -eu
-url=$1 ref=$2 commit=$3 context=$4 file=$5 tag=$6 preset=$7 creds=$8; shift 8
+url=$1 ref=$2 commit=$3 context=$4 creds=$5; shift 5
 work=$(mktemp -d /var/tmp/codeb-build.XXXXXX)
 trap 'rm -rf "$work" ${creds:+"$creds"}' EXIT
 export GIT_ALLOW_PROTOCOL=https:ssh GIT_TERMINAL_PROMPT=0 GIT_CONFIG_NOSYSTEM=1 HOME="$work"
@@ -49,6 +48,15 @@ echo "checked out $sha"
 src=$(realpath "$work/src")
 dir=$(realpath -e "$src/$context") || { echo "context $context is not in the repository" >&2; exit 2; }
 case "$dir/" in "$src"/*) ;; *) echo "context $context leaves the repository" >&2; exit 2;; esac
+"""
+
+# On a host (runtime quadlet), after `CLONE`'s five: $6 Containerfile, $7 tag, $8 the template's Containerfile for
+# a repository without one ('' for none), then build args (KEY=VALUE). Its last line, on success: "built <tag>
+# from commit <sha>" (`controller.loop.builds`).
+BUILD = (
+    CLONE
+    + r"""
+file=$1 tag=$2 preset=$3; shift 3
 if [ -n "$preset" ] && [ ! -e "$dir/$file" ] && [ ! -L "$dir/$file" ]; then
   echo "no $context/$file in the repository: the template's is built"
   printf '%s' "$preset" >"$work/Containerfile.template"; file=$work/Containerfile.template
@@ -64,6 +72,7 @@ podman images --sort created --format '{{.Repository}}:{{.Tag}}' --filter "refer
   | xargs -r podman rmi >/dev/null 2>&1 || true
 echo "built $tag from commit $sha"
 """
+)
 
 
 # What a template builds when the repository has no Containerfile: its base image (source.git.baseImage
@@ -96,6 +105,44 @@ CMD ["sh", "-c", "exec python3 -m http.server ${PORT:-8080} --directory /srv"]
 }
 
 
+# Runtime local (trusted Projects only, `docs/security.md`): the checkout is the application's directory on the
+# operator's machine. After `CLONE`'s five: $6 where the checkout goes, $7 how it is named in the last line, $8
+# the template's steps (the operator's own text, `LOCAL_PRESETS`), run in the context. The two newest checkouts
+# before this one stay (a warm colour's, a rollback's); older ones go.
+LOCAL_BUILD = (
+    CLONE
+    + r"""
+dest=$1 label=$2 steps=$3; shift 3
+inside=${dir#"$src"}
+mkdir -p "${dest%/*}" && rm -rf "$dest" && mv "$src" "$dest"
+cd "$dest$inside"
+sh -euc "$steps"
+ls -1dt "${dest%/*}"/*/ 2>/dev/null | tail -n +4 | while IFS= read -r old; do rm -rf "$old"; done
+echo "built $label from commit $sha"
+"""
+)
+NODE_INSTALL = "if [ -f package-lock.json ]; then npm ci; elif [ -f package.json ]; then npm install; fi"
+# Template: (steps after the checkout, the command the application then runs with, in the context's directory).
+LOCAL_PRESETS: dict[Template, tuple[str, list[str]]] = {
+    Template.nodejs: (NODE_INSTALL, ["npm", "start"]),
+    Template.node: (NODE_INSTALL, ["npm", "start"]),
+    Template.nextjs: (f"{NODE_INSTALL}; npm run build", ["npm", "start"]),
+    Template.python: (
+        "python3 -m venv .venv; if [ -f requirements.txt ]; then .venv/bin/pip install -q -r requirements.txt; fi",
+        [".venv/bin/python3", "app.py"],
+    ),
+    Template.static: (":", ["sh", "-c", 'exec python3 -m http.server "$PORT" --bind 127.0.0.1']),
+}
+
+
+def local_build_argv(git: GitSource, commit: str, dest: str, label: str, template: Template,
+                     credentials: str = "") -> list[str]:  # fmt: skip
+    """The command runtime local runs (under `hookruns.FOLLOW`) to make ``dest`` the application's directory."""
+    steps, _ = LOCAL_PRESETS[template]
+    return ["sh", "-c", LOCAL_BUILD, "codeb-build", git.url, git.ref, commit, git.context, credentials, dest, label,
+            steps]  # fmt: skip
+
+
 def preset(template: Template, git: GitSource) -> str:
     """The Containerfile ``template`` builds for a repository without one ('' for template container)."""
     if template not in PRESETS:
@@ -109,8 +156,8 @@ def build_argv(git: GitSource, commit: str, tag: str, template: Template = Templ
     """The command a host runs (under `hookruns.FOLLOW`): ``sh -c BUILD`` and its arguments; ``credentials``
     the directory `credential_files` were written to (never their content: arguments are seen in ``ps``)."""
     args = [f"{name}={value}" for name, value in sorted(git.build_args.items())]
-    return ["sh", "-c", BUILD, "codeb-build", git.url, git.ref, commit, git.context, git.containerfile, tag,
-            preset(template, git), credentials, *args]  # fmt: skip
+    return ["sh", "-c", BUILD, "codeb-build", git.url, git.ref, commit, git.context, credentials, git.containerfile,
+            tag, preset(template, git), *args]  # fmt: skip
 
 
 def credential_files(git: GitSource, secret: dict[str, str] | None, source: str) -> dict[str, str]:

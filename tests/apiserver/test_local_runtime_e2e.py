@@ -23,6 +23,7 @@ from minio import Minio
 
 from controller.local.cluster import REPO_ROOT, LocalCluster, find_binary
 from tests.apiserver.test_platform_e2e import NS, install_platform, running_world, secret_data
+from tests.gitserver import GitServer, WorkTree
 from tests.helpers import OperatorProcess, get_json, wait_for
 from tests.rollouts import FAST
 from tests.servers import https_get
@@ -275,3 +276,59 @@ def test_the_example_serves_through_caddy_on_its_real_services(world: dict[str, 
         assert all(secret not in log for secret in credentials.values() if len(secret) >= 12)
     finally:
         operator.stop()
+
+
+def site(url: str, revision: str) -> dict[str, Any]:
+    """A static site from a Git repository on runtime local: checked out, and served by its template's command."""
+    return {
+        "apiVersion": "codeb.dev/v1alpha1", "kind": "Project", "metadata": {"name": "site", "namespace": NS},
+        "spec": {
+            "project": {"slug": "site", "template": "static", "source": {"git": {"url": url}}, "revision": revision,
+                        "rollout": FAST},
+            "environment": {"type": "staging", "domains": ["site.localhost"]},
+            "servers": {"provider": "local", "runtime": "local", "platform": "shared"},
+            "backup": {"enabled": False},
+        },
+    }  # fmt: skip
+
+
+def test_a_git_repository_is_checked_out_and_served_and_a_new_commit_rolls_out(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    cluster: LocalCluster = world["cluster"]
+    caddy = world["caddy"]
+    if cluster.kubectl("get", "platform", "shared", check=False).returncode != 0:
+        install_platform(cluster, world["pg"], world["redis"], world["s3"], caddy)
+    git = GitServer(tmp_path / "git", tls=True)
+    tree = WorkTree(git, "site", tmp_path / "tree")
+    first = tree.commit("one", {"index.html": "<h1>first commit</h1>"})
+    env = {"CODEB_LOCAL_RUNTIME": "1", "CODEB_LOCAL_ROOT": str(tmp_path / "root"),
+           "CODEB_STATE_DIR": str(tmp_path / "state"), "CODEB_DRIFT_INTERVAL": "3",
+           "GIT_SSL_CAINFO": str(git.ca_file)}  # fmt: skip
+    (tmp_path / "root").mkdir()
+    operator = OperatorProcess(cluster, tmp_path / "operator.log", **env).start()
+
+    def page() -> str:
+        return https_get(caddy, "site.localhost").stdout
+
+    try:
+        started = time.monotonic()
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(site(git.url("site"), first)))
+        wait_for(lambda: "first commit" in page(), timeout=120, what="the first commit served")
+        print(f"runtime local from git: apply to served in {time.monotonic() - started:.1f} s")
+        build = get_json(cluster, "project", "site", "-n", NS)["status"]["build"]
+        assert build["result"] == "Succeeded" and build["commit"] == first, build
+        second = tree.commit("two", {"index.html": "<h1>second commit</h1>"})
+        patch = json.dumps({"spec": {"project": {"revision": second}}})
+        cluster.kubectl("patch", "project", "site", "-n", NS, "--type=merge", "-p", patch)
+        wait_for(lambda: "second commit" in page(), timeout=120, what="the second commit served")
+        # On the operator's machine, configured as the operator is (its state directory holds the runs).
+        configured = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), **env}
+        logs = subprocess.run([find_binary("codeb"), "logs", "site", "-n", NS, "--build"], capture_output=True,
+                              text=True, timeout=60, env=configured)  # fmt: skip
+        assert f"built .codeb-builds/{NS}.site/" in logs.stdout and second in logs.stdout, logs
+        cluster.kubectl("delete", "project", "site", "-n", NS, "--timeout=60s")
+        assert not (tmp_path / "root" / ".codeb-builds" / f"{NS}.site").exists()
+    finally:
+        operator.stop()
+        git.stop()
