@@ -166,8 +166,10 @@ class ProjectSpec(CodebModel):
                 "project.template to nodejs, node, nextjs, python or static (a Containerfile needs runtime quadlet)"
             ),
             field_path=".project.template",
-            check=lambda s: not (s.servers.runtime is Runtime.local and s.project.source.git is not None)
-            or s.project.template.value in LOCAL_BUILD_TEMPLATES,
+            check=lambda s: (
+                not (s.servers.runtime is Runtime.local and s.project.source.git is not None)
+                or s.project.template.value in LOCAL_BUILD_TEMPLATES
+            ),
         ),
         Rule(
             cel="!(self.servers.runtime in ['local', 'quadlet']) || !has(self.resources) "
