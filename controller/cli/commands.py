@@ -181,6 +181,8 @@ def scaffold(args: argparse.Namespace) -> dict[str, Any]:
     source: dict[str, Any] = {"image": args.image} if args.image else {"command": args.command or ["python3", "app.py"]}
     if getattr(args, "git", None):
         source = {"git": {"url": args.git, "ref": args.ref}}
+        if getattr(args, "git_credentials", None):
+            source["git"]["credentialsSecretRef"] = args.git_credentials
     if args.working_dir and "command" in source:
         source["workingDir"] = args.working_dir
     servers: dict[str, Any] = {"provider": provider, "runtime": runtime}
@@ -191,7 +193,12 @@ def scaffold(args: argparse.Namespace) -> dict[str, Any]:
     if args.platform:
         servers["platform"] = args.platform
     spec: dict[str, Any] = {
-        "project": {"slug": args.name, "source": source, **({"revision": args.revision} if args.revision else {})},
+        "project": {
+            "slug": args.name,
+            "source": source,
+            **({"revision": args.revision} if args.revision else {}),
+            **({"template": args.template} if getattr(args, "template", None) else {}),
+        },
         "environment": {"type": args.type, "domains": args.domain or [f"{args.name}.localhost"]},
         "servers": servers,
         "features": {feature: {} for feature in ("database", "redis", "storage") if getattr(args, feature)},
@@ -405,8 +412,8 @@ async def _workload_logs(body: dict[str, Any], tail: int, build: bool = False) -
                         servers=spec.servers, recorded=status.infrastructure)  # fmt: skip
     if build:
         if status.build is None or not isinstance(driver, Builder):
-            raise CommandError(f"{meta['namespace']}/{meta['name']} has no build (source.git, runtime quadlet)",
-                               EXIT_NOT_FOUND)  # fmt: skip
+            where = f"{meta['namespace']}/{meta['name']}"
+            raise CommandError(f"{where} has no build (source.git, runtimes quadlet and local)", EXIT_NOT_FOUND)
         return await driver.build_log(ctx, status.build, tail)
     # Where the workload runs comes from the infrastructure, as in a reconcile.
     infrastructure = drivers.get(Component.infrastructure)

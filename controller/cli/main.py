@@ -40,7 +40,7 @@ from controller.loop.rollouts.records import rollback_target
 from controller.loop.status import format_validation_error, load_status
 from schemas.crd import backup_crd, platform_crd, project_crd, render_yaml, restore_crd
 from schemas.docs import render_markdown
-from schemas.project import API_GROUP, API_VERSION, KIND, PLURAL, ProjectSpec
+from schemas.project import API_GROUP, API_VERSION, KIND, PLURAL, ProjectSpec, Template
 
 PLATFORM_CRD_PATH = REPO_ROOT / "manifests" / "crd" / "platforms.codeb.dev.yaml"
 BACKUP_CRD_PATH = REPO_ROOT / "manifests" / "crd" / "backups.codeb.dev.yaml"
@@ -201,6 +201,12 @@ def parser() -> argparse.ArgumentParser:
     init.add_argument("--image", help="the image to run (runtimes quadlet and kubernetes)")
     init.add_argument("--git", help="source.git: a repository the operator builds (https:// or ssh://)")
     init.add_argument("--ref", default="main", help="source.git.ref: the branch to build and deploy (default main)")
+    init.add_argument("--git-credentials", metavar="SECRET",
+                      help="source.git.credentialsSecretRef: a Secret with token (https) or privateKey and knownHosts "
+                      "(ssh) for a private repository")  # fmt: skip
+    init.add_argument("--template", choices=[t.value for t in Template],
+                      help="project.template: presets, and what a build from --git runs (runtime local: nodejs, "
+                      "nextjs, python or static)")  # fmt: skip
     init.add_argument("--ci", choices=("github",), help="also write a CI workflow that deploys each push")
     init.add_argument("--ci-file", default=".github/workflows/codeb-deploy.yml", help="where --ci writes it")
     init.add_argument("--command", nargs="+", help="the command to run (runtime local; default: python3 app.py)")

@@ -128,6 +128,18 @@ def test_init_writes_what_the_api_server_accepts(cli: LocalCluster, namespace: s
     assert "spec.project.slug" in capsys.readouterr().err
     assert main(["init", "api", "--runtime", "kubernetes"]) == EXIT_USAGE  # no image for a container runtime
     assert "spec.project.source" in capsys.readouterr().err
+    # A private repository checked out and run on this machine: its template says how.
+    site = tmp_path / "site.yaml"
+    assert main(["init", "site", "--git", "git@git.example.com:acme/site.git", "--git-credentials", "site-git",
+                 "--template", "static", "-f", str(site)]) == EXIT_OK  # fmt: skip
+    made = yaml.safe_load(site.read_text())["spec"]
+    assert made["project"]["template"] == "static" and made["servers"]["runtime"] == "local"
+    assert made["project"]["source"] == {"git": {"url": "git@git.example.com:acme/site.git", "ref": "main",
+                                                 "credentialsSecretRef": "site-git"}}  # fmt: skip
+    assert main(["init", "site", "--git", "https://git.example.com/acme/site.git", "-f", str(site), "--force"]) == (
+        EXIT_USAGE  # template container on runtime local: no Containerfile runs here
+    )
+    assert "spec.project.template" in capsys.readouterr().err
 
 
 def run_deploy_step(workflow: dict[str, Any], cluster: LocalCluster, revision: str) -> subprocess.Popen[str]:
