@@ -44,6 +44,11 @@ def credentials_dir(ctx: DriverContext, build: BuildStatus) -> str:
     return f"{GIT_CREDENTIALS}/{ctx.key.namespace}.{ctx.key.name}.{run_dir(ctx, build).rsplit('/', 1)[1]}"
 
 
+def _credentials_gone(ctx: DriverContext, build: BuildStatus) -> str:
+    """What follows a stop: the run's credentials removed (a run killed before its clone was done left them)."""
+    return f"; rm -rf {shlex.quote(credentials_dir(ctx, build))}"
+
+
 def forget_builds_line(key: ProjectKey) -> str:
     """A shell line that stops a Project's builds on a host and removes their runs and images (it is deleted)."""
     images = shlex.quote(f"localhost/codeb/{key.namespace}/{key.name}")
@@ -101,7 +106,7 @@ class HostBuilds:
 
     async def stop_build(self, ctx: DriverContext, build: BuildStatus) -> None:
         login = await self._login(ctx)
-        gone = f"; rm -rf {shlex.quote(credentials_dir(ctx, build))}"
+        gone = _credentials_gone(ctx, build)
         await asyncio.gather(*(self._step(login.at(run.name), "stop", run_dir(ctx, build), 0, [], after=gone)
                                for run in build.hosts if run.result == "Running"))  # fmt: skip
 
@@ -127,8 +132,8 @@ class HostBuilds:
         try:
             answer = await self._step(access, "follow", directory, timeout, command, start)
             judged, overdue = hookruns.judge(run, timeout, answer, secrets)
-            if overdue:
-                await self._step(access, "stop", directory, timeout, [])
+            if overdue:  # killed: its credentials (if its clone had not removed them yet) go too
+                await self._step(access, "stop", directory, timeout, [], after=_credentials_gone(ctx, build))
         except CodebError as exc:  # this look failed; the run is looked at again next pass
             return run.model_copy(update={"message": clip(exc.message, secrets, 500)})
         return judged.model_copy(update={"name": run.name, "message": judged.message if judged is not run else ""})

@@ -71,6 +71,8 @@ class LocalBuilds:
                 await follow_local("stop", str(run_dir), 0, [], self._root, {})
         except CodebError as exc:
             return [run.model_copy(update={"message": clip(exc.message, secrets, 500)})]
+        if judged.result != "Running":  # a run killed before its clone was done could not remove them itself
+            shutil.rmtree(f"{run_dir}.git", ignore_errors=True)
         return [judged.model_copy(update={"name": run.name, "message": judged.message if judged is not run else ""})]
 
     async def stop_build(self, ctx: DriverContext, build: BuildStatus) -> None:
