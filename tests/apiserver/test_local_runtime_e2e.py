@@ -332,3 +332,47 @@ def test_a_git_repository_is_checked_out_and_served_and_a_new_commit_rolls_out(
     finally:
         operator.stop()
         git.stop()
+
+
+SERVER_JS = """const express = require("express");
+const app = express();
+app.get("/api/health", (req, res) => res.send("ok"));
+app.get("/", (req, res) => res.send(`<h1>celly-creative on express ${require("express/package.json").version}</h1>`));
+app.listen(Number(process.env.PORT), process.env.HOST);
+"""
+
+
+def test_the_seeds_nodejs_flow_a_name_a_template_and_a_git_url_becomes_a_served_site(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    """The celly-creative seed: `{"name": "celly-creative", "template": "nodejs"}` and a git URL, deployed. The
+    repository's dependencies come from the npm registry with the machine's Node.js and npm, as a developer's do."""
+    cluster: LocalCluster = world["cluster"]
+    caddy = world["caddy"]
+    if cluster.kubectl("get", "platform", "shared", check=False).returncode != 0:
+        install_platform(cluster, world["pg"], world["redis"], world["s3"], caddy)
+    git = GitServer(tmp_path / "git", tls=True)
+    tree = WorkTree(git, "celly", tmp_path / "tree")
+    package = {"name": "celly-creative", "private": True, "scripts": {"start": "node server.js"},
+               "dependencies": {"express": "^4.21.0"}}  # fmt: skip
+    tree.commit("site", {"package.json": json.dumps(package), "server.js": SERVER_JS})
+    env = {"CODEB_LOCAL_RUNTIME": "1", "CODEB_LOCAL_ROOT": str(tmp_path / "root"),
+           "CODEB_STATE_DIR": str(tmp_path / "state"), "GIT_SSL_CAINFO": str(git.ca_file)}  # fmt: skip
+    (tmp_path / "root").mkdir()
+    operator = OperatorProcess(cluster, tmp_path / "operator.log", **env).start()
+    doc = site(git.url("celly"), "main")
+    doc["metadata"]["name"] = "celly-creative"
+    doc["spec"]["project"].update({"slug": "celly-creative", "template": "nodejs"})
+    doc["spec"]["environment"]["domains"] = ["celly-creative.localhost"]
+    try:
+        started = time.monotonic()
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(doc))
+        wait_for(lambda: "celly-creative on express 4." in https_get(caddy, "celly-creative.localhost").stdout,
+                 timeout=240, what="the nodejs site served through Caddy")  # fmt: skip
+        print(f"the seed's nodejs flow: apply to served in {time.monotonic() - started:.1f} s")
+        served = get_json(cluster, "project", "celly-creative", "-n", NS)["status"]
+        assert served["build"]["result"] == "Succeeded" and served["phase"] == "Ready", served
+        cluster.kubectl("delete", "project", "celly-creative", "-n", NS, "--timeout=60s")
+    finally:
+        operator.stop()
+        git.stop()
