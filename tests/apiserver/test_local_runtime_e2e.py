@@ -376,3 +376,72 @@ def test_the_seeds_nodejs_flow_a_name_a_template_and_a_git_url_becomes_a_served_
     finally:
         operator.stop()
         git.stop()
+
+
+API_SERVER = """import json, os
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+LEDGER = os.path.join(os.environ["HOME"], "installed.json")
+
+def installed():
+    return json.load(open(LEDGER)) if os.path.exists(LEDGER) else []
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps(installed()) if self.path == "/api/apps" else "ok"
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def do_POST(self):
+        app = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        json.dump(installed() + [app["name"]], open(LEDGER, "w"))
+        self.send_response(201)
+        self.end_headers()
+        self.wfile.write(b"installed")
+
+    def log_message(self, *args):
+        pass
+
+HTTPServer((os.environ["HOST"], int(os.environ["PORT"])), Handler).serve_forever()
+"""
+
+
+def test_an_o4o_style_instance_is_built_from_its_monorepo_with_its_apps_installed_once(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    """The O4O seed: an instance from the platform's repository (its API server one app of a monorepo), with the
+    AppStore apps it sells installed once after the deploy, not again on every pass or operator restart."""
+    cluster: LocalCluster = world["cluster"]
+    caddy = world["caddy"]
+    if cluster.kubectl("get", "platform", "shared", check=False).returncode != 0:
+        install_platform(cluster, world["pg"], world["redis"], world["s3"], caddy)
+    git = GitServer(tmp_path / "git", tls=True)
+    tree = WorkTree(git, "o4o-platform", tmp_path / "tree")
+    tree.commit("platform", {"apps/api-server/app.py": API_SERVER, "apps/main-site/index.html": "<h1>main</h1>"})
+    env = {"CODEB_LOCAL_RUNTIME": "1", "CODEB_LOCAL_ROOT": str(tmp_path / "root"), "CODEB_DRIFT_INTERVAL": "2",
+           "CODEB_STATE_DIR": str(tmp_path / "state"), "GIT_SSL_CAINFO": str(git.ca_file)}  # fmt: skip
+    (tmp_path / "root").mkdir()
+    operator = OperatorProcess(cluster, tmp_path / "operator.log", **env).start()
+    doc = site(git.url("o4o-platform"), "main")
+    doc["metadata"]["name"] = "yaksa"
+    doc["spec"]["project"].update({"slug": "yaksa", "template": "python"})
+    doc["spec"]["project"]["source"]["git"]["context"] = "apps/api-server"
+    doc["spec"]["environment"]["domains"] = ["yaksa.localhost"]
+    doc["spec"]["features"] = {"apps": [{"name": name} for name in ("commerce", "customer", "forum-yaksa")]}
+    try:
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(doc))
+
+        def apps() -> list[str]:
+            answer = https_get(caddy, "yaksa.localhost", path="/api/apps").stdout
+            return list(json.loads(answer)) if answer.startswith("[") else []
+
+        wait_for(lambda: len(apps()) == 3, timeout=120, what="the instance serving, its apps installed")
+        operator.kill()
+        operator.start()
+        time.sleep(6)  # passes of the restarted operator, and of its drift timer
+        assert sorted(apps()) == ["commerce", "customer", "forum-yaksa"]  # each once
+        cluster.kubectl("delete", "project", "yaksa", "-n", NS, "--timeout=60s")
+    finally:
+        operator.stop()
+        git.stop()
