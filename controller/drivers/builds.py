@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from controller.clients.ssh import HostAccess, Login, SshPool
 from controller.drivers.hosts import login_for, servers_of
-from controller.drivers.workloads import SecretReader
+from controller.drivers.workloads import SecretReader, read_git_credentials
 from controller.errors import CodebError
 from controller.jobs import hookruns
 from controller.loop.builds import build_image
@@ -24,7 +24,7 @@ from controller.loop.interface import BuildSource, DriverContext
 from controller.loop.naming import ProjectKey
 from controller.loop.planner import Component
 from controller.loop.secrets import clip
-from controller.specs.builds import build_argv, credential_files
+from controller.specs.builds import build_argv
 from schemas.project import BuildStatus, GitSource, HookRun, Source, Template
 
 BUILD_RUNS = "/var/lib/codeb/builds"
@@ -86,7 +86,8 @@ class HostBuilds:
 
     async def follow_build(self, ctx: DriverContext, source: BuildSource, build: BuildStatus) -> list[HookRun]:
         login = await self._login(ctx)
-        files = await self._credentials(ctx, source.git) if any(r.result == "Running" for r in build.hosts) else {}
+        running = any(r.result == "Running" for r in build.hosts)
+        files = await read_git_credentials(self._read_login, ctx.key, source.git) if running else {}
         where = credentials_dir(ctx, build) if files else ""
         command = build_argv(source.git, source.commit, build.image, source.template, where)
         start = Start(where, files)
@@ -149,13 +150,6 @@ class HostBuilds:
             stdin = "".join(f"{name} {base64.b64encode(value.encode()).decode()}\n" for name, value in
                             start.files.items())  # fmt: skip
         return (await self._ssh.run(access, line, stdin=stdin, timeout=FOLLOW_SECONDS)).stdout
-
-    async def _credentials(self, ctx: DriverContext, git: GitSource) -> dict[str, str]:
-        if git.credentials_secret_ref is None:
-            return {}
-        name = git.credentials_secret_ref
-        secret = await self._read_login(ctx.key.namespace, name, ctx.key.name)
-        return credential_files(git, secret, f"Secret {ctx.key.namespace}/{name}")
 
     async def _login(self, ctx: DriverContext) -> Login:
         _, ssh = servers_of(ctx)

@@ -17,13 +17,13 @@ import shutil
 from pathlib import Path, PurePosixPath
 
 from controller.drivers.proctable import follow_local, tail_lines
-from controller.drivers.workloads import SecretReader
+from controller.drivers.workloads import SecretReader, read_git_credentials
 from controller.errors import CodebError, PermanentError
 from controller.jobs import hookruns
 from controller.loop.interface import BuildSource, DriverContext
 from controller.loop.naming import ProjectKey
 from controller.loop.secrets import clip
-from controller.specs.builds import LOCAL_PRESETS, credential_files, local_build_argv
+from controller.specs.builds import LOCAL_PRESETS, local_build_argv
 from schemas.project import BuildStatus, GitSource, HookRun, Source, Template
 
 CHECKOUTS = ".codeb-builds"  # under the local root, where workingDir may point
@@ -57,7 +57,7 @@ class LocalBuilds:
                        "needs runtime quadlet): set spec.project.template")  # fmt: skip
             raise PermanentError(message, reason="TemplateNotBuildable")
         run_dir = self._build_runs(ctx.key) / hookruns.valid_run_id(run)
-        files = await self._credentials(ctx, source)
+        files = await read_git_credentials(self._read_secret, ctx.key, source.git)
         credentials = self._deliver(run_dir, files) if files else ""
         git, run_id = source.git, hookruns.valid_run_id(run)  # never a path read from status
         argv = local_build_argv(git, source.commit, str(self._root / _checkout(ctx.key, run_id)),
@@ -100,13 +100,6 @@ class LocalBuilds:
                 await follow_local("stop", str(run_dir), 0, [], runs, {})
         shutil.rmtree(self._root / CHECKOUTS / f"{key.namespace}.{key.name}", ignore_errors=True)
         shutil.rmtree(runs, ignore_errors=True)
-
-    async def _credentials(self, ctx: DriverContext, source: BuildSource) -> dict[str, str]:
-        name = source.git.credentials_secret_ref
-        if name is None:
-            return {}
-        secret = await self._read_secret(ctx.key.namespace, name, ctx.key.name)
-        return credential_files(source.git, secret, f"Secret {ctx.key.namespace}/{name}")
 
     def _deliver(self, run_dir: Path, files: dict[str, str]) -> str:
         """The run's credentials, the operator's user's alone, written only before it starts (the run removes

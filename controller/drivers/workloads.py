@@ -21,7 +21,8 @@ from controller.jobs.hookruns import hook_run
 from controller.loop.naming import ProjectKey
 from controller.loop.planner import State
 from controller.loop.secrets import REDACT_MIN_LENGTH, clip, redact
-from schemas.project import App, HookRun
+from controller.specs.builds import credential_files
+from schemas.project import App, GitSource, HookRun
 
 
 class SecretReader(Protocol):
@@ -38,6 +39,15 @@ class Credentials:
 
     def redact(self, text: str, cut: bool = False) -> str:
         return redact(text, self.secret_values, cut)
+
+
+async def read_git_credentials(read_secret: SecretReader, key: ProjectKey, git: GitSource) -> dict[str, str]:
+    """The files a build's git reads a private repository with (`credential_files`; none without
+    ``source.git.credentialsSecretRef``), from the Secret the Project names."""
+    name = git.credentials_secret_ref
+    if name is None:
+        return {}
+    return credential_files(git, await read_secret(key.namespace, name, key.name), f"Secret {key.namespace}/{name}")
 
 
 async def read_credentials(read_secret: SecretReader, key: ProjectKey, wanted: State, missing_ok: bool) -> Credentials:

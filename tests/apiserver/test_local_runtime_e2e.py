@@ -5,6 +5,7 @@ Degraded with what the health check said, and deleting the Project stops it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -278,18 +279,42 @@ def test_the_example_serves_through_caddy_on_its_real_services(world: dict[str, 
         operator.stop()
 
 
-def site(url: str, revision: str) -> dict[str, Any]:
-    """A static site from a Git repository on runtime local: checked out, and served by its template's command."""
+def site(url: str, revision: str, name: str = "site", template: str = "static") -> dict[str, Any]:
+    """A Project from a Git repository on runtime local: checked out, and run by its template's command."""
     return {
-        "apiVersion": "codeb.dev/v1alpha1", "kind": "Project", "metadata": {"name": "site", "namespace": NS},
+        "apiVersion": "codeb.dev/v1alpha1", "kind": "Project", "metadata": {"name": name, "namespace": NS},
         "spec": {
-            "project": {"slug": "site", "template": "static", "source": {"git": {"url": url}}, "revision": revision,
+            "project": {"slug": name, "template": template, "source": {"git": {"url": url}}, "revision": revision,
                         "rollout": FAST},
-            "environment": {"type": "staging", "domains": ["site.localhost"]},
+            "environment": {"type": "staging", "domains": [f"{name}.localhost"]},
             "servers": {"provider": "local", "runtime": "local", "platform": "shared"},
             "backup": {"enabled": False},
         },
     }  # fmt: skip
+
+
+Env = dict[str, str]
+
+
+@contextlib.contextmanager
+def operator_with_git(
+    world: dict[str, Any], tmp_path: Path
+) -> Iterator[tuple[GitServer, OperatorProcess, dict[str, str]]]:
+    """The module's Platform, a Git server over HTTPS, and an operator running local Projects that trusts the
+    server's CA (and its settings, for a `codeb` run beside it); both stopped afterwards, passed or not."""
+    cluster: LocalCluster = world["cluster"]
+    if cluster.kubectl("get", "platform", "shared", check=False).returncode != 0:
+        install_platform(cluster, world["pg"], world["redis"], world["s3"], world["caddy"])
+    git = GitServer(tmp_path / "git", tls=True)
+    (tmp_path / "root").mkdir()
+    env = {"CODEB_LOCAL_RUNTIME": "1", "CODEB_LOCAL_ROOT": str(tmp_path / "root"), "CODEB_DRIFT_INTERVAL": "2",
+           "CODEB_STATE_DIR": str(tmp_path / "state"), "GIT_SSL_CAINFO": str(git.ca_file)}  # fmt: skip
+    operator = OperatorProcess(cluster, tmp_path / "operator.log", **env).start()
+    try:
+        yield git, operator, env
+    finally:
+        operator.stop()
+        git.stop()
 
 
 def test_a_git_repository_is_checked_out_and_served_and_a_new_commit_rolls_out(
@@ -297,21 +322,13 @@ def test_a_git_repository_is_checked_out_and_served_and_a_new_commit_rolls_out(
 ) -> None:
     cluster: LocalCluster = world["cluster"]
     caddy = world["caddy"]
-    if cluster.kubectl("get", "platform", "shared", check=False).returncode != 0:
-        install_platform(cluster, world["pg"], world["redis"], world["s3"], caddy)
-    git = GitServer(tmp_path / "git", tls=True)
-    tree = WorkTree(git, "site", tmp_path / "tree")
-    first = tree.commit("one", {"index.html": "<h1>first commit</h1>"})
-    env = {"CODEB_LOCAL_RUNTIME": "1", "CODEB_LOCAL_ROOT": str(tmp_path / "root"),
-           "CODEB_STATE_DIR": str(tmp_path / "state"), "CODEB_DRIFT_INTERVAL": "3",
-           "GIT_SSL_CAINFO": str(git.ca_file)}  # fmt: skip
-    (tmp_path / "root").mkdir()
-    operator = OperatorProcess(cluster, tmp_path / "operator.log", **env).start()
 
     def page() -> str:
         return https_get(caddy, "site.localhost").stdout
 
-    try:
+    with operator_with_git(world, tmp_path) as (git, _, env):
+        tree = WorkTree(git, "site", tmp_path / "tree")
+        first = tree.commit("one", {"index.html": "<h1>first commit</h1>"})
         started = time.monotonic()
         cluster.kubectl("apply", "-f", "-", input_text=json.dumps(site(git.url("site"), first)))
         wait_for(lambda: "first commit" in page(), timeout=120, what="the first commit served")
@@ -329,9 +346,6 @@ def test_a_git_repository_is_checked_out_and_served_and_a_new_commit_rolls_out(
         assert f"built .codeb-builds/{NS}.site/" in logs.stdout and second in logs.stdout, logs
         cluster.kubectl("delete", "project", "site", "-n", NS, "--timeout=60s")
         assert not (tmp_path / "root" / ".codeb-builds" / f"{NS}.site").exists()
-    finally:
-        operator.stop()
-        git.stop()
 
 
 SERVER_JS = """const express = require("express");
@@ -349,23 +363,13 @@ def test_the_seeds_nodejs_flow_a_name_a_template_and_a_git_url_becomes_a_served_
     repository's dependencies come from the npm registry with the machine's Node.js and npm, as a developer's do."""
     cluster: LocalCluster = world["cluster"]
     caddy = world["caddy"]
-    if cluster.kubectl("get", "platform", "shared", check=False).returncode != 0:
-        install_platform(cluster, world["pg"], world["redis"], world["s3"], caddy)
-    git = GitServer(tmp_path / "git", tls=True)
-    tree = WorkTree(git, "celly", tmp_path / "tree")
-    package = {"name": "celly-creative", "private": True, "scripts": {"start": "node server.js"},
-               "dependencies": {"express": "^4.21.0"}}  # fmt: skip
-    tree.commit("site", {"package.json": json.dumps(package), "server.js": SERVER_JS})
-    env = {"CODEB_LOCAL_RUNTIME": "1", "CODEB_LOCAL_ROOT": str(tmp_path / "root"),
-           "CODEB_STATE_DIR": str(tmp_path / "state"), "GIT_SSL_CAINFO": str(git.ca_file)}  # fmt: skip
-    (tmp_path / "root").mkdir()
-    operator = OperatorProcess(cluster, tmp_path / "operator.log", **env).start()
-    doc = site(git.url("celly"), "main")
-    doc["metadata"]["name"] = "celly-creative"
-    doc["spec"]["project"].update({"slug": "celly-creative", "template": "nodejs"})
-    doc["spec"]["environment"]["domains"] = ["celly-creative.localhost"]
-    try:
+    with operator_with_git(world, tmp_path) as (git, _, _):
+        tree = WorkTree(git, "celly", tmp_path / "tree")
+        package = {"name": "celly-creative", "private": True, "scripts": {"start": "node server.js"},
+                   "dependencies": {"express": "^4.21.0"}}  # fmt: skip
+        tree.commit("site", {"package.json": json.dumps(package), "server.js": SERVER_JS})
         started = time.monotonic()
+        doc = site(git.url("celly"), "main", name="celly-creative", template="nodejs")
         cluster.kubectl("apply", "-f", "-", input_text=json.dumps(doc))
         wait_for(lambda: "celly-creative on express 4." in https_get(caddy, "celly-creative.localhost").stdout,
                  timeout=240, what="the nodejs site served through Caddy")  # fmt: skip
@@ -373,9 +377,6 @@ def test_the_seeds_nodejs_flow_a_name_a_template_and_a_git_url_becomes_a_served_
         served = get_json(cluster, "project", "celly-creative", "-n", NS)["status"]
         assert served["build"]["result"] == "Succeeded" and served["phase"] == "Ready", served
         cluster.kubectl("delete", "project", "celly-creative", "-n", NS, "--timeout=60s")
-    finally:
-        operator.stop()
-        git.stop()
 
 
 API_SERVER = """import json, os
@@ -414,34 +415,21 @@ def test_an_o4o_style_instance_is_built_from_its_monorepo_with_its_apps_installe
     AppStore apps it sells installed once after the deploy, not again on every pass or operator restart."""
     cluster: LocalCluster = world["cluster"]
     caddy = world["caddy"]
-    if cluster.kubectl("get", "platform", "shared", check=False).returncode != 0:
-        install_platform(cluster, world["pg"], world["redis"], world["s3"], caddy)
-    git = GitServer(tmp_path / "git", tls=True)
-    tree = WorkTree(git, "o4o-platform", tmp_path / "tree")
-    tree.commit("platform", {"apps/api-server/app.py": API_SERVER, "apps/main-site/index.html": "<h1>main</h1>"})
-    env = {"CODEB_LOCAL_RUNTIME": "1", "CODEB_LOCAL_ROOT": str(tmp_path / "root"), "CODEB_DRIFT_INTERVAL": "2",
-           "CODEB_STATE_DIR": str(tmp_path / "state"), "GIT_SSL_CAINFO": str(git.ca_file)}  # fmt: skip
-    (tmp_path / "root").mkdir()
-    operator = OperatorProcess(cluster, tmp_path / "operator.log", **env).start()
-    doc = site(git.url("o4o-platform"), "main")
-    doc["metadata"]["name"] = "yaksa"
-    doc["spec"]["project"].update({"slug": "yaksa", "template": "python"})
-    doc["spec"]["project"]["source"]["git"]["context"] = "apps/api-server"
-    doc["spec"]["environment"]["domains"] = ["yaksa.localhost"]
-    doc["spec"]["features"] = {"apps": [{"name": name} for name in ("commerce", "customer", "forum-yaksa")]}
-    try:
+
+    def apps() -> list[str]:
+        answer = https_get(caddy, "yaksa.localhost", path="/api/apps").stdout
+        return list(json.loads(answer)) if answer.startswith("[") else []
+
+    with operator_with_git(world, tmp_path) as (git, operator, _):
+        tree = WorkTree(git, "o4o-platform", tmp_path / "tree")
+        tree.commit("platform", {"apps/api-server/app.py": API_SERVER, "apps/main-site/index.html": "<h1>main</h1>"})
+        doc = site(git.url("o4o-platform"), "main", name="yaksa", template="python")
+        doc["spec"]["project"]["source"]["git"]["context"] = "apps/api-server"
+        doc["spec"]["features"] = {"apps": [{"name": name} for name in ("commerce", "customer", "forum-yaksa")]}
         cluster.kubectl("apply", "-f", "-", input_text=json.dumps(doc))
-
-        def apps() -> list[str]:
-            answer = https_get(caddy, "yaksa.localhost", path="/api/apps").stdout
-            return list(json.loads(answer)) if answer.startswith("[") else []
-
         wait_for(lambda: len(apps()) == 3, timeout=120, what="the instance serving, its apps installed")
         operator.kill()
         operator.start()
         time.sleep(6)  # passes of the restarted operator, and of its drift timer
         assert sorted(apps()) == ["commerce", "customer", "forum-yaksa"]  # each once
         cluster.kubectl("delete", "project", "yaksa", "-n", NS, "--timeout=60s")
-    finally:
-        operator.stop()
-        git.stop()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,23 +32,14 @@ PY
 """
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
-    served = GitServer(tmp_path_factory.mktemp("git"), tls=True)
-    try:
-        yield served
-    finally:
-        served.stop()
-
-
 @pytest.fixture
-def builder(tmp_path: Path, server: GitServer) -> dict[str, str]:
+def builder(tmp_path: Path, git_server: GitServer) -> dict[str, str]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "podman").write_text(RECORDER)
     (bin_dir / "podman").chmod(0o755)
     return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "RECORD": str(tmp_path / "record.json"),
-            "GIT_SSL_CAINFO": str(server.ca_file)}  # fmt: skip
+            "GIT_SSL_CAINFO": str(git_server.ca_file)}  # fmt: skip
 
 
 def build(git: GitSource, commit: str, env: dict[str, str], template: Template = Template.container,
@@ -59,12 +49,12 @@ def build(git: GitSource, commit: str, env: dict[str, str], template: Template =
 
 
 def test_the_commit_asked_for_is_built_in_its_context_with_its_arguments(
-    server: GitServer, builder: dict[str, str], tmp_path: Path
+    git_server: GitServer, builder: dict[str, str], tmp_path: Path
 ) -> None:
-    tree = WorkTree(server, "shop", tmp_path / "tree")
+    tree = WorkTree(git_server, "shop", tmp_path / "tree")
     first = tree.commit("one", {"web/Containerfile": "FROM scratch\n", "web/index.html": "one"})
     tree.commit("two", {"web/index.html": "two"})
-    git = GitSource(url=server.url("shop"), context="web", build_args={"GREETING": "hi $(id) `id`"})
+    git = GitSource(url=git_server.url("shop"), context="web", build_args={"GREETING": "hi $(id) `id`"})
     done = build(git, first, builder)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == f"built localhost/codeb/apps/shop:0123456789ab from commit {first}"
@@ -74,28 +64,28 @@ def test_the_commit_asked_for_is_built_in_its_context_with_its_arguments(
     assert record["argv"] == ["build", "--layers", "--file", "Containerfile", "--tag", tag,
                               "--build-arg", "GREETING=hi $(id) `id`", "."]  # fmt: skip
     third = tree.commit("three", {"web/index.html": "three"})
-    head = build(GitSource(url=server.url("shop"), context="web"), "", builder)  # no commit: the branch's head
+    head = build(GitSource(url=git_server.url("shop"), context="web"), "", builder)  # no commit: the branch's head
     assert head.returncode == 0 and head.stdout.splitlines()[-1].endswith(f"from commit {third}"), head
 
 
 def test_what_leaves_the_checkout_or_is_not_https_is_refused(
-    server: GitServer, builder: dict[str, str], tmp_path: Path
+    git_server: GitServer, builder: dict[str, str], tmp_path: Path
 ) -> None:
-    tree = WorkTree(server, "hostile", tmp_path / "tree")
+    tree = WorkTree(git_server, "hostile", tmp_path / "tree")
     (tmp_path / "tree").mkdir(exist_ok=True)
     os.symlink("/etc", tmp_path / "tree" / "out")
     os.symlink("/etc/passwd", tmp_path / "tree" / "Dockerfile")
     tree.commit("links", {"Containerfile": "FROM scratch\n"})
     refused = {
-        "out": build(GitSource(url=server.url("hostile"), context="out"), "", builder),
-        "Dockerfile": build(GitSource(url=server.url("hostile"), containerfile="Dockerfile"), "", builder),
+        "out": build(GitSource(url=git_server.url("hostile"), context="out"), "", builder),
+        "Dockerfile": build(GitSource(url=git_server.url("hostile"), containerfile="Dockerfile"), "", builder),
     }
     assert "context out leaves the repository" in refused["out"].stderr
     assert "./Dockerfile is not a file in the repository" in refused["Dockerfile"].stderr
     assert all(r.returncode != 0 for r in refused.values()) and not Path(builder["RECORD"]).exists()
     # git itself may use https and ssh only: no ext:: command, no file:// or plain http.
-    for url in ("ext::sh -c touch% /tmp/codeb-pwned", f"file://{server.root}/hostile.git",
-                server.url("hostile").replace("https://", "http://")):  # fmt: skip
+    for url in ("ext::sh -c touch% /tmp/codeb-pwned", f"file://{git_server.root}/hostile.git",
+                git_server.url("hostile").replace("https://", "http://")):  # fmt: skip
         argv = build_argv(GitSource.model_construct(url=url, ref="main", context=".", containerfile="Containerfile",
                                                     build_args={}), "", "localhost/x:y")  # fmt: skip
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=builder, check=False)
@@ -104,17 +94,17 @@ def test_what_leaves_the_checkout_or_is_not_https_is_refused(
 
 
 def test_a_template_builds_its_own_containerfile_only_where_the_repository_has_none(
-    server: GitServer, builder: dict[str, str], tmp_path: Path
+    git_server: GitServer, builder: dict[str, str], tmp_path: Path
 ) -> None:
-    tree = WorkTree(server, "pages", tmp_path / "tree")
+    tree = WorkTree(git_server, "pages", tmp_path / "tree")
     tree.commit("pages", {"index.html": "<h1>hi</h1>"})
-    git = GitSource(url=server.url("pages"), base_image="localhost/codeb-rollout:1")
+    git = GitSource(url=git_server.url("pages"), base_image="localhost/codeb-rollout:1")
     done = build(git, "", builder, Template.static)
     assert done.returncode == 0 and "the template's is built" in done.stdout, done.stderr
     record = json.loads(Path(builder["RECORD"]).read_text().splitlines()[0])
     assert record["containerfile"] == preset(Template.static, git)
     assert record["containerfile"].startswith("FROM localhost/codeb-rollout:1\n")
-    assert build(GitSource(url=server.url("pages")), "", builder).returncode != 0  # template container: none
+    assert build(GitSource(url=git_server.url("pages")), "", builder).returncode != 0  # template container: none
     # The repository's own wins, whatever the template.
     tree.commit("own", {"Containerfile": "FROM scratch\n"})
     Path(builder["RECORD"]).unlink()

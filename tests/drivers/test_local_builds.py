@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,18 +43,11 @@ class Secrets:
         return None
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
-    served = GitServer(tmp_path_factory.mktemp("git"), tls=True)
-    try:
-        yield served
-    finally:
-        served.stop()
-
-
 @pytest.fixture()
-async def driver(tmp_path: Path, server: GitServer, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[LocalProcesses]:
-    monkeypatch.setenv("GIT_SSL_CAINFO", str(server.ca_file))  # the operator's own environment: a CA it trusts
+async def driver(
+    tmp_path: Path, git_server: GitServer, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[LocalProcesses]:
+    monkeypatch.setenv("GIT_SSL_CAINFO", str(git_server.ca_file))  # the operator's own environment: a CA it trusts
     made = LocalProcesses(Secrets().read, tmp_path / "root", tmp_path / "state", health_timeout=2.0,
                           start_timeout=10.0)  # fmt: skip
     (tmp_path / "root").mkdir()
@@ -95,12 +88,12 @@ async def serve(driver: LocalProcesses, ctx: DriverContext, spec: ProjectSpec, b
 
 
 async def test_a_static_site_is_cloned_at_its_commit_and_served_from_a_checkout_of_its_own(
-    driver: LocalProcesses, server: GitServer, tmp_path: Path
+    driver: LocalProcesses, git_server: GitServer, tmp_path: Path
 ) -> None:
-    tree = WorkTree(server, "pages", tmp_path / "tree")
+    tree = WorkTree(git_server, "pages", tmp_path / "tree")
     first = tree.commit("one", {"index.html": "<h1>one</h1>"})
     tree.commit("two", {"index.html": "<h1>two</h1>"})
-    ctx, spec = project(driver, server.url("pages"), "static", revision=first)
+    ctx, spec = project(driver, git_server.url("pages"), "static", revision=first)
     build = await built(driver, ctx, spec)
     assert build.result == "Succeeded" and build.commit == first, build.message
     assert build.last_succeeded is not None
@@ -117,11 +110,11 @@ async def test_a_static_site_is_cloned_at_its_commit_and_served_from_a_checkout_
 
 
 async def test_a_python_app_gets_a_virtual_environment_and_a_broken_commit_keeps_nothing(
-    driver: LocalProcesses, server: GitServer, tmp_path: Path
+    driver: LocalProcesses, git_server: GitServer, tmp_path: Path
 ) -> None:
-    tree = WorkTree(server, "py", tmp_path / "tree")
+    tree = WorkTree(git_server, "py", tmp_path / "tree")
     tree.commit("app", {"app.py": PYTHON_APP})
-    ctx, spec = project(driver, server.url("py"), "python")
+    ctx, spec = project(driver, git_server.url("py"), "python")
     build = await built(driver, ctx, spec)
     assert build.result == "Succeeded", build.message
     assert (await serve(driver, ctx, spec, build)) == "python app, in a virtual environment: True"
