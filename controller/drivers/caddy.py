@@ -18,7 +18,11 @@ with `net.ipv4.tcp_migrate_req=1`, never none). A blue-green switch must drop no
 where the Platform names an ``upstreamDir`` (Caddy and the operator on one machine) each
 upstream's address lives in a file there that the route reads per request with Caddy's
 ``{file.*}`` placeholder: a switch is an atomic rename, and the route itself changes only
-when its domains or the number of upstreams do.
+when its domains or the number of upstreams do. Where hosts autoscale the route lists a fixed
+number of slots that cycle through the upstreams (`controller.loop.planner.upstream_slots`),
+so scaling out or in is file renames too. (Why a reload drops some: Caddy binds each config's
+listener anew with SO_REUSEPORT, and Go's server closes, unanswered, a request it reads once
+its shutdown has begun: a connection the old config accepted just before is answered by no one.)
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from controller.specs.caddy import (
     render_route,
     render_server,
     route_id,
+    slot_addresses,
 )
 
 
@@ -107,10 +112,10 @@ class CaddyDriver:
         self._files = UpstreamFiles(upstream_dir) if upstream_dir is not None else None
 
     def _dials(self, ctx: DriverContext, desired: State) -> list[str] | None:
-        """Where the route dials each upstream: its file when upstreams live in files, else None (directly)."""
+        """Where the route dials each slot: its file when upstreams live in files, else None (directly)."""
         if self._files is None:
             return None
-        return [self._files.dial(ctx, index) for index in range(len(desired["upstreams"]))]
+        return [self._files.dial(ctx, index) for index in range(len(slot_addresses(desired)))]
 
     async def observe(self, ctx: DriverContext) -> Observation:
         response = await self._request("GET", f"/id/{route_id(ctx)}")
@@ -123,17 +128,19 @@ class CaddyDriver:
         handlers = serving.get("handle", [])
         proxies = [h for h in handlers if h["handler"] == "reverse_proxy"]
         dials = [u["dial"] for p in proxies for u in p.get("upstreams", [])]
-        upstreams = [self._files.read(d) for d in dials] if self._files is not None else dials
+        addresses = [self._files.read(d) for d in dials] if self._files is not None else dials
         maintenance = any(h["handler"] == "static_response" for h in handlers)
-        state = {"domains": hosts, "upstreams": upstreams, "maintenance": maintenance,
-                 "redirects": redirects_of(redirecting)}  # fmt: skip
-        matches = route == render_route(ctx, state, self._dials(ctx, state)) and all(upstreams)
+        # Each upstream once, in slot order: the slots after the first round repeat them.
+        state = {"domains": hosts, "upstreams": list(dict.fromkeys(addresses)), "slots": len(dials),
+                 "maintenance": maintenance, "redirects": redirects_of(redirecting)}  # fmt: skip
+        rendered = route == render_route(ctx, state, self._dials(ctx, state))
+        matches = rendered and all(addresses) and addresses == slot_addresses(state)
         return Observation(state={**state, "routeMatches": matches})
 
     async def apply(self, ctx: DriverContext, desired: State) -> None:
         """Upstream files first (the switch itself), then the route only where it differs."""
         if self._files is not None:
-            self._files.write(ctx, list(desired["upstreams"]))
+            self._files.write(ctx, slot_addresses(desired))
         route = render_route(ctx, desired, self._dials(ctx, desired))
         existing = await self._request("GET", f"/id/{route_id(ctx)}")
         if existing.status_code == 200:
@@ -148,7 +155,7 @@ class CaddyDriver:
             else:
                 await self._checked("PUT", f"{routes}/0", route)  # inserted first: before every wildcard
         if self._files is not None:
-            self._files.remove(ctx, keep=len(desired["upstreams"]))
+            self._files.remove(ctx, keep=len(slot_addresses(desired)))
 
     async def delete(self, ctx: DriverContext, retain: bool) -> None:
         response = await self._request("DELETE", f"/id/{route_id(ctx)}")

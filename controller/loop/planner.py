@@ -13,11 +13,12 @@ healthy, backups once there is data to back up.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from controller.loop import naming
+from controller.loop import autoscaling, naming
 
 # State (plain data, what every component's desired and observed state is) is defined beside the workload's,
 # which this module builds on, and is this module's to export.
@@ -173,10 +174,12 @@ def desired_state(
     if not spec.suspended:
         states[Component.workload] = workload_state(spec, allocations, outputs.get(Component.infrastructure, {}))
     served = naming.served_domains(spec)
+    # Suspended: nothing runs, and every domain answers the maintenance page instead.
+    upstreams = [] if spec.suspended else list(outputs.get(Component.workload, {}).get("endpoints", []))
     states[Component.route] = {
         "domains": served,
-        # Suspended: nothing runs, and every domain answers the maintenance page instead.
-        "upstreams": [] if spec.suspended else list(outputs.get(Component.workload, {}).get("endpoints", [])),
+        "upstreams": upstreams,
+        "slots": upstream_slots(spec, len(upstreams)),
         "maintenance": spec.suspended,
         "redirects": naming.redirects(spec),  # www.<domain> -> <domain>
         "routeMatches": True,  # headers, compression, TLS: the whole rendered route
@@ -194,6 +197,24 @@ def desired_state(
         # schedule itself is read from the spec by the driver (`controller.loop.backups`).
         states[Component.backup] = dict(BACKUP_CONVERGED)
     return states
+
+
+# Divisible by every number of hosts from 1 to 6, so up to six share a route's slots evenly; more share
+# them within one slot in sixty (seven hosts: 9 or 8 of 60).
+MOST_SLOTS = 60
+
+
+def upstream_slots(spec: ProjectSpec, count: int) -> int:
+    """How many upstreams the route lists for ``count`` endpoints.
+
+    Where hosts autoscale, a fixed number, each slot cycling through the endpoints: scaling then changes
+    only the address in each slot (the Platform's upstream files), never Caddy's config, whose every
+    reload resets a few connections (`controller.drivers.caddy`). Elsewhere one slot per endpoint.
+    """
+    if count == 0 or not autoscaling.autoscaled(spec):
+        return count
+    most = spec.servers.max or count
+    return max(count, min(math.lcm(*range(1, most + 1)), MOST_SLOTS))
 
 
 BACKUP_CONVERGED: State = {"store": True, "due": [], "pending": [], "stale": [], "expired": [], "restores": []}

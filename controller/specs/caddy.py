@@ -46,11 +46,19 @@ MAINTENANCE_RESPONSE: dict[str, Any] = {
 }
 
 
+def slot_addresses(desired: State) -> list[str]:
+    """The address in each of the route's slots (`controller.loop.planner.upstream_slots`): the
+    upstreams in turn, as many times round as the slots take."""
+    upstreams = list(desired["upstreams"])
+    slots = max(int(desired.get("slots", 0)), len(upstreams)) if upstreams else 0
+    return [upstreams[index % len(upstreams)] for index in range(slots)]
+
+
 def render_route(ctx: DriverContext, desired: State, dials: list[str] | None = None) -> dict[str, Any]:
-    """The Caddy route for a Project (pure): upstreams dialled directly, or through ``dials`` (one
-    per upstream, e.g. the `{file.*}` placeholders of `UpstreamFiles`); a suspended Project's
+    """The Caddy route for a Project (pure): each slot's upstream dialled directly, or through ``dials``
+    (one per slot, e.g. the `{file.*}` placeholders of `UpstreamFiles`); a suspended Project's
     (``maintenance``) answers the maintenance page instead."""
-    dials = dials if dials is not None else list(desired["upstreams"])
+    dials = dials if dials is not None else slot_addresses(desired)
     answer = (
         MAINTENANCE_RESPONSE
         if desired.get("maintenance")

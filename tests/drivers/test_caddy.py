@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from controller.specs.caddy import route_id
 from schemas.project import ProjectSpec
 from tests.drivers_common import context
 from tests.helpers import wait_for
+from tests.rollouts import Load
 from tests.servers import CaddyServer, https_get, start_caddy
 
 
@@ -114,10 +117,12 @@ async def test_restart_that_lost_config_is_repaired(driver: CaddyDriver, caddy: 
     assert (await driver.observe(ctx)).state == want
 
 
-def named_backend(name: str) -> ThreadingHTTPServer:
+def named_backend(name: str, as_json: bool = False) -> ThreadingHTTPServer:
+    """A backend that answers its name (as ``{"revision": name}`` when ``as_json``, as the example app does)."""
+
     class Named(Hello):
         def do_GET(self) -> None:
-            body = name.encode()
+            body = json.dumps({"revision": name}).encode() if as_json else name.encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -159,6 +164,45 @@ async def test_switch_through_upstream_files_reloads_nothing(caddy: CaddyServer,
     finally:
         blue.shutdown()
         green.shutdown()
+
+
+async def test_autoscaled_hosts_come_and_go_as_file_renames_without_a_failed_request(
+    caddy: CaddyServer, tmp_path: Any
+) -> None:
+    """Hosts of an autoscaled Project come and go under load: the route keeps its slots, so Caddy's config
+    never reloads (a reload resets a few connections: 14 failed requests in 100 reloads measured here),
+    no request fails, and each host serves its share."""
+    hosts = [named_backend(f"host{n}", as_json=True) for n in range(3)]
+    addresses = [f"127.0.0.1:{host.server_address[1]}" for host in hosts]
+    autoscale = {"requestsPerHost": 5, "scaleOutCooldownSeconds": 0, "scaleInCooldownSeconds": 0}
+    servers = {"provider": "lightsail", "region": "ap-northeast-2", "runtime": "quadlet", "min": 1, "max": 3,
+               "autoscale": autoscale}  # fmt: skip
+    ctx, spec = context("scaled", servers=servers)
+    driver = CaddyDriver(caddy.admin_url, [f"127.0.0.1:{caddy.https_port}"], upstream_dir=tmp_path / "up")
+
+    def route_for(count: int) -> Any:
+        served = {Component.workload: {"endpoints": addresses[:count]}}
+        return desired_state(spec, ctx.allocations, served)[Component.route]
+
+    load = Load(caddy, "scaled.example.com", threads=2, path="/")
+    try:
+        await driver.apply(ctx, route_for(1))
+        load.start()
+        config = httpx.get(f"{caddy.admin_url}/config/").json()
+        for step in range(60):  # 1, 2, 3, 2, 1, 2, ... hosts
+            count = 1 + abs(step % 4 - 2)
+            await driver.apply(ctx, route_for(count))
+            assert (await driver.observe(ctx)).state == route_for(count)
+            await asyncio.sleep(0.3)
+        load.stop()
+        assert httpx.get(f"{caddy.admin_url}/config/").json() == config, "scaling must not reload Caddy"
+        assert load.failures == [], load.failures[:5]
+        assert len(load.latencies) > 200 and set(load.revisions) == {"host0", "host1", "host2"}, load.revisions
+        assert len(list((tmp_path / "up").iterdir())) == 6  # max 3 hosts: 6 slots, each even for 1, 2 or 3
+    finally:
+        load.stop()
+        for host in hosts:
+            host.shutdown()
 
 
 async def test_an_exact_name_wins_over_a_wildcard_made_before_it(caddy: CaddyServer, backend: int) -> None:

@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from controller.loop.autoscaling import autoscaled, decide, with_hosts
-from controller.loop.planner import host_count, infrastructure_state
+from controller.loop.planner import host_count, infrastructure_state, upstream_slots
+from controller.specs.caddy import slot_addresses
 from schemas.project import ProjectSpec
 from schemas.status import AutoscalingStatus
 from tests.factories import project_spec
@@ -64,3 +65,18 @@ def test_the_decided_number_is_the_host_count_terraform_gets() -> None:
     scaled = with_hosts(spec(), 2)
     assert host_count(scaled.servers) == 2 and infrastructure_state(scaled.servers)["count"] == 2
     assert host_count(spec().servers) == 1  # the spec itself is not changed
+
+
+def test_an_autoscaled_route_lists_a_fixed_number_of_slots_that_cycle_through_its_hosts() -> None:
+    """Scaling must not change the route's shape (a Caddy reload resets connections): only the addresses."""
+    by_max = {most: [upstream_slots(spec(max=most), count) for count in range(1, most + 1)] for most in (2, 3, 4, 9)}
+    assert by_max == {2: [2, 2], 3: [6, 6, 6], 4: [12] * 4, 9: [60] * 9}
+    assert upstream_slots(spec(), 0) == 0  # nothing to route to: no slots
+    assert upstream_slots(spec(min=None, max=None, count=2), 2) == 2  # a fixed count: one per endpoint
+    # Each host has its share of the slots: exactly even up to six hosts, within one slot beyond.
+    for count in range(1, 8):
+        hosts = [f"10.0.0.{n}:8080" for n in range(count)]
+        slots = slot_addresses({"upstreams": hosts, "slots": upstream_slots(spec(max=9), count)})
+        shares = sorted(slots.count(host) for host in hosts)
+        assert len(slots) == 60 and shares[-1] - shares[0] <= (0 if 60 % count == 0 else 1), (count, shares)
+        assert slots[:count] == hosts  # the first round is the upstreams in order

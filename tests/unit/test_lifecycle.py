@@ -34,8 +34,8 @@ def test_suspended_stops_the_workload_and_routes_every_domain_to_the_maintenance
     world = {c: Observation(state=dict(s)) for c, s in running.items()}
     stopped = desired_state(spec(suspended=True), ALLOC, {Component.workload: {"endpoints": ["127.0.0.1:4512"]}})
     assert Component.workload not in stopped
-    assert stopped[Component.route] == {"domains": ["shop.example.com"], "upstreams": [], "maintenance": True,
-                                        "redirects": {}, "routeMatches": True}  # fmt: skip
+    assert stopped[Component.route] == {"domains": ["shop.example.com"], "upstreams": [], "slots": 0,
+                                        "maintenance": True, "redirects": {}, "routeMatches": True}  # fmt: skip
     steps = plan(stopped, world)
     # The route answers the page without waiting for a workload that is going; the workload is stopped,
     # never deleted, whatever deletionPolicy says; its alert rules go while the page answers 503 on purpose.
