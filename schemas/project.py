@@ -85,6 +85,7 @@ from schemas.sections.servers import (
     LoadBalancer,
     Servers,
     SshAccess,
+    VultrKubernetes,
 )
 from schemas.status import (
     Allocations,
@@ -304,5 +305,6 @@ __all__ = [
     "SshAccess",
     "Template",
     "TerraformRun",
+    "VultrKubernetes",
     "spec_from_body",
 ]

@@ -65,6 +65,9 @@ class InfrastructureOutputs(CodebModel):
         default_factory=list, description="Private IP of each host, where the provider gives one.", max_length=100
     )
     load_balancer_address: str | None = Field(None, description="The load balancer's address, when there is one.")
+    cluster_endpoint: str | None = Field(
+        None, description="A VKE cluster's API server (its kubeconfig stays in the Terraform state).", max_length=253
+    )
 
 
 class ResourceChange(CodebModel):

@@ -57,6 +57,11 @@ def _drop(path: str) -> Mutation:
     return mutate
 
 
+def _on_vke() -> dict[str, Any]:
+    """Servers on Vultr's Kubernetes, without the cluster's vke section."""
+    return {"provider": "vultr", "region": "icn", "runtime": "kubernetes", "credentialsSecretRef": "keys"}
+
+
 def _on_vultr(**changes: Any) -> dict[str, Any]:
     """Servers on Vultr with all a cloud needs, changed as given (None removes a field)."""
     servers = {"provider": "vultr", "region": "icn", "runtime": "quadlet", "credentialsSecretRef": "keys",
@@ -178,6 +183,21 @@ CORPUS = [
         "cluster-secret-not-a-name",
         _set("servers", {"provider": "existing", "runtime": "kubernetes", "cluster": {"kubeconfigSecretRef": "../x"}}),
         "spec.servers.cluster.kubeconfigSecretRef",
+    ),
+    BadManifest(
+        "vultr-kubernetes-without-vke",
+        _set("servers", _on_vke()),
+        "spec.servers.vke",
+    ),
+    BadManifest(
+        "vke-on-quadlet-hosts",
+        _set("servers", {**_on_vultr(), "vke": {"version": "v1.33.0+1"}}),
+        "spec.servers.vke",
+    ),
+    BadManifest(
+        "vke-version-not-a-version",
+        _set("servers", {**_on_vke(), "vke": {"version": "latest; rm -rf /"}}),
+        "spec.servers.vke.version",
     ),
     BadManifest(
         "quadlet-replicas",

@@ -23,6 +23,7 @@ from controller.clients.kubeconfig import api_client_from_kubeconfig, kubeconfig
 from controller.clients.targets import resolve_target
 from controller.drivers.workloads import SecretReader
 from controller.errors import CodebError, RetryableError
+from controller.jobs.terraform_state import StateStore
 from controller.loop.interface import DriverContext
 from controller.loop.planner import Component, Observation, State
 from schemas.project import Provider
@@ -48,14 +49,17 @@ class Target:
 
 
 class TargetClusters:
-    def __init__(self, own: KubeClient, allow_internal: bool = False, read_secret: SecretReader | None = None
-                 ) -> None:  # fmt: skip
+    def __init__(self, own: KubeClient, allow_internal: bool = False, read_secret: SecretReader | None = None,
+                 states: StateStore | None = None) -> None:  # fmt: skip
         self._own = Target(own, OWN_CLUSTER, remote=False)
         self._read_secret = read_secret or own.read_secret  # the kubeconfig Secret (`KeptSecrets` in the operator)
+        # Where the kubeconfig of a cluster Terraform made is (servers.vke): its state, in the operator's namespace.
+        self._states = states
         # A kubeconfig's server on loopback or link-local (`controller.clients.targets`): only where all
         # runs on one machine.
         self._allow_internal = allow_internal
-        # (namespace, Secret): (digest of the kubeconfig, its target, when its server's address was resolved)
+        # (namespace, Secret, or "" for a made cluster): (digest of the kubeconfig, its target, when its
+        # server's address was resolved)
         self._clients: dict[tuple[str, str], tuple[str, Target, float]] = {}
 
     @property
@@ -64,7 +68,15 @@ class TargetClusters:
 
     async def of(self, ctx: DriverContext) -> Target:
         """The cluster this Project's workload runs in (a stored spec that no longer validates: the own one)."""
-        cluster = ctx.servers.cluster if ctx.servers is not None else None
+        servers = ctx.servers
+        if servers is not None and servers.vke is not None:
+            slot, name, source = (ctx.key.namespace, f"/{ctx.key.name}"), "the Project's VKE cluster", "the VKE state"
+            kubeconfig = await self._states.kubeconfig(ctx.key) if self._states is not None else None
+            if not kubeconfig:
+                raise RetryableError("the Project's VKE cluster has no kubeconfig yet: Terraform has not made it "
+                                     "(see status.infrastructure)", reason="ClusterNotMade", delay=30)  # fmt: skip
+            return await self._client(slot, kubeconfig, name, f"{source} of {ctx.key.namespace}/{ctx.key.name}")
+        cluster = servers.cluster if servers is not None else None
         if cluster is None:
             return self._own
         namespace, secret = ctx.key.namespace, cluster.kubeconfig_secret_ref
@@ -73,21 +85,25 @@ class TargetClusters:
         if not data or not data.get("kubeconfig"):
             raise RetryableError(f"{source} does not exist or has no key kubeconfig", reason="KubeconfigMissing",
                                  delay=30)  # fmt: skip
-        digest = hashlib.sha256(data["kubeconfig"].encode()).hexdigest()
-        cached = self._clients.get((namespace, secret))
+        name = f"the cluster of Secret {namespace}/{secret}"
+        return await self._client((namespace, secret), data["kubeconfig"], name, source)
+
+    async def _client(self, slot: tuple[str, str], kubeconfig: str, name: str, source: str) -> Target:
+        """A client for ``kubeconfig``, made once per kubeconfig and again when it changes or its address is due."""
+        digest = hashlib.sha256(kubeconfig.encode()).hexdigest()
+        cached = self._clients.get(slot)
         if cached is not None and cached[0] == digest and time.monotonic() - cached[2] < RESOLVE_AGAIN_SECONDS:
             return cached[1]
-        name = f"the cluster of Secret {namespace}/{secret}"
-        server = urlsplit(str(kubeconfig_configuration(data["kubeconfig"], source).host)).hostname or ""
+        server = urlsplit(str(kubeconfig_configuration(kubeconfig, source).host)).hostname or ""
         address = await resolve_target(server, f"{source}: server", self._allow_internal)
-        api = api_client_from_kubeconfig(data["kubeconfig"], source, connect_to=address)
+        api = api_client_from_kubeconfig(kubeconfig, source, connect_to=address)
         threads = ThreadPoolExecutor(TARGET_THREADS, thread_name_prefix="target-cluster")
         client = KubeClient(api, threads, TARGET_TIMEOUT_SECONDS, cluster=name, deadline=TARGET_DEADLINE_SECONDS,
                             max_bytes=TARGET_MAX_BYTES)  # fmt: skip
         target = Target(client, name, remote=True)
         if cached is not None:
-            cached[1].kube.close()  # the Secret changed, or the address is resolved again: old connections go
-        self._clients[(namespace, secret)] = (digest, target, time.monotonic())
+            cached[1].kube.close()  # the kubeconfig changed, or the address is resolved again: old connections go
+        self._clients[slot] = (digest, target, time.monotonic())
         return target
 
 
@@ -112,19 +128,23 @@ class ExistingCluster:
         return None  # the cluster stays; the workload driver removes what it put there
 
     async def _problem(self, ctx: DriverContext) -> tuple[str, str] | None:
-        """(message, reason) when the cluster cannot be used."""
-        try:
-            target = await self._clusters.of(ctx)
-        except CodebError as exc:
-            return exc.message, exc.reason
-        try:
-            # Reaching the API and being let into the Project's namespace: a 404 there is fine.
-            await target.kube.request("GET", "/version")
-            await target.kube.request("GET", f"/api/v1/namespaces/{ctx.key.namespace}")
-        except CodebError as exc:
-            reason = "ClusterUnreachable" if isinstance(exc, RetryableError) else "ClusterRefused"
-            return exc.message, reason
-        return None
+        return await cluster_problem(self._clusters, ctx)
+
+
+async def cluster_problem(clusters: TargetClusters, ctx: DriverContext) -> tuple[str, str] | None:
+    """(message, reason) when the Project's cluster cannot be used: unreachable, or not letting us in."""
+    try:
+        target = await clusters.of(ctx)
+    except CodebError as exc:
+        return exc.message, exc.reason
+    try:
+        # Reaching the API and being let into the Project's namespace: a 404 there is fine.
+        await target.kube.request("GET", "/version")
+        await target.kube.request("GET", f"/api/v1/namespaces/{ctx.key.namespace}")
+    except CodebError as exc:
+        reason = "ClusterUnreachable" if isinstance(exc, RetryableError) else "ClusterRefused"
+        return exc.message, reason
+    return None
 
 
 def _secret_of(ctx: DriverContext) -> str | None:

@@ -83,6 +83,8 @@ class TerraformHosts:
         hosts: ExistingHosts | None = None,
     ) -> None:
         self.provider = provider
+        self.module = provider.value  # the directory of its module under the modules root
+        self.outputs: tuple[str, ...] = tf.OUTPUTS  # what the root passes on from it
         self._hosts = hosts  # checks the hosts made, over SSH, for the quadlet workload
         self._runner = runner
         self._settings = runner.settings
@@ -113,7 +115,7 @@ class TerraformHosts:
         Not part of this component's health: hosts still booting are the workload's to wait for.
         """
         addresses = list(record.outputs.public_addresses)
-        if self._hosts is None or not addresses or space.servers.runtime is not Runtime.quadlet:
+        if self._hosts is None or not addresses or space.servers.runtime is not Runtime.quadlet or not space.login:
             return seen
         checks = await self._hosts.check(space.login, addresses)
         # Terraform takes away the highest-numbered hosts: those past the count the spec asks for.
@@ -132,7 +134,7 @@ class TerraformHosts:
         if record.applied_hash is None and record.plan is None:
             return Observation(state=None, healthy=not running and not failed, detail=detail, outputs=outputs)
         state = {**infrastructure_state(space.servers), "converged": self._converged(space, record)}
-        if record.applied_hash is not None:
+        if record.applied_hash is not None and "count" in state:
             state["count"] = len(record.outputs.public_addresses)  # what is there, for the planner to order by
         made = record.applied_hash is not None or space.mode is ApplyMode.observe
         return Observation(state=state, healthy=made and not running and not failed, detail=detail, outputs=outputs)
@@ -369,21 +371,25 @@ class TerraformHosts:
         except tf.InputError as exc:
             raise PermanentError(str(exc), reason=exc.reason) from None
         credentials = await self._credentials(ctx, servers)
-        login = await self._login(ctx, servers)
         name = await self._state.resource_name(ctx.key)
-        inputs = tf.module_inputs(ctx.key, servers, ctx.allocations.port, _public_key(login), name)
+        login, inputs = await self._inputs(ctx, servers, name)
         directory = self._settings.work_root / tf.state_suffix(ctx.key)
         backend = tf.backend_settings(self._settings.state_namespace, tf.state_suffix(ctx.key),
                                       self._settings.kubeconfig)  # fmt: skip
-        root = json.dumps(tf.root_module(inputs, backend), indent=2, sort_keys=True).encode()
+        root = json.dumps(tf.root_module(inputs, backend, outputs=self.outputs), indent=2, sort_keys=True).encode()
         files = {"main.tf.json": root, tf.INPUT_VALUES_FILE: tf.input_values(inputs), **self._module_files()}
         secrets = frozenset(v for v in credentials.values() if len(v) >= 6)
         return Workspace(directory, files, tf.config_hash(files), self._runner.environment(credentials), secrets,
                          servers.apply, servers, login)  # fmt: skip
 
+    async def _inputs(self, ctx: DriverContext, servers: Servers, name: str) -> tuple[Login | None, dict[str, Any]]:
+        """The module's variables, and the operator's login its hosts get."""
+        login = await self._login(ctx, servers)
+        return login, tf.module_inputs(ctx.key, servers, ctx.allocations.port, _public_key(login), name)
+
     def _module_files(self) -> dict[str, bytes]:
         if self._module is None:
-            module = self._settings.modules / self.provider.value
+            module = self._settings.modules / self.module
             self._module = {f"{MODULE_DIR}/{path.name}": path.read_bytes() for path in sorted(module.iterdir())
                             if path.name.endswith((".tf", ".tf.json"))}  # fmt: skip
         return self._module

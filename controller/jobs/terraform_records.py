@@ -37,7 +37,7 @@ class Workspace:
     secret_values: frozenset[str] = field(repr=False)
     mode: ApplyMode
     servers: Servers
-    login: Login = field(repr=False)  # the operator's key: the hosts get it, and it logs in to them
+    login: Login | None = field(repr=False)  # the operator's key: hosts get it, and it logs in to them (no cluster)
 
     def write(self) -> None:
         """Bring the files on disk in line (a module file no longer shipped goes)."""

@@ -47,6 +47,14 @@ class StateStore:
             self._names[key] = tf.name_in_state(key, state)
         return self._names[key]
 
+    async def kubeconfig(self, key: ProjectKey) -> str | None:
+        """The kubeconfig of the cluster the Project's state made (`tf.kubeconfig_in_state`), or None."""
+        secret = await self._kube.request("GET", self._secret_path(key))
+        try:
+            return tf.kubeconfig_in_state(tf.stored_state(secret))
+        except ValueError:
+            return None
+
     async def drop(self, key: ProjectKey) -> None:
         """The state and its lock gone (after a destroy): a Project made again under the name starts afresh."""
         await self._kube.request("DELETE", self._secret_path(key))

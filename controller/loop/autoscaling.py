@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from schemas.common import Provider
+from schemas.common import Provider, Runtime
 from schemas.project import ProjectSpec
 from schemas.status import AutoscalingStatus
 
@@ -39,7 +39,9 @@ class Scaled:
 
 def autoscaled(spec: ProjectSpec) -> bool:
     servers = spec.servers
-    return servers.provider in MADE and servers.min is not None and servers.max is not None
+    # On runtime kubernetes min/max are the Pods' (the HorizontalPodAutoscaler's), never hosts.
+    made_hosts = servers.provider in MADE and servers.runtime is Runtime.quadlet
+    return made_hosts and servers.min is not None and servers.max is not None
 
 
 def decide(spec: ProjectSpec, recorded: AutoscalingStatus | None, load: float | None, now: datetime) -> Scaled:

@@ -232,6 +232,10 @@ def infrastructure_state(servers: Servers) -> State:
     if servers.provider is Provider.existing:
         # Machines someone else made: the operator only checks it can use them.
         return {"provider": Provider.existing.value, "hosts": list(servers.hosts), "usable": True}
+    if servers.vke is not None:
+        # A VKE cluster Terraform makes: its node pool, sized by plan; its nodes run the workload's Pods.
+        return {"provider": servers.provider.value, "region": servers.region, "plan": servers.plan,
+                "version": servers.vke.version, "nodes": servers.vke.nodes, "converged": True}  # fmt: skip
     return {
         "provider": servers.provider.value,
         "region": servers.region,

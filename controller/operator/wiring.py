@@ -39,6 +39,7 @@ def operator_drivers(kube: KubeClient, config: OperatorConfig) -> DriverSource:
     from controller.drivers.clusters import TargetClusters
     from controller.drivers.platforms import PlatformDrivers
     from controller.drivers.registry import DriverRegistry
+    from controller.jobs.terraform_state import StateStore
 
     runs = Runs.on(kube, config.backup_heartbeat_seconds, config.backup_concurrency, config.side_instances_dir)
     platforms = PlatformDrivers(kube, config.service_timeout_seconds, config.service_concurrency, runs)
@@ -46,7 +47,8 @@ def operator_drivers(kube: KubeClient, config: OperatorConfig) -> DriverSource:
     host_keys = HostKeys(kube, config.claims_namespace)
     ssh = SshPool(allow_internal=internal, host_keys=host_keys)
     kept = KeptSecrets(kube, config.claims_namespace)  # what teardown needs, past its namespace's deletion
-    clusters = TargetClusters(kube, allow_internal=internal, read_secret=kept.read)
+    states = StateStore(kube, config.claims_namespace)  # where a VKE cluster's kubeconfig is
+    clusters = TargetClusters(kube, allow_internal=internal, read_secret=kept.read, states=states)
     unplaced = NamespaceQuotas(projects=config.quota_projects, domains=config.quota_domains)
     return DriverRegistry(
         platforms=platforms,
@@ -65,10 +67,10 @@ def infrastructure_drivers(
     and hosts it makes with Terraform. ``kept`` reads the Secrets teardown needs (`KeptSecrets`)."""
     from controller.drivers.clusters import ExistingCluster
     from controller.drivers.hosts import ExistingHosts
-    from controller.drivers.registry import LocalMachine, NotImplementedDriver
+    from controller.drivers.registry import LocalMachine
     from controller.drivers.terraform import TerraformHosts
+    from controller.drivers.vke import TerraformCluster
     from controller.jobs.terraform import TerraformRunner
-    from controller.loop.planner import Component
 
     hosts = ExistingHosts(kept, ssh)
     runner = TerraformRunner(terraform_settings(config))
@@ -78,9 +80,7 @@ def infrastructure_drivers(
         (Provider.existing, Runtime.kubernetes): ExistingCluster(clusters),
         Provider.vultr: TerraformHosts(Provider.vultr, runner, kept, kube, hosts),
         Provider.lightsail: TerraformHosts(Provider.lightsail, runner, kept, kube, hosts),
-        (Provider.vultr, Runtime.kubernetes): NotImplementedDriver(
-            Component.infrastructure, "provider vultr with runtime kubernetes: VKE clusters are not made yet"
-        ),
+        (Provider.vultr, Runtime.kubernetes): TerraformCluster(runner, kept, kube, clusters),
     }
 
 

@@ -36,7 +36,10 @@ from schemas.project import InfrastructureOutputs, PlanSummary, Provider, Resour
 MODULES = Path(__file__).resolve().parents[2] / "terraform"
 VULTR_UBUNTU_24_04 = 2284  # Vultr's os_id
 LIGHTSAIL_UBUNTU_24_04 = "ubuntu_24_04"  # Lightsail's blueprint_id
-OUTPUTS = ("public_addresses", "private_addresses", "load_balancer_address")  # every module's
+OUTPUTS = ("public_addresses", "private_addresses", "load_balancer_address")  # every host module's
+# A VKE module's: its API endpoint, and its kubeconfig, which Terraform keeps out of every output it prints.
+CLUSTER_OUTPUTS = ("endpoint", "kube_config")
+SENSITIVE_OUTPUTS = frozenset({"kube_config"})
 DEFAULT_PLAN = {Provider.vultr: "vc2-1c-2gb", Provider.lightsail: "small_3_0"}
 # Where each provider has hosts (late 2026). A region missing here is refused before
 # Terraform runs, with this list in the message; a new one needs a release of the operator.
@@ -87,6 +90,29 @@ def check_servers(servers: Servers) -> None:
 
 def module_dir(provider: Provider) -> Path:
     return MODULES / provider.value
+
+
+# The module of a VKE cluster (servers.vke), beside the providers' host modules.
+CLUSTER_MODULE = "vultr-kubernetes"
+
+
+def module_name(servers: Servers) -> str:
+    """The directory under ``terraform/`` of the module that makes this spec's infrastructure."""
+    return CLUSTER_MODULE if servers.vke is not None else servers.provider.value
+
+
+def cluster_inputs(key: ProjectKey, servers: Servers, name: str | None = None) -> dict[str, Any]:
+    """The variables of the VKE module (`terraform/vultr-kubernetes`): no hosts, keys or firewall of ours."""
+    check_servers(servers)
+    if servers.vke is None:
+        raise InputError("spec.servers.vke", "is needed for a cluster (vke.version)", "InvalidCluster")
+    return {
+        "name": name or resource_name(key),
+        "region": servers.region,
+        "kubernetes_version": servers.vke.version,  # "version" is a name Terraform keeps for itself
+        "plan": servers.plan or DEFAULT_PLAN[servers.provider],
+        "node_count": servers.vke.nodes,
+    }
 
 
 NAME_LIMIT = 48  # the longest prefix the providers take with ``-<index>`` / ``-lb`` appended
@@ -232,8 +258,8 @@ def backend_settings(namespace: str, suffix: str, kubeconfig: str | None) -> dic
     return {"secret_suffix": suffix, "namespace": namespace, **where}
 
 
-def root_module(inputs: Mapping[str, Any], backend: Mapping[str, Any] | None, source: str = "./module"
-                ) -> dict[str, Any]:  # fmt: skip
+def root_module(inputs: Mapping[str, Any], backend: Mapping[str, Any] | None, source: str = "./module",
+                outputs: Iterable[str] = OUTPUTS) -> dict[str, Any]:  # fmt: skip
     """The workspace's root (Terraform JSON): the state backend, the Project's module, its outputs.
 
     The module's arguments are the root's variables, never the values themselves: in
@@ -242,11 +268,13 @@ def root_module(inputs: Mapping[str, Any], backend: Mapping[str, Any] | None, so
     values go in ``terraform.tfvars.json`` (`input_values`), which Terraform reads as
     literal values. No credentials here: the module's provider reads them from the environment.
     """
-    outputs = {name: {"value": f"${{module.project.{name}}}"} for name in OUTPUTS}
+    sensitive = {"sensitive": True}
+    passed = {name: {"value": f"${{module.project.{name}}}", **(sensitive if name in SENSITIVE_OUTPUTS else {})}
+              for name in outputs}  # fmt: skip
     arguments = {name: f"${{var.{name}}}" for name in sorted(inputs)}
     # Untyped (any) and nullable: the module's own declarations check each value.
     variables: dict[str, Any] = {name: {} for name in sorted(inputs)}
-    root: dict[str, Any] = {"module": {"project": {"source": source, **arguments}}, "output": outputs}
+    root: dict[str, Any] = {"module": {"project": {"source": source, **arguments}}, "output": passed}
     if variables:
         root["variable"] = variables
     if backend is not None:
@@ -329,7 +357,21 @@ def read_outputs(output_json: Mapping[str, Any]) -> InfrastructureOutputs:
         public_addresses=[str(a) for a in value("public_addresses") or []],
         private_addresses=[str(a) for a in value("private_addresses") or [] if a],
         load_balancer_address=value("load_balancer_address") or None,
+        # A cluster's API endpoint; its kube_config (sensitive) is read from the state, never kept here.
+        cluster_endpoint=str(value("endpoint")) if value("endpoint") else None,
     )
+
+
+def kubeconfig_in_state(state: Mapping[str, Any] | None) -> str | None:
+    """The kubeconfig a VKE module's state holds (output ``kube_config``, base64 as Vultr gives it), as text."""
+    output = ((state or {}).get("outputs") or {}).get("kube_config") or {}
+    value = output.get("value") if isinstance(output, dict) else None
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return base64.b64decode(value, validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 @dataclass(frozen=True)

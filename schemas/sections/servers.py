@@ -81,6 +81,23 @@ class KubernetesCluster(CodebModel):
     )
 
 
+class VultrKubernetes(CodebModel):
+    version: str = Field(
+        description=(
+            "The VKE version of the cluster the operator makes, e.g. v1.33.0+1 (Vultr's list: GET "
+            "/v2/kubernetes/versions). A change upgrades the cluster in place."
+        ),
+        pattern=r"^v1\.[0-9]+\.[0-9]+\+[0-9]+$",
+        max_length=32,
+    )
+    nodes: int = Field(
+        1,
+        description="Nodes in the cluster's node pool, each of size servers.plan. count/min/max stay the Pod replicas.",
+        ge=1,
+        le=100,
+    )
+
+
 class Autoscale(CodebModel):
     requests_per_host: float = Field(
         50.0,
@@ -158,6 +175,20 @@ class Servers(CodebModel):
             ),
             field_path=".cluster",
             check=lambda s: s.cluster is None or (s.provider == Provider.existing and s.runtime == Runtime.kubernetes),
+        ),
+        Rule(
+            cel="self.provider != 'vultr' || self.runtime != 'kubernetes' || has(self.vke)",
+            message=(
+                "provider vultr with runtime kubernetes makes a VKE cluster: it needs vke.version (e.g. v1.33.0+1)"
+            ),
+            field_path=".vke",
+            check=lambda s: s.provider != Provider.vultr or s.runtime != Runtime.kubernetes or s.vke is not None,
+        ),
+        Rule(
+            cel="!has(self.vke) || (self.provider == 'vultr' && self.runtime == 'kubernetes')",
+            message="vke is the cluster of provider vultr with runtime kubernetes (remove it, or set those two)",
+            field_path=".vke",
+            check=lambda s: s.vke is None or (s.provider == Provider.vultr and s.runtime == Runtime.kubernetes),
         ),
         Rule(
             cel="!(self.provider in ['vultr', 'lightsail']) || has(self.credentialsSecretRef)",
@@ -243,6 +274,14 @@ class Servers(CodebModel):
         description=(
             "For provider existing and runtime kubernetes: the cluster to deploy to. "
             "Omit it to deploy into the operator's own cluster."
+        ),
+    )
+    vke: VultrKubernetes | None = Field(
+        None,
+        description=(
+            "For provider vultr and runtime kubernetes: the VKE cluster Terraform makes for the Project (its "
+            "node pool of servers.plan nodes), which the workload is deployed to with the kubeconfig from "
+            "Terraform's state."
         ),
     )
     load_balancer: LoadBalancer = Field(default_factory=LoadBalancer, description="Provider load balancer.")

@@ -36,7 +36,8 @@ from tests.factories import project_spec
 from tests.helpers import get_json, observe_until
 from tests.memory_drivers import memory_drivers
 
-ON_VKE = {"provider": "vultr", "region": "icn", "runtime": "kubernetes"}
+# The operator's own cluster (a spec that names no other).
+OWN_CLUSTER = {"provider": "existing", "runtime": "kubernetes"}
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ async def own_kube(cluster: LocalCluster) -> AsyncIterator[KubeClient]:
 def workload(cluster: LocalCluster, **sections: Any) -> tuple[DriverContext, dict[str, Any]]:
     namespace = f"k-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", namespace)
-    servers = {**ON_VKE, **sections.pop("servers", {})}
+    servers = {**OWN_CLUSTER, **sections.pop("servers", {})}
     spec = ProjectSpec.model_validate(project_spec(servers=servers, features={"database": {}}, **sections))
     allocations = Allocations(port=4512, connection_secret="shop-staging-connection", database="shop_staging_db")
     cluster.kubectl("create", "secret", "generic", "shop-staging-connection", "-n", namespace,

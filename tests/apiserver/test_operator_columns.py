@@ -57,7 +57,7 @@ def test_examples_show_honest_columns(cluster: LocalCluster, namespace: str, ope
     assert infra["status"] == "False" and "vultr-api (spec.servers.credentialsSecretRef) does not exist" in infra[
         "message"]  # fmt: skip
     vke = condition_of(cluster, namespace, "food-delivery-pr-42", "InfrastructureReady")
-    assert (vke["status"], vke["reason"]) == ("False", "NotImplemented") and "VKE" in vke["message"]
+    assert (vke["status"], vke["reason"]) == ("False", "CredentialsMissing") and "vultr-api" in vke["message"]
     assert condition_of(cluster, namespace, "hello", "InfrastructureReady")["status"] == "True"
     assert condition_of(cluster, namespace, "hello", "WorkloadReady")["reason"] == "NotImplemented"
 

@@ -29,6 +29,8 @@ def at(hosts: int, seconds_ago: float) -> AutoscalingStatus:
 def test_only_min_max_on_hosts_the_operator_makes_are_autoscaled() -> None:
     assert autoscaled(spec())
     assert not autoscaled(spec(min=None, max=None, count=2))
+    # On a VKE cluster min/max are the Pods' replicas (the HorizontalPodAutoscaler's), not hosts.
+    assert not autoscaled(spec(provider="vultr", region="icn", runtime="kubernetes", vke={"version": "v1.33.0+1"}))
     local = ProjectSpec.model_validate(project_spec())
     assert not autoscaled(local)
 

@@ -11,7 +11,7 @@ from controller.specs.kubernetes import DIGEST, render_objects
 from schemas.project import Allocations, ProjectSpec
 from tests.factories import project_spec
 
-ON_VKE = {"provider": "vultr", "region": "icn", "runtime": "kubernetes"}
+ON_VKE = {"provider": "vultr", "region": "icn", "runtime": "kubernetes", "vke": {"version": "v1.33.0+1"}}
 CTX = DriverContext(
     ProjectKey("shop-team", "shop", "uid-1"), Allocations(port=4512, connection_secret="shop-staging-connection")
 )
@@ -123,9 +123,7 @@ def test_min_and_max_hand_the_replica_count_to_an_autoscaler() -> None:
 
 
 def test_a_project_without_data_services_waits_for_no_connection_secret() -> None:
-    spec = ProjectSpec.model_validate(
-        project_spec(servers={"provider": "vultr", "region": "icn", "runtime": "kubernetes"})
-    )
+    spec = ProjectSpec.model_validate(project_spec(servers=ON_VKE))
     desired = desired_state(spec, Allocations(port=4512, connection_secret="shop-staging-connection"))
     container = render_objects(CTX, desired[Component.workload], "x")[0]["spec"]["template"]["spec"]["containers"][0]
     assert container["envFrom"] == []

@@ -7,17 +7,31 @@ is read instead by `tests.terraform_schema`.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import subprocess
 from typing import Any
 
 import pytest
 import yaml
 
 from controller.loop.naming import ProjectKey
-from controller.specs.terraform import InputError, module_dir, module_inputs, resource_name
+from controller.specs.terraform import (
+    CLUSTER_MODULE,
+    MODULES,
+    InputError,
+    cluster_inputs,
+    kubeconfig_in_state,
+    module_dir,
+    module_inputs,
+    module_name,
+    resource_name,
+)
 from schemas.project import ProjectSpec, Provider
 from tests.factories import project_spec
 from tests.terraform_schema import ModuleChecker, conforms, parse_type
+from tests.terraform_tools import terraform_binary
 
 SCHEMA = module_dir(Provider.vultr) / "vultr-2.32.0-schema.json"
 KEY = ProjectKey("apps", "shop", "uid-1")
@@ -126,3 +140,58 @@ def test_a_region_or_size_the_provider_lacks_is_refused_naming_the_field(
         module_inputs(KEY, spec(**servers).servers, 4512, PUBLIC_KEY)
     assert caught.value.reason == reason
     assert "icn" in str(caught.value) if reason == "InvalidRegion" else "vc2-1c-2gb" in str(caught.value)
+
+
+def cluster_module() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((MODULES / CLUSTER_MODULE / "main.tf.json").read_text())
+    return loaded
+
+
+def on_vke(**servers: Any) -> ProjectSpec:
+    made = {"provider": "vultr", "region": "icn", "runtime": "kubernetes", "credentialsSecretRef": "vultr",
+            "vke": {"version": "v1.33.0+1", "nodes": 3}} | servers  # fmt: skip
+    return ProjectSpec.model_validate(project_spec(servers=made))
+
+
+def test_the_vke_module_matches_the_provider_schema_and_keeps_its_kubeconfig_out_of_sight(
+    provider_schema: dict[str, Any],
+) -> None:
+    assert ModuleChecker(provider_schema, cluster_module()).check() == []
+    assert set(cluster_module()["resource"]) == {"vultr_kubernetes"}
+    outputs = cluster_module()["output"]
+    # Terraform prints it nowhere; the operator reads it from the state, and status holds only the endpoint.
+    assert outputs["kube_config"]["sensitive"] is True and "sensitive" not in outputs["endpoint"]
+    schema = provider_schema["resource_schemas"]["vultr_kubernetes"]["block"]["attributes"]
+    assert schema["kube_config"]["sensitive"] is True
+
+
+def test_the_vke_inputs_fill_every_variable_with_its_declared_type() -> None:
+    declared = {name: parse_type(v["type"]) for name, v in cluster_module()["variable"].items()}
+    inputs = cluster_inputs(KEY, on_vke(plan="vc2-2c-4gb").servers)
+    assert inputs == {"name": resource_name(KEY), "region": "icn", "kubernetes_version": "v1.33.0+1",
+                      "plan": "vc2-2c-4gb", "node_count": 3}  # fmt: skip
+    assert inputs.keys() == declared.keys()
+    assert [name for name, value in inputs.items() if not conforms(value, declared[name])] == []
+    assert module_name(on_vke().servers) == CLUSTER_MODULE and module_name(spec().servers) == "vultr"
+    with pytest.raises(InputError, match=r"^spec\.servers\.region: "):
+        cluster_inputs(KEY, on_vke(region="seoul").servers)
+
+
+def test_the_kubeconfig_is_read_from_the_state_as_vultr_gives_it() -> None:
+    kubeconfig = "apiVersion: v1\nkind: Config\n"
+    state = {"outputs": {"kube_config": {"value": base64.b64encode(kubeconfig.encode()).decode(), "sensitive": True}}}
+    assert kubeconfig_in_state(state) == kubeconfig
+    assert kubeconfig_in_state({"outputs": {"kube_config": {"value": "not base64!"}}}) is None
+    assert kubeconfig_in_state({"outputs": {}}) is None and kubeconfig_in_state(None) is None
+
+
+@pytest.mark.parametrize("module", ["vultr", CLUSTER_MODULE])
+def test_terraform_itself_loads_the_module(module: str, tmp_path: Any) -> None:
+    """What the schema cannot say (a reserved variable name, a bad reference): Terraform reads the
+    configuration offline (`terraform providers` needs no provider installed)."""
+    (tmp_path / "main.tf.json").write_bytes((MODULES / module / "main.tf.json").read_bytes())
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "CHECKPOINT_DISABLE": "1", "TF_IN_AUTOMATION": "1"}
+    done = subprocess.run([terraform_binary(), "providers"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "registry.terraform.io/vultr/vultr" in done.stdout
