@@ -36,7 +36,10 @@ IMAGE = (re.compile(r"^(\s*)image: codeb-operator:\S+$", re.M),
          r'\1image: "{{ .Values.image.repository }}:{{ .Values.image.tag }}"')  # fmt: skip
 
 
+REPLICAS = (re.compile(r"^(\s*)replicas: 1$", re.M), r"\1replicas: {{ .Values.replicas }}")
+
+
 def _templated(manifest: str) -> str:
-    for pattern, replacement in (NAMESPACE, IMAGE):
+    for pattern, replacement in (NAMESPACE, IMAGE, REPLICAS):
         manifest = pattern.sub(replacement, manifest)
     return manifest

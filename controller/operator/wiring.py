@@ -6,6 +6,7 @@ The only place that picks concrete drivers, clients and stores for the loop's in
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -147,15 +148,39 @@ def run_operator(make_drivers: Callable[[KubeClient, OperatorConfig], DriverSour
                       kept=getattr(drivers, "kept", None), notifier=notifier,
                       inbound=Inbound(kube, notifier, config.inbound_token_file,
                                       Pushes(kube, metrics.push_deliveries)))  # fmt: skip
-    asyncio.run(
-        kopf.operator(
+
+    async def operate() -> None:
+        if config.peering:
+            await ensure_peering(kube, config.peering)
+        await kopf.operator(
             registry=build_registry(runtime),
             clusterwide=True,
             standalone=config.peering is None,
             peering_name=config.peering,
         )
-    )
+
+    asyncio.run(operate())
     return 0
+
+
+async def ensure_peering(kube: KubeClient, name: str) -> None:
+    """The cluster-wide peering object replicas meet in, made by whichever starts first.
+
+    kopf only patches it: with peering mandatory and no object, every replica would stand by for
+    ever. Made here, one Deployment runs with one replica or two, nothing else to apply.
+    """
+    from controller.clients.kube import Conflict, NotFound
+
+    path = "/apis/kopf.dev/v1/clusterkopfpeerings"
+    if await kube.request("GET", f"{path}/{name}") is not None:
+        return
+    body = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}}
+    try:
+        with contextlib.suppress(Conflict):  # another replica made it first
+            await kube.request("POST", path, body)
+    except NotFound:
+        raise SystemExit(f"CODEB_PEERING={name}: kopf's peering CRD is not installed (manifests/crd/kopf-peering.yaml)"
+                         ) from None  # fmt: skip
 
 
 def terraform_settings(config: OperatorConfig) -> TerraformSettings:

@@ -20,7 +20,7 @@ import pytest
 from controller.local.cluster import LocalCluster
 from tests.conftest import start_cluster
 from tests.factories import project
-from tests.helpers import OperatorProcess, get_json, ledger_entries, projects, wait_for
+from tests.helpers import OperatorProcess, ledger_entries, projects, wait_for
 
 CLAIMS_NS = "codeb-system"
 AUDIT_WRITES = """apiVersion: audit.k8s.io/v1
@@ -160,11 +160,11 @@ def test_fleet_converges_through_sigkills_stays_quiet_and_cleans_up(audited: Loc
 
 
 def test_standby_replica_does_not_act_twice(audited: LocalCluster, tmp_path: Path) -> None:
+    """Two replicas of an installation as it comes (CODEB_PEERING, no peering object applied by hand: the
+    first replica makes it): one acts, the other stands by."""
     cluster, namespace = audited, "peered"
     cluster.kubectl("create", "namespace", namespace)
-    cluster.kubectl("apply", "-f", "-", input_text=json.dumps(
-        {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "codeb"}}
-    ))  # fmt: skip
+    assert cluster.kubectl("get", "clusterkopfpeering", "codeb", check=False).returncode != 0
     replicas = [
         OperatorProcess(cluster, tmp_path / f"replica-{i}.log", CODEB_PEERING="codeb", CODEB_PEERING_PRIORITY=str(p))
         for i, p in enumerate((100, 200))
@@ -255,7 +255,10 @@ def peering_settled(cluster: LocalCluster, replicas: list[OperatorProcess], peer
     kopf starts a replica with mandatory peering paused and resumes it once it sees no peer above it;
     the standby never resumes, or pauses again once it sees the other ("Pausing ... in favour of").
     """
-    peers = get_json(cluster, "clusterkopfpeering", peering).get("status") or {}
+    found = cluster.kubectl("get", "clusterkopfpeering", peering, "-o", "json", check=False)
+    if found.returncode != 0:
+        return False  # not made yet (the first replica to start makes it)
+    peers = json.loads(found.stdout).get("status") or {}
     standby, active = replicas[0].log(), replicas[1].log()
     resumed = "Resuming operations" in active
     return len(peers) >= 2 and resumed and standby.rfind("Resuming operations") <= standby.rfind("Pausing operations")
