@@ -8,13 +8,15 @@ the operator runs as a process with the ServiceAccount's token instead.
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from controller.local.cluster import LocalCluster, find_binary
+from controller.local.cluster import LocalCluster, find_binary, openssl
 from tests.conftest import start_cluster
 from tests.factories import project
 from tests.helpers import OperatorProcess, get_json, wait_for
@@ -114,6 +116,72 @@ def test_team_roles_grant_what_they_say(installed: LocalCluster) -> None:
     installed.kubectl("create", "rolebinding", "editor", "-n", "team", "--clusterrole=edit", "--user=editor")
     wait_for(lambda: may("editor", "patch", "projects"), timeout=30, what="codeb-developer aggregated into edit")
     assert not may("editor", "patch", "platforms")
+
+
+def user_kubeconfig(cluster: LocalCluster, user: str) -> Path:
+    """A kubeconfig for ``user`` with a client certificate from the cluster's CA, as a team member gets one."""
+    pki, home = cluster.root / "pki", cluster.root / "users" / user
+    home.mkdir(parents=True, exist_ok=True)
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={user}", "-keyout", "user.key", "-out", "user.csr",
+            cwd=home)  # fmt: skip
+    signed_by = ["-CA", str(pki / "ca.crt"), "-CAkey", str(pki / "ca.key"), "-CAcreateserial"]
+    openssl("x509", "-req", "-in", "user.csr", *signed_by, "-days", "1", "-extfile", str(pki / "client.ext"),
+            "-out", "user.crt", cwd=home)  # fmt: skip
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    admin["users"] = [{"name": user, "user": {"client-certificate": str(home / "user.crt"),
+                                              "client-key": str(home / "user.key")}}]  # fmt: skip
+    admin["contexts"] = [{"name": user, "context": {"cluster": admin["clusters"][0]["name"], "user": user}}]
+    admin["current-context"] = user
+    path = home / "kubeconfig"
+    path.write_text(yaml.safe_dump(admin))
+    return path
+
+
+def test_team_roles_hold_for_real_users_with_their_own_certificates(installed: LocalCluster) -> None:
+    """Each allow and each deny of the team roles, as requests of users who authenticate with their own client
+    certificates (not impersonation): the API server's authentication and authorization as in production."""
+    installed.kubectl("create", "namespace", "crew")
+    installed.kubectl("create", "namespace", "elsewhere")
+    for role in ("viewer", "developer"):
+        installed.kubectl("create", "rolebinding", role, "-n", "crew", f"--clusterrole=codeb-{role}", f"--user={role}")
+    installed.kubectl("create", "clusterrolebinding", "crew-admin", "--clusterrole=codeb-admin", "--user=chief")
+    for namespace in ("crew", "elsewhere"):
+        installed.kubectl("apply", "-f", "-", input_text=json.dumps(project("shop", namespace)))
+    installed.kubectl("create", "secret", "generic", "cloud", "-n", "crew", "--from-literal=apiKey=x")
+    platform = {"apiVersion": "codeb.dev/v1alpha1", "kind": "Platform", "metadata": {"name": "crew-platform"},
+                "spec": {"namespaces": {"names": ["crew"]}}}  # fmt: skip
+    installed.kubectl("apply", "-f", "-", input_text=json.dumps(platform))
+    configs = {user: user_kubeconfig(installed, user) for user in ("viewer", "developer", "chief", "stranger")}
+
+    def allowed(user: str, *args: str, body: dict[str, Any] | None = None) -> bool:
+        command = [find_binary("kubectl"), f"--kubeconfig={configs[user]}", *args]
+        done = subprocess.run(command, input=json.dumps(body) if body else None, capture_output=True, text=True,
+                              timeout=60, check=False)  # fmt: skip
+        assert done.returncode == 0 or "Forbidden" in done.stderr or "forbidden" in done.stderr, done.stderr
+        return done.returncode == 0
+
+    deploy = ["patch", "project", "shop", "--type=merge", "-p", '{"spec":{"project":{"revision":"v2"}}}']
+    backup = {"apiVersion": "codeb.dev/v1alpha1", "kind": "Backup", "metadata": {"name": "now", "namespace": "crew"},
+              "spec": {"project": "shop"}}  # fmt: skip
+    # The viewer reads Projects and their status, nothing else, and only in its namespace.
+    assert allowed("viewer", "get", "projects", "-n", "crew")
+    assert allowed("viewer", "get", "--raw", "/apis/codeb.dev/v1alpha1/namespaces/crew/projects/shop/status")
+    assert not allowed("viewer", *deploy, "-n", "crew")
+    assert not allowed("viewer", "get", "secret", "cloud", "-n", "crew")
+    assert not allowed("viewer", "get", "projects", "-n", "elsewhere")
+    # The developer deploys and starts backups there, but reads no Secret and changes no Platform.
+    assert allowed("developer", *deploy, "-n", "crew")
+    assert allowed("developer", "create", "-f", "-", body=backup)
+    assert not allowed("developer", "get", "secret", "cloud", "-n", "crew")
+    assert not allowed("developer", "patch", "platform", "crew-platform", "--type=merge", "-p", '{"spec":{}}')
+    assert not allowed("developer", *deploy, "-n", "elsewhere")
+    # The admin manages Platforms everywhere, and still reads no Secret: that is not codeb's to give.
+    assert allowed("chief", "patch", "platform", "crew-platform", "--type=merge",
+                   "-p", '{"spec":{"namespaces":{"names":["crew","elsewhere"]}}}')  # fmt: skip
+    assert allowed("chief", *deploy, "-n", "elsewhere")
+    assert not allowed("chief", "get", "secret", "cloud", "-n", "crew")
+    # Someone the cluster's CA vouches for but nobody bound: nothing of codeb's.
+    assert not allowed("stranger", "get", "projects", "-n", "crew")
 
 
 def test_the_kubectl_here_renders_the_installation() -> None:
