@@ -170,7 +170,7 @@ async def test_autoscaled_hosts_come_and_go_as_file_renames_without_a_failed_req
     caddy: CaddyServer, tmp_path: Any
 ) -> None:
     """Hosts of an autoscaled Project come and go under load: the route keeps its slots, so Caddy's config
-    never reloads (a reload resets a few connections: 14 failed requests in 100 reloads measured here),
+    never reloads (a reload resets a few connections: `bench/caddy_reloads.py` counts them),
     no request fails, and each host serves its share."""
     hosts = [named_backend(f"host{n}", as_json=True) for n in range(3)]
     addresses = [f"127.0.0.1:{host.server_address[1]}" for host in hosts]
