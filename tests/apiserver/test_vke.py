@@ -35,7 +35,7 @@ from schemas.project import Allocations, InfrastructureStatus, ProjectSpec
 from tests.apiserver.test_terraform_runs import MODULES, counting_terraform
 from tests.conftest import start_cluster
 from tests.factories import project_spec
-from tests.helpers import get_json
+from tests.helpers import OperatorProcess, get_json, wait_for
 
 pytestmark = pytest.mark.apiserver
 
@@ -167,3 +167,56 @@ async def test_a_made_cluster_that_does_not_answer_keeps_infrastructure_unready_
     assert seen.state is not None and seen.state["converged"] is True  # Terraform made it
     assert not seen.healthy and "ClusterUnreachable" in str(seen.detail), seen.detail
     await world.infrastructure.delete(ctx, retain=False)
+
+
+@pytest.fixture(scope="module")
+def own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """The operator's own cluster, for the test that runs the whole operator."""
+    local = start_cluster(tmp_path_factory.mktemp("operator"))
+    yield local
+    local.stop()
+
+
+def condition(cluster: LocalCluster, namespace: str, name: str, kind: str) -> dict[str, Any]:
+    status = get_json(cluster, "project", name, "-n", namespace).get("status") or {}
+    return next((c for c in status.get("conditions", []) if c["type"] == kind), {})
+
+
+def test_the_operator_makes_the_cluster_deploys_into_it_and_destroys_it_with_the_project(
+    own: LocalCluster, made: LocalCluster, tmp_path: Path
+) -> None:
+    """The whole operator, as wired for production: a Project on provider vultr with runtime kubernetes."""
+    namespace = "vke-apps"
+    own.kubectl("create", "namespace", namespace)
+    own.kubectl("create", "secret", "generic", "vultr-api", "-n", namespace, "--from-literal=apiKey=" + "V" * 36)
+    work = tmp_path / "work"
+    work.mkdir()
+    given = made.kubectl("config", "view", "--raw", "--flatten", "--minify").stdout
+    (work / "kubeconfig").write_text(given)
+    (work / "endpoint").write_text(yaml.safe_load(given)["clusters"][0]["cluster"]["server"])
+    binary, _ = counting_terraform(tmp_path)
+    settings = {"CODEB_TERRAFORM": str(binary), "CODEB_TERRAFORM_DIR": str(work), "CODEB_TERRAFORM_WAIT": "5",
+                "CODEB_TERRAFORM_MODULES": str(MODULES), "CODEB_CLAIMS_NAMESPACE": namespace}  # fmt: skip
+    operator = OperatorProcess(own, tmp_path / "operator.log", **settings).start()
+    doc = {"apiVersion": "codeb.dev/v1alpha1", "kind": "Project", "metadata": {"name": "shop", "namespace": namespace},
+           "spec": project_spec(slug="shop", servers=VKE) | {"deletionPolicy": "Delete"}}  # fmt: skip
+    try:
+        own.kubectl("apply", "-f", "-", input_text=json.dumps(doc))
+        wait_for(lambda: condition(own, namespace, "shop", "InfrastructureReady").get("status") == "True",
+                 timeout=120, what="the VKE cluster made and answering")  # fmt: skip
+        wait_for(lambda: made.kubectl("get", "deployment", "-n", namespace, "-o", "name").stdout.strip() != "",
+                 timeout=60, what="the workload in the made cluster")  # fmt: skip
+        status = get_json(own, "project", "shop", "-n", namespace)["status"]
+        assert status["infrastructure"]["outputs"]["clusterEndpoint"] == (work / "endpoint").read_text()
+        key = yaml.safe_load(given)["users"][0]["user"]["client-key-data"]
+        assert key not in json.dumps(status)
+        # No kubelet in the made cluster: the workload is not ready, and status says so rather than Ready.
+        assert condition(own, namespace, "shop", "Ready").get("status") == "False"
+        assert own.kubectl("get", "deployment", "-n", namespace, "-o", "name").stdout.strip() == ""
+        own.kubectl("delete", "project", "shop", "-n", namespace, "--timeout=120s")
+        assert made.kubectl("get", "deployment", "-n", namespace, "-o", "name").stdout.strip() == ""
+        assert (work / "ledger").read_text().splitlines()[-1] == f"destroyed {(work / 'endpoint').read_text()}"
+    except AssertionError as failed:
+        raise AssertionError(f"{failed}\n{operator.log()[-3000:]}") from None
+    finally:
+        operator.stop()
