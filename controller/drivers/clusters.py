@@ -58,8 +58,8 @@ class TargetClusters:
         # A kubeconfig's server on loopback or link-local (`controller.clients.targets`): only where all
         # runs on one machine.
         self._allow_internal = allow_internal
-        # (namespace, Secret, or "" for a made cluster): (digest of the kubeconfig, its target, when its
-        # server's address was resolved)
+        # (namespace, Secret; or "/<Project>" for a cluster Terraform made, no Secret's name): (digest of the
+        # kubeconfig, its target, when its server's address was resolved)
         self._clients: dict[tuple[str, str], tuple[str, Target, float]] = {}
 
     @property

@@ -37,7 +37,7 @@ MODULES = Path(__file__).resolve().parents[2] / "terraform"
 VULTR_UBUNTU_24_04 = 2284  # Vultr's os_id
 LIGHTSAIL_UBUNTU_24_04 = "ubuntu_24_04"  # Lightsail's blueprint_id
 OUTPUTS = ("public_addresses", "private_addresses", "load_balancer_address")  # every host module's
-# A VKE module's: its API endpoint, and its kubeconfig, which Terraform keeps out of every output it prints.
+# A VKE module's: its API endpoint, and its kubeconfig, sensitive: Terraform shows it in no plan or apply.
 CLUSTER_OUTPUTS = ("endpoint", "kube_config")
 SENSITIVE_OUTPUTS = frozenset({"kube_config"})
 DEFAULT_PLAN = {Provider.vultr: "vc2-1c-2gb", Provider.lightsail: "small_3_0"}
@@ -94,11 +94,6 @@ def module_dir(provider: Provider) -> Path:
 
 # The module of a VKE cluster (servers.vke), beside the providers' host modules.
 CLUSTER_MODULE = "vultr-kubernetes"
-
-
-def module_name(servers: Servers) -> str:
-    """The directory under ``terraform/`` of the module that makes this spec's infrastructure."""
-    return CLUSTER_MODULE if servers.vke is not None else servers.provider.value
 
 
 def cluster_inputs(key: ProjectKey, servers: Servers, name: str | None = None) -> dict[str, Any]:

@@ -25,7 +25,6 @@ from controller.specs.terraform import (
     kubeconfig_in_state,
     module_dir,
     module_inputs,
-    module_name,
     resource_name,
 )
 from schemas.project import ProjectSpec, Provider
@@ -172,7 +171,6 @@ def test_the_vke_inputs_fill_every_variable_with_its_declared_type() -> None:
                       "plan": "vc2-2c-4gb", "node_count": 3}  # fmt: skip
     assert inputs.keys() == declared.keys()
     assert [name for name, value in inputs.items() if not conforms(value, declared[name])] == []
-    assert module_name(on_vke().servers) == CLUSTER_MODULE and module_name(spec().servers) == "vultr"
     with pytest.raises(InputError, match=r"^spec\.servers\.region: "):
         cluster_inputs(KEY, on_vke(region="seoul").servers)
 
