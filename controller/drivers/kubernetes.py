@@ -40,6 +40,7 @@ from controller.specs.kubernetes import (
     RESTARTED,
     REVISION,
     Object,
+    balancer_sources,
     labels,
     render_objects,
 )
@@ -90,10 +91,13 @@ class KubernetesWorkload:
         )
         state |= {"environmentCurrent": launched_with == credentials, "objectsMatch": matches}
         healthy, detail = await _health(target, ctx, deployment)
-        endpoint = f"{state['instance']}.{ctx.key.namespace}.svc.cluster.local:{state['port']}"
+        endpoints = _endpoints(ctx, state, service)
+        if not endpoints:
+            name = f"{ctx.key.namespace}/{state['instance']}"
+            healthy, detail = False, f"the cluster's load balancer has no address yet (Service {name})"
         rolling = await _rollout_of(target, deployment, service, live["HorizontalPodAutoscaler"], credentials)
         return Observation(state=state, healthy=healthy, detail=detail,
-                           outputs={"endpoints": [endpoint], "rollout": rolling})  # fmt: skip
+                           outputs={"endpoints": endpoints, "rollout": rolling})  # fmt: skip
 
     async def logs(self, ctx: DriverContext, tail: int) -> dict[str, list[str]]:
         """Each of the Deployment's Pods' log, from the cluster the workload runs in."""
@@ -294,6 +298,17 @@ def _ours(ctx: DriverContext, obj: Object) -> bool:
     return bool(obj.get("metadata", {}).get("labels", {}).get(OWNER_LABEL) == ctx.key.name)
 
 
+def _endpoints(ctx: DriverContext, state: Object, service: Object | None) -> list[str]:
+    """Where the route reaches the workload: the cluster's name for the Service, or its balancer's address."""
+    if state.get("balancer") is None:
+        return [f"{state['instance']}.{ctx.key.namespace}.svc.cluster.local:{state['port']}"]
+    ingress = (((service or {}).get("status") or {}).get("loadBalancer") or {}).get("ingress") or [{}]
+    address = ingress[0].get("ip") or ingress[0].get("hostname")
+    if not address:
+        return []
+    return [f"[{address}]:{state['port']}" if ":" in address else f"{address}:{state['port']}"]
+
+
 def _state_of(deployment: Object, service: Object | None, autoscaler: Object | None) -> dict[str, Any]:
     """The workload state as the live objects say it is."""
     template = deployment["spec"]["template"]["metadata"]
@@ -326,6 +341,7 @@ def _state_of(deployment: Object, service: Object | None, autoscaler: Object | N
         "secretRefs": sorted(e["name"] for e in refs),
         "optionalSecretRefs": sorted(e["name"] for e in refs if e.get("optional")),
         "connectionSecret": connection,
+        "balancer": balancer_sources(service) if service else None,
         "healthPath": probe.get("httpGet", {}).get("path"),
         "probeIntervalSeconds": liveness.get("periodSeconds"),
         "readinessGate": {k: probe.get(k) for k in GATE_FIELDS},

@@ -84,6 +84,9 @@ def _kubernetes_workload(spec: ProjectSpec, allocations: Allocations) -> State:
         "optionalSecretRefs": sorted(ref.name for ref in spec.environment.secret_refs if ref.optional),
         # No data service, no connection Secret: Pods must not wait for one that never comes.
         "connectionSecret": allocations.connection_secret if uses_services else None,
+        # A VKE cluster is the Project's own, outside the Platform's Caddy: its Service is the cloud's load
+        # balancer, open only to servers.firewall.allowedCidrs. Elsewhere the Service is the cluster's.
+        "balancer": sorted(servers.firewall.allowed_cidrs) if servers.vke is not None else None,
         "probeIntervalSeconds": spec.monitoring.probe_interval_seconds,
         **_kubernetes_gate(spec),
         # The release a failed rollout was rolled back from: none while the spec's own runs.

@@ -32,6 +32,8 @@ RESTARTED = "codeb.dev/restartedAt"
 # The release a failed rollout was rolled back from (`controller.loop.rollouts.rolling`): on the
 # Deployment itself, so an operator that crashed before recording the failure still knows it.
 HELD_BACK = "codeb.dev/held-back"
+# Vultr's cloud controller manager: "<cidr>,<port>;…", the sources its load balancer lets in.
+BALANCER_FIREWALL = "service.beta.kubernetes.io/vultr-loadbalancer-firewall-rules"
 
 
 # Pods restart when the credentials change; the autoscaler aims at this CPU use.
@@ -115,8 +117,22 @@ def _deployment(ctx: DriverContext, desired: State, credentials_digest: str) -> 
 
 def _service(ctx: DriverContext, desired: State) -> Object:
     port = {"name": "http", "port": desired["port"], "targetPort": "http"}
-    return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(ctx, desired),
-            "spec": {"selector": {"app.kubernetes.io/name": desired["instance"]}, "ports": [port]}}  # fmt: skip
+    spec: Object = {"selector": {"app.kubernetes.io/name": desired["instance"]}, "ports": [port]}
+    extra: dict[str, Any] = {}
+    if desired.get("balancer") is not None:
+        # Vultr's cloud controller makes the balancer, with a firewall of exactly these sources.
+        spec["type"] = "LoadBalancer"
+        rules = ";".join(f"{cidr},{desired['port']}" for cidr in desired["balancer"])
+        extra["annotations"] = {BALANCER_FIREWALL: rules}
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(ctx, desired, **extra), "spec": spec}
+
+
+def balancer_sources(service: Object) -> list[str] | None:
+    """The sources a Service's balancer lets in (`_service`), or None when it is no LoadBalancer."""
+    if service.get("spec", {}).get("type") != "LoadBalancer":
+        return None
+    rules = (service["metadata"].get("annotations") or {}).get(BALANCER_FIREWALL, "")
+    return sorted({rule.rsplit(",", 1)[0] for rule in rules.split(";") if rule})
 
 
 def _disruption_budget(ctx: DriverContext, desired: State) -> Object:

@@ -138,6 +138,19 @@ async def test_terraform_makes_the_cluster_and_the_workload_lands_in_it_with_the
     copied = get_json(world.made, "secret", "shop-staging-connection", "-n", namespace)
     assert copied["metadata"]["labels"]["codeb.dev/project"] == "shop"
 
+    # The route reaches it through the cloud's balancer (the Platform's Caddy is outside the cluster): until
+    # Vultr's cloud controller gives the Service an address, there is nowhere to route, and it says so.
+    service = get_json(world.made, "service", want["instance"], "-n", namespace)
+    assert service["spec"]["type"] == "LoadBalancer"
+    waiting = await world.workload.observe(ctx)
+    assert waiting.outputs["endpoints"] == [] and not waiting.healthy
+    assert "load balancer has no address yet" in str(waiting.detail)
+    assert waiting.state == want  # the Service as rendered: not drift
+    ingress = {"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.20"}]}}}  # what the controller writes
+    world.made.kubectl("patch", "service", want["instance"], "-n", namespace, "--subresource=status",
+                       "--type=merge", "-p", json.dumps(ingress))  # fmt: skip
+    assert (await world.workload.observe(ctx)).outputs["endpoints"] == [f"198.51.100.20:{want['port']}"]
+
     # Unchanged: a restarted operator (new drivers) reads the same cluster back and runs no Terraform.
     recorded = DriverContext(ctx.key, ctx.allocations, servers=ctx.servers, recorded=record)
     again = await world.restarted().observe(recorded)

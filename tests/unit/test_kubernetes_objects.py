@@ -7,7 +7,7 @@ from typing import Any
 from controller.loop.interface import DriverContext
 from controller.loop.naming import ProjectKey
 from controller.loop.planner import Component, desired_state
-from controller.specs.kubernetes import DIGEST, render_objects
+from controller.specs.kubernetes import DIGEST, balancer_sources, render_objects
 from schemas.project import Allocations, ProjectSpec
 from tests.factories import project_spec
 
@@ -99,11 +99,12 @@ def test_deployment_carries_image_probes_limits_and_credentials_from_the_secret(
 
 
 def test_service_and_disruption_budget() -> None:
-    rendered = objects()
+    rendered = objects(servers={"provider": "existing", "region": None, "vke": None})
     assert rendered["Service"]["spec"] == {
         "selector": {"app.kubernetes.io/name": "shop-staging"},
         "ports": [{"name": "http", "port": 4512, "targetPort": "http"}],
     }
+    assert rendered["Service"]["metadata"]["annotations"] == {}  # its digest only (taken off above)
     assert rendered["PodDisruptionBudget"]["spec"] == {
         "maxUnavailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": "shop-staging"}}
     }  # fmt: skip
@@ -127,3 +128,15 @@ def test_a_project_without_data_services_waits_for_no_connection_secret() -> Non
     desired = desired_state(spec, Allocations(port=4512, connection_secret="shop-staging-connection"))
     container = render_objects(CTX, desired[Component.workload], "x")[0]["spec"]["template"]["spec"]["containers"][0]
     assert container["envFrom"] == []
+
+
+def test_a_vke_clusters_service_is_the_clouds_balancer_open_only_to_the_firewalls_sources() -> None:
+    """A VKE cluster is the Project's own, outside the Platform's Caddy: the route reaches it through Vultr's
+    load balancer, which lets in only servers.firewall.allowedCidrs on the application's port."""
+    firewall = {"ports": [443], "allowedCidrs": ["203.0.113.7/32", "2001:db8::/48"]}
+    service = objects(servers={"firewall": firewall})["Service"]
+    assert service["spec"]["type"] == "LoadBalancer"
+    rules = service["metadata"]["annotations"]["service.beta.kubernetes.io/vultr-loadbalancer-firewall-rules"]
+    assert rules == "2001:db8::/48,4512;203.0.113.7/32,4512"
+    assert balancer_sources(service) == ["2001:db8::/48", "203.0.113.7/32"]
+    assert balancer_sources(objects(servers={"provider": "existing", "region": None, "vke": None})["Service"]) is None
