@@ -85,7 +85,7 @@ class VultrKubernetes(CodebModel):
     version: str = Field(
         description=(
             "The VKE version of the cluster the operator makes, e.g. v1.33.0+1 (Vultr's list: GET "
-            "/v2/kubernetes/versions). A change upgrades the cluster in place."
+            "/v2/kubernetes/versions)."
         ),
         pattern=r"^v1\.[0-9]+\.[0-9]+\+[0-9]+$",
         max_length=32,
