@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from controller.drivers.caddy import CaddyDriver
 from controller.loop.planner import Component, desired_state
+from tests.drivers.test_caddy import named_backend
 from tests.drivers_common import context
 from tests.rollouts import Load
 from tests.servers import CaddyServer, start_caddy
 
 AUTOSCALED = {"provider": "lightsail", "region": "ap-northeast-2", "runtime": "quadlet", "min": 1, "max": 2}
-
-
-class Answer(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = json.dumps({"revision": "r1"}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
 
 async def failed_requests(caddy: CaddyServer, driver: CaddyDriver, slug: str, servers: dict[str, Any] | None,
@@ -67,9 +53,7 @@ async def failed_requests(caddy: CaddyServer, driver: CaddyDriver, slug: str, se
 
 
 async def measure(changes: int, every: float) -> int:
-    backends = [ThreadingHTTPServer(("127.0.0.1", 0), Answer) for _ in range(2)]
-    for backend in backends:
-        threading.Thread(target=backend.serve_forever, daemon=True).start()
+    backends = [named_backend("r1", as_json=True) for _ in range(2)]
     upstreams = [f"127.0.0.1:{b.server_address[1]}" for b in backends]
     caddy = start_caddy()
     try:

@@ -32,6 +32,7 @@ from controller.loop.naming import ProjectKey
 from controller.loop.planner import Component, Observation, desired_state
 from controller.specs import terraform as tf
 from schemas.project import Allocations, InfrastructureStatus, ProjectSpec
+from tests.apiserver.test_kubernetes_runtime import flat_kubeconfig
 from tests.apiserver.test_terraform_runs import MODULES, counting_terraform
 from tests.conftest import start_cluster
 from tests.factories import project_spec
@@ -81,18 +82,25 @@ class World:
         return path.read_text().splitlines() if path.exists() else []
 
 
+def stand_in_cloud(made: LocalCluster, tmp_path: Path) -> tuple[Path, Path]:
+    """Terraform's work directory, with what the stand-in module makes its cluster of (``made``'s kubeconfig and
+    address), and the Terraform that logs its commands."""
+    work = tmp_path / "work"
+    work.mkdir()
+    given = flat_kubeconfig(made)
+    (work / "kubeconfig").write_text(given)
+    (work / "endpoint").write_text(yaml.safe_load(given)["clusters"][0]["cluster"]["server"])
+    binary, _ = counting_terraform(tmp_path)
+    return work, binary
+
+
 @pytest.fixture()
 async def world(cluster: LocalCluster, made: LocalCluster, namespace: str, kube: KubeClient, tmp_path: Path
                 ) -> AsyncIterator[World]:  # fmt: skip
     cluster.kubectl("create", "secret", "generic", "vultr-api", "-n", namespace, "--from-literal=apiKey=" + "V" * 36)
     cluster.kubectl("create", "secret", "generic", "shop-staging-connection", "-n", namespace,
                     "--from-literal=DATABASE_PASSWORD=first")  # fmt: skip
-    work = tmp_path / "work"
-    work.mkdir()
-    given = made.kubectl("config", "view", "--raw", "--flatten", "--minify").stdout
-    (work / "kubeconfig").write_text(given)
-    (work / "endpoint").write_text(yaml.safe_load(given)["clusters"][0]["cluster"]["server"])
-    binary, _ = counting_terraform(tmp_path)
+    work, binary = stand_in_cloud(made, tmp_path)
     settings = TerraformSettings(binary=str(binary), work_root=work, modules=MODULES, state_namespace=namespace,
                                  kubeconfig=str(cluster.kubeconfig), plugin_dir=None, concurrency=2,
                                  run_timeout=600, wait=60, plan_interval=3600)  # fmt: skip
@@ -202,12 +210,7 @@ def test_the_operator_makes_the_cluster_deploys_into_it_and_destroys_it_with_the
     namespace = "vke-apps"
     own.kubectl("create", "namespace", namespace)
     own.kubectl("create", "secret", "generic", "vultr-api", "-n", namespace, "--from-literal=apiKey=" + "V" * 36)
-    work = tmp_path / "work"
-    work.mkdir()
-    given = made.kubectl("config", "view", "--raw", "--flatten", "--minify").stdout
-    (work / "kubeconfig").write_text(given)
-    (work / "endpoint").write_text(yaml.safe_load(given)["clusters"][0]["cluster"]["server"])
-    binary, _ = counting_terraform(tmp_path)
+    work, binary = stand_in_cloud(made, tmp_path)
     settings = {"CODEB_TERRAFORM": str(binary), "CODEB_TERRAFORM_DIR": str(work), "CODEB_TERRAFORM_WAIT": "5",
                 "CODEB_TERRAFORM_MODULES": str(MODULES), "CODEB_CLAIMS_NAMESPACE": namespace}  # fmt: skip
     operator = OperatorProcess(own, tmp_path / "operator.log", **settings).start()
@@ -221,7 +224,7 @@ def test_the_operator_makes_the_cluster_deploys_into_it_and_destroys_it_with_the
                  timeout=60, what="the workload in the made cluster")  # fmt: skip
         status = get_json(own, "project", "shop", "-n", namespace)["status"]
         assert status["infrastructure"]["outputs"]["clusterEndpoint"] == (work / "endpoint").read_text()
-        key = yaml.safe_load(given)["users"][0]["user"]["client-key-data"]
+        key = yaml.safe_load((work / "kubeconfig").read_text())["users"][0]["user"]["client-key-data"]
         assert key not in json.dumps(status)
         # No kubelet in the made cluster: the workload is not ready, and status says so rather than Ready.
         assert condition(own, namespace, "shop", "Ready").get("status") == "False"
