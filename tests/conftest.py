@@ -22,9 +22,10 @@ SESSION_OWNED: set[int] = set()
 
 
 def start_cluster(root: Path, audit_policy: str | None = None, controllers: bool = False,
-                  address: str = "127.0.0.1") -> LocalCluster:  # fmt: skip
-    """A real etcd + kube-apiserver (and kube-controller-manager) with the CodeB CRDs installed."""
-    local = LocalCluster(root, audit_policy=audit_policy, controllers=controllers, address=address).start()
+                  address: str = "127.0.0.1", scheduler: bool = False) -> LocalCluster:  # fmt: skip
+    """A real etcd + kube-apiserver (and kube-controller-manager, kube-scheduler) with the CodeB CRDs installed."""
+    local = LocalCluster(root, audit_policy=audit_policy, controllers=controllers, scheduler=scheduler,
+                         address=address).start()  # fmt: skip
     try:
         local.install_crds(CRD_PATH.parent)
     except BaseException:

@@ -93,19 +93,27 @@ def quadlet_binary() -> Path:
 
 
 @contextlib.contextmanager
-def booted(count: int) -> Iterator[BootedHosts]:
-    """``count`` hosts, booted and reachable over SSH with a fresh key; all gone afterwards."""
+def booted(count: int, kind: str = "rootfs") -> Iterator[BootedHosts]:
+    """``count`` hosts, booted and reachable over SSH with a fresh key; all gone afterwards.
+    ``kind`` ``node`` boots the test node's rootfs instead (``tests/testnode.py``)."""
     assert 1 <= count <= MAX_HOSTS
     cache = build_cache()
-    # The newest finished rootfs (by its version as a number: v10 after v9; never a build's .tmp).
-    built = [p for p in cache.glob("rootfs-v*") if p.name.removeprefix("rootfs-v").isdigit()]
-    rootfs = max(built, key=lambda p: int(p.name.removeprefix("rootfs-v")))
-    image = cache / f"hello-image-{hashlib.sha256(b''.join(p.read_bytes() for p in APPS)).hexdigest()[:12]}.tar"
     with _machine_lock():
-        yield from _booted(count, cache, rootfs, image)
+        yield from _booted(count, cache, newest(cache, kind), image_tar(cache) if kind == "rootfs" else None)
 
 
-def _booted(count: int, cache: Path, rootfs: Path, image: Path) -> Iterator[BootedHosts]:
+def newest(cache: Path, kind: str) -> Path:
+    """The newest finished build of ``kind`` (by its version as a number: v10 after v9; never a .tmp)."""
+    built = [p for p in cache.glob(f"{kind}-v*") if p.name.removeprefix(f"{kind}-v").isdigit()]
+    return max(built, key=lambda p: int(p.name.removeprefix(f"{kind}-v")))
+
+
+def image_tar(cache: Path) -> Path:
+    """The applications' image (a rootfs tar), named by the applications' content."""
+    return cache / f"hello-image-{hashlib.sha256(b''.join(p.read_bytes() for p in APPS)).hexdigest()[:12]}.tar"
+
+
+def _booted(count: int, cache: Path, rootfs: Path, image: Path | None) -> Iterator[BootedHosts]:
     work = Path(tempfile.mkdtemp(prefix="codeb-hosts-"))
     key = asyncssh.generate_private_key("ssh-ed25519")
     key_file = work / "id_ed25519"
@@ -122,10 +130,8 @@ def _booted(count: int, cache: Path, rootfs: Path, image: Path) -> Iterator[Boot
             hosts.append(_boot(index, work, rootfs, cache, key.export_public_key().decode()))
         for host in hosts:
             _wait_ssh(host)
-            for tag, program in ((HELLO_IMAGE, "app.py"), (ROLLOUT_IMAGE, "rollout_app.py")):
-                host.ssh(key_file, f"podman image exists {tag} || podman import --change "
-                                   f"'CMD [\"python3\", \"/app/{program}\"]' --change WORKDIR=/app "
-                                   f"/codeb-cache/{image.name} {tag} >/dev/null")  # fmt: skip
+            if image is not None:
+                _import_apps(host, key_file, image)
         yield BootedHosts(hosts, key.export_private_key().decode(), key_file)
     finally:
         for host in hosts:
@@ -136,9 +142,16 @@ def _booted(count: int, cache: Path, rootfs: Path, image: Path) -> Iterator[Boot
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _import_apps(host: BootedHost, key_file: Path, image: Path) -> None:
+    for tag, program in ((HELLO_IMAGE, "app.py"), (ROLLOUT_IMAGE, "rollout_app.py")):
+        host.ssh(key_file, f"podman image exists {tag} || podman import --change "
+                           f"'CMD [\"python3\", \"/app/{program}\"]' --change WORKDIR=/app "
+                           f"/codeb-cache/{image.name} {tag} >/dev/null")  # fmt: skip
+
+
 def _boot(index: int, work: Path, rootfs: Path, cache: Path, public_key: str) -> BootedHost:
     directory = work / f"host{index}"
-    for sub in ("upper", "work", "merged", "containers"):
+    for sub in ("upper", "work", "merged", "containers", "containerd"):
         (directory / sub).mkdir(parents=True)
     merged = directory / "merged"
     layers = f"lowerdir={rootfs},upperdir={directory / 'upper'},workdir={directory / 'work'}"
@@ -157,7 +170,9 @@ def _boot(index: int, work: Path, rootfs: Path, cache: Path, public_key: str) ->
     args = ["systemd-nspawn", "-b", "-D", str(merged), f"--machine={netns}", "--capability=all",
             "--system-call-filter=bpf @keyring", "--register=no", "--keep-unit",
             f"--network-namespace-path=/run/netns/{netns}",
-            f"--bind={directory / 'containers'}:/var/lib/containers", f"--bind-ro={cache}:/codeb-cache"]  # fmt: skip
+            # Image stores on the machine's own filesystem: overlay mounts cannot stack on the overlay root.
+            f"--bind={directory / 'containers'}:/var/lib/containers",
+            f"--bind={directory / 'containerd'}:/var/lib/containerd", f"--bind-ro={cache}:/codeb-cache"]  # fmt: skip
     log = (directory / "console.log").open("wb")
     process = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True)  # fmt: skip

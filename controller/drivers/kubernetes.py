@@ -37,6 +37,7 @@ from controller.specs.kubernetes import (
     GATE_FIELDS,
     HELD_BACK,
     MANAGER,
+    OPERATOR_ENV,
     RESTARTED,
     REVISION,
     Object,
@@ -269,14 +270,25 @@ async def _pod_problems(target: Target, namespace: str, instance: str) -> list[s
     pods = await target.kube.request(
         "GET", f"/api/v1/namespaces/{namespace}/pods", labelSelector=f"app.kubernetes.io/name={instance}"
     )
+    return sorted({problem for pod in (pods or {}).get("items", []) for problem in _problems_of(pod)})[:3]
+
+
+def _problems_of(pod: Object) -> list[str]:
+    """What keeps one Pod from serving, as its status says: no node for it, or a container waiting or unready."""
+    name, status = pod["metadata"]["name"], pod.get("status", {})
+    for condition in status.get("conditions", []):
+        if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
+            return [f"Pod {name} Unschedulable: {str(condition.get('message', ''))[:200]}"]
     problems = []
-    for pod in (pods or {}).get("items", []):
-        for container in pod.get("status", {}).get("containerStatuses", []):
-            waiting = container.get("state", {}).get("waiting")
-            if waiting and waiting.get("reason") not in (None, "ContainerCreating"):
-                message = f": {waiting['message'][:200]}" if waiting.get("message") else ""
-                problems.append(f"Pod {pod['metadata']['name']} {waiting['reason']}{message}")
-    return sorted(set(problems))[:3]
+    for container in status.get("containerStatuses", []):
+        state = container.get("state", {})
+        waiting = state.get("waiting")
+        if waiting and waiting.get("reason") not in (None, "ContainerCreating"):
+            message = f": {waiting['message'][:200]}" if waiting.get("message") else ""
+            problems.append(f"Pod {name} {waiting['reason']}{message}")
+        elif "running" in state and not container.get("ready"):
+            problems.append(f"Pod {name} running, not ready: its readiness probe has not passed")
+    return problems
 
 
 def _secret_names(state: State) -> list[str]:
@@ -337,7 +349,7 @@ def _state_of(deployment: Object, service: Object | None, autoscaler: Object | N
         "autoscaling": {"min": scaling.get("minReplicas"), "max": scaling["maxReplicas"]} if scaling else None,
         "cpu": limits.get("cpu"),
         "memory": limits.get("memory"),
-        "variables": {e["name"]: e.get("value", "") for e in container.get("env", []) if e["name"] != "PORT"},
+        "variables": {e["name"]: e.get("value", "") for e in container.get("env", []) if e["name"] not in OPERATOR_ENV},
         "secretRefs": sorted(e["name"] for e in refs),
         "optionalSecretRefs": sorted(e["name"] for e in refs if e.get("optional")),
         "connectionSecret": connection,

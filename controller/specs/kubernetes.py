@@ -68,6 +68,17 @@ def _metadata(ctx: DriverContext, desired: State, **extra: Any) -> dict[str, Any
     return {"name": desired["instance"], "namespace": ctx.key.namespace, "labels": labels(ctx, desired), **extra}
 
 
+# Set by the operator after the Project's own variables: never read back as one of them.
+OPERATOR_ENV = ("PORT", "HOST", "CODEB_REVISION")
+
+
+def _operator_env(desired: State) -> list[dict[str, str]]:
+    # Where to listen (every address of the Pod's own), and what it runs, as the other runtimes tell
+    # their applications.
+    values = (str(desired["containerPort"]), "0.0.0.0", desired["revision"] or "")
+    return [{"name": name, "value": value} for name, value in zip(OPERATOR_ENV, values, strict=True)]
+
+
 def _deployment(ctx: DriverContext, desired: State, credentials_digest: str) -> Object:
     selector = {"app.kubernetes.io/name": desired["instance"]}
     check = {"httpGet": {"path": desired["healthPath"], "port": desired["containerPort"]}}
@@ -80,8 +91,7 @@ def _deployment(ctx: DriverContext, desired: State, credentials_digest: str) -> 
         "name": "app",
         "image": desired["image"],
         "ports": [{"name": "http", "containerPort": desired["containerPort"]}],
-        "env": [{"name": k, "value": v} for k, v in desired["variables"].items()]
-        + [{"name": "PORT", "value": str(desired["containerPort"])}],
+        "env": [{"name": k, "value": v} for k, v in desired["variables"].items()] + _operator_env(desired),
         "envFrom": env_from,
         "resources": {"limits": limits, "requests": limits},
         # Readiness is the rollout's health gate: no traffic to a Pod before it passes.

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds, once, the Debian rootfs the quadlet tests boot as hosts with `systemd-nspawn -b`
 # (systemd, podman, runc, openssh-server and the quadlet generator), and the example
-# application's image made from Debian packages (no registry), and the operator image's Debian base.
-# Prints the cache directory.
+# application's image made from Debian packages (no registry), the operator image's Debian base, and
+# the test node's rootfs (the same, plus containerd and the CNI plugins; configure-node.sh) with the
+# images its containerd imports. Prints the cache directory.
 #
 # Both come from the mirror apt already uses, so they build wherever `apt-get install` works.
 set -euo pipefail
@@ -15,6 +16,10 @@ apps=("$here/../hello/app.py" "$here/../../tests/apps/rollout_app.py")
 image="$cache/hello-image-$(cat "${apps[@]}" | sha256sum | cut -c1-12).tar"
 # The operator image's BASE (deploy/operator/Containerfile) without Docker Hub; bump when its packages change.
 operator_base="$cache/operator-base-v1.tar"
+# The test node (tests/testnode.py): a rootfs, and its images as archives containerd imports.
+node_version=1  # bump when the node's packages or configure-node.sh change
+node_rootfs="$cache/node-v$node_version"
+node_images="$cache/node-images-v$node_version-$(basename "$image" .tar | cut -d- -f3)"
 mkdir -p "$cache"
 # One build at a time per cache: a second caller (another test run, CI beside a developer) waits for the first.
 exec 9>"$cache/.build.lock"
@@ -103,8 +108,51 @@ build_operator_base() {
   remove_tree "$tmp"
 }
 
+nspawn_run() {
+  # One command in a tree, not booted (no network namespace of its own: apt reaches the mirror).
+  local tree="$1"; shift
+  systemd-nspawn -q -D "$tree" --machine="codeb-build-$$" --register=no --keep-unit --resolv-conf=copy-host "$@"
+}
+
+build_node_rootfs() {
+  [[ -f "$node_rootfs/.codeb-ready" ]] && return
+  local tmp="$node_rootfs.tmp"
+  remove_tree "$tmp"
+  cp -a "$rootfs" "$tmp"
+  rm -f "$tmp/.codeb-ready"
+  nspawn_run "$tmp" sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    --no-install-recommends containerd containernetworking-plugins jq && apt-get clean && rm -rf /var/lib/apt/lists/*' \
+    >"$cache/node-packages.log" 2>&1
+  bash "$here/configure-node.sh" "$tmp"
+  touch "$tmp/.codeb-ready"
+  rm -rf "$node_rootfs" && mv "$tmp" "$node_rootfs"
+}
+
+build_node_images() {
+  # Archives for containerd's import: the pause image (catatonit -P, as podman's own pause) and the
+  # applications' image under both its names, each with its command. Made with the node's podman on
+  # scratch storage (vfs: no overlay on an overlay), never a registry.
+  [[ -f "$node_images/.codeb-ready" ]] && return
+  local tmp="$node_images.tmp"
+  rm -rf "$tmp" && mkdir -p "$tmp/storage"
+  cp "$node_rootfs/usr/bin/catatonit" "$tmp/pause" && tar -C "$tmp" -cf "$tmp/pause-rootfs.tar" pause && rm "$tmp/pause"
+  cp "$image" "$tmp/apps-rootfs.tar"
+  nspawn_run "$node_rootfs" --bind="$tmp:/images" sh -ec '
+    p="podman --root /images/storage --runroot /run/codeb-images --storage-driver vfs"
+    $p import --change "ENTRYPOINT [\"/pause\", \"-P\"]" /images/pause-rootfs.tar localhost/codeb-pause:1 >/dev/null
+    $p save -o /images/pause.tar localhost/codeb-pause:1
+    $p import --change "CMD [\"python3\", \"/app/app.py\"]" --change WORKDIR=/app /images/apps-rootfs.tar localhost/codeb-hello:1 >/dev/null
+    $p import --change "CMD [\"python3\", \"/app/rollout_app.py\"]" --change WORKDIR=/app /images/apps-rootfs.tar localhost/codeb-rollout:1 >/dev/null
+    $p save -m -o /images/apps.tar localhost/codeb-hello:1 localhost/codeb-rollout:1' >"$cache/node-images.log" 2>&1
+  rm -rf "$tmp/storage" "$tmp/pause-rootfs.tar" "$tmp/apps-rootfs.tar"
+  touch "$tmp/.codeb-ready"
+  rm -rf "$node_images" && mv "$tmp" "$node_images"
+}
+
 need
 build_rootfs
 build_image
 build_operator_base
+build_node_rootfs
+build_node_images
 echo "$cache"

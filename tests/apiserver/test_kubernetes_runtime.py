@@ -1,8 +1,11 @@
 """Runtime kubernetes on the real API server with the real kube-controller-manager.
 
-Deployments make ReplicaSets and ReplicaSets make Pods through the real controllers.
-No kubelet runs here, so where a kubelet would report a Pod ready (or an image that
-cannot be pulled), the test writes that Pod status itself, and says so.
+Deployments make ReplicaSets and ReplicaSets make Pods through the real controllers; what a
+kubelet does with them (Pods that start, pass or fail their probes, cannot be pulled, find no
+room) is proven on a real node in ``test_kubernetes_node_e2e``. No node runs here, and two tests
+write a Pod's status where a kubelet would (``kubelet_reports``): a target cluster named by a
+kubeconfig (a second control plane, with no node of its own), and the rollout test's hold and
+retry, which are the operator's decisions, after three progress deadlines in seconds rather than minutes.
 """
 
 from __future__ import annotations
@@ -110,35 +113,6 @@ async def wait_pods(cluster: LocalCluster, namespace: str, count: int, timeout: 
     while len(found := pods(cluster, namespace)) != count and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.3)
     return found
-
-
-async def test_a_deployment_becomes_pods_and_is_healthy_once_they_are_ready(
-    controlled: LocalCluster, kube: KubeClient
-) -> None:
-    driver = KubernetesWorkload(TargetClusters(kube))
-    ctx, want = workload(controlled, resources={"replicas": 2})
-    assert (await driver.observe(ctx)).state is None
-    await driver.apply(ctx, want)
-    made = await wait_pods(controlled, ctx.key.namespace, 2)  # by the real ReplicaSet controller
-    assert len(made) == 2
-    seen = await driver.observe(ctx)
-    assert seen.state == want and not seen.healthy
-    assert seen.detail == "Deployment shop-staging: 0 of 2 replicas available"
-    kubelet_reports(controlled, ctx.key.namespace, made[0]["metadata"]["name"], ready=False, waiting="ErrImagePull")
-    seen = await observe_until(driver, ctx, lambda s: s.detail and "ErrImagePull" in s.detail)
-    assert f"Pod {made[0]['metadata']['name']} ErrImagePull: pull access denied" in (seen.detail or "")
-    for pod in made:
-        kubelet_reports(controlled, ctx.key.namespace, pod["metadata"]["name"], ready=True)
-    seen = await observe_until(driver, ctx, lambda s: s.healthy)
-    assert seen.healthy and seen.state == want
-    assert seen.outputs["endpoints"] == [f"shop-staging.{ctx.key.namespace}.svc.cluster.local:4512"]
-    replica_set = seen.outputs["rollout"]["replicaSet"]
-    # Complete: the condition says NewReplicaSetAvailable, which is not progress on the template.
-    assert seen.outputs["rollout"] == {"progress": "Complete", "replicaSet": replica_set, "previous": None,
-                                       "serving": True, "progressedAt": None}  # fmt: skip
-    assert all(p["metadata"]["name"].startswith(replica_set) for p in made)
-    env_from = get_json(controlled, "deployment", "shop-staging", "-n", ctx.key.namespace)["spec"]["template"]["spec"]
-    assert env_from["containers"][0]["envFrom"] == [{"secretRef": {"name": "shop-staging-connection"}}]
 
 
 async def test_hand_edits_and_rotations_are_drift_and_put_back(controlled: LocalCluster, kube: KubeClient) -> None:

@@ -1,0 +1,199 @@
+"""Runtime kubernetes on a real node: Pods the kubelet really starts, probes and reports.
+
+The local cluster (real API server, kube-controller-manager and kube-scheduler) with one node
+(``tests.testnode``: kubelet, containerd, runc and the CNI plugins in a booted test host). Nothing
+here writes a Pod's status: readiness is the kubelet's probe of the application, an image that
+cannot be pulled is the kubelet's ErrImagePull, and the page is fetched from the Pod itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+
+from controller.claims.store import ClaimStore
+from controller.clients.kube import KubeClient, api_client_from_environment
+from controller.drivers.clusters import TargetClusters
+from controller.drivers.kubernetes import KubernetesWorkload
+from controller.local.cluster import LocalCluster
+from controller.loop.interface import DriverContext
+from controller.loop.naming import ProjectKey
+from controller.loop.planner import Component, desired_state
+from controller.loop.reconciler import ProjectInput, Reconciler
+from schemas.project import Allocations, ProjectSpec, ProjectStatus
+from tests.apiserver.test_kubernetes_runtime import OWN_CLUSTER, cond, pods
+from tests.factories import project_spec
+from tests.helpers import get_json, observe_until
+from tests.memory_drivers import memory_drivers
+from tests.testhosts import HELLO_IMAGE, ROLLOUT_IMAGE
+from tests.testnode import Node, node_cluster
+
+PORT = 4512
+# A first Pod on a fresh node takes its time (the image's layers, the sandbox, the first probe).
+START_TIMEOUT = 60
+CONNECTION = "shop-staging-connection"
+MISSING = "localhost/codeb-missing:1"  # in no store and no registry: the kubelet cannot pull it
+
+
+@pytest.fixture(scope="module")
+def noded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, Node]]:
+    with node_cluster(tmp_path_factory.mktemp("node")) as (cluster, node):
+        yield cluster, node
+
+
+@pytest.fixture()
+async def kube(noded: tuple[LocalCluster, Node]) -> AsyncIterator[KubeClient]:
+    executor = ThreadPoolExecutor(4)
+    yield KubeClient(api_client_from_environment(config_file=str(noded[0].kubeconfig)), executor)
+    executor.shutdown()
+
+
+def spec(image: str, revision: str = "1", replicas: int = 2, cpu: str = "100m", **variables: str) -> ProjectSpec:
+    # The node has no registry to ask: an image is run as imported (Kubernetes' default for a tag
+    # other than latest is IfNotPresent).
+    return ProjectSpec.model_validate(project_spec(
+        project={"slug": "shop", "source": {"image": image}, "revision": revision,
+                 "rollout": {"startTimeoutSeconds": START_TIMEOUT}},
+        servers=OWN_CLUSTER, resources={"replicas": replicas, "cpu": cpu, "memory": "128Mi"},
+        environment={"type": "staging", "domains": ["shop.example.com"], "variables": variables}))  # fmt: skip
+
+
+def new_namespace(cluster: LocalCluster) -> str:
+    """A namespace with the Project's connection Secret (no services: the page says so)."""
+    namespace = f"k-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", namespace)
+    cluster.kubectl("create", "secret", "generic", CONNECTION, "-n", namespace, "--from-literal=APP_NAME=shop")
+    return namespace
+
+
+def page(pod: dict[str, Any], path: str = "/") -> httpx.Response:
+    """From this machine to the Pod's own address on the node's Pod network."""
+    return httpx.get(address(pod) + path, timeout=5)
+
+
+def address(pod: dict[str, Any]) -> str:
+    return f"http://{pod['status']['podIP']}:{pod['spec']['containers'][0]['ports'][0]['containerPort']}"
+
+
+def running(cluster: LocalCluster, namespace: str) -> list[dict[str, Any]]:
+    return [p for p in pods(cluster, namespace) if p.get("status", {}).get("podIP")]
+
+
+async def test_pods_the_kubelet_starts_serve_the_page_and_an_unpullable_image_is_named(
+    noded: tuple[LocalCluster, Node], kube: KubeClient
+) -> None:
+    cluster, node = noded
+    namespace = new_namespace(cluster)
+    allocations = Allocations(port=PORT, connection_secret=CONNECTION)
+    ctx = DriverContext(ProjectKey(namespace, "shop", "uid-1"), allocations, servers=spec(HELLO_IMAGE).servers)
+    driver = KubernetesWorkload(TargetClusters(kube))
+    want = dict(desired_state(spec(HELLO_IMAGE), ctx.allocations)[Component.workload])
+    assert (await driver.observe(ctx)).state is None
+    await driver.apply(ctx, want)
+    seen = await driver.observe(ctx)
+    assert seen.state == want and not seen.healthy
+    assert seen.detail and seen.detail.startswith("Deployment shop-staging: 0 of 2 replicas available")
+    seen = await observe_until(driver, ctx, lambda s: s.healthy, timeout=120)
+    assert seen.healthy and seen.state == want, seen.detail
+    assert seen.outputs["endpoints"] == [f"shop-staging.{namespace}.svc.cluster.local:{PORT}"]  # the allocated port
+    replica_set = seen.outputs["rollout"]["replicaSet"]
+    # Complete: the condition says NewReplicaSetAvailable, which is not progress on the template.
+    assert seen.outputs["rollout"] == {"progress": "Complete", "replicaSet": replica_set, "previous": None,
+                                       "serving": True, "progressedAt": None}  # fmt: skip
+    made = running(cluster, namespace)
+    assert len(made) == 2 and {p["spec"]["nodeName"] for p in made} == {node.name}  # placed by the scheduler
+    assert all(p["metadata"]["name"].startswith(replica_set) for p in made)
+    for pod in made:
+        # Ready because the kubelet's probe of /api/health passed, on a container it started.
+        statuses = pod["status"]["containerStatuses"]
+        assert statuses[0]["ready"] and "running" in statuses[0]["state"] and statuses[0]["containerID"]
+        answer = page(pod)
+        assert answer.status_code == 200 and "Hello, CodeB" in answer.text
+    logs = cluster.kubectl("logs", "-n", namespace, made[0]["metadata"]["name"]).stdout
+    assert "GET / " in logs or "GET /api/health" in logs, logs  # the application's own log, through the kubelet
+
+    # An image the node cannot pull: the kubelet's own reason, while the ready Pods serve on.
+    await driver.apply(ctx, dict(desired_state(spec(MISSING, revision="2"), ctx.allocations)[Component.workload]))
+    seen = await observe_until(driver, ctx, lambda s: "ErrImagePull" in (s.detail or "")
+                               or "ImagePullBackOff" in (s.detail or ""), timeout=90)  # fmt: skip
+    assert "ErrImagePull" in (seen.detail or "") or "ImagePullBackOff" in (seen.detail or ""), seen.detail
+    assert all(page(pod).status_code == 200 for pod in made)
+
+    # More CPU than the node has: the scheduler's own words.
+    await driver.apply(
+        ctx, dict(desired_state(spec(HELLO_IMAGE, revision="3", cpu="64"), allocations)[Component.workload])
+    )
+    seen = await observe_until(driver, ctx, lambda s: "Unschedulable" in (s.detail or ""), timeout=60)
+    assert "Unschedulable: 0/1 nodes are available: 1 Insufficient cpu" in (seen.detail or ""), seen.detail
+    assert all(page(pod).status_code == 200 for pod in made)
+
+
+async def test_a_revision_whose_health_fails_on_the_node_is_rolled_back_and_the_old_pods_serve_throughout(
+    noded: tuple[LocalCluster, Node], kube: KubeClient
+) -> None:
+    """Through the reconciler: revision 2 starts on the node and answers 503 to the kubelet's
+    readiness probe (the rollout application's MODE=broken), so it never gets ready; the progress
+    deadline fails the rollout, the real Deployment controller goes back to revision 1's
+    ReplicaSet, and revision 1's Pods, the same Pods, answer every request meanwhile."""
+    cluster, _ = noded
+    namespace = new_namespace(cluster)
+    claims = ClaimStore(kube, f"claims-{uuid.uuid4().hex[:8]}")
+    await claims.setup()
+    drivers: dict[Component, Any] = {**memory_drivers(), Component.workload: KubernetesWorkload(TargetClusters(kube))}
+    reconciler = Reconciler(drivers, claims)
+    key = ProjectKey(namespace, "shop", "uid-1")
+
+    async def converge(revision: str, mode: str, status: ProjectStatus, until: Callable[[ProjectStatus], bool],
+                       timeout: float = 150) -> tuple[ProjectStatus, list[str]]:  # fmt: skip
+        deadline, reasons = asyncio.get_running_loop().time() + timeout, []
+        while True:
+            wanted = spec(ROLLOUT_IMAGE, revision=revision, MODE=mode)
+            outcome = await reconciler.reconcile(ProjectInput(key, 1, wanted, status))
+            status, reasons = outcome.status, reasons + [e.reason for e in outcome.events]
+            if until(status) or asyncio.get_running_loop().time() > deadline:
+                return status, reasons
+            await asyncio.sleep(1)
+
+    def step(status: ProjectStatus) -> str | None:
+        return status.rollout.step.value if status.rollout else None
+
+    status, _ = await converge("1", "ok", ProjectStatus(), lambda s: step(s) == "Succeeded")
+    assert step(status) == "Succeeded" and cond(status, "WorkloadReady") == ("True", "Ready")
+    serving = running(cluster, namespace)
+    assert len(serving) == 2 and all(page(p).json()["revision"] == "1" for p in serving)
+
+    answers: list[int] = []
+
+    async def load() -> None:
+        async with httpx.AsyncClient(timeout=5) as client:
+            while True:
+                for pod in serving:
+                    answers.append((await client.get(address(pod) + "/")).status_code)
+                await asyncio.sleep(0.1)
+
+    loader = asyncio.create_task(load())
+    try:
+        status, reasons = await converge("2", "broken", status, lambda s: step(s) == "Failed", timeout=180)
+    finally:
+        loader.cancel()
+    assert step(status) == "Failed" and "RolloutFailed" in reasons, status.rollout
+    assert f"no progress within {START_TIMEOUT} s" in status.rollout.message, status.rollout.message  # type: ignore[union-attr]
+    assert "running, not ready: its readiness probe has not passed" in status.rollout.message  # type: ignore[union-attr]
+    assert cond(status, "WorkloadReady") == ("False", "RolloutFailed")
+    assert [(d.revision, d.result) for d in status.deployments] == [("2", "Failed"), ("1", "Succeeded")]
+    deployment = get_json(cluster, "deployment", "shop-staging", "-n", namespace)
+    env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MODE"] == "ok" and env["CODEB_REVISION"] == "1"  # rolled back by the real controller
+    # The broken Pod goes; revision 1's two are the ones that served before and throughout.
+    deadline = asyncio.get_running_loop().time() + 60
+    while len(pods(cluster, namespace)) != 2 and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.5)
+    names = sorted(p["metadata"]["name"] for p in pods(cluster, namespace))
+    assert names == sorted(p["metadata"]["name"] for p in serving)
+    assert answers and set(answers) == {200}, f"{len(answers)} requests, answers {sorted(set(answers))}"
