@@ -3,12 +3,14 @@
 The node is a booted test host (``tests.testhosts``) of its own rootfs, ``node-v*`` from
 ``deploy/testhost/build-rootfs.sh``: the way kind runs a node, as a container. What a node in a
 container needs that a machine would not is set, and said why, in ``deploy/testhost/configure-node.sh``.
-The kubelet is built from the same ``k8s.io/kubernetes`` module as the API server; the cluster it
-joins runs the real kube-controller-manager and kube-scheduler, listening where the node reaches it.
+The kubelet and kube-proxy are built from the same ``k8s.io/kubernetes`` module as the API server;
+the cluster the node joins runs the real kube-controller-manager and kube-scheduler, listening where
+the node reaches it.
 
 Images come from the same Debian-rootfs builds as the quadlet hosts' (``localhost/codeb-hello:1``,
 ``localhost/codeb-rollout:1``), imported into containerd at boot: no registry. This machine reaches
-the node's Pods through a route to the node's Pod network, as a load balancer in a flat network would.
+the node's Pods, and its Services' cluster addresses (kube-proxy's rules on the node), through
+routes to the node, as a load balancer in a flat network would.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from tests.conftest import start_cluster
 from tests.testhosts import SERVICES_ADDRESS, BootedHost, booted, build_cache, image_tar, newest
 
 READY_SECONDS = 120.0
+SERVICE_NETWORK = "10.0.0.0/24"  # the API server's --service-cluster-ip-range (controller/local/cluster.py)
 
 
 @dataclass
@@ -55,15 +58,19 @@ def join(cluster: LocalCluster, host: BootedHost, key_file: Path) -> Node:
     merged = host.directory / "merged"
     _credentials(cluster, node, merged / "etc/kubernetes")
     (merged / "etc/cni/net.d/10-codeb.conflist").write_text(_pod_network(node))
-    shutil.copy(ensure_kube_binary("kubelet"), merged / "usr/local/bin/kubelet")
-    # RBAC alone authorizes here (no Node authorizer): the kubelet's group gets the role made for it.
-    cluster.kubectl("create", "clusterrolebinding", "codeb-test-nodes", "--clusterrole=system:node",
-                    "--group=system:nodes")  # fmt: skip
+    for binary in ("kubelet", "kube-proxy"):
+        shutil.copy(ensure_kube_binary(binary), merged / "usr/local/bin" / binary)
+    # RBAC alone authorizes here (no Node authorizer): the node's group gets the roles made for a
+    # kubelet and for kube-proxy (which uses the same certificate).
+    for role in ("system:node", "system:node-proxier"):
+        cluster.kubectl("create", "clusterrolebinding", f"codeb-test-{role.replace(':', '-')}",
+                        f"--clusterrole={role}", "--group=system:nodes")  # fmt: skip
     images = _images_directory()
     host.ssh(key_file, f"ctr -n k8s.io images import /codeb-cache/{images}/pause.tar >/dev/null && "
                        f"ctr -n k8s.io images import /codeb-cache/{images}/apps.tar >/dev/null && "
-                       "systemctl start kubelet")  # fmt: skip
-    subprocess.run(["ip", "route", "replace", node.pod_network, "via", host.address], check=True)
+                       "systemctl start kubelet kube-proxy")  # fmt: skip
+    for network in (node.pod_network, SERVICE_NETWORK):
+        subprocess.run(["ip", "route", "replace", network, "via", host.address], check=True)
     _wait_ready(cluster, node, key_file)
     return node
 
@@ -116,5 +123,6 @@ def _wait_ready(cluster: LocalCluster, node: Node, key_file: Path) -> None:
         if cluster.kubectl("get", "node", node.name, "-o", f"jsonpath={query}", check=False).stdout == "True":
             return
         time.sleep(1)
-    journal = node.host.ssh(key_file, "journalctl -u kubelet -u containerd --no-pager | tail -n 30", check=False)
+    journal = node.host.ssh(key_file, "journalctl -u kubelet -u containerd -u kube-proxy --no-pager | tail -n 30",
+                            check=False)  # fmt: skip
     raise RuntimeError(f"node {node.name} not Ready within {READY_SECONDS:.0f} s; kubelet says:\n{journal}")

@@ -311,8 +311,15 @@ def _ours(ctx: DriverContext, obj: Object) -> bool:
 
 
 def _endpoints(ctx: DriverContext, state: Object, service: Object | None) -> list[str]:
-    """Where the route reaches the workload: the cluster's name for the Service, or its balancer's address."""
+    """Where the route reaches the workload: the Service's cluster address, or its balancer's.
+
+    The cluster IP rather than the Service's DNS name: a Caddy inside the cluster reaches both, and one
+    beside it with a route to the Service network (the local cluster's node) reaches only the address.
+    """
     if state.get("balancer") is None:
+        cluster_ip = ((service or {}).get("spec") or {}).get("clusterIP")
+        if cluster_ip and cluster_ip != "None":
+            return [f"[{cluster_ip}]:{state['port']}" if ":" in cluster_ip else f"{cluster_ip}:{state['port']}"]
         return [f"{state['instance']}.{ctx.key.namespace}.svc.cluster.local:{state['port']}"]
     ingress = (((service or {}).get("status") or {}).get("loadBalancer") or {}).get("ingress") or [{}]
     address = ingress[0].get("ip") or ingress[0].get("hostname")

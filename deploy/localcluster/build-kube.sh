@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds a Kubernetes component (kube-apiserver by default, kube-controller-manager, or, for the
-# test node, kube-scheduler and kubelet) from the Go module proxy and caches the binary:
+# test node, kube-scheduler, kubelet and kube-proxy) from the Go module proxy and caches the binary:
 # build-kube.sh [COMPONENT].
 #
 # k8s.io/kubernetes is not meant to be consumed as a module: its go.mod points the
@@ -11,7 +11,7 @@ set -euo pipefail
 
 component="${1:-kube-apiserver}"
 case "$component" in
-  kube-apiserver|kube-controller-manager|kube-scheduler|kubelet) ;;
+  kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy) ;;
   *) echo "build-kube.sh: unknown component $component" >&2; exit 2 ;;
 esac
 version="${KUBE_VERSION:-v1.36.3}"
@@ -54,6 +54,7 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 GO
 

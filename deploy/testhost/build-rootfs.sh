@@ -17,7 +17,7 @@ image="$cache/hello-image-$(cat "${apps[@]}" | sha256sum | cut -c1-12).tar"
 # The operator image's BASE (deploy/operator/Containerfile) without Docker Hub; bump when its packages change.
 operator_base="$cache/operator-base-v1.tar"
 # The test node (tests/testnode.py): a rootfs, and its images as archives containerd imports.
-node_version=1  # bump when the node's packages or configure-node.sh change
+node_version=2  # bump when the node's packages or configure-node.sh change
 node_rootfs="$cache/node-v$node_version"
 node_images="$cache/node-images-v$node_version-$(basename "$image" .tar | cut -d- -f3)"
 mkdir -p "$cache"

@@ -83,6 +83,28 @@ resolvConf: /etc/resolv.conf
 clusterDomain: cluster.local
 CONF
 
+# kube-proxy makes the Services work (iptables, in the node's own network namespace). The conntrack
+# table's size is the machine's (not a namespace's) to set: left as it is.
+cat >"$root/etc/kubernetes/kube-proxy.yaml" <<'CONF'
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {kubeconfig: /etc/kubernetes/kubelet.kubeconfig}
+mode: iptables
+clusterCIDR: 10.244.0.0/16
+conntrack: {maxPerCore: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+CONF
+
+cat >"$root/etc/systemd/system/kube-proxy.service" <<'UNIT'
+[Unit]
+Description=kube-proxy
+
+[Service]
+EnvironmentFile=/etc/kubernetes/node.env
+ExecStart=/usr/local/bin/kube-proxy --config=/etc/kubernetes/kube-proxy.yaml --hostname-override=${NODE_NAME}
+Restart=always
+RestartSec=2
+UNIT
+
 # Started by the harness once its certificates and node.env (NODE_NAME, NODE_IP) are in place.
 cat >"$root/etc/systemd/system/kubelet.service" <<'UNIT'
 [Unit]

@@ -6,7 +6,8 @@ The target cluster is a second real control plane with the real kube-controller-
 Deployments make ReplicaSets and those make Pods. No kubelet runs, so the test writes
 the Pods' ready status where a kubelet would (`kubelet_reports`), and says so here. The
 application's page is not fetched: Pods that no kubelet runs serve nothing, and the
-route's upstream is the Service's cluster address, which only the cluster resolves.
+route's upstream is the Service's cluster IP, which nothing routes to here (the node's tests,
+``test_kubernetes_node_e2e``, fetch it through Caddy).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def test_a_project_in_a_target_cluster_is_ready_once_its_pods_are_and_is_removed
         print(f"runtime kubernetes (target cluster, 2 replicas): apply to Ready in {time.monotonic() - started:.1f} s")
         status = get_json(cluster, "project", "shop", "-n", NS)["status"]
         port = status["allocations"]["port"]
-        upstream = f"shop-staging.{NS}.svc.cluster.local:{port}"
+        upstream = f"{get_json(target, 'service', 'shop-staging', '-n', NS)['spec']['clusterIP']}:{port}"
         assert status["endpoints"]["internal"] == [upstream]
         # The rolling update is recorded as every runtime's rollout is, naming the ReplicaSet that serves.
         assert status["rollout"]["step"] == "Succeeded" and status["serving"]["revision"] == "1"

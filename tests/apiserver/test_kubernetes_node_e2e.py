@@ -1,9 +1,10 @@
 """Runtime kubernetes on a real node: Pods the kubelet really starts, probes and reports.
 
 The local cluster (real API server, kube-controller-manager and kube-scheduler) with one node
-(``tests.testnode``: kubelet, containerd, runc and the CNI plugins in a booted test host). Nothing
-here writes a Pod's status: readiness is the kubelet's probe of the application, an image that
-cannot be pulled is the kubelet's ErrImagePull, and the page is fetched from the Pod itself.
+(``tests.testnode``: kubelet, kube-proxy, containerd, runc and the CNI plugins in a booted test
+host). Nothing here writes a Pod's status: readiness is the kubelet's probe of the application,
+an image that cannot be pulled is the kubelet's ErrImagePull, a Pod with no room is the
+scheduler's Unschedulable, and the page is fetched from each Pod and through a real Caddy.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 
 from controller.claims.store import ClaimStore
 from controller.clients.kube import KubeClient, api_client_from_environment
+from controller.drivers.caddy import CaddyDriver
 from controller.drivers.clusters import TargetClusters
 from controller.drivers.kubernetes import KubernetesWorkload
 from controller.local.cluster import LocalCluster
@@ -29,8 +31,9 @@ from controller.loop.reconciler import ProjectInput, Reconciler
 from schemas.project import Allocations, ProjectSpec, ProjectStatus
 from tests.apiserver.test_kubernetes_runtime import OWN_CLUSTER, cond, pods
 from tests.factories import project_spec
-from tests.helpers import get_json, observe_until
+from tests.helpers import get_json, observe_until, wait_for
 from tests.memory_drivers import memory_drivers
+from tests.servers import https_get, start_caddy
 from tests.testhosts import HELLO_IMAGE, ROLLOUT_IMAGE
 from tests.testnode import Node, node_cluster
 
@@ -81,6 +84,19 @@ def address(pod: dict[str, Any]) -> str:
     return f"http://{pod['status']['podIP']}:{pod['spec']['containers'][0]['ports'][0]['containerPort']}"
 
 
+async def answered(url: str, timeout: float = 30) -> httpx.Response:
+    """The first answer from ``url`` (kube-proxy writes a new Service's rules within moments, not at once)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with httpx.AsyncClient(timeout=5) as client:
+        while True:
+            try:
+                return await client.get(url)
+            except httpx.TransportError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+            await asyncio.sleep(0.5)
+
+
 def running(cluster: LocalCluster, namespace: str) -> list[dict[str, Any]]:
     return [p for p in pods(cluster, namespace) if p.get("status", {}).get("podIP")]
 
@@ -101,7 +117,8 @@ async def test_pods_the_kubelet_starts_serve_the_page_and_an_unpullable_image_is
     assert seen.detail and seen.detail.startswith("Deployment shop-staging: 0 of 2 replicas available")
     seen = await observe_until(driver, ctx, lambda s: s.healthy, timeout=120)
     assert seen.healthy and seen.state == want, seen.detail
-    assert seen.outputs["endpoints"] == [f"shop-staging.{namespace}.svc.cluster.local:{PORT}"]  # the allocated port
+    service = get_json(cluster, "service", "shop-staging", "-n", namespace)["spec"]["clusterIP"]
+    assert seen.outputs["endpoints"] == [f"{service}:{PORT}"]  # the Service's address, its allocated port
     replica_set = seen.outputs["rollout"]["replicaSet"]
     # Complete: the condition says NewReplicaSetAvailable, which is not progress on the template.
     assert seen.outputs["rollout"] == {"progress": "Complete", "replicaSet": replica_set, "previous": None,
@@ -115,6 +132,18 @@ async def test_pods_the_kubelet_starts_serve_the_page_and_an_unpullable_image_is
         assert statuses[0]["ready"] and "running" in statuses[0]["state"] and statuses[0]["containerID"]
         answer = page(pod)
         assert answer.status_code == 200 and "Hello, CodeB" in answer.text
+    # The route the workload's endpoints make, in a real Caddy on this machine: through its TLS
+    # listener, the Service (kube-proxy's rules on the node) and the Service's port to the Pods' own.
+    await answered(f"http://{service}:{PORT}/")  # kube-proxy has written the Service's rules
+    route = desired_state(spec(HELLO_IMAGE), allocations, {Component.workload: seen.outputs})[Component.route]
+    caddy = start_caddy()
+    try:
+        await CaddyDriver(caddy.admin_url, [f"127.0.0.1:{caddy.https_port}"]).apply(ctx, dict(route))
+        through = wait_for(lambda: (r := https_get(caddy, "shop.example.com")).returncode == 0 and r,
+                           timeout=15, what="the page through Caddy")  # fmt: skip
+        assert "Hello, CodeB" in through.stdout
+    finally:
+        caddy.stop()
     logs = cluster.kubectl("logs", "-n", namespace, made[0]["metadata"]["name"]).stdout
     assert "GET / " in logs or "GET /api/health" in logs, logs  # the application's own log, through the kubelet
 
