@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Configures a copy of the test host rootfs as a Kubernetes node: configure-node.sh ROOTFS.
-# containerd, runc and the CNI plugins are Debian's (installed by build-rootfs.sh); the kubelet is
-# built like the API server and bound in at boot (tests/testnode.py), with its certificates.
+# containerd, runc and the CNI plugins are Debian's (installed by build-rootfs.sh); kubelet and
+# kube-proxy are built like the API server and copied in at boot (tests/testnode.py), with the
+# node's certificate.
 #
 # A node boots the way kind runs one, as a container (systemd-nspawn, like the quadlet test hosts),
 # and what differs from a machine is answered here, each where it is set:
@@ -11,10 +12,10 @@
 #     never changes the machine's.
 #   - it reads /dev/kmsg (its OOM watcher), which a container has not: the console instead (kind's answer).
 #   - this machine's processes may not lower an OOM score: containerd's restrict_oom_score_adj.
-#   - this machine's cgroup controllers are held by its v1 hierarchies, so the node's unified
-#     hierarchy has none: runc, through a wrapper, runs each container without the cpu, memory and
-#     pids limits such a kernel cannot hold (kubelet logs, and goes on without, the same for its own
-#     slices). The Pods run, are probed and restarted as anywhere; their limits are not enforced.
+#   - where the machine's cgroup controllers are held by v1 hierarchies (this one's are), the node's
+#     unified hierarchy has none: runc, through a wrapper, runs each container without the cpu,
+#     memory and pids limits it could not set (kubelet logs, and goes on without, the same for its
+#     own slices). The Pods run, are probed and restarted as anywhere; their limits are not enforced.
 set -euo pipefail
 root="$1"
 
