@@ -10,9 +10,12 @@ scheduler's Unschedulable, and the page is fetched from each Pod and through a r
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,11 +33,12 @@ from controller.loop.planner import Component, desired_state
 from controller.loop.reconciler import ProjectInput, Reconciler
 from schemas.project import Allocations, ProjectSpec, ProjectStatus
 from tests.apiserver.test_kubernetes_runtime import OWN_CLUSTER, cond, pods
-from tests.factories import project_spec
-from tests.helpers import get_json, observe_until, wait_for
+from tests.apiserver.test_platform_e2e import NS, install_platform, secret_data
+from tests.factories import project, project_spec
+from tests.helpers import OperatorProcess, get_json, observe_until, wait_for
 from tests.memory_drivers import memory_drivers
-from tests.servers import https_get, start_caddy
-from tests.testhosts import HELLO_IMAGE, ROLLOUT_IMAGE
+from tests.servers import https_get, start_caddy, start_minio, start_postgres, start_redis
+from tests.testhosts import HELLO_IMAGE, ROLLOUT_IMAGE, SERVICES_ADDRESS
 from tests.testnode import Node, node_cluster
 
 PORT = 4512
@@ -226,3 +230,71 @@ async def test_a_revision_whose_health_fails_on_the_node_is_rolled_back_and_the_
     names = sorted(p["metadata"]["name"] for p in pods(cluster, namespace))
     assert names == sorted(p["metadata"]["name"] for p in serving)
     assert answers and set(answers) == {200}, f"{len(answers)} requests, answers {sorted(set(answers))}"
+
+
+# ---------------------------------------------------------------- the whole operator, on the node
+
+DOMAIN = "shop.node.localhost"
+
+
+@pytest.fixture(scope="module")
+def platform(noded: tuple[LocalCluster, Node]) -> Iterator[dict[str, Any]]:
+    """PostgreSQL, Redis and MinIO on the address the node's Pods reach, a Caddy, and the Platform naming them."""
+    pg, rd, s3 = start_postgres(SERVICES_ADDRESS), start_redis(SERVICES_ADDRESS), start_minio(SERVICES_ADDRESS)
+    caddy = start_caddy()
+    try:
+        install_platform(noded[0], pg, rd, s3, caddy)
+        yield {"pg": pg, "caddy": caddy}
+    finally:
+        for server in (caddy, s3, rd, pg):
+            server.stop()
+
+
+def test_a_project_on_runtime_kubernetes_serves_its_page_from_pods_on_the_node_through_caddy(
+    noded: tuple[LocalCluster, Node], platform: dict[str, Any], tmp_path: Path
+) -> None:
+    """`kubectl apply` of a Project on the operator's own cluster: the operator allocates its
+    database, Redis user and bucket, the kubelet starts its Pods, and the page, through Caddy and
+    the Service, shows all three working; deleting the Project takes the Pods away."""
+    cluster, node = noded
+    shop = project(
+        "shop", NS, project={"slug": "shop", "source": {"image": HELLO_IMAGE}, "revision": "1"},
+        environment={"type": "staging", "domains": [DOMAIN]},
+        servers={"provider": "existing", "runtime": "kubernetes", "platform": "shared"},
+        resources={"replicas": 2, "cpu": "100m", "memory": "128Mi"},
+        features={"database": {"version": "15"}, "redis": {}, "storage": {}}, backup={"enabled": False},
+    )  # fmt: skip
+    operator = OperatorProcess(cluster, tmp_path / "operator.log", CODEB_DRIFT_INTERVAL="5").start()
+    try:
+        started = time.monotonic()
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(shop))
+        operator.wait_ready(NS, "shop", timeout=180)
+        print(f"runtime kubernetes (a real node, 2 replicas): apply to Ready in {time.monotonic() - started:.1f} s")
+        status = get_json(cluster, "project", "shop", "-n", NS)["status"]
+        credentials = secret_data(cluster, NS, "shop-staging-connection")
+        assert (
+            credentials["DATABASE_URL"].startswith("postgresql://") and SERVICES_ADDRESS in credentials["DATABASE_URL"]
+        )
+        service = get_json(cluster, "service", "shop-staging", "-n", NS)["spec"]["clusterIP"]
+        assert status["endpoints"]["internal"] == [f"{service}:{status['allocations']['port']}"]
+        made = running(cluster, NS)
+        assert len(made) == 2 and {p["spec"]["nodeName"] for p in made} == {node.name}
+        assert status["serving"]["replicaSet"] and all(
+            p["metadata"]["name"].startswith(status["serving"]["replicaSet"]) for p in made
+        )
+
+        # Through Caddy's TLS listener and the Service: the page used all three services.
+        page = wait_for(lambda: (r := https_get(platform["caddy"], DOMAIN)).stdout.count("<td>works</td>") == 3 and r,
+                        timeout=30, what="the page through Caddy")  # fmt: skip
+        assert "Hello, CodeB" in page.stdout
+        visits = [httpx.get(address(pod) + "/api/visit", timeout=10).json() for pod in made]
+        assert all(v["bucket"]["readBack"] and "visits" in v["database"] for v in visits), visits
+        assert visits[1]["database"]["visits"] == visits[0]["database"]["visits"] + 1  # one database for both
+
+        cluster.kubectl("delete", "project", "shop", "-n", NS, "--timeout=120s")
+        wait_for(lambda: not pods(cluster, NS), timeout=90, what="the Pods gone")
+        assert "Hello, CodeB" not in https_get(platform["caddy"], DOMAIN).stdout
+        log = operator.log()
+        assert all(secret not in log for secret in credentials.values() if len(secret) >= 12)
+    finally:
+        operator.stop()
