@@ -76,6 +76,7 @@ class BootedHosts:
     hosts: list[BootedHost]
     private_key: str
     key_file: Path
+    cache: Path  # what build-rootfs.sh made (the hosts see it at /codeb-cache)
 
     def ssh(self, host: BootedHost, command: str, check: bool = True) -> str:
         return host.ssh(self.key_file, command, check)
@@ -132,7 +133,7 @@ def _booted(count: int, cache: Path, rootfs: Path, image: Path | None) -> Iterat
             _wait_ssh(host)
             if image is not None:
                 _import_apps(host, key_file, image)
-        yield BootedHosts(hosts, key.export_private_key().decode(), key_file)
+        yield BootedHosts(hosts, key.export_private_key().decode(), key_file, cache)
     finally:
         for host in hosts:
             _shutdown(host)

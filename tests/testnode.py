@@ -26,7 +26,7 @@ from pathlib import Path
 
 from controller.local.cluster import LocalCluster, ensure_kube_binary, openssl
 from tests.conftest import start_cluster
-from tests.testhosts import SERVICES_ADDRESS, BootedHost, booted, build_cache, image_tar, newest
+from tests.testhosts import SERVICES_ADDRESS, BootedHost, booted, image_tar, newest
 
 READY_SECONDS = 120.0
 SERVICE_NETWORK = "10.0.0.0/24"  # the API server's --service-cluster-ip-range (controller/local/cluster.py)
@@ -48,12 +48,12 @@ def node_cluster(root: Path) -> Iterator[tuple[LocalCluster, Node]]:
     with booted(1, kind="node") as hosts:
         cluster = start_cluster(root, controllers=True, scheduler=True, address=SERVICES_ADDRESS)
         try:
-            yield cluster, join(cluster, hosts.hosts[0], hosts.key_file)
+            yield cluster, join(cluster, hosts.hosts[0], hosts.key_file, hosts.cache)
         finally:
             cluster.stop()
 
 
-def join(cluster: LocalCluster, host: BootedHost, key_file: Path) -> Node:
+def join(cluster: LocalCluster, host: BootedHost, key_file: Path, cache: Path) -> Node:
     node = Node(f"node{host.index}", host)
     merged = host.directory / "merged"
     _credentials(cluster, node, merged / "etc/kubernetes")
@@ -65,7 +65,7 @@ def join(cluster: LocalCluster, host: BootedHost, key_file: Path) -> Node:
     for role in ("system:node", "system:node-proxier"):
         cluster.kubectl("create", "clusterrolebinding", f"codeb-test-{role.replace(':', '-')}",
                         f"--clusterrole={role}", "--group=system:nodes")  # fmt: skip
-    images = _images_directory()
+    images = _images_directory(cache)
     host.ssh(key_file, f"ctr -n k8s.io images import /codeb-cache/{images}/pause.tar >/dev/null && "
                        f"ctr -n k8s.io images import /codeb-cache/{images}/apps.tar >/dev/null && "
                        "systemctl start kubelet kube-proxy")  # fmt: skip
@@ -109,9 +109,8 @@ def _pod_network(node: Node) -> str:
     return json.dumps({"cniVersion": "0.4.0", "name": "codeb", "plugins": [bridge, ports]})
 
 
-def _images_directory() -> str:
+def _images_directory(cache: Path) -> str:
     """``node-images-v<node version>-<the applications' image hash>``, as build-rootfs.sh names it."""
-    cache = build_cache()
     version = newest(cache, "node").name.removeprefix("node-v")
     return f"node-images-v{version}-{image_tar(cache).stem.removeprefix('hello-image-')}"
 

@@ -317,14 +317,14 @@ def _endpoints(ctx: DriverContext, state: Object, service: Object | None) -> lis
     beside it with a route to the Service network (the local cluster's node) reaches only the address.
     """
     if state.get("balancer") is None:
-        cluster_ip = ((service or {}).get("spec") or {}).get("clusterIP")
-        if cluster_ip and cluster_ip != "None":
-            return [f"[{cluster_ip}]:{state['port']}" if ":" in cluster_ip else f"{cluster_ip}:{state['port']}"]
-        return [f"{state['instance']}.{ctx.key.namespace}.svc.cluster.local:{state['port']}"]
-    ingress = (((service or {}).get("status") or {}).get("loadBalancer") or {}).get("ingress") or [{}]
-    address = ingress[0].get("ip") or ingress[0].get("hostname")
-    if not address:
-        return []
+        address = ((service or {}).get("spec") or {}).get("clusterIP")
+        if not address or address == "None":
+            address = f"{state['instance']}.{ctx.key.namespace}.svc.cluster.local"
+    else:
+        ingress = (((service or {}).get("status") or {}).get("loadBalancer") or {}).get("ingress") or [{}]
+        address = ingress[0].get("ip") or ingress[0].get("hostname")
+        if not address:
+            return []
     return [f"[{address}]:{state['port']}" if ":" in address else f"{address}:{state['port']}"]
 
 

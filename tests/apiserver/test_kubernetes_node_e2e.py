@@ -32,7 +32,7 @@ from controller.loop.naming import ProjectKey
 from controller.loop.planner import Component, desired_state
 from controller.loop.reconciler import ProjectInput, Reconciler
 from schemas.project import Allocations, ProjectSpec, ProjectStatus
-from tests.apiserver.test_kubernetes_runtime import OWN_CLUSTER, cond, pods
+from tests.apiserver.test_kubernetes_runtime import OWN_CLUSTER, cond, pods, step
 from tests.apiserver.test_platform_e2e import NS, install_platform, secret_data
 from tests.factories import project, project_spec
 from tests.helpers import OperatorProcess, get_json, observe_until, wait_for
@@ -88,19 +88,6 @@ def address(pod: dict[str, Any]) -> str:
     return f"http://{pod['status']['podIP']}:{pod['spec']['containers'][0]['ports'][0]['containerPort']}"
 
 
-async def answered(url: str, timeout: float = 30) -> httpx.Response:
-    """The first answer from ``url`` (kube-proxy writes a new Service's rules within moments, not at once)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    async with httpx.AsyncClient(timeout=5) as client:
-        while True:
-            try:
-                return await client.get(url)
-            except httpx.TransportError:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise
-            await asyncio.sleep(0.5)
-
-
 def running(cluster: LocalCluster, namespace: str) -> list[dict[str, Any]]:
     return [p for p in pods(cluster, namespace) if p.get("status", {}).get("podIP")]
 
@@ -138,14 +125,13 @@ async def test_pods_the_kubelet_starts_serve_the_page_and_an_unpullable_image_is
         assert answer.status_code == 200 and "Hello, CodeB" in answer.text
     # The route the workload's endpoints make, in a real Caddy on this machine: through its TLS
     # listener, the Service (kube-proxy's rules on the node) and the Service's port to the Pods' own.
-    await answered(f"http://{service}:{PORT}/")  # kube-proxy has written the Service's rules
     route = desired_state(spec(HELLO_IMAGE), allocations, {Component.workload: seen.outputs})[Component.route]
     caddy = start_caddy()
     try:
         await CaddyDriver(caddy.admin_url, [f"127.0.0.1:{caddy.https_port}"]).apply(ctx, dict(route))
-        through = wait_for(lambda: (r := https_get(caddy, "shop.example.com")).returncode == 0 and r,
-                           timeout=15, what="the page through Caddy")  # fmt: skip
-        assert "Hello, CodeB" in through.stdout
+        # Waited for: Caddy's certificate, and kube-proxy's rules for the new Service, come moments after.
+        wait_for(lambda: "Hello, CodeB" in https_get(caddy, "shop.example.com").stdout, timeout=30,
+                 what="the page through Caddy")  # fmt: skip
     finally:
         caddy.stop()
     logs = cluster.kubectl("logs", "-n", namespace, made[0]["metadata"]["name"]).stdout
@@ -192,9 +178,6 @@ async def test_a_revision_whose_health_fails_on_the_node_is_rolled_back_and_the_
             if until(status) or asyncio.get_running_loop().time() > deadline:
                 return status, reasons
             await asyncio.sleep(1)
-
-    def step(status: ProjectStatus) -> str | None:
-        return status.rollout.step.value if status.rollout else None
 
     status, _ = await converge("1", "ok", ProjectStatus(), lambda s: step(s) == "Succeeded")
     assert step(status) == "Succeeded" and cond(status, "WorkloadReady") == ("True", "Ready")

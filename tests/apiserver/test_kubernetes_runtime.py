@@ -348,9 +348,6 @@ async def test_a_revision_that_never_gets_ready_is_rolled_back_and_held_and_a_go
                     kubelet_reports(controlled, namespace, pod["metadata"]["name"], ready=True)
             await asyncio.sleep(0.5)
 
-    def step(status: ProjectStatus) -> str | None:
-        return status.rollout.step.value if status.rollout else None
-
     status, _ = await converge("1", "shop:1", ProjectStatus(), lambda s: step(s) == "Succeeded")
     assert status.serving is not None and status.serving.revision == "1" and status.serving.replica_set
     assert cond(status, "Serving") == ("True", "ReplicaSet") and cond(status, "WorkloadReady") == ("True", "Ready")
@@ -404,6 +401,11 @@ async def test_a_revision_that_never_gets_ready_is_rolled_back_and_held_and_a_go
 
 
 BROKEN = "shop:broken"
+
+
+def step(status: ProjectStatus) -> str | None:
+    """Where the Project's rollout stands (Checking, Succeeded, Failed, …), or None before any."""
+    return status.rollout.step.value if status.rollout else None
 
 
 def _ready(pod: dict[str, Any]) -> bool:
