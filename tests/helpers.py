@@ -98,19 +98,28 @@ class OperatorProcess:
         return self.log_path.read_text(errors="replace")
 
     def wait_ready(self, namespace: str, name: str, timeout: float) -> None:
-        """Until the Project is Ready; otherwise fail with its conditions and the operator's last lines."""
+        wait_project_ready(self.cluster, namespace, name, timeout, self.log)
 
-        def conditions() -> list[dict[str, Any]]:
-            status = get_json(self.cluster, "project", name, "-n", namespace).get("status", {})
-            return list(status.get("conditions", []))
 
-        def ready() -> bool:
-            return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions())
+def wait_project_ready(cluster: LocalCluster, namespace: str, name: str, timeout: float,
+                       log: Callable[[], str], generation: int = 1, settled: bool = False) -> None:  # fmt: skip
+    """Until the Project is Ready at ``generation`` (or a later one), and with ``settled`` Synced too (Ready
+    stays True while a new revision rolls out and the old one serves); otherwise fail with its conditions
+    and the operator's last lines (``log``)."""
 
-        try:
-            wait_for(ready, timeout=timeout, what=f"{name} Ready")
-        except AssertionError:
-            raise AssertionError(json.dumps(conditions(), indent=1) + self.log()[-3000:]) from None
+    def status() -> dict[str, Any]:
+        return dict(get_json(cluster, "project", name, "-n", namespace).get("status", {}))
+
+    def ready() -> bool:
+        seen = status()
+        true = {c["type"] for c in seen.get("conditions", []) if c["status"] == "True"}
+        wanted = {"Ready", "Synced"} if settled else {"Ready"}
+        return seen.get("observedGeneration", 0) >= generation and wanted <= true
+
+    try:
+        wait_for(ready, timeout=timeout, what=f"{name} Ready")
+    except AssertionError:
+        raise AssertionError(json.dumps(status().get("conditions", []), indent=1) + log()[-3000:]) from None
 
 
 class Heard:

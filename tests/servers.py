@@ -130,14 +130,15 @@ class CaddyServer(_Spawned):
     admin_port: int
     https_port: int
     http_port: int = 0  # where Caddy redirects plain HTTP to HTTPS (a free port when 0)
+    admin_host: str = "127.0.0.1"  # SERVICES_ADDRESS for an operator in a node's Pod
 
     @property
     def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
+        return f"http://{self.admin_host}:{self.admin_port}"
 
     def start(self, with_tls_policy: bool = True) -> CaddyServer:
         self.http_port = self.http_port or free_port()
-        config: dict[str, Any] = {"admin": {"listen": f"127.0.0.1:{self.admin_port}"}}
+        config: dict[str, Any] = {"admin": {"listen": f"{self.admin_host}:{self.admin_port}"}}
         if with_tls_policy:
             # Certificates from Caddy's own internal CA: no ACME in tests.
             config["apps"] = {
@@ -151,7 +152,7 @@ class CaddyServer(_Spawned):
         (self.root / "caddy.json").write_text(json.dumps(config))
         env = {**os.environ, "XDG_DATA_HOME": str(self.root / "data"), "XDG_CONFIG_HOME": str(self.root / "cfg")}
         self.proc = _spawn([find_binary("caddy"), "run", "--config", str(self.root / "caddy.json")], self.root,
-                           self.admin_port, env)  # fmt: skip
+                           self.admin_port, env, host=self.admin_host)  # fmt: skip
         return self
 
 
@@ -162,8 +163,8 @@ def https_get(caddy: CaddyServer, host: str, *extra: str, path: str = "/") -> su
                            *extra, url], capture_output=True, text=True)  # fmt: skip
 
 
-def start_caddy() -> CaddyServer:
-    return CaddyServer(scratch("codeb-caddy-"), free_port(), free_port()).start()
+def start_caddy(admin_host: str = "127.0.0.1") -> CaddyServer:
+    return CaddyServer(scratch("codeb-caddy-"), free_port(), free_port(), admin_host=admin_host).start()
 
 
 @dataclass

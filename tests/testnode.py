@@ -24,22 +24,26 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.local.cluster import LocalCluster, ensure_kube_binary, openssl
+from controller.local.cluster import SERVICE_NETWORK, LocalCluster, ensure_kube_binary, openssl
 from tests.conftest import start_cluster
 from tests.testhosts import SERVICES_ADDRESS, BootedHost, booted, image_tar, newest
 
 READY_SECONDS = 120.0
-SERVICE_NETWORK = "10.0.0.0/24"  # the API server's --service-cluster-ip-range (controller/local/cluster.py)
 
 
 @dataclass
 class Node:
     name: str
     host: BootedHost
+    key_file: Path  # its root's SSH key
+    cache: Path  # what build-rootfs.sh made (the node sees it at /codeb-cache)
 
     @property
     def pod_network(self) -> str:
         return f"10.244.{self.host.index}.0/24"
+
+    def ssh(self, command: str, check: bool = True, timeout: float = 120) -> str:
+        return self.host.ssh(self.key_file, command, check=check, timeout=timeout)
 
 
 @contextlib.contextmanager
@@ -54,7 +58,7 @@ def node_cluster(root: Path) -> Iterator[tuple[LocalCluster, Node]]:
 
 
 def join(cluster: LocalCluster, host: BootedHost, key_file: Path, cache: Path) -> Node:
-    node = Node(f"node{host.index}", host)
+    node = Node(f"node{host.index}", host, key_file, cache)
     merged = host.directory / "merged"
     _credentials(cluster, node, merged / "etc/kubernetes")
     (merged / "etc/cni/net.d/10-codeb.conflist").write_text(_pod_network(node))
@@ -66,12 +70,12 @@ def join(cluster: LocalCluster, host: BootedHost, key_file: Path, cache: Path) -
         cluster.kubectl("create", "clusterrolebinding", f"codeb-test-{role.replace(':', '-')}",
                         f"--clusterrole={role}", "--group=system:nodes")  # fmt: skip
     images = _images_directory(cache)
-    host.ssh(key_file, f"ctr -n k8s.io images import /codeb-cache/{images}/pause.tar >/dev/null && "
-                       f"ctr -n k8s.io images import /codeb-cache/{images}/apps.tar >/dev/null && "
-                       "systemctl start kubelet kube-proxy")  # fmt: skip
+    node.ssh(f"ctr -n k8s.io images import /codeb-cache/{images}/pause.tar >/dev/null && "
+             f"ctr -n k8s.io images import /codeb-cache/{images}/apps.tar >/dev/null && "
+             "systemctl start kubelet kube-proxy")  # fmt: skip
     for network in (node.pod_network, SERVICE_NETWORK):
         subprocess.run(["ip", "route", "replace", network, "via", host.address], check=True)
-    _wait_ready(cluster, node, key_file)
+    _wait_ready(cluster, node)
     return node
 
 
@@ -115,13 +119,12 @@ def _images_directory(cache: Path) -> str:
     return f"node-images-v{version}-{image_tar(cache).stem.removeprefix('hello-image-')}"
 
 
-def _wait_ready(cluster: LocalCluster, node: Node, key_file: Path) -> None:
+def _wait_ready(cluster: LocalCluster, node: Node) -> None:
     query = '{.status.conditions[?(@.type=="Ready")].status}'
     deadline = time.monotonic() + READY_SECONDS
     while time.monotonic() < deadline:
         if cluster.kubectl("get", "node", node.name, "-o", f"jsonpath={query}", check=False).stdout == "True":
             return
         time.sleep(1)
-    journal = node.host.ssh(key_file, "journalctl -u kubelet -u containerd -u kube-proxy --no-pager | tail -n 30",
-                            check=False)  # fmt: skip
+    journal = node.ssh("journalctl -u kubelet -u containerd -u kube-proxy --no-pager | tail -n 30", check=False)
     raise RuntimeError(f"node {node.name} not Ready within {READY_SECONDS:.0f} s; kubelet says:\n{journal}")

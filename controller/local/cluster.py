@@ -32,6 +32,8 @@ from typing import Any
 import httpx
 
 KUBE_VERSION = "v1.36.3"
+SERVICE_NETWORK = "10.0.0.0/24"  # the API server's --service-cluster-ip-range
+KUBERNETES_SERVICE_ADDRESS = "10.0.0.1"  # the first address of SERVICE_NETWORK: the `kubernetes` Service
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "deploy" / "localcluster" / "build-kube.sh"
 
@@ -135,6 +137,8 @@ def _write_pki(pki: Path, address: str = "127.0.0.1") -> None:
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=codeb-local-ca",
              "-keyout", "ca.key", "-out", "ca.crt", cwd=pki)  # fmt: skip
     names = "IP:127.0.0.1,DNS:localhost" + (f",IP:{address}" if address != "127.0.0.1" else "")
+    # As a Pod reaches it: the `kubernetes` Service's cluster address and names (a node's Pods, in-cluster config).
+    names += f",IP:{KUBERNETES_SERVICE_ADDRESS},DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
     (pki / "server.ext").write_text(f"subjectAltName={names}\nextendedKeyUsage=serverAuth\n")
     (pki / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
     for name, subject, ext in (
@@ -215,11 +219,14 @@ class LocalCluster:
                 f"--secure-port={free_port()}"]  # fmt: skip
 
     def _controller_manager_args(self, pki: Path) -> list[str]:
-        # What a workload needs (and Kubernetes' own roles aggregated); no service-account or certificate
-        # controllers. With a scheduler there are nodes: their lifecycle (a Ready node loses its not-ready
-        # taint) and the Services' endpoints.
+        # What a workload needs (and Kubernetes' own roles aggregated); no certificate controllers. With a
+        # scheduler there are nodes: their lifecycle (a Ready node loses its not-ready taint), the Services'
+        # endpoints, and what a Pod needs to talk to the API server (each namespace's `default`
+        # ServiceAccount and its `kube-root-ca.crt`; the kubelet asks for the Pods' tokens itself).
         controllers = "deployment,replicaset,disruption,horizontalpodautoscaling,garbagecollector,"
-        controllers += "clusterrole-aggregation" + (",nodelifecycle,endpointslice" if self.scheduler else "")
+        controllers += "clusterrole-aggregation"
+        if self.scheduler:
+            controllers += ",nodelifecycle,endpointslice,serviceaccount,root-ca-cert-publisher"
         return [
             f"--kubeconfig={self.kubeconfig}", "--leader-elect=false", "--use-service-account-credentials=false",
             "--bind-address=127.0.0.1", f"--secure-port={free_port()}", f"--cert-dir={self.root / 'kcm-certs'}",
@@ -246,13 +253,15 @@ class LocalCluster:
             "--authorization-mode=RBAC",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki / 'sa.key'}", f"--service-account-signing-key-file={pki / 'sa.key'}",
-            "--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true",
+            f"--service-cluster-ip-range={SERVICE_NETWORK}", "--allow-privileged=true",
             # A node registers by name alone, which nothing resolves here (logs, exec): by its address.
             "--kubelet-preferred-address-types=InternalIP",
             f"--kubelet-client-certificate={pki / 'admin.crt'}", f"--kubelet-client-key={pki / 'admin.key'}",
-            # No controller-manager runs, so nothing would mint service-account tokens.
-            "--disable-admission-plugins=ServiceAccount",
         ]  # fmt: skip
+        if not self.scheduler:
+            # No node: no kubelet asks for a Pod's token, and nothing makes the `default` ServiceAccount the
+            # admission plugin would want to exist before a Pod is made.
+            args.append("--disable-admission-plugins=ServiceAccount")
         if self.audit_policy is not None:
             policy = self.root / "audit-policy.yaml"
             policy.write_text(self.audit_policy)

@@ -41,6 +41,7 @@ from controller.loop.summary import kstatus_conditions
 from controller.operator.config import OperatorConfig
 from controller.operator.expectations import Expected
 from controller.operator.inbound import Inbound
+from controller.operator.login import login
 from controller.operator.metrics import Metrics
 from controller.operator.notify import Notifier
 from controller.operator.retries import Backoff, Retries
@@ -387,11 +388,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     config = runtime.config
 
-    @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # kopf's own loaders read KUBECONFIG when called; the kubernetes client's
-        # auto-login captures it at import time.
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    kopf.on.login(registry=registry)(login)
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:

@@ -68,6 +68,11 @@ def _metadata(ctx: DriverContext, desired: State, **extra: Any) -> dict[str, Any
     return {"name": desired["instance"], "namespace": ctx.key.namespace, "labels": labels(ctx, desired), **extra}
 
 
+# Seconds a Pod being replaced keeps serving before its application is told to stop: the Service's
+# endpoints drop it at once, but each node's kube-proxy (and any balancer) takes a moment to stop sending
+# it requests; stopped sooner, those requests are refused (a rollout's 502s through Caddy on a real node).
+DRAIN_SECONDS = 5
+
 # Set by the operator after the Project's own variables: never read back as one of them.
 OPERATOR_ENV = ("PORT", "HOST", "CODEB_REVISION")
 
@@ -97,6 +102,7 @@ def _deployment(ctx: DriverContext, desired: State, credentials_digest: str) -> 
         # Readiness is the rollout's health gate: no traffic to a Pod before it passes.
         "readinessProbe": {**check, **desired["readinessGate"]},
         "livenessProbe": {**liveness, "failureThreshold": 3, "initialDelaySeconds": 10},
+        "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},
     }
     spec: dict[str, Any] = {
         "selector": {"matchLabels": selector},

@@ -2,7 +2,8 @@
 ServiceAccount: what its ClusterRole grants is exactly the golden list, and it is enough for the real
 operator to take a Project through its life (status, events, ledgers, finalizer, deletion). The team
 roles grant what they say and no more. No kubelet runs here, so the Deployment's Pod never starts:
-the operator runs as a process with the ServiceAccount's token instead.
+the operator runs as a process with the ServiceAccount's token instead (`test_operator_on_node.py`
+runs the installation's Pod on a real node).
 """
 
 from __future__ import annotations

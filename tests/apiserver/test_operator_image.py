@@ -1,25 +1,13 @@
-"""The operator's image (`deploy/operator/Containerfile`), built by podman as a user builds it, and run as the
+"""The operator's image (`deploy/operator/Containerfile`, built by `tests.operator_image`) run as the
 Deployment runs it: user 10001, a read-only root filesystem, every capability dropped, /work its only
 writable place. The operator in it reconciles a Project on a real API server and puts its units on a real host.
-
-Built and run inside a booted test host (`tests.testhosts`), where podman works: this machine's own cgroups
-(v1 and v2 mixed) do not suit it (crun: "cgroups in hybrid mode not supported"), a systemd-nspawn machine's do.
-Nothing comes from Docker Hub: BASE is a Debian rootfs from debootstrap (`deploy/testhost/build-rootfs.sh`),
-TERRAFORM an image holding this machine's terraform, and the Python packages are wheels made here.
+Run by podman in a booted test host (`tests.testhosts`), where podman works.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
-import os
-import shutil
-import subprocess
-import sys
-import tarfile
-import time
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,82 +18,25 @@ from controller.local.cluster import LocalCluster
 from tests.conftest import start_cluster
 from tests.factories import project
 from tests.helpers import get_json, wait_for
-from tests.testhosts import HELLO_IMAGE, REPO, SERVICES_ADDRESS, BootedHosts, booted, build_cache
+from tests.operator_image import IMAGE, operator_image
+from tests.testhosts import HELLO_IMAGE, SERVICES_ADDRESS, BootedHosts, booted
 
 pytestmark = pytest.mark.timeout(1500)
 
-IMAGE = "localhost/codeb-operator:test"
 NS = "imaged"
-BUILD_SECONDS = 900.0
-# What the image's Containerfile copies, and so what the build context holds.
-SOURCES = ("pyproject.toml", "README.md", "controller", "schemas", "terraform", "deploy/operator/Containerfile")
-
-
-def wheels(cache: Path) -> Path:
-    """The operator's dependencies as wheels for this Python (the image's is Debian's 3.11 too), made once
-    per pyproject.toml."""
-    pyproject = (REPO / "pyproject.toml").read_bytes()
-    where = cache / f"operator-wheels-{hashlib.sha256(pyproject).hexdigest()[:12]}"
-    if not (where / ".complete").exists():
-        # Debian's Python is 3.11.2: redis wants async-timeout below 3.11.3, which this machine's newer 3.11 skips.
-        wanted = [*tomllib.loads(pyproject.decode())["project"]["dependencies"], "async-timeout>=4.0.3"]
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "--wheel-dir",
-                        str(where), "setuptools>=68", *wanted], check=True, timeout=900)  # fmt: skip
-        (where / ".complete").touch()
-    return where
-
-
-def build_context(cache: Path) -> Path:
-    """The repository's parts the Containerfile copies, and the wheels, where the host sees them (/codeb-cache)."""
-    context = cache / f"operator-context-{os.getpid()}"
-    shutil.rmtree(context, ignore_errors=True)
-    for name in SOURCES:
-        source, target = REPO / name, context / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", ".terraform*", "*.tfstate*"))
-        else:
-            shutil.copy2(source, target)
-    (context / "wheels").mkdir()
-    for wheel in wheels(cache).glob("*.whl"):
-        os.link(wheel, context / "wheels" / wheel.name)
-    return context
-
-
-def terraform_image(cache: Path) -> Path:
-    """An image of one file, /bin/terraform (as hashicorp/terraform has it): this machine's."""
-    binary = shutil.which("terraform")
-    assert binary is not None, "terraform is not on the PATH (../shared/PARTS.md)"
-    tar = cache / f"operator-terraform-{os.getpid()}.tar"
-    with tarfile.open(tar, "w") as out:
-        out.add(binary, arcname="bin/terraform")
-    return tar
 
 
 @pytest.fixture(scope="module")
 def built() -> Iterator[tuple[BootedHosts, LocalCluster]]:
-    cache = build_cache()
-    context, terraform = build_context(cache), terraform_image(cache)
-    try:
-        with booted(1) as hosts:
-            host = hosts.hosts[0]
-            started = time.monotonic()
-            host.ssh(hosts.key_file, "podman import -q /codeb-cache/operator-base-v1.tar localhost/codeb/base:"
-                                     f"bookworm >/dev/null && podman import -q /codeb-cache/{terraform.name} "
-                                     "localhost/codeb/terraform:local >/dev/null", timeout=300)  # fmt: skip
-            host.ssh(hosts.key_file, f"cd /codeb-cache/{context.name} && podman build -q --build-arg "
-                                     "BASE=localhost/codeb/base:bookworm --build-arg TERRAFORM=localhost/codeb/"
-                                     f"terraform:local -f deploy/operator/Containerfile -t {IMAGE} . >/dev/null",
-                     timeout=BUILD_SECONDS)  # fmt: skip
-            print(f"operator image built in {time.monotonic() - started:.0f} s")
-            cluster = start_cluster(Path(host.directory) / "cluster", address=SERVICES_ADDRESS)
-            try:
-                yield hosts, cluster
-            finally:
-                cluster.stop()
-    finally:
-        shutil.rmtree(context, ignore_errors=True)
-        terraform.unlink(missing_ok=True)
+    with booted(1) as hosts:
+        host = hosts.hosts[0]
+        archive = operator_image(host, hosts.key_file, hosts.cache)
+        host.ssh(hosts.key_file, f"podman load -q -i /codeb-cache/{archive.name} >/dev/null", timeout=300)
+        cluster = start_cluster(Path(host.directory) / "cluster", address=SERVICES_ADDRESS)
+        try:
+            yield hosts, cluster
+        finally:
+            cluster.stop()
 
 
 def run(hosts: BootedHosts, command: str, timeout: float = 300) -> str:

@@ -92,6 +92,8 @@ def test_deployment_carries_image_probes_limits_and_credentials_from_the_secret(
                         "readinessProbe": {**check, **gate},
                         "livenessProbe": {**check, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3,
                                           "initialDelaySeconds": 10},
+                        # Replaced Pods keep serving while kube-proxy stops sending them requests.
+                        "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
                     }],
                 },
             },

@@ -173,6 +173,21 @@ def test_a_spec_change_while_pods_roll_supersedes_the_rollout() -> None:
     assert decision.serving is not None and decision.serving.revision == "3"
 
 
+def test_a_rollout_that_ended_before_the_spec_changed_is_recorded_as_succeeded() -> None:
+    """Its Pods all rolled and served, but no pass looked before the next revision came: not superseded."""
+    cluster = Cluster()
+    decision = until(cluster, "1", None, RolloutStep.succeeded)
+    decision = pass_(cluster, "2", decision)
+    assert decision.rollout is not None and decision.rollout.step is RolloutStep.checking
+    cluster.looks += 1  # the Deployment controller finished revision 2 meanwhile
+    decision = pass_(cluster, "3", decision)
+    assert [(d.revision, d.result) for d in decision.history][:3] == [
+        ("3", "Progressing"), ("2", "Succeeded"), ("1", "Succeeded")]  # fmt: skip
+    assert "RolloutSucceeded" in [n.reason for n in decision.notices]
+    decision = until(cluster, "3", decision, RolloutStep.succeeded)
+    assert decision.serving is not None and decision.serving.revision == "3"
+
+
 # ---------------------------------------------------------------- the worlds a crash leaves
 
 

@@ -139,7 +139,12 @@ def advance(facts: Facts) -> Decision:
     if record is not None and record.colour is None and record.step is RolloutStep.checking:
         if record.release == facts.release:
             return draft.watch(record)
-        draft.close(record, RolloutStep.superseded, "Superseded", "the spec changed again before the rollout ended")
+        seen = facts.seen
+        if seen is not None and seen.release == record.release and seen.progress is Progress.complete:
+            # It ended before this pass looked: it succeeded (its Pods served), and the new one starts from it.
+            draft.succeed(record, seen)
+        else:
+            draft.close(record, RolloutStep.superseded, "Superseded", "the spec changed again before the rollout ended")
     return draft.settle()
 
 
@@ -231,7 +236,7 @@ class _Draft:
                 return self._hold(self._fail(record, "was never applied to the Deployment (see WorkloadReady)"))
             return self._decision(facts.wanted, record, wake=LOOK_AGAIN_SECONDS)  # being applied in this pass
         if seen.progress is Progress.complete:
-            return self._succeed(record, seen)
+            return self.succeed(record, seen)
         if seen.progress is Progress.stalled or self._stalled(record, seen):
             message = f"no progress within {facts.settings.start_timeout_seconds:g} s: {seen.detail or 'no detail'}"
             return self._hold(self._fail(record, message))
@@ -244,7 +249,7 @@ class _Draft:
         since = max(record.started_at, seen.progressed_at or record.started_at)
         return (self.facts.now - since).total_seconds() > self.facts.settings.start_timeout_seconds
 
-    def _succeed(self, record: RolloutStatus, seen: DeploymentSeen) -> Decision:
+    def succeed(self, record: RolloutStatus, seen: DeploymentSeen) -> Decision:
         facts = self.facts
         first = self.serving is None
         done = {"step": RolloutStep.succeeded, "switched_at": facts.now, "finished_at": facts.now,
