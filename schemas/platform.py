@@ -176,6 +176,25 @@ class CaddyEndpoint(CodebModel):
     )
 
 
+class RegistryEndpoint(CodebModel):
+    host: str = Field(
+        description=(
+            "Where hosts and nodes push and pull the Projects' images, as image names spell it: "
+            "registry.example.com or 10.0.0.4:5000. Each Project's images are under codeb/<namespace>/<name>."
+        ),
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?$",
+        max_length=260,
+    )
+    service: str = Field(
+        "codeb-registry",
+        description=(
+            "The registry's auth.token.service: the audience of the tokens the operator issues for it (its"
+            " inbound listener's GET /registry/token is the registry's realm; docs/operations.md \"Registry\")."
+        ),
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
+    )
+
+
 class NamespaceSelector(CodebModel):
     match_labels: dict[str, Annotated[str, Field(max_length=63)]] = Field(
         default_factory=dict, description="Labels a namespace must all carry; {} matches every namespace.",
@@ -258,6 +277,13 @@ class PlatformSpec(CodebModel):
         ),
         pattern=BASE_DOMAIN,
         max_length=200,
+    )
+    registry: RegistryEndpoint | None = Field(
+        None,
+        description=(
+            "A registry (distribution with token auth) where each Project may push and pull its own repository,"
+            " codeb/<namespace>/<name>, and no other: the operator issues the tokens."
+        ),
     )
     backup: BackupStore | None = Field(
         None,

@@ -349,6 +349,17 @@ class KubeClient:
         except Conflict:
             raise RetryableError(f"{what} changed while being updated", reason="APIConflict", delay=1) from None
 
+    async def create_secret(self, namespace: str, name: str, data: dict[str, str], owner: str) -> bool:
+        """Make the Secret unless one of that name exists (then False): of two that race, one makes it."""
+        labels = {MANAGED_BY: "codeb", OWNER_LABEL: owner}
+        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": name, "labels": labels}, "stringData": data}  # fmt: skip
+        try:
+            await self._call(f"secret {namespace}/{name}", self._core.create_namespaced_secret, namespace, body)
+        except Conflict:
+            return False
+        return True
+
     async def delete_secret(self, namespace: str, name: str, owner: str) -> bool:
         """Delete the Secret if ``owner`` owns it; False when it is absent or someone else's."""
         existing = await self._read_secret(namespace, name)

@@ -1,5 +1,6 @@
-"""What the operator receives over HTTP: Alertmanager's webhooks for the Projects' alerts, and Git hosts'
-push webhooks (`controller.operator.pushes`).
+"""What the operator receives over HTTP: Alertmanager's webhooks for the Projects' alerts, Git hosts'
+push webhooks (`controller.operator.pushes`), and registries' clients asking for a token
+(`controller.operator.registry_tokens`).
 
 Alertmanager (configured as docs/operations.md shows) posts the operator's alerts (`ERROR_RATE`,
 `LATENCY`, labelled with the Project's namespace and name) to ``POST /alertmanager`` as they fire
@@ -30,6 +31,7 @@ from controller.errors import CodebError
 from controller.loop.naming import ProjectKey
 from controller.operator.notify import News
 from controller.operator.pushes import Pushes
+from controller.operator.registry_tokens import RegistryTokens
 from controller.specs.alerts import ERROR_RATE, LATENCY
 from schemas.base import DNS_LABEL
 from schemas.sections.monitoring import Alerts, NotifyEvent
@@ -91,9 +93,10 @@ class Inbound:
     """The operator's HTTP listener for what is pushed to it; started once, on kopf's start-up."""
 
     def __init__(self, projects: Projects, notifier: Announcer, token_file: Path | None,
-                 pushes: Pushes | None = None) -> None:  # fmt: skip
+                 pushes: Pushes | None = None, registry: RegistryTokens | None = None) -> None:  # fmt: skip
         self._projects, self._notifier, self._token_file = projects, notifier, token_file
         self._pushes = pushes  # Git hosts' push webhooks (`controller.operator.pushes`)
+        self._registry = registry  # the Platforms' registries' token issuer (`controller.operator.registry_tokens`)
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
@@ -101,6 +104,8 @@ class Inbound:
         app.router.add_post("/alertmanager", self._alertmanager)
         if self._pushes is not None:
             app.router.add_post("/push/{namespace}/{name}", self._pushes.handle)
+        if self._registry is not None:
+            app.router.add_get("/registry/token", self._registry.handle)
         return app
 
     async def start(self, port: int, address: str = "0.0.0.0") -> None:

@@ -112,6 +112,7 @@ def run_operator(make_drivers: Callable[[KubeClient, OperatorConfig], DriverSour
 
     from controller.claims.store import ClaimStore, local_port_free
     from controller.clients.kube import KubeClient
+    from controller.clients.registry_issuer import RegistryIssuer
     from controller.drivers.load import PrometheusLoad
     from controller.loop.reconciler import Reconciler
     from controller.operator.config import ConfigError, load_config
@@ -121,6 +122,7 @@ def run_operator(make_drivers: Callable[[KubeClient, OperatorConfig], DriverSour
     from controller.operator.metrics import Metrics
     from controller.operator.notify import Notifier
     from controller.operator.pushes import Pushes
+    from controller.operator.registry_tokens import RegistryTokens
     from controller.operator.retries import Backoff, Retries
     from controller.operator.runs import Housekeeping
 
@@ -147,7 +149,8 @@ def run_operator(make_drivers: Callable[[KubeClient, OperatorConfig], DriverSour
                       housekeeping=Housekeeping(getattr(drivers, "sweep", None)),
                       kept=getattr(drivers, "kept", None), notifier=notifier,
                       inbound=Inbound(kube, notifier, config.inbound_token_file,
-                                      Pushes(kube, metrics.push_deliveries)))  # fmt: skip
+                                      Pushes(kube, metrics.push_deliveries),
+                                      RegistryTokens(kube, RegistryIssuer(kube, config.claims_namespace))))  # fmt: skip
 
     async def operate() -> None:
         if config.peering:
