@@ -69,7 +69,7 @@ def join(cluster: LocalCluster, host: BootedHost, key_file: Path, cache: Path) -
     for role in ("system:node", "system:node-proxier"):
         cluster.kubectl("create", "clusterrolebinding", f"codeb-test-{role.replace(':', '-')}",
                         f"--clusterrole={role}", "--group=system:nodes")  # fmt: skip
-    images = _images_directory(cache)
+    images = images_directory(cache)
     node.ssh(f"ctr -n k8s.io images import /codeb-cache/{images}/pause.tar >/dev/null && "
              f"ctr -n k8s.io images import /codeb-cache/{images}/apps.tar >/dev/null && "
              "systemctl start kubelet kube-proxy")  # fmt: skip
@@ -113,7 +113,7 @@ def _pod_network(node: Node) -> str:
     return json.dumps({"cniVersion": "0.4.0", "name": "codeb", "plugins": [bridge, ports]})
 
 
-def _images_directory(cache: Path) -> str:
+def images_directory(cache: Path) -> str:
     """``node-images-v<node version>-<the applications' image hash>``, as build-rootfs.sh names it."""
     version = newest(cache, "node").name.removeprefix("node-v")
     return f"node-images-v{version}-{image_tar(cache).stem.removeprefix('hello-image-')}"

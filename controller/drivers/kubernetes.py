@@ -27,6 +27,7 @@ from typing import Any
 
 from controller.clients.kube import KubeClient
 from controller.drivers.clusters import Target, TargetClusters
+from controller.drivers.registry_pulls import RegistryPulls
 from controller.errors import PermanentError
 from controller.loop.interface import DriverContext
 from controller.loop.planner import Component, Observation, State
@@ -38,11 +39,14 @@ from controller.specs.kubernetes import (
     HELD_BACK,
     MANAGER,
     OPERATOR_ENV,
+    PULL_SECRET_TYPE,
     RESTARTED,
     REVISION,
     Object,
     balancer_sources,
     labels,
+    pull_secret_name,
+    pull_secret_object,
     render_objects,
 )
 
@@ -68,8 +72,9 @@ def _path(kind: str, namespace: str, name: str | None = None) -> str:
 class KubernetesWorkload:
     component = Component.workload
 
-    def __init__(self, clusters: TargetClusters) -> None:
+    def __init__(self, clusters: TargetClusters, pulls: RegistryPulls | None = None) -> None:
         self._clusters = clusters
+        self._pulls = pulls  # the Project's credential for its image in its Platform's registry
 
     # ------------------------------------------------------------ observe
 
@@ -84,12 +89,13 @@ class KubernetesWorkload:
         if target.remote and await _credentials_digest(target.kube, ctx, state) != credentials:
             credentials = "copies-differ"  # what the Pods get is not what the Secrets say: copy again
         launched_with = deployment["spec"]["template"]["metadata"].get("annotations", {}).get(CREDENTIALS, "")
-        rendered = render_objects(ctx, state, launched_with)
+        launched_pull = _pull_secret_of(deployment)
+        rendered = render_objects(ctx, state, launched_with, launched_pull)
         expected = {o["kind"]: o["metadata"]["annotations"][DIGEST] for o in rendered}
         matches = all(
             (live[kind] or {}).get("metadata", {}).get("annotations", {}).get(DIGEST) == expected.get(kind)
             for kind in KINDS
-        )
+        ) and await self._pull_current(target, ctx, state, launched_pull)
         state |= {"environmentCurrent": launched_with == credentials, "objectsMatch": matches}
         healthy, detail = await _health(target, ctx, deployment)
         endpoints = _endpoints(ctx, state, service)
@@ -122,10 +128,12 @@ class KubernetesWorkload:
                 reason="SourceNotBuildable",
             )
         target = await self._clusters.of(ctx)
-        objects = render_objects(ctx, desired, await _credentials_digest(self._clusters.own, ctx, desired))
+        pull = await self._pull_secret(ctx, desired)
+        credentials = await _credentials_digest(self._clusters.own, ctx, desired)
+        objects = render_objects(ctx, desired, credentials, pull["metadata"]["name"] if pull else None)
         # Every object checked before any is applied: one of another's name (a Service someone made, another
         # Project's autoscaler) is never overwritten, later deleted as ours, or left half-replaced.
-        for obj in objects:
+        for obj in [*objects, *([pull] if pull else [])]:
             existing = await _read(target, obj["kind"], ctx.key.namespace, obj["metadata"]["name"])
             if existing is not None and not _ours(ctx, existing):
                 raise PermanentError(
@@ -136,10 +144,25 @@ class KubernetesWorkload:
         if target.remote:
             await target.kube.ensure_namespace(ctx.key.namespace)
             await self._copy_secrets(target, ctx, desired)
-        for obj in objects:
+        for obj in [*([pull] if pull else []), *objects]:  # the credential before the Pods that pull with it
             await _apply(target, obj)
+        if pull is None:
+            await _delete_pull_secret(target, ctx, desired)
         if not desired.get("autoscaling"):
             await _delete_if_ours(target, ctx, "HorizontalPodAutoscaler", desired["instance"])
+
+    async def _pull_secret(self, ctx: DriverContext, desired: State) -> Object | None:
+        """The pull Secret for the wanted image, when it is the Project's own in its Platform's registry."""
+        found = await self._pulls.credential(ctx, str(desired["image"])) if self._pulls else None
+        return pull_secret_object(ctx, desired, *found) if found else None
+
+    async def _pull_current(self, target: Target, ctx: DriverContext, state: State, launched: str | None) -> bool:
+        """Whether the Pods pull with the credential they should (none, or the current one, present)."""
+        wanted = await self._pull_secret(ctx, state)
+        if wanted is None:
+            return launched is None
+        live = await _read(target, "Secret", ctx.key.namespace, wanted["metadata"]["name"])
+        return launched == wanted["metadata"]["name"] and bool((live or {}).get("data") == wanted["data"])
 
     async def _copy_secrets(self, target: Target, ctx: DriverContext, desired: State) -> None:
         """The Secrets the Pods read, copied into the other cluster (the source stays the truth)."""
@@ -164,6 +187,7 @@ class KubernetesWorkload:
         target = await self._clusters.of(ctx)
         for kind in reversed(list(KINDS)):
             await _delete_if_ours(target, ctx, kind, _instance(ctx))
+        await _delete_pull_secret(target, ctx, {"instance": _instance(ctx)})
         if target.remote:
             copies = await target.kube.request(
                 "GET", f"/api/v1/namespaces/{ctx.key.namespace}/secrets", labelSelector=f"{OWNER_LABEL}={ctx.key.name}"
@@ -186,6 +210,20 @@ async def _delete_if_ours(target: Target, ctx: DriverContext, kind: str, name: s
     live = await _read(target, kind, ctx.key.namespace, name)
     if live is not None and _ours(ctx, live):
         await target.kube.request("DELETE", _path(kind, ctx.key.namespace, name), propagationPolicy="Background")
+
+
+def _pull_secret_of(deployment: Object) -> str | None:
+    """The pull Secret the Deployment's Pods name, if any."""
+    named: list[dict[str, str]] = deployment["spec"]["template"]["spec"].get("imagePullSecrets") or []
+    return named[0].get("name") if named else None
+
+
+async def _delete_pull_secret(target: Target, ctx: DriverContext, desired: State) -> None:
+    """The pull Secret this driver made (never a Secret of that name a person made, or a copy of one)."""
+    name = pull_secret_name(desired)
+    live = await _read(target, "Secret", ctx.key.namespace, name)
+    if live is not None and live.get("type") == PULL_SECRET_TYPE and _ours(ctx, live):
+        await target.kube.request("DELETE", _path("Secret", ctx.key.namespace, name))
 
 
 async def _health(target: Target, ctx: DriverContext, deployment: Object) -> tuple[bool, str | None]:

@@ -89,12 +89,15 @@ def workload_drivers(
     kube: KubeClient, config: OperatorConfig, ssh: SshPool, clusters: TargetClusters, kept: SecretReader | None = None
 ) -> dict[Runtime, Driver]:
     """The runtimes this operator may run workloads on; local only where it was switched on."""
+    from controller.clients.registry_issuer import RegistryIssuer
     from controller.drivers.kubernetes import KubernetesWorkload
     from controller.drivers.processes import LocalProcesses
     from controller.drivers.quadlet import QuadletUnits
+    from controller.drivers.registry_pulls import RegistryPulls
 
+    issuer = RegistryIssuer(kube, config.claims_namespace)  # the Project's credential for its Platform's registry
     drivers: dict[Runtime, Driver] = {
-        Runtime.kubernetes: KubernetesWorkload(clusters),
+        Runtime.kubernetes: KubernetesWorkload(clusters, RegistryPulls(kube, issuer)),
         Runtime.quadlet: QuadletUnits(kube.read_secret, ssh, read_login=kept),
     }
     if config.local_runtime:

@@ -7,6 +7,7 @@ so the driver (`controller.drivers.kubernetes`) can tell an object edited by han
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from typing import Any
@@ -54,9 +55,14 @@ def labels(ctx: DriverContext, desired: State) -> dict[str, str]:
 GATE_FIELDS = ("periodSeconds", "timeoutSeconds", "successThreshold", "failureThreshold")
 
 
-def render_objects(ctx: DriverContext, desired: State, credentials_digest: str) -> list[Object]:
-    """Every object of the workload, in apply order (pure)."""
-    objects = [_deployment(ctx, desired, credentials_digest), _service(ctx, desired), _disruption_budget(ctx, desired)]
+def render_objects(ctx: DriverContext, desired: State, credentials_digest: str,
+                   pull_secret: str | None = None) -> list[Object]:  # fmt: skip
+    """Every object of the workload, in apply order (pure); ``pull_secret`` names the Secret the kubelet pulls
+    the image from the Platform's registry with (`pull_secret_object`)."""
+    deployment = _deployment(ctx, desired, credentials_digest)
+    if pull_secret is not None:
+        deployment["spec"]["template"]["spec"]["imagePullSecrets"] = [{"name": pull_secret}]
+    objects = [deployment, _service(ctx, desired), _disruption_budget(ctx, desired)]
     if desired.get("autoscaling"):
         objects.append(_autoscaler(ctx, desired))
     for obj in objects:
@@ -170,3 +176,19 @@ def _autoscaler(ctx: DriverContext, desired: State) -> Object:
 
 def _digest(obj: Object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+PULL_SECRET_TYPE = "kubernetes.io/dockerconfigjson"
+
+
+def pull_secret_name(desired: State) -> str:
+    return f"{desired['instance']}-registry"
+
+
+def pull_secret_object(ctx: DriverContext, desired: State, registry: str, user: str, password: str) -> Object:
+    """The Project's registry credential as the kubelet reads it (a dockerconfigjson Secret)."""
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    config = {"auths": {registry: {"username": user, "password": password, "auth": auth}}}
+    metadata = {"name": pull_secret_name(desired), "namespace": ctx.key.namespace, "labels": labels(ctx, desired)}
+    return {"apiVersion": "v1", "kind": "Secret", "type": PULL_SECRET_TYPE, "metadata": metadata,
+            "data": {".dockerconfigjson": base64.b64encode(json.dumps(config).encode()).decode()}}  # fmt: skip

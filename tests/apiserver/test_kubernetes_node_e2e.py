@@ -10,7 +10,9 @@ scheduler's Unschedulable, and the page is fetched from each Pod and through a r
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -23,23 +25,27 @@ import pytest
 
 from controller.claims.store import ClaimStore
 from controller.clients.kube import KubeClient, api_client_from_environment
+from controller.clients.registry_issuer import RegistryIssuer
 from controller.drivers.caddy import CaddyDriver
 from controller.drivers.clusters import TargetClusters
 from controller.drivers.kubernetes import KubernetesWorkload
-from controller.local.cluster import LocalCluster
+from controller.local.cluster import LocalCluster, free_port
 from controller.loop.interface import DriverContext
 from controller.loop.naming import ProjectKey
+from controller.loop.passes import PAUSED_ANNOTATION
 from controller.loop.planner import Component, desired_state
 from controller.loop.reconciler import ProjectInput, Reconciler
+from controller.specs.registry import CERTIFICATE, ISSUER
 from schemas.project import Allocations, ProjectSpec, ProjectStatus
 from tests.apiserver.test_kubernetes_runtime import OWN_CLUSTER, cond, pods, step
 from tests.apiserver.test_platform_e2e import NS, install_platform, secret_data
 from tests.factories import project, project_spec
 from tests.helpers import OperatorProcess, get_json, observe_until, wait_for
 from tests.memory_drivers import memory_drivers
+from tests.registryserver import start_registry
 from tests.servers import https_get, start_caddy, start_minio, start_postgres, start_redis
 from tests.testhosts import HELLO_IMAGE, ROLLOUT_IMAGE, SERVICES_ADDRESS
-from tests.testnode import Node, node_cluster
+from tests.testnode import Node, images_directory, node_cluster
 
 PORT = 4512
 # A first Pod on a fresh node takes its time (the image's layers, the sandbox, the first probe).
@@ -281,3 +287,83 @@ def test_a_project_on_runtime_kubernetes_serves_its_page_from_pods_on_the_node_t
         assert all(secret not in log for secret in credentials.values() if len(secret) >= 12)
     finally:
         operator.stop()
+
+
+# ---------------------------------------------------------------- images from the Platform's registry
+
+PULLED = "pulled"
+
+
+def on_the_node(name: str, image: str) -> dict[str, Any]:
+    return project(name, NS, project={"slug": name, "source": {"image": image}, "revision": "1"},
+                   environment={"type": "staging", "domains": [f"{name}.node.localhost"]},
+                   servers={"provider": "existing", "runtime": "kubernetes", "platform": "shared"},
+                   resources={"replicas": 1, "cpu": "100m", "memory": "128Mi"}, backup={"enabled": False})  # fmt: skip
+
+
+async def test_a_project_runs_its_image_from_its_platforms_registry_with_its_own_credential(
+    noded: tuple[LocalCluster, Node], platform: dict[str, Any], tmp_path: Path
+) -> None:
+    """Debian's docker-registry with the operator as token issuer, as the Platform's registry: the Project's
+    image, pushed from the node with the Project's credential, is pulled by the kubelet with the pull Secret
+    the operator made, and serves. A Project naming that image, not its own, gets no credential for it."""
+    cluster, node = noded
+    kube = KubeClient(api_client_from_environment(config_file=str(cluster.kubeconfig)), ThreadPoolExecutor(2))
+    issuer = RegistryIssuer(kube, "codeb-system")
+    tokens_port = free_port()
+    registry = start_registry(SERVICES_ADDRESS, f"http://{SERVICES_ADDRESS}:{tokens_port}/registry/token",
+                              "codeb-registry", ISSUER, (await issuer.data())[CERTIFICATE], tls=True)  # fmt: skip
+    operator = OperatorProcess(cluster, tmp_path / "operator.log", CODEB_INBOUND_PORT=str(tokens_port),
+                               CODEB_DRIFT_INTERVAL="5")  # fmt: skip
+    try:
+        operator.start()
+        # The node's containerd and podman trust the registry's CA, as a cluster's nodes would be set up to
+        # (containerd reads the system's roots at its first pull from a registry, which this is).
+        assert registry.ca_file is not None
+        shutil.copy(registry.ca_file, node.host.directory / "merged/usr/local/share/ca-certificates/registry.crt")
+        node.ssh("update-ca-certificates >/dev/null")
+        patch = {"spec": {"registry": {"host": registry.address}}}
+        cluster.kubectl("patch", "platform", "shared", "--type=merge", "-p", json.dumps(patch))
+        image = f"{registry.address}/codeb/{NS}/{PULLED}:1"
+        doc = on_the_node(PULLED, image)
+        doc["metadata"]["annotations"] = {PAUSED_ANNOTATION: "true"}  # held until its image is pushed
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(doc))
+        uid = get_json(cluster, "project", PULLED, "-n", NS)["metadata"]["uid"]
+        credential = f"{NS}/{PULLED}:{await issuer.password(NS, PULLED, uid)}"
+        images = images_directory(node.cache)
+        node.ssh(f"podman load -q -i /codeb-cache/{images}/apps.tar >/dev/null && podman push -q --creds "
+                 f"'{credential}' {HELLO_IMAGE} {image}", timeout=180)  # fmt: skip
+        cluster.kubectl("annotate", "project", PULLED, "-n", NS, f"{PAUSED_ANNOTATION}-")
+        operator.wait_ready(NS, PULLED, timeout=180)
+
+        made = running(cluster, NS)
+        assert [p["spec"]["containers"][0]["image"] for p in made] == [image]
+        assert made[0]["status"]["containerStatuses"][0]["imageID"].startswith(f"{registry.address}/codeb/")
+        pull_secret = made[0]["spec"]["imagePullSecrets"][0]["name"]
+        stored = get_json(cluster, "secret", pull_secret, "-n", NS)
+        config = json.loads(base64.b64decode(stored["data"][".dockerconfigjson"]))
+        assert config["auths"][registry.address]["password"] == credential.split(":", 1)[1]
+        wait_for(lambda: "Hello, CodeB" in https_get(platform["caddy"], f"{PULLED}.node.localhost").stdout,
+                 timeout=30, what="the page of the image pulled from the registry, through Caddy")  # fmt: skip
+
+        # Another Project naming the same image: not its own repository, so no credential, and the registry
+        # refuses the kubelet.
+        thief = on_the_node("thief", image)
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(thief))
+
+        def refused() -> str:
+            status = get_json(cluster, "project", "thief", "-n", NS).get("status", {})
+            message = next((c["message"] for c in status.get("conditions", []) if c["type"] == "WorkloadReady"), "")
+            return message if "ErrImagePull" in message or "ImagePullBackOff" in message else ""
+
+        wait_for(refused, timeout=120, what="the thief's Pods refused by the registry")
+        thief_pods = get_json(cluster, "pods", "-n", NS, "-l", "app.kubernetes.io/name=thief-staging")["items"]
+        assert thief_pods and all(not p["spec"].get("imagePullSecrets") for p in thief_pods)
+
+        for name in ("thief", PULLED):
+            cluster.kubectl("delete", "project", name, "-n", NS, "--timeout=120s")
+        assert cluster.kubectl("get", "secret", pull_secret, "-n", NS, check=False).returncode != 0  # gone with it
+    finally:
+        operator.stop()
+        registry.stop()
+        kube.close()

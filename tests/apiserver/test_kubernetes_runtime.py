@@ -24,8 +24,10 @@ import yaml
 
 from controller.claims.store import ClaimStore
 from controller.clients.kube import KubeClient, api_client_from_environment
+from controller.clients.registry_issuer import RegistryIssuer
 from controller.drivers.clusters import ExistingCluster, TargetClusters
 from controller.drivers.kubernetes import KubernetesWorkload
+from controller.drivers.registry_pulls import RegistryPulls
 from controller.errors import PermanentError, RetryableError
 from controller.local.cluster import LocalCluster, free_port
 from controller.loop.interface import DriverContext
@@ -136,6 +138,50 @@ async def test_hand_edits_and_rotations_are_drift_and_put_back(controlled: Local
     after = get_json(controlled, "deployment", "shop-staging", "-n", ns)["spec"]["template"]["metadata"]
     assert after["annotations"] != before["annotations"]
     assert (await driver.observe(ctx)).state == want
+
+
+async def test_an_image_in_the_platforms_registry_is_pulled_with_the_projects_own_credential(
+    controlled: LocalCluster, kube: KubeClient
+) -> None:
+    """The pull Secret: made for the Project's own repository alone, drift when deleted, gone when the image
+    moves elsewhere (the kubelet pulling with it is on the node, in ``test_kubernetes_node_e2e``)."""
+    platform, registry = f"reg-{uuid.uuid4().hex[:6]}", "registry.example.com:5000"
+    controlled.kubectl("apply", "-f", "-", input_text=json.dumps({
+        "apiVersion": "codeb.dev/v1alpha1", "kind": "Platform", "metadata": {"name": platform},
+        "spec": {"registry": {"host": registry}}}))  # fmt: skip
+    controlled.kubectl("create", "namespace", "codeb-system", check=False)
+    issuer = RegistryIssuer(kube, "codeb-system")
+    driver = KubernetesWorkload(TargetClusters(kube), RegistryPulls(kube, issuer))
+    ctx, want = workload(controlled, servers={"platform": platform})
+    ns = ctx.key.namespace
+    want = {**want, "image": f"{registry}/codeb/{ns}/shop:1"}
+    await driver.apply(ctx, want)
+    pod = get_json(controlled, "deployment", "shop-staging", "-n", ns)["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "shop-staging-registry"}]
+    stored = get_json(controlled, "secret", "shop-staging-registry", "-n", ns)
+    assert stored["type"] == "kubernetes.io/dockerconfigjson"
+    auth = json.loads(base64.b64decode(stored["data"][".dockerconfigjson"]))["auths"][registry]
+    assert (auth["username"], auth["password"]) == (f"{ns}/shop", await issuer.password(ns, "shop", "uid-1"))
+    assert (await driver.observe(ctx)).state == want
+    # Deleted by hand: drift, and put back.
+    controlled.kubectl("delete", "secret", "shop-staging-registry", "-n", ns)
+    seen = await driver.observe(ctx)
+    assert seen.state is not None and not seen.state["objectsMatch"]
+    await driver.apply(ctx, want)
+    assert (await driver.observe(ctx)).state == want
+    # Another Project's repository in the same registry, or another registry: no credential, and no Secret.
+    for image in (f"{registry}/codeb/{ns}/other:1", f"{registry}/codeb/{ns}/shop-x:1", "docker.io/library/shop:1"):
+        elsewhere = {**want, "image": image}
+        await driver.apply(ctx, elsewhere)
+        pod = get_json(controlled, "deployment", "shop-staging", "-n", ns)["spec"]["template"]["spec"]
+        assert "imagePullSecrets" not in pod, image
+        assert controlled.kubectl("get", "secret", "shop-staging-registry", "-n", ns, check=False).returncode != 0
+        assert (await driver.observe(ctx)).state == elsewhere
+    # A Secret of that name a person made is never taken over.
+    controlled.kubectl("create", "secret", "generic", "shop-staging-registry", "-n", ns, "--from-literal=a=b")
+    with pytest.raises(PermanentError, match="not this Project's"):
+        await driver.apply(ctx, want)
+    controlled.kubectl("delete", "platform", platform)
 
 
 async def test_min_max_makes_an_autoscaler_and_a_fixed_count_removes_it(
