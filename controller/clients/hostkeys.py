@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import hashlib
 
-from controller.clients.kube import Conflict, KubeClient
+from controller.clients.kube import MANAGED_BY, RECORD_LABEL, Conflict, KubeClient
 from controller.errors import RetryableError
 
 CONFIG_MAP = "ssh-host-keys"
-LABEL = {"app.kubernetes.io/managed-by": "codeb", "codeb.dev/record": "ssh-host-keys"}
+LABEL = {MANAGED_BY: "codeb", RECORD_LABEL: "ssh-host-keys"}
 ATTEMPTS = 5
 
 

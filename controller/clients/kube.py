@@ -31,6 +31,7 @@ from controller.loop.secrets import OWNER_LABEL, not_owned
 T = TypeVar("T")
 SERVICE_ACCOUNT_TOKEN = "kubernetes.io/service-account-token"
 MANAGED_BY = "app.kubernetes.io/managed-by"
+RECORD_LABEL = "codeb.dev/record"  # what one of the operator's own objects in its namespace records
 
 
 class Conflict(Exception):
@@ -349,9 +350,10 @@ class KubeClient:
         except Conflict:
             raise RetryableError(f"{what} changed while being updated", reason="APIConflict", delay=1) from None
 
-    async def create_secret(self, namespace: str, name: str, data: dict[str, str], owner: str) -> bool:
-        """Make the Secret unless one of that name exists (then False): of two that race, one makes it."""
-        labels = {MANAGED_BY: "codeb", OWNER_LABEL: owner}
+    async def create_secret(self, namespace: str, name: str, data: dict[str, str], record: str) -> bool:
+        """Make one of the operator's own Secrets unless one of that name exists (then False): of two that race,
+        one makes it. It names no Project as its owner, so no Project may reference it (`_check_referable`)."""
+        labels = {MANAGED_BY: "codeb", RECORD_LABEL: record}
         body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                 "metadata": {"name": name, "labels": labels}, "stringData": data}  # fmt: skip
         try:

@@ -16,19 +16,20 @@ from typing import Protocol
 
 import structlog
 
-from controller.errors import CodebError
+from controller.errors import RetryableError
 from controller.specs import registry
 
 log = structlog.get_logger("codeb.registry")
 
 ISSUER_SECRET = "codeb-registry-issuer"
+KEYS = (registry.SIGNING_KEY, registry.CERTIFICATE, registry.CREDENTIALS_KEY)
 ISSUER_SECONDS = 60.0  # how long a read of the Secret is used before it is read again (a rotation counts)
 
 
 class IssuerStore(Protocol):
     async def read_secret(self, namespace: str, name: str, project: str | None = None) -> dict[str, str] | None: ...
 
-    async def create_secret(self, namespace: str, name: str, data: dict[str, str], owner: str) -> bool: ...
+    async def create_secret(self, namespace: str, name: str, data: dict[str, str], record: str) -> bool: ...
 
 
 class RegistryIssuer:
@@ -43,13 +44,16 @@ class RegistryIssuer:
         found = await self._kube.read_secret(self._namespace, ISSUER_SECRET)
         if found is None:
             made = registry.new_issuer(datetime.now(UTC), secrets.token_bytes(32))
-            if await self._kube.create_secret(self._namespace, ISSUER_SECRET, made, owner="registry-issuer"):
+            if await self._kube.create_secret(self._namespace, ISSUER_SECRET, made, record="registry-issuer"):
                 log.info("registry token issuer made", secret=f"{self._namespace}/{ISSUER_SECRET}")
             found = await self._kube.read_secret(self._namespace, ISSUER_SECRET)
-        if found is None or not all(k in found for k in (registry.SIGNING_KEY, registry.CERTIFICATE,
-                                                          registry.CREDENTIALS_KEY)):  # fmt: skip
-            raise CodebError(f"the Secret {self._namespace}/{ISSUER_SECRET} is not a registry issuer's; delete it "
-                             "and the operator makes a new one")  # fmt: skip
+        if found is None or not all(k in found for k in KEYS):
+            raise RetryableError(
+                f"the Secret {self._namespace}/{ISSUER_SECRET} is not a registry issuer's; delete "
+                "it and the operator makes a new one",
+                reason="RegistryIssuerInvalid",
+                delay=60,
+            )
         self._cached = (time.monotonic(), found)
         return found
 

@@ -427,9 +427,16 @@ def _earliest(rollout_wake: float | None, observed: Mapping[Component, Observati
 def _retry_after(work: Pass, steps: Plan) -> float | None:
     delays = [e.delay for e in work.failed.values() if isinstance(e, RetryableError)]
     # Waiting behind a component with no driver changes nothing: the drift timer is enough.
-    if work.waiting or steps.progressing:
+    if work.waiting or steps.progressing or _settling(work):
         delays.append(PROGRESS_RECHECK_SECONDS)
     return min(delays) if delays else None
+
+
+def _settling(work: Pass) -> bool:
+    """A component is as the spec asks but not healthy yet (Pods of a scale-up still starting): looked at again
+    soon, with backoff, so that status says so once it is, not at the next drift check minutes later."""
+    return any(seen.state is not None and not seen.healthy and seen.error is None and component not in work.failed
+               for component, seen in work.observed.items())  # fmt: skip
 
 
 def _probe(workload: Observation | None) -> State | None:

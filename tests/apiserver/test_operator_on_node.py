@@ -83,8 +83,13 @@ def operator_pod(cluster: LocalCluster) -> dict[str, Any]:
 
 
 def operator_log(cluster: LocalCluster) -> Callable[[], str]:
+    """What a failed wait shows: the operator's last lines, and the Project's Pods as the kubelet left them."""
+
     def read() -> str:
-        return cluster.kubectl("logs", "-n", SYSTEM, "deployment/codeb-operator", "--tail=60", check=False).stdout
+        pods = cluster.kubectl("describe", "pods", "-n", NS, check=False).stdout
+        return cluster.kubectl("logs", "-n", SYSTEM, "deployment/codeb-operator", "--tail=60", check=False).stdout + (
+            "\n--- the Project's Pods ---\n" + pods[-6000:]
+        )
 
     return read
 

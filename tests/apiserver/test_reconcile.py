@@ -17,7 +17,7 @@ from controller.errors import PermanentError, RetryableError
 from controller.local.cluster import LocalCluster
 from controller.loop.interface import DriverContext
 from controller.loop.naming import ProjectKey
-from controller.loop.planner import ORDER, Component, State
+from controller.loop.planner import ORDER, Component, Observation, State
 from controller.loop.reconciler import ProjectInput, Reconciler, Teardown
 from controller.loop.status import condition
 from controller.operator.handlers import InvalidSpec, project_input, recorded_teardown
@@ -147,6 +147,29 @@ async def test_ready_project_that_loses_a_component_is_degraded(claims: ClaimSto
     drivers[Component.workload] = FlakyDriver(Component.workload, RetryableError("host unreachable"))
     degraded = await reconciler.reconcile(project(status=ready.status))
     assert degraded.status.phase is Phase.Degraded
+
+
+async def test_a_component_as_asked_but_not_yet_healthy_is_looked_at_again_soon(claims: ClaimStore) -> None:
+    """Pods of a scale-up still starting: no change is due, but status must follow them once they are up."""
+
+    class Starting(MemoryDriver):
+        healthy = False
+
+        async def observe(self, ctx: DriverContext) -> Observation:
+            seen = await super().observe(ctx)
+            return replace(seen, healthy=self.healthy, detail=None if self.healthy else "2 of 3 replicas available")
+
+    drivers: dict[Component, Any] = memory_drivers()
+    starting = Starting(Component.storage)
+    drivers[Component.storage] = starting
+    reconciler = Reconciler(drivers, claims)
+    first = await reconciler.reconcile(project())
+    again = await reconciler.reconcile(project(status=first.status), trigger="retry")
+    assert again.results == [] and again.retry_after == 5.0
+    assert cond(again.status, "StorageReady")[0] == "False"
+    starting.healthy = True
+    settled = await reconciler.reconcile(project(status=again.status), trigger="retry")
+    assert settled.retry_after is None and cond(settled.status, "StorageReady") == ("True", "Ready")
 
 
 async def test_spec_change_updates_and_bumps_observed_generation(claims: ClaimStore) -> None:

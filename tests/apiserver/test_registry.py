@@ -19,6 +19,7 @@ import pytest
 
 from controller.clients.kube import KubeClient
 from controller.clients.registry_issuer import ISSUER_SECRET, RegistryIssuer
+from controller.errors import PermanentError
 from controller.local.cluster import LocalCluster, free_port
 from controller.operator.inbound import Inbound
 from controller.operator.registry_tokens import RegistryTokens
@@ -97,7 +98,7 @@ async def podman(hosts: BootedHosts, world: World, verb: str, image: str, creds:
 
 
 async def test_a_project_pushes_and_pulls_its_own_repository_and_reaches_nothing_else(
-    cluster: LocalCluster, world: World, host: BootedHosts
+    cluster: LocalCluster, kube: KubeClient, world: World, host: BootedHosts
 ) -> None:
     a, b = world.a, world.b
     mine, neighbour, namesake = (await credential(cluster, world, a, "site"), await credential(cluster, world, a,
@@ -135,8 +136,12 @@ async def test_a_project_pushes_and_pulls_its_own_repository_and_reaches_nothing
         catalog = await client.get(f"http://{world.registry.address}/v2/_catalog",
                                    headers={"Authorization": f"Bearer {token}"})  # fmt: skip
         assert catalog.status_code == 401, catalog.text
-    # The issuer is one Secret in the operator's namespace, made once.
-    assert get_json(cluster, "secret", ISSUER_SECRET, "-n", OPERATOR_NAMESPACE)["metadata"]["labels"]
+    # The issuer is one Secret in the operator's namespace, and no Project may reference it, even one there
+    # named as its record is.
+    labels = get_json(cluster, "secret", ISSUER_SECRET, "-n", OPERATOR_NAMESPACE)["metadata"]["labels"]
+    assert labels == {"app.kubernetes.io/managed-by": "codeb", "codeb.dev/record": "registry-issuer"}
+    with pytest.raises(PermanentError, match="may not be referenced by Project registry-issuer"):
+        await kube.read_secret(OPERATOR_NAMESPACE, ISSUER_SECRET, project="registry-issuer")
     # Deleted: its credential is worth nothing, even for what it pushed.
     cluster.kubectl("delete", "project", "site", "-n", a, "--timeout=30s")  # no operator runs: no finalizer
     done, said = await podman(host, world, "pull", own, mine)
