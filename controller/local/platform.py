@@ -20,6 +20,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -119,7 +120,24 @@ class LocalPlatform:
         }
         saved.touch(mode=0o600)
         saved.write_text(json.dumps(settings, indent=2))
-        return cls(root, settings)
+        made = cls(root, settings)
+        made._set_aside_orphaned_postgres()
+        return made
+
+    def _set_aside_orphaned_postgres(self) -> None:
+        """A root PostgreSQL home left by an earlier state directory of the same path (removed since, and its
+        platform.json with it) holds a cluster whose admin password is lost: the new credentials would be refused
+        by it on every login. It is moved aside, not deleted (its data may still matter to someone), and a new
+        one is made."""
+        home = self.postgres_home
+        if home == self.root / "postgres" or not home.exists():
+            return
+        if (home / "data" / "postmaster.pid").exists():
+            self._as_postgres(str(postgres_bin() / "pg_ctl"), "-D", str(home / "data"), "-m", "fast", "stop",
+                              check=False)  # fmt: skip
+        aside = home.with_name(f"{home.name}.orphaned-{int(time.time())}")
+        home.rename(aside)
+        print(f"a PostgreSQL home of an earlier {self.root} had no credentials left; moved to {aside}", file=sys.stderr)
 
     @property
     def https_port(self) -> int:
