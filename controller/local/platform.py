@@ -118,10 +118,11 @@ class LocalPlatform:
             "backupStore": archive.new_settings(),
             "prometheus": monitoring.new_settings(),
         }
+        made = cls(root, settings)
+        # Before the new credentials are saved: a crash in between finds no platform.json, and sets aside again.
+        made._set_aside_orphaned_postgres()
         saved.touch(mode=0o600)
         saved.write_text(json.dumps(settings, indent=2))
-        made = cls(root, settings)
-        made._set_aside_orphaned_postgres()
         return made
 
     def _set_aside_orphaned_postgres(self) -> None:
