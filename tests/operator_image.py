@@ -19,6 +19,7 @@ import sys
 import tarfile
 import time
 import tomllib
+from fnmatch import fnmatch
 from pathlib import Path
 
 from tests.testhosts import REPO, BootedHost
@@ -50,7 +51,9 @@ def _sources() -> list[Path]:
     for name in SOURCES:
         path = REPO / name
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-        found += [p for p in files if not any(p.match(pattern) or pattern in p.parts for pattern in SKIPPED)]
+        # As shutil.ignore_patterns: a file is left out when any part of its path matches (a .terraform/ tree).
+        found += [p for p in files if not any(fnmatch(part, pattern) for part in p.relative_to(REPO).parts
+                                              for pattern in SKIPPED)]  # fmt: skip
     return found
 
 

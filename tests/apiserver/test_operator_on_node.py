@@ -95,14 +95,13 @@ def operator_log(cluster: LocalCluster) -> Callable[[], str]:
 
 
 def shop(revision: str, replicas: int = 2) -> dict[str, Any]:
-    doc = project(
+    return project(
         "shop", NS, project={"slug": "shop", "source": {"image": HELLO_IMAGE}, "revision": revision},
         environment={"type": "staging", "domains": [DOMAIN]},
         servers={"provider": "existing", "runtime": "kubernetes", "platform": "shared"},
         resources={"replicas": replicas, "cpu": "100m", "memory": "128Mi"},
         features={"database": {"version": "15"}, "redis": {}, "storage": {}}, backup={"enabled": False},
     )  # fmt: skip
-    return doc
 
 
 def apply(cluster: LocalCluster, doc: dict[str, Any]) -> int:
