@@ -248,7 +248,8 @@ class BackupSummary(CodebModel):
 
 class BuiltImage(CodebModel):
     revision: str | None = Field(None, description="project.revision it was built for.", max_length=128)
-    image: str = Field(description="The image on every host, tagged by its build.", max_length=512)
+    image: str = Field(description="The image every host runs: tagged by its build, or by digest in the registry it "
+                       "was pushed to.", max_length=512)  # fmt: skip
     commit: str | None = Field(None, description="The commit it was built from.", pattern="^[0-9a-f]{40}$")
 
 
@@ -264,6 +265,9 @@ class BuildStatus(CodebModel):
         pattern="^[0-9a-f]{12}$",
     )
     image: str = Field(description="The tag the build makes.", max_length=512)
+    pushed_to: str | None = Field(None, description="The Project's repository in its Platform's registry: one host "
+                                  "builds and pushes there, every host pulls by digest. None: each host builds.",
+                                  max_length=512)  # fmt: skip
     result: str = Field(description="Running, Succeeded or Failed.", max_length=16)
     commit: str | None = Field(None, description="The commit built, once known.", pattern="^[0-9a-f]{40}$")
     hosts: list[HookRun] = Field(

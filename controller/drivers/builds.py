@@ -16,14 +16,16 @@ from dataclasses import dataclass
 
 from controller.clients.ssh import HostAccess, Login, SshPool
 from controller.drivers.hosts import login_for, servers_of
+from controller.drivers.registry_pulls import RegistryPulls
 from controller.drivers.workloads import SecretReader, read_git_credentials
-from controller.errors import CodebError
+from controller.errors import CodebError, RetryableError
 from controller.jobs import hookruns
 from controller.loop.builds import build_image
 from controller.loop.interface import BuildSource, DriverContext
 from controller.loop.naming import ProjectKey
 from controller.loop.planner import Component
 from controller.loop.secrets import clip
+from controller.specs import registry
 from controller.specs.builds import build_argv
 from schemas.project import BuildStatus, GitSource, HookRun, Source, Template
 
@@ -49,14 +51,15 @@ def _credentials_gone(ctx: DriverContext, build: BuildStatus) -> str:
     return f"; rm -rf {shlex.quote(credentials_dir(ctx, build))}"
 
 
-def forget_builds_line(key: ProjectKey) -> str:
-    """A shell line that stops a Project's builds on a host and removes their runs and images (it is deleted)."""
-    images = shlex.quote(f"localhost/codeb/{key.namespace}/{key.name}")
+def forget_builds_line(key: ProjectKey, pulled: str | None = None) -> str:
+    """A shell line that stops a Project's builds on a host and removes their runs and images, and those it
+    pulled from ``pulled`` (its repository in its Platform's registry): it is deleted."""
     credentials = shlex.quote(f"{GIT_CREDENTIALS}/{key.namespace}.{key.name}.")
-    return (hookruns.stop_all_line(f"{BUILD_RUNS}/{key.namespace}.{key.name}") + "; "
-            f"rm -rf {credentials}*; "
-            f"podman images --format '{{{{.Repository}}}}:{{{{.Tag}}}}' --filter reference={images} "
-            "| xargs -r podman rmi -f >/dev/null 2>&1")  # fmt: skip
+    remove = "podman images -q --filter reference={} | xargs -r podman rmi -f >/dev/null 2>&1"
+    built = f"localhost/codeb/{key.namespace}/{key.name}"
+    removals = [remove.format(shlex.quote(repository)) for repository in (built, pulled) if repository]
+    return "; ".join([hookruns.stop_all_line(f"{BUILD_RUNS}/{key.namespace}.{key.name}"), f"rm -rf {credentials}*",
+                      *removals])  # fmt: skip
 
 
 def deliver_line(run: str, credentials: str) -> str:
@@ -76,6 +79,7 @@ class Start:
 
     where: str
     files: dict[str, str]
+    secrets: frozenset[str] = frozenset()  # never in a run's recorded output
 
 
 class HostBuilds:
@@ -83,20 +87,30 @@ class HostBuilds:
 
     _ssh: SshPool
     _read_login: SecretReader
+    _pulls: RegistryPulls | None  # the Project's own repository in its Platform's registry, and its credential
+
+    async def push_repository(self, ctx: DriverContext) -> str | None:
+        return await self._pulls.repository(ctx) if self._pulls is not None else None
 
     async def follow_build(self, ctx: DriverContext, source: BuildSource, build: BuildStatus) -> list[HookRun]:
         login = await self._login(ctx)
         running = any(r.result == "Running" for r in build.hosts)
         files = await read_git_credentials(self._read_login, ctx.key, source.git) if running else {}
+        secrets = set(files.values())
+        if running and build.pushed_to is not None:
+            files["registryAuth"], password = await self._push_credential(ctx, build)
+            secrets |= {files["registryAuth"], password}
         where = credentials_dir(ctx, build) if files else ""
-        command = build_argv(source.git, source.commit, build.image, source.template, where)
-        start = Start(where, files)
+        push = build.pushed_to is not None
+        command = build_argv(source.git, source.commit, build.image, source.template, where, push)
+        start = Start(where, files, frozenset(secrets))
         steps = [self._follow_one(login.at(run.name), ctx, build, run, source.git.timeout_seconds, command, start)
                  for run in build.hosts]  # fmt: skip
         return list(await asyncio.gather(*steps))
 
     def build_places(self, ctx: DriverContext) -> list[str]:
-        """Each host the workload runs on builds its own image (no registry between them)."""
+        """The hosts the workload runs on: each builds its own image, or (with a registry) the first of them
+        builds it for all (`controller.loop.builds.due`)."""
         return [str(host["address"]) for host in ctx.inputs.get(Component.infrastructure, {}).get("hosts", [])]
 
     def build_target(self, key: ProjectKey, run_id: str, git: GitSource) -> str:
@@ -124,12 +138,21 @@ class HostBuilds:
         found = await asyncio.gather(*(one(run.name) for run in build.hosts))
         return {f"build {build.run_id} on {run.name}": said for run, said in zip(build.hosts, found, strict=True)}
 
+    async def _push_credential(self, ctx: DriverContext, build: BuildStatus) -> tuple[str, str]:
+        """The Project's registry credential for the repository ``build`` pushes to, as podman reads it."""
+        found = await self._pulls.credential(ctx, build.image) if self._pulls is not None else None
+        if found is None:  # the Platform's registry changed since the build was recorded
+            raise RetryableError(f"{build.pushed_to} is no longer the Project's repository in its Platform's "
+                                 "registry; a newer build goes where the Platform now says", delay=30)  # fmt: skip
+        host, user, password = found
+        return registry.auth_config(host, user, password), password
+
     async def _follow_one(self, access: HostAccess, ctx: DriverContext, build: BuildStatus, run: HookRun,
                           timeout: int, command: list[str], start: Start) -> HookRun:  # fmt: skip
         if run.result != "Running":
             return run
         directory = run_dir(ctx, build)
-        secrets = frozenset(start.files.values())
+        secrets = start.secrets
         try:
             answer = await self._step(access, "follow", directory, timeout, command, start)
             judged, overdue = hookruns.judge(run, timeout, answer, secrets)

@@ -33,6 +33,7 @@ import httpx
 from controller.clients.http import Probe, probe_http, probe_sample
 from controller.clients.ssh import HostAccess, Login, SshPool
 from controller.drivers.builds import HostBuilds, forget_builds_line
+from controller.drivers.registry_pulls import RegistryPulls
 from controller.drivers.workloads import Credentials, SecretReader, install_app, read_credentials
 from controller.errors import CodebError, PermanentError, RetryableError
 from controller.jobs import hookruns
@@ -80,8 +81,10 @@ class QuadletUnits(HostBuilds):
         client: httpx.AsyncClient | None = None,
         start_timeout: float = 30.0,
         read_login: SecretReader | None = None,
+        pulls: RegistryPulls | None = None,
     ) -> None:
         self._read_secret = read_secret
+        self._pulls = pulls  # builds push to, and hosts pull with, the Project's credential for its registry
         self._read_login = read_login or read_secret  # the SSH key Secret (`KeptSecrets` in the operator)
         self._ssh = ssh
         self._client = client or httpx.AsyncClient(timeout=5.0)
@@ -244,7 +247,9 @@ class QuadletUnits(HostBuilds):
             )
         # The old colour during a rollout is kept exactly as it runs, stale credentials or hand edits and all.
         keep = target.get("environmentCurrent") is False or target.get("unitsMatch") is False
-        unit = _Unit(ctx.key, colour, launch, env_text, keep)
+        image = str(launch["image"])
+        pull_auth = await self._pulls.auth_config(ctx, image) if self._pulls is not None else None
+        unit = _Unit(ctx.key, colour, launch, env_text, keep, pull_auth)
         done = await asyncio.gather(*(self._converge_host(login.at(a), hosts[a], unit) for a in addresses),
                                     return_exceptions=True)  # fmt: skip
         failed = [result for result in done if isinstance(result, BaseException)]
@@ -267,7 +272,7 @@ class QuadletUnits(HostBuilds):
         if view.launch is None:  # first time under this name: the unit of an earlier operator's naming goes
             await self._ssh.run(access, legacy_cleanup(unit.key, unit.colour))
         await self._refuse_taken_port(access, view, int(unit.launch["port"]))
-        await self._ensure_image(access, str(unit.launch["image"]))
+        await self._ensure_image(access, str(unit.launch["image"]), unit.pull_auth)
         await self._ssh.write_file(access, env_path(unit.key, unit.colour), unit.env_text, mode="0600")
         await self._ssh.write_file(access, unit_path(unit.key, unit.colour), unit_text, mode="0600")
         service = shlex.quote(unit_name(unit.key, unit.colour) + ".service")
@@ -311,9 +316,21 @@ class QuadletUnits(HostBuilds):
                 delay=30,
             )
 
-    async def _ensure_image(self, access: HostAccess, image: str) -> None:
+    async def _ensure_image(self, access: HostAccess, image: str, auth: str | None) -> None:
+        """The image on the host: pulled if missing, with ``auth`` (the Project's credential, when the image is
+        in its own repository of its Platform's registry) on stdin, into a file on the host's tmpfs that goes
+        after the pull: never in the unit, never on its disk."""
         quoted = shlex.quote(image)
-        result = await self._ssh.run(access, f"podman image exists {quoted} || podman pull -q {quoted}")
+        pull = f"podman pull -q {quoted} >/dev/null"
+        if auth is not None:
+            # The repository's older images go, but for the three newest (a colour's, a rollback's); podman
+            # refuses to remove one a container uses.
+            repository = shlex.quote(_repository_of(image))
+            pull = ('(umask 077; mkdir -p /run/codeb && f=$(mktemp /run/codeb/pull.XXXXXX) && cat >"$f" && '
+                    f'podman pull -q --authfile "$f" {quoted} >/dev/null; rc=$?; rm -f "$f"; [ $rc = 0 ] || exit $rc; '
+                    f"podman images -q --sort created --filter reference={repository} | tail -n +4 "
+                    "| xargs -r podman rmi >/dev/null 2>&1; exit 0)")  # fmt: skip
+        result = await self._ssh.run(access, f"podman image exists {quoted} || {pull}", stdin=auth)
         if not result.ok:
             detail = " ".join(result.stderr.split())[-300:]
             raise RetryableError(
@@ -375,11 +392,14 @@ class QuadletUnits(HostBuilds):
         if not hosts:
             return  # no host observed: nothing of ours can be reached (infrastructure keeps the finalizer)
         # Suspended (retain), its built images stay: starting again runs them. Deleted, its builds go too.
-        await self._remove_from(ctx.key, await self._login(ctx), hosts, COLOURS, forget_builds=not retain)
+        pulled = await self._pulls.repository(ctx) if self._pulls is not None and not retain else None
+        await self._remove_from(ctx.key, await self._login(ctx), hosts, COLOURS, forget_builds=not retain,
+                                pulled=pulled)  # fmt: skip
 
     async def _remove_from(self, key: ProjectKey, login: Login, hosts: Sequence[HostFacts],
-                           colours: Sequence[str], forget_builds: bool = False) -> None:  # fmt: skip
-        lines = [forget_builds_line(key)] if forget_builds else []
+                           colours: Sequence[str], forget_builds: bool = False,
+                           pulled: str | None = None) -> None:  # fmt: skip
+        lines = [forget_builds_line(key, pulled)] if forget_builds else []
         for colour in colours:
             service = shlex.quote(unit_name(key, colour) + ".service")
             lines.append(f"systemctl stop {service} 2>/dev/null; rm -f {shlex.quote(unit_path(key, colour))} "
@@ -414,6 +434,13 @@ class _Unit:
     launch: State
     env_text: str
     keep: bool  # leave a host's unit as it runs if it was launched with exactly this
+    pull_auth: str | None = None  # the Project's credential for its image in its Platform's registry
+
+
+def _repository_of(image: str) -> str:
+    """``image`` without its tag or digest (a registry's port, before the first slash, stays)."""
+    head, _, last = image.split("@", 1)[0].rpartition("/")
+    return f"{head}/{last.split(':', 1)[0]}" if head else last.split(":", 1)[0]
 
 
 def _hosts(ctx: DriverContext) -> list[HostFacts] | None:

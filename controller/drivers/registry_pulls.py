@@ -23,16 +23,27 @@ class RegistryPulls:
     def __init__(self, kube: PlatformReader, issuer: RegistryIssuer) -> None:
         self._kube, self._issuer = kube, issuer
 
-    async def credential(self, ctx: DriverContext, image: str) -> tuple[str, str, str] | None:
-        """(registry host, user, password) for ``image``, or None when it is not the Project's own in its
-        Platform's registry."""
+    async def repository(self, ctx: DriverContext) -> str | None:
+        """The Project's own repository in its Platform's registry (``<host>/codeb/<namespace>/<name>``), or None
+        when its Platform names no registry."""
         platform = ctx.servers.platform if ctx.servers is not None else None
         body = await self._kube.read_platform(platform) if platform else None
         host = (((body or {}).get("spec") or {}).get("registry") or {}).get("host")
         if not isinstance(host, str) or not host:
             return None
-        namespace, name = ctx.key.namespace, ctx.key.name
-        own = f"{host}/{registry.repository(namespace, name)}"
-        if not image.startswith((own + ":", own + "@")):
+        return f"{host}/{registry.repository(ctx.key.namespace, ctx.key.name)}"
+
+    async def credential(self, ctx: DriverContext, image: str) -> tuple[str, str, str] | None:
+        """(registry host, user, password) for ``image``, or None when it is not the Project's own in its
+        Platform's registry."""
+        own = await self.repository(ctx)
+        if own is None or not image.startswith((own + ":", own + "@")):
             return None
+        namespace, name = ctx.key.namespace, ctx.key.name
+        host = own.split("/", 1)[0]
         return host, registry.username(namespace, name), await self._issuer.password(namespace, name, ctx.key.uid)
+
+    async def auth_config(self, ctx: DriverContext, image: str) -> str | None:
+        """``image``'s credential as podman's ``--authfile`` reads it, or None (`credential`)."""
+        found = await self.credential(ctx, image)
+        return registry.auth_config(*found) if found is not None else None

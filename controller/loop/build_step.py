@@ -14,7 +14,7 @@ from datetime import datetime
 
 from controller.errors import CodebError
 from controller.loop import builds
-from controller.loop.interface import Builder, BuildSource, DriverContext
+from controller.loop.interface import Builder, BuildSource, DriverContext, PushingBuilder
 from controller.loop.passes import Event, Pass, ProjectInput
 from controller.loop.planner import Component
 from schemas.project import BuildStatus
@@ -28,7 +28,12 @@ async def build_step(project: ProjectInput, builder: object, ctx: DriverContext,
     if git is None or not isinstance(builder, Builder):
         return None if git is None else recorded  # a runtime that cannot build: its workload driver says why
     hosts = sorted(builder.build_places(ctx.given(work.observed)))
-    step = builds.due(spec, project.key, recorded, hosts, now, builder.build_target)
+    try:
+        repository = await _push_repository(builder, ctx) if hosts else None
+    except CodebError as exc:  # a new build would go to the wrong place: none is decided this pass
+        work.waiting[Component.build] = f"where builds are pushed could not be read: {exc.message}"
+        return recorded
+    step = builds.due(spec, project.key, recorded, hosts, now, builder.build_target, repository)
     if not acting:
         return recorded
     if step.stop is not None:
@@ -57,3 +62,9 @@ async def build_step(project: ProjectInput, builder: object, ctx: DriverContext,
     elif build.result == "Failed":
         work.build_failed = (reason, message)
     return build
+
+
+async def _push_repository(builder: Builder, ctx: DriverContext) -> str | None:
+    """Where the builder pushes a new build: the Project's repository in its Platform's registry (None: each
+    place keeps its own)."""
+    return await builder.push_repository(ctx) if isinstance(builder, PushingBuilder) else None

@@ -2,7 +2,8 @@
 
 A Project with ``source.git`` runs the image of its last build that succeeded, never one still
 building or one that failed: `deployable` turns the spec into the same spec with that image, so
-the rollout starts only once a build has made its image on every host. A build is recorded in
+the rollout starts only once a build has made its image on every host (or, with a registry, pushed it
+there: one host builds, the others pull it by digest). A build is recorded in
 status before it starts (`due`: a new record, followed from the next pass once the API server holds
 it), so a restarted operator finds it again and never starts it twice; a newer revision, a changed
 source supersedes it (the old run is stopped first). A host that joins after a success gets a new
@@ -37,6 +38,8 @@ from schemas.project import (
 COMMIT = re.compile(r"^[0-9a-f]{7,40}$")
 # The last line of a build that succeeded (`controller.specs.builds.BUILD`).
 BUILT_LINE = re.compile(r"^built \S+ from commit ([0-9a-f]{40})$", re.MULTILINE)
+# The line before it when the build was pushed to a registry: the digest the registry holds it by.
+PUSHED_LINE = re.compile(r"^pushed (sha256:[0-9a-f]{64})$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -73,23 +76,30 @@ def wanted_commit(spec: ProjectSpec) -> str:
 
 
 def due(spec: ProjectSpec, key: ProjectKey, recorded: BuildStatus | None, hosts: list[str], now: datetime,
-        target: Callable[[ProjectKey, str, GitSource], str] | None = None) -> BuildStep:  # fmt: skip
+        target: Callable[[ProjectKey, str, GitSource], str] | None = None,
+        repository: str | None = None) -> BuildStep:  # fmt: skip
     """The build step of a pass, from the spec, the stored record and the places it builds in (the hosts the
-    workload runs on); ``target`` names what a run makes (`Builder.build_target`)."""
+    workload runs on); ``target`` names what a run makes (`Builder.build_target`). With ``repository`` (the
+    Project's own in its Platform's registry) the first place alone builds, and pushes its image there."""
     if not built_from_git(spec) or not hosts:
         return BuildStep(recorded)
     inputs = build_inputs(spec)
     git = spec.project.source.git
     assert git is not None
-    # A host that joined since needs the image too; one that left (or does not answer for a while) does not
-    # make the others build again, nor the workload roll out the same commit anew.
-    joined = recorded is not None and recorded.result == "Succeeded" and bool(set(hosts) - _built_on(recorded))
-    if recorded is not None and recorded.inputs == inputs and not joined:
+    # A host that joined since needs the image too, unless it is in a registry it pulls from; one that left
+    # (or does not answer for a while) does not make the others build again, nor the workload roll out anew.
+    joined = (recorded is not None and recorded.result == "Succeeded" and recorded.pushed_to is None
+              and bool(set(hosts) - _built_on(recorded)))  # fmt: skip
+    # One still running for a registry the Platform no longer names has nowhere to push: it is built anew.
+    moved = recorded is not None and recorded.result == "Running" and recorded.pushed_to != repository
+    if recorded is not None and recorded.inputs == inputs and not joined and not moved:
         return BuildStep(recorded, follow=recorded if recorded.result == "Running" else None)
     run_id = uuid.uuid4().hex[:12]
-    fresh = BuildStatus(inputs=inputs, revision=spec.project.revision, run_id=run_id,
-                        image=(target or _tagged)(key, run_id, git), result="Running", started_at=now,
-                        hosts=[HookRun(name=h, result="Running", run_id=run_id, started_at=now) for h in sorted(hosts)],
+    image = f"{repository}:{run_id}" if repository else (target or _tagged)(key, run_id, git)
+    places = sorted(hosts)[:1] if repository else sorted(hosts)
+    fresh = BuildStatus(inputs=inputs, revision=spec.project.revision, run_id=run_id, image=image,
+                        pushed_to=repository, result="Running", started_at=now,
+                        hosts=[HookRun(name=h, result="Running", run_id=run_id, started_at=now) for h in places],
                         message="recorded; starts once the record is stored",
                         last_succeeded=recorded.last_succeeded if recorded else None)  # fmt: skip
     running = recorded is not None and recorded.result == "Running"
@@ -119,9 +129,14 @@ def followed(build: BuildStatus, runs: list[HookRun], now: datetime) -> BuildSta
         return build.model_copy(update={"hosts": runs, "result": "Failed", "finished_at": now, "message": message})
     # The script's own line is the last one: the repository's steps print before it, and may print lookalikes.
     commit = next((found[-1] for r in runs if (found := BUILT_LINE.findall(r.message))), None)
-    built = BuiltImage(revision=build.revision, image=build.image, commit=commit)
+    digest = next((found[-1] for r in runs if (found := PUSHED_LINE.findall(r.message))), None)
+    if build.pushed_to is not None and digest is None:  # its run said it built, not where the registry keeps it
+        message = f"{runs[0].name}: the build did not report the digest it pushed"
+        return build.model_copy(update={"hosts": runs, "result": "Failed", "finished_at": now, "message": message})
+    image = f"{build.pushed_to}@{digest}" if build.pushed_to is not None and digest else build.image
+    built = BuiltImage(revision=build.revision, image=image, commit=commit)
     return build.model_copy(update={"hosts": runs, "result": "Succeeded", "finished_at": now, "commit": commit,
-                                    "message": f"built {build.image}", "last_succeeded": built})  # fmt: skip
+                                    "message": f"built {image}", "last_succeeded": built})  # fmt: skip
 
 
 def deployable(spec: ProjectSpec, build: BuildStatus | None,

@@ -173,6 +173,17 @@ class Builder(Protocol):
 
 
 @runtime_checkable
+class PushingBuilder(Protocol):
+    """A `Builder` that pushes what it builds to the Project's own repository in its Platform's registry, when
+    there is one: one place builds, every other pulls the image by digest."""
+
+    async def push_repository(self, ctx: DriverContext) -> str | None:
+        """The repository a build pushes to (``<registry host>/codeb/<namespace>/<name>``); None: no registry,
+        each place builds for itself."""
+        ...
+
+
+@runtime_checkable
 class WorkloadLogs(Protocol):
     """A workload driver that can show what the application itself wrote (`codeb logs`)."""
 

@@ -95,10 +95,11 @@ def workload_drivers(
     from controller.drivers.quadlet import QuadletUnits
     from controller.drivers.registry_pulls import RegistryPulls
 
-    issuer = RegistryIssuer(kube, config.claims_namespace)  # the Project's credential for its Platform's registry
+    # The Project's credential for its Platform's registry.
+    pulls = RegistryPulls(kube, RegistryIssuer(kube, config.claims_namespace))
     drivers: dict[Runtime, Driver] = {
-        Runtime.kubernetes: KubernetesWorkload(clusters, RegistryPulls(kube, issuer)),
-        Runtime.quadlet: QuadletUnits(kube.read_secret, ssh, read_login=kept),
+        Runtime.kubernetes: KubernetesWorkload(clusters, pulls),
+        Runtime.quadlet: QuadletUnits(kube.read_secret, ssh, read_login=kept, pulls=pulls),
     }
     if config.local_runtime:
         drivers[Runtime.local] = LocalProcesses(kube.read_secret, config.local_root, config.state_dir,

@@ -19,8 +19,10 @@ from schemas.project import GitSource, Template
 CLONE = r"""
 set -eu
 url=$1 ref=$2 commit=$3 context=$4 creds=$5; shift 5
-work=$(mktemp -d /var/tmp/codeb-build.XXXXXX)
-trap 'rm -rf "$work" ${creds:+"$creds"}' EXIT
+work=$(mktemp -d /var/tmp/codeb-build.XXXXXX) auth=
+trap 'rm -rf "$work" ${creds:+"$creds"} ${auth:+"$auth"}' EXIT
+# The registry's credential (a build that pushes) stays beside the git ones, on the same tmpfs, until the push.
+if [ -n "$creds" ] && [ -f "$creds/registryAuth" ]; then auth=$creds.auth; mv "$creds/registryAuth" "$auth"; fi
 export GIT_ALLOW_PROTOCOL=https:ssh GIT_TERMINAL_PROMPT=0 GIT_CONFIG_NOSYSTEM=1 HOME="$work"
 # ssh reads no config and no key of the host's (its root's own keys are the operator's, not the Project's):
 # only the Project's deploy key, only to a host its knownHosts names.
@@ -51,12 +53,14 @@ case "$dir/" in "$src"/*) ;; *) echo "context $context leaves the repository" >&
 """
 
 # On a host (runtime quadlet), after `CLONE`'s five: $6 Containerfile, $7 tag, $8 the template's Containerfile for
-# a repository without one ('' for none), then build args (KEY=VALUE). Its last line, on success: "built <tag>
-# from commit <sha>" (`controller.loop.builds`).
+# a repository without one ('' for none), $9 'push' to push the tag to its registry with the credential
+# delivered as registryAuth ('' to keep it here), then build args (KEY=VALUE). Its last lines, on success:
+# "pushed <digest>" when it pushed, then "built <tag> from commit <sha>" (`controller.loop.builds`).
 BUILD = (
     CLONE
     + r"""
-file=$1 tag=$2 preset=$3; shift 3
+file=$1 tag=$2 preset=$3 push=$4; shift 4
+if [ -n "$push" ] && [ -z "$auth" ]; then echo "no credential for the registry was delivered" >&2; exit 2; fi
 if [ -n "$preset" ] && [ ! -e "$dir/$file" ] && [ ! -L "$dir/$file" ]; then
   echo "no $context/$file in the repository: the template's is built"
   printf '%s' "$preset" >"$work/Containerfile.template"; file=$work/Containerfile.template
@@ -70,6 +74,11 @@ podman build --layers --file "$file" --tag "$tag" "$@" .
 # podman refuses to remove one a container still uses.
 podman images --sort created --format '{{.Repository}}:{{.Tag}}' --filter "reference=${tag%:*}" | tail -n +4 \
   | xargs -r podman rmi >/dev/null 2>&1 || true
+if [ -n "$push" ]; then
+  podman push --quiet --authfile "$auth" --digestfile "$work/digest" -- "$tag"
+  rm -f "$auth"
+  echo "pushed $(cat "$work/digest")"
+fi
 echo "built $tag from commit $sha"
 """
 )
@@ -152,12 +161,13 @@ def preset(template: Template, git: GitSource) -> str:
 
 
 def build_argv(git: GitSource, commit: str, tag: str, template: Template = Template.container,
-               credentials: str = "") -> list[str]:  # fmt: skip
+               credentials: str = "", push: bool = False) -> list[str]:  # fmt: skip
     """The command a host runs (under `hookruns.FOLLOW`): ``sh -c BUILD`` and its arguments; ``credentials``
-    the directory `credential_files` were written to (never their content: arguments are seen in ``ps``)."""
+    the directory `credential_files` (and, with ``push``, the registry's ``registryAuth``) were written to
+    (never their content: arguments are seen in ``ps``)."""
     args = [f"{name}={value}" for name, value in sorted(git.build_args.items())]
     return ["sh", "-c", BUILD, "codeb-build", git.url, git.ref, commit, git.context, credentials, git.containerfile,
-            tag, preset(template, git), *args]  # fmt: skip
+            tag, preset(template, git), "push" if push else "", *args]  # fmt: skip
 
 
 def credential_files(git: GitSource, secret: dict[str, str] | None, source: str) -> dict[str, str]:

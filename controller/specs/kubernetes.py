@@ -15,6 +15,7 @@ from typing import Any
 from controller.loop.interface import DriverContext
 from controller.loop.planner import State
 from controller.loop.secrets import OWNER_LABEL
+from controller.specs.registry import auth_config
 
 MANAGER = "codeb"
 
@@ -187,8 +188,7 @@ def pull_secret_name(desired: State) -> str:
 
 def pull_secret_object(ctx: DriverContext, desired: State, registry: str, user: str, password: str) -> Object:
     """The Project's registry credential as the kubelet reads it (a dockerconfigjson Secret)."""
-    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
-    config = {"auths": {registry: {"username": user, "password": password, "auth": auth}}}
+    config = auth_config(registry, user, password)
     metadata = {"name": pull_secret_name(desired), "namespace": ctx.key.namespace, "labels": labels(ctx, desired)}
     return {"apiVersion": "v1", "kind": "Secret", "type": PULL_SECRET_TYPE, "metadata": metadata,
-            "data": {".dockerconfigjson": base64.b64encode(json.dumps(config).encode()).decode()}}  # fmt: skip
+            "data": {".dockerconfigjson": base64.b64encode(config.encode()).decode()}}  # fmt: skip

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -55,6 +56,12 @@ class Access:
 def repository(namespace: str, name: str) -> str:
     """The Project's own repository: ``codeb/<namespace>/<name>`` (each a valid repository path component)."""
     return f"{REPOSITORY_ROOT}/{namespace}/{name}"
+
+
+def auth_config(host: str, user: str, password: str) -> str:
+    """A credential as podman's ``--authfile`` and a kubelet's dockerconfigjson Secret read it."""
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return json.dumps({"auths": {host: {"username": user, "password": password, "auth": auth}}})
 
 
 def username(namespace: str, name: str) -> str:

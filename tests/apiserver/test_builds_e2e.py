@@ -9,6 +9,7 @@ inbound listener, rolls out; no request fails throughout.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -16,6 +17,7 @@ import shlex
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +25,16 @@ import httpx
 import pytest
 
 from controller.cli.main import main
+from controller.clients.kube import KubeClient, api_client_from_environment
+from controller.clients.registry_issuer import RegistryIssuer
 from controller.local.cluster import LocalCluster, free_port
+from controller.specs.registry import CERTIFICATE, ISSUER
 from tests.apiserver.test_quadlet_e2e import QUICK, edge_platform
 from tests.conftest import start_cluster
 from tests.factories import project
 from tests.gitserver import GitServer, WorkTree
 from tests.helpers import OperatorProcess, get_json, wait_for
+from tests.registryserver import start_registry
 from tests.rollouts import Load
 from tests.servers import CaddyServer, https_get, start_caddy
 from tests.testhosts import ROLLOUT_IMAGE, SERVICES_ADDRESS, BootedHosts, booted
@@ -94,23 +100,24 @@ def condition(cluster: LocalCluster, type_: str) -> dict[str, Any]:
     return next((c for c in status(cluster).get("conditions", []) if c["type"] == type_), {})
 
 
-def served(caddy: CaddyServer) -> str | None:
+def served(caddy: CaddyServer, domain: str = DOMAIN) -> str | None:
     try:
-        answer: dict[str, Any] = json.loads(https_get(caddy, DOMAIN).stdout)
+        answer: dict[str, Any] = json.loads(https_get(caddy, domain).stdout)
     except ValueError:
         return None
     return answer.get("revision")
 
 
-def rolled_out(cluster: LocalCluster, revision: str, operator: OperatorProcess) -> None:
+def rolled_out(cluster: LocalCluster, revision: str, operator: OperatorProcess, name: str = "built") -> None:
     def reached() -> bool:
-        rollout = status(cluster).get("rollout") or {}
+        rollout = get_json(cluster, "project", name, "-n", NS).get("status", {}).get("rollout") or {}
         return (rollout.get("revision"), rollout.get("step")) == (revision, "Succeeded")
 
     try:
         wait_for(reached, timeout=300, what=f"{revision[:7]} built and rolled out")
     except AssertionError:
-        raise AssertionError(json.dumps(status(cluster), indent=1)[-4000:] + operator.log()[-3000:]) from None
+        found = get_json(cluster, "project", name, "-n", NS).get("status", {})
+        raise AssertionError(json.dumps(found, indent=1)[-4000:] + operator.log()[-3000:]) from None
 
 
 def test_commits_are_built_on_each_host_and_deployed_and_one_that_does_not_build_never_serves(
@@ -213,3 +220,88 @@ def test_a_static_site_without_a_containerfile_is_built_by_its_template_and_serv
     finally:
         cluster.kubectl("delete", "project", "pages", "-n", NS, "--timeout=120s", check=False)
         operator.stop()
+
+
+PUSHED = "pushed.quadlet.localhost"
+REGISTRY_SERVICE = "codeb-registry"
+
+
+def pushed_project(hosts: BootedHosts, url: str, revision: str) -> dict[str, Any]:
+    git = {"url": url, "ref": "main", "buildArgs": {"GREETING": "pushed"}, "timeoutSeconds": 300}
+    servers = {**on_hosts(hosts), "platform": "quadlet-registry"}
+    return project("pushed", NS, project={"slug": "pushed", "source": {"git": git}, "revision": revision,
+                                          "rollout": QUICK},
+                   environment={"type": "staging", "domains": [PUSHED]}, servers=servers,
+                   backup={"enabled": False})  # fmt: skip
+
+
+def test_with_a_registry_one_host_builds_and_pushes_and_each_host_runs_the_digest_under_load(
+    world: dict[str, Any], hosts: BootedHosts, tmp_path: Path
+) -> None:
+    """The Platform names a registry (Debian's docker-registry, the operator its token issuer): the first host
+    builds each commit and pushes it with the Project's credential; every host pulls it by digest with that
+    credential (never kept on a host); the switch between commits drops no request under load."""
+    cluster: LocalCluster = world["cluster"]
+    caddy: CaddyServer = world["caddy"]
+    tree = WorkTree(world["git"], "pushed", tmp_path / "tree")
+    inbound = free_port()
+    with ThreadPoolExecutor(2) as pool:
+        kube = KubeClient(api_client_from_environment(config_file=str(cluster.kubeconfig)), pool)
+        issuer = RegistryIssuer(kube, "codeb-system")
+        cluster.kubectl("create", "namespace", "codeb-system", check=False)
+        certificate = asyncio.run(issuer.data())[CERTIFICATE]
+        kube.close()
+    registry = start_registry(SERVICES_ADDRESS, f"http://{SERVICES_ADDRESS}:{inbound}/registry/token",
+                              REGISTRY_SERVICE, ISSUER, certificate, tls=True)  # fmt: skip
+    assert registry.ca_file is not None
+    ca = shlex.quote(registry.ca_file.read_text())
+    for host in hosts.hosts:  # the hosts trust the registry's CA, as a team's hosts would be set up to
+        hosts.ssh(host, f"printf '%s' {ca} >/usr/local/share/ca-certificates/codeb-registry.crt && "
+                        "update-ca-certificates >/dev/null 2>&1")  # fmt: skip
+    platform = get_json(cluster, "platform", "quadlet-edge")
+    platform["metadata"] = {"name": "quadlet-registry"}
+    platform["spec"]["registry"] = {"host": registry.address, "service": REGISTRY_SERVICE}
+    cluster.kubectl("apply", "-f", "-", input_text=json.dumps(platform))
+    operator = OperatorProcess(cluster, tmp_path / "operator.log", CODEB_DRIFT_INTERVAL="5",
+                               CODEB_INBOUND_PORT=str(inbound)).start()  # fmt: skip
+    load = Load(caddy, PUSHED, threads=2)
+    repository = f"{registry.address}/codeb/{NS}/pushed"
+    first, second = sorted(hosts.hosts, key=lambda h: h.address)
+    try:
+        one = tree.commit("one", {"Containerfile": CONTAINERFILE})
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(pushed_project(hosts, world["git"].url("pushed"),
+                                                                                 one)))  # fmt: skip
+        rolled_out(cluster, one, operator, "pushed")
+        build = get_json(cluster, "project", "pushed", "-n", NS)["status"]["build"]
+        assert build["pushedTo"] == repository and [run["name"] for run in build["hosts"]] == [first.address]
+        image = build["lastSucceeded"]["image"]
+        assert image.startswith(f"{repository}@sha256:"), build
+        for host in hosts.hosts:  # each runs the digest the registry holds; the second built nothing
+            assert hosts.ssh(host, "podman ps --format '{{.Image}}'").split() == [image]
+            assert hosts.ssh(host, "find /run/codeb -type f 2>/dev/null; true").strip() == ""  # no credential
+        assert hosts.ssh(second, "ls -A /var/lib/codeb/builds 2>/dev/null; true").strip() == ""
+        assert hosts.ssh(second, "podman images -q --filter reference=localhost/codeb").strip() == ""
+        wait_for(lambda: served(caddy, PUSHED) == one, timeout=30, what="the first push served through Caddy")
+        load.start()
+
+        two = tree.commit("two", {"Containerfile": CONTAINERFILE + "RUN echo two > /app/two.txt\n"})
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(pushed_project(hosts, world["git"].url("pushed"),
+                                                                                 two)))  # fmt: skip
+        rolled_out(cluster, two, operator, "pushed")
+        wait_for(lambda: load.revisions.get(two, 0) > 10, timeout=30, what="the second push served through Caddy")
+        newer = get_json(cluster, "project", "pushed", "-n", NS)["status"]["build"]["lastSucceeded"]["image"]
+        assert newer != image and newer.startswith(f"{repository}@sha256:")
+        for host in hosts.hosts:
+            assert hosts.ssh(host, f"podman image exists {shlex.quote(newer)} && echo yes").strip() == "yes"
+    except AssertionError as failure:
+        raise AssertionError(f"{failure}\n{operator.log()[-3000:]}") from None
+    finally:
+        load.stop()
+        cluster.kubectl("delete", "project", "pushed", "-n", NS, "--timeout=120s", check=False)
+        operator.stop()
+        registry.stop()
+        cluster.kubectl("delete", "platform", "quadlet-registry", "--wait=false", check=False)
+    assert load.failures == [] and load.sent > 50, load.failures[:5]
+    for host in hosts.hosts:  # deleted: what it pulled went with it
+        assert hosts.ssh(host, f"podman images -q --filter reference={repository}").strip() == ""
+    print(f"pushed builds on two quadlet hosts under load: {load.sent} requests, 0 failed")

@@ -84,6 +84,32 @@ def test_a_failed_build_keeps_the_last_good_image_and_a_newer_revision_supersede
     assert builds.due(spec(), KEY, None, [], NOW).status is None
 
 
+def test_with_a_registry_one_host_builds_and_pushes_and_every_host_runs_the_digest_it_pushed() -> None:
+    repository = "registry.example.com:5000/codeb/apps/shop"
+    step = builds.due(spec(), KEY, None, HOSTS, NOW, repository=repository)
+    record = step.status
+    assert record is not None and record.pushed_to == repository
+    assert record.image == f"{repository}:{record.run_id}" and [h.name for h in record.hosts] == ["10.0.0.1"]
+    digest = "sha256:" + "ab" * 32
+    pushed = HookRun(name="10.0.0.1", result="Succeeded",
+                     message=f"pushed sha256:{'0' * 64}\npushed {digest}\nbuilt x from commit {SHA}")  # fmt: skip
+    done = builds.followed(record, [pushed], NOW)
+    assert done.result == "Succeeded" and done.last_succeeded is not None
+    assert done.last_succeeded.image == f"{repository}@{digest}"  # the script's own line: the last one
+    deployed = builds.deployable(spec(), done)
+    assert deployed is not None and deployed.project.source.image == f"{repository}@{digest}"
+    # A run that says it built but not what it pushed did not deliver anything the hosts can pull.
+    silent = builds.followed(record, [succeeded(record.hosts[0])], NOW)
+    assert silent.result == "Failed" and "did not report the digest" in silent.message
+    assert silent.last_succeeded is None
+    # A host that joins pulls the digest: no new build, no new rollout of the same commit.
+    assert builds.due(spec(), KEY, done, [*HOSTS, "10.0.0.0"], NOW, repository=repository).status == done
+    # One still running when the Platform's registry changes has nowhere to push: built anew, the old one stopped.
+    moved = builds.due(spec(), KEY, record, HOSTS, NOW, repository="other.example.com/codeb/apps/shop")
+    assert moved.stop == record and moved.status is not None and moved.status.run_id != record.run_id
+    assert builds.due(spec(), KEY, record, HOSTS, NOW, repository=repository).follow == record
+
+
 def test_the_commit_is_the_revision_only_when_it_is_one_and_paths_stay_inside() -> None:
     assert builds.wanted_commit(spec(SHA)) == SHA and builds.wanted_commit(spec("abc1234")) == "abc1234"
     assert builds.wanted_commit(spec("release-2")) == ""  # a name: the ref's head
