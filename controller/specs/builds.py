@@ -53,9 +53,10 @@ case "$dir/" in "$src"/*) ;; *) echo "context $context leaves the repository" >&
 """
 
 # On a host (runtime quadlet), after `CLONE`'s five: $6 Containerfile, $7 tag, $8 the template's Containerfile for
-# a repository without one ('' for none), $9 'push' to push the tag to its registry with the credential
-# delivered as registryAuth ('' to keep it here), then build args (KEY=VALUE). Its last lines, on success:
-# "pushed <digest>" when it pushed, then "built <tag> from commit <sha>" (`controller.loop.builds`).
+# a repository without one ('' for none), $9 'push' to push the image to the tag's registry (tagged by the run,
+# and by the commit) with the credential delivered as registryAuth ('' to keep it here), then build args
+# (KEY=VALUE). Its last lines, on success: "pushed <digest>" when it pushed, then "built <tag> from commit <sha>"
+# (`controller.loop.builds`).
 BUILD = (
     CLONE
     + r"""
@@ -76,6 +77,9 @@ podman images --sort created --format '{{.Repository}}:{{.Tag}}' --filter "refer
   | xargs -r podman rmi >/dev/null 2>&1 || true
 if [ -n "$push" ]; then
   podman push --quiet --authfile "$auth" --digestfile "$work/digest" -- "$tag"
+  # Tagged by its commit too, for people looking at the registry; that tag is not kept here.
+  podman tag "$tag" "${tag%:*}:$sha" && podman push --quiet --authfile "$auth" -- "${tag%:*}:$sha"
+  podman untag "$tag" "${tag%:*}:$sha" 2>/dev/null || true
   rm -f "$auth"
   echo "pushed $(cat "$work/digest")"
 fi

@@ -280,6 +280,8 @@ def test_with_a_registry_one_host_builds_and_pushes_and_each_host_runs_the_diges
             assert hosts.ssh(host, "podman ps --format '{{.Image}}'").split() == [image]
             assert hosts.ssh(host, "find /run/codeb -type f 2>/dev/null; true").strip() == ""  # no credential
         assert hosts.ssh(second, "ls -A /var/lib/codeb/builds 2>/dev/null; true").strip() == ""
+        tags = registry.root / "data/docker/registry/v2/repositories/codeb" / NS / "pushed/_manifests/tags"
+        assert {one, build["runId"]} <= {path.name for path in tags.iterdir()}  # tagged by commit, and by run
         assert hosts.ssh(second, "podman images -q --filter reference=localhost/codeb").strip() == ""
         wait_for(lambda: served(caddy, PUSHED) == one, timeout=30, what="the first push served through Caddy")
         load.start()
