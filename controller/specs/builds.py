@@ -77,8 +77,9 @@ podman images --sort created --format '{{.Repository}}:{{.Tag}}' --filter "refer
   | xargs -r podman rmi >/dev/null 2>&1 || true
 if [ -n "$push" ]; then
   podman push --quiet --authfile "$auth" --digestfile "$work/digest" -- "$tag"
-  # Tagged by its commit too, for people looking at the registry; that tag is not kept here.
-  podman tag "$tag" "${tag%:*}:$sha" && podman push --quiet --authfile "$auth" -- "${tag%:*}:$sha"
+  # Tagged by its commit too, for people looking at the registry (not kept here; what deploys is the digest).
+  podman tag "$tag" "${tag%:*}:$sha" && podman push --quiet --authfile "$auth" -- "${tag%:*}:$sha" \
+    || echo "warning: the commit's tag was not pushed; the build's own tag was" >&2
   podman untag "$tag" "${tag%:*}:$sha" 2>/dev/null || true
   rm -f "$auth"
   echo "pushed $(cat "$work/digest")"

@@ -293,8 +293,9 @@ def test_with_a_registry_one_host_builds_and_pushes_and_each_host_runs_the_diges
         wait_for(lambda: load.revisions.get(two, 0) > 10, timeout=30, what="the second push served through Caddy")
         newer = get_json(cluster, "project", "pushed", "-n", NS)["status"]["build"]["lastSucceeded"]["image"]
         assert newer != image and newer.startswith(f"{repository}@sha256:")
-        for host in hosts.hosts:
+        for host in hosts.hosts:  # podman finds the repository's images by name: deleting the Project removes them
             assert hosts.ssh(host, f"podman image exists {shlex.quote(newer)} && echo yes").strip() == "yes"
+            assert hosts.ssh(host, f"podman images -q --filter reference={repository}").split()
     except AssertionError as failure:
         raise AssertionError(f"{failure}\n{operator.log()[-3000:]}") from None
     finally:
