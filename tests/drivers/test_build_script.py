@@ -27,7 +27,11 @@ argv = sys.argv[1:]
 used = argv[argv.index("--file") + 1] if "--file" in argv else ""
 text = open(used).read() if used.startswith("/") else None
 left = os.path.exists(os.environ.get("CREDENTIALS", "/nonexistent"))
-print(json.dumps({"cwd": os.getcwd(), "argv": argv, "containerfile": text, "credentials_left": left}))
+auth = argv[argv.index("--authfile") + 1] if "--authfile" in argv else ""
+if "--digestfile" in argv:  # as the registry answers a push
+    open(argv[argv.index("--digestfile") + 1], "w").write("sha256:" + "ab" * 32)
+print(json.dumps({"cwd": os.getcwd(), "argv": argv, "containerfile": text, "credentials_left": left,
+                  "auth": open(auth).read() if auth else None}))
 PY
 """
 
@@ -43,8 +47,9 @@ def builder(tmp_path: Path, git_server: GitServer) -> dict[str, str]:
 
 
 def build(git: GitSource, commit: str, env: dict[str, str], template: Template = Template.container,
-          credentials: str = "") -> subprocess.CompletedProcess[str]:  # fmt: skip
-    argv = build_argv(git, commit, "localhost/codeb/apps/shop:0123456789ab", template, credentials)
+          credentials: str = "", tag: str = "localhost/codeb/apps/shop:0123456789ab",
+          push: bool = False) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    argv = build_argv(git, commit, tag, template, credentials, push)
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, check=False)
 
 
@@ -148,3 +153,30 @@ def test_a_private_repository_is_read_with_its_secrets_token_for_the_clone_only(
         assert not Path(right).exists()
     finally:
         private.stop()
+
+
+def test_a_pushed_build_has_the_registrys_credential_for_the_push_alone_and_reports_the_digest(
+    git_server: GitServer, builder: dict[str, str], tmp_path: Path
+) -> None:
+    head = WorkTree(git_server, "pushed", tmp_path / "tree").commit("one", {"Containerfile": "FROM scratch\n"})
+    git, tag = GitSource(url=git_server.url("pushed")), "registry.example.com:5000/codeb/apps/shop:0123456789ab"
+    refused = build(git, "", builder, tag=tag, push=True)  # nothing delivered: nothing is built
+    assert refused.returncode == 2 and "no credential for the registry" in refused.stderr
+    assert not Path(builder["RECORD"]).exists()
+    auth = '{"auths": {"registry.example.com:5000": {"auth": "secret"}}}'
+    delivered = tmp_path / "run-credentials"
+    delivered.mkdir(mode=0o700)
+    (delivered / "registryAuth").write_text(auth)
+    done = build(git, "", {**builder, "CREDENTIALS": str(delivered)}, credentials=str(delivered), tag=tag, push=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-2:] == [f"pushed sha256:{'ab' * 32}", f"built {tag} from commit {head}"]
+    calls = [json.loads(line) for line in Path(builder["RECORD"]).read_text().splitlines()]
+    verbs = [call["argv"][0] for call in calls]
+    assert verbs == ["build", "images", "push", "tag", "push", "untag"], verbs
+    # The build's steps see neither the git nor the registry's credential; each push has the registry's.
+    assert calls[0]["credentials_left"] is False and calls[0]["auth"] is None
+    assert "--authfile" not in calls[0]["argv"] and not str(calls[0]["cwd"]).startswith(str(delivered))
+    pushes = [call for call in calls if call["argv"][0] == "push"]
+    assert [call["auth"] for call in pushes] == [auth, auth]
+    assert pushes[0]["argv"][-1] == tag and pushes[1]["argv"][-1] == f"{tag.rsplit(':', 1)[0]}:{head}"
+    assert not Path(f"{delivered}.auth").exists() and not delivered.exists()  # gone once pushed
