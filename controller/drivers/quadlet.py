@@ -326,7 +326,9 @@ class QuadletUnits(HostBuilds):
             # The repository's older images go, but for the three newest (a colour's, a rollback's); podman
             # refuses to remove one a container uses.
             repository = shlex.quote(_repository_of(image))
-            pull = ('(umask 077; mkdir -p /run/codeb && f=$(mktemp /run/codeb/pull.XXXXXX) && cat >"$f" && '
+            # A file a pull killed half-way (its connection cut) left behind goes with the next one.
+            pull = ("(umask 077; mkdir -p /run/codeb && find /run/codeb -maxdepth 1 -name 'pull.*' -mmin +15 "
+                    '-delete; f=$(mktemp /run/codeb/pull.XXXXXX) && cat >"$f" && '
                     f'podman pull -q --authfile "$f" {quoted} >/dev/null; rc=$?; rm -f "$f"; [ $rc = 0 ] || exit $rc; '
                     f"podman images -q --sort created --filter reference={repository} | tail -n +4 "
                     "| xargs -r podman rmi >/dev/null 2>&1; exit 0)")  # fmt: skip
