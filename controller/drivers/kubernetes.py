@@ -122,11 +122,7 @@ class KubernetesWorkload:
 
     async def apply(self, ctx: DriverContext, desired: State) -> None:
         if not desired.get("image"):
-            raise PermanentError(
-                "spec.project.source.git: building from git is not supported yet on runtime kubernetes; "
-                "set spec.project.source.image",
-                reason="SourceNotBuildable",
-            )
+            raise PermanentError(await self._not_buildable(ctx), reason="SourceNotBuildable")
         target = await self._clusters.of(ctx)
         pull = await self._pull_secret(ctx, desired)
         credentials = await _credentials_digest(self._clusters.own, ctx, desired)
@@ -150,6 +146,15 @@ class KubernetesWorkload:
             await _delete_pull_secret(target, ctx, desired)
         if not desired.get("autoscaling"):
             await _delete_if_ours(target, ctx, "HorizontalPodAutoscaler", desired["instance"])
+
+    async def _not_buildable(self, ctx: DriverContext) -> str:
+        """Why source.git is refused here, and the way that works: the image built elsewhere (a team's CI),
+        pushed to the Project's own repository of its Platform's registry when there is one."""
+        repository = await self._pulls.repository(ctx) if self._pulls is not None else None
+        where = f" to {repository}:<tag> (with the Project's registry credential)" if repository else ""
+        return ("spec.project.source.git: runtime kubernetes does not build from git (a build Pod would need "
+                f"privileges for steps that are hostile input); build the image in CI, push it{where} and set "
+                "spec.project.source.image")  # fmt: skip
 
     async def _pull_secret(self, ctx: DriverContext, desired: State) -> Object | None:
         """The pull Secret for the wanted image, when it is the Project's own in its Platform's registry."""
