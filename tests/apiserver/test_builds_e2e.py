@@ -10,6 +10,7 @@ inbound listener, rolls out; no request fails throughout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -34,7 +35,7 @@ from tests.conftest import start_cluster
 from tests.factories import project
 from tests.gitserver import GitServer, WorkTree
 from tests.helpers import OperatorProcess, get_json, wait_for
-from tests.registryserver import start_registry
+from tests.registryserver import RegistryServer, start_registry
 from tests.rollouts import Load
 from tests.servers import CaddyServer, https_get, start_caddy
 from tests.testhosts import ROLLOUT_IMAGE, SERVICES_ADDRESS, BootedHosts, booted
@@ -242,69 +243,83 @@ def test_with_a_registry_one_host_builds_and_pushes_and_each_host_runs_the_diges
     builds each commit and pushes it with the Project's credential; every host pulls it by digest with that
     credential (never kept on a host); the switch between commits drops no request under load."""
     cluster: LocalCluster = world["cluster"]
-    caddy: CaddyServer = world["caddy"]
-    tree = WorkTree(world["git"], "pushed", tmp_path / "tree")
     inbound = free_port()
-    with ThreadPoolExecutor(2) as pool:
-        kube = KubeClient(api_client_from_environment(config_file=str(cluster.kubeconfig)), pool)
-        issuer = RegistryIssuer(kube, "codeb-system")
-        cluster.kubectl("create", "namespace", "codeb-system", check=False)
-        certificate = asyncio.run(issuer.data())[CERTIFICATE]
-        kube.close()
-    registry = start_registry(SERVICES_ADDRESS, f"http://{SERVICES_ADDRESS}:{inbound}/registry/token",
-                              REGISTRY_SERVICE, ISSUER, certificate, tls=True)  # fmt: skip
-    assert registry.ca_file is not None
-    ca = shlex.quote(registry.ca_file.read_text())
-    for host in hosts.hosts:  # the hosts trust the registry's CA, as a team's hosts would be set up to
-        hosts.ssh(host, f"printf '%s' {ca} >/usr/local/share/ca-certificates/codeb-registry.crt && "
-                        "update-ca-certificates >/dev/null 2>&1")  # fmt: skip
-    platform = get_json(cluster, "platform", "quadlet-edge")
-    platform["metadata"] = {"name": "quadlet-registry"}
-    platform["spec"]["registry"] = {"host": registry.address, "service": REGISTRY_SERVICE}
-    cluster.kubectl("apply", "-f", "-", input_text=json.dumps(platform))
-    operator = OperatorProcess(cluster, tmp_path / "operator.log", CODEB_DRIFT_INTERVAL="5",
-                               CODEB_INBOUND_PORT=str(inbound)).start()  # fmt: skip
-    load = Load(caddy, PUSHED, threads=2)
-    repository = f"{registry.address}/codeb/{NS}/pushed"
-    first, second = sorted(hosts.hosts, key=lambda h: h.address)
-    try:
-        one = tree.commit("one", {"Containerfile": CONTAINERFILE})
-        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(pushed_project(hosts, world["git"].url("pushed"),
-                                                                                 one)))  # fmt: skip
-        rolled_out(cluster, one, operator, "pushed")
-        build = get_json(cluster, "project", "pushed", "-n", NS)["status"]["build"]
-        assert build["pushedTo"] == repository and [run["name"] for run in build["hosts"]] == [first.address]
-        image = build["lastSucceeded"]["image"]
-        assert image.startswith(f"{repository}@sha256:"), build
-        for host in hosts.hosts:  # each runs the digest the registry holds; the second built nothing
-            assert hosts.ssh(host, "podman ps --format '{{.Image}}'").split() == [image]
-            assert hosts.ssh(host, "find /run/codeb -type f 2>/dev/null; true").strip() == ""  # no credential
-        assert hosts.ssh(second, "ls -A /var/lib/codeb/builds 2>/dev/null; true").strip() == ""
-        tags = registry.root / "data/docker/registry/v2/repositories/codeb" / NS / "pushed/_manifests/tags"
-        assert {one, build["runId"]} <= {path.name for path in tags.iterdir()}  # tagged by commit, and by run
-        assert hosts.ssh(second, "podman images -q --filter reference=localhost/codeb").strip() == ""
-        wait_for(lambda: served(caddy, PUSHED) == one, timeout=30, what="the first push served through Caddy")
-        load.start()
-
-        two = tree.commit("two", {"Containerfile": CONTAINERFILE + "RUN echo two > /app/two.txt\n"})
-        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(pushed_project(hosts, world["git"].url("pushed"),
-                                                                                 two)))  # fmt: skip
-        rolled_out(cluster, two, operator, "pushed")
-        wait_for(lambda: load.revisions.get(two, 0) > 10, timeout=30, what="the second push served through Caddy")
-        newer = get_json(cluster, "project", "pushed", "-n", NS)["status"]["build"]["lastSucceeded"]["image"]
-        assert newer != image and newer.startswith(f"{repository}@sha256:")
-        for host in hosts.hosts:  # podman finds the repository's images by name: deleting the Project removes them
-            assert hosts.ssh(host, f"podman image exists {shlex.quote(newer)} && echo yes").strip() == "yes"
-            assert hosts.ssh(host, f"podman images -q --filter reference={repository}").split()
-    except AssertionError as failure:
-        raise AssertionError(f"{failure}\n{operator.log()[-3000:]}") from None
-    finally:
-        load.stop()
-        cluster.kubectl("delete", "project", "pushed", "-n", NS, "--timeout=120s", check=False)
-        operator.stop()
-        registry.stop()
-        cluster.kubectl("delete", "platform", "quadlet-registry", "--wait=false", check=False)
+    with platform_registry(cluster, hosts, inbound) as registry:
+        operator = OperatorProcess(cluster, tmp_path / "operator.log", CODEB_DRIFT_INTERVAL="5",
+                                   CODEB_INBOUND_PORT=str(inbound))  # fmt: skip
+        load = Load(world["caddy"], PUSHED, threads=2)
+        repository = f"{registry.address}/codeb/{NS}/pushed"
+        try:
+            operator.start()
+            pushes_and_pulls(world, hosts, registry, operator, load, WorkTree(world["git"], "pushed", tmp_path / "t"))
+        except AssertionError as failure:
+            raise AssertionError(f"{failure}\n{operator.log()[-3000:]}") from None
+        finally:
+            load.stop()
+            cluster.kubectl("delete", "project", "pushed", "-n", NS, "--timeout=120s", check=False)
+            operator.stop()
     assert load.failures == [] and load.sent > 50, load.failures[:5]
     for host in hosts.hosts:  # deleted: what it pulled went with it
         assert hosts.ssh(host, f"podman images -q --filter reference={repository}").strip() == ""
     print(f"pushed builds on two quadlet hosts under load: {load.sent} requests, 0 failed")
+
+
+@contextlib.contextmanager
+def platform_registry(cluster: LocalCluster, hosts: BootedHosts, inbound: int) -> Iterator[RegistryServer]:
+    """Debian's docker-registry over TLS, its realm the operator's inbound listener on ``inbound``, trusted by
+    the hosts, and Platform quadlet-registry (quadlet-edge's Caddy) naming it; all gone afterwards."""
+    with ThreadPoolExecutor(2) as pool:
+        kube = KubeClient(api_client_from_environment(config_file=str(cluster.kubeconfig)), pool)
+        cluster.kubectl("create", "namespace", "codeb-system", check=False)
+        certificate = asyncio.run(RegistryIssuer(kube, "codeb-system").data())[CERTIFICATE]
+        kube.close()
+    registry = start_registry(SERVICES_ADDRESS, f"http://{SERVICES_ADDRESS}:{inbound}/registry/token",
+                              REGISTRY_SERVICE, ISSUER, certificate, tls=True)  # fmt: skip
+    try:
+        assert registry.ca_file is not None
+        ca = shlex.quote(registry.ca_file.read_text())
+        for host in hosts.hosts:  # the hosts trust the registry's CA, as a team's hosts would be set up to
+            hosts.ssh(host, f"printf '%s' {ca} >/usr/local/share/ca-certificates/codeb-registry.crt && "
+                            "update-ca-certificates >/dev/null 2>&1")  # fmt: skip
+        platform = get_json(cluster, "platform", "quadlet-edge")
+        platform["metadata"] = {"name": "quadlet-registry"}
+        platform["spec"]["registry"] = {"host": registry.address, "service": REGISTRY_SERVICE}
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(platform))
+        yield registry
+    finally:
+        registry.stop()
+        cluster.kubectl("delete", "platform", "quadlet-registry", "--wait=false", check=False)
+
+
+def pushes_and_pulls(world: dict[str, Any], hosts: BootedHosts, registry: RegistryServer, operator: OperatorProcess,
+                     load: Load, tree: WorkTree) -> None:  # fmt: skip
+    """Two commits, each built on the first host, pushed, and run by digest on both; the second under load."""
+    cluster: LocalCluster = world["cluster"]
+    repository = f"{registry.address}/codeb/{NS}/pushed"
+    first, second = sorted(hosts.hosts, key=lambda h: h.address)
+    one = tree.commit("one", {"Containerfile": CONTAINERFILE})
+    cluster.kubectl("apply", "-f", "-", input_text=json.dumps(pushed_project(hosts, world["git"].url("pushed"), one)))
+    rolled_out(cluster, one, operator, "pushed")
+    build = get_json(cluster, "project", "pushed", "-n", NS)["status"]["build"]
+    assert build["pushedTo"] == repository and [run["name"] for run in build["hosts"]] == [first.address]
+    image = build["lastSucceeded"]["image"]
+    assert image.startswith(f"{repository}@sha256:"), build
+    for host in hosts.hosts:  # each runs the digest the registry holds; the second built nothing
+        assert hosts.ssh(host, "podman ps --format '{{.Image}}'").split() == [image]
+        assert hosts.ssh(host, "find /run/codeb -type f 2>/dev/null; true").strip() == ""  # no credential
+    assert hosts.ssh(second, "ls -A /var/lib/codeb/builds 2>/dev/null; true").strip() == ""
+    assert hosts.ssh(second, "podman images -q --filter reference=localhost/codeb").strip() == ""
+    tags = registry.root / "data/docker/registry/v2/repositories/codeb" / NS / "pushed/_manifests/tags"
+    assert {one, build["runId"]} <= {path.name for path in tags.iterdir()}  # tagged by commit, and by run
+    wait_for(lambda: served(world["caddy"], PUSHED) == one, timeout=30, what="the first push served through Caddy")
+    load.start()
+
+    two = tree.commit("two", {"Containerfile": CONTAINERFILE + "RUN echo two > /app/two.txt\n"})
+    cluster.kubectl("apply", "-f", "-", input_text=json.dumps(pushed_project(hosts, world["git"].url("pushed"), two)))
+    rolled_out(cluster, two, operator, "pushed")
+    wait_for(lambda: load.revisions.get(two, 0) > 10, timeout=30, what="the second push served through Caddy")
+    newer = get_json(cluster, "project", "pushed", "-n", NS)["status"]["build"]["lastSucceeded"]["image"]
+    assert newer != image and newer.startswith(f"{repository}@sha256:")
+    for host in hosts.hosts:  # podman finds the repository's images by name: deleting the Project removes them
+        assert hosts.ssh(host, f"podman image exists {shlex.quote(newer)} && echo yes").strip() == "yes"
+        assert hosts.ssh(host, f"podman images -q --filter reference={repository}").split()
