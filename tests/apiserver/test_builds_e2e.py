@@ -173,11 +173,7 @@ def test_commits_are_built_on_each_host_and_deployed_and_one_that_does_not_build
 
         # The next good commit is pushed: GitHub's webhook sets the revision, and it is built and rolls out.
         three = tree.commit("three", {"Containerfile": CONTAINERFILE, "README": "fixed\n"})
-        body = json.dumps({"ref": "refs/heads/main", "after": three, "repository": {"pushed_at": int(time.time())}})
-        signature = "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), body.encode(), hashlib.sha256).hexdigest()
-        headers = {"X-GitHub-Event": "push", "X-GitHub-Delivery": str(uuid.uuid4()), "X-Hub-Signature-256": signature}
-        delivered = httpx.post(f"http://127.0.0.1:{inbound}/push/{NS}/built", content=body, headers=headers, timeout=10)
-        assert delivered.status_code == 202, delivered.text
+        github_push(inbound, "built", three)
         rolled_out(cluster, three, operator)
         wait_for(lambda: load.revisions.get(three, 0) > 10, timeout=30, what="the fixed commit served through Caddy")
         assert condition(cluster, "Ready")["status"] == "True" and not condition(cluster, "Stalled")
@@ -193,6 +189,15 @@ def test_commits_are_built_on_each_host_and_deployed_and_one_that_does_not_build
         assert hosts.ssh(host, "ls -A /var/lib/codeb/builds").strip() == ""
     assert hosts.private_key.splitlines()[1] not in operator.log()
     print(f"builds on two quadlet hosts under load: {load.sent} requests, 0 failed")
+
+
+def github_push(inbound: int, name: str, commit: str) -> None:
+    """GitHub's push event for ``commit`` on main, signed with the Project's webhook secret, to the operator."""
+    body = json.dumps({"ref": "refs/heads/main", "after": commit, "repository": {"pushed_at": int(time.time())}})
+    signature = "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), body.encode(), hashlib.sha256).hexdigest()
+    headers = {"X-GitHub-Event": "push", "X-GitHub-Delivery": str(uuid.uuid4()), "X-Hub-Signature-256": signature}
+    delivered = httpx.post(f"http://127.0.0.1:{inbound}/push/{NS}/{name}", content=body, headers=headers, timeout=10)
+    assert delivered.status_code == 202, delivered.text
 
 
 PAGES = "pages.quadlet.localhost"
@@ -228,7 +233,8 @@ REGISTRY_SERVICE = "codeb-registry"
 
 
 def pushed_project(hosts: BootedHosts, url: str, revision: str) -> dict[str, Any]:
-    git = {"url": url, "ref": "main", "buildArgs": {"GREETING": "pushed"}, "timeoutSeconds": 300}
+    git = {"url": url, "ref": "main", "buildArgs": {"GREETING": "pushed"}, "timeoutSeconds": 300,
+           "webhookSecretRef": "site-webhook"}  # fmt: skip
     servers = {**on_hosts(hosts), "platform": "quadlet-registry"}
     return project("pushed", NS, project={"slug": "pushed", "source": {"git": git}, "revision": revision,
                                           "rollout": QUICK},
@@ -251,7 +257,8 @@ def test_with_a_registry_one_host_builds_and_pushes_and_each_host_runs_the_diges
         repository = f"{registry.address}/codeb/{NS}/pushed"
         try:
             operator.start()
-            pushes_and_pulls(world, hosts, registry, operator, load, WorkTree(world["git"], "pushed", tmp_path / "t"))
+            tree = WorkTree(world["git"], "pushed", tmp_path / "tree")
+            pushes_and_pulls(world, hosts, registry, operator, load, tree, inbound)
         except AssertionError as failure:
             raise AssertionError(f"{failure}\n{operator.log()[-3000:]}") from None
         finally:
@@ -292,8 +299,9 @@ def platform_registry(cluster: LocalCluster, hosts: BootedHosts, inbound: int) -
 
 
 def pushes_and_pulls(world: dict[str, Any], hosts: BootedHosts, registry: RegistryServer, operator: OperatorProcess,
-                     load: Load, tree: WorkTree) -> None:  # fmt: skip
-    """Two commits, each built on the first host, pushed, and run by digest on both; the second under load."""
+                     load: Load, tree: WorkTree, inbound: int) -> None:  # fmt: skip
+    """Two commits, each built on the first host, pushed, and run by digest on both; the second, pushed through
+    GitHub's webhook, under load, after one that does not build (which changes nothing that serves)."""
     cluster: LocalCluster = world["cluster"]
     repository = f"{registry.address}/codeb/{NS}/pushed"
     first, second = sorted(hosts.hosts, key=lambda h: h.address)
@@ -314,8 +322,20 @@ def pushes_and_pulls(world: dict[str, Any], hosts: BootedHosts, registry: Regist
     wait_for(lambda: served(world["caddy"], PUSHED) == one, timeout=30, what="the first push served through Caddy")
     load.start()
 
+    broken = tree.commit("broken", {"Containerfile": CONTAINERFILE + "RUN echo the build broke >&2; exit 3\n"})
+    github_push(inbound, "pushed", broken)
+
+    def failed() -> str:
+        found = get_json(cluster, "project", "pushed", "-n", NS)["status"]
+        ready = next((c for c in found["conditions"] if c["type"] == "BuildReady"), {})
+        return str(ready.get("message", "")) if ready.get("reason") == "BuildFailed" else ""
+
+    said = wait_for(failed, timeout=240, what="the broken commit's build failed")
+    assert "the build broke" in said and f"{one} keeps serving" in said, said
+    assert served(world["caddy"], PUSHED) == one and not (tags / broken).exists()  # nothing of it was pushed
+
     two = tree.commit("two", {"Containerfile": CONTAINERFILE + "RUN echo two > /app/two.txt\n"})
-    cluster.kubectl("apply", "-f", "-", input_text=json.dumps(pushed_project(hosts, world["git"].url("pushed"), two)))
+    github_push(inbound, "pushed", two)
     rolled_out(cluster, two, operator, "pushed")
     wait_for(lambda: load.revisions.get(two, 0) > 10, timeout=30, what="the second push served through Caddy")
     newer = get_json(cluster, "project", "pushed", "-n", NS)["status"]["build"]["lastSucceeded"]["image"]
