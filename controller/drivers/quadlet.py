@@ -46,6 +46,7 @@ from controller.specs.quadlet import (
     env_digest,
     env_path,
     legacy_cleanup,
+    pull_line,
     render_env,
     render_unit,
     unit_name,
@@ -317,22 +318,9 @@ class QuadletUnits(HostBuilds):
             )
 
     async def _ensure_image(self, access: HostAccess, image: str, auth: str | None) -> None:
-        """The image on the host: pulled if missing, with ``auth`` (the Project's credential, when the image is
-        in its own repository of its Platform's registry) on stdin, into a file on the host's tmpfs that goes
-        after the pull: never in the unit, never on its disk."""
-        quoted = shlex.quote(image)
-        pull = f"podman pull -q {quoted} >/dev/null"
-        if auth is not None:
-            # The repository's older images go, but for the three newest (a colour's, a rollback's); podman
-            # refuses to remove one a container uses.
-            repository = shlex.quote(_repository_of(image))
-            # A file a pull killed half-way (its connection cut) left behind goes with the next one.
-            pull = ("(umask 077; mkdir -p /run/codeb && find /run/codeb -maxdepth 1 -name 'pull.*' -mmin +15 "
-                    '-delete; f=$(mktemp /run/codeb/pull.XXXXXX) && cat >"$f" && '
-                    f'podman pull -q --authfile "$f" {quoted} >/dev/null; rc=$?; rm -f "$f"; [ $rc = 0 ] || exit $rc; '
-                    f"podman images -q --sort created --filter reference={repository} | tail -n +4 "
-                    "| xargs -r podman rmi >/dev/null 2>&1; exit 0)")  # fmt: skip
-        result = await self._ssh.run(access, f"podman image exists {quoted} || {pull}", stdin=auth)
+        """The image on the host: pulled if missing, with ``auth`` when it is the Project's own in its
+        Platform's registry (`pull_line`)."""
+        result = await self._ssh.run(access, pull_line(image, auth is not None), stdin=auth)
         if not result.ok:
             detail = " ".join(result.stderr.split())[-300:]
             raise RetryableError(
@@ -437,12 +425,6 @@ class _Unit:
     env_text: str
     keep: bool  # leave a host's unit as it runs if it was launched with exactly this
     pull_auth: str | None = None  # the Project's credential for its image in its Platform's registry
-
-
-def _repository_of(image: str) -> str:
-    """``image`` without its tag or digest (a registry's port, before the first slash, stays)."""
-    head, _, last = image.split("@", 1)[0].rpartition("/")
-    return f"{head}/{last.split(':', 1)[0]}" if head else last.split(":", 1)[0]
 
 
 def _hosts(ctx: DriverContext) -> list[HostFacts] | None:

@@ -139,6 +139,29 @@ def launch_of(unit_text: str) -> dict[str, Any] | None:
     return None
 
 
+def pull_line(image: str, authenticated: bool) -> str:
+    """The shell line that puts ``image`` on a host if it is not there. ``authenticated``: pulled with the
+    credential on the line's stdin (the Project's, for its own repository of its Platform's registry), in a
+    file on the host's tmpfs that goes after the pull: never in a unit, a command line or on its disk."""
+    quoted = shlex.quote(image)
+    if not authenticated:
+        return f"podman image exists {quoted} || podman pull -q {quoted} >/dev/null"
+    # A file a pull killed half-way (its connection cut) left goes with the next pull. The repository's older
+    # images go, but for the three newest (a colour's, a rollback's); podman refuses to remove one in use.
+    return (f"podman image exists {quoted} || (umask 077; mkdir -p /run/codeb && "
+            "find /run/codeb -maxdepth 1 -name 'pull.*' -mmin +15 -delete; "
+            'f=$(mktemp /run/codeb/pull.XXXXXX) && cat >"$f" && '
+            f'podman pull -q --authfile "$f" {quoted} >/dev/null; rc=$?; rm -f "$f"; [ $rc = 0 ] || exit $rc; '
+            f"podman images -q --sort created --filter reference={shlex.quote(repository_of(image))} "
+            "| tail -n +4 | xargs -r podman rmi >/dev/null 2>&1; exit 0)")  # fmt: skip
+
+
+def repository_of(image: str) -> str:
+    """``image`` without its tag or digest (a registry's port, before the first slash, stays)."""
+    head, _, last = image.split("@", 1)[0].rpartition("/")
+    return f"{head}/{last.split(':', 1)[0]}" if head else last.split(":", 1)[0]
+
+
 def health_command(container_port: int, path: str) -> str:
     """A shell line run inside the container: whichever HTTP client the image has (curl, wget or python3).
 

@@ -17,8 +17,10 @@ from controller.specs.quadlet import (
     health_command,
     launch_of,
     legacy_cleanup,
+    pull_line,
     render_env,
     render_unit,
+    repository_of,
     unit_name,
 )
 from tests.testhosts import quadlet_binary
@@ -156,3 +158,18 @@ def test_the_rendered_header_is_the_one_the_legacy_cleanup_checks() -> None:
     header = HEADER.format(project="shop/web", colour="blue")
     assert unit.splitlines()[0] == header and header in legacy_cleanup(KEY, "blue")
     assert "codeb-shop-web-blue.container" in legacy_cleanup(KEY, "blue")
+
+
+def test_an_image_is_pulled_with_a_credential_only_from_stdin_and_its_repository_is_named_without_tag() -> None:
+    assert pull_line("docker.io/library/x:1", False) == (
+        "podman image exists docker.io/library/x:1 || podman pull -q docker.io/library/x:1 >/dev/null"
+    )
+    image = "registry.example.com:5000/codeb/apps/shop@sha256:" + "ab" * 32
+    line = pull_line(image, True)
+    assert line.startswith(f"podman image exists {image} || (umask 077;")
+    assert '--authfile "$f"' in line and 'cat >"$f"' in line and 'rm -f "$f"' in line  # the credential: stdin only
+    assert "--filter reference=registry.example.com:5000/codeb/apps/shop " in line
+    shop = "registry.example.com:5000/codeb/apps/shop"
+    for named, repository in ((f"{shop}:0123", shop), (image, shop), ("shop:1", "shop"),
+                              ("localhost/codeb/apps/shop", "localhost/codeb/apps/shop")):  # fmt: skip
+        assert repository_of(named) == repository
