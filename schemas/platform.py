@@ -195,6 +195,27 @@ class RegistryEndpoint(CodebModel):
     )
 
 
+class BuildHost(CodebModel):
+    host: str = Field(
+        description=(
+            "A machine with podman (and git) where Projects on runtime kubernetes build source.git; each build is"
+            " pushed to spec.registry, which must be set. Dedicate it to builds: the Containerfiles' steps are"
+            " hostile input, and each namespace's images are kept in a storage of their own there."
+        ),
+        pattern=HOST,
+        max_length=253,
+    )
+    port: int = Field(22, description="Its SSH port.", ge=1, le=65535)
+    user: str = Field("root", description="User the operator logs in as.", pattern=r"^[a-z_][a-z0-9_-]*$",
+                      max_length=32)  # fmt: skip
+    ssh_secret_ref: SecretKeyReference = Field(
+        description=(
+            "Secret with key privateKey (OpenSSH private key, no passphrase) and, optionally, knownHosts; without"
+            " knownHosts the host's key is trusted on first use and a changed key is refused."
+        )
+    )
+
+
 class NamespaceSelector(CodebModel):
     match_labels: dict[str, Annotated[str, Field(max_length=63)]] = Field(
         default_factory=dict, description="Labels a namespace must all carry; {} matches every namespace.",
@@ -246,6 +267,15 @@ class NamespaceQuotas(CodebModel):
 
 
 class PlatformSpec(CodebModel):
+    rules = (
+        Rule(
+            cel="!has(self.builder) || has(self.registry)",
+            message="builder needs registry: what it builds is pushed there, and the nodes pull it from there",
+            field_path=".builder",
+            check=lambda p: p.builder is None or p.registry is not None,
+        ),
+    )
+
     namespaces: AllowedNamespaces | None = Field(
         None,
         description=(
@@ -283,6 +313,13 @@ class PlatformSpec(CodebModel):
         description=(
             "A registry (distribution with token auth) where each Project may push and pull its own repository,"
             " codeb/<namespace>/<name>, and no other: the operator issues the tokens."
+        ),
+    )
+    builder: BuildHost | None = Field(
+        None,
+        description=(
+            "Where Projects on runtime kubernetes build source.git (pushed to registry, run by digest). Unset:"
+            " they refuse source.git (SourceNotBuildable) and take source.image, built and pushed elsewhere."
         ),
     )
     backup: BackupStore | None = Field(

@@ -51,11 +51,17 @@ def _credentials_gone(ctx: DriverContext, build: BuildStatus) -> str:
     return f"; rm -rf {shlex.quote(credentials_dir(ctx, build))}"
 
 
-def forget_builds_line(key: ProjectKey, pulled: str | None = None) -> str:
+def forget_builds_line(key: ProjectKey, pulled: str | None = None, store: str = "") -> str:
     """A shell line that stops a Project's builds on a host and removes their runs and images, and those it
-    pulled from ``pulled`` (its repository in its Platform's registry): it is deleted."""
+    pulled from ``pulled`` (its repository in its Platform's registry), from the image storage in ``store``
+    ('' for the host's own): it is deleted."""
     credentials = shlex.quote(f"{GIT_CREDENTIALS}/{key.namespace}.{key.name}.")
-    remove = "podman images -q --filter reference={} | xargs -r podman rmi -f >/dev/null 2>&1"
+    podman = (
+        f"podman --root {shlex.quote(store + '/storage')} --runroot {shlex.quote(store + '/run')}"
+        if store
+        else "podman"
+    )
+    remove = f"{podman} images -q --filter reference={{}} | xargs -r {podman} rmi -f >/dev/null 2>&1"
     built = f"localhost/codeb/{key.namespace}/{key.name}"
     removals = [remove.format(shlex.quote(repository)) for repository in (built, pulled) if repository]
     return "; ".join([hookruns.stop_all_line(f"{BUILD_RUNS}/{key.namespace}.{key.name}"), f"rm -rf {credentials}*",
@@ -102,13 +108,13 @@ class HostBuilds:
             secrets |= {files["registryAuth"], password}
         where = credentials_dir(ctx, build) if files else ""
         push = build.pushed_to is not None
-        command = build_argv(source.git, source.commit, build.image, source.template, where, push)
+        command = build_argv(source.git, source.commit, build.image, source.template, where, push, self._store(ctx))
         start = Start(where, files, frozenset(secrets))
         steps = [self._follow_one(login.at(run.name), ctx, build, run, source.git.timeout_seconds, command, start)
                  for run in build.hosts]  # fmt: skip
         return list(await asyncio.gather(*steps))
 
-    def build_places(self, ctx: DriverContext) -> list[str]:
+    async def build_places(self, ctx: DriverContext) -> list[str]:
         """The hosts the workload runs on: each builds its own image, or (with a registry) the first of them
         builds it for all (`controller.loop.builds.due`)."""
         return [str(host["address"]) for host in ctx.inputs.get(Component.infrastructure, {}).get("hosts", [])]
@@ -177,3 +183,7 @@ class HostBuilds:
     async def _login(self, ctx: DriverContext) -> Login:
         _, ssh = servers_of(ctx)
         return await login_for(self._read_login, ctx.key, ssh)
+
+    def _store(self, ctx: DriverContext) -> str:
+        """The image storage a build runs in: the host's own (its units run what it builds)."""
+        return ""

@@ -26,7 +26,9 @@ import json
 from typing import Any
 
 from controller.clients.kube import KubeClient
+from controller.clients.ssh import SshPool
 from controller.drivers.clusters import Target, TargetClusters
+from controller.drivers.platform_builds import PlatformBuilds, PlatformReader
 from controller.drivers.registry_pulls import RegistryPulls
 from controller.errors import PermanentError
 from controller.loop.interface import DriverContext
@@ -69,12 +71,15 @@ def _path(kind: str, namespace: str, name: str | None = None) -> str:
     return f"{prefix}/namespaces/{namespace}/{plural}" + (f"/{name}" if name else "")
 
 
-class KubernetesWorkload:
+class KubernetesWorkload(PlatformBuilds):
     component = Component.workload
 
-    def __init__(self, clusters: TargetClusters, pulls: RegistryPulls | None = None) -> None:
+    def __init__(self, clusters: TargetClusters, pulls: RegistryPulls | None = None, ssh: SshPool | None = None,
+                 platforms: PlatformReader | None = None) -> None:  # fmt: skip
         self._clusters = clusters
         self._pulls = pulls  # the Project's credential for its image in its Platform's registry
+        # Builds of source.git on the Platform's builder (none without ``platforms``: source.git is refused).
+        self._ssh, self._platforms = ssh or SshPool(), platforms
 
     # ------------------------------------------------------------ observe
 
@@ -121,8 +126,9 @@ class KubernetesWorkload:
     # ------------------------------------------------------------ apply / delete
 
     async def apply(self, ctx: DriverContext, desired: State) -> None:
-        if not desired.get("image"):
-            raise PermanentError(await self._not_buildable(ctx), reason="SourceNotBuildable")
+        if not desired.get("image"):  # source.git, never built (`build_places` says why)
+            platform = ctx.servers.platform if ctx.servers is not None else None
+            raise PermanentError(await self._unbuildable(ctx, platform), reason="SourceNotBuildable")
         target = await self._clusters.of(ctx)
         pull = await self._pull_secret(ctx, desired)
         credentials = await _credentials_digest(self._clusters.own, ctx, desired)
@@ -146,15 +152,6 @@ class KubernetesWorkload:
             await _delete_pull_secret(target, ctx, desired)
         if not desired.get("autoscaling"):
             await _delete_if_ours(target, ctx, "HorizontalPodAutoscaler", desired["instance"])
-
-    async def _not_buildable(self, ctx: DriverContext) -> str:
-        """Why source.git is refused here, and the way that works: the image built elsewhere (a team's CI),
-        pushed to the Project's own repository of its Platform's registry when there is one."""
-        repository = await self._pulls.repository(ctx) if self._pulls is not None else None
-        where = f" to {repository}:<tag> (with the Project's registry credential)" if repository else ""
-        return ("spec.project.source.git: runtime kubernetes does not build from git (a build Pod would need "
-                f"privileges for steps that are hostile input); build the image in CI, push it{where} and set "
-                "spec.project.source.image")  # fmt: skip
 
     async def _pull_secret(self, ctx: DriverContext, desired: State) -> Object | None:
         """The pull Secret for the wanted image, when it is the Project's own in its Platform's registry."""
@@ -199,6 +196,7 @@ class KubernetesWorkload:
             )
             for secret in (copies or {}).get("items", []):
                 await _delete_if_ours(target, ctx, "Secret", secret["metadata"]["name"])
+        await self.forget_platform_builds(ctx)
 
 
 async def _read(target: Target, kind: str, namespace: str, name: str) -> Object | None:

@@ -37,7 +37,7 @@ class LocalBuilds:
     _builds_dir: Path
     _read_secret: SecretReader
 
-    def build_places(self, ctx: DriverContext) -> list[str]:
+    async def build_places(self, ctx: DriverContext) -> list[str]:
         return [PLACE]
 
     def build_target(self, key: ProjectKey, run_id: str, git: GitSource) -> str:

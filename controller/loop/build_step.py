@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from controller.errors import CodebError
+from controller.errors import CodebError, PermanentError
 from controller.loop import builds
 from controller.loop.interface import Builder, BuildSource, DriverContext, PushingBuilder
 from controller.loop.passes import Event, Pass, ProjectInput
@@ -27,7 +27,14 @@ async def build_step(project: ProjectInput, builder: object, ctx: DriverContext,
     git = spec.project.source.git
     if git is None or not isinstance(builder, Builder):
         return None if git is None else recorded  # a runtime that cannot build: its workload driver says why
-    hosts = sorted(builder.build_places(ctx.given(work.observed)))
+    try:
+        hosts = sorted(await builder.build_places(ctx.given(work.observed)))
+    except PermanentError as exc:  # no build can run where this Project runs: until its spec or Platform changes
+        work.build_failed = (exc.reason, exc.message)
+        return recorded
+    except CodebError as exc:
+        work.waiting[Component.build] = f"where builds run could not be read: {exc.message}"
+        return recorded
     try:
         repository = await _push_repository(builder, ctx) if hosts else None
     except CodebError as exc:  # a new build would go to the wrong place: none is decided this pass

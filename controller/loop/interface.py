@@ -157,9 +157,10 @@ class Builder(Protocol):
         """The last ``tail`` lines of ``build``'s output, by host (`codeb logs --build`)."""
         ...
 
-    def build_places(self, ctx: DriverContext) -> list[str]:
+    async def build_places(self, ctx: DriverContext) -> list[str]:
         """Where a build runs, by name (``ctx`` holds what the infrastructure observed): each of the workload's
-        hosts, or the operator's own machine; none yet, no build."""
+        hosts, the operator's own machine, or the Platform's builder; none yet, no build. A `PermanentError`:
+        this Project cannot build here, and why (its reason and message are the Project's)."""
         ...
 
     def build_target(self, key: ProjectKey, run_id: str, git: GitSource) -> str:

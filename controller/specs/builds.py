@@ -52,15 +52,19 @@ dir=$(realpath -e "$src/$context") || { echo "context $context is not in the rep
 case "$dir/" in "$src"/*) ;; *) echo "context $context leaves the repository" >&2; exit 2;; esac
 """
 
-# On a host (runtime quadlet), after `CLONE`'s five: $6 Containerfile, $7 tag, $8 the template's Containerfile for
-# a repository without one ('' for none), $9 'push' to push the image to the tag's registry (tagged by the run,
-# and by the commit) with the credential delivered as registryAuth ('' to keep it here), then build args
-# (KEY=VALUE). Its last lines, on success: "pushed <digest>" when it pushed, then "built <tag> from commit <sha>"
-# (`controller.loop.builds`).
+# On a host (runtime quadlet, or a Platform's builder), after `CLONE`'s five: $6 Containerfile, $7 tag, $8 the
+# template's Containerfile for a repository without one ('' for none), $9 'push' to push the image to the tag's
+# registry (tagged by the run, and by the commit) with the credential delivered as registryAuth ('' to keep it
+# here), $10 the directory of the image storage to build in ('' for podman's own: a Platform's builder keeps each
+# namespace's apart, so no tenant's FROM finds another's image), then build args (KEY=VALUE). Its last lines, on
+# success: "pushed <digest>" when it pushed, then "built <tag> from commit <sha>" (`controller.loop.builds`).
 BUILD = (
     CLONE
     + r"""
-file=$1 tag=$2 preset=$3 push=$4; shift 4
+file=$1 tag=$2 preset=$3 push=$4 store=$5; shift 5
+if [ -n "$store" ]; then
+  podman() { command podman --root "$store/storage" --runroot "$store/run" "$@"; }
+fi
 if [ -n "$push" ] && [ -z "$auth" ]; then echo "no credential for the registry was delivered" >&2; exit 2; fi
 if [ -n "$preset" ] && [ ! -e "$dir/$file" ] && [ ! -L "$dir/$file" ]; then
   echo "no $context/$file in the repository: the template's is built"
@@ -166,13 +170,14 @@ def preset(template: Template, git: GitSource) -> str:
 
 
 def build_argv(git: GitSource, commit: str, tag: str, template: Template = Template.container,
-               credentials: str = "", push: bool = False) -> list[str]:  # fmt: skip
+               credentials: str = "", push: bool = False, store: str = "") -> list[str]:  # fmt: skip
     """The command a host runs (under `hookruns.FOLLOW`): ``sh -c BUILD`` and its arguments; ``credentials``
     the directory `credential_files` (and, with ``push``, the registry's ``registryAuth``) were written to
-    (never their content: arguments are seen in ``ps``)."""
+    (never their content: arguments are seen in ``ps``); ``store`` the image storage's directory ('' for the
+    host's own)."""
     args = [f"{name}={value}" for name, value in sorted(git.build_args.items())]
     return ["sh", "-c", BUILD, "codeb-build", git.url, git.ref, commit, git.context, credentials, git.containerfile,
-            tag, preset(template, git), "push" if push else "", *args]  # fmt: skip
+            tag, preset(template, git), "push" if push else "", store, *args]  # fmt: skip
 
 
 def credential_files(git: GitSource, secret: dict[str, str] | None, source: str) -> dict[str, str]:

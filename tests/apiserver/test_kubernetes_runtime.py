@@ -181,8 +181,9 @@ async def test_an_image_in_the_platforms_registry_is_pulled_with_the_projects_ow
     controlled.kubectl("create", "secret", "generic", "shop-staging-registry", "-n", ns, "--from-literal=a=b")
     with pytest.raises(PermanentError, match="not this Project's"):
         await driver.apply(ctx, want)
-    # source.git (no image): refused, naming where a team's CI pushes the image instead.
-    with pytest.raises(PermanentError, match=f"does not build from git .* push it to {registry}/codeb/{ns}/shop:<tag>"):
+    # source.git never built (no image): refused, naming the builder it lacks and where a team's CI pushes instead.
+    lacks = f"builds on its Platform's builder, and Platform {platform} names no builder and registry"
+    with pytest.raises(PermanentError, match=f"{lacks} .* push it to {registry}/codeb/{ns}/shop:<tag>"):
         await driver.apply(ctx, {**want, "image": ""})
     controlled.kubectl("delete", "platform", platform)
 

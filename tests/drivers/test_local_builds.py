@@ -67,7 +67,7 @@ def project(driver: LocalProcesses, url: str, template: str, revision: str = "1"
 
 async def built(driver: LocalProcesses, ctx: DriverContext, spec: ProjectSpec, within: float = 120) -> BuildStatus:
     """A build recorded, then followed pass after pass until it has an outcome (as the reconciler does)."""
-    step = builds.due(spec, ctx.key, None, driver.build_places(ctx), datetime.now(UTC), driver.build_target)
+    step = builds.due(spec, ctx.key, None, await driver.build_places(ctx), datetime.now(UTC), driver.build_target)
     assert step.status is not None and spec.project.source.git is not None
     source = BuildSource(spec.project.source.git, builds.wanted_commit(spec), spec.project.template)
     build, deadline = step.status, time.monotonic() + within
@@ -151,7 +151,7 @@ async def test_a_deleted_projects_running_build_is_stopped_and_its_runs_go(drive
         silent.listen(4)
         port = silent.getsockname()[1]
         ctx, spec = project(driver, f"https://127.0.0.1:{port}/site.git", "static")
-        step = builds.due(spec, ctx.key, None, driver.build_places(ctx), datetime.now(UTC), driver.build_target)
+        step = builds.due(spec, ctx.key, None, await driver.build_places(ctx), datetime.now(UTC), driver.build_target)
         assert step.status is not None and spec.project.source.git is not None
         source = BuildSource(spec.project.source.git, "", spec.project.template)
         [run] = await driver.follow_build(ctx, source, step.status)
