@@ -89,7 +89,7 @@ def summarize(
 
 
 # Why a Project will not get Ready by waiting: only a change (to the spec, the operator, or outside) helps.
-STALLED_READY_REASONS = frozenset({"NotImplemented", "RolloutFailed", "BuildFailed"})
+STALLED_READY_REASONS = frozenset({"NotImplemented", "RolloutFailed", "BuildFailed", "SourceNotBuildable"})
 
 
 def _stalled(status: ProjectStatus, work: Pass, steps: Plan, readiness: tuple[bool, str, str],

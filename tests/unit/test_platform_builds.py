@@ -15,7 +15,8 @@ from controller.loop.build_step import build_step
 from controller.loop.interface import DriverContext
 from controller.loop.naming import ProjectKey
 from controller.loop.passes import Pass, ProjectInput
-from controller.loop.planner import Component
+from controller.loop.planner import Component, plan
+from controller.loop.summary import summarize
 from controller.specs.builds import build_argv
 from schemas.platform import PlatformSpec
 from schemas.project import Allocations, GitSource, ProjectSpec, ProjectStatus
@@ -123,6 +124,12 @@ async def test_a_project_that_cannot_build_is_not_ready_with_the_reason_and_noth
     built = await build_step(project, Builds(Platforms(None)), context(None), work, True, datetime.now(UTC))
     assert built is None and work.build_failed is not None
     assert work.build_failed[0] == "SourceNotBuildable" and "names none" in work.build_failed[1]
+    # The Project is not Ready, and Stalled: waiting will not help, its spec or its Platform must change.
+    status = summarize(project, Allocations(port=4000), {}, plan({}, {}), work, True)
+    ready = next(c for c in status.conditions if c.type == "Ready")
+    stalled = next(c for c in status.conditions if c.type == "Stalled")
+    assert (ready.status, ready.reason, stalled.reason) == ("False", "SourceNotBuildable", "SourceNotBuildable")
+    assert "names none" in ready.message
     # A Platform that cannot be read now: waited on, not failed.
     work = Pass(observed={})
     project = ProjectInput(KEY, 3, spec(), ProjectStatus())
