@@ -39,6 +39,8 @@ from tests.testnode import Node, images_directory, node_cluster
 NS, INTRUDER_NS = "apps", "intruders"  # NS as test_builds_e2e's helpers name it
 PLATFORM = "node-builds"
 SERVICE = "codeb-registry"
+# Two Pods replaced one at a time, each pulled from the registry and probed by the kubelet.
+START_TIMEOUT = 120
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +105,8 @@ def on_the_node(name: str, namespace: str, url: str, revision: str) -> dict[str,
     git = {"url": url, "ref": "main", "buildArgs": {"GREETING": "built"}, "timeoutSeconds": 300,
            "webhookSecretRef": "site-webhook"}  # fmt: skip
     return project(name, namespace,
-                   project={"slug": name, "source": {"git": git}, "revision": revision, "rollout": QUICK},
+                   project={"slug": name, "source": {"git": git}, "revision": revision,
+                            "rollout": {**QUICK, "startTimeoutSeconds": START_TIMEOUT}},
                    environment={"type": "staging", "domains": [f"{name}.{namespace}.node.localhost"],
                                 "variables": {"MODE": "ok"}},
                    servers={"provider": "existing", "runtime": "kubernetes", "platform": PLATFORM},

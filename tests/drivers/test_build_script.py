@@ -48,8 +48,8 @@ def builder(tmp_path: Path, git_server: GitServer) -> dict[str, str]:
 
 def build(git: GitSource, commit: str, env: dict[str, str], template: Template = Template.container,
           credentials: str = "", tag: str = "localhost/codeb/apps/shop:0123456789ab",
-          push: bool = False) -> subprocess.CompletedProcess[str]:  # fmt: skip
-    argv = build_argv(git, commit, tag, template, credentials, push)
+          push: bool = False, store: str = "") -> subprocess.CompletedProcess[str]:  # fmt: skip
+    argv = build_argv(git, commit, tag, template, credentials, push, store)
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, check=False)
 
 
@@ -180,3 +180,24 @@ def test_a_pushed_build_has_the_registrys_credential_for_the_push_alone_and_repo
     assert [call["auth"] for call in pushes] == [auth, auth]
     assert pushes[0]["argv"][-1] == tag and pushes[1]["argv"][-1] == f"{tag.rsplit(':', 1)[0]}:{head}"
     assert not Path(f"{delivered}.auth").exists() and not delivered.exists()  # gone once pushed
+
+
+def test_on_a_platforms_builder_every_podman_call_uses_the_namespaces_storage_and_the_run_tag_stays(
+    git_server: GitServer, builder: dict[str, str], tmp_path: Path
+) -> None:
+    """Runtime kubernetes builds on a builder every namespace shares: each call of podman, the build, the
+    pruning of older builds, the pushes, goes to the namespace's own storage; the run's tag stays there (the
+    newest three are kept by the next build's pruning) where a host would drop it for the digest it runs."""
+    head = WorkTree(git_server, "shared", tmp_path / "tree").commit("one", {"Containerfile": "FROM scratch\n"})
+    git, tag = GitSource(url=git_server.url("shared")), "registry.example.com:5000/codeb/apps/shop:0123456789ab"
+    delivered = tmp_path / "run-credentials"
+    delivered.mkdir(mode=0o700)
+    (delivered / "registryAuth").write_text('{"auths": {}}')
+    store = str(tmp_path / "build-storage" / "apps")
+    done = build(git, "", {**builder, "CREDENTIALS": str(delivered)}, credentials=str(delivered), tag=tag, push=True,
+                 store=store)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    calls = [json.loads(line)["argv"] for line in Path(builder["RECORD"]).read_text().splitlines()]
+    assert all(argv[:4] == ["--root", f"{store}/storage", "--runroot", f"{store}/run"] for argv in calls), calls
+    assert [argv[4] for argv in calls] == ["build", "images", "push", "tag", "push", "untag"]
+    assert calls[-1][5:] == [f"{tag.rsplit(':', 1)[0]}:{head}"]  # the commit's tag goes, the run's stays
