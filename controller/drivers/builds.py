@@ -26,7 +26,7 @@ from controller.loop.naming import ProjectKey
 from controller.loop.planner import Component
 from controller.loop.secrets import clip
 from controller.specs import registry
-from controller.specs.builds import build_argv
+from controller.specs.builds import build_argv, storage_options
 from schemas.project import BuildStatus, GitSource, HookRun, Source, Template
 
 BUILD_RUNS = "/var/lib/codeb/builds"
@@ -56,11 +56,7 @@ def forget_builds_line(key: ProjectKey, pulled: str | None = None, store: str = 
     pulled from ``pulled`` (its repository in its Platform's registry), from the image storage in ``store``
     ('' for the host's own): it is deleted."""
     credentials = shlex.quote(f"{GIT_CREDENTIALS}/{key.namespace}.{key.name}.")
-    podman = (
-        f"podman --root {shlex.quote(store + '/storage')} --runroot {shlex.quote(store + '/run')}"
-        if store
-        else "podman"
-    )
+    podman = f"podman {storage_options(store)}" if store else "podman"
     remove = f"{podman} images -q --filter reference={{}} | xargs -r {podman} rmi -f >/dev/null 2>&1"
     built = f"localhost/codeb/{key.namespace}/{key.name}"
     removals = [remove.format(shlex.quote(repository)) for repository in (built, pulled) if repository]

@@ -8,7 +8,7 @@ Project's own repository in the Platform's registry with the Project's own crede
 Deployment then runs it by digest, pulled with its pull Secret (`controller.drivers.kubernetes`).
 
 The builder is shared by every namespace the Platform allows, so each namespace builds in an image
-storage of its own there (``/var/lib/codeb/build-storage/<namespace>``): a Containerfile's ``FROM``
+storage of its own there (``/var/lib/containers/codeb-builds/<namespace>``): a Containerfile's ``FROM``
 cannot name an image another tenant built, nor its layers be reused as a cache by another. A
 Project on no Platform, or on one without a builder, cannot build here and is told the way that
 works: build in CI, push, set source.image.
@@ -26,7 +26,8 @@ from controller.errors import CodebError, PermanentError, RetryableError
 from controller.loop.interface import DriverContext
 from schemas.platform import BuildHost
 
-BUILD_STORAGE = "/var/lib/codeb/build-storage"
+# Beside podman's own storage, on the filesystem made for it (overlay cannot stack on an overlay root).
+BUILD_STORAGE = "/var/lib/containers/codeb-builds"
 
 
 class PlatformReader(Protocol):

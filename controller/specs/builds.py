@@ -10,6 +10,8 @@ the context and Containerfile must resolve inside the checkout (a symlink out is
 
 from __future__ import annotations
 
+import shlex
+
 from controller.errors import PermanentError, RetryableError
 from schemas.project import GitSource, Template
 
@@ -62,8 +64,8 @@ BUILD = (
     CLONE
     + r"""
 file=$1 tag=$2 preset=$3 push=$4 store=$5; shift 5
-if [ -n "$store" ]; then
-  podman() { command podman --root "$store/storage" --runroot "$store/run" "$@"; }
+if [ -n "$store" ]; then  # as `storage_options` says
+  podman() { command podman --root "$store" --runroot "/run/codeb-builds/${store##*/}" "$@"; }
 fi
 if [ -n "$push" ] && [ -z "$auth" ]; then echo "no credential for the registry was delivered" >&2; exit 2; fi
 if [ -n "$preset" ] && [ ! -e "$dir/$file" ] && [ ! -L "$dir/$file" ]; then
@@ -170,6 +172,12 @@ def preset(template: Template, git: GitSource) -> str:
         return ""
     base, steps = PRESETS[template]
     return f"FROM {git.base_image or base}\n{steps}"
+
+
+def storage_options(store: str) -> str:
+    """podman's options for the image storage in directory ``store``: its images there, its runtime state on
+    the tmpfs (``/run/codeb-builds/<the directory's name>``), as `BUILD` uses them."""
+    return f"--root {shlex.quote(store)} --runroot {shlex.quote('/run/codeb-builds/' + store.rsplit('/', 1)[-1])}"
 
 
 def build_argv(git: GitSource, commit: str, tag: str, template: Template = Template.container,

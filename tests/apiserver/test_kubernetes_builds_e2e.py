@@ -24,6 +24,7 @@ from controller.clients.kube import KubeClient, api_client_from_environment
 from controller.clients.registry_issuer import RegistryIssuer
 from controller.drivers.platform_builds import build_storage
 from controller.local.cluster import LocalCluster, free_port
+from controller.specs.builds import storage_options
 from controller.specs.registry import CERTIFICATE, ISSUER
 from tests.apiserver.test_builds_e2e import CONTAINERFILE, WEBHOOK_SECRET, github_push, rolled_out, served
 from tests.apiserver.test_quadlet_e2e import QUICK
@@ -115,8 +116,7 @@ def on_the_node(name: str, namespace: str, url: str, revision: str) -> dict[str,
 
 def storage(namespace: str) -> str:
     """podman's options for a namespace's image storage on the builder."""
-    store = build_storage(namespace)
-    return f"--root {store}/storage --runroot {store}/run"
+    return storage_options(build_storage(namespace))
 
 
 def test_commits_build_on_the_platforms_builder_push_and_roll_out_on_the_node_under_load(

@@ -193,11 +193,11 @@ def test_on_a_platforms_builder_every_podman_call_uses_the_namespaces_storage_an
     delivered = tmp_path / "run-credentials"
     delivered.mkdir(mode=0o700)
     (delivered / "registryAuth").write_text('{"auths": {}}')
-    store = str(tmp_path / "build-storage" / "apps")
+    store = str(tmp_path / "codeb-builds" / "apps")
     done = build(git, "", {**builder, "CREDENTIALS": str(delivered)}, credentials=str(delivered), tag=tag, push=True,
                  store=store)  # fmt: skip
     assert done.returncode == 0, done.stderr
     calls = [json.loads(line)["argv"] for line in Path(builder["RECORD"]).read_text().splitlines()]
-    assert all(argv[:4] == ["--root", f"{store}/storage", "--runroot", f"{store}/run"] for argv in calls), calls
+    assert all(argv[:4] == ["--root", store, "--runroot", "/run/codeb-builds/apps"] for argv in calls), calls
     assert [argv[4] for argv in calls] == ["build", "images", "push", "tag", "push", "untag"]
     assert calls[-1][5:] == [f"{tag.rsplit(':', 1)[0]}:{head}"]  # the commit's tag goes, the run's stays

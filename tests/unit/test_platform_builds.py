@@ -141,13 +141,13 @@ async def test_a_build_there_pushes_from_its_namespaces_own_storage_and_deleting
     git = GitSource(url="https://git.example.com/shop.git", ref="main")
     argv = build_argv(git, "", "registry.example.com:5000/codeb/team-a/shop:r1", push=True,
                       store=build_storage(KEY.namespace))  # fmt: skip
-    assert argv[-2:] == ["push", "/var/lib/codeb/build-storage/team-a"]  # $9, $10: before any build arg
+    assert argv[-2:] == ["push", "/var/lib/containers/codeb-builds/team-a"]  # $9, $10: before any build arg
     ssh = Ssh()
     builds = Builds(Platforms({"builder": BUILDER, "registry": REGISTRY}, {"privateKey": KEY_PEM}), ssh)
     await builds.forget_platform_builds(context())
     [(access, line)] = ssh.ran
     assert access.address == "10.0.0.9" and access.user == "builder"
-    root = "--root /var/lib/codeb/build-storage/team-a/storage --runroot /var/lib/codeb/build-storage/team-a/run"
+    root = "--root /var/lib/containers/codeb-builds/team-a --runroot /run/codeb-builds/team-a"
     assert f"podman {root} images -q --filter reference=localhost/codeb/team-a/shop" in line
     assert f"reference=registry.example.com:5000/codeb/team-a/shop | xargs -r podman {root} rmi" in line
     assert "/var/lib/codeb/builds/team-a.shop" in line
