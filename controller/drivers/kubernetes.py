@@ -30,6 +30,7 @@ from controller.clients.ssh import SshPool
 from controller.drivers.clusters import Target, TargetClusters
 from controller.drivers.platform_builds import PlatformBuilds, PlatformReader
 from controller.drivers.registry_pulls import RegistryPulls
+from controller.drivers.workloads import SecretReader
 from controller.errors import PermanentError
 from controller.loop.interface import DriverContext
 from controller.loop.planner import Component, Observation, State
@@ -66,6 +67,10 @@ PROGRESS_REASONS = frozenset({"NewReplicaSetCreated", "FoundNewReplicaSet", "Rep
 RS_REVISION = "deployment.kubernetes.io/revision"
 
 
+async def _no_secret(namespace: str, name: str, project: str | None = None) -> None:
+    return None
+
+
 def _path(kind: str, namespace: str, name: str | None = None) -> str:
     prefix, plural = PATHS[kind]
     return f"{prefix}/namespaces/{namespace}/{plural}" + (f"/{name}" if name else "")
@@ -75,11 +80,13 @@ class KubernetesWorkload(PlatformBuilds):
     component = Component.workload
 
     def __init__(self, clusters: TargetClusters, pulls: RegistryPulls | None = None, ssh: SshPool | None = None,
-                 platforms: PlatformReader | None = None) -> None:  # fmt: skip
+                 platforms: PlatformReader | None = None, read_secret: SecretReader | None = None) -> None:  # fmt: skip
         self._clusters = clusters
         self._pulls = pulls  # the Project's credential for its image in its Platform's registry
-        # Builds of source.git on the Platform's builder (none without ``platforms``: source.git is refused).
+        # Builds of source.git on the Platform's builder (none without ``platforms``: source.git is refused),
+        # a private repository's credentials read with ``read_secret``.
         self._ssh, self._platforms = ssh or SshPool(), platforms
+        self._read_login = read_secret or (platforms.read_secret if platforms is not None else _no_secret)
 
     # ------------------------------------------------------------ observe
 

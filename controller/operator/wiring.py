@@ -98,7 +98,7 @@ def workload_drivers(
     # The Project's credential for its Platform's registry.
     pulls = RegistryPulls(kube, RegistryIssuer(kube, config.claims_namespace))
     drivers: dict[Runtime, Driver] = {
-        Runtime.kubernetes: KubernetesWorkload(clusters, pulls, ssh, kube),
+        Runtime.kubernetes: KubernetesWorkload(clusters, pulls, ssh, kube, read_secret=kept),
         Runtime.quadlet: QuadletUnits(kube.read_secret, ssh, read_login=kept, pulls=pulls),
     }
     if config.local_runtime:
