@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,17 +11,19 @@ import pytest
 from pydantic import ValidationError
 
 from controller.clients.ssh import HostAccess, Result
+from controller.drivers.clusters import TargetClusters
+from controller.drivers.kubernetes import KubernetesWorkload
 from controller.drivers.platform_builds import PlatformBuilds, build_storage
 from controller.errors import PermanentError, RetryableError
 from controller.loop.build_step import build_step
-from controller.loop.interface import DriverContext
+from controller.loop.interface import BuildSource, DriverContext
 from controller.loop.naming import ProjectKey
 from controller.loop.passes import Pass, ProjectInput
 from controller.loop.planner import Component, plan
 from controller.loop.summary import summarize
 from controller.specs.builds import build_argv
 from schemas.platform import PlatformSpec
-from schemas.project import Allocations, GitSource, ProjectSpec, ProjectStatus
+from schemas.project import Allocations, BuildStatus, GitSource, HookRun, ProjectSpec, ProjectStatus, Template
 from tests.factories import project_spec
 
 KEY = ProjectKey("team-a", "shop", "uid-1")
@@ -44,16 +48,21 @@ class Repository:
     async def repository(self, ctx: DriverContext) -> str:
         return f"{REGISTRY['host']}/codeb/{ctx.key.namespace}/{ctx.key.name}"
 
+    async def credential(self, ctx: DriverContext, image: str) -> tuple[str, str, str]:
+        return REGISTRY["host"], f"{ctx.key.namespace}/{ctx.key.name}", "the-projects-registry-password"
+
 
 class Ssh:
     def __init__(self, fails: bool = False) -> None:
         self.ran: list[tuple[HostAccess, str]] = []
+        self.stdin: list[str | None] = []
         self.fails = fails
 
-    async def run(self, access: HostAccess, command: str, **_: Any) -> Result:
+    async def run(self, access: HostAccess, command: str, stdin: str | None = None, **_: Any) -> Result:
         if self.fails:
             raise RetryableError("10.0.0.9: connection refused")
         self.ran.append((access, command))
+        self.stdin.append(stdin)
         return Result(0, "", "")
 
 
@@ -166,3 +175,41 @@ def test_a_builder_needs_the_registry_its_builds_are_pushed_to() -> None:
     with pytest.raises(ValidationError, match="builder needs registry"):
         PlatformSpec.model_validate({"builder": BUILDER})
     assert PlatformSpec.model_validate({"builder": BUILDER, "registry": REGISTRY}).builder is not None
+
+
+async def test_the_kubernetes_driver_starts_a_build_on_the_builder_with_the_projects_own_credentials() -> None:
+    """Through the runtime's own driver, as wired: logged in with the Platform's key, the private repository's
+    token read from the Project's namespace (as the Project may read it) and the registry's credential, both
+    on the command's stdin only, the build in the namespace's storage."""
+    token = "the-projects-git-token"
+    read: list[tuple[str, str, str | None]] = []
+
+    async def project_secrets(namespace: str, name: str, project: str | None = None) -> dict[str, str] | None:
+        read.append((namespace, name, project))
+        return {"token": token}
+
+    ssh = Ssh()
+    platforms = Platforms({"builder": BUILDER, "registry": REGISTRY}, {"privateKey": KEY_PEM})
+    clusters = TargetClusters(None, read_secret=project_secrets)  # type: ignore[arg-type]  # no cluster is read
+    driver = KubernetesWorkload(clusters, Repository(), ssh, platforms, read_secret=project_secrets)  # type: ignore[arg-type]
+    git = GitSource(url="https://git.example.com/shop.git", ref="main", credentialsSecretRef="git-token")
+    repository = await Repository().repository(context())
+    build = BuildStatus(
+        inputs="x",
+        run_id="0123456789ab",
+        image=f"{repository}:0123456789ab",
+        pushed_to=repository,
+        result="Running",
+        hosts=[HookRun(name="10.0.0.9", result="Running", run_id="0123456789ab")],
+    )
+    await driver.follow_build(context(), BuildSource(git, "", Template.container), build)
+    assert read == [("team-a", "git-token", "shop")]
+    [(access, line)] = ssh.ran
+    assert (access.address, access.user, access.private_key) == ("10.0.0.9", "builder", KEY_PEM)
+    assert "/var/lib/containers/codeb-builds/team-a" in line and "/run/codeb/git/team-a.shop." in line
+    assert token not in line and "the-projects-registry-password" not in line  # never in a command line
+    delivered = dict(entry.split(" ") for entry in (ssh.stdin[0] or "").splitlines())
+    decoded = {name: base64.b64decode(value).decode() for name, value in delivered.items()}
+    assert decoded["token"] == token  # the git credential, and the Project's own for its repository alone
+    auth = json.loads(decoded["registryAuth"])["auths"][REGISTRY["host"]]["auth"]
+    assert base64.b64decode(auth).decode() == "team-a/shop:the-projects-registry-password"
