@@ -86,10 +86,9 @@ if [ -n "$push" ]; then
   # Tagged by its commit too, for people looking at the registry (not kept here; what deploys is the digest).
   podman tag "$tag" "${tag%:*}:$sha" && podman push --quiet --authfile "$auth" -- "${tag%:*}:$sha" \
     || echo "warning: the commit's tag was not pushed; the build's own tag was" >&2
-  # A host runs the digest it pulls, so neither tag stays there. A Platform's builder runs nothing: the run's
-  # tag stays, so the newest three are kept and older ones go with the next build (untagged, they would stay).
-  if [ -n "$store" ]; then podman untag "${tag%:*}:$sha" 2>/dev/null || true
-  else podman untag "$tag" "${tag%:*}:$sha" 2>/dev/null || true; fi
+  # The commit's tag goes (`podman untag IMAGE NAME` removes NAME alone); the run's stays, so the pruning above
+  # keeps the newest three and the next build removes older ones (untagged, they would stay for ever).
+  podman untag "$tag" "${tag%:*}:$sha" 2>/dev/null || true
   rm -f "$auth"
   echo "pushed $(cat "$work/digest")"
 fi

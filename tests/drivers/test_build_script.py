@@ -187,7 +187,7 @@ def test_on_a_platforms_builder_every_podman_call_uses_the_namespaces_storage_an
 ) -> None:
     """Runtime kubernetes builds on a builder every namespace shares: each call of podman, the build, the
     pruning of older builds, the pushes, goes to the namespace's own storage; the run's tag stays there (the
-    newest three are kept by the next build's pruning) where a host would drop it for the digest it runs."""
+    newest three are kept by the next build's pruning: an untagged image would stay for ever)."""
     head = WorkTree(git_server, "shared", tmp_path / "tree").commit("one", {"Containerfile": "FROM scratch\n"})
     git, tag = GitSource(url=git_server.url("shared")), "registry.example.com:5000/codeb/apps/shop:0123456789ab"
     delivered = tmp_path / "run-credentials"
@@ -200,4 +200,4 @@ def test_on_a_platforms_builder_every_podman_call_uses_the_namespaces_storage_an
     calls = [json.loads(line)["argv"] for line in Path(builder["RECORD"]).read_text().splitlines()]
     assert all(argv[:4] == ["--root", store, "--runroot", "/run/codeb-builds/apps"] for argv in calls), calls
     assert [argv[4] for argv in calls] == ["build", "images", "push", "tag", "push", "untag"]
-    assert calls[-1][5:] == [f"{tag.rsplit(':', 1)[0]}:{head}"]  # the commit's tag goes, the run's stays
+    assert calls[-1][5:] == [tag, f"{tag.rsplit(':', 1)[0]}:{head}"]  # from the run's image, the commit's tag goes
