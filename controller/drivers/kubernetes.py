@@ -203,7 +203,8 @@ class KubernetesWorkload(PlatformBuilds):
             )
             for secret in (copies or {}).get("items", []):
                 await _delete_if_ours(target, ctx, "Secret", secret["metadata"]["name"])
-        await self.forget_platform_builds(ctx)
+        if not retain:  # deleted (not suspended): its builds go from the Platform's builder too
+            await self.forget_platform_builds(ctx)
 
 
 async def _read(target: Target, kind: str, namespace: str, name: str) -> Object | None:

@@ -17,7 +17,7 @@ import json
 import re
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from controller.loop.naming import ProjectKey
@@ -172,6 +172,13 @@ def unbuilt(seen: Observation | None) -> Observation:
         return seen
     return Observation(state=seen.state if seen else None, error="waiting for the first build of source.git",
                        error_reason="Building")  # fmt: skip
+
+
+def with_builds_left(seen: Observation | None) -> Observation:
+    """The workload as teardown sees it when the Project has built: its builds are left where they ran (runs,
+    images) even when no workload ever ran, so its driver's delete runs and removes them."""
+    seen = seen or Observation()
+    return replace(seen, leftovers=(*seen.leftovers, "builds of source.git"))
 
 
 def reported(status: ProjectStatus, build: BuildStatus | None, generation: int) -> ProjectStatus:

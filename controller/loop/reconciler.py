@@ -225,6 +225,9 @@ class Reconciler:
                             backup=teardown.spec.backup if teardown.spec else None)  # fmt: skip
         drivers = await self._teardown_drivers(teardown, notices)
         work = Pass(observed=await self._observe(drivers, ctx), events=notices)
+        # A Project that built: its builds go with it, even when no workload ever ran (every build failed).
+        if teardown.status.build is not None and Component.workload in work.observed:
+            work.observed[Component.workload] = builds.with_builds_left(work.observed.get(Component.workload))
         steps = plan_deletion(work.observed, retain_data=teardown.retain_data)
         await self._execute(drivers, ctx, steps, work, "delete")
         status = teardown.status.model_copy(deep=True)

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from controller.errors import PermanentError, RetryableError
 from controller.loop import builds
 from controller.loop.naming import ProjectKey
+from controller.loop.planner import Component, Observation, Verb, plan_deletion
 from controller.specs.builds import PRESETS, credential_files, preset
 from schemas.project import GitSource, HookRun, ProjectSpec, Template
 from tests.factories import project_spec
@@ -151,3 +152,16 @@ def test_git_credentials_come_from_the_named_secret_by_the_urls_kind_and_no_valu
         with pytest.raises(PermanentError) as refused:
             credential_files(kind, secret, "Secret apps/git")
         assert all(value not in str(refused.value) for value in secret.values())
+
+
+def test_a_project_that_built_has_its_workload_deleted_even_when_none_ever_ran() -> None:
+    """Every build failed, so no unit or Deployment exists: teardown still calls the workload's delete, which
+    removes the builds' runs and images where they ran; a Project that never built leaves it alone."""
+    nothing = Observation()
+    assert plan_deletion({Component.workload: nothing}, retain_data=True).actions == []
+    left = builds.with_builds_left(nothing)
+    assert [(a.component, a.verb) for a in plan_deletion({Component.workload: left}, True).actions] == [
+        (Component.workload, Verb.delete)
+    ]
+    running = Observation(state={"image": "x"}, healthy=True)
+    assert builds.with_builds_left(running).state == running.state  # what it saw stays as it was
