@@ -78,9 +78,12 @@ n=$#; for arg in "$@"; do set -- "$@" --build-arg "$arg"; done; shift "$n"
 cd "$dir"
 podman build --layers --file "$file" --tag "$tag" "$@" .
 # The Project's older builds go, but for the two newest before this one (a warm colour's, a rollback's);
-# podman refuses to remove one a container still uses.
-podman images --sort created --format '{{.Repository}}:{{.Tag}}' --filter "reference=${tag%:*}" | tail -n +4 \
-  | xargs -r podman rmi >/dev/null 2>&1 || true
+# podman refuses to remove one a container still uses. Only the repository's own names count (podman lists every
+# name of an image that matches, a base image's too), and each is removed by the podman above (xargs would run
+# another, outside the storage it was built in).
+podman images --sort created --format '{{.Repository}}:{{.Tag}}' --filter "reference=${tag%:*}" \
+  | while IFS= read -r name; do case "$name" in "${tag%:*}":*) echo "$name";; esac; done | tail -n +4 \
+  | while IFS= read -r old; do podman rmi "$old" >/dev/null 2>&1 || true; done
 if [ -n "$push" ]; then
   podman push --quiet --authfile "$auth" --digestfile "$work/digest" -- "$tag"
   # Tagged by its commit too, for people looking at the registry (not kept here; what deploys is the digest).

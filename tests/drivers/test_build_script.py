@@ -33,6 +33,7 @@ if "--digestfile" in argv:  # as the registry answers a push
 print(json.dumps({"cwd": os.getcwd(), "argv": argv, "containerfile": text, "credentials_left": left,
                   "auth": open(auth).read() if auth else None}))
 PY
+case " $* " in *" images "*) [ -z "${LISTED:-}" ] || printf '%s\n' $LISTED;; esac  # newest first, as podman's
 """
 
 
@@ -194,10 +195,15 @@ def test_on_a_platforms_builder_every_podman_call_uses_the_namespaces_storage_an
     delivered.mkdir(mode=0o700)
     (delivered / "registryAuth").write_text('{"auths": {}}')
     store = str(tmp_path / "codeb-builds" / "apps")
-    done = build(git, "", {**builder, "CREDENTIALS": str(delivered)}, credentials=str(delivered), tag=tag, push=True,
-                 store=store)  # fmt: skip
+    repository = tag.rsplit(":", 1)[0]
+    # The repository's names, newest first, and a base image's name podman lists with them (the same image).
+    listed = [tag, f"{repository}:a", "localhost/codeb-rollout:1", *(f"{repository}:{old}" for old in "bcd")]
+    env = {**builder, "CREDENTIALS": str(delivered), "LISTED": " ".join(listed)}
+    done = build(git, "", env, credentials=str(delivered), tag=tag, push=True, store=store)
     assert done.returncode == 0, done.stderr
     calls = [json.loads(line)["argv"] for line in Path(builder["RECORD"]).read_text().splitlines()]
     assert all(argv[:4] == ["--root", store, "--runroot", "/run/codeb-builds/apps"] for argv in calls), calls
-    assert [argv[4] for argv in calls] == ["build", "images", "push", "tag", "push", "untag"]
+    assert [argv[4] for argv in calls] == ["build", "images", "rmi", "rmi", "push", "tag", "push", "untag"]
+    # The three newest of the repository stay (this one, a warm colour's, a rollback's); the base is not its own.
+    assert [argv[5:] for argv in calls if argv[4] == "rmi"] == [[f"{repository}:c"], [f"{repository}:d"]]
     assert calls[-1][5:] == [tag, f"{tag.rsplit(':', 1)[0]}:{head}"]  # from the run's image, the commit's tag goes
