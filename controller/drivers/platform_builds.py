@@ -53,8 +53,11 @@ class PlatformBuilds(HostBuilds):
         return build_storage(ctx.key.namespace)
 
     async def _login(self, ctx: DriverContext) -> Login:
-        platform, builder = await self._builder(ctx)
-        assert self._platforms is not None  # `_builder` found one
+        return await self._login_to(*await self._builder(ctx))
+
+    async def _login_to(self, platform: str, builder: BuildHost) -> Login:
+        """How to log in to ``platform``'s ``builder``: with the key its admin put in the Platform's Secret."""
+        assert self._platforms is not None  # `_builder` found the Platform through it
         ref = builder.ssh_secret_ref
         data = await self._platforms.read_secret(ref.namespace, ref.name)
         source = f"Platform {platform}'s builder key (spec.builder.sshSecretRef)"
@@ -68,8 +71,8 @@ class PlatformBuilds(HostBuilds):
         repository, as on quadlet hosts). Best effort: a builder that cannot be reached keeps them, said in a
         Warning, and never holds the Project's deletion."""
         try:
-            _, builder = await self._builder(ctx)
-            login = await self._login(ctx)
+            platform, builder = await self._builder(ctx)
+            login = await self._login_to(platform, builder)
             pulled = await self._pulls.repository(ctx) if self._pulls is not None else None
             line = forget_builds_line(ctx.key, pulled, self._store(ctx))
             await self._ssh.run(login.at(builder.host), line, timeout=FOLLOW_SECONDS)
