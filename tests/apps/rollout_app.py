@@ -12,7 +12,9 @@ MODE says:
 Every request that is not a health check is counted in ``COUNT_DIR/<revision>.<pid>``
 or, without COUNT_DIR (in a container), written to standard output as ``served <revision>``
 (the unit's journal), so a test can prove that a broken revision never served a single request. On SIGTERM
-it stops accepting and finishes the requests it has, as a well-behaved application does.
+it stops accepting, finishes the requests it has and closes each keep-alive connection after its next answer,
+as a well-behaved application does: a proxy's pooled connection through a Service's address stays with the
+Pod it first reached, so only a closed one makes the proxy connect again, to a Pod that is not leaving.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ MODE = os.environ.get("MODE", "ok")
 REVISION = os.environ.get("CODEB_REVISION", "")
 COUNT = Path(os.environ["COUNT_DIR"]) / f"{REVISION}.{os.getpid()}" if os.environ.get("COUNT_DIR") else None
 lock = threading.Lock()
+stopping = threading.Event()
 served = 0
 checks = 0
 
@@ -80,6 +83,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if stopping.is_set():
+            self.send_header("Connection", "close")  # and http.server closes it once answered
         self.end_headers()
         self.wfile.write(data)
 
@@ -98,6 +103,7 @@ def main() -> None:
     server = Server((os.environ.get("HOST", "127.0.0.1"), int(os.environ["PORT"])), Handler)
 
     def stop(*_: object) -> None:
+        stopping.set()
         threading.Thread(target=server.shutdown).start()
 
     signal.signal(signal.SIGTERM, stop)
