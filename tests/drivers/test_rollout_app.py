@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from controller.local.cluster import free_port, stop_process
-from tests.helpers import wait_for
+from controller.local.platform import wait_port
 
 APP = Path(__file__).resolve().parents[1] / "apps" / "rollout_app.py"
 
@@ -33,7 +33,7 @@ def test_told_to_stop_it_closes_a_kept_alive_connection_after_answering_and_exit
     app = subprocess.Popen([sys.executable, str(APP)], env=env, stdout=subprocess.DEVNULL)
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        wait_for(lambda: _answers(port), timeout=20, what="the rollout app answers")
+        wait_port(port, "the rollout app", timeout=20)
         before = [_get(connection, "/") for _ in range(2)]
         assert all(a.status == 200 and not a.will_close for a in before)  # one connection, kept alive
         connection.request("GET", "/slow?ms=2000")  # in flight when it is told to stop
@@ -45,13 +45,3 @@ def test_told_to_stop_it_closes_a_kept_alive_connection_after_answering_and_exit
     finally:
         connection.close()
         stop_process(app, grace=5)
-
-
-def _answers(port: int) -> bool:
-    probe = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        return _get(probe, "/api/health").status == 200
-    except OSError:
-        return False
-    finally:
-        probe.close()
